@@ -1,0 +1,1 @@
+"""xmppd: an XMPP server."""
