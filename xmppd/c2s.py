@@ -1,0 +1,178 @@
+"""A client-to-server connection: the XML stream, its negotiation, then the session.
+
+Runs the sans-IO `XmlStream` and `C2SNegotiation` over a `Transport`, performs their
+actions (credential lookup, resource binding, STARTTLS) and, once bound, hands each
+stanza to the router. Top-level elements that are not stanzas (XEP-0198 <r/>, <enable/>,
+<resume/> ...) fire `stream-element/<{namespace}name>` with a `StreamElement`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from xmppd.protocol import negotiation as n
+from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
+from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, stream_header
+from xmppd.router import KINDS
+from xmppd.session import Session
+from xmppd.transport import Transport
+
+if TYPE_CHECKING:
+    from xmppd.host import Host
+    from xmppd.server import Server
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamElement:
+    """A non-stanza top-level element, with the connection (and session once bound)."""
+    connection: "C2SConnection"
+    element: etree._Element
+    session: Session | None
+
+
+class C2SConnection:
+    def __init__(self, server: "Server", transport: Transport, *, direct_tls: bool):
+        self.server = server
+        self.transport = transport
+        self.peer = transport.peer
+        options = server.config.c2s
+        self.stream = XmlStream(max_stanza_bytes=options.max_stanza_bytes)
+        self.settings = Settings(
+            domains=frozenset(server.user_domains),
+            tls_available=server.ssl_context is not None,
+            tls_required=options.require_encryption or not transport.is_loopback,
+            extra_features=self._extra_features,
+        )
+        self.negotiation = C2SNegotiation(self.settings, tls_active=direct_tls)
+        if direct_tls:
+            self.settings.channel_binding = server.channel_binding(transport.ssl_object)
+        self.session: Session | None = None
+        self.host: "Host | None" = None
+        self.closed = False
+
+    # ------------------------------------------------------------- main loop
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.server.config.c2s.unauthenticated_timeout
+        try:
+            while not self.closed:
+                if self.session is None:
+                    try:
+                        data = await asyncio.wait_for(self.transport.read(), deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        self.close("connection-timeout", "authentication took too long")
+                        break
+                else:
+                    data = await self.transport.read()
+                if not data:
+                    break
+                self.stream.receive_data(data)
+                for event in self.stream.events():
+                    await self.handle(event)
+                    if self.closed:
+                        break
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            log.debug("event=connection-lost peer=%s error=%s", self.peer, exc)
+        finally:
+            self.closed = True
+            await self.transport.close()
+            if self.session is not None:
+                await self.session.host.session_interrupted(self.session)
+
+    async def handle(self, event) -> None:
+        if self.session is None:
+            for action in self.negotiation.receive(event):
+                await self.perform(action)
+            return
+        if isinstance(event, StanzaReceived):
+            element = event.element
+            if element.tag in KINDS:
+                await self.server.router.from_client(self.session, element)
+            elif not await self.session.host.bus.fire(f"stream-element/{element.tag}", StreamElement(self, element, self.session)):
+                self.close("unsupported-stanza-type")
+        elif isinstance(event, StreamClosed):
+            self.close()
+        elif isinstance(event, StreamErrorDetected):
+            self.close(event.condition, event.text)
+        elif isinstance(event, StreamOpened):
+            self.close("policy-violation", "stream restarted after binding")
+
+    # ------------------------------------------------------------- actions
+
+    async def perform(self, action) -> None:
+        if isinstance(action, n.SendBytes):
+            self.transport.write(action.data)
+        elif isinstance(action, n.CloseStream):
+            self.closed = True
+        elif isinstance(action, n.StartTls):
+            await self.transport.start_tls(self.server.ssl_context, self.server.config.c2s.unauthenticated_timeout)
+            self.negotiation.tls_started()
+            self.settings.channel_binding = self.server.channel_binding(self.transport.ssl_object)
+            self.stream.reset()
+        elif isinstance(action, n.LookupCredentials):
+            account = await self.server.storage.accounts.get(f"{action.username}@{self.negotiation.domain}")
+            credentials = account.secrets.get(action.hash_name) if account else None
+            for follow_up in self.negotiation.credentials_found(credentials):
+                await self.perform(follow_up)
+        elif isinstance(action, n.AuthFailed):
+            self.server.metrics.count("auth_failures")
+            await asyncio.sleep(self.server.auth_throttle.failed(self.peer))
+        elif isinstance(action, n.Authenticated):
+            self.server.metrics.count("auth_successes")
+            self.host = self.server.hosts[action.jid.domain]
+            self.stream.reset()
+        elif isinstance(action, n.BindResource):
+            await self._bind(action)
+        elif isinstance(action, n.UnhandledElement):
+            event = StreamElement(self, action.element, None)
+            if not await self.host.bus.fire(f"stream-element/{action.element.tag}", event):
+                self.close("unsupported-stanza-type")
+
+    async def _bind(self, action: n.BindResource) -> None:
+        host = self.host
+        resource = action.resource or host.new_resource()
+        full_jid = action.jid.with_resource(resource)
+        old = host.session_for(full_jid)
+        if old is not None:                    # RFC 6120 7.7.2.2: the new session wins
+            old.close("conflict", "replaced by a new session")
+            await host.end_session(old)
+        session = Session(host, full_jid, self)
+        for follow_up in self.negotiation.bound(full_jid, action.iq):
+            await self.perform(follow_up)
+        self.attach(session)
+        await host.bus.notify("resource-bound", session)
+
+    def attach(self, session: Session) -> None:
+        """Make `session` this connection's (after bind, or a stream-management resume)."""
+        self.session = session
+        session.connection = self
+        session.host.add_session(session)
+
+    def _extra_features(self, authenticated: bool) -> list[bytes]:
+        host = self.server.hosts.get(self.negotiation.domain)
+        return host.stream_features(authenticated) if host is not None else []
+
+    # ------------------------------------------------------------- Connection
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def close(self, condition: str | None = None, text: str | None = None) -> None:
+        """End the stream, with a stream error when `condition` is given."""
+        if self.closed:
+            return
+        self.closed = True
+        if condition is not None:
+            if not self.negotiation.header_sent:
+                self.transport.write(stream_header(from_=self.negotiation.domain or self.server.user_domains[0], id="error"))
+            self.transport.write(stream_error(condition, text))
+        self.transport.write(STREAM_CLOSE)
+        asyncio.get_running_loop().create_task(self.transport.close())

@@ -1,0 +1,66 @@
+"""`xmppd`: run the server, or check a config file."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from xmppd import config as config_module, logs
+from xmppd.config import ConfigError
+
+log = logging.getLogger("xmppd")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="xmppd", description="An XMPP server.")
+    parser.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    args = parser.parse_args(argv)
+    try:
+        config = config_module.load(args.config)
+        if args.check_config:
+            from xmppd.server import _all_dependencies, DEFAULT_EXTENSIONS
+            _all_dependencies(config.server.extensions or DEFAULT_EXTENSIONS)
+            print(f"{config.source}: OK")
+            return 0
+    except ConfigError as exc:
+        print(f"xmppd: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.server.log_level, config.server.log_format)
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        return asyncio.run(serve(config, args.config))
+    except ConfigError as exc:
+        print(f"xmppd: {exc}", file=sys.stderr)
+        return 2
+
+
+async def serve(config, config_path) -> int:
+    from xmppd.server import Server
+    server = Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        raise ConfigError(f"cannot listen: {exc}") from None
+    ctl = "xmppctl" + (f" --config {config_path}" if config_path else "")
+    print(f"xmppd serving {', '.join(server.user_domains)}; listening on {', '.join(server.listening())}", flush=True)
+    print(f"data in {config.data_dir}; add a user with: {ctl} adduser user@{server.user_domains[0]}", flush=True)
+    await stop.wait()
+    log.info("event=shutting-down")
+    await server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

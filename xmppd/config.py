@@ -1,0 +1,248 @@
+"""Configuration: conf/xmppd.toml read into frozen dataclasses at start-up.
+
+Every error names the file and the key path and suggests the nearest valid key; nothing
+is clamped silently. Sections:
+
+    [server]   ServerOptions        [c2s]  C2SOptions        [tls]  TlsOptions
+    [[hosts]]  HostOptions          [storage] StorageOptions (+ [storage.<backend>])
+    [http]     HttpOptions          [extensions.<name>] the extension's own Options
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "~/.local/share/xmppd"
+
+
+class ConfigError(Exception):
+    """A bad config: the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    data_dir: str = DEFAULT_DATA_DIR           # SQLite database, uploads, certificates, admin socket
+    log_level: str = "info"                    # debug | info | warning | error
+    log_format: str = "text"                   # text (key=value) | json
+    admin_socket: str = ""                     # default: <data_dir>/admin.sock
+    extensions: tuple[str, ...] = ()           # default: every bundled extension
+    graceful_shutdown_timeout: float = 10.0
+
+    def validate(self, where):
+        where.one_of("log_level", self.log_level, ("debug", "info", "warning", "error"))
+        where.one_of("log_format", self.log_format, ("text", "json"))
+
+
+@dataclass(frozen=True)
+class C2SOptions:
+    interfaces: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 5222                           # STARTTLS
+    direct_tls_port: int = 5223                # XEP-0368; 0 disables
+    require_encryption: bool = True            # false allows plain text from loopback peers only
+    max_stanza_bytes: int = 262144
+    unauthenticated_timeout: float = 60.0      # seconds to finish authentication and bind
+    max_connections_per_ip: int = 100
+    max_output_buffer: int = 4 * 1024 * 1024   # stop reading a client whose unsent output exceeds this
+    auth_failure_delay: float = 1.0            # grows per recent failure from one address
+
+    def validate(self, where):
+        for key in ("port", "direct_tls_port"):
+            where.check(key, 0 <= getattr(self, key) < 65536, "must be a port number (0-65535)")
+        where.check("max_stanza_bytes", self.max_stanza_bytes >= 10000, "must be at least 10000")
+        where.check("max_connections_per_ip", self.max_connections_per_ip > 0, "must be positive")
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    certificate: str = ""                      # PEM; default <data_dir>/<first domain>.crt
+    key: str = ""                              # PEM; default <data_dir>/<first domain>.key
+    min_version: str = "1.2"
+
+    def validate(self, where):
+        where.one_of("min_version", self.min_version, ("1.2", "1.3"))
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    domain: str = "localhost"
+    admins: tuple[str, ...] = ()               # bare JIDs allowed the XEP-0133 commands
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    default: str = "sqlite"                    # backend for every store not named below
+    archive: str = ""                          # backend of the message archives (MAM, offline)
+    media: str = "filesystem"                  # filesystem | s3
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    interfaces: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 5280                           # plain HTTP (loopback by default)
+    tls_port: int = 5443                       # HTTPS; 0 disables
+    public_url: str = ""                       # default https://<first domain>:<tls_port>
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerOptions = ServerOptions()
+    c2s: C2SOptions = C2SOptions()
+    tls: TlsOptions = TlsOptions()
+    http: HttpOptions = HttpOptions()
+    hosts: tuple[HostOptions, ...] = (HostOptions(),)
+    storage: StorageOptions = StorageOptions()
+    backend_options: dict = field(default_factory=dict)     # backend kind -> its Options
+    extension_options: dict = field(default_factory=dict)   # extension name -> its raw table
+    source: str = "<defaults>"
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(os.path.expanduser(self.server.data_dir))
+
+    @property
+    def admin_socket(self) -> Path:
+        return Path(self.server.admin_socket) if self.server.admin_socket else self.data_dir / "admin.sock"
+
+    @property
+    def certificate(self) -> Path:
+        return Path(self.tls.certificate) if self.tls.certificate else self.data_dir / f"{self.hosts[0].domain}.crt"
+
+    @property
+    def private_key(self) -> Path:
+        return Path(self.tls.key) if self.tls.key else self.data_dir / f"{self.hosts[0].domain}.key"
+
+
+class Where:
+    """A position in the config file, for error messages."""
+
+    def __init__(self, source: str, path: str):
+        self.source, self.path = source, path
+
+    def key(self, name) -> str:
+        return f"{self.path}.{name}" if self.path else str(name)
+
+    def fail(self, name, message):
+        raise ConfigError(f"{self.source}: {self.key(name)}: {message}")
+
+    def check(self, name, condition, message):
+        if not condition:
+            self.fail(name, message)
+
+    def one_of(self, name, value, choices):
+        self.check(name, value in choices, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+
+
+def _convert(value, kind, where: Where, name):
+    """Check `value` against the annotation `kind`; tuples come from TOML arrays."""
+    origin = typing.get_origin(kind)
+    if kind is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where, name)
+            except ConfigError:
+                pass
+        where.fail(name, f"has the wrong type {type(value).__name__}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            where.fail(name, f"must be an array, not {type(value).__name__}")
+        item = typing.get_args(kind)[0]
+        return tuple(_convert(v, item, where, f"{name}[{i}]") for i, v in enumerate(value))
+    if origin is dict or kind is dict:
+        if not isinstance(value, dict):
+            where.fail(name, f"must be a table, not {type(value).__name__}")
+        return dict(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float) and isinstance(value, bool) or not isinstance(value, kind):
+        where.fail(name, f"must be {kind.__name__}, not {type(value).__name__} ({value!r})")
+    return value
+
+
+def build(cls, table: dict, where: Where):
+    """Make the frozen dataclass `cls` from a TOML table, strictly."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where.source}: {where.path}: must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for name, value in table.items():
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(fields))}"
+            where.fail(name, f"unknown key{hint}")
+        values[name] = _convert(value, hints[name], where, name)
+    options = cls(**values)
+    if hasattr(options, "validate"):
+        options.validate(where)
+    return options
+
+
+MEDIA_BACKENDS = ("filesystem", "s3")
+SECTIONS = {"server": ServerOptions, "c2s": C2SOptions, "tls": TlsOptions, "http": HttpOptions}
+
+
+def parse(data: dict, source: str) -> Config:
+    top = Where(source, "")
+    known = set(SECTIONS) | {"hosts", "storage", "extensions"}
+    for name in data:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            top.fail(name, "unknown section" + (f"; did you mean {close[0]!r}?" if close else ""))
+    sections = {name: build(cls, data.get(name, {}), Where(source, name)) for name, cls in SECTIONS.items()}
+
+    raw_hosts = data.get("hosts", [{}])
+    if not isinstance(raw_hosts, list) or not raw_hosts:
+        top.fail("hosts", "must be an array of tables ([[hosts]]) with at least one host")
+    hosts = tuple(build(HostOptions, h, Where(source, f"hosts[{i}]")) for i, h in enumerate(raw_hosts))
+    domains = [h.domain for h in hosts]
+    if len(set(domains)) != len(domains):
+        top.fail("hosts", "a domain appears twice")
+
+    storage_table = dict(data.get("storage", {}))
+    backend_tables = {k: storage_table.pop(k) for k in list(storage_table) if isinstance(storage_table[k], dict)}
+    storage = build(StorageOptions, storage_table, Where(source, "storage"))
+    backend_options = {}
+    for kind in {storage.default, storage.archive or storage.default, storage.media} | set(backend_tables):
+        backend_options[kind] = _backend_options(kind, backend_tables.get(kind, {}), Where(source, f"storage.{kind}"))
+
+    extensions = data.get("extensions", {})
+    if not isinstance(extensions, dict) or not all(isinstance(v, dict) for v in extensions.values()):
+        top.fail("extensions", "must hold one table per extension ([extensions.<name>])")
+    return Config(hosts=hosts, storage=storage, backend_options=backend_options,
+                  extension_options=extensions, source=source, **sections)
+
+
+def _backend_options(kind: str, table: dict, where: Where):
+    from xmppd.storage import backend_module
+    try:
+        module = backend_module(f"media.{kind}" if kind in MEDIA_BACKENDS else kind)
+    except ImportError as exc:
+        raise ConfigError(f"{where.source}: {where.path}: unknown storage backend {kind!r} ({exc})") from None
+    return build(module.Options, table, where)
+
+
+def load(path: str | os.PathLike | None) -> Config:
+    """Read the config file, or the embedded defaults when path is None."""
+    if path is None:
+        return parse({}, "<defaults>")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, str(path))

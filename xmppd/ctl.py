@@ -1,0 +1,121 @@
+"""`xmppctl`: administration. Account commands work on storage directly (the server may
+run or not); status, sessions and kick talk to the running server's admin socket."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+
+from xmppd import accounts, config as config_module
+from xmppd.config import ConfigError
+from xmppd.protocol.jid import JID, InvalidJID
+
+LIVE_COMMANDS = ("status", "sessions", "kick")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="xmppctl", description="Administer an xmppd server.")
+    parser.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("adduser", "create an account"), ("passwd", "change an account's password")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("jid")
+        sub.add_argument("--password", "-p", help="prompted when omitted")
+    commands.add_parser("deluser", help="delete an account and its data").add_argument("jid")
+    commands.add_parser("users", help="list accounts").add_argument("domain", nargs="?")
+    commands.add_parser("status", help="state of the running server")
+    commands.add_parser("sessions", help="sessions of the running server")
+    commands.add_parser("kick", help="disconnect a user (bare JID) or one session (full JID)").add_argument("jid")
+    args = parser.parse_args(argv)
+    try:
+        config = config_module.load(args.config)
+        if args.command in LIVE_COMMANDS:
+            return asyncio.run(live(config, args))
+        return asyncio.run(offline(config, args))
+    except ConfigError as exc:
+        print(f"xmppctl: {exc}", file=sys.stderr)
+        return 2
+
+
+def _account(config, text: str) -> JID:
+    try:
+        jid = JID.parse(text)
+    except InvalidJID:
+        raise ConfigError(f"{text!r} is not a valid JID") from None
+    if jid.local is None or jid.resource is not None:
+        raise ConfigError(f"{text!r} is not an account's bare JID (user@domain)")
+    if jid.domain not in [h.domain for h in config.hosts]:
+        raise ConfigError(f"{jid.domain} is not a host of this server ({config.source})")
+    return jid
+
+
+def _password(args) -> str:
+    if args.password is not None:
+        return args.password
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise ConfigError("the passwords differ")
+    return first
+
+
+async def offline(config, args) -> int:
+    from xmppd.server import Server
+    jid = _account(config, args.jid) if hasattr(args, "jid") else None
+    password = _password(args) if args.command in ("adduser", "passwd") else None
+    server = Server(config)
+    await server.open()
+    try:
+        host = server.hosts[jid.domain] if jid else None
+        if args.command == "adduser":
+            if not await accounts.create_user(host, jid.local, password):
+                print(f"xmppctl: {jid} exists already", file=sys.stderr)
+                return 1
+            print(f"created {jid}")
+        elif args.command == "passwd":
+            if not await accounts.set_password(host, jid.local, password):
+                print(f"xmppctl: no account {jid}", file=sys.stderr)
+                return 1
+            print(f"password of {jid} changed")
+        elif args.command == "deluser":
+            if not await accounts.delete_user(host, jid.local):
+                print(f"xmppctl: no account {jid}", file=sys.stderr)
+                return 1
+            print(f"deleted {jid}")
+        elif args.command == "users":
+            for domain in [args.domain] if args.domain else server.user_domains:
+                for user in await server.storage.accounts.list(domain):
+                    print(user)
+        return 0
+    finally:
+        await server.stop()
+
+
+async def live(config, args) -> int:
+    request = {"command": args.command}
+    if args.command == "kick":
+        request["jid"] = args.jid
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(config.admin_socket))
+    except OSError as exc:
+        print(f"xmppctl: the server is not running ({config.admin_socket}: {exc.strerror})", file=sys.stderr)
+        return 1
+    writer.write(json.dumps(request).encode() + b"\n")
+    answer = json.loads(await reader.readline())
+    writer.close()
+    if "error" in answer:
+        print(f"xmppctl: {answer['error']}", file=sys.stderr)
+        return 1
+    if args.command == "sessions":
+        for entry in answer["sessions"]:
+            print(f"{entry['jid']}\t{entry['peer']}\t{'available' if entry['available'] else 'unavailable'}\t{entry['priority']}")
+    elif args.command == "kick":
+        print("\n".join(answer["kicked"]) or "no such session")
+    else:
+        print(json.dumps(answer, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Extension base class, declarative registration and the loader (STYLE.md section 2).
+
+An extension module holds one `Extension` subclass. Its decorated methods are hooked
+when it loads on a host and unhooked when it unloads; the core gathers its `features`
+and `identities` for service discovery.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING
+
+from xmppd.protocol.errors import StanzaError
+from xmppd.protocol.stanza import error_reply, reply
+
+if TYPE_CHECKING:
+    from xmppd.host import Host
+
+log = logging.getLogger(__name__)
+
+REPLIED = object()
+"""Returned by an iq handler that has sent its reply itself."""
+
+IQ_TARGETS = ("host", "self", "bare")
+
+
+def hook(event: str, priority: float = 0):
+    """Hook the decorated coroutine method to `event` on the extension's host."""
+    def decorate(method):
+        method.__dict__.setdefault("_hooks", []).append((event, priority))
+        return method
+    return decorate
+
+
+def iq_handler(type_: str, namespace: str, element: str, to=("host", "self"), priority: float = 0):
+    """Answer iqs of `type_` whose payload is <element xmlns=namespace/>, sent to `to`.
+
+    `to` names the addressees: "host" (the server), "self" (the sender's own account)
+    and "bare" (another account's bare JID). The method returns the reply payload
+    (None for an empty result) or raises StanzaError.
+    """
+    def decorate(method):
+        method.__dict__.setdefault("_iq", []).append((type_, namespace, element, tuple(to), priority))
+        return method
+    return decorate
+
+
+class Extension:
+    name: str = ""                       # set by the loader: the module name
+    xeps: dict[int, str] = {}            # XEP number -> version implemented
+    features: list[str] = []             # disco#info features
+    identities: list[tuple[str, str, str]] = []   # (category, type, name)
+    depends: list[str] = []
+    Options = None                       # frozen dataclass of [extensions.<name>]
+
+    def __init__(self, host: "Host", options):
+        self.host = host
+        self.server = host.server
+        self.options = options
+        self.log = logging.getLogger(f"xmppd.extensions.{self.name}")
+        self._hooked: list[tuple[str, object]] = []
+
+    async def start(self) -> None:
+        """Open stores, start background tasks. Called after every hook is registered."""
+
+    async def stop(self) -> None:
+        """Stop background tasks."""
+
+    def stream_features(self, authenticated: bool) -> list[bytes]:
+        """Serialized <stream:features/> children to offer before/after authentication."""
+        return []
+
+    # ------------------------------------------------------------- registration
+
+    def _register(self) -> None:
+        for attribute in dir(type(self)):
+            method = getattr(type(self), attribute, None)
+            for event, priority in getattr(method, "_hooks", ()):
+                self._add(event, getattr(self, attribute), priority)
+            for type_, namespace, element, targets, priority in getattr(method, "_iq", ()):
+                if not any(f.startswith(namespace) for f in self.features):
+                    log.debug("extension=%s iq namespace %s is not among its disco features", self.name, namespace)
+                handler = self._iq_wrapper(getattr(self, attribute))
+                for target in targets:
+                    self._add(f"iq-{type_}/{target}/{namespace}:{element}", handler, priority)
+
+    def _add(self, event, handler, priority) -> None:
+        self.host.bus.hook(event, handler, priority)
+        self._hooked.append((event, handler))
+
+    def _unregister(self) -> None:
+        for event, handler in self._hooked:
+            self.host.bus.unhook(event, handler)
+        self._hooked.clear()
+
+    def _iq_wrapper(self, method):
+        async def answer(stanza) -> bool:
+            try:
+                payload = await method(stanza)
+            except StanzaError as error:
+                await self.host.send(error_reply(stanza.element, error))
+                return True
+            if payload is not REPLIED:
+                await self.host.send(reply(stanza.element, payload))
+            return True
+        answer.__qualname__ = method.__qualname__
+        return answer
+
+
+def extension_class(name: str) -> type[Extension]:
+    """The Extension subclass of the module xmppd.extensions.<name>."""
+    module = importlib.import_module(f"xmppd.extensions.{name}")
+    found = [value for value in vars(module).values()
+             if isinstance(value, type) and issubclass(value, Extension) and value is not Extension
+             and value.__module__ == module.__name__]
+    if len(found) != 1:
+        raise ImportError(f"xmppd.extensions.{name} must define exactly one Extension class")
+    cls = found[0]
+    cls.name = name
+    return cls

@@ -1,0 +1,174 @@
+"""A virtual host (a served domain, or a component domain such as conference.<domain>).
+
+It owns an event bus, the extensions loaded on it, the disco features and identities
+they declare, and, for a user host, the sessions of its users.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from xmppd.config import Where, build
+from xmppd.events import EventBus
+from xmppd.extension import Extension, extension_class
+from xmppd.protocol.jid import JID
+
+if TYPE_CHECKING:
+    from xmppd.server import Server
+    from xmppd.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Host:
+    def __init__(self, server: "Server", domain: str, *, admins=(), is_component: bool = False):
+        self.server = server
+        self.domain = domain
+        self.jid = JID(None, domain)
+        self.admins = frozenset(admins)
+        self.is_component = is_component
+        self.bus = EventBus()
+        self.extensions: dict[str, Extension] = {}
+        self.sessions: dict[str, dict[str, "Session"]] = {}   # local part -> resource -> session
+        self._pending_iqs: dict[str, asyncio.Future] = {}
+
+    # ------------------------------------------------------------- extensions
+
+    async def load(self, name: str) -> Extension:
+        """Load extension `name` (and what it depends on) onto this host, once."""
+        if name in self.extensions:
+            return self.extensions[name]
+        cls = extension_class(name)
+        for dependency in cls.depends:
+            await self.load(dependency)
+        options = None
+        if cls.Options is not None:
+            table = self.server.config.extension_options.get(name, {})
+            options = build(cls.Options, table, Where(self.server.config.source, f"extensions.{name}"))
+        extension = cls(self, options)
+        self.extensions[name] = extension
+        extension._register()
+        await extension.start()
+        await self.bus.notify("extension-loaded", extension)
+        return extension
+
+    async def unload_all(self) -> None:
+        for extension in reversed(list(self.extensions.values())):
+            extension._unregister()
+            try:
+                await extension.stop()
+            except Exception:
+                log.exception("event=extension-stop-failed extension=%s", extension.name)
+        self.extensions.clear()
+
+    @property
+    def features(self) -> list[str]:
+        seen = {}
+        for extension in self.extensions.values():
+            for feature in extension.features:
+                seen.setdefault(feature, None)
+        return list(seen)
+
+    @property
+    def identities(self) -> list[tuple[str, str, str]]:
+        seen = {}
+        for extension in self.extensions.values():
+            for identity in extension.identities:
+                seen.setdefault(identity, None)
+        return list(seen)
+
+    # ------------------------------------------------------------- stores
+
+    @property
+    def storage(self):
+        return self.server.storage
+
+    def open_archive(self, name: str):
+        return self.server.archive_storage.archive(name)
+
+    def open_keyvalue(self, name: str):
+        return self.server.storage.keyvalue(name)
+
+    # ------------------------------------------------------------- sessions
+
+    def is_admin(self, jid: JID) -> bool:
+        return str(jid.bare) in self.admins
+
+    def sessions_of(self, local: str) -> list["Session"]:
+        return list(self.sessions.get(local, {}).values())
+
+    def available_sessions(self, local: str) -> list["Session"]:
+        return [s for s in self.sessions.get(local, {}).values() if s.available]
+
+    def session_for(self, jid: JID) -> "Session | None":
+        return self.sessions.get(jid.local, {}).get(jid.resource)
+
+    async def user_exists(self, local: str) -> bool:
+        if local in self.sessions:
+            return True
+        return await self.storage.accounts.get(f"{local}@{self.domain}") is not None
+
+    def add_session(self, session: "Session") -> None:
+        self.sessions.setdefault(session.jid.local, {})[session.jid.resource] = session
+
+    def remove_session(self, session: "Session") -> None:
+        resources = self.sessions.get(session.jid.local)
+        if resources and resources.get(session.jid.resource) is session:
+            del resources[session.jid.resource]
+            if not resources:
+                del self.sessions[session.jid.local]
+
+    def new_resource(self) -> str:
+        return secrets.token_hex(6)
+
+    async def session_interrupted(self, session: "Session") -> None:
+        """The connection of `session` is gone: an extension may keep the session
+        (XEP-0198 hibernation) by handling `session-interrupted`; otherwise it ends."""
+        if session.closed:
+            return
+        session.connection = None
+        if not await self.bus.fire("session-interrupted", session):
+            await self.end_session(session)
+
+    async def end_session(self, session: "Session") -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self.remove_session(session)
+        await self.bus.notify("session-closed", session)
+
+    def stream_features(self, authenticated: bool) -> list[bytes]:
+        """Stream features that the loaded extensions offer (XEP-0198 <sm/>, XEP-0352 <csi/>...)."""
+        return [feature for extension in self.extensions.values()
+                for feature in extension.stream_features(authenticated)]
+
+    # ------------------------------------------------------------- stanzas out
+
+    async def send(self, element: etree._Element) -> None:
+        """Route a stanza originated by the server (pushes, replies, notifications)."""
+        await self.server.router.dispatch(element)
+
+    async def request(self, iq: etree._Element, timeout: float = 30.0) -> etree._Element:
+        """Send an iq get/set from the server and wait for its result or error."""
+        iq_id = iq.get("id") or secrets.token_hex(8)
+        iq.set("id", iq_id)
+        if iq.get("from") is None:
+            iq.set("from", self.domain)
+        future = asyncio.get_running_loop().create_future()
+        self._pending_iqs[iq_id] = future
+        try:
+            await self.send(iq)
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending_iqs.pop(iq_id, None)
+
+    def resolve_request(self, iq: etree._Element) -> bool:
+        future = self._pending_iqs.get(iq.get("id", ""))
+        if future is None or future.done():
+            return False
+        future.set_result(iq)
+        return True

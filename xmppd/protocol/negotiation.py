@@ -1,0 +1,373 @@
+"""Client-to-server stream negotiation (RFC 6120 sections 4-7) as a sans-IO state machine.
+
+It consumes events of `XmlStream` and returns actions; the transport performs them. Two
+steps need the outside world and are therefore actions that the caller answers:
+`LookupCredentials` (answered with `credentials_found`) and `BindResource` (answered
+with `bound` or `bind_failed`). Everything that changes the state lives in this file.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import secrets
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from .errors import LocalProtocolError
+from .jid import JID, InvalidJID
+from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS
+from .sasl import PlainMechanism, SaslFailure, ScramCredentials, ScramMechanism, verify_plain_password
+from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamOpened, stream_header
+
+NS_SASL_CB = "urn:xmpp:sasl-cb:0"                     # XEP-0440
+SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
+MAX_AUTH_ATTEMPTS = 3
+
+
+class State(enum.Enum):
+    AWAIT_STREAM = "await-stream"          # before the (re)opened stream header
+    AWAIT_STARTTLS = "await-starttls"      # features sent, TLS not yet on
+    AWAIT_AUTH = "await-auth"              # features with mechanisms sent
+    SASL_EXCHANGE = "sasl-exchange"        # a mechanism is running
+    AWAIT_CREDENTIALS = "await-credentials"
+    AWAIT_BIND = "await-bind"              # authenticated, features with <bind/> sent
+    BINDING = "binding"                    # bind asked of the server, waiting for it
+    BOUND = "bound"                        # handed over to the session
+    CLOSED = "closed"
+
+
+# -------------------------------------------------------------------- actions
+
+@dataclass(frozen=True)
+class SendBytes:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StartTls:
+    """Upgrade the transport now (after <proceed/> was sent), then `tls_started()`."""
+
+
+@dataclass(frozen=True)
+class CloseStream:
+    """Close the connection; the bytes to send (error, </stream:stream>) were sent before."""
+
+
+@dataclass(frozen=True)
+class LookupCredentials:
+    username: str
+    hash_name: str
+
+
+@dataclass(frozen=True)
+class AuthFailed:
+    """Tell the transport to slow this address down."""
+    username: str | None
+    condition: str
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    jid: JID
+
+
+@dataclass(frozen=True)
+class BindResource:
+    jid: JID                               # bare JID of the account
+    resource: str | None                   # None: the server picks one
+    iq: etree._Element
+
+
+@dataclass(frozen=True)
+class UnhandledElement:
+    """A top-level element of an authenticated stream that is not ours (XEP-0198 <resume/>...)."""
+    element: etree._Element
+
+
+@dataclass(frozen=True)
+class Bound:
+    jid: JID                               # the full JID of the session
+
+
+def _sasl(name: str, text: str | None = None) -> bytes:
+    inner = f">{text}</{name}>" if text is not None else "/>"
+    return f"<{name} xmlns='{NS_SASL}'{inner}".encode()
+
+
+def _failure(condition: str) -> bytes:
+    return f"<failure xmlns='{NS_SASL}'><{condition}/></failure>".encode()
+
+
+def stream_error(condition: str, text: str | None = None) -> bytes:
+    body = f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+    if text:
+        body += f"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{text}</text>"
+    return f"<stream:error>{body}</stream:error>".encode()
+
+
+@dataclass
+class Settings:
+    domains: frozenset[str]
+    tls_available: bool
+    tls_required: bool                     # False: plain text allowed (loopback peers only)
+    extra_features: callable = None        # (authenticated: bool) -> list[bytes] from extensions
+    channel_binding: dict = field(default_factory=dict)
+
+
+class C2SNegotiation:
+    def __init__(self, settings: Settings, *, tls_active: bool = False):
+        self.settings = settings
+        self.state = State.AWAIT_STREAM
+        self.tls_active = tls_active
+        self.domain: str | None = None
+        self.authenticated: JID | None = None
+        self.header_sent = False
+        self._mechanism = None
+        self._pending_username: str | None = None
+        self._pending_password: str | None = None
+        self._auth_attempts = 0
+        self.stream_id = ""
+
+    # ---------------------------------------------------------------- inputs
+
+    def receive(self, event) -> list:
+        if self.state in (State.BOUND, State.CLOSED):
+            raise LocalProtocolError(f"negotiation is over ({self.state.value})")
+        if isinstance(event, StreamErrorDetected):
+            return self._error(event.condition, event.text)
+        if isinstance(event, StreamClosed):
+            self.state = State.CLOSED
+            return [SendBytes(STREAM_CLOSE), CloseStream()]
+        if isinstance(event, StreamOpened):
+            return self._stream_opened(event.attributes)
+        if self.state is State.AWAIT_STREAM:
+            return self._error("not-well-formed", "stream header expected")
+        element = event.element
+        handler = {
+            State.AWAIT_STARTTLS: self._in_await_starttls,
+            State.AWAIT_AUTH: self._in_await_auth,
+            State.SASL_EXCHANGE: self._in_sasl_exchange,
+            State.AWAIT_BIND: self._in_await_bind,
+        }.get(self.state)
+        if handler is None:  # AWAIT_CREDENTIALS, BINDING: the client must wait for us
+            return self._error("policy-violation", "element sent out of turn")
+        return handler(element)
+
+    def tls_started(self) -> None:
+        self._expect(State.AWAIT_STARTTLS)
+        self.tls_active = True
+        self.state = State.AWAIT_STREAM
+        self.header_sent = False
+
+    def credentials_found(self, creds: ScramCredentials | None) -> list:
+        self._expect(State.AWAIT_CREDENTIALS)
+        mechanism = self._mechanism
+        if isinstance(mechanism, PlainMechanism):
+            password, self._pending_password = self._pending_password, None
+            if creds is not None and verify_plain_password(password, creds, "sha256"):
+                return self._succeed(self._pending_username, None)
+            return self._sasl_failed("not-authorized")
+        self.state = State.SASL_EXCHANGE
+        challenge = mechanism.server_first(creds)
+        return [SendBytes(_sasl("challenge", base64.b64encode(challenge).decode()))]
+
+    def bound(self, full_jid: JID, iq: etree._Element) -> list:
+        self._expect(State.BINDING)
+        self.state = State.BOUND
+        result = (f"<iq type='result' id='{_attr(iq.get('id'))}'><bind xmlns='{NS_BIND}'>"
+                  f"<jid>{_text(str(full_jid))}</jid></bind></iq>").encode()
+        return [SendBytes(result), Bound(full_jid)]
+
+    def bind_failed(self, iq: etree._Element, condition: str, error_type: str = "modify") -> list:
+        self._expect(State.BINDING)
+        self.state = State.AWAIT_BIND
+        reply = (f"<iq type='error' id='{_attr(iq.get('id'))}'><error type='{error_type}'>"
+                 f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>").encode()
+        return [SendBytes(reply)]
+
+    def resumed(self) -> None:
+        """XEP-0198: the stream took over an earlier session instead of binding."""
+        self._expect(State.AWAIT_BIND)
+        self.state = State.BOUND
+
+    # ---------------------------------------------------------------- states
+
+    def _stream_opened(self, attributes: dict) -> list:
+        if self.state is not State.AWAIT_STREAM:
+            return self._error("policy-violation", "unexpected stream restart")
+        self.domain = attributes.get("to", self.domain)
+        if self.domain not in self.settings.domains:
+            return self._error("host-unknown")
+        if attributes.get("version") != "1.0":
+            return self._error("unsupported-version")
+        out = [SendBytes(self._header())]
+        if self.authenticated is not None:
+            self.state = State.AWAIT_BIND
+            features = f"<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>"
+            features += "".join(f.decode() for f in self._extra_features(True))
+        elif not self.tls_active and self.settings.tls_available and self.settings.tls_required:
+            self.state = State.AWAIT_STARTTLS
+            features = f"<starttls xmlns='{NS_TLS}'><required/></starttls>"
+        else:
+            self.state = State.AWAIT_AUTH
+            features = ""
+            if not self.tls_active and self.settings.tls_available:
+                features = f"<starttls xmlns='{NS_TLS}'/>"
+            features += self._mechanisms()
+            features += "".join(f.decode() for f in self._extra_features(False))
+        out.append(SendBytes(f"<stream:features>{features}</stream:features>".encode()))
+        return out
+
+    def _in_await_starttls(self, element) -> list:
+        if element.tag != f"{{{NS_TLS}}}starttls":
+            return self._error("policy-violation", "STARTTLS is required")
+        return [SendBytes(f"<proceed xmlns='{NS_TLS}'/>".encode()), StartTls()]
+
+    def _in_await_auth(self, element) -> list:
+        if element.tag == f"{{{NS_TLS}}}starttls" and not self.tls_active and self.settings.tls_available:
+            self.state = State.AWAIT_STARTTLS
+            return self._in_await_starttls(element)
+        if element.tag != f"{{{NS_SASL}}}auth":
+            return self._error("not-authorized")
+        name = element.get("mechanism", "")
+        if name not in self.mechanism_names():
+            return [SendBytes(_failure("invalid-mechanism"))]
+        try:
+            initial = _decode(element.text)
+        except SaslFailure as failure:
+            return self._sasl_failed(failure.condition)
+        if name == "PLAIN":
+            self._mechanism = PlainMechanism()
+            try:
+                authzid, authcid, password = self._mechanism.parse(initial)
+                username = self._username(authcid)
+                if authzid and authzid != f"{username}@{self.domain}":
+                    raise SaslFailure("invalid-authzid")
+            except SaslFailure as failure:
+                return self._sasl_failed(failure.condition)
+            self._pending_username, self._pending_password = username, password
+            self.state = State.AWAIT_CREDENTIALS
+            return [LookupCredentials(username, "sha256")]
+        base = name.removesuffix("-PLUS")
+        self._mechanism = ScramMechanism(SCRAM_HASHES[base], plus=name.endswith("-PLUS"),
+                                         channel_binding=self.settings.channel_binding if self.tls_active else {})
+        try:
+            username = self._username(self._mechanism.client_first(initial))
+        except SaslFailure as failure:
+            return self._sasl_failed(failure.condition)
+        self._pending_username = username
+        self.state = State.AWAIT_CREDENTIALS
+        return [LookupCredentials(username, SCRAM_HASHES[base])]
+
+    def _in_sasl_exchange(self, element) -> list:
+        if element.tag == f"{{{NS_SASL}}}abort":
+            return self._sasl_failed("aborted")
+        if element.tag != f"{{{NS_SASL}}}response":
+            return self._error("not-authorized")
+        try:
+            server_final = self._mechanism.client_final(_decode(element.text))
+        except SaslFailure as failure:
+            return self._sasl_failed(failure.condition)
+        return self._succeed(self._pending_username, server_final)
+
+    def _in_await_bind(self, element) -> list:
+        if element.tag != f"{{{NS_CLIENT}}}iq":
+            return [UnhandledElement(element)]
+        bind = element.find(f"{{{NS_BIND}}}bind")
+        if element.get("type") != "set" or bind is None:
+            return self._error("not-authorized", "bind a resource first")
+        resource = bind.findtext(f"{{{NS_BIND}}}resource")
+        resource = resource.strip() if resource else None
+        if resource:
+            try:
+                JID.parse(f"x@{self.domain}/{resource}")
+            except InvalidJID:
+                reply = (f"<iq type='error' id='{_attr(element.get('id'))}'><error type='modify'>"
+                         "<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>").encode()
+                return [SendBytes(reply)]
+        self.state = State.BINDING
+        return [BindResource(self.authenticated, resource or None, element)]
+
+    # ---------------------------------------------------------------- helpers
+
+    def mechanism_names(self) -> list[str]:
+        names = []
+        if self.tls_active and self.settings.channel_binding:
+            names += ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]
+        names += ["SCRAM-SHA-256", "SCRAM-SHA-1"]
+        if self.tls_active:
+            names.append("PLAIN")           # never offered without TLS
+        return names
+
+    def _mechanisms(self) -> str:
+        items = "".join(f"<mechanism>{name}</mechanism>" for name in self.mechanism_names())
+        features = f"<mechanisms xmlns='{NS_SASL}'>{items}</mechanisms>"
+        if self.tls_active and self.settings.channel_binding:
+            types = "".join(f"<channel-binding type='{kind}'/>" for kind in self.settings.channel_binding)
+            features += f"<sasl-channel-binding xmlns='{NS_SASL_CB}'>{types}</sasl-channel-binding>"
+        return features
+
+    def _extra_features(self, authenticated: bool) -> list[bytes]:
+        return self.settings.extra_features(authenticated) if self.settings.extra_features else []
+
+    def _username(self, name: str) -> str:
+        try:
+            return JID.parse(f"{name}@{self.domain}").local
+        except InvalidJID:
+            raise SaslFailure("not-authorized") from None
+
+    def _succeed(self, username: str, server_final: bytes | None) -> list:
+        self.authenticated = JID(username, self.domain)
+        self._mechanism = None
+        text = base64.b64encode(server_final).decode() if server_final else None
+        success = _sasl("success", text)
+        self.state = State.AWAIT_STREAM
+        self.header_sent = False
+        return [SendBytes(success), Authenticated(self.authenticated)]
+
+    def _sasl_failed(self, condition: str) -> list:
+        self._auth_attempts += 1
+        username, self._pending_username, self._mechanism = self._pending_username, None, None
+        self.state = State.AWAIT_AUTH
+        out = [AuthFailed(username, condition), SendBytes(_failure(condition))]
+        if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
+            out += self._error("policy-violation", "too many authentication attempts")
+        return out
+
+    def _header(self) -> bytes:
+        self.header_sent = True
+        self.stream_id = secrets.token_urlsafe(12)
+        return stream_header(from_=self.domain, id=self.stream_id)
+
+    def _error(self, condition: str, text: str | None = None) -> list:
+        out = []
+        if not self.header_sent:
+            out.append(SendBytes(stream_header(from_=self.domain or sorted(self.settings.domains)[0], id=secrets.token_urlsafe(12))))
+            self.header_sent = True
+        self.state = State.CLOSED
+        out += [SendBytes(stream_error(condition, text) + STREAM_CLOSE), CloseStream()]
+        return out
+
+    def _expect(self, state: State) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"expected state {state.value}, in {self.state.value}")
+
+
+def _decode(text: str | None) -> bytes:
+    text = (text or "").strip()
+    if text in ("", "="):
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SaslFailure("incorrect-encoding") from None
+
+
+def _attr(value: str | None) -> str:
+    return (value or "").replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
+
+
+def _text(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,205 @@
+"""The server: storage, hosts and their extensions, TLS, listeners, graceful shutdown."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import ssl
+import time
+
+from cryptography import x509
+
+from xmppd import certs
+from xmppd.admin import AdminSocket
+from xmppd.c2s import C2SConnection
+from xmppd.config import Config, ConfigError
+from xmppd.host import Host
+from xmppd.metrics import Metrics
+from xmppd.protocol.negotiation import stream_error
+from xmppd.protocol.stream import STREAM_CLOSE, stream_header
+from xmppd.router import CoreDelivery, Router
+from xmppd.storage import open_backend
+from xmppd.transport import Transport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXTENSIONS = ("disco", "ping", "version", "time", "roster", "presence", "offline",
+                      "register", "adhoc")
+
+
+class AuthThrottle:
+    """Slows down repeated authentication failures from one address."""
+    WINDOW = 600.0
+
+    def __init__(self, base_delay: float):
+        self.base_delay = base_delay
+        self.failures: dict[str, collections.deque] = {}
+
+    def failed(self, address: str) -> float:
+        """Record a failure; return how long to wait before answering it."""
+        now = time.monotonic()
+        recent = self.failures.setdefault(address, collections.deque())
+        while recent and recent[0] < now - self.WINDOW:
+            recent.popleft()
+        recent.append(now)
+        if len(self.failures) > 10000:         # bound the memory an address scan can take
+            self.failures.pop(next(iter(self.failures)))
+        return min(self.base_delay * (2 ** (len(recent) - 2)), 30.0) if len(recent) > 1 else 0.0
+
+
+class Server:
+    def __init__(self, config: Config):
+        self.config = config
+        self.user_domains = [h.domain for h in config.hosts]
+        self.hosts: dict[str, Host] = {}
+        self.router = Router(self)
+        self.metrics = Metrics()
+        self.auth_throttle = AuthThrottle(config.c2s.auth_failure_delay)
+        self.ssl_context: ssl.SSLContext | None = None
+        self._end_point_hash: bytes | None = None
+        self.storage = None
+        self.archive_storage = None
+        self.connections: set[C2SConnection] = set()
+        self._per_ip: collections.Counter = collections.Counter()
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task] = set()
+        self.admin = AdminSocket(self)
+
+    # ------------------------------------------------------------- start-up
+
+    async def open(self) -> None:
+        """Storage, hosts and extensions: everything but the network (xmppctl uses this)."""
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default], str(cfg.data_dir))
+        await self.storage.start()
+        archive_kind = cfg.storage.archive or cfg.storage.default
+        if archive_kind == cfg.storage.default:
+            self.archive_storage = self.storage
+        else:
+            self.archive_storage = open_backend(archive_kind, cfg.backend_options[archive_kind], str(cfg.data_dir))
+            await self.archive_storage.start()
+        names = cfg.server.extensions or DEFAULT_EXTENSIONS
+        unknown = set(cfg.extension_options) - set(names) - set(_all_dependencies(names))
+        if unknown:
+            raise ConfigError(f"{cfg.source}: extensions.{sorted(unknown)[0]}: options for an extension that is not enabled")
+        for host_options in cfg.hosts:
+            host = Host(self, host_options.domain, admins=host_options.admins)
+            self.hosts[host.domain] = host
+            CoreDelivery(host)
+            for name in names:
+                await host.load(name)
+
+    def add_component(self, domain: str) -> Host:
+        """A component domain (conference.<domain>, upload.<domain>) routed like a host."""
+        if domain in self.hosts:
+            raise ConfigError(f"{self.config.source}: the domain {domain} is configured twice")
+        host = Host(self, domain, is_component=True)
+        self.hosts[domain] = host
+        return host
+
+    async def start(self) -> None:
+        await self.open()
+        self._setup_tls()
+        c2s = self.config.c2s
+        for interface in c2s.interfaces:
+            self._listeners.append(await asyncio.start_server(
+                lambda r, w: self._accept(r, w, direct_tls=False), interface, c2s.port, reuse_address=True))
+            if c2s.direct_tls_port:
+                self._listeners.append(await asyncio.start_server(
+                    lambda r, w: self._accept(r, w, direct_tls=True), interface, c2s.direct_tls_port,
+                    ssl=self.ssl_context, reuse_address=True, ssl_handshake_timeout=c2s.unauthenticated_timeout))
+        await self.admin.start()
+        for host in list(self.hosts.values()):
+            await host.bus.notify("server-started", self)
+
+    def _setup_tls(self) -> None:
+        cert, key = self.config.certificate, self.config.private_key
+        if not self.config.tls.certificate and not cert.exists():
+            certs.make_self_signed(cert, key, self.user_domains)
+            log.info("event=certificate-created path=%s", cert)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2 if self.config.tls.min_version == "1.2" else ssl.TLSVersion.TLSv1_3
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{self.config.source}: tls.certificate/tls.key: cannot load {cert} / {key}: {exc}") from None
+        self.ssl_context = context
+        certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+        algorithm = certificate.signature_hash_algorithm
+        # RFC 5929 section 4.1: MD5 and SHA-1 are replaced by SHA-256.
+        name = algorithm.name if algorithm and algorithm.name not in ("md5", "sha1") else "sha256"
+        self._end_point_hash = hashlib.new(name, certificate.public_bytes(certs.DER)).digest()
+
+    def channel_binding(self, ssl_object) -> dict[str, bytes]:
+        """Channel-binding data that SCRAM-*-PLUS may use on this TLS connection."""
+        if ssl_object is None:
+            return {}
+        return {"tls-server-end-point": self._end_point_hash}
+
+    async def _accept(self, reader, writer, *, direct_tls: bool) -> None:
+        transport = Transport(reader, writer, max_output_buffer=self.config.c2s.max_output_buffer)
+        if self._per_ip[transport.peer] >= self.config.c2s.max_connections_per_ip:
+            transport.write(stream_header(from_=self.user_domains[0], id="refused")
+                            + stream_error("policy-violation", "too many connections from your address") + STREAM_CLOSE)
+            await transport.close()
+            return
+        self._per_ip[transport.peer] += 1
+        connection = C2SConnection(self, transport, direct_tls=direct_tls)
+        self.connections.add(connection)
+        self.metrics.count("connections")
+        try:
+            await connection.run()
+        except Exception:
+            log.exception("event=connection-crashed peer=%s", transport.peer)
+        finally:
+            self.connections.discard(connection)
+            self._per_ip[transport.peer] -= 1
+            if not self._per_ip[transport.peer]:
+                del self._per_ip[transport.peer]
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        """A background task owned by the server, cancelled at shutdown."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------- shutdown
+
+    async def stop(self) -> None:
+        """Stop accepting, tell every client <system-shutdown/>, wait, then close storage."""
+        for listener in self._listeners:
+            listener.close()
+        await self.admin.stop()
+        for connection in list(self.connections):
+            connection.close("system-shutdown")
+        deadline = time.monotonic() + self.config.server.graceful_shutdown_timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for host in list(self.hosts.values()):
+            for session in [s for resources in list(host.sessions.values()) for s in list(resources.values())]:
+                await host.end_session(session)
+        for host in list(self.hosts.values()):
+            await host.unload_all()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.archive_storage is not None and self.archive_storage is not self.storage:
+            await self.archive_storage.close()
+        if self.storage is not None:
+            await self.storage.close()
+
+    def listening(self) -> list[str]:
+        return [f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for listener in self._listeners for sock in listener.sockets]
+
+
+def _all_dependencies(names) -> list[str]:
+    from xmppd.extension import extension_class
+    found = []
+    for name in names:
+        try:
+            found += extension_class(name).depends
+        except ImportError as exc:
+            raise ConfigError(f"server.extensions: unknown extension {name!r} ({exc})") from None
+    return found

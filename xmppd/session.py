@@ -1,0 +1,61 @@
+"""One authenticated resource: its JID, presence, priority and what it asked for.
+
+`send` is the only way out to a client. Extensions that must see or hold outgoing
+stanzas (stream management counts them, CSI holds some back) add a filter: a callable
+that returns the element to send on, or None when it took the stanza over.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from lxml import etree
+
+from xmppd.protocol.jid import JID
+from xmppd.protocol.stream import serialize
+
+if TYPE_CHECKING:
+    from xmppd.host import Host
+
+
+class Connection(Protocol):
+    peer: str
+
+    def write(self, data: bytes) -> None: ...
+    def close(self, condition: str | None = None, text: str | None = None) -> None: ...
+
+
+Filter = Callable[[etree._Element], "etree._Element | None"]
+
+
+class Session:
+    def __init__(self, host: "Host", jid: JID, connection: Connection | None):
+        self.host = host
+        self.jid = jid
+        self.connection = connection
+        self.available = False               # initial presence sent, not yet unavailable
+        self.presence: etree._Element | None = None
+        self.priority = 0
+        self.interested = False              # requested the roster: gets roster pushes
+        self.filters: list[Filter] = []
+        self.meta: dict = {}                 # per-extension state, keyed by extension name
+        self.closed = False
+
+    def __repr__(self):
+        return f"<Session {self.jid}>"
+
+    def send(self, element: etree._Element) -> None:
+        for apply in self.filters:
+            element = apply(element)
+            if element is None:
+                return
+        self.write(element)
+
+    def write(self, element: etree._Element) -> None:
+        """Serialize to the connection, past the filters (for resends and flushes)."""
+        if self.connection is not None:
+            self.connection.write(serialize(element))
+
+    def close(self, condition: str | None = None, text: str | None = None) -> None:
+        """Close the stream, with a stream error when `condition` is given."""
+        if self.connection is not None:
+            self.connection.close(condition, text)

@@ -1,0 +1,77 @@
+"""The only code that touches sockets: bytes in, bytes out, TLS, back-pressure.
+
+Writes issued during one turn of the event loop are joined into one socket write: under
+load a client gets many stanzas per system call. A client whose unsent output is over its
+limit is not read from until the output drains (it cannot add load it does not take).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+
+
+class Transport:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, max_output_buffer: int):
+        self.reader = reader
+        self.writer = writer
+        self.max_output_buffer = max_output_buffer
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.peer: str = peer[0]
+        self.local_port: int = (writer.get_extra_info("sockname") or ("", 0))[1]
+        self.is_loopback = _is_loopback(self.peer)
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+        self.closing = False
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def read(self) -> bytes:
+        """The next bytes from the peer; b"" at end of stream."""
+        if self.writer.transport.get_write_buffer_size() > self.max_output_buffer:
+            await self.writer.drain()
+        return await self.reader.read(65536)
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending and not self.writer.is_closing():
+            self.writer.write(b"".join(self._pending))
+        self._pending.clear()
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return self.writer.get_extra_info("ssl_object")
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
+        self._flush()
+        await self.writer.drain()
+        await asyncio.wait_for(self.writer.start_tls(context), timeout)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what is pending, then close; abort a peer that does not take it in time."""
+        if self.closing:
+            return
+        self._flush()
+        self.closing = True
+        try:
+            await asyncio.wait_for(self.writer.drain(), timeout)
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), timeout)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            self.writer.transport.abort()
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
