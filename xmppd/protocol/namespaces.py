@@ -1,0 +1,20 @@
+"""XML namespaces of the XMPP core (RFC 6120) and the few XEPs the core needs.
+
+Every namespace string lives here exactly once; extensions keep their own
+payload namespaces next to their code.
+"""
+
+NS_CLIENT = "jabber:client"
+NS_SERVER = "jabber:server"
+NS_STREAMS = "http://etherx.jabber.org/streams"
+NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+NS_XML = "http://www.w3.org/XML/1998/namespace"
+NS_DELAY = "urn:xmpp:delay"
+
+# Clark-notation attribute name of xml:lang, used on streams and stanzas.
+XML_LANG = "{%s}lang" % NS_XML

@@ -1,0 +1,137 @@
+"""Helpers on lxml stanza elements: building elements, replies and error replies.
+
+Stanzas stay lxml elements from the parser to the serializer; these helpers
+are the few operations the core and extensions need on them.  Tags are in
+Clark notation: ``{jabber:client}message``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from lxml import etree
+
+from .errors import LocalProtocolError, StanzaError
+from .namespaces import NS_CLIENT, NS_STREAMS, XML_LANG
+
+__all__ = [
+    "MESSAGE",
+    "PRESENCE",
+    "IQ",
+    "STANZA_TAGS",
+    "make_element",
+    "sub_element",
+    "reply",
+    "error_reply",
+    "is_stanza",
+]
+
+MESSAGE = "{%s}message" % NS_CLIENT
+PRESENCE = "{%s}presence" % NS_CLIENT
+IQ = "{%s}iq" % NS_CLIENT
+STANZA_TAGS = frozenset({MESSAGE, PRESENCE, IQ})
+
+# One nsmap per namespace, shared: lxml copies it into the tree anyway.
+_nsmaps: dict[str, dict] = {NS_STREAMS: {"stream": NS_STREAMS}}
+
+
+def _nsmap_for(tag: str) -> dict | None:
+    if tag[:1] != "{":
+        return None
+    namespace = tag[1 : tag.index("}")]
+    nsmap = _nsmaps.get(namespace)
+    if nsmap is None:
+        nsmap = _nsmaps[namespace] = {None: namespace}
+    return nsmap
+
+
+def make_element(tag: str, attrib: dict[str, str] | None = None, text: str | None = None) -> etree._Element:
+    """A new element whose namespace is the default one (``stream:`` for the streams namespace).
+
+    Attributes whose value is None are left out, so ``{"to": maybe_none}`` works.
+    """
+    element = etree.Element(tag, nsmap=_nsmap_for(tag))
+    if attrib:
+        for key, value in attrib.items():
+            if value is not None:
+                element.set(key, value)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def sub_element(
+    parent: etree._Element, tag: str, attrib: dict[str, str] | None = None, text: str | None = None
+) -> etree._Element:
+    """Like ``make_element`` but appended to ``parent``; a new namespace becomes the child's default."""
+    nsmap = None
+    if tag[:1] == "{":
+        namespace = tag[1 : tag.index("}")]
+        parent_tag = parent.tag
+        if not (isinstance(parent_tag, str) and parent_tag.startswith("{" + namespace + "}")):
+            nsmap = _nsmap_for(tag)
+    element = etree.SubElement(parent, tag, nsmap=nsmap)
+    if attrib:
+        for key, value in attrib.items():
+            if value is not None:
+                element.set(key, value)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def is_stanza(element: etree._Element) -> bool:
+    """True for message, presence and iq in jabber:client."""
+    return element.tag in STANZA_TAGS
+
+
+def _swapped(stanza: etree._Element, type_: str | None) -> etree._Element:
+    tag = stanza.tag
+    element = etree.Element(tag, nsmap=_nsmap_for(tag))
+    sender = stanza.get("from")
+    if sender is not None:
+        element.set("to", sender)
+    recipient = stanza.get("to")
+    if recipient is not None:
+        element.set("from", recipient)
+    stanza_id = stanza.get("id")
+    if stanza_id is not None:
+        element.set("id", stanza_id)
+    if type_ is not None:
+        element.set("type", type_)
+    return element
+
+
+def reply(stanza: etree._Element, payload: etree._Element | None = None) -> etree._Element:
+    """The result for ``stanza``: same id, to/from swapped, type='result' for an iq.
+
+    ``payload`` is appended as the only child (it is moved, not copied).
+    """
+    if stanza.get("type") == "error":
+        raise LocalProtocolError("never reply to an error stanza")
+    element = _swapped(stanza, "result" if stanza.tag == IQ else stanza.get("type"))
+    if payload is not None:
+        element.append(payload)
+    return element
+
+
+def error_reply(stanza: etree._Element, err: StanzaError) -> etree._Element:
+    """The error reply for ``stanza`` (RFC 6120 §8.3.1): type='error', to/from swapped, same id.
+
+    For message and presence the original payload is kept before the error;
+    an iq error carries only the error.
+    """
+    if stanza.get("type") == "error":
+        raise LocalProtocolError("never answer an error stanza with an error")
+    element = _swapped(stanza, "error")
+    if stanza.tag != IQ:
+        lang = stanza.get(XML_LANG)
+        if lang is not None:
+            element.set(XML_LANG, lang)
+        for child in stanza:
+            if isinstance(child.tag, str):
+                element.append(copy.deepcopy(child))
+        for child in element:
+            child.tail = None
+    element.append(err.to_element())
+    return element
