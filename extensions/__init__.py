@@ -1,0 +1,1 @@
+"""Bundled extensions: one module (or package) per feature, loaded by name from the config."""

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 REPLIED = object()
 """Returned by an iq handler that has sent its reply itself."""
 
+PASS = object()
+"""Returned by an iq handler that leaves the iq to the next handler (a disco node it does not own)."""
+
 IQ_TARGETS = ("host", "self", "bare")
 
 
@@ -50,6 +53,8 @@ class Extension:
     xeps: dict[int, str] = {}            # XEP number -> version implemented
     features: list[str] = []             # disco#info features
     identities: list[tuple[str, str, str]] = []   # (category, type, name)
+    account_features: list[str] = []     # disco#info features of every account's bare JID
+    account_identities: list[tuple[str, str, str]] = []
     depends: list[str] = []
     Options = None                       # frozen dataclass of [extensions.<name>]
 
@@ -65,6 +70,10 @@ class Extension:
 
     async def stop(self) -> None:
         """Stop background tasks."""
+
+    def disco_forms(self) -> list:
+        """XEP-0128 data forms to add to the host's disco#info."""
+        return []
 
     def stream_features(self, authenticated: bool) -> list[bytes]:
         """Serialized <stream:features/> children to offer before/after authentication."""
@@ -100,6 +109,8 @@ class Extension:
             except StanzaError as error:
                 await self.host.send(error_reply(stanza.element, error))
                 return True
+            if payload is PASS:
+                return False
             if payload is not REPLIED:
                 await self.host.send(reply(stanza.element, payload))
             return True

@@ -57,7 +57,7 @@ class Stanza:
 
 def target_of(kind: str, to: JID | None, from_: JID) -> str:
     if to is None:
-        return "broadcast" if kind == "presence" else "self"
+        return {"presence": "broadcast", "iq": "self"}.get(kind, "bare")
     if to.local is None:
         return "host"
     if to.resource is not None:
@@ -83,14 +83,14 @@ class Router:
         except InvalidJID:
             await self._reply_error(element, session.host, JidMalformed())
             return
-        if kind == "message" and to is None:
-            to = session.jid.bare             # RFC 6120 10.3.1: to the sender's account
         stanza = Stanza(element, kind, session.jid, to, session)
         problem = self._invalid(stanza)
         if problem:
             await self._reply_error(element, session.host, BadRequest(text=problem))
             return
         stanza.target = target_of(kind, to, session.jid)
+        if to is None and kind != "presence":
+            stanza.to = session.jid.bare          # RFC 6120 10.3: addressed to the sender's account
         host = session.host
         if await self._fire(host, f"pre-{kind}/{stanza.target}", stanza):
             return

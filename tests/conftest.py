@@ -1,0 +1,36 @@
+import itertools
+
+import pytest
+
+from tests.support.server import XmppdProcess
+
+_users = itertools.count()
+
+
+@pytest.fixture
+def xmppd(tmp_path):
+    """A running xmppd on free ports with a fresh data dir; stopped after the test."""
+    server = XmppdProcess(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_xmppd(tmp_path):
+    """Build (and clean up) xmppd processes with extra config."""
+    started = []
+
+    def make(extra_config="", **kwargs):
+        directory = tmp_path / f"server{len(started)}"
+        directory.mkdir()
+        server = XmppdProcess(directory, extra_config, **kwargs)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def unique(prefix="user") -> str:
+    return f"{prefix}{next(_users)}"

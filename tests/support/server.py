@@ -1,0 +1,106 @@
+"""A real xmppd process for end-to-end tests: free ports, a temporary data dir."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class XmppdProcess:
+    """`xmppd --config <tmp>/xmppd.toml`; extra TOML is appended to the generated config."""
+
+    def __init__(self, directory: Path, extra_config: str = "", domain: str = "localhost",
+                 server_section: str = "", c2s_section: str = ""):
+        self.directory = Path(directory)
+        self.domain = domain
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.http_port = free_port()
+        self.https_port = free_port()
+        self.config_path = self.directory / "xmppd.toml"
+        self.config_path.write_text(textwrap.dedent(f"""\
+            [server]
+            data_dir = "{self.directory / 'data'}"
+            log_level = "info"
+            {server_section}
+
+            [c2s]
+            port = {self.port}
+            direct_tls_port = {self.tls_port}
+            {c2s_section}
+
+            [http]
+            port = {self.http_port}
+            tls_port = {self.https_port}
+
+            [[hosts]]
+            domain = "{domain}"
+            admins = ["admin@{domain}"]
+            """) + textwrap.dedent(extra_config))
+        self.process: subprocess.Popen | None = None
+        self.output: list[str] = []
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def start(self) -> "XmppdProcess":
+        self.output = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "xmppd.cli", "--config", str(self.config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        ready = threading.Event()
+
+        def pump():
+            for line in self.process.stdout:
+                self.output.append(line)
+                if "listening on" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(START_TIMEOUT) or self.process.poll() is not None:
+            self.kill()
+            raise RuntimeError(f"xmppd did not start:\n{self.log}")
+        return self
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"xmppd did not stop on SIGTERM:\n{self.log}")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, for durability tests."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def ctl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "xmppd.ctl", "--config", str(self.config_path), *args],
+                                capture_output=True, text=True, input=input, timeout=60)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"xmppctl {' '.join(args)} failed: {result.stdout}{result.stderr}")
+        return result
+
+    def adduser(self, local: str, password: str = "secret") -> str:
+        jid = f"{local}@{self.domain}"
+        self.ctl("adduser", jid, "--password", password)
+        return jid
