@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import pkgutil
 import logging
 import ssl
 import time
@@ -24,8 +25,10 @@ from xmppd.transport import Transport
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXTENSIONS = ("disco", "ping", "version", "time", "roster", "presence", "offline",
-                      "register", "adhoc")
+def bundled_extensions() -> list[str]:
+    """Every module or package of xmppd.extensions: the default when the config names none."""
+    import xmppd.extensions
+    return sorted(module.name for module in pkgutil.iter_modules(xmppd.extensions.__path__))
 
 
 class AuthThrottle:
@@ -80,7 +83,7 @@ class Server:
         else:
             self.archive_storage = open_backend(archive_kind, cfg.backend_options[archive_kind], str(cfg.data_dir))
             await self.archive_storage.start()
-        names = cfg.server.extensions or DEFAULT_EXTENSIONS
+        names = cfg.server.extensions or bundled_extensions()
         unknown = set(cfg.extension_options) - set(names) - set(_all_dependencies(names))
         if unknown:
             raise ConfigError(f"{cfg.source}: extensions.{sorted(unknown)[0]}: options for an extension that is not enabled")
