@@ -1,0 +1,38 @@
+"""The storage backends the contract suite runs on.
+
+To add a backend: add its kind to BACKENDS and a branch to make_backend.
+"""
+import pytest
+
+BACKENDS = ["sqlite"]
+
+
+async def make_backend(kind, tmp_path):
+    """A new, not yet started backend of `kind`.
+
+    The same tmp_path must give the same data (the reopen test closes a backend and
+    makes it again); a new tmp_path (each test gets one) must give an empty backend.
+    """
+    if kind == "sqlite":
+        from xmppd.storage.sqlite import Options, open_backend
+        return open_backend(Options(), str(tmp_path))
+    raise ValueError(f"unknown storage backend {kind!r}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_kind(request):
+    return request.param
+
+
+@pytest.fixture
+def new_backend(backend_kind, tmp_path):
+    """make_backend for this test's kind and tmp_path: each call opens the same data."""
+    return lambda: make_backend(backend_kind, tmp_path)
+
+
+@pytest.fixture
+async def backend(backend_kind, tmp_path):
+    backend = await make_backend(backend_kind, tmp_path)
+    await backend.start()
+    yield backend
+    await backend.close()
