@@ -10,7 +10,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-DER = serialization.Encoding.DER
 
 
 def make_self_signed(cert_path: Path, key_path: Path, domains: list[str], days: int = 3650) -> None:

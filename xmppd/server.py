@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import pkgutil
 import logging
 import ssl
 import time
 
-from cryptography import x509
-
-from xmppd import certs
+from xmppd import certs, tls
 from xmppd.admin import AdminSocket
 from xmppd.c2s import C2SConnection
 from xmppd.config import Config, ConfigError
@@ -122,24 +119,15 @@ class Server:
         if not self.config.tls.certificate and not cert.exists():
             certs.make_self_signed(cert, key, self.user_domains)
             log.info("event=certificate-created path=%s", cert)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2 if self.config.tls.min_version == "1.2" else ssl.TLSVersion.TLSv1_3
         try:
-            context.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as exc:
+            self.ssl_context = tls.server_context(cert, key, self.config.tls.min_version)
+            self._end_point_hash = tls.end_point_hash(cert)
+        except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"{self.config.source}: tls.certificate/tls.key: cannot load {cert} / {key}: {exc}") from None
-        self.ssl_context = context
-        certificate = x509.load_pem_x509_certificate(cert.read_bytes())
-        algorithm = certificate.signature_hash_algorithm
-        # RFC 5929 section 4.1: MD5 and SHA-1 are replaced by SHA-256.
-        name = algorithm.name if algorithm and algorithm.name not in ("md5", "sha1") else "sha256"
-        self._end_point_hash = hashlib.new(name, certificate.public_bytes(certs.DER)).digest()
 
     def channel_binding(self, ssl_object) -> dict[str, bytes]:
         """Channel-binding data that SCRAM-*-PLUS may use on this TLS connection."""
-        if ssl_object is None:
-            return {}
-        return {"tls-server-end-point": self._end_point_hash}
+        return tls.channel_bindings(ssl_object, self._end_point_hash)
 
     async def _accept(self, reader, writer, *, direct_tls: bool) -> None:
         transport = Transport(reader, writer, max_output_buffer=self.config.c2s.max_output_buffer)
