@@ -31,11 +31,17 @@ async def set_password(host, local: str, password: str) -> bool:
     return await host.storage.accounts.set_secrets(f"{local}@{host.domain}", await _secrets(password))
 
 
-async def delete_user(host, local: str) -> bool:
-    """Close the user's sessions and remove the account with all its data."""
+async def delete_user(host, local: str, *, reply=None) -> bool:
+    """Close the user's sessions and remove the account with all its data.
+
+    `reply` (a stanza, e.g. the result of a XEP-0077 <remove/>) is routed once the
+    deletion is committed and before the sessions are closed.
+    """
     jid = JID(local, host.domain)
     if not await host.storage.accounts.delete(str(jid)):
         return False
+    if reply is not None:
+        await host.send(reply)
     for session in host.sessions_of(local):
         session.close("not-authorized", "account deleted")
         await host.end_session(session)

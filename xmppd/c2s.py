@@ -3,7 +3,10 @@
 Runs the sans-IO `XmlStream` and `C2SNegotiation` over a `Transport`, performs their
 actions (credential lookup, resource binding, STARTTLS) and, once bound, hands each
 stanza to the router. Top-level elements that are not stanzas (XEP-0198 <r/>, <enable/>,
-<resume/> ...) fire `stream-element/<{namespace}name>` with a `StreamElement`.
+<resume/> ...) fire `stream-element/<{namespace}name>` with a `StreamElement`. An iq
+get/set before authentication (XEP-0077) fires `unauthenticated-iq/<namespace>:<element>`
+on the stream's host: a handler writes the reply on the connection (or raises
+StanzaError); an iq nobody handles closes the stream with not-authorized (RFC 6120 4.9.3.12).
 """
 from __future__ import annotations
 
@@ -16,8 +19,10 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from xmppd.protocol import negotiation as n
+from xmppd.protocol.errors import InternalServerError, StanzaError
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
-from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, stream_header
+from xmppd.protocol.stanza import error_reply
+from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, serialize, stream_header
 from xmppd.router import KINDS
 from xmppd.session import Session
 from xmppd.transport import Transport
@@ -135,6 +140,24 @@ class C2SConnection:
             event = StreamElement(self, action.element, None)
             if not await self.host.bus.fire(f"stream-element/{action.element.tag}", event):
                 self.close("unsupported-stanza-type")
+        elif isinstance(action, n.UnauthenticatedIq):
+            await self._unauthenticated_iq(action.iq)
+
+    async def _unauthenticated_iq(self, iq: etree._Element) -> None:
+        payload = etree.QName(iq[0])
+        host = self.server.hosts[self.negotiation.domain]
+        try:
+            handled = await host.bus.fire(f"unauthenticated-iq/{payload.namespace}:{payload.localname}",
+                                          StreamElement(self, iq, None))
+        except StanzaError as error:
+            self.write(serialize(error_reply(iq, error)))
+            return
+        except Exception:
+            log.exception("event=unauthenticated-iq-crashed peer=%s iq=%r", self.peer, etree.tostring(iq)[:300])
+            self.write(serialize(error_reply(iq, InternalServerError())))
+            return
+        if not handled:
+            self.close("not-authorized")
 
     async def _bind(self, action: n.BindResource) -> None:
         host = self.host

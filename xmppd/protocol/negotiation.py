@@ -87,6 +87,13 @@ class UnhandledElement:
 
 
 @dataclass(frozen=True)
+class UnauthenticatedIq:
+    """An iq get/set before authentication (XEP-0077 registration): the caller answers it
+    or closes the stream with not-authorized. Offered only once TLS is on (or not required)."""
+    iq: etree._Element
+
+
+@dataclass(frozen=True)
 class Bound:
     jid: JID                               # the full JID of the session
 
@@ -229,6 +236,9 @@ class C2SNegotiation:
         if element.tag == f"{{{NS_TLS}}}starttls" and not self.tls_active and self.settings.tls_available:
             self.state = State.AWAIT_STARTTLS
             return self._in_await_starttls(element)
+        if element.tag == f"{{{NS_CLIENT}}}iq" and element.get("type") in ("get", "set") \
+                and element.get("id") and len(element) == 1:
+            return [UnauthenticatedIq(element)]
         if element.tag != f"{{{NS_SASL}}}auth":
             return self._error("not-authorized")
         name = element.get("mechanism", "")
