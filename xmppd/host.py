@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class Host:
-    def __init__(self, server: "Server", domain: str, *, admins=(), is_component: bool = False):
+    def __init__(self, server: "Server", domain: str, *, admins=(), is_component: bool = False,
+                 parent: "Host | None" = None):
         self.server = server
         self.domain = domain
+        self.parent = parent                  # for a component: the user host it serves
         self.jid = JID(None, domain)
         self.admins = frozenset(admins)
         self.is_component = is_component

@@ -91,11 +91,13 @@ class Server:
             for name in names:
                 await host.load(name)
 
-    def add_component(self, domain: str) -> Host:
-        """A component domain (conference.<domain>, upload.<domain>) routed like a host."""
+    def add_component(self, domain: str, parent: Host | None = None) -> Host:
+        """A component domain (conference.<domain>, upload.<domain>) routed like a host;
+        `parent` is the user host whose extension made it (its extensions find their
+        shared state there)."""
         if domain in self.hosts:
             raise ConfigError(f"{self.config.source}: the domain {domain} is configured twice")
-        host = Host(self, domain, is_component=True)
+        host = Host(self, domain, is_component=True, parent=parent)
         self.hosts[domain] = host
         return host
 
