@@ -91,6 +91,8 @@ class Router:
         stanza.target = target_of(kind, to, session.jid)
         if to is None and kind != "presence":
             stanza.to = session.jid.bare          # RFC 6120 10.3: addressed to the sender's account
+            if kind == "iq":                      # so that replies come from the account (RFC 6120 8.1.2.1)
+                element.set("to", str(stanza.to))
         host = session.host
         if await self._fire(host, f"pre-{kind}/{stanza.target}", stanza):
             return
