@@ -59,26 +59,47 @@ def schema_files() -> list[tuple[int, str, str]]:
     return files
 
 
+def _statements(sql: str) -> list[str]:
+    """Split a schema file into statements (comments stay with the next statement)."""
+    statements, buffer = [], ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    rest = [line for line in buffer.splitlines() if line.strip()
+            and not line.strip().startswith("--")]
+    if rest:
+        raise RuntimeError(f"unterminated SQL statement at the end of a schema file: {rest}")
+    return statements
+
+
 def _upgrade(conn: sqlite3.Connection, path: str) -> None:
-    """Apply the schema files newer than the database's PRAGMA user_version."""
+    """Apply the schema files newer than the database's PRAGMA user_version.
+
+    All of them in one transaction: a failure leaves the database as it was, and a
+    second process starting at the same time waits, then finds nothing left to do.
+    """
     files = schema_files()
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
     latest = files[-1][0] if files else 0
-    if current > latest:
-        raise RuntimeError(
-            f"{path}: schema version {current} is newer than this xmppd knows ({latest});"
-            " refusing to open it with an older version")
-    for version, name, sql in files:
-        if version <= current:
-            continue
-        log.info("%s: applying schema %s", path, name)
-        try:
-            # One transaction per file: a failure leaves the previous version intact.
-            conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        if current > latest:
+            raise RuntimeError(
+                f"{path}: schema version {current} is newer than this xmppd knows"
+                f" ({latest}); refusing to open it with an older version")
+        for version, name, sql in files:
+            if version <= current:
+                continue
+            log.info("%s: applying schema %s", path, name)
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

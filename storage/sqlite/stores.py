@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import math
 import sqlite3
@@ -31,6 +32,7 @@ from .database import Database
 # touch a whole archive: other writers get their turn between chunks.
 OWNERS_CHUNK = 500
 DELETE_CHUNK = 5000
+IDS_CHUNK = 500                                # ids per DELETE ... IN (...) statement
 
 
 def _domain(jid: str) -> str:
@@ -91,6 +93,7 @@ def _encode_secrets(secrets: dict[str, ScramCredentials]) -> str:
     return _json(encoded)
 
 
+@functools.cache
 def _bytes_fields() -> frozenset[str]:
     hints = typing.get_type_hints(ScramCredentials)
     return frozenset(name for name, hint in hints.items() if hint is bytes)
@@ -353,8 +356,8 @@ class SqliteArchiveStore:
 
         def delete(conn: sqlite3.Connection) -> int:
             removed = 0
-            for start in range(0, len(ids), OWNERS_CHUNK):
-                chunk = ids[start:start + OWNERS_CHUNK]
+            for start in range(0, len(ids), IDS_CHUNK):
+                chunk = ids[start:start + IDS_CHUNK]
                 removed += conn.execute(
                     f"DELETE FROM archive WHERE store = ? AND owner = ?"
                     f" AND id IN ({', '.join('?' * len(chunk))})",
@@ -499,7 +502,8 @@ class SqlitePubSubStore:
         def publish(conn: sqlite3.Connection) -> None:
             # REPLACE deletes the old row of that id: the new one gets a new, highest seq.
             conn.execute(
-                'INSERT OR REPLACE INTO pubsub_items (service, node, id, payload, publisher, "when")'
+                "INSERT OR REPLACE INTO pubsub_items"
+                ' (service, node, id, payload, publisher, "when")'
                 " VALUES (?, ?, ?, ?, ?, ?)", values)
             if max_items is not None:
                 conn.execute(

@@ -134,6 +134,73 @@ async def test_a_newer_schema_is_refused(tmp_path):
         await again.accounts.get(ALICE)
 
 
+def with_schema(monkeypatch, sql: str):
+    """Pretend this xmppd ships a 002 schema file with `sql` in it."""
+    from xmppd.storage.sqlite import database
+    shipped = database.schema_files()
+    monkeypatch.setattr(database, "schema_files",
+                        lambda: shipped + [(2, "002_test.sql", sql)])
+
+
+UPGRADE = """
+-- a comment; and a trigger, whose body has semicolons
+ALTER TABLE rooms ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE upgrade_log (what TEXT);
+CREATE TRIGGER rooms_logged AFTER INSERT ON rooms BEGIN
+    INSERT INTO upgrade_log (what) VALUES (new.jid);
+END;
+"""
+
+
+async def test_a_new_schema_file_upgrades_an_existing_database(tmp_path, monkeypatch):
+    backend = open_backend(Options(), str(tmp_path))
+    await backend.start()
+    await backend.rooms.save("a@muc.example.org", {"x": 1})
+    await backend.close()
+
+    with_schema(monkeypatch, UPGRADE)
+    backend = open_backend(Options(), str(tmp_path))
+    await backend.start()
+    try:
+        assert await backend.rooms.get("a@muc.example.org") == {"x": 1}
+        await backend.rooms.save("b@muc.example.org", {})
+    finally:
+        await backend.close()
+    conn = sqlite3.connect(backend.path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT what FROM upgrade_log").fetchall() == [("b@muc.example.org",)]
+    finally:
+        conn.close()
+
+
+async def test_a_failing_upgrade_changes_nothing(tmp_path, monkeypatch):
+    backend = open_backend(Options(), str(tmp_path))
+    await backend.start()
+    await backend.keyvalue("k").set(ALICE, "k", b"v")
+    await backend.close()
+
+    with_schema(monkeypatch, "CREATE TABLE half_done (x);\nTHIS IS NOT SQL;\n")
+    failing = open_backend(Options(), str(tmp_path))
+    with pytest.raises(sqlite3.OperationalError):
+        await failing.start()
+    conn = sqlite3.connect(backend.path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'"
+                            ).fetchall() == []
+    finally:
+        conn.close()
+
+    monkeypatch.undo()
+    backend = open_backend(Options(), str(tmp_path))
+    await backend.start()
+    try:
+        assert await backend.keyvalue("k").get(ALICE, "k") == b"v"
+    finally:
+        await backend.close()
+
+
 async def test_start_twice_and_close_twice_are_harmless(tmp_path):
     backend = open_backend(Options(), str(tmp_path))
     await backend.start()
