@@ -24,12 +24,17 @@ __all__ = [
     "reply",
     "error_reply",
     "is_stanza",
+    "to_storage",
+    "from_storage",
 ]
 
 MESSAGE = "{%s}message" % NS_CLIENT
 PRESENCE = "{%s}presence" % NS_CLIENT
 IQ = "{%s}iq" % NS_CLIENT
 STANZA_TAGS = frozenset({MESSAGE, PRESENCE, IQ})
+
+# Stored stanzas are our own serialization: no DTD, no entity to resolve.
+_STORAGE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 # One nsmap per namespace, shared: lxml copies it into the tree anyway.
 _nsmaps: dict[str, dict] = {NS_STREAMS: {"stream": NS_STREAMS}}
@@ -135,3 +140,14 @@ def error_reply(stanza: etree._Element, err: StanzaError) -> etree._Element:
             child.tail = None
     element.append(err.to_element())
     return element
+
+
+def to_storage(element: etree._Element) -> bytes:
+    """A stanza as bytes for a store (offline queue, archive): self-contained, with
+    its namespace declarations (unlike ``stream.serialize``)."""
+    return etree.tostring(element, encoding="utf-8", with_tail=False)
+
+
+def from_storage(data: bytes) -> etree._Element:
+    """The stanza stored with ``to_storage``."""
+    return etree.fromstring(data, _STORAGE_PARSER)
