@@ -8,11 +8,12 @@ Clark notation: ``{jabber:client}message``.
 from __future__ import annotations
 
 import copy
+import datetime
 
 from lxml import etree
 
 from .errors import LocalProtocolError, StanzaError
-from .namespaces import NS_CLIENT, NS_STREAMS, XML_LANG
+from .namespaces import NS_CLIENT, NS_DELAY, NS_STREAMS, XML_LANG
 
 __all__ = [
     "MESSAGE",
@@ -26,6 +27,7 @@ __all__ = [
     "is_stanza",
     "to_storage",
     "from_storage",
+    "delay_element",
 ]
 
 MESSAGE = "{%s}message" % NS_CLIENT
@@ -151,3 +153,11 @@ def to_storage(element: etree._Element) -> bytes:
 def from_storage(data: bytes) -> etree._Element:
     """The stanza stored with ``to_storage``."""
     return etree.fromstring(data, _STORAGE_PARSER)
+
+
+def delay_element(from_: str, when: float) -> etree._Element:
+    """XEP-0203 ``<delay/>`` for a stanza stored since ``when`` (Unix time) by ``from_``,
+    stamped in XEP-0082 UTC with milliseconds."""
+    moment = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return make_element(f"{{{NS_DELAY}}}delay", {"from": from_, "stamp": stamp})
