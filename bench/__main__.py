@@ -1,0 +1,206 @@
+"""python -m bench: run the scenarios against xmppd and Prosody, print and record a table.
+
+See bench/README.rst. Every load loop is bounded in count and time, and every
+connection goes to a server this process started on 127.0.0.1.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import sys
+from pathlib import Path
+
+from . import report, scenarios, servers, xmpp
+from .report import log
+
+GENERATOR_CPU = 1
+PREPARE_TIMEOUT = 1200.0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=["prosody", "xmppd"], help="run against one server only")
+    p.add_argument("--scenario", action="append", choices=list(scenarios.SCENARIOS),
+                   help="run this scenario (repeatable); default: all")
+    p.add_argument("--runs", type=int, help="runs per scenario and server (default 3, quick 1)")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
+    p.add_argument("--results", help="markdown file for the table (default bench/RESULTS.md; "
+                   "--quick writes none unless given)")
+    p.add_argument("--state-dir", help="accounts and server data kept between runs "
+                   "(default $XDG_CACHE_HOME/xmppd-bench)")
+    p.add_argument("--fresh", action="store_true", help="wipe the state dir of the selected servers first")
+    p.add_argument("--xmppd", help="xmppd executable (default .venv/bin/xmppd)")
+    p.add_argument("--sources", type=int, default=16,
+                   help="spread client connections over 127.0.0.1..127.0.0.N (default 16)")
+    return p.parse_args(argv)
+
+
+def raise_nofile(want=65536):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limits in ((max(want, soft), max(want, hard)), (hard, hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def pin_generator():
+    if (os.cpu_count() or 1) < 2:
+        log("single CPU: generator and servers share it (figures are not comparable to 2-CPU runs)")
+        return
+    try:
+        os.sched_setaffinity(0, {GENERATOR_CPU})
+    except OSError as e:
+        log(f"could not pin the generator to CPU {GENERATOR_CPU}: {e}")
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "xmppd-bench"
+
+
+def make_target(server, sources):
+    cache = xmpp.ScramCache(str(server.state_dir / "scram-cache.json"))
+    return xmpp.Target(server.host, server.port, server.domain, server.muc_domain,
+                       sources=[f"127.0.0.{i}" for i in range(1, sources + 1)], cache=cache)
+
+
+async def prepare(server, selected, sizes, sources) -> str | None:
+    """Create the accounts and rosters the selected scenarios need (once, kept)."""
+    log(f"{server.name}: preparing accounts")
+    target = None
+    try:
+        await server.start()
+        target = make_target(server, sources)
+        ctx = scenarios.Ctx(server, target, sizes, log)
+        markers = scenarios.Markers(server.state_dir)
+        async with asyncio.timeout(PREPARE_TIMEOUT):
+            pool = max([s.pool(sizes) for s in selected] + [0])
+            if pool:
+                await scenarios.ensure_pool(ctx, pool, markers)
+            for s in selected:
+                if s.setup:
+                    await s.setup(ctx, markers)
+        return None
+    except servers.ServerStartError as e:
+        return f"server did not start: {e}"
+    except Exception as e:           # reported, the other server carries on
+        return f"set-up failed: {e!r}"
+    finally:
+        if target is not None:
+            target.cache.save()
+        await server.stop()
+
+
+async def run_once(server, scenario, sizes, sources) -> dict:
+    target = None
+    try:
+        await server.start()
+        target = make_target(server, sources)
+        ctx = scenarios.Ctx(server, target, sizes, log)
+        async with asyncio.timeout(sizes.scenario_timeout):
+            return await scenario.run(ctx)
+    except servers.ServerStartError as e:
+        return {"error": f"server did not start: {e}"}
+    except TimeoutError:
+        return {"error": f"timed out after {sizes.scenario_timeout:.0f}s"}
+    except Exception as e:
+        return {"error": repr(e)[:500]}
+    finally:
+        if target is not None:
+            target.cache.save()
+        await server.stop()
+
+
+async def amain(args) -> int:
+    sizes = scenarios.QUICK if args.quick else scenarios.FULL
+    runs = args.runs or (1 if args.quick else 3)
+    names = args.scenario or list(scenarios.SCENARIOS)
+    selected = [scenarios.SCENARIOS[n] for n in scenarios.SCENARIOS if n in names]
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+
+    svs, failed = [], {}
+    if args.only != "prosody":
+        svs.append(servers.Xmppd(state_dir, binary=args.xmppd))
+    if args.only != "xmppd":
+        why = servers.ensure_prosody()
+        if why:
+            failed["prosody"] = why
+        svs.append(servers.Prosody(state_dir))
+    if args.fresh:
+        for s in svs:
+            shutil.rmtree(s.state_dir, ignore_errors=True)
+
+    for s in svs:
+        if s.name not in failed:
+            why = await prepare(s, selected, sizes, args.sources)
+            if why:
+                log(f"{s.name}: {why}")
+                failed[s.name] = why
+
+    summary, load = {}, []
+    for sc in selected:
+        per_run = {s.name: [] for s in svs}
+        for run in range(1, runs + 1):
+            for s in svs:
+                if s.name in failed:
+                    if run > 1:
+                        continue
+                    res = {"error": failed[s.name]}
+                else:
+                    log(f"{sc.name} / {s.name}: run {run} of {runs}")
+                    load.append(os.getloadavg()[0])
+                    res = await run_once(s, sc, sizes, args.sources)
+                    load.append(os.getloadavg()[0])
+                per_run[s.name].append(res)
+                line = {"scenario": sc.name, "server": s.name, "run": run, **res}
+                print(json.dumps(line), file=sys.stderr, flush=True)
+        summary[sc.name] = {}
+        for s in svs:
+            med = report.median_of_runs(per_run[s.name])
+            summary[sc.name][s.name] = med
+            print(json.dumps({"scenario": sc.name, "server": s.name, **med}), flush=True)
+
+    names_run = [s.name for s in svs]
+    versions = {s.name: s.version() for s in svs}
+    print()
+    print(report.table(summary, names_run))
+    for e in report.errors(summary):
+        print(e)
+
+    path = args.results or (None if args.quick else str(Path(__file__).parent / "RESULTS.md"))
+    if path:
+        notes = []
+        if "xmppd" not in names_run:
+            notes.append("The xmppd column is empty: this run measured Prosody only "
+                         "(`--only prosody`). It fills in once `make bench` runs with a working xmppd.")
+        cmd = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
+        Path(path).write_text(report.results_markdown(
+            summary, names_run, versions, runs, args.quick, cmd.strip(), notes, load))
+        log(f"table written to {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    nofile = raise_nofile()
+    need = max(scenarios.FULL.idle_steps) + 1000
+    if nofile < need and not args.quick:
+        log(f"open-files limit is {nofile}; idle_memory needs about {need}")
+    pin_generator()
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None:
+        return uvloop.run(amain(args))
+    return asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

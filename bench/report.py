@@ -1,0 +1,175 @@
+"""Medians over runs, the xmppd/Prosody table, and bench/RESULTS.md."""
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+
+SERVER_TITLES = {"xmppd": "xmppd", "prosody": "Prosody"}
+
+
+def direction(key: str) -> str:
+    if key.endswith(("_per_s", "_per_cpu_s")):
+        return "higher"
+    if key.endswith(("_ms", "_kib", "_mib")):
+        return "lower"
+    return ""
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def median_of_runs(runs: list) -> dict:
+    """Median of each numeric figure over the runs that did not fail."""
+    ok = [r for r in runs if "error" not in r]
+    out = {"runs": len(ok)}
+    if not ok:
+        out["error"] = runs[-1].get("error", "no run") if runs else "no run"
+        return out
+    keys = []
+    for r in ok:
+        keys += [k for k in r if k not in keys]
+    for k in keys:
+        values = [r[k] for r in ok if k in r]
+        if all(is_number(v) for v in values):
+            m = statistics.median(values)
+            out[k] = round(m, 3) if isinstance(m, float) else m
+        else:
+            out[k] = values[0]
+    failed = len(runs) - len(ok)
+    if failed:
+        out["failed_runs"] = failed
+        out["last_error"] = next(r["error"] for r in reversed(runs) if "error" in r)
+    return out
+
+
+def machine() -> dict:
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import uvloop
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loop": loop,
+    }
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "—"
+    if is_number(v):
+        if isinstance(v, int) or abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.2f}"
+    return str(v)
+
+
+SKIP = {"runs", "failed_runs", "last_error", "error"}
+
+
+def table(summary: dict, servers: list) -> str:
+    """Markdown table: one row per figure, a column per server and the ratio."""
+    lines = [
+        "| scenario | figure | better | xmppd | Prosody | xmppd/Prosody |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for scenario, per_server in summary.items():
+        x = per_server.get("xmppd", {})
+        p = per_server.get("prosody", {})
+        keys = []
+        for d in (p, x):
+            keys += [k for k, v in d.items() if k not in keys and k not in SKIP and is_number(v)]
+        if not keys:
+            keys = [None]
+        for k in keys:
+            xv = x.get(k) if k else None
+            pv = p.get(k) if k else None
+            ratio = f"{xv / pv:.2f}" if is_number(xv) and is_number(pv) and pv else "—"
+            xs = fmt(xv) if "xmppd" in servers and "error" not in x else (
+                "error" if "xmppd" in servers else "not run")
+            ps = fmt(pv) if "prosody" in servers and "error" not in p else (
+                "error" if "prosody" in servers else "not run")
+            lines.append(f"| {scenario} | {k or '—'} | {direction(k) if k else ''} | {xs} | {ps} | {ratio} |")
+    return "\n".join(lines)
+
+
+def short(text: str, limit=300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def errors(summary: dict) -> list:
+    """One line per distinct error, naming the scenarios it hit."""
+    seen = {}
+    for scenario, per_server in summary.items():
+        for server, r in per_server.items():
+            if "error" in r:
+                msg = r["error"]
+            elif r.get("failed_runs"):
+                msg = f"{r['failed_runs']} run(s) failed, last: {r['last_error']}"
+            else:
+                continue
+            seen.setdefault((server, short(msg)), []).append(scenario)
+    return [f"- {SERVER_TITLES.get(server, server)} ({', '.join(scs)}): {msg}"
+            for (server, msg), scs in seen.items()]
+
+
+def results_markdown(summary, servers, versions, runs, quick, command, notes=(), load=None) -> str:
+    m = machine()
+    now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    parts = [
+        "# Benchmark results",
+        "",
+        f"Run on {now} with `{command}`"
+        + (" (quick sizes: a smoke check, not a measurement)." if quick else "."),
+        "",
+        f"- Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}",
+        f"- Load generator: Python {m['python']}, {m['loop']}, pinned to CPU 1; "
+        "each server pinned to CPU 0 (`taskset -c 0`)",
+        "- Servers: " + ", ".join(versions.get(s, s) for s in servers),
+        f"- Figures are medians of {runs} run(s); each run starts a fresh server process.",
+    ]
+    if load:
+        parts.append(
+            f"- Load average (1 min) seen during the run: min {min(load):.1f}, max {max(load):.1f} "
+            f"on {m['nproc']} CPUs" + (" — the machine was shared with other work, so the "
+            "wall-clock figures are low and noisy; the `*_per_cpu_s` figures (work per second "
+            "of server CPU) are the steadier comparison." if max(load) > (m['nproc'] or 1) else "."))
+    parts += [
+        "",
+        table(summary, servers),
+        "",
+    ]
+    errs = errors(summary)
+    if errs:
+        parts += ["Errors:", ""] + errs + [""]
+    if notes:
+        parts += list(notes) + [""]
+    parts += [
+        "What each figure means: bench/README.rst. `better` says which way is better;",
+        "the ratio is xmppd divided by Prosody for every figure.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def log(msg: str):
+    ts = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[{ts}] {msg}", file=sys.stderr, flush=True)

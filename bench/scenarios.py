@@ -1,0 +1,841 @@
+"""The benchmark scenarios, and the one-off set-up (accounts, rosters) they need.
+
+A scenario is an `async def run(ctx) -> dict` of figures. Names of figures say
+their unit and direction: ``*_per_s`` (higher is better), ``*_ms``, ``*_kib``,
+``*_mib`` (lower is better); ``*_pct`` and counts are context.
+"""
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import xmpp
+from .xmpp import attr, login, ping, register
+
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    login_seconds: float = 8.0
+    login_concurrency: int = 50
+    login_pool: int = 500
+    idle_steps: tuple = (1000, 5000, 10000)
+    idle_settle: float = 3.0
+    pairs: int = 100
+    pair_inflight: int = 10
+    sat_warmup: float = 1.0
+    sat_seconds: float = 8.0
+    rate: int = 1000
+    rate_seconds: float = 8.0
+    muc_occupants: int = 100
+    muc_inflight: int = 20
+    muc_seconds: float = 8.0
+    offline_messages: int = 5000
+    roster_contacts: int = 500
+    roster_reps: int = 3
+    open_concurrency: int = 100
+    scenario_timeout: float = 300.0
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    login_seconds=2.0, login_pool=100, idle_steps=(100, 300, 500), idle_settle=1.0,
+    pairs=20, sat_warmup=0.5, sat_seconds=2.0, rate=500, rate_seconds=2.0,
+    muc_occupants=20, muc_inflight=10, muc_seconds=2.0, offline_messages=500,
+    roster_contacts=50, roster_reps=1, scenario_timeout=120.0,
+)
+
+
+class Ctx:
+    """What a scenario gets: the server (for RSS/CPU), the target, the sizes."""
+
+    def __init__(self, server, target: xmpp.Target, sizes: Sizes, log):
+        self.server = server
+        self.target = target
+        self.sizes = sizes
+        self.log = log
+        self.domain = target.domain
+
+    def bare(self, user):
+        return f"{user}@{self.domain}"
+
+
+# ---------------------------------------------------------------- accounts
+
+def pool_user(i: int):
+    name = f"u{i:05d}"
+    return name, "pw-" + name
+
+
+def roster_users(n: int):
+    owner = (f"r{n}o", f"pw-r{n}o")
+    contacts = [(f"r{n}c{i:04d}", f"pw-r{n}c{i:04d}") for i in range(n)]
+    return owner, contacts
+
+
+OFFLINE_SENDER = ("offs", "pw-offs")
+OFFLINE_RECEIVER = ("offr", "pw-offr")
+
+
+class Markers:
+    """Set-up already done against this server's data dir (kept between runs)."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / "markers.json"
+        try:
+            self.data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def set(self, key, value):
+        self.data[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data))
+
+
+async def bounded(items, fn, concurrency, retries=2):
+    """Run fn(item) for every item, at most `concurrency` at once; results in order."""
+    items = list(items)
+    results = [None] * len(items)
+    it = iter(range(len(items)))
+    errors = []
+
+    async def worker():
+        for i in it:
+            for attempt in range(retries + 1):
+                try:
+                    results[i] = await fn(items[i])
+                    break
+                except (OSError, xmpp.XMPPError, asyncio.TimeoutError) as e:
+                    if attempt == retries:
+                        errors.append(e)
+                    else:
+                        await asyncio.sleep(0.2 * (attempt + 1))
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(items)) or 1)))
+    if errors:
+        raise xmpp.XMPPError(f"{len(errors)} of {len(items)} failed; first: {errors[0]!r}")
+    return results
+
+
+async def ensure_accounts(ctx: Ctx, users, marker_key: str, markers: Markers):
+    """Register `users` (in-band, XEP-0077) unless a marker says they exist."""
+    if markers.get(marker_key):
+        return
+    ctx.log(f"  registering {len(users)} accounts ({marker_key})")
+    t0 = time.monotonic()
+
+    async def reg(u):
+        async with asyncio.timeout(ctx.target.timeout):
+            return await register(ctx.target, u[0], u[1])
+
+    await bounded(users, reg, 32)
+    ctx.log(f"  registered in {time.monotonic() - t0:.1f}s")
+    markers.set(marker_key, True)
+
+
+async def ensure_pool(ctx: Ctx, n: int, markers: Markers):
+    have = markers.get("pool", 0)
+    if have < n:
+        ctx.log(f"  registering pool accounts {have}..{n - 1}")
+        t0 = time.monotonic()
+
+        async def reg(i):
+            u, p = pool_user(i)
+            async with asyncio.timeout(ctx.target.timeout):
+                return await register(ctx.target, u, p)
+
+        await bounded(range(have, n), reg, 32)
+        markers.set("pool", n)
+        ctx.log(f"  registered in {time.monotonic() - t0:.1f}s")
+    await warm_scram(ctx, [pool_user(i) for i in range(n)])
+
+
+async def warm_scram(ctx: Ctx, users):
+    """Log every account in once so that its SaltedPassword is cached (generator side)."""
+    known = ctx.target.cache.users()
+    todo = [u for u in users if u[0] not in known]
+    if not todo:
+        return
+    ctx.log(f"  caching SCRAM keys for {len(todo)} accounts")
+
+    async def auth(u):
+        async with asyncio.timeout(ctx.target.timeout):
+            conn = await login(ctx.target, u[0], u[1], bind=False)
+            conn.close()
+
+    try:
+        await bounded(todo, auth, 50)
+    finally:
+        ctx.target.cache.save()
+
+
+async def open_sessions(ctx: Ctx, users, presence=True, concurrency=None, resource="bench"):
+    """Log `users` in (bound, optionally available) and return their connections."""
+    concurrency = concurrency or ctx.sizes.open_concurrency
+
+    async def one(u):
+        async with asyncio.timeout(ctx.target.timeout):
+            conn = await login(ctx.target, u[0], u[1], resource=resource, presence=presence)
+            if presence:
+                await ping(conn, ctx.domain)      # the server has processed the presence
+            return conn
+
+    return await bounded(users, one, concurrency, retries=1)
+
+
+def close_all(conns):
+    for c in conns:
+        if c is not None:
+            c.close()
+
+
+def discard(_data):
+    pass
+
+
+# ---------------------------------------------------------------- measuring
+
+def percentile(values, p):
+    if not values:
+        return None
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100.0 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+def ms(ns):
+    return None if ns is None else round(ns / 1e6, 3)
+
+
+class Usage:
+    """CPU used by the server and by this generator over a window."""
+
+    def __init__(self, server):
+        self.server = server
+        self.t0 = time.monotonic()
+        self.s0 = server.cpu_seconds()
+        self.g0 = time.process_time()
+
+    def server_seconds(self):
+        return max(1e-3, self.server.cpu_seconds() - self.s0)
+
+    def result(self):
+        wall = max(1e-9, time.monotonic() - self.t0)
+        return {
+            "server_cpu_pct": round(100 * (self.server.cpu_seconds() - self.s0) / wall, 1),
+            "gen_cpu_pct": round(100 * (time.process_time() - self.g0) / wall, 1),
+        }
+
+    def per_cpu_s(self, count):
+        """Work done per second of server CPU: steady even when the machine is shared."""
+        return round(count / self.server_seconds(), 1)
+
+
+class Deliveries:
+    """Counts <message/>s carrying a body in a raw byte stream; returns the bodies.
+
+    Only complete messages are looked at (up to the last ``</message>``); the
+    rest is carried over to the next chunk.
+    """
+
+    __slots__ = ("carry",)
+
+    def __init__(self):
+        self.carry = b""
+
+    def feed(self, data: bytes) -> list:
+        buf = self.carry + data if self.carry else data
+        end = buf.rfind(b"</message>")
+        if end < 0:
+            self.carry = buf if len(buf) < 1 << 20 else buf[-65536:]
+            return []
+        end += 10
+        self.carry = buf[end:]
+        bodies = []
+        i = buf.find(b"<body", 0, end)
+        while i >= 0:
+            j = buf.find(b">", i) + 1
+            k = buf.find(b"</body>", j)
+            bodies.append(buf[j:k])
+            i = buf.find(b"<body", k, end)
+        return bodies
+
+
+async def wait_until(pred, timeout, step=0.01):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+async def watch_progress(counter, seconds, stall=5.0, what="deliveries"):
+    """Sleep `seconds`, raising if counter() makes no progress for `stall` seconds."""
+    end = time.monotonic() + seconds
+    last, last_t = counter(), time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            return
+        await asyncio.sleep(min(0.25, end - now))
+        c = counter()
+        if c != last:
+            last, last_t = c, time.monotonic()
+        elif time.monotonic() - last_t > stall:
+            raise xmpp.XMPPError(f"no {what} for {stall:.0f}s (stalled at {c})")
+
+
+# ---------------------------------------------------------------- login
+
+async def run_login(ctx: Ctx) -> dict:
+    s = ctx.sizes
+    users = [pool_user(i) for i in range(s.login_pool)]
+    out = {}
+    for mode in ("plain", "tls"):
+        lat, errors, first_error = [], 0, None
+        end = time.monotonic() + s.login_seconds
+
+        async def worker(w):
+            nonlocal errors, first_error
+            k = w
+            while time.monotonic() < end:
+                user, pw = users[k % len(users)]
+                k += s.login_concurrency
+                t0 = time.perf_counter_ns()
+                try:
+                    async with asyncio.timeout(ctx.target.timeout):
+                        conn = await login(ctx.target, user, pw, tls=(mode == "tls"),
+                                           resource=f"l{k}")
+                except (OSError, xmpp.XMPPError, asyncio.TimeoutError) as e:
+                    errors += 1
+                    first_error = first_error or repr(e)
+                    if errors > 100:
+                        return
+                    await asyncio.sleep(0.05)
+                    continue
+                lat.append(time.perf_counter_ns() - t0)
+                conn.close()
+
+        t0 = time.monotonic()
+        usage = Usage(ctx.server)
+        await asyncio.gather(*(worker(w) for w in range(s.login_concurrency)))
+        elapsed = time.monotonic() - t0
+        out.update({f"{mode}_{k}": v for k, v in usage.result().items()})
+        if not lat:
+            raise xmpp.XMPPError(f"{mode}: no login succeeded: {first_error}")
+        out[f"{mode}_logins_per_s"] = round(len(lat) / elapsed, 1)
+        out[f"{mode}_logins_per_cpu_s"] = usage.per_cpu_s(len(lat))
+        out[f"{mode}_p50_ms"] = ms(percentile(lat, 50))
+        out[f"{mode}_p99_ms"] = ms(percentile(lat, 99))
+        out[f"{mode}_errors"] = errors
+        if first_error:
+            out[f"{mode}_first_error"] = first_error[:200]
+        await asyncio.sleep(0.5)                    # let the server finish closing
+    out["concurrency"] = s.login_concurrency
+    return out
+
+
+# ---------------------------------------------------------------- idle_memory
+
+async def run_idle_memory(ctx: Ctx) -> dict:
+    s = ctx.sizes
+    await asyncio.sleep(s.idle_settle)
+    baseline = ctx.server.rss_kib()
+    out = {"baseline_rss_mib": round(baseline / 1024, 1)}
+    conns = []
+    try:
+        for step in s.idle_steps:
+            more = await open_sessions(ctx, [pool_user(i) for i in range(len(conns), step)])
+            for c in more:
+                c.set_data_handler(discard)
+            conns += more
+            await asyncio.sleep(s.idle_settle)
+            rss = ctx.server.rss_kib()
+            out[f"per_session_{step}_kib"] = round((rss - baseline) / step, 2)
+        out["rss_at_max_mib"] = round(rss / 1024, 1)
+    finally:
+        close_all(conns)
+    return out
+
+
+# ---------------------------------------------------------------- one_to_one
+
+BODY_END = b"</body></message>"
+
+
+async def run_one_to_one(ctx: Ctx) -> dict:
+    s = ctx.sizes
+    conns = await open_sessions(ctx, [pool_user(i) for i in range(2 * s.pairs)])
+    senders, receivers = conns[0::2], conns[1::2]
+    prefixes = [f"<message to='{ctx.bare(r.user)}' type='chat'><body>".encode() for r in receivers]
+
+    class St:
+        mode = "sat"          # "sat": each delivery sends one more; "fixed": record only
+        counting = False
+        delivered = 0
+        lat = []
+
+    st = St()
+
+    def handler(i):
+        d = Deliveries()
+        sender, prefix = senders[i], prefixes[i]
+
+        def on_data(data):
+            bodies = d.feed(data)
+            if not bodies:
+                return
+            now = time.perf_counter_ns()
+            n = len(bodies)
+            if st.counting:
+                st.delivered += n
+                st.lat.extend([now - int(b) for b in bodies])
+            if st.mode == "sat":
+                sender.write((prefix + str(now).encode() + BODY_END) * n)
+        return on_data
+
+    for c in senders:
+        c.set_data_handler(discard)
+    for i, r in enumerate(receivers):
+        r.set_data_handler(handler(i))
+
+    out = {"pairs": s.pairs}
+    try:
+        # saturation: keep pair_inflight messages outstanding per pair
+        now = str(time.perf_counter_ns()).encode()
+        for i, c in enumerate(senders):
+            c.write((prefixes[i] + now + BODY_END) * s.pair_inflight)
+        await asyncio.sleep(s.sat_warmup)
+        st.counting = True
+        usage = Usage(ctx.server)
+        t0 = time.monotonic()
+        await watch_progress(lambda: st.delivered, s.sat_seconds)
+        st.counting = False
+        elapsed = time.monotonic() - t0
+        out["sat_msgs_per_s"] = round(st.delivered / elapsed, 1)
+        out["sat_msgs_per_cpu_s"] = usage.per_cpu_s(st.delivered)
+        out["sat_p50_ms"] = ms(percentile(st.lat, 50))
+        out["sat_p99_ms"] = ms(percentile(st.lat, 99))
+        out.update({"sat_" + k: v for k, v in usage.result().items()})
+        st.mode = "fixed"
+        # drain what is still in flight
+        last = -1
+        st.counting = True
+        st.delivered = 0
+        while st.delivered != last:
+            last = st.delivered
+            await asyncio.sleep(0.3)
+        st.delivered, st.lat = 0, []
+
+        # fixed rate: `rate` messages/s spread round-robin over the pairs
+        total = int(s.rate * s.rate_seconds)
+        sent = 0
+        t0 = time.monotonic()
+        while sent < total:
+            due = min(total, int((time.monotonic() - t0) * s.rate) + 1)
+            if due > sent:
+                now = str(time.perf_counter_ns()).encode()
+                while sent < due:
+                    i = sent % s.pairs
+                    senders[i].write(prefixes[i] + now + BODY_END)
+                    sent += 1
+            await asyncio.sleep(0.001)
+        send_elapsed = time.monotonic() - t0
+        await wait_until(lambda: st.delivered >= total, 10.0)
+        out["rate_target_per_s"] = s.rate
+        out["rate_sent_per_s"] = round(total / send_elapsed, 1)
+        out["rate_p50_ms"] = ms(percentile(st.lat, 50))
+        out["rate_p99_ms"] = ms(percentile(st.lat, 99))
+        out["rate_lost"] = total - st.delivered
+    finally:
+        close_all(conns)
+    return out
+
+
+# ---------------------------------------------------------------- muc
+
+async def muc_join(conn, room: str, nick: str) -> bytes:
+    """Join `room` as `nick` without history; returns our own presence from the room."""
+    full = f"{room}/{nick}"
+    conn.write(
+        f"<presence to='{full}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>".encode())
+    while True:
+        s = await conn.next()
+        if s.startswith(b"<presence") and attr(s, "from") == full:
+            if attr(s, "type") == "error":
+                raise xmpp.XMPPError(f"cannot join {full}: {s[:300]!r}")
+            return s
+
+
+async def muc_create(conn, room: str, nick: str):
+    """Join first; if the room is new (status 201), accept the default config (instant room)."""
+    s = await muc_join(conn, room, nick)
+    if b"'201'" in s or b'"201"' in s:
+        iq_id = xmpp.new_id("cfg")
+        conn.write(
+            f"<iq type='set' id='{iq_id}' to='{room}'><query xmlns='{NS_MUC_OWNER}'>"
+            "<x xmlns='jabber:x:data' type='submit'/></query></iq>".encode())
+        reply = await conn.iq_reply(iq_id)
+        if attr(reply, "type") != "result":
+            raise xmpp.XMPPError(f"instant room refused: {reply[:300]!r}")
+
+
+async def run_muc(ctx: Ctx) -> dict:
+    s = ctx.sizes
+    occ = s.muc_occupants
+    room = f"bench{os.getpid()}t{int(time.time() * 1000) % 10**9}@{ctx.target.muc_domain}"
+    conns = await open_sessions(ctx, [pool_user(i) for i in range(occ)])
+    try:
+        async with asyncio.timeout(ctx.target.timeout):
+            await muc_create(conns[0], room, conns[0].user)
+
+        async def join(c):
+            async with asyncio.timeout(ctx.target.timeout):
+                await muc_join(c, room, c.user)
+        await bounded(conns[1:], join, 10, retries=0)
+        prefixes = [f"<message to='{room}' type='groupchat'><body>".encode() for _ in conns]
+
+        class St:
+            stop = False
+            counting = False
+            next_seq = 0
+            pending = {}
+            delivered = 0
+            completed = 0
+            lat = []
+
+        st = St()
+
+        def send_one(now):
+            seq = st.next_seq
+            st.next_seq = seq + 1
+            key = str(seq).encode()
+            st.pending[key] = 0
+            i = seq % occ
+            conns[i].write(prefixes[i] + now + b":" + key + BODY_END)
+
+        def handler():
+            d = Deliveries()
+
+            def on_data(data):
+                bodies = d.feed(data)
+                if not bodies:
+                    return
+                now = time.perf_counter_ns()
+                pending = st.pending
+                for b in bodies:
+                    ts, _, key = b.partition(b":")
+                    c = pending.get(key)
+                    if c is None:
+                        continue
+                    if st.counting:
+                        st.delivered += 1
+                        st.lat.append(now - int(ts))
+                    if c + 1 >= occ:
+                        del pending[key]
+                        if st.counting:
+                            st.completed += 1
+                        if not st.stop:
+                            send_one(str(time.perf_counter_ns()).encode())
+                    else:
+                        pending[key] = c + 1
+            return on_data
+
+        for c in conns:
+            c.set_data_handler(handler())
+        await asyncio.sleep(0.5)                    # late presence broadcasts settle
+        now = str(time.perf_counter_ns()).encode()
+        for _ in range(s.muc_inflight):
+            send_one(now)
+        await watch_progress(lambda: st.next_seq, s.sat_warmup, what="room messages")
+        st.counting = True
+        usage = Usage(ctx.server)
+        t0 = time.monotonic()
+        await watch_progress(lambda: st.next_seq, s.muc_seconds, what="room messages")
+        st.counting = False
+        elapsed = time.monotonic() - t0
+        st.stop = True
+        out = {
+            "occupants": occ,
+            "delivered_per_s": round(st.delivered / elapsed, 1),
+            "messages_per_s": round(st.completed / elapsed, 1),
+            "delivered_per_cpu_s": usage.per_cpu_s(st.delivered),
+            "p50_ms": ms(percentile(st.lat, 50)),
+            "p99_ms": ms(percentile(st.lat, 99)),
+        }
+        out.update(usage.result())
+        await wait_until(lambda: not st.pending, 5.0)
+    finally:
+        close_all(conns)
+    return out
+
+
+# ---------------------------------------------------------------- offline_drain
+
+async def drain_leftovers(ctx: Ctx):
+    """Log the receiver in once so that nothing is queued for it from an earlier run."""
+    user, pw = OFFLINE_RECEIVER
+    async with asyncio.timeout(ctx.target.timeout):
+        conn = await login(ctx.target, user, pw, resource="drain", presence=True)
+        await ping(conn, ctx.domain)
+    seen = [0]
+
+    def on_data(data):
+        seen[0] += data.count(b"</message>")
+
+    conn.set_data_handler(on_data)
+    last = -1
+    while seen[0] != last:
+        last = seen[0]
+        await asyncio.sleep(0.5)
+    conn.close()
+    return seen[0]
+
+
+async def run_offline_drain(ctx: Ctx) -> dict:
+    s = ctx.sizes
+    n = s.offline_messages
+    await drain_leftovers(ctx)
+    await asyncio.sleep(0.3)
+    sender = None
+    try:
+        async with asyncio.timeout(ctx.target.timeout * 4):
+            sender = await login(ctx.target, *OFFLINE_SENDER, resource="send")
+            to = ctx.bare(OFFLINE_RECEIVER[0])
+            prefix = f"<message to='{to}' type='chat'><body>".encode()
+            t0 = time.monotonic()
+            store_usage = Usage(ctx.server)
+            batch = 250
+            for start in range(0, n, batch):
+                now = str(time.time_ns()).encode()
+                sender.write(b"".join(prefix + now + b":" + str(k).encode() + BODY_END
+                                      for k in range(start, min(n, start + batch))))
+                await ping(sender, ctx.domain)      # bounded: one batch in flight
+            store_elapsed = time.monotonic() - t0
+            store_cpu = store_usage.server_seconds()
+    finally:
+        if sender is not None:
+            sender.close()
+    await asyncio.sleep(1.0)                        # let any write-behind storage commit
+
+    user, pw = OFFLINE_RECEIVER
+    got = [0]
+    done = asyncio.get_running_loop().create_future()
+    d = Deliveries()
+
+    def on_data(data):
+        got[0] += len(d.feed(data))
+        if got[0] >= n and not done.done():
+            done.set_result(time.perf_counter())
+
+    t_connect = time.perf_counter()
+    async with asyncio.timeout(ctx.target.timeout):
+        conn = await login(ctx.target, user, pw, resource="drain")
+    try:
+        conn.set_data_handler(on_data)
+        t0 = time.perf_counter()
+        drain_usage = Usage(ctx.server)
+        conn.write(b"<presence/>")
+        try:
+            async with asyncio.timeout(ctx.sizes.scenario_timeout / 2):
+                t1 = await done
+        except TimeoutError:
+            raise xmpp.XMPPError(f"only {got[0]} of {n} offline messages delivered")
+        drain_cpu = drain_usage.server_seconds()
+    finally:
+        conn.close()
+    return {
+        "messages": n,
+        "store_msgs_per_s": round(n / store_elapsed, 1),
+        "store_msgs_per_cpu_s": round(n / store_cpu, 1),
+        "drain_server_cpu_ms": round(drain_cpu * 1000, 1),
+        "drain_ms": round((t1 - t0) * 1000, 1),
+        "drain_msgs_per_s": round(n / (t1 - t0), 1),
+        "login_to_drained_ms": round((t1 - t_connect) * 1000, 1),
+    }
+
+
+async def setup_offline(ctx: Ctx, markers: Markers):
+    await ensure_accounts(ctx, [OFFLINE_SENDER, OFFLINE_RECEIVER], "offline_accounts", markers)
+    await warm_scram(ctx, [OFFLINE_SENDER, OFFLINE_RECEIVER])
+
+
+# ---------------------------------------------------------------- roster_login
+
+def count_both(roster: bytes) -> int:
+    return roster.count(b"subscription='both'") + roster.count(b'subscription="both"')
+
+
+async def setup_roster(ctx: Ctx, markers: Markers):
+    """Build `roster_contacts` mutual (both) subscriptions for the roster owner, once."""
+    n = ctx.sizes.roster_contacts
+    key = f"roster_{n}"
+    owner, contacts = roster_users(n)
+    await ensure_accounts(ctx, [owner] + contacts, f"roster_{n}_accounts", markers)
+    await warm_scram(ctx, [owner] + contacts)
+    if markers.get(key):
+        return
+    ctx.log(f"  building {n} mutual subscriptions")
+    t_start = time.monotonic()
+    owner_jid = ctx.bare(owner[0])
+    cconns = await open_sessions(ctx, contacts)
+    oconn = None
+    try:
+        async with asyncio.timeout(ctx.target.timeout):
+            oconn = await login(ctx.target, *owner, presence=True)
+
+        def contact_handler(c):
+            def on_stanza(s):
+                if s.startswith(b"<presence") and attr(s, "type") == "subscribe":
+                    c.write(f"<presence to='{owner_jid}' type='subscribed'/>"
+                            f"<presence to='{owner_jid}' type='subscribe'/>".encode())
+            return on_stanza
+
+        for c in cconns:
+            c.set_stanza_handler(contact_handler(c))
+
+        replies = {}
+
+        def owner_handler(s):
+            if s.startswith(b"<presence") and attr(s, "type") == "subscribe":
+                frm = attr(s, "from").split("/")[0]
+                oconn.write(f"<presence to='{frm}' type='subscribed'/>".encode())
+            elif s.startswith(b"<iq"):
+                f = replies.pop(attr(s, "id"), None)
+                if f is not None and not f.done():
+                    f.set_result(s)
+            elif s.startswith(b"<stream:error") or s == xmpp.STREAM_END:
+                for f in replies.values():
+                    if not f.done():
+                        f.set_exception(xmpp.XMPPError(f"owner stream closed: {s[:200]!r}"))
+
+        oconn.set_stanza_handler(owner_handler)
+
+        async def roster_both():
+            iq_id = xmpp.new_id("roster")
+            f = replies[iq_id] = asyncio.get_running_loop().create_future()
+            oconn.write(f"<iq type='get' id='{iq_id}'><query xmlns='{xmpp.NS_ROSTER}'/></iq>".encode())
+            async with asyncio.timeout(ctx.target.timeout):
+                return count_both(await f)
+
+        have = await roster_both()
+        if have < n:
+            for i in range(0, n, 50):
+                oconn.write(b"".join(
+                    f"<presence to='{ctx.bare(u)}' type='subscribe'/>".encode() for u, _ in contacts[i:i + 50]))
+                await asyncio.sleep(0.05)
+            deadline = time.monotonic() + 180
+            while have < n and time.monotonic() < deadline:
+                await asyncio.sleep(1.0)
+                have = await roster_both()
+        if have < n:
+            raise xmpp.XMPPError(f"roster setup: only {have} of {n} contacts reached 'both'")
+    finally:
+        close_all(cconns)
+        if oconn is not None:
+            oconn.close()
+    ctx.log(f"  roster built in {time.monotonic() - t_start:.1f}s")
+    markers.set(key, True)
+
+
+async def run_roster_login(ctx: Ctx) -> dict:
+    s = ctx.sizes
+    n = s.roster_contacts
+    owner, contacts = roster_users(n)
+    prefix = ",".join(sorted({u[:len(f'r{n}c')] for u, _ in contacts}))
+    cconns = await open_sessions(ctx, contacts)
+    for c in cconns:
+        c.set_data_handler(discard)
+    samples = {"login_ms": [], "roster_ms": [], "presences_ms": [], "server_cpu_ms": []}
+    try:
+        for rep in range(s.roster_reps):
+            await asyncio.sleep(0.5)
+            roster_at, seen, roster_items = [None], set(), [0]
+            done = asyncio.get_running_loop().create_future()
+            iq_id = xmpp.new_id("roster")
+
+            def check():
+                if roster_at[0] is not None and len(seen) >= n and not done.done():
+                    done.set_result(time.perf_counter())
+
+            def on_stanza(st):
+                if st.startswith(b"<presence"):
+                    if attr(st, "type") is None:
+                        frm = attr(st, "from") or ""
+                        if frm.startswith(prefix):
+                            seen.add(frm.split("/")[0])
+                            check()
+                elif st.startswith(b"<iq") and attr(st, "id") == iq_id:
+                    roster_at[0] = time.perf_counter()
+                    roster_items[0] = count_both(st)
+                    check()
+
+            t0 = time.perf_counter()
+            usage = Usage(ctx.server)
+            async with asyncio.timeout(ctx.target.timeout):
+                conn = await login(ctx.target, *owner, resource=f"rl{rep}")
+            t_login = time.perf_counter()
+            try:
+                conn.set_stanza_handler(on_stanza)
+                conn.write(f"<iq type='get' id='{iq_id}'><query xmlns='{xmpp.NS_ROSTER}'/></iq>"
+                           "<presence/>".encode())
+                try:
+                    async with asyncio.timeout(ctx.target.timeout):
+                        t_end = await done
+                    samples["server_cpu_ms"].append(usage.server_seconds() * 1000)
+                except TimeoutError:
+                    raise xmpp.XMPPError(
+                        f"roster {'received' if roster_at[0] else 'missing'}, "
+                        f"{len(seen)} of {n} presences")
+            finally:
+                conn.close()
+            if roster_items[0] != n:
+                raise xmpp.XMPPError(f"roster has {roster_items[0]} 'both' items, expected {n}")
+            samples["login_ms"].append((t_login - t0) * 1000)
+            samples["roster_ms"].append((roster_at[0] - t0) * 1000)
+            samples["presences_ms"].append((t_end - t0) * 1000)
+    finally:
+        close_all(cconns)
+    out = {"contacts": n}
+    for k, v in samples.items():
+        out[k] = round(percentile(v, 50), 1)
+    return out
+
+
+# ---------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    run: object                 # async (ctx) -> dict
+    pool: object                # (sizes) -> accounts needed from the shared pool
+    setup: object = None        # async (ctx, markers) -> None, extra one-off set-up
+    description: str = ""
+
+
+SCENARIOS = {
+    s.name: s for s in [
+        Scenario("login", run_login, lambda z: z.login_pool, None,
+                 "SCRAM-SHA-1 logins/s, 50 concurrent, plain and STARTTLS"),
+        Scenario("idle_memory", run_idle_memory, lambda z: max(z.idle_steps), None,
+                 "server RSS per idle authenticated session"),
+        Scenario("one_to_one", run_one_to_one, lambda z: 2 * z.pairs, None,
+                 "chat messages/s at saturation, latency at a fixed rate"),
+        Scenario("muc", run_muc, lambda z: z.muc_occupants, None,
+                 "groupchat deliveries/s and latency in one room"),
+        Scenario("offline_drain", run_offline_drain, lambda z: 0, setup_offline,
+                 "time to deliver a queue of offline messages at login"),
+        Scenario("roster_login", run_roster_login, lambda z: 0, setup_roster,
+                 "login with a large roster of online contacts"),
+    ]
+}
