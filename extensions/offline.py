@@ -1,0 +1,110 @@
+"""XEP-0160 offline messages: kept for a user with no available resource, delivered at
+the next available presence, each with a XEP-0203 delay stamp.
+
+What is kept: chat and normal messages with a body, or with a payload that must reach
+the user later (receipts, chat markers, OMEMO, invitations), or marked with a XEP-0334
+<store/> hint; never groupchat, headline, error, chat states alone or <no-store/>.
+Messages are stored in the "offline" archive with time-ordered ids, at most
+`max_messages_per_user` per user (beyond it the sender gets service-unavailable, as
+XEP-0160 says for a full storage). The write is committed before the router hears that
+the message was handled. Delivery sends the queue in order, then deletes exactly the
+ids sent, under a per-user lock so that two resources coming online at once do not
+both get the messages.
+
+Hooks: message/offline/store (the router's default delivery), message/offline/deliver
+(presence.py, on an available presence with a non-negative priority), user-deleted.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+from xmppd.extension import Extension, hook
+from xmppd.ids import time_ordered_id
+from xmppd.locks import KeyedLocks
+from xmppd.protocol.errors import ServiceUnavailable
+from xmppd.protocol.jid import JID
+from xmppd.protocol.namespaces import NS_CLIENT
+from xmppd.protocol.stanza import delay_element, from_storage, to_storage
+from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
+
+NS_HINTS = "urn:xmpp:hints"
+BODY = f"{{{NS_CLIENT}}}body"
+STORE_HINT = f"{{{NS_HINTS}}}store"
+NO_STORE_HINT = f"{{{NS_HINTS}}}no-store"
+# Payloads worth keeping without a body: the sender expects them to arrive.
+KEPT_NAMESPACES = frozenset((
+    "urn:xmpp:receipts",                       # XEP-0184
+    "urn:xmpp:chat-markers:0",                 # XEP-0333
+    "eu.siacs.conversations.axolotl",          # OMEMO (XEP-0384 0.3)
+    "urn:xmpp:omemo:2",                        # OMEMO (XEP-0384 0.8+)
+    "jabber:x:conference",                     # XEP-0249 direct MUC invitations
+    "http://jabber.org/protocol/muc#user",     # XEP-0045 mediated invitations
+))
+KEPT_TYPES = frozenset(("normal", "chat"))
+
+
+def should_store(element) -> bool:
+    if (element.get("type") or "normal") not in KEPT_TYPES or element.find(NO_STORE_HINT) is not None:
+        return False
+    if element.find(BODY) is not None or element.find(STORE_HINT) is not None:
+        return True
+    return any(isinstance(child.tag, str) and child.tag[1:].split("}", 1)[0] in KEPT_NAMESPACES for child in element)
+
+
+class OfflineMessages(Extension):
+    xeps = {160: "1.0.1", 203: "2.0", 334: "0.3.0"}
+    features = ["msgoffline"]
+
+    @dataclass(frozen=True)
+    class Options:
+        max_messages_per_user: int = 1000
+
+        def validate(self, where):
+            where.check("max_messages_per_user", self.max_messages_per_user > 0, "must be positive")
+
+    def __init__(self, host, options):
+        super().__init__(host, options)
+        self.lock = KeyedLocks()               # per owner: the queue's count, append and delivery
+
+    async def start(self) -> None:
+        self.store = self.host.open_archive("offline")
+
+    @hook("message/offline/store", priority=-1)
+    async def store_message(self, stanza) -> bool:
+        if not should_store(stanza.element):
+            return False
+        owner = stanza.to.bare
+        now = time.time()
+        element = copy.deepcopy(stanza.element)
+        element.append(delay_element(self.host.domain, now))
+        async with self.lock(str(owner)):
+            if await self.store.count(str(owner)) >= self.options.max_messages_per_user:
+                raise ServiceUnavailable(text="the recipient's offline storage is full")
+            await self.store.append(str(owner), ArchivedStanza(
+                id=time_ordered_id(), when=now, with_=str(stanza.from_.bare), payload=to_storage(element)))
+        # The user may have come online while the message was on its way to the store.
+        sessions = [s for s in self.host.available_sessions(owner.local) if s.priority >= 0]
+        if sessions:
+            await self.deliver_stored_messages(max(sessions, key=lambda s: s.priority))
+        return True
+
+    @hook("message/offline/deliver", priority=-1)
+    async def deliver_stored_messages(self, session) -> bool:
+        owner = str(session.jid.bare)
+        async with self.lock(owner):
+            page = await self.store.query(owner, ArchiveQuery())
+            sent = []
+            for item in page.items:
+                if session.closed or not session.available:
+                    break
+                session.send(from_storage(item.payload))
+                sent.append(item.id)
+            if sent:
+                await self.store.delete(owner, sent)
+        return True
+
+    @hook("user-deleted")
+    async def delete_queue(self, jid: JID) -> None:
+        await self.store.delete(str(jid))
