@@ -4,7 +4,7 @@ To add a backend: add its kind to BACKENDS and a branch to make_backend.
 """
 import pytest
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "cassandra"]
 
 
 async def make_backend(kind, tmp_path):
@@ -16,6 +16,12 @@ async def make_backend(kind, tmp_path):
     if kind == "sqlite":
         from xmppd.storage.sqlite import Options, open_backend
         return open_backend(Options(), str(tmp_path))
+    if kind == "cassandra":
+        # A real node (tests/support/cassandra.py), started once per run; one keyspace,
+        # emptied with TRUNCATE for each new tmp_path. A node that cannot start fails
+        # the test with the reason.
+        from tests.support.cassandra import contract_backend
+        return await contract_backend(tmp_path)
     raise ValueError(f"unknown storage backend {kind!r}")
 
 
