@@ -52,6 +52,9 @@ class Transport:
         return self.writer.get_extra_info("ssl_object")
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
+        # Stop reading before <proceed/> leaves: a fast client's ClientHello must reach the
+        # TLS layer, not the plain-text reader (wait_for below yields to the loop first).
+        self.writer.transport.pause_reading()
         self._flush()
         await self.writer.drain()
         await asyncio.wait_for(self.writer.start_tls(context), timeout)
