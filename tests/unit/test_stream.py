@@ -272,6 +272,24 @@ def test_stray_text_between_stanzas_is_dropped():
     assert stream._root.text is None
 
 
+def test_unnegotiated_stream_restart():
+    bare_header = HEADER[len(b"<?xml version='1.0'?>") :]
+    assert error_of(HEADER, b"<message/>", bare_header).condition == "bad-format"
+    # With an XML declaration it is not even well-formed.
+    assert error_of(HEADER, b"<message/>", HEADER).condition == "not-well-formed"
+
+
+def test_excessive_nesting_is_a_policy_violation():
+    err = error_of(HEADER, b"<message>" + b"<a>" * 300)
+    assert err.condition == "policy-violation"
+
+
+def test_utf8_byte_order_mark():
+    stream = XmlStream()
+    events = feed(stream, b"\xef\xbb\xbf" + HEADER, b"<message/>")
+    assert [type(event) for event in events] == [StreamOpened, StanzaReceived]
+
+
 def test_stanzas_before_an_error_are_delivered():
     stream = XmlStream()
     events = feed(stream, HEADER, b"<message id='1'/><message id='2'/><bad a=>")

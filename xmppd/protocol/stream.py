@@ -27,7 +27,6 @@ The module also holds the output side: ``stream_header``, ``STREAM_CLOSE`` and
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -272,7 +271,10 @@ class XmlStream:
             elif action == "end":
                 depth -= 1
                 if depth == 1:
-                    stanza = copy.deepcopy(element)
+                    # A copy rather than root.remove(element): lxml would then
+                    # rename the inherited default namespace to "ns0".  lxml's
+                    # __copy__ is deep, and cheaper than copy.deepcopy().
+                    stanza = element.__copy__()
                     stanza.tail = None
                     self._events.append(StanzaReceived(stanza))
                     self._current = None
@@ -296,6 +298,11 @@ class XmlStream:
                 self._fail("not-well-formed", "unbound namespace prefix")
             else:
                 self._fail("invalid-namespace", "element outside any namespace")
+            return False
+        if tag == STREAM_TAG:
+            # A stream restart that was not negotiated: its stanzas would
+            # never be delivered, so say so instead of waiting forever.
+            self._fail("bad-format", "unexpected stream header")
             return False
         if tag[tag.index("}") + 1 :] in _STANZA_LOCAL_NAMES:
             self._fail("invalid-namespace", "stanza outside the stream's content namespace")
