@@ -4,8 +4,8 @@ Config section ``[storage.cassandra]`` (see `Options`). The tables are in
 ``schema/NNN_*.cql`` (migrations.py applies and records them); the stores are in
 stores.py, the archives in archive.py, the asyncio bridge to the driver in cql.py.
 
-Design in short: every query names a whole partition key (no ALLOW FILTERING, no
-secondary index); what grows without bound is split in time buckets (archives) or
+Design in short: every query names a whole partition key (nothing is filtered on the
+server, no secondary index); what grows without bound is split in time buckets (archives) or
 hash shards (per-domain and per-name listings); paging walks clustering order, never
 an offset; statements are prepared once and run with ``execute_async``, whose result
 is handed to the asyncio loop thread-safely, so no call blocks the event loop;
