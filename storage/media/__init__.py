@@ -23,7 +23,8 @@ which the tests in ``tests/storage/test_media.py`` check on each of them:
   file is clamped, and a range starting at or past the end yields no bytes (the HTTP layer
   compares with `size` first and answers 416 itself). A missing key raises
   `FileNotFoundError` from the first iteration, before any bytes. A negative `start`, or
-  an `end` before `start`, raises `ValueError`.
+  an `end` before `start`, raises `ValueError`. A caller that may stop early wraps it
+  in ``contextlib.aclosing`` so that the file or connection is released at once.
 - ``size(key)`` is the size in bytes, or ``None`` when the key does not exist.
 - ``delete(key)`` removes the file; deleting a missing key is not an error.
 - ``has_presigned_urls`` tells the upload service whether to send clients straight to
@@ -93,5 +94,8 @@ def open_media(kind: str, options, data_dir: str) -> MediaStore:
     """Build the media store `kind` from its validated ``Options`` (None: the defaults)."""
     module = media_module(kind)
     if options is None:
-        options = module.Options()
+        try:
+            options = module.Options()
+        except TypeError:
+            raise ValueError(f"media storage {kind!r} needs options ([storage.{kind}])") from None
     return module.open_media(options, data_dir)

@@ -13,6 +13,7 @@ refuses a body of any other size or type.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import re
 from contextlib import AsyncExitStack
@@ -231,7 +232,6 @@ class S3MediaStore:
             if self._client is None:
                 # Imported here: the s3 extra is optional and only this backend needs it.
                 from aiobotocore.config import AioConfig
-                from aiobotocore.session import get_session
 
                 options = self.options
                 config = AioConfig(
@@ -245,7 +245,7 @@ class S3MediaStore:
                     retries={"max_attempts": 3, "mode": "standard"},
                 )
                 stack = AsyncExitStack()
-                self._client = await stack.enter_async_context(get_session().create_client(
+                self._client = await stack.enter_async_context(_session().create_client(
                     "s3", region_name=options.region, endpoint_url=options.endpoint_url,
                     aws_access_key_id=options.access_key,
                     aws_secret_access_key=options.secret_key, config=config))
@@ -259,6 +259,15 @@ class S3MediaStore:
         except Exception:
             # The upload stays invisible; a bucket lifecycle rule removes leftover parts.
             pass
+
+
+@functools.cache
+def _session():
+    """One aiobotocore session per process: it keeps the parsed S3 API model, which
+    every new client would otherwise load again (a fifth of a second of CPU). A session
+    is bound to no event loop; the clients it makes are."""
+    from aiobotocore.session import get_session
+    return get_session()
 
 
 def _error_code(error) -> str:

@@ -283,6 +283,7 @@ async def test_filesystem_has_no_presigned_urls(tmp_path):
 
 # ---------------------------------------------------------------- S3 specifics
 
+@pytest.mark.s3
 async def test_s3_presigned_put_then_presigned_get(s3_media):
     import aiohttp
     size = 100 * KiB
@@ -303,6 +304,7 @@ async def test_s3_presigned_put_then_presigned_get(s3_media):
     assert await read_all(s3_media, "direct.jpg") == data
 
 
+@pytest.mark.s3
 async def test_s3_presigned_get_with_content_disposition(s3_media):
     import aiohttp
     await s3_media.write("named", chunked(b"hello"), 5, "text/plain")
@@ -315,6 +317,7 @@ async def test_s3_presigned_get_with_content_disposition(s3_media):
             assert await reply.read() == b"hello"
 
 
+@pytest.mark.s3
 @pytest.mark.parametrize("body_size, content_type", [
     (1001, "image/jpeg"),            # longer than signed
     (999, "image/jpeg"),             # shorter than signed
@@ -331,6 +334,7 @@ async def test_s3_presigned_put_refuses_other_length_or_type(s3_media, body_size
     assert await s3_media.size("pinned") is None
 
 
+@pytest.mark.s3
 async def test_s3_presigned_urls_validate_their_arguments(s3_media):
     with pytest.raises(InvalidKey):
         await s3_media.presigned_put_url("../x", 1, "text/plain")
@@ -342,6 +346,7 @@ async def test_s3_presigned_urls_validate_their_arguments(s3_media):
         await s3_media.presigned_put_url("ok", 1, "text/plain\r\nX-Evil: 1")
 
 
+@pytest.mark.s3
 async def test_s3_failed_multipart_upload_is_aborted(s3_server, s3_media):
     with pytest.raises(SizeMismatch):
         await s3_media.write("aborted", chunked(payload(9 * MiB), 1 * MiB), 10 * MiB,
@@ -369,6 +374,8 @@ def test_s3_options_are_validated():
     assert "secret" not in repr(Options(bucket="media", access_key="k", secret_key="secret"))
 
 
-def test_unknown_media_kind():
+def test_unknown_media_kind_or_missing_options():
     with pytest.raises(ValueError):
         open_media("tape", None, "/tmp")
+    with pytest.raises(ValueError):
+        open_media("s3", None, "/tmp")             # a bucket is required

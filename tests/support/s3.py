@@ -28,6 +28,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -118,8 +119,9 @@ def _build(go: str, binary: Path) -> None:
     try:
         with open(log_path, "wb") as log:
             try:
-                subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, timeout=BUILD_TIMEOUT, check=True)
+                subprocess.run(command, env=env, cwd=staging, stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               timeout=BUILD_TIMEOUT, check=True)
             except subprocess.TimeoutExpired:
                 raise RuntimeError(f"building MinIO took over {BUILD_TIMEOUT:.0f} s:\n"
                                    + _tail(log_path)) from None
@@ -169,7 +171,7 @@ def minio_process(data_dir: Path) -> Iterator[str]:
                 [str(binary), "server", "--quiet", "--address", f"{LOOPBACK}:{port}",
                  "--console-address", f"{LOOPBACK}:{console_port}", str(data_dir / "data")],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_die_with_parent)
         try:
             if _wait_until_live(process, endpoint):
                 yield endpoint
@@ -182,6 +184,16 @@ def minio_process(data_dir: Path) -> Iterator[str]:
     raise RuntimeError("MinIO exited at start-up three times:\n" + _tail(log_path))
 
 
+def _die_with_parent() -> None:
+    """In the child: have Linux stop MinIO if the test process dies without cleaning up."""
+    try:
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass                                     # not Linux: the fixture's teardown still runs
+
+
 def _wait_until_live(process: subprocess.Popen, endpoint: str) -> bool:
     """True once MinIO answers; False if it exited or never answered."""
     deadline = time.monotonic() + START_TIMEOUT
@@ -189,7 +201,7 @@ def _wait_until_live(process: subprocess.Popen, endpoint: str) -> bool:
         if process.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(f"{endpoint}/minio/health/live", timeout=2) as reply:
+            with urllib.request.urlopen(f"{endpoint}/minio/health/ready", timeout=2) as reply:
                 if reply.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
