@@ -79,43 +79,47 @@ class Extension:
         """Serialized <stream:features/> children to offer before/after authentication."""
         return []
 
-    # ------------------------------------------------------------- registration
 
-    def _register(self) -> None:
-        for attribute in dir(type(self)):
-            method = getattr(type(self), attribute, None)
-            for event, priority in getattr(method, "_hooks", ()):
-                self._add(event, getattr(self, attribute), priority)
-            for type_, namespace, element, targets, priority in getattr(method, "_iq", ()):
-                if not any(f.startswith(namespace) for f in self.features):
-                    log.debug("extension=%s iq namespace %s is not among its disco features", self.name, namespace)
-                handler = self._iq_wrapper(getattr(self, attribute))
-                for target in targets:
-                    self._add(f"iq-{type_}/{target}/{namespace}:{element}", handler, priority)
+def register(extension: Extension) -> None:
+    """Hook every decorated method of `extension` on its host's bus."""
+    cls = type(extension)
+    for attribute in dir(cls):
+        method = getattr(cls, attribute, None)
+        for event, priority in getattr(method, "_hooks", ()):
+            _add(extension, event, getattr(extension, attribute), priority)
+        for type_, namespace, element, targets, priority in getattr(method, "_iq", ()):
+            if not any(f.startswith(namespace) for f in extension.features):
+                log.debug("extension=%s iq namespace %s is not among its disco features", extension.name, namespace)
+            handler = _iq_wrapper(extension, getattr(extension, attribute))
+            for target in targets:
+                _add(extension, f"iq-{type_}/{target}/{namespace}:{element}", handler, priority)
 
-    def _add(self, event, handler, priority) -> None:
-        self.host.bus.hook(event, handler, priority)
-        self._hooked.append((event, handler))
 
-    def _unregister(self) -> None:
-        for event, handler in self._hooked:
-            self.host.bus.unhook(event, handler)
-        self._hooked.clear()
+def unregister(extension: Extension) -> None:
+    for event, handler in extension._hooked:
+        extension.host.bus.unhook(event, handler)
+    extension._hooked.clear()
 
-    def _iq_wrapper(self, method):
-        async def answer(stanza) -> bool:
-            try:
-                payload = await method(stanza)
-            except StanzaError as error:
-                await self.host.send(error_reply(stanza.element, error))
-                return True
-            if payload is PASS:
-                return False
-            if payload is not REPLIED:
-                await self.host.send(reply(stanza.element, payload))
+
+def _add(extension: Extension, event: str, handler, priority: float) -> None:
+    extension.host.bus.hook(event, handler, priority)
+    extension._hooked.append((event, handler))
+
+
+def _iq_wrapper(extension: Extension, method):
+    async def answer(stanza) -> bool:
+        try:
+            payload = await method(stanza)
+        except StanzaError as error:
+            await extension.host.send(error_reply(stanza.element, error))
             return True
-        answer.__qualname__ = method.__qualname__
-        return answer
+        if payload is PASS:
+            return False
+        if payload is not REPLIED:
+            await extension.host.send(reply(stanza.element, payload))
+        return True
+    answer.__qualname__ = method.__qualname__
+    return answer
 
 
 def extension_class(name: str) -> type[Extension]:

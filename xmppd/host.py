@@ -14,7 +14,7 @@ from lxml import etree
 
 from xmppd.config import Where, build
 from xmppd.events import EventBus
-from xmppd.extension import Extension, extension_class
+from xmppd.extension import Extension, extension_class, register, unregister
 from xmppd.protocol.jid import JID
 
 if TYPE_CHECKING:
@@ -53,14 +53,14 @@ class Host:
             options = build(cls.Options, table, Where(self.server.config.source, f"extensions.{name}"))
         extension = cls(self, options)
         self.extensions[name] = extension
-        extension._register()
+        register(extension)
         await extension.start()
         await self.bus.notify("extension-loaded", extension)
         return extension
 
     async def unload_all(self) -> None:
         for extension in reversed(list(self.extensions.values())):
-            extension._unregister()
+            unregister(extension)
             try:
                 await extension.stop()
             except Exception:

@@ -17,8 +17,8 @@ from lxml import etree
 from xmppd.protocol.errors import (BadRequest, InternalServerError, JidMalformed, RemoteServerNotFound,
                                    ServiceUnavailable, StanzaError)
 from xmppd.protocol.jid import JID, InvalidJID
-from xmppd.protocol.namespaces import NS_CLIENT
-from xmppd.protocol.stanza import error_reply
+from xmppd.protocol.namespaces import NS_CLIENT, NS_SESSION
+from xmppd.protocol.stanza import error_reply, reply
 
 if TYPE_CHECKING:
     from xmppd.host import Host
@@ -172,6 +172,8 @@ class CoreDelivery:
                               ("iq/self", self.iq_to_account), ("iq/host", self.iq_to_account),
                               ("message/host", self.message_to_host), ("presence/host", self.ignore)):
             host.bus.hook(name, handler, DEFAULT_PRIORITY)
+        for target in ("self", "host"):           # RFC 3921 section 3: a no-op kept for old clients
+            host.bus.hook(f"iq-set/{target}/{NS_SESSION}:session", self.legacy_session, DEFAULT_PRIORITY)
 
     async def message_to_bare(self, stanza: Stanza) -> bool:
         host, element = self.host, stanza.element
@@ -231,6 +233,10 @@ class CoreDelivery:
             session.send(stanza.element)
             return True
         raise ServiceUnavailable()
+
+    async def legacy_session(self, stanza: Stanza) -> bool:
+        await self.host.send(reply(stanza.element))
+        return True
 
     async def iq_to_account(self, stanza: Stanza) -> bool:
         return await answer_iq(self.host, stanza)

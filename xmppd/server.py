@@ -45,7 +45,8 @@ class AuthThrottle:
         recent.append(now)
         if len(self.failures) > 10000:         # bound the memory an address scan can take
             self.failures.pop(next(iter(self.failures)))
-        return min(self.base_delay * (2 ** (len(recent) - 2)), 30.0) if len(recent) > 1 else 0.0
+        # Doubling from the second failure, up to 16 times the base delay.
+        return self.base_delay * 2 ** min(len(recent) - 2, 4) if len(recent) > 1 else 0.0
 
 
 class Server:

@@ -20,7 +20,11 @@ def free_port() -> int:
 
 
 class XmppdProcess:
-    """`xmppd --config <tmp>/xmppd.toml`; extra TOML is appended to the generated config."""
+    """`xmppd --config <tmp>/xmppd.toml`; extra TOML is appended to the generated config.
+
+    XMPPD_TEST_SERVER_SECTION adds lines to [server] (e.g. an `extensions` list) when
+    `server_section` is not given: a knob for running a subset while debugging.
+    """
 
     def __init__(self, directory: Path, extra_config: str = "", domain: str = "localhost",
                  server_section: str = "", c2s_section: str = ""):
@@ -35,7 +39,7 @@ class XmppdProcess:
             [server]
             data_dir = "{self.directory / 'data'}"
             log_level = "info"
-            {server_section}
+            {server_section or os.environ.get("XMPPD_TEST_SERVER_SECTION", "")}
 
             [c2s]
             port = {self.port}

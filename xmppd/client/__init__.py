@@ -16,8 +16,9 @@ class LoginFailed(Exception):
 class Client(slixmpp.ClientXMPP):
     """A slixmpp client with xmppd's plugins; `await client.login(...)` to connect."""
 
-    def __init__(self, jid: str, password: str, *, verify_tls: bool = True, plugins=DEFAULT_PLUGINS):
-        super().__init__(jid, password)
+    def __init__(self, jid: str, password: str, *, verify_tls: bool = True, plugins=DEFAULT_PLUGINS,
+                 sasl_mech: str | None = None):
+        super().__init__(jid, password, sasl_mech=sasl_mech)
         for plugin in plugins:
             self.register_plugin(plugin)
         if not verify_tls:
@@ -25,7 +26,7 @@ class Client(slixmpp.ClientXMPP):
             self.ssl_context.verify_mode = ssl.CERT_NONE
 
     async def login(self, host: str | None = None, port: int | None = None, *, direct_tls: bool = False,
-                    timeout: float = 20.0) -> None:
+                    timeout: float = 30.0) -> None:
         """Connect, authenticate and bind; raise LoginFailed on a refused authentication."""
         loop = asyncio.get_running_loop()
         outcome = loop.create_future()

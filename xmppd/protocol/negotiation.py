@@ -283,8 +283,10 @@ class C2SNegotiation:
         return self._succeed(self._pending_username, server_final)
 
     def _in_await_bind(self, element) -> list:
-        if element.tag != f"{{{NS_CLIENT}}}iq":
+        if not element.tag.startswith(f"{{{NS_CLIENT}}}"):
             return [UnhandledElement(element)]
+        if element.tag != f"{{{NS_CLIENT}}}iq":               # RFC 6120 7.1: bind first
+            return self._error("not-authorized", "bind a resource first")
         bind = element.find(f"{{{NS_BIND}}}bind")
         if element.get("type") != "set" or bind is None:
             return self._error("not-authorized", "bind a resource first")
