@@ -1,0 +1,105 @@
+"""XEP-0313 Message Archive Management on the room JID, with XEP-0359 stanza ids.
+
+A room whose archiving is on (muc#roomconfig_enablearchiving) stores each message with a
+body or an encrypted payload in the "muc" archive, with the sender's real bare JID
+beside it; the id it is stored under goes out as <stanza-id by='room'/> on the message.
+Anyone who may enter the room may query its archive (paging with RSM, see xmppd/mam.py);
+real JIDs come back only to those who may see them in the room.
+
+Hooks: muc-message (before the history keeps the message), muc-disco-info,
+iq-get/bare and iq-set/bare urn:xmpp:mam:2 query, iq-get/bare urn:xmpp:mam:2 metadata.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from xmppd import mam
+from xmppd.extension import Extension, hook, iq_handler
+from xmppd.ids import time_ordered_id
+from xmppd.protocol.errors import Forbidden
+from xmppd.protocol.jid import JID
+from xmppd.protocol.stanza import sub_element, to_storage
+from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
+
+from .groupchat import NS_SID, STANZA_ID, Said
+from .room import AFFILIATION_RANK, NS_MUC_USER, X_MUC_USER, Room
+
+NS_HINTS = "urn:xmpp:hints"
+BODY = "{jabber:client}body"
+ENCRYPTED = ("{eu.siacs.conversations.axolotl}encrypted", "{urn:xmpp:omemo:2}encrypted",
+             "{urn:xmpp:eme:0}encryption", "{jabber:x:encrypted}x", "{urn:xmpp:openpgp:0}openpgp")
+
+
+def should_archive(message) -> bool:
+    """Messages with content, unless the sender asked otherwise (XEP-0334 hints)."""
+    if message.find(f"{{{NS_HINTS}}}no-store") is not None or message.find(f"{{{NS_HINTS}}}no-permanent-store") is not None:
+        return False
+    return (message.find(BODY) is not None or message.find(f"{{{NS_HINTS}}}store") is not None
+            or any(message.find(tag) is not None for tag in ENCRYPTED))
+
+
+class RoomArchive(Extension):
+    xeps = {313: "1.1.1", 359: "0.7.0"}
+    depends = ["muc.service"]
+
+    def __init__(self, host, options):
+        super().__init__(host, options)
+        self.service = host.extensions["muc.service"]
+        self.store = self.service.archive
+
+    @hook("muc-message", priority=10)
+    async def archive(self, said: Said) -> None:
+        room, message = said.room, said.message
+        if not room.config.archiving or not should_archive(message):
+            return
+        item_id = time_ordered_id()
+        sub_element(message, STANZA_ID, {"id": item_id, "by": str(room.jid)})
+        stored = copy.deepcopy(message)
+        sub_element(sub_element(stored, X_MUC_USER), f"{{{NS_MUC_USER}}}item", {"jid": str(said.occupant.jid)})
+        await self.store.append(str(room.jid), ArchivedStanza(item_id, said.when, said.occupant.nick, to_storage(stored)))
+
+    @hook("muc-disco-info")
+    async def advertise(self, info) -> None:
+        if info.room.config.archiving:
+            info.features += [mam.NS_MAM, mam.NS_MAM_EXTENDED, NS_SID]
+
+    def check_access(self, room: Room, requester: JID) -> None:
+        affiliation = room.affiliation(requester)
+        if affiliation == "outcast" or room.config.members_only and affiliation == "none":
+            raise Forbidden(text="only those who may enter the room may read its archive")
+
+    @iq_handler("get", mam.NS_MAM, "query", to=("bare",))
+    async def search_form(self, stanza):
+        self.check_access(self.service.room_of(stanza), stanza.from_)
+        return mam.search_form()
+
+    @iq_handler("set", mam.NS_MAM, "query", to=("bare",))
+    async def query(self, stanza):
+        room = self.service.room_of(stanza)
+        self.check_access(room, stanza.from_)
+        options = self.service.options
+        reveal = (room.sees_real_jids(room.occupant_of(stanza.from_))
+                  or AFFILIATION_RANK[room.affiliation(stanza.from_)] >= AFFILIATION_RANK["admin"])
+
+        def by_nickname(query: ArchiveQuery) -> ArchiveQuery:
+            """'with' names an occupant JID; the archive keeps nicknames."""
+            if query.with_ is None:
+                return query
+            jid = JID.parse(query.with_)
+            return dataclasses.replace(query, with_=jid.resource if jid.bare == room.jid and jid.resource else query.with_)
+
+        def hide_real_jid(message):
+            for x in message.findall(X_MUC_USER):
+                message.remove(x)
+            return message
+
+        return await mam.answer_query(self.host, stanza, self.store, str(room.jid),
+                                      default_max=options.archive_page_size, max_max=options.max_archive_page_size,
+                                      adjust=by_nickname, show=None if reveal else hide_real_jid)
+
+    @iq_handler("get", mam.NS_MAM, "metadata", to=("bare",))
+    async def metadata(self, stanza):
+        room = self.service.room_of(stanza)
+        self.check_access(room, stanza.from_)
+        return await mam.metadata_element(self.store, str(room.jid))
