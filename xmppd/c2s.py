@@ -2,8 +2,11 @@
 
 Runs the sans-IO `XmlStream` and `C2SNegotiation` over a `Transport`, performs their
 actions (credential lookup, resource binding, STARTTLS) and, once bound, hands each
-stanza to the router. Top-level elements that are not stanzas (XEP-0198 <r/>, <enable/>,
-<resume/> ...) fire `stream-element/<{namespace}name>` with a `StreamElement`. An iq
+stanza to the router, counting it in `Session.stanzas_handled` once handled. A stream
+closed by either side ends the session; a connection lost without a stream close only
+interrupts it (`Host.session_interrupted`: XEP-0198 may keep it). Top-level elements
+that are not stanzas (XEP-0198 <r/>, <enable/>, <resume/> ...) fire
+`stream-element/<{namespace}name>` with a `StreamElement`. An iq
 get/set before authentication (XEP-0077) fires `unauthenticated-iq/<namespace>:<element>`
 on the stream's host: a handler writes the reply on the connection (or raises
 StanzaError); an iq nobody handles closes the stream with not-authorized (RFC 6120 4.9.3.12).
@@ -87,10 +90,15 @@ class C2SConnection:
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.debug("event=connection-lost peer=%s error=%s", self.peer, exc)
         finally:
+            interrupted = not self.closed      # the peer vanished without closing the stream
             self.closed = True
             await self.transport.close()
-            if self.session is not None:
-                await self.session.host.session_interrupted(self.session)
+            session = self.session
+            if session is not None:
+                if interrupted:
+                    await session.host.session_interrupted(session)
+                else:
+                    await session.host.end_session(session)
 
     async def handle(self, event) -> None:
         if self.session is None:
@@ -100,7 +108,11 @@ class C2SConnection:
         if isinstance(event, StanzaReceived):
             element = event.element
             if element.tag in KINDS:
-                await self.server.router.from_client(self.session, element)
+                session = self.session
+                await self.server.router.from_client(session, element)
+                # Counted once its processing is over (an offline message committed to
+                # storage): a XEP-0198 ack then covers only stanzas that are safe.
+                session.stanzas_handled += 1
             elif not await self.session.host.bus.fire(f"stream-element/{element.tag}", StreamElement(self, element, self.session)):
                 self.close("unsupported-stanza-type")
         elif isinstance(event, StreamClosed):
@@ -179,6 +191,12 @@ class C2SConnection:
         session.connection = self
         session.host.add_session(session)
 
+    def detach(self) -> Session | None:
+        """Give the session up to another stream (a XEP-0198 resumption): the end of this
+        connection then neither ends nor interrupts it."""
+        session, self.session = self.session, None
+        return session
+
     def _extra_features(self, authenticated: bool) -> list[bytes]:
         host = self.server.hosts.get(self.negotiation.domain)
         return host.stream_features(authenticated) if host is not None else []
@@ -199,3 +217,8 @@ class C2SConnection:
             self.transport.write(stream_error(condition, text))
         self.transport.write(STREAM_CLOSE)
         asyncio.get_running_loop().create_task(self.transport.close())
+
+    def drop(self) -> None:
+        """Cut the connection without closing the stream, as a network failure would: the
+        session is interrupted (stream management may keep it), not ended."""
+        self.transport.abort()

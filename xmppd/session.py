@@ -37,14 +37,20 @@ class Session:
         self.priority = 0
         self.interested = False              # requested the roster: gets roster pushes
         self.filters: list[Filter] = []
+        self.stanzas_handled = 0             # stanzas from the client whose processing is over (XEP-0198 'h')
         self.meta: dict = {}                 # per-extension state, keyed by extension name
         self.closed = False
 
     def __repr__(self):
         return f"<Session {self.jid}>"
 
-    def send(self, element: etree._Element) -> None:
-        for apply in self.filters:
+    def send(self, element: etree._Element, *, after: Filter | None = None) -> None:
+        """Pass `element` through the filters, then write it. With `after`, only the
+        filters that follow that one: a filter that held a stanza back lets it go on."""
+        filters = self.filters
+        if after is not None:
+            filters = filters[filters.index(after) + 1:]
+        for apply in filters:
             element = apply(element)
             if element is None:
                 return

@@ -59,6 +59,12 @@ class Transport:
         await self.writer.drain()
         await asyncio.wait_for(self.writer.start_tls(context), timeout)
 
+    def abort(self) -> None:
+        """Cut the connection at once, unflushed (a peer that stopped answering)."""
+        self.closing = True
+        self._pending.clear()
+        self.writer.transport.abort()
+
     async def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending, then close; abort a peer that does not take it in time."""
         if self.closing:
