@@ -5,7 +5,7 @@ import datetime
 import pytest
 
 from tests.support.accounts import create_accounts
-from tests.support.inbox import MESSAGE, NS_ROSTER, PRESENCE, message, online, presence
+from tests.support.inbox import MESSAGE, NS_ROSTER, message, online, presence
 from tests.support.server import XmppdProcess
 
 EXTENSIONS = '["disco", "ping", "roster", "presence", "offline"]'

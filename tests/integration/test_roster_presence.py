@@ -482,8 +482,12 @@ async def test_no_presence_leaks_to_a_non_contact(users, connect):
     alice, mallory = users(2)
     m, m_inbox = await connect(mallory, "m")
     a, a_inbox = await connect(alice, "a")
-    # Mallory only put Alice in his roster and asked nothing: no presence either way.
+    # Each has the other in the roster and Mallory asked for Alice's presence, but she
+    # did not answer: Mallory gets none of it.
     await roster_set(m, f"<item jid='{alice}'/>")
+    await roster_set(a, f"<item jid='{mallory}' name='Mallory'/>")
+    m.send_raw(f"<presence to='{alice}' type='subscribe'/>")
+    await a_inbox.wait(presence("subscribe", from_=mallory))
     a.send_raw("<presence><status>secret</status></presence>")
     await a_inbox.wait(lambda s: s.tag == PRESENCE and s.findtext("{jabber:client}status") == "secret")
     await synchronise(a, m_inbox, f"{mallory}/m")
