@@ -81,6 +81,7 @@ class Router:
         try:
             to = JID.parse(element.get("to")) if element.get("to") is not None else None
         except InvalidJID:
+            element.set("to", session.host.domain)    # the error comes from the server, not a bad JID
             await self._reply_error(element, session.host, JidMalformed())
             return
         stanza = Stanza(element, kind, session.jid, to, session)
