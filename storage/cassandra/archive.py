@@ -24,6 +24,12 @@ store one row; a lightweight transaction per message (four Paxos round trips on 
 hottest path) would close that window, and the ids are made by the archiving process
 itself, so it is not worth it.
 
+Index rows (buckets, owners) are written with every append, so a lost one heals with
+the next append into its bucket. Deleting single ids leaves them (an emptied bucket
+costs a query one empty slice); deleting a whole archive and the retention sweep drop
+the rows of the buckets they emptied, after checking the bucket is empty, with the
+timestamp of the check: an append that lands after the check writes a newer row.
+
 Retention: with ``archive_ttl = {name: seconds}`` items are written with a TTL
 counted from their `when`, and the index rows with a TTL that outlives the bucket's
 last item, so old data leaves by itself without tombstone sweeps. ``delete_older_than``

@@ -102,6 +102,19 @@ async def test_cassandra_concurrent_account_creation_has_one_winner(make):
     assert sorted(results) == [False] * 11 + [True]
 
 
+async def test_cassandra_concurrent_roster_changes_get_distinct_versions(make):
+    """The roster version moves by compare-and-set: concurrent changes from two nodes
+    each get their own version, none is lost."""
+    first, second = await make(), await make()
+    contacts = [f"c{n}@example.net" for n in range(8)]
+    versions = await asyncio.gather(*(
+        (first if n % 2 else second).rosters.put_item(ALICE, RosterItem(jid=contact))
+        for n, contact in enumerate(contacts)))
+    assert sorted(versions) == list(range(1, 9))
+    version, items = await first.rosters.get(ALICE)
+    assert version == 8 and sorted(items) == sorted(contacts)
+
+
 # ---------------------------------------------------------------- schema
 
 async def test_cassandra_schema_applied_twice_is_a_noop(make):

@@ -17,9 +17,18 @@ Central), never a fake:
 start nothing. When the node cannot be started, ``CassandraUnavailable`` carries the
 reason (and the tail of the node's log); tests that need the node fail with it.
 
+3. ``contract_backend(tmp_path)`` is what tests/storage/conftest.py calls: backends in
+   one keyspace per run, emptied (TRUNCATE of the tables that hold rows) for each new
+   tmp_path.
+
 Environment knobs: ``XMPPD_CASSANDRA_VERSION`` (a 5.0.x release),
 ``XMPPD_CASSANDRA_START_TIMEOUT`` (seconds, default 180), ``XMPPD_CASSANDRA_KEEP``
-(keep the temporary directory for a post-mortem).
+(keep the temporary directory for a post-mortem), ``XMPPD_CASSANDRA_JVM_OPTS`` (extra
+JVM options), ``XMPPD_TEST_CASSANDRA_KEYSPACE`` (default ``xmppd_test``; give each
+concurrent run on a shared external cluster its own).
+
+``python -m tests.support.cassandra`` starts a node, prints how long resolving and
+starting took, and stops it; ``... serve`` keeps it running for XMPPD_TEST_CASSANDRA.
 """
 from __future__ import annotations
 
@@ -406,7 +415,7 @@ def shared_node() -> tuple[str, int]:
                 _shared_stack = stack
                 atexit.register(stop_shared_node)
         if isinstance(_shared, CassandraUnavailable):
-            raise _shared
+            raise CassandraUnavailable(str(_shared))
         return _shared
 
 
@@ -425,18 +434,18 @@ _admin = None                       # (cluster, CqlSession) shared by the whole 
 _emptied_for: set[str] = set()
 
 
-def test_keyspace() -> str:
+def keyspace_for_tests() -> str:
     """The keyspace of the test run (XMPPD_TEST_CASSANDRA_KEYSPACE, default xmppd_test);
     on a shared external cluster give each concurrent run its own."""
     return os.environ.get("XMPPD_TEST_CASSANDRA_KEYSPACE", "xmppd_test")
 
 
-def test_options(**overrides):
+def options_for_tests(**overrides):
     """Backend options for the run's node and keyspace (starts the node if needed)."""
     from xmppd.storage.cassandra import Options
 
     host, port = shared_node()
-    overrides.setdefault("keyspace", test_keyspace())
+    overrides.setdefault("keyspace", keyspace_for_tests())
     return Options(contact_points=(host,), port=port, **overrides)
 
 
@@ -450,7 +459,7 @@ async def contract_backend(tmp_path, **overrides):
     """
     from xmppd.storage.cassandra import open_backend
 
-    options = await asyncio.to_thread(test_options, **overrides)
+    options = await asyncio.to_thread(options_for_tests, **overrides)
     if str(tmp_path) not in _emptied_for:
         await empty_keyspace(options)
         _emptied_for.add(str(tmp_path))
