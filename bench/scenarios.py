@@ -676,8 +676,26 @@ def count_both(roster: bytes) -> int:
     return roster.count(b"subscription='both'") + roster.count(b'subscription="both"')
 
 
+def roster_subscriptions(roster: bytes) -> dict:
+    """bare JID -> subscription, from a roster result."""
+    out = {}
+    i = roster.find(b"<item")
+    while i >= 0:
+        j = roster.find(b">", i)
+        tag = roster[i:j + 1]
+        jid = attr(tag, "jid")
+        if jid:
+            out[jid] = attr(tag, "subscription") or "none"
+        i = roster.find(b"<item", j)
+    return out
+
+
 async def setup_roster(ctx: Ctx, markers: Markers):
-    """Build `roster_contacts` mutual (both) subscriptions for the roster owner, once."""
+    """Build `roster_contacts` mutual (both) subscriptions for the roster owner, once.
+
+    In batches: the owner and each contact of the batch ask each other (subscribe);
+    both sides answer every request (subscribed); the owner's roster tells when the
+    batch is done."""
     n = ctx.sizes.roster_contacts
     key = f"roster_{n}"
     owner, contacts = roster_users(n)
@@ -689,55 +707,58 @@ async def setup_roster(ctx: Ctx, markers: Markers):
     t_start = time.monotonic()
     owner_jid = ctx.bare(owner[0])
     cconns = await open_sessions(ctx, contacts)
+    by_jid = {ctx.bare(u): c for (u, _), c in zip(contacts, cconns)}
     oconn = None
     try:
         async with asyncio.timeout(ctx.target.timeout):
             oconn = await login(ctx.target, *owner, presence=True)
 
-        def contact_handler(c):
-            def on_stanza(s):
-                if s.startswith(b"<presence") and attr(s, "type") == "subscribe":
-                    c.write(f"<presence to='{owner_jid}' type='subscribed'/>"
-                            f"<presence to='{owner_jid}' type='subscribe'/>".encode())
+        def answerer(conn):
+            def on_stanza(st):
+                if st.startswith(b"<presence") and attr(st, "type") == "subscribe":
+                    frm = (attr(st, "from") or "").split("/")[0]
+                    conn.write(f"<presence to='{frm}' type='subscribed'/>".encode())
+                elif st.startswith(b"<iq"):
+                    f = replies.pop(attr(st, "id"), None)
+                    if f is not None and not f.done():
+                        f.set_result(st)
             return on_stanza
 
-        for c in cconns:
-            c.set_stanza_handler(contact_handler(c))
-
         replies = {}
+        for c in cconns:
+            c.set_stanza_handler(answerer(c))
+        oconn.set_stanza_handler(answerer(oconn))
 
-        def owner_handler(s):
-            if s.startswith(b"<presence") and attr(s, "type") == "subscribe":
-                frm = attr(s, "from").split("/")[0]
-                oconn.write(f"<presence to='{frm}' type='subscribed'/>".encode())
-            elif s.startswith(b"<iq"):
-                f = replies.pop(attr(s, "id"), None)
-                if f is not None and not f.done():
-                    f.set_result(s)
-            elif s.startswith(b"<stream:error") or s == xmpp.STREAM_END:
-                for f in replies.values():
-                    if not f.done():
-                        f.set_exception(xmpp.XMPPError(f"owner stream closed: {s[:200]!r}"))
-
-        oconn.set_stanza_handler(owner_handler)
-
-        async def roster_both():
+        async def roster():
             iq_id = xmpp.new_id("roster")
             f = replies[iq_id] = asyncio.get_running_loop().create_future()
             oconn.write(f"<iq type='get' id='{iq_id}'><query xmlns='{xmpp.NS_ROSTER}'/></iq>".encode())
-            async with asyncio.timeout(ctx.target.timeout):
-                return count_both(await f)
+            async with asyncio.timeout(120):
+                return roster_subscriptions(await f)
 
-        have = await roster_both()
-        if have < n:
-            for i in range(0, n, 50):
-                oconn.write(b"".join(
-                    f"<presence to='{ctx.bare(u)}' type='subscribe'/>".encode() for u, _ in contacts[i:i + 50]))
-                await asyncio.sleep(0.05)
-            deadline = time.monotonic() + 180
-            while have < n and time.monotonic() < deadline:
-                await asyncio.sleep(1.0)
-                have = await roster_both()
+        subs = await roster()
+        todo = [j for j in by_jid if subs.get(j) != "both"]
+        batch = 25
+        for i in range(0, len(todo), batch):
+            part = todo[i:i + batch]
+            for attempt in range(3):
+                for j in part:
+                    oconn.write(f"<presence to='{j}' type='subscribe'/>".encode())
+                    by_jid[j].write(f"<presence to='{owner_jid}' type='subscribe'/>".encode())
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                    subs = await roster()
+                    part = [j for j in part if subs.get(j) != "both"]
+                    if not part:
+                        break
+                if not part:
+                    break
+            if part:
+                raise xmpp.XMPPError(f"roster setup: {len(part)} contacts not 'both', e.g. "
+                                     f"{part[0]}: {subs.get(part[0])}")
+        subs = await roster()
+        have = sum(1 for j in by_jid if subs.get(j) == "both")
         if have < n:
             raise xmpp.XMPPError(f"roster setup: only {have} of {n} contacts reached 'both'")
     finally:

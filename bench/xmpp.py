@@ -371,7 +371,7 @@ class Target:
     """Where to connect and how: the only thing scenarios know about a server."""
 
     def __init__(self, host, port, domain, muc_domain, sources=("127.0.0.1",), cache=None,
-                 tls_context=None, timeout=30.0):
+                 tls_context=None, timeout=60.0):
         self.host = host
         self.port = port
         self.domain = domain
