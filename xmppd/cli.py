@@ -21,8 +21,8 @@ def main(argv=None) -> int:
     try:
         config = config_module.load(args.config)
         if args.check_config:
-            from xmppd.server import _all_dependencies, bundled_extensions
-            _all_dependencies(config.server.extensions or bundled_extensions())
+            from xmppd.server import check_extensions
+            check_extensions(config)
             print(f"{config.source}: OK")
             return 0
     except ConfigError as exc:

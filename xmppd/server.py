@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import difflib
 import pkgutil
 import logging
 import ssl
@@ -11,7 +12,7 @@ import time
 from xmppd import certs, tls
 from xmppd.admin import AdminSocket
 from xmppd.c2s import C2SConnection
-from xmppd.config import Config, ConfigError
+from xmppd.config import Config, ConfigError, Where, build
 from xmppd.host import Host
 from xmppd.metrics import Metrics
 from xmppd.protocol.negotiation import stream_error
@@ -72,6 +73,7 @@ class Server:
     async def open(self) -> None:
         """Storage, hosts and extensions: everything but the network (xmppctl uses this)."""
         cfg = self.config
+        check_extensions(cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default], str(cfg.data_dir))
         await self.storage.start()
@@ -82,9 +84,6 @@ class Server:
             self.archive_storage = open_backend(archive_kind, cfg.backend_options[archive_kind], str(cfg.data_dir))
             await self.archive_storage.start()
         names = cfg.server.extensions or bundled_extensions()
-        unknown = set(cfg.extension_options) - set(names) - set(_all_dependencies(names))
-        if unknown:
-            raise ConfigError(f"{cfg.source}: extensions.{sorted(unknown)[0]}: options for an extension that is not enabled")
         for host_options in cfg.hosts:
             host = Host(self, host_options.domain, admins=host_options.admins)
             self.hosts[host.domain] = host
@@ -186,6 +185,23 @@ class Server:
 
     def listening(self) -> list[str]:
         return [f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for listener in self._listeners for sock in listener.sockets]
+
+
+def check_extensions(config: Config) -> None:
+    """Every enabled extension exists and its [extensions.<name>] table is valid, checked
+    before anything starts (and by `xmppd --check-config`)."""
+    from xmppd.extension import extension_class
+    names = config.server.extensions or bundled_extensions()
+    enabled = set(names) | set(_all_dependencies(names))
+    unknown = sorted(set(config.extension_options) - enabled)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], enabled, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{config.source}: extensions.{unknown[0]}: options for an extension that is not enabled{hint}")
+    for name in sorted(enabled):
+        options = extension_class(name).Options
+        if options is not None:
+            build(options, config.extension_options.get(name, {}), Where(config.source, f"extensions.{name}"))
 
 
 def _all_dependencies(names) -> list[str]:
