@@ -1,0 +1,381 @@
+"""XEP-0198 Stream Management: stanza acks both ways, and resumption of a session whose
+connection was lost.
+
+Inbound, 'h' is `Session.stanzas_handled` since <enable/>: c2s counts a stanza once the
+router is done with it, so an ack covers only stanzas already delivered, stored (an
+offline message is committed first) or bounced. Outbound, a session filter added at
+<enable/>, after the filters of bind and so the last one, keeps a copy of each stanza
+with the time it went out until the client acknowledges it, and asks for an ack (<r/>)
+after a stanza when none is outstanding. An <r/> unanswered for `ack_timeout` seconds
+means a half-dead connection: it is dropped, and the session hibernates.
+
+A resumable session whose connection is lost without a stream close hibernates for
+`resume_timeout` seconds (or the shorter 'max' its client asked for): it stays in
+`host.sessions`, available, and stanzas for it queue. <resume/> on a new authenticated
+stream of the same account takes it over (a still open old stream gets a conflict stream
+error), answers <resumed h='..'/>, forgets what the client's 'h' acknowledges and
+resends the rest. Resent and returned messages carry a XEP-0203 delay stamped with the
+time they first went out.
+
+When a session ends with stanzas unacknowledged (hibernation over, stream closed,
+session replaced, more than `max_queue` unacknowledged), they are treated as stanzas for
+an unavailable resource (XEP-0198 section 4, RFC 6121 8.5.3.2.1): a message worth
+keeping (offline.should_store) goes to the user's other available resources or, if none,
+to offline storage, and is bounced with service-unavailable if it cannot be stored; an
+iq get/set is answered service-unavailable; anything else is dropped.
+
+Errors (XEP-0198 sections 3, 4, 5): <enable/> before bind or a second time, <resume/>
+after bind: <failed><unexpected-request/></failed>, and the stream goes on (as in
+Prosody; section 3 allows a stream error for a second <enable/>, but <failed/> is what
+clients handle); a <resume/> without 'previd' or 'h': <failed><bad-request/></failed>;
+an unknown, expired or foreign SM-ID: <failed><item-not-found/></failed>, with the 'h'
+an expired session had reached while the server remembers it; an 'h' beyond the stanzas
+sent: an undefined-condition stream error with <handled-count-too-high/>, the
+hibernating session left as it was. <r/> and <a/> without stream management are ignored.
+
+Hooks: stream-element/{urn:xmpp:sm:3}enable|resume|r|a, session-interrupted,
+session-closed.
+Fires: smacks-hibernation-start and smacks-hibernation-stanza-queued (HibernatedStanzas:
+the unacknowledged stanzas when the connection went, then each stanza queued meanwhile),
+smacks-hibernation-end (the Session, resumed), all notifications; message/offline/store
+for returned messages, marked with meta[UNACKED].
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import secrets
+import time
+from dataclasses import dataclass
+
+from lxml import etree
+
+from xmppd.extension import Extension, hook
+from xmppd.extensions.offline import should_store
+from xmppd.protocol.errors import ServiceUnavailable, StanzaError
+from xmppd.protocol.jid import JID, InvalidJID
+from xmppd.protocol.namespaces import NS_DELAY, NS_STANZAS, NS_STREAM_ERRORS
+from xmppd.protocol.stanza import IQ, MESSAGE, STANZA_TAGS, delay_element, error_reply, make_element, sub_element
+from xmppd.protocol.stream import serialize
+from xmppd.router import Stanza
+from xmppd.session import Session
+
+NS_SM = "urn:xmpp:sm:3"
+SM_FEATURE = etree.tostring(make_element(f"{{{NS_SM}}}sm"))
+REQUEST = serialize(make_element(f"{{{NS_SM}}}r"))
+SEQUENCE = 2 ** 32                         # 'h' wraps to zero past 2^32 - 1 (section 4)
+REMEMBERED_SESSIONS = 10000                # expired SM-IDs whose 'h' a <failed/> still reports
+UNACKED = "smacks-unacked"                 # Stanza.meta key of a message returned by an ended session
+DELAY = f"{{{NS_DELAY}}}delay"
+
+
+@dataclass(frozen=True)
+class HibernatedStanzas:
+    """Stanzas waiting in the queue of a hibernating session."""
+    session: Session
+    stanzas: list
+
+
+def nonza(name: str, attributes: dict | None = None, condition: str | None = None) -> bytes:
+    element = make_element(f"{{{NS_SM}}}{name}", attributes)
+    if condition is not None:
+        sub_element(element, f"{{{NS_STANZAS}}}{condition}")
+    return serialize(element)
+
+
+def parse_h(value: str | None) -> int | None:
+    """An xs:unsignedInt, or None."""
+    if value is None or not value.strip().isdigit():
+        return None
+    number = int(value)
+    return number if number < SEQUENCE else None
+
+
+def handled_count_too_high(h: int, sent: int) -> bytes:
+    """The stream error of XEP-0198 section 4 for an ack of stanzas never sent."""
+    return (f"<stream:error><undefined-condition xmlns='{NS_STREAM_ERRORS}'/>"
+            f"<handled-count-too-high xmlns='{NS_SM}' h='{h}' send-count='{sent}'/></stream:error>").encode()
+
+
+class ManagedStream:
+    """The stream management state of one session; `outgoing` is its session filter."""
+
+    def __init__(self, extension: "StreamManagement", session: Session, sm_id: str | None, timeout: int):
+        self.extension = extension
+        self.session = session
+        self.id = sm_id                    # None: not resumable
+        self.timeout = timeout
+        self.base = session.stanzas_handled
+        self.queue: collections.deque[tuple[etree._Element, float]] = collections.deque()
+        self.acked = 0                     # the client's last 'h'
+        self.sent = 0                      # stanzas queued since <enable/>, modulo 2^32
+        self.requested: int | None = None  # `sent` when the outstanding <r/> went out
+        self.ack_timer: asyncio.TimerHandle | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        self.overflowed = False
+
+    @property
+    def handled(self) -> int:
+        return (self.session.stanzas_handled - self.base) % SEQUENCE
+
+    def outgoing(self, element: etree._Element) -> etree._Element | None:
+        """The session filter: keep a copy of a stanza, write it, ask for an ack."""
+        if element.tag not in STANZA_TAGS:
+            return element
+        self.queue.append((copy.deepcopy(element), time.time()))
+        self.sent = (self.sent + 1) % SEQUENCE
+        if len(self.queue) > self.extension.options.max_queue:
+            self.extension.overflow(self)
+        if self.session.connection is None:
+            self.extension.queued_while_hibernating(self.session, element)
+            return None
+        self.session.write(element)
+        self.request_ack()
+        return None
+
+    def request_ack(self) -> None:
+        if self.requested is not None or self.session.connection is None or not self.queue:
+            return
+        self.requested = self.sent
+        self.session.connection.write(REQUEST)
+        if self.extension.options.ack_timeout:
+            self.ack_timer = asyncio.get_running_loop().call_later(self.extension.options.ack_timeout, self.ack_missing)
+
+    def ack_missing(self) -> None:
+        connection = self.session.connection
+        if connection is not None:
+            self.extension.log.info("event=ack-timeout jid=%s unacked=%d", self.session.jid, len(self.queue))
+            connection.drop()
+
+    def is_possible(self, h: int) -> bool:
+        return (h - self.acked) % SEQUENCE <= len(self.queue)
+
+    def acknowledge(self, h: int) -> None:
+        for _ in range((h - self.acked) % SEQUENCE):
+            self.queue.popleft()
+        self.acked = h
+
+    def answered(self) -> None:
+        """An <a/> came: the outstanding request, if any, is over; ask again for what
+        went out since it."""
+        outstanding, self.requested = self.requested, None
+        self.cancel_ack_timer()
+        if self.sent != outstanding:
+            self.request_ack()
+
+    def resend(self, domain: str) -> None:
+        for element, when in self.queue:
+            if element.tag != IQ and element.find(DELAY) is None:
+                element.append(delay_element(domain, when))
+            self.session.write(element)
+        self.request_ack()
+
+    def cancel_ack_timer(self) -> None:
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+
+    def stop(self) -> None:
+        self.cancel_ack_timer()
+        self.requested = None
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+
+
+class StreamManagement(Extension):
+    xeps = {198: "1.6.1", 203: "2.0"}
+
+    @dataclass(frozen=True)
+    class Options:
+        resume_timeout: int = 300          # seconds a lost session waits for <resume/>; 0: no resumption
+        ack_timeout: float = 60.0          # seconds an <r/> may stay unanswered; 0: wait forever
+        max_queue: int = 500               # unacknowledged stanzas kept; one more ends the session
+
+        def validate(self, where):
+            where.check("resume_timeout", self.resume_timeout >= 0, "must not be negative")
+            where.check("ack_timeout", self.ack_timeout >= 0, "must not be negative")
+            where.check("max_queue", self.max_queue > 0, "must be positive")
+
+    def __init__(self, host, options):
+        super().__init__(host, options)
+        self.resumable: dict[str, ManagedStream] = {}
+        self.expired: collections.OrderedDict[str, tuple[JID, int]] = collections.OrderedDict()
+
+    def stream_features(self, authenticated: bool) -> list[bytes]:
+        return [SM_FEATURE] if authenticated else []
+
+    # ------------------------------------------------------------- enable, acks
+
+    @hook(f"stream-element/{{{NS_SM}}}enable")
+    async def enable(self, event) -> bool:
+        session = event.session
+        if session is None or self.name in session.meta:
+            event.connection.write(nonza("failed", condition="unexpected-request"))
+            return True
+        timeout = self.options.resume_timeout
+        asked = parse_h(event.element.get("max"))          # the client's preferred maximum
+        if asked:
+            timeout = min(timeout, asked)
+        resume = event.element.get("resume") in ("true", "1") and timeout > 0
+        state = ManagedStream(self, session, secrets.token_urlsafe(18) if resume else None, timeout)
+        session.meta[self.name] = state
+        session.filters.append(state.outgoing)
+        attributes = {}
+        if resume:
+            self.resumable[state.id] = state
+            attributes = {"id": state.id, "resume": "true", "max": str(timeout)}
+        event.connection.write(nonza("enabled", attributes))
+        return True
+
+    @hook(f"stream-element/{{{NS_SM}}}r")
+    async def ack_requested(self, event) -> bool:
+        state = event.session.meta.get(self.name) if event.session else None
+        if state is not None:
+            event.connection.write(nonza("a", {"h": str(state.handled)}))
+        return True
+
+    @hook(f"stream-element/{{{NS_SM}}}a")
+    async def acked(self, event) -> bool:
+        state = event.session.meta.get(self.name) if event.session else None
+        if state is None:
+            return True
+        h = parse_h(event.element.get("h"))
+        if h is None:
+            event.connection.close("undefined-condition", "'h' must be an unsigned integer")
+        elif not state.is_possible(h):
+            self._too_high(event.connection, h, state)
+        else:
+            state.acknowledge(h)
+            state.answered()
+        return True
+
+    def _too_high(self, connection, h: int, state: ManagedStream) -> None:
+        self.log.info("event=handled-count-too-high jid=%s h=%d sent=%d", state.session.jid, h, state.sent)
+        connection.write(handled_count_too_high(h, state.sent))
+        connection.close()
+
+    # ------------------------------------------------------------- hibernation
+
+    @hook("session-interrupted")
+    async def hibernate(self, session: Session) -> bool:
+        state = session.meta.get(self.name)
+        if state is None or state.id is None:
+            return False
+        state.stop()
+        state.expiry = asyncio.get_running_loop().call_later(
+            state.timeout, lambda: self.server.spawn(self._expire(state)))
+        self.log.info("event=hibernating jid=%s unacked=%d timeout=%d", session.jid, len(state.queue), state.timeout)
+        await self.host.bus.notify("smacks-hibernation-start",
+                                   HibernatedStanzas(session, [element for element, _ in state.queue]))
+        return True
+
+    def queued_while_hibernating(self, session: Session, element: etree._Element) -> None:
+        self.server.spawn(self.host.bus.notify("smacks-hibernation-stanza-queued", HibernatedStanzas(session, [element])))
+
+    async def _expire(self, state: ManagedStream) -> None:
+        session = state.session
+        if session.closed or session.connection is not None:
+            return
+        self.log.info("event=hibernation-expired jid=%s unacked=%d", session.jid, len(state.queue))
+        await self.host.end_session(session)
+
+    def overflow(self, state: ManagedStream) -> None:
+        """More unacknowledged stanzas than `max_queue`: end the session (its queue then
+        goes where the stanzas of an unavailable resource go)."""
+        if state.overflowed:
+            return
+        state.overflowed = True
+        session = state.session
+        self.log.info("event=ack-queue-full jid=%s unacked=%d", session.jid, len(state.queue))
+        if session.connection is not None:
+            session.connection.close("policy-violation", "too many unacknowledged stanzas")
+        else:
+            self.server.spawn(self.host.end_session(session))
+
+    # ------------------------------------------------------------- resumption
+
+    @hook(f"stream-element/{{{NS_SM}}}resume")
+    async def resume(self, event) -> bool:
+        connection = event.connection
+        if event.session is not None:
+            connection.write(nonza("failed", condition="unexpected-request"))
+            return True
+        previd, h = event.element.get("previd"), parse_h(event.element.get("h"))
+        if not previd or h is None:
+            connection.write(nonza("failed", condition="bad-request"))
+            return True
+        account = connection.negotiation.authenticated
+        state = self.resumable.get(previd)
+        if state is None or state.session.jid.bare != account:
+            owner, last_h = self.expired.get(previd, (None, None))
+            attributes = {"h": str(last_h)} if owner == account else None
+            connection.write(nonza("failed", attributes, condition="item-not-found"))
+            return True
+        if not state.is_possible(h):
+            self._too_high(connection, h, state)
+            return True
+        session = state.session
+        old = session.connection
+        if old is not None:                    # a half-dead stream: the new one wins
+            old.detach()
+            old.close("conflict", "the session was resumed on another stream")
+        state.stop()
+        connection.negotiation.resumed()
+        connection.attach(session)
+        connection.write(nonza("resumed", {"h": str(state.handled), "previd": previd}))
+        state.acknowledge(h)
+        state.resend(self.host.domain)
+        self.log.info("event=resumed jid=%s resent=%d", session.jid, len(state.queue))
+        await self.host.bus.notify("smacks-hibernation-end", session)
+        return True
+
+    # ------------------------------------------------------------- the end
+
+    @hook("session-closed")
+    async def return_unacked(self, session: Session) -> None:
+        state = session.meta.get(self.name)
+        if state is None:
+            return
+        state.stop()
+        if state.id is not None and self.resumable.pop(state.id, None) is not None:
+            self.expired[state.id] = (session.jid.bare, state.handled)
+            while len(self.expired) > REMEMBERED_SESSIONS:
+                self.expired.popitem(last=False)
+        unacked = list(state.queue)
+        state.queue.clear()
+        for element, when in unacked:
+            await self._return(session, element, when)
+
+    async def _return(self, session: Session, element: etree._Element, when: float) -> None:
+        """A stanza the client never acknowledged, treated as one for an unavailable resource."""
+        if element.tag == IQ:
+            if element.get("type") in ("get", "set") and element.get("from"):
+                await self.host.send(error_reply(element, ServiceUnavailable()))
+            return
+        if element.tag != MESSAGE or not should_store(element):
+            return
+        if element.find(DELAY) is None:
+            element.append(delay_element(self.host.domain, when))
+        others = [s for s in self.host.available_sessions(session.jid.local) if s.priority >= 0]
+        if others:
+            top = max(s.priority for s in others)
+            for other in others:
+                if other.priority == top:
+                    other.send(element)
+            return
+        try:
+            sender = JID.parse(element.get("from") or self.host.domain)
+        except InvalidJID:
+            sender = self.host.jid
+        stanza = Stanza(element, "message", sender, session.jid)
+        stanza.target = "bare"
+        stanza.meta[UNACKED] = True
+        try:
+            if await self.host.bus.fire("message/offline/store", stanza):
+                return
+            raise ServiceUnavailable()
+        except StanzaError as error:
+            if element.get("from"):
+                await self.host.send(error_reply(element, error))
