@@ -13,6 +13,8 @@ both get the messages.
 
 Hooks: message/offline/store (the router's default delivery), message/offline/deliver
 (presence.py, on an available presence with a non-negative priority), user-deleted.
+Fires: message-stored-offline (the Stanza, a notification, once the write is committed:
+XEP-0357 push notifications).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ NS_HINTS = "urn:xmpp:hints"
 BODY = f"{{{NS_CLIENT}}}body"
 STORE_HINT = f"{{{NS_HINTS}}}store"
 NO_STORE_HINT = f"{{{NS_HINTS}}}no-store"
+DELAYED_SINCE = "delayed-since"             # Stanza.meta: Unix time the message was first due
 # Payloads worth keeping without a body: the sender expects them to arrive.
 KEPT_NAMESPACES = frozenset((
     "urn:xmpp:receipts",                       # XEP-0184
@@ -78,12 +81,15 @@ class OfflineMessages(Extension):
         owner = stanza.to.bare
         now = time.time()
         element = copy.deepcopy(stanza.element)
-        element.append(delay_element(self.host.domain, now))
+        # A message returned by a lost XEP-0198 session is stamped with the time of its
+        # first delivery attempt (XEP-0198 section 4).
+        element.append(delay_element(self.host.domain, stanza.meta.get(DELAYED_SINCE, now)))
         async with self.lock(str(owner)):
             if await self.store.count(str(owner)) >= self.options.max_messages_per_user:
                 raise ServiceUnavailable(text="the recipient's offline storage is full")
             await self.store.append(str(owner), ArchivedStanza(
                 id=time_ordered_id(), when=now, with_=str(stanza.from_.bare), payload=to_storage(element)))
+        await self.host.bus.notify("message-stored-offline", stanza)
         # The user may have come online while the message was on its way to the store.
         sessions = [s for s in self.host.available_sessions(owner.local) if s.priority >= 0]
         if sessions:
