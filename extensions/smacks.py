@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.extension import Extension, hook
-from xmppd.extensions.offline import should_store
+from xmppd.extensions.offline import DELAYED_SINCE, should_store
 from xmppd.protocol.errors import ServiceUnavailable, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_DELAY, NS_STANZAS, NS_STREAM_ERRORS
@@ -167,6 +167,7 @@ class ManagedStream:
     def resend(self, domain: str) -> None:
         for element, when in self.queue:
             if element.tag != IQ and element.find(DELAY) is None:
+                element = copy.deepcopy(element)   # the queued copy stays unstamped
                 element.append(delay_element(domain, when))
             self.session.write(element)
         self.request_ack()
@@ -356,10 +357,10 @@ class StreamManagement(Extension):
             return
         if element.tag != MESSAGE or not should_store(element):
             return
-        if element.find(DELAY) is None:
-            element.append(delay_element(self.host.domain, when))
         others = [s for s in self.host.available_sessions(session.jid.local) if s.priority >= 0]
         if others:
+            if element.find(DELAY) is None:
+                element.append(delay_element(self.host.domain, when))
             top = max(s.priority for s in others)
             for other in others:
                 if other.priority == top:
@@ -372,6 +373,7 @@ class StreamManagement(Extension):
         stanza = Stanza(element, "message", sender, session.jid)
         stanza.target = "bare"
         stanza.meta[UNACKED] = True
+        stanza.meta[DELAYED_SINCE] = when          # offline.py stamps its delay with it
         try:
             if await self.host.bus.fire("message/offline/store", stanza):
                 return
