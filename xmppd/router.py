@@ -183,11 +183,8 @@ class CoreDelivery:
             return True
         if kind == "groupchat":
             raise ServiceUnavailable()
-        sessions = [s for s in host.available_sessions(stanza.to.local) if s.priority >= 0]
+        sessions = bare_message_recipients(host, stanza.to.local, kind)
         if sessions:
-            if kind != "headline":
-                top = max(s.priority for s in sessions)
-                sessions = [s for s in sessions if s.priority == top]
             for session in sessions:
                 session.send(element)
             return True
@@ -241,6 +238,17 @@ class CoreDelivery:
 
     async def iq_to_account(self, stanza: Stanza) -> bool:
         return await answer_iq(self.host, stanza)
+
+
+def bare_message_recipients(host: "Host", local: str, kind: str) -> list["Session"]:
+    """RFC 6121 8.5.2.1.1: the resources a message of type `kind` to the bare JID goes
+    to: the available ones of highest non-negative priority, every such one for a
+    headline. Empty when the message must be stored or refused."""
+    sessions = [s for s in host.available_sessions(local) if s.priority >= 0]
+    if sessions and kind != "headline":
+        top = max(s.priority for s in sessions)
+        sessions = [s for s in sessions if s.priority == top]
+    return sessions
 
 
 async def answer_iq(host: "Host", stanza: Stanza) -> bool:
