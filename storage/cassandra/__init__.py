@@ -59,20 +59,46 @@ class Options:
     request_timeout: float = 10.0              # seconds per request
     connect_timeout: float = 10.0
 
-    def __post_init__(self):
-        check_keyspace_name(self.keyspace)
-        consistency_level(self.consistency)
-        if isinstance(self.contact_points, str):
-            object.__setattr__(self, "contact_points", (self.contact_points,))
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, message) for every bad value; empty when the options are usable."""
+        found = []
+        try:
+            check_keyspace_name(self.keyspace)
+        except ValueError as error:
+            found.append(("keyspace", str(error)))
+        try:
+            consistency_level(self.consistency)
+        except ValueError as error:
+            found.append(("consistency", str(error)))
         if not self.contact_points:
-            raise ValueError("contact_points must name at least one Cassandra node")
+            found.append(("contact_points", "must name at least one Cassandra node"))
+        if not 0 < self.port < 65536:
+            found.append(("port", "must be a port number (1-65535)"))
+        if "class" not in self.replication:
+            found.append(("replication", "needs a 'class' (SimpleStrategy or "
+                                         "NetworkTopologyStrategy)"))
         if self.archive_bucket_seconds <= 0:
-            raise ValueError("archive_bucket_seconds must be positive")
+            found.append(("archive_bucket_seconds", "must be positive"))
         for name, seconds in self.archive_ttl.items():
-            if not isinstance(seconds, int) or seconds <= 0:
-                raise ValueError(f"archive_ttl.{name} must be a positive number of seconds")
+            if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+                found.append((f"archive_ttl.{name}", "must be a positive number of seconds"))
         if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together")
+            found.append(("password" if self.password is None else "username",
+                          "username and password go together"))
+        if self.request_timeout <= 0 or self.connect_timeout <= 0:
+            found.append(("request_timeout", "timeouts must be positive"))
+        return found
+
+    def validate(self, where) -> None:
+        """Called by xmppd/config.py: the first problem stops start-up, naming its key."""
+        for key, message in self.problems():
+            where.fail(key, message)
+
+    def check(self) -> None:
+        """Raise ValueError for options made in code (open_backend calls this)."""
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(f"{key}: {message}" for key, message in problems))
 
 
 class BackendNotStarted(RuntimeError):
@@ -182,4 +208,5 @@ async def init_schema(options: Options) -> list[int]:
 
 
 def open_backend(options: Options, data_dir: str | None = None) -> CassandraBackend:
+    options.check()
     return CassandraBackend(options, data_dir)

@@ -381,14 +381,31 @@ def test_cassandra_node_that_cannot_start_is_an_error_with_its_reason(monkeypatc
 
 
 def test_cassandra_options_are_checked():
-    from xmppd.storage.cassandra import Options
+    from xmppd.storage.cassandra import Options, open_backend
     from xmppd.storage.cassandra.migrations import replication_literal
 
     with pytest.raises(ValueError, match="consistency"):
-        Options(consistency="MOSTLY")
+        open_backend(Options(consistency="MOSTLY"))
     with pytest.raises(ValueError, match="keyspace"):
-        Options(keyspace="bad-name")
-    with pytest.raises(ValueError, match="archive_ttl"):
-        Options(archive_ttl={"offline": -1})
+        open_backend(Options(keyspace="bad-name"))
+    with pytest.raises(ValueError, match="archive_ttl.offline"):
+        open_backend(Options(archive_ttl={"offline": -1}))
+    assert Options().problems() == []
     assert replication_literal({"class": "NetworkTopologyStrategy", "dc1": 3}) == \
         "{'class': 'NetworkTopologyStrategy', 'dc1': '3'}"
+
+
+def test_cassandra_options_from_the_config_file(tmp_path):
+    """[storage.cassandra] is read strictly, like every other section."""
+    from xmppd.config import ConfigError, parse
+
+    config = parse({"storage": {"default": "sqlite", "archive": "cassandra", "cassandra": {
+        "contact_points": ["10.0.0.1", "10.0.0.2"], "keyspace": "chat",
+        "replication": {"class": "NetworkTopologyStrategy", "dc1": 3},
+        "archive_ttl": {"offline": 2592000}}}}, "xmppd.toml")
+    options = config.backend_options["cassandra"]
+    assert options.contact_points == ("10.0.0.1", "10.0.0.2") and options.keyspace == "chat"
+    with pytest.raises(ConfigError, match="storage.cassandra.consistency"):
+        parse({"storage": {"cassandra": {"consistency": "MOSTLY"}}}, "xmppd.toml")
+    with pytest.raises(ConfigError, match="did you mean 'keyspace'"):
+        parse({"storage": {"cassandra": {"keyspac": "chat"}}}, "xmppd.toml")

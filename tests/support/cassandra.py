@@ -41,6 +41,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -337,6 +338,70 @@ def _log_tail(root: Path | None, lines: int = 40) -> str:
     return "".join(text)
 
 
+# Runs the JVM as its child and kills it when our end of its stdin closes, which also
+# happens when the test process dies without cleaning up (kill -9, a crash): no
+# orphaned 1 GB JVM stays behind on the machine, and its directory goes too (unless
+# XMPPD_CASSANDRA_KEEP). SIGTERM is passed on.
+_GUARD = """
+import os, shutil, signal, subprocess, sys, threading
+child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+orphaned = threading.Event()
+def watch():
+    sys.stdin.buffer.read()
+    orphaned.set()
+    if child.poll() is None:
+        child.kill()
+threading.Thread(target=watch, daemon=True).start()
+code = child.wait()
+if orphaned.is_set() and not os.environ.get("XMPPD_CASSANDRA_KEEP"):
+    shutil.rmtree(os.getcwd(), ignore_errors=True)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+@dataclass
+class _Node:
+    process: subprocess.Popen
+    root: Path
+    port: int
+
+
+def _start_node(lib: Path) -> _Node:
+    """Start one node and wait for CQL; a port taken in the meantime gets one retry."""
+    for attempt in (1, 2):
+        root = Path(tempfile.mkdtemp(prefix="xmppd-cassandra-"))
+        native_port, storage_port = free_port(), free_port()
+        while storage_port == native_port:
+            storage_port = free_port()
+        config = write_config(root, native_port, storage_port)
+        with open(root / "logs" / "console.log", "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _GUARD, *java_command(lib, root, config)], cwd=root,
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        node = _Node(process, root, native_port)
+        try:
+            wait_for_cql(LOOPBACK, native_port, time.monotonic() + START_TIMEOUT, process, root)
+            return node
+        except CassandraUnavailable as error:
+            _discard(node)
+            if attempt == 2 or "already in use" not in str(error):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _discard(node: _Node) -> None:
+    keep = bool(os.environ.get("XMPPD_CASSANDRA_KEEP"))
+    # A throw-away node needs no clean shutdown (flushing takes seconds): kill it,
+    # unless its directory is kept for a look afterwards.
+    _stop(node.process, grace=20.0 if keep else 0.0)
+    if keep:
+        print(f"kept Cassandra directory {node.root}")
+    else:
+        shutil.rmtree(node.root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def cassandra_node(version: str = CASSANDRA_VERSION) -> Iterator[tuple[str, int]]:
     """Start one real Cassandra node for the duration of the block; yield (host, port)."""
@@ -349,43 +414,30 @@ def cassandra_node(version: str = CASSANDRA_VERSION) -> Iterator[tuple[str, int]
     began = time.monotonic()
     lib, from_cache = resolve_cassandra(version)
     resolved = time.monotonic()
-    root = Path(tempfile.mkdtemp(prefix="xmppd-cassandra-"))
-    native_port, storage_port = free_port(), free_port()
-    while storage_port == native_port:
-        storage_port = free_port()
-    config = write_config(root, native_port, storage_port)
-    console = root / "logs" / "console.log"
-    with open(console, "wb") as out:
-        process = subprocess.Popen(java_command(lib, root, config), cwd=root, stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+    node = _start_node(lib)
     try:
-        wait_for_cql(LOOPBACK, native_port, time.monotonic() + START_TIMEOUT, process, root)
         last_timings = Timings(resolved - began, time.monotonic() - resolved, from_cache)
-        yield LOOPBACK, native_port
+        yield LOOPBACK, node.port
     finally:
-        keep = bool(os.environ.get("XMPPD_CASSANDRA_KEEP"))
-        # A throw-away node needs no clean shutdown (flushing takes seconds): kill it,
-        # unless its directory is kept for a look afterwards.
-        _stop(process, grace=20.0 if keep else 0.0)
-        if keep:
-            print(f"kept Cassandra directory {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        _discard(node)
 
 
 def _stop(process: subprocess.Popen, grace: float) -> None:
-    if process.poll() is not None:
-        return
-    if grace > 0:
+    """Stop the guard and its JVM: SIGTERM (passed on) when there is time for a clean
+    shutdown, else closing the guard's stdin, which kills the JVM at once."""
+    if process.poll() is None and grace > 0:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(grace)
-            return
         except subprocess.TimeoutExpired:
             pass
-    process.kill()
-    process.wait()
+    if process.stdin is not None and not process.stdin.closed:
+        process.stdin.close()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()          # the guard itself hangs: the JVM goes with our stdin pipe
+        process.wait()
 
 
 # ---------------------------------------------------------------- one node per test run
