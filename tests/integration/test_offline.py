@@ -8,15 +8,13 @@ from tests.support.accounts import create_accounts
 from tests.support.inbox import MESSAGE, NS_ROSTER, message, online, presence
 from tests.support.server import XmppdProcess
 
-EXTENSIONS = '["disco", "ping", "roster", "presence", "offline"]'
 QUEUE_LIMIT = 25
 NS_DELAY = "urn:xmpp:delay"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
 def offline_server(directory, limit=QUEUE_LIMIT) -> XmppdProcess:
-    return XmppdProcess(directory, server_section=f"extensions = {EXTENSIONS}",
-                        extra_config=f"[extensions.offline]\nmax_messages_per_user = {limit}\n")
+    return XmppdProcess(directory, extra_config=f"[extensions.offline]\nmax_messages_per_user = {limit}\n")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from tests.support.accounts import create_accounts
 from tests.support.inbox import IQ, MESSAGE, NS_ROSTER, PRESENCE, ROSTER_ITEM, message, online, presence, roster_push
 from tests.support.server import XmppdProcess
 
-EXTENSIONS = '["disco", "ping", "roster", "presence", "offline"]'
 MAX_ITEMS = 5
 NS_DELAY = "urn:xmpp:delay"
 _markers = itertools.count()
@@ -18,8 +17,7 @@ _markers = itertools.count()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("roster"), server_section=f"extensions = {EXTENSIONS}",
-                           extra_config=f"[extensions.roster]\nmax_items = {MAX_ITEMS}\n").start()
+    process = XmppdProcess(tmp_path_factory.mktemp("roster"), extra_config=f"[extensions.roster]\nmax_items = {MAX_ITEMS}\n").start()
     yield process
     process.stop()
 
