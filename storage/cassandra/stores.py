@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from . import CassandraBackend
 
 DAY = 86400
+# Order rows read per round trip when walking a pubsub node's items, newest first.
+PAGE_OF_ORDER = 100
 
 
 def _json(value) -> str:
@@ -451,9 +453,6 @@ class CassandraPubSubStore(_Store):
             "DELETE FROM pubsub_items WHERE service = ? AND node = ? AND id = ?",
             (service, node, item_id))
         await self._forget_order(service, node, seq, item_id)
-
-
-PAGE_OF_ORDER = 100
 
 
 # ---------------------------------------------------------------- uploads
