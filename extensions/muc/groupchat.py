@@ -54,6 +54,7 @@ def stamp(room: Room, occupant: Occupant, message: etree._Element) -> etree._Ele
 
 
 class Groupchat(Extension):
+    xeps = {421: "0.1.0"}
     depends = ["muc.service"]
 
     def __init__(self, host, options):
