@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xmppd"
-AIOXMPP_REQUIREMENT = "aioxmpp==0.13.3"
+AIOXMPP_REQUIREMENTS = ("aioxmpp==0.13.3", "pytz")  # aioxmpp imports pytz without declaring it
 
 
 def aioxmpp_python() -> Path:
@@ -20,8 +20,9 @@ def aioxmpp_python() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / "aioxmpp.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not marker.exists() or marker.read_text() != AIOXMPP_REQUIREMENT:
+        wanted = " ".join(AIOXMPP_REQUIREMENTS)
+        if not marker.exists() or marker.read_text() != wanted:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", AIOXMPP_REQUIREMENT], check=True, timeout=900)
-            marker.write_text(AIOXMPP_REQUIREMENT)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *AIOXMPP_REQUIREMENTS], check=True, timeout=900)
+            marker.write_text(wanted)
     return python
