@@ -192,7 +192,7 @@ def check_extensions(config: Config) -> None:
     before anything starts (and by `xmppd --check-config`)."""
     from xmppd.extension import extension_class
     names = config.server.extensions or bundled_extensions()
-    enabled = set(names) | set(_all_dependencies(names))
+    enabled = set(names) | set(_all_dependencies(names, config.source))
     unknown = sorted(set(config.extension_options) - enabled)
     if unknown:
         close = difflib.get_close_matches(unknown[0], enabled, n=1)
@@ -204,12 +204,14 @@ def check_extensions(config: Config) -> None:
             build(options, config.extension_options.get(name, {}), Where(config.source, f"extensions.{name}"))
 
 
-def _all_dependencies(names) -> list[str]:
+def _all_dependencies(names, source: str) -> list[str]:
     from xmppd.extension import extension_class
     found = []
     for name in names:
         try:
             found += extension_class(name).depends
         except ImportError as exc:
-            raise ConfigError(f"server.extensions: unknown extension {name!r} ({exc})") from None
+            close = difflib.get_close_matches(name, bundled_extensions(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: server.extensions: unknown extension {name!r} ({exc}){hint}") from None
     return found
