@@ -190,7 +190,7 @@ class AdHocCommands(Extension):
                 return self._command_element(session, "canceled")
             if action == "execute":
                 action = session.stage.default
-            if action not in session.stage.actions:
+            if action not in session.stage.actions or (action == "prev" and not session.previous):
                 raise command_error(BadRequest(), "bad-action")
             if action == "prev":
                 session.stage = session.previous.pop()
