@@ -76,13 +76,13 @@ class Client(slixmpp.ClientXMPP):
 
     async def omemo_ready(self, timeout: float = 30.0) -> None:
         """Wait until this device's OMEMO data is generated and published."""
-        await asyncio.wait_for(self["xep_0384"].get_session_manager(), timeout)
+        await asyncio.wait_for(self.plugin["xep_0384"].get_session_manager(), timeout)
 
     async def send_encrypted(self, to: str | JID, body: str, *, type_: str = "chat") -> None:
         """Send `body` encrypted for every trusted device of `to` (and our own others)."""
         message = self.make_message(mto=JID(to), mtype=type_)
         message["body"] = body
-        encrypted, errors = await self["xep_0384"].encrypt_message(message, JID(JID(to).bare))
+        encrypted, errors = await self.plugin["xep_0384"].encrypt_message(message, JID(JID(to).bare))
         for error in errors:
             log.warning("OMEMO: not encrypted for one device: %s", error)
         if encrypted is None:
@@ -90,7 +90,7 @@ class Client(slixmpp.ClientXMPP):
         encrypted.send()
 
     async def _decrypt_incoming(self, message) -> None:
-        omemo = self["xep_0384"]
+        omemo = self.plugin["xep_0384"]
         if message["type"] not in ("chat", "normal") or not omemo.is_encrypted(message):
             return
         try:

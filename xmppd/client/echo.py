@@ -35,7 +35,7 @@ class EchoBot(Client):
         await self.get_roster()
 
     def _plain_message(self, message) -> None:
-        if message["type"] in ("chat", "normal") and message["body"] and not self["xep_0384"].is_encrypted(message):
+        if message["type"] in ("chat", "normal") and message["body"] and not self.plugin["xep_0384"].is_encrypted(message):
             message.reply(message["body"]).send()
 
     async def _encrypted_message(self, event) -> None:
