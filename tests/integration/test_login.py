@@ -51,11 +51,9 @@ async def test_plus_mechanisms_with_each_channel_binding(server, mechanism, bind
     user = unique()
     server.adduser(user, "pencil")
     raw = RawClient()
-    await raw.connect(server.port)
-    await raw.open_stream()
-    features = await raw.starttls(client_context(tls_max))
-    assert mechanism in features.group(1)
-    assert f"channel-binding type='{binding}'" in features.group(1)
+    features = await raw.secure(server.port, client_context(tls_max))
+    assert mechanism in features
+    assert f"channel-binding type='{binding}'" in features
     await raw.authenticate(user, "pencil", mechanism, binding)
     await raw.close()
 
@@ -64,9 +62,7 @@ async def test_plus_with_wrong_binding_data_fails(server):
     user = unique()
     server.adduser(user, "pencil")
     raw = RawClient()
-    await raw.connect(server.port)
-    await raw.open_stream()
-    await raw.starttls()
+    await raw.secure(server.port)
     raw._binding_data = lambda binding: b"\0" * 32
     with pytest.raises(AssertionError, match="not-authorized"):
         await raw.authenticate(user, "pencil", "SCRAM-SHA-256-PLUS", "tls-exporter")
@@ -78,9 +74,7 @@ async def test_downgrade_flag_y_refused_when_plus_offered(server):
     user = unique()
     server.adduser(user, "pencil")
     raw = RawClient()
-    await raw.connect(server.port)
-    await raw.open_stream()
-    await raw.starttls()
+    await raw.secure(server.port)
     with pytest.raises(AssertionError, match="failure"):
         await raw.authenticate(user, "pencil", "SCRAM-SHA-256", "y")
     await raw.close()
@@ -99,9 +93,7 @@ async def test_wrong_password_gets_not_authorized(server, mechanism):
     user = unique()
     server.adduser(user, "pencil")
     raw = RawClient()
-    await raw.connect(server.port)
-    await raw.open_stream()
-    await raw.starttls()
+    await raw.secure(server.port)
     with pytest.raises(AssertionError, match="<not-authorized/>"):
         await raw.authenticate(user, "crayon", mechanism)
     await raw.close()
@@ -109,9 +101,7 @@ async def test_wrong_password_gets_not_authorized(server, mechanism):
 
 async def test_unknown_user_gets_not_authorized(server):
     raw = RawClient()
-    await raw.connect(server.port)
-    await raw.open_stream()
-    await raw.starttls()
+    await raw.secure(server.port)
     with pytest.raises(AssertionError, match="<not-authorized/>"):
         await raw.authenticate("nobody-here", "crayon", "SCRAM-SHA-256")
     await raw.close()
@@ -130,9 +120,7 @@ async def test_repeated_failures_are_slowed_down(make_xmppd):
     user = unique()
     server.adduser(user, "pencil")
     raw = RawClient()
-    await raw.connect(server.port)
-    await raw.open_stream()
-    await raw.starttls()
+    await raw.secure(server.port)
     loop = asyncio.get_running_loop()
     durations = []
     for _ in range(3):
@@ -178,9 +166,7 @@ async def test_server_generated_resource_and_conflict_replaces_old_session(serve
     await second.close()
 
     raw = RawClient()
-    await raw.connect(server.port)
-    await raw.open_stream()
-    await raw.starttls()
+    await raw.secure(server.port)
     await raw.authenticate(user, "pencil")
     await raw.open_stream()
     await raw.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
@@ -196,9 +182,7 @@ async def test_stanza_before_bind_is_refused(server):
     user = unique()
     server.adduser(user, "pencil")
     raw = RawClient()
-    await raw.connect(server.port)
-    await raw.open_stream()
-    await raw.starttls()
+    await raw.secure(server.port)
     await raw.authenticate(user, "pencil")
     await raw.open_stream()
     await raw.send("<message to='x@localhost'><body>hi</body></message>")

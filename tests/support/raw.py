@@ -81,6 +81,12 @@ class RawClient:
         await self.writer.start_tls(context or client_context(), server_hostname=self.domain)
         return await self.open_stream()
 
+    async def secure(self, port: int, context: ssl.SSLContext | None = None) -> str:
+        """Connect, open the stream and STARTTLS; the stream features offered then."""
+        await self.connect(port)
+        await self.open_stream()
+        return (await self.starttls(context)).group(1)
+
     async def login(self, port: int, user: str, password: str, *, resource: str = "raw",
                     mechanism: str = "PLAIN", direct_tls: bool = False) -> "RawClient":
         await self.connect(port, direct_tls=direct_tls)
