@@ -75,7 +75,7 @@ async def prepare(server, selected, sizes, sources) -> str | None:
     log(f"{server.name}: preparing accounts")
     target = None
     try:
-        await server.start()
+        await server.start(muc=False)
         target = make_target(server, sources)
         ctx = scenarios.Ctx(server, target, sizes, log)
         markers = scenarios.Markers(server.state_dir)
@@ -100,7 +100,7 @@ async def prepare(server, selected, sizes, sources) -> str | None:
 async def run_once(server, scenario, sizes, sources) -> dict:
     target = None
     try:
-        await server.start()
+        await server.start(muc=scenario.name == "muc")
         target = make_target(server, sources)
         ctx = scenarios.Ctx(server, target, sizes, log)
         async with asyncio.timeout(sizes.scenario_timeout):
@@ -127,11 +127,12 @@ async def amain(args) -> int:
     svs, failed = [], {}
     if args.only != "prosody":
         svs.append(servers.Xmppd(state_dir, binary=args.xmppd))
+    why = servers.ensure_tools(prosody=args.only != "xmppd")
     if args.only != "xmppd":
-        why = servers.ensure_prosody()
-        if why:
-            failed["prosody"] = why
         svs.append(servers.Prosody(state_dir))
+    if why:
+        for s in svs:
+            failed[s.name] = why
     if args.fresh:
         for s in svs:
             shutil.rmtree(s.state_dir, ignore_errors=True)
@@ -148,7 +149,8 @@ async def amain(args) -> int:
         per_run = {s.name: [] for s in svs}
         for run in range(1, runs + 1):
             for s in svs:
-                if s.name in failed:
+                if s.name in failed or (run > 1 and "error" in per_run[s.name][-1]):
+                    # a server that failed keeps failing the same way: one error line
                     if run > 1:
                         continue
                     res = {"error": failed[s.name]}

@@ -67,19 +67,23 @@ class Ctx:
 
 # ---------------------------------------------------------------- accounts
 
+def account(name: str):
+    """(username, password) of a bench account; passwords are long enough for any policy."""
+    return name, "bench-password-" + name
+
+
 def pool_user(i: int):
-    name = f"u{i:05d}"
-    return name, "pw-" + name
+    return account(f"u{i:05d}")
 
 
 def roster_users(n: int):
-    owner = (f"r{n}o", f"pw-r{n}o")
-    contacts = [(f"r{n}c{i:04d}", f"pw-r{n}c{i:04d}") for i in range(n)]
+    owner = account(f"r{n}o")
+    contacts = [account(f"r{n}c{i:04d}") for i in range(n)]
     return owner, contacts
 
 
-OFFLINE_SENDER = ("offs", "pw-offs")
-OFFLINE_RECEIVER = ("offr", "pw-offr")
+OFFLINE_SENDER = account("offs")
+OFFLINE_RECEIVER = account("offr")
 
 
 class Markers:
@@ -223,6 +227,7 @@ class Usage:
         self.server = server
         self.t0 = time.monotonic()
         self.s0 = server.cpu_seconds()
+        self.q0 = server.runqueue_seconds()
         self.g0 = time.process_time()
 
     def server_seconds(self):
@@ -233,6 +238,8 @@ class Usage:
         return {
             "server_cpu_pct": round(100 * (self.server.cpu_seconds() - self.s0) / wall, 1),
             "gen_cpu_pct": round(100 * (time.process_time() - self.g0) / wall, 1),
+            # runnable but waiting for CPU 0: high when the machine is shared
+            "server_cpu_wait_pct": round(100 * (self.server.runqueue_seconds() - self.q0) / wall, 1),
         }
 
     def per_cpu_s(self, count):

@@ -109,6 +109,19 @@ def cpu_seconds(pid: int) -> float:
     return total / tick
 
 
+def runqueue_seconds(pid: int) -> float:
+    """Time the server's threads spent runnable but waiting for a CPU (/proc/<pid>/schedstat)."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
 class Server:
     """One server under test. Subclasses write the config and name the command."""
 
@@ -140,7 +153,8 @@ class Server:
     def pid(self):
         return self.proc.pid if self.proc else None
 
-    async def start(self, ready_timeout=30.0):
+    async def start(self, ready_timeout=30.0, muc=True):
+        self.muc = muc
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cert, key = make_certificate(self.state_dir.parent / "tls", self.domain, self.muc_domain)
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
@@ -226,6 +240,9 @@ class Server:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
 
+    def runqueue_seconds(self) -> float:
+        return runqueue_seconds(self.pid)
+
 
 class Prosody(Server):
     name = "prosody"
@@ -256,15 +273,25 @@ class Prosody(Server):
             return "Prosody"
 
 
+# The features both servers run with, so that they do the same work: Prosody's
+# modules_enabled in prosody.cfg.lua (roster, saslauth, tls, disco, ping, register,
+# offline, plus its always-on presence/message/iq and the MUC component) and these
+# xmppd extensions (SASL, TLS, bind, message and iq routing are in xmppd's core).
+XMPPD_EXTENSIONS = ["disco", "ping", "presence", "roster", "register", "offline"]
+
+
 def xmppd_config(data_dir, port, direct_tls_port, cert, key, domain, muc_domain,
-                 http_port, https_port) -> str:
+                 http_port, https_port, muc=True) -> str:
     """The TOML the bench hands to xmppd. Kept in one place: adjust it here when
     xmppd's config settles. Unknown keys stop xmppd at start-up, so only keys that
-    xmppd/config.py knows belong here."""
-    return f'''\
+    xmppd/config.py knows belong here. MUC is loaded only for the runs that use it,
+    so that the other scenarios do not depend on it."""
+    extensions = XMPPD_EXTENSIONS + (["muc"] if muc else [])
+    text = f'''\
 [server]
 data_dir = "{data_dir}"
 log_level = "warning"
+extensions = [{", ".join(f'"{e}"' for e in extensions)}]
 
 [c2s]
 interfaces = ["127.0.0.1"]
@@ -286,10 +313,14 @@ domain = "{domain}"
 
 [extensions.register]
 allow_registration = true
-
+registration_throttle_seconds = 0
+'''
+    if muc:
+        text += f'''
 [extensions.muc]
 domain = "{muc_domain}"
 '''
+    return text
 
 
 class Xmppd(Server):
@@ -305,7 +336,8 @@ class Xmppd(Server):
     def write_config(self, run_dir, cert, key):
         path = run_dir / "xmppd.toml"
         path.write_text(xmppd_config(self.data_dir, self.port, self.direct_tls_port, cert, key,
-                                     self.domain, self.muc_domain, free_port(), free_port()))
+                                     self.domain, self.muc_domain, free_port(), free_port(),
+                                     muc=self.muc))
         return path
 
     def version(self):
@@ -317,16 +349,20 @@ class Xmppd(Server):
             return "xmppd"
 
 
-def ensure_prosody() -> str | None:
-    """Install Debian's prosody if missing; stop any instance the package started.
+def ensure_tools(prosody=True) -> str | None:
+    """Install Debian's prosody (and openssl, taskset) if missing, with bench/setup.sh,
+    which also stops a system instance the package started.
 
-    Returns None when prosody is usable, else why not."""
-    if shutil.which("prosody") is None:
+    Returns None when everything is there, else what is missing."""
+    missing = [t for t in (["prosody"] if prosody else []) + ["openssl", "taskset"]
+               if shutil.which(t) is None]
+    if missing:
         script = BENCH_DIR / "setup.sh"
         try:
             subprocess.run(["bash", str(script)], check=True, timeout=900)
         except (OSError, subprocess.SubprocessError) as e:
             return f"cannot install prosody with {script}: {e}"
-        if shutil.which("prosody") is None:
-            return "prosody still missing after bench/setup.sh"
+        still = [t for t in missing if shutil.which(t) is None]
+        if still:
+            return f"{', '.join(still)} still missing after bench/setup.sh"
     return None
