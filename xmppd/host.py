@@ -69,25 +69,26 @@ class Host:
 
     @property
     def features(self) -> list[str]:
-        seen = {}
-        for extension in self.extensions.values():
-            for feature in extension.features:
-                seen.setdefault(feature, None)
-        return list(seen)
+        return self._gather("features")
 
     @property
     def identities(self) -> list[tuple[str, str, str]]:
-        seen = {}
-        for extension in self.extensions.values():
-            for identity in extension.identities:
-                seen.setdefault(identity, None)
-        return list(seen)
+        return self._gather("identities")
+
+    def _gather(self, attribute: str) -> list:
+        """What the loaded extensions declare, in load order, each once."""
+        return list(dict.fromkeys(item for extension in self.extensions.values() for item in getattr(extension, attribute)))
 
     # ------------------------------------------------------------- stores
 
     @property
     def storage(self):
         return self.server.storage
+
+    @property
+    def media(self):
+        """The MediaStore of uploaded files (xmppd.storage.interfaces.MediaStore)."""
+        return self.server.media
 
     def open_archive(self, name: str):
         return self.server.archive_storage.archive(name)
