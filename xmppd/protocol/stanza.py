@@ -57,14 +57,7 @@ def make_element(tag: str, attrib: dict[str, str] | None = None, text: str | Non
 
     Attributes whose value is None are left out, so ``{"to": maybe_none}`` works.
     """
-    element = etree.Element(tag, nsmap=_nsmap_for(tag))
-    if attrib:
-        for key, value in attrib.items():
-            if value is not None:
-                element.set(key, value)
-    if text is not None:
-        element.text = text
-    return element
+    return _fill(etree.Element(tag, nsmap=_nsmap_for(tag)), attrib, text)
 
 
 def sub_element(
@@ -77,7 +70,10 @@ def sub_element(
         parent_tag = parent.tag
         if not (isinstance(parent_tag, str) and parent_tag.startswith("{" + namespace + "}")):
             nsmap = _nsmap_for(tag)
-    element = etree.SubElement(parent, tag, nsmap=nsmap)
+    return _fill(etree.SubElement(parent, tag, nsmap=nsmap), attrib, text)
+
+
+def _fill(element: etree._Element, attrib: dict[str, str] | None, text: str | None) -> etree._Element:
     if attrib:
         for key, value in attrib.items():
             if value is not None:
