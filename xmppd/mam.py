@@ -7,20 +7,23 @@ protocol half shared by every archive (a user's, a room's) over an ArchiveStore.
         await host.send(result_message(item, request, to=..., from_=...))
     return fin_element(page, request)                        # the iq result's payload
 
-or all of it with `answer_query`. `search_form()` answers the iq get that asks for the
-query form, `metadata_element()` the XEP-0313 metadata request.
+or all of it with `answer_query`. An unknown form field gets feature-not-implemented; an
+id in the RSM set or in the 'before-id', 'after-id' or 'ids' fields that is not in the
+archive gets item-not-found (XEP-0313 4.1.5, 4.1.3, 4.3.2). `search_form()` answers the
+iq get that asks for the query form, `metadata_element()` the XEP-0313 metadata request.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from lxml import etree
 
 from xmppd import forms
-from xmppd.protocol.errors import BadRequest, FeatureNotImplemented, ItemNotFound
+from xmppd.protocol.errors import BadRequest, FeatureNotImplemented, ItemNotFound, PolicyViolation
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import MESSAGE, delay_element, from_storage, make_element, sub_element
 from xmppd.storage.interfaces import ArchivedStanza, ArchivePage, ArchiveQuery, ArchiveStore, UnknownArchiveId
@@ -29,6 +32,8 @@ NS_MAM = "urn:xmpp:mam:2"
 NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"
 NS_RSM = "http://jabber.org/protocol/rsm"
 NS_FORWARD = "urn:xmpp:forward:0"
+NS_SID = "urn:xmpp:sid:0"                      # XEP-0359: <stanza-id by='archive' id='its id there'/>
+STANZA_ID = f"{{{NS_SID}}}stanza-id"
 
 _RSM_SET = f"{{{NS_RSM}}}set"
 
@@ -41,6 +46,12 @@ class MamRequest:
 
     def ordered(self, items: list[ArchivedStanza]) -> list[ArchivedStanza]:
         return list(reversed(items)) if self.flip else items
+
+
+def archive_time() -> float:
+    """Now, in whole milliseconds: the precision of the XEP-0203 stamps on results, so
+    that a stamp read from a result, given back as 'start' or 'end', finds its item."""
+    return time.time_ns() // 1_000_000 / 1000
 
 
 def parse_datetime(value: str, var: str = "timestamp") -> float:
@@ -73,7 +84,7 @@ def parse_request(query: etree._Element, *, default_max: int, max_max: int) -> M
         data = forms.parse(form, form_type=NS_MAM)
         for var in data:
             if var not in ("FORM_TYPE", "with", "start", "end", "before-id", "after-id", "ids"):
-                raise BadRequest(text=f"unknown field {var}")
+                raise FeatureNotImplemented(text=f"unknown field {var}")      # XEP-0313 4.1.5
         with_ = forms.single(data, "with")
         if with_ is not None:
             try:
@@ -87,6 +98,8 @@ def parse_request(query: etree._Element, *, default_max: int, max_max: int) -> M
         filters["before_id"] = forms.single(data, "before-id")
         filters["after_id"] = forms.single(data, "after-id")
         ids = [value.strip() for value in data.get("ids", ()) if value.strip()]
+        if len(ids) > max_max:
+            raise PolicyViolation(text=f"at most {max_max} ids in one query")
         if ids:
             filters["ids"] = tuple(ids)
     limit, after, before = default_max, None, None
@@ -148,6 +161,8 @@ async def answer_query(host, iq, store: ArchiveStore, owner: str, *, default_max
     if adjust is not None:
         request = dataclasses.replace(request, query=adjust(request.query))
     try:
+        if request.query.ids and not await _all_stored(store, owner, request.query.ids):
+            raise UnknownArchiveId(request.query.ids)
         page = await store.query(owner, request.query)
     except UnknownArchiveId:
         raise ItemNotFound(text="no such item in the archive") from None
@@ -160,6 +175,13 @@ async def answer_query(host, iq, store: ArchiveStore, owner: str, *, default_max
                 continue
         await host.send(result_message(item, request, to=str(iq.from_), from_=archive_jid, stanza=stanza))
     return fin_element(page, request)
+
+
+async def _all_stored(store: ArchiveStore, owner: str, ids: tuple[str, ...]) -> bool:
+    """XEP-0313 4.1.3: every id of an 'ids' field must be in the archive, whatever the other filters."""
+    wanted = set(ids)
+    page = await store.query(owner, ArchiveQuery(ids=tuple(wanted), max=len(wanted)))
+    return len(page.items) == len(wanted)
 
 
 async def metadata_element(store: ArchiveStore, owner: str) -> etree._Element:

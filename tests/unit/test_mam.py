@@ -3,7 +3,7 @@ import pytest
 from lxml import etree
 
 from xmppd.mam import MamRequest, fin_element, parse_request, result_message
-from xmppd.protocol.errors import BadRequest, FeatureNotImplemented
+from xmppd.protocol.errors import BadRequest, FeatureNotImplemented, PolicyViolation
 from xmppd.protocol.stanza import to_storage
 from xmppd.storage.interfaces import ArchivedStanza, ArchivePage, ArchiveQuery
 
@@ -35,12 +35,13 @@ def test_filters_and_paging():
 
 @pytest.mark.parametrize("inner,error", [
     (form("<field var='start'><value>yesterday</value></field>"), BadRequest),
-    (form("<field var='colour'><value>red</value></field>"), BadRequest),
+    (form("<field var='colour'><value>red</value></field>"), FeatureNotImplemented),     # XEP-0313 4.1.5
     (form("<field var='with'><value>@@</value></field>"), BadRequest),
     (f"<set xmlns='{RSM}'><max>ten</max></set>", BadRequest),
     (f"<set xmlns='{RSM}'><max>-1</max></set>", BadRequest),
     (f"<set xmlns='{RSM}'><after>a</after><before>b</before></set>", BadRequest),
     (f"<set xmlns='{RSM}'><index>3</index></set>", FeatureNotImplemented),
+    (form("<field var='ids'>" + "<value>i</value>" * 101 + "</field>"), PolicyViolation),
 ])
 def test_bad_queries(inner, error):
     with pytest.raises(error):
