@@ -1,0 +1,54 @@
+"""Which messages are part of a conversation: XEP-0334 message processing hints, and the
+payloads that make a message worth copying to a user's other devices (XEP-0280) and
+keeping in an archive (XEP-0313), so that a receipt or a chat marker is treated alike
+everywhere: another device learns from it what was delivered and read.
+
+Chat states (XEP-0085) and other transient payloads are deliberately not listed.
+"""
+from __future__ import annotations
+
+from lxml import etree
+
+from xmppd.protocol.namespaces import NS_CLIENT
+
+NS_HINTS = "urn:xmpp:hints"
+NO_COPY = f"{{{NS_HINTS}}}no-copy"
+NO_STORE = f"{{{NS_HINTS}}}no-store"
+NO_PERMANENT_STORE = f"{{{NS_HINTS}}}no-permanent-store"
+STORE = f"{{{NS_HINTS}}}store"
+
+BODY = f"{{{NS_CLIENT}}}body"
+NS_RECEIPTS = "urn:xmpp:receipts"                    # XEP-0184
+NS_CHAT_MARKERS = "urn:xmpp:chat-markers:0"          # XEP-0333
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+
+CONVERSATION_NAMESPACES = frozenset((
+    NS_RECEIPTS,
+    NS_CHAT_MARKERS,
+    "eu.siacs.conversations.axolotl",                # OMEMO (XEP-0384 0.3)
+    "urn:xmpp:omemo:2",                              # OMEMO (XEP-0384 0.8+)
+    "urn:xmpp:openpgp:0",                            # XEP-0373
+    "jabber:x:encrypted",                            # XEP-0027
+    "jabber:x:conference",                           # XEP-0249 direct invitations
+    NS_MUC_USER,                                     # XEP-0045 mediated invitations
+    "urn:xmpp:message-correct:0",                    # XEP-0308 corrections
+    "urn:xmpp:message-retract:1",                    # XEP-0424 retractions
+    "urn:xmpp:fasten:0",                             # XEP-0422 (retractions before XEP-0424 0.4)
+    "urn:xmpp:reactions:0",                          # XEP-0444
+    "urn:xmpp:jingle-message:0",                     # XEP-0353 calls: the other devices stop ringing
+))
+
+
+def has_hint(message: etree._Element, hint: str) -> bool:
+    return message.find(hint) is not None
+
+
+def namespace_of(element: etree._Element) -> str | None:
+    tag = element.tag
+    return tag[1:tag.index("}")] if isinstance(tag, str) and tag[:1] == "{" else None
+
+
+def carries_conversation(message: etree._Element) -> bool:
+    """A body, or a payload from CONVERSATION_NAMESPACES among the message's children."""
+    return message.find(BODY) is not None or any(
+        namespace_of(child) in CONVERSATION_NAMESPACES for child in message)
