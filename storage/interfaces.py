@@ -58,6 +58,9 @@ class RosterStore(Protocol):
         """Remove one item (no-op if absent); returns the new roster version."""
     async def delete(self, owner: str) -> None:
         """Remove the whole roster of a deleted account."""
+    async def replace(self, owner: str, version: int, items: list[RosterItem]) -> None:
+        """Make the roster exactly `items` at `version` (copying between backends: a
+        client that cached a version must never see it again for other items)."""
 
 
 # ---------------------------------------------------------------- archives
@@ -86,6 +89,7 @@ class ArchiveQuery:
     after: str | None = None
     before: str | None = None
     max: int | None = None
+    count: bool = True                         # False: ArchivePage.count may be None (no COUNT)
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,8 @@ class RoomStore(Protocol):
     async def delete(self, room: str) -> None: ...
     async def list(self, service: str) -> list[str]:
         """Room bare JIDs of one MUC service domain, sorted."""
+    async def services(self) -> AsyncIterator[str]:
+        """Every MUC service domain with at least one room (for copying between backends)."""
 
 
 # ---------------------------------------------------------------- pubsub / PEP
@@ -214,5 +220,9 @@ class StorageBackend(Protocol):
         """A named archive: "offline", "archive" (users' MAM), "muc" (rooms' MAM)."""
     def keyvalue(self, name: str) -> KeyValueStore:
         """A named key-value store: "private", "vcard", "roster-pending", ..."""
+    async def archive_names(self) -> list[str]:
+        """The names of the archives that hold at least one item, sorted."""
+    async def keyvalue_names(self) -> list[str]:
+        """The names of the key-value stores that hold at least one key, sorted."""
     async def start(self) -> None: ...
     async def close(self) -> None: ...

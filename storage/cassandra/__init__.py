@@ -27,6 +27,7 @@ from .stores import (
     CassandraRoomStore,
     CassandraRosterStore,
     CassandraUploadStore,
+    distinct_keys,
 )
 
 __all__ = ["Options", "CassandraBackend", "BackendNotStarted", "open_backend", "init_schema",
@@ -138,6 +139,12 @@ class CassandraBackend:
         if store is None:
             store = self._keyvalues[name] = CassandraKeyValueStore(self, name)
         return store
+
+    async def archive_names(self) -> list[str]:
+        return await distinct_keys(self.cql, "archive_owners", "name")
+
+    async def keyvalue_names(self) -> list[str]:
+        return await distinct_keys(self.cql, "keyvalue_owners", "name")
 
     async def start(self) -> None:
         if self._cql is not None:

@@ -276,7 +276,7 @@ class CassandraArchiveStore:
             rows.reverse()
         if complete and query.after is None and not query.before:
             count = len(rows)                   # the page is the whole result
-        elif not self.count_in_queries:
+        elif not (self.count_in_queries and query.count):
             count = None
         elif _is_empty_range(lower, upper):
             count = 0

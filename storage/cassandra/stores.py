@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from . import CassandraBackend
 
 DAY = 86400
+# Statements per batch when a whole roster is written (Cassandra warns at 5 KiB).
+ROSTER_BATCH = 20
 # Order rows read per round trip when walking a pubsub node's items, newest first.
 PAGE_OF_ORDER = 100
 
@@ -47,6 +49,15 @@ class _Store:
     @property
     def cql(self):
         return self._backend.cql
+
+
+async def distinct_keys(cql, table: str, column: str) -> list[str]:
+    """The distinct values of `column` in the ``(column, shard)`` partition keys of
+    `table`, sorted. A scan of partition keys over the whole ring: only for the few
+    partitions of an index table (SHARDS per value), and only for admin work such as
+    copying between backends."""
+    return sorted({value async for value, _ in cql.iterate(
+        f"SELECT DISTINCT {column}, shard FROM {table}")})
 
 
 async def _sharded_listing(cql, select: str, key: tuple) -> AsyncIterator[str]:
@@ -181,6 +192,39 @@ class CassandraRosterStore(_Store):
                 return
             version = _current_version(result)
 
+    async def replace(self, owner: str, version: int, items: list[RosterItem]) -> None:
+        if not version and not items:
+            await self.delete(owner)
+            return
+        wanted = {item.jid for item in items}
+        stale = [contact for (contact,) in await self.cql.rows(
+            "SELECT contact FROM roster_items WHERE owner = ?", (owner,))
+            if contact is not None and contact not in wanted]
+        # Upserts in batches small enough for Cassandra's batch size limit, each one
+        # partition (atomic there); the version moves last, with the same transaction as
+        # every other change, so a concurrent change cannot be overwritten unseen.
+        changes = [("DELETE FROM roster_items WHERE owner = ? AND contact = ?", (owner, contact))
+                   for contact in stale]
+        changes += [("INSERT INTO roster_items (owner, contact, name, subscription, ask,"
+                     " pending_in, approved, groups) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (owner, item.jid, item.name, item.subscription, item.ask,
+                      item.pending_in, item.approved, list(item.groups)))
+                    for item in items]
+        for start in range(0, len(changes), ROSTER_BATCH):
+            await self.cql.batch(changes[start:start + ROSTER_BATCH])
+        current = await self._version(owner)
+        while current != version:
+            if current:
+                condition = ("UPDATE roster_items SET version = ? WHERE owner = ? IF version = ?",
+                             (version or None, owner, current))
+            else:
+                condition = ("UPDATE roster_items SET version = ? WHERE owner = ?"
+                             " IF version = null", (version, owner))
+            result = await self.cql.execute(*condition, idempotent=False)
+            if result.was_applied:
+                return
+            current = _current_version(result)
+
     async def _version(self, owner: str) -> int:
         row = (await self.cql.execute(
             "SELECT version FROM roster_items WHERE owner = ? LIMIT 1", (owner,))).one()
@@ -288,6 +332,10 @@ class CassandraRoomStore(_Store):
             self.cql.execute(
                 "DELETE FROM rooms_by_service WHERE service = ? AND shard = ? AND room = ?",
                 (domain_of(room), shard_of(room), room)))
+
+    async def services(self) -> AsyncIterator[str]:
+        for service in await distinct_keys(self.cql, "rooms_by_service", "service"):
+            yield service
 
     async def list(self, service: str) -> list[str]:
         return [room async for room in _sharded_listing(

@@ -20,6 +20,7 @@ from .stores import (
     SqliteRoomStore,
     SqliteRosterStore,
     SqliteUploadStore,
+    distinct_values,
 )
 
 __all__ = ["Options", "SqliteBackend", "DatabaseClosed", "open_backend"]
@@ -69,6 +70,12 @@ class SqliteBackend:
         if store is None:
             store = self._keyvalues[name] = SqliteKeyValueStore(self.db, name)
         return store
+
+    async def archive_names(self) -> list[str]:
+        return await self.db.read(lambda conn: distinct_values(conn, "archive", "store"))
+
+    async def keyvalue_names(self) -> list[str]:
+        return await self.db.read(lambda conn: distinct_values(conn, "keyvalue", "store"))
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path)

@@ -78,6 +78,19 @@ async def _owners(db: Database, table: str, store: str) -> AsyncIterator[str]:
         after = chunk[-1]
 
 
+def distinct_values(conn: sqlite3.Connection, table: str, column: str) -> list[str]:
+    """The distinct values of an indexed leading column, sorted: one index seek per
+    value (a skip scan), however many rows share it."""
+    values: list[str] = []
+    while True:
+        row = conn.execute(f"SELECT {column} FROM {table} WHERE {column} > ?"
+                           f" ORDER BY {column} LIMIT 1", (values[-1] if values else "",)
+                           ).fetchone()
+        if row is None:
+            return values
+        values.append(row[0])
+
+
 # ---------------------------------------------------------------- accounts
 
 def _encode_secrets(secrets: dict[str, ScramCredentials]) -> str:
@@ -233,6 +246,19 @@ class SqliteRosterStore:
             conn.execute("DELETE FROM roster_versions WHERE owner = ?", (owner,))
         await self._db.write(delete)
 
+    async def replace(self, owner: str, version: int, items: list[RosterItem]) -> None:
+        rows = [(owner, item.jid, item.name, item.subscription, int(item.ask),
+                 int(item.pending_in), int(item.approved), _json(list(item.groups)))
+                for item in items]
+
+        def replace(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM roster_items WHERE owner = ?", (owner,))
+            conn.executemany(f"INSERT INTO roster_items (owner, {_ROSTER_COLUMNS})"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("INSERT OR REPLACE INTO roster_versions (owner, version) VALUES (?, ?)",
+                         (owner, version))
+        await self._db.write(replace)
+
 
 # ---------------------------------------------------------------- archives
 
@@ -334,9 +360,11 @@ class SqliteArchiveStore:
         if backward:
             rows.reverse()
 
-        count_where, count_params = bounded(lower, upper)
-        count = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {count_where}",
-                             count_params).fetchone()[0]
+        count = None
+        if query.count:
+            count_where, count_params = bounded(lower, upper)
+            count = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {count_where}",
+                                 count_params).fetchone()[0]
         return ArchivePage(items=[_archived(row) for row in rows], complete=complete,
                            count=count)
 
@@ -454,6 +482,10 @@ class SqliteRoomStore:
                                 (service,))
             return [jid for (jid,) in rows]
         return await self._db.read(select)
+
+    async def services(self) -> AsyncIterator[str]:
+        for service in await self._db.read(lambda conn: distinct_values(conn, "rooms", "service")):
+            yield service
 
 
 # ---------------------------------------------------------------- pubsub

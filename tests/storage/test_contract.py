@@ -144,6 +144,22 @@ async def test_roster_delete(backend):
     assert await backend.rosters.get(BOB) == (1, {ALICE: RosterItem(jid=ALICE)})
 
 
+async def test_roster_replace_sets_items_and_version(backend):
+    bob, carol = RosterItem(jid=BOB, subscription="both", groups=("A",)), RosterItem(jid="carol@x.org")
+    await backend.rosters.put_item(ALICE, RosterItem(jid="old@example.org"))
+    await backend.rosters.put_item(ALICE, bob)
+    await backend.rosters.replace(ALICE, 42, [bob, carol])
+    assert await backend.rosters.get(ALICE) == (42, {BOB: bob, carol.jid: carol})
+    await backend.rosters.replace(ALICE, 42, [bob, carol])          # a rerun: the same
+    assert await backend.rosters.get(ALICE) == (42, {BOB: bob, carol.jid: carol})
+    assert await backend.rosters.put_item(ALICE, RosterItem(jid="dave@x.org")) == 43
+    await backend.rosters.replace(BOB, 7, [RosterItem(jid=ALICE)])   # a new roster
+    assert await backend.rosters.get(BOB) == (7, {ALICE: RosterItem(jid=ALICE)})
+    assert await backend.rosters.remove_item(BOB, ALICE) == 8
+    await backend.rosters.replace(BOB, 0, [])
+    assert await backend.rosters.get(BOB) == (0, {})
+
+
 # ---------------------------------------------------------------- archives
 
 T0 = 1_700_000_000.0
@@ -539,6 +555,28 @@ async def test_archive_queries_agree_with_the_reference_model(backend):
         assert (ids(page), page.complete, page.count) == expected, query
 
 
+async def test_archive_query_without_count_pages_the_same(backend):
+    store = backend.archive("archive")
+    await fill(store, n=10)
+    page = await store.query(ALICE, ArchiveQuery(max=4, count=False))
+    assert ids(page) == [0, 1, 2, 3] and page.complete is False and page.count in (None, 10)
+    page = await store.query(ALICE, ArchiveQuery(max=4, after=page.items[-1].id, count=False))
+    assert ids(page) == [4, 5, 6, 7] and page.complete is False and page.count in (None, 10)
+    page = await store.query(ALICE, ArchiveQuery(max=4, after=page.items[-1].id, count=False))
+    assert ids(page) == [8, 9] and page.complete is True
+
+
+async def test_archive_names(backend):
+    assert await backend.archive_names() == []
+    await fill(backend.archive("offline"), n=1)
+    await fill(backend.archive("archive"), owner=BOB, n=2)
+    await fill(backend.archive("muc"), owner=ROOM, n=1)
+    await backend.keyvalue("vcard").set(ALICE, "k", b"v")
+    assert await backend.archive_names() == ["archive", "muc", "offline"]
+    await backend.archive("offline").delete(ALICE)
+    assert await backend.archive_names() == ["archive", "muc"]
+
+
 # ---------------------------------------------------------------- key-value
 
 async def test_keyvalue_get_set_overwrite(backend):
@@ -588,6 +626,17 @@ async def test_keyvalue_owners(backend):
     assert [owner async for owner in store.owners()] == [BOB]
 
 
+async def test_keyvalue_names(backend):
+    assert await backend.keyvalue_names() == []
+    await backend.keyvalue("vcard").set(ALICE, "vcard", b"1")
+    await backend.keyvalue("private").set(BOB, "x", b"2")
+    await backend.keyvalue("private").set(ALICE, "y", b"3")
+    await fill(backend.archive("offline"), n=1)
+    assert await backend.keyvalue_names() == ["private", "vcard"]
+    await backend.keyvalue("vcard").delete(ALICE, "vcard")
+    assert await backend.keyvalue_names() == ["private"]
+
+
 # ---------------------------------------------------------------- rooms
 
 async def test_rooms(backend):
@@ -612,6 +661,16 @@ async def test_rooms_list_by_service_sorted(backend):
         "attic@conference.example.org", ROOM, "zoo@conference.example.org"]
     assert await backend.rooms.list("muc.example.net") == ["other@muc.example.net"]
     assert await backend.rooms.list("example.org") == []
+
+
+async def test_rooms_services(backend):
+    assert [service async for service in backend.rooms.services()] == []
+    for room in ["zoo@conference.example.org", ROOM, "other@muc.example.net"]:
+        await backend.rooms.save(room, {})
+    assert [service async for service in backend.rooms.services()] == [
+        "conference.example.org", "muc.example.net"]
+    await backend.rooms.delete("other@muc.example.net")
+    assert [service async for service in backend.rooms.services()] == ["conference.example.org"]
 
 
 # ---------------------------------------------------------------- pubsub
