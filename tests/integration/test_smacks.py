@@ -286,3 +286,43 @@ async def test_impossible_h_in_an_ack_is_a_stream_error(server):
     closed = await client.closed()
     assert re.search(rf"<undefined-condition[^>]*/><handled-count-too-high xmlns=[\"']{NS_SM}[\"'] h=[\"']3[\"'] "
                      r"send-count=[\"']0[\"']/>", closed)
+
+
+# ------------------------------------------------------------------ limits
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory):
+    process = XmppdProcess(tmp_path_factory.mktemp("smacks-strict"), "[extensions.smacks]\nack_timeout = 1\nmax_queue = 3\n",
+                           c2s_section="auth_failure_delay = 0").start()
+    process.accounts = [unique("strict") for _ in range(4)]
+    create_accounts(process, process.accounts)
+    yield process
+    process.stop()
+
+
+async def test_unanswered_ack_request_drops_a_half_dead_connection_into_hibernation(strict_server):
+    alice, = users(strict_server, 1)
+    phone, sm_id = await managed_login(strict_server, alice, "phone")   # the echo came with an <r/>
+    closed = await phone.closed()                  # never answered: cut, with no stream close
+    assert "</stream:stream>" not in closed and "<stream:error>" not in closed
+    phone, _ = await authenticated(strict_server, alice)
+    await phone.send(f"<resume xmlns='{NS_SM}' previd='{sm_id}' h='1'/>")
+    await phone.expect(r"<resumed [^>]*/>")
+    await phone.close()
+
+
+async def test_too_many_unacknowledged_stanzas_end_the_session_and_lose_nothing(strict_server):
+    alice, bob = users(strict_server)
+    phone, _ = await managed_login(strict_server, alice, "phone")
+    await phone.send(f"<a xmlns='{NS_SM}' h='1'/>")                  # the echo: nothing unacknowledged
+    sender = await logged_in(strict_server, bob)
+    for index in range(4):                         # max_queue = 3, and all come within the ack timeout
+        await send_message(sender, f"{alice}@{strict_server.domain}", f"burst {index}")
+    closed = await phone.closed()
+    assert re.search(r"<stream:error><policy-violation", closed)
+    again = await logged_in(strict_server, alice, "again")
+    await again.send("<presence/>")
+    for index in range(4):
+        await again.expect(rf"<body>burst {index}</body>")
+    await again.close()
+    await sender.close()
