@@ -86,7 +86,8 @@ def nonza(name: str, attributes: dict | None = None, condition: str | None = Non
 
 def parse_h(value: str | None) -> int | None:
     """An xs:unsignedInt, or None."""
-    if value is None or not value.strip().isdigit():
+    value = (value or "").strip()
+    if not (value.isascii() and value.isdigit()):
         return None
     number = int(value)
     return number if number < SEQUENCE else None
