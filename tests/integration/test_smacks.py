@@ -1,6 +1,7 @@
-"""XEP-0198 Stream Management end to end, over raw sockets: acks, resumption after an
-abrupt TCP drop, takeover of a half-dead stream, the hibernation timeout sending the
-unacknowledged message to offline storage, and the errors of sections 3 to 6."""
+"""XEP-0198 Stream Management end to end, over raw sockets (and slixmpp's resumption):
+acks, resumption after an abrupt TCP drop, takeover of a half-dead stream, the
+hibernation timeout sending the unacknowledged message to offline storage, the limits,
+and the errors of sections 3 to 6."""
 import asyncio
 import re
 
@@ -12,6 +13,7 @@ from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 from tests.support.smacks import (NS_SM, attribute, authenticated, bind, drop, enable, managed_login, ping,
                                   send_message)
+from xmppd.client import DEFAULT_PLUGINS, Client
 
 TIMEOUT = 10.0
 
@@ -185,6 +187,33 @@ async def test_unacknowledged_message_goes_to_another_available_resource(server)
     returned = await desktop.expect(r"<message[^>]*>(?:(?!</message>).)*<body>for the phone</body>.*?</message>")
     assert "urn:xmpp:delay" in returned.group(0)
     await desktop.close()
+    await sender.close()
+
+
+async def test_slixmpp_resumes_and_gets_what_was_sent_meanwhile(server):
+    """slixmpp keeps its SM-ID across a reconnection of the same client object and sends
+    <resume/> before binding; its unacked queue is resent by itself after <resumed/>."""
+    alice, bob = users(server)
+    phone = Client(f"{alice}@{server.domain}/phone", "secret", verify_tls=False,
+                   plugins=DEFAULT_PLUGINS + ("xep_0198",))
+    events = asyncio.Queue()
+    phone.add_event_handler("sm_enabled", lambda stanza: events.put_nowait("enabled"))
+    phone.add_event_handler("session_resumed", lambda stanza: events.put_nowait("resumed"))
+    phone.add_event_handler("message", lambda message: events.put_nowait(message["body"]))
+    await phone.login("127.0.0.1", server.port)
+    phone.send_presence()
+    assert await asyncio.wait_for(events.get(), TIMEOUT) == "enabled"
+    sender = await logged_in(server, bob)
+    await send_message(sender, f"{alice}@{server.domain}", "one")
+    assert await asyncio.wait_for(events.get(), TIMEOUT) == "one"
+    phone.transport.abort()
+    await send_message(sender, f"{alice}@{server.domain}", "two")
+    phone.connect("127.0.0.1", server.port)
+    assert await asyncio.wait_for(events.get(), TIMEOUT) == "resumed"
+    assert await asyncio.wait_for(events.get(), TIMEOUT) == "two"
+    await send_message(sender, f"{alice}@{server.domain}", "three")
+    assert await asyncio.wait_for(events.get(), TIMEOUT) == "three"     # "two" came once
+    await phone.logout()
     await sender.close()
 
 
