@@ -80,9 +80,19 @@ class Client(slixmpp.ClientXMPP):
 
     async def send_encrypted(self, to: str | JID, body: str, *, type_: str = "chat") -> None:
         """Send `body` encrypted for every trusted device of `to` (and our own others)."""
+        from omemo.session_manager import NoEligibleDevices
+        omemo = self.plugin["xep_0384"]
         message = self.make_message(mto=JID(to), mtype=type_)
         message["body"] = body
-        encrypted, errors = await self.plugin["xep_0384"].encrypt_message(message, JID(JID(to).bare))
+        try:
+            encrypted, errors = await omemo.encrypt_message(message, JID(JID(to).bare))
+        except NoEligibleDevices:
+            # COMPAT: slixmpp-omemo 2.2 subscribes to a non-contact's device lists and
+            # downloads them at once; the server's last-item notification for the new
+            # subscription, handled at the same time, can leave the cached device
+            # information inconsistent. Downloading the lists again settles it.
+            await omemo.refresh_device_lists({JID(JID(to).bare)}, force_download=True)
+            encrypted, errors = await omemo.encrypt_message(message, JID(JID(to).bare))
         for error in errors:
             log.warning("OMEMO: not encrypted for one device: %s", error)
         if encrypted is None:
