@@ -84,9 +84,17 @@ class StorageOptions:
 @dataclass(frozen=True)
 class HttpOptions:
     interfaces: tuple[str, ...] = ("127.0.0.1",)
-    port: int = 5280                           # plain HTTP (loopback by default)
+    port: int = 5280                           # plain HTTP (loopback by default); 0 disables
     tls_port: int = 5443                       # HTTPS; 0 disables
     public_url: str = ""                       # default https://<first domain>:<tls_port>
+    secret: str = field(default="", repr=False)  # signs upload URLs; default: made once in <data_dir>/http.key
+
+    def validate(self, where):
+        for key in ("port", "tls_port"):
+            where.check(key, 0 <= getattr(self, key) < 65536, "must be a port number (0-65535)")
+        where.check("public_url", not self.public_url or self.public_url.startswith(("https://", "http://")),
+                    "must be an https:// (or http://) URL")
+        where.check("secret", not self.secret or len(self.secret) >= 16, "must be at least 16 characters")
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,13 @@ from xmppd.admin import AdminSocket
 from xmppd.c2s import C2SConnection
 from xmppd.config import Config, ConfigError, Where, build
 from xmppd.host import Host
+from xmppd.http import HttpServer
 from xmppd.metrics import Metrics
 from xmppd.protocol.negotiation import stream_error
 from xmppd.protocol.stream import STREAM_CLOSE, stream_header
 from xmppd.router import CoreDelivery, Router
 from xmppd.storage import open_backend
+from xmppd.storage.media import open_media
 from xmppd.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class Server:
         self._end_point_hash: bytes | None = None
         self.storage = None
         self.archive_storage = None
+        self.media = None                     # MediaStore: file bytes of HTTP uploads
+        self.http = HttpServer(self)
         self.connections: set[C2SConnection] = set()
         self._per_ip: collections.Counter = collections.Counter()
         self._listeners: list[asyncio.AbstractServer] = []
@@ -83,6 +87,7 @@ class Server:
         else:
             self.archive_storage = open_backend(archive_kind, cfg.backend_options[archive_kind], str(cfg.data_dir))
             await self.archive_storage.start()
+        self.media = open_media(cfg.storage.media, cfg.backend_options.get(cfg.storage.media), str(cfg.data_dir))
         names = cfg.server.extensions or bundled_extensions()
         for host_options in cfg.hosts:
             host = Host(self, host_options.domain, admins=host_options.admins)
@@ -104,6 +109,7 @@ class Server:
     async def start(self) -> None:
         await self.open()
         self._setup_tls()
+        await self.http.start(self.ssl_context)
         c2s = self.config.c2s
         for interface in c2s.interfaces:
             self._listeners.append(await asyncio.start_server(
@@ -165,6 +171,7 @@ class Server:
         """Stop accepting, tell every client <system-shutdown/>, wait, then close storage."""
         for listener in self._listeners:
             listener.close()
+        await self.http.stop()
         await self.admin.stop()
         for connection in list(self.connections):
             connection.close("system-shutdown")
@@ -178,13 +185,16 @@ class Server:
             await host.unload_all()
         for task in list(self._tasks):
             task.cancel()
+        if self.media is not None:
+            await self.media.close()
         if self.archive_storage is not None and self.archive_storage is not self.storage:
             await self.archive_storage.close()
         if self.storage is not None:
             await self.storage.close()
 
     def listening(self) -> list[str]:
-        return [f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for listener in self._listeners for sock in listener.sockets]
+        return ([f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for listener in self._listeners for sock in listener.sockets]
+                + self.http.listening())
 
 
 def check_extensions(config: Config) -> None:
