@@ -1,5 +1,5 @@
-"""`xmppctl`: administration. Account commands work on storage directly (the server may
-run or not); status, sessions and kick talk to the running server's admin socket."""
+"""`xmppctl`: administration. Account and upload commands work on storage directly (the
+server may run or not); status, sessions and kick talk to the running server's admin socket."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import json
 import sys
+import time
 
 from xmppd import accounts, config as config_module
 from xmppd.config import ConfigError
@@ -28,6 +29,10 @@ def main(argv=None) -> int:
     commands.add_parser("status", help="state of the running server")
     commands.add_parser("sessions", help="sessions of the running server")
     commands.add_parser("kick", help="disconnect a user (bare JID) or one session (full JID)").add_argument("jid")
+    commands.add_parser("uploads", help="list a user's uploaded files (XEP-0363)").add_argument("jid")
+    commands.add_parser("quota", help="a user's upload usage against the quota").add_argument("jid")
+    commands.add_parser("delete-upload", help="delete an uploaded file").add_argument(
+        "id", help="the file's id (from `uploads`) or its URL")
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config)
@@ -87,9 +92,42 @@ async def offline(config, args) -> int:
             for domain in [args.domain] if args.domain else server.user_domains:
                 for user in await server.storage.accounts.list(domain):
                     print(user)
+        elif args.command == "uploads":
+            upload = _upload_service(host)
+            now = time.time()
+            for item in await server.storage.uploads.list(str(jid)):
+                state = "stored" if item.completed else "open slot" if upload.is_open(item, now) else "unused slot"
+                print(f"{item.id}\t{item.size}\t{state}\t{_utc(item.created)}\t{_utc(item.expires)}\t"
+                      f"{upload.get_url(item)}")
+        elif args.command == "quota":
+            upload = _upload_service(host)
+            used, files = await upload.usage(str(jid))
+            quota = upload.options.quota_per_user
+            print(f"{jid}: {used} bytes in {files} files, quota "
+                  + (f"{quota} bytes ({100 * used / quota:.1f}% used)" if quota else "none"))
+        elif args.command == "delete-upload":
+            upload_id = args.id.rstrip("/").split("/")[-2] if "/" in args.id else args.id
+            item = await server.storage.uploads.get(upload_id)
+            host = server.hosts.get(item.owner.rpartition("@")[2]) if item else None
+            if host is None:
+                print(f"xmppctl: no upload {args.id}", file=sys.stderr)
+                return 1
+            await _upload_service(host).remove(item)
+            print(f"deleted {item.id} of {item.owner}")
         return 0
     finally:
         await server.stop()
+
+
+def _upload_service(host):
+    """The XEP-0363 extension of `host`; a ConfigError when it is not enabled."""
+    if "upload" not in host.extensions:
+        raise ConfigError(f"the upload extension is not enabled on {host.domain}")
+    return host.extensions["upload"]
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 async def live(config, args) -> int:

@@ -1,5 +1,6 @@
 """The MediaStore contract, run on every media backend: the filesystem and a real
-S3-compatible server (MinIO, started by tests/support/s3.py; tests with "s3" in their id).
+S3-compatible server (MinIO, started by tests/support/s3.py through the `s3_server`
+fixture of tests/conftest.py; tests with "s3" in their id).
 
 The contract itself is written down in storage/media/__init__.py.
 """
@@ -12,7 +13,7 @@ import tracemalloc
 
 import pytest
 
-from tests.support.s3 import S3Server, s3_server, setup_timeout  # noqa: F401  (fixture)
+from tests.support.s3 import S3Server, setup_timeout
 from xmppd.storage.media import (
     InvalidKey, SizeMismatch, is_valid_key, media_module, open_media,
 )
