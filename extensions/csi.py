@@ -28,7 +28,7 @@ from lxml import etree
 
 from xmppd.extension import Extension, hook
 from xmppd.protocol.namespaces import NS_CLIENT
-from xmppd.protocol.stanza import IQ, MESSAGE, PRESENCE, make_element
+from xmppd.protocol.stanza import MESSAGE, PRESENCE, make_element
 from xmppd.session import Session
 
 NS_CSI = "urn:xmpp:csi:0"

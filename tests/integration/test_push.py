@@ -13,7 +13,7 @@ from tests.support.accounts import create_accounts
 from tests.support.inbox import Inbox
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
-from tests.support.smacks import NS_SM, authenticated, drop, managed_login, ping, send_message
+from tests.support.smacks import NS_SM, authenticated, drop, managed_login, send_message
 from xmppd.client import Client
 
 NS_PUSH = "urn:xmpp:push:0"
