@@ -8,6 +8,11 @@ import importlib
 from .interfaces import StorageBackend
 
 
+class StorageUnavailable(RuntimeError):
+    """A backend cannot be used as configured: unreachable, or its schema is missing
+    (the message says what to do)."""
+
+
 def backend_module(kind: str):
     return importlib.import_module(f"{__name__}.{kind}")
 

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 
 from .archive import CassandraArchiveStore
 from .cql import CqlSession, consistency_level, serial_consistency_for
-from .migrations import apply_schema, check_keyspace_name, create_keyspace, schema_files
+from .. import StorageUnavailable
+from .migrations import (
+    applied_versions,
+    apply_schema,
+    check_keyspace_name,
+    create_keyspace,
+    schema_files,
+)
 from .stores import (
     CassandraAccountStore,
     CassandraKeyValueStore,
@@ -153,6 +160,8 @@ class CassandraBackend:
         try:
             if self.options.create_schema:
                 await create_keyspace(cql, self.options.keyspace, self.options.replication)
+            else:
+                await check_schema(cql, self.options.keyspace)
             await cql.use_keyspace(self.options.keyspace)
             if self.options.create_schema:
                 applied = await apply_schema(cql)
@@ -171,10 +180,25 @@ class CassandraBackend:
             await asyncio.to_thread(cluster.shutdown)
 
 
+async def check_schema(cql: CqlSession, keyspace: str) -> None:
+    """Raise StorageUnavailable unless every schema version is applied in `keyspace`
+    (for nodes started with create_schema = false; no keyspace selected yet)."""
+    done: set[int] = set()
+    if await cql.rows("SELECT table_name FROM system_schema.tables"
+                      " WHERE keyspace_name = ? AND table_name = 'schema_version'", (keyspace,)):
+        done = await applied_versions(cql, keyspace)
+    missing = [schema_file.version for schema_file in schema_files()
+               if schema_file.version not in done]
+    if missing:
+        raise StorageUnavailable(
+            f"the Cassandra keyspace {keyspace} lacks schema versions {missing}: run "
+            "`xmppctl storage init`, or set create_schema = true in [storage.cassandra]")
+
+
 async def connect(options: Options):
     """A driver Cluster and a CqlSession on it (no keyspace selected yet)."""
     from cassandra.auth import PlainTextAuthProvider
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
     from cassandra.query import tuple_factory
 
@@ -195,6 +219,11 @@ async def connect(options: Options):
         control_connection_timeout=options.connect_timeout)
     try:
         session = await asyncio.to_thread(cluster.connect)
+    except NoHostAvailable as error:
+        await asyncio.to_thread(cluster.shutdown)
+        raise StorageUnavailable(
+            f"cannot reach Cassandra at {', '.join(options.contact_points)} port "
+            f"{options.port}: {error}") from None
     except BaseException:
         await asyncio.to_thread(cluster.shutdown)
         raise

@@ -114,10 +114,10 @@ async def create_keyspace(cql: CqlSession, keyspace: str, replication: dict,
         f" AND durable_writes = {'true' if durable_writes else 'false'}")
 
 
-async def applied_versions(cql: CqlSession) -> set[int]:
-    """Versions recorded in schema_version of the session's keyspace."""
-    rows = await cql.rows("SELECT version FROM schema_version WHERE component = ?",
-                          (COMPONENT,))
+async def applied_versions(cql: CqlSession, keyspace: str | None = None) -> set[int]:
+    """Versions recorded in schema_version of `keyspace` (default: the session's)."""
+    table = f"{check_keyspace_name(keyspace)}.schema_version" if keyspace else "schema_version"
+    rows = await cql.rows(f"SELECT version FROM {table} WHERE component = ?", (COMPONENT,))
     return {version for (version,) in rows}
 
 
