@@ -9,6 +9,7 @@ import sys
 
 from xmppd import config as config_module, logs
 from xmppd.config import ConfigError
+from xmppd.storage import StorageUnavailable
 
 log = logging.getLogger("xmppd")
 
@@ -39,6 +40,9 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"xmppd: {exc}", file=sys.stderr)
         return 2
+    except StorageUnavailable as exc:
+        print(f"xmppd: storage: {exc}", file=sys.stderr)
+        return 1
 
 
 async def serve(config, config_path) -> int:
