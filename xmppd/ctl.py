@@ -12,6 +12,8 @@ import time
 from xmppd import accounts, config as config_module
 from xmppd.config import ConfigError
 from xmppd.protocol.jid import JID, InvalidJID
+from xmppd.storage import StorageUnavailable, backend_module, open_backend
+from xmppd.storage.copy import census, copy
 
 LIVE_COMMANDS = ("status", "sessions", "kick")
 
@@ -33,15 +35,27 @@ def main(argv=None) -> int:
     commands.add_parser("quota", help="a user's upload usage against the quota").add_argument("jid")
     commands.add_parser("delete-upload", help="delete an uploaded file").add_argument(
         "id", help="the file's id (from `uploads`) or its URL")
+    storage = commands.add_parser("storage", help="storage schema; copying between backends").add_subparsers(
+        dest="storage_command", required=True)
+    storage.add_parser("init", help="create or upgrade the schema (Cassandra: keyspace and tables)").add_argument(
+        "--backend", help="one backend kind (default: those of [storage])")
+    copy = storage.add_parser("copy", help="copy every store from one backend to another, then compare counts")
+    copy.add_argument("--from", dest="source", required=True, help="backend kind, options from [storage.<kind>]")
+    copy.add_argument("--to", dest="target", required=True, help="backend kind, options from [storage.<kind>]")
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config)
+        if args.command == "storage":
+            return asyncio.run(storage_command(config, args))
         if args.command in LIVE_COMMANDS:
             return asyncio.run(live(config, args))
         return asyncio.run(offline(config, args))
     except ConfigError as exc:
         print(f"xmppctl: {exc}", file=sys.stderr)
         return 2
+    except StorageUnavailable as exc:
+        print(f"xmppctl: storage: {exc}", file=sys.stderr)
+        return 1
 
 
 def _account(config, text: str) -> JID:
@@ -128,6 +142,62 @@ def _upload_service(host):
 
 def _utc(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _storage_backend(config, kind: str):
+    """A backend of `kind` with the options of [storage.<kind>] (defaults without one)."""
+    try:
+        module = backend_module(kind)
+    except ImportError:
+        module = None
+    if not hasattr(module, "open_backend"):
+        raise ConfigError(f"unknown storage backend {kind!r}")
+    options = config.backend_options.get(kind) or config_module.build(
+        module.Options, {}, config_module.Where(config.source, f"storage.{kind}"))
+    return open_backend(kind, options, str(config.data_dir))
+
+
+async def storage_command(config, args) -> int:
+    """`xmppctl storage init|copy`: on the backends themselves, never through a server."""
+    if args.storage_command == "init":
+        kinds = [args.backend] if args.backend else sorted({config.storage.default,
+                                                            config.storage.archive or config.storage.default})
+        for kind in kinds:
+            backend = _storage_backend(config, kind)
+            init_schema = getattr(backend_module(kind), "init_schema", None)
+            if init_schema is not None:            # a shared cluster: schema changes on demand
+                applied = await init_schema(backend.options)
+            else:                                  # an embedded database upgrades when opened
+                await backend.start()
+                await backend.close()
+                applied = []
+            print(f"{kind}: schema " + (f"versions {applied} applied" if applied else "up to date"))
+        return 0
+    if args.source == args.target:
+        raise ConfigError("--from and --to name the same backend")
+    domains = [host.domain for host in config.hosts]
+    source, target = _storage_backend(config, args.source), _storage_backend(config, args.target)
+    await source.start()
+    try:
+        await target.start()
+        try:
+            await copy(source, target, domains, progress=lambda step: print(f"copied {step}", file=sys.stderr))
+            before, after = await census(source, domains), await census(target, domains)
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+    names = list(before | after)
+    differ = [name for name in names if before.get(name, 0) != after.get(name, 0)]
+    width = max(map(len, names))
+    print(f"{'store':<{width}}  {args.source:>12}  {args.target:>12}")
+    for name in names:
+        print(f"{name:<{width}}  {before.get(name, 0):>12}  {after.get(name, 0):>12}"
+              + ("  DIFFERS" if name in differ else ""))
+    if differ:
+        print(f"xmppctl: the counts differ in {', '.join(differ)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def live(config, args) -> int:
