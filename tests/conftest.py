@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 
+from tests.support.cassandra import cassandra  # noqa: F401  (fixture: one Cassandra node per test run)
 from tests.support.s3 import s3_server  # noqa: F401  (fixture: one MinIO per test run)
 from tests.support.server import XmppdProcess
 

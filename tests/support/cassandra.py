@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 CASSANDRA_VERSION = os.environ.get("XMPPD_CASSANDRA_VERSION", "5.0.9")
 ENV_EXTERNAL = "XMPPD_TEST_CASSANDRA"
 POM = Path(__file__).with_name("cassandra") / "pom.xml"
@@ -544,6 +546,53 @@ async def empty_keyspace(options) -> list[str]:
     dirty = [table for table, probe in zip(tables, probes) if probe.current_rows]
     await asyncio.gather(*(cql.execute_ddl(f"TRUNCATE {table}") for table in dirty))
     return dirty
+
+
+# ---------------------------------------------------------------- xmppd on the node
+
+@pytest.fixture(scope="session")
+def cassandra() -> tuple[str, int]:
+    """(host, port) of the run's one Cassandra node, the node the storage suite uses too
+    (started on first use); a node that cannot start fails the test with the reason."""
+    return shared_node()
+
+
+_keyspaces = iter(range(1, 1 << 30))
+
+
+def new_keyspace(label: str) -> str:
+    """A keyspace name of its own for one xmppd (or one copy) of this run."""
+    return f"{keyspace_for_tests()}_{label}_{os.getpid()}_{next(_keyspaces)}"[:48]
+
+
+def cassandra_section(keyspace: str, **options) -> str:
+    """The TOML section [storage.cassandra] for the run's node and `keyspace`."""
+    host, port = shared_node()
+    extra = "".join(f"{key} = {_toml(value)}\n" for key, value in options.items())
+    return (f'[storage.cassandra]\ncontact_points = ["{host}"]\nport = {port}\n'
+            f'keyspace = "{keyspace}"\n{extra}')
+
+
+def xmppd_storage_config(keyspace: str, **options) -> str:
+    """The TOML that puts an xmppd's every store on the run's node, in `keyspace`
+    (created at start-up unless create_schema = false is among `options`)."""
+    return '[storage]\ndefault = "cassandra"\n\n' + cassandra_section(keyspace, **options)
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+async def open_keyspace(keyspace: str):
+    """A started backend on an existing keyspace of the run's node (close it after)."""
+    from xmppd.storage.cassandra import open_backend
+
+    options = await asyncio.to_thread(options_for_tests, keyspace=keyspace, create_schema=False)
+    backend = open_backend(options)
+    await backend.start()
+    return backend
 
 
 def main(argv: list[str]) -> None:
