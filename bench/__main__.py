@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import report, scenarios, servers, xmpp
+from . import archive, report, scenarios, servers, xmpp
 from .report import log
 
 GENERATOR_CPU = 1
@@ -23,8 +23,9 @@ PREPARE_TIMEOUT = 1200.0
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=["prosody", "xmppd"], help="run against one server only")
-    p.add_argument("--scenario", action="append", choices=list(scenarios.SCENARIOS),
-                   help="run this scenario (repeatable); default: all")
+    p.add_argument("--scenario", action="append", choices=[*scenarios.SCENARIOS, "archive"],
+                   help="run this scenario (repeatable); default: all but 'archive' (the storage "
+                   "backends' archive throughput, SQLite and Cassandra: bench/archive.py)")
     p.add_argument("--runs", type=int, help="runs per scenario and server (default 3, quick 1)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
     p.add_argument("--results", help="markdown file for the table (default bench/RESULTS.md; "
@@ -183,13 +184,18 @@ async def amain(args) -> int:
                          "(`--only prosody`). It fills in once `make bench` runs with a working xmppd.")
         cmd = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
         Path(path).write_text(report.results_markdown(
-            summary, names_run, versions, runs, args.quick, cmd.strip(), notes, load))
+            summary, names_run, versions, runs, args.quick, cmd.strip(), notes, load) + archive.recorded(path))
         log(f"table written to {path}")
     return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.scenario and "archive" in args.scenario:      # storage backends, no servers
+        status = archive.run(args, "python -m bench " + " ".join(sys.argv[1:]))
+        args.scenario = [name for name in args.scenario if name != "archive"]
+        if not args.scenario:
+            return status
     nofile = raise_nofile()
     need = max(scenarios.FULL.idle_steps) + 1000
     if nofile < need and not args.quick:

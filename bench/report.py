@@ -101,7 +101,8 @@ def table(summary: dict, servers: list) -> str:
         for k in keys:
             xv = x.get(k) if k else None
             pv = p.get(k) if k else None
-            ratio = f"{xv / pv:.2f}" if is_number(xv) and is_number(pv) and pv else "—"
+            ratio = (f"{xv / pv:.2f}" if k and direction(k) and is_number(xv) and is_number(pv) and pv
+                     else "—")
             xs = fmt(xv) if "xmppd" in servers and "error" not in x else (
                 "error" if "xmppd" in servers else "not run")
             ps = fmt(pv) if "prosody" in servers and "error" not in p else (
@@ -164,7 +165,10 @@ def results_markdown(summary, servers, versions, runs, quick, command, notes=(),
         parts += list(notes) + [""]
     parts += [
         "What each figure means: bench/README.rst. `better` says which way is better;",
-        "the ratio is xmppd divided by Prosody for every figure.",
+        "the ratio is xmppd divided by Prosody (rows without a direction are context:",
+        "CPU shares, sizes, error counts). `*_cpu_pct` figures are shares of one CPU summed",
+        "over the server's threads; `*_cpu_wait_pct` is time spent runnable but waiting for a",
+        "CPU, a sign of other load on the machine.",
         "",
     ]
     return "\n".join(parts)

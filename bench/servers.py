@@ -344,7 +344,13 @@ class Xmppd(Server):
         try:
             out = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True, timeout=10).stdout.strip()
-            return f"xmppd {out}" if out else "xmppd"
+            dirty = subprocess.run(
+                ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no",
+                 "--", "xmppd", "extensions", "storage"],
+                capture_output=True, text=True, timeout=10).stdout.strip()
+            if not out:
+                return "xmppd"
+            return f"xmppd {out}" + (" with uncommitted changes" if dirty else "")
         except (OSError, subprocess.SubprocessError):
             return "xmppd"
 
