@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 
 from xmppd.ids import time_ordered_id
+from xmppd.storage import open_backend
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
+from xmppd.storage.sqlite import Options as SqliteOptions
 
 from . import report
 from .report import log
@@ -48,6 +50,7 @@ PAGE = 50                               # a MAM client's page
 INSERTS_IN_FLIGHT = 64
 QUERIES_IN_FLIGHT = 16
 TIME_LIMIT = 600.0                      # seconds for one backend's whole run
+LOAD: list[float] = []                  # 1-minute load averages seen around the runs
 BACKENDS = ("sqlite", "cassandra")
 
 
@@ -145,17 +148,17 @@ async def measure(backend, messages: int, run: int) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def open_store(kind: str, scratch: Path):
+async def open_store(kind: str, scratch: Path, node: tuple[str, int] | None):
     """A started backend of `kind` with an empty archive for the run."""
-    from xmppd.storage import open_backend
     if kind == "sqlite":
-        from xmppd.storage.sqlite import Options
-        backend = open_backend("sqlite", Options(), str(scratch))
+        backend = open_backend("sqlite", SqliteOptions(), str(scratch))
     else:
-        # The run's node, started on first use as the tests start it (or XMPPD_TEST_CASSANDRA).
-        from tests.support.cassandra import options_for_tests
-        log("archive / cassandra: starting a node and making a keyspace (not measured)")
-        options = await asyncio.to_thread(options_for_tests, keyspace=f"bench_archive_{os.getpid()}")
+        if node is None:
+            raise RuntimeError("no Cassandra node")
+        from xmppd.storage.cassandra import Options as CassandraOptions   # an optional extra
+        log("archive / cassandra: making a keyspace (not measured)")
+        options = CassandraOptions(contact_points=(node[0],), port=node[1],
+                                   keyspace=f"bench_archive_{os.getpid()}")
         backend = open_backend("cassandra", options, None)
     await backend.start()
     try:
@@ -168,8 +171,8 @@ def version(kind: str) -> str:
     if kind == "sqlite":
         import sqlite3
         return f"SQLite {sqlite3.sqlite_version}"
-    from tests.support.cassandra import CASSANDRA_VERSION
-    return f"Apache Cassandra {CASSANDRA_VERSION}, one node (1 GB heap)"
+    from tests.support.cassandra import CASSANDRA_VERSION, HEAP, JVM_SERVER
+    return f"Apache Cassandra {CASSANDRA_VERSION}, one node ({' '.join(HEAP + JVM_SERVER)})"
 
 
 def table(results: dict) -> str:
@@ -199,7 +202,10 @@ def section(results: dict, runs: int, messages: int, command: str) -> str:
         f"Python {machine['python']}, {machine['loop']}",
         f"- Backends: {version('sqlite')} (WAL, group commit) in this process's threads; "
         f"{version('cassandra')} on the same machine, consistency LOCAL_QUORUM of one replica",
-        "- `client_cpu_s` is this process's CPU time (the Cassandra node's own CPU is not in it).", "",
+        "- `client_cpu_s` is this process's CPU time (the Cassandra node's own CPU is not in it).",
+        f"- Load average (1 min) around the runs: min {min(LOAD, default=0):.1f}, max {max(LOAD, default=0):.1f} "
+        f"on {machine['nproc']} CPUs" + (": the machine was busy with other work, the figures are low and noisy."
+                                         if max(LOAD, default=0) > (machine["nproc"] or 1) else "."), "",
         table(results), ""])
 
 
@@ -225,17 +231,19 @@ def record(path: Path, text: str) -> None:
     path.write_text((kept + "\n\n" if kept else "") + text)
 
 
-async def run_all(messages: int, runs: int) -> dict:
+async def run_all(messages: int, runs: int, node: tuple[str, int] | None) -> dict:
     results = {}
     scratch = Path(tempfile.mkdtemp(prefix="xmppd-bench-archive-"))
     try:
         for kind in BACKENDS:
             per_run = []
             try:
-                async with asyncio.timeout(TIME_LIMIT), open_store(kind, scratch / kind) as backend:
+                async with asyncio.timeout(TIME_LIMIT), open_store(kind, scratch / kind, node) as backend:
                     for run in range(1, runs + 1):
                         log(f"archive / {kind}: run {run} of {runs}, {messages} messages")
+                        LOAD.append(os.getloadavg()[0])
                         per_run.append(await measure(backend, messages, run))
+                        LOAD.append(os.getloadavg()[0])
             except Exception as error:       # reported; the other backend carries on
                 per_run.append({"error": repr(error)[:500]})
             results[kind] = report.median_of_runs(per_run)
@@ -247,14 +255,18 @@ async def run_all(messages: int, runs: int) -> dict:
 
 def run(args, command: str) -> int:
     """The archive scenario with the options of ``python -m bench``."""
-    from tests.support.cassandra import stop_shared_node
+    from tests.support.cassandra import JVM_SERVER, CassandraUnavailable, cassandra_node
 
     messages = MESSAGES["quick" if args.quick else "full"]
     runs = args.runs or 1
-    try:
-        results = asyncio.run(run_all(messages, runs))
-    finally:
-        stop_shared_node()
+    with contextlib.ExitStack() as stack:
+        log("archive: starting a Cassandra node (tests/support/cassandra.py, server JVM settings)")
+        try:
+            node = stack.enter_context(cassandra_node(tuning=JVM_SERVER))
+        except CassandraUnavailable as error:
+            log(f"archive: {error}")
+            node = None
+        results = asyncio.run(run_all(messages, runs, node))
     text = section(results, runs, messages, command)
     print()
     print(text)

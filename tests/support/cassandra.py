@@ -62,6 +62,8 @@ LOOPBACK = "127.0.0.1"
 # and the C1 compiler only cost far less CPU while the node starts and warms up (the
 # measured start is about a third faster on two cores) and are fast enough for tests.
 JVM_TUNING = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:+ExitOnOutOfMemoryError")
+# A node that is measured (bench/archive.py): the JVM's own server defaults (G1, C2).
+JVM_SERVER = ("-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError")
 
 # What conf/jvm17-server.options of Cassandra 5.0 opens and exports for Java 17:
 # Cassandra reaches into JDK internals (direct buffers, unsafe, class loading, JMX).
@@ -248,11 +250,11 @@ request_timeout: 20000ms
     return path
 
 
-def java_command(lib: Path, root: Path, config: Path) -> list[str]:
+def java_command(lib: Path, root: Path, config: Path, tuning: tuple[str, ...] = JVM_TUNING) -> list[str]:
     java = shutil.which("java")
     if java is None:
         raise CassandraUnavailable("java is not installed: cannot start Cassandra")
-    command = [java, *HEAP, "-Xss512k", *JVM_TUNING,
+    command = [java, *HEAP, "-Xss512k", *tuning,
                "-Djdk.attach.allowAttachSelf=true", "-Djava.net.preferIPv4Stack=true",
                "-Dio.netty.tryReflectionSetAccessible=true"]
     command += os.environ.get("XMPPD_CASSANDRA_JVM_OPTS", "").split()
@@ -369,7 +371,7 @@ class _Node:
     port: int
 
 
-def _start_node(lib: Path) -> _Node:
+def _start_node(lib: Path, tuning: tuple[str, ...] = JVM_TUNING) -> _Node:
     """Start one node and wait for CQL; a port taken in the meantime gets one retry."""
     for attempt in (1, 2):
         root = Path(tempfile.mkdtemp(prefix="xmppd-cassandra-"))
@@ -379,7 +381,7 @@ def _start_node(lib: Path) -> _Node:
         config = write_config(root, native_port, storage_port)
         with open(root / "logs" / "console.log", "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-c", _GUARD, *java_command(lib, root, config)], cwd=root,
+                [sys.executable, "-c", _GUARD, *java_command(lib, root, config, tuning)], cwd=root,
                 stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         node = _Node(process, root, native_port)
@@ -405,7 +407,8 @@ def _discard(node: _Node) -> None:
 
 
 @contextlib.contextmanager
-def cassandra_node(version: str = CASSANDRA_VERSION) -> Iterator[tuple[str, int]]:
+def cassandra_node(version: str = CASSANDRA_VERSION,
+                   tuning: tuple[str, ...] = JVM_TUNING) -> Iterator[tuple[str, int]]:
     """Start one real Cassandra node for the duration of the block; yield (host, port)."""
     global last_timings
     external = _external()
@@ -416,7 +419,7 @@ def cassandra_node(version: str = CASSANDRA_VERSION) -> Iterator[tuple[str, int]
     began = time.monotonic()
     lib, from_cache = resolve_cassandra(version)
     resolved = time.monotonic()
-    node = _start_node(lib)
+    node = _start_node(lib, tuning)
     try:
         last_timings = Timings(resolved - began, time.monotonic() - resolved, from_cache)
         yield LOOPBACK, node.port
