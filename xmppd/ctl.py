@@ -72,11 +72,14 @@ def _account(config, text: str) -> JID:
 
 def _password(args) -> str:
     if args.password is not None:
-        return args.password
-    first = getpass.getpass("Password: ")
-    if first != getpass.getpass("Again: "):
-        raise ConfigError("the passwords differ")
-    return first
+        password = args.password
+    else:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Again: "):
+            raise ConfigError("the passwords differ")
+    if not password:
+        raise ConfigError("the password must not be empty")
+    return password
 
 
 async def offline(config, args) -> int:
