@@ -84,6 +84,7 @@ async def test_adduser_passwd_deluser_users(server):
     (("adduser", "someone@elsewhere.example", "--password", "x"), 2, "elsewhere.example is not a host"),
     (("adduser", "someone@localhost/resource", "--password", "x"), 2, "not an account's bare JID"),
     (("adduser", "a@b@localhost", "--password", "x"), 2, "is not a valid JID"),
+    (("adduser", "empty@localhost", "--password", ""), 2, "the password must not be empty"),
 ])
 def test_account_command_errors(server, args, code, message):
     result = server.ctl(*args, check=False)
@@ -102,6 +103,8 @@ def test_adduser_prompts_for_the_password_twice(server, tmp_path):
 
     differing = adduser("one password\nanother\n")
     assert differing.returncode == 2 and "the passwords differ" in differing.stderr
+    empty = adduser("\n\n")
+    assert empty.returncode == 2 and "the password must not be empty" in empty.stderr
     assert jid not in server.ctl("users").stdout.split()
     same = adduser("typed twice\ntyped twice\n")
     assert same.returncode == 0, same.stderr
