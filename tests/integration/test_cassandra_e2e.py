@@ -17,6 +17,7 @@ pytestmark = pytest.mark.cassandra
 NS_DELAY = "urn:xmpp:delay"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 QUICK_STOP = "graceful_shutdown_timeout = 1"
+SCHEMA_TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def server(cassandra, tmp_path_factory):
     process = XmppdProcess(tmp_path_factory.mktemp("cassandra-e2e"), xmppd_storage_config(keyspace),
                            server_section=QUICK_STOP)
     process.keyspace = keyspace
-    yield process.start()
+    # The first start creates the keyspace and its tables: seconds of schema changes.
+    yield process.start(timeout=SCHEMA_TIMEOUT)
     process.stop()
 
 

@@ -61,7 +61,7 @@ class XmppdProcess:
     def log(self) -> str:
         return "".join(self.output)
 
-    def start(self) -> "XmppdProcess":
+    def start(self, timeout: float = START_TIMEOUT) -> "XmppdProcess":
         self.output = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "xmppd.cli", "--config", str(self.config_path)],
@@ -76,7 +76,7 @@ class XmppdProcess:
             ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(START_TIMEOUT) or self.process.poll() is not None:
+        if not ready.wait(timeout) or self.process.poll() is not None:
             self.kill()
             raise RuntimeError(f"xmppd did not start:\n{self.log}")
         return self
