@@ -79,7 +79,8 @@ class Prefs:
     never: frozenset[str] = frozenset()
 
     @classmethod
-    def from_element(cls, element: etree._Element, *, limit: int) -> "Prefs":
+    def from_element(cls, element: etree._Element, *, limit: int | None = None) -> "Prefs":
+        """Read a client's <prefs/> (at most `limit` JIDs a list) or a stored one."""
         default = element.get("default")
         if default not in POLICIES:
             raise BadRequest(text=f"'default' must be one of {', '.join(POLICIES)}")
@@ -91,7 +92,7 @@ class Prefs:
                     jids.add(str(JID.parse((jid.text or "").strip())))
                 except InvalidJID:
                     raise JidMalformed(text=f"{jid.text!r} is not a JID") from None
-            if len(jids) > limit:
+            if limit is not None and len(jids) > limit:
                 raise PolicyViolation(text=f"at most {limit} JIDs in <{name}/>")
             lists[name] = frozenset(jids)
         return cls(default, lists["always"], lists["never"])
@@ -278,7 +279,7 @@ class MessageArchive(Extension):
         if stored is None:
             prefs = Prefs(self.options.default_policy)
         else:
-            prefs = Prefs.from_element(from_storage(stored), limit=self.options.max_preference_jids)
+            prefs = Prefs.from_element(from_storage(stored))
         self.prefs_cache[owner] = prefs
         if len(self.prefs_cache) > PREFS_CACHE_SIZE:
             self.prefs_cache.popitem(last=False)

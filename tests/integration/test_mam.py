@@ -198,6 +198,9 @@ async def test_preferences(server):
     assert error_of(bad) == ("modify", "bad-request")
     bad = await a.iq("set", bare(a.jid), f"<prefs xmlns='{NS_MAM}' default='always'><never><jid>@@</jid></never></prefs>")
     assert error_of(bad) == ("modify", "jid-malformed")
+    many = "".join(f"<jid>u{n}@example.org</jid>" for n in range(1001))
+    bad = await a.iq("set", bare(a.jid), f"<prefs xmlns='{NS_MAM}' default='always'><never>{many}</never></prefs>")
+    assert error_of(bad) == ("modify", "policy-violation")
     prefs = await a.iq("get", bare(a.jid), f"<prefs xmlns='{NS_MAM}'/>")
     assert prefs.find(f"{{{NS_MAM}}}prefs").get("default") == "roster"       # unchanged by the bad sets
 
