@@ -239,6 +239,8 @@ async def run_all(messages: int, runs: int, node: tuple[str, int] | None) -> dic
             per_run = []
             try:
                 async with asyncio.timeout(TIME_LIMIT), open_store(kind, scratch / kind, node) as backend:
+                    log(f"archive / {kind}: warming up with {messages // 10} messages (not measured)")
+                    await measure(backend, messages // 10, run=0)     # the JVM's JIT, caches
                     for run in range(1, runs + 1):
                         log(f"archive / {kind}: run {run} of {runs}, {messages} messages")
                         LOAD.append(os.getloadavg()[0])
