@@ -10,7 +10,9 @@ priority -1): messages of type chat, and of type normal with a body or a convers
 payload (receipts, chat markers, encrypted payloads... see xmppd/hints.py). Never
 groupchat, headline or error, nor a message that carries <private/> or the XEP-0334
 <no-copy/> hint, nor a message received from a MUC room or occupant. The receiving
-side takes <private/> out of the message it delivers (section 7).
+side takes <private/> out of the message it delivers (section 7). A message from one
+resource to another of the same user gets <sent/> copies only (to the resources other
+than both), never a <received/> one as well.
 
 Hooks: iq-set/self urn:xmpp:carbons:2 enable and disable; pre-message/bare|full
 (sent copies, priority 40, after the archive stamped its XEP-0359 id so that the copy
@@ -65,7 +67,8 @@ class Carbons(Extension):
     @hook("pre-message/full", priority=COPY_PRIORITY)
     async def copy_sent(self, stanza: Stanza) -> bool:
         sender = stanza.origin
-        others = [s for s in self.host.sessions_of(sender.jid.local) if s is not sender and self._enabled(s)]
+        others = [s for s in self.host.sessions_of(sender.jid.local)
+                  if s is not sender and s.jid != stanza.to and self._enabled(s)]     # the addressee has it
         if others and await self._should_copy(stanza, sent=True):
             self._send_copies(stanza.element, "sent", sender.jid.bare, others)
         return False
@@ -84,6 +87,8 @@ class Carbons(Extension):
         if private is not None:
             stanza.element.remove(private)     # XEP-0280 7: not for the recipient's eyes
             return False
+        if stanza.from_.bare == stanza.to.bare:
+            return False                       # from another resource: its <sent/> copies went out
         others = [s for s in self.host.sessions_of(stanza.to.local) if s not in delivered and self._enabled(s)]
         if others and await self._should_copy(stanza, sent=False):
             self._send_copies(stanza.element, "received", stanza.to.bare, others)

@@ -94,6 +94,19 @@ async def test_private_and_no_copy_messages_are_not_copied(server):
         await user.logout()
 
 
+async def test_a_message_to_another_own_resource_is_copied_once(server):
+    alice = await new_account(server)
+    a1, a2, a3 = [await connect(server, alice, name, carbons=True) for name in ("a1", "a2", "a3")]
+    msg = send(a1, a2.jid, body="note to self")
+    await a2.inbox.wait(with_id(msg))
+    await a3.inbox.wait(carbon("sent", msg))
+    for user in (a1, a2, a3):
+        await round_trip(user)
+    assert [len(carbons_of(u)) for u in (a1, a2, a3)] == [0, 0, 1]
+    for user in (a1, a2, a3):
+        await user.logout()
+
+
 @pytest.mark.parametrize("type_,payload,copied", [
     ("chat", f"<active xmlns='{NS_CHATSTATES}'/>", True),                 # XEP-0280 9.2: on purpose
     ("normal", "<body>a note</body>", True),
