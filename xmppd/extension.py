@@ -89,7 +89,7 @@ def register(extension: Extension) -> None:
             _add(extension, event, getattr(extension, attribute), priority)
         for type_, namespace, element, targets, priority in getattr(method, "_iq", ()):
             if not any(f.startswith(namespace) for f in extension.features):
-                log.debug("extension=%s iq namespace %s is not among its disco features", extension.name, namespace)
+                log.debug("event=iq-namespace-not-advertised extension=%s namespace=%s", extension.name, namespace)
             handler = _iq_wrapper(extension, getattr(extension, attribute))
             for target in targets:
                 _add(extension, f"iq-{type_}/{target}/{namespace}:{element}", handler, priority)

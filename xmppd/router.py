@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from xmppd.logs import redacted
 from xmppd.protocol.errors import (BadRequest, InternalServerError, JidMalformed, RemoteServerNotFound,
                                    ServiceUnavailable, StanzaError)
 from xmppd.protocol.jid import JID, InvalidJID
@@ -52,7 +53,7 @@ class Stanza:
         return self.element.get("id")
 
     def __repr__(self):
-        return f"<Stanza {etree.tostring(self.element)[:300]!r}>"
+        return f"<Stanza {redacted(self.element)}>"      # reprs end up in logs: no text
 
 
 def target_of(kind: str, to: JID | None, from_: JID) -> str:
@@ -143,7 +144,7 @@ class Router:
         except StanzaError as error:
             await self.bounce(stanza, error)
         except Exception:
-            log.exception("event=stanza-handler-crashed name=%s stanza=%r", name, stanza)
+            log.exception("event=stanza-handler-crashed name=%s stanza=%s", name, redacted(stanza.element))
             await self.bounce(stanza, InternalServerError())
         return True
 

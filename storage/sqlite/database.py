@@ -92,7 +92,7 @@ def _upgrade(conn: sqlite3.Connection, path: str) -> None:
         for version, name, sql in files:
             if version <= current:
                 continue
-            log.info("%s: applying schema %s", path, name)
+            log.info("event=schema-applying path=%s schema=%s", path, name)
             for statement in _statements(sql):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")
@@ -249,7 +249,7 @@ class Database:
             conn.execute("COMMIT")
         except Exception as error:
             # BEGIN or COMMIT failed (locked, disk full, I/O error): nothing was written.
-            log.error("%s: write transaction of %d failed: %s", self.path, len(batch), error)
+            log.error("event=write-transaction-failed path=%s writes=%d error=%s", self.path, len(batch), error)
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
