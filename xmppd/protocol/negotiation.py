@@ -66,11 +66,13 @@ class AuthFailed:
     """Tell the transport to slow this address down."""
     username: str | None
     condition: str
+    mechanism: str = ""                    # the SASL mechanism tried
 
 
 @dataclass(frozen=True)
 class Authenticated:
     jid: JID
+    mechanism: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class C2SNegotiation:
         self.authenticated: JID | None = None
         self.header_sent = False
         self._mechanism = None
+        self._mechanism_name = ""               # for the Authenticated/AuthFailed actions
         self._pending_username: str | None = None
         self._pending_password: str | None = None
         self._auth_attempts = 0
@@ -244,6 +247,7 @@ class C2SNegotiation:
         name = element.get("mechanism", "")
         if name not in self.mechanism_names():
             return [SendBytes(_failure("invalid-mechanism"))]
+        self._mechanism_name = name
         try:
             initial = _decode(element.text)
         except SaslFailure as failure:
@@ -337,13 +341,13 @@ class C2SNegotiation:
         success = _sasl("success", text)
         self.state = State.AWAIT_STREAM
         self.header_sent = False
-        return [SendBytes(success), Authenticated(self.authenticated)]
+        return [SendBytes(success), Authenticated(self.authenticated, self._mechanism_name)]
 
     def _sasl_failed(self, condition: str) -> list:
         self._auth_attempts += 1
         username, self._pending_username, self._mechanism = self._pending_username, None, None
         self.state = State.AWAIT_AUTH
-        out = [AuthFailed(username, condition), SendBytes(_failure(condition))]
+        out = [AuthFailed(username, condition, self._mechanism_name), SendBytes(_failure(condition))]
         if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
             out += self._error("policy-violation", "too many authentication attempts")
         return out
