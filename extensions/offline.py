@@ -14,7 +14,7 @@ both get the messages.
 Hooks: message/offline/store (the router's default delivery), message/offline/deliver
 (presence.py, on an available presence with a non-negative priority), user-deleted.
 Fires: message-stored-offline (the Stanza, a notification, once the write is committed:
-XEP-0357 push notifications).
+XEP-0357 push notifications). Counts the messages stored and delivered (xmppd/metrics.py).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from xmppd.extension import Extension, hook
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
+from xmppd.metrics import OFFLINE_DELIVERED, OFFLINE_STORED
 from xmppd.protocol.errors import ServiceUnavailable
 from xmppd.protocol.jid import JID
 from xmppd.protocol.namespaces import NS_CLIENT
@@ -89,6 +90,7 @@ class OfflineMessages(Extension):
                 raise ServiceUnavailable(text="the recipient's offline storage is full")
             await self.store.append(str(owner), ArchivedStanza(
                 id=time_ordered_id(), when=now, with_=str(stanza.from_.bare), payload=to_storage(element)))
+        self.server.metrics.count(OFFLINE_STORED)
         await self.host.bus.notify("message-stored-offline", stanza)
         # The user may have come online while the message was on its way to the store.
         sessions = [s for s in self.host.available_sessions(owner.local) if s.priority >= 0]
@@ -109,6 +111,7 @@ class OfflineMessages(Extension):
                 sent.append(item.id)
             if sent:
                 await self.store.delete(owner, sent)
+                self.server.metrics.count(OFFLINE_DELIVERED, amount=len(sent))
         return True
 
     @hook("user-deleted")

@@ -57,7 +57,7 @@ class AdminSocket:
         if command == "status":
             return {"uptime": round(time.time() - self.started, 1), "sessions": len(sessions),
                     "connections": len(server.connections), "listening": server.listening(),
-                    "hosts": server.user_domains, "counters": dict(server.metrics.counters)}
+                    "hosts": server.user_domains, "counters": server.metrics.totals()}
         if command == "sessions":
             return {"sessions": sorted(
                 ({"jid": str(s.jid), "peer": s.connection.peer if s.connection else None,

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from xmppd import metrics
+from xmppd.logs import redacted
 from xmppd.protocol import negotiation as n
 from xmppd.protocol.errors import InternalServerError, StanzaError
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
@@ -50,6 +52,7 @@ class C2SConnection:
         self.server = server
         self.transport = transport
         self.peer = transport.peer
+        self.listener = "direct_tls" if direct_tls else "starttls"
         options = server.config.c2s
         self.stream = XmlStream(max_stanza_bytes=options.max_stanza_bytes)
         self.settings = Settings(
@@ -109,6 +112,7 @@ class C2SConnection:
             element = event.element
             if element.tag in KINDS:
                 session = self.session
+                self.server.metrics.stanza_received(element.tag)
                 await self.server.router.from_client(session, element)
                 # Counted once its processing is over (an offline message committed to
                 # storage): a XEP-0198 ack then covers only stanzas that are safe.
@@ -140,10 +144,10 @@ class C2SConnection:
             for follow_up in self.negotiation.credentials_found(credentials):
                 await self.perform(follow_up)
         elif isinstance(action, n.AuthFailed):
-            self.server.metrics.count("auth_failures")
+            self.server.metrics.count(metrics.AUTH_FAILURES, action.mechanism)
             await asyncio.sleep(self.server.auth_throttle.failed(self.peer))
         elif isinstance(action, n.Authenticated):
-            self.server.metrics.count("auth_successes")
+            self.server.metrics.count(metrics.AUTH_SUCCESSES, action.mechanism)
             self.host = self.server.hosts[action.jid.domain]
             self.stream.reset()
         elif isinstance(action, n.BindResource):
@@ -165,7 +169,7 @@ class C2SConnection:
             self.write(serialize(error_reply(iq, error)))
             return
         except Exception:
-            log.exception("event=unauthenticated-iq-crashed peer=%s iq=%r", self.peer, etree.tostring(iq)[:300])
+            log.exception("event=unauthenticated-iq-crashed peer=%s iq=%s", self.peer, redacted(iq))
             self.write(serialize(error_reply(iq, InternalServerError())))
             return
         if not handled:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import tomllib
 import types
@@ -33,10 +34,12 @@ class ServerOptions:
     admin_socket: str = ""                     # default: <data_dir>/admin.sock
     extensions: tuple[str, ...] = ()           # default: every bundled extension
     graceful_shutdown_timeout: float = 10.0
+    shutdown_delay: float = 0.0                # seconds /health answers 503 before a shutdown closes anything
 
     def validate(self, where):
         where.one_of("log_level", self.log_level, ("debug", "info", "warning", "error"))
         where.one_of("log_format", self.log_format, ("text", "json"))
+        where.check("shutdown_delay", self.shutdown_delay >= 0, "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class HttpOptions:
     tls_port: int = 5443                       # HTTPS; 0 disables
     public_url: str = ""                       # default https://<first domain>:<tls_port>
     secret: str = field(default="", repr=False)  # signs upload URLs; default: made once in <data_dir>/http.key
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")   # addresses/networks that may read /metrics
 
     def validate(self, where):
         for key in ("port", "tls_port"):
@@ -95,6 +99,15 @@ class HttpOptions:
         where.check("public_url", not self.public_url or self.public_url.startswith(("https://", "http://")),
                     "must be an https:// (or http://) URL")
         where.check("secret", not self.secret or len(self.secret) >= 16, "must be at least 16 characters")
+        for index, network in enumerate(self.metrics_allow):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                where.fail(f"metrics_allow[{index}]", f"{network!r} is not an IP address or network (\"10.0.0.0/8\")")
+
+    @property
+    def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(network, strict=False) for network in self.metrics_allow)
 
 
 @dataclass(frozen=True)

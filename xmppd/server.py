@@ -1,4 +1,8 @@
-"""The server: storage, hosts and their extensions, TLS, listeners, graceful shutdown."""
+"""The server: storage, hosts and their extensions, TLS, listeners, graceful shutdown.
+
+Its `state` goes "new" -> "starting" -> "serving" -> "stopping" (what /health reports);
+systemd hears READY=1 and STOPPING=1 at those steps (xmppd/systemd.py).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -9,13 +13,14 @@ import logging
 import ssl
 import time
 
-from xmppd import certs, tls
+from xmppd import certs, systemd, tls
 from xmppd.admin import AdminSocket
 from xmppd.c2s import C2SConnection
 from xmppd.config import Config, ConfigError, Where, build
 from xmppd.host import Host
 from xmppd.http import HttpServer
-from xmppd.metrics import Metrics
+from xmppd.metrics import CONNECTIONS_ACCEPTED, CountedMedia, Metrics, TimedBackend
+from xmppd.monitoring import Monitoring
 from xmppd.protocol.negotiation import stream_error
 from xmppd.protocol.stream import STREAM_CLOSE, stream_header
 from xmppd.router import CoreDelivery, Router
@@ -66,6 +71,9 @@ class Server:
         self.archive_storage = None
         self.media = None                     # MediaStore: file bytes of HTTP uploads
         self.http = HttpServer(self)
+        self.monitoring = Monitoring(self)
+        self.state = "new"
+        self._watchdog: asyncio.Task | None = None
         self.connections: set[C2SConnection] = set()
         self._per_ip: collections.Counter = collections.Counter()
         self._listeners: list[asyncio.AbstractServer] = []
@@ -79,15 +87,19 @@ class Server:
         cfg = self.config
         check_extensions(cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default], str(cfg.data_dir))
+        # The one place storage is measured: every store comes through these proxies.
+        self.storage = TimedBackend(open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default],
+                                                 str(cfg.data_dir)), self.metrics)
         await self.storage.start()
         archive_kind = cfg.storage.archive or cfg.storage.default
         if archive_kind == cfg.storage.default:
             self.archive_storage = self.storage
         else:
-            self.archive_storage = open_backend(archive_kind, cfg.backend_options[archive_kind], str(cfg.data_dir))
+            self.archive_storage = TimedBackend(open_backend(archive_kind, cfg.backend_options[archive_kind],
+                                                             str(cfg.data_dir)), self.metrics)
             await self.archive_storage.start()
-        self.media = open_media(cfg.storage.media, cfg.backend_options.get(cfg.storage.media), str(cfg.data_dir))
+        self.media = CountedMedia(open_media(cfg.storage.media, cfg.backend_options.get(cfg.storage.media),
+                                             str(cfg.data_dir)), self.metrics)
         names = cfg.server.extensions or bundled_extensions()
         for host_options in cfg.hosts:
             host = Host(self, host_options.domain, admins=host_options.admins)
@@ -107,6 +119,7 @@ class Server:
         return host
 
     async def start(self) -> None:
+        self.state = "starting"
         await self.open()
         self._setup_tls()
         await self.http.start(self.ssl_context)
@@ -121,6 +134,11 @@ class Server:
         await self.admin.start()
         for host in list(self.hosts.values()):
             await host.bus.notify("server-started", self)
+        self.state = "serving"
+        systemd.notify(f"READY=1\nSTATUS=serving {', '.join(self.user_domains)}")
+        interval = systemd.watchdog_interval()
+        if interval:
+            self._watchdog = asyncio.get_running_loop().create_task(systemd.watchdog(interval))
 
     def _setup_tls(self) -> None:
         cert, key = self.config.certificate, self.config.private_key
@@ -147,7 +165,7 @@ class Server:
         self._per_ip[transport.peer] += 1
         connection = C2SConnection(self, transport, direct_tls=direct_tls)
         self.connections.add(connection)
-        self.metrics.count("connections")
+        self.metrics.count(CONNECTIONS_ACCEPTED, connection.listener)
         try:
             await connection.run()
         except Exception:
@@ -168,16 +186,23 @@ class Server:
     # ------------------------------------------------------------- shutdown
 
     async def stop(self) -> None:
-        """Stop accepting, tell every client <system-shutdown/>, wait, then close storage."""
+        """Report "stopping" (/health, systemd) and keep serving for `shutdown_delay`, stop
+        accepting, tell every client <system-shutdown/>, wait, then close HTTP and storage."""
+        if self.state in ("starting", "serving"):
+            was_serving, self.state = self.state == "serving", "stopping"
+            systemd.notify("STOPPING=1")
+            if was_serving:
+                await asyncio.sleep(self.config.server.shutdown_delay)
+        self.state = "stopping"
         for listener in self._listeners:
             listener.close()
-        await self.http.stop()
         await self.admin.stop()
         for connection in list(self.connections):
             connection.close("system-shutdown")
         deadline = time.monotonic() + self.config.server.graceful_shutdown_timeout
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        await self.http.stop()              # last: /health answers 503 while clients drain
         for host in list(self.hosts.values()):
             for session in [s for resources in list(host.sessions.values()) for s in list(resources.values())]:
                 await host.end_session(session)
@@ -191,6 +216,8 @@ class Server:
             await self.archive_storage.close()
         if self.storage is not None:
             await self.storage.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def listening(self) -> list[str]:
         return ([f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for listener in self._listeners for sock in listener.sockets]

@@ -61,6 +61,7 @@ class Session:
         """Serialize to the connection, past the filters (for resends and flushes)."""
         if self.connection is not None:
             self.connection.write(serialize(element))
+            self.host.server.metrics.stanza_sent(element.tag)
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """Close the stream, with a stream error when `condition` is given."""

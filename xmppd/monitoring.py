@@ -1,0 +1,95 @@
+"""The operators' endpoints on xmppd's HTTP server (xmppd/http.py):
+
+    GET /metrics   the Prometheus text format 0.0.4 (xmppd/metrics.py), for peers in
+                   [http] metrics_allow (loopback by default), 403 for any other
+    GET /health    200 {"status": "ok", "sessions": N, "storage": "ok"} while the server
+                   serves and its storage answers a read within HEALTH_TIMEOUT seconds;
+                   503 with the same fields otherwise: before start-up is over, when
+                   storage fails or is slow, and from the first moment of a shutdown, so
+                   that load balancers drain the node ([server] shutdown_delay).
+
+It also registers the gauges computed at each scrape: sessions and hibernating sessions
+per host, open connections per listener.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from xmppd import metrics
+
+if TYPE_CHECKING:
+    from xmppd.server import Server
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 2.0                       # seconds storage has to answer a health probe
+PROBE_OWNER = "health-probe@invalid"       # an account that cannot exist (RFC 6761 .invalid)
+
+
+class Monitoring:
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.allowed = server.config.http.metrics_networks
+        server.http.add_route("GET", "/metrics", self.serve_metrics)
+        server.http.add_route("GET", "/health", self.serve_health)
+        server.metrics.gauge(metrics.SESSIONS, lambda: self._per_host(lambda session: True))
+        server.metrics.gauge(metrics.SESSIONS_HIBERNATING, lambda: self._per_host(lambda session: session.connection is None))
+        server.metrics.gauge(metrics.CONNECTIONS_OPEN, self._connections)
+
+    # ------------------------------------------------------------- /metrics
+
+    async def serve_metrics(self, request: web.Request) -> web.Response:
+        if not self.is_allowed(request.remote):
+            return web.Response(status=403, text="/metrics is not served to this address ([http] metrics_allow)\n")
+        return web.Response(body=self.server.metrics.render().encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    def is_allowed(self, remote: str | None) -> bool:
+        try:
+            address = ipaddress.ip_address((remote or "").split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped      # an IPv4 peer on a dual-stack "::" socket
+        return any(address in network for network in self.allowed)
+
+    def _per_host(self, counted) -> dict[tuple[str], int]:
+        return {(host.domain,): sum(1 for resources in host.sessions.values() for session in resources.values()
+                                    if counted(session))
+                for host in self.server.hosts.values() if not host.is_component}
+
+    def _connections(self) -> dict[tuple[str], int]:
+        open_now = collections.Counter({"starttls": 0, "direct_tls": 0})
+        open_now.update(connection.listener for connection in self.server.connections)
+        return {(listener,): count for listener, count in open_now.items()}
+
+    # ------------------------------------------------------------- /health
+
+    async def serve_health(self, request: web.Request) -> web.Response:
+        storage = await self.probe_storage()
+        sessions = sum(len(resources) for host in self.server.hosts.values() for resources in host.sessions.values())
+        status = self.server.state if self.server.state != "serving" else ("ok" if storage == "ok" else "unavailable")
+        body = {"status": status, "sessions": sessions, "storage": storage}
+        return web.Response(status=200 if status == "ok" else 503, text=json.dumps(body),
+                            content_type="application/json", headers={"Cache-Control": "no-store"})
+
+    async def probe_storage(self) -> str:
+        """"ok" when the stores answer a cheap read in time, else what went wrong."""
+        server = self.server
+        probes = [server.storage.accounts.get(PROBE_OWNER)]
+        if server.archive_storage is not server.storage:
+            probes.append(server.archive_storage.archive("offline").count(PROBE_OWNER))
+        try:
+            await asyncio.wait_for(asyncio.gather(*probes), HEALTH_TIMEOUT)
+        except asyncio.TimeoutError:
+            return "timeout"
+        except Exception as exc:
+            log.warning("event=health-probe-failed error=%s", exc)
+            return "unavailable"
+        return "ok"
