@@ -151,10 +151,10 @@ def _storage_backend(config, kind: str):
     """A backend of `kind` with the options of [storage.<kind>] (defaults without one)."""
     try:
         module = backend_module(kind)
-    except ImportError:
-        module = None
+    except ImportError as exc:
+        raise ConfigError(f"unknown storage backend {kind!r} ({exc})") from None
     if not hasattr(module, "open_backend"):
-        raise ConfigError(f"unknown storage backend {kind!r}")
+        raise ConfigError(f"unknown storage backend {kind!r} (media stores are not copied)")
     options = config.backend_options.get(kind) or config_module.build(
         module.Options, {}, config_module.Where(config.source, f"storage.{kind}"))
     return open_backend(kind, options, str(config.data_dir))
