@@ -3,9 +3,8 @@ import asyncio
 
 import pytest
 
-from tests.support.inbox import MESSAGE
-from tests.support.messaging import (BODY, NS_CARBONS, NS_DISCO_INFO, NS_HINTS, bare, carbon, carbons_of, connect,
-                                     error_to, forwarded, round_trip, send, stanza_id, with_id)
+from tests.support.messaging import (BODY, NS_CARBONS, NS_HINTS, carbon, carbons_of, connect, error_to,
+                                     forwarded, round_trip, send, stanza_id, with_id)
 from tests.support.muc import codes, create_room, new_account, new_user
 from tests.support.server import XmppdProcess
 from xmppd.client import DEFAULT_PLUGINS, Client
