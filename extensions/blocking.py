@@ -4,7 +4,7 @@ contacts out.
 The list is read, extended (<block/>), shrunk (<unblock/>) or emptied (an empty
 <unblock/>) with iqs to the user's own account; every change is pushed to the user's
 resources that asked for the list. It is kept in the key-value store "blocklist" (one
-key per blocked JID) and cached for the users recently seen. A listed JID matches as
+key per blocked JID, the Unix time it was blocked as its value) and cached for the users recently seen. A listed JID matches as
 XEP-0016 says: a full JID only itself, a bare JID any of its resources, a domain itself,
 its users and its subdomains.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import copy
 import secrets
+import time
 from dataclasses import dataclass
 
 from lxml import etree
@@ -139,7 +140,7 @@ class Blocking(Extension):
                 raise NotAllowed(text=f"the block list is full ({self.options.max_items} JIDs)")
             await self._say_goodbye(owner, new)       # once stored, nothing of the user's reaches them
             for jid in new:
-                await self.store.set(str(owner), jid, b"")
+                await self.store.set(str(owner), jid, str(int(time.time())).encode())     # when
             self.cache[str(owner)] = old | frozenset(new)
             self._answer_and_push(iq, Change("block", tuple(jids)))
         return REPLIED
