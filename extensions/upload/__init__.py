@@ -73,7 +73,7 @@ def is_valid_filename(name: str) -> bool:
 
 
 class HttpUpload(Extension):
-    xeps = {363: "1.1.0", 128: "1.0"}
+    xeps = {363: "1.1.0"}
     depends = ["disco"]
 
     @dataclass(frozen=True)
