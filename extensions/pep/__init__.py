@@ -504,7 +504,12 @@ class PersonalEventing(Extension):
                         targets[session.jid] = None
             else:
                 targets[jid] = None
-        return list(targets)
+        return [jid for jid in targets if jid.bare == owner or not await self._is_blocked(owner, jid)]
+
+    async def _is_blocked(self, owner: JID, jid: JID) -> bool:
+        """XEP-0163 4.3.3: nothing goes to those the owner blocks (XEP-0191, when loaded)."""
+        blocking = self.host.extensions.get("blocking")
+        return blocking is not None and await blocking.is_blocked(owner, jid)
 
     async def _notify(self, owner: JID, node: str, config: dict, event_child) -> None:
         for to in await self._recipients(owner, node, config):
@@ -594,7 +599,7 @@ class PersonalEventing(Extension):
         _, roster = await self.rosters.get(str(user))
         owners = [user] + [JID.parse(contact) for contact, item in roster.items() if item.subscription in HAS_TO]
         for owner in owners:
-            if self.server.hosts.get(owner.domain) is None:
+            if self.server.hosts.get(owner.domain) is None or (owner != user and await self._is_blocked(owner, user)):
                 continue
             present = sorted(set(await self.store.list_nodes(str(owner))) & wanted)
             item = None
@@ -620,6 +625,8 @@ class PersonalEventing(Extension):
             return PASS                         # the account itself: disco.py answers
         owner = iq.to.bare
         config = await self._visible_node(owner, node, iq.from_)
+        if config is None:
+            return PASS                         # not a PEP node: another extension's, or none
         meta = forms.build("result", form_type=nodes.META_DATA, fields=[
             forms.Field("pubsub#type", None, values=(config.get("type") or "",)),
             forms.Field("pubsub#title", None, values=(config.get("title") or "",)),
@@ -636,6 +643,8 @@ class PersonalEventing(Extension):
         answer = make_element(f"{{{NS_DISCO_ITEMS}}}query", {"node": node})
         if node:
             config = await self._visible_node(owner, node, iq.from_)
+            if config is None:
+                return PASS
             if config.get("persist_items", True):
                 for stored in await self.store.get_items(str(owner), node):
                     sub_element(answer, f"{{{NS_DISCO_ITEMS}}}item", {"jid": str(owner), "name": stored.id})
@@ -649,11 +658,16 @@ class PersonalEventing(Extension):
                 sub_element(answer, f"{{{NS_DISCO_ITEMS}}}item", {"jid": str(owner), "node": name})
         return answer
 
-    async def _visible_node(self, owner: JID, node: str, requester: JID) -> dict:
-        try:
-            return await self._readable_node(owner, node, requester)
-        except StanzaError:
-            raise ItemNotFound() from None      # a node one may not read is not shown either
+    async def _visible_node(self, owner: JID, node: str, requester: JID) -> dict | None:
+        """A node's configuration, None when there is no such node; ItemNotFound when
+        the requester may not read it (a node one may not read is not shown either)."""
+        config = await self.store.get_node(str(owner), node)
+        if config is None:
+            return None
+        item = None if requester.bare == owner else await self.rosters.get_item(str(owner), str(requester.bare))
+        if self._access_error(owner, config, requester, item) is not None:
+            raise ItemNotFound()
+        return config
 
     # ------------------------------------------------------------- account removal
 

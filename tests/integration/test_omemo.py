@@ -15,7 +15,7 @@ from lxml import etree
 
 from tests.support.accounts import create_accounts
 from tests.support.inbox import MESSAGE, Inbox
-from tests.support.pep import NS_PUBSUB, item_ids, items_request
+from tests.support.pep import NS_PUBSUB
 from tests.support.server import XmppdProcess
 from xmppd.client import Client
 

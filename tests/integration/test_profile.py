@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.accounts import create_accounts
 from tests.support.inbox import PRESENCE
-from tests.support.pep import (NS_DISCO_INFO, NS_EVENT, NS_PUBSUB, befriend, error_of, event_from, item_ids,
+from tests.support.pep import (NS_DISCO_INFO, NS_PUBSUB, befriend, error_of, event_from, item_ids,
                                items_request, login, publish, round_trip)
 from tests.support.server import XmppdProcess
 

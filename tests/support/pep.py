@@ -115,6 +115,3 @@ async def round_trip(user: User) -> None:
     """Everything the server sent `user` for its earlier stanzas has arrived."""
     await user.client.plugin["xep_0199"].send_ping(user.client.boundjid.domain, timeout=10)
 
-
-__all__ = ["Inbox", "User", "login", "befriend", "form", "publish", "items_request", "item_ids", "error_of",
-           "event_from", "round_trip"]

@@ -11,6 +11,7 @@ each decrypted message with the sending device.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import ssl
 
@@ -69,7 +70,7 @@ class Client(slixmpp.ClientXMPP):
         """Switch OMEMO on, with the device's keys in the file `keys_path` (created if
         missing). Call before `login`; "omemo_ready" fires when the device list and
         bundles are published, "omemo_message" (message, device) for each decrypted one."""
-        from xmppd.client import omemo   # noqa: F401  (registers the plugin; needs the omemo extra)
+        importlib.import_module("xmppd.client.omemo")    # registers the plugin; needs the omemo extra
         self.register_plugin("xep_0384", {"keys_path": str(keys_path)})
         self.add_event_handler("omemo_initialized", lambda _=None: self.event("omemo_ready"))
         self.add_event_handler("message", self._decrypt_incoming)
