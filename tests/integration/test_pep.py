@@ -310,3 +310,18 @@ async def test_caps_query_goes_to_the_client_once_per_verified_ver(users, online
     assert not second.inbox.received(lambda s: s.tag == IQ and s.get("type") == "get"
                                      and s.find(f"{{{NS_DISCO_INFO}}}query") is not None)
     assert not [s for s in first.inbox.stanzas if s.tag == MESSAGE and s.get("type") == "error"]
+
+
+async def test_no_notifications_to_a_contact_the_owner_blocks(users, online):
+    alice, bob = users(2)
+    owner = await online(alice)
+    contact = await online(bob, interests=[TUNE])
+    await befriend(owner, contact)
+    await owner.iq("set", alice, publish(TUNE, tune("seen"), "s"))
+    await contact.inbox.wait(event_from(alice, TUNE))
+    block = f"<block xmlns='urn:xmpp:blocking'><item jid='{bob}'/></block>"
+    assert (await owner.iq("set", alice, block)).get("type") == "result"
+    await owner.iq("set", alice, publish(TUNE, tune("hidden"), "h"))
+    await round_trip(contact)
+    assert titles(contact.inbox.received(event_from(alice, TUNE))[0]) == ["seen"]
+    assert len(contact.inbox.received(event_from(alice, TUNE))) == 1
