@@ -1,33 +1,38 @@
-"""Many test accounts at once: one process for all of them (`xmppctl adduser` costs a
-process start per account)."""
+"""Test accounts, created in this process through xmppd's own account and storage code.
+
+`xmppctl adduser` (tested in test_ctl.py) costs a process start per account; this does
+the same work for many accounts at once, on the (running or stopped) server's storage.
+"""
 from __future__ import annotations
 
-import subprocess
-import sys
+import asyncio
+import concurrent.futures
+import types
 
-_SCRIPT = """
-import asyncio, sys, types
 from xmppd import accounts, config
 from xmppd.storage import open_backend
 
-async def main(path, domain, password, names):
-    cfg = config.load(path)
+
+async def _create(config_path, domain: str, names, password: str) -> None:
+    cfg = config.load(config_path)
     storage = open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default], str(cfg.data_dir))
     await storage.start()
     try:
         host = types.SimpleNamespace(domain=domain, storage=storage)
         for name in names:
             if not await accounts.create_user(host, name, password):
-                sys.exit(f"{name}@{domain} exists already")
+                raise ValueError(f"{name}@{domain} exists already")
     finally:
         await storage.close()
 
-asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]))
-"""
-
 
 def create_accounts(server, names, password: str = "secret") -> list[str]:
-    """Create the accounts `names` on the (running or stopped) `server`; their bare JIDs."""
-    subprocess.run([sys.executable, "-c", _SCRIPT, str(server.config_path), server.domain, password, *names],
-                   check=True, timeout=120)
+    """Create the accounts `names` on `server` (an XmppdProcess); their bare JIDs.
+
+    Callable from synchronous fixtures and from coroutines alike: the work runs on a
+    thread with its own event loop.
+    """
+    names = list(names)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _create(server.config_path, server.domain, names, password)).result(timeout=120)
     return [f"{name}@{server.domain}" for name in names]

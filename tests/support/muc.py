@@ -3,7 +3,6 @@ rooms, configuring them and reading the XEP-0045 parts of what comes back."""
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
@@ -11,12 +10,8 @@ from lxml import etree
 
 from tests.conftest import unique
 from tests.support.inbox import IQ, MESSAGE, PRESENCE, Inbox, online
-from xmppd.accounts import HASHES
+from tests.support.accounts import create_accounts
 from xmppd.client import Client
-from xmppd.protocol.sasl import derive_scram_credentials
-from xmppd.storage import open_backend
-from xmppd.storage.interfaces import Account
-from xmppd.storage.sqlite import Options as SqliteOptions
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_USER = NS_MUC + "#user"
@@ -83,26 +78,14 @@ class User:
 
 
 _accounts: dict[int, list[str]] = {}
-_secrets: dict = {}
 ACCOUNT_BATCH = 16
 
 
 async def new_account(server) -> str:
-    """A fresh account with password "secret", written straight into the server's SQLite
-    file a batch at a time (xmppctl costs most of a second a run; the result is the same)."""
+    """A fresh account with password "secret", made a batch at a time."""
     pool = _accounts.setdefault(id(server), [])
     if not pool:
-        if not _secrets:
-            _secrets.update({name: derive_scram_credentials("secret", name) for name in HASHES})
-        backend = open_backend("sqlite", SqliteOptions(), str(server.directory / "data"))
-        await backend.start()
-        try:
-            for _ in range(ACCOUNT_BATCH):
-                jid = f"{unique('muc')}@{server.domain}"
-                assert await backend.accounts.create(Account(jid, dict(_secrets), time.time()))
-                pool.append(jid)
-        finally:
-            await backend.close()
+        pool.extend(create_accounts(server, [unique("muc") for _ in range(ACCOUNT_BATCH)]))
     return pool.pop()
 
 

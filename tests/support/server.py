@@ -105,6 +105,5 @@ class XmppdProcess:
         return result
 
     def adduser(self, local: str, password: str = "secret") -> str:
-        jid = f"{local}@{self.domain}"
-        self.ctl("adduser", jid, "--password", password)
-        return jid
+        from tests.support.accounts import create_accounts
+        return create_accounts(self, [local], password)[0]
