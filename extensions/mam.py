@@ -120,9 +120,7 @@ def is_archivable(message: etree._Element) -> bool:
     kind = message.get("type") or "normal"
     if kind not in ("chat", "normal"):
         return False
-    if hints.has_hint(message, hints.NO_STORE) or hints.has_hint(message, hints.NO_PERMANENT_STORE):
-        return False
-    return hints.has_hint(message, hints.STORE) or hints.carries_conversation(message)
+    return hints.worth_storing(message, permanently=True)
 
 
 def strip_claimed_ids(message: etree._Element, archive: JID) -> None:

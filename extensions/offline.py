@@ -22,39 +22,22 @@ import copy
 import time
 from dataclasses import dataclass
 
+from xmppd import hints
 from xmppd.extension import Extension, hook
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.metrics import OFFLINE_DELIVERED, OFFLINE_STORED
 from xmppd.protocol.errors import ServiceUnavailable
 from xmppd.protocol.jid import JID
-from xmppd.protocol.namespaces import NS_CLIENT
 from xmppd.protocol.stanza import delay_element, from_storage, to_storage
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
-NS_HINTS = "urn:xmpp:hints"
-BODY = f"{{{NS_CLIENT}}}body"
-STORE_HINT = f"{{{NS_HINTS}}}store"
-NO_STORE_HINT = f"{{{NS_HINTS}}}no-store"
 DELAYED_SINCE = "delayed-since"             # Stanza.meta: Unix time the message was first due
-# Payloads worth keeping without a body: the sender expects them to arrive.
-KEPT_NAMESPACES = frozenset((
-    "urn:xmpp:receipts",                       # XEP-0184
-    "urn:xmpp:chat-markers:0",                 # XEP-0333
-    "eu.siacs.conversations.axolotl",          # OMEMO (XEP-0384 0.3)
-    "urn:xmpp:omemo:2",                        # OMEMO (XEP-0384 0.8+)
-    "jabber:x:conference",                     # XEP-0249 direct MUC invitations
-    "http://jabber.org/protocol/muc#user",     # XEP-0045 mediated invitations
-))
 KEPT_TYPES = frozenset(("normal", "chat"))
 
 
 def should_store(element) -> bool:
-    if (element.get("type") or "normal") not in KEPT_TYPES or element.find(NO_STORE_HINT) is not None:
-        return False
-    if element.find(BODY) is not None or element.find(STORE_HINT) is not None:
-        return True
-    return any(isinstance(child.tag, str) and child.tag[1:].split("}", 1)[0] in KEPT_NAMESPACES for child in element)
+    return (element.get("type") or "normal") in KEPT_TYPES and hints.worth_storing(element, permanently=False)
 
 
 class OfflineMessages(Extension):

@@ -52,3 +52,11 @@ def carries_conversation(message: etree._Element) -> bool:
     """A body, or a payload from CONVERSATION_NAMESPACES among the message's children."""
     return message.find(BODY) is not None or any(
         namespace_of(child) in CONVERSATION_NAMESPACES for child in message)
+
+
+def worth_storing(message: etree._Element, *, permanently: bool) -> bool:
+    """Content worth keeping for later, unless the sender's hints forbid it: <no-store/>
+    forbids any storage, <no-permanent-store/> an archive but not the offline queue."""
+    if has_hint(message, NO_STORE) or (permanently and has_hint(message, NO_PERMANENT_STORE)):
+        return False
+    return has_hint(message, STORE) or carries_conversation(message)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from xmppd import mam
+from xmppd import hints, mam
 from xmppd.extension import Extension, hook, iq_handler
 from xmppd.ids import time_ordered_id
 from xmppd.protocol.errors import Forbidden
@@ -24,20 +24,6 @@ from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
 from .groupchat import NS_SID, STANZA_ID, Said
 from .room import AFFILIATION_RANK, NS_MUC_USER, X_MUC_USER, Room
-
-NS_HINTS = "urn:xmpp:hints"
-BODY = "{jabber:client}body"
-ENCRYPTED = ("{eu.siacs.conversations.axolotl}encrypted", "{urn:xmpp:omemo:2}encrypted",
-             "{urn:xmpp:eme:0}encryption", "{jabber:x:encrypted}x", "{urn:xmpp:openpgp:0}openpgp")
-
-
-def should_archive(message) -> bool:
-    """Messages with content, unless the sender asked otherwise (XEP-0334 hints)."""
-    if message.find(f"{{{NS_HINTS}}}no-store") is not None or message.find(f"{{{NS_HINTS}}}no-permanent-store") is not None:
-        return False
-    return (message.find(BODY) is not None or message.find(f"{{{NS_HINTS}}}store") is not None
-            or any(message.find(tag) is not None for tag in ENCRYPTED))
-
 
 class RoomArchive(Extension):
     xeps = {313: "1.1.1", 359: "0.7.0"}
@@ -51,7 +37,7 @@ class RoomArchive(Extension):
     @hook("muc-message", priority=10)
     async def archive(self, said: Said) -> None:
         room, message = said.room, said.message
-        if not room.config.archiving or not should_archive(message):
+        if not room.config.archiving or not hints.worth_storing(message, permanently=True):
             return
         item_id = time_ordered_id()
         sub_element(message, STANZA_ID, {"id": item_id, "by": str(room.jid)})
