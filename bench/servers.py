@@ -314,11 +314,16 @@ domain = "{domain}"
 [extensions.register]
 allow_registration = true
 registration_throttle_seconds = 0
+
+[extensions.offline]
+max_messages_per_user = 100000
 '''
     if muc:
+        # Prosody's MUC here keeps no archive (no mod_muc_mam): neither does xmppd's.
         text += f'''
 [extensions.muc]
 domain = "{muc_domain}"
+default_archiving = false
 '''
     return text
 
