@@ -21,7 +21,8 @@ that the caller can compare the source's counts with the target's after the copy
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterable, Awaitable, Callable, Iterable, TypeVar
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from .interfaces import ArchiveQuery, StorageBackend
 
