@@ -17,7 +17,7 @@ run: $(BIN)/xmppd
 	$(BIN)/xmppd $(if $(CONFIG),--config $(CONFIG)) --init
 
 test: $(BIN)/xmppd
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
 
 bench: $(BIN)/xmppd
 	$(BIN)/python -m bench

@@ -9,6 +9,15 @@ from tests.support.server import XmppdProcess
 _users = itertools.count()
 
 
+def pytest_collection_modifyitems(config, items):
+    """For pytest-xdist's --dist loadgroup (make test): the tests of a file stay on one
+    worker, so a module's server starts once, and every test that needs the Cassandra
+    node is on one worker, so one node serves them all."""
+    for item in items:
+        needs_cassandra = "cassandra" in item.nodeid.lower() or "cassandra" in item.fixturenames
+        item.add_marker(pytest.mark.xdist_group("cassandra" if needs_cassandra else item.nodeid.split("::")[0]))
+
+
 @pytest.fixture
 def xmppd(tmp_path):
     """A running xmppd on free ports with a fresh data dir; stopped after the test."""
