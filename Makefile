@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
-DATA_DIR ?= $(HOME)/.local/share/xmppd
 
 .PHONY: run test bench clean
 
@@ -14,7 +13,7 @@ $(BIN)/xmppd: setup.cfg pyproject.toml
 	touch $@
 
 run: $(BIN)/xmppd
-	$(BIN)/xmppd $(if $(CONFIG),--config $(CONFIG)) --init
+	$(BIN)/xmppd $(if $(CONFIG),--config $(CONFIG))
 
 test: $(BIN)/xmppd
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
