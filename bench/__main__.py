@@ -179,6 +179,9 @@ async def amain(args) -> int:
     path = args.results or (None if args.quick else str(Path(__file__).parent / "RESULTS.md"))
     if path:
         notes = []
+        if "uncommitted" in versions.get("xmppd", ""):
+            notes.append("xmppd was measured from a working tree with uncommitted changes "
+                         "(a server under development): its figures are a snapshot, not a release's.")
         if "xmppd" not in names_run:
             notes.append("The xmppd column is empty: this run measured Prosody only "
                          "(`--only prosody`). It fills in once `make bench` runs with a working xmppd.")
