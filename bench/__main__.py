@@ -138,6 +138,7 @@ async def amain(args) -> int:
         for s in svs:
             shutil.rmtree(s.state_dir, ignore_errors=True)
 
+    versions = {s.name: s.version() for s in svs}
     for s in svs:
         if s.name not in failed:
             why = await prepare(s, selected, sizes, args.sources)
@@ -170,7 +171,10 @@ async def amain(args) -> int:
             print(json.dumps({"scenario": sc.name, "server": s.name, **med}), flush=True)
 
     names_run = [s.name for s in svs]
-    versions = {s.name: s.version() for s in svs}
+    for s in svs:
+        end = s.version()
+        if end != versions[s.name]:                 # the tree moved while we measured
+            versions[s.name] += f" at the start, {end} at the end"
     print()
     print(report.table(summary, names_run))
     for e in report.errors(summary):
