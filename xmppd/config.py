@@ -155,6 +155,16 @@ class Where:
         if not condition:
             self.fail(name, message)
 
+    def component_domain(self, name, template: str):
+        """A component's domain template, where {host} stands for the user host's domain."""
+        from xmppd.protocol.jid import JID, InvalidJID
+        try:
+            jid = JID.parse(template.format(host="example.org"))
+        except (InvalidJID, KeyError, IndexError, ValueError):
+            jid = None
+        if jid is None or not jid.is_host:
+            self.fail(name, f"must be a domain name, where {{host}} stands for the user host: {template!r}")
+
     def one_of(self, name, value, choices):
         self.check(name, value in choices, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xmppd.extension import Extension
-from xmppd.protocol.jid import JID, InvalidJID
 
 PARTS = ("muc.service", "muc.occupants", "muc.groupchat", "muc.private", "muc.history", "muc.archive",
          "muc.config", "muc.affiliations", "muc.invites", "muc.roominfo", "muc.avatar")
@@ -56,12 +55,7 @@ class Muc(Extension):
 
         def validate(self, where):
             where.one_of("room_creation", self.room_creation, ("anyone", "local", "admins"))
-            try:
-                jid = JID.parse(self.domain.format(host="example.org"))
-            except (InvalidJID, KeyError, IndexError, ValueError):
-                jid = None
-            if jid is None or not jid.is_host:
-                where.fail("domain", f"must be a domain name, where {{host}} stands for the user host: {self.domain!r}")
+            where.component_domain("domain", self.domain)
             for key in ("max_rooms", "max_occupants", "default_history_length", "max_history_length"):
                 where.check(key, getattr(self, key) >= 0, "must not be negative")
             where.check("default_history_length", self.default_history_length <= self.max_history_length,

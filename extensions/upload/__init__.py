@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from xmppd.extension import Extension, hook
-from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.storage.interfaces import Upload
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
@@ -87,12 +86,7 @@ class HttpUpload(Extension):
         sweep_interval: float = 3600.0         # seconds between two removals of expired files
 
         def validate(self, where):
-            try:
-                jid = JID.parse(self.domain.format(host="example.org"))
-            except (InvalidJID, KeyError, IndexError, ValueError):
-                jid = None
-            if jid is None or not jid.is_host:
-                where.fail("domain", f"must be a domain name, where {{host}} stands for the user host: {self.domain!r}")
+            where.component_domain("domain", self.domain)
             where.check("max_file_size", self.max_file_size > 0, "must be positive")
             where.check("quota_per_user", self.quota_per_user >= 0, "must not be negative")
             for key in ("file_lifetime", "slot_lifetime", "sweep_interval"):

@@ -197,6 +197,8 @@ async def test_connections_per_ip_are_capped(make_xmppd):
     ("[storage]\ndefault = 'nosuch'\n", "storage.nosuch: unknown storage backend"),
     ("[[hosts]]\ndomain = 'a'\n[[hosts]]\ndomain = 'a'\n", "hosts: a domain appears twice"),
     ("[c2s\n", "not valid TOML"),
+    ("[extensions.muc]\ndomain = 'not a domain'\n", "extensions.muc.domain: must be a domain name"),
+    ("[extensions.upload]\ndomain = 'upload.{nope}'\n", "extensions.upload.domain: must be a domain name"),
 ])
 def test_bad_config_stops_start_up_naming_the_key(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"
