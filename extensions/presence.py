@@ -297,12 +297,12 @@ class Presence(Extension):
         if session.priority >= 0 and (initial or was_negative) and not session.closed:
             await self.host.bus.fire("message/offline/deliver", session)
 
-    async def _unavailable(self, session, element) -> None:
+    async def _unavailable(self, session, element, *, to_self: bool = True) -> None:
         if session.available:
             session.available = False
             session.presence = None
             _, items = await self.rosters.get(str(session.jid.bare))
-            await self._broadcast(session, element, items, to_self=True)
+            await self._broadcast(session, element, items, to_self=to_self)
         await self._end_directed(session, element)
 
     @hook("session-closed")
@@ -310,12 +310,7 @@ class Presence(Extension):
         """RFC 6121 4.5.2 and 4.6.3: a resource that closed its stream or lost its
         connection without unavailable presence is unavailable to everyone it told."""
         element = make_element(PRESENCE, {"type": "unavailable", "from": str(session.jid)})
-        if session.available:
-            session.available = False
-            session.presence = None
-            _, items = await self.rosters.get(str(session.jid.bare))
-            await self._broadcast(session, element, items, to_self=False)
-        await self._end_directed(session, element)
+        await self._unavailable(session, element, to_self=False)
 
     async def _broadcast(self, session, element, items: dict[str, RosterItem], *, to_self: bool) -> None:
         """To the contacts subscribed to the user, then to the user's available
