@@ -1,14 +1,19 @@
-"""Client libraries xmppd was not written against, each in its own virtual environment
-under ~/.cache/xmppd (aioxmpp 0.13 pins lxml 4, which the server's venv must not get)."""
+"""Client libraries xmppd was not written against, each installed on first use into a
+place of its own under ~/.cache/xmppd (aioxmpp 0.13 pins lxml 4, which the server's venv
+must not get; xmpp.js is a Node package). A file lock lets parallel test processes share
+one install, and a marker records what was installed."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xmppd"
+XMPPJS = Path(__file__).parent / "xmppjs"  # package.json and package-lock.json (pinned), peer.mjs
 AIOXMPP_REQUIREMENTS = ("aioxmpp==0.13.3", "pytz")  # aioxmpp imports pytz without declaring it
 
 
@@ -26,3 +31,29 @@ def aioxmpp_python() -> Path:
             subprocess.run([str(python), "-m", "pip", "install", "-q", *AIOXMPP_REQUIREMENTS], check=True, timeout=900)
             marker.write_text(wanted)
     return python
+
+
+def xmppjs_modules() -> Path:
+    """The node_modules of tests/support/xmppjs/package-lock.json (xmpp.js), `npm ci`
+    into the cache on first use and whenever the lock changes. Without Node and npm the
+    tests that need it are skipped."""
+    import pytest
+
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("xmpp.js needs Node and npm")
+    prefix = CACHE / "xmppjs"
+    marker = prefix / ".installed"
+    lock_text = (XMPPJS / "package-lock.json").read_bytes()
+    wanted = hashlib.sha256(lock_text).hexdigest()
+    prefix.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "xmppjs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists() or marker.read_text() != wanted:
+            marker.unlink(missing_ok=True)
+            for name in ("package.json", "package-lock.json"):
+                shutil.copyfile(XMPPJS / name, prefix / name)
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                           cwd=prefix, check=True, timeout=900)
+            marker.write_text(wanted)
+    return prefix / "node_modules"
