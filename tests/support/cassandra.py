@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -51,11 +50,12 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.maven import MavenUnavailable, cache_root, resolve_jars
+
 CASSANDRA_VERSION = os.environ.get("XMPPD_CASSANDRA_VERSION", "5.0.9")
 ENV_EXTERNAL = "XMPPD_TEST_CASSANDRA"
 POM = Path(__file__).with_name("cassandra") / "pom.xml"
 START_TIMEOUT = float(os.environ.get("XMPPD_CASSANDRA_START_TIMEOUT", "180"))
-RESOLVE_TIMEOUT = 900.0
 HEAP = ("-Xms512m", "-Xmx1g")
 LOOPBACK = "127.0.0.1"
 # A throw-away node on a small machine, not a production JVM: the serial collector
@@ -121,57 +121,14 @@ last_timings: Timings | None = None
 
 # ---------------------------------------------------------------- resolving the release
 
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "xmppd"
-
-
 def resolve_cassandra(version: str = CASSANDRA_VERSION) -> tuple[Path, bool]:
-    """The directory of Cassandra's jars, resolving it with Maven if not cached.
-
-    Returns ``(lib_dir, from_cache)``. A lock file serializes concurrent test runs;
-    the jars are copied into a scratch directory that is renamed into place only once
-    Maven succeeded, so an interrupted download never looks complete.
-    """
-    home = cache_root() / f"cassandra-{version}"
-    lib = home / "lib"
-    if _is_complete(lib, version):
-        return lib, True
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _is_complete(lib, version):
-            return lib, True
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise CassandraUnavailable("Maven (mvn) is not installed: cannot resolve Cassandra")
-        scratch = Path(tempfile.mkdtemp(prefix="lib.", dir=home))
-        command = [
-            mvn, "-q", "-B", "-f", str(POM), f"-Dcassandra.version={version}",
-            "dependency:copy-dependencies", f"-DoutputDirectory={scratch}",
-            "-DincludeScope=runtime",
-        ]
-        try:
-            done = subprocess.run(command, cwd=home, capture_output=True, text=True,
-                                  timeout=RESOLVE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise CassandraUnavailable(f"Maven did not resolve Cassandra {version} "
-                                       f"within {RESOLVE_TIMEOUT:.0f}s") from None
-        if done.returncode != 0:
-            shutil.rmtree(scratch, ignore_errors=True)
-            output = (done.stdout + done.stderr).strip()[-3000:]
-            raise CassandraUnavailable(f"Maven could not resolve Cassandra {version}:\n{output}")
-        if lib.exists():
-            shutil.rmtree(lib)
-        scratch.rename(lib)
-    if not _is_complete(lib, version):
-        raise CassandraUnavailable(f"cassandra-all-{version}.jar missing from {lib}")
-    return lib, False
-
-
-def _is_complete(lib: Path, version: str) -> bool:
-    return (lib / f"cassandra-all-{version}.jar").is_file()
+    """The directory of Cassandra's jars, resolving it with Maven if not cached;
+    returns ``(lib_dir, from_cache)`` (tests/support/maven.py)."""
+    try:
+        return resolve_jars(POM, cache_root() / f"cassandra-{version}",
+                            f"cassandra-all-{version}.jar", {"cassandra.version": version})
+    except MavenUnavailable as error:
+        raise CassandraUnavailable(str(error)) from None
 
 
 # ---------------------------------------------------------------- configuration
