@@ -57,3 +57,15 @@ def xmppjs_modules() -> Path:
                            cwd=prefix, check=True, timeout=900)
             marker.write_text(wanted)
     return prefix / "node_modules"
+
+
+def go_sendxmpp() -> str:
+    """The go-sendxmpp command. It comes as a Debian package only (the Go module proxy
+    does not serve its module), which `make test` installs; without it the tests that
+    need it are skipped."""
+    import pytest
+
+    command = shutil.which("go-sendxmpp")
+    if command is None:
+        pytest.skip("go-sendxmpp is not installed (make test installs the Debian package)")
+    return command
