@@ -9,7 +9,7 @@ CONFIG ?=
 # Clients of the interop tests that come only as Debian packages (the others install
 # themselves into ~/.cache/xmppd: tests/support/foreign_clients.py). Needs root; without
 # them those tests are skipped.
-DEBIAN_TEST_PACKAGES := go-sendxmpp
+DEBIAN_TEST_PACKAGES := go-sendxmpp profanity tmux
 
 $(BIN)/xmppd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -69,3 +69,14 @@ def go_sendxmpp() -> str:
     if command is None:
         pytest.skip("go-sendxmpp is not installed (make test installs the Debian package)")
     return command
+
+
+def profanity() -> tuple[str, str]:
+    """The profanity and tmux commands (Debian packages, which `make test` installs);
+    without them the tests that need them are skipped."""
+    import pytest
+
+    commands = shutil.which("profanity"), shutil.which("tmux")
+    if None in commands:
+        pytest.skip("profanity or tmux is not installed (make test installs the Debian packages)")
+    return commands
