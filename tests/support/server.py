@@ -22,15 +22,16 @@ def free_port() -> int:
 class XmppdProcess:
     """`xmppd --config <tmp>/xmppd.toml`; extra TOML is appended to the generated config.
 
+    `port` fixes the client port (default: a free one).
     XMPPD_TEST_SERVER_SECTION adds lines to [server] (e.g. an `extensions` list) when
     `server_section` is not given: a knob for running a subset while debugging.
     """
 
     def __init__(self, directory: Path, extra_config: str = "", domain: str = "localhost",
-                 server_section: str = "", c2s_section: str = ""):
+                 server_section: str = "", c2s_section: str = "", port: int = 0):
         self.directory = Path(directory)
         self.domain = domain
-        self.port = free_port()
+        self.port = port or free_port()
         self.tls_port = free_port()
         self.http_port = free_port()
         self.https_port = free_port()
