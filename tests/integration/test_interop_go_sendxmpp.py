@@ -1,7 +1,9 @@
 """Interop: go-sendxmpp (a Go command-line client, on the go-xmpp library, that xmppd was
 not written against) sends a message over STARTTLS or direct TLS to a slixmpp client and
-to a MUC room, and fails cleanly on a wrong password."""
+to a MUC room, uploads a file through XEP-0363 and sends its URL, and fails cleanly on a
+wrong password."""
 import asyncio
+import os
 
 import pytest
 
@@ -9,6 +11,7 @@ from tests.support.foreign_clients import go_sendxmpp
 from tests.support.inbox import MESSAGE, NS_CLIENT, online
 from tests.support.muc import create_room, new_account, new_user
 from tests.support.server import XmppdProcess
+from tests.support.upload import download, http, payload
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +26,10 @@ def server(tmp_path_factory):
     process.stop()
 
 
-async def run(command, *args, text):
+async def run(command, *args, text="", env=None):
     """go-sendxmpp with the message on its standard input: (exit code, output)."""
     process = await asyncio.create_subprocess_exec(
-        command, "--no-tls-verify", "--timeout", "20", *args,
+        command, "--no-tls-verify", "--timeout", "20", *args, env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     output, _ = await asyncio.wait_for(process.communicate(text.encode()), 60)
     return process.returncode, output.decode()
@@ -67,6 +70,27 @@ async def test_go_sendxmpp_sends_to_a_room(server, sendxmpp):
         assert body_of(message).strip() == "hello room"
     finally:
         await owner.logout()
+
+
+async def test_go_sendxmpp_uploads_a_file(server, sendxmpp, tmp_path):
+    sender, recipient = await new_account(server), await new_account(server)
+    data = payload(70_000, seed=7)
+    (tmp_path / "report.bin").write_bytes(data)
+    client, inbox = await online(server, recipient, "desk")
+    try:
+        # --no-tls-verify is for the XMPP stream only: its HTTP client trusts what Go's does.
+        env = dict(os.environ, SSL_CERT_FILE=str(server.directory / "data" / f"{server.domain}.crt"))
+        code, output = await run(sendxmpp, "-u", sender, "-p", "secret", "-j", f"127.0.0.1:{server.port}",
+                                 "--http-upload", str(tmp_path / "report.bin"), recipient, env=env)
+        assert code == 0 and not output, output
+        message = await inbox.wait(lambda s: s.tag == MESSAGE and body_of(s) is not None)
+        url = body_of(message)
+        assert url.startswith(f"https://{server.domain}:{server.https_port}/") and url.endswith("/report.bin")
+        async with http() as session:
+            response, body = await download(session, url)
+        assert response.status == 200 and body == data
+    finally:
+        await client.logout()
 
 
 async def test_go_sendxmpp_wrong_password_fails(server, sendxmpp):
