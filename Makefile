@@ -24,6 +24,9 @@ debian-test-packages:
 	@dpkg -s $(DEBIAN_TEST_PACKAGES) >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEBIAN_TEST_PACKAGES) >/dev/null; } || \
 	  echo "could not install $(DEBIAN_TEST_PACKAGES): their interop tests will be skipped"
+	@# The Cassandra node of the tests needs Java and Maven (on this machine kind already).
+	@command -v java >/dev/null && command -v mvn >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jre-headless maven >/dev/null; }
 
 test: $(BIN)/xmppd debian-test-packages
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
