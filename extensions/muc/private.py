@@ -5,7 +5,9 @@ from the sender's occupant JID and marked with <x xmlns='muc#user'/>; the room's
 allow-pm setting says who may send one. An iq to an occupant goes to its real JID with
 the sender's occupant JID as 'from' (a vCard request to its bare JID, as Prosody does)
 and the reply comes back the same way. A ping of one's own occupant JID is answered by
-the room itself: a result while joined, not-acceptable when not (XEP-0410).
+the room itself: a result while joined, not-acceptable when not (XEP-0410). An iq
+from a non-occupant is refused with not-acceptable, a disco query with bad-request
+(XEP-0045 6.6).
 
 Hooks: message/full, iq/full.
 """
@@ -25,6 +27,7 @@ from xmppd.router import Stanza
 from .room import OCCUPANT_ID, ROLE_RANK, X_MUC_USER, Occupant, Room
 
 NS_PING = "urn:xmpp:ping"
+NS_DISCO = ("http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items")
 NS_VCARD = "vcard-temp"
 SELF_PING_OPTIMIZATION = "http://jabber.org/protocol/muc#self-ping-optimization"
 IQ_TIMEOUT = 120.0                             # how long a forwarded iq's reply is awaited
@@ -75,6 +78,8 @@ class PrivateMessages(Extension):
         room = self.service.room_of(stanza)
         sender = room.occupant_of(stanza.from_)
         if sender is None:
+            if etree.QName(stanza.element[0]).namespace in NS_DISCO:
+                raise BadRequest(text="only occupants may query an occupant")     # XEP-0045 6.6
             raise NotAcceptable(text="you are not an occupant of this room")
         target = room.occupants.get(stanza.to.resource)
         if target is None:

@@ -370,6 +370,15 @@ async def test_self_ping(server):
     assert result.get("type") == "result" and result.get("from") == f"{room}/user"
 
 
+async def test_disco_of_an_occupant_by_a_non_occupant_is_a_bad_request(server):
+    """XEP-0045 6.6: a non-occupant's disco request to room@service/nick gets bad-request."""
+    owner, outsider = await new_user(server), await new_user(server)
+    room = await create_room(owner)
+    for query in ("<query xmlns='http://jabber.org/protocol/disco#info'/>",
+                  "<query xmlns='http://jabber.org/protocol/disco#items'/>"):
+        assert error_of(await outsider.iq("get", f"{room}/owner", query)) == ("modify", "bad-request")
+
+
 async def test_room_avatar(server):
     owner, user = await new_user(server), await new_user(server)
     room = await create_room(owner)
