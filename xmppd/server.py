@@ -23,6 +23,7 @@ from xmppd.metrics import CONNECTIONS_ACCEPTED, CountedMedia, Metrics, TimedBack
 from xmppd.monitoring import Monitoring
 from xmppd.protocol.negotiation import stream_error
 from xmppd.protocol.stream import STREAM_CLOSE, stream_header
+from xmppd.roster_cache import CachedRosters
 from xmppd.router import CoreDelivery, Router
 from xmppd.storage import open_backend
 from xmppd.storage.media import open_media
@@ -91,6 +92,7 @@ class Server:
         self.storage = TimedBackend(open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default],
                                                  str(cfg.data_dir)), self.metrics)
         await self.storage.start()
+        self.storage.rosters = CachedRosters(self.storage.rosters)
         archive_kind = cfg.storage.archive or cfg.storage.default
         if archive_kind == cfg.storage.default:
             self.archive_storage = self.storage
