@@ -31,6 +31,10 @@ class Options:
     path: str = "xmppd.sqlite"                 # relative to the data directory unless absolute
     busy_timeout: float = 5.0                  # seconds to wait for a lock held by another process
     batch_max: int = 256                       # most writes committed in one transaction
+    synchronous: str = "full"                  # full: survives a power loss; normal: a process crash
+
+    def validate(self, where):
+        where.one_of("synchronous", self.synchronous, ("full", "normal"))
 
 
 class SqliteBackend:
@@ -40,7 +44,7 @@ class SqliteBackend:
         self.options = options
         self.path = os.path.join(data_dir, options.path)   # an absolute path wins
         self.db = Database(self.path, busy_timeout=options.busy_timeout,
-                           batch_max=options.batch_max)
+                           batch_max=options.batch_max, synchronous=options.synchronous)
         self.accounts = SqliteAccountStore(self.db)
         self.rosters = SqliteRosterStore(self.db)
         self.rooms = SqliteRoomStore(self.db)

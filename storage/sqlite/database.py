@@ -17,9 +17,10 @@ Durability: the stores promise that a write is committed before its coroutine re
 because the caller may then ack it to a client. In WAL mode, ``synchronous=NORMAL``
 already survives a crash or a SIGKILL of the process (the commit is in the OS page cache),
 but not a power loss or a kernel crash, which may lose the last transactions. We use
-``synchronous=FULL``: every COMMIT fsyncs the WAL, so an acked write also survives a
-power loss. Group commit is what makes that affordable: one fsync per batch, not per
-write.
+``synchronous=FULL`` by default: every COMMIT fsyncs the WAL, so an acked write also
+survives a power loss. Group commit is what makes that affordable: one fsync per batch,
+not per write; a single client writing one message after another still waits for an
+fsync each, which the `synchronous = "normal"` option trades for crash-only durability.
 """
 from __future__ import annotations
 
@@ -123,12 +124,13 @@ class Database:
     """One SQLite file: the writer thread, the reader threads, their queues."""
 
     def __init__(self, path: str, busy_timeout: float = 5.0, batch_max: int = 256,
-                 readers: int = READERS):
+                 readers: int = READERS, synchronous: str = "full"):
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
         self.path = path
         self.busy_timeout = busy_timeout
         self.batch_max = batch_max
+        self.synchronous = {"full": "FULL", "normal": "NORMAL"}[synchronous]
         self.readers = readers
         self.transactions = 0                  # write transactions committed
         self.writes = 0                        # write operations committed
@@ -207,7 +209,7 @@ class Database:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise RuntimeError(f"{self.path}: cannot switch to WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")   # see the module docstring
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")   # see the module docstring
             _upgrade(conn, self.path)
         except BaseException as error:
             _notify(loop, ready, error=error)

@@ -118,6 +118,24 @@ async def test_schema_version_and_wal(sqlite_backend):
         conn.close()
 
 
+@pytest.mark.parametrize("synchronous,level", [("full", 2), ("normal", 1)])
+async def test_synchronous_option_sets_the_writer_pragma(tmp_path, synchronous, level):
+    backend = open_backend(Options(synchronous=synchronous), str(tmp_path))
+    await backend.start()
+    try:
+        assert await backend.db.write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == level
+    finally:
+        await backend.close()
+
+
+def test_synchronous_option_is_checked(tmp_path):
+    from xmppd import config
+    path = tmp_path / "bad.toml"
+    path.write_text("[storage.sqlite]\nsynchronous = 'sometimes'\n")
+    with pytest.raises(config.ConfigError, match="storage.sqlite.synchronous: must be one of"):
+        config.load(path)
+
+
 async def test_a_newer_schema_is_refused(tmp_path):
     backend = open_backend(Options(), str(tmp_path))
     await backend.start()
