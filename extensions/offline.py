@@ -54,6 +54,9 @@ class OfflineMessages(Extension):
     def __init__(self, host, options):
         super().__init__(host, options)
         self.lock = KeyedLocks()               # per owner: the queue's count, append and delivery
+        # Queue lengths counted once, then kept up to date under the lock: counting the
+        # stored rows for every new message would make filling a queue quadratic.
+        self.queue_lengths: dict[str, int] = {}
 
     async def start(self) -> None:
         self.store = self.host.open_archive("offline")
@@ -68,11 +71,16 @@ class OfflineMessages(Extension):
         # A message returned by a lost XEP-0198 session is stamped with the time of its
         # first delivery attempt (XEP-0198 section 4).
         element.append(delay_element(self.host.domain, stanza.meta.get(DELAYED_SINCE, now)))
-        async with self.lock(str(owner)):
-            if await self.store.count(str(owner)) >= self.options.max_messages_per_user:
+        key = str(owner)
+        async with self.lock(key):
+            length = self.queue_lengths.get(key)
+            if length is None:
+                length = await self.store.count(key)
+            if length >= self.options.max_messages_per_user:
                 raise ServiceUnavailable(text="the recipient's offline storage is full")
-            await self.store.append(str(owner), ArchivedStanza(
+            stored = await self.store.append(key, ArchivedStanza(
                 id=time_ordered_id(), when=now, with_=str(stanza.from_.bare), payload=to_storage(element)))
+            self.queue_lengths[key] = length + stored
         self.server.metrics.count(OFFLINE_STORED)
         await self.host.bus.notify("message-stored-offline", stanza)
         # The user may have come online while the message was on its way to the store.
@@ -95,8 +103,11 @@ class OfflineMessages(Extension):
             if sent:
                 await self.store.delete(owner, sent)
                 self.server.metrics.count(OFFLINE_DELIVERED, amount=len(sent))
+            self.queue_lengths.pop(owner, None)
         return True
 
     @hook("user-deleted")
     async def delete_queue(self, jid: JID) -> None:
-        await self.store.delete(str(jid))
+        async with self.lock(str(jid)):
+            await self.store.delete(str(jid))
+            self.queue_lengths.pop(str(jid), None)
