@@ -38,6 +38,7 @@ async def delete_user(host, local: str, *, reply=None) -> bool:
     deletion is committed and before the sessions are closed.
     """
     jid = JID(local, host.domain)
+    host.forget_user(local)
     if not await host.storage.accounts.delete(str(jid)):
         return False
     if reply is not None:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+KNOWN_USERS_MAX = 100_000
+
 
 class Host:
     def __init__(self, server: "Server", domain: str, *, admins=(), is_component: bool = False,
@@ -37,6 +39,10 @@ class Host:
         self.extensions: dict[str, Extension] = {}
         self.sessions: dict[str, dict[str, "Session"]] = {}   # local part -> resource -> session
         self._pending_iqs: dict[str, asyncio.Future] = {}
+        # Accounts seen to exist: a message to an offline user need not read the account
+        # again. Forgotten when this process deletes the account (`xmppctl deluser` on a
+        # running server goes behind its back: messages then wait offline in vain).
+        self._known_users: set[str] = set()
 
     # ------------------------------------------------------------- extensions
 
@@ -111,9 +117,17 @@ class Host:
         return self.sessions.get(jid.local, {}).get(jid.resource)
 
     async def user_exists(self, local: str) -> bool:
-        if local in self.sessions:
+        if local in self.sessions or local in self._known_users:
             return True
-        return await self.storage.accounts.get(f"{local}@{self.domain}") is not None
+        if await self.storage.accounts.get(f"{local}@{self.domain}") is None:
+            return False
+        if len(self._known_users) >= KNOWN_USERS_MAX:
+            self._known_users.clear()
+        self._known_users.add(local)
+        return True
+
+    def forget_user(self, local: str) -> None:
+        self._known_users.discard(local)
 
     def add_session(self, session: "Session") -> None:
         self.sessions.setdefault(session.jid.local, {})[session.jid.resource] = session
