@@ -4,6 +4,7 @@ import pytest
 
 from tests.support.cassandra import cassandra  # noqa: F401  (fixture: one Cassandra node per test run)
 from tests.support.s3 import s3_server  # noqa: F401  (fixture: one MinIO per test run)
+from tests.support.accounts import create_accounts
 from tests.support.server import XmppdProcess
 
 _users = itertools.count()
@@ -45,3 +46,35 @@ def make_xmppd(tmp_path):
 
 def unique(prefix="user") -> str:
     return f"{prefix}{next(_users)}"
+
+
+class AccountPool:
+    """Accounts on one server, made a batch at a time and each handed out once."""
+    BATCH = 20
+
+    def __init__(self, server):
+        self.server = server
+        self.ready: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if not self.ready:
+            self.ready = create_accounts(self.server, [unique() for _ in range(self.BATCH)])
+        return self.ready.pop(0)
+
+    def take(self, count: int) -> list[str]:
+        return [next(self) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def account_pool(server):
+    """Fresh accounts (password "secret") on the module's `server` fixture."""
+    return AccountPool(server)
+
+
+@pytest.fixture
+def users(account_pool):
+    """`users(n)`: n fresh accounts for one test."""
+    return account_pool.take

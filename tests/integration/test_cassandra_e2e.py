@@ -5,7 +5,6 @@ room's archive with paging, and a persistent room across a restart. What the ser
 says is checked, and so is what it left in Cassandra."""
 import pytest
 
-from tests.support.accounts import create_accounts
 from tests.support.cassandra import new_keyspace, open_keyspace, xmppd_storage_config
 from tests.support.inbox import NS_ROSTER, message
 from tests.support.messaging import archive, bare, bodies, connect, round_trip, rsm, send, subscribe_both, with_id
@@ -29,17 +28,6 @@ def server(cassandra, tmp_path_factory):
     # The first start creates the keyspace and its tables: seconds of schema changes.
     yield process.start(timeout=SCHEMA_TIMEOUT)
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def account_pool(server):
-    # One process writes them all into the keyspace through the config's backend.
-    return iter(create_accounts(server, [f"user{n}" for n in range(12)]))
-
-
-@pytest.fixture
-def users(account_pool):
-    return lambda count: [next(account_pool) for _ in range(count)]
 
 
 @pytest.fixture

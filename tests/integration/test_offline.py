@@ -24,16 +24,6 @@ def server(tmp_path_factory):
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def account_pool(server):
-    return iter(create_accounts(server, [f"user{n}" for n in range(30)]))
-
-
-@pytest.fixture
-def users(account_pool):
-    return lambda count: [next(account_pool) for _ in range(count)]
-
-
 @pytest.fixture
 async def connect(server):
     opened = []

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from tests.support.accounts import create_accounts
 from tests.support.inbox import MESSAGE, Inbox
 from tests.support.pep import NS_PUBSUB
 from tests.support.server import XmppdProcess
@@ -30,16 +29,6 @@ def server(tmp_path_factory):
     process = XmppdProcess(tmp_path_factory.mktemp("omemo")).start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def account_pool(server):
-    return iter(create_accounts(server, [f"omemo{n}" for n in range(20)]))
-
-
-@pytest.fixture
-def users(account_pool):
-    return lambda count: [next(account_pool) for _ in range(count)]
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 filtered notifications, on a real xmppd."""
 import pytest
 
-from tests.support.accounts import create_accounts
 from tests.support.inbox import IQ, MESSAGE
 from tests.support.pep import (NODE_CONFIG, NS_DELAY, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_EVENT, NS_OWNER, NS_PUBSUB,
                                befriend, error_of, event_from, form, item_ids, items_request, login, publish,
@@ -23,16 +22,6 @@ def server(tmp_path_factory):
         """).start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def account_pool(server):
-    return iter(create_accounts(server, [f"pep{n}" for n in range(40)]))
-
-
-@pytest.fixture
-def users(account_pool):
-    return lambda count: [next(account_pool) for _ in range(count)]
 
 
 @pytest.fixture

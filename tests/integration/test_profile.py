@@ -7,7 +7,6 @@ import hashlib
 
 import pytest
 
-from tests.support.accounts import create_accounts
 from tests.support.inbox import PRESENCE
 from tests.support.pep import (NS_DISCO_INFO, NS_PUBSUB, befriend, error_of, event_from, item_ids,
                                items_request, login, publish, round_trip)
@@ -45,16 +44,6 @@ def server(tmp_path_factory):
         """).start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def account_pool(server):
-    return iter(create_accounts(server, [f"profile{n}" for n in range(30)]))
-
-
-@pytest.fixture
-def users(account_pool):
-    return lambda count: [next(account_pool) for _ in range(count)]
 
 
 @pytest.fixture

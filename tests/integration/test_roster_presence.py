@@ -6,7 +6,6 @@ import xml.etree.ElementTree as ET
 import pytest
 from slixmpp.exceptions import IqError
 
-from tests.support.accounts import create_accounts
 from tests.support.inbox import IQ, MESSAGE, NS_ROSTER, PRESENCE, ROSTER_ITEM, message, online, presence, roster_push
 from tests.support.server import XmppdProcess
 
@@ -20,17 +19,6 @@ def server(tmp_path_factory):
     process = XmppdProcess(tmp_path_factory.mktemp("roster"), extra_config=f"[extensions.roster]\nmax_items = {MAX_ITEMS}\n").start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def account_pool(server):
-    return iter(create_accounts(server, [f"user{n}" for n in range(60)]))
-
-
-@pytest.fixture
-def users(account_pool):
-    """Fresh accounts for one test."""
-    return lambda count: [next(account_pool) for _ in range(count)]
 
 
 @pytest.fixture

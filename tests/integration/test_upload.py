@@ -44,11 +44,6 @@ def server(tmp_path_factory):
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def account_pool(server):
-    return iter(create_accounts(server, [f"up{n}" for n in range(40)]))
-
-
 @pytest.fixture
 async def connect(server, account_pool):
     """`await connect()`: a new account online, and its inbox."""
