@@ -78,3 +78,22 @@ def account_pool(server):
 def users(account_pool):
     """`users(n)`: n fresh accounts for one test."""
     return account_pool.take
+
+
+@pytest.fixture
+async def connect(server, account_pool):
+    """`await connect(jid=None, resource=None, on=server, **options)`: a client logged in
+    (tests.support.inbox.online; a fresh account when jid is None) and its inbox; logged
+    out after the test."""
+    from tests.support.inbox import online
+    opened = []
+
+    async def connect(jid=None, resource=None, *, on=server, **options):
+        client, inbox = await online(on, jid or next(account_pool), resource, **options)
+        opened.append(client)
+        return client, inbox
+
+    yield connect
+    for client in opened:
+        if client.is_connected():
+            await client.logout()

@@ -24,21 +24,6 @@ def server(tmp_path_factory):
     process.stop()
 
 
-@pytest.fixture
-async def connect(server):
-    opened = []
-
-    async def connect(jid, resource=None, *, on=server, **options):
-        client, inbox = await online(on, jid, resource, **options)
-        opened.append(client)
-        return client, inbox
-
-    yield connect
-    for client in opened:
-        if client.is_connected():
-            await client.logout()
-
-
 async def round_trip(client):
     """The server has handled everything the client sent before."""
     await client.plugin["xep_0199"].send_ping(client.boundjid.domain, timeout=10)

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from slixmpp.exceptions import IqError
 
-from tests.support.inbox import IQ, MESSAGE, NS_ROSTER, PRESENCE, ROSTER_ITEM, message, online, presence, roster_push
+from tests.support.inbox import IQ, MESSAGE, NS_ROSTER, PRESENCE, ROSTER_ITEM, message, presence, roster_push
 from tests.support.server import XmppdProcess
 
 MAX_ITEMS = 5
@@ -19,22 +19,6 @@ def server(tmp_path_factory):
     process = XmppdProcess(tmp_path_factory.mktemp("roster"), extra_config=f"[extensions.roster]\nmax_items = {MAX_ITEMS}\n").start()
     yield process
     process.stop()
-
-
-@pytest.fixture
-async def connect(server):
-    """Log clients in (see tests.support.inbox.online); log them out after the test."""
-    opened = []
-
-    async def connect(jid, resource=None, **options):
-        client, inbox = await online(server, jid, resource, **options)
-        opened.append(client)
-        return client, inbox
-
-    yield connect
-    for client in opened:
-        if client.is_connected():
-            await client.logout()
 
 
 async def roster_iq(client, type_, payload: str, to: str | None = None):

@@ -45,21 +45,6 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-async def connect(server, account_pool):
-    """`await connect()`: a new account online, and its inbox."""
-    opened = []
-
-    async def connect(jid=None):
-        client, inbox = await online(server, jid or next(account_pool))
-        opened.append(client)
-        return client, inbox
-
-    yield connect
-    for client in opened:
-        await client.logout()
-
-
-@pytest.fixture
 async def session():
     async with http() as session:
         yield session
