@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 import sys
 
 from xmppd import config as config_module, logs
@@ -57,7 +58,8 @@ async def serve(config, config_path) -> int:
     except OSError as exc:
         await server.stop()
         raise ConfigError(f"cannot listen: {exc}") from None
-    ctl = "xmppctl" + (f" --config {config_path}" if config_path else "")
+    beside = Path(sys.argv[0]).with_name("xmppctl")     # the one installed with this xmppd
+    ctl = (str(beside) if beside.exists() else "xmppctl") + (f" --config {config_path}" if config_path else "")
     print(f"xmppd serving {', '.join(server.user_domains)}; listening on {', '.join(server.listening())}", flush=True)
     print(f"data in {config.data_dir}; add a user with: {ctl} adduser user@{server.user_domains[0]}", flush=True)
     await stop.wait()
