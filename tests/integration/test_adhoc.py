@@ -9,8 +9,8 @@ from lxml import etree
 
 from tests.conftest import unique
 from tests.support.raw import RawClient
-from tests.support.server import XmppdProcess
-from xmppd.client import Client, LoginFailed
+from tests.support.server import XmppdProcess, can_log_in
+from xmppd.client import Client
 
 NS_COMMANDS = "http://jabber.org/protocol/commands"
 NS_ADMIN = "http://jabber.org/protocol/admin"
@@ -41,17 +41,6 @@ async def online(server, user: str, password: str = "pencil12") -> Client:
     client = Client(f"{user}@{server.domain}", password, verify_tls=False)
     await client.login("127.0.0.1", server.port)
     return client
-
-
-async def can_log_in(server, user: str, password: str) -> bool:
-    client = Client(f"{user}@{server.domain}", password, verify_tls=False)
-    try:
-        await client.login("127.0.0.1", server.port)
-    except LoginFailed:
-        client.abort()
-        return False
-    await client.logout()
-    return True
 
 
 async def run(client: Client, server, name: str, values: dict | None = None):

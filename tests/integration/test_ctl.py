@@ -1,7 +1,6 @@
 """The command line: xmppctl's account commands (offline, on storage) and live commands
 (through the running server's admin socket), `xmppd --check-config`, and the example
 configuration and systemd unit in conf/."""
-import asyncio
 import dataclasses
 import json
 import re
@@ -15,8 +14,8 @@ import pytest
 
 from tests.conftest import unique
 from tests.support.raw import RawClient
-from tests.support.server import XmppdProcess
-from xmppd.client import Client, LoginFailed
+from tests.support.server import XmppdProcess, can_log_in
+from xmppd.client import Client
 from xmppd.config import SECTIONS, HostOptions, StorageOptions, Where, build
 from xmppd.extension import extension_class
 from xmppd.server import bundled_extensions
@@ -31,17 +30,6 @@ BACKENDS = {"sqlite": "sqlite", "cassandra": "cassandra", "filesystem": "media.f
 def xmppd(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "xmppd.cli", *args], capture_output=True, text=True,
                           timeout=60, **kwargs)
-
-
-async def can_log_in(server, jid: str, password: str) -> bool:
-    client = Client(jid, password, verify_tls=False)
-    try:
-        await client.login("127.0.0.1", server.port)
-    except LoginFailed:
-        client.abort()
-        return False
-    await client.logout()
-    return True
 
 
 # ------------------------------------------------------------------ xmppctl, offline

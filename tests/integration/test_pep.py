@@ -4,8 +4,9 @@ import pytest
 
 from tests.support.inbox import IQ, MESSAGE
 from tests.support.pep import (NODE_CONFIG, NS_DELAY, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_EVENT, NS_OWNER, NS_PUBSUB,
-                               befriend, error_of, event_from, form, item_ids, items_request, login, publish,
+                               befriend, error_of, event_from, form, item_ids, items_request, publish,
                                round_trip)
+from tests.support.pep import online  # noqa: F401  (fixture)
 from tests.support.server import XmppdProcess
 
 MAX_ITEM_BYTES = 4000
@@ -22,21 +23,6 @@ def server(tmp_path_factory):
         """).start()
     yield process
     process.stop()
-
-
-@pytest.fixture
-async def online(server):
-    opened = []
-
-    async def online(jid, resource=None, **options):
-        user = await login(server, jid, resource, **options)
-        opened.append(user.client)
-        return user
-
-    yield online
-    for client in opened:
-        if client.is_connected():
-            await client.logout()
 
 
 def tune(title: str) -> str:

@@ -9,7 +9,8 @@ import pytest
 
 from tests.support.inbox import PRESENCE
 from tests.support.pep import (NS_DISCO_INFO, NS_PUBSUB, befriend, error_of, event_from, item_ids,
-                               items_request, login, publish, round_trip)
+                               items_request, publish, round_trip)
+from tests.support.pep import online  # noqa: F401  (fixture)
 from tests.support.server import XmppdProcess
 
 NS_VCARD = "vcard-temp"
@@ -44,21 +45,6 @@ def server(tmp_path_factory):
         """).start()
     yield process
     process.stop()
-
-
-@pytest.fixture
-async def online(server):
-    opened = []
-
-    async def online(jid, resource=None, **options):
-        user = await login(server, jid, resource, **options)
-        opened.append(user.client)
-        return user
-
-    yield online
-    for client in opened:
-        if client.is_connected():
-            await client.logout()
 
 
 def photo_hash(presence):

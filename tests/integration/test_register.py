@@ -8,8 +8,8 @@ from lxml import etree
 
 from tests.conftest import unique
 from tests.support.raw import RawClient
-from tests.support.server import XmppdProcess
-from xmppd.client import Client, LoginFailed
+from tests.support.server import XmppdProcess, can_log_in
+from xmppd.client import Client
 
 NS_REGISTER = "jabber:iq:register"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -95,17 +95,6 @@ async def account(server, user: str, password: str) -> str:
     """Create an account in-band (faster than a run of xmppctl)."""
     assert (await register(server, user, password)).get("type") == "result"
     return f"{user}@{server.domain}"
-
-
-async def can_log_in(server, user: str, password: str) -> bool:
-    client = Client(f"{user}@{server.domain}", password, verify_tls=False)
-    try:
-        await client.login("127.0.0.1", server.port)
-    except LoginFailed:
-        client.abort()
-        return False
-    await client.logout()
-    return True
 
 
 # ------------------------------------------------------------------ open registration

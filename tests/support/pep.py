@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from xml.sax.saxutils import quoteattr
 
+import pytest
 from lxml import etree
 
 from tests.support.inbox import MESSAGE, PRESENCE, Inbox, presence, roster_push
@@ -115,3 +116,19 @@ async def round_trip(user: User) -> None:
     """Everything the server sent `user` for its earlier stanzas has arrived."""
     await user.client.plugin["xep_0199"].send_ping(user.client.boundjid.domain, timeout=10)
 
+
+@pytest.fixture
+async def online(server):
+    """`await online(jid, resource=None, **options)`: a user logged in by `login`,
+    logged out after the test (import this fixture into a test module)."""
+    opened = []
+
+    async def online(jid, resource=None, **options):
+        user = await login(server, jid, resource, **options)
+        opened.append(user.client)
+        return user
+
+    yield online
+    for client in opened:
+        if client.is_connected():
+            await client.logout()

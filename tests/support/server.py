@@ -108,3 +108,17 @@ class XmppdProcess:
     def adduser(self, local: str, password: str = "secret") -> str:
         from tests.support.accounts import create_accounts
         return create_accounts(self, [local], password)[0]
+
+
+async def can_log_in(server: XmppdProcess, account: str, password: str) -> bool:
+    """Whether `account` (a bare JID, or a user name on `server`'s domain) logs in."""
+    from xmppd.client import Client, LoginFailed
+    jid = account if "@" in account else f"{account}@{server.domain}"
+    client = Client(jid, password, verify_tls=False)
+    try:
+        await client.login("127.0.0.1", server.port)
+    except LoginFailed:
+        client.abort()
+        return False
+    await client.logout()
+    return True
