@@ -47,6 +47,7 @@ from lxml import etree
 from xmppd import hints, mam
 from xmppd.extension import Extension, hook, iq_handler
 from xmppd.ids import time_ordered_id
+from xmppd.pending import PendingWrites
 from xmppd.protocol.errors import BadRequest, Forbidden, JidMalformed, PolicyViolation
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import from_storage, make_element, sub_element, to_storage
@@ -155,7 +156,7 @@ class MessageArchive(Extension):
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.pending: dict[str, set[asyncio.Task]] = {}        # owner -> writes under way
+        self.pending = PendingWrites(self.server)
         self.room = asyncio.Semaphore(options.max_pending_writes)
         self.prefs_cache: collections.OrderedDict[str, Prefs] = collections.OrderedDict()
         self.retention: asyncio.Task | None = None
@@ -167,11 +168,9 @@ class MessageArchive(Extension):
     async def stop(self) -> None:
         if self.retention is not None:
             self.retention.cancel()
-        writes = {task for tasks in self.pending.values() for task in tasks}
-        if writes:
-            _, late = await asyncio.wait(writes, timeout=self.server.config.server.graceful_shutdown_timeout)
-            if late:
-                self.log.error("event=archive-writes-unfinished count=%d", len(late))
+        late = await self.pending.all_settled(self.server.config.server.graceful_shutdown_timeout)
+        if late:
+            self.log.error("event=archive-writes-unfinished count=%d", late)
 
     # ------------------------------------------------------------- archiving
 
@@ -219,9 +218,7 @@ class MessageArchive(Extension):
         """Write `message` as it is now to `owner`'s archive in the background; its id."""
         item = ArchivedStanza(item_id or time_ordered_id(), mam.archive_time(), str(peer.bare), to_storage(message))
         await self.room.acquire()              # waits only when max_pending_writes are under way
-        task = self.server.spawn(self._write(str(owner), item))
-        self.pending.setdefault(str(owner), set()).add(task)
-        task.add_done_callback(lambda done: self._written(str(owner), done))
+        self.pending.start(str(owner), self._write(str(owner), item))
         return item.id
 
     async def _write(self, owner: str, item: ArchivedStanza) -> None:
@@ -239,19 +236,6 @@ class MessageArchive(Extension):
                     await asyncio.sleep(delay)
         finally:
             self.room.release()
-
-    def _written(self, owner: str, task: asyncio.Task) -> None:
-        tasks = self.pending.get(owner)
-        if tasks is not None:
-            tasks.discard(task)
-            if not tasks:
-                del self.pending[owner]
-
-    async def _settled(self, owner: str) -> None:
-        """Wait until every write to `owner`'s archive started so far is over."""
-        tasks = self.pending.get(owner)
-        if tasks:
-            await asyncio.wait(set(tasks))
 
     @hook("archive-should-store", priority=-1)
     async def should_store(self, question: ArchiveQuestion) -> bool:
@@ -299,7 +283,7 @@ class MessageArchive(Extension):
     @iq_handler("set", mam.NS_MAM, "query", to=("self", "bare"))
     async def query(self, iq):
         owner = self._own_archive(iq)
-        await self._settled(owner)
+        await self.pending.settled(owner)
         exact: list[JID] = []
 
         def by_bare_jid(query: ArchiveQuery) -> ArchiveQuery:
@@ -322,7 +306,7 @@ class MessageArchive(Extension):
     @iq_handler("get", mam.NS_MAM, "metadata", to=("self", "bare"))
     async def metadata(self, iq):
         owner = self._own_archive(iq)
-        await self._settled(owner)
+        await self.pending.settled(owner)
         return await mam.metadata_element(self.store, owner)
 
     @iq_handler("get", mam.NS_MAM, "prefs", to=("self", "bare"))
@@ -364,7 +348,7 @@ class MessageArchive(Extension):
     @hook("user-deleted")
     async def delete_archive(self, jid: JID) -> None:
         owner = str(jid)
-        await self._settled(owner)
+        await self.pending.settled(owner)
         await self.store.delete(owner)
         await self.prefs_store.delete(owner)
         self.prefs_cache.pop(owner, None)

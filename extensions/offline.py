@@ -6,10 +6,13 @@ the user later (receipts, chat markers, OMEMO, invitations), or marked with a XE
 <store/> hint; never groupchat, headline, error, chat states alone or <no-store/>.
 Messages are stored in the "offline" archive with time-ordered ids, at most
 `max_messages_per_user` per user (beyond it the sender gets service-unavailable, as
-XEP-0160 says for a full storage). The write is committed before the router hears that
-the message was handled. Delivery sends the queue in order, then deletes exactly the
-ids sent, under a per-user lock so that two resources coming online at once do not
-both get the messages.
+XEP-0160 says for a full storage). The write is started in order (its id fixes the
+message's place in the queue) and commits in the background (xmppd/pending.py): the
+sender's next stanza is routed meanwhile, and the sender's XEP-0198 ack waits for the
+commit (Stanza.writes); a failed write is bounced with internal-server-error. Delivery
+waits for the writes under way, sends the queue in order, then deletes exactly the ids
+sent, under a per-user lock so that two resources coming online at once do not both get
+the messages.
 
 Hooks: message/offline/store (the router's default delivery), message/offline/deliver
 (presence.py, on an available presence with a non-negative priority), user-deleted.
@@ -27,7 +30,8 @@ from xmppd.extension import Extension, hook
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.metrics import OFFLINE_DELIVERED, OFFLINE_STORED
-from xmppd.protocol.errors import ServiceUnavailable
+from xmppd.pending import PendingWrites
+from xmppd.protocol.errors import InternalServerError, ServiceUnavailable
 from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import delay_element, from_storage, to_storage
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
@@ -57,9 +61,15 @@ class OfflineMessages(Extension):
         # Queue lengths counted once, then kept up to date under the lock: counting the
         # stored rows for every new message would make filling a queue quadratic.
         self.queue_lengths: dict[str, int] = {}
+        self.pending = PendingWrites(self.server)
 
     async def start(self) -> None:
         self.store = self.host.open_archive("offline")
+
+    async def stop(self) -> None:
+        late = await self.pending.all_settled(self.server.config.server.graceful_shutdown_timeout)
+        if late:
+            self.log.error("event=offline-writes-unfinished count=%d", late)
 
     @hook("message/offline/store", priority=-1)
     async def store_message(self, stanza) -> bool:
@@ -75,24 +85,40 @@ class OfflineMessages(Extension):
         async with self.lock(key):
             length = self.queue_lengths.get(key)
             if length is None:
+                await self.pending.settled(key)
                 length = await self.store.count(key)
             if length >= self.options.max_messages_per_user:
                 raise ServiceUnavailable(text="the recipient's offline storage is full")
-            stored = await self.store.append(key, ArchivedStanza(
-                id=time_ordered_id(), when=now, with_=str(stanza.from_.bare), payload=to_storage(element)))
-            self.queue_lengths[key] = length + stored
+            # The id fixes the message's place in the queue; the commit runs on while the
+            # sender's next stanza is routed, and the sender's ack waits for it.
+            write = self.pending.start(key, self.store.append(key, ArchivedStanza(
+                id=time_ordered_id(), when=now, with_=str(stanza.from_.bare), payload=to_storage(element))))
+            self.queue_lengths[key] = length + 1
+        stanza.writes.append(self.server.spawn(self._committed(stanza, write)))
+        return True
+
+    async def _committed(self, stanza, write) -> None:
+        """After the commit: count, notify (XEP-0357 push), and deliver at once if the user
+        came online meanwhile; a failed write is bounced to the sender."""
+        owner = stanza.to.bare
+        try:
+            await write
+        except Exception:
+            self.log.exception("event=offline-write-failed owner=%s", owner)
+            self.queue_lengths.pop(str(owner), None)         # counted again from storage
+            await self.server.router.bounce(stanza, InternalServerError())
+            return
         self.server.metrics.count(OFFLINE_STORED)
         await self.host.bus.notify("message-stored-offline", stanza)
-        # The user may have come online while the message was on its way to the store.
         sessions = [s for s in self.host.available_sessions(owner.local) if s.priority >= 0]
         if sessions:
             await self.deliver_stored_messages(max(sessions, key=lambda s: s.priority))
-        return True
 
     @hook("message/offline/deliver", priority=-1)
     async def deliver_stored_messages(self, session) -> bool:
         owner = str(session.jid.bare)
         async with self.lock(owner):
+            await self.pending.settled(owner)  # the messages stored so far are all in the query
             page = await self.store.query(owner, ArchiveQuery())
             sent = []
             for item in page.items:
@@ -109,5 +135,6 @@ class OfflineMessages(Extension):
     @hook("user-deleted")
     async def delete_queue(self, jid: JID) -> None:
         async with self.lock(str(jid)):
+            await self.pending.settled(str(jid))
             await self.store.delete(str(jid))
             self.queue_lengths.pop(str(jid), None)

@@ -2,12 +2,14 @@
 connection was lost.
 
 Inbound, 'h' is `Session.stanzas_handled` since <enable/>: c2s counts a stanza once the
-router is done with it, so an ack covers only stanzas already delivered, stored (an
-offline message is committed first) or bounced. Outbound, a session filter added at
-<enable/>, after the filters of bind and so the last one, keeps a copy of each stanza
-with the time it went out until the client acknowledges it, and asks for an ack (<r/>)
-after a stanza when none is outstanding. An <r/> unanswered for `ack_timeout` seconds
-means a half-dead connection: it is dropped, and the session hibernates.
+router is done with it and the writes it started are committed (Session.handled), so an
+ack covers only stanzas already delivered, stored or bounced. <r/>, <resumed/> and the
+'h' kept for an expired session wait for the stanzas read before them to be counted.
+Outbound, a session filter added at <enable/>, after the filters of bind and so the last
+one, keeps a copy of each stanza with the time it went out until the client acknowledges
+it, and asks for an ack (<r/>) after a stanza when none is outstanding. An <r/>
+unanswered for `ack_timeout` seconds means a half-dead connection: it is dropped, and
+the session hibernates.
 
 A resumable session whose connection is lost without a stream close hibernates for
 `resume_timeout` seconds (or the shorter 'max' its client asked for): it stays in
@@ -216,6 +218,7 @@ class StreamManagement(Extension):
         if session is None or self.name in session.meta:
             event.connection.write(nonza("failed", condition="unexpected-request"))
             return True
+        await session.settled()                # 'h' counts from here: stanzas before it are not in it
         timeout = self.options.resume_timeout
         asked = parse_h(event.element.get("max"))          # the client's preferred maximum
         if asked:
@@ -235,6 +238,7 @@ class StreamManagement(Extension):
     async def ack_requested(self, event) -> bool:
         state = event.session.meta.get(self.name) if event.session else None
         if state is not None:
+            await event.session.settled()      # an ack for what was read before <r/>, once committed
             event.connection.write(nonza("a", {"h": str(state.handled)}))
         return True
 
@@ -319,6 +323,10 @@ class StreamManagement(Extension):
             self._too_high(connection, h, state)
             return True
         session = state.session
+        await session.settled()                # <resumed h=..> counts what the old stream sent
+        if self.resumable.get(previd) is not state:
+            connection.write(nonza("failed", condition="item-not-found"))     # ended meanwhile
+            return True
         old = session.connection
         if old is not None:                    # a half-dead stream: the new one wins
             old.detach()
@@ -341,6 +349,7 @@ class StreamManagement(Extension):
         if state is None:
             return
         state.stop()
+        await session.settled()
         if state.id is not None and self.resumable.pop(state.id, None) is not None:
             self.expired[state.id] = (session.jid.bare, state.handled)
             while len(self.expired) > REMEMBERED_SESSIONS:

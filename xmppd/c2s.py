@@ -26,7 +26,7 @@ from xmppd.logs import redacted
 from xmppd.protocol import negotiation as n
 from xmppd.protocol.errors import InternalServerError, StanzaError
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
-from xmppd.protocol.stanza import error_reply
+from xmppd.protocol.stanza import IQ, error_reply
 from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, serialize, stream_header
 from xmppd.router import KINDS
 from xmppd.session import Session
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from xmppd.server import Server
 
 log = logging.getLogger(__name__)
+
+MAX_UNSETTLED = 256       # stanzas of one client whose commits may be in flight at once
 
 
 @dataclass
@@ -113,10 +115,16 @@ class C2SConnection:
             if element.tag in KINDS:
                 session = self.session
                 self.server.metrics.stanza_received(element.tag)
-                await self.server.router.from_client(session, element)
+                if element.tag == IQ:
+                    # An iq's answer tells the client that what it sent before is done
+                    # (a ping round trip is the usual barrier): its writes committed.
+                    await session.settled()
+                writes = await self.server.router.from_client(session, element)
                 # Counted once its processing is over (an offline message committed to
                 # storage): a XEP-0198 ack then covers only stanzas that are safe.
-                session.stanzas_handled += 1
+                session.handled(writes)
+                if len(session.unsettled) > MAX_UNSETTLED:
+                    await session.settled()
             elif not await self.session.host.bus.fire(f"stream-element/{element.tag}", StreamElement(self, element, self.session)):
                 self.close("unsupported-stanza-type")
         elif isinstance(event, StreamClosed):

@@ -9,6 +9,7 @@ or set that nobody handles gets service-unavailable; an error is never answered.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -35,8 +36,10 @@ DEFAULT_PRIORITY = -1
 
 
 class Stanza:
-    """A thin envelope around the lxml element: parsed addresses and internal meta."""
-    __slots__ = ("element", "kind", "type", "from_", "to", "target", "origin", "meta")
+    """A thin envelope around the lxml element: parsed addresses and internal meta.
+    `writes`: storage writes a handler started in the background whose commit the
+    sender's XEP-0198 ack must wait for (an offline message)."""
+    __slots__ = ("element", "kind", "type", "from_", "to", "target", "origin", "meta", "writes")
 
     def __init__(self, element, kind, from_, to, origin=None):
         self.element = element
@@ -47,6 +50,7 @@ class Stanza:
         self.target = ""
         self.origin: "Session | None" = origin
         self.meta: dict = {}
+        self.writes: list[asyncio.Task] = []
 
     @property
     def id(self) -> str | None:
@@ -72,24 +76,25 @@ class Router:
 
     # ------------------------------------------------------------- entry points
 
-    async def from_client(self, session: "Session", element: etree._Element) -> None:
-        """A stanza read from a bound client: validate, stamp 'from', route."""
+    async def from_client(self, session: "Session", element: etree._Element) -> list[asyncio.Task]:
+        """A stanza read from a bound client: validate, stamp 'from', route. Returns the
+        writes still committing that the stanza's XEP-0198 ack must wait for."""
         kind = KINDS.get(element.tag)
         if kind is None:
             session.close("unsupported-stanza-type")
-            return
+            return []
         element.set("from", str(session.jid))
         try:
             to = JID.parse(element.get("to")) if element.get("to") is not None else None
         except InvalidJID:
             element.set("to", session.host.domain)    # the error comes from the server, not a bad JID
             await self._reply_error(element, session.host, JidMalformed())
-            return
+            return []
         stanza = Stanza(element, kind, session.jid, to, session)
         problem = self._invalid(stanza)
         if problem:
             await self._reply_error(element, session.host, BadRequest(text=problem))
-            return
+            return []
         stanza.target = target_of(kind, to, session.jid)
         if to is None and kind != "presence":
             stanza.to = session.jid.bare          # RFC 6120 10.3: addressed to the sender's account
@@ -97,11 +102,12 @@ class Router:
                 element.set("to", str(stanza.to))
         host = session.host
         if await self._fire(host, f"pre-{kind}/{stanza.target}", stanza):
-            return
+            return stanza.writes
         if stanza.target == "broadcast":
             await self._fire(host, "presence/broadcast", stanza)
-            return
+            return stanza.writes
         await self.route(stanza)
+        return stanza.writes
 
     async def dispatch(self, element: etree._Element) -> None:
         """A stanza originated by the server; its 'from' must be set."""

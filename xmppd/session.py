@@ -6,7 +6,9 @@ that returns the element to send on, or None when it took the stanza over.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol
+import asyncio
+import collections
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from lxml import etree
 
@@ -39,6 +41,7 @@ class Session:
         self.interested = False              # requested the roster: gets roster pushes
         self.filters: list[Filter] = []
         self.stanzas_handled = 0             # stanzas from the client whose processing is over (XEP-0198 'h')
+        self.unsettled: collections.deque[asyncio.Future] = collections.deque()   # read, not yet counted
         self.meta: dict = {}                 # per-extension state, keyed by extension name
         self.closed = False
 
@@ -56,6 +59,28 @@ class Session:
             if element is None:
                 return
         self.write(element)
+
+    def handled(self, writes: Sequence[asyncio.Future] = ()) -> None:
+        """Count a stanza from the client in `stanzas_handled` once the `writes` it started
+        are committed, and never before the stanzas read ahead of it: the XEP-0198 'h'
+        then covers only stanzas that are safe, in order, while the next stanza is
+        already being routed."""
+        if not writes and not self.unsettled:
+            self.stanzas_handled += 1
+            return
+        settling = asyncio.gather(*writes, return_exceptions=True)   # failures are the writer's to report
+        self.unsettled.append(settling)
+        settling.add_done_callback(self._count_settled)
+
+    def _count_settled(self, _: asyncio.Future) -> None:
+        while self.unsettled and self.unsettled[0].done():
+            self.unsettled.popleft()
+            self.stanzas_handled += 1
+
+    async def settled(self) -> None:
+        """Return once every stanza read so far is counted in `stanzas_handled`."""
+        while self.unsettled:
+            await asyncio.wait([self.unsettled[0]])
 
     def write(self, element: etree._Element) -> None:
         """Serialize to the connection, past the filters (for resends and flushes)."""

@@ -29,6 +29,33 @@ async def test_acked_message_to_offline_user_survives_sigkill(make_xmppd):
     await receiver.logout()
 
 
+async def test_a_burst_of_acked_messages_survives_sigkill_in_order(make_xmppd):
+    """The messages of one burst share commits (the next one is routed while the last
+    one commits): the ack still covers only committed ones."""
+    server = make_xmppd().start()
+    alice, bob = create_accounts(server, [unique("durable"), unique("durable")])
+    sender = RawClient(server.domain)
+    await sender.login(server.port, alice.split("@")[0], "secret")
+    await enable(sender, resume=False)
+    burst = 200
+    await sender.send("".join(f"<message to='{bob}' type='chat' id='b{n}'><body>burst {n}</body></message>"
+                              for n in range(burst)) + f"<r xmlns='{NS_SM}'/>")
+    ack = await sender.expect(r"<a ([^>]*)/>")
+    assert attribute(ack.group(1), "h") == str(burst)
+
+    server.kill()
+    await sender.close()
+    server.start()
+
+    receiver, inbox = await online(server, bob, roster=False)
+    for n in range(burst):
+        delivered = await inbox.wait(message(body=f"burst {n}"))
+        assert delivered.get("id") == f"b{n}"
+    assert [m.findtext("{jabber:client}body") for m in inbox.stanzas if m.tag.endswith("message")] == \
+        [f"burst {n}" for n in range(burst)]
+    await receiver.logout()
+
+
 async def test_unacknowledged_message_of_a_hibernating_session_survives_a_restart(make_xmppd):
     """A clean shutdown ends the hibernating sessions: their unacknowledged messages are
     stored offline before the storage closes."""

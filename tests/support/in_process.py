@@ -1,0 +1,62 @@
+"""An xmppd Server run inside the test's event loop, with sessions on fake wires: for
+tests that must hold a store still (StalledStore) to see what waits for a write."""
+from __future__ import annotations
+
+import asyncio
+
+from lxml import etree
+
+from xmppd.protocol.jid import JID
+from xmppd.protocol.stanza import MESSAGE, make_element, sub_element
+from xmppd.session import Session
+
+
+class Wire:
+    """A session's connection that keeps what is written to it."""
+    peer = "test"
+
+    def __init__(self):
+        self.out: list[etree._Element] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(etree.fromstring(b"<stream xmlns='jabber:client'>" + data + b"</stream>")[0])
+
+    def close(self, condition=None, text=None) -> None:
+        pass
+
+
+class StalledStore:
+    """An archive store, with appends held until `release()` (and failing `failures` times)."""
+
+    def __init__(self, store, failures: int = 0):
+        self.store = store
+        self.failures = failures
+        self.gate = asyncio.Event()
+        self.attempts = 0
+
+    def release(self) -> None:
+        self.gate.set()
+
+    async def append(self, owner, item):
+        self.attempts += 1
+        await self.gate.wait()
+        if self.failures:
+            self.failures -= 1
+            raise OSError("the archive is down")
+        return await self.store.append(owner, item)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def online(host, jid: str) -> Session:
+    session = Session(host, JID.parse(jid), Wire())
+    session.available = True
+    host.add_session(session)
+    return session
+
+
+def chat(to: str, body: str) -> etree._Element:
+    message = make_element(MESSAGE, {"to": to, "type": "chat", "id": body})
+    sub_element(message, "{jabber:client}body", text=body)
+    return message
