@@ -1,4 +1,4 @@
-"""python -m bench: run the scenarios against xmppd and Prosody, print and record a table.
+"""python -m bench: run the scenarios against xmppd, Prosody and ejabberd, print and record a table.
 
 See bench/README.rst. Every load loop is bounded in count and time, and every
 connection goes to a server this process started on 127.0.0.1.
@@ -18,11 +18,13 @@ from .report import log
 
 GENERATOR_CPU = 1
 PREPARE_TIMEOUT = 1200.0
+SERVERS = {"xmppd": servers.Xmppd, "prosody": servers.Prosody, "ejabberd": servers.Ejabberd}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["prosody", "xmppd"], help="run against one server only")
+    p.add_argument("--only", action="append", choices=list(SERVERS),
+                   help="run against this server only (repeatable); default: all three")
     p.add_argument("--scenario", action="append", choices=[*scenarios.SCENARIOS, "archive"],
                    help="run this scenario (repeatable); default: all but 'archive' (the storage "
                    "backends' archive throughput, SQLite and Cassandra: bench/archive.py)")
@@ -125,15 +127,9 @@ async def amain(args) -> int:
     selected = [scenarios.SCENARIOS[n] for n in scenarios.SCENARIOS if n in names]
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
 
-    svs, failed = [], {}
-    if args.only != "prosody":
-        svs.append(servers.Xmppd(state_dir, binary=args.xmppd))
-    why = servers.ensure_tools(prosody=args.only != "xmppd")
-    if args.only != "xmppd":
-        svs.append(servers.Prosody(state_dir))
-    if why:
-        for s in svs:
-            failed[s.name] = why
+    svs = [servers.Xmppd(state_dir, binary=args.xmppd) if name == "xmppd" else cls(state_dir)
+           for name, cls in SERVERS.items() if not args.only or name in args.only]
+    failed = servers.ensure_tools(svs)
     if args.fresh:
         for s in svs:
             shutil.rmtree(s.state_dir, ignore_errors=True)
@@ -186,9 +182,10 @@ async def amain(args) -> int:
         if "uncommitted" in versions.get("xmppd", ""):
             notes.append("xmppd was measured from a working tree with uncommitted changes "
                          "(a server under development): its figures are a snapshot, not a release's.")
-        if "xmppd" not in names_run:
-            notes.append("The xmppd column is empty: this run measured Prosody only "
-                         "(`--only prosody`). It fills in once `make bench` runs with a working xmppd.")
+        left_out = [report.SERVER_TITLES[n] for n in SERVERS if n not in names_run]
+        if left_out:
+            notes.append(f"Not run this time (`--only`): {', '.join(left_out)}; "
+                         "`make bench` runs all three.")
         cmd = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
         Path(path).write_text(report.results_markdown(
             summary, names_run, versions, runs, args.quick, cmd.strip(), notes, load) + archive.recorded(path))

@@ -1,4 +1,4 @@
-"""Medians over runs, the xmppd/Prosody table, and bench/RESULTS.md."""
+"""Medians over runs, the table of the three servers with xmppd's ratios, and bench/RESULTS.md."""
 
 import datetime
 import os
@@ -6,7 +6,10 @@ import platform
 import statistics
 import sys
 
-SERVER_TITLES = {"xmppd": "xmppd", "prosody": "Prosody"}
+SERVER_TITLES = {"xmppd": "xmppd", "prosody": "Prosody", "ejabberd": "ejabberd"}
+# The table's ratio columns: xmppd divided by each of the others.
+BASE = "xmppd"
+OTHERS = [name for name in SERVER_TITLES if name != BASE]
 
 
 def direction(key: str) -> str:
@@ -85,29 +88,35 @@ SKIP = {"runs", "failed_runs", "last_error", "error"}
 
 
 def table(summary: dict, servers: list) -> str:
-    """Markdown table: one row per figure, a column per server and the ratio."""
+    """Markdown table: one row per figure, a column per server, then xmppd's ratio to
+    each of the others (for figures with a direction)."""
+    head = [SERVER_TITLES[n] for n in SERVER_TITLES] + [
+        f"{SERVER_TITLES[BASE]}/{SERVER_TITLES[n]}" for n in OTHERS]
     lines = [
-        "| scenario | figure | better | xmppd | Prosody | xmppd/Prosody |",
-        "|---|---|---|---:|---:|---:|",
+        "| scenario | figure | better | " + " | ".join(head) + " |",
+        "|---|---|---|" + "---:|" * len(head),
     ]
     for scenario, per_server in summary.items():
-        x = per_server.get("xmppd", {})
-        p = per_server.get("prosody", {})
+        results = {n: per_server.get(n, {}) for n in SERVER_TITLES}
         keys = []
-        for d in (p, x):
+        for d in results.values():
             keys += [k for k, v in d.items() if k not in keys and k not in SKIP and is_number(v)]
-        if not keys:
-            keys = [None]
-        for k in keys:
-            xv = x.get(k) if k else None
-            pv = p.get(k) if k else None
-            ratio = (f"{xv / pv:.2f}" if k and direction(k) and is_number(xv) and is_number(pv) and pv
-                     else "—")
-            xs = fmt(xv) if "xmppd" in servers and "error" not in x else (
-                "error" if "xmppd" in servers else "not run")
-            ps = fmt(pv) if "prosody" in servers and "error" not in p else (
-                "error" if "prosody" in servers else "not run")
-            lines.append(f"| {scenario} | {k or '—'} | {direction(k) if k else ''} | {xs} | {ps} | {ratio} |")
+        for k in keys or [None]:
+            cells = []
+            for n, r in results.items():
+                if n not in servers:
+                    cells.append("not run")
+                elif "error" in r:
+                    cells.append("error")
+                else:
+                    cells.append(fmt(r.get(k) if k else None))
+            for n in OTHERS:
+                xv = results[BASE].get(k) if k else None
+                ov = results[n].get(k) if k else None
+                cells.append(f"{xv / ov:.2f}" if k and direction(k) and is_number(xv)
+                             and is_number(ov) and ov else "—")
+            lines.append(f"| {scenario} | {k or '—'} | {direction(k) if k else ''} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -165,10 +174,11 @@ def results_markdown(summary, servers, versions, runs, quick, command, notes=(),
         parts += list(notes) + [""]
     parts += [
         "What each figure means: bench/README.rst. `better` says which way is better;",
-        "the ratio is xmppd divided by Prosody (rows without a direction are context:",
-        "CPU shares, sizes, error counts). `*_cpu_pct` figures are shares of one CPU summed",
-        "over the server's threads; `*_cpu_wait_pct` is time spent runnable but waiting for a",
-        "CPU, a sign of other load on the machine.",
+        "the ratios are xmppd divided by Prosody and xmppd divided by ejabberd (rows without",
+        "a direction are context: CPU shares, sizes, error counts). `*_cpu_pct` figures are",
+        "shares of one CPU summed over the server's threads; `*_cpu_wait_pct` is time spent",
+        "runnable but waiting for a CPU, a sign of other load on the machine (summed over",
+        "threads too: ejabberd's Erlang VM runs a dozen threads on its one CPU).",
         "",
     ]
     return "\n".join(parts)

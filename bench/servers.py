@@ -1,4 +1,5 @@
-"""Start, watch and stop the servers under test: Prosody (Debian's package) and xmppd.
+"""Start, watch and stop the servers under test: xmppd, and Prosody and ejabberd
+(Debian's packages).
 
 Each server runs as its own process pinned to CPU 0 (`taskset -c 0`), with a
 raised open-files limit, a config written into a temporary run directory, and
@@ -7,8 +8,10 @@ accounts and rosters are created once and reused).
 """
 
 import asyncio
+import glob
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -126,6 +129,7 @@ class Server:
     """One server under test. Subclasses write the config and name the command."""
 
     name = "?"
+    log_files = ()        # logs the server writes into its run dir, besides stdout
 
     def __init__(self, state_dir: Path, domain="localhost", muc_domain="conference.localhost"):
         self.state_dir = state_dir / self.name
@@ -149,6 +153,14 @@ class Server:
     def version(self) -> str:
         return "?"
 
+    def environment(self) -> dict:
+        """Variables added to the server's environment."""
+        return {}
+
+    def missing(self) -> list:
+        """What bench/setup.sh must install before this server can run."""
+        return []
+
     @property
     def pid(self):
         return self.proc.pid if self.proc else None
@@ -170,6 +182,7 @@ class Server:
         try:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.run_dir,
+                                         env={**os.environ, **self.environment()},
                                          preexec_fn=_raise_nofile, start_new_session=True)
         except OSError as e:
             raise ServerStartError(f"cannot start {argv[0]}: {e}") from e
@@ -207,7 +220,8 @@ class Server:
 
     def log_tail(self, lines=15) -> str:
         chunks = []
-        for p in (self.log_path, self.run_dir / "prosody.log" if self.run_dir else None):
+        logs = [self.run_dir / name for name in self.log_files] if self.run_dir else []
+        for p in [self.log_path] + logs:
             if p and p.exists():
                 text = p.read_text(errors="replace").strip().splitlines()[-lines:]
                 if text:
@@ -244,39 +258,109 @@ class Server:
         return runqueue_seconds(self.pid)
 
 
+def dpkg_version(package: str) -> str:
+    try:
+        return subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def fill_template(template: Path, values: dict) -> str:
+    text = template.read_text()
+    for k, v in values.items():
+        text = text.replace(f"@{k}@", str(v))
+    return text
+
+
 class Prosody(Server):
     name = "prosody"
     template = BENCH_DIR / "prosody.cfg.lua"
+    log_files = ("prosody.log",)
 
     def command(self, config_path):
         return ["prosody", "-F", "--config", str(config_path)]
 
     def write_config(self, run_dir, cert, key):
-        text = self.template.read_text()
-        for k, v in {
+        path = run_dir / "prosody.cfg.lua"
+        path.write_text(fill_template(self.template, {
             "RUN_DIR": run_dir, "DATA_DIR": self.data_dir, "C2S_PORT": self.port,
             "DIRECT_TLS_PORT": self.direct_tls_port, "CERT": cert, "KEY": key,
             "CERT_DIR": Path(cert).parent,
             "DOMAIN": self.domain, "MUC_DOMAIN": self.muc_domain,
-        }.items():
-            text = text.replace(f"@{k}@", str(v))
-        path = run_dir / "prosody.cfg.lua"
-        path.write_text(text)
+        }))
         return path
 
     def version(self):
-        try:
-            out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "prosody"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
-            return f"Prosody {out} (Debian)" if out else "Prosody"
-        except (OSError, subprocess.SubprocessError):
-            return "Prosody"
+        out = dpkg_version("prosody")
+        return f"Prosody {out} (Debian)" if out else "Prosody"
+
+    def missing(self):
+        return [] if shutil.which("prosody") else ["prosody"]
 
 
-# The features both servers run with, so that they do the same work: Prosody's
+class Ejabberd(Server):
+    """Debian's ejabberd, started as `erl ... -s ejabberd` in the foreground.
+
+    Debian's ejabberdctl switches to the `ejabberd` user when run as root and
+    refuses any other user, so the bench starts the Erlang VM itself with what
+    ejabberdctl would pass: the config path, the log path and the code path in
+    the environment, the Mnesia directory on the command line. One scheduler
+    (+S 1:1, +SDcpu 1:1) for one core. The node name is fixed (Mnesia's schema
+    in the data dir is bound to it); the node needs no epmd (-start_epmd false,
+    its distribution port on 127.0.0.1), so the bench never starts or stops
+    one, and a random cookie on the command line keeps ~/.erlang.cookie unwritten.
+    """
+
+    name = "ejabberd"
+    template = BENCH_DIR / "ejabberd.yml"
+    node = "xmppd-bench-ejabberd@localhost"
+    log_files = ("ejabberd.log", "error.log")
+
+    def write_config(self, run_dir, cert, key):
+        path = run_dir / "ejabberd.yml"
+        path.write_text(fill_template(self.template, {
+            "C2S_PORT": self.port, "DIRECT_TLS_PORT": self.direct_tls_port,
+            "CERT": cert, "KEY": key, "DOMAIN": self.domain, "MUC_DOMAIN": self.muc_domain,
+        }))
+        return path
+
+    def command(self, config_path):
+        return ["erl", "-sname", self.node, "-setcookie", secrets.token_hex(16),
+                "-start_epmd", "false", "-erl_epmd_port", str(free_port()),
+                "-kernel", "inet_dist_use_interface", "{127,0,0,1}",
+                "+S", "1:1", "+SDcpu", "1:1", "+Q", str(SERVER_NOFILE),
+                "-noinput", "-mnesia", "dir", f'"{self.data_dir}"', "-s", "ejabberd"]
+
+    def environment(self):
+        return {
+            "EJABBERD_CONFIG_PATH": str(self.run_dir / "ejabberd.yml"),
+            "EJABBERD_LOG_PATH": str(self.run_dir / "ejabberd.log"),
+            "ERL_LIBS": self.erl_libs() or "",
+            "CONTRIB_MODULES_PATH": str(self.run_dir / "modules"),
+            "CONTRIB_MODULES_CONF_DIR": str(self.run_dir / "modules"),
+            "ERL_CRASH_DUMP_BYTES": "0",
+        }
+
+    @staticmethod
+    def erl_libs():
+        """The directory holding Debian's ejabberd-<version>/ebin (ejabberdctl's ERL_LIBS)."""
+        found = glob.glob("/usr/lib/*/ejabberd-*/ebin/ejabberd.app")
+        return str(Path(found[0]).parents[2]) if found else None
+
+    def version(self):
+        out = dpkg_version("ejabberd")
+        return f"ejabberd {out} (Debian)" if out else "ejabberd"
+
+    def missing(self):
+        return [] if shutil.which("erl") and self.erl_libs() else ["ejabberd"]
+
+
+# The features the three servers run with, so that they do the same work: Prosody's
 # modules_enabled in prosody.cfg.lua (roster, saslauth, tls, disco, ping, register,
-# offline, plus its always-on presence/message/iq and the MUC component) and these
-# xmppd extensions (SASL, TLS, bind, message and iq routing are in xmppd's core).
+# offline, plus its always-on presence/message/iq and the MUC component), ejabberd's
+# modules in ejabberd.yml (the same list) and these xmppd extensions (SASL, TLS, bind,
+# message and iq routing are in xmppd's core).
 XMPPD_EXTENSIONS = ["disco", "ping", "presence", "roster", "register", "offline"]
 
 
@@ -360,20 +444,21 @@ class Xmppd(Server):
             return "xmppd"
 
 
-def ensure_tools(prosody=True) -> str | None:
-    """Install Debian's prosody (and openssl, taskset) if missing, with bench/setup.sh,
-    which also stops a system instance the package started.
+def ensure_tools(servers: list) -> dict:
+    """Install Debian's prosody and ejabberd (and openssl, taskset) if missing, with
+    bench/setup.sh, which also stops system instances the packages started.
 
-    Returns None when everything is there, else what is missing."""
-    missing = [t for t in (["prosody"] if prosody else []) + ["openssl", "taskset"]
-               if shutil.which(t) is None]
-    if missing:
-        script = BENCH_DIR / "setup.sh"
-        try:
-            subprocess.run(["bash", str(script)], check=True, timeout=900)
-        except (OSError, subprocess.SubprocessError) as e:
-            return f"cannot install prosody with {script}: {e}"
-        still = [t for t in missing if shutil.which(t) is None]
-        if still:
-            return f"{', '.join(still)} still missing after bench/setup.sh"
-    return None
+    Returns {server name: what is missing} for the servers that cannot run."""
+    def missing(s):
+        return s.missing() + [t for t in ("openssl", "taskset") if shutil.which(t) is None]
+
+    if not any(missing(s) for s in servers):
+        return {}
+    script = BENCH_DIR / "setup.sh"
+    try:
+        subprocess.run(["bash", str(script)], check=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {s.name: f"cannot install {', '.join(missing(s))} with {script}: {e}"
+                for s in servers if missing(s)}
+    return {s.name: f"{', '.join(missing(s))} still missing after bench/setup.sh"
+            for s in servers if missing(s)}
