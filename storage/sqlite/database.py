@@ -103,21 +103,30 @@ def _upgrade(conn: sqlite3.Connection, path: str) -> None:
         raise
 
 
-def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    if future.done():                          # the caller was cancelled; the write stands
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+Outcome = tuple[asyncio.Future, Any, "BaseException | None"]
+
+
+def _resolve(outcomes: list[Outcome]) -> None:
+    for future, result, error in outcomes:
+        if future.done():                      # the caller was cancelled; the write stands
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _notify_all(loop: asyncio.AbstractEventLoop, outcomes: list[Outcome]) -> None:
+    """Hand outcomes to the event loop: one wake-up for a whole batch."""
+    try:
+        loop.call_soon_threadsafe(_resolve, outcomes)
+    except RuntimeError:                       # the loop was closed under us
+        pass
 
 
 def _notify(loop: asyncio.AbstractEventLoop, future: asyncio.Future,
             result: Any = None, error: BaseException | None = None) -> None:
-    try:
-        loop.call_soon_threadsafe(_resolve, future, result, error)
-    except RuntimeError:                       # the loop was closed under us
-        pass
+    _notify_all(loop, [(future, result, error)])
 
 
 class Database:
@@ -234,7 +243,7 @@ class Database:
 
     def _commit_batch(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
                       batch: list) -> None:
-        outcomes: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        outcomes: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, future in batch:
@@ -257,13 +266,11 @@ class Database:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            for _, future in batch:
-                _notify(loop, future, error=error)
+            _notify_all(loop, [(future, None, error) for _, future in batch])
             return
         self.transactions += 1
         self.writes += len(batch)
-        for future, result, error in outcomes:
-            _notify(loop, future, result, error)
+        _notify_all(loop, outcomes)
 
     def _run_reader(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future) -> None:
         try:
