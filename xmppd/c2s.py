@@ -73,18 +73,12 @@ class C2SConnection:
     # ------------------------------------------------------------- main loop
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.server.config.c2s.unauthenticated_timeout
+        # One timer for the whole negotiation, not a timeout per read: logins are a hot path.
+        deadline = asyncio.get_running_loop().call_later(
+            self.server.config.c2s.unauthenticated_timeout, self._negotiation_timeout)
         try:
             while not self.closed:
-                if self.session is None:
-                    try:
-                        data = await asyncio.wait_for(self.transport.read(), deadline - loop.time())
-                    except asyncio.TimeoutError:
-                        self.close("connection-timeout", "authentication took too long")
-                        break
-                else:
-                    data = await self.transport.read()
+                data = await self.transport.read()
                 if not data:
                     break
                 self.stream.receive_data(data)
@@ -95,6 +89,7 @@ class C2SConnection:
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.debug("event=connection-lost peer=%s error=%s", self.peer, exc)
         finally:
+            deadline.cancel()
             interrupted = not self.closed      # the peer vanished without closing the stream
             self.closed = True
             await self.transport.close()
@@ -104,6 +99,10 @@ class C2SConnection:
                     await session.host.session_interrupted(session)
                 else:
                     await session.host.end_session(session)
+
+    def _negotiation_timeout(self) -> None:
+        if self.session is None:
+            self.close("connection-timeout", "authentication took too long")
 
     async def handle(self, event) -> None:
         if self.session is None:

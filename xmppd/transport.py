@@ -72,9 +72,11 @@ class Transport:
         self._flush()
         self.closing = True
         try:
-            await asyncio.wait_for(self.writer.drain(), timeout)
+            async with asyncio.timeout(timeout):      # a deadline, not a task per wait
+                await self.writer.drain()
             self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.writer.wait_closed()
         except (OSError, asyncio.TimeoutError, ssl.SSLError):
             self.writer.transport.abort()
 
