@@ -13,6 +13,8 @@ OTHERS = [name for name in SERVER_TITLES if name != BASE]
 
 
 def direction(key: str) -> str:
+    if key.endswith(("_target_per_s", "_sent_per_s")):
+        return ""                              # what the generator offered: context
     if key.endswith(("_per_s", "_per_cpu_s")):
         return "higher"
     if key.endswith(("_ms", "_kib", "_mib")):

@@ -442,28 +442,34 @@ async def run_one_to_one(ctx: Ctx) -> dict:
         while st.delivered != last:
             last = st.delivered
             await asyncio.sleep(0.3)
-        st.delivered, st.lat = 0, []
 
-        # fixed rate: `rate` messages/s spread round-robin over the pairs
-        total = int(s.rate * s.rate_seconds)
-        sent = 0
-        t0 = time.monotonic()
-        while sent < total:
-            due = min(total, int((time.monotonic() - t0) * s.rate) + 1)
-            if due > sent:
-                now = str(time.perf_counter_ns()).encode()
-                while sent < due:
-                    i = sent % s.pairs
-                    senders[i].write(prefixes[i] + now + BODY_END)
-                    sent += 1
-            await asyncio.sleep(0.001)
-        send_elapsed = time.monotonic() - t0
-        await wait_until(lambda: st.delivered >= total, 10.0)
-        out["rate_target_per_s"] = s.rate
-        out["rate_sent_per_s"] = round(total / send_elapsed, 1)
-        out["rate_p50_ms"] = ms(percentile(st.lat, 50))
-        out["rate_p99_ms"] = ms(percentile(st.lat, 99))
-        out["rate_lost"] = total - st.delivered
+        async def fixed_rate(phase: str, rate: int):
+            """`rate` messages/s spread round-robin over the pairs for rate_seconds."""
+            st.delivered, st.lat = 0, []
+            total = int(rate * s.rate_seconds)
+            sent = 0
+            usage = Usage(ctx.server)
+            t0 = time.monotonic()
+            while sent < total:
+                due = min(total, int((time.monotonic() - t0) * rate) + 1)
+                if due > sent:
+                    now = str(time.perf_counter_ns()).encode()
+                    while sent < due:
+                        i = sent % s.pairs
+                        senders[i].write(prefixes[i] + now + BODY_END)
+                        sent += 1
+                await asyncio.sleep(0.001)
+            send_elapsed = time.monotonic() - t0
+            await wait_until(lambda: st.delivered >= total, 10.0)
+            out[f"{phase}_target_per_s"] = rate
+            out[f"{phase}_sent_per_s"] = round(total / send_elapsed, 1)
+            out[f"{phase}_p50_ms"] = ms(percentile(st.lat, 50))
+            out[f"{phase}_p99_ms"] = ms(percentile(st.lat, 99))
+            out[f"{phase}_lost"] = total - st.delivered
+            out.update({f"{phase}_{k}": v for k, v in usage.result().items()})
+
+        await fixed_rate("half", int(out["sat_msgs_per_s"] / 2))   # half the saturation rate
+        await fixed_rate("rate", s.rate)                            # the fixed 1,000 messages/s
     finally:
         close_all(conns)
     return out
