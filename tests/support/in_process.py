@@ -3,12 +3,27 @@ tests that must hold a store still (StalledStore) to see what waits for a write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from lxml import etree
 
+from xmppd import config
 from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import MESSAGE, make_element, sub_element
+from xmppd.server import Server
 from xmppd.session import Session
+
+
+@contextlib.asynccontextmanager
+async def running_server(data_dir, extensions: list[str]):
+    """A Server for `localhost` with only `extensions`, open (no listeners) until the block ends."""
+    server = Server(config.parse({"server": {"data_dir": str(data_dir), "extensions": extensions,
+                                             "graceful_shutdown_timeout": 1.0}}, "test"))
+    await server.open()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 class Wire:

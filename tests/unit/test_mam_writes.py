@@ -6,23 +6,17 @@ import asyncio
 import pytest
 from lxml import etree
 
-from xmppd import config
 from xmppd.protocol.stanza import IQ, make_element, sub_element
-from xmppd.server import Server
 from xmppd.session import Session
-from tests.support.in_process import StalledStore, chat, online
+from tests.support.in_process import StalledStore, chat, online, running_server
 
 NS_MAM = "urn:xmpp:mam:2"
 
 
 @pytest.fixture
 async def server(tmp_path):
-    cfg = config.parse({"server": {"data_dir": str(tmp_path), "extensions": ["mam"],
-                                   "graceful_shutdown_timeout": 1.0}}, "test")
-    server = Server(cfg)
-    await server.open()
-    yield server
-    await server.stop()
+    async with running_server(tmp_path, ["mam"]) as server:
+        yield server
 
 
 def mam_query(query_id: str) -> etree._Element:

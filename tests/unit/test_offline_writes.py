@@ -6,23 +6,16 @@ import asyncio
 
 import pytest
 
-from xmppd import config
 from xmppd.accounts import create_user
-from xmppd.server import Server
-from tests.support.in_process import StalledStore, chat, online
+from tests.support.in_process import StalledStore, chat, online, running_server
 
 
 @pytest.fixture
 async def server(tmp_path):
-    cfg = config.parse({"server": {"data_dir": str(tmp_path), "extensions": ["offline"],
-                                   "graceful_shutdown_timeout": 1.0}}, "test")
-    server = Server(cfg)
-    await server.open()
-    host = server.hosts["localhost"]
-    for user in ("alice", "bob", "carol"):
-        await create_user(host, user, "secret")
-    yield server
-    await server.stop()
+    async with running_server(tmp_path, ["offline"]) as server:
+        for user in ("alice", "bob", "carol"):
+            await create_user(server.hosts["localhost"], user, "secret")
+        yield server
 
 
 def bodies(session, kind="chat") -> list[str]:
