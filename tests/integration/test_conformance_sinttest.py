@@ -107,7 +107,8 @@ EXPECTED_IMPOSSIBLE = {"MultiUserChatOccupantIntegrationTest.mucJoinRoomWithPubl
 
 @pytest.fixture(scope="module")
 def sinttest_runs(tmp_path_factory):
-    """The set's run, and a second run of the tests that failed in it (or None)."""
+    """The set's run, a second run of the tests that failed in it (or None), and the
+    server (its log goes into a failure's message)."""
     server, address = sinttest_server(tmp_path_factory.mktemp("sinttest"))
     server.start()
     try:
@@ -116,20 +117,21 @@ def sinttest_runs(tmp_path_factory):
         # it is enabled again by its Class.method.
         failed = tuple(sorted({name.split(" ", 1)[0] for name in first.by_status(FAILED)}))
         retry = run_sinttest(server, address, enabled=failed, timeout=60.0) if failed else None
-        yield first, retry
+        yield first, retry, server
     finally:
         server.stop()
 
 
 def test_sinttest_conformance_set_passes(sinttest_runs):
-    run, retry = sinttest_runs
+    run, retry, server = sinttest_runs
     failed = set(run.by_status(FAILED))
     if retry is not None:
         failed -= set(retry.by_status(PASSED))
     impossible = set(run.by_status(IMPOSSIBLE)) - EXPECTED_IMPOSSIBLE
     assert not failed and not impossible and not run.impossible_classes, (
         f"failed: {sorted(failed)}; impossible: {sorted(impossible)}\n{run.report()}\n"
-        f"{retry.report() if retry else ''}\n--- tail of sinttest's output ---\n{run.output[-4000:]}")
+        f"{retry.report() if retry else ''}\n--- tail of sinttest's output ---\n{run.output[-4000:]}"
+        f"\n--- tail of xmppd's log ---\n{server.log[-6000:]}")
     assert len(run.by_status(PASSED)) + len(run.by_status(FAILED)) >= MINIMUM_TESTS, run.report()
     classes = {name.split(".", 1)[0] for name in CONFORMANCE_SET}
     ran = {name.split(".", 1)[0] for name in run.tests}
