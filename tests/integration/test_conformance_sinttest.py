@@ -109,17 +109,25 @@ EXPECTED_IMPOSSIBLE = {"MultiUserChatOccupantIntegrationTest.mucJoinRoomWithPubl
 def sinttest_runs(tmp_path_factory):
     """The set's run, a second run of the tests that failed in it (or None), and the
     server (its log goes into a failure's message)."""
-    server, address = sinttest_server(tmp_path_factory.mktemp("sinttest"))
+    directory = tmp_path_factory.mktemp("sinttest")
+    server, address = sinttest_server(directory)
     server.start()
+    first = retry = None
     try:
         first = run_sinttest(server, address, enabled=CONFORMANCE_SET, timeout=200.0)
         # A low-level test runs once per connection type ("Class.method [LowLevel, tcp]"):
-        # it is enabled again by its Class.method.
+        # it is enabled again by its Class.method, with Smack's stanza trace on.
         failed = tuple(sorted({name.split(" ", 1)[0] for name in first.by_status(FAILED)}))
-        retry = run_sinttest(server, address, enabled=failed, timeout=60.0) if failed else None
+        if failed:
+            retry = run_sinttest(server, address, enabled=failed, timeout=60.0, debug=True)
         yield first, retry, server
     finally:
         server.stop()
+        # Kept beside the server's data for diagnosing a failure after the run.
+        (directory / "xmppd.log").write_text(server.log)
+        for name, run in (("sinttest.out", first), ("sinttest-retry.out", retry)):
+            if run is not None:
+                (directory / name).write_text(run.output)
 
 
 def test_sinttest_conformance_set_passes(sinttest_runs):
