@@ -119,9 +119,11 @@ class Roster(Extension):
             if old is None:
                 raise ItemNotFound()       # RFC 6121 2.5.3
             version = await self.rosters.remove_item(str(owner), contact)
-            self._answer(iq)
             self.push(owner, removed_element(contact), version)
         await self.host.bus.notify("roster-item-removed", RosterItemRemoved(owner, old))
+        # After the subscriptions ended: the result tells the client the contact has been
+        # sent its unsubscribe/unsubscribed (as Prosody does), not only that the item is gone.
+        self._answer(iq)
 
     def _answer(self, iq, payload: etree._Element | None = None) -> None:
         # Straight to the sender, under the roster lock: a result comes before the

@@ -25,13 +25,10 @@ Left out of the whole suite's run (tests/support/sinttest.py runs it all):
 Expected impossible: MultiUserChatOccupantIntegrationTest.mucJoinRoomWithPublicLoggingTest
 needs the muc#roomconfig_enablelogging room option, which xmppd does not offer.
 
-Some tests of the set race with the previous test's clean-up: removing a roster item
-is answered before the 'unsubscribe' it causes reaches the contact (xmppd answers, then
-ends the subscriptions), and Smack starts the next test on the result, so a late
-'unsubscribe' can meet the next test's listeners (RosterIntegrationTest,
-GeolocationIntegrationTest); MUC tests that count presences seen through Smack's
-asynchronous listeners race in the client. A test that fails is run once more on its
-own and counts as passed if it passes then; one that fails twice fails the test.
+MUC tests that count presences seen through Smack's asynchronous listeners race in
+the client. A test that fails is run once more on its own (with Smack's stanza trace,
+kept in the test's directory with xmppd's log) and counts as passed if it passes then;
+one that fails twice fails the test.
 """
 from __future__ import annotations
 

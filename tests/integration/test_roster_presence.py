@@ -321,6 +321,20 @@ async def test_removing_a_contact_ends_both_subscriptions(users, connect):
     assert items_of(await roster_get(b))[alice].get("subscription") == "none"
 
 
+async def test_a_removal_is_answered_after_the_subscriptions_ended(users, connect):
+    """The result of a roster remove comes after the server ended the subscriptions
+    (RFC 6121 2.5.2): the contact's unavailable presence (3.3.3, caused by the user's
+    unsubscribe) reaches the user on the same stream before the result."""
+    alice, bob = users(2)
+    a, a_inbox = await connect(alice, "a")
+    b, b_inbox = await connect(bob, "b")
+    await subscribe_both(a, a_inbox, alice, b, b_inbox, bob)
+    await a_inbox.wait(available_presence_from(bob))
+    await roster_set(a, f"<item jid='{bob}' subscription='remove'/>")
+    assert a_inbox.received(lambda s: s.tag == PRESENCE and s.get("type") == "unavailable"
+                            and s.get("from") == f"{bob}/b")
+
+
 async def test_subscription_to_an_unknown_user_is_refused(users, connect, server):
     alice, = users(1)
     a, a_inbox = await connect(alice)
