@@ -69,6 +69,7 @@ class C2SConnection:
         self.session: Session | None = None
         self.host: "Host | None" = None
         self.closed = False
+        self._answer_close = False         # the client closed its stream: close ours after the session ended
 
     # ------------------------------------------------------------- main loop
 
@@ -92,13 +93,17 @@ class C2SConnection:
             deadline.cancel()
             interrupted = not self.closed      # the peer vanished without closing the stream
             self.closed = True
-            await self.transport.close()
             session = self.session
-            if session is not None:
-                if interrupted:
-                    await session.host.session_interrupted(session)
-                else:
-                    await session.host.end_session(session)
+            if session is None:
+                await self.transport.close()
+            elif interrupted:
+                await self.transport.close()
+                await session.host.session_interrupted(session)
+            else:
+                await session.host.end_session(session)
+                if self._answer_close:
+                    self.transport.write(STREAM_CLOSE)
+                await self.transport.close()
 
     def _negotiation_timeout(self) -> None:
         if self.session is None:
@@ -127,7 +132,12 @@ class C2SConnection:
             elif not await self.session.host.bus.fire(f"stream-element/{element.tag}", StreamElement(self, element, self.session)):
                 self.close("unsupported-stanza-type")
         elif isinstance(event, StreamClosed):
-            self.close()
+            if self.session is None:
+                self.close()
+            else:
+                # Our </stream> answers once the session has ended: a client that waits
+                # for it knows its unavailable presence went out and its queue was saved.
+                self.closed = self._answer_close = True
         elif isinstance(event, StreamErrorDetected):
             self.close(event.condition, event.text)
         elif isinstance(event, StreamOpened):

@@ -31,6 +31,7 @@ class XmppdProcess:
                  server_section: str = "", c2s_section: str = "", port: int = 0):
         self.directory = Path(directory)
         self.domain = domain
+        self._fixed_port = bool(port)
         self.port = port or free_port()
         self.tls_port = free_port()
         self.http_port = free_port()
@@ -63,6 +64,26 @@ class XmppdProcess:
         return "".join(self.output)
 
     def start(self, timeout: float = START_TIMEOUT) -> "XmppdProcess":
+        """Start and wait until it listens. A port picked by `free_port` can be taken by
+        another test process before xmppd binds it: then the free ports are picked again."""
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                if "address already in use" not in self.log or self._fixed_port:
+                    raise
+                self._pick_ports_again()
+        return self._start(timeout)
+
+    def _pick_ports_again(self) -> None:
+        text = self.config_path.read_text()
+        for name in ("port", "tls_port", "http_port", "https_port"):
+            new = free_port()
+            text = text.replace(f"= {getattr(self, name)}\n", f"= {new}\n")
+            setattr(self, name, new)
+        self.config_path.write_text(text)
+
+    def _start(self, timeout: float) -> "XmppdProcess":
         self.output = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "xmppd.cli", "--config", str(self.config_path)],
