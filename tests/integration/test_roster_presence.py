@@ -7,6 +7,7 @@ import pytest
 from slixmpp.exceptions import IqError
 
 from tests.support.inbox import IQ, MESSAGE, NS_ROSTER, PRESENCE, ROSTER_ITEM, message, presence, roster_push
+from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 
 MAX_ITEMS = 5
@@ -436,6 +437,27 @@ async def test_directed_unavailable_presence_ends_the_directed_presence(users, c
     await other_inbox.wait(presence("unavailable", from_=f"{alice}/a"))
     await synchronise(other, e_inbox, f"{eve}/e")
     assert len(e_inbox.received(presence("unavailable", from_=f"{alice}/a"))) == 1
+
+
+async def test_a_closed_stream_is_answered_once_the_session_has_ended(users, connect, server):
+    """RFC 6120 4.4: the server's </stream> comes after it ended the session, so a
+    client that saw it is unavailable to everyone who asks from then on."""
+    alice, bob = users(2)
+    a, a_inbox = await connect(alice, "a")
+    b, b_inbox = await connect(bob, "b")
+    await subscribe_both(a, a_inbox, alice, b, b_inbox, bob)
+    await b.logout()
+    await a_inbox.wait(presence("unavailable", from_=f"{bob}/b"))
+    raw = await RawClient().login(server.port, bob.split("@")[0], "secret", resource="raw")
+    try:
+        await raw.send("<presence/>")
+        await a_inbox.wait(presence(None, from_=f"{bob}/raw"))
+        await raw.send("</stream:stream>")
+        await raw.expect("</stream:stream>")
+        a.send_raw(f"<presence to='{bob}' type='probe'/>")
+        await a_inbox.wait(presence("unavailable", from_=bob))      # RFC 6121 4.3.2
+    finally:
+        await raw.close()
 
 
 async def test_probes(users, connect):
