@@ -19,6 +19,16 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group("cassandra" if needs_cassandra else item.nodeid.split("::")[0]))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the tail of the log of each xmppd it used."""
+    report = (yield).get_result()
+    if report.failed and call.when == "call":
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, XmppdProcess):
+                report.sections.append((f"xmppd log ({name}, tail)", value.log[-6000:]))
+
+
 @pytest.fixture
 def xmppd(tmp_path):
     """A running xmppd on free ports with a fresh data dir; stopped after the test."""

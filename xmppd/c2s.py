@@ -97,9 +97,11 @@ class C2SConnection:
             if session is None:
                 await self.transport.close()
             elif interrupted:
+                log.info("event=connection-lost jid=%s peer=%s", session.jid, self.peer)
                 await self.transport.close()
                 await session.host.session_interrupted(session)
             else:
+                log.info("event=session-ended jid=%s peer=%s", session.jid, self.peer)
                 await session.host.end_session(session)
                 if self._answer_close:
                     self.transport.write(STREAM_CLOSE)
@@ -204,6 +206,7 @@ class C2SConnection:
         for follow_up in self.negotiation.bound(full_jid, action.iq):
             await self.perform(follow_up)
         self.attach(session)
+        log.info("event=session-started jid=%s peer=%s listener=%s", full_jid, self.peer, self.listener)
         await host.bus.notify("resource-bound", session)
 
     def attach(self, session: Session) -> None:

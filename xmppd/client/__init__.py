@@ -24,6 +24,11 @@ DEFAULT_PLUGINS = ("xep_0030", "xep_0092", "xep_0199", "xep_0202", "xep_0077", "
 
 log = logging.getLogger(__name__)
 
+# slixmpp's events on the way to a session: a login that times out says how far it got.
+# (Not ssl_invalid_chain: a handler for it would make slixmpp accept a bad certificate.)
+LOGIN_STEPS = ("connecting", "connection_failed", "reconnect_delay", "connected", "tls_success",
+               "auth_success", "session_bind", "stream_error", "session_end")
+
 
 class LoginFailed(Exception):
     pass
@@ -44,20 +49,29 @@ class Client(slixmpp.ClientXMPP):
 
     async def login(self, host: str | None = None, port: int | None = None, *, direct_tls: bool = False,
                     timeout: float = 30.0) -> None:
-        """Connect, authenticate and bind; raise LoginFailed on a refused authentication."""
+        """Connect, authenticate and bind; raise LoginFailed on a refused authentication,
+        TimeoutError (naming the steps reached) when there is no session in time."""
         loop = asyncio.get_running_loop()
         outcome = loop.create_future()
+        steps: list[str] = []
 
         def settle(result):
             if not outcome.done():
                 outcome.set_result(result)
 
+        for step in LOGIN_STEPS:
+            self.add_event_handler(step, lambda detail=None, step=step: steps.append(
+                f"{step} ({detail})" if isinstance(detail, (str, int, float, OSError)) else step))
         self.add_event_handler("session_start", lambda _: settle(None))
         self.add_event_handler("failed_all_auth", lambda _: settle(LoginFailed("authentication failed")))
         self.add_event_handler("disconnected", lambda reason: settle(LoginFailed(f"disconnected: {reason}")))
         self.enable_direct_tls = direct_tls
         self.connect(host, port)
-        result = await asyncio.wait_for(outcome, timeout)
+        try:
+            result = await asyncio.wait_for(outcome, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no session within {timeout:.0f} s; the login went through: "
+                               f"{', '.join(steps) or 'nothing'}") from None
         if isinstance(result, Exception):
             raise result
 
