@@ -17,7 +17,8 @@ the messages.
 Hooks: message/offline/store (the router's default delivery), message/offline/deliver
 (presence.py, on an available presence with a non-negative priority), user-deleted.
 Fires: message-stored-offline (the Stanza, a notification, once the write is committed:
-XEP-0357 push notifications). Counts the messages stored and delivered (xmppd/metrics.py).
+XEP-0357 push notifications). Counts the messages stored and delivered, and observes
+the queue's length at each message stored (xmppd/metrics.py).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from xmppd import hints
 from xmppd.extension import Extension, hook
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
-from xmppd.metrics import OFFLINE_DELIVERED, OFFLINE_STORED
+from xmppd.metrics import OFFLINE_DELIVERED, OFFLINE_QUEUE_LENGTH, OFFLINE_STORED
 from xmppd.pending import PendingWrites
 from xmppd.protocol.errors import InternalServerError, ServiceUnavailable
 from xmppd.protocol.jid import JID
@@ -94,6 +95,7 @@ class OfflineMessages(Extension):
             write = self.pending.start(key, self.store.append(key, ArchivedStanza(
                 id=time_ordered_id(), when=now, with_=str(stanza.from_.bare), payload=to_storage(element))))
             self.queue_lengths[key] = length + 1
+            self.server.metrics.observe(OFFLINE_QUEUE_LENGTH, (), length + 1)
         stanza.writes.append(self.server.spawn(self._committed(stanza, write)))
         return True
 

@@ -23,6 +23,7 @@ from xmppd.storage.interfaces import UnknownArchiveId
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Seconds: from a cached SQLite read (well under a millisecond) to a Cassandra timeout.
+QUEUE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 STORAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -44,6 +45,7 @@ AUTH_SUCCESSES = "xmppd_auth_successes_total"
 AUTH_FAILURES = "xmppd_auth_failures_total"
 OFFLINE_STORED = "xmppd_offline_messages_stored_total"
 OFFLINE_DELIVERED = "xmppd_offline_messages_delivered_total"
+OFFLINE_QUEUE_LENGTH = "xmppd_offline_queue_length"
 STORAGE_SECONDS = "xmppd_storage_operation_seconds"
 STORAGE_ERRORS = "xmppd_storage_errors_total"
 UPLOAD_BYTES = "xmppd_upload_bytes_total"
@@ -61,6 +63,8 @@ METRICS = {
     AUTH_FAILURES: Metric("counter", ("mechanism",), "Failed SASL authentications, by mechanism."),
     OFFLINE_STORED: Metric("counter", (), "Messages stored for users with no available resource (XEP-0160)."),
     OFFLINE_DELIVERED: Metric("counter", (), "Stored offline messages delivered to a resource coming online."),
+    OFFLINE_QUEUE_LENGTH: Metric("histogram", (), "Length of the recipient's offline queue once a message "
+                                 "joined it (the limit is offline.max_messages_per_user).", QUEUE_BUCKETS),
     STORAGE_SECONDS: Metric("histogram", ("store", "operation"), "Duration of storage operations, by store "
                             "(archive/<name>, keyvalue/<name> for named ones) and operation.", STORAGE_BUCKETS),
     STORAGE_ERRORS: Metric("counter", ("store", "operation"), "Storage operations that raised an error."),

@@ -189,6 +189,11 @@ async def test_offline_messages_stored_and_delivered(server):
     assert delta(before, stored, "xmppd_offline_messages_stored_total") == 2
     assert delta(before, stored, "xmppd_offline_messages_delivered_total") == 0
     assert delta(before, stored, "xmppd_storage_operation_seconds_count", store="archive/offline", operation="append") == 2
+    # The recipient's queue held 1, then 2 messages.
+    assert delta(before, stored, "xmppd_offline_queue_length_count") == 2
+    assert delta(before, stored, "xmppd_offline_queue_length_sum") == 3
+    assert delta(before, stored, "xmppd_offline_queue_length_bucket", le="1") == 1
+    assert delta(before, stored, "xmppd_offline_queue_length_bucket", le="2") == 2
 
     recipient = await raw_login(server, recipient_jid)
     await recipient.send("<presence/>")
