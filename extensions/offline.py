@@ -112,7 +112,8 @@ class OfflineMessages(Extension):
             return
         self.server.metrics.count(OFFLINE_STORED)
         await self.host.bus.notify("message-stored-offline", stanza)
-        sessions = [s for s in self.host.available_sessions(owner.local) if s.priority >= 0]
+        sessions = [s for s in self.host.available_sessions(owner.local)
+                    if s.priority >= 0 and s.connection is not None]     # not a hibernating one
         if sessions:
             await self.deliver_stored_messages(max(sessions, key=lambda s: s.priority))
 
@@ -124,8 +125,8 @@ class OfflineMessages(Extension):
             page = await self.store.query(owner, ArchiveQuery())
             sent = []
             for item in page.items:
-                if session.closed or not session.available:
-                    break
+                if session.closed or not session.available or session.connection is None:
+                    break                      # what was not sent stays stored
                 session.send(from_storage(item.payload))
                 sent.append(item.id)
             if sent:

@@ -13,11 +13,14 @@ the session hibernates.
 
 A resumable session whose connection is lost without a stream close hibernates for
 `resume_timeout` seconds (or the shorter 'max' its client asked for): it stays in
-`host.sessions`, available, and stanzas for it queue. <resume/> on a new authenticated
-stream of the same account takes it over (a still open old stream gets a conflict stream
-error), answers <resumed h='..'/>, forgets what the client's 'h' acknowledges and
-resends the rest. Resent and returned messages carry a XEP-0203 delay stamped with the
-time they first went out.
+`host.sessions`, available, and stanzas for it queue in memory, except messages worth
+keeping (offline.should_store) that no connected resource gets: those are stored
+offline, so that a sender's ack means they survive a crash of the server. <resume/> on
+a new authenticated stream of the same account takes it over (a still open old stream
+gets a conflict stream error), answers <resumed h='..'/>, forgets what the client's 'h'
+acknowledges, resends the rest, then delivers what was stored offline meanwhile.
+Resent and returned messages carry a XEP-0203 delay stamped with the time they first
+went out.
 
 When a session ends with stanzas unacknowledged (hibernation over, stream closed,
 session replaced, more than `max_queue` unacknowledged), they are treated as stanzas for
@@ -36,11 +39,12 @@ sent: an undefined-condition stream error with <handled-count-too-high/>, the
 hibernating session left as it was. <r/> and <a/> without stream management are ignored.
 
 Hooks: stream-element/{urn:xmpp:sm:3}enable|resume|r|a, session-interrupted,
-session-closed.
+session-closed, message/full and message/bare (before the default delivery).
 Fires: smacks-hibernation-start and smacks-hibernation-stanza-queued (HibernatedStanzas:
 the unacknowledged stanzas when the connection went, then each stanza queued meanwhile),
 smacks-hibernation-end (the Session, resumed), all notifications; message/offline/store
-for returned messages, marked with meta[UNACKED].
+for returned messages, marked with meta[UNACKED], and for messages to a hibernating
+resource; message/offline/deliver after a resumption.
 """
 from __future__ import annotations
 
@@ -60,7 +64,7 @@ from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_DELAY, NS_STANZAS, NS_STREAM_ERRORS
 from xmppd.protocol.stanza import IQ, MESSAGE, STANZA_TAGS, delay_element, error_reply, make_element, sub_element
 from xmppd.protocol.stream import serialize
-from xmppd.router import Stanza
+from xmppd.router import Stanza, bare_message_recipients
 from xmppd.session import Session
 
 NS_SM = "urn:xmpp:sm:3"
@@ -277,6 +281,24 @@ class StreamManagement(Extension):
                                    HibernatedStanzas(session, [element for element, _ in state.queue]))
         return True
 
+    @hook("message/full")
+    async def store_for_hibernating_resource(self, stanza: Stanza) -> bool:
+        """A message worth keeping for a hibernating resource is stored offline, not held
+        in memory: its sender's ack then means it survives a crash, and the resource gets
+        it when it resumes."""
+        session = self.host.session_for(stanza.to)
+        if session is None or session.connection is not None or not should_store(stanza.element):
+            return False
+        return await self.host.bus.fire("message/offline/store", stanza)
+
+    @hook("message/bare")
+    async def store_for_hibernating_user(self, stanza: Stanza) -> bool:
+        """The same when every resource the message would go to hibernates."""
+        recipients = bare_message_recipients(self.host, stanza.to.local, stanza.type or "normal")
+        if not recipients or any(s.connection is not None for s in recipients) or not should_store(stanza.element):
+            return False
+        return await self.host.bus.fire("message/offline/store", stanza)
+
     def queued_while_hibernating(self, session: Session, element: etree._Element) -> None:
         self.server.spawn(self.host.bus.notify("smacks-hibernation-stanza-queued", HibernatedStanzas(session, [element])))
 
@@ -339,6 +361,8 @@ class StreamManagement(Extension):
         state.resend(self.host.domain)
         self.log.info("event=resumed jid=%s resent=%d", session.jid, len(state.queue))
         await self.host.bus.notify("smacks-hibernation-end", session)
+        if session.available and session.priority >= 0:        # what was stored meanwhile
+            await self.host.bus.fire("message/offline/deliver", session)
         return True
 
     # ------------------------------------------------------------- the end

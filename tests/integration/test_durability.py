@@ -76,3 +76,31 @@ async def test_unacknowledged_message_of_a_hibernating_session_survives_a_restar
     delivered = await inbox.wait(message(body="do not lose me"))
     assert delivered.get("id") == "m2"
     await receiver.logout()
+
+
+async def test_acked_message_to_a_hibernating_session_survives_sigkill(make_xmppd):
+    """A message for a resource that hibernates (XEP-0198) is stored offline, not held in
+    memory, before the sender's ack: a SIGKILL while the phone sleeps loses nothing."""
+    server = make_xmppd().start()
+    alice, bob = create_accounts(server, [unique("durable"), unique("durable")])
+    phone, _ = await managed_login(server, alice.split("@")[0], "phone")
+    drop(phone)
+    await server.wait_for_log(f"event=hibernating jid={alice}/phone")
+    sender = RawClient(server.domain)
+    await sender.login(server.port, bob.split("@")[0], "secret")
+    await enable(sender, resume=False)
+    for n, to in enumerate((alice, f"{alice}/phone")):         # to the account and to the phone
+        await send_message(sender, to, f"while asleep {n}", f"s{n}")
+    await sender.send(f"<r xmlns='{NS_SM}'/>")
+    ack = await sender.expect(r"<a ([^>]*)/>")
+    assert attribute(ack.group(1), "h") == "2"
+
+    server.kill()
+    await sender.close()
+    server.start()
+
+    receiver, inbox = await online(server, alice, "tablet", roster=False)
+    for n in range(2):
+        delivered = await inbox.wait(message(body=f"while asleep {n}"))
+        assert delivered.get("id") == f"s{n}"
+    await receiver.logout()

@@ -1,7 +1,6 @@
 """XEP-0357 Push Notifications end to end: a second account plays the app server (any
 XMPP entity can), and gets the notifications for a user who is offline or whose session
 hibernates; enable/disable and their errors; an app server's error disables it."""
-import asyncio
 import re
 
 import pytest
@@ -187,19 +186,13 @@ async def test_an_error_from_the_app_server_disables_the_registration(server, ap
     await send_message(bob, f"{user}@{server.domain}", "first")
     await app.push(FAILING_NODE)
     await app.push("fine")
-    await wait_for_log(server, f"event=push-disabled owner={user}@{server.domain}")
+    await server.wait_for_log(f"event=push-disabled owner={user}@{server.domain}")
     await send_message(bob, f"{user}@{server.domain}", "second")
     summary, _ = await app.push("fine")
     assert summary["last-message-body"] == "second"
     assert len(app.pushes(FAILING_NODE)) == 1
     await bob.close()
 
-
-async def wait_for_log(server, text, timeout=10.0):
-    async def scan():
-        while text not in server.log:
-            await asyncio.sleep(0.05)
-    await asyncio.wait_for(scan(), timeout)
 
 
 @pytest.mark.parametrize("payload,condition", [

@@ -37,12 +37,6 @@ async def logged_in(server, user, resource="raw"):
     return client
 
 
-async def wait_for_log(server, text, timeout=TIMEOUT):
-    async def scan():
-        while text not in server.log:
-            await asyncio.sleep(0.05)
-    await asyncio.wait_for(scan(), timeout)
-
 
 # ------------------------------------------------------------------ acks
 
@@ -85,7 +79,8 @@ async def test_resume_after_abrupt_drop_delivers_the_message_sent_meanwhile_once
     await send_message(sender, f"{alice}@{server.domain}", "first", "m1")
     await phone.expect(r"<body>first</body>")
     drop(phone)                                    # handled: the presence echo and "first"
-    await send_message(sender, f"{alice}@{server.domain}", "second", "m2")
+    await server.wait_for_log(f"event=hibernating jid={alice}@{server.domain}/phone")
+    await send_message(sender, f"{alice}@{server.domain}", "second", "m2")    # stored offline
     await ping(sender, "s1")
 
     phone, _ = await authenticated(server, alice)
@@ -144,7 +139,7 @@ async def test_hibernation_timeout_moves_the_message_to_offline_storage(server):
     await send_message(sender, f"{alice}@{server.domain}", "kept safe", "m1")
     await phone.expect(r"<body>kept safe</body>")
     drop(phone)                                    # unacknowledged
-    await wait_for_log(server, f"event=hibernation-expired jid={alice}@{server.domain}/phone")
+    await server.wait_for_log(f"event=hibernation-expired jid={alice}@{server.domain}/phone")
 
     late, _ = await authenticated(server, alice)
     await late.send(f"<resume xmlns='{NS_SM}' previd='{sm_id}' h='2'/>")

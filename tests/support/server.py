@@ -1,6 +1,7 @@
 """A real xmppd process for end-to-end tests: free ports, a temporary data dir."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -62,6 +63,13 @@ class XmppdProcess:
     @property
     def log(self) -> str:
         return "".join(self.output)
+
+    async def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """Return once `text` is in the log: a server-side event a test waits for."""
+        async def scan():
+            while text not in self.log:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(scan(), timeout)
 
     def start(self, timeout: float = START_TIMEOUT) -> "XmppdProcess":
         """Start and wait until it listens. A port picked by `free_port` can be taken by
