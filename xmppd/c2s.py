@@ -164,6 +164,8 @@ class C2SConnection:
                 await self.perform(follow_up)
         elif isinstance(action, n.AuthFailed):
             self.server.metrics.count(metrics.AUTH_FAILURES, action.mechanism)
+            log.info("event=auth-failed peer=%s user=%s mechanism=%s condition=%s",
+                     self.peer, action.username, action.mechanism, action.condition)
             await asyncio.sleep(self.server.auth_throttle.failed(self.peer))
         elif isinstance(action, n.Authenticated):
             self.server.metrics.count(metrics.AUTH_SUCCESSES, action.mechanism)

@@ -574,5 +574,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    import sys
     main(sys.argv)

@@ -3,14 +3,14 @@ rooms, configuring them and reading the XEP-0045 parts of what comes back."""
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-from tests.conftest import unique
+from tests.conftest import AccountPool, unique
 from tests.support.inbox import IQ, MESSAGE, PRESENCE, Inbox, online
-from tests.support.accounts import create_accounts
 from xmppd.client import Client
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -77,16 +77,17 @@ class User:
         await self.client.logout()
 
 
-_accounts: dict[int, list[str]] = {}
-ACCOUNT_BATCH = 16
+# Per server object, not per id(): a stopped server's id can be reused by the next one,
+# which would then be handed accounts that exist only on the old one.
+_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 async def new_account(server) -> str:
-    """A fresh account with password "secret", made a batch at a time."""
-    pool = _accounts.setdefault(id(server), [])
-    if not pool:
-        pool.extend(create_accounts(server, [unique("muc") for _ in range(ACCOUNT_BATCH)]))
-    return pool.pop()
+    """A fresh account with password "secret" on `server`."""
+    pool = _pools.get(server)
+    if pool is None:
+        pool = _pools[server] = AccountPool(server)
+    return next(pool)
 
 
 async def new_user(server) -> User:
