@@ -14,8 +14,8 @@ the session hibernates.
 A resumable session whose connection is lost without a stream close hibernates for
 `resume_timeout` seconds (or the shorter 'max' its client asked for): it stays in
 `host.sessions`, available, and stanzas for it queue in memory, except messages worth
-keeping (offline.should_store) that no connected resource gets: those are stored
-offline, so that a sender's ack means they survive a crash of the server. <resume/> on
+keeping (offline.should_store) while none of the user's resources is connected: those
+are stored offline, so that a sender's ack means they survive a crash of the server. <resume/> on
 a new authenticated stream of the same account takes it over (a still open old stream
 gets a conflict stream error), answers <resumed h='..'/>, forgets what the client's 'h'
 acknowledges, resends the rest, then delivers what was stored offline meanwhile.
@@ -64,7 +64,7 @@ from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_DELAY, NS_STANZAS, NS_STREAM_ERRORS
 from xmppd.protocol.stanza import IQ, MESSAGE, STANZA_TAGS, delay_element, error_reply, make_element, sub_element
 from xmppd.protocol.stream import serialize
-from xmppd.router import Stanza, bare_message_recipients
+from xmppd.router import Stanza
 from xmppd.session import Session
 
 NS_SM = "urn:xmpp:sm:3"
@@ -282,20 +282,18 @@ class StreamManagement(Extension):
         return True
 
     @hook("message/full")
-    async def store_for_hibernating_resource(self, stanza: Stanza) -> bool:
-        """A message worth keeping for a hibernating resource is stored offline, not held
-        in memory: its sender's ack then means it survives a crash, and the resource gets
-        it when it resumes."""
-        session = self.host.session_for(stanza.to)
-        if session is None or session.connection is not None or not should_store(stanza.element):
-            return False
-        return await self.host.bus.fire("message/offline/store", stanza)
-
     @hook("message/bare")
-    async def store_for_hibernating_user(self, stanza: Stanza) -> bool:
-        """The same when every resource the message would go to hibernates."""
-        recipients = bare_message_recipients(self.host, stanza.to.local, stanza.type or "normal")
-        if not recipients or any(s.connection is not None for s in recipients) or not should_store(stanza.element):
+    async def store_while_asleep(self, stanza: Stanza) -> bool:
+        """A message worth keeping, for a user whose every resource that takes messages
+        hibernates, is stored offline instead of held in memory: the sender's ack then
+        means it survives a crash, and the resource gets it when it resumes. While
+        another resource is connected, messages go where they always did."""
+        if stanza.target == "full":
+            addressee = self.host.session_for(stanza.to)
+            if addressee is None or addressee.connection is not None:
+                return False
+        sessions = [s for s in self.host.available_sessions(stanza.to.local) if s.priority >= 0]
+        if not sessions or any(s.connection is not None for s in sessions) or not should_store(stanza.element):
             return False
         return await self.host.bus.fire("message/offline/store", stanza)
 

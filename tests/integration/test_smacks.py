@@ -185,6 +185,30 @@ async def test_unacknowledged_message_goes_to_another_available_resource(server)
     await sender.close()
 
 
+async def test_while_another_resource_is_connected_the_sleeping_one_still_gets_its_message(server):
+    """Only a user with every resource asleep has messages stored offline: with the
+    desktop connected, a message to the hibernating phone waits for the phone's resume
+    and is not handed to the desktop as an offline message."""
+    alice, bob = users(server)
+    desktop = await logged_in(server, alice, "desktop")
+    await desktop.send("<presence/>")
+    phone, sm_id = await managed_login(server, alice, "phone")
+    drop(phone)
+    await server.wait_for_log(f"event=hibernating jid={alice}@{server.domain}/phone")
+    sender = await logged_in(server, bob)
+    await send_message(sender, f"{alice}@{server.domain}/phone", "for the phone")
+    await ping(sender, "routed")
+    assert "for the phone" not in await ping(desktop, "nothing-for-me")
+
+    phone, _ = await authenticated(server, alice)
+    await phone.send(f"<resume xmlns='{NS_SM}' previd='{sm_id}' h='1'/>")
+    await phone.expect(r"<resumed [^>]*/>")
+    assert (await ping(phone, "after-resume")).count("<body>for the phone</body>") == 1
+    await phone.close()
+    await desktop.close()
+    await sender.close()
+
+
 async def test_slixmpp_resumes_and_gets_what_was_sent_meanwhile(server):
     """slixmpp keeps its SM-ID across a reconnection of the same client object and sends
     <resume/> before binding; its unacked queue is resent by itself after <resumed/>."""
