@@ -14,8 +14,10 @@ waits for the writes under way, sends the queue in order, then deletes exactly t
 sent, under a per-user lock so that two resources coming online at once do not both get
 the messages.
 
-Hooks: message/offline/store (the router's default delivery), message/offline/deliver
-(presence.py, on an available presence with a non-negative priority), user-deleted.
+Hooks: message/offline/store (the router's default delivery; smacks.py for a user whose
+resources all hibernate), message/offline/deliver (presence.py, on an available presence
+with a non-negative priority; smacks.py after a resumption), user-deleted. A hibernating
+session is never delivered to: what it would not acknowledge stays stored.
 Fires: message-stored-offline (the Stanza, a notification, once the write is committed:
 XEP-0357 push notifications). Counts the messages stored and delivered, and observes
 the queue's length at each message stored (xmppd/metrics.py).
