@@ -10,6 +10,7 @@ from tests.support.server import XmppdProcess
 _users = itertools.count()
 
 
+@pytest.hookimpl(tryfirst=True)        # before xdist reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
     """For pytest-xdist's --dist loadgroup (make test): the tests of a file stay on one
     worker, so a module's server starts once, and every test that needs the Cassandra
