@@ -292,10 +292,20 @@ class StreamManagement(Extension):
             addressee = self.host.session_for(stanza.to)
             if addressee is None or addressee.connection is not None:
                 return False
-        sessions = [s for s in self.host.available_sessions(stanza.to.local) if s.priority >= 0]
-        if not sessions or any(s.connection is not None for s in sessions) or not should_store(stanza.element):
+        if not self._asleep(stanza.to.local) or not should_store(stanza.element):
             return False
         return await self.host.bus.fire("message/offline/store", stanza)
+
+    def _asleep(self, local: str) -> bool:
+        """Whether the user has resources that take messages and all of them hibernate
+        (on the path of every message: stops at the first connected one)."""
+        asleep = False
+        for session in self.host.sessions.get(local, {}).values():
+            if session.available and session.priority >= 0:
+                if session.connection is not None:
+                    return False
+                asleep = True
+        return asleep
 
     def queued_while_hibernating(self, session: Session, element: etree._Element) -> None:
         self.server.spawn(self.host.bus.notify("smacks-hibernation-stanza-queued", HibernatedStanzas(session, [element])))
