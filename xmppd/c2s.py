@@ -138,7 +138,8 @@ class C2SConnection:
                 self.close()
             else:
                 # Our </stream> answers once the session has ended: a client that waits
-                # for it knows its unavailable presence went out and its queue was saved.
+                # for it knows its unavailable presence went out and its unacknowledged
+                # stanzas were handed on (to another resource or to offline storage).
                 self.closed = self._answer_close = True
         elif isinstance(event, StreamErrorDetected):
             self.close(event.condition, event.text)
