@@ -78,6 +78,10 @@ class AccountPool:
     def take(self, count: int) -> list[str]:
         return [next(self) for _ in range(count)]
 
+    def local(self) -> str:
+        """A fresh account's user name (its JID's local part), for raw-socket logins."""
+        return next(self).split("@")[0]
+
 
 @pytest.fixture(scope="module")
 def account_pool(server):

@@ -11,8 +11,7 @@ import re
 
 import pytest
 
-from tests.conftest import unique
-from tests.support.accounts import create_accounts
+from tests.conftest import AccountPool
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 from tests.support.smacks import NS_SM, authenticated, enable, ping, send_message
@@ -24,15 +23,14 @@ NS_CSI = "urn:xmpp:csi:0"
 def server(tmp_path_factory):
     process = XmppdProcess(tmp_path_factory.mktemp("csi"), "[extensions.csi]\nmax_held = 5\n",
                            c2s_section="auth_failure_delay = 0").start()
-    process.accounts = [unique("csi") for _ in range(12)]
-    create_accounts(process, process.accounts)
+    process.accounts = AccountPool(process)
     yield process
     process.stop()
 
 
 async def pair(server):
     """An inactive, available client with stream management, and a contact to send it stanzas."""
-    alice, bob = server.accounts.pop(), server.accounts.pop()
+    alice, bob = server.accounts.local(), server.accounts.local()
     inactive = RawClient(server.domain)
     await inactive.login(server.port, alice, "secret", resource="phone")
     await enable(inactive, resume=False)
@@ -60,7 +58,7 @@ def chat_state(to, state):
 
 
 async def test_feature_offered_after_authentication(server):
-    client, features = await authenticated(server, server.accounts.pop())
+    client, features = await authenticated(server, server.accounts.local())
     assert re.search(rf"<csi xmlns=[\"']{NS_CSI}[\"']/>", features)
     await client.close()
 

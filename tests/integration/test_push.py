@@ -7,8 +7,7 @@ import pytest
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from tests.conftest import unique
-from tests.support.accounts import create_accounts
+from tests.conftest import AccountPool
 from tests.support.inbox import Inbox
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
@@ -29,8 +28,7 @@ def server(tmp_path_factory):
     process = XmppdProcess(tmp_path_factory.mktemp("push"),
                            "[extensions.push]\ninclude_sender = true\ninclude_body = true\n",
                            c2s_section="auth_failure_delay = 0").start()
-    process.accounts = [unique("push") for _ in range(60)]
-    create_accounts(process, process.accounts)
+    process.accounts = AccountPool(process)
     yield process
     process.stop()
 
@@ -69,7 +67,7 @@ def published_to(stanza, node):
 
 @pytest.fixture
 async def app(server):
-    app = AppServer(server, server.accounts.pop())
+    app = AppServer(server, server.accounts.local())
     await app.client.login("127.0.0.1", server.port)
     yield app
     await app.client.logout()
@@ -90,7 +88,7 @@ def enable(service, node, secret=None):
 
 
 async def user_with_push(server, app, nodes, resource="phone"):
-    user = server.accounts.pop()
+    user = server.accounts.local()
     client = RawClient(server.domain)
     await client.login(server.port, user, "secret", resource=resource)
     for index, node in enumerate(nodes):
@@ -100,13 +98,13 @@ async def user_with_push(server, app, nodes, resource="phone"):
 
 async def sender(server):
     client = RawClient(server.domain)
-    await client.login(server.port, server.accounts.pop(), "secret")
+    await client.login(server.port, server.accounts.local(), "secret")
     return client
 
 
 async def test_push_advertised_on_the_account(server):
     client = RawClient(server.domain)
-    await client.login(server.port, server.accounts.pop(), "secret")
+    await client.login(server.port, server.accounts.local(), "secret")
     await client.send("<iq type='get' id='d'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
     answer = await client.expect(r"<iq[^>]*id=\"d\".*?</iq>")
     assert f"var=\"{NS_PUSH}\"" in answer.group(0)
@@ -167,7 +165,7 @@ async def test_disable_one_node_keeps_the_others(server, app):
 async def test_disable_without_node_removes_every_node_of_the_service(server, app):
     user, client = await user_with_push(server, app, ["a", "b"])
     await iq(client, "d", f"<disable xmlns='{NS_PUSH}' jid='{app.jid}'/>")
-    other = AppServer(server, server.accounts.pop())            # the sync point: still enabled
+    other = AppServer(server, server.accounts.local())            # the sync point: still enabled
     await other.client.login("127.0.0.1", server.port)
     await iq(client, "e", enable(other.jid, "c"))
     await client.send("</stream:stream>")
@@ -220,7 +218,7 @@ async def test_bad_requests_get_the_error_and_lose_nothing(server, app, payload,
 
 async def test_enable_to_another_account_is_refused(server, app):
     user, client = await user_with_push(server, app, [])
-    other = server.accounts.pop()
+    other = server.accounts.local()
     await client.send(f"<iq type='set' id='x' to='{other}@{server.domain}'>{enable(app.jid, 'n')}</iq>")
     answer = await client.expect(r"<iq[^>]*id=\"x\".*?</iq>")
     assert re.search(r"type=\"error\"", answer.group(0)) and "service-unavailable" in answer.group(0)

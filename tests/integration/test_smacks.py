@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from tests.conftest import unique
-from tests.support.accounts import create_accounts
+from tests.conftest import AccountPool
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 from tests.support.smacks import (NS_SM, attribute, authenticated, bind, drop, enable, managed_login, ping,
@@ -21,14 +20,13 @@ TIMEOUT = 10.0
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     process = XmppdProcess(tmp_path_factory.mktemp("smacks"), c2s_section="auth_failure_delay = 0").start()
-    process.accounts = [unique("sm") for _ in range(40)]     # one xmppctl run for all of them
-    create_accounts(process, process.accounts)
+    process.accounts = AccountPool(process)
     yield process
     process.stop()
 
 
 def users(server, count=2):
-    return [server.accounts.pop() for _ in range(count)]
+    return [server.accounts.local() for _ in range(count)]
 
 
 async def logged_in(server, user, resource="raw"):
@@ -342,8 +340,7 @@ async def test_impossible_h_in_an_ack_is_a_stream_error(server):
 def strict_server(tmp_path_factory):
     process = XmppdProcess(tmp_path_factory.mktemp("smacks-strict"), "[extensions.smacks]\nack_timeout = 1\nmax_queue = 3\n",
                            c2s_section="auth_failure_delay = 0").start()
-    process.accounts = [unique("strict") for _ in range(4)]
-    create_accounts(process, process.accounts)
+    process.accounts = AccountPool(process)
     yield process
     process.stop()
 
