@@ -15,12 +15,12 @@ A resumable session whose connection is lost without a stream close hibernates f
 `resume_timeout` seconds (or the shorter 'max' its client asked for): it stays in
 `host.sessions`, available, and stanzas for it queue in memory, except messages worth
 keeping (offline.should_store) while none of the user's resources is connected: those
-are stored offline, so that a sender's ack means they survive a crash of the server. <resume/> on
-a new authenticated stream of the same account takes it over (a still open old stream
-gets a conflict stream error), answers <resumed h='..'/>, forgets what the client's 'h'
-acknowledges, resends the rest, then delivers what was stored offline meanwhile.
-Resent and returned messages carry a XEP-0203 delay stamped with the time they first
-went out.
+are stored offline, so that a sender's ack means they survive a crash of the server.
+<resume/> on a new authenticated stream of the same account takes it over (a still open
+old stream gets a conflict stream error), answers <resumed h='..'/>, forgets what the
+client's 'h' acknowledges, resends the rest, then delivers what was stored offline
+meanwhile. Resent and returned messages carry a XEP-0203 delay stamped with the time
+they first went out.
 
 When a session ends with stanzas unacknowledged (hibernation over, stream closed,
 session replaced, more than `max_queue` unacknowledged), they are treated as stanzas for

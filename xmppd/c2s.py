@@ -94,18 +94,15 @@ class C2SConnection:
             interrupted = not self.closed      # the peer vanished without closing the stream
             self.closed = True
             session = self.session
-            if session is None:
-                await self.transport.close()
-            elif interrupted:
-                log.info("event=connection-lost jid=%s peer=%s", session.jid, self.peer)
-                await self.transport.close()
-                await session.host.session_interrupted(session)
-            else:
+            if session is not None and not interrupted:
                 log.info("event=session-ended jid=%s peer=%s", session.jid, self.peer)
                 await session.host.end_session(session)
                 if self._answer_close:
                     self.transport.write(STREAM_CLOSE)
-                await self.transport.close()
+            await self.transport.close()
+            if session is not None and interrupted:
+                log.info("event=connection-lost jid=%s peer=%s", session.jid, self.peer)
+                await session.host.session_interrupted(session)
 
     def _negotiation_timeout(self) -> None:
         if self.session is None:
