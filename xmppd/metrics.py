@@ -49,6 +49,7 @@ OFFLINE_QUEUE_LENGTH = "xmppd_offline_queue_length"
 STORAGE_SECONDS = "xmppd_storage_operation_seconds"
 STORAGE_ERRORS = "xmppd_storage_errors_total"
 UPLOAD_BYTES = "xmppd_upload_bytes_total"
+LIMIT_REACHED = "xmppd_limit_reached_total"
 
 METRICS = {
     CONNECTIONS_ACCEPTED: Metric("counter", ("listener",), "Client connections accepted, by listener: "
@@ -70,6 +71,9 @@ METRICS = {
     STORAGE_ERRORS: Metric("counter", ("store", "operation"), "Storage operations that raised an error."),
     UPLOAD_BYTES: Metric("counter", ("direction",), "Bytes of HTTP uploads (XEP-0363) through the media "
                          "store: in (PUT) and out (GET; not those served by presigned S3 URLs)."),
+    LIMIT_REACHED: Metric("counter", ("limit",), "Requests refused, streams closed or deliveries held back "
+                          "because a configured limit was reached, by limit (its config key, "
+                          "section.option)."),
 }
 
 STANZA_KINDS = {f"{{{NS_CLIENT}}}{kind}": kind for kind in ("message", "presence", "iq")}
