@@ -10,12 +10,14 @@ XEP-0160 says for a full storage). The write is started in order (its id fixes t
 message's place in the queue) and commits in the background (xmppd/pending.py): the
 sender's next stanza is routed meanwhile, and the sender's XEP-0198 ack waits for the
 commit (Stanza.writes); a failed write is bounced with internal-server-error. Delivery
-waits for the writes under way, sends the queue in order, then deletes exactly the ids
-sent, under a per-user lock so that two resources coming online at once do not both get
-the messages.
+is paced by the resource's room (xmppd/session.py: the XEP-0198 window, the output
+buffer): each turn waits for the writes under way, sends the oldest messages that fit
+in order, then deletes exactly the ids sent, under a per-user lock so that two resources
+coming online at once do not both get them; a week of messages drains to a slow phone
+with bounded server memory.
 
-Hooks: message/offline/store (the router's default delivery; smacks.py for a user whose
-resources all hibernate), message/offline/deliver (presence.py, on an available presence
+Hooks: message/offline/store (the router's default delivery; backlog.py for a user whose
+resources all hibernate, and for what a session that ended hands on), message/offline/deliver (presence.py, on an available presence
 with a non-negative priority; smacks.py after a resumption), user-deleted. A hibernating
 session is never delivered to: what it would not acknowledge stays stored.
 Fires: message-stored-offline (the Stanza, a notification, once the write is committed:
@@ -36,9 +38,11 @@ from xmppd.metrics import OFFLINE_DELIVERED, OFFLINE_QUEUE_LENGTH, OFFLINE_STORE
 from xmppd.pending import PendingWrites
 from xmppd.protocol.errors import InternalServerError, ServiceUnavailable
 from xmppd.protocol.jid import JID
+from xmppd.protocol.namespaces import NS_DELAY
 from xmppd.protocol.stanza import delay_element, from_storage, to_storage
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
+DELAY = f"{{{NS_DELAY}}}delay"
 DELAYED_SINCE = "delayed-since"             # Stanza.meta: Unix time the message was first due
 KEPT_TYPES = frozenset(("normal", "chat"))
 
@@ -81,9 +85,10 @@ class OfflineMessages(Extension):
         owner = stanza.to.bare
         now = time.time()
         element = copy.deepcopy(stanza.element)
-        # A message returned by a lost XEP-0198 session is stamped with the time of its
-        # first delivery attempt (XEP-0198 section 4).
-        element.append(delay_element(self.host.domain, stanza.meta.get(DELAYED_SINCE, now)))
+        # A message returned by a session that ended is stamped with the time of its
+        # first delivery attempt (XEP-0198 section 4), unless it was stamped before.
+        if element.find(DELAY) is None:
+            element.append(delay_element(self.host.domain, stanza.meta.get(DELAYED_SINCE, now)))
         key = str(owner)
         async with self.lock(key):
             length = self.queue_lengths.get(key)
@@ -121,21 +126,26 @@ class OfflineMessages(Extension):
 
     @hook("message/offline/deliver", priority=-1)
     async def deliver_stored_messages(self, session) -> bool:
+        """Drain the queue to `session` at the pace it takes stanzas (Session.add_source)."""
+        session.add_source(self.name, lambda room: self._drain(session, room))
+        return True
+
+    async def _drain(self, session, room: int) -> bool:
+        """Send the oldest `room` messages and delete them; True once none is left, or
+        the session no longer takes them (what was not sent stays stored)."""
         owner = str(session.jid.bare)
         async with self.lock(owner):
             await self.pending.settled(owner)  # the messages stored so far are all in the query
-            page = await self.store.query(owner, ArchiveQuery())
-            sent = []
+            page = await self.store.query(owner, ArchiveQuery(max=room, count=False))
+            if session.closed or not session.available or session.connection is None:
+                return True
             for item in page.items:
-                if session.closed or not session.available or session.connection is None:
-                    break                      # what was not sent stays stored
                 session.send(from_storage(item.payload))
-                sent.append(item.id)
-            if sent:
-                await self.store.delete(owner, sent)
-                self.server.metrics.count(OFFLINE_DELIVERED, amount=len(sent))
+            if page.items:
+                await self.store.delete(owner, [item.id for item in page.items])
+                self.server.metrics.count(OFFLINE_DELIVERED, amount=len(page.items))
             self.queue_lengths.pop(owner, None)
-        return True
+        return page.complete
 
     @hook("user-deleted")
     async def delete_queue(self, jid: JID) -> None:

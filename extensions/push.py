@@ -20,8 +20,8 @@ Errors: <enable/> without 'jid' or 'node', <disable/> without 'jid', or a form t
 not a submitted publish-options form: bad-request; an unparsable 'jid': jid-malformed;
 more than `max_registrations`: resource-constraint. Nothing stored changes on an error.
 
-Hooks: iq-set/self/urn:xmpp:push:0:enable|disable, message-stored-offline (offline.py),
-smacks-hibernation-start and smacks-hibernation-stanza-queued (smacks.py),
+Hooks: iq-set/self/urn:xmpp:push:0:enable|disable, message-stored-offline (offline.py,
+and backlog.py for a hibernating resource), smacks-hibernation-start (smacks.py),
 resource-bound and smacks-hibernation-end (the unread count starts again), user-deleted.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from lxml import etree
 from xmppd import forms
 from xmppd.extension import Extension, hook, iq_handler
 from xmppd.extensions.csi import BODY, CARBON_RECEIVED_MESSAGE, CARBON_SENT, namespace_of
-from xmppd.extensions.smacks import UNACKED
+from xmppd.extensions.backlog import RETURNED
 from xmppd.protocol.errors import BadRequest, JidMalformed, ResourceConstraint, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_CLIENT
@@ -161,11 +161,10 @@ class PushNotifications(Extension):
 
     @hook("message-stored-offline")
     async def stored_offline(self, stanza) -> None:
-        if not stanza.meta.get(UNACKED) and is_notable(stanza.element):   # UNACKED: pushed already
+        if not stanza.meta.get(RETURNED) and is_notable(stanza.element):   # RETURNED: pushed already
             self._wake(stanza.to.bare, [stanza.element])
 
     @hook("smacks-hibernation-start")
-    @hook("smacks-hibernation-stanza-queued")
     async def hibernating(self, event) -> None:
         notable = [element for element in event.stanzas if is_notable(element)]
         if notable:

@@ -5,29 +5,31 @@ Inbound, 'h' is `Session.stanzas_handled` since <enable/>: c2s counts a stanza o
 router is done with it and the writes it started are committed (Session.handled), so an
 ack covers only stanzas already delivered, stored or bounced. <r/>, <resumed/> and the
 'h' kept for an expired session wait for the stanzas read before them to be counted.
-Outbound, a session filter added at <enable/>, after the filters of bind and so the last
-one, keeps a copy of each stanza with the time it went out until the client acknowledges
-it, and asks for an ack (<r/>) after a stanza when none is outstanding. An <r/>
-unanswered for `ack_timeout` seconds means a half-dead connection: it is dropped, and
-the session hibernates.
+
+Outbound, the unacknowledged stanzas are a window, not a kill switch: each stanza
+written (Session.on_write) is kept, with the time it went out, until the client
+acknowledges it, and an ack is asked for (<r/>) when none is outstanding. With `window`
+stanzas unacknowledged the session has no room (Session.window): nothing more is
+written, what comes meanwhile waits (messages worth keeping in the resource's backlog,
+backlog.py; the rest held in memory, xmppd/session.py), and goes out as acks come back.
+An <r/> unanswered for `ack_timeout` seconds means a half-dead connection: it is
+dropped, and the session hibernates.
 
 A resumable session whose connection is lost without a stream close hibernates for
 `resume_timeout` seconds (or the shorter 'max' its client asked for): it stays in
-`host.sessions`, available, and stanzas for it queue in memory, except messages worth
-keeping (offline.should_store) while none of the user's resources is connected: those
-are stored offline, so that a sender's ack means they survive a crash of the server.
-<resume/> on a new authenticated stream of the same account takes it over (a still open
-old stream gets a conflict stream error), answers <resumed h='..'/>, forgets what the
-client's 'h' acknowledges, resends the rest, then delivers what was stored offline
-meanwhile. Resent and returned messages carry a XEP-0203 delay stamped with the time
-they first went out.
+`host.sessions`, available. Its unacknowledged messages worth keeping go at once to its
+backlog (backlog.keep), in the place they had, so that a crash meanwhile loses nothing;
+messages for it meanwhile go to the backlog too (to offline storage while none of the
+user's resources is connected). <resume/> on a new authenticated stream of the same
+account takes it over (a still open old stream gets a conflict stream error), answers
+<resumed h='..'/>, forgets what the client's 'h' acknowledges (deleting it from the
+backlog), resends the rest of what is in memory, and the backlog and offline storage
+drain after it, paced by the window. Resent messages carry a XEP-0203 delay stamped
+with the time they first went out.
 
 When a session ends with stanzas unacknowledged (hibernation over, stream closed,
-session replaced, more than `max_queue` unacknowledged), they are treated as stanzas for
-an unavailable resource (XEP-0198 section 4, RFC 6121 8.5.3.2.1): a message worth
-keeping (offline.should_store) goes to the user's other available resources or, if none,
-to offline storage, and is bounced with service-unavailable if it cannot be stored; an
-iq get/set is answered service-unavailable; anything else is dropped.
+session replaced), they go where the stanzas of an unavailable resource go (XEP-0198
+section 4, RFC 6121 8.5.3.2.1): backlog.hand_on.
 
 Errors (XEP-0198 sections 3, 4, 5): <enable/> before bind or a second time, <resume/>
 after bind: <failed><unexpected-request/></failed>, and the stream goes on (as in
@@ -39,12 +41,10 @@ sent: an undefined-condition stream error with <handled-count-too-high/>, the
 hibernating session left as it was. <r/> and <a/> without stream management are ignored.
 
 Hooks: stream-element/{urn:xmpp:sm:3}enable|resume|r|a, session-interrupted,
-session-closed, message/full and message/bare (before the default delivery).
-Fires: smacks-hibernation-start and smacks-hibernation-stanza-queued (HibernatedStanzas:
-the unacknowledged stanzas when the connection went, then each stanza queued meanwhile),
-smacks-hibernation-end (the Session, resumed), all notifications; message/offline/store
-for returned messages, marked with meta[UNACKED], and for messages to a hibernating
-resource; message/offline/deliver after a resumption.
+session-closed.
+Fires: smacks-hibernation-start (HibernatedStanzas: the unacknowledged stanzas when the
+connection went), smacks-hibernation-end (the Session, resumed), both notifications;
+message/offline/deliver after a resumption.
 """
 from __future__ import annotations
 
@@ -58,13 +58,11 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.extension import Extension, hook
-from xmppd.extensions.offline import DELAYED_SINCE, should_store
-from xmppd.protocol.errors import ServiceUnavailable, StanzaError
-from xmppd.protocol.jid import JID, InvalidJID
+from xmppd.extensions.offline import should_store
+from xmppd.protocol.jid import JID
 from xmppd.protocol.namespaces import NS_DELAY, NS_STANZAS, NS_STREAM_ERRORS
-from xmppd.protocol.stanza import IQ, MESSAGE, STANZA_TAGS, delay_element, error_reply, make_element, sub_element
+from xmppd.protocol.stanza import IQ, MESSAGE, STANZA_TAGS, delay_element, make_element, sub_element
 from xmppd.protocol.stream import serialize
-from xmppd.router import Stanza
 from xmppd.session import Session
 
 NS_SM = "urn:xmpp:sm:3"
@@ -72,13 +70,12 @@ SM_FEATURE = etree.tostring(make_element(f"{{{NS_SM}}}sm"))
 REQUEST = serialize(make_element(f"{{{NS_SM}}}r"))
 SEQUENCE = 2 ** 32                         # 'h' wraps to zero past 2^32 - 1 (section 4)
 REMEMBERED_SESSIONS = 10000                # expired SM-IDs whose 'h' a <failed/> still reports
-UNACKED = "smacks-unacked"                 # Stanza.meta key of a message returned by an ended session
 DELAY = f"{{{NS_DELAY}}}delay"
 
 
 @dataclass(frozen=True)
 class HibernatedStanzas:
-    """Stanzas waiting in the queue of a hibernating session."""
+    """Stanzas unacknowledged when a session began to hibernate."""
     session: Session
     stanzas: list
 
@@ -106,7 +103,7 @@ def handled_count_too_high(h: int, sent: int) -> bytes:
 
 
 class ManagedStream:
-    """The stream management state of one session; `outgoing` is its session filter."""
+    """The stream management state of one session: its window of unacknowledged stanzas."""
 
     def __init__(self, extension: "StreamManagement", session: Session, sm_id: str | None, timeout: int):
         self.extension = extension
@@ -114,32 +111,29 @@ class ManagedStream:
         self.id = sm_id                    # None: not resumable
         self.timeout = timeout
         self.base = session.stanzas_handled
-        self.queue: collections.deque[tuple[etree._Element, float]] = collections.deque()
+        # What went out, unacknowledged: [element, the time it went out, None], or
+        # [None, time, its backlog id] once backlog.keep has it.
+        self.queue: collections.deque[list] = collections.deque()
         self.acked = 0                     # the client's last 'h'
-        self.sent = 0                      # stanzas queued since <enable/>, modulo 2^32
+        self.sent = 0                      # stanzas written since <enable/>, modulo 2^32
         self.requested: int | None = None  # `sent` when the outstanding <r/> went out
         self.ack_timer: asyncio.TimerHandle | None = None
         self.expiry: asyncio.TimerHandle | None = None
-        self.overflowed = False
 
     @property
     def handled(self) -> int:
         return (self.session.stanzas_handled - self.base) % SEQUENCE
 
-    def outgoing(self, element: etree._Element) -> etree._Element | None:
-        """The session filter: keep a copy of a stanza, write it, ask for an ack."""
+    def room(self) -> int:
+        return self.extension.options.window - len(self.queue)
+
+    def written(self, element: etree._Element) -> None:
+        """Session.on_write: keep a copy of a stanza going out, ask for an ack."""
         if element.tag not in STANZA_TAGS:
-            return element
-        self.queue.append((copy.deepcopy(element), time.time()))
+            return
+        self.queue.append([copy.deepcopy(element), time.time(), None])
         self.sent = (self.sent + 1) % SEQUENCE
-        if len(self.queue) > self.extension.options.max_queue:
-            self.extension.overflow(self)
-        if self.session.connection is None:
-            self.extension.queued_while_hibernating(self.session, element)
-            return None
-        self.session.write(element)
         self.request_ack()
-        return None
 
     def request_ack(self) -> None:
         if self.requested is not None or self.session.connection is None or not self.queue:
@@ -158,10 +152,16 @@ class ManagedStream:
     def is_possible(self, h: int) -> bool:
         return (h - self.acked) % SEQUENCE <= len(self.queue)
 
-    def acknowledge(self, h: int) -> None:
+    def acknowledge(self, h: int) -> list[str]:
+        """Forget what 'h' acknowledges; the backlog ids of those the backlog has."""
+        in_backlog = []
         for _ in range((h - self.acked) % SEQUENCE):
-            self.queue.popleft()
+            _, _, backlog_id = self.queue.popleft()
+            if backlog_id is not None:
+                in_backlog.append(backlog_id)
         self.acked = h
+        self.session.room_opened()
+        return in_backlog
 
     def answered(self) -> None:
         """An <a/> came: the outstanding request, if any, is over; ask again for what
@@ -171,12 +171,25 @@ class ManagedStream:
         if self.sent != outstanding:
             self.request_ack()
 
+    def keep_in_backlog(self, backlog) -> None:
+        """Move the messages worth keeping to the backlog (a crash must not lose them);
+        their places in the queue stay, for counting."""
+        for entry in self.queue:
+            element, when, _ = entry
+            if element is not None and element.tag == MESSAGE and should_store(element):
+                entry[:] = [None, when, backlog.keep(self.session, element, when)]
+
     def resend(self, domain: str) -> None:
-        for element, when in self.queue:
+        """After <resumed/>: what is in memory goes out again, stamped; what is in the
+        backlog leaves the queue (the backlog sends it again, in order)."""
+        self.queue = collections.deque(entry for entry in self.queue if entry[0] is not None)
+        self.sent = (self.acked + len(self.queue)) % SEQUENCE
+        connection = self.session.connection
+        for element, when, _ in self.queue:
             if element.tag != IQ and element.find(DELAY) is None:
                 element = copy.deepcopy(element)   # the queued copy stays unstamped
                 element.append(delay_element(domain, when))
-            self.session.write(element)
+            connection.write(serialize(element))
         self.request_ack()
 
     def cancel_ack_timer(self) -> None:
@@ -194,17 +207,18 @@ class ManagedStream:
 
 class StreamManagement(Extension):
     xeps = {198: "1.6.1", 203: "2.0"}
+    depends = ["backlog"]
 
     @dataclass(frozen=True)
     class Options:
         resume_timeout: int = 300          # seconds a lost session waits for <resume/>; 0: no resumption
         ack_timeout: float = 60.0          # seconds an <r/> may stay unanswered; 0: wait forever
-        max_queue: int = 500               # unacknowledged stanzas kept; one more ends the session
+        window: int = 256                  # unacknowledged stanzas; past them, wait for acks
 
         def validate(self, where):
             where.check("resume_timeout", self.resume_timeout >= 0, "must not be negative")
             where.check("ack_timeout", self.ack_timeout >= 0, "must not be negative")
-            where.check("max_queue", self.max_queue > 0, "must be positive")
+            where.check("window", 0 < self.window <= 65536, "must be between 1 and 65536")
 
     def __init__(self, host, options):
         super().__init__(host, options)
@@ -230,7 +244,8 @@ class StreamManagement(Extension):
         resume = event.element.get("resume") in ("true", "1") and timeout > 0
         state = ManagedStream(self, session, secrets.token_urlsafe(18) if resume else None, timeout)
         session.meta[self.name] = state
-        session.filters.append(state.outgoing)
+        session.window = state.room
+        session.on_write = state.written
         attributes = {}
         if resume:
             self.resumable[state.id] = state
@@ -277,38 +292,10 @@ class StreamManagement(Extension):
         state.expiry = asyncio.get_running_loop().call_later(
             state.timeout, lambda: self.server.spawn(self._expire(state)))
         self.log.info("event=hibernating jid=%s unacked=%d timeout=%d", session.jid, len(state.queue), state.timeout)
-        await self.host.bus.notify("smacks-hibernation-start",
-                                   HibernatedStanzas(session, [element for element, _ in state.queue]))
+        unacked = [element for element, _, _ in state.queue if element is not None]
+        state.keep_in_backlog(self.host.extensions["backlog"])
+        await self.host.bus.notify("smacks-hibernation-start", HibernatedStanzas(session, unacked))
         return True
-
-    @hook("message/full")
-    @hook("message/bare")
-    async def store_while_asleep(self, stanza: Stanza) -> bool:
-        """A message worth keeping, for a user whose every resource that takes messages
-        hibernates, is stored offline instead of held in memory: the sender's ack then
-        means it survives a crash, and the resource gets it when it resumes. While
-        another resource is connected, messages go where they always did."""
-        if stanza.target == "full":
-            addressee = self.host.session_for(stanza.to)
-            if addressee is None or addressee.connection is not None:
-                return False
-        if not self._asleep(stanza.to.local) or not should_store(stanza.element):
-            return False
-        return await self.host.bus.fire("message/offline/store", stanza)
-
-    def _asleep(self, local: str) -> bool:
-        """Whether the user has resources that take messages and all of them hibernate
-        (on the path of every message: stops at the first connected one)."""
-        asleep = False
-        for session in self.host.sessions.get(local, {}).values():
-            if session.available and session.priority >= 0:
-                if session.connection is not None:
-                    return False
-                asleep = True
-        return asleep
-
-    def queued_while_hibernating(self, session: Session, element: etree._Element) -> None:
-        self.server.spawn(self.host.bus.notify("smacks-hibernation-stanza-queued", HibernatedStanzas(session, [element])))
 
     async def _expire(self, state: ManagedStream) -> None:
         session = state.session
@@ -316,19 +303,6 @@ class StreamManagement(Extension):
             return
         self.log.info("event=hibernation-expired jid=%s unacked=%d", session.jid, len(state.queue))
         await self.host.end_session(session)
-
-    def overflow(self, state: ManagedStream) -> None:
-        """More unacknowledged stanzas than `max_queue`: end the session (its queue then
-        goes where the stanzas of an unavailable resource go)."""
-        if state.overflowed:
-            return
-        state.overflowed = True
-        session = state.session
-        self.log.info("event=ack-queue-full jid=%s unacked=%d", session.jid, len(state.queue))
-        if session.connection is not None:
-            session.connection.close("policy-violation", "too many unacknowledged stanzas")
-        else:
-            self.server.spawn(self.host.end_session(session))
 
     # ------------------------------------------------------------- resumption
 
@@ -365,7 +339,7 @@ class StreamManagement(Extension):
         connection.negotiation.resumed()
         connection.attach(session)
         connection.write(nonza("resumed", {"h": str(state.handled), "previd": previd}))
-        state.acknowledge(h)
+        self.host.extensions["backlog"].forget(session, state.acknowledge(h))
         state.resend(self.host.domain)
         self.log.info("event=resumed jid=%s resent=%d", session.jid, len(state.queue))
         await self.host.bus.notify("smacks-hibernation-end", session)
@@ -386,40 +360,6 @@ class StreamManagement(Extension):
             self.expired[state.id] = (session.jid.bare, state.handled)
             while len(self.expired) > REMEMBERED_SESSIONS:
                 self.expired.popitem(last=False)
-        unacked = list(state.queue)
+        unacked = [(element, when) for element, when, _ in state.queue if element is not None]
         state.queue.clear()
-        for element, when in unacked:
-            await self._return(session, element, when)
-
-    async def _return(self, session: Session, element: etree._Element, when: float) -> None:
-        """A stanza the client never acknowledged, treated as one for an unavailable resource."""
-        if element.tag == IQ:
-            if element.get("type") in ("get", "set") and element.get("from"):
-                await self.host.send(error_reply(element, ServiceUnavailable()))
-            return
-        if element.tag != MESSAGE or not should_store(element):
-            return
-        others = [s for s in self.host.available_sessions(session.jid.local) if s.priority >= 0]
-        if others:
-            if element.find(DELAY) is None:
-                element.append(delay_element(self.host.domain, when))
-            top = max(s.priority for s in others)
-            for other in others:
-                if other.priority == top:
-                    other.send(element)
-            return
-        try:
-            sender = JID.parse(element.get("from") or self.host.domain)
-        except InvalidJID:
-            sender = self.host.jid
-        stanza = Stanza(element, "message", sender, session.jid)
-        stanza.target = "bare"
-        stanza.meta[UNACKED] = True
-        stanza.meta[DELAYED_SINCE] = when          # offline.py stamps its delay with it
-        try:
-            if await self.host.bus.fire("message/offline/store", stanza):
-                return
-            raise ServiceUnavailable()
-        except StanzaError as error:
-            if element.get("from"):
-                await self.host.send(error_reply(element, error))
+        await self.host.extensions["backlog"].hand_on(session, unacked)

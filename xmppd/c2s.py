@@ -230,6 +230,13 @@ class C2SConnection:
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
+    @property
+    def congested(self) -> bool:
+        return self.transport.congested
+
+    async def drained(self) -> None:
+        await self.transport.drained()
+
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """End the stream, with a stream error when `condition` is given."""
         if self.closed:

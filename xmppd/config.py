@@ -51,7 +51,9 @@ class C2SOptions:
     max_stanza_bytes: int = 262144
     unauthenticated_timeout: float = 60.0      # seconds to finish authentication and bind
     max_connections_per_ip: int = 100
-    max_output_buffer: int = 4 * 1024 * 1024   # stop reading a client whose unsent output exceeds this
+    max_output_buffer: int = 1024 * 1024       # unsent output past which a client gets nothing more for now
+    max_held_bytes: int = 512 * 1024           # stanzas held in memory for a client with no room
+    stall_timeout: float = 300.0               # seconds a client may take nothing; 0: forever
     auth_failure_delay: float = 1.0            # grows per recent failure from one address
 
     def validate(self, where):
@@ -59,6 +61,9 @@ class C2SOptions:
             where.check(key, 0 <= getattr(self, key) < 65536, "must be a port number (0-65535)")
         where.check("max_stanza_bytes", self.max_stanza_bytes >= 10000, "must be at least 10000")
         where.check("max_connections_per_ip", self.max_connections_per_ip > 0, "must be positive")
+        for key in ("max_output_buffer", "max_held_bytes"):
+            where.check(key, getattr(self, key) >= 65536, "must be at least 65536")
+        where.check("stall_timeout", self.stall_timeout >= 0, "must not be negative")
 
 
 @dataclass(frozen=True)

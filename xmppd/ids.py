@@ -18,9 +18,13 @@ _last_ms = 0
 _counter = 0
 
 
-def time_ordered_id() -> str:
-    """A new UUIDv7 string, greater than every id this process made before."""
+def time_ordered_id(at: float | None = None) -> str:
+    """A new UUIDv7 string, greater than every id this process made before; or, `at` a
+    Unix time, one that sorts among the ids made at that time (a stanza kept late in
+    the place it had then)."""
     global _last_ms, _counter
+    if at is not None:
+        return _uuid7(int(at * 1000), secrets.randbelow(_COUNTER_MAX + 1))
     with _lock:
         now = time.time_ns() // 1_000_000
         if now > _last_ms:
@@ -30,5 +34,9 @@ def time_ordered_id() -> str:
         else:                                  # 4096 ids in one millisecond: borrow the next one
             _last_ms, _counter = _last_ms + 1, 0
         ms, counter = _last_ms, _counter
+    return _uuid7(ms, counter)
+
+
+def _uuid7(ms: int, counter: int) -> str:
     value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | secrets.randbits(62)
     return str(uuid.UUID(int=value))

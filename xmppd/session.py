@@ -1,40 +1,67 @@
 """One authenticated resource: its JID, presence, priority and what it asked for.
 
 `send` is the only way out to a client. Extensions that must see or hold outgoing
-stanzas (stream management counts them, CSI holds some back) add a filter: a callable
-that returns the element to send on, or None when it took the stanza over.
+stanzas (CSI holds some back) add a filter: a callable that returns the element to send
+on, or None when it took the stanza over.
+
+Flow control: a session writes to its connection only while the client has `room`: the
+connection's unsent output is under its limit (xmppd/transport.py) and, with XEP-0198,
+the window of unacknowledged stanzas is not full (`window`, set by smacks.py, which also
+sees each stanza written through `on_write`). What comes while there is no room waits:
+- in `held`, in memory, in order, up to `c2s.max_held_bytes`; past it, a stanza is
+  dropped (an iq get/set is answered with resource-constraint) and counted;
+- or, for what is kept durably (offline.py's queue, backlog.py's per-resource store),
+  where it is: such a store registers a `source` with `add_source`, and the session's
+  pump drains its sources in order as room opens, after what is held. Routing asks
+  `behind` to know whether a message would overtake what waits.
+A connection without room for `c2s.stall_timeout` seconds is closed (resource-constraint):
+a client that takes nothing is not kept forever.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+import logging
+import sys
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence
 
 from lxml import etree
 
+from xmppd.metrics import LIMIT_REACHED
+from xmppd.protocol.errors import ResourceConstraint
 from xmppd.protocol.jid import JID
+from xmppd.protocol.stanza import IQ, error_reply
 from xmppd.protocol.stream import serialize
 
 if TYPE_CHECKING:
     from xmppd.host import Host
 
 
+log = logging.getLogger(__name__)
+
+
 class Connection(Protocol):
     peer: str
+    congested: bool                      # unsent output over the limit: write nothing more
 
     def write(self, data: bytes) -> None: ...
     def close(self, condition: str | None = None, text: str | None = None) -> None: ...
     def drop(self) -> None: ...
+    async def drained(self) -> None: ...
 
 
 Filter = Callable[[etree._Element], "etree._Element | None"]
+# Sends at most `room` stanzas of what it keeps; True once it has nothing left.
+Source = Callable[[int], Awaitable[bool]]
+UNLIMITED = sys.maxsize
+SOURCE_BATCH = 256                       # stored stanzas a source sends per turn, at most
 
 
 class Session:
     def __init__(self, host: "Host", jid: JID, connection: Connection | None):
         self.host = host
         self.jid = jid
-        self.connection = connection
+        self._connection = connection
         self.available = False               # initial presence sent, not yet unavailable
         self.presence: etree._Element | None = None
         self.priority = 0
@@ -44,9 +71,27 @@ class Session:
         self.unsettled: collections.deque[asyncio.Future] = collections.deque()   # read, not yet counted
         self.meta: dict = {}                 # per-extension state, keyed by extension name
         self.closed = False
+        self.window: Callable[[], int] | None = None         # free places in the XEP-0198 window
+        self.on_write: Callable[[etree._Element], None] | None = None
+        self.held: collections.deque[tuple[etree._Element, int]] = collections.deque()
+        self.held_bytes = 0
+        self.sources: dict[str, Source] = {}
+        self._pump: asyncio.Task | None = None
+        self._room = asyncio.Event()
 
     def __repr__(self):
         return f"<Session {self.jid}>"
+
+    @property
+    def connection(self) -> Connection | None:
+        return self._connection
+
+    @connection.setter
+    def connection(self, connection: Connection | None) -> None:
+        self._connection = connection
+        self._room.set()                     # a pump waiting on the old connection ends
+        if connection is not None:
+            self.pump()
 
     def send(self, element: etree._Element, *, after: Filter | None = None) -> None:
         """Pass `element` through the filters, then write it. With `after`, only the
@@ -82,11 +127,106 @@ class Session:
         while self.unsettled:
             await asyncio.wait([self.unsettled[0]])
 
+    # ------------------------------------------------------------- flow control
+
+    def room(self) -> int:
+        """How many stanzas the client can take now."""
+        connection = self._connection
+        if connection is None or connection.congested:
+            return 0
+        return self.window() if self.window is not None else UNLIMITED
+
+    @property
+    def behind(self) -> bool:
+        """Whether something waits for this client: a message routed now must wait too
+        (durably, where it can), or it would overtake."""
+        return bool(self.held or self.sources) or self.room() <= 0
+
     def write(self, element: etree._Element) -> None:
-        """Serialize to the connection, past the filters (for resends and flushes)."""
-        if self.connection is not None:
-            self.connection.write(serialize(element))
-            self.host.server.metrics.stanza_sent(element.tag)
+        """Write past the filters, or hold while the client has no room."""
+        if self.held or self.room() <= 0:
+            self._hold(element)
+        else:
+            self._put(element)
+
+    def _put(self, element: etree._Element) -> None:
+        self._connection.write(serialize(element))
+        self.host.server.metrics.stanza_sent(element.tag)
+        if self.on_write is not None:
+            self.on_write(element)
+
+    def _hold(self, element: etree._Element) -> None:
+        size = len(serialize(element))
+        options = self.host.server.config.c2s
+        if self.held_bytes + size > options.max_held_bytes:
+            self.host.server.metrics.count(LIMIT_REACHED, "c2s.max_held_bytes")
+            log.info("event=held-stanza-dropped jid=%s held=%d", self.jid, len(self.held))
+            if element.tag == IQ and element.get("type") in ("get", "set") and element.get("from"):
+                self.host.server.spawn(self.host.send(error_reply(
+                    element, ResourceConstraint(text="the recipient is not taking stanzas"))))
+            return
+        self.held.append((element, size))
+        self.held_bytes += size
+        self.pump()
+
+    def take_held(self) -> list[etree._Element]:
+        """Empty `held` (a session that ends hands on what it held)."""
+        held = [element for element, _ in self.held]
+        self.held.clear()
+        self.held_bytes = 0
+        return held
+
+    def add_source(self, key: str, drain: Source) -> None:
+        """Have the pump drain `drain` once what is held and the earlier sources are out."""
+        self.sources.setdefault(key, drain)
+        self.pump()
+
+    def room_opened(self) -> None:
+        """The client took some stanzas (a XEP-0198 ack): wake the pump."""
+        self._room.set()
+
+    def pump(self) -> None:
+        if self._pump is None and self._connection is not None and not self.closed and (self.held or self.sources):
+            self._pump = self.host.server.spawn(self._run_pump())
+
+    async def _run_pump(self) -> None:
+        try:
+            while (connection := self._connection) is not None and not self.closed:
+                while self.held and self.room() > 0:
+                    element, size = self.held.popleft()
+                    self.held_bytes -= size
+                    self._put(element)
+                room = self.room()
+                if room <= 0:
+                    if not await self._wait_for_room(connection):
+                        return
+                elif self.held or not self.sources:
+                    return
+                else:
+                    key, drain = next(iter(self.sources.items()))
+                    if await drain(min(room, SOURCE_BATCH)) and self.sources.get(key) is drain:
+                        del self.sources[key]
+        finally:
+            self._pump = None
+
+    async def _wait_for_room(self, connection: Connection) -> bool:
+        """Wait until the client takes something; False when the connection is gone."""
+        self._room.clear()
+        stall = self.host.server.config.c2s.stall_timeout
+        try:
+            async with asyncio.timeout(stall or None):
+                if connection.congested:
+                    await connection.drained()
+                else:
+                    await self._room.wait()
+        except TimeoutError:
+            self.host.server.metrics.count(LIMIT_REACHED, "c2s.stall_timeout")
+            log.info("event=stalled jid=%s held=%d", self.jid, len(self.held))
+            connection.close("resource-constraint", "the client did not take its stanzas")
+            return False
+        except (ConnectionError, OSError):
+            return False
+        return self._connection is connection
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:
         """Close the stream, with a stream error when `condition` is given."""

@@ -2,7 +2,9 @@
 
 Writes issued during one turn of the event loop are joined into one socket write: under
 load a client gets many stanzas per system call. A client whose unsent output is over its
-limit is not read from until the output drains (it cannot add load it does not take).
+limit is not read from until the output drains (it cannot add load it does not take),
+and is `congested`: the session writes nothing more to it until it has `drained`
+(xmppd/session.py holds or backlogs what waits).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class Transport:
         self.local_port: int = (writer.get_extra_info("sockname") or ("", 0))[1]
         self.is_loopback = _is_loopback(self.peer)
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._loop = asyncio.get_running_loop()
         self.closing = False
         sock = writer.get_extra_info("socket")
@@ -41,11 +44,24 @@ class Transport:
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(data)
+        self._pending_bytes += len(data)
 
     def _flush(self) -> None:
         if self._pending and not self.writer.is_closing():
             self.writer.write(b"".join(self._pending))
         self._pending.clear()
+        self._pending_bytes = 0
+
+    @property
+    def congested(self) -> bool:
+        """Whether the output not yet taken by the peer is over `max_output_buffer`."""
+        return self._pending_bytes + self.writer.transport.get_write_buffer_size() > self.max_output_buffer
+
+    async def drained(self) -> None:
+        """Return once the output is below the transport's low-water mark; raises
+        ConnectionError when the connection is lost meanwhile."""
+        self._flush()
+        await self.writer.drain()
 
     @property
     def ssl_object(self) -> ssl.SSLObject | None:
@@ -63,6 +79,7 @@ class Transport:
         """Cut the connection at once, unflushed (a peer that stopped answering)."""
         self.closing = True
         self._pending.clear()
+        self._pending_bytes = 0
         self.writer.transport.abort()
 
     async def close(self, timeout: float = 5.0) -> None:

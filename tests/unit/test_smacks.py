@@ -15,9 +15,9 @@ def test_h_is_an_unsigned_int(value, expected):
 
 
 def stream_with(unacked: int, acked: int) -> ManagedStream:
-    session = types.SimpleNamespace(stanzas_handled=0)
+    session = types.SimpleNamespace(stanzas_handled=0, room_opened=lambda: None)
     state = ManagedStream(types.SimpleNamespace(), session, None, 0)
-    state.queue.extend((f"stanza {n}", 0.0) for n in range(unacked))
+    state.queue.extend([f"stanza {n}", 0.0, None] for n in range(unacked))
     state.acked = acked
     state.sent = (acked + unacked) % 2 ** 32
     return state
@@ -27,7 +27,7 @@ def test_acks_wrap_around_past_two_to_the_32():
     state = stream_with(3, 2 ** 32 - 1)
     assert state.is_possible(1) and not state.is_possible(3)
     state.acknowledge(1)                           # 2^32 - 1 -> 0 -> 1: two stanzas
-    assert [item for item, _ in state.queue] == ["stanza 2"] and state.acked == 1
+    assert [item for item, _, _ in state.queue] == ["stanza 2"] and state.acked == 1
 
 
 def test_an_h_below_the_last_one_is_impossible():
