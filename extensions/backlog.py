@@ -126,7 +126,7 @@ class Backlog(Extension):
         item = ArchivedStanza(id=time_ordered_id(when if at else None), when=when,
                               with_=element.get("from") or self.host.domain, payload=to_storage(stored))
         write = self.pending.start(owner, self._write(owner, item, session, stanza))
-        session.add_source(self.name, lambda room: self._drain(session, room))
+        session.add_source(self.name, lambda room: self._drain(session, room), first=at)
         return item.id, write
 
     async def _write(self, owner: str, item: ArchivedStanza, session: Session, stanza: Stanza | None) -> None:

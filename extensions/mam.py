@@ -182,7 +182,7 @@ class MessageArchive(Extension):
         if stanza.to.bare == owner:            # to oneself: archived once, as received
             return False
         if await self._belongs(owner, stanza, stanza.to, outgoing=True):
-            item_id = await self._start_write(owner, stanza.to, stanza.element)
+            item_id = await self._start_write(owner, stanza.to, stanza)
             # For the <sent/> carbons only (XEP-0313 3.4): unstamp_sent takes it off.
             stanza.meta[SENT_STAMP] = sub_element(stanza.element, mam.STANZA_ID, {"by": str(owner), "id": item_id})
         return False
@@ -205,7 +205,7 @@ class MessageArchive(Extension):
         if await self._belongs(owner, stanza, stanza.from_, outgoing=False) and await self.host.user_exists(owner.local):
             item_id = time_ordered_id()
             sub_element(stanza.element, mam.STANZA_ID, {"by": str(owner), "id": item_id})
-            await self._start_write(owner, stanza.from_, stanza.element, item_id)
+            await self._start_write(owner, stanza.from_, stanza, item_id)
         return False
 
     async def _belongs(self, owner: JID, stanza: Stanza, peer: JID, *, outgoing: bool) -> bool:
@@ -214,11 +214,13 @@ class MessageArchive(Extension):
         await self.host.bus.fire("archive-should-store", question)
         return question.answer and await self._wanted(owner, peer)
 
-    async def _start_write(self, owner: JID, peer: JID, message: etree._Element, item_id: str | None = None) -> str:
-        """Write `message` as it is now to `owner`'s archive in the background; its id."""
-        item = ArchivedStanza(item_id or time_ordered_id(), mam.archive_time(), str(peer.bare), to_storage(message))
+    async def _start_write(self, owner: JID, peer: JID, stanza: Stanza, item_id: str | None = None) -> str:
+        """Write the message as it is now to `owner`'s archive in the background; its id.
+        The sender's XEP-0198 ack waits for the commit (Stanza.writes): a message acked
+        is in the archive, even after a crash."""
+        item = ArchivedStanza(item_id or time_ordered_id(), mam.archive_time(), str(peer.bare), to_storage(stanza.element))
         await self.room.acquire()              # waits only when max_pending_writes are under way
-        self.pending.start(str(owner), self._write(str(owner), item))
+        stanza.writes.append(self.pending.start(str(owner), self._write(str(owner), item)))
         return item.id
 
     async def _write(self, owner: str, item: ArchivedStanza) -> None:

@@ -142,8 +142,8 @@ class OfflineMessages(Extension):
             for item in page.items:
                 session.send(from_storage(item.payload))
             if page.items:
-                await self.store.delete(owner, [item.id for item in page.items])
                 self.server.metrics.count(OFFLINE_DELIVERED, amount=len(page.items))
+                await self.store.delete(owner, [item.id for item in page.items])
             self.queue_lengths.pop(owner, None)
         return page.complete
 

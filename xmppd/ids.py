@@ -18,13 +18,22 @@ _last_ms = 0
 _counter = 0
 
 
+_last_at = [0, 0]                          # ms and counter of the last id made with `at`
+
+
 def time_ordered_id(at: float | None = None) -> str:
     """A new UUIDv7 string, greater than every id this process made before; or, `at` a
-    Unix time, one that sorts among the ids made at that time (a stanza kept late in
-    the place it had then)."""
+    Unix time, one that sorts among the ids made at that time, after the one made with
+    the same millisecond just before (stanzas kept late, in the places they had)."""
     global _last_ms, _counter
     if at is not None:
-        return _uuid7(int(at * 1000), secrets.randbelow(_COUNTER_MAX + 1))
+        with _lock:
+            ms = int(at * 1000)
+            if ms == _last_at[0] and _last_at[1] < _COUNTER_MAX:
+                _last_at[1] += 1
+            else:
+                _last_at[:] = [ms, secrets.randbelow(_COUNTER_MAX // 2)]
+            return _uuid7(*_last_at)
     with _lock:
         now = time.time_ns() // 1_000_000
         if now > _last_ms:

@@ -176,9 +176,13 @@ class Session:
         self.held_bytes = 0
         return held
 
-    def add_source(self, key: str, drain: Source) -> None:
-        """Have the pump drain `drain` once what is held and the earlier sources are out."""
-        self.sources.setdefault(key, drain)
+    def add_source(self, key: str, drain: Source, *, first: bool = False) -> None:
+        """Have the pump drain `drain` once what is held and the earlier sources are out
+        (with `first`, before the other sources: it holds older stanzas)."""
+        if first:
+            self.sources = {key: self.sources.get(key, drain), **self.sources}
+        else:
+            self.sources.setdefault(key, drain)
         self.pump()
 
     def room_opened(self) -> None:

@@ -64,10 +64,10 @@ class XmppdProcess:
     def log(self) -> str:
         return "".join(self.output)
 
-    async def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
-        """Return once `text` is in the log: a server-side event a test waits for."""
+    async def wait_for_log(self, text: str, timeout: float = 10.0, count: int = 1) -> None:
+        """Return once `text` is in the log (`count` times): a server-side event a test waits for."""
         async def scan():
-            while text not in self.log:
+            while self.log.count(text) < count:
                 await asyncio.sleep(0.05)
         await asyncio.wait_for(scan(), timeout)
 

@@ -5,11 +5,19 @@ client admits to have handled, and an abrupt TCP drop (`drop`) with no stream cl
 """
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
+
+from lxml import etree
 
 from tests.support.raw import RawClient
 
 NS_SM = "urn:xmpp:sm:3"
+MESSAGE = "{jabber:client}message"
+IQ = "{jabber:client}iq"
+ARCHIVED_MESSAGE = "{urn:xmpp:mam:2}result/{urn:xmpp:forward:0}forwarded/{jabber:client}message"
+STANZAS = frozenset((MESSAGE, "{jabber:client}presence", IQ))
 
 
 async def authenticated(server, user: str, password: str = "secret") -> tuple[RawClient, str]:
@@ -75,3 +83,84 @@ def drop(client: RawClient) -> None:
 async def send_message(client: RawClient, to: str, body: str, message_id: str | None = None) -> None:
     id_attribute = f" id='{message_id}'" if message_id else ""
     await client.send(f"<message to='{to}' type='chat'{id_attribute}><body>{body}</body></message>")
+
+
+class StanzaStream:
+    """The stanzas of a bound stream read as a XEP-0198 client reads them: each one
+    counted in `handled` ('h'), every <r/> answered with <a h=.../>, the ids of the
+    messages kept in order. `pace` makes it a slow reader: at most `chunk` bytes per
+    `pace` seconds, with a small socket receive buffer (the server's output backs up)."""
+
+    def __init__(self, client: RawClient, handled: int = 0, *, chunk: int = 65536, pace: float = 0.0,
+                 message_ids: list[str] | None = None):
+        self.client = client
+        self.handled = handled
+        self.chunk = chunk
+        self.pace = pace
+        self.message_ids: list[str] = [] if message_ids is None else message_ids
+        self.iqs: dict[str, etree._Element] = {}         # the iqs received, by id
+        self.archived_ids: list[str] = []                  # of the messages in XEP-0313 results
+        self.parser = etree.XMLPullParser(events=("start", "end"), resolve_entities=False)
+        self.parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+        self.depth = 0
+        if pace:
+            client.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self._take(client.buffer.encode())
+        client.buffer = ""
+
+    async def read(self) -> bool:
+        """Read and handle one chunk; False at the end of the stream."""
+        transport = self.client.writer.transport
+        if self.pace:
+            transport.resume_reading()
+        data = await self.client.reader.read(self.chunk)
+        if self.pace:
+            transport.pause_reading()
+        if not data:
+            return False
+        self._take(data)
+        if self.pace:
+            await asyncio.sleep(self.pace)         # the reading speed, not a synchronisation
+        return True
+
+    async def ping(self, ping_id: str, timeout: float = 30) -> None:
+        """A round trip: everything sent before the answer has been read."""
+        await self.request(f"<iq type='get' id='{ping_id}'><ping xmlns='urn:xmpp:ping'/></iq>", ping_id, timeout)
+
+    async def request(self, iq: str, iq_id: str, timeout: float = 30) -> etree._Element:
+        """Send an iq; its answer, once read (with everything sent before it)."""
+        await self.client.send(iq)
+        await self.until(lambda: iq_id in self.iqs, timeout)
+        return self.iqs[iq_id]
+
+    async def until(self, done, timeout: float) -> None:
+        """Read until `done()` holds; ConnectionError if the stream ends first."""
+        async with asyncio.timeout(timeout):
+            while not done():
+                if not await self.read():
+                    raise ConnectionError(f"stream ended after {self.handled} stanzas")
+
+    def _take(self, data: bytes) -> None:
+        self.parser.feed(data)
+        answers = []
+        for event, element in self.parser.read_events():
+            if event == "start":
+                self.depth += 1
+                continue
+            self.depth -= 1
+            if self.depth != 1:
+                continue
+            if element.tag in STANZAS:
+                self.handled += 1
+                archived = element.find(ARCHIVED_MESSAGE)
+                if archived is not None:
+                    self.archived_ids.append(archived.get("id"))
+                elif element.tag == MESSAGE and element.get("id"):
+                    self.message_ids.append(element.get("id"))
+                elif element.tag == IQ:
+                    self.iqs[element.get("id")] = element
+            elif element.tag == f"{{{NS_SM}}}r":
+                answers.append(f"<a xmlns='{NS_SM}' h='{self.handled % 2 ** 32}'/>")
+            element.getparent().remove(element)
+        if answers:
+            self.client.writer.write("".join(answers).encode())
