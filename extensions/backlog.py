@@ -9,7 +9,9 @@ resource's full JID, stamped with a XEP-0203 delay. The commit runs in the backg
 and the sender's ack waits for it (Stanza.writes). The session then has a source that
 sends the backlog, oldest first, as the client takes stanzas, and deletes what it sent.
 For a user whose every resource that takes messages hibernates, a message goes to
-offline storage once instead, for whichever device comes back first.
+offline storage once instead, for whichever device comes back first. A backlog holds at
+most `max_messages_per_resource`; past it, the sender gets resource-constraint (wait)
+and the limit is counted.
 
 `keep` stores what a lost connection left unacknowledged (smacks.py, at hibernation), in
 the place each stanza had in the stream, so that a crash meanwhile loses nothing.
@@ -18,8 +20,9 @@ When a session ends, what it leaves goes to the user's account as if sent to an
 unavailable resource: what smacks.py returns unacknowledged, then what the session held
 in memory, then its backlog. A message worth keeping goes to offline storage
 (message/offline/store; bounced to its sender if that is full), never to other sessions
-directly: one copy is handed on once, so that resources ending one after the other
-cannot multiply it. An iq get/set is answered service-unavailable; anything else is
+directly: a message is handed on once, so that resources ending one after the other
+cannot multiply it, and copies of one message (a message to the bare JID reached
+several resources) are handed on once, known by the stanza-id the archive gave them. An iq get/set is answered service-unavailable; anything else is
 dropped. At start, the backlogs a crashed server left go to offline storage the same way.
 
 Hooks: message/bare and message/full (after blocking, the archive and carbons, before
@@ -29,8 +32,10 @@ hibernating resource (XEP-0357 push), once committed.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import time
+from dataclasses import dataclass
 
 from lxml import etree
 
@@ -38,9 +43,10 @@ from xmppd.extension import Extension, hook
 from xmppd.extensions.offline import DELAYED_SINCE, should_store
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
-from xmppd.mam import parse_datetime
+from xmppd.mam import STANZA_ID, parse_datetime
 from xmppd.pending import PendingWrites
-from xmppd.protocol.errors import BadRequest, ServiceUnavailable, StanzaError
+from xmppd.metrics import LIMIT_REACHED
+from xmppd.protocol.errors import BadRequest, ResourceConstraint, ServiceUnavailable, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_DELAY
 from xmppd.protocol.stanza import IQ, MESSAGE, delay_element, error_reply, from_storage, to_storage
@@ -50,16 +56,28 @@ from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
 DELAY = f"{{{NS_DELAY}}}delay"
 RETURNED = "backlog-returned"              # Stanza.meta: handed on by a session that ended
+HANDED_ON_REMEMBERED = 10000               # messages handed on lately, by account and identity
 
 
 class Backlog(Extension):
     xeps = {198: "1.6.1", 203: "2.0"}
     depends = ["offline"]
 
+    @dataclass(frozen=True)
+    class Options:
+        max_messages_per_resource: int = 10000
+
+        def validate(self, where):
+            where.check("max_messages_per_resource", self.max_messages_per_resource > 0, "must be positive")
+
     def __init__(self, host, options):
         super().__init__(host, options)
         self.pending = PendingWrites(self.server)
         self.lock = KeyedLocks()               # per resource: draining against handing on
+        # Backlog lengths, kept here: every backlog is empty at start (handed on) and
+        # when its session ends.
+        self.lengths: collections.Counter[str] = collections.Counter()
+        self.handed_on: collections.OrderedDict[tuple, None] = collections.OrderedDict()
 
     async def start(self) -> None:
         self.store = self.host.open_archive("backlog")
@@ -87,6 +105,9 @@ class Backlog(Extension):
             return False
         if self._all_asleep(stanza.to.local):
             return await self.host.bus.fire("message/offline/store", stanza)
+        if any(self.lengths[str(s.jid)] >= self.options.max_messages_per_resource for s in waiting):
+            self.server.metrics.count(LIMIT_REACHED, "extensions.backlog.max_messages_per_resource")
+            raise ResourceConstraint(text="too many messages wait for the recipient")
         for session in recipients:
             if session in waiting:
                 stanza.writes.append(self._append(session, stanza.element, time.time(), stanza)[1])
@@ -125,6 +146,7 @@ class Backlog(Extension):
             stored.append(delay_element(self.host.domain, when))
         item = ArchivedStanza(id=time_ordered_id(when if at else None), when=when,
                               with_=element.get("from") or self.host.domain, payload=to_storage(stored))
+        self.lengths[owner] += 1
         write = self.pending.start(owner, self._write(owner, item, session, stanza))
         session.add_source(self.name, lambda room: self._drain(session, room), first=at)
         return item.id, write
@@ -146,6 +168,7 @@ class Backlog(Extension):
                 session.send(from_storage(item.payload))
             if page.items:
                 await self.store.delete(owner, [item.id for item in page.items])
+                self.lengths[owner] -= len(page.items)
         return page.complete and owner not in self.pending.by_owner
 
     # ------------------------------------------------------------- handing on
@@ -172,9 +195,17 @@ class Backlog(Extension):
                 if page.items:
                     await self.store.delete(owner, [item.id for item in page.items])
                 if page.complete:
+                    self.lengths.pop(owner, None)
                     return
 
     async def _return(self, resource: JID, element: etree._Element, when: float) -> None:
+        key = (str(resource.bare), _identity(element, str(resource.bare)))
+        if key[1] is not None:
+            if key in self.handed_on:              # a copy of the same message, from another resource
+                return
+            self.handed_on[key] = None
+            while len(self.handed_on) > HANDED_ON_REMEMBERED:
+                self.handed_on.popitem(last=False)
         if element.tag == IQ:
             if element.get("type") in ("get", "set") and element.get("from"):
                 await self.host.send(error_reply(element, ServiceUnavailable()))
@@ -197,6 +228,15 @@ class Backlog(Extension):
         except StanzaError as error:
             if element.get("from"):
                 await self.host.send(error_reply(element, error))
+
+
+def _identity(element: etree._Element, owner: str) -> str | None:
+    """What tells copies of one message apart: the XEP-0359 stanza-id its recipient's
+    archive gave it (the same in every copy of a message to the bare JID)."""
+    for stamp in element.iterchildren(STANZA_ID):
+        if stamp.get("by") == owner:
+            return stamp.get("id")
+    return None
 
 
 def _first_due(element: etree._Element, when: float) -> float:

@@ -5,8 +5,9 @@ What is kept: chat and normal messages with a body, or with a payload that must 
 the user later (receipts, chat markers, OMEMO, invitations), or marked with a XEP-0334
 <store/> hint; never groupchat, headline, error, chat states alone or <no-store/>.
 Messages are stored in the "offline" archive with time-ordered ids, at most
-`max_messages_per_user` per user (beyond it the sender gets service-unavailable, as
-XEP-0160 says for a full storage). The write is started in order (its id fixes the
+`max_messages_per_user` per user and `max_messages_per_sender` of them from one sender,
+so that one stranger cannot fill a user's queue (beyond either, the sender gets
+service-unavailable, as XEP-0160 says for a full storage, and the limit is counted). The write is started in order (its id fixes the
 message's place in the queue) and commits in the background (xmppd/pending.py): the
 sender's next stanza is routed meanwhile, and the sender's XEP-0198 ack waits for the
 commit (Stanza.writes); a failed write is bounced with internal-server-error. Delivery
@@ -34,7 +35,7 @@ from xmppd import hints
 from xmppd.extension import Extension, hook
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
-from xmppd.metrics import OFFLINE_DELIVERED, OFFLINE_QUEUE_LENGTH, OFFLINE_STORED
+from xmppd.metrics import LIMIT_REACHED, OFFLINE_DELIVERED, OFFLINE_QUEUE_LENGTH, OFFLINE_STORED
 from xmppd.pending import PendingWrites
 from xmppd.protocol.errors import InternalServerError, ServiceUnavailable
 from xmppd.protocol.jid import JID
@@ -57,10 +58,12 @@ class OfflineMessages(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        max_messages_per_user: int = 1000
+        max_messages_per_user: int = 10000
+        max_messages_per_sender: int = 1000    # of one user's queue: one stranger cannot fill it
 
         def validate(self, where):
             where.check("max_messages_per_user", self.max_messages_per_user > 0, "must be positive")
+            where.check("max_messages_per_sender", self.max_messages_per_sender > 0, "must be positive")
 
     def __init__(self, host, options):
         super().__init__(host, options)
@@ -68,6 +71,7 @@ class OfflineMessages(Extension):
         # Queue lengths counted once, then kept up to date under the lock: counting the
         # stored rows for every new message would make filling a queue quadratic.
         self.queue_lengths: dict[str, int] = {}
+        self.sender_lengths: dict[str, dict[str, int]] = {}      # owner -> sender -> messages queued
         self.pending = PendingWrites(self.server)
 
     async def start(self) -> None:
@@ -96,12 +100,21 @@ class OfflineMessages(Extension):
                 await self.pending.settled(key)
                 length = await self.store.count(key)
             if length >= self.options.max_messages_per_user:
+                self.server.metrics.count(LIMIT_REACHED, "extensions.offline.max_messages_per_user")
                 raise ServiceUnavailable(text="the recipient's offline storage is full")
+            sender = str(stanza.from_.bare)
+            from_sender = self.sender_lengths.setdefault(key, {}).get(sender)
+            if from_sender is None:
+                from_sender = (await self.store.query(key, ArchiveQuery(with_=sender, max=0))).count or 0
+            if from_sender >= self.options.max_messages_per_sender:
+                self.server.metrics.count(LIMIT_REACHED, "extensions.offline.max_messages_per_sender")
+                raise ServiceUnavailable(text="the recipient's offline storage holds too many of your messages")
             # The id fixes the message's place in the queue; the commit runs on while the
             # sender's next stanza is routed, and the sender's ack waits for it.
             write = self.pending.start(key, self.store.append(key, ArchivedStanza(
                 id=time_ordered_id(), when=now, with_=str(stanza.from_.bare), payload=to_storage(element))))
             self.queue_lengths[key] = length + 1
+            self.sender_lengths[key][sender] = from_sender + 1
             self.server.metrics.observe(OFFLINE_QUEUE_LENGTH, (), length + 1)
         stanza.writes.append(self.server.spawn(self._committed(stanza, write)))
         return True
@@ -114,7 +127,7 @@ class OfflineMessages(Extension):
             await write
         except Exception:
             self.log.exception("event=offline-write-failed owner=%s", owner)
-            self.queue_lengths.pop(str(owner), None)         # counted again from storage
+            self._forget_lengths(str(owner))                  # counted again from storage
             await self.server.router.bounce(stanza, InternalServerError())
             return
         self.server.metrics.count(OFFLINE_STORED)
@@ -144,12 +157,16 @@ class OfflineMessages(Extension):
             if page.items:
                 self.server.metrics.count(OFFLINE_DELIVERED, amount=len(page.items))
                 await self.store.delete(owner, [item.id for item in page.items])
-            self.queue_lengths.pop(owner, None)
+            self._forget_lengths(owner)
         return page.complete
+
+    def _forget_lengths(self, owner: str) -> None:
+        self.queue_lengths.pop(owner, None)
+        self.sender_lengths.pop(owner, None)
 
     @hook("user-deleted")
     async def delete_queue(self, jid: JID) -> None:
         async with self.lock(str(jid)):
             await self.pending.settled(str(jid))
             await self.store.delete(str(jid))
-            self.queue_lengths.pop(str(jid), None)
+            self._forget_lengths(str(jid))

@@ -39,6 +39,7 @@ CONNECTIONS_ACCEPTED = "xmppd_connections_accepted_total"
 CONNECTIONS_OPEN = "xmppd_connections"
 SESSIONS = "xmppd_sessions"
 SESSIONS_HIBERNATING = "xmppd_sessions_hibernating"
+SESSIONS_HELD_BACK = "xmppd_sessions_held_back"
 STANZAS_RECEIVED = "xmppd_stanzas_received_total"
 STANZAS_SENT = "xmppd_stanzas_sent_total"
 AUTH_SUCCESSES = "xmppd_auth_successes_total"
@@ -58,6 +59,8 @@ METRICS = {
     SESSIONS: Metric("gauge", ("host",), "Bound client resources, hibernating ones included."),
     SESSIONS_HIBERNATING: Metric("gauge", ("host",), "Sessions kept without a connection by XEP-0198 "
                                  "stream management, waiting to be resumed."),
+    SESSIONS_HELD_BACK: Metric("gauge", ("host",), "Connected sessions that stanzas wait for: their XEP-0198 "
+                               "window is full, their output is over c2s.max_output_buffer, or a backlog drains."),
     STANZAS_RECEIVED: Metric("counter", ("kind",), "Stanzas received from bound clients, by kind."),
     STANZAS_SENT: Metric("counter", ("kind",), "Stanzas written to clients, by kind (resends included)."),
     AUTH_SUCCESSES: Metric("counter", ("mechanism",), "Successful SASL authentications, by mechanism."),

@@ -41,6 +41,8 @@ class Monitoring:
         server.http.add_route("GET", "/health", self.serve_health)
         server.metrics.gauge(metrics.SESSIONS, lambda: self._per_host(lambda session: True))
         server.metrics.gauge(metrics.SESSIONS_HIBERNATING, lambda: self._per_host(lambda session: session.connection is None))
+        server.metrics.gauge(metrics.SESSIONS_HELD_BACK,
+                             lambda: self._per_host(lambda session: session.connection is not None and session.behind))
         server.metrics.gauge(metrics.CONNECTIONS_OPEN, self._connections)
 
     # ------------------------------------------------------------- /metrics
