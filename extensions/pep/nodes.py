@@ -47,9 +47,9 @@ CHOICES = {"access_model": ACCESS_MODELS, "send_last_published_item": SEND_LAST,
            "notification_type": NOTIFICATION_TYPES, "publish_model": ("publishers",)}
 
 
-def pubsub_error(error: type[StanzaError], condition: str, **attributes) -> StanzaError:
+def pubsub_error(error: type[StanzaError], condition: str, text: str | None = None, **attributes) -> StanzaError:
     """A stanza error with its pubsub#errors condition (XEP-0060 section 7, 6.5.9...)."""
-    return error(app_condition=make_element(f"{{{NS_PUBSUB_ERRORS}}}{condition}", attributes or None))
+    return error(text=text, app_condition=make_element(f"{{{NS_PUBSUB_ERRORS}}}{condition}", attributes or None))
 
 
 def new_config(overrides: dict | None = None) -> dict:

@@ -1,0 +1,92 @@
+"""End to end: what one account may store on the server is bounded (issue 20, item 6).
+Each test first grows the store as an attacker would, up to the configured limit (small
+here, so each test stays short), then shows the next request refused with the error its
+XEP or RFC names and a <text/> naming the limit, and the refusal counted in
+xmppd_limit_reached_total."""
+import pytest
+
+from tests.support.limits import limit_reached
+from tests.support.pep import NS_STANZAS, error_of, items_request, publish
+from tests.support.pep import online  # noqa: F401  (fixture)
+from tests.support.server import XmppdProcess
+
+PEP_MAX_NODES = 4
+PEP_MAX_ITEM_BYTES = 2000
+PEP_MAX_BYTES = 5000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = XmppdProcess(tmp_path_factory.mktemp("quotas"), extra_config=f"""
+        [extensions.pep]
+        max_nodes = {PEP_MAX_NODES}
+        max_item_bytes = {PEP_MAX_ITEM_BYTES}
+        max_bytes_per_account = {PEP_MAX_BYTES}
+        """).start()
+    yield process
+    process.stop()
+
+
+def text_of(answer) -> str:
+    return answer.findtext(f"{{jabber:client}}error/{{{NS_STANZAS}}}text") or ""
+
+
+def blob(node: str, size: int) -> str:
+    """A payload of `size` bytes in `node`'s namespace."""
+    head, tail = f"<b xmlns='{node}'>", "</b>"
+    return head + "x" * (size - len(head) - len(tail)) + tail
+
+
+# ------------------------------------------------------------------ PEP
+
+async def test_pep_nodes_per_account_are_bounded(server, users, online):
+    alice, = users(1)
+    owner = await online(alice)
+    before = await limit_reached(server, "extensions.pep.max_nodes")
+    for n in range(PEP_MAX_NODES):
+        answer = await owner.iq("set", alice, publish(f"urn:example:node{n}", f"<n xmlns='urn:example:node{n}'/>"))
+        assert answer.get("type") == "result"
+    refused = await owner.iq("set", alice, publish("urn:example:one-more", "<n xmlns='urn:example:one-more'/>"))
+    assert error_of(refused) == ("not-allowed", "max-nodes-exceeded")
+    assert "extensions.pep.max_nodes" in text_of(refused)
+    assert await limit_reached(server, "extensions.pep.max_nodes") == before + 1
+    # Deleting a node makes room again.
+    delete = "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='urn:example:node0'/></pubsub>"
+    assert (await owner.iq("set", alice, delete)).get("type") == "result"
+    again = await owner.iq("set", alice, publish("urn:example:one-more", "<n xmlns='urn:example:one-more'/>"))
+    assert again.get("type") == "result"
+
+
+async def test_pep_payload_size_is_bounded(server, users, online):
+    alice, = users(1)
+    owner = await online(alice)
+    node = "urn:example:big"
+    before = await limit_reached(server, "extensions.pep.max_item_bytes")
+    assert (await owner.iq("set", alice, publish(node, blob(node, PEP_MAX_ITEM_BYTES)))).get("type") == "result"
+    refused = await owner.iq("set", alice, publish(node, blob(node, PEP_MAX_ITEM_BYTES + 1)))
+    assert error_of(refused) == ("not-acceptable", "payload-too-big")
+    assert "extensions.pep.max_item_bytes" in text_of(refused)
+    assert await limit_reached(server, "extensions.pep.max_item_bytes") == before + 1
+
+
+async def test_pep_bytes_per_account_are_bounded(server, users, online):
+    """Items of the largest size, kept by max_items = max, fill the account's quota;
+    replacing an item or retracting one frees what it held."""
+    alice, = users(1)
+    owner = await online(alice)
+    node, size = "urn:example:fill", 1000
+    before = await limit_reached(server, "extensions.pep.max_bytes_per_account")
+    for n in range(PEP_MAX_BYTES // size):
+        answer = await owner.iq("set", alice, publish(node, blob(node, size), f"i{n}", max_items="max"))
+        assert answer.get("type") == "result", n
+    refused = await owner.iq("set", alice, publish("urn:example:other", blob("urn:example:other", size)))
+    assert error_of(refused)[0] == "policy-violation"
+    assert "extensions.pep.max_bytes_per_account" in text_of(refused)
+    assert await limit_reached(server, "extensions.pep.max_bytes_per_account") == before + 1
+    # The same id replaces its item: no more bytes than before.
+    assert (await owner.iq("set", alice, publish(node, blob(node, size), "i0", max_items="max"))).get("type") == "result"
+    retract = f"<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='{node}'><item id='i1'/></retract></pubsub>"
+    assert (await owner.iq("set", alice, retract)).get("type") == "result"
+    other = await owner.iq("set", alice, publish("urn:example:other", blob("urn:example:other", size)))
+    assert other.get("type") == "result"
+    assert len((await owner.iq("get", alice, items_request(node))).findall(".//{http://jabber.org/protocol/pubsub}item")) == 4
