@@ -43,7 +43,6 @@ from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
 from xmppd.extensions.presence import HAS_FROM, HAS_TO, parse_priority
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
-from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
                                    NotAcceptable, NotAllowed, NotAuthorized, PolicyViolation, ServiceUnavailable,
                                    StanzaError, UnexpectedRequest)
@@ -147,8 +146,8 @@ class PersonalEventing(Extension):
         and notify. Returns the item id. Raises the XEP-0060 errors."""
         stored = to_storage(payload)
         if len(stored) > self.options.max_item_bytes:
-            raise pubsub_error(NotAcceptable, "payload-too-big", self._limit_reached(
-                "max_item_bytes", f"an item's payload is at most {self.options.max_item_bytes} bytes"))
+            raise pubsub_error(NotAcceptable, "payload-too-big", f"an item's payload is at most "
+                               f"{self.options.max_item_bytes} bytes ({self.limit_reached('max_item_bytes')})")
         item_id = item_id or time_ordered_id()
         if len(item_id) > 1023:
             raise BadRequest(text="the item id is too long")
@@ -210,8 +209,8 @@ class PersonalEventing(Extension):
         if any(value is None for value in options.values()):
             raise pubsub_error(Conflict, "precondition-not-met")      # an option we do not know
         if len(await self.store.list_nodes(str(owner))) >= self.options.max_nodes:
-            raise pubsub_error(NotAllowed, "max-nodes-exceeded", self._limit_reached(
-                "max_nodes", f"an account has at most {self.options.max_nodes} nodes"))
+            raise pubsub_error(NotAllowed, "max-nodes-exceeded", f"an account has at most "
+                               f"{self.options.max_nodes} nodes ({self.limit_reached('max_nodes')})")
         await self.store.set_node(str(owner), node, config)
 
     async def _bytes_after_publish(self, counted: dict[str, int], owner: JID, node: str, item_id: str, size: int,
@@ -223,9 +222,8 @@ class PersonalEventing(Extension):
         kept = [item for item in await self.store.get_items(str(owner), node) if item.id != item_id][:keep - 1]
         node_bytes = size + sum(len(item.payload) for item in kept)
         if others + node_bytes > self.options.max_bytes_per_account:
-            raise PolicyViolation(text=self._limit_reached(
-                "max_bytes_per_account", f"an account stores at most {self.options.max_bytes_per_account} bytes "
-                                         "of items; retract or delete some first"))
+            raise PolicyViolation(text=f"an account stores at most {self.options.max_bytes_per_account} bytes of "
+                                       f"items ({self.limit_reached('max_bytes_per_account')}); retract some first")
         return node_bytes
 
     async def _counted(self, owner: JID) -> dict[str, int]:
@@ -248,11 +246,6 @@ class PersonalEventing(Extension):
         if counted is not None:
             counted[node] = await self._node_bytes(owner, node)
 
-    def _limit_reached(self, option: str, text: str) -> str:
-        """Count a refusal for `option` of [extensions.pep]; the error text naming it."""
-        key = f"extensions.{self.name}.{option}"
-        self.server.metrics.count(LIMIT_REACHED, key)
-        return f"{text} ({key})"
 
     # ------------------------------------------------------------- pubsub: publisher and subscriber
 
@@ -363,8 +356,8 @@ class PersonalEventing(Extension):
             subscribers = config.setdefault("subscribers", [])
             if str(subscriber) not in subscribers:
                 if len(subscribers) >= self.options.max_subscribers:
-                    raise NotAllowed(text=self._limit_reached(
-                        "max_subscribers", f"a node has at most {self.options.max_subscribers} subscribers"))
+                    raise NotAllowed(text=f"a node has at most {self.options.max_subscribers} subscribers "
+                                          f"({self.limit_reached('max_subscribers')})")
                 subscribers.append(str(subscriber))
                 await self.store.set_node(str(owner), node, config)
         if config.get("send_last_published_item") in ("on_sub", "on_sub_and_presence"):

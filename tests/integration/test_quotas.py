@@ -13,6 +13,9 @@ from tests.support.server import XmppdProcess
 PEP_MAX_NODES = 4
 PEP_MAX_ITEM_BYTES = 2000
 PEP_MAX_BYTES = 5000
+ROSTER_MAX_ITEMS = 5
+ROSTER_MAX_GROUPS = 3
+ROSTER_MAX_TEXT = 20
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +25,11 @@ def server(tmp_path_factory):
         max_nodes = {PEP_MAX_NODES}
         max_item_bytes = {PEP_MAX_ITEM_BYTES}
         max_bytes_per_account = {PEP_MAX_BYTES}
+
+        [extensions.roster]
+        max_items = {ROSTER_MAX_ITEMS}
+        max_groups_per_item = {ROSTER_MAX_GROUPS}
+        max_text_length = {ROSTER_MAX_TEXT}
         """).start()
     yield process
     process.stop()
@@ -90,3 +98,41 @@ async def test_pep_bytes_per_account_are_bounded(server, users, online):
     other = await owner.iq("set", alice, publish("urn:example:other", blob("urn:example:other", size)))
     assert other.get("type") == "result"
     assert len((await owner.iq("get", alice, items_request(node))).findall(".//{http://jabber.org/protocol/pubsub}item")) == 4
+
+
+# ------------------------------------------------------------------ roster
+
+def roster_set(contact: str, name: str = "", groups=()) -> str:
+    named = f" name='{name}'" if name else ""
+    return (f"<query xmlns='jabber:iq:roster'><item jid='{contact}'{named}>"
+            + "".join(f"<group>{group}</group>" for group in groups) + "</item></query>")
+
+
+async def test_roster_items_groups_and_names_are_bounded(server, users, online):
+    """RFC 6121 2.3.3: a name or group over the size limit is not acceptable, and so are
+    too many groups; a contact beyond the roster's size is not allowed."""
+    alice, = users(1)
+    owner = await online(alice)
+    keys = [f"extensions.roster.{option}" for option in ("max_groups_per_item", "max_text_length", "max_items")]
+    before = {key: await limit_reached(server, key) for key in keys}
+
+    groups = [f"g{n}" for n in range(ROSTER_MAX_GROUPS + 1)]
+    assert (await owner.iq("set", alice, roster_set("c0@example.net", groups=groups[:-1]))).get("type") == "result"
+    refused = await owner.iq("set", alice, roster_set("c0@example.net", groups=groups))
+    assert error_of(refused)[0] == "not-acceptable" and "extensions.roster.max_groups_per_item" in text_of(refused)
+    long = "n" * (ROSTER_MAX_TEXT + 1)
+    for request in (roster_set("c0@example.net", name=long), roster_set("c0@example.net", groups=[long])):
+        refused = await owner.iq("set", alice, request)
+        assert error_of(refused)[0] == "not-acceptable" and "extensions.roster.max_text_length" in text_of(refused)
+
+    for n in range(1, ROSTER_MAX_ITEMS):
+        assert (await owner.iq("set", alice, roster_set(f"c{n}@example.net"))).get("type") == "result"
+    refused = await owner.iq("set", alice, roster_set("one-more@example.net"))
+    assert error_of(refused)[0] == "not-allowed" and "extensions.roster.max_items" in text_of(refused)
+
+    roster = await owner.iq("get", alice, "<query xmlns='jabber:iq:roster'/>")
+    items = roster.findall(".//{jabber:iq:roster}item")
+    assert len(items) == ROSTER_MAX_ITEMS
+    assert max(len(item.findall("{jabber:iq:roster}group")) for item in items) == ROSTER_MAX_GROUPS
+    after = {key: await limit_reached(server, key) for key in keys}
+    assert [after[key] - before[key] for key in keys] == [1, 2, 1]
