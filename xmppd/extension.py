@@ -80,11 +80,11 @@ class Extension:
         """Serialized <stream:features/> children to offer before/after authentication."""
         return []
 
-    def limit_reached(self, option: str) -> str:
-        """Count a request refused by `option` of [extensions.<name>] in
+    def limit_reached(self, option: str, amount: int = 1) -> str:
+        """Count what `option` of [extensions.<name>] refused (or dropped) in
         xmppd_limit_reached_total; returns the option's key, for the error's <text/>."""
         key = f"extensions.{self.name}.{option}"
-        self.server.metrics.count(LIMIT_REACHED, key)
+        self.server.metrics.count(LIMIT_REACHED, key, amount=amount)
         return key
 
 

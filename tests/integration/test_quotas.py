@@ -6,6 +6,7 @@ xmppd_limit_reached_total."""
 import pytest
 
 from tests.support.limits import limit_reached
+from tests.support.messaging import archive, bodies, connect, rsm, send, with_id
 from tests.support.pep import NS_STANZAS, error_of, items_request, publish
 from tests.support.pep import online  # noqa: F401  (fixture)
 from tests.support.server import XmppdProcess
@@ -16,6 +17,7 @@ PEP_MAX_BYTES = 5000
 ROSTER_MAX_ITEMS = 5
 ROSTER_MAX_GROUPS = 3
 ROSTER_MAX_TEXT = 20
+MAM_MAX = 150
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,9 @@ def server(tmp_path_factory):
         max_items = {ROSTER_MAX_ITEMS}
         max_groups_per_item = {ROSTER_MAX_GROUPS}
         max_text_length = {ROSTER_MAX_TEXT}
+
+        [extensions.mam]
+        max_messages_per_user = {MAM_MAX}
         """).start()
     yield process
     process.stop()
@@ -136,3 +141,27 @@ async def test_roster_items_groups_and_names_are_bounded(server, users, online):
     assert max(len(item.findall("{jabber:iq:roster}group")) for item in items) == ROSTER_MAX_GROUPS
     after = {key: await limit_reached(server, key) for key in keys}
     assert [after[key] - before[key] for key in keys] == [1, 2, 1]
+
+
+# ------------------------------------------------------------------ archive
+
+async def test_an_archive_keeps_its_newest_messages_up_to_its_quota(server, users):
+    """Anyone who may message a user grows the user's archive: it keeps the newest
+    max_messages_per_user (checked every 100 written), every message still delivered."""
+    alice, bob = users(2)
+    sender, receiver = await connect(server, alice, "a"), await connect(server, bob, "b")
+    before = await limit_reached(server, "extensions.mam.max_messages_per_user")
+    sent = 2 * MAM_MAX
+    last = None
+    for n in range(sent):
+        last = send(sender, bob, body=f"m{n}")
+    await receiver.inbox.wait(with_id(last))
+    assert len(receiver.inbox.received(lambda s: s.findtext("{jabber:client}body", "").startswith("m"))) == sent
+
+    for user in (sender, receiver):
+        results, fin = await archive(user, rsm="<max>5</max>")
+        assert rsm(fin, "count") == str(MAM_MAX)
+        assert bodies(results) == [f"m{n}" for n in range(sent - MAM_MAX, sent - MAM_MAX + 5)]   # the oldest went
+    assert await limit_reached(server, "extensions.mam.max_messages_per_user") == before + 2 * (sent - MAM_MAX)
+    await sender.client.logout()
+    await receiver.client.logout()
