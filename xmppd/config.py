@@ -53,12 +53,14 @@ class C2SOptions:
     max_connections_per_ip: int = 100
     max_output_buffer: int = 4 * 1024 * 1024   # stop reading a client whose unsent output exceeds this
     auth_failure_delay: float = 1.0            # grows per recent failure from one address
+    max_resources_per_account: int = 10        # bound resources, hibernating XEP-0198 sessions included
 
     def validate(self, where):
         for key in ("port", "direct_tls_port"):
             where.check(key, 0 <= getattr(self, key) < 65536, "must be a port number (0-65535)")
         where.check("max_stanza_bytes", self.max_stanza_bytes >= 10000, "must be at least 10000")
         where.check("max_connections_per_ip", self.max_connections_per_ip > 0, "must be positive")
+        where.check("max_resources_per_account", self.max_resources_per_account > 0, "must be positive")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from tests.support.messaging import archive, bodies, connect, rsm, send, with_id
 from tests.support.pep import NS_STANZAS, error_of, items_request, publish
 from tests.support.pep import online  # noqa: F401  (fixture)
 from tests.support.server import XmppdProcess
+from tests.support.smacks import authenticated, bind, drop, managed_login
 
 PEP_MAX_NODES = 4
 PEP_MAX_ITEM_BYTES = 2000
@@ -18,11 +19,13 @@ ROSTER_MAX_ITEMS = 5
 ROSTER_MAX_GROUPS = 3
 ROSTER_MAX_TEXT = 20
 MAM_MAX = 150
+MAX_RESOURCES = 3
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("quotas"), extra_config=f"""
+    process = XmppdProcess(tmp_path_factory.mktemp("quotas"), c2s_section=f"max_resources_per_account = {MAX_RESOURCES}",
+                           extra_config=f"""
         [extensions.pep]
         max_nodes = {PEP_MAX_NODES}
         max_item_bytes = {PEP_MAX_ITEM_BYTES}
@@ -165,3 +168,31 @@ async def test_an_archive_keeps_its_newest_messages_up_to_its_quota(server, user
     assert await limit_reached(server, "extensions.mam.max_messages_per_user") == before + 2 * (sent - MAM_MAX)
     await sender.client.logout()
     await receiver.client.logout()
+
+
+# ------------------------------------------------------------------ resources
+
+async def test_resources_per_account_are_bounded_hibernating_ones_included(server, users):
+    """RFC 6120 7.6.2.1: a bind beyond the account's resources gets resource-constraint.
+    A session dropped without a stream close and kept for XEP-0198 resumption counts."""
+    alice, = users(1)
+    user = alice.split("@")[0]
+    before = await limit_reached(server, "c2s.max_resources_per_account")
+    hibernating, _ = await managed_login(server, user, "r0")
+    drop(hibernating)
+    await server.wait_for_log(f"event=hibernating jid={alice}/r0")
+    clients = [(await managed_login(server, user, f"r{n}"))[0] for n in range(1, MAX_RESOURCES)]
+
+    extra, _ = await authenticated(server, user)
+    await extra.send("<iq type='set' id='one-more'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                     "<resource>r-extra</resource></bind></iq>")
+    refused = await extra.expect(r"<iq[^>]*id=.one-more.[^>]*>(.*?)</iq>")
+    assert "type='error'" in refused.group(0) or 'type="error"' in refused.group(0)
+    assert "<resource-constraint" in refused.group(1) and "c2s.max_resources_per_account" in refused.group(1)
+    assert "type='wait'" in refused.group(1) or 'type="wait"' in refused.group(1)
+    assert await limit_reached(server, "c2s.max_resources_per_account") == before + 1
+
+    # The stream may bind again: a resource bound already is replaced, not added.
+    assert await bind(extra, "r1") == f"{alice}/r1"
+    for client in (extra, *clients):
+        await client.close()
