@@ -65,7 +65,7 @@ class Roster(Extension):
     @dataclass(frozen=True)
     class Options:
         max_items: int = 1000              # contacts per roster; a set over it gets not-allowed
-        max_text_length: int = 1023        # characters of an item name or a group name
+        max_text_length: int = 255         # characters of an item name or a group name
         max_groups_per_item: int = 16      # groups of one contact
 
         def validate(self, where):
