@@ -140,7 +140,7 @@ class Host:
             if not resources:
                 del self.sessions[session.jid.local]
 
-    def too_many_resources(self, jid: JID) -> str | None:
+    def bind_refusal(self, jid: JID) -> str | None:
         """Why `jid` may not be bound (the error's text, the refusal counted): its account
         has c2s.max_resources_per_account resources already, hibernating XEP-0198 sessions
         included (binding a resource again replaces it). None: it may."""
