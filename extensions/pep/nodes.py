@@ -127,7 +127,8 @@ def _value(key: str, data, var: str, limit: int):
         if value == MAX:
             return MAX
         if not value.isdigit() or not 0 < int(value) <= limit:
-            raise NotAcceptable(text=f"pubsub#max_items must be a number from 1 to {limit}, or max")
+            raise NotAcceptable(text=f"pubsub#max_items must be a number from 1 to {limit} "
+                                     "(extensions.pep.max_items), or max")
         return int(value)
     if key == "access_model" and value not in ACCESS_MODELS:
         raise pubsub_error(NotAcceptable, "unsupported-access-model")
