@@ -27,6 +27,11 @@ copies of messages that were already delivered or stored offline.
 
 Retention: with `retention_days` set, items older than that are deleted every
 `retention_check_interval` seconds (the oldest first, as XEP-0313 2.2 requires).
+Quota: an archive keeps at most `max_messages_per_user` items. Archiving never refuses a
+message (that would refuse its delivery); beyond the quota the oldest items go, as with
+retention. The length is checked every TRIM_EVERY items written for a user, so an
+archive may hold up to TRIM_EVERY - 1 more for a while; each item dropped is counted in
+xmppd_limit_reached_total.
 
 Hooks: pre-message/bare|full (sent: priority 50 archives and stamps, 30 unstamps, around
 the carbons at 40), message/bare|full (received, priority 50: after blocking, before
@@ -61,6 +66,8 @@ UNSTAMP_PRIORITY = 30                      # sent: after the carbons copied the 
 RETRY_DELAYS = (0.1, 0.5, 2.0, 5.0, 10.0)  # seconds between attempts of a failed write
 PREFS_CACHE_SIZE = 10000                   # users whose preferences stay in memory
 SENT_STAMP = "mam.sent-stamp"              # Stanza.meta: the <stanza-id/> to take off a sent message
+TRIM_EVERY = 100                           # items written for a user between two checks of its quota
+TRIM_BATCH = 1000                          # the most items dropped at one check
 
 
 @dataclass
@@ -144,6 +151,7 @@ class MessageArchive(Extension):
         max_page_size: int = 250               # the most a client may ask for
         max_preference_jids: int = 1000        # JIDs in each of a user's always and never lists
         max_pending_writes: int = 10000        # archive writes under way before messages wait for room
+        max_messages_per_user: int = 100_000   # items an archive keeps, the oldest dropped beyond; 0: no limit
 
         def validate(self, where):
             where.one_of("default_policy", self.default_policy, POLICIES)
@@ -153,6 +161,7 @@ class MessageArchive(Extension):
                         "must be positive and at most max_page_size")
             for key in ("max_preference_jids", "max_pending_writes"):
                 where.check(key, getattr(self, key) > 0, "must be positive")
+            where.check("max_messages_per_user", self.max_messages_per_user >= 0, "must not be negative")
 
     def __init__(self, host, options):
         super().__init__(host, options)
@@ -160,6 +169,7 @@ class MessageArchive(Extension):
         self.room = asyncio.Semaphore(options.max_pending_writes)
         self.prefs_cache: collections.OrderedDict[str, Prefs] = collections.OrderedDict()
         self.retention: asyncio.Task | None = None
+        self.unchecked: collections.Counter[str] = collections.Counter()   # owner -> items written since checked
 
     async def start(self) -> None:
         self.store = self.host.open_archive("archive")
@@ -227,8 +237,8 @@ class MessageArchive(Extension):
         try:
             for delay in (*RETRY_DELAYS, None):
                 try:
-                    await self.store.append(owner, item)        # idempotent: a retry stores it once
-                    return
+                    added = await self.store.append(owner, item)        # idempotent: a retry stores it once
+                    break
                 except Exception:
                     if delay is None:
                         self.log.exception("event=archive-write-failed owner=%s id=%s", owner, item.id)
@@ -236,8 +246,32 @@ class MessageArchive(Extension):
                     self.log.warning("event=archive-write-retry owner=%s id=%s in=%s", owner, item.id, delay,
                                      exc_info=True)
                     await asyncio.sleep(delay)
+            if added:
+                await self._keep_quota(owner)
         finally:
             self.room.release()
+
+    async def _keep_quota(self, owner: str) -> None:
+        """Every TRIM_EVERY items written for `owner`, drop its oldest beyond the quota (at
+        most TRIM_BATCH at a time: a quota lowered by the admin is reached over a while)."""
+        limit = self.options.max_messages_per_user
+        if not limit:
+            return
+        self.unchecked[owner] += 1
+        if self.unchecked[owner] < TRIM_EVERY:
+            return
+        del self.unchecked[owner]
+        try:
+            excess = await self.store.count(owner) - limit
+            if excess <= 0:
+                return
+            oldest = await self.store.query(owner, ArchiveQuery(max=min(excess, TRIM_BATCH), count=False))
+            dropped = await self.store.delete(owner, [item.id for item in oldest.items])
+        except Exception:
+            self.log.exception("event=archive-quota-failed owner=%s", owner)      # tried again later
+            return
+        self.log.info("event=archive-quota-reached owner=%s dropped=%d", owner, dropped)
+        self.limit_reached("max_messages_per_user", amount=dropped)
 
     @hook("archive-should-store", priority=-1)
     async def should_store(self, question: ArchiveQuestion) -> bool:
@@ -354,3 +388,4 @@ class MessageArchive(Extension):
         await self.store.delete(owner)
         await self.prefs_store.delete(owner)
         self.prefs_cache.pop(owner, None)
+        self.unchecked.pop(owner, None)

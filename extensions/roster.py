@@ -6,6 +6,10 @@ uses `lock`, `save` and `push` here. Every change is pushed to the user's intere
 resources (those that asked for the roster) with the new roster version; a roster get
 that names the current version is answered with an empty result.
 
+Limits per account (counted in xmppd_limit_reached_total): contacts per roster, groups per
+contact and characters of a name or group; a roster lives in the roster cache
+(xmppd/roster_cache.py) too, so they bound its memory as well.
+
 Hooks: iq-get and iq-set self|bare/jabber:iq:roster:query, user-deleted.
 Fires: roster-item-removed (RosterItemRemoved, a notification) after a roster set
 with subscription='remove', so that presence.py ends the subscriptions (RFC 6121 2.5.2).
@@ -61,11 +65,12 @@ class Roster(Extension):
     @dataclass(frozen=True)
     class Options:
         max_items: int = 1000              # contacts per roster; a set over it gets not-allowed
-        max_text_length: int = 1023        # characters of an item name or a group name
+        max_text_length: int = 255         # characters of an item name or a group name
+        max_groups_per_item: int = 16      # groups of one contact
 
         def validate(self, where):
-            where.check("max_items", self.max_items > 0, "must be positive")
-            where.check("max_text_length", self.max_text_length > 0, "must be positive")
+            for name in ("max_items", "max_text_length", "max_groups_per_item"):
+                where.check(name, getattr(self, name) > 0, "must be positive")
 
     def __init__(self, host, options):
         super().__init__(host, options)
@@ -136,7 +141,8 @@ class Roster(Extension):
         """Refuse a new item when the roster is full."""
         _, items = await self.rosters.get(str(owner))
         if len(items) >= self.options.max_items:
-            raise NotAllowed(text=f"the roster is full ({self.options.max_items} contacts)")
+            raise NotAllowed(text=f"the roster is full: {self.options.max_items} contacts "
+                                  f"({self.limit_reached('max_items')})")
 
     async def save(self, owner: JID, item: RosterItem) -> None:
         """Store `item` and push it; the caller holds `self.lock(str(owner))`."""
@@ -189,19 +195,25 @@ class Roster(Extension):
 
     def _name_and_groups(self, element: etree._Element) -> tuple[str | None, tuple[str, ...]]:
         """RFC 6121 2.3.3: duplicate groups are a bad request; an empty or over-long
-        group name or an over-long item name is not acceptable."""
+        group name or an over-long item name is not acceptable, and so (a limit of
+        the same kind, which the RFC does not name) are too many groups."""
         limit = self.options.max_text_length
         name = element.get("name") or None
         if name is not None and len(name) > limit:
-            raise NotAcceptable(text=f"the name is longer than {limit} characters")
+            raise NotAcceptable(text=f"the name is longer than {limit} characters "
+                                     f"({self.limit_reached('max_text_length')})")
         groups: list[str] = []
         for group in element.iterchildren(GROUP):
             text = group.text or ""
             if not text:
                 raise NotAcceptable(text="a group name is empty")
             if len(text) > limit:
-                raise NotAcceptable(text=f"a group name is longer than {limit} characters")
+                raise NotAcceptable(text=f"a group name is longer than {limit} characters "
+                                         f"({self.limit_reached('max_text_length')})")
             if text in groups:
                 raise BadRequest(text=f"the group {text!r} is given twice")
             groups.append(text)
+        if len(groups) > self.options.max_groups_per_item:
+            raise NotAcceptable(text=f"a contact is in at most {self.options.max_groups_per_item} groups "
+                                     f"({self.limit_reached('max_groups_per_item')})")
         return name, tuple(groups)

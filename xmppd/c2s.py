@@ -198,6 +198,11 @@ class C2SConnection:
         host = self.host
         resource = action.resource or host.new_resource()
         full_jid = action.jid.with_resource(resource)
+        refusal = host.bind_refusal(full_jid)
+        if refusal is not None:                # RFC 6120 7.6.2.1
+            for follow_up in self.negotiation.bind_failed(action.iq, "resource-constraint", "wait", refusal):
+                await self.perform(follow_up)
+            return
         old = host.session_for(full_jid)
         if old is not None:                    # RFC 6120 7.7.2.2: the new session wins
             old.close("conflict", "replaced by a new session")

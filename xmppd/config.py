@@ -55,6 +55,7 @@ class C2SOptions:
     max_held_bytes: int = 512 * 1024           # stanzas held in memory for a client with no room
     stall_timeout: float = 300.0               # seconds a client may take nothing; 0: forever
     auth_failure_delay: float = 1.0            # grows per recent failure from one address
+    max_resources_per_account: int = 10        # bound resources, hibernating XEP-0198 sessions included
 
     def validate(self, where):
         for key in ("port", "direct_tls_port"):
@@ -64,6 +65,7 @@ class C2SOptions:
         for key in ("max_output_buffer", "max_held_bytes"):
             where.check(key, getattr(self, key) >= 65536, "must be at least 65536")
         where.check("stall_timeout", self.stall_timeout >= 0, "must not be negative")
+        where.check("max_resources_per_account", self.max_resources_per_account > 0, "must be positive")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING
 
+from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.errors import StanzaError
 from xmppd.protocol.stanza import error_reply, reply
 
@@ -78,6 +79,13 @@ class Extension:
     def stream_features(self, authenticated: bool) -> list[bytes]:
         """Serialized <stream:features/> children to offer before/after authentication."""
         return []
+
+    def limit_reached(self, option: str, amount: int = 1) -> str:
+        """Count what `option` of [extensions.<name>] refused (or dropped) in
+        xmppd_limit_reached_total; returns the option's key, for the error's <text/>."""
+        key = f"extensions.{self.name}.{option}"
+        self.server.metrics.count(LIMIT_REACHED, key, amount=amount)
+        return key
 
 
 def register(extension: Extension) -> None:

@@ -15,6 +15,7 @@ from lxml import etree
 from xmppd.config import Where, build
 from xmppd.events import EventBus
 from xmppd.extension import Extension, extension_class, register, unregister
+from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.jid import JID
 
 if TYPE_CHECKING:
@@ -138,6 +139,16 @@ class Host:
             del resources[session.jid.resource]
             if not resources:
                 del self.sessions[session.jid.local]
+
+    def bind_refusal(self, jid: JID) -> str | None:
+        """Why `jid` may not be bound (the error's text, the refusal counted): its account
+        has c2s.max_resources_per_account resources already, hibernating XEP-0198 sessions
+        included (binding a resource again replaces it). None: it may."""
+        limit = self.server.config.c2s.max_resources_per_account
+        if sum(1 for resource in self.sessions.get(jid.local, {}) if resource != jid.resource) < limit:
+            return None
+        self.server.metrics.count(LIMIT_REACHED, "c2s.max_resources_per_account")
+        return f"an account has at most {limit} resources (c2s.max_resources_per_account)"
 
     def new_resource(self) -> str:
         return secrets.token_hex(6)

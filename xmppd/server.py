@@ -87,7 +87,7 @@ class Server:
         """Storage, hosts and extensions: everything but the network (xmppctl uses this)."""
         cfg = self.config
         check_extensions(cfg)
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(cfg.data_dir)
         # The one place storage is measured: every store comes through these proxies.
         self.storage = TimedBackend(open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default],
                                                  str(cfg.data_dir)), self.metrics)
@@ -224,6 +224,17 @@ class Server:
     def listening(self) -> list[str]:
         return ([f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for listener in self._listeners for sock in listener.sockets]
                 + self.http.listening())
+
+
+def make_data_dir(path) -> None:
+    """The data directory (database, uploads, keys) made 0700 whatever the umask. One
+    that exists keeps its mode (the admin's or the package's: the systemd unit's is
+    0750), with a warning when any user of the machine may enter it."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if path.stat().st_mode & 0o007:
+            log.warning("event=data-dir-not-private path=%s fix='chmod o-rwx %s'", path, path)
 
 
 def check_extensions(config: Config) -> None:

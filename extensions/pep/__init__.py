@@ -14,6 +14,13 @@ with the nodes the requester may see.
 
 Other extensions publish and read through `publish`, `retract`, `items` and `delete`.
 
+Quotas per account (each counted in xmppd_limit_reached_total): nodes (max_nodes), items
+per node (max_items), bytes of one payload (max_item_bytes) and bytes of all the stored
+payloads (max_bytes_per_account, kept per node in memory for recently active accounts).
+Only the account and the contacts it shares presence with learn that it exists: to
+anyone else a node that does not exist is answered as a non-existent account is
+(service-unavailable, RFC 6121 8.5.1), as disco.py does for the account itself.
+
 Hooks: iq-get/iq-set self|bare pubsub and pubsub#owner, disco#info and disco#items with
 a node on an account, presence/broadcast (caps of the user's own resources), user-deleted.
 Fires: pep-item-published (ItemPublished), pep-item-retracted (ItemRetracted),
@@ -22,6 +29,7 @@ pep-node-deleted (NodeDeleted), all notifications.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import secrets
 import time
@@ -36,8 +44,8 @@ from xmppd.extensions.presence import HAS_FROM, HAS_TO, parse_priority
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
-                                   NotAcceptable, NotAllowed, NotAuthorized, ServiceUnavailable, StanzaError,
-                                   UnexpectedRequest)
+                                   NotAcceptable, NotAllowed, NotAuthorized, PolicyViolation, ServiceUnavailable,
+                                   StanzaError, UnexpectedRequest)
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import IQ, MESSAGE, delay_element, from_storage, make_element, sub_element, to_storage
 from xmppd.storage.interfaces import PubSubItem, RosterItem
@@ -53,6 +61,8 @@ PUBSUB = f"{{{NS_PUBSUB}}}pubsub"
 ITEM = f"{{{NS_PUBSUB}}}item"
 EVENT = f"{{{NS_PUBSUB_EVENT}}}event"
 OWNER = f"{{{NS_PUBSUB_OWNER}}}pubsub"
+
+ACCOUNTS_COUNTED = 1000                # accounts whose stored bytes per node are kept in memory
 
 # XEP-0060 section 10 features of the account's virtual service (XEP-0163 section 8).
 PUBSUB_FEATURES = [f"{NS_PUBSUB}#{name}" for name in (
@@ -102,13 +112,15 @@ class PersonalEventing(Extension):
     class Options:
         max_items: int = 256               # what "max" means, and the most a node keeps
         max_item_bytes: int = 250_000      # serialized payload of one item (payload-too-big beyond)
-        max_nodes: int = 1000              # nodes per account
+        max_nodes: int = 250               # nodes per account
+        max_bytes_per_account: int = 16 * 1024 * 1024   # stored payloads of all the account's nodes
         max_subscribers: int = 1000        # explicit subscriptions per node
         caps_cache_size: int = 1000        # verified XEP-0115 'ver' strings kept
         caps_timeout: float = 20.0         # seconds a client has to answer disco#info about its caps
 
         def validate(self, where):
-            for name in ("max_items", "max_item_bytes", "max_nodes", "max_subscribers", "caps_cache_size"):
+            for name in ("max_items", "max_item_bytes", "max_nodes", "max_bytes_per_account", "max_subscribers",
+                         "caps_cache_size"):
                 where.check(name, getattr(self, name) > 0, "must be positive")
             where.check("caps_timeout", self.caps_timeout > 0, "must be positive")
 
@@ -117,6 +129,8 @@ class PersonalEventing(Extension):
         self.lock = KeyedLocks()           # per service: read-modify-write of its nodes
         self.caps_lock = KeyedLocks()      # per full JID: caps updates in presence order
         self.caps = CapsCache(options.caps_cache_size)
+        # Recently active accounts -> node -> bytes of its stored payloads.
+        self.stored_bytes: collections.OrderedDict[str, dict[str, int]] = collections.OrderedDict()
 
     async def start(self) -> None:
         self.store = self.host.storage.pubsub
@@ -130,8 +144,10 @@ class PersonalEventing(Extension):
         """Publish `payload` as item `item_id` (a new id when None) of the owner's
         `node`, creating it with `defaults` and `preconditions` when it does not exist,
         and notify. Returns the item id. Raises the XEP-0060 errors."""
-        if len(to_storage(payload)) > self.options.max_item_bytes:
-            raise pubsub_error(NotAcceptable, "payload-too-big")
+        stored = to_storage(payload)
+        if len(stored) > self.options.max_item_bytes:
+            raise pubsub_error(NotAcceptable, "payload-too-big", f"an item's payload is at most "
+                               f"{self.options.max_item_bytes} bytes ({self.limit_reached('max_item_bytes')})")
         item_id = item_id or time_ordered_id()
         if len(item_id) > 1023:
             raise BadRequest(text="the item id is too long")
@@ -144,9 +160,12 @@ class PersonalEventing(Extension):
             elif preconditions:
                 nodes.check_preconditions(config, preconditions, self.options.max_items)
             if config.get("persist_items", True):
-                await self.store.publish(str(owner), node, PubSubItem(item_id, to_storage(payload), str(publisher),
-                                                                      time.time()),
-                                         nodes.max_items(config, self.options.max_items))
+                keep = nodes.max_items(config, self.options.max_items)
+                counted = await self._counted(owner)
+                node_bytes = await self._bytes_after_publish(counted, owner, node, item_id, len(stored), keep)
+                await self.store.publish(str(owner), node, PubSubItem(item_id, stored, str(publisher), time.time()),
+                                         keep)
+                counted[node] = node_bytes
         await self.host.bus.notify("pep-item-published", ItemPublished(owner, node, item_id, payload, publisher))
         if config.get("deliver_notifications", True):
             item = make_element(f"{{{NS_PUBSUB_EVENT}}}item", {"id": item_id})
@@ -161,6 +180,7 @@ class PersonalEventing(Extension):
             config = await self.store.get_node(str(owner), node)
             if config is None or not await self.store.retract(str(owner), node, item_id):
                 return False
+            await self._recount(owner, node)
         await self.host.bus.notify("pep-item-retracted", ItemRetracted(owner, node, item_id))
         if config.get("notify_retract", True) if notify is None else notify:
             retracted = make_element(f"{{{NS_PUBSUB_EVENT}}}retract", {"id": item_id})
@@ -179,6 +199,7 @@ class PersonalEventing(Extension):
                 return False
             recipients = await self._recipients(owner, node, config) if config.get("notify_delete", True) else []
             await self.store.delete_node(str(owner), node)
+            self.stored_bytes.get(str(owner), {}).pop(node, None)
         await self.host.bus.notify("pep-node-deleted", NodeDeleted(owner, node))
         for to in recipients:
             await self._send_event(owner, to, config, make_element(f"{{{NS_PUBSUB_EVENT}}}delete", {"node": node}))
@@ -188,8 +209,43 @@ class PersonalEventing(Extension):
         if any(value is None for value in options.values()):
             raise pubsub_error(Conflict, "precondition-not-met")      # an option we do not know
         if len(await self.store.list_nodes(str(owner))) >= self.options.max_nodes:
-            raise NotAllowed(text="this account has too many nodes")
+            raise pubsub_error(NotAllowed, "max-nodes-exceeded", f"an account has at most "
+                               f"{self.options.max_nodes} nodes ({self.limit_reached('max_nodes')})")
         await self.store.set_node(str(owner), node, config)
+
+    async def _bytes_after_publish(self, counted: dict[str, int], owner: JID, node: str, item_id: str, size: int,
+                                   keep: int) -> int:
+        """The bytes `node` will hold once the item is in (replacing its namesake, the
+        oldest beyond `keep` dropped); PolicyViolation when the account (`counted`)
+        would hold more than max_bytes_per_account. The caller holds the account's lock."""
+        others = sum(counted.values()) - counted.get(node, 0)
+        kept = [item for item in await self.store.get_items(str(owner), node) if item.id != item_id][:keep - 1]
+        node_bytes = size + sum(len(item.payload) for item in kept)
+        if others + node_bytes > self.options.max_bytes_per_account:
+            raise PolicyViolation(text=f"an account stores at most {self.options.max_bytes_per_account} bytes of "
+                                       f"items ({self.limit_reached('max_bytes_per_account')}); retract some first")
+        return node_bytes
+
+    async def _counted(self, owner: JID) -> dict[str, int]:
+        """Bytes per node of the account's stored payloads, read once while it is active."""
+        counted = self.stored_bytes.get(str(owner))
+        if counted is None:
+            counted = {node: await self._node_bytes(owner, node) for node in await self.store.list_nodes(str(owner))}
+            self.stored_bytes[str(owner)] = counted
+            if len(self.stored_bytes) > ACCOUNTS_COUNTED:
+                self.stored_bytes.popitem(last=False)
+        self.stored_bytes.move_to_end(str(owner))
+        return counted
+
+    async def _node_bytes(self, owner: JID, node: str) -> int:
+        return sum(len(item.payload) for item in await self.store.get_items(str(owner), node))
+
+    async def _recount(self, owner: JID, node: str) -> None:
+        """Items of `node` went away: count it again if the account is counted."""
+        counted = self.stored_bytes.get(str(owner))
+        if counted is not None:
+            counted[node] = await self._node_bytes(owner, node)
+
 
     # ------------------------------------------------------------- pubsub: publisher and subscriber
 
@@ -300,7 +356,8 @@ class PersonalEventing(Extension):
             subscribers = config.setdefault("subscribers", [])
             if str(subscriber) not in subscribers:
                 if len(subscribers) >= self.options.max_subscribers:
-                    raise NotAllowed(text="this node has too many subscribers")
+                    raise NotAllowed(text=f"a node has at most {self.options.max_subscribers} subscribers "
+                                          f"({self.limit_reached('max_subscribers')})")
                 subscribers.append(str(subscriber))
                 await self.store.set_node(str(owner), node, config)
         if config.get("send_last_published_item") in ("on_sub", "on_sub_and_presence"):
@@ -317,7 +374,7 @@ class PersonalEventing(Extension):
         async with self.lock(str(owner)):
             config = await self.store.get_node(str(owner), node)
             if config is None:
-                raise ItemNotFound()
+                raise await self._no_such_node(owner, iq.from_)
             subscribers = config.get("subscribers", [])
             if str(subscriber) not in subscribers:
                 raise pubsub_error(UnexpectedRequest, "not-subscribed")
@@ -334,7 +391,7 @@ class PersonalEventing(Extension):
             config = await self.store.get_node(str(owner), node)
             if config is None:
                 if request.get("node"):
-                    raise ItemNotFound()
+                    raise await self._no_such_node(owner, iq.from_)
                 continue
             for subscriber in config.get("subscribers", []):
                 if JID.parse(subscriber).bare == iq.from_.bare:
@@ -402,6 +459,7 @@ class PersonalEventing(Extension):
             keep = nodes.max_items(config, self.options.max_items) if config.get("persist_items", True) else 0
             for stale in (await self.store.get_items(str(owner), node))[keep:]:
                 await self.store.retract(str(owner), node, stale.id)
+            await self._recount(owner, node)
 
     async def _purge(self, owner: JID, node: str) -> None:
         async with self.lock(str(owner)):
@@ -410,6 +468,7 @@ class PersonalEventing(Extension):
                 raise ItemNotFound()
             for stored in await self.store.get_items(str(owner), node):
                 await self.store.retract(str(owner), node, stored.id)
+            await self._recount(owner, node)
         await self._notify(owner, node, config, make_element(f"{{{NS_PUBSUB_EVENT}}}purge", {"node": node}))
 
     # ------------------------------------------------------------- access
@@ -444,12 +503,22 @@ class PersonalEventing(Extension):
     async def _readable_node(self, owner: JID, node: str, requester: JID) -> dict:
         config = await self.store.get_node(str(owner), node)
         if config is None:
-            raise ItemNotFound()
+            raise await self._no_such_node(owner, requester)
         item = None if requester.bare == owner else await self.rosters.get_item(str(owner), str(requester.bare))
         error = self._access_error(owner, config, requester, item)
         if error is not None:
             raise error
         return config
+
+    async def _no_such_node(self, owner: JID, requester: JID) -> StanzaError:
+        """XEP-0060's item-not-found for those who know that the account exists (itself and
+        the contacts it shares presence with); for anyone else the answer of an account
+        that does not exist (RFC 6121 8.5.1), so that nobody learns which accounts do."""
+        if requester.bare != owner:
+            item = await self.rosters.get_item(str(owner), str(requester.bare))
+            if item is None or item.subscription not in HAS_FROM:
+                return ServiceUnavailable()
+        return ItemNotFound()
 
     @staticmethod
     def _access_error(owner: JID, config: dict, requester: JID, item: RosterItem | None) -> StanzaError | None:
@@ -649,29 +718,31 @@ class PersonalEventing(Extension):
                 for stored in await self.store.get_items(str(owner), node):
                     sub_element(answer, f"{{{NS_DISCO_ITEMS}}}item", {"jid": str(owner), "name": stored.id})
             return answer
-        if owner != iq.from_.bare and not await self.host.user_exists(owner.local):
-            raise ServiceUnavailable()
         item = None if owner == iq.from_.bare else await self.rosters.get_item(str(owner), str(iq.from_.bare))
         for name in await self.store.list_nodes(str(owner)):
             config = await self.store.get_node(str(owner), name)
             if config is not None and self._access_error(owner, config, iq.from_, item) is None:
                 sub_element(answer, f"{{{NS_DISCO_ITEMS}}}item", {"jid": str(owner), "node": name})
+        if not len(answer):
+            return PASS                         # disco.py: an empty list, or the answer of no account
         return answer
 
     async def _visible_node(self, owner: JID, node: str, requester: JID) -> dict | None:
-        """A node's configuration, None when there is no such node; ItemNotFound when
-        the requester may not read it (a node one may not read is not shown either)."""
+        """A node's configuration; None when there is no such node or the requester may
+        not read it (disco.py then answers as for any unknown node of the account)."""
         config = await self.store.get_node(str(owner), node)
         if config is None:
             return None
         item = None if requester.bare == owner else await self.rosters.get_item(str(owner), str(requester.bare))
         if self._access_error(owner, config, requester, item) is not None:
-            raise ItemNotFound()
+            return None
         return config
 
     # ------------------------------------------------------------- account removal
 
     @hook("user-deleted")
     async def delete_nodes(self, jid: JID) -> None:
-        for node in await self.store.list_nodes(str(jid)):
-            await self.store.delete_node(str(jid), node)
+        async with self.lock(str(jid)):
+            for node in await self.store.list_nodes(str(jid)):
+                await self.store.delete_node(str(jid), node)
+            self.stored_bytes.pop(str(jid), None)

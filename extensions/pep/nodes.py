@@ -47,9 +47,9 @@ CHOICES = {"access_model": ACCESS_MODELS, "send_last_published_item": SEND_LAST,
            "notification_type": NOTIFICATION_TYPES, "publish_model": ("publishers",)}
 
 
-def pubsub_error(error: type[StanzaError], condition: str, **attributes) -> StanzaError:
+def pubsub_error(error: type[StanzaError], condition: str, text: str | None = None, **attributes) -> StanzaError:
     """A stanza error with its pubsub#errors condition (XEP-0060 section 7, 6.5.9...)."""
-    return error(app_condition=make_element(f"{{{NS_PUBSUB_ERRORS}}}{condition}", attributes or None))
+    return error(text=text, app_condition=make_element(f"{{{NS_PUBSUB_ERRORS}}}{condition}", attributes or None))
 
 
 def new_config(overrides: dict | None = None) -> dict:
@@ -127,7 +127,8 @@ def _value(key: str, data, var: str, limit: int):
         if value == MAX:
             return MAX
         if not value.isdigit() or not 0 < int(value) <= limit:
-            raise NotAcceptable(text=f"pubsub#max_items must be a number from 1 to {limit}, or max")
+            raise NotAcceptable(text=f"pubsub#max_items must be a number from 1 to {limit} "
+                                     "(extensions.pep.max_items), or max")
         return int(value)
     if key == "access_model" and value not in ACCESS_MODELS:
         raise pubsub_error(NotAcceptable, "unsupported-access-model")

@@ -6,11 +6,17 @@ over the final name and the directory fsynced: readers see the old file or the n
 and a crash leaves at most a stray temporary file, which the next start removes once it
 is old. Every file operation runs in the default thread pool, one chunk at a time, so
 the event loop never waits on the disk and memory never holds more than a chunk.
+
+Files are made 0600 and the directories this store creates 0700, whatever the umask:
+uploads (often end-to-end encrypted, but not always) are for the users who hold their
+URL, not for the other accounts of the machine. A directory that exists already keeps
+its mode (an admin's choice), with a warning when any user of the machine may enter it.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import secrets
 import time
@@ -18,6 +24,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from . import SizeMismatch, check_key, check_range
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK_SIZE = 256 * 1024
 PARTIAL_DIR = ".partial"
@@ -61,7 +69,7 @@ class FilesystemMediaStore:
         await self._run(self._prepare)
         final = self._path(key)
         temp = os.path.join(self._partial, f"{key}.{secrets.token_hex(8)}")
-        file = await self._run(open, temp, "xb")
+        file = await self._run(_create_private, temp)
         try:
             written = 0
             async for chunk in chunks:
@@ -130,7 +138,13 @@ class FilesystemMediaStore:
         """Create the directories and sweep old partial files (once per store)."""
         if self._prepared:
             return
-        os.makedirs(self._partial, mode=0o750, exist_ok=True)
+        for directory in (self.root, self._partial):
+            try:
+                os.makedirs(directory, 0o700)          # the mode is the last directory's
+            except FileExistsError:
+                if os.stat(directory).st_mode & 0o007:
+                    log.warning("event=media-directory-not-private path=%s fix='chmod o-rwx %s'",
+                                directory, directory)
         cutoff = time.time() - STALE_PARTIAL_SECONDS
         with os.scandir(self._partial) as entries:
             for entry in entries:
@@ -140,6 +154,11 @@ class FilesystemMediaStore:
                 except FileNotFoundError:
                     pass
         self._prepared = True
+
+
+def _create_private(path: str):
+    """A new file open for writing, readable by the server's user only."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 def _commit(file, temp: str, final: str) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+import os
 import queue
 import re
 import sqlite3
@@ -73,6 +74,20 @@ def _statements(sql: str) -> list[str]:
     if rest:
         raise RuntimeError(f"unterminated SQL statement at the end of a schema file: {rest}")
     return statements
+
+
+def _keep_private(path: str) -> None:
+    """The database file (password keys, archives) readable by the server's user only,
+    whatever the umask: made 0600, or set to 0600 when others may read it. SQLite gives
+    its -wal and -shm files the database's mode; those left by an earlier run follow."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+                log.warning("event=database-made-private path=%s", name)
+        except FileNotFoundError:
+            pass
 
 
 def _upgrade(conn: sqlite3.Connection, path: str) -> None:
@@ -214,6 +229,7 @@ class Database:
 
     def _run_writer(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
         try:
+            _keep_private(self.path)
             conn = self._connect()
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":

@@ -239,6 +239,33 @@ async def test_a_non_contact_subscribes_to_an_open_node(users, online):
     assert len(stranger.inbox.received(event_from(alice, node))) == 2
 
 
+async def test_a_stranger_cannot_tell_an_account_from_none(users, online):
+    """Issue 20 item 9: to someone the account shares no presence with, an unknown node of
+    an existing account is answered as any node of an account that does not exist:
+    service-unavailable (RFC 6121 8.5.1); a contact still gets item-not-found."""
+    alice, bob, dave = users(3)
+    owner, contact, stranger = await online(alice), await online(bob), await online(dave)
+    await befriend(owner, contact)
+    await owner.iq("set", alice, publish(TUNE, tune("private"), "t", access_model="whitelist"))
+    nobody = f"nobody-{dave.split('@')[0]}@{dave.split('@')[1]}"
+    requests = [
+        ("get", items_request("urn:example:none")),
+        ("set", f"<pubsub xmlns='{NS_PUBSUB}'><subscribe node='urn:example:none' jid='{dave}'/></pubsub>"),
+        ("set", f"<pubsub xmlns='{NS_PUBSUB}'><unsubscribe node='urn:example:none' jid='{dave}'/></pubsub>"),
+        ("get", f"<pubsub xmlns='{NS_PUBSUB}'><subscriptions node='urn:example:none'/></pubsub>"),
+        ("get", f"<query xmlns='{NS_DISCO_INFO}' node='urn:example:none'/>"),
+        ("get", f"<query xmlns='{NS_DISCO_INFO}' node='{TUNE}'/>"),     # exists, not for the stranger's eyes
+        ("get", f"<query xmlns='{NS_DISCO_ITEMS}' node='urn:example:none'/>"),
+        ("get", f"<query xmlns='{NS_DISCO_ITEMS}'/>"),
+    ]
+    for type_, request in requests:
+        existing, missing = await stranger.iq(type_, alice, request), await stranger.iq(type_, nobody, request)
+        assert error_of(missing) == ("service-unavailable", None), request
+        assert error_of(existing) == error_of(missing), request
+        assert existing.find("{jabber:client}error").get("type") == missing.find("{jabber:client}error").get("type")
+    assert error_of(await contact.iq("get", alice, items_request("urn:example:none"))) == ("item-not-found", None)
+
+
 async def test_owner_configures_a_node(users, online):
     alice, dave = users(2)
     owner = await online(alice)

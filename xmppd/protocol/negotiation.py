@@ -17,7 +17,7 @@ from lxml import etree
 
 from .errors import LocalProtocolError
 from .jid import JID, InvalidJID
-from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS
+from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_STANZAS, NS_TLS
 from .sasl import PlainMechanism, SaslFailure, ScramCredentials, ScramMechanism, verify_plain_password
 from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamOpened, stream_header
 
@@ -190,11 +190,13 @@ class C2SNegotiation:
                   f"<jid>{_text(str(full_jid))}</jid></bind></iq>").encode()
         return [SendBytes(result), Bound(full_jid)]
 
-    def bind_failed(self, iq: etree._Element, condition: str, error_type: str = "modify") -> list:
+    def bind_failed(self, iq: etree._Element, condition: str, error_type: str = "modify",
+                    text: str | None = None) -> list:
         self._expect(State.BINDING)
         self.state = State.AWAIT_BIND
+        described = f"<text xmlns='{NS_STANZAS}'>{_text(text)}</text>" if text else ""
         reply = (f"<iq type='error' id='{_attr(iq.get('id'))}'><error type='{error_type}'>"
-                 f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>").encode()
+                 f"<{condition} xmlns='{NS_STANZAS}'/>{described}</error></iq>").encode()
         return [SendBytes(reply)]
 
     def resumed(self) -> None:
