@@ -228,6 +228,27 @@ async def test_subject(server):
     assert subject.findtext("{jabber:client}subject") == "Cauldron" and subject.get("from") == f"{room}/owner"
 
 
+async def test_subject_in_disco_only_for_those_who_may_read_the_room(server):
+    """Issue 20 item 4: disco#info showed the subject of members-only and hidden rooms."""
+    owner, stranger = await new_user(server), await new_user(server)
+    rooms = {"public": await create_room(owner), "hidden": await create_room(owner, publicroom="0"),
+             "members": await create_room(owner, membersonly="1"),
+             "password": await create_room(owner, passwordprotectedroom="1", roomsecret="pw")}
+    for name, room in rooms.items():
+        owner.client.send_raw(f"<message type='groupchat' to='{room}' id='subj-{name}'>"
+                              f"<subject>plans of {name}</subject></message>")
+        await owner.inbox.wait(lambda s: s.get("id") == f"subj-{name}")
+    for name, room in rooms.items():
+        seen = form_values(await stranger.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>"))
+        assert seen.get("muc#roominfo_subject") == ("plans of public" if name == "public" else None), name
+        assert seen["muc#roominfo_occupants"] == "1"
+        assert form_values(await owner.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>"))[
+            "muc#roominfo_subject"] == f"plans of {name}"
+    await stranger.join(rooms["password"], "stranger", password="pw")
+    seen = form_values(await stranger.iq("get", rooms["password"], f"<query xmlns='{NS_DISCO_INFO}'/>"))
+    assert seen["muc#roominfo_subject"] == "plans of password"
+
+
 async def test_private_messages(server):
     owner, first, second = await new_user(server), await new_user(server), await new_user(server)
     room = await create_room(owner)
