@@ -1,12 +1,13 @@
 """XEP-0045 sections 7.2 to 7.7 and 7.14: entering (and creating) a room, presence
-updates, nickname changes and leaving, from presences sent to room@service/nick.
+updates, nickname changes and leaving, from presences sent to room@service/nick (or, from an occupant, to
+the bare room JID).
 
 Entering is refused with the error the XEP names, before anything changes or anybody
 sees anything: banned (forbidden), room locked (item-not-found), members-only
 (registration-required), password (not-authorized), nickname taken (conflict), room full
 (service-unavailable). Several resources of one user may share a nickname.
 
-Hooks: presence/full. Fires: muc-occupant-pre-join (vetoable), muc-occupant-joined,
+Hooks: presence/full, presence/bare (before the service's own). Fires: muc-occupant-pre-join (vetoable), muc-occupant-joined,
 muc-occupant-left (with a Join or Leave event).
 """
 from __future__ import annotations
@@ -77,6 +78,21 @@ class Occupants(Extension):
             occupant.sessions[real] = stanza.element
             await room.broadcast_presence(occupant)
         return True
+
+    @hook("presence/bare", priority=1)
+    async def presence_to_room(self, stanza: Stanza) -> bool:
+        """COMPAT: an occupant's presence to the bare room JID is meant for its occupant
+        JID, as Prosody and ejabberd take it: aioxmpp 0.13 leaves a room with unavailable
+        presence to the bare JID, other clients send their updates there. Entering with
+        no nickname, and presence from non-occupants, are left to the service
+        (jid-malformed for available presence, nothing for the rest)."""
+        room = self.service.room(stanza.to)
+        occupant = room.occupant_of(stanza.from_) if room is not None else None
+        if occupant is None or stanza.type is None and stanza.element.find(X_MUC) is not None:
+            return False
+        stanza.to = room.occupant_jid(occupant.nick)
+        stanza.element.set("to", str(stanza.to))
+        return await self.presence_to_occupant(stanza)
 
     # ------------------------------------------------------------- entering
 

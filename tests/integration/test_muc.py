@@ -10,7 +10,8 @@ from lxml import etree
 
 from tests.support.inbox import MESSAGE, PRESENCE, Inbox, message
 from tests.support.muc import (NS_ADMIN, NS_MUC, NS_OWNER, NS_USER, SERVICE, User, codes, create_room, error_of,
-                               from_, item, new_room, new_user)
+                               from_, item, new_account, new_room, new_user)
+from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 from xmppd.client import Client
 
@@ -328,6 +329,39 @@ async def test_presence_to_the_bare_room_needs_a_nickname(server):
     owner.client.send_raw(f"<presence to='{room}'><x xmlns='{NS_MUC}'/></presence>")
     refused = await owner.inbox.wait(from_(room, type_="error"))
     assert error_of(refused) == ("modify", "jid-malformed")
+
+
+async def test_occupant_presence_to_the_bare_room(server):
+    """Issue 13 item 1: an occupant's presence to the bare room JID is taken as sent to
+    its occupant JID (an update, or leaving: aioxmpp 0.13 leaves that way); a
+    non-occupant's unavailable presence there changes nothing."""
+    owner = await new_user(server)
+    room = await create_room(owner)
+    raw = await RawClient().login(server.port, (await new_account(server)).split("@")[0], "secret")
+    try:
+        await raw.send("<presence/>")
+        await raw.send(f"<presence to='{room}/raw'><x xmlns='{NS_MUC}'/></presence>")
+        await raw.expect(rf"<presence[^>]*from=.{room}/raw.[^>]*>.*?code=.110.")
+        await raw.send(f"<presence to='{room}'><show>away</show></presence>")
+        await owner.inbox.wait(lambda s: from_(f"{room}/raw", type_=None)(s)
+                               and s.findtext("{jabber:client}show") == "away")
+        await raw.send(f"<presence type='unavailable' to='{room}'><status>bye</status></presence>")
+        left = await raw.expect(rf"<presence(?=[^>]*type=.unavailable.)[^>]*from=.{room}/raw.[^>]*>(.*?)</presence>")
+        assert "code=\"110\"" in left.group(1).replace("'", '"')
+        gone = await owner.inbox.wait(from_(f"{room}/raw", type_="unavailable"))
+        assert gone.findtext("{jabber:client}status") == "bye" and item(gone).get("role") == "none"
+
+        # No longer an occupant: unavailable presence is dropped without an answer,
+        # available presence with no nickname gets jid-malformed (XEP-0045 7.2.1).
+        await raw.send(f"<presence type='unavailable' to='{room}'/><iq type='get' id='after' to='localhost'>"
+                       "<ping xmlns='urn:xmpp:ping'/></iq>")
+        before_ping = await raw.expect(r"(.*?)<iq[^>]*id=.after.")
+        assert "<presence" not in before_ping.group(1), before_ping.group(1)
+        await raw.send(f"<presence to='{room}'/>")
+        refused = await raw.expect(rf"<presence[^>]*type=.error.[^>]*>(.*?)</presence>")
+        assert "jid-malformed" in refused.group(1)
+    finally:
+        await raw.close()
 
 
 # ------------------------------------------------------------------ invitations
