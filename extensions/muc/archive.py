@@ -31,6 +31,7 @@ from .room import AFFILIATION_RANK, NS_MUC_USER, X_MUC_USER, Room
 
 class RoomArchive(Extension):
     xeps = {313: "1.1.1", 359: "0.7.0"}
+    features = [mam.NS_MAM]                # on the service: clients look there before a room
     depends = ["muc.service"]
 
     def __init__(self, host, options):

@@ -2,7 +2,7 @@
 import pytest
 
 from tests.support.inbox import MESSAGE, online
-from tests.support.muc import NS_ADMIN, NS_MAM, NS_RSM, User, codes, create_room, error_of, form, item, new_user
+from tests.support.muc import NS_ADMIN, NS_MAM, NS_RSM, SERVICE, User, codes, create_room, error_of, form, item, new_user
 from tests.support.server import XmppdProcess
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
@@ -79,6 +79,13 @@ async def test_archive_paging(server):
     assert error_of(await query(reader, room, "e1", "<after>no-such-id</after>")) == ("cancel", "item-not-found")
     assert error_of(await query(reader, room, "e2", "<max>many</max>")) == ("modify", "bad-request")
     assert error_of(await query(reader, room, "e3", "", {"start": "yesterday"})) == ("modify", "bad-request")
+
+
+async def test_service_advertises_mam(server):
+    """Issue 13 item 3: clients check the MUC service for MAM before its rooms."""
+    user = await new_user(server)
+    info = await user.iq("get", SERVICE, f"<query xmlns='{NS_DISCO_INFO}'/>")
+    assert NS_MAM in {f.get("var") for f in info.iter(f"{{{NS_DISCO_INFO}}}feature")}
 
 
 async def test_archive_of_members_only_room_is_for_members(server):
