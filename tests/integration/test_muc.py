@@ -5,12 +5,13 @@ import base64
 import hashlib
 import time
 
+import aiohttp
 import pytest
 from lxml import etree
 
 from tests.support.inbox import MESSAGE, PRESENCE, Inbox, message
-from tests.support.muc import (NS_ADMIN, NS_MUC, NS_OWNER, NS_USER, SERVICE, User, codes, create_room, error_of,
-                               from_, item, new_account, new_room, new_user)
+from tests.support.muc import (NS_ADMIN, NS_MUC, NS_OWNER, NS_STANZAS, NS_USER, SERVICE, User, codes, create_room,
+                               error_of, from_, item, new_account, new_room, new_user)
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 from xmppd.client import Client
@@ -329,6 +330,32 @@ async def test_presence_to_the_bare_room_needs_a_nickname(server):
     owner.client.send_raw(f"<presence to='{room}'><x xmlns='{NS_MUC}'/></presence>")
     refused = await owner.inbox.wait(from_(room, type_="error"))
     assert error_of(refused) == ("modify", "jid-malformed")
+
+
+async def test_room_password_guessing_is_throttled(server):
+    """Issue 20 item 8: room passwords could be tried about 3,300 times a second. After
+    max_password_failures (5) wrong ones, every password of that user is refused with
+    policy-violation; another user's right password still works."""
+    owner, guesser, friend = await new_user(server), await new_user(server), await new_user(server)
+    room = await create_room(owner, passwordprotectedroom="1", roomsecret="s3cret")
+    attempts = 20
+    for number in range(attempts):          # a burst: all sent before any answer is read
+        guesser.client.send_raw(f"<presence to='{room}/guess{number}'><x xmlns='{NS_MUC}'>"
+                                f"<password>wrong{number}</password></x></presence>")
+    answers = [error_of(await guesser.inbox.wait(from_(f"{room}/guess{number}", type_="error")))
+               for number in range(attempts)]
+    assert answers.count(("auth", "not-authorized")) == 5
+    assert answers.count(("wait", "policy-violation")) == attempts - 5
+    # The right password does not get the guesser in while it is throttled...
+    refused = await guesser.join(room, "guesser", password="s3cret", expect_error=True)
+    assert error_of(refused) == ("wait", "policy-violation")
+    assert "max_password_failures" in refused.findtext(f"{{jabber:client}}error/{{{NS_STANZAS}}}text")
+    # ...and another user is not affected.
+    await friend.join(room, "friend", password="s3cret")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
+            exposition = await response.text()
+    assert 'xmppd_limit_reached_total{limit="extensions.muc.max_password_failures"} 16' in exposition
 
 
 async def test_occupant_presence_to_the_bare_room(server):
