@@ -1,6 +1,6 @@
 """XEP-0045 sections 7.2 to 7.7 and 7.14: entering (and creating) a room, presence
-updates, nickname changes and leaving, from presences sent to room@service/nick (or, from an occupant, to
-the bare room JID).
+updates, nickname changes and leaving, from presences sent to room@service/nick (or, from
+an occupant, to the bare room JID).
 
 Entering is refused with the error the XEP names, before anything changes or anybody
 sees anything: banned (forbidden), room locked (item-not-found), members-only
