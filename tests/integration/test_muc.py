@@ -420,6 +420,44 @@ async def test_mediated_invitation_and_decline(server):
     assert decline.findtext(f"{{{NS_USER}}}reason") == "Busy"
 
 
+async def test_invitations_from_a_blocked_user_do_not_reach_the_blocker(server):
+    """Issue 20 item 9: a blocked user's text reached the blocker inside a mediated
+    invitation (XEP-0045 7.8.2, relayed by the room) or a direct one (XEP-0249)."""
+    owner, pest, friend = await new_user(server), await new_user(server), await new_user(server)
+    room = await create_room(owner)
+    await owner.join(room, "owner")
+    await pest.join(room, "pest")
+    await friend.join(room, "friend")
+    owner_bare, pest_bare = owner.jid.split("/")[0], pest.jid.split("/")[0]
+    blocked = await owner.iq("set", owner_bare, f"<block xmlns='urn:xmpp:blocking'><item jid='{pest_bare}'/></block>")
+    assert blocked.get("type") == "result"
+
+    pest.client.send_raw(f"<message to='{room}' id='m1'><x xmlns='{NS_USER}'><invite to='{owner_bare}'>"
+                         f"<reason>mediated insult</reason></invite></x></message>")
+    pest.client.send_raw(f"<message to='{owner_bare}' id='d1'><x xmlns='jabber:x:conference' jid='{room}' "
+                         f"reason='direct insult'/></message>")
+    # The pest's stanzas are handled in order: once its next groupchat message is
+    # reflected, both invitations have been routed.
+    pest.client.send_raw(f"<message type='groupchat' to='{room}' id='after'><body>after</body></message>")
+    await owner.inbox.wait(lambda s: s.get("id") == "after")
+    assert not owner.inbox.received(lambda s: "insult" in etree.tostring(s, encoding=str))
+    assert error_of(await pest.inbox.wait(lambda s: s.get("id") == "d1")) == ("cancel", "service-unavailable")
+    assert not pest.inbox.received(lambda s: s.get("id") == "m1" and s.get("type") == "error")
+
+    # The same invitations from someone not blocked arrive, and a decline from the pest
+    # to the owner (relayed by the room) does not.
+    friend.client.send_raw(f"<message to='{room}'><x xmlns='{NS_USER}'><invite to='{owner_bare}'>"
+                           f"<reason>mediated welcome</reason></invite></x></message>")
+    invitation = await owner.inbox.wait(lambda s: s.get("from") == room and s.find(f"{{{NS_USER}}}x") is not None
+                                        and "welcome" in etree.tostring(s, encoding=str))
+    assert invitation.find(f"{{{NS_USER}}}x/{{{NS_USER}}}invite").get("from") == friend.jid
+    pest.client.send_raw(f"<message to='{room}'><x xmlns='{NS_USER}'><decline to='{owner_bare}'>"
+                         f"<reason>declined insult</reason></decline></x></message>")
+    pest.client.send_raw(f"<message type='groupchat' to='{room}' id='after2'><body>after</body></message>")
+    await owner.inbox.wait(lambda s: s.get("id") == "after2")
+    assert not owner.inbox.received(lambda s: "insult" in etree.tostring(s, encoding=str))
+
+
 async def test_direct_invitation(server):
     owner, guest = await new_user(server), await new_user(server)
     room = await create_room(owner)
