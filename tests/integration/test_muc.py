@@ -436,6 +436,8 @@ async def test_invitations_from_a_blocked_user_do_not_reach_the_blocker(server):
                          f"<reason>mediated insult</reason></invite></x></message>")
     pest.client.send_raw(f"<message to='{owner_bare}' id='d1'><x xmlns='jabber:x:conference' jid='{room}' "
                          f"reason='direct insult'/></message>")
+    pest.client.send_raw(f"<message to='{room}/owner' type='chat' id='p1'><body>private insult</body>"
+                         f"<x xmlns='jabber:x:conference' jid='{room}' reason='direct insult via the room'/></message>")
     # The pest's stanzas are handled in order: once its next groupchat message is
     # reflected, both invitations have been routed.
     pest.client.send_raw(f"<message type='groupchat' to='{room}' id='after'><body>after</body></message>")
@@ -443,6 +445,7 @@ async def test_invitations_from_a_blocked_user_do_not_reach_the_blocker(server):
     assert not owner.inbox.received(lambda s: "insult" in etree.tostring(s, encoding=str))
     assert error_of(await pest.inbox.wait(lambda s: s.get("id") == "d1")) == ("cancel", "service-unavailable")
     assert not pest.inbox.received(lambda s: s.get("id") == "m1" and s.get("type") == "error")
+    assert error_of(await pest.inbox.wait(lambda s: s.get("id") == "p1")) == ("cancel", "service-unavailable")
 
     # The same invitations from someone not blocked arrive, and a decline from the pest
     # to the owner (relayed by the room) does not.
