@@ -307,6 +307,33 @@ async def test_nickname_conflict_and_change(server):
     await same.logout()
 
 
+async def test_nickname_changes_reach_every_occupant_in_order(server):
+    """Issue 13 item 7 (XEP-0045 7.6): for each change, every occupant, the changer
+    included, gets the unavailable presence of the old nickname (303, the new nick) and
+    then the presence of the new one; two occupants change 10 times each, at once."""
+    owner = await new_user(server)
+    room = await create_room(owner)
+    changers = [await new_user(server), await new_user(server)]
+    names = [[f"c{who}n{number}" for number in range(11)] for who in range(2)]
+    for changer, nicks in zip(changers, names):
+        await changer.join(room, nicks[0])
+    for step in range(1, 11):                  # pipelined: nobody waits for an answer
+        for changer, nicks in zip(changers, names):
+            changer.client.send_raw(f"<presence to='{room}/{nicks[step]}'/>")
+    for user in [owner, *changers]:
+        for who, nicks in enumerate(names):
+            await user.inbox.wait(from_(f"{room}/{nicks[-1]}", type_=None))
+            seen = user.inbox.received(lambda s: s.tag == PRESENCE and s.get("from", "").startswith(f"{room}/")
+                                       and s.get("from").split("/", 1)[1] in nicks)
+            steps = [(s.get("from").split("/", 1)[1], s.get("type")) for s in seen]
+            expected = [(nicks[0], None)] + [pair for old, new in zip(nicks, nicks[1:])
+                                             for pair in ((old, "unavailable"), (new, None))]
+            assert steps == expected, (user.jid, who, steps)
+            for old, new in zip(seen[1::2], seen[2::2]):
+                assert "303" in codes(old) and item(old).get("nick") == new.get("from").split("/", 1)[1]
+                assert ("110" in codes(old)) == ("110" in codes(new)) == (user is changers[who])
+
+
 async def test_leaving_and_presence_updates(server):
     owner, user = await new_user(server), await new_user(server)
     room = await create_room(owner)
