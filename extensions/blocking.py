@@ -11,10 +11,10 @@ its users and its subdomains.
 While a JID is blocked (section 3.3): what it sends to the user is refused: messages and
 iq gets and sets with service-unavailable (the user looks offline), presence of any kind,
 probes included, dropped without an answer; so are a room's messages that relay its words
-(XEP-0045 mediated invitations and declines naming it in 'from'); what the user sends to it is refused with
-not-acceptable and <blocked xmlns='urn:xmpp:blocking:errors'/> (results and errors, and
-unavailable presence, are dropped); the user's own presence broadcasts and probe answers
-do not reach it. Blocking sends the contact unavailable presence from each available
+(XEP-0045 mediated invitations and declines naming it in 'from'); what the user sends to
+it is refused with not-acceptable and <blocked xmlns='urn:xmpp:blocking:errors'/>
+(results and errors, and unavailable presence, are dropped); the user's own presence
+broadcasts and probe answers do not reach it. Blocking sends the contact unavailable presence from each available
 resource first (if the contact was subscribed to the user's presence); unblocking sends
 it the current presence again and probes it on the user's behalf. The roster is left
 as it is ("polite blocking", section 4).
