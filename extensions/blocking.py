@@ -10,10 +10,11 @@ its users and its subdomains.
 
 While a JID is blocked (section 3.3): what it sends to the user is refused: messages and
 iq gets and sets with service-unavailable (the user looks offline), presence of any kind,
-probes included, dropped without an answer; what the user sends to it is refused with
-not-acceptable and <blocked xmlns='urn:xmpp:blocking:errors'/> (results and errors, and
-unavailable presence, are dropped); the user's own presence broadcasts and probe answers
-do not reach it. Blocking sends the contact unavailable presence from each available
+probes included, dropped without an answer; so are a room's messages that relay its words
+(XEP-0045 mediated invitations and declines naming it in 'from'); what the user sends to
+it is refused with not-acceptable and <blocked xmlns='urn:xmpp:blocking:errors'/>
+(results and errors, and unavailable presence, are dropped); the user's own presence
+broadcasts and probe answers do not reach it. Blocking sends the contact unavailable presence from each available
 resource first (if the contact was subscribed to the user's presence); unblocking sends
 it the current presence again and probes it on the user's behalf. The roster is left
 as it is ("polite blocking", section 4).
@@ -42,6 +43,9 @@ from xmppd.router import Stanza
 
 NS_BLOCKING = "urn:xmpp:blocking"
 NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+# What a room relays of a user's in its own name (XEP-0045 7.8.2): invitations, declines.
+RELAYED = (f"{{{NS_MUC_USER}}}invite", f"{{{NS_MUC_USER}}}decline")
 ITEM = f"{{{NS_BLOCKING}}}item"
 BLOCKED_ERROR = f"{{{NS_BLOCKING_ERRORS}}}blocked"
 FIRST = 100                                # before carbons, the archive and delivery
@@ -252,8 +256,10 @@ class Blocking(Extension):
     @hook("iq/full", priority=FIRST)
     async def inbound(self, stanza: Stanza) -> bool:
         """Section 3.3: messages and iq gets and sets from a blocked JID get
-        service-unavailable, as if the user were not there; the rest is dropped."""
-        if not await self.is_blocked(stanza.to.bare, stanza.from_):
+        service-unavailable, as if the user were not there; the rest is dropped. A
+        room's invitation or decline that relays a blocked JID's words counts as from it."""
+        senders = [stanza.from_, *relayed_authors(stanza)]
+        if not any([await self.is_blocked(stanza.to.bare, jid) for jid in senders]):
             return False
         if stanza.type in ("error", "result"):
             return True
@@ -280,6 +286,20 @@ class Blocking(Extension):
     async def delete_blocklist(self, jid: JID) -> None:
         await self.store.delete(str(jid))
         self.cache.pop(str(jid), None)
+
+
+def relayed_authors(stanza: Stanza) -> list[JID]:
+    """The users whose invitations or declines a room relays in a message (their 'from')."""
+    if stanza.kind != "message":
+        return []
+    authors = []
+    for x in stanza.element.iterchildren(f"{{{NS_MUC_USER}}}x"):
+        for relayed in x.iterchildren(*RELAYED):
+            try:
+                authors.append(JID.parse(relayed.get("from") or ""))
+            except InvalidJID:
+                pass                           # not a user: nobody to block
+    return authors
 
 
 def _addressee(entry: str, contact: str) -> str:

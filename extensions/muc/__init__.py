@@ -52,6 +52,8 @@ class Muc(Extension):
         max_history_length: int = 100          # the most an owner may configure
         archive_page_size: int = 50            # MAM results per page when the client asks for none
         max_archive_page_size: int = 250
+        max_password_failures: int = 5         # wrong room passwords per user and window (0: no limit)
+        password_failure_window: float = 300.0  # seconds
 
         def validate(self, where):
             where.one_of("room_creation", self.room_creation, ("anyone", "local", "admins"))
@@ -62,6 +64,8 @@ class Muc(Extension):
                         "must not exceed max_history_length")
             where.check("archive_page_size", 0 < self.archive_page_size <= self.max_archive_page_size,
                         "must be positive and at most max_archive_page_size")
+            where.check("max_password_failures", self.max_password_failures >= 0, "must not be negative")
+            where.check("password_failure_window", self.password_failure_window > 0, "must be positive")
 
     async def start(self) -> None:
         self.component = self.server.add_component(self.options.domain.format(host=self.host.domain), parent=self.host)

@@ -3,8 +3,12 @@
 A room whose archiving is on (muc#roomconfig_enablearchiving) stores each message with a
 body or an encrypted payload in the "muc" archive, with the sender's real bare JID
 beside it; the id it is stored under goes out as <stanza-id by='room'/> on the message.
-Anyone who may enter the room may query its archive (paging with RSM, see xmppd/mam.py);
-real JIDs come back only to those who may see them in the room.
+Who may query it is `Room.may_read`: anyone but outcasts in a public room open to all,
+else its owners, admins and occupants, and its members when it has no password (a
+password room only to those who entered with it). Prosody and ejabberd let anyone but
+outcasts read the archive of any room that is not members-only; xmppd does not, for
+hidden and password-protected rooms. Paging with RSM, see xmppd/mam.py; real JIDs come
+back only to those who may see them in the room.
 
 Hooks: muc-message (before the history keeps the message), muc-disco-info,
 iq-get/bare and iq-set/bare urn:xmpp:mam:2 query, iq-get/bare urn:xmpp:mam:2 metadata.
@@ -27,6 +31,7 @@ from .room import AFFILIATION_RANK, NS_MUC_USER, X_MUC_USER, Room
 
 class RoomArchive(Extension):
     xeps = {313: "1.1.1", 359: "0.7.0"}
+    features = [mam.NS_MAM]                # on the service: clients look there before a room
     depends = ["muc.service"]
 
     def __init__(self, host, options):
@@ -50,10 +55,10 @@ class RoomArchive(Extension):
         if info.room.config.archiving:
             info.features += [mam.NS_MAM, mam.NS_MAM_EXTENDED, NS_SID]
 
-    def check_access(self, room: Room, requester: JID) -> None:
-        affiliation = room.affiliation(requester)
-        if affiliation == "outcast" or room.config.members_only and affiliation == "none":
-            raise Forbidden(text="only those who may enter the room may read its archive")
+    @staticmethod
+    def check_access(room: Room, requester: JID) -> None:
+        if not room.may_read(requester):
+            raise Forbidden(text="you may not read the archive of this room")
 
     @iq_handler("get", mam.NS_MAM, "query", to=("bare",))
     async def search_form(self, stanza):

@@ -1,23 +1,30 @@
 """XEP-0045 sections 7.2 to 7.7 and 7.14: entering (and creating) a room, presence
-updates, nickname changes and leaving, from presences sent to room@service/nick.
+updates, nickname changes and leaving, from presences sent to room@service/nick (or, from
+an occupant, to the bare room JID).
 
 Entering is refused with the error the XEP names, before anything changes or anybody
 sees anything: banned (forbidden), room locked (item-not-found), members-only
 (registration-required), password (not-authorized), nickname taken (conflict), room full
-(service-unavailable). Several resources of one user may share a nickname.
+(service-unavailable). Several resources of one user may share a nickname. A user who gave
+max_password_failures wrong room passwords within password_failure_window seconds gets
+policy-violation for every password it gives until then ([extensions.muc]).
 
-Hooks: presence/full. Fires: muc-occupant-pre-join (vetoable), muc-occupant-joined,
-muc-occupant-left (with a Join or Leave event).
+Hooks: presence/full, presence/bare (before the service's own).
+Fires: muc-occupant-pre-join (vetoable), muc-occupant-joined, muc-occupant-left (with a
+Join or Leave event).
 """
 from __future__ import annotations
 
+import collections
+import time
 from dataclasses import dataclass
 
 from lxml import etree
 
 from xmppd.extension import Extension, hook
+from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.errors import (Conflict, Forbidden, ItemNotFound, JidMalformed, NotAllowed, NotAuthorized,
-                                   RegistrationRequired, ResourceConstraint, ServiceUnavailable)
+                                   PolicyViolation, RegistrationRequired, ResourceConstraint, ServiceUnavailable)
 from xmppd.protocol.jid import JID
 from xmppd.router import Stanza
 
@@ -42,12 +49,42 @@ class Leave:
     jid: JID
 
 
+class PasswordFailures:
+    """The recent wrong room passwords of each user (bare JID), to refuse guessing: after
+    `limit` failures within `window` seconds, every password it gives is refused, right
+    or wrong, until the oldest of them is older than the window. Users whose last
+    failure is older than the window are forgotten, so memory follows recent guessers."""
+
+    def __init__(self, limit: int, window: float):
+        self.limit, self.window = limit, window
+        self.failures: collections.OrderedDict[JID, collections.deque[float]] = collections.OrderedDict()
+
+    def _forget_old(self, now: float) -> None:
+        while self.failures and next(iter(self.failures.values()))[-1] <= now - self.window:
+            self.failures.popitem(last=False)
+
+    def is_throttled(self, user: JID) -> bool:
+        now = time.monotonic()
+        self._forget_old(now)
+        failures = self.failures.get(user)
+        return bool(self.limit) and failures is not None and len(failures) == self.limit \
+            and failures[0] > now - self.window
+
+    def add(self, user: JID) -> None:
+        if self.limit:
+            failures = self.failures.pop(user, None) or collections.deque(maxlen=self.limit)
+            failures.append(time.monotonic())
+            self.failures[user] = failures     # the most recent failure goes last
+
+
 class Occupants(Extension):
     depends = ["muc.service"]
 
     def __init__(self, host, options):
         super().__init__(host, options)
         self.service = host.extensions["muc.service"]
+        self.password_failures = PasswordFailures(self.service.options.max_password_failures,
+                                                  self.service.options.password_failure_window)
 
     @hook("presence/full")
     async def presence_to_occupant(self, stanza: Stanza) -> bool:
@@ -78,6 +115,21 @@ class Occupants(Extension):
             await room.broadcast_presence(occupant)
         return True
 
+    @hook("presence/bare", priority=1)
+    async def presence_to_room(self, stanza: Stanza) -> bool:
+        """COMPAT: an occupant's presence to the bare room JID is meant for its occupant
+        JID, as Prosody and ejabberd take it: aioxmpp 0.13 leaves a room with unavailable
+        presence to the bare JID, other clients send their updates there. Entering with
+        no nickname, and presence from non-occupants, are left to the service
+        (jid-malformed for available presence, nothing for the rest)."""
+        room = self.service.room(stanza.to)
+        occupant = room.occupant_of(stanza.from_) if room is not None else None
+        if occupant is None or stanza.type is None and stanza.element.find(X_MUC) is not None:
+            return False
+        stanza.to = room.occupant_jid(occupant.nick)
+        stanza.element.set("to", str(stanza.to))
+        return await self.presence_to_occupant(stanza)
+
     # ------------------------------------------------------------- entering
 
     async def create(self, stanza: Stanza, x) -> None:
@@ -105,9 +157,7 @@ class Occupants(Extension):
         if room.config.members_only and affiliation == "none":
             raise RegistrationRequired(text="this room is for members only")
         if room.config.password and not privileged:
-            given = x.findtext(f"{{{NS_MUC}}}password") if x is not None else None
-            if given != room.config.password:
-                raise NotAuthorized(text="a password is needed to enter this room")
+            self.check_password(room, real, x)
         check_nick(nick)
         holder = room.occupants.get(nick)
         if holder is not None and holder.jid != real.bare:
@@ -115,6 +165,19 @@ class Occupants(Extension):
         limit = room.config.max_users
         if limit and holder is None and len(room.occupants) >= limit and not privileged:
             raise ServiceUnavailable(type="wait", text="this room is full")
+
+    def check_password(self, room: Room, real: JID, x) -> None:
+        """The password a user gives, unless it gave too many wrong ones lately (issue 20:
+        about 3,300 guesses a second were possible): then policy-violation."""
+        if self.password_failures.is_throttled(real.bare):
+            self.server.metrics.count(LIMIT_REACHED, "extensions.muc.max_password_failures")
+            raise PolicyViolation(type="wait", text="too many wrong room passwords (extensions.muc."
+                                                    "max_password_failures): try again later")
+        given = x.findtext(f"{{{NS_MUC}}}password") if x is not None else None
+        if given != room.config.password:
+            if given is not None:              # a guess, not a client that did not know
+                self.password_failures.add(real.bare)
+            raise NotAuthorized(text="a password is needed to enter this room")
 
     async def join(self, room: Room, stanza: Stanza, x, *, created: bool = False) -> None:
         real, nick = stanza.from_, stanza.to.resource

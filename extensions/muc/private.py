@@ -2,7 +2,8 @@
 
 A message to room@service/nick from an occupant reaches every session of that occupant,
 from the sender's occupant JID and marked with <x xmlns='muc#user'/>; the room's
-allow-pm setting says who may send one. An iq to an occupant goes to its real JID with
+allow-pm setting says who may send one, and none reaches a user of this server who blocks
+the sender (XEP-0191: service-unavailable). An iq to an occupant goes to its real JID with
 the sender's occupant JID as 'from' (a vCard request to its bare JID, as Prosody does)
 and the reply comes back the same way. A ping of one's own occupant JID is answered by
 the room itself: a result while joined, not-acceptable when not (XEP-0410). An iq
@@ -19,7 +20,7 @@ import secrets
 from lxml import etree
 
 from xmppd.extension import Extension, hook
-from xmppd.protocol.errors import BadRequest, Forbidden, ItemNotFound, NotAcceptable
+from xmppd.protocol.errors import BadRequest, Forbidden, ItemNotFound, NotAcceptable, ServiceUnavailable
 from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import reply, sub_element
 from xmppd.router import Stanza
@@ -60,6 +61,8 @@ class PrivateMessages(Extension):
             raise ItemNotFound(text="no such occupant")
         if not may_send_private(room, sender):
             raise Forbidden(text="you may not send private messages in this room")
+        if await self.is_blocked_by(target, sender):
+            raise ServiceUnavailable()         # XEP-0191 3.3, as from the sender's own JID
         message = stanza.element
         message.set("from", str(room.occupant_jid(sender.nick)))
         for child in message.findall(OCCUPANT_ID):
@@ -69,6 +72,13 @@ class PrivateMessages(Extension):
         sub_element(message, OCCUPANT_ID, {"id": sender.id})
         await room.send_copies(message, target.sessions)
         return True
+
+    async def is_blocked_by(self, target: Occupant, sender: Occupant) -> bool:
+        """Whether the target, a user of this server, blocks the sender's real JID (a
+        private message, a direct invitation among them, must not carry its words)."""
+        host = self.server.hosts.get(target.jid.domain)
+        blocking = host.extensions.get("blocking") if host is not None and not host.is_component else None
+        return blocking is not None and await blocking.is_blocked(target.jid, sender.jid)
 
     @hook("iq/full")
     async def iq_to_occupant(self, stanza: Stanza) -> bool:

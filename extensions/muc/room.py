@@ -190,6 +190,20 @@ class Room:
     def occupants_of(self, bare: JID) -> list[Occupant]:
         return [occupant for occupant in self.occupants.values() if occupant.jid == bare]
 
+    def may_read(self, jid: JID) -> bool:
+        """Whether `jid` may read what is said in the room (its archive, its subject)
+        without entering: anyone but outcasts in a public room open to all; else its
+        owners, admins and occupants (who entered with the password, if there is one),
+        and its members when the room has no password."""
+        affiliation = self.affiliation(jid)
+        if affiliation == "outcast":
+            return False
+        if AFFILIATION_RANK[affiliation] >= AFFILIATION_RANK["admin"] or self.occupants_of(jid.bare):
+            return True
+        if self.config.password:
+            return False
+        return affiliation == "member" or self.config.public and not self.config.members_only
+
     def sees_real_jids(self, viewer: Occupant | None) -> bool:
         return self.config.whois == "anyone" or (viewer is not None and viewer.role == "moderator")
 

@@ -1,7 +1,8 @@
 """XEP-0045 6.4 and 6.5: service discovery of a room (XEP-0030), with the muc#roominfo
 form (XEP-0128): its identity, the features that describe it (muc_persistent,
 muc_membersonly, muc_nonanonymous, ... as clients such as Conversations read them to
-decide on OMEMO), and its name, description, subject and number of occupants.
+decide on OMEMO), and its name, description and number of occupants; its subject only
+to those who may read the discussion (`Room.may_read`).
 
 Hooks: iq-get/bare disco#info and disco#items. Fires: muc-disco-info (a DiscoInfo
 whose `features` and `fields` the other parts extend).
@@ -63,13 +64,15 @@ class RoomInfo(Extension):
             forms.Field("muc#roominfo_description", None, values=(config.description,)),
             forms.Field("muc#roomconfig_roomname", None, values=(config.name,)),
             forms.Field("muc#roominfo_occupants", None, values=(str(len(room.occupants)),)),
-            forms.Field("muc#roominfo_subject", None, values=(room.subject.text if room.subject else "",)),
             forms.Field("muc#roomconfig_changesubject", None, values=("1" if config.change_subject else "0",)),
             forms.Field("muc#roomconfig_allowinvites", None, values=("1" if config.allow_invites else "0",)),
             forms.Field("muc#roomconfig_allowpm", None, values=(config.allow_pm,)),
             forms.Field("muc#roomconfig_whois", None, values=(config.whois,)),
             forms.Field("muc#maxhistoryfetch", None, values=(str(config.history_length),)),
         ])
+        if room.may_read(stanza.from_):      # the subject is part of the discussion
+            info.fields.append(forms.Field("muc#roominfo_subject", None,
+                                           values=(room.subject.text if room.subject else "",)))
         if config.language:
             info.fields.append(forms.Field("muc#roominfo_lang", None, values=(config.language,)))
         await self.host.bus.notify("muc-disco-info", info)

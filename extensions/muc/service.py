@@ -178,7 +178,8 @@ class MucService(Extension):
 
     @hook("presence/bare")
     async def presence_to_room(self, stanza: Stanza) -> bool:
-        """XEP-0045 7.2.1: entering a room needs a nickname."""
+        """XEP-0045 7.2.1: entering a room needs a nickname; other presence to the bare
+        room from a non-occupant means nothing (occupants' is taken by occupants.py)."""
         if stanza.type is None:
             raise JidMalformed(text="a nickname is needed: send presence to room@service/nick")
         return True

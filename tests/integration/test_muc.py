@@ -5,12 +5,14 @@ import base64
 import hashlib
 import time
 
+import aiohttp
 import pytest
 from lxml import etree
 
 from tests.support.inbox import MESSAGE, PRESENCE, Inbox, message
-from tests.support.muc import (NS_ADMIN, NS_MUC, NS_OWNER, NS_USER, SERVICE, User, codes, create_room, error_of,
-                               from_, item, new_room, new_user)
+from tests.support.muc import (NS_ADMIN, NS_MUC, NS_OWNER, NS_STANZAS, NS_USER, SERVICE, User, codes, create_room,
+                               error_of, from_, item, new_account, new_room, new_user)
+from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 from xmppd.client import Client
 
@@ -228,6 +230,27 @@ async def test_subject(server):
     assert subject.findtext("{jabber:client}subject") == "Cauldron" and subject.get("from") == f"{room}/owner"
 
 
+async def test_subject_in_disco_only_for_those_who_may_read_the_room(server):
+    """Issue 20 item 4: disco#info showed the subject of members-only and hidden rooms."""
+    owner, stranger = await new_user(server), await new_user(server)
+    rooms = {"public": await create_room(owner), "hidden": await create_room(owner, publicroom="0"),
+             "members": await create_room(owner, membersonly="1"),
+             "password": await create_room(owner, passwordprotectedroom="1", roomsecret="pw")}
+    for name, room in rooms.items():
+        owner.client.send_raw(f"<message type='groupchat' to='{room}' id='subj-{name}'>"
+                              f"<subject>plans of {name}</subject></message>")
+        await owner.inbox.wait(lambda s: s.get("id") == f"subj-{name}")
+    for name, room in rooms.items():
+        seen = form_values(await stranger.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>"))
+        assert seen.get("muc#roominfo_subject") == ("plans of public" if name == "public" else None), name
+        assert seen["muc#roominfo_occupants"] == "1"
+        assert form_values(await owner.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>"))[
+            "muc#roominfo_subject"] == f"plans of {name}"
+    await stranger.join(rooms["password"], "stranger", password="pw")
+    seen = form_values(await stranger.iq("get", rooms["password"], f"<query xmlns='{NS_DISCO_INFO}'/>"))
+    assert seen["muc#roominfo_subject"] == "plans of password"
+
+
 async def test_private_messages(server):
     owner, first, second = await new_user(server), await new_user(server), await new_user(server)
     room = await create_room(owner)
@@ -284,6 +307,33 @@ async def test_nickname_conflict_and_change(server):
     await same.logout()
 
 
+async def test_nickname_changes_reach_every_occupant_in_order(server):
+    """Issue 13 item 7 (XEP-0045 7.6): for each change, every occupant, the changer
+    included, gets the unavailable presence of the old nickname (303, the new nick) and
+    then the presence of the new one; two occupants change 10 times each, at once."""
+    owner = await new_user(server)
+    room = await create_room(owner)
+    changers = [await new_user(server), await new_user(server)]
+    names = [[f"c{who}n{number}" for number in range(11)] for who in range(2)]
+    for changer, nicks in zip(changers, names):
+        await changer.join(room, nicks[0])
+    for step in range(1, 11):                  # pipelined: nobody waits for an answer
+        for changer, nicks in zip(changers, names):
+            changer.client.send_raw(f"<presence to='{room}/{nicks[step]}'/>")
+    for user in [owner, *changers]:
+        for who, nicks in enumerate(names):
+            await user.inbox.wait(from_(f"{room}/{nicks[-1]}", type_=None))
+            seen = user.inbox.received(lambda s: s.tag == PRESENCE and s.get("from", "").startswith(f"{room}/")
+                                       and s.get("from").split("/", 1)[1] in nicks)
+            steps = [(s.get("from").split("/", 1)[1], s.get("type")) for s in seen]
+            expected = [(nicks[0], None)] + [pair for old, new in zip(nicks, nicks[1:])
+                                             for pair in ((old, "unavailable"), (new, None))]
+            assert steps == expected, (user.jid, who, steps)
+            for old, new in zip(seen[1::2], seen[2::2]):
+                assert "303" in codes(old) and item(old).get("nick") == new.get("from").split("/", 1)[1]
+                assert ("110" in codes(old)) == ("110" in codes(new)) == (user is changers[who])
+
+
 async def test_leaving_and_presence_updates(server):
     owner, user = await new_user(server), await new_user(server)
     room = await create_room(owner)
@@ -307,6 +357,65 @@ async def test_presence_to_the_bare_room_needs_a_nickname(server):
     owner.client.send_raw(f"<presence to='{room}'><x xmlns='{NS_MUC}'/></presence>")
     refused = await owner.inbox.wait(from_(room, type_="error"))
     assert error_of(refused) == ("modify", "jid-malformed")
+
+
+async def test_room_password_guessing_is_throttled(server):
+    """Issue 20 item 8: room passwords could be tried about 3,300 times a second. After
+    max_password_failures (5) wrong ones, every password of that user is refused with
+    policy-violation; another user's right password still works."""
+    owner, guesser, friend = await new_user(server), await new_user(server), await new_user(server)
+    room = await create_room(owner, passwordprotectedroom="1", roomsecret="s3cret")
+    attempts = 20
+    for number in range(attempts):          # a burst: all sent before any answer is read
+        guesser.client.send_raw(f"<presence to='{room}/guess{number}'><x xmlns='{NS_MUC}'>"
+                                f"<password>wrong{number}</password></x></presence>")
+    answers = [error_of(await guesser.inbox.wait(from_(f"{room}/guess{number}", type_="error")))
+               for number in range(attempts)]
+    assert answers.count(("auth", "not-authorized")) == 5
+    assert answers.count(("wait", "policy-violation")) == attempts - 5
+    # The right password does not get the guesser in while it is throttled...
+    refused = await guesser.join(room, "guesser", password="s3cret", expect_error=True)
+    assert error_of(refused) == ("wait", "policy-violation")
+    assert "max_password_failures" in refused.findtext(f"{{jabber:client}}error/{{{NS_STANZAS}}}text")
+    # ...and another user is not affected.
+    await friend.join(room, "friend", password="s3cret")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
+            exposition = await response.text()
+    assert 'xmppd_limit_reached_total{limit="extensions.muc.max_password_failures"} 16' in exposition
+
+
+async def test_occupant_presence_to_the_bare_room(server):
+    """Issue 13 item 1: an occupant's presence to the bare room JID is taken as sent to
+    its occupant JID (an update, or leaving: aioxmpp 0.13 leaves that way); a
+    non-occupant's unavailable presence there changes nothing."""
+    owner = await new_user(server)
+    room = await create_room(owner)
+    raw = await RawClient().login(server.port, (await new_account(server)).split("@")[0], "secret")
+    try:
+        await raw.send("<presence/>")
+        await raw.send(f"<presence to='{room}/raw'><x xmlns='{NS_MUC}'/></presence>")
+        await raw.expect(rf"<presence[^>]*from=.{room}/raw.[^>]*>.*?code=.110.")
+        await raw.send(f"<presence to='{room}'><show>away</show></presence>")
+        await owner.inbox.wait(lambda s: from_(f"{room}/raw", type_=None)(s)
+                               and s.findtext("{jabber:client}show") == "away")
+        await raw.send(f"<presence type='unavailable' to='{room}'><status>bye</status></presence>")
+        left = await raw.expect(rf"<presence(?=[^>]*type=.unavailable.)[^>]*from=.{room}/raw.[^>]*>(.*?)</presence>")
+        assert "code=\"110\"" in left.group(1).replace("'", '"')
+        gone = await owner.inbox.wait(from_(f"{room}/raw", type_="unavailable"))
+        assert gone.findtext("{jabber:client}status") == "bye" and item(gone).get("role") == "none"
+
+        # No longer an occupant: unavailable presence is dropped without an answer,
+        # available presence with no nickname gets jid-malformed (XEP-0045 7.2.1).
+        await raw.send(f"<presence type='unavailable' to='{room}'/><iq type='get' id='after' to='localhost'>"
+                       "<ping xmlns='urn:xmpp:ping'/></iq>")
+        before_ping = await raw.expect(r"(.*?)<iq[^>]*id=.after.")
+        assert "<presence" not in before_ping.group(1), before_ping.group(1)
+        await raw.send(f"<presence to='{room}'/>")
+        refused = await raw.expect(rf"<presence[^>]*type=.error.[^>]*>(.*?)</presence>")
+        assert "jid-malformed" in refused.group(1)
+    finally:
+        await raw.close()
 
 
 # ------------------------------------------------------------------ invitations
@@ -336,6 +445,47 @@ async def test_mediated_invitation_and_decline(server):
     decline = declined.find(f"{{{NS_USER}}}x/{{{NS_USER}}}decline")
     assert declined.get("from") == room and decline.get("from") == other.jid.split("/")[0]
     assert decline.findtext(f"{{{NS_USER}}}reason") == "Busy"
+
+
+async def test_invitations_from_a_blocked_user_do_not_reach_the_blocker(server):
+    """Issue 20 item 9: a blocked user's text reached the blocker inside a mediated
+    invitation (XEP-0045 7.8.2, relayed by the room) or a direct one (XEP-0249)."""
+    owner, pest, friend = await new_user(server), await new_user(server), await new_user(server)
+    room = await create_room(owner)
+    await owner.join(room, "owner")
+    await pest.join(room, "pest")
+    await friend.join(room, "friend")
+    owner_bare, pest_bare = owner.jid.split("/")[0], pest.jid.split("/")[0]
+    blocked = await owner.iq("set", owner_bare, f"<block xmlns='urn:xmpp:blocking'><item jid='{pest_bare}'/></block>")
+    assert blocked.get("type") == "result"
+
+    pest.client.send_raw(f"<message to='{room}' id='m1'><x xmlns='{NS_USER}'><invite to='{owner_bare}'>"
+                         f"<reason>mediated insult</reason></invite></x></message>")
+    pest.client.send_raw(f"<message to='{owner_bare}' id='d1'><x xmlns='jabber:x:conference' jid='{room}' "
+                         f"reason='direct insult'/></message>")
+    pest.client.send_raw(f"<message to='{room}/owner' type='chat' id='p1'><body>private insult</body>"
+                         f"<x xmlns='jabber:x:conference' jid='{room}' reason='direct insult via the room'/></message>")
+    # The pest's stanzas are handled in order: once its next groupchat message is
+    # reflected, both invitations have been routed.
+    pest.client.send_raw(f"<message type='groupchat' to='{room}' id='after'><body>after</body></message>")
+    await owner.inbox.wait(lambda s: s.get("id") == "after")
+    assert not owner.inbox.received(lambda s: "insult" in etree.tostring(s, encoding=str))
+    assert error_of(await pest.inbox.wait(lambda s: s.get("id") == "d1")) == ("cancel", "service-unavailable")
+    assert not pest.inbox.received(lambda s: s.get("id") == "m1" and s.get("type") == "error")
+    assert error_of(await pest.inbox.wait(lambda s: s.get("id") == "p1")) == ("cancel", "service-unavailable")
+
+    # The same invitations from someone not blocked arrive, and a decline from the pest
+    # to the owner (relayed by the room) does not.
+    friend.client.send_raw(f"<message to='{room}'><x xmlns='{NS_USER}'><invite to='{owner_bare}'>"
+                           f"<reason>mediated welcome</reason></invite></x></message>")
+    invitation = await owner.inbox.wait(lambda s: s.get("from") == room and s.find(f"{{{NS_USER}}}x") is not None
+                                        and "welcome" in etree.tostring(s, encoding=str))
+    assert invitation.find(f"{{{NS_USER}}}x/{{{NS_USER}}}invite").get("from") == friend.jid
+    pest.client.send_raw(f"<message to='{room}'><x xmlns='{NS_USER}'><decline to='{owner_bare}'>"
+                         f"<reason>declined insult</reason></decline></x></message>")
+    pest.client.send_raw(f"<message type='groupchat' to='{room}' id='after2'><body>after</body></message>")
+    await owner.inbox.wait(lambda s: s.get("id") == "after2")
+    assert not owner.inbox.received(lambda s: "insult" in etree.tostring(s, encoding=str))
 
 
 async def test_direct_invitation(server):

@@ -2,7 +2,7 @@
 import pytest
 
 from tests.support.inbox import MESSAGE, online
-from tests.support.muc import NS_ADMIN, NS_MAM, NS_RSM, User, codes, create_room, error_of, form, item, new_user
+from tests.support.muc import NS_ADMIN, NS_MAM, NS_RSM, SERVICE, User, codes, create_room, error_of, form, item, new_user
 from tests.support.server import XmppdProcess
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
@@ -81,6 +81,13 @@ async def test_archive_paging(server):
     assert error_of(await query(reader, room, "e3", "", {"start": "yesterday"})) == ("modify", "bad-request")
 
 
+async def test_service_advertises_mam(server):
+    """Issue 13 item 3: clients check the MUC service for MAM before its rooms."""
+    user = await new_user(server)
+    info = await user.iq("get", SERVICE, f"<query xmlns='{NS_DISCO_INFO}'/>")
+    assert NS_MAM in {f.get("var") for f in info.iter(f"{{{NS_DISCO_INFO}}}feature")}
+
+
 async def test_archive_of_members_only_room_is_for_members(server):
     owner, stranger = await new_user(server), await new_user(server)
     room = await create_room(owner, membersonly="1")
@@ -88,6 +95,37 @@ async def test_archive_of_members_only_room_is_for_members(server):
     assert error_of(await query(stranger, room, "m1")) == ("auth", "forbidden")
     bodies, _, _, _ = await query(owner, room, "m2")
     assert bodies == ["secret"]
+
+
+async def test_archive_of_a_password_or_hidden_room_is_for_those_inside(server):
+    """Issue 20 item 4: a password-protected room's archive was readable by anyone."""
+    owner, stranger, member = await new_user(server), await new_user(server), await new_user(server)
+    locked = await create_room(owner, passwordprotectedroom="1", roomsecret="pw")
+    await owner.say(locked, "behind the password")
+    assert error_of(await query(stranger, locked, "p1")) == ("auth", "forbidden")
+    assert error_of(await stranger.join(locked, "stranger", password="guess", expect_error=True)) == \
+        ("auth", "not-authorized")
+    assert error_of(await query(stranger, locked, "p2")) == ("auth", "forbidden")
+    # A member still needs the password to enter, so it reads no more than a stranger.
+    await owner.iq("set", locked, f"<query xmlns='{NS_ADMIN}'><item affiliation='member' "
+                                  f"jid='{member.jid.split('/')[0]}'/></query>")
+    assert error_of(await query(member, locked, "p3")) == ("auth", "forbidden")
+    await stranger.join(locked, "stranger", password="pw")
+    bodies, _, _, _ = await query(stranger, locked, "p4")
+    assert bodies == ["behind the password"]
+    await stranger.leave(locked, "stranger")
+    assert error_of(await query(stranger, locked, "p5")) == ("auth", "forbidden")
+
+    hidden = await create_room(owner, publicroom="0")
+    await owner.say(hidden, "unlisted")
+    assert error_of(await query(stranger, hidden, "h1")) == ("auth", "forbidden")
+    await owner.iq("set", hidden, f"<query xmlns='{NS_ADMIN}'><item affiliation='member' "
+                                  f"jid='{member.jid.split('/')[0]}'/></query>")
+    assert (await query(member, hidden, "h2"))[0] == ["unlisted"]
+    # A public room open to all is readable from outside, as in Prosody and ejabberd.
+    public = await create_room(owner)
+    await owner.say(public, "for everyone")
+    assert (await query(stranger, public, "o1"))[0] == ["for everyone"]
 
 
 async def test_archiving_can_be_switched_off(server):
