@@ -26,8 +26,9 @@ def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     if report.failed and call.when == "call":
         for name, value in getattr(item, "funcargs", {}).items():
-            if isinstance(value, XmppdProcess):
-                report.sections.append((f"xmppd log ({name}, tail)", value.log[-6000:]))
+            for index, server in enumerate(getattr(value, "started", [value])):     # make_xmppd's too
+                if isinstance(server, XmppdProcess):
+                    report.sections.append((f"xmppd log ({name} {index}, tail)", server.log[-6000:]))
 
 
 @pytest.fixture
@@ -50,6 +51,7 @@ def make_xmppd(tmp_path):
         started.append(server)
         return server
 
+    make.started = started
     yield make
     for server in started:
         server.stop()

@@ -4,6 +4,7 @@ paces it instead of ending its session. Raw-socket clients; every loop bounded i
 and time."""
 import asyncio
 import re
+import socket
 from pathlib import Path
 
 from tests.conftest import unique
@@ -155,3 +156,115 @@ async def test_repeated_cuts_during_a_drain_with_resumption_lose_and_repeat_noth
     assert_all_once(reader.message_ids, "c", count)
     await phone.close()
     await sender.close()
+
+
+# ------------------------------------------------------------------ what one account can do
+
+async def test_sessions_ending_one_after_another_hand_a_message_on_once(make_xmppd):
+    """Issue 20 item 1: a message unacknowledged by several resumable sessions that expire
+    one after the other used to be handed from one to the next, doubling each time
+    (2^(N-2) copies). Now each copy goes to offline storage once, and copies of one
+    message once in all."""
+    server = make_xmppd(CONFIG).start()
+    alice, bob = create_accounts(server, [unique("fast"), unique("many")])
+    user = bob.split("@")[0]
+    resources = [f"r{n}" for n in range(8)]
+    sessions = [(await managed_login(server, user, resource, max_=1))[0] for resource in resources]
+    sender = await sender_of(server, alice)
+    await sender.send(f"<message to='{bob}' type='chat' id='once'><body>once</body></message>")
+    for client in sessions:
+        await client.expect("<body>once</body>")          # every resource has it, unacknowledged
+    for client in sessions:
+        drop(client)
+    await server.wait_for_log(f"event=hibernation-expired jid={bob}/", timeout=30, count=len(sessions))
+
+    fresh, _ = await managed_login(server, user, "fresh", presence=False)
+    await fresh.send("<presence/>")
+    reader = StanzaStream(fresh)
+    await reader.until(lambda: "once" in reader.message_ids, timeout=30)
+    await reader.ping("done")
+    assert reader.message_ids.count("once") == 1
+    await fresh.close()
+    await sender.close()
+
+
+async def test_a_client_that_never_reads_holds_bounded_memory_then_is_closed_losing_nothing(make_xmppd):
+    """Issue 20 item 3: what is written to a client that reads nothing is bounded: messages
+    worth keeping wait in its backlog, the rest in memory up to c2s.max_held_bytes; past
+    c2s.stall_timeout its stream is closed and its messages go to offline storage."""
+    from tests.support.limits import limit_reached
+    server = make_xmppd(CONFIG, c2s_section="stall_timeout = 15").start()
+    alice, bob = create_accounts(server, [unique("fast"), unique("deaf")])
+    deaf = RawClient(server.domain)
+    await deaf.login(server.port, bob.split("@")[0], "secret", resource="deaf")
+    await deaf.send("<presence/>")
+    await deaf.expect(r"<presence[^>]*(/>|>.*?</presence>)")
+    deaf.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    deaf.writer.transport.pause_reading()                  # from now on it reads nothing
+    before = rss_kib(server.process.pid)
+
+    sender = await sender_of(server, alice)
+    padding = "x" * 100_000
+    for n in range(200):                                   # 20 MB the client does not take
+        await sender.send(f"<message to='{bob}' type='headline' id='h{n}'><body>{padding}</body></message>"
+                          f"<message to='{bob}' type='chat' id='d{n}'><body>kept {n}</body></message>")
+    await sender.send(f"<r xmlns='{NS_SM}'/>")
+    while attribute((await sender.expect(r"<a ([^>]*)/>", timeout=60)).group(1), "h") != "400":
+        await sender.send(f"<r xmlns='{NS_SM}'/>")
+    grown = rss_kib(server.process.pid) - before
+    assert grown < 24 * 1024, f"server RSS grew by {grown // 1024} MiB for 20 MB the client never read"
+    assert await limit_reached(server, "c2s.max_held_bytes") > 0
+
+    await server.wait_for_log(f"event=stalled jid={bob}/deaf", timeout=60)
+    await server.wait_for_log(f"event=session-ended jid={bob}/deaf", timeout=30)
+    deaf.writer.transport.abort()
+    again, _ = await managed_login(server, bob.split("@")[0], "again", presence=False)
+    await again.send("<presence/>")
+    reader = StanzaStream(again)
+    await reader.until(lambda: sum(i.startswith("d") for i in reader.message_ids) >= 200, timeout=60)
+    await reader.ping("done")
+    assert_all_once(reader.message_ids, "d", 200)
+    await again.close()
+    await sender.close()
+
+
+async def test_a_backlog_is_bounded_and_the_sender_told(make_xmppd):
+    from tests.support.limits import limit_reached
+    server = make_xmppd(CONFIG + "[extensions.backlog]\nmax_messages_per_resource = 20\n"
+                        "[extensions.smacks]\nwindow = 5\n").start()
+    alice, bob = create_accounts(server, [unique("fast"), unique("slow")])
+    phone, _ = await managed_login(server, bob.split("@")[0], "phone")      # never acks
+    sender = await sender_of(server, alice)
+    errors = StanzaStream(sender)                          # acks: the sender's window is small too
+    await sender.send("".join(f"<message to='{bob}' type='chat' id='b{n}'><body>b {n}</body></message>"
+                              for n in range(40)))
+    await errors.until(lambda: len(errors.errors) >= 16, timeout=30)
+    await errors.ping("done")
+    # Four went out (the window holds the presence echo too), twenty wait, the rest are refused.
+    assert errors.errors == {f"b{n}": "resource-constraint" for n in range(24, 40)}
+    assert await limit_reached(server, "extensions.backlog.max_messages_per_resource") == 16
+    await phone.close()
+    await sender.close()
+
+
+async def test_one_stranger_cannot_fill_an_offline_queue(make_xmppd):
+    from tests.support.limits import limit_reached
+    server = make_xmppd("[extensions.offline]\nmax_messages_per_sender = 10\n").start()
+    stranger, friend, bob = create_accounts(server, [unique("stranger"), unique("friend"), unique("away")])
+    flooder = await sender_of(server, stranger)
+    errors = StanzaStream(flooder)
+    await flooder.send("".join(f"<message to='{bob}' type='chat' id='s{n}'><body>s {n}</body></message>"
+                               for n in range(15)))
+    await errors.until(lambda: len(errors.errors) >= 5, timeout=30)
+    assert errors.errors == {f"s{n}": "service-unavailable" for n in range(10, 15)}
+    friendly = await sender_of(server, friend)
+    await send_all(friendly, bob, 5, "f")                  # stored: the queue is not full for others
+    assert await limit_reached(server, "extensions.offline.max_messages_per_sender") == 5
+    phone, _ = await managed_login(server, bob.split("@")[0], "phone", presence=False)
+    await phone.send("<presence/>")
+    reader = StanzaStream(phone)
+    await reader.until(lambda: len(reader.message_ids) >= 15, timeout=30)
+    assert_all_once(reader.message_ids, "f", 5)
+    await phone.close()
+    await flooder.close()
+    await friendly.close()

@@ -100,6 +100,7 @@ class StanzaStream:
         self.message_ids: list[str] = [] if message_ids is None else message_ids
         self.iqs: dict[str, etree._Element] = {}         # the iqs received, by id
         self.archived_ids: list[str] = []                  # of the messages in XEP-0313 results
+        self.errors: dict[str, str] = {}                   # message id -> the error's condition
         self.parser = etree.XMLPullParser(events=("start", "end"), resolve_entities=False)
         self.parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
         self.depth = 0
@@ -155,6 +156,9 @@ class StanzaStream:
                 archived = element.find(ARCHIVED_MESSAGE)
                 if archived is not None:
                     self.archived_ids.append(archived.get("id"))
+                elif element.get("type") == "error" and element.tag == MESSAGE:
+                    condition = element.find("{jabber:client}error/*")
+                    self.errors[element.get("id")] = etree.QName(condition).localname if condition is not None else ""
                 elif element.tag == MESSAGE and element.get("id"):
                     self.message_ids.append(element.get("id"))
                 elif element.tag == IQ:
