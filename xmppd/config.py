@@ -55,8 +55,8 @@ class C2SOptions:
     max_sessions_per_ip: int = 0               # authenticated (and hibernating) sessions; 0: no limit
     ipv6_prefix: int = 64                      # an IPv6 address counts as its /ipv6_prefix network
     max_output_buffer: int = 4 * 1024 * 1024   # stop reading a client whose unsent output exceeds this
-    auth_failures_per_ip: int = 20             # budgets of failed logins, refilled over auth_failure_window
-    auth_failures_per_account: int = 5         # per account and address
+    auth_failures_per_ip: int = 30             # budgets of failed logins, refilled over auth_failure_window
+    auth_failures_per_account: int = 10        # per account and address
     auth_failure_window: float = 600.0
     auth_failure_delay: float = 1.0            # grows per recent failure from one address
 
