@@ -9,6 +9,7 @@ import asyncio
 import difflib
 import pkgutil
 import logging
+import resource
 import ssl
 import time
 import weakref
@@ -105,6 +106,7 @@ class Server:
     async def start(self) -> None:
         self.state = "starting"
         await self.open()
+        self._raise_open_file_limit()
         self._setup_tls()
         await self.http.start(self.ssl_context)
         c2s = self.config.c2s
@@ -123,6 +125,21 @@ class Server:
         interval = systemd.watchdog_interval()
         if interval:
             self._watchdog = asyncio.get_running_loop().create_task(systemd.watchdog(interval))
+
+    def _raise_open_file_limit(self) -> None:
+        """Every connection is a file descriptor: take the whole hard limit (a shell's soft
+        limit is often 1024; the systemd unit sets LimitNOFILE), and say when the
+        unauthenticated connections alone could use it up."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):       # an unlimited hard limit the kernel caps lower
+                pass
+        if soft != resource.RLIM_INFINITY and self.config.c2s.max_unauthenticated > soft // 2:
+            log.warning("event=open-file-limit-low limit=%d c2s.max_unauthenticated=%d: raise the limit "
+                        "(LimitNOFILE) or lower max_unauthenticated", soft, self.config.c2s.max_unauthenticated)
 
     def _setup_tls(self) -> None:
         cert, key = self.config.certificate, self.config.private_key

@@ -194,7 +194,8 @@ async def closed_by_the_server(clients: list[RawClient], count: int, timeout: fl
 
 
 def raise_open_file_limit(needed: int) -> None:
-    """The sockets of both ends live on this machine; xmppd, started after, inherits the limit."""
+    """This process holds the client ends of the sockets (xmppd raises its own limit to
+    the hard one at start-up)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
         if hard != resource.RLIM_INFINITY and hard < needed:
