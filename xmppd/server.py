@@ -56,9 +56,10 @@ class Server:
         self.state = "new"
         self._watchdog: asyncio.Task | None = None
         self.connections: set[C2SConnection] = set()
-        # Connections not authenticated yet, oldest first: per address group and in all.
-        self._unauthenticated: dict[str, dict[C2SConnection, None]] = {}
-        self._all_unauthenticated: dict[C2SConnection, None] = {}
+        # Connections not authenticated yet (C2SConnection or _Handshake), oldest first:
+        # per address group and in all.
+        self._unauthenticated: dict[str, dict] = {}
+        self._all_unauthenticated: dict = {}
         self._hibernating = weakref.WeakKeyDictionary()    # Session -> address group it was left from
         self._listeners: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
@@ -113,10 +114,10 @@ class Server:
         for interface in c2s.interfaces:
             self._listeners.append(await asyncio.start_server(
                 lambda r, w: self._accept(r, w, direct_tls=False), interface, c2s.port, reuse_address=True))
-            if c2s.direct_tls_port:
+            if c2s.direct_tls_port:                 # the handshake is in _accept: counted like the rest
                 self._listeners.append(await asyncio.start_server(
                     lambda r, w: self._accept(r, w, direct_tls=True), interface, c2s.direct_tls_port,
-                    ssl=self.ssl_context, reuse_address=True, ssl_handshake_timeout=c2s.unauthenticated_timeout))
+                    reuse_address=True))
         await self.admin.start()
         for host in list(self.hosts.values()):
             await host.bus.notify("server-started", self)
@@ -158,11 +159,11 @@ class Server:
 
     async def _accept(self, reader, writer, *, direct_tls: bool) -> None:
         transport = Transport(reader, writer, max_output_buffer=self.config.c2s.max_output_buffer)
+        group = self.auth_throttle.group(transport.peer)
+        if direct_tls and not await self._tls_handshake(transport, group):
+            return
         connection = C2SConnection(self, transport, direct_tls=direct_tls)
-        group = self.auth_throttle.group(connection.peer)
-        self._make_room(group)
-        self._unauthenticated.setdefault(group, {})[connection] = None
-        self._all_unauthenticated[connection] = None
+        self._count_unauthenticated(connection, group)
         self.connections.add(connection)
         self.metrics.count(CONNECTIONS_ACCEPTED, connection.listener)
         try:
@@ -175,6 +176,26 @@ class Server:
             session = connection.session
             if session is not None and session.connection is None and not session.closed:
                 self._hibernating[session] = group
+
+    async def _tls_handshake(self, transport: Transport, group: str) -> bool:
+        """XEP-0368 direct TLS: the handshake, with the socket counted as unauthenticated
+        while it lasts (a socket that never starts one holds a file descriptor too)."""
+        handshake = _Handshake(transport)
+        self._count_unauthenticated(handshake, group)
+        try:
+            await transport.start_tls(self.ssl_context, self.config.c2s.unauthenticated_timeout)
+            return not transport.closing
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            log.debug("event=tls-handshake-failed peer=%s error=%s", transport.peer, exc)
+            transport.abort()
+            return False
+        finally:
+            self._forget_unauthenticated(handshake, group)
+
+    def _count_unauthenticated(self, connection, group: str) -> None:
+        self._make_room(group)
+        self._unauthenticated.setdefault(group, {})[connection] = None
+        self._all_unauthenticated[connection] = None
 
     def _make_room(self, group: str) -> None:
         """Close the oldest unauthenticated connection of the address group, or of all,
@@ -191,7 +212,7 @@ class Server:
                 self._forget_unauthenticated(oldest, self.auth_throttle.group(oldest.peer))
                 oldest.close(condition, text)
 
-    def _forget_unauthenticated(self, connection: C2SConnection, group: str) -> None:
+    def _forget_unauthenticated(self, connection, group: str) -> None:
         pending = self._unauthenticated.get(group)
         if pending is not None:
             pending.pop(connection, None)
@@ -270,6 +291,17 @@ class Server:
     def listening(self) -> list[str]:
         return ([f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for listener in self._listeners for sock in listener.sockets]
                 + self.http.listening())
+
+
+class _Handshake:
+    """A direct TLS connection before its handshake, as the unauthenticated limits see it."""
+
+    def __init__(self, transport: Transport):
+        self.transport = transport
+        self.peer = transport.peer
+
+    def close(self, condition: str | None = None, text: str | None = None) -> None:
+        self.transport.abort()                 # no stream yet to carry an error
 
 
 def check_extensions(config: Config) -> None:
