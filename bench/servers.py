@@ -382,7 +382,8 @@ interfaces = ["127.0.0.1"]
 port = {port}
 direct_tls_port = {direct_tls_port}
 require_encryption = false
-max_connections_per_ip = 100000
+max_unauthenticated_per_ip = 100000
+max_unauthenticated = 100000
 
 [http]
 port = {http_port}

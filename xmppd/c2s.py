@@ -26,6 +26,7 @@ from xmppd.logs import redacted
 from xmppd.protocol import negotiation as n
 from xmppd.protocol.errors import InternalServerError, StanzaError
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
+from xmppd.protocol.sasl import verify_plain_password
 from xmppd.protocol.stanza import IQ, error_reply
 from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, serialize, stream_header
 from xmppd.router import KINDS
@@ -156,17 +157,32 @@ class C2SConnection:
             self.settings.channel_binding = self.server.channel_binding(self.transport.ssl_object)
             self.stream.reset()
         elif isinstance(action, n.LookupCredentials):
-            account = await self.server.storage.accounts.get(f"{action.username}@{self.negotiation.domain}")
-            credentials = account.secrets.get(action.hash_name) if account else None
-            for follow_up in self.negotiation.credentials_found(credentials):
+            if self.server.too_many_sessions(self):
+                self.close("policy-violation", "too many sessions from your address")
+                return
+            jid = f"{action.username}@{self.negotiation.domain}"
+            limit = self.server.auth_throttle.attempt(self.peer, jid)
+            if limit is not None:
+                self.server.metrics.count(metrics.LIMIT_REACHED, limit)
+                follow_ups = self.negotiation.attempt_refused("too many failed logins; try again later")
+            else:
+                account = await self.server.storage.accounts.get(jid)
+                follow_ups = self.negotiation.credentials_found(account.secrets.get(action.hash_name) if account else None)
+            for follow_up in follow_ups:
+                await self.perform(follow_up)
+        elif isinstance(action, n.CheckPassword):
+            # PBKDF2 takes milliseconds: off the event loop.
+            matches = await asyncio.to_thread(verify_plain_password, action.password, action.credentials, action.hash_name)
+            for follow_up in self.negotiation.password_checked(matches):
                 await self.perform(follow_up)
         elif isinstance(action, n.AuthFailed):
             self.server.metrics.count(metrics.AUTH_FAILURES, action.mechanism)
             log.info("event=auth-failed peer=%s user=%s mechanism=%s condition=%s",
                      self.peer, action.username, action.mechanism, action.condition)
-            await asyncio.sleep(self.server.auth_throttle.failed(self.peer))
+            await asyncio.sleep(self.server.auth_throttle.failure_delay(self.peer))
         elif isinstance(action, n.Authenticated):
             self.server.metrics.count(metrics.AUTH_SUCCESSES, action.mechanism)
+            self.server.authenticated(self, action.jid)
             self.host = self.server.hosts[action.jid.domain]
             self.stream.reset()
         elif isinstance(action, n.BindResource):

@@ -50,18 +50,32 @@ class C2SOptions:
     require_encryption: bool = True            # false allows plain text from loopback peers only
     max_stanza_bytes: int = 262144
     unauthenticated_timeout: float = 60.0      # seconds to finish authentication and bind
-    max_connections_per_ip: int = 100
+    max_unauthenticated_per_ip: int = 100      # when full, the oldest one is closed for a new one
+    max_unauthenticated: int = 2000            # the same, over all addresses
+    max_sessions_per_ip: int = 0               # authenticated (and hibernating) sessions; 0: no limit
+    ipv6_prefix: int = 64                      # an IPv6 address counts as its /ipv6_prefix network
+    auth_failures_per_ip: int = 30             # budgets of failed logins, refilled over auth_failure_window
+    auth_failures_per_account: int = 10        # per account and address
+    auth_failure_window: float = 600.0
     max_output_buffer: int = 1024 * 1024       # unsent output past which a client gets nothing more for now
     max_held_bytes: int = 512 * 1024           # stanzas held in memory for a client with no room
     stall_timeout: float = 300.0               # seconds a client may take nothing; 0: forever
     auth_failure_delay: float = 1.0            # grows per recent failure from one address
     max_resources_per_account: int = 10        # bound resources, hibernating XEP-0198 sessions included
 
+    # Keys of earlier versions: naming one stops start-up with what replaces it.
+    REPLACED = {"max_connections_per_ip": "max_unauthenticated_per_ip, max_unauthenticated and max_sessions_per_ip"}
+
     def validate(self, where):
         for key in ("port", "direct_tls_port"):
             where.check(key, 0 <= getattr(self, key) < 65536, "must be a port number (0-65535)")
         where.check("max_stanza_bytes", self.max_stanza_bytes >= 10000, "must be at least 10000")
-        where.check("max_connections_per_ip", self.max_connections_per_ip > 0, "must be positive")
+        for key in ("max_unauthenticated_per_ip", "max_unauthenticated", "auth_failures_per_ip", "auth_failures_per_account"):
+            where.check(key, getattr(self, key) > 0, "must be positive")
+        where.check("max_sessions_per_ip", self.max_sessions_per_ip >= 0, "must not be negative (0: no limit)")
+        where.check("ipv6_prefix", 1 <= self.ipv6_prefix <= 128, "must be a prefix length (1-128)")
+        where.check("auth_failure_window", self.auth_failure_window > 0, "must be positive")
+        where.check("auth_failure_delay", self.auth_failure_delay >= 0, "must not be negative")
         for key in ("max_output_buffer", "max_held_bytes"):
             where.check(key, getattr(self, key) >= 65536, "must be at least 65536")
         where.check("stall_timeout", self.stall_timeout >= 0, "must not be negative")
@@ -217,6 +231,8 @@ def build(cls, table: dict, where: Where):
     fields = {f.name for f in dataclasses.fields(cls)}
     values = {}
     for name, value in table.items():
+        if name in getattr(cls, "REPLACED", {}):
+            where.fail(name, f"no longer exists; use {cls.REPLACED[name]} instead")
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(fields))}"

@@ -6,12 +6,13 @@ systemd hears READY=1 and STOPPING=1 at those steps (xmppd/systemd.py).
 from __future__ import annotations
 
 import asyncio
-import collections
 import difflib
 import pkgutil
 import logging
+import resource
 import ssl
 import time
+import weakref
 
 from xmppd import certs, systemd, tls
 from xmppd.admin import AdminSocket
@@ -19,14 +20,14 @@ from xmppd.c2s import C2SConnection
 from xmppd.config import Config, ConfigError, Where, build
 from xmppd.host import Host
 from xmppd.http import HttpServer
-from xmppd.metrics import CONNECTIONS_ACCEPTED, CountedMedia, Metrics, TimedBackend
+from xmppd.metrics import CONNECTIONS_ACCEPTED, LIMIT_REACHED, CountedMedia, Metrics, TimedBackend
 from xmppd.monitoring import Monitoring
-from xmppd.protocol.negotiation import stream_error
-from xmppd.protocol.stream import STREAM_CLOSE, stream_header
+from xmppd.protocol.negotiation import State
 from xmppd.roster_cache import CachedRosters
 from xmppd.router import CoreDelivery, Router
 from xmppd.storage import open_backend
 from xmppd.storage.media import open_media
+from xmppd.throttle import AuthThrottle
 from xmppd.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -37,27 +38,6 @@ def bundled_extensions() -> list[str]:
     return sorted(module.name for module in pkgutil.iter_modules(xmppd.extensions.__path__))
 
 
-class AuthThrottle:
-    """Slows down repeated authentication failures from one address."""
-    WINDOW = 600.0
-
-    def __init__(self, base_delay: float):
-        self.base_delay = base_delay
-        self.failures: dict[str, collections.deque] = {}
-
-    def failed(self, address: str) -> float:
-        """Record a failure; return how long to wait before answering it."""
-        now = time.monotonic()
-        recent = self.failures.setdefault(address, collections.deque())
-        while recent and recent[0] < now - self.WINDOW:
-            recent.popleft()
-        recent.append(now)
-        if len(self.failures) > 10000:         # bound the memory an address scan can take
-            self.failures.pop(next(iter(self.failures)))
-        # Doubling from the second failure, up to 16 times the base delay.
-        return self.base_delay * 2 ** min(len(recent) - 2, 4) if len(recent) > 1 else 0.0
-
-
 class Server:
     def __init__(self, config: Config):
         self.config = config
@@ -65,7 +45,7 @@ class Server:
         self.hosts: dict[str, Host] = {}
         self.router = Router(self)
         self.metrics = Metrics()
-        self.auth_throttle = AuthThrottle(config.c2s.auth_failure_delay)
+        self.auth_throttle = AuthThrottle(config.c2s)
         self.ssl_context: ssl.SSLContext | None = None
         self._end_point_hash: bytes | None = None
         self.storage = None
@@ -76,7 +56,11 @@ class Server:
         self.state = "new"
         self._watchdog: asyncio.Task | None = None
         self.connections: set[C2SConnection] = set()
-        self._per_ip: collections.Counter = collections.Counter()
+        # Connections not authenticated yet (C2SConnection or _Handshake), oldest first:
+        # per address group and in all.
+        self._unauthenticated: dict[str, dict] = {}
+        self._all_unauthenticated: dict = {}
+        self._hibernating = weakref.WeakKeyDictionary()    # Session -> address group it was left from
         self._listeners: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
         self.admin = AdminSocket(self)
@@ -123,16 +107,17 @@ class Server:
     async def start(self) -> None:
         self.state = "starting"
         await self.open()
+        self._raise_open_file_limit()
         self._setup_tls()
         await self.http.start(self.ssl_context)
         c2s = self.config.c2s
         for interface in c2s.interfaces:
             self._listeners.append(await asyncio.start_server(
                 lambda r, w: self._accept(r, w, direct_tls=False), interface, c2s.port, reuse_address=True))
-            if c2s.direct_tls_port:
+            if c2s.direct_tls_port:                 # the handshake is in _accept: counted like the rest
                 self._listeners.append(await asyncio.start_server(
                     lambda r, w: self._accept(r, w, direct_tls=True), interface, c2s.direct_tls_port,
-                    ssl=self.ssl_context, reuse_address=True, ssl_handshake_timeout=c2s.unauthenticated_timeout))
+                    reuse_address=True))
         await self.admin.start()
         for host in list(self.hosts.values()):
             await host.bus.notify("server-started", self)
@@ -141,6 +126,21 @@ class Server:
         interval = systemd.watchdog_interval()
         if interval:
             self._watchdog = asyncio.get_running_loop().create_task(systemd.watchdog(interval))
+
+    def _raise_open_file_limit(self) -> None:
+        """Every connection is a file descriptor: take the whole hard limit (a shell's soft
+        limit is often 1024; the systemd unit sets LimitNOFILE), and say when the
+        unauthenticated connections alone could use it up."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):       # an unlimited hard limit the kernel caps lower
+                pass
+        if soft != resource.RLIM_INFINITY and self.config.c2s.max_unauthenticated > soft // 2:
+            log.warning("event=open-file-limit-low limit=%d c2s.max_unauthenticated=%d: raise the limit "
+                        "(LimitNOFILE) or lower max_unauthenticated", soft, self.config.c2s.max_unauthenticated)
 
     def _setup_tls(self) -> None:
         cert, key = self.config.certificate, self.config.private_key
@@ -159,13 +159,11 @@ class Server:
 
     async def _accept(self, reader, writer, *, direct_tls: bool) -> None:
         transport = Transport(reader, writer, max_output_buffer=self.config.c2s.max_output_buffer)
-        if self._per_ip[transport.peer] >= self.config.c2s.max_connections_per_ip:
-            transport.write(stream_header(from_=self.user_domains[0], id="refused")
-                            + stream_error("policy-violation", "too many connections from your address") + STREAM_CLOSE)
-            await transport.close()
+        group = self.auth_throttle.group(transport.peer)
+        if direct_tls and not await self._tls_handshake(transport, group):
             return
-        self._per_ip[transport.peer] += 1
         connection = C2SConnection(self, transport, direct_tls=direct_tls)
+        self._count_unauthenticated(connection, group)
         self.connections.add(connection)
         self.metrics.count(CONNECTIONS_ACCEPTED, connection.listener)
         try:
@@ -174,9 +172,78 @@ class Server:
             log.exception("event=connection-crashed peer=%s", transport.peer)
         finally:
             self.connections.discard(connection)
-            self._per_ip[transport.peer] -= 1
-            if not self._per_ip[transport.peer]:
-                del self._per_ip[transport.peer]
+            self._forget_unauthenticated(connection, group)
+            session = connection.session
+            if session is not None and session.connection is None and not session.closed:
+                self._hibernating[session] = group
+
+    async def _tls_handshake(self, transport: Transport, group: str) -> bool:
+        """XEP-0368 direct TLS: the handshake, with the socket counted as unauthenticated
+        while it lasts (a socket that never starts one holds a file descriptor too)."""
+        handshake = _Handshake(transport)
+        self._count_unauthenticated(handshake, group)
+        try:
+            await transport.start_tls(self.ssl_context, self.config.c2s.unauthenticated_timeout)
+            return not transport.closing
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            log.debug("event=tls-handshake-failed peer=%s error=%s", transport.peer, exc)
+            transport.abort()
+            return False
+        finally:
+            self._forget_unauthenticated(handshake, group)
+
+    def _count_unauthenticated(self, connection, group: str) -> None:
+        self._make_room(group)
+        self._unauthenticated.setdefault(group, {})[connection] = None
+        self._all_unauthenticated[connection] = None
+
+    def _make_room(self, group: str) -> None:
+        """Close the oldest unauthenticated connection of the address group, or of all,
+        when a new one would exceed max_unauthenticated_per_ip or max_unauthenticated:
+        idle sockets cannot lock out the logins from an address, or from everywhere."""
+        for pending, option, condition, text in (
+                (self._unauthenticated.get(group, {}), "max_unauthenticated_per_ip",
+                 "policy-violation", "too many unauthenticated connections from your address"),
+                (self._all_unauthenticated, "max_unauthenticated",
+                 "resource-constraint", "too many unauthenticated connections")):
+            while len(pending) >= getattr(self.config.c2s, option):
+                oldest = next(iter(pending))
+                self.metrics.count(LIMIT_REACHED, f"c2s.{option}")
+                self._forget_unauthenticated(oldest, self.auth_throttle.group(oldest.peer))
+                oldest.close(condition, text)
+
+    def _forget_unauthenticated(self, connection, group: str) -> None:
+        pending = self._unauthenticated.get(group)
+        if pending is not None:
+            pending.pop(connection, None)
+            if not pending:
+                del self._unauthenticated[group]
+        self._all_unauthenticated.pop(connection, None)
+
+    def authenticated(self, connection: C2SConnection, jid) -> None:
+        """`connection` logged in as `jid`: its attempt does not count against the login
+        budgets, nor the connection against the unauthenticated ones."""
+        self.auth_throttle.succeeded(connection.peer, str(jid))
+        self._forget_unauthenticated(connection, self.auth_throttle.group(connection.peer))
+
+    def too_many_sessions(self, connection: C2SConnection) -> bool:
+        """Whether max_sessions_per_ip stops `connection` from authenticating: its address
+        group has that many sessions, counting hibernating XEP-0198 sessions and other
+        logins in progress (so that parallel logins cannot slip past the limit)."""
+        limit = self.config.c2s.max_sessions_per_ip
+        if not limit:
+            return False
+        group = self.auth_throttle.group(connection.peer)
+        busy = (State.AWAIT_CREDENTIALS, State.CHECKING_PASSWORD, State.SASL_EXCHANGE)
+        count = sum(1 for other in self.connections
+                    if other is not connection and self.auth_throttle.group(other.peer) == group
+                    and (other.negotiation.authenticated is not None or other.negotiation.state in busy))
+        count += sum(1 for session, left_from in list(self._hibernating.items())
+                     if left_from == group and session.connection is None and not session.closed)
+        if count < limit:
+            return False
+        self.metrics.count(LIMIT_REACHED, "c2s.max_sessions_per_ip")
+        return True
 
     def spawn(self, coroutine) -> asyncio.Task:
         """A background task owned by the server, cancelled at shutdown."""
@@ -235,6 +302,17 @@ def make_data_dir(path) -> None:
     except FileExistsError:
         if path.stat().st_mode & 0o007:
             log.warning("event=data-dir-not-private path=%s fix='chmod o-rwx %s'", path, path)
+
+
+class _Handshake:
+    """A direct TLS connection before its handshake, as the unauthenticated limits see it."""
+
+    def __init__(self, transport: Transport):
+        self.transport = transport
+        self.peer = transport.peer
+
+    def close(self, condition: str | None = None, text: str | None = None) -> None:
+        self.transport.abort()                 # no stream yet to carry an error
 
 
 def check_extensions(config: Config) -> None:

@@ -1,11 +1,14 @@
 """Bad input over raw sockets: each gets the RFC 6120 stream error, the server stays up
 and another logged-in session carries on."""
+import asyncio
+import resource
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import unique
+from tests.support.accounts import create_accounts
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 
@@ -16,7 +19,7 @@ HEADER = ("<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     process = XmppdProcess(tmp_path_factory.mktemp("bad"), c2s_section="\n".join((
-        "max_stanza_bytes = 20000", "unauthenticated_timeout = 2", "max_connections_per_ip = 40"))).start()
+        "max_stanza_bytes = 20000", "unauthenticated_timeout = 2"))).start()
     yield process
     process.stop()
 
@@ -162,31 +165,142 @@ async def test_from_is_stamped_by_the_server(server):
     await b.close()
 
 
-async def test_connections_per_ip_are_capped(make_xmppd):
-    server = make_xmppd(c2s_section="max_connections_per_ip = 3").start()
-    held = [await RawClient().connect(server.port) for _ in range(3)]
-    for raw in held:
-        await raw.send(HEADER)
-        await raw.expect("</stream:features>")
-    extra = RawClient()
-    await extra.connect(server.port)
-    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in await extra.closed()
-    await held[0].send("</stream:stream>")
-    await held[0].closed()
-    # A freed slot is usable again, once the server has counted the closed connection out
-    # (just after the client saw it close): a bounded number of attempts.
-    for _ in range(50):
-        again = RawClient()
-        await again.connect(server.port)
-        await again.send(HEADER)
-        match = await again.expect("</stream:features>|<policy-violation")
-        if match.group(0) == "</stream:features>":
-            break
-        await again.close()
-    else:
-        pytest.fail("the freed connection slot was never reused")
-    for raw in [*held[1:], again]:
+# ------------------------------------------------------------------ connections per address
+
+async def open_idle(server, source: str, count: int) -> list[RawClient]:
+    """`count` connections from `source` that never authenticate, a few at a time
+    (the listen backlog is short)."""
+    gate = asyncio.Semaphore(50)
+
+    async def one():
+        async with gate:
+            return await RawClient(source=source).connect(server.port)
+    return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 120)
+
+
+async def closed_by_the_server(clients: list[RawClient], count: int, timeout: float = 60) -> list[str]:
+    """Wait until `count` of `clients` (whichever: a connection delayed in the listen
+    backlog is accepted late) are closed by the server; what each was sent."""
+    tasks = [asyncio.ensure_future(client.closed(timeout)) for client in clients]
+    texts = []
+    try:
+        for closed in asyncio.as_completed(tasks, timeout=timeout):
+            texts.append(await closed)
+            if len(texts) == count:
+                return texts
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def raise_open_file_limit(needed: int) -> None:
+    """This process holds the client ends of the sockets (xmppd raises its own limit to
+    the hard one at start-up)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} open files, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+async def test_idle_unauthenticated_sockets_do_not_lock_logins_out(make_xmppd):
+    """Issue 13 item 4: 200 idle sockets from one address locked every login from it out.
+    Now the oldest unauthenticated connection of the address makes room for a new one."""
+    raise_open_file_limit(4096)
+    server = make_xmppd().start()                          # the default limits
+    user = unique()
+    server.adduser(user, "pencil")
+    idle = await open_idle(server, "127.0.0.3", 1000)
+    same_address = await RawClient(source="127.0.0.3").login(server.port, user, "pencil", resource="a")
+    elsewhere = await RawClient(source="127.0.0.4").login(server.port, user, "pencil", resource="b")
+    # The oldest idle ones (1000 - max_unauthenticated_per_ip, one more for the login from
+    # 127.0.0.3) were closed with a stream error.
+    texts = await closed_by_the_server(idle, 901)
+    assert all("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in text
+               and "too many unauthenticated connections from your address" in text for text in texts)
+    assert await server.limit_reached("c2s.max_unauthenticated_per_ip") >= 900
+    for raw in (same_address, elsewhere):
+        await raw.send("<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        await raw.expect(r"<iq(?=[^>]*id=.alive.)(?=[^>]*type=.result.)[^>]*>")
+    for raw in [*idle, same_address, elsewhere]:
         await raw.close()
+
+
+async def test_sockets_idle_before_the_direct_tls_handshake_count_too(make_xmppd):
+    """XEP-0368's port: a socket that never starts its TLS handshake is unauthenticated too."""
+    server = make_xmppd(c2s_section="max_unauthenticated_per_ip = 20").start()
+    user = unique()
+    server.adduser(user, "pencil")
+    idle = [await RawClient(source="127.0.0.10").connect(server.tls_port) for _ in range(50)]
+    raw = await RawClient(source="127.0.0.10").login(server.tls_port, user, "pencil", direct_tls=True)
+    await closed_by_the_server(idle, 31)
+    assert await server.limit_reached("c2s.max_unauthenticated_per_ip") >= 31
+    await assert_still_served(raw, server)
+    for client in [*idle, raw]:
+        await client.close()
+
+
+async def test_unauthenticated_connections_are_capped_over_all_addresses(make_xmppd):
+    server = make_xmppd(c2s_section="max_unauthenticated = 20\nmax_unauthenticated_per_ip = 1000").start()
+    user = unique()
+    server.adduser(user, "pencil")
+    idle = await open_idle(server, "127.0.0.5", 30)
+    raw = await RawClient(source="127.0.0.6").login(server.port, user, "pencil")
+    texts = await closed_by_the_server(idle, 11)
+    assert all("<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in text for text in texts)
+    assert await server.limit_reached("c2s.max_unauthenticated") >= 11
+    for client in [*idle, raw]:
+        await client.close()
+
+
+async def test_300_authenticated_sessions_from_one_address(make_xmppd):
+    """Issue 13 item 4: the 101st device behind one NAT address was refused."""
+    raise_open_file_limit(4096)
+    server = make_xmppd().start()
+    users = create_accounts(server, [unique() for _ in range(10)], "pencil")
+    gate = asyncio.Semaphore(20)
+
+    async def login(n):
+        async with gate:
+            return await RawClient(source="127.0.0.7").login(
+                server.port, users[n % 10].split("@")[0], "pencil", resource=f"device{n}")
+    sessions = await asyncio.wait_for(asyncio.gather(*(login(n) for n in range(300))), 180)
+    assert len({raw.jid for raw in sessions}) == 300
+    await assert_still_served(sessions[0], server)
+    for raw in sessions:
+        await raw.close()
+
+
+async def test_configured_session_cap_counts_hibernating_sessions(make_xmppd):
+    server = make_xmppd(c2s_section="max_sessions_per_ip = 3").start()
+    user = unique()
+    server.adduser(user, "pencil")
+    live = [await RawClient(source="127.0.0.8").login(server.port, user, "pencil", resource=f"r{n}") for n in range(2)]
+    dropped = await RawClient(source="127.0.0.8").login(server.port, user, "pencil", resource="dropped")
+    await dropped.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    await dropped.expect(r"<enabled[^>]*resume=.true.")
+    dropped.writer.transport.abort()                     # gone without a stream close
+    await server.wait_for_log(f"event=hibernating jid={dropped.jid}")
+    refused = RawClient(source="127.0.0.8")
+    await refused.secure(server.port)
+    await refused.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AHVzZXIAcGVuY2ls</auth>")
+    text = await refused.closed()
+    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in text
+    assert "too many sessions from your address" in text and "<success" not in text
+    assert await server.limit_reached("c2s.max_sessions_per_ip") == 1
+    other = await RawClient(source="127.0.0.9").login(server.port, user, "pencil", resource="elsewhere")
+    for raw in [*live, other]:
+        await raw.close()
+
+
+def test_the_removed_connection_cap_names_its_replacements(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text("[c2s]\nmax_connections_per_ip = 100\n")
+    result = subprocess.run([sys.executable, "-m", "xmppd.cli", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert ("c2s.max_connections_per_ip: no longer exists; use max_unauthenticated_per_ip, "
+            "max_unauthenticated and max_sessions_per_ip instead") in result.stderr
 
 
 @pytest.mark.parametrize("toml,expected", [

@@ -28,8 +28,11 @@ def client_context(max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
 
 
 class RawClient:
-    def __init__(self, domain: str = "localhost"):
+    """`source`: the loopback address to connect from (127.0.0.0/8), for per-address limits."""
+
+    def __init__(self, domain: str = "localhost", source: str | None = None):
         self.domain = domain
+        self.source = source
         self.buffer = ""
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -38,7 +41,8 @@ class RawClient:
     async def connect(self, port: int, *, direct_tls: bool = False, context: ssl.SSLContext | None = None):
         self.reader, self.writer = await asyncio.open_connection(
             "127.0.0.1", port, ssl=(context or client_context()) if direct_tls else None,
-            server_hostname=self.domain if direct_tls else None)
+            server_hostname=self.domain if direct_tls else None,
+            local_addr=(self.source, 0) if self.source else None)
         return self
 
     async def send(self, data: str | bytes) -> None:

@@ -138,6 +138,17 @@ class XmppdProcess:
         from tests.support.accounts import create_accounts
         return create_accounts(self, [local], password)[0]
 
+    async def limit_reached(self, limit: str) -> float:
+        """The count of xmppd_limit_reached_total{limit=`limit`} (section.option) in /metrics."""
+        import aiohttp
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.http_port}/metrics") as response:
+                text = await response.text()
+        for line in text.splitlines():
+            if line.startswith(f'xmppd_limit_reached_total{{limit="{limit}"}} '):
+                return float(line.split()[-1])
+        return 0.0
+
 
 async def can_log_in(server: XmppdProcess, account: str, password: str) -> bool:
     """Whether `account` (a bare JID, or a user name on `server`'s domain) logs in."""

@@ -145,7 +145,7 @@ def sinttest_server(directory: Path, extra_config: str = "") -> tuple[XmppdProce
     server = XmppdProcess(
         directory, extra_config=extra_config, port=XMPP_PORT,
         c2s_section=f'interfaces = ["{address}"]\nrequire_encryption = false\n'
-                    'max_connections_per_ip = 1000\nauth_failure_delay = 0.0')
+                    'auth_failure_delay = 0.0')
     return server, address
 
 

@@ -1,9 +1,12 @@
 """Client-to-server stream negotiation (RFC 6120 sections 4-7) as a sans-IO state machine.
 
-It consumes events of `XmlStream` and returns actions; the transport performs them. Two
-steps need the outside world and are therefore actions that the caller answers:
-`LookupCredentials` (answered with `credentials_found`) and `BindResource` (answered
-with `bound` or `bind_failed`). Everything that changes the state lives in this file.
+It consumes events of `XmlStream` and returns actions; the transport performs them. The
+steps that need the outside world are actions that the caller answers:
+`LookupCredentials` (answered with `credentials_found`, or `attempt_refused` when the
+caller's budget of attempts is used up), `CheckPassword` (PLAIN's key derivation, which
+the caller runs off its event loop; answered with `password_checked`) and `BindResource`
+(answered with `bound` or `bind_failed`). Everything that changes the state lives in
+this file.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from lxml import etree
 from .errors import LocalProtocolError
 from .jid import JID, InvalidJID
 from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_STANZAS, NS_TLS
-from .sasl import PlainMechanism, SaslFailure, ScramCredentials, ScramMechanism, verify_plain_password
+from .sasl import PlainMechanism, SaslFailure, ScramCredentials, ScramMechanism, stand_in_credentials
 from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamOpened, stream_header
 
 NS_SASL_CB = "urn:xmpp:sasl-cb:0"                     # XEP-0440
@@ -32,6 +35,7 @@ class State(enum.Enum):
     AWAIT_AUTH = "await-auth"              # features with mechanisms sent
     SASL_EXCHANGE = "sasl-exchange"        # a mechanism is running
     AWAIT_CREDENTIALS = "await-credentials"
+    CHECKING_PASSWORD = "checking-password"  # PLAIN: the caller derives the key
     AWAIT_BIND = "await-bind"              # authenticated, features with <bind/> sent
     BINDING = "binding"                    # bind asked of the server, waiting for it
     BOUND = "bound"                        # handed over to the session
@@ -58,6 +62,16 @@ class CloseStream:
 @dataclass(frozen=True)
 class LookupCredentials:
     username: str
+    hash_name: str
+
+
+@dataclass(frozen=True)
+class CheckPassword:
+    """Verify a PLAIN password (`sasl.verify_plain_password`, a PBKDF2 derivation), then
+    `password_checked()`. For an unknown user `credentials` are a stand-in that costs the
+    same work and that no password matches."""
+    password: str
+    credentials: ScramCredentials
     hash_name: str
 
 
@@ -105,8 +119,9 @@ def _sasl(name: str, text: str | None = None) -> bytes:
     return f"<{name} xmlns='{NS_SASL}'{inner}".encode()
 
 
-def _failure(condition: str) -> bytes:
-    return f"<failure xmlns='{NS_SASL}'><{condition}/></failure>".encode()
+def _failure(condition: str, text: str | None = None) -> bytes:
+    text = f"<text xml:lang='en'>{_text(text)}</text>" if text else ""
+    return f"<failure xmlns='{NS_SASL}'><{condition}/>{text}</failure>".encode()
 
 
 def stream_error(condition: str, text: str | None = None) -> bytes:
@@ -137,6 +152,7 @@ class C2SNegotiation:
         self._mechanism_name = ""               # for the Authenticated/AuthFailed actions
         self._pending_username: str | None = None
         self._pending_password: str | None = None
+        self._user_known = False
         self._auth_attempts = 0
         self.stream_id = ""
 
@@ -161,7 +177,7 @@ class C2SNegotiation:
             State.SASL_EXCHANGE: self._in_sasl_exchange,
             State.AWAIT_BIND: self._in_await_bind,
         }.get(self.state)
-        if handler is None:  # AWAIT_CREDENTIALS, BINDING: the client must wait for us
+        if handler is None:  # AWAIT_CREDENTIALS, CHECKING_PASSWORD, BINDING: the client must wait for us
             return self._error("policy-violation", "element sent out of turn")
         return handler(element)
 
@@ -176,12 +192,25 @@ class C2SNegotiation:
         mechanism = self._mechanism
         if isinstance(mechanism, PlainMechanism):
             password, self._pending_password = self._pending_password, None
-            if creds is not None and verify_plain_password(password, creds, "sha256"):
-                return self._succeed(self._pending_username, None)
-            return self._sasl_failed("not-authorized")
+            self._user_known = creds is not None
+            self.state = State.CHECKING_PASSWORD
+            return [CheckPassword(password, creds or stand_in_credentials(self._pending_username, "sha256"), "sha256")]
         self.state = State.SASL_EXCHANGE
         challenge = mechanism.server_first(creds)
         return [SendBytes(_sasl("challenge", base64.b64encode(challenge).decode()))]
+
+    def password_checked(self, matches: bool) -> list:
+        self._expect(State.CHECKING_PASSWORD)
+        if matches and self._user_known:
+            return self._succeed(self._pending_username, None)
+        return self._sasl_failed("not-authorized")
+
+    def attempt_refused(self, text: str) -> list:
+        """The caller's budget of authentication attempts is used up: the password is not
+        checked and the client may try again later (RFC 6120 6.5.12)."""
+        self._expect(State.AWAIT_CREDENTIALS)
+        self._pending_password = None
+        return self._sasl_failed("temporary-auth-failure", text)
 
     def bound(self, full_jid: JID, iq: etree._Element) -> list:
         self._expect(State.BINDING)
@@ -345,11 +374,11 @@ class C2SNegotiation:
         self.header_sent = False
         return [SendBytes(success), Authenticated(self.authenticated, self._mechanism_name)]
 
-    def _sasl_failed(self, condition: str) -> list:
+    def _sasl_failed(self, condition: str, text: str | None = None) -> list:
         self._auth_attempts += 1
         username, self._pending_username, self._mechanism = self._pending_username, None, None
         self.state = State.AWAIT_AUTH
-        out = [AuthFailed(username, condition, self._mechanism_name), SendBytes(_failure(condition))]
+        out = [AuthFailed(username, condition, self._mechanism_name), SendBytes(_failure(condition, text))]
         if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
             out += self._error("policy-violation", "too many authentication attempts")
         return out

@@ -37,6 +37,7 @@ __all__ = [
     "PlainMechanism",
     "SASL_CONDITIONS",
     "derive_scram_credentials",
+    "stand_in_credentials",
     "verify_plain_password",
     "saslprep",
     "check_authzid",
@@ -186,6 +187,22 @@ def derive_scram_credentials(
     salted = hashlib.pbkdf2_hmac(hash_name, saslprep(password).encode("utf-8"), salt, iterations)
     stored_key, server_key = _keys_from_salted(hash_name, salted)
     return ScramCredentials(salt=salt, iterations=iterations, stored_key=stored_key, server_key=server_key)
+
+
+def stand_in_credentials(
+    username: str, hash_name: str, iterations: int = DEFAULT_ITERATIONS, secret: bytes = _FAKE_SALT_SECRET
+) -> ScramCredentials:
+    """Credentials for an unknown user: same shape and same work as a real user's, with a
+    salt stable per user name, so that probing (SCRAM's salt, PLAIN's timing) cannot tell
+    unknown users from known ones. No password matches them."""
+    key = unicodedata.normalize("NFKC", username.casefold()).encode("utf-8")
+    digest_size = hashlib.new(_check_hash(hash_name)).digest_size
+    return ScramCredentials(
+        salt=hmac.digest(secret, key, "sha256")[:SALT_BYTES],
+        iterations=iterations,
+        stored_key=secrets.token_bytes(digest_size),
+        server_key=secrets.token_bytes(digest_size),
+    )
 
 
 def verify_plain_password(password: str, creds: ScramCredentials, hash_name: str) -> bool:
@@ -372,16 +389,7 @@ class ScramMechanism:
         if self._gs2_header is None or self._server_first is not None:
             raise LocalProtocolError("server_first called out of order")
         if creds is None:
-            # Same shape as a real answer, stable per user name, so that
-            # probing cannot tell unknown users from known ones.
-            key = unicodedata.normalize("NFKC", self.username.casefold()).encode("utf-8")
-            salt = hmac.digest(self._fake_salt_secret, key, "sha256")[:SALT_BYTES]
-            creds = ScramCredentials(
-                salt=salt,
-                iterations=self._default_iterations,
-                stored_key=secrets.token_bytes(self._digest_size),
-                server_key=secrets.token_bytes(self._digest_size),
-            )
+            creds = stand_in_credentials(self.username, self.hash_name, self._default_iterations, self._fake_salt_secret)
             self._user_known = False
         else:
             self._user_known = True
