@@ -1,4 +1,5 @@
 import time
+from unittest.mock import ANY
 
 import pytest
 from lxml import etree
@@ -315,8 +316,15 @@ def test_a_stanza_that_is_not_namespace_well_formed_is_never_delivered():
     """Not even in one piece of data with others: what completed in that piece is lost with it."""
     stream = XmlStream()
     events = feed(stream, HEADER, b"<message id='1'/>", b"<message id='2'/><message foo:bar='x'/><message id='4'/>")
-    assert [event.get("id") for event in stanzas(events)] == ["1"]
+    assert [event.element.get("id") for event in events if isinstance(event, StanzaReceived)] == ["1"]
     assert events[-1] == StreamErrorDetected("not-well-formed", "unbound namespace prefix")
+
+
+def test_the_header_in_the_same_piece_as_a_violation_still_opens_the_stream():
+    events = feed(XmlStream(), HEADER + b"<message foo:bar='x'/></stream:stream>")
+    assert events == [StreamOpened(ANY), StreamErrorDetected("not-well-formed", "unbound namespace prefix")]
+    events = feed(XmlStream(), HEADER.replace(b" id=", b" xmlns:p='' id="))
+    assert [type(event) for event in events] == [StreamOpened, StreamErrorDetected]
 
 
 def test_namespace_violation_in_the_middle_of_a_split_stanza():

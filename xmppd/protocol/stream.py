@@ -18,7 +18,7 @@ libxml2 finds these violations but only logs them and parses on, so the
 parser's log is read after every feed; a violation is ``not-well-formed``
 (RFC 6120 §4.9.3.13 names [XML-NAMES]).  The log does not say which event it
 belongs to, so stanzas that completed in the same piece of data before the
-violation are not delivered either.
+violation are not delivered either (the stream header is).
 
 Restricted XML (RFC 6120 §11.1) never reaches libxml2: a small scanner looks
 at the raw bytes for ``<!`` (DOCTYPE, ENTITY, comments...) outside CDATA
@@ -257,14 +257,19 @@ class XmlStream:
         try:
             self._parser.feed(piece)
         except etree.XMLSyntaxError as exc:
+            violation = self._namespace_violation()
+            if violation is not None:
+                self._fail_namespace(piece, violation)
+                return False
             # Stanzas completed before the error are still delivered.
-            if not self._is_namespace_violation():
-                self._process_events(piece)
-                if self._state < _CLOSED:
-                    self._fail(_classify_syntax_error(exc))
+            self._process_events(piece)
+            if self._state < _CLOSED:
+                self._fail(_classify_syntax_error(exc))
             self._drop_parser()
             return False
-        if self._is_namespace_violation():
+        violation = self._namespace_violation()
+        if violation is not None:
+            self._fail_namespace(piece, violation)
             return False
         completed = self._process_events(piece)
         if self._state >= _CLOSED:
@@ -274,19 +279,26 @@ class XmlStream:
             self._collect_garbage()
         return True
 
-    def _is_namespace_violation(self) -> bool:
-        """Fail the stream if the last feed logged a Namespaces in XML violation."""
+    def _namespace_violation(self) -> str | None:
+        """What the last feed did against Namespaces in XML, from the parser's log, or None."""
         log = self._parser.feed_error_log
         count = len(log)
         if count == self._log_seen:  # the usual case: nothing logged
-            return False
+            return None
         for index in range(self._log_seen, count):
             entry = log[index]
             if entry.domain == _NAMESPACE_DOMAIN and entry.level >= _ERROR_LEVEL:
-                self._fail("not-well-formed", _NAMESPACE_VIOLATIONS.get(entry.type, "not namespace-well-formed"))
-                return True
+                return _NAMESPACE_VIOLATIONS.get(entry.type, "not namespace-well-formed")
         self._log_seen = count
-        return False
+        return None
+
+    def _fail_namespace(self, piece: bytes, text: str) -> None:
+        """Fail with not-well-formed; of the piece's events only the stream header is kept,
+        as the log does not tell which stanza of the piece was at fault."""
+        start = len(self._events)
+        self._process_events(piece)
+        self._events[start:] = [event for event in self._events[start:] if isinstance(event, StreamOpened)]
+        self._fail("not-well-formed", text)
 
     def _process_events(self, piece: bytes) -> bool:
         completed = False  # a stanza ended, or the stream opened, in this piece
