@@ -36,7 +36,7 @@ from xmppd.metrics import OFFLINE_DELIVERED, OFFLINE_QUEUE_LENGTH, OFFLINE_STORE
 from xmppd.pending import PendingWrites
 from xmppd.protocol.errors import InternalServerError, ServiceUnavailable
 from xmppd.protocol.jid import JID
-from xmppd.protocol.stanza import delay_element, from_storage, to_storage
+from xmppd.protocol.stanza import delay_element, stored_stanza, to_storage
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
 DELAYED_SINCE = "delayed-since"             # Stanza.meta: Unix time the message was first due
@@ -129,7 +129,9 @@ class OfflineMessages(Extension):
             for item in page.items:
                 if session.closed or not session.available or session.connection is None:
                     break                      # what was not sent stays stored
-                session.send(from_storage(item.payload))
+                stanza = stored_stanza(item.payload, self.log, owner=owner, id=item.id)
+                if stanza is not None:         # an unreadable one is deleted unsent: it would block the queue
+                    session.send(stanza)
                 sent.append(item.id)
             if sent:
                 await self.store.delete(owner, sent)

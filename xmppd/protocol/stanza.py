@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import logging
 
 from lxml import etree
 
@@ -27,6 +28,7 @@ __all__ = [
     "is_stanza",
     "to_storage",
     "from_storage",
+    "stored_stanza",
     "delay_element",
 ]
 
@@ -147,8 +149,23 @@ def to_storage(element: etree._Element) -> bytes:
 
 
 def from_storage(data: bytes) -> etree._Element:
-    """The stanza stored with ``to_storage``."""
+    """The stanza stored with ``to_storage``; ``etree.XMLSyntaxError`` if it is not
+    namespace-well-formed XML."""
     return etree.fromstring(data, _STORAGE_PARSER)
+
+
+def stored_stanza(data: bytes, log: logging.Logger, **context: object) -> etree._Element | None:
+    """``from_storage``, or None and a warning naming ``context`` for bytes that do not parse.
+
+    Versions before issue 20 stored stanzas that were not namespace-well-formed as
+    they came; one of them must not end the session or the query that reads it back.
+    """
+    try:
+        return from_storage(data)
+    except etree.XMLSyntaxError as exc:
+        where = " ".join(f"{key}={value}" for key, value in context.items())
+        log.warning("event=stored-stanza-unreadable %s error=%s", where, exc)
+        return None
 
 
 def delay_element(from_: str, when: float) -> etree._Element:
