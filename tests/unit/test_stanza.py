@@ -141,6 +141,13 @@ def test_stored_stanza_that_does_not_parse_is_none_and_logged(data, caplog):
     assert "event=stored-stanza-unreadable owner=a@b id=17 error=" in caplog.text
 
 
+@pytest.mark.parametrize("data", [b"<message xmlns='jabber:client' xml:id='1'/>",
+                                  b"<message xmlns='jabber:client' xml:id='a'><x xml:id='a'/></message>"])
+def test_stored_stanza_with_an_xml_id_error_is_read(data):
+    """The stream lets xml:id errors through (they are not fatal); storage must read them back."""
+    assert stored_stanza(data, logging.getLogger("test")) is not None
+
+
 def test_stored_stanza_round_trip():
     element = make_element(MESSAGE, {"to": "a@b", "{urn:x}y": "1"})
     sub_element(element, "{jabber:client}body", text="hi")

@@ -37,8 +37,12 @@ PRESENCE = "{%s}presence" % NS_CLIENT
 IQ = "{%s}iq" % NS_CLIENT
 STANZA_TAGS = frozenset({MESSAGE, PRESENCE, IQ})
 
-# Stored stanzas are our own serialization: no DTD, no entity to resolve.
-_STORAGE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+# Stored stanzas are our own serialization: no DTD, no entity to resolve. No IDs
+# either, as in the stream's parser: libxml2 would refuse an xml:id that is not an
+# NCName or is given twice, which the stream lets through (xml:id errors are not
+# fatal, and no parser that Prosody or clients use checks them).
+_STORAGE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+                                  collect_ids=False)
 
 # One nsmap per namespace, shared: lxml copies it into the tree anyway.
 _nsmaps: dict[str, dict] = {NS_STREAMS: {"stream": NS_STREAMS}}
