@@ -116,7 +116,8 @@ async def test_a_corrupt_stored_stanza_does_not_break_its_owner(server, account_
     assert [s.findtext(f".//{{jabber:client}}body") for s in archived] == ["good"]
     assert not inbox.received(presence("subscribe"))
     unharmed(client, inbox)
-    await server.wait_for_log("event=stored-stanza-unreadable")
+    for where in (f"owner={bob} id=corrupt", f"archive={bob} id=corrupt", f"owner={bob} contact={sender}"):
+        await server.wait_for_log(f"event=stored-stanza-unreadable {where} error=")
     with sqlite3.connect(server.directory / "data" / "xmppd.sqlite") as conn:
         assert conn.execute("SELECT count(*) FROM archive WHERE store = 'offline' AND owner = ?", (bob,)).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM keyvalue WHERE store = 'roster-pending' AND owner = ?",

@@ -167,8 +167,8 @@ def stored_stanza(data: bytes, log: logging.Logger, **context: object) -> etree.
     try:
         return from_storage(data)
     except etree.XMLSyntaxError as exc:
-        where = " ".join(f"{key}={value}" for key, value in context.items())
-        log.warning("event=stored-stanza-unreadable %s error=%s", where, exc)
+        fields = "".join(f" {key}=%s" for key in context)      # one logfmt field each (xmppd.logs)
+        log.warning("event=stored-stanza-unreadable" + fields + " error=%s", *context.values(), exc)
         return None
 
 
