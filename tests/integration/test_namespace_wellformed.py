@@ -9,12 +9,11 @@ import time
 import pytest
 
 from tests.support.inbox import IQ, MESSAGE, message, presence
-from tests.support.muc import create_room, new_user
+from tests.support.muc import NS_MAM, create_room, new_user
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 
 NOT_WELL_FORMED = "<not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-NS_MAM = "urn:xmpp:mam:2"
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +121,35 @@ async def test_a_corrupt_stored_stanza_does_not_break_its_owner(server, account_
         assert conn.execute("SELECT count(*) FROM archive WHERE store = 'offline' AND owner = ?", (bob,)).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM keyvalue WHERE store = 'roster-pending' AND owner = ?",
                             (bob,)).fetchone() == (0,)
+
+
+async def test_a_corrupt_stored_room_message_does_not_break_history_or_archive(tmp_path):
+    """Read back after a restart: the room's history for a joiner, and its archive."""
+    server = XmppdProcess(tmp_path, server_section="graceful_shutdown_timeout = 1").start()
+    try:
+        owner = await new_user(server)
+        room = await create_room(owner, persistentroom="1")
+        await owner.say(room, "good")
+        write_corrupt(server, 'INSERT INTO archive (store, owner, id, "when", with_, payload) VALUES (?, ?, ?, ?, ?, ?)',
+                      ("muc", room, "corrupt", time.time() + 1, "owner",
+                       b"<message xmlns='jabber:client' type='groupchat' from='%s/owner' foo:bar='x'>"
+                       b"<body>evil</body></message>" % room.encode()))
+        await owner.logout()
+        server.stop()
+        server.start()
+
+        joiner = await new_user(server)
+        await joiner.join(room, "joiner")
+        await joiner.subject(room)
+        history = [s.findtext("{jabber:client}body") for s in joiner.inbox.received(message())]
+        assert [body for body in history if body is not None] == ["good"]
+        result = await joiner.iq("set", room, f"<query xmlns='{NS_MAM}' queryid='q'/>")
+        assert result.get("type") == "result"
+        archived = joiner.inbox.received(lambda s: s.tag == MESSAGE and s.find(f"{{{NS_MAM}}}result") is not None)
+        assert [s.findtext(".//{jabber:client}body") for s in archived] == ["good"]
+        unharmed(joiner.client, joiner.inbox)
+        await server.wait_for_log(f"event=stored-stanza-unreadable room={room} id=corrupt error=")
+        await server.wait_for_log(f"event=stored-stanza-unreadable archive={room} id=corrupt error=")
+        await joiner.logout()
+    finally:
+        server.stop()
