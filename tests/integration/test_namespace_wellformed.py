@@ -86,10 +86,15 @@ async def test_to_a_room(server, account_pool):
     await owner.logout()
 
 
-def write_corrupt(server, sql: str, values: tuple) -> None:
+def database(server) -> sqlite3.Connection:
+    return sqlite3.connect(server.directory / "data" / "xmppd.sqlite", timeout=10)
+
+
+def archive_corrupt(server, store: str, owner: str, when: float, payload: bytes) -> None:
     """Straight into the SQLite store, as an older version stored such stanzas."""
-    with sqlite3.connect(server.directory / "data" / "xmppd.sqlite", timeout=10) as conn:
-        conn.execute(sql, values)
+    with database(server) as conn:
+        conn.execute('INSERT INTO archive (store, owner, id, "when", with_, payload) VALUES (?, ?, ?, ?, ?, ?)',
+                     (store, owner, "corrupt", when, "someone", payload))
 
 
 CORRUPT = b"<message xmlns='jabber:client' to='%s' id='evil' foo:bar='x'><body>evil</body></message>"
@@ -98,12 +103,11 @@ CORRUPT = b"<message xmlns='jabber:client' to='%s' id='evil' foo:bar='x'><body>e
 async def test_a_corrupt_stored_stanza_does_not_break_its_owner(server, account_pool, connect):
     alice, bob = account_pool.local(), next(account_pool)
     sender = f"{alice}@{server.domain}"
-    earlier = time.time() - 60
     for store in ("offline", "archive"):
-        write_corrupt(server, 'INSERT INTO archive (store, owner, id, "when", with_, payload) VALUES (?, ?, ?, ?, ?, ?)',
-                      (store, bob, "corrupt", earlier, sender, CORRUPT % bob.encode()))
-    write_corrupt(server, "INSERT INTO keyvalue (store, owner, key, value) VALUES (?, ?, ?, ?)",
-                  ("roster-pending", bob, sender, b"<presence xmlns='jabber:client' type='subscribe' a:b='1'/>"))
+        archive_corrupt(server, store, bob, time.time() - 60, CORRUPT % bob.encode())
+    with database(server) as conn:                   # a subscription request waiting for bob
+        conn.execute("INSERT INTO keyvalue (store, owner, key, value) VALUES (?, ?, ?, ?)",
+                     ("roster-pending", bob, sender, b"<presence xmlns='jabber:client' type='subscribe' a:b='1'/>"))
     await send_good(server, alice, bob)
 
     client, inbox = await connect(bob)               # login, initial presence, offline delivery
@@ -117,8 +121,9 @@ async def test_a_corrupt_stored_stanza_does_not_break_its_owner(server, account_
     unharmed(client, inbox)
     for where in (f"owner={bob} id=corrupt", f"archive={bob} id=corrupt", f"owner={bob} contact={sender}"):
         await server.wait_for_log(f"event=stored-stanza-unreadable {where} error=")
-    with sqlite3.connect(server.directory / "data" / "xmppd.sqlite") as conn:
-        assert conn.execute("SELECT count(*) FROM archive WHERE store = 'offline' AND owner = ?", (bob,)).fetchone() == (0,)
+    with database(server) as conn:                   # deleted: they no longer block the queue
+        assert conn.execute("SELECT count(*) FROM archive WHERE store = 'offline' AND owner = ?",
+                            (bob,)).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM keyvalue WHERE store = 'roster-pending' AND owner = ?",
                             (bob,)).fetchone() == (0,)
 
@@ -130,10 +135,9 @@ async def test_a_corrupt_stored_room_message_does_not_break_history_or_archive(t
         owner = await new_user(server)
         room = await create_room(owner, persistentroom="1")
         await owner.say(room, "good")
-        write_corrupt(server, 'INSERT INTO archive (store, owner, id, "when", with_, payload) VALUES (?, ?, ?, ?, ?, ?)',
-                      ("muc", room, "corrupt", time.time() + 1, "owner",
-                       b"<message xmlns='jabber:client' type='groupchat' from='%s/owner' foo:bar='x'>"
-                       b"<body>evil</body></message>" % room.encode()))
+        archive_corrupt(server, "muc", room, time.time() + 1,
+                        b"<message xmlns='jabber:client' type='groupchat' from='%s/owner' foo:bar='x'>"
+                        b"<body>evil</body></message>" % room.encode())
         await owner.logout()
         server.stop()
         server.start()

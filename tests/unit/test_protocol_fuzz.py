@@ -266,7 +266,9 @@ namespace_names = st.sampled_from(
 )
 local_names = st.sampled_from(["a", "b", "z", "id", "to", "lang"] * 8 + ["xmlns", "a:b", ""])
 # Dictionaries: a raw name given twice is plain XML's business (test_not_well_formed).
-declarations = st.dictionaries(st.one_of(prefixes, prefixes, prefixes, st.none()), namespace_names, max_size=2).map(lambda d: list(d.items()))
+declarations = st.dictionaries(
+    st.one_of(prefixes, prefixes, prefixes, st.none()), namespace_names, max_size=2
+).map(lambda d: list(d.items()))
 raw_attributes = st.dictionaries(
     st.tuples(st.none() | prefixes, local_names), st.sampled_from(["1", "x &amp; y", "&lt;"]), max_size=3
 ).map(lambda d: [key + (value,) for key, value in d.items()])
