@@ -49,7 +49,7 @@ from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.errors import BadRequest, ResourceConstraint, ServiceUnavailable, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_DELAY
-from xmppd.protocol.stanza import IQ, MESSAGE, delay_element, error_reply, from_storage, to_storage
+from xmppd.protocol.stanza import IQ, MESSAGE, delay_element, error_reply, stored_stanza, to_storage
 from xmppd.router import Stanza, bare_message_recipients
 from xmppd.session import Session
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
@@ -165,7 +165,8 @@ class Backlog(Extension):
             if session.connection is None or session.closed:
                 return False
             for item in page.items:
-                session.send(from_storage(item.payload))
+                if (element := stored_stanza(item.payload, self.log, owner=owner, id=item.id)) is not None:
+                    session.send(element)
             if page.items:
                 await self.store.delete(owner, [item.id for item in page.items])
                 self.lengths[owner] -= len(page.items)
@@ -191,7 +192,8 @@ class Backlog(Extension):
             while True:
                 page = await self.store.query(owner, ArchiveQuery(max=500, count=False))
                 for item in page.items:
-                    await self._return(jid, from_storage(item.payload), item.when)
+                    if (element := stored_stanza(item.payload, self.log, owner=owner, id=item.id)) is not None:
+                        await self._return(jid, element, item.when)
                 if page.items:
                     await self.store.delete(owner, [item.id for item in page.items])
                 if page.complete:

@@ -40,7 +40,7 @@ from xmppd.pending import PendingWrites
 from xmppd.protocol.errors import InternalServerError, ServiceUnavailable
 from xmppd.protocol.jid import JID
 from xmppd.protocol.namespaces import NS_DELAY
-from xmppd.protocol.stanza import delay_element, from_storage, to_storage
+from xmppd.protocol.stanza import delay_element, stored_stanza, to_storage
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
 DELAY = f"{{{NS_DELAY}}}delay"
@@ -153,7 +153,9 @@ class OfflineMessages(Extension):
             if session.closed or not session.available or session.connection is None:
                 return True
             for item in page.items:
-                session.send(from_storage(item.payload))
+                stanza = stored_stanza(item.payload, self.log, owner=owner, id=item.id)
+                if stanza is not None:         # an unreadable one is deleted unsent: it would block the queue
+                    session.send(stanza)
             if page.items:
                 self.server.metrics.count(OFFLINE_DELIVERED, amount=len(page.items))
                 await self.store.delete(owner, [item.id for item in page.items])

@@ -35,7 +35,7 @@ from xmppd.extensions.roster import RosterItemRemoved
 from xmppd.protocol.errors import BadRequest, NotAllowed, ResourceConstraint
 from xmppd.protocol.jid import JID
 from xmppd.protocol.namespaces import NS_CLIENT
-from xmppd.protocol.stanza import PRESENCE, delay_element, from_storage, make_element, to_storage
+from xmppd.protocol.stanza import PRESENCE, delay_element, make_element, stored_stanza, to_storage
 from xmppd.storage.interfaces import RosterItem
 
 NS_PRE_APPROVAL = "urn:xmpp:features:pre-approval"
@@ -291,9 +291,14 @@ class Presence(Extension):
                 if other is not session and other.presence is not None:
                     session.send(self._addressed(other.presence, session.jid))
             for contact in await self.pending.keys(str(owner)):          # RFC 6121 3.1.3
-                request = await self.pending.get(str(owner), contact)
+                data = await self.pending.get(str(owner), contact)
+                if data is None:
+                    continue
+                request = stored_stanza(data, self.log, owner=owner, contact=contact)
                 if request is not None:
-                    session.send(from_storage(request))
+                    session.send(request)
+                else:                    # it would stand in for the contact's next request
+                    await self.pending.delete(str(owner), contact)
         if session.priority >= 0 and (initial or was_negative) and not session.closed:
             await self.host.bus.fire("message/offline/deliver", session)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -25,7 +26,7 @@ from lxml import etree
 from xmppd import forms
 from xmppd.protocol.errors import BadRequest, FeatureNotImplemented, ItemNotFound, PolicyViolation
 from xmppd.protocol.jid import JID, InvalidJID
-from xmppd.protocol.stanza import MESSAGE, delay_element, from_storage, make_element, sub_element
+from xmppd.protocol.stanza import MESSAGE, delay_element, from_storage, make_element, stored_stanza, sub_element
 from xmppd.storage.interfaces import ArchivedStanza, ArchivePage, ArchiveQuery, ArchiveStore, UnknownArchiveId
 
 NS_MAM = "urn:xmpp:mam:2"
@@ -36,6 +37,8 @@ NS_SID = "urn:xmpp:sid:0"                      # XEP-0359: <stanza-id by='archiv
 STANZA_ID = f"{{{NS_SID}}}stanza-id"
 
 _RSM_SET = f"{{{NS_RSM}}}set"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ async def answer_query(host, iq, store: ArchiveStore, owner: str, *, default_max
     """Run the query of `iq` (a router Stanza) on `owner`'s archive: send a result message
     per item to the requester, return the <fin/> for the iq result. `adjust` rewrites the
     filters (a room maps 'with' to a nickname); `show` edits each stanza before it goes
-    out, or drops it with None."""
+    out, or drops it with None. A stored stanza that no longer parses is left out."""
     request = parse_request(iq.element[0], default_max=default_max, max_max=max_max)
     if adjust is not None:
         request = dataclasses.replace(request, query=adjust(request.query))
@@ -168,11 +171,11 @@ async def answer_query(host, iq, store: ArchiveStore, owner: str, *, default_max
         raise ItemNotFound(text="no such item in the archive") from None
     archive_jid = str(iq.to.bare) if iq.to is not None else owner
     for item in request.ordered(page.items):
-        stanza = from_storage(item.payload)
-        if show is not None:
+        stanza = stored_stanza(item.payload, log, archive=owner, id=item.id)
+        if stanza is not None and show is not None:
             stanza = show(stanza)
-            if stanza is None:
-                continue
+        if stanza is None:
+            continue
         await host.send(result_message(item, request, to=str(iq.from_), from_=archive_jid, stanza=stanza))
     return fin_element(page, request)
 

@@ -20,7 +20,7 @@ from lxml import etree
 from xmppd.extension import Extension, hook
 from xmppd.mam import parse_datetime
 from xmppd.protocol.errors import BadRequest
-from xmppd.protocol.stanza import delay_element, from_storage
+from xmppd.protocol.stanza import delay_element, stored_stanza
 from xmppd.protocol.stream import serialize
 from xmppd.storage.interfaces import ArchiveQuery
 
@@ -68,7 +68,9 @@ class History(Extension):
             return
         page = await self.service.archive.query(str(room.jid), ArchiveQuery(before="", max=room.history.maxlen))
         for item in page.items:
-            message = from_storage(item.payload)
+            message = stored_stanza(item.payload, self.log, room=room.jid, id=item.id)
+            if message is None:
+                continue
             for x in message.findall(X_MUC_USER):
                 message.remove(x)
             if message.find(BODY) is not None:

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 from lxml import etree
 
@@ -11,7 +13,9 @@ from xmppd.protocol.stanza import (
     is_stanza,
     make_element,
     reply,
+    stored_stanza,
     sub_element,
+    to_storage,
 )
 from xmppd.protocol.stream import serialize
 
@@ -122,3 +126,30 @@ def test_never_answer_an_error():
         error_reply(error, ServiceUnavailable())
     with pytest.raises(LocalProtocolError):
         reply(error)
+
+
+@pytest.mark.parametrize("data", [
+    b"<message xmlns='jabber:client' foo:bar='x'/>",                                   # stored before issue 20
+    b"<message xmlns='jabber:client' xmlns:a='urn:x' xmlns:b='urn:x' a:z='1' b:z='2'/>",
+    b"<message xmlns='jabber:client'><body>cut",
+    b"",
+])
+def test_stored_stanza_that_does_not_parse_is_none_and_logged(data, caplog):
+    log = logging.getLogger("test")
+    with caplog.at_level(logging.WARNING, "test"):
+        assert stored_stanza(data, log, owner="a@b", id="17") is None
+    assert "event=stored-stanza-unreadable owner=a@b id=17 error=" in caplog.text
+
+
+@pytest.mark.parametrize("data", [b"<message xmlns='jabber:client' xml:id='1'/>",
+                                  b"<message xmlns='jabber:client' xml:id='a'><x xml:id='a'/></message>"])
+def test_stored_stanza_with_an_xml_id_error_is_read(data):
+    """The stream lets xml:id errors through (they are not fatal); storage must read them back."""
+    assert stored_stanza(data, logging.getLogger("test")) is not None
+
+
+def test_stored_stanza_round_trip():
+    element = make_element(MESSAGE, {"to": "a@b", "{urn:x}y": "1"})
+    sub_element(element, "{jabber:client}body", text="hi")
+    again = stored_stanza(to_storage(element), logging.getLogger("test"))
+    assert etree.tostring(again) == etree.tostring(element)

@@ -10,6 +10,16 @@ every stream restart) and turns what it reports into events:
                           condition.  Nothing follows it: the caller sends the
                           stream error and closes.
 
+Only namespace-well-formed XML (Namespaces in XML 1.0) is accepted, because a
+stanza is forwarded and stored as it was parsed: an unbound prefix on an
+attribute, one attribute named twice through two prefixes, an empty or
+reserved-name declaration would reach recipients whose parsers refuse them.
+libxml2 finds these violations but only logs them and parses on, so the
+parser's log is read after every feed; a violation is ``not-well-formed``
+(RFC 6120 §4.9.3.13 names [XML-NAMES]).  The log does not say which event it
+belongs to, so stanzas that completed in the same piece of data before the
+violation are not delivered either (the stream header is).
+
 Restricted XML (RFC 6120 §11.1) never reaches libxml2: a small scanner looks
 at the raw bytes for ``<!`` (DOCTYPE, ENTITY, comments...) outside CDATA
 sections before they are fed, so no DTD is ever parsed and no entity ever
@@ -56,6 +66,19 @@ STREAM_CLOSE = b"</stream:stream>"
 _STANZA_LOCAL_NAMES = frozenset({"message", "presence", "iq"})
 
 _CDATA_OPEN = b"[CDATA["
+
+# Namespaces in XML 1.0 violations that libxml2 logs as errors without
+# stopping (relative namespace names are only warnings, and stay allowed:
+# Conversations' "eu.siacs.conversations.axolotl" is one).
+_NAMESPACE_DOMAIN = etree.ErrorDomains.NAMESPACE
+_ERROR_LEVEL = etree.ErrorLevels.ERROR
+_NAMESPACE_VIOLATIONS = {
+    etree.ErrorTypes.NS_ERR_UNDEFINED_NAMESPACE: "unbound namespace prefix",
+    etree.ErrorTypes.NS_ERR_ATTRIBUTE_REDEFINED: "one attribute given twice through two prefixes",
+    etree.ErrorTypes.NS_ERR_QNAME: "malformed qualified name",
+    etree.ErrorTypes.NS_ERR_XML_NAMESPACE: "empty or reserved namespace declaration",
+    etree.ErrorTypes.WAR_NS_URI: "namespace name is not a URI",
+}
 
 
 @dataclass(frozen=True)
@@ -142,6 +165,7 @@ class XmlStream:
         self._pending = 0  # bytes fed since the last completed stanza
         self._scan_tail = b""
         self._in_cdata = False
+        self._log_seen = 0  # entries of the parser's log already looked at
         self.attributes: dict[str, str] = {}
 
     @property
@@ -233,11 +257,19 @@ class XmlStream:
         try:
             self._parser.feed(piece)
         except etree.XMLSyntaxError as exc:
+            violation = self._namespace_violation()
+            if violation is not None:
+                self._fail_namespace(piece, violation)
+                return False
             # Stanzas completed before the error are still delivered.
             self._process_events(piece)
             if self._state < _CLOSED:
                 self._fail(_classify_syntax_error(exc))
             self._drop_parser()
+            return False
+        violation = self._namespace_violation()
+        if violation is not None:
+            self._fail_namespace(piece, violation)
             return False
         completed = self._process_events(piece)
         if self._state >= _CLOSED:
@@ -246,6 +278,27 @@ class XmlStream:
         if completed or self._depth == 1:
             self._collect_garbage()
         return True
+
+    def _namespace_violation(self) -> str | None:
+        """What the last feed did against Namespaces in XML, from the parser's log, or None."""
+        log = self._parser.feed_error_log
+        count = len(log)
+        if count == self._log_seen:  # the usual case: nothing logged
+            return None
+        for index in range(self._log_seen, count):
+            entry = log[index]
+            if entry.domain == _NAMESPACE_DOMAIN and entry.level >= _ERROR_LEVEL:
+                return _NAMESPACE_VIOLATIONS.get(entry.type, "not namespace-well-formed")
+        self._log_seen = count
+        return None
+
+    def _fail_namespace(self, piece: bytes, text: str) -> None:
+        """Fail with not-well-formed; of the piece's events only the stream header is kept,
+        as the log does not tell which stanza of the piece was at fault."""
+        start = len(self._events)
+        self._process_events(piece)
+        self._events[start:] = [event for event in self._events[start:] if isinstance(event, StreamOpened)]
+        self._fail("not-well-formed", text)
 
     def _process_events(self, piece: bytes) -> bool:
         completed = False  # a stanza ended, or the stream opened, in this piece
@@ -263,11 +316,6 @@ class XmlStream:
                     if not self._open(element):
                         return completed
                     completed = True  # the header does not count against the first stanza
-                else:
-                    tag = element.tag
-                    if tag[0] != "{" and ":" in tag:
-                        self._fail("not-well-formed", "unbound namespace prefix")
-                        return completed
             elif action == "end":
                 depth -= 1
                 if depth == 1:
@@ -294,10 +342,7 @@ class XmlStream:
 
     def _check_first_level(self, tag: str) -> bool:
         if tag[0] != "{":
-            if ":" in tag:
-                self._fail("not-well-formed", "unbound namespace prefix")
-            else:
-                self._fail("invalid-namespace", "element outside any namespace")
+            self._fail("invalid-namespace", "element outside any namespace")
             return False
         if tag == STREAM_TAG:
             # A stream restart that was not negotiated: its stanzas would
