@@ -7,6 +7,8 @@ import re
 import socket
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import unique
 from tests.support.accounts import create_accounts
 from tests.support.raw import RawClient
@@ -15,6 +17,7 @@ from tests.support.smacks import NS_SM, StanzaStream, attribute, authenticated, 
 CONFIG = """
 [extensions.offline]
 max_messages_per_user = 10000
+max_messages_per_sender = 10000
 """
 
 
@@ -188,42 +191,56 @@ async def test_sessions_ending_one_after_another_hand_a_message_on_once(make_xmp
     await sender.close()
 
 
-async def test_a_client_that_never_reads_holds_bounded_memory_then_is_closed_losing_nothing(make_xmppd):
+@pytest.mark.parametrize("managed", [False, True], ids=["plain", "stream-management"])
+async def test_a_client_that_never_reads_holds_bounded_memory_then_is_let_go(make_xmppd, managed):
     """Issue 20 item 3: what is written to a client that reads nothing is bounded: messages
-    worth keeping wait in its backlog, the rest in memory up to c2s.max_held_bytes; past
-    c2s.stall_timeout its stream is closed and its messages go to offline storage."""
+    worth keeping wait in its backlog, the rest in memory up to c2s.max_held_bytes. A
+    plain client is closed after c2s.stall_timeout; a XEP-0198 one, which never acks,
+    is dropped after ack_timeout and its session ends after resume_timeout. Either way
+    its messages then go to offline storage: all of them with XEP-0198, all but what
+    was written before its output backed up without."""
     from tests.support.limits import limit_reached
-    server = make_xmppd(CONFIG, c2s_section="stall_timeout = 15").start()
+    server = make_xmppd(CONFIG + "[extensions.smacks]\nack_timeout = 3\nresume_timeout = 3\n",
+                        c2s_section="stall_timeout = 10").start()
     alice, bob = create_accounts(server, [unique("fast"), unique("deaf")])
-    deaf = RawClient(server.domain)
-    await deaf.login(server.port, bob.split("@")[0], "secret", resource="deaf")
-    await deaf.send("<presence/>")
-    await deaf.expect(r"<presence[^>]*(/>|>.*?</presence>)")
+    user = bob.split("@")[0]
+    if managed:
+        deaf, _ = await managed_login(server, user, "deaf")
+    else:
+        deaf = RawClient(server.domain)
+        await deaf.login(server.port, user, "secret", resource="deaf")
+        await deaf.send("<presence/>")
+        await deaf.expect(r"<presence[^>]*(/>|>.*?</presence>)")
     deaf.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     deaf.writer.transport.pause_reading()                  # from now on it reads nothing
     before = rss_kib(server.process.pid)
 
     sender = await sender_of(server, alice)
     padding = "x" * 100_000
-    for n in range(200):                                   # 20 MB the client does not take
+    for n in range(400):                                   # 40 MB the client does not take
         await sender.send(f"<message to='{bob}' type='headline' id='h{n}'><body>{padding}</body></message>"
                           f"<message to='{bob}' type='chat' id='d{n}'><body>kept {n}</body></message>")
     await sender.send(f"<r xmlns='{NS_SM}'/>")
-    while attribute((await sender.expect(r"<a ([^>]*)/>", timeout=60)).group(1), "h") != "400":
+    while attribute((await sender.expect(r"<a ([^>]*)/>", timeout=60)).group(1), "h") != "800":
         await sender.send(f"<r xmlns='{NS_SM}'/>")
     grown = rss_kib(server.process.pid) - before
-    assert grown < 24 * 1024, f"server RSS grew by {grown // 1024} MiB for 20 MB the client never read"
+    assert grown < 24 * 1024, f"server RSS grew by {grown // 1024} MiB for 40 MB the client never read"
     assert await limit_reached(server, "c2s.max_held_bytes") > 0
 
-    await server.wait_for_log(f"event=stalled jid={bob}/deaf", timeout=60)
-    await server.wait_for_log(f"event=session-ended jid={bob}/deaf", timeout=30)
+    await server.wait_for_log("event=ack-timeout" if managed else "event=stalled", timeout=60)
+    await server.wait_for_log(f"event=session-ended jid={bob}/deaf" if not managed
+                              else f"event=hibernation-expired jid={bob}/deaf", timeout=30)
     deaf.writer.transport.abort()
-    again, _ = await managed_login(server, bob.split("@")[0], "again", presence=False)
+    again, _ = await managed_login(server, user, "again", presence=False)
     await again.send("<presence/>")
     reader = StanzaStream(again)
-    await reader.until(lambda: sum(i.startswith("d") for i in reader.message_ids) >= 200, timeout=60)
+    await reader.until(lambda: "d399" in reader.message_ids, timeout=60)
     await reader.ping("done")
-    assert_all_once(reader.message_ids, "d", 200)
+    if managed:
+        assert_all_once(reader.message_ids, "d", 400)
+    else:
+        kept = [i for i in reader.message_ids if i.startswith("d")]
+        assert len(kept) == len(set(kept)) and {f"d{n}" for n in range(100, 400)} <= set(kept)
     await again.close()
     await sender.close()
 
