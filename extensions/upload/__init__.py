@@ -15,9 +15,10 @@ the media store (``[storage] media``: filesystem or S3), the records of the file
 
 Decisions:
 
-- **Size limit.** ``max_file_size`` is what disco advertises; a slot may be up to 16 bytes
-  larger, room for the AES-GCM tag that clients append to an encrypted file (OMEMO media
-  sharing, XEP-0454) after checking the plain file against the advertised limit.
+- **Size limit.** ``max_file_size`` is what disco advertises and what is enforced, at the
+  slot request (not-acceptable with <file-too-large/>) and again at the PUT (HTTP 413, for
+  slots handed out before the limit was lowered). Clients that encrypt (OMEMO media
+  sharing, XEP-0454) check the encrypted size, tag included, against it.
 - **Tokens.** HMAC-SHA256, with the server's signing key (xmppd/http.py), of the slot's
   id, owner, size and content type and of the token's deadline, ``slot_lifetime`` after
   the request (XEP-0363 section 7 recommends about a minute). Nothing secret is stored.
@@ -56,7 +57,6 @@ from xmppd.extension import Extension, hook
 from xmppd.storage.interfaces import Upload
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
-ENCRYPTION_TAG_BYTES = 16              # AES-GCM tag appended by XEP-0454 clients
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MiB = 1024 * 1024
 MAX_FILENAME_LENGTH = 255
@@ -79,7 +79,7 @@ class HttpUpload(Extension):
     class Options:
         domain: str = "upload.{host}"          # {host} is the user host's domain
         name: str = "HTTP File Upload"         # the service's disco identity name
-        max_file_size: int = 100 * MiB         # advertised; a slot may be 16 bytes larger
+        max_file_size: int = 100 * MiB         # bytes; advertised in disco and enforced
         quota_per_user: int = 1024 * MiB       # bytes of files and open slots; 0: no quota
         file_lifetime: float = 30 * 86400.0    # seconds a file is kept
         slot_lifetime: float = 60.0            # seconds a PUT URL stays valid
@@ -113,11 +113,6 @@ class HttpUpload(Extension):
             self._sweeper.cancel()
 
     # ------------------------------------------------------------- slots
-
-    @property
-    def limit(self) -> int:
-        """The largest slot: the advertised size and room for an encryption tag."""
-        return self.options.max_file_size + ENCRYPTION_TAG_BYTES
 
     @property
     def is_presigned(self) -> bool:

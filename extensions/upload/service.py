@@ -63,7 +63,7 @@ class UploadService(Extension):
             raise NotAllowed(text=f"Only users of {upload.host.domain} may upload files here")
         request = iq.element.find(f"{{{NS_UPLOAD}}}request")
         filename, size, content_type = _read_request(request)
-        if size > upload.limit:
+        if size > upload.options.max_file_size:
             too_large = make_element(f"{{{NS_UPLOAD}}}file-too-large")
             sub_element(too_large, f"{{{NS_UPLOAD}}}max-file-size", text=str(upload.options.max_file_size))
             raise NotAcceptable(text=f"File too large. The maximum file size is {upload.options.max_file_size} bytes",

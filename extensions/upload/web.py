@@ -108,7 +108,7 @@ class UploadWeb:
             raise Refused(411, "Content-Length is required")
         if request.content_length != upload.size:
             raise Refused(400, f"Content-Length must be the slot's size, {upload.size}")
-        if upload.size > self.upload.limit:
+        if upload.size > self.upload.options.max_file_size:
             raise Refused(413, "The file is larger than this server takes")
         if upload.content_type and _media_type(request.headers.get("Content-Type", "")) != _media_type(
                 upload.content_type):

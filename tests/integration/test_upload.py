@@ -23,7 +23,7 @@ from tests.support.upload import (
 )
 
 SERVICE = "upload.localhost"
-MAX = 21 * MiB                        # advertised; slots may be 16 bytes larger
+MAX = 21 * MiB                        # advertised and enforced
 QUOTA = 50 * MiB
 OTHER_HOST = "elsewhere.test"
 CONFIG = f"""
@@ -184,10 +184,11 @@ async def test_link_in_a_message_reaches_the_contact(connect, session):
 
 # ------------------------------------------------------------------ slot requests refused
 
-async def test_file_too_large_names_the_limit_and_leaves_room_for_the_tag(user):
-    await request_slot(user, SERVICE, "encrypted.bin", MAX + 16)      # the plain file fits: its tag too
+async def test_the_advertised_size_is_the_limit(user):
+    """Issue 13: disco's max-file-size is what is enforced, to the byte (XEP-0363 section 5)."""
+    await request_slot(user, SERVICE, "exactly.bin", MAX)
     with pytest.raises(SlotRefused) as refused:
-        await request_slot(user, SERVICE, "big.bin", MAX + 17)
+        await request_slot(user, SERVICE, "one-more.bin", MAX + 1)
     assert (refused.value.condition, refused.value.type) == ("not-acceptable", "modify")
     assert refused.value.find(f"{{{NS_UPLOAD}}}file-too-large/{{{NS_UPLOAD}}}max-file-size").text == str(MAX)
 
@@ -418,9 +419,11 @@ async def test_expired_token_is_refused(short_lived, session):
         await client.logout()
 
 
-async def test_quota_lowered_after_the_slot_is_checked_at_put(tmp_path, session):
-    """A slot given under a larger quota: the PUT is refused with 507 (and the token
-    survives the restart, the signing key being kept in the data dir)."""
+@pytest.mark.parametrize("lowered, status", [("quota_per_user = 800", 507), ("max_file_size = 299", 413)],
+                         ids=["quota", "max-file-size"])
+async def test_limit_lowered_after_the_slot_is_checked_at_put(tmp_path, session, lowered, status):
+    """A slot given under a larger quota or size limit: the PUT is refused, with 507 or
+    413 (and the token survives the restart, the signing key being kept in the data dir)."""
     first = XmppdProcess(tmp_path, "[extensions.upload]\nquota_per_user = 1000\nslot_lifetime = 120.0\n").start()
     try:
         jid = first.adduser("saver", "secret")
@@ -430,12 +433,12 @@ async def test_quota_lowered_after_the_slot_is_checked_at_put(tmp_path, session)
         await client.logout()
     finally:
         first.stop()
-    second = XmppdProcess(tmp_path, "[extensions.upload]\nquota_per_user = 800\nslot_lifetime = 120.0\n").start()
+    second = XmppdProcess(tmp_path, f"[extensions.upload]\n{lowered}\nslot_lifetime = 120.0\n").start()
     try:
         moved = type(slot)(slot.put_url.replace(f":{first.https_port}/", f":{second.https_port}/"),
                            slot.headers, slot.get_url.replace(f":{first.https_port}/", f":{second.https_port}/"))
-        # 507, not 403: the token held, the quota did not.
-        assert (await put(session, moved, payload(300))).status == 507
+        # Not 403: the token held, the limit did not.
+        assert (await put(session, moved, payload(300))).status == status
         assert (await download(session, moved.get_url))[0].status == 404
     finally:
         second.stop()
