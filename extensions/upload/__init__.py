@@ -61,12 +61,18 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MiB = 1024 * 1024
 MAX_FILENAME_LENGTH = 255
 _TOKEN_CONTEXT = b"xmppd upload PUT\0"
-_NOT_IN_FILENAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+# Separators, C0 and C1 controls, and the invisible characters that change what a reader
+# sees (Unicode UAX #9): the line and paragraph separators, the bidirectional marks (ALM,
+# LRM, RLM), embeddings and overrides (U+202A-U+202E) and isolates (U+2066-U+2069), with
+# which "invoice\u202efdp.exe" shows as "invoiceexe.pdf". Joiners stay: emoji and several
+# scripts need them.
+_NOT_IN_FILENAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def is_valid_filename(name: str) -> bool:
-    """A file name is one path segment: 1-255 characters, no separator or control
-    character, not "." or ".."."""
+    """A file name is one path segment: 1-255 characters, no separator, control or
+    bidirectional formatting character, not "." or "..". A bad one is refused, never
+    rewritten: XEP-0363 asks to keep the name intact, and the client learns why."""
     return (0 < len(name) <= MAX_FILENAME_LENGTH and name not in (".", "..")
             and not _NOT_IN_FILENAME.search(name))
 

@@ -101,7 +101,8 @@ def _read_request(request) -> tuple[str, int, str]:
         raise BadRequest()
     filename = request.get("filename", "")
     if not is_valid_filename(filename):
-        raise BadRequest(text="The file name must be one path segment of 1-255 characters")
+        raise BadRequest(text="The file name must be one path segment of 1-255 characters, without control "
+                              "or bidirectional formatting characters")
     size = request.get("size", "")
     if not _SIZE.fullmatch(size):
         raise BadRequest(text="The size must be a number of bytes")

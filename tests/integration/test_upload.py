@@ -10,7 +10,7 @@ import stat
 import time
 import types
 import xml.etree.ElementTree as ET
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -214,6 +214,11 @@ async def test_quota_counts_files_and_open_slots(user, session):
     {"filename": "a\\b.txt", "size": "10"},
     {"filename": "..", "size": "10"},
     {"filename": "x" * 256, "size": "10"},
+    {"filename": "invoice\u202efdp.exe", "size": "10"},              # right-to-left override
+    {"filename": "a\u2067b.txt", "size": "10"},                       # right-to-left isolate
+    {"filename": "a\u200fb.txt", "size": "10"},                       # right-to-left mark
+    {"filename": "a\x85b.txt", "size": "10"},                         # C1 control (NEL)
+    {"filename": "a\u2028b.txt", "size": "10"},                       # line separator
     {"filename": "a.txt", "size": "10", "content-type": "text/plain\r\nX-Evil: 1"},
     {"filename": "a.txt", "size": "10", "content-type": "not a type"},
 ], ids=lambda a: ",".join(f"{k}={v[:12]!r}" for k, v in a.items()))
@@ -222,6 +227,15 @@ async def test_malformed_slot_requests_are_bad_requests(user, attributes):
         await request_slot(user, SERVICE, attributes.pop("filename", None), attributes.pop("size", None),
                            **attributes)
     assert refused.value.condition == "bad-request"
+
+
+async def test_file_names_in_any_script_are_kept(user, session):
+    """Right-to-left scripts and emoji joined with ZWJ are names, not tricks: kept intact."""
+    name = "\u05e6\u05d9\u05dc\u05d5\u05dd \U0001f468\u200d\U0001f469\u200d\U0001f467.jpg"
+    slot = await upload(user, SERVICE, session, b"ok", name, "image/jpeg")
+    response, body = await download(session, slot.get_url)
+    assert response.status == 200 and body == b"ok"
+    assert response.headers["Content-Disposition"] == f"inline; filename*=UTF-8''{quote(name, safe='')}"
 
 
 async def test_users_of_other_hosts_may_not_upload(server):
@@ -292,8 +306,9 @@ async def test_put_without_content_length_is_refused(user, session):
     "/upload/localhost/..%2F{id}/photo.jpg",
     "/upload/localhost/{id}/%ff%fe",
     "/upload/localhost/{id}",
+    "/upload/localhost/{id}/photo%E2%80%AEgpj.exe",
 ], ids=["dots", "encoded-slashes", "slash-in-id", "trailing-dots", "encoded-dots", "backslash", "id-dots",
-        "not-utf8", "no-name"])
+        "not-utf8", "no-name", "bidi-override"])
 async def test_paths_that_are_no_upload_url_are_bad_requests(server, user, target):
     slot = await request_slot(user, SERVICE, "photo.jpg", 4, "image/jpeg")
     upload_id = upload_path(slot.put_url).split("/")[3]
