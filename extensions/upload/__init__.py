@@ -27,7 +27,13 @@ Decisions:
   in; a failed upload removes it, and the client asks for a new slot (section 6).
 - **Quota.** A user's stored files and open slots count against ``quota_per_user`` when a
   slot is requested (resource-constraint), the stored files again when the PUT starts
-  (HTTP 507, for slots handed out before a quota was lowered).
+  (HTTP 507, for slots handed out before a quota was lowered). The store sums them
+  (``UploadStore.usage``), so that a slot request costs the same with many files.
+- **Slots per account.** At most ``max_open_slots`` slots not used yet and still valid,
+  and ``max_slot_requests`` slots handed out per ``slot_request_window`` (counted in
+  memory, per node): zero-byte slots cost no quota but a record each, kept
+  ``file_lifetime``. Past either: resource-constraint with XEP-0363's <retry stamp/>, the
+  time a slot may be asked for again.
 - **S3 with presigned URLs** (``[storage.s3] presigned = true``): the PUT URL is a
   presigned S3 URL, signed for the slot's size and content type and valid
   ``slot_lifetime`` seconds, so the bytes never pass through xmppd. The GET URL stays on
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import hmac
 import math
@@ -90,12 +97,16 @@ class HttpUpload(Extension):
         file_lifetime: float = 30 * 86400.0    # seconds a file is kept
         slot_lifetime: float = 60.0            # seconds a PUT URL stays valid
         sweep_interval: float = 3600.0         # seconds between two removals of expired files
+        max_open_slots: int = 10               # slots per account handed out and not used yet
+        max_slot_requests: int = 100           # slots handed out per account per slot_request_window
+        slot_request_window: float = 3600.0    # seconds
 
         def validate(self, where):
             where.component_domain("domain", self.domain)
-            where.check("max_file_size", self.max_file_size > 0, "must be positive")
+            for key in ("max_file_size", "max_open_slots", "max_slot_requests"):
+                where.check(key, getattr(self, key) > 0, "must be positive")
             where.check("quota_per_user", self.quota_per_user >= 0, "must not be negative")
-            for key in ("file_lifetime", "slot_lifetime", "sweep_interval"):
+            for key in ("file_lifetime", "slot_lifetime", "sweep_interval", "slot_request_window"):
                 where.check(key, getattr(self, key) > 0, "must be positive (seconds)")
 
     def __init__(self, host, options):
@@ -104,6 +115,7 @@ class HttpUpload(Extension):
         self.media = host.media
         self.path = f"/upload/{host.domain}/"       # of this host's files on the HTTP server
         self._sweeper: asyncio.Task | None = None
+        self._granted: dict[str, collections.deque] = {}      # owner -> times of its latest slots
 
     async def start(self) -> None:
         from .web import UploadWeb
@@ -152,14 +164,32 @@ class HttpUpload(Extension):
     # ------------------------------------------------------------- quota
 
     async def usage(self, owner: str, now: float | None = None, *, with_open_slots: bool = True,
-                    exclude: str | None = None) -> tuple[int, int]:
+                    exclude: str = "") -> tuple[int, int]:
         """(bytes, files) that count against the quota of `owner` (a bare JID): stored
-        files and, with `with_open_slots`, slots that may still be used."""
+        files and, with `with_open_slots`, slots that may still be used (`is_open`)."""
         now = time.time() if now is None else now
-        counted = [u for u in await self.store.list(owner)
-                   if u.id != exclude and u.expires >= now
-                   and (u.completed or with_open_slots and self.is_open(u, now))]
-        return sum(u.size for u in counted), len(counted)
+        open_since = now - self.options.slot_lifetime if with_open_slots else None
+        return await self.store.usage(owner, now, open_since, exclude)
+
+    # ------------------------------------------------------------- slot rate
+
+    def next_slot_allowed(self, owner: str, now: float) -> float | None:
+        """When `owner` may have a slot again, if max_slot_requests are used up."""
+        granted = self._granted.get(owner)
+        if granted is None or len(granted) < self.options.max_slot_requests:
+            return None
+        free_at = granted[0] + self.options.slot_request_window
+        return free_at if free_at > now else None
+
+    def slot_granted(self, owner: str, now: float) -> None:
+        granted = self._granted.get(owner)
+        if granted is None:
+            granted = self._granted[owner] = collections.deque(maxlen=self.options.max_slot_requests)
+        granted.append(now)
+
+    def _forget_old_grants(self, now: float) -> None:
+        since = now - self.options.slot_request_window
+        self._granted = {owner: granted for owner, granted in self._granted.items() if granted[-1] > since}
 
     def is_over_quota(self, used: int, size: int) -> bool:
         return bool(self.options.quota_per_user) and used + size > self.options.quota_per_user
@@ -185,6 +215,7 @@ class HttpUpload(Extension):
     async def _sweep_forever(self) -> None:
         while True:
             try:
+                self._forget_old_grants(time.time())
                 removed = await self.remove_expired()
                 if removed:
                     self.log.info("event=uploads-expired host=%s files=%d", self.host.domain, removed)

@@ -4,6 +4,7 @@ sent in a message. The same round trip on S3 is in test_upload_s3.py."""
 from __future__ import annotations
 
 import asyncio
+import calendar
 import inspect
 import os
 import stat
@@ -18,7 +19,7 @@ from tests.support.accounts import create_accounts
 from tests.support.inbox import message, online
 from tests.support.server import XmppdProcess
 from tests.support.upload import (
-    KiB, MiB, NS_UPLOAD, SlotRefused, download, http, memory_kib, payload, put, request_slot,
+    KiB, MiB, NS_STANZAS, NS_UPLOAD, SlotRefused, download, http, memory_kib, payload, put, request_slot,
     reset_peak_memory, upload,
 )
 
@@ -249,6 +250,81 @@ async def test_users_of_other_hosts_may_not_upload(server):
         await request_slot(client, f"upload.{OTHER_HOST}", "a.txt", 10)      # its own service
     finally:
         await client.logout()
+
+
+# ------------------------------------------------------------------ slots per account
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """3 open slots and 5 slots an hour per account."""
+    process = XmppdProcess(tmp_path_factory.mktemp("upload-limited"), """
+        [extensions.upload]
+        max_open_slots = 3
+        max_slot_requests = 5
+        slot_request_window = 3600.0
+        """).start()
+    yield process
+    process.stop()
+
+
+async def limit_count(server, limit: str) -> int:
+    async with http() as session:
+        async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
+            text = await response.text()
+    line = f'xmppd_limit_reached_total{{limit="{limit}"}} '
+    return next((int(float(row[len(line):])) for row in text.splitlines() if row.startswith(line)), 0)
+
+
+def retry_stamp(refused: SlotRefused) -> float:
+    """The time of XEP-0363's <retry stamp/> (XEP-0082, UTC, whole seconds)."""
+    stamp = refused.find(f"{{{NS_UPLOAD}}}retry").get("stamp")
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+async def test_open_slots_per_account_are_bounded(limited, session):
+    """Issue 20: empty slots cost no quota, yet each is a record kept for file_lifetime:
+    one account asked for 3,000 in 38 s. Now the 4th unused slot waits for one to be
+    used or to expire."""
+    jid = create_accounts(limited, ["hoarder"])[0]
+    client, _ = await online(limited, jid)
+    try:
+        before = await limit_count(limited, "upload.max_open_slots")
+        slots = [await request_slot(client, SERVICE, f"empty{n}.bin", 0) for n in range(3)]
+        asked = time.time()
+        with pytest.raises(SlotRefused) as refused:
+            await request_slot(client, SERVICE, "one-more.bin", 0)
+        assert (refused.value.condition, refused.value.type) == ("resource-constraint", "wait")
+        assert "open upload slots" in refused.value.find(f"{{{NS_STANZAS}}}text").text
+        assert asked < retry_stamp(refused.value) <= asked + 61          # when they have expired
+        assert await limit_count(limited, "upload.max_open_slots") - before == 1
+        assert (await put(session, slots[0], b"")).status == 201          # one used: room for one more
+        await request_slot(client, SERVICE, "one-more.bin", 0)
+    finally:
+        await client.logout()
+
+
+async def test_slot_requests_per_account_are_bounded(limited, session):
+    jid = create_accounts(limited, ["hurried"])[0]
+    client, _ = await online(limited, jid)
+    try:
+        before = await limit_count(limited, "upload.max_slot_requests")
+        first = time.time()
+        for n in range(5):
+            await upload(client, SERVICE, session, b"", f"empty{n}.bin")
+        with pytest.raises(SlotRefused) as refused:
+            await request_slot(client, SERVICE, "sixth.bin", 0)
+        assert (refused.value.condition, refused.value.type) == ("resource-constraint", "wait")
+        assert "5 in 3600 seconds" in refused.value.find(f"{{{NS_STANZAS}}}text").text
+        assert first + 3600 - 1 <= retry_stamp(refused.value) <= time.time() + 3600 + 1
+        assert await limit_count(limited, "upload.max_slot_requests") - before == 1
+    finally:
+        await client.logout()
+    # Another account is not held back.
+    other, _ = await online(limited, create_accounts(limited, ["patient"])[0])
+    try:
+        await request_slot(other, SERVICE, "mine.bin", 0)
+    finally:
+        await other.logout()
 
 
 # ------------------------------------------------------------------ PUT refused
