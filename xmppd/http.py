@@ -197,6 +197,7 @@ class Connection(asyncio.Protocol):
         self.requests = 0                     # served on this connection
         self.has_partial_request = False      # bytes received since the timer was armed
         self._timer: asyncio.TimerHandle | None = None
+        self._handshake: asyncio.Task | None = None
         self._unread = b""
 
     # ------------------------------------------------------------- asyncio.Protocol
@@ -215,7 +216,7 @@ class Connection(asyncio.Protocol):
         if self.tls is None:
             self._hand_over(transport)
         else:
-            asyncio.get_running_loop().create_task(self._start_tls(transport))
+            self._handshake = asyncio.get_running_loop().create_task(self._start_tls(transport))
 
     def data_received(self, data: bytes) -> None:
         self.has_partial_request = True
@@ -267,8 +268,10 @@ class Connection(asyncio.Protocol):
         self._unread = b""
         try:
             secure = await handshake
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
-            return                                  # the handshake failed: closed, released
+        except Exception:
+            # A failed handshake, or a peer gone before it began: the connection is
+            # closed, or will be by the head timeout.
+            return
         if not self.is_closed:
             self._hand_over(secure)
 
