@@ -185,13 +185,15 @@ async def test_link_in_a_message_reaches_the_contact(connect, session):
 
 # ------------------------------------------------------------------ slot requests refused
 
-async def test_the_advertised_size_is_the_limit(user):
+async def test_the_advertised_size_is_the_limit(server, user):
     """Issue 13: disco's max-file-size is what is enforced, to the byte (XEP-0363 section 5)."""
+    before = await limit_count(server, "upload.max_file_size")
     await request_slot(user, SERVICE, "exactly.bin", MAX)
     with pytest.raises(SlotRefused) as refused:
         await request_slot(user, SERVICE, "one-more.bin", MAX + 1)
     assert (refused.value.condition, refused.value.type) == ("not-acceptable", "modify")
     assert refused.value.find(f"{{{NS_UPLOAD}}}file-too-large/{{{NS_UPLOAD}}}max-file-size").text == str(MAX)
+    assert await limit_count(server, "upload.max_file_size") - before == 1
 
 
 async def test_quota_counts_files_and_open_slots(user, session):
