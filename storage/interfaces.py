@@ -190,6 +190,11 @@ class UploadStore(Protocol):
     async def mark_completed(self, upload_id: str) -> bool:
         """True if the slot was open and is now completed; False if already used."""
     async def list(self, owner: str) -> list[Upload]: ...
+    async def usage(self, owner: str, now: float, open_since: float | None = None,
+                    exclude: str = "") -> tuple[int, int]:
+        """(bytes, count) of the uploads of `owner` not expired at `now`: the completed
+        ones, and the others created at `open_since` or later when it is given; `exclude`
+        is an id left out. Asked at every slot request: no per-upload work on the loop."""
     async def remove(self, upload_id: str) -> None: ...
     async def expired(self, now: float) -> list[Upload]: ...
 

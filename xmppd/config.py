@@ -113,10 +113,17 @@ class HttpOptions:
     public_url: str = ""                       # default https://<first domain>:<tls_port>
     secret: str = field(default="", repr=False)  # signs upload URLs; default: made once in <data_dir>/http.key
     metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")   # addresses/networks that may read /metrics
+    head_timeout: float = 20.0                 # seconds for the TLS handshake and each request head
+    body_timeout: float = 20.0                 # seconds a request body has, plus 1 per min_body_rate bytes
+    min_body_rate: int = 1024                  # bytes per second
+    max_connections_per_ip: int = 32           # IPv6: per /64
+    max_connections: int = 512
 
     def validate(self, where):
         for key in ("port", "tls_port"):
             where.check(key, 0 <= getattr(self, key) < 65536, "must be a port number (0-65535)")
+        for key in ("head_timeout", "body_timeout", "min_body_rate", "max_connections_per_ip", "max_connections"):
+            where.check(key, getattr(self, key) > 0, "must be positive")
         where.check("public_url", not self.public_url or self.public_url.startswith(("https://", "http://")),
                     "must be an https:// (or http://) URL")
         where.check("secret", not self.secret or len(self.secret) >= 16, "must be at least 16 characters")

@@ -2,11 +2,12 @@
 
     GET /metrics   the Prometheus text format 0.0.4 (xmppd/metrics.py), for peers in
                    [http] metrics_allow (loopback by default), 403 for any other
-    GET /health    200 {"status": "ok", "sessions": N, "storage": "ok"} while the server
-                   serves and its storage answers a read within HEALTH_TIMEOUT seconds;
-                   503 with the same fields otherwise: before start-up is over, when
-                   storage fails or is slow, and from the first moment of a shutdown, so
-                   that load balancers drain the node ([server] shutdown_delay).
+    GET /health    200 {"status": "ok"} while the server serves and its storage answers a
+                   read within HEALTH_TIMEOUT seconds; 503 otherwise: before start-up is
+                   over, when storage fails or is slow, and from the first moment of a
+                   shutdown, so that load balancers drain the node ([server]
+                   shutdown_delay). Peers in metrics_allow also get "sessions": N and
+                   "storage"; the rest of the world learns nothing of the server's load.
 
 It also registers the gauges computed at each scrape: sessions and hibernating sessions
 per host, open connections per listener.
@@ -77,7 +78,9 @@ class Monitoring:
         storage = await self.probe_storage()
         sessions = sum(len(resources) for host in self.server.hosts.values() for resources in host.sessions.values())
         status = self.server.state if self.server.state != "serving" else ("ok" if storage == "ok" else "unavailable")
-        body = {"status": status, "sessions": sessions, "storage": storage}
+        body = {"status": status}
+        if self.is_allowed(request.remote):
+            body.update(sessions=sessions, storage=storage)
         return web.Response(status=200 if status == "ok" else 503, text=json.dumps(body),
                             content_type="application/json", headers={"Cache-Control": "no-store"})
 

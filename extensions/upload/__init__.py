@@ -15,9 +15,10 @@ the media store (``[storage] media``: filesystem or S3), the records of the file
 
 Decisions:
 
-- **Size limit.** ``max_file_size`` is what disco advertises; a slot may be up to 16 bytes
-  larger, room for the AES-GCM tag that clients append to an encrypted file (OMEMO media
-  sharing, XEP-0454) after checking the plain file against the advertised limit.
+- **Size limit.** ``max_file_size`` is what disco advertises and what is enforced, at the
+  slot request (not-acceptable with <file-too-large/>) and again at the PUT (HTTP 413, for
+  slots handed out before the limit was lowered). Clients that encrypt (OMEMO media
+  sharing, XEP-0454) check the encrypted size, tag included, against it.
 - **Tokens.** HMAC-SHA256, with the server's signing key (xmppd/http.py), of the slot's
   id, owner, size and content type and of the token's deadline, ``slot_lifetime`` after
   the request (XEP-0363 section 7 recommends about a minute). Nothing secret is stored.
@@ -26,7 +27,13 @@ Decisions:
   in; a failed upload removes it, and the client asks for a new slot (section 6).
 - **Quota.** A user's stored files and open slots count against ``quota_per_user`` when a
   slot is requested (resource-constraint), the stored files again when the PUT starts
-  (HTTP 507, for slots handed out before a quota was lowered).
+  (HTTP 507, for slots handed out before a quota was lowered). The store sums them
+  (``UploadStore.usage``), so that a slot request costs the same with many files.
+- **Slots per account.** At most ``max_open_slots`` slots not used yet and still valid,
+  and ``max_slot_requests`` slots handed out per ``slot_request_window`` (counted in
+  memory, per node): zero-byte slots cost no quota but a record each, kept
+  ``file_lifetime``. Past either: resource-constraint with XEP-0363's <retry stamp/>, the
+  time a slot may be asked for again.
 - **S3 with presigned URLs** (``[storage.s3] presigned = true``): the PUT URL is a
   presigned S3 URL, signed for the slot's size and content type and valid
   ``slot_lifetime`` seconds, so the bytes never pass through xmppd. The GET URL stays on
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import hmac
 import math
@@ -56,17 +64,22 @@ from xmppd.extension import Extension, hook
 from xmppd.storage.interfaces import Upload
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
-ENCRYPTION_TAG_BYTES = 16              # AES-GCM tag appended by XEP-0454 clients
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MiB = 1024 * 1024
 MAX_FILENAME_LENGTH = 255
 _TOKEN_CONTEXT = b"xmppd upload PUT\0"
-_NOT_IN_FILENAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+# Separators, C0 and C1 controls, and the invisible characters that change what a reader
+# sees (Unicode UAX #9): the line and paragraph separators, the bidirectional marks (ALM,
+# LRM, RLM), embeddings and overrides (U+202A-U+202E) and isolates (U+2066-U+2069), with
+# which "invoice\u202efdp.exe" shows as "invoiceexe.pdf". Joiners stay: emoji and several
+# scripts need them.
+_NOT_IN_FILENAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def is_valid_filename(name: str) -> bool:
-    """A file name is one path segment: 1-255 characters, no separator or control
-    character, not "." or ".."."""
+    """A file name is one path segment: 1-255 characters, no separator, control or
+    bidirectional formatting character, not "." or "..". A bad one is refused, never
+    rewritten: XEP-0363 asks to keep the name intact, and the client learns why."""
     return (0 < len(name) <= MAX_FILENAME_LENGTH and name not in (".", "..")
             and not _NOT_IN_FILENAME.search(name))
 
@@ -79,17 +92,21 @@ class HttpUpload(Extension):
     class Options:
         domain: str = "upload.{host}"          # {host} is the user host's domain
         name: str = "HTTP File Upload"         # the service's disco identity name
-        max_file_size: int = 100 * MiB         # advertised; a slot may be 16 bytes larger
+        max_file_size: int = 100 * MiB         # bytes; advertised in disco and enforced
         quota_per_user: int = 1024 * MiB       # bytes of files and open slots; 0: no quota
         file_lifetime: float = 30 * 86400.0    # seconds a file is kept
         slot_lifetime: float = 60.0            # seconds a PUT URL stays valid
         sweep_interval: float = 3600.0         # seconds between two removals of expired files
+        max_open_slots: int = 10               # slots per account handed out and not used yet
+        max_slot_requests: int = 100           # slots handed out per account per slot_request_window
+        slot_request_window: float = 3600.0    # seconds
 
         def validate(self, where):
             where.component_domain("domain", self.domain)
-            where.check("max_file_size", self.max_file_size > 0, "must be positive")
+            for key in ("max_file_size", "max_open_slots", "max_slot_requests"):
+                where.check(key, getattr(self, key) > 0, "must be positive")
             where.check("quota_per_user", self.quota_per_user >= 0, "must not be negative")
-            for key in ("file_lifetime", "slot_lifetime", "sweep_interval"):
+            for key in ("file_lifetime", "slot_lifetime", "sweep_interval", "slot_request_window"):
                 where.check(key, getattr(self, key) > 0, "must be positive (seconds)")
 
     def __init__(self, host, options):
@@ -98,6 +115,7 @@ class HttpUpload(Extension):
         self.media = host.media
         self.path = f"/upload/{host.domain}/"       # of this host's files on the HTTP server
         self._sweeper: asyncio.Task | None = None
+        self._granted: dict[str, collections.deque] = {}      # owner -> times of its latest slots
 
     async def start(self) -> None:
         from .web import UploadWeb
@@ -113,11 +131,6 @@ class HttpUpload(Extension):
             self._sweeper.cancel()
 
     # ------------------------------------------------------------- slots
-
-    @property
-    def limit(self) -> int:
-        """The largest slot: the advertised size and room for an encryption tag."""
-        return self.options.max_file_size + ENCRYPTION_TAG_BYTES
 
     @property
     def is_presigned(self) -> bool:
@@ -151,14 +164,32 @@ class HttpUpload(Extension):
     # ------------------------------------------------------------- quota
 
     async def usage(self, owner: str, now: float | None = None, *, with_open_slots: bool = True,
-                    exclude: str | None = None) -> tuple[int, int]:
+                    exclude: str = "") -> tuple[int, int]:
         """(bytes, files) that count against the quota of `owner` (a bare JID): stored
-        files and, with `with_open_slots`, slots that may still be used."""
+        files and, with `with_open_slots`, slots that may still be used (`is_open`)."""
         now = time.time() if now is None else now
-        counted = [u for u in await self.store.list(owner)
-                   if u.id != exclude and u.expires >= now
-                   and (u.completed or with_open_slots and self.is_open(u, now))]
-        return sum(u.size for u in counted), len(counted)
+        open_since = now - self.options.slot_lifetime if with_open_slots else None
+        return await self.store.usage(owner, now, open_since, exclude)
+
+    # ------------------------------------------------------------- slot rate
+
+    def next_slot_allowed(self, owner: str, now: float) -> float | None:
+        """When `owner` may have a slot again, if max_slot_requests are used up."""
+        granted = self._granted.get(owner)
+        if granted is None or len(granted) < self.options.max_slot_requests:
+            return None
+        free_at = granted[0] + self.options.slot_request_window
+        return free_at if free_at > now else None
+
+    def slot_granted(self, owner: str, now: float) -> None:
+        granted = self._granted.get(owner)
+        if granted is None:
+            granted = self._granted[owner] = collections.deque(maxlen=self.options.max_slot_requests)
+        granted.append(now)
+
+    def _forget_old_grants(self, now: float) -> None:
+        since = now - self.options.slot_request_window
+        self._granted = {owner: granted for owner, granted in self._granted.items() if granted[-1] > since}
 
     def is_over_quota(self, used: int, size: int) -> bool:
         return bool(self.options.quota_per_user) and used + size > self.options.quota_per_user
@@ -184,6 +215,7 @@ class HttpUpload(Extension):
     async def _sweep_forever(self) -> None:
         while True:
             try:
+                self._forget_old_grants(time.time())
                 removed = await self.remove_expired()
                 if removed:
                     self.log.info("event=uploads-expired host=%s files=%d", self.host.domain, removed)

@@ -9,12 +9,14 @@ Hooks: iq/host (routes iqs to the iq-<type>/host/... events), message/host|bare|
 """
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
 
 from xmppd import forms
 from xmppd.extension import Extension, hook, iq_handler
+from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.errors import BadRequest, NotAcceptable, NotAllowed, ResourceConstraint, ServiceUnavailable
 from xmppd.protocol.namespaces import NS_CLIENT
 from xmppd.protocol.stanza import make_element, sub_element
@@ -63,15 +65,26 @@ class UploadService(Extension):
             raise NotAllowed(text=f"Only users of {upload.host.domain} may upload files here")
         request = iq.element.find(f"{{{NS_UPLOAD}}}request")
         filename, size, content_type = _read_request(request)
-        if size > upload.limit:
+        if size > upload.options.max_file_size:
+            self.server.metrics.count(LIMIT_REACHED, "upload.max_file_size")
             too_large = make_element(f"{{{NS_UPLOAD}}}file-too-large")
             sub_element(too_large, f"{{{NS_UPLOAD}}}max-file-size", text=str(upload.options.max_file_size))
             raise NotAcceptable(text=f"File too large. The maximum file size is {upload.options.max_file_size} bytes",
                                 app_condition=too_large)
         owner = str(iq.from_.bare)
         now = time.time()
-        used, _ = await upload.usage(owner, now)
+        options = upload.options
+        free_at = upload.next_slot_allowed(owner, now)
+        if free_at is not None:
+            raise self._try_later("max_slot_requests", free_at, f"Too many upload slots: {options.max_slot_requests} "
+                                  f"in {options.slot_request_window:g} seconds")
+        used, counted = await upload.usage(owner, now)
+        _, files = await upload.usage(owner, now, with_open_slots=False)
+        if counted - files >= options.max_open_slots:
+            raise self._try_later("max_open_slots", now + options.slot_lifetime,
+                                  f"Too many open upload slots: {counted - files}; use one or let it expire")
         if upload.is_over_quota(used, size):
+            self.server.metrics.count(LIMIT_REACHED, "upload.quota_per_user")
             raise ResourceConstraint(
                 text=f"Quota reached: {used} of {upload.options.quota_per_user} bytes in use")
         record = Upload(id=secrets.token_urlsafe(24), owner=owner, filename=filename, size=size,
@@ -91,8 +104,16 @@ class UploadService(Extension):
                         text=f"Bearer {upload.new_token(record)}")
         sub_element(slot, f"{{{NS_UPLOAD}}}get", {"url": upload.get_url(record)})
         await upload.store.add(record)
+        upload.slot_granted(owner, now)
         self.log.info("event=upload-slot owner=%s size=%d presigned=%s", owner, size, upload.is_presigned)
         return slot
+
+    def _try_later(self, limit: str, when: float, text: str) -> ResourceConstraint:
+        """XEP-0363 section 5: a temporary refusal, with the time to retry (XEP-0082, UTC)."""
+        self.server.metrics.count(LIMIT_REACHED, f"upload.{limit}")
+        retry = make_element(f"{{{NS_UPLOAD}}}retry",
+                             {"stamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(when)))})
+        return ResourceConstraint(text=text, app_condition=retry)
 
 
 def _read_request(request) -> tuple[str, int, str]:
@@ -101,7 +122,8 @@ def _read_request(request) -> tuple[str, int, str]:
         raise BadRequest()
     filename = request.get("filename", "")
     if not is_valid_filename(filename):
-        raise BadRequest(text="The file name must be one path segment of 1-255 characters")
+        raise BadRequest(text="The file name must be one path segment of 1-255 characters, without control "
+                              "or bidirectional formatting characters")
     size = request.get("size", "")
     if not _SIZE.fullmatch(size):
         raise BadRequest(text="The size must be a number of bytes")

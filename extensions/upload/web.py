@@ -7,7 +7,8 @@
 The path is read from the raw request target, never a decoded one: anything but two
 segments, a valid media key (`is_valid_key`) and a file name without an (encoded)
 separator, "." or "..", is refused with 400 before any storage is touched. Uploads stream
-into the media store chunk by chunk; downloads stream out the same way. Files are served
+into the media store chunk by chunk, cut when slower than [http] min_body_rate
+(`HttpServer.body`); downloads stream out the same way. Files are served
 with their slot's content type, ``nosniff`` and a Content-Security-Policy that lets
 nothing run, so a file cannot act as a page of this origin. Any origin may fetch and
 upload (CORS): a token, not a cookie, is what grants an upload.
@@ -22,6 +23,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
+from xmppd.metrics import LIMIT_REACHED
 from xmppd.storage.media import SizeMismatch, is_valid_key
 
 from . import DEFAULT_CONTENT_TYPE, is_valid_filename
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
     from . import HttpUpload
 
-CHUNK_SIZE = 64 * 1024
 REDIRECT_LIFETIME = 300                # seconds a presigned GET URL we redirect to is valid
 INLINE_TYPES = ("image/", "audio/", "video/")
 CORS = {"Access-Control-Allow-Origin": "*"}
@@ -81,13 +82,14 @@ class UploadWeb:
         if not await store.mark_completed(upload.id):      # a concurrent PUT took the slot
             return Refused(409, "This slot has been used").response()
         try:
-            await media.write(upload.id, request.content.iter_chunked(CHUNK_SIZE), upload.size,
+            await media.write(upload.id, self.upload.server.http.body(request), upload.size,
                               upload.content_type or DEFAULT_CONTENT_TYPE)
         except SizeMismatch:
             await store.remove(upload.id)
             return Refused(400, "The body does not have the slot's size").response()
         except BaseException:
-            # A lost connection or a failing store: the slot is spent and nothing is kept.
+            # A lost connection, a body too slow (BodyTooSlow: the HTTP server answers
+            # 408) or a failing store: the slot is spent and nothing is kept.
             await asyncio.shield(store.remove(upload.id))
             raise
         self.log.info("event=upload-stored owner=%s size=%d", upload.owner, upload.size)
@@ -108,13 +110,15 @@ class UploadWeb:
             raise Refused(411, "Content-Length is required")
         if request.content_length != upload.size:
             raise Refused(400, f"Content-Length must be the slot's size, {upload.size}")
-        if upload.size > self.upload.limit:
+        if upload.size > self.upload.options.max_file_size:
+            self.upload.server.metrics.count(LIMIT_REACHED, "upload.max_file_size")
             raise Refused(413, "The file is larger than this server takes")
         if upload.content_type and _media_type(request.headers.get("Content-Type", "")) != _media_type(
                 upload.content_type):
             raise Refused(415, f"Content-Type must be the slot's, {upload.content_type}")
         used, _ = await self.upload.usage(upload.owner, now, with_open_slots=False, exclude=upload.id)
         if self.upload.is_over_quota(used, upload.size):
+            self.upload.server.metrics.count(LIMIT_REACHED, "upload.quota_per_user")
             raise Refused(507, "The quota of this account is used up")
         return upload
 

@@ -553,6 +553,15 @@ class CassandraUploadStore(_Store):
         uploads = await bounded_gather([(lambda i=i: self.get(i)) for (i,) in rows])
         return [upload for upload in uploads if upload is not None]
 
+    async def usage(self, owner: str, now: float, open_since: float | None = None,
+                    exclude: str = "") -> tuple[int, int]:
+        # Cassandra sums in no index: the owner's rows are read (bounded by the upload
+        # extension's limits on slots per account).
+        counted = [u.size for u in await self.list(owner)
+                   if u.id != exclude and u.expires >= now
+                   and (u.completed or open_since is not None and u.created >= open_since)]
+        return sum(counted), len(counted)
+
     async def remove(self, upload_id: str) -> None:
         upload = await self.get(upload_id)
         if upload is None:

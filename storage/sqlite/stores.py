@@ -621,6 +621,16 @@ class SqliteUploadStore:
                 (owner,)).fetchall()
         return [_upload(row) for row in await self._db.read(select)]
 
+    async def usage(self, owner: str, now: float, open_since: float | None = None,
+                    exclude: str = "") -> tuple[int, int]:
+        def select(conn: sqlite3.Connection):
+            return conn.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM uploads WHERE owner = ? AND expires >= ?"
+                " AND id != ? AND (completed = 1 OR created >= ?)",
+                (owner, now, exclude, math.inf if open_since is None else open_since)).fetchone()
+        used, count = await self._db.read(select)
+        return used, count
+
     async def remove(self, upload_id: str) -> None:
         await self._db.write(_execute("DELETE FROM uploads WHERE id = ?", (upload_id,)))
 

@@ -244,6 +244,7 @@ async def test_every_declared_metric_is_exposed_with_help_and_type(server):
 # ------------------------------------------------------------------ /health
 
 async def test_health_while_serving(server):
+    """From an address in metrics_allow (loopback by default): the details too."""
     client = await raw_login(server, next(server.accounts))
     status, headers, text = await get(server.http_port, "/health")
     assert status == 200 and headers["Content-Type"].startswith("application/json")
@@ -261,8 +262,9 @@ async def test_metrics_refused_outside_the_allow_list(make_xmppd):
     process.start()
     status, _, text = await get(process.http_port, "/metrics")
     assert status == 403 and "metrics_allow" in text
-    status, _, _ = await get(process.http_port, "/health")
+    status, _, text = await get(process.http_port, "/health")
     assert status == 200                       # load balancers may ask from anywhere
+    assert json.loads(text) == {"status": "ok"}     # but only metrics_allow learns the load
 
 
 def test_a_bad_metrics_allow_entry_stops_start_up(tmp_path):

@@ -4,13 +4,14 @@ sent in a message. The same round trip on S3 is in test_upload_s3.py."""
 from __future__ import annotations
 
 import asyncio
+import calendar
 import inspect
 import os
 import stat
 import time
 import types
 import xml.etree.ElementTree as ET
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -18,12 +19,12 @@ from tests.support.accounts import create_accounts
 from tests.support.inbox import message, online
 from tests.support.server import XmppdProcess
 from tests.support.upload import (
-    KiB, MiB, NS_UPLOAD, SlotRefused, download, http, memory_kib, payload, put, request_slot,
+    KiB, MiB, NS_STANZAS, NS_UPLOAD, SlotRefused, download, http, memory_kib, payload, put, request_slot,
     reset_peak_memory, upload,
 )
 
 SERVICE = "upload.localhost"
-MAX = 21 * MiB                        # advertised; slots may be 16 bytes larger
+MAX = 21 * MiB                        # advertised and enforced
 QUOTA = 50 * MiB
 OTHER_HOST = "elsewhere.test"
 CONFIG = f"""
@@ -184,12 +185,15 @@ async def test_link_in_a_message_reaches_the_contact(connect, session):
 
 # ------------------------------------------------------------------ slot requests refused
 
-async def test_file_too_large_names_the_limit_and_leaves_room_for_the_tag(user):
-    await request_slot(user, SERVICE, "encrypted.bin", MAX + 16)      # the plain file fits: its tag too
+async def test_the_advertised_size_is_the_limit(server, user):
+    """Issue 13: disco's max-file-size is what is enforced, to the byte (XEP-0363 section 5)."""
+    before = await limit_count(server, "upload.max_file_size")
+    await request_slot(user, SERVICE, "exactly.bin", MAX)
     with pytest.raises(SlotRefused) as refused:
-        await request_slot(user, SERVICE, "big.bin", MAX + 17)
+        await request_slot(user, SERVICE, "one-more.bin", MAX + 1)
     assert (refused.value.condition, refused.value.type) == ("not-acceptable", "modify")
     assert refused.value.find(f"{{{NS_UPLOAD}}}file-too-large/{{{NS_UPLOAD}}}max-file-size").text == str(MAX)
+    assert await limit_count(server, "upload.max_file_size") - before == 1
 
 
 async def test_quota_counts_files_and_open_slots(user, session):
@@ -213,6 +217,11 @@ async def test_quota_counts_files_and_open_slots(user, session):
     {"filename": "a\\b.txt", "size": "10"},
     {"filename": "..", "size": "10"},
     {"filename": "x" * 256, "size": "10"},
+    {"filename": "invoice\u202efdp.exe", "size": "10"},              # right-to-left override
+    {"filename": "a\u2067b.txt", "size": "10"},                       # right-to-left isolate
+    {"filename": "a\u200fb.txt", "size": "10"},                       # right-to-left mark
+    {"filename": "a\x85b.txt", "size": "10"},                         # C1 control (NEL)
+    {"filename": "a\u2028b.txt", "size": "10"},                       # line separator
     {"filename": "a.txt", "size": "10", "content-type": "text/plain\r\nX-Evil: 1"},
     {"filename": "a.txt", "size": "10", "content-type": "not a type"},
 ], ids=lambda a: ",".join(f"{k}={v[:12]!r}" for k, v in a.items()))
@@ -221,6 +230,15 @@ async def test_malformed_slot_requests_are_bad_requests(user, attributes):
         await request_slot(user, SERVICE, attributes.pop("filename", None), attributes.pop("size", None),
                            **attributes)
     assert refused.value.condition == "bad-request"
+
+
+async def test_file_names_in_any_script_are_kept(user, session):
+    """Right-to-left scripts and emoji joined with ZWJ are names, not tricks: kept intact."""
+    name = "\u05e6\u05d9\u05dc\u05d5\u05dd \U0001f468\u200d\U0001f469\u200d\U0001f467.jpg"
+    slot = await upload(user, SERVICE, session, b"ok", name, "image/jpeg")
+    response, body = await download(session, slot.get_url)
+    assert response.status == 200 and body == b"ok"
+    assert response.headers["Content-Disposition"] == f"inline; filename*=UTF-8''{quote(name, safe='')}"
 
 
 async def test_users_of_other_hosts_may_not_upload(server):
@@ -234,6 +252,81 @@ async def test_users_of_other_hosts_may_not_upload(server):
         await request_slot(client, f"upload.{OTHER_HOST}", "a.txt", 10)      # its own service
     finally:
         await client.logout()
+
+
+# ------------------------------------------------------------------ slots per account
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """3 open slots and 5 slots an hour per account."""
+    process = XmppdProcess(tmp_path_factory.mktemp("upload-limited"), """
+        [extensions.upload]
+        max_open_slots = 3
+        max_slot_requests = 5
+        slot_request_window = 3600.0
+        """).start()
+    yield process
+    process.stop()
+
+
+async def limit_count(server, limit: str) -> int:
+    async with http() as session:
+        async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
+            text = await response.text()
+    line = f'xmppd_limit_reached_total{{limit="{limit}"}} '
+    return next((int(float(row[len(line):])) for row in text.splitlines() if row.startswith(line)), 0)
+
+
+def retry_stamp(refused: SlotRefused) -> float:
+    """The time of XEP-0363's <retry stamp/> (XEP-0082, UTC, whole seconds)."""
+    stamp = refused.find(f"{{{NS_UPLOAD}}}retry").get("stamp")
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+async def test_open_slots_per_account_are_bounded(limited, session):
+    """Issue 20: empty slots cost no quota, yet each is a record kept for file_lifetime:
+    one account asked for 3,000 in 38 s. Now the 4th unused slot waits for one to be
+    used or to expire."""
+    jid = create_accounts(limited, ["hoarder"])[0]
+    client, _ = await online(limited, jid)
+    try:
+        before = await limit_count(limited, "upload.max_open_slots")
+        slots = [await request_slot(client, SERVICE, f"empty{n}.bin", 0) for n in range(3)]
+        asked = time.time()
+        with pytest.raises(SlotRefused) as refused:
+            await request_slot(client, SERVICE, "one-more.bin", 0)
+        assert (refused.value.condition, refused.value.type) == ("resource-constraint", "wait")
+        assert "open upload slots" in refused.value.find(f"{{{NS_STANZAS}}}text").text
+        assert asked < retry_stamp(refused.value) <= asked + 61          # when they have expired
+        assert await limit_count(limited, "upload.max_open_slots") - before == 1
+        assert (await put(session, slots[0], b"")).status == 201          # one used: room for one more
+        await request_slot(client, SERVICE, "one-more.bin", 0)
+    finally:
+        await client.logout()
+
+
+async def test_slot_requests_per_account_are_bounded(limited, session):
+    jid = create_accounts(limited, ["hurried"])[0]
+    client, _ = await online(limited, jid)
+    try:
+        before = await limit_count(limited, "upload.max_slot_requests")
+        first = time.time()
+        for n in range(5):
+            await upload(client, SERVICE, session, b"", f"empty{n}.bin")
+        with pytest.raises(SlotRefused) as refused:
+            await request_slot(client, SERVICE, "sixth.bin", 0)
+        assert (refused.value.condition, refused.value.type) == ("resource-constraint", "wait")
+        assert "5 in 3600 seconds" in refused.value.find(f"{{{NS_STANZAS}}}text").text
+        assert first + 3600 - 1 <= retry_stamp(refused.value) <= time.time() + 3600 + 1
+        assert await limit_count(limited, "upload.max_slot_requests") - before == 1
+    finally:
+        await client.logout()
+    # Another account is not held back.
+    other, _ = await online(limited, create_accounts(limited, ["patient"])[0])
+    try:
+        await request_slot(other, SERVICE, "mine.bin", 0)
+    finally:
+        await other.logout()
 
 
 # ------------------------------------------------------------------ PUT refused
@@ -291,8 +384,9 @@ async def test_put_without_content_length_is_refused(user, session):
     "/upload/localhost/..%2F{id}/photo.jpg",
     "/upload/localhost/{id}/%ff%fe",
     "/upload/localhost/{id}",
+    "/upload/localhost/{id}/photo%E2%80%AEgpj.exe",
 ], ids=["dots", "encoded-slashes", "slash-in-id", "trailing-dots", "encoded-dots", "backslash", "id-dots",
-        "not-utf8", "no-name"])
+        "not-utf8", "no-name", "bidi-override"])
 async def test_paths_that_are_no_upload_url_are_bad_requests(server, user, target):
     slot = await request_slot(user, SERVICE, "photo.jpg", 4, "image/jpeg")
     upload_id = upload_path(slot.put_url).split("/")[3]
@@ -418,9 +512,11 @@ async def test_expired_token_is_refused(short_lived, session):
         await client.logout()
 
 
-async def test_quota_lowered_after_the_slot_is_checked_at_put(tmp_path, session):
-    """A slot given under a larger quota: the PUT is refused with 507 (and the token
-    survives the restart, the signing key being kept in the data dir)."""
+@pytest.mark.parametrize("lowered, status", [("quota_per_user = 800", 507), ("max_file_size = 299", 413)],
+                         ids=["quota", "max-file-size"])
+async def test_limit_lowered_after_the_slot_is_checked_at_put(tmp_path, session, lowered, status):
+    """A slot given under a larger quota or size limit: the PUT is refused, with 507 or
+    413 (and the token survives the restart, the signing key being kept in the data dir)."""
     first = XmppdProcess(tmp_path, "[extensions.upload]\nquota_per_user = 1000\nslot_lifetime = 120.0\n").start()
     try:
         jid = first.adduser("saver", "secret")
@@ -430,12 +526,12 @@ async def test_quota_lowered_after_the_slot_is_checked_at_put(tmp_path, session)
         await client.logout()
     finally:
         first.stop()
-    second = XmppdProcess(tmp_path, "[extensions.upload]\nquota_per_user = 800\nslot_lifetime = 120.0\n").start()
+    second = XmppdProcess(tmp_path, f"[extensions.upload]\n{lowered}\nslot_lifetime = 120.0\n").start()
     try:
         moved = type(slot)(slot.put_url.replace(f":{first.https_port}/", f":{second.https_port}/"),
                            slot.headers, slot.get_url.replace(f":{first.https_port}/", f":{second.https_port}/"))
-        # 507, not 403: the token held, the quota did not.
-        assert (await put(session, moved, payload(300))).status == 507
+        # Not 403: the token held, the limit did not.
+        assert (await put(session, moved, payload(300))).status == status
         assert (await download(session, moved.get_url))[0].status == 404
     finally:
         second.stop()

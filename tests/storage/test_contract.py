@@ -786,6 +786,23 @@ async def test_upload_mark_completed_races_have_one_winner(backend):
     assert sorted(results) == [False] * 9 + [True]
 
 
+async def test_upload_usage_counts_files_and_open_slots(backend):
+    await backend.uploads.add(upload("stored", created=T0, expires=T0 + 100))
+    await backend.uploads.mark_completed("stored")
+    await backend.uploads.add(upload("open", created=T0 + 50, expires=T0 + 100))
+    await backend.uploads.add(upload("stale", created=T0 + 10, expires=T0 + 100))      # never used
+    await backend.uploads.add(upload("gone", created=T0, expires=T0 + 20))
+    await backend.uploads.mark_completed("gone")
+    await backend.uploads.add(upload("bobs", owner=BOB, created=T0 + 50, expires=T0 + 100))
+    await backend.uploads.mark_completed("bobs")
+    size = upload("x").size
+    assert await backend.uploads.usage(ALICE, T0 + 60) == (size, 1)
+    assert await backend.uploads.usage(ALICE, T0 + 60, open_since=T0 + 40) == (2 * size, 2)
+    assert await backend.uploads.usage(ALICE, T0 + 60, open_since=T0 + 40, exclude="open") == (size, 1)
+    assert await backend.uploads.usage(ALICE, T0 + 10) == (2 * size, 2)                 # "gone" not yet
+    assert await backend.uploads.usage("nobody@example.org", T0) == (0, 0)
+
+
 async def test_upload_list_and_expired(backend):
     await backend.uploads.add(upload("a2", created=T0 + 2, expires=T0 + 100))
     await backend.uploads.add(upload("a1", created=T0 + 1, expires=T0 + 10))

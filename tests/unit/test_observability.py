@@ -8,6 +8,7 @@ import logging
 import socket
 import sys
 from contextlib import aclosing
+from unittest import mock
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -223,8 +224,10 @@ class StalledAccounts:
         await asyncio.Event().wait()
 
 
-async def health(server) -> tuple[int, dict]:
-    response = await server.monitoring.serve_health(make_mocked_request("GET", "/health"))
+async def health(server, peer: str = "127.0.0.1") -> tuple[int, dict]:
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (peer, 40000) if name == "peername" else default
+    response = await server.monitoring.serve_health(make_mocked_request("GET", "/health", transport=transport))
     return response.status, json.loads(response.text)
 
 
@@ -241,6 +244,12 @@ async def test_health_answers_503_unless_serving_with_storage_answering(server, 
     server.storage.accounts = accounts
     server.state = "stopping"
     assert await health(server) == (503, {"status": "stopping", "sessions": 0, "storage": "ok"})
+
+
+async def test_health_details_only_for_metrics_allow(server):
+    server.state = "serving"
+    assert await health(server, peer="192.0.2.1") == (200, {"status": "ok"})
+    assert await health(server, peer="::1") == (200, {"status": "ok", "sessions": 0, "storage": "ok"})
 
 
 # ------------------------------------------------------------------ systemd
