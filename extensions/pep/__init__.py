@@ -97,9 +97,10 @@ class SessionInterest:
 class PersonalEventing(Extension):
     xeps = {60: "1.26.0", 115: "1.6.0", 163: "1.2.2", 223: "1.1.1"}
     depends = ["disco"]
-    features = [NS_PUBSUB]                 # COMPAT: Smack's OMEMO looks for it on the server's domain
+    # COMPAT: Smack looks for them on the server's domain too (OMEMO for pubsub, XEP-0373
+    # secret key backups for access-whitelist), as ejabberd lists them.
+    features = account_features = [NS_PUBSUB, *PUBSUB_FEATURES]
     account_identities = [("pubsub", "pep", None)]
-    account_features = [NS_PUBSUB, *PUBSUB_FEATURES]
 
     @dataclass(frozen=True)
     class Options:

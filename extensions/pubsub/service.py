@@ -123,15 +123,15 @@ class PubSubService(Extension):
             raise _unsupported(names)
         node = _node_of(actions[0])
         config = await self._owned_node(node, iq.from_)
+        if names == ["affiliations"]:
+            return affiliations.listing(node, config.get("affiliations", {}))
         answer = make_element(OWNER)
         if names == ["configure"]:
             sub_element(answer, f"{{{NS_PUBSUB_OWNER}}}configure", {"node": node}).append(self._form(config))
-        elif names == ["subscriptions"]:
+        else:
             listed = sub_element(answer, f"{{{NS_PUBSUB_OWNER}}}subscriptions", {"node": node})
             for jid in config.get("subscribers", []):
                 sub_element(listed, f"{{{NS_PUBSUB_OWNER}}}subscription", {"jid": jid, "subscription": "subscribed"})
-        else:
-            answer = affiliations.listing(node, config.get("affiliations", {}))
         return answer
 
     @iq_handler("set", NS_PUBSUB_OWNER, "pubsub", to=("host",))

@@ -322,10 +322,11 @@ async def test_pep_whitelist_admits_only_the_members_the_owner_names(online, use
     assert await refused(member.plugin["xep_0060"].get_items(alice, node)) == ("not-allowed", "closed-node")
 
 
-async def test_the_server_domain_lists_pubsub_for_smacks_omemo(online, users):
-    """Smack's OmemoManager.serverSupportsOmemo looks for the pubsub feature on the
-    server's domain, not on the account."""
+async def test_the_server_domain_lists_peps_pubsub_features_for_smack(online, users):
+    """Smack looks on the server's domain, not on the account: OmemoManager.
+    serverSupportsOmemo for pubsub, OpenPgpManager.serverSupportsSecretKeyBackups for
+    access-whitelist."""
     alice, = users(1)
     client = await online(alice)
     info = (await client.plugin["xep_0030"].get_info("localhost"))["disco_info"]
-    assert NS_PUBSUB in info["features"]
+    assert {NS_PUBSUB, f"{NS_PUBSUB}#access-whitelist"} <= set(info["features"])
