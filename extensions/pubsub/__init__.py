@@ -21,14 +21,20 @@ Decisions:
   whoever may create nodes.
 - **One subscription per JID** and node, always "subscribed" (no authorize access model,
   no subscription options), so no subid.
-- **Limits** (each counted in xmppd_limit_reached_total): nodes one account owns,
+- **Limits** (each counted in xmppd_limit_reached_total): nodes on the service (what
+  bounds the requests that go through every node: one's subscriptions and affiliations,
+  the service's disco#items, the count of one's nodes), nodes one account owns,
   subscriptions of a node, items a node keeps, bytes of an item's payload.
+- **A deleted account** takes its subscriptions and affiliations with it, and the nodes
+  it was the last owner of.
+
+Hooks: user-deleted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xmppd.extension import Extension
+from xmppd.extension import Extension, hook
 
 NODE_CREATION = ("anyone", "local", "admins")
 
@@ -42,6 +48,7 @@ class PubSub(Extension):
         domain: str = "pubsub.{host}"          # {host} is the user host's domain
         name: str = "Publish-Subscribe"        # the service's disco identity name
         node_creation: str = "local"           # who creates nodes: anyone | local | admins
+        max_nodes: int = 10_000                # nodes on the service
         max_nodes_per_user: int = 100          # nodes one account owns
         max_items: int = 256                   # what "max" means, and the most a node keeps
         max_item_bytes: int = 250_000          # serialized payload of one item (payload-too-big beyond)
@@ -50,7 +57,7 @@ class PubSub(Extension):
         def validate(self, where):
             where.component_domain("domain", self.domain)
             where.one_of("node_creation", self.node_creation, NODE_CREATION)
-            for name in ("max_nodes_per_user", "max_items", "max_item_bytes", "max_subscribers"):
+            for name in ("max_nodes", "max_nodes_per_user", "max_items", "max_item_bytes", "max_subscribers"):
                 where.check(name, getattr(self, name) > 0, "must be positive")
 
     async def start(self) -> None:
@@ -59,3 +66,7 @@ class PubSub(Extension):
         await self.component.load("disco")
         await self.component.load("ping")
         await self.component.load("pubsub.service")
+
+    @hook("user-deleted")
+    async def forget_user(self, jid) -> None:
+        await self.component.extensions["pubsub.service"].forget(jid)

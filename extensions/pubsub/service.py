@@ -44,6 +44,7 @@ PUBSUB = f"{{{NS_PUBSUB}}}pubsub"
 OWNER = f"{{{NS_PUBSUB_OWNER}}}pubsub"
 ITEM = f"{{{NS_PUBSUB}}}item"
 EVENT = f"{{{NS_PUBSUB_EVENT}}}event"
+BODY = f"{{{NS_CLIENT}}}body"
 
 # The service's defaults where they differ from PEP's (XEP-0060 section 16.4.4).
 DEFAULTS = {"access_model": "open", "max_items": nodes.MAX, "send_last_published_item": "on_sub"}
@@ -84,7 +85,7 @@ class PubSubService(Extension):
     @hook("message/full", priority=-1)
     async def refuse_message(self, stanza: Stanza) -> bool:
         """The service takes no messages: one with a body goes back to its sender."""
-        if stanza.type not in ("error", "groupchat", "headline") and stanza.element.find(f"{{{NS_CLIENT}}}body") is not None:
+        if stanza.type not in ("error", "groupchat", "headline") and stanza.element.find(BODY) is not None:
             raise ServiceUnavailable()
         return True
 
@@ -164,8 +165,12 @@ class PubSubService(Extension):
 
     async def _new_node(self, node: str, creator: JID, options: dict) -> dict:
         """Store a new node owned by `creator` (the caller holds the node's lock)."""
+        names = await self.store.list_nodes(self.service)
+        if len(names) >= self.options.max_nodes:
+            self._limit_reached("max_nodes")
+            raise NotAllowed(text=f"the service holds {len(names)} nodes, the most it may hold")
         owned = 0
-        for name in await self.store.list_nodes(self.service):
+        for name in names:
             config = await self.store.get_node(self.service, name)
             owned += config is not None and affiliation_of(config, creator) == "owner"
         if owned >= self.options.max_nodes_per_user:
@@ -195,9 +200,12 @@ class PubSubService(Extension):
         async with self.lock(node):
             config = await self._owned_node(node, iq.from_)
             await self.store.delete_node(self.service, node)
+        await self._deleted(node, config)
+        return None
+
+    async def _deleted(self, node: str, config: dict) -> None:
         if config.get("notify_delete", True):
             await self._notify(node, config, make_element(f"{{{NS_PUBSUB_EVENT}}}delete", {"node": node}))
-        return None
 
     async def _owner_purge(self, iq, node: str, purge):
         async with self.lock(node):
@@ -373,6 +381,31 @@ class PubSubService(Extension):
             if affiliation != "none":
                 sub_element(listed, f"{{{NS_PUBSUB}}}affiliation", {"node": node, "affiliation": affiliation})
         return answer
+
+    async def forget(self, jid: JID) -> None:
+        """An account is gone: so are its subscriptions and affiliations, and then the
+        nodes it was the last owner of."""
+        orphans = []
+        for node in await self.store.list_nodes(self.service):
+            async with self.lock(node):
+                config = await self.store.get_node(self.service, node)
+                if config is None:
+                    continue
+                subscribers = [s for s in config.get("subscribers", []) if JID.parse(s).bare != jid.bare]
+                affiliated = affiliations.changed(config, {str(jid.bare): "none"})
+                if subscribers == config.get("subscribers", []) and affiliated == config.get("affiliations", {}):
+                    continue
+                config.update(subscribers=subscribers, affiliations=affiliated)
+                await self.store.set_node(self.service, node, config)
+                if "owner" not in affiliated.values():
+                    orphans.append(node)
+        for node in orphans:
+            async with self.lock(node):
+                config = await self.store.get_node(self.service, node)
+                if config is None or "owner" in config.get("affiliations", {}).values():
+                    continue
+                await self.store.delete_node(self.service, node)
+            await self._deleted(node, config)
 
     # ------------------------------------------------------------- disco of nodes
 

@@ -293,6 +293,41 @@ async def test_limits_refuse_with_the_xep_errors_and_are_counted(server, online,
         await pubsub.delete_node(SERVICE, node)
 
 
+async def test_the_service_holds_at_most_max_nodes(make_xmppd, online):
+    small = make_xmppd("""
+        [extensions.pubsub]
+        max_nodes = 2
+        """).start()
+    first, second = await online(small.adduser("first"), on=small), await online(small.adduser("second"), on=small)
+    await first.plugin["xep_0060"].create_node(SERVICE, "a")
+    await first.plugin["xep_0060"].create_node(SERVICE, "b")
+    with pytest.raises(IqError) as caught:
+        await second.plugin["xep_0060"].create_node(SERVICE, "c")
+    assert caught.value.condition == "not-allowed" and "nodes" in caught.value.text
+    assert await limit_count(small, "extensions.pubsub.max_nodes") == 1
+    await first.plugin["xep_0060"].delete_node(SERVICE, "a")
+    await second.plugin["xep_0060"].create_node(SERVICE, "c")
+
+
+async def test_a_deleted_account_takes_its_nodes_subscriptions_and_affiliations(server, online, users):
+    alice, bob = users(2)
+    leaving, staying = await online(alice), await online(bob)
+    own, other = node_name("leaving"), node_name("staying")
+    await leaving.plugin["xep_0060"].create_node(SERVICE, own)
+    await staying.plugin["xep_0060"].subscribe(SERVICE, own)
+    await staying.plugin["xep_0060"].create_node(SERVICE, other)
+    await staying.plugin["xep_0060"].modify_affiliations(SERVICE, other, [(alice, "publisher")])
+    await leaving.plugin["xep_0060"].subscribe(SERVICE, other)
+    removed = asyncio.ensure_future(leaving.plugin["xep_0077"].cancel_registration())   # XEP-0077 <remove/>
+    assert (await event(staying, "delete"))["pubsub_event"]["delete"]["node"] == own
+    await asyncio.wait({removed}, timeout=TIMEOUT)          # the stream closes as the answer comes
+    pubsub = staying.plugin["xep_0060"]
+    listed = (await pubsub.get_node_affiliations(SERVICE, other))["pubsub_owner"]["affiliations"]
+    assert {str(a["jid"]) for a in listed} == {bob}
+    assert len((await pubsub.get_node_subscriptions(SERVICE, other))["pubsub_owner"]["subscriptions"]) == 0
+    await pubsub.delete_node(SERVICE, other)
+
+
 # ------------------------------------------------------------------ PEP: the whitelist access model
 
 async def test_pep_whitelist_admits_only_the_members_the_owner_names(online, users):
