@@ -11,12 +11,14 @@ that carries <private/> or the XEP-0334 <no-copy/> hint, nor one of type groupch
 headline. Messages of type chat; of type normal with a body, a chat state (XEP-0085) or
 another conversation payload (receipts, chat markers, encrypted payloads... see
 xmppd/hints.py); errors received (the bounces of what the user sent; the server keeps no
-record to match them with); XEP-0249 direct and XEP-0045 mediated invitations. Not MUC
-private messages (those that carry an <x xmlns='...muc#user'/>, either way), nor anything
-else received from a MUC room or occupant. The receiving side takes <private/> out of the
-message it delivers (section 7). A message from one resource to another of the same user
-gets <sent/> copies only (to the resources other than both), never a <received/> one as
-well.
+record to match them with); XEP-0249 direct and XEP-0045 mediated invitations; private
+messages the user sends to an occupant (to every resource that enabled carbons, not only
+those that share the nickname in that room). Not what is received from a MUC room or
+occupant otherwise (what carries an <x xmlns='...muc#user'/>, or comes from a MUC domain
+of ours): the room itself sends it to each of the user's resources that joined. The
+receiving side takes <private/> out of the message it delivers (section 7). A message
+from one resource to another of the same user gets <sent/> copies only (to the resources
+other than both), never a <received/> one as well.
 
 Hooks: iq-set/self urn:xmpp:carbons:2 enable and disable; pre-message/bare|full
 (sent copies, priority 40, after the archive stamped its XEP-0359 id so that the copy
@@ -138,8 +140,8 @@ class Carbons(Extension):
         muc_user = message.find(MUC_USER)
         if muc_user is not None and muc_user.find(INVITE) is not None:
             return kind == "normal"                    # a mediated invitation
-        if muc_user is not None or (not sent and self._from_muc(stanza)):
-            return False                               # a MUC private message, or from a room
+        if not sent and (muc_user is not None or self._from_muc(stanza)):
+            return False                               # from a room or an occupant: the room copies it
         if kind == "error":
             return not sent
         return kind == "chat" or hints.carries_conversation(message) or any(

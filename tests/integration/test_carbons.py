@@ -117,7 +117,7 @@ async def test_a_message_to_another_own_resource_is_copied_once(server):
     ("normal", "<x xmlns='jabber:x:conference' jid='room@conference.localhost'/>", True),   # XEP-0249
     ("normal", "<subject>no body</subject>", False),
     ("headline", "<body>news</body>", False),
-    ("chat", f"<x xmlns='{NS_MUC_USER}'/>", False),                       # an outgoing MUC private message
+    ("chat", f"<x xmlns='{NS_MUC_USER}'/>", True),                        # an outgoing MUC private message
 ])
 async def test_which_messages_are_copied(server, type_, payload, copied):
     alice, bob = await new_account(server), await new_account(server)
@@ -173,6 +173,19 @@ async def test_a_mediated_invitation_from_a_room_is_copied(server):
     copy = await other.inbox.wait(carbon("received", invitation.get("id")))
     assert forwarded(copy).find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite") is not None
     for user in (owner, main, other):
+        await user.logout()
+
+
+async def test_an_error_bounced_to_one_resource_is_copied_to_the_others(server):
+    """XEP-0280 6.1: an error in answer to an eligible message is eligible itself."""
+    alice = await new_account(server)
+    a1 = await connect(server, alice, "a1")
+    a2 = await connect(server, alice, "a2", carbons=True)
+    msg = send(a1, "nobody@localhost", body="anyone there?")
+    await a1.inbox.wait(error_to(msg))
+    copy = await a2.inbox.wait(carbon("received", msg))
+    assert forwarded(copy).get("type") == "error"
+    for user in (a1, a2):
         await user.logout()
 
 
