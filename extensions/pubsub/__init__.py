@@ -20,10 +20,13 @@ Decisions:
   node's owner. Publishing to a node that does not exist creates it (auto-create), for
   whoever may create nodes.
 - **One subscription per JID** and node, always "subscribed" (no authorize access model,
-  no subscription options), so no subid.
+  no subscription options), so no subid. An owner cancels subscriptions but subscribes no
+  one: that would send the node's notifications, unasked and from the service, to anyone.
+- **Nodes one creates** count against `max_nodes_per_user`, not those others made one an
+  owner of (which would let them use up one's allowance).
 - **Limits** (each counted in xmppd_limit_reached_total): nodes on the service (what
   bounds the requests that go through every node: one's subscriptions and affiliations,
-  the service's disco#items, the count of one's nodes), nodes one account owns,
+  the service's disco#items, the count of one's nodes), nodes one account creates,
   subscriptions of a node, items a node keeps, bytes of an item's payload.
 - **A deleted account** takes its subscriptions and affiliations with it, and the nodes
   it was the last owner of.
@@ -49,7 +52,7 @@ class PubSub(Extension):
         name: str = "Publish-Subscribe"        # the service's disco identity name
         node_creation: str = "local"           # who creates nodes: anyone | local | admins
         max_nodes: int = 10_000                # nodes on the service
-        max_nodes_per_user: int = 100          # nodes one account owns
+        max_nodes_per_user: int = 100          # nodes one account creates
         max_items: int = 256                   # what "max" means, and the most a node keeps
         max_item_bytes: int = 250_000          # serialized payload of one item (payload-too-big beyond)
         max_subscribers: int = 1000            # subscriptions of one node

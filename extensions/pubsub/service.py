@@ -169,14 +169,15 @@ class PubSubService(Extension):
         if len(names) >= self.options.max_nodes:
             self._limit_reached("max_nodes")
             raise NotAllowed(text=f"the service holds {len(names)} nodes, the most it may hold")
-        owned = 0
+        created = 0
         for name in names:
             config = await self.store.get_node(self.service, name)
-            owned += config is not None and affiliation_of(config, creator) == "owner"
-        if owned >= self.options.max_nodes_per_user:
+            created += config is not None and config.get("creator") == str(creator.bare)
+        if created >= self.options.max_nodes_per_user:
             self._limit_reached("max_nodes_per_user")
-            raise NotAllowed(text=f"you own {owned} nodes, the most an account may own here")
+            raise NotAllowed(text=f"you created {created} nodes, the most an account may create here")
         config = nodes.configure(self._new_config(), options)
+        config["creator"] = str(creator.bare)          # counted against max_nodes_per_user
         config["affiliations"] = {str(creator.bare): "owner"}
         await self.store.set_node(self.service, node, config)
         return config
@@ -217,7 +218,8 @@ class PubSubService(Extension):
         return None
 
     async def _owner_subscriptions(self, iq, node: str, request):
-        """Section 8.8.2: subscribe or unsubscribe entities (state subscribed or none)."""
+        """Section 8.8.2: an owner cancels subscriptions (state none). It does not subscribe
+        others: they would get its notifications unasked, from the service."""
         changes = []
         for child in request.iterchildren(f"{{{NS_PUBSUB_OWNER}}}subscription"):
             if child.get("subscription") not in ("subscribed", "none"):
@@ -230,8 +232,7 @@ class PubSubService(Extension):
                 if state == "none" and str(jid) in subscribers:
                     subscribers.remove(str(jid))
                 elif state == "subscribed" and str(jid) not in subscribers:
-                    self._check_subscribers(subscribers)
-                    subscribers.append(str(jid))
+                    raise NotAllowed(text="an entity subscribes itself")
             await self.store.set_node(self.service, node, config)
         return None
 

@@ -211,6 +211,8 @@ async def test_owner_configures_and_manages_affiliations_and_subscriptions(onlin
     assert [(s["jid"], s["subscription"]) for s in subscriptions] == [(bob, "subscribed")]
     await pubsub.modify_subscriptions(SERVICE, node, [(bob, "none")])
     assert len((await member.plugin["xep_0060"].get_subscriptions(SERVICE, node))["pubsub"]["subscriptions"]) == 0
+    # An owner subscribes no one else: the notifications would reach them unasked.
+    assert (await refused(pubsub.modify_subscriptions(SERVICE, node, [(bob, "subscribed")])))[0] == "not-allowed"
     assert await refused(pubsub.modify_affiliations(SERVICE, node, [(alice, "none")])) == ("not-acceptable", None)
     await pubsub.delete_node(SERVICE, node)
 
@@ -263,6 +265,10 @@ async def test_limits_refuse_with_the_xep_errors_and_are_counted(server, online,
     alice, bob, carol, dave = users(4)
     owner = await online(alice)
     pubsub = owner.plugin["xep_0060"]
+    # Being made an owner by someone else uses up none of one's own allowance.
+    given = node_name("given")
+    await (await online(bob)).plugin["xep_0060"].create_node(SERVICE, given)
+    await (await online(bob)).plugin["xep_0060"].modify_affiliations(SERVICE, given, [(alice, "owner")])
     created = [node_name("quota") for _ in range(MAX_NODES)]
     for node in created:
         await pubsub.create_node(SERVICE, node)
@@ -289,7 +295,7 @@ async def test_limits_refuse_with_the_xep_errors_and_are_counted(server, online,
     form["type"] = "submit"
     form.field["pubsub#max_items"]["value"] = str(MAX_ITEMS + 1)
     assert (await refused(pubsub.set_node_config(SERVICE, created[0], form)))[0] == "not-acceptable"
-    for node in created:
+    for node in (*created, given):
         await pubsub.delete_node(SERVICE, node)
 
 
