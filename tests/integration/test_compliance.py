@@ -92,3 +92,28 @@ async def test_contact_addresses_and_carbons_rules_in_the_servers_disco(server, 
         assert "support-addresses" not in serverinfo
     finally:
         await client.logout()
+
+
+async def test_the_example_configs_contact_addresses_reach_the_servers_disco(tmp_path):
+    """conf/xmppd.toml as deployed, with its [extensions.contact_info] block switched on
+    the way its comment shows."""
+    def with_contacts(text: str) -> str:
+        block = "#[extensions.contact_info]\n#abuse = []\n#admin = []\n"
+        assert block in text
+        return text.replace(block, "[extensions.contact_info]\nabuse = [\"mailto:abuse@example.org\"]\n"
+                                   "admin = [\"xmpp:admin@example.org\"]\n")
+    process = XmppdProcess(tmp_path).use_example_config(with_contacts)
+    process.start()
+    try:
+        jid = process.adduser("reader", "pencil12")
+        client = Client(jid, "pencil12", verify_tls=False)
+        await client.login("127.0.0.1", process.port)
+        try:
+            info = (await client.plugin["xep_0030"].get_info("example.org"))["disco_info"]
+        finally:
+            await client.logout()
+    finally:
+        process.stop()
+    serverinfo = forms_of(info)["http://jabber.org/network/serverinfo"]
+    assert serverinfo["abuse-addresses"] == ["mailto:abuse@example.org"]
+    assert serverinfo["admin-addresses"] == ["xmpp:admin@example.org"]
