@@ -201,10 +201,10 @@ class PubSubService(Extension):
         async with self.lock(node):
             config = await self._owned_node(node, iq.from_)
             await self.store.delete_node(self.service, node)
-        await self._deleted(node, config)
+        await self._notify_deleted(node, config)
         return None
 
-    async def _deleted(self, node: str, config: dict) -> None:
+    async def _notify_deleted(self, node: str, config: dict) -> None:
         if config.get("notify_delete", True):
             await self._notify(node, config, make_element(f"{{{NS_PUBSUB_EVENT}}}delete", {"node": node}))
 
@@ -406,7 +406,7 @@ class PubSubService(Extension):
                 if config is None or "owner" in config.get("affiliations", {}).values():
                     continue
                 await self.store.delete_node(self.service, node)
-            await self._deleted(node, config)
+            await self._notify_deleted(node, config)
 
     # ------------------------------------------------------------- disco of nodes
 
