@@ -5,14 +5,20 @@ resource of its user sends, and a <received/> copy of each eligible message to i
 that RFC 6121 delivered to some other resource (or to none: stored offline). Copies are
 wrapped in XEP-0297 <forwarded/>, from the user's bare JID, with the original's type.
 
-Eligible (XEP-0280 section 6, the `carbons-should-copy` question, answered here at
-priority -1): messages of type chat, and of type normal with a body or a conversation
-payload (receipts, chat markers, encrypted payloads... see xmppd/hints.py). Never
-groupchat, headline or error, nor a message that carries <private/> or the XEP-0334
-<no-copy/> hint, nor a message received from a MUC room or occupant. The receiving
-side takes <private/> out of the message it delivers (section 7). A message from one
-resource to another of the same user gets <sent/> copies only (to the resources other
-than both), never a <received/> one as well.
+Eligible (XEP-0280 section 6.1, the rules the 'urn:xmpp:carbons:rules:0' feature stands
+for; the `carbons-should-copy` question, answered here at priority -1): never a message
+that carries <private/> or the XEP-0334 <no-copy/> hint, nor one of type groupchat or
+headline. Messages of type chat; of type normal with a body, a chat state (XEP-0085) or
+another conversation payload (receipts, chat markers, encrypted payloads... see
+xmppd/hints.py); errors received (the bounces of what the user sent; the server keeps no
+record to match them with); XEP-0249 direct and XEP-0045 mediated invitations; private
+messages the user sends to an occupant (to every resource that enabled carbons, not only
+those that share the nickname in that room). Not what is received from a MUC room or
+occupant otherwise (what carries an <x xmlns='...muc#user'/>, or comes from a MUC domain
+of ours): the room itself sends it to each of the user's resources that joined. The
+receiving side takes <private/> out of the message it delivers (section 7). A message
+from one resource to another of the same user gets <sent/> copies only (to the resources
+other than both), never a <received/> one as well.
 
 Hooks: iq-set/self urn:xmpp:carbons:2 enable and disable; pre-message/bare|full
 (sent copies, priority 40, after the archive stamped its XEP-0359 id so that the copy
@@ -33,8 +39,12 @@ from xmppd.protocol.stanza import MESSAGE, make_element, sub_element
 from xmppd.router import Stanza, bare_message_recipients
 
 NS_CARBONS = "urn:xmpp:carbons:2"
+NS_CARBONS_RULES = "urn:xmpp:carbons:rules:0"
 NS_FORWARD = "urn:xmpp:forward:0"
+NS_CHAT_STATES = "http://jabber.org/protocol/chatstates"
 PRIVATE = f"{{{NS_CARBONS}}}private"
+MUC_USER = f"{{{hints.NS_MUC_USER}}}x"
+INVITE = f"{{{hints.NS_MUC_USER}}}invite"
 COPY_PRIORITY = 40
 
 
@@ -49,7 +59,7 @@ class CopyQuestion:
 
 class Carbons(Extension):
     xeps = {280: "1.0.1", 297: "1.0", 334: "1.0.0"}
-    features = [NS_CARBONS]
+    features = [NS_CARBONS, NS_CARBONS_RULES]
 
     @iq_handler("set", NS_CARBONS, "enable", to=("self",))
     async def enable(self, iq):
@@ -120,21 +130,25 @@ class Carbons(Extension):
         return True
 
     def is_eligible(self, stanza: Stanza, *, sent: bool) -> bool:
-        """XEP-0280 section 6, with the XEP-0334 <no-copy/> hint."""
+        """XEP-0280 section 6.1, with the XEP-0334 <no-copy/> hint."""
         message = stanza.element
         if message.find(PRIVATE) is not None or hints.has_hint(message, hints.NO_COPY):
             return False
         kind = stanza.type or "normal"
-        if kind not in ("chat", "normal"):
+        if kind not in ("chat", "normal", "error"):
             return False
-        if not sent and self._from_muc(stanza):
-            return False
-        return kind == "chat" or hints.carries_conversation(message)
+        muc_user = message.find(MUC_USER)
+        if muc_user is not None and muc_user.find(INVITE) is not None:
+            return kind == "normal"                    # a mediated invitation
+        if not sent and (muc_user is not None or self._from_muc(stanza)):
+            return False                               # from a room or an occupant: the room copies it
+        if kind == "error":
+            return not sent
+        return kind == "chat" or hints.carries_conversation(message) or any(
+            hints.namespace_of(child) == NS_CHAT_STATES for child in message)
 
     def _from_muc(self, stanza: Stanza) -> bool:
-        """Sent by a room or an occupant: a MUC domain of ours, or a MUC payload."""
-        if stanza.element.find(f"{{{hints.NS_MUC_USER}}}x") is not None:
-            return True
+        """Sent by a room or an occupant of a MUC domain of ours."""
         host = self.server.hosts.get(stanza.from_.domain)
         return host is not None and host.is_component and any(
             category == "conference" for category, _, _ in host.identities)

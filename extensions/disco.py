@@ -1,16 +1,24 @@
-"""XEP-0030 Service Discovery, with XEP-0128 forms.
+"""XEP-0030 Service Discovery, with XEP-0128 forms, and the server's XEP-0115 entity
+capabilities in the stream features (section 6.3).
 
 The features and identities come from the extensions loaded on each host (and, for an
 account's bare JID, their `account_features`); no extension edits a reply by hand.
 Answers disco#info and disco#items sent to a host, a component and an account. Items of
-a host are its components (conference.<domain>, upload.<domain>, ...).
+a host are its components (conference.<domain>, upload.<domain>, ...). The host's caps
+'ver' is the hash of its disco#info (XEP-0115 section 5.1), kept until an extension
+loads; disco#info to the node '<CAPS_NODE>#<ver>' answers as disco#info to the host.
+
+Hooks: extension-loaded (forgets the caps 'ver').
 """
-from xmppd.extension import Extension, iq_handler
+from xmppd.caps import NS_CAPS, verification_string
+from xmppd.extension import Extension, hook, iq_handler
 from xmppd.protocol.errors import ItemNotFound, ServiceUnavailable
 from xmppd.protocol.stanza import make_element, sub_element
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+CAPS_NODE = "https://pypi.org/project/xmppd"     # XEP-0115 section 4: a URI naming the software
+CAPS_HASH = "sha-1"                                # what every client verifies (XEP-0115 section 5.4)
 
 
 def info_element(identities, features, forms=(), node=None):
@@ -28,18 +36,39 @@ class Disco(Extension):
     xeps = {30: "2.5rc3", 128: "1.0"}
     features = [NS_DISCO_INFO, NS_DISCO_ITEMS]
 
+    def __init__(self, host, options):
+        super().__init__(host, options)
+        self._caps_ver: str | None = None
+
     @property
     def _host_identities(self):
         if self.host.is_component:
             return self.host.identities
         return [("server", "im", "xmppd"), *self.host.identities]
 
+    def _host_info(self, node=None):
+        forms = [form for extension in self.host.extensions.values() for form in extension.disco_forms()]
+        return info_element(self._host_identities, self.host.features, forms, node=node)
+
+    @property
+    def caps_ver(self) -> str:
+        if self._caps_ver is None:
+            self._caps_ver = verification_string(self._host_info(), CAPS_HASH)
+        return self._caps_ver
+
+    @hook("extension-loaded")
+    async def forget_caps(self, extension) -> None:
+        self._caps_ver = None
+
+    def stream_features(self, authenticated: bool) -> list[bytes]:
+        return [f"<c xmlns='{NS_CAPS}' hash='{CAPS_HASH}' node='{CAPS_NODE}' ver='{self.caps_ver}'/>".encode()]
+
     @iq_handler("get", NS_DISCO_INFO, "query", to=("host",), priority=-1)
     async def host_info(self, iq):
-        if iq.element[0].get("node"):
+        node = iq.element[0].get("node")
+        if node and node != f"{CAPS_NODE}#{self.caps_ver}":
             raise ItemNotFound()
-        forms = [form for extension in self.host.extensions.values() for form in extension.disco_forms()]
-        return info_element(self._host_identities, self.host.features, forms)
+        return self._host_info(node)
 
     @iq_handler("get", NS_DISCO_ITEMS, "query", to=("host",), priority=-1)
     async def host_items(self, iq):

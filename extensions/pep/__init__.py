@@ -10,7 +10,8 @@ and to explicit subscribers (an open node lets anyone subscribe: OMEMO device li
 A resource that comes online, or whose caps show a new interest, gets the last item of
 each node it is interested in. The account's bare JID answers disco#info with the
 pubsub/pep identity and the pubsub features OMEMO clients look for, and disco#items
-with the nodes the requester may see.
+with the nodes the requester may see. The owner names the members of a whitelist node
+with <affiliations/> (XEP-0060 8.9, extensions/pubsub/affiliations.py).
 
 Other extensions publish and read through `publish`, `retract`, `items` and `delete`.
 
@@ -41,6 +42,7 @@ from xmppd import forms
 from xmppd.extension import PASS, Extension, hook, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
 from xmppd.extensions.presence import HAS_FROM, HAS_TO, parse_priority
+from xmppd.extensions.pubsub import affiliations
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
@@ -68,7 +70,7 @@ ACCOUNTS_COUNTED = 1000                # accounts whose stored bytes per node ar
 PUBSUB_FEATURES = [f"{NS_PUBSUB}#{name}" for name in (
     "access-open", "access-presence", "access-roster", "access-whitelist", "auto-create", "auto-subscribe",
     "config-node", "config-node-max", "create-and-configure", "create-nodes", "delete-items", "delete-nodes",
-    "filtered-notifications", "item-ids", "last-published", "meta-data", "persistent-items",
+    "filtered-notifications", "item-ids", "last-published", "meta-data", "modify-affiliations", "persistent-items",
     "presence-notifications", "presence-subscribe", "publish", "publish-options", "purge-nodes",
     "retract-items", "retrieve-default", "retrieve-items", "retrieve-subscriptions", "subscribe")]
 
@@ -105,8 +107,10 @@ class SessionInterest:
 class PersonalEventing(Extension):
     xeps = {60: "1.26.0", 115: "1.6.0", 163: "1.2.2", 223: "1.1.1"}
     depends = ["disco"]
+    # COMPAT: Smack looks for them on the server's domain too (OMEMO for pubsub, XEP-0373
+    # secret key backups for access-whitelist), as ejabberd lists them.
+    features = account_features = [NS_PUBSUB, *PUBSUB_FEATURES]
     account_identities = [("pubsub", "pep", None)]
-    account_features = [NS_PUBSUB, *PUBSUB_FEATURES]
 
     @dataclass(frozen=True)
     class Options:
@@ -404,7 +408,7 @@ class PersonalEventing(Extension):
     @iq_handler("get", NS_PUBSUB_OWNER, "pubsub", to=("self", "bare"))
     async def owner_get(self, iq):
         owner = await self._service(iq, owner_only=True)
-        action = self._owner_action(iq, ("configure", "default"))
+        action = self._owner_action(iq, ("configure", "default", "affiliations"))
         answer = make_element(OWNER)
         if etree.QName(action).localname == "default":
             form = forms.build("form", form_type=nodes.NODE_CONFIG,
@@ -415,6 +419,8 @@ class PersonalEventing(Extension):
         config = await self.store.get_node(str(owner), node)
         if config is None:
             raise ItemNotFound()
+        if etree.QName(action).localname == "affiliations":
+            return affiliations.listing(node, {str(owner): "owner", **config.get("affiliations", {})})
         form = forms.build("form", form_type=nodes.NODE_CONFIG,
                            fields=nodes.config_fields(config, self.options.max_items))
         sub_element(answer, f"{{{NS_PUBSUB_OWNER}}}configure", {"node": node}).append(form)
@@ -423,7 +429,7 @@ class PersonalEventing(Extension):
     @iq_handler("set", NS_PUBSUB_OWNER, "pubsub", to=("self", "bare"))
     async def owner_set(self, iq):
         owner = await self._service(iq, owner_only=True)
-        action = self._owner_action(iq, ("configure", "delete", "purge"))
+        action = self._owner_action(iq, ("configure", "delete", "purge", "affiliations"))
         node = self._node_of(action)
         name = etree.QName(action).localname
         if name == "delete":
@@ -431,6 +437,8 @@ class PersonalEventing(Extension):
                 raise ItemNotFound()
         elif name == "purge":
             await self._purge(owner, node)
+        elif name == "affiliations":
+            await self._set_affiliations(owner, node, affiliations.read_changes(action, ("member", "none")))
         else:
             await self._configure(owner, node, action)
         return None
@@ -460,6 +468,15 @@ class PersonalEventing(Extension):
             for stale in (await self.store.get_items(str(owner), node))[keep:]:
                 await self.store.retract(str(owner), node, stale.id)
             await self._recount(owner, node)
+
+    async def _set_affiliations(self, owner: JID, node: str, changes: dict[str, str]) -> None:
+        """The whitelist of a node (XEP-0060 8.9): its members."""
+        async with self.lock(str(owner)):
+            config = await self.store.get_node(str(owner), node)
+            if config is None:
+                raise ItemNotFound()
+            config["affiliations"] = affiliations.changed(config, changes)
+            await self.store.set_node(str(owner), node, config)
 
     async def _purge(self, owner: JID, node: str) -> None:
         async with self.lock(str(owner)):
@@ -536,6 +553,8 @@ class PersonalEventing(Extension):
             if item is not None and set(item.groups) & set(config.get("roster_groups_allowed") or ()):
                 return None
             return pubsub_error(NotAuthorized, "not-in-roster-group")
+        if affiliations.affiliation_of(config, requester) in affiliations.WHITELISTED:
+            return None
         return pubsub_error(NotAllowed, "closed-node")
 
     # ------------------------------------------------------------- notifications

@@ -10,6 +10,7 @@ from tests.support.server import XmppdProcess
 from xmppd.client import DEFAULT_PLUGINS, Client
 
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +107,17 @@ async def test_a_message_to_another_own_resource_is_copied_once(server):
         await user.logout()
 
 
+# XEP-0280 section 6.1, the rules that 'urn:xmpp:carbons:rules:0' stands for.
 @pytest.mark.parametrize("type_,payload,copied", [
     ("chat", f"<active xmlns='{NS_CHATSTATES}'/>", True),                 # XEP-0280 9.2: on purpose
     ("normal", "<body>a note</body>", True),
-    ("normal", f"<composing xmlns='{NS_CHATSTATES}'/>", False),
+    ("normal", f"<composing xmlns='{NS_CHATSTATES}'/>", True),            # XEP-0085 payload
+    ("normal", "<received xmlns='urn:xmpp:receipts' id='r1'/>", True),    # XEP-0184 payload
+    ("normal", "<displayed xmlns='urn:xmpp:chat-markers:0' id='r1'/>", True),
+    ("normal", "<x xmlns='jabber:x:conference' jid='room@conference.localhost'/>", True),   # XEP-0249
+    ("normal", "<subject>no body</subject>", False),
     ("headline", "<body>news</body>", False),
+    ("chat", f"<x xmlns='{NS_MUC_USER}'/>", True),                        # an outgoing MUC private message
 ])
 async def test_which_messages_are_copied(server, type_, payload, copied):
     alice, bob = await new_account(server), await new_account(server)
@@ -152,6 +159,33 @@ async def test_private_messages_from_a_room_are_not_copied(server):
     await round_trip(a2)
     assert carbons_of(a2, "received") == []
     for user in (owner, a1, a2):
+        await user.logout()
+
+
+async def test_a_mediated_invitation_from_a_room_is_copied(server):
+    owner = await new_user(server)
+    room = await create_room(owner)
+    alice = await new_account(server)
+    main = await connect(server, alice, "main", priority=5)
+    other = await connect(server, alice, "other", priority=1, carbons=True)
+    send(owner, room, f"<x xmlns='{NS_MUC_USER}'><invite to='{alice}'/></x>", type_="normal")
+    invitation = await main.inbox.wait(lambda s: s.get("from") == room and s.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite") is not None)
+    copy = await other.inbox.wait(carbon("received", invitation.get("id")))
+    assert forwarded(copy).find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite") is not None
+    for user in (owner, main, other):
+        await user.logout()
+
+
+async def test_an_error_bounced_to_one_resource_is_copied_to_the_others(server):
+    """XEP-0280 6.1: an error in answer to an eligible message is eligible itself."""
+    alice = await new_account(server)
+    a1 = await connect(server, alice, "a1")
+    a2 = await connect(server, alice, "a2", carbons=True)
+    msg = send(a1, "nobody@localhost", body="anyone there?")
+    await a1.inbox.wait(error_to(msg))
+    copy = await a2.inbox.wait(carbon("received", msg))
+    assert forwarded(copy).get("type") == "error"
+    for user in (a1, a2):
         await user.logout()
 
 

@@ -238,15 +238,7 @@ def test_example_shows_the_real_defaults():
 
 async def test_example_config_starts(tmp_path):
     """The example as deployed, but with a scratch data dir and free loopback ports."""
-    process = XmppdProcess(tmp_path)
-    text = EXAMPLE.read_text().replace('data_dir = "/var/lib/xmppd"', f'data_dir = "{tmp_path / "data"}"')
-    text = text.replace('interfaces = ["0.0.0.0", "::"]', 'interfaces = ["127.0.0.1"]')
-    text = text.replace("#port = 5222", f"port = {process.port}")
-    text = text.replace("#direct_tls_port = 5223", f"direct_tls_port = {process.tls_port}")
-    text = text.replace("#port = 5280", f"port = {process.http_port}")
-    text = text.replace("#tls_port = 5443", f"tls_port = {process.https_port}")
-    process.config_path.write_text(text)
-    process.domain = "example.org"
+    process = XmppdProcess(tmp_path).use_example_config()
     process.start()
     try:
         jid = process.adduser(unique("example"), "pencil12")

@@ -60,6 +60,21 @@ class XmppdProcess:
         self.process: subprocess.Popen | None = None
         self.output: list[str] = []
 
+    def use_example_config(self, edit=lambda text: text) -> "XmppdProcess":
+        """Run with conf/xmppd.toml as deployed (domain example.org), changed by `edit`,
+        but with this process's data dir and free loopback ports."""
+        example = Path(__file__).resolve().parents[2] / "conf" / "xmppd.toml"
+        text = edit(example.read_text()).replace('data_dir = "/var/lib/xmppd"',
+                                                 f'data_dir = "{self.directory / "data"}"')
+        text = text.replace('interfaces = ["0.0.0.0", "::"]', 'interfaces = ["127.0.0.1"]')
+        text = text.replace("#port = 5222", f"port = {self.port}")
+        text = text.replace("#direct_tls_port = 5223", f"direct_tls_port = {self.tls_port}")
+        text = text.replace("#port = 5280", f"port = {self.http_port}")
+        text = text.replace("#tls_port = 5443", f"tls_port = {self.https_port}")
+        self.config_path.write_text(text)
+        self.domain = "example.org"
+        return self
+
     @property
     def log(self) -> str:
         return "".join(self.output)

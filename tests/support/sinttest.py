@@ -3,7 +3,10 @@ Interop Testing project) run against a real xmppd.
 
 1. ``resolve_sinttest()`` resolves ``org.igniterealtime.smack:smack-integration-test``
    and its runtime jars from Maven Central once (``tests/support/sinttest/pom.xml``,
-   cached by tests/support/maven.py under ``~/.cache/xmppd/sinttest-<version>``).
+   cached by tests/support/maven.py under ``~/.cache/xmppd/sinttest-<version>``);
+   with ``omemo=True`` also Smack's OMEMO implementation (``sinttest-omemo-<version>``),
+   which ``OmemoSignalSinttest.java`` registers before it starts the framework: without
+   it the suite's OMEMO classes are impossible ("No OmemoService registered").
 2. ``sinttest_server(directory)`` makes an XmppdProcess that sinttest can reach: the
    framework has no port setting and always connects to port 5222, so the server
    listens on 5222 of an address of its own in 127.0.0.0/8 (plain text, which xmppd
@@ -16,7 +19,7 @@ Interop Testing project) run against a real xmppd.
    test classes that were impossible as a whole.
 
 ``python -m tests.support.sinttest [TestClass ...]`` runs the whole suite (or those
-classes) and prints the results per class.
+classes) and prints the results per class (``XMPPD_SINTTEST_OMEMO=1``: with OMEMO).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from tests.support.server import XmppdProcess
 SMACK_VERSION = os.environ.get("XMPPD_SINTTEST_VERSION", "4.5.0-beta5")
 POM = Path(__file__).with_name("sinttest") / "pom.xml"
 MAIN = "org.igniterealtime.smack.inttest.SmackIntegrationTestFramework"
+OMEMO_MAIN = Path(__file__).with_name("sinttest") / "OmemoSignalSinttest.java"     # run as source
 XMPP_PORT = 5222                # fixed in sinttest: its configuration has no port
 ADMIN = ("admin", "sinttest-admin")
 # xmppd speaks XMPP over TCP only: the WebSocket connection types of the suite's
@@ -119,7 +123,11 @@ def _name(test: str, connection: str) -> str:
     return test if connection == "Normal" else f"{test} [{connection}]"
 
 
-def resolve_sinttest(version: str = SMACK_VERSION) -> Path:
+def resolve_sinttest(version: str = SMACK_VERSION, *, omemo: bool = False) -> Path:
+    if omemo:
+        lib, _ = resolve_jars(POM, cache_root() / f"sinttest-omemo-{version}",
+                              f"smack-omemo-signal-{version}.jar", {"smack.version": version, "omemo": "true"})
+        return lib
     lib, _ = resolve_jars(POM, cache_root() / f"sinttest-{version}",
                           f"smack-integration-test-{version}.jar", {"smack.version": version})
     return lib
@@ -151,10 +159,11 @@ def sinttest_server(directory: Path, extra_config: str = "") -> tuple[XmppdProce
 
 def run_sinttest(server: XmppdProcess, address: str, *, enabled: tuple[str, ...] = (),
                  disabled: tuple[str, ...] = (), reply_timeout_ms: int = 5000,
-                 timeout: float = 1800.0, debug: bool = False) -> SinttestRun:
+                 timeout: float = 1800.0, debug: bool = False, omemo: bool = False) -> SinttestRun:
     """Run the suite (the `enabled` test classes or Class.method names only, if given)
-    against a started `server`; creates the host admin the suite makes accounts with."""
-    lib = resolve_sinttest()
+    against a started `server`; creates the host admin the suite makes accounts with.
+    `omemo`: with Smack's OMEMO service registered (for the OMEMO classes)."""
+    lib = resolve_sinttest(omemo=omemo)
     try:
         server.adduser(*ADMIN)
     except ValueError:
@@ -175,7 +184,7 @@ def run_sinttest(server: XmppdProcess, address: str, *, enabled: tuple[str, ...]
     command = ["java", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                f"-Djava.util.logging.SimpleFormatter.format={_LOG_FORMAT}",
                *(f"-Dsinttest.{key}={value}" for key, value in properties.items()),
-               "-cp", f"{lib}/*", MAIN]
+               "-cp", f"{lib}/*", str(OMEMO_MAIN) if omemo else MAIN]
     began = time.monotonic()
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -201,7 +210,8 @@ def main(argv: list[str]) -> None:
         try:
             run = run_sinttest(server, address, enabled=enabled,
                                reply_timeout_ms=int(os.environ.get("XMPPD_SINTTEST_TIMEOUT_MS", "5000")),
-                               debug=bool(os.environ.get("XMPPD_SINTTEST_DEBUG")))
+                               debug=bool(os.environ.get("XMPPD_SINTTEST_DEBUG")),
+                               omemo=bool(os.environ.get("XMPPD_SINTTEST_OMEMO")))
         finally:
             server.stop()
             log = os.environ.get("XMPPD_SINTTEST_LOG")
