@@ -48,12 +48,13 @@ from xmppd.locks import KeyedLocks
 from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
                                    NotAcceptable, NotAllowed, NotAuthorized, PolicyViolation, ServiceUnavailable,
                                    StanzaError, UnexpectedRequest)
+from xmppd.caps import verification_string
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import IQ, MESSAGE, delay_element, from_storage, make_element, sub_element, to_storage
 from xmppd.storage.interfaces import PubSubItem, RosterItem
 
 from . import nodes
-from .caps import CapsCache, caps_of, features_of, interests, verification_string
+from .caps import CapsCache, caps_of, features_of, interests
 from .nodes import NS_PUBSUB, pubsub_error
 
 NS_PUBSUB_OWNER = "http://jabber.org/protocol/pubsub#owner"

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 from lxml import etree
 
-from xmppd.caps import NS_CAPS, NS_DISCO_INFO, verification_string  # noqa: F401  (shared with disco.py)
+from xmppd.caps import NS_CAPS, NS_DISCO_INFO
 
 CAPS = f"{{{NS_CAPS}}}c"
 NOTIFY = "+notify"

@@ -348,7 +348,7 @@ class PubSubService(Extension):
 
     async def _items(self, iq, request):
         node = _node_of(request)
-        config = await self._readable_node(node, iq.from_)
+        await self._readable_node(node, iq.from_)
         ids = [item.get("id") for item in request.findall(ITEM) if item.get("id")]
         limit = request.get("max_items")
         if limit is not None and (not limit.isdigit() or int(limit) < 1):
