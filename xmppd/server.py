@@ -115,9 +115,10 @@ class Server:
             self._listeners.append(await asyncio.start_server(
                 lambda r, w: self._accept(r, w, direct_tls=False), interface, c2s.port, reuse_address=True))
             if c2s.direct_tls_port:                 # the handshake is in _accept: counted like the rest
-                self._listeners.append(await asyncio.start_server(
-                    lambda r, w: self._accept(r, w, direct_tls=True), interface, c2s.direct_tls_port,
-                    reuse_address=True))
+                loop = asyncio.get_running_loop()
+                self._listeners.append(await loop.create_server(
+                    lambda: PausedAtStart(asyncio.StreamReader(), lambda r, w: self._accept(r, w, direct_tls=True)),
+                    interface, c2s.direct_tls_port, reuse_address=True))
         await self.admin.start()
         for host in list(self.hosts.values()):
             await host.bus.notify("server-started", self)
@@ -302,6 +303,16 @@ def make_data_dir(path) -> None:
     except FileExistsError:
         if path.stat().st_mode & 0o007:
             log.warning("event=data-dir-not-private path=%s fix='chmod o-rwx %s'", path, path)
+
+
+class PausedAtStart(asyncio.StreamReaderProtocol):
+    """A direct TLS connection reads nothing until the TLS layer takes it over in
+    _accept: a ClientHello read meanwhile by the plain reader (uvloop reads at once)
+    would never reach the handshake, which would then hang."""
+
+    def connection_made(self, transport) -> None:
+        transport.pause_reading()
+        super().connection_made(transport)
 
 
 class _Handshake:

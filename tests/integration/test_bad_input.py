@@ -257,13 +257,13 @@ async def test_300_authenticated_sessions_from_one_address(make_xmppd):
     """Issue 13 item 4: the 101st device behind one NAT address was refused."""
     raise_open_file_limit(4096)
     server = make_xmppd().start()
-    users = create_accounts(server, [unique() for _ in range(10)], "pencil")
+    users = create_accounts(server, [unique() for _ in range(30)], "pencil")    # ten devices each
     gate = asyncio.Semaphore(20)
 
     async def login(n):
         async with gate:
             return await RawClient(source="127.0.0.7").login(
-                server.port, users[n % 10].split("@")[0], "pencil", resource=f"device{n}")
+                server.port, users[n % 30].split("@")[0], "pencil", resource=f"device{n}")
     sessions = await asyncio.wait_for(asyncio.gather(*(login(n) for n in range(300))), 180)
     assert len({raw.jid for raw in sessions}) == 300
     await assert_still_served(sessions[0], server)

@@ -3,6 +3,8 @@
 start-up: login, roster subscriptions, offline messages, the users' archive and a
 room's archive with paging, and a persistent room across a restart. What the server
 says is checked, and so is what it left in Cassandra."""
+import asyncio
+
 import pytest
 
 from tests.support.cassandra import new_keyspace, open_keyspace, xmppd_storage_config
@@ -83,8 +85,10 @@ async def test_cassandra_offline_messages_are_delivered_in_order(users, login, s
     b = await login(bob)
     received = [await b.inbox.wait(message(from_=a.jid, body=body)) for body in said]
     assert all(m.find(f"{{{NS_DELAY}}}delay") is not None for m in received)
-    await round_trip(b)
-    assert await stored.archive("offline").count(bob) == 0
+    async def emptied():                        # the delivered messages are deleted after they went out
+        while await stored.archive("offline").count(bob):
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(emptied(), 10)
 
 
 async def test_cassandra_user_archive_paging(users, login, stored):

@@ -153,7 +153,7 @@ async def test_repeated_cuts_during_a_drain_with_resumption_lose_and_repeat_noth
         phone, _ = await authenticated(server, user)
         await phone.send(f"<resume xmlns='{NS_SM}' previd='{sm_id}' h='{reader.handled}'/>")
         await phone.expect(r"<resumed [^>]*/>")
-        reader = StanzaStream(phone, handled=reader.handled, chunk=4096, message_ids=reader.message_ids)
+        reader = StanzaStream(phone, chunk=4096, resumed=reader)
     assert cuts >= 5
     await reader.ping("done")
     assert_all_once(reader.message_ids, "c", count)

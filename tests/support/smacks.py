@@ -92,15 +92,19 @@ class StanzaStream:
     `pace` seconds, with a small socket receive buffer (the server's output backs up)."""
 
     def __init__(self, client: RawClient, handled: int = 0, *, chunk: int = 65536, pace: float = 0.0,
-                 message_ids: list[str] | None = None):
+                 resumed: "StanzaStream | None" = None):
+        """With `resumed`, the stream this one resumes: its counts and what it saw go on."""
         self.client = client
-        self.handled = handled
+        self.handled = resumed.handled if resumed else handled
         self.chunk = chunk
         self.pace = pace
-        self.message_ids: list[str] = [] if message_ids is None else message_ids
+        self.message_ids: list[str] = resumed.message_ids if resumed else []
+        self.arrivals: list[tuple[str, int]] = resumed.arrivals if resumed else []   # (message id, its 'h')
         self.iqs: dict[str, etree._Element] = {}         # the iqs received, by id
         self.archived_ids: list[str] = []                  # of the messages in XEP-0313 results
         self.errors: dict[str, str] = {}                   # message id -> the error's condition
+        self.acked = self.handled                          # the last 'h' sent to the server
+        self.confirmed = self.handled                      # the last 'h' it surely had (a round trip after it)
         self.parser = etree.XMLPullParser(events=("start", "end"), resolve_entities=False)
         self.parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
         self.depth = 0
@@ -130,8 +134,10 @@ class StanzaStream:
 
     async def request(self, iq: str, iq_id: str, timeout: float = 30) -> etree._Element:
         """Send an iq; its answer, once read (with everything sent before it)."""
+        acked = self.acked
         await self.client.send(iq)
         await self.until(lambda: iq_id in self.iqs, timeout)
+        self.confirmed = max(self.confirmed, acked)
         return self.iqs[iq_id]
 
     async def until(self, done, timeout: float) -> None:
@@ -161,10 +167,12 @@ class StanzaStream:
                     self.errors[element.get("id")] = etree.QName(condition).localname if condition is not None else ""
                 elif element.tag == MESSAGE and element.get("id"):
                     self.message_ids.append(element.get("id"))
+                    self.arrivals.append((element.get("id"), self.handled))
                 elif element.tag == IQ:
                     self.iqs[element.get("id")] = element
             elif element.tag == f"{{{NS_SM}}}r":
                 answers.append(f"<a xmlns='{NS_SM}' h='{self.handled % 2 ** 32}'/>")
+                self.acked = self.handled
             element.getparent().remove(element)
         if answers:
             self.client.writer.write("".join(answers).encode())

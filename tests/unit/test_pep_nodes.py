@@ -3,7 +3,8 @@ configuration and XEP-0223 preconditions."""
 import pytest
 from lxml import etree
 
-from xmppd.extensions.pep import caps, nodes
+from xmppd import caps
+from xmppd.extensions.pep import nodes
 from xmppd.protocol.errors import Conflict, NotAcceptable
 
 DISCO = "http://jabber.org/protocol/disco#info"
