@@ -106,7 +106,7 @@ class Backlog(Extension):
         if self._all_asleep(stanza.to.local):
             return await self.host.bus.fire("message/offline/store", stanza)
         if any(self.lengths[str(s.jid)] >= self.options.max_messages_per_resource for s in waiting):
-            self.server.metrics.count(LIMIT_REACHED, "extensions.backlog.max_messages_per_resource")
+            self.limit_reached("max_messages_per_resource")
             raise ResourceConstraint(text="too many messages wait for the recipient")
         for session in recipients:
             if session in waiting:

@@ -100,14 +100,14 @@ class OfflineMessages(Extension):
                 await self.pending.settled(key)
                 length = await self.store.count(key)
             if length >= self.options.max_messages_per_user:
-                self.server.metrics.count(LIMIT_REACHED, "extensions.offline.max_messages_per_user")
+                self.limit_reached("max_messages_per_user")
                 raise ServiceUnavailable(text="the recipient's offline storage is full")
             sender = str(stanza.from_.bare)
             from_sender = self.sender_lengths.setdefault(key, {}).get(sender)
             if from_sender is None:
                 from_sender = (await self.store.query(key, ArchiveQuery(with_=sender, max=0))).count or 0
             if from_sender >= self.options.max_messages_per_sender:
-                self.server.metrics.count(LIMIT_REACHED, "extensions.offline.max_messages_per_sender")
+                self.limit_reached("max_messages_per_sender")
                 raise ServiceUnavailable(text="the recipient's offline storage holds too many of your messages")
             # The id fixes the message's place in the queue; the commit runs on while the
             # sender's next stanza is routed, and the sender's ack waits for it.

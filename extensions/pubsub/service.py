@@ -511,7 +511,7 @@ class PubSubService(Extension):
             raise NotAllowed(text=f"this node has {len(subscribers)} subscriptions, the most it may have")
 
     def _limit_reached(self, option: str) -> None:
-        self.server.metrics.count(LIMIT_REACHED, f"extensions.pubsub.{option}")
+        self.limit_reached(option)
 
     # ------------------------------------------------------------- notifications
 

@@ -111,14 +111,14 @@ class UploadWeb:
         if request.content_length != upload.size:
             raise Refused(400, f"Content-Length must be the slot's size, {upload.size}")
         if upload.size > self.upload.options.max_file_size:
-            self.upload.server.metrics.count(LIMIT_REACHED, "upload.max_file_size")
+            self.upload.limit_reached("max_file_size")
             raise Refused(413, "The file is larger than this server takes")
         if upload.content_type and _media_type(request.headers.get("Content-Type", "")) != _media_type(
                 upload.content_type):
             raise Refused(415, f"Content-Type must be the slot's, {upload.content_type}")
         used, _ = await self.upload.usage(upload.owner, now, with_open_slots=False, exclude=upload.id)
         if self.upload.is_over_quota(used, upload.size):
-            self.upload.server.metrics.count(LIMIT_REACHED, "upload.quota_per_user")
+            self.upload.limit_reached("quota_per_user")
             raise Refused(507, "The quota of this account is used up")
         return upload
 

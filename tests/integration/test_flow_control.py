@@ -199,7 +199,6 @@ async def test_a_client_that_never_reads_holds_bounded_memory_then_is_let_go(mak
     is dropped after ack_timeout and its session ends after resume_timeout. Either way
     its messages then go to offline storage: all of them with XEP-0198, all but what
     was written before its output backed up without."""
-    from tests.support.limits import limit_reached
     server = make_xmppd(CONFIG + "[extensions.smacks]\nack_timeout = 3\nresume_timeout = 3\n",
                         c2s_section="stall_timeout = 10").start()
     alice, bob = create_accounts(server, [unique("fast"), unique("deaf")])
@@ -225,7 +224,7 @@ async def test_a_client_that_never_reads_holds_bounded_memory_then_is_let_go(mak
         await sender.send(f"<r xmlns='{NS_SM}'/>")
     grown = rss_kib(server.process.pid) - before
     assert grown < 24 * 1024, f"server RSS grew by {grown // 1024} MiB for 40 MB the client never read"
-    assert await limit_reached(server, "c2s.max_held_bytes") > 0
+    assert await server.limit_reached("c2s.max_held_bytes") > 0
 
     await server.wait_for_log("event=ack-timeout" if managed else "event=stalled", timeout=60)
     await server.wait_for_log(f"event=session-ended jid={bob}/deaf" if not managed
@@ -246,7 +245,6 @@ async def test_a_client_that_never_reads_holds_bounded_memory_then_is_let_go(mak
 
 
 async def test_a_backlog_is_bounded_and_the_sender_told(make_xmppd):
-    from tests.support.limits import limit_reached
     server = make_xmppd(CONFIG + "[extensions.backlog]\nmax_messages_per_resource = 20\n"
                         "[extensions.smacks]\nwindow = 5\n").start()
     alice, bob = create_accounts(server, [unique("fast"), unique("slow")])
@@ -259,13 +257,12 @@ async def test_a_backlog_is_bounded_and_the_sender_told(make_xmppd):
     await errors.ping("done")
     # Four went out (the window holds the presence echo too), twenty wait, the rest are refused.
     assert errors.errors == {f"b{n}": "resource-constraint" for n in range(24, 40)}
-    assert await limit_reached(server, "extensions.backlog.max_messages_per_resource") == 16
+    assert await server.limit_reached("extensions.backlog.max_messages_per_resource") == 16
     await phone.close()
     await sender.close()
 
 
 async def test_one_stranger_cannot_fill_an_offline_queue(make_xmppd):
-    from tests.support.limits import limit_reached
     server = make_xmppd("[extensions.offline]\nmax_messages_per_sender = 10\n").start()
     stranger, friend, bob = create_accounts(server, [unique("stranger"), unique("friend"), unique("away")])
     flooder = await sender_of(server, stranger)
@@ -276,7 +273,7 @@ async def test_one_stranger_cannot_fill_an_offline_queue(make_xmppd):
     assert errors.errors == {f"s{n}": "service-unavailable" for n in range(10, 15)}
     friendly = await sender_of(server, friend)
     await send_all(friendly, bob, 5, "f")                  # stored: the queue is not full for others
-    assert await limit_reached(server, "extensions.offline.max_messages_per_sender") == 5
+    assert await server.limit_reached("extensions.offline.max_messages_per_sender") == 5
     phone, _ = await managed_login(server, bob.split("@")[0], "phone", presence=False)
     await phone.send("<presence/>")
     reader = StanzaStream(phone)

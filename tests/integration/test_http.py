@@ -21,7 +21,6 @@ from tests.support.accounts import create_accounts
 from tests.support.inbox import online
 from tests.support.server import XmppdProcess
 from tests.support.upload import download, http, put, request_slot, upload
-from tests.integration.test_observability import parse_exposition
 
 TIMEOUT = 10.0
 SERVICE = "upload.localhost"
@@ -116,12 +115,6 @@ async def served(address: str, port: int, tls: bool = False, timeout: float = TI
     return False
 
 
-async def limit_count(server, limit: str) -> float:
-    async with http() as session:
-        async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
-            samples = parse_exposition(await response.text())
-    return samples.get(("xmppd_limit_reached_total", (("limit", limit),)), 0.0)
-
 
 def close_all(connections) -> None:
     for _, writer in connections:
@@ -131,7 +124,7 @@ def close_all(connections) -> None:
 # ------------------------------------------------------------------ head timeout
 
 async def test_half_sent_requests_are_closed_after_the_head_timeout(fast):
-    before = await limit_count(fast, "http.head_timeout")
+    before = await fast.limit_reached("http.head_timeout")
     connections = [await open_from("127.0.0.11", fast.http_port) for _ in range(20)]
     for _, writer in connections:
         writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")     # never finished
@@ -141,7 +134,7 @@ async def test_half_sent_requests_are_closed_after_the_head_timeout(fast):
     close_all(connections)
     assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), answers[0]
     assert elapsed < 5.0, f"closed after {elapsed:.1f} s with head_timeout = 1 s"
-    assert await limit_count(fast, "http.head_timeout") - before == 20
+    assert await fast.limit_reached("http.head_timeout") - before == 20
     assert await served("127.0.0.11", fast.http_port)
 
 
@@ -162,10 +155,10 @@ async def test_keep_alive_connections_serve_several_requests(fast):
         assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)).startswith(b"HTTP/1.1 200")
         await asyncio.wait_for(reader.readuntil(b"}"), TIMEOUT)
     # Idle afterwards: closed without a word, and not counted as an attack.
-    before = await limit_count(fast, "http.head_timeout")
+    before = await fast.limit_reached("http.head_timeout")
     assert await until_closed(reader) == b""
     writer.close()
-    assert await limit_count(fast, "http.head_timeout") == before
+    assert await fast.limit_reached("http.head_timeout") == before
 
 
 # ------------------------------------------------------------------ body rate
@@ -188,7 +181,7 @@ async def test_a_trickling_upload_is_cut_and_its_slot_spent(fast):
     is removed with the partial bytes, as after any failed upload; the client asks for a
     new one (XEP-0363 section 6)."""
     client, slot = await slot_for(fast, 100)
-    before = await limit_count(fast, "http.body_timeout")
+    before = await fast.limit_reached("http.body_timeout")
     try:
         reader, writer = await open_from("127.0.0.14", fast.http_port)
         writer.write(put_head(fast, slot, 100))
@@ -206,7 +199,7 @@ async def test_a_trickling_upload_is_cut_and_its_slot_spent(fast):
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert b"min_body_rate" in answer
         assert elapsed < 5.0, f"cut after {elapsed:.1f} s with body_timeout = 1 s"
-        assert await limit_count(fast, "http.body_timeout") - before == 1
+        assert await fast.limit_reached("http.body_timeout") - before == 1
 
         async with http() as session:
             assert (await put(session, slot, b"y" * 100)).status == 404          # the slot is gone
@@ -237,7 +230,7 @@ async def test_a_slow_upload_above_the_minimum_rate_is_taken(fast):
 # ------------------------------------------------------------------ connection caps
 
 async def test_connections_past_the_per_address_cap_are_refused(capped):
-    before = await limit_count(capped, "http.max_connections_per_ip")
+    before = await capped.limit_reached("http.max_connections_per_ip")
     held = [await open_from("127.0.0.21", capped.https_port) for _ in range(2)]     # counted before TLS
     held += [await hold("127.0.0.21", capped.http_port) for _ in range(3)]
     try:
@@ -250,12 +243,12 @@ async def test_connections_past_the_per_address_cap_are_refused(capped):
         assert (await get_health("127.0.0.22", capped.https_port, tls=True)).startswith(b"HTTP/1.1 200")
     finally:
         close_all(held)
-    assert await limit_count(capped, "http.max_connections_per_ip") - before == 2
+    assert await capped.limit_reached("http.max_connections_per_ip") - before == 2
     assert await served("127.0.0.21", capped.http_port)            # the count went down again
 
 
 async def test_connections_past_the_total_cap_are_refused(capped):
-    before = await limit_count(capped, "http.max_connections")
+    before = await capped.limit_reached("http.max_connections")
     held = [await hold(f"127.0.0.{31 + n % 2}", capped.http_port) for n in range(8)]
     try:
         answer = await get_health("127.0.0.33", capped.http_port)
@@ -264,7 +257,7 @@ async def test_connections_past_the_total_cap_are_refused(capped):
         close_all(held)
     assert await served("127.0.0.33", capped.http_port)
     # At least that one (hold() may have met the cap too, while earlier connections closed).
-    assert await limit_count(capped, "http.max_connections") - before >= 1
+    assert await capped.limit_reached("http.max_connections") - before >= 1
 
 
 # ------------------------------------------------------------------ Server header

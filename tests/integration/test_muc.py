@@ -412,7 +412,7 @@ async def test_occupant_presence_to_the_bare_room(server):
         before_ping = await raw.expect(r"(.*?)<iq[^>]*id=.after.")
         assert "<presence" not in before_ping.group(1), before_ping.group(1)
         await raw.send(f"<presence to='{room}'/>")
-        refused = await raw.expect(rf"<presence[^>]*type=.error.[^>]*>(.*?)</presence>")
+        refused = await raw.expect(r"<presence[^>]*type=.error.[^>]*>(.*?)</presence>")
         assert "jid-malformed" in refused.group(1)
     finally:
         await raw.close()

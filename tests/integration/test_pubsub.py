@@ -3,9 +3,7 @@ slixmpp client's xep_0060 plugin (raw stanzas where the plugin hides an error): 
 creation, items, subscriptions and notifications, the owner use cases, access models,
 who may create nodes, and the limits."""
 import asyncio
-import re
 
-import aiohttp
 import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
@@ -253,13 +251,6 @@ async def test_node_creation_is_for_local_users_by_default_and_configurable(make
         await client.logout()
 
 
-async def limit_count(server, limit: str) -> float:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
-            text = await response.text()
-    match = re.search(rf'^xmppd_limit_reached_total{{limit="{re.escape(limit)}"}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
-
 
 async def test_limits_refuse_with_the_xep_errors_and_are_counted(server, online, users):
     alice, bob, carol, dave = users(4)
@@ -272,23 +263,23 @@ async def test_limits_refuse_with_the_xep_errors_and_are_counted(server, online,
     created = [node_name("quota") for _ in range(MAX_NODES)]
     for node in created:
         await pubsub.create_node(SERVICE, node)
-    before = await limit_count(server, "extensions.pubsub.max_nodes_per_user")
+    before = await server.limit_reached("extensions.pubsub.max_nodes_per_user")
     with pytest.raises(IqError) as caught:
         await pubsub.create_node(SERVICE, node_name("quota"))
     assert caught.value.condition == "not-allowed" and "nodes" in caught.value.text
-    assert await limit_count(server, "extensions.pubsub.max_nodes_per_user") == before + 1
+    assert await server.limit_reached("extensions.pubsub.max_nodes_per_user") == before + 1
 
     big = ET.Element("{urn:example:big}blob")
     big.text = "x" * MAX_ITEM_BYTES
     assert await refused(pubsub.publish(SERVICE, created[0], payload=big)) == ("not-acceptable", "payload-too-big")
-    assert await limit_count(server, "extensions.pubsub.max_item_bytes") >= 1
+    assert await server.limit_reached("extensions.pubsub.max_item_bytes") >= 1
 
     for jid in (bob, carol):
         await (await online(jid)).plugin["xep_0060"].subscribe(SERVICE, created[0])
     with pytest.raises(IqError) as caught:
         await (await online(dave)).plugin["xep_0060"].subscribe(SERVICE, created[0])
     assert caught.value.condition == "not-allowed" and "subscriptions" in caught.value.text
-    assert await limit_count(server, "extensions.pubsub.max_subscribers") >= 1
+    assert await server.limit_reached("extensions.pubsub.max_subscribers") >= 1
 
     answer = await owner.plugin["xep_0060"].get_node_config(SERVICE, created[0])
     form = answer["pubsub_owner"]["configure"]["form"]
@@ -310,7 +301,7 @@ async def test_the_service_holds_at_most_max_nodes(make_xmppd, online):
     with pytest.raises(IqError) as caught:
         await second.plugin["xep_0060"].create_node(SERVICE, "c")
     assert caught.value.condition == "not-allowed" and "nodes" in caught.value.text
-    assert await limit_count(small, "extensions.pubsub.max_nodes") == 1
+    assert await small.limit_reached("extensions.pubsub.max_nodes") == 1
     await first.plugin["xep_0060"].delete_node(SERVICE, "a")
     await second.plugin["xep_0060"].create_node(SERVICE, "c")
 

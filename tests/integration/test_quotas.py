@@ -4,8 +4,6 @@ here, so each test stays short), then shows the next request refused with the er
 XEP or RFC names and a <text/> naming the limit, and the refusal counted in
 xmppd_limit_reached_total."""
 import pytest
-
-from tests.support.limits import limit_reached
 from tests.support.messaging import archive, bodies, connect, rsm, send, with_id
 from tests.support.pep import NS_STANZAS, error_of, items_request, publish
 from tests.support.pep import online  # noqa: F401  (fixture)
@@ -58,14 +56,14 @@ def blob(node: str, size: int) -> str:
 async def test_pep_nodes_per_account_are_bounded(server, users, online):
     alice, = users(1)
     owner = await online(alice)
-    before = await limit_reached(server, "extensions.pep.max_nodes")
+    before = await server.limit_reached("extensions.pep.max_nodes")
     for n in range(PEP_MAX_NODES):
         answer = await owner.iq("set", alice, publish(f"urn:example:node{n}", f"<n xmlns='urn:example:node{n}'/>"))
         assert answer.get("type") == "result"
     refused = await owner.iq("set", alice, publish("urn:example:one-more", "<n xmlns='urn:example:one-more'/>"))
     assert error_of(refused) == ("not-allowed", "max-nodes-exceeded")
     assert "extensions.pep.max_nodes" in text_of(refused)
-    assert await limit_reached(server, "extensions.pep.max_nodes") == before + 1
+    assert await server.limit_reached("extensions.pep.max_nodes") == before + 1
     # Deleting a node makes room again.
     delete = "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='urn:example:node0'/></pubsub>"
     assert (await owner.iq("set", alice, delete)).get("type") == "result"
@@ -77,12 +75,12 @@ async def test_pep_payload_size_is_bounded(server, users, online):
     alice, = users(1)
     owner = await online(alice)
     node = "urn:example:big"
-    before = await limit_reached(server, "extensions.pep.max_item_bytes")
+    before = await server.limit_reached("extensions.pep.max_item_bytes")
     assert (await owner.iq("set", alice, publish(node, blob(node, PEP_MAX_ITEM_BYTES)))).get("type") == "result"
     refused = await owner.iq("set", alice, publish(node, blob(node, PEP_MAX_ITEM_BYTES + 1)))
     assert error_of(refused) == ("not-acceptable", "payload-too-big")
     assert "extensions.pep.max_item_bytes" in text_of(refused)
-    assert await limit_reached(server, "extensions.pep.max_item_bytes") == before + 1
+    assert await server.limit_reached("extensions.pep.max_item_bytes") == before + 1
 
 
 async def test_pep_bytes_per_account_are_bounded(server, users, online):
@@ -91,14 +89,14 @@ async def test_pep_bytes_per_account_are_bounded(server, users, online):
     alice, = users(1)
     owner = await online(alice)
     node, size = "urn:example:fill", 1000
-    before = await limit_reached(server, "extensions.pep.max_bytes_per_account")
+    before = await server.limit_reached("extensions.pep.max_bytes_per_account")
     for n in range(PEP_MAX_BYTES // size):
         answer = await owner.iq("set", alice, publish(node, blob(node, size), f"i{n}", max_items="max"))
         assert answer.get("type") == "result", n
     refused = await owner.iq("set", alice, publish("urn:example:other", blob("urn:example:other", size)))
     assert error_of(refused)[0] == "policy-violation"
     assert "extensions.pep.max_bytes_per_account" in text_of(refused)
-    assert await limit_reached(server, "extensions.pep.max_bytes_per_account") == before + 1
+    assert await server.limit_reached("extensions.pep.max_bytes_per_account") == before + 1
     # The same id replaces its item: no more bytes than before.
     assert (await owner.iq("set", alice, publish(node, blob(node, size), "i0", max_items="max"))).get("type") == "result"
     retract = f"<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='{node}'><item id='i1'/></retract></pubsub>"
@@ -122,7 +120,7 @@ async def test_roster_items_groups_and_names_are_bounded(server, users, online):
     alice, = users(1)
     owner = await online(alice)
     keys = [f"extensions.roster.{option}" for option in ("max_groups_per_item", "max_text_length", "max_items")]
-    before = {key: await limit_reached(server, key) for key in keys}
+    before = {key: await server.limit_reached(key) for key in keys}
 
     groups = [f"g{n}" for n in range(ROSTER_MAX_GROUPS + 1)]
     assert (await owner.iq("set", alice, roster_set("c0@example.net", groups=groups[:-1]))).get("type") == "result"
@@ -142,7 +140,7 @@ async def test_roster_items_groups_and_names_are_bounded(server, users, online):
     items = roster.findall(".//{jabber:iq:roster}item")
     assert len(items) == ROSTER_MAX_ITEMS
     assert max(len(item.findall("{jabber:iq:roster}group")) for item in items) == ROSTER_MAX_GROUPS
-    after = {key: await limit_reached(server, key) for key in keys}
+    after = {key: await server.limit_reached(key) for key in keys}
     assert [after[key] - before[key] for key in keys] == [1, 2, 1]
 
 
@@ -153,7 +151,7 @@ async def test_an_archive_keeps_its_newest_messages_up_to_its_quota(server, user
     max_messages_per_user (checked every 100 written), every message still delivered."""
     alice, bob = users(2)
     sender, receiver = await connect(server, alice, "a"), await connect(server, bob, "b")
-    before = await limit_reached(server, "extensions.mam.max_messages_per_user")
+    before = await server.limit_reached("extensions.mam.max_messages_per_user")
     sent = 2 * MAM_MAX
     last = None
     for n in range(sent):
@@ -165,7 +163,7 @@ async def test_an_archive_keeps_its_newest_messages_up_to_its_quota(server, user
         results, fin = await archive(user, rsm="<max>5</max>")
         assert rsm(fin, "count") == str(MAM_MAX)
         assert bodies(results) == [f"m{n}" for n in range(sent - MAM_MAX, sent - MAM_MAX + 5)]   # the oldest went
-    assert await limit_reached(server, "extensions.mam.max_messages_per_user") == before + 2 * (sent - MAM_MAX)
+    assert await server.limit_reached("extensions.mam.max_messages_per_user") == before + 2 * (sent - MAM_MAX)
     await sender.client.logout()
     await receiver.client.logout()
 
@@ -177,7 +175,7 @@ async def test_resources_per_account_are_bounded_hibernating_ones_included(serve
     A session dropped without a stream close and kept for XEP-0198 resumption counts."""
     alice, = users(1)
     user = alice.split("@")[0]
-    before = await limit_reached(server, "c2s.max_resources_per_account")
+    before = await server.limit_reached("c2s.max_resources_per_account")
     hibernating, _ = await managed_login(server, user, "r0")
     drop(hibernating)
     await server.wait_for_log(f"event=hibernating jid={alice}/r0")
@@ -190,7 +188,7 @@ async def test_resources_per_account_are_bounded_hibernating_ones_included(serve
     assert "type='error'" in refused.group(0) or 'type="error"' in refused.group(0)
     assert "<resource-constraint" in refused.group(1) and "c2s.max_resources_per_account" in refused.group(1)
     assert "type='wait'" in refused.group(1) or 'type="wait"' in refused.group(1)
-    assert await limit_reached(server, "c2s.max_resources_per_account") == before + 1
+    assert await server.limit_reached("c2s.max_resources_per_account") == before + 1
 
     # The stream may bind again: a resource bound already is replaced, not added.
     assert await bind(extra, "r1") == f"{alice}/r1"

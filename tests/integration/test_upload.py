@@ -187,13 +187,13 @@ async def test_link_in_a_message_reaches_the_contact(connect, session):
 
 async def test_the_advertised_size_is_the_limit(server, user):
     """Issue 13: disco's max-file-size is what is enforced, to the byte (XEP-0363 section 5)."""
-    before = await limit_count(server, "upload.max_file_size")
+    before = await server.limit_reached("extensions.upload.max_file_size")
     await request_slot(user, SERVICE, "exactly.bin", MAX)
     with pytest.raises(SlotRefused) as refused:
         await request_slot(user, SERVICE, "one-more.bin", MAX + 1)
     assert (refused.value.condition, refused.value.type) == ("not-acceptable", "modify")
     assert refused.value.find(f"{{{NS_UPLOAD}}}file-too-large/{{{NS_UPLOAD}}}max-file-size").text == str(MAX)
-    assert await limit_count(server, "upload.max_file_size") - before == 1
+    assert await server.limit_reached("extensions.upload.max_file_size") - before == 1
 
 
 async def test_quota_counts_files_and_open_slots(user, session):
@@ -269,13 +269,6 @@ def limited(tmp_path_factory):
     process.stop()
 
 
-async def limit_count(server, limit: str) -> int:
-    async with http() as session:
-        async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
-            text = await response.text()
-    line = f'xmppd_limit_reached_total{{limit="{limit}"}} '
-    return next((int(float(row[len(line):])) for row in text.splitlines() if row.startswith(line)), 0)
-
 
 def retry_stamp(refused: SlotRefused) -> float:
     """The time of XEP-0363's <retry stamp/> (XEP-0082, UTC, whole seconds)."""
@@ -290,7 +283,7 @@ async def test_open_slots_per_account_are_bounded(limited, session):
     jid = create_accounts(limited, ["hoarder"])[0]
     client, _ = await online(limited, jid)
     try:
-        before = await limit_count(limited, "upload.max_open_slots")
+        before = await limited.limit_reached("extensions.upload.max_open_slots")
         slots = [await request_slot(client, SERVICE, f"empty{n}.bin", 0) for n in range(3)]
         asked = time.time()
         with pytest.raises(SlotRefused) as refused:
@@ -298,7 +291,7 @@ async def test_open_slots_per_account_are_bounded(limited, session):
         assert (refused.value.condition, refused.value.type) == ("resource-constraint", "wait")
         assert "open upload slots" in refused.value.find(f"{{{NS_STANZAS}}}text").text
         assert asked < retry_stamp(refused.value) <= asked + 61          # when they have expired
-        assert await limit_count(limited, "upload.max_open_slots") - before == 1
+        assert await limited.limit_reached("extensions.upload.max_open_slots") - before == 1
         assert (await put(session, slots[0], b"")).status == 201          # one used: room for one more
         await request_slot(client, SERVICE, "one-more.bin", 0)
     finally:
@@ -309,7 +302,7 @@ async def test_slot_requests_per_account_are_bounded(limited, session):
     jid = create_accounts(limited, ["hurried"])[0]
     client, _ = await online(limited, jid)
     try:
-        before = await limit_count(limited, "upload.max_slot_requests")
+        before = await limited.limit_reached("extensions.upload.max_slot_requests")
         first = time.time()
         for n in range(5):
             await upload(client, SERVICE, session, b"", f"empty{n}.bin")
@@ -318,7 +311,7 @@ async def test_slot_requests_per_account_are_bounded(limited, session):
         assert (refused.value.condition, refused.value.type) == ("resource-constraint", "wait")
         assert "5 in 3600 seconds" in refused.value.find(f"{{{NS_STANZAS}}}text").text
         assert first + 3600 - 1 <= retry_stamp(refused.value) <= time.time() + 3600 + 1
-        assert await limit_count(limited, "upload.max_slot_requests") - before == 1
+        assert await limited.limit_reached("extensions.upload.max_slot_requests") - before == 1
     finally:
         await client.logout()
     # Another account is not held back.
