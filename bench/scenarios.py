@@ -625,17 +625,26 @@ async def drain_leftovers(ctx: Ctx):
     return seen[0]
 
 
-async def send_messages(ctx: Ctx, sender, to: str, n: int, key: str):
+async def send_messages(ctx: Ctx, sender, to: str, n: int, key: str) -> int:
     """Send `n` chat messages with ids `key`0 .. `key`n-1 to `to`, 250 at a time, each
-    batch followed by a ping: one batch in flight, all processed on return."""
-    batch = 250
+    batch followed by a ping: one batch in flight, all processed on return. Returns how
+    many the server bounced (a message error back to the sender)."""
+    batch, refused = 250, 0
     for start in range(0, n, batch):
         now = str(time.time_ns()).encode()
+        iq_id = xmpp.new_id("ping")
         sender.write(b"".join(
             f"<message to='{to}' type='chat' id='{key}{k}'><body>".encode()
             + now + b":" + str(k).encode() + BODY_END
-            for k in range(start, min(n, start + batch))))
-        await ping(sender, ctx.domain)
+            for k in range(start, min(n, start + batch)))
+            + f"<iq type='get' id='{iq_id}' to='{ctx.domain}'><ping xmlns='{xmpp.NS_PING}'/></iq>".encode())
+        while True:
+            st = await sender.next()
+            if st.startswith(b"<message") and attr(st, "type") == "error":
+                refused += 1
+            elif st.startswith(b"<iq") and attr(st, "id") == iq_id:
+                break
+    return refused
 
 
 async def store_offline(ctx: Ctx, n: int):
@@ -649,7 +658,10 @@ async def store_offline(ctx: Ctx, n: int):
             sender = await login(ctx.target, *OFFLINE_SENDER, resource="send")
             t0 = time.monotonic()
             store_usage = Usage(ctx.server)
-            await send_messages(ctx, sender, ctx.bare(OFFLINE_RECEIVER[0]), n, "o")
+            refused = await send_messages(ctx, sender, ctx.bare(OFFLINE_RECEIVER[0]), n, "o")
+            if refused:
+                raise xmpp.XMPPError(f"{refused} of {n} messages refused while storing them "
+                                     "offline: check the offline queue limits in servers.py")
             store_elapsed = time.monotonic() - t0
             store_cpu = store_usage.server_seconds()
     finally:
@@ -852,14 +864,15 @@ async def run_stalled_memory(ctx: Ctx) -> dict:
         warm = {"n": 0}
         sms[1].on_stanza = lambda st: warm.__setitem__("n", warm["n"] + st.startswith(b"<message"))
         async with asyncio.timeout(ctx.target.timeout * 2):
-            await send_messages(ctx, sender, ctx.bare(other.user), m, "w")
+            if await send_messages(ctx, sender, ctx.bare(other.user), m, "w"):
+                raise xmpp.XMPPError("messages to a reading session refused")
         await wait_until(lambda: warm["n"] >= m, ctx.target.timeout)
         await asyncio.sleep(s.idle_settle)
         idle = ctx.server.rss_kib()
         victim.transport.pause_reading()        # reads nothing, so acks nothing
         t0 = time.monotonic()
         async with asyncio.timeout(ctx.target.timeout * 2):
-            await send_messages(ctx, sender, ctx.bare(victim.user), m, "s")
+            refused = await send_messages(ctx, sender, ctx.bare(victim.user), m, "s")
         send_s = time.monotonic() - t0
         await asyncio.sleep(s.idle_settle)
         stalled = ctx.server.rss_kib()
@@ -870,6 +883,7 @@ async def run_stalled_memory(ctx: Ctx) -> dict:
             "idle_rss_mib": round(idle / 1024, 1),
             "stalled_above_idle_kib": stalled - idle,
             "send_ms": round(send_s * 1000, 1),
+            "refused": refused,
         }
         # Then it reads again: what reaches it, over this connection.
         victim.transport.resume_reading()
