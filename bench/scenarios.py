@@ -763,6 +763,7 @@ async def quiet(counter, seconds: float, limit: float):
 
 
 MAX_LOGINS = 10
+DRAIN_STALL = 30.0                  # seconds without a new message: the drain is stuck
 
 
 async def drain_with_sm(ctx: Ctx, limit: float, rate=None, rcvbuf=None) -> dict:
@@ -771,7 +772,8 @@ async def drain_with_sm(ctx: Ctx, limit: float, rate=None, rcvbuf=None) -> dict:
     receive buffer of `rcvbuf` bytes. A stream the server ends is followed by a fresh
     login, as a phone would (at most MAX_LOGINS logins). Timed from the first initial
     presence to the last of the messages to arrive; what has not arrived after `limit`
-    seconds counts as lost (and `timed_out` says so)."""
+    seconds, or DRAIN_STALL seconds after the last new one, counts as lost (and
+    `gave_up` says so)."""
     n = ctx.sizes.drain_messages
     store_elapsed, _ = await store_offline(ctx, n)
     arrivals = Arrivals("o", n)
@@ -789,8 +791,11 @@ async def drain_with_sm(ctx: Ctx, limit: float, rate=None, rcvbuf=None) -> dict:
             if t0 is None:
                 t0, usage = time.perf_counter(), Usage(ctx.server)
             conn.write(b"<presence/>")
+            since, progress = time.monotonic(), arrivals.total()
             while not arrivals.complete.is_set() and not conn.closed and sm.ended is None:
-                if time.monotonic() > deadline:
+                if arrivals.total() != progress:
+                    since, progress = time.monotonic(), arrivals.total()
+                if time.monotonic() > min(deadline, since + DRAIN_STALL):
                     gave_up = True
                     break
                 await asyncio.sleep(0.05)
@@ -815,7 +820,7 @@ async def drain_with_sm(ctx: Ctx, limit: float, rate=None, rcvbuf=None) -> dict:
         out["drain_ms"] = round((arrivals.last - t0) * 1000, 1)
         out["drain_msgs_per_s"] = round(n / (arrivals.last - t0), 1)
     if gave_up:
-        out["timed_out"] = 1
+        out["gave_up"] = 1
     if ends:
         out["first_stream_end"] = ends[0]
     return out
