@@ -28,7 +28,7 @@ def parse_args(argv=None):
     p.add_argument("--scenario", action="append", choices=[*scenarios.SCENARIOS, "archive"],
                    help="run this scenario (repeatable); default: all but 'archive' (the storage "
                    "backends' archive throughput, SQLite and Cassandra: bench/archive.py)")
-    p.add_argument("--runs", type=int, help="runs per scenario and server (default 3, quick 1)")
+    p.add_argument("--runs", type=int, help="runs per scenario and server (default 3, slow_drain 1; quick 1)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
     p.add_argument("--results", help="markdown file for the table (default bench/RESULTS.md; "
                    "--quick writes none unless given)")
@@ -102,16 +102,17 @@ async def prepare(server, selected, sizes, sources) -> str | None:
 
 async def run_once(server, scenario, sizes, sources) -> dict:
     target = None
+    limit = scenario.timeout(sizes) if scenario.timeout else sizes.scenario_timeout
     try:
-        await server.start(muc=scenario.name == "muc")
+        await server.start(muc=scenario.name == "muc", smacks=scenario.smacks)
         target = make_target(server, sources)
         ctx = scenarios.Ctx(server, target, sizes, log)
-        async with asyncio.timeout(sizes.scenario_timeout):
+        async with asyncio.timeout(limit):
             return await scenario.run(ctx)
     except servers.ServerStartError as e:
         return {"error": f"server did not start: {e}"}
     except TimeoutError:
-        return {"error": f"timed out after {sizes.scenario_timeout:.0f}s"}
+        return {"error": f"timed out after {limit:.0f}s"}
     except Exception as e:
         return {"error": repr(e)[:500]}
     finally:
@@ -122,7 +123,6 @@ async def run_once(server, scenario, sizes, sources) -> dict:
 
 async def amain(args) -> int:
     sizes = scenarios.QUICK if args.quick else scenarios.FULL
-    runs = args.runs or (1 if args.quick else 3)
     names = args.scenario or list(scenarios.SCENARIOS)
     selected = [scenarios.SCENARIOS[n] for n in scenarios.SCENARIOS if n in names]
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
@@ -142,8 +142,9 @@ async def amain(args) -> int:
                 log(f"{s.name}: {why}")
                 failed[s.name] = why
 
-    summary, load = {}, []
+    summary, load, runs_of = {}, [], {}
     for sc in selected:
+        runs = runs_of[sc.name] = args.runs or (1 if args.quick else sc.runs)
         per_run = {s.name: [] for s in svs}
         for run in range(1, runs + 1):
             for s in svs:
@@ -188,7 +189,7 @@ async def amain(args) -> int:
                          "`make bench` runs all three.")
         cmd = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
         Path(path).write_text(report.results_markdown(
-            summary, names_run, versions, runs, args.quick, cmd.strip(), notes, load) + archive.recorded(path))
+            summary, names_run, versions, runs_of, args.quick, cmd.strip(), notes, load) + archive.recorded(path))
         log(f"table written to {path}")
     return 0
 

@@ -21,6 +21,7 @@ modules_enabled = {
 	"roster"; "saslauth"; "tls"; "disco"; "ping"; "posix";
 	"register";               -- XEP-0077, used by the bench to create its accounts
 	"offline";                -- XEP-0160, measured by offline_drain
+	@EXTRA_MODULES@           -- "smacks" (XEP-0198) for the scenarios that use it
 }
 modules_disabled = { "s2s" }
 

@@ -143,6 +143,13 @@ def errors(summary: dict) -> list:
             for (server, msg), scs in seen.items()]
 
 
+def runs_text(runs: dict) -> str:
+    """ "3 run(s)", or "3 run(s) (slow_drain: 1)" when scenarios differ."""
+    common = statistics.mode(runs.values())
+    others = [f"{name}: {n}" for name, n in runs.items() if n != common]
+    return f"{common} run(s)" + (f" ({', '.join(others)})" if others else "")
+
+
 def results_markdown(summary, servers, versions, runs, quick, command, notes=(), load=None) -> str:
     m = machine()
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -156,7 +163,7 @@ def results_markdown(summary, servers, versions, runs, quick, command, notes=(),
         f"- Load generator: Python {m['python']}, {m['loop']}, pinned to CPU 1; "
         "each server pinned to CPU 0 (`taskset -c 0`)",
         "- Servers: " + ", ".join(versions.get(s, s) for s in servers),
-        f"- Figures are medians of {runs} run(s); each run starts a fresh server process.",
+        f"- Figures are medians of {runs_text(runs)}; each run starts a fresh server process.",
     ]
     if load:
         parts.append(

@@ -6,6 +6,7 @@ their unit and direction: ``*_per_s`` (higher is better), ``*_ms``, ``*_kib``,
 """
 
 import asyncio
+import collections
 import json
 import os
 import time
@@ -36,6 +37,12 @@ class Sizes:
     muc_inflight: int = 20
     muc_seconds: float = 8.0
     offline_messages: int = 5000
+    drain_messages: int = 10000
+    slow_bytes_per_s: int = 10000
+    slow_rcvbuf: int = 4096
+    slow_timeout: float = 1200.0
+    stall_sessions: int = 100
+    stall_messages: int = 5000
     roster_contacts: int = 500
     roster_reps: int = 3
     open_concurrency: int = 100
@@ -47,6 +54,7 @@ QUICK = Sizes(
     login_seconds=2.0, login_pool=100, idle_steps=(100, 300, 500), idle_settle=1.0,
     pairs=20, sat_warmup=0.5, sat_seconds=2.0, rate=500, rate_seconds=2.0,
     muc_occupants=20, muc_inflight=10, muc_seconds=2.0, offline_messages=500,
+    drain_messages=500, slow_timeout=120.0, stall_sessions=20, stall_messages=500,
     roster_contacts=50, roster_reps=1, scenario_timeout=120.0,
 )
 
@@ -182,13 +190,15 @@ async def warm_scram(ctx: Ctx, users):
         ctx.target.cache.save()
 
 
-async def open_sessions(ctx: Ctx, users, presence=True, concurrency=None, resource="bench"):
-    """Log `users` in (bound, optionally available) and return their connections."""
+async def open_sessions(ctx: Ctx, users, presence=True, concurrency=None, resource="bench",
+                        **kw):
+    """Log `users` in (bound, optionally available) and return their connections;
+    `kw` goes to `login` (sm=True, rcvbuf=...)."""
     concurrency = concurrency or ctx.sizes.open_concurrency
 
     async def one(u):
         async with asyncio.timeout(ctx.target.timeout):
-            conn = await login(ctx.target, u[0], u[1], resource=resource, presence=presence)
+            conn = await login(ctx.target, u[0], u[1], resource=resource, presence=presence, **kw)
             if presence:
                 await ping(conn, ctx.domain)      # the server has processed the presence
             return conn
@@ -615,31 +625,56 @@ async def drain_leftovers(ctx: Ctx):
     return seen[0]
 
 
-async def run_offline_drain(ctx: Ctx) -> dict:
-    s = ctx.sizes
-    n = s.offline_messages
+async def send_messages(ctx: Ctx, sender, to: str, n: int, key: str) -> int:
+    """Send `n` chat messages with ids `key`0 .. `key`n-1 to `to`, 250 at a time, each
+    batch followed by a ping: one batch in flight, all processed on return. Returns how
+    many the server bounced (a message error back to the sender)."""
+    batch, refused = 250, 0
+    for start in range(0, n, batch):
+        now = str(time.time_ns()).encode()
+        iq_id = xmpp.new_id("ping")
+        sender.write(b"".join(
+            f"<message to='{to}' type='chat' id='{key}{k}'><body>".encode()
+            + now + b":" + str(k).encode() + BODY_END
+            for k in range(start, min(n, start + batch)))
+            + f"<iq type='get' id='{iq_id}' to='{ctx.domain}'><ping xmlns='{xmpp.NS_PING}'/></iq>".encode())
+        while True:
+            st = await sender.next()
+            if st.startswith(b"<message") and attr(st, "type") == "error":
+                refused += 1
+            elif st.startswith(b"<iq") and attr(st, "id") == iq_id:
+                break
+    return refused
+
+
+async def store_offline(ctx: Ctx, n: int):
+    """Empty the offline receiver's queue, then send it `n` messages (ids o0 .. o<n-1>)
+    while it is offline; (seconds, server CPU seconds) it took."""
     await drain_leftovers(ctx)
     await asyncio.sleep(0.3)
     sender = None
     try:
         async with asyncio.timeout(ctx.target.timeout * 4):
             sender = await login(ctx.target, *OFFLINE_SENDER, resource="send")
-            to = ctx.bare(OFFLINE_RECEIVER[0])
-            prefix = f"<message to='{to}' type='chat'><body>".encode()
             t0 = time.monotonic()
             store_usage = Usage(ctx.server)
-            batch = 250
-            for start in range(0, n, batch):
-                now = str(time.time_ns()).encode()
-                sender.write(b"".join(prefix + now + b":" + str(k).encode() + BODY_END
-                                      for k in range(start, min(n, start + batch))))
-                await ping(sender, ctx.domain)      # bounded: one batch in flight
+            refused = await send_messages(ctx, sender, ctx.bare(OFFLINE_RECEIVER[0]), n, "o")
+            if refused:
+                raise xmpp.XMPPError(f"{refused} of {n} messages refused while storing them "
+                                     "offline: check the offline queue limits in servers.py")
             store_elapsed = time.monotonic() - t0
             store_cpu = store_usage.server_seconds()
     finally:
         if sender is not None:
             sender.close()
     await asyncio.sleep(1.0)                        # let any write-behind storage commit
+    return store_elapsed, store_cpu
+
+
+async def run_offline_drain(ctx: Ctx) -> dict:
+    s = ctx.sizes
+    n = s.offline_messages
+    store_elapsed, store_cpu = await store_offline(ctx, n)
 
     user, pw = OFFLINE_RECEIVER
     got = [0]
@@ -681,6 +716,195 @@ async def run_offline_drain(ctx: Ctx) -> dict:
 async def setup_offline(ctx: Ctx, markers: Markers):
     await ensure_accounts(ctx, [OFFLINE_SENDER, OFFLINE_RECEIVER], "offline_accounts", markers)
     await warm_scram(ctx, [OFFLINE_SENDER, OFFLINE_RECEIVER])
+
+
+# ---------------------------------------------------------------- sm_drain, slow_drain
+
+class Arrivals:
+    """Messages received, counted by id (those starting with `key`): how many arrived,
+    how many of them more than once, when the last new one came."""
+
+    def __init__(self, key: str, n: int):
+        self.prefix = key
+        self.n = n
+        self.seen = collections.Counter()
+        self.last = None
+        self.complete = asyncio.Event()
+
+    def stanza(self, st: bytes):
+        if not st.startswith(b"<message"):
+            return
+        mid = attr(st, "id")
+        if mid is None or not mid.startswith(self.prefix):
+            return
+        self.seen[mid] += 1
+        if self.seen[mid] == 1:
+            self.last = time.perf_counter()
+            if len(self.seen) >= self.n:
+                self.complete.set()
+
+    def total(self) -> int:
+        return sum(self.seen.values())
+
+    def figures(self) -> dict:
+        return {"received": len(self.seen), "lost": self.n - len(self.seen),
+                "duplicated": self.total() - len(self.seen)}
+
+
+async def quiet(counter, seconds: float, limit: float):
+    """Wait until counter() stays the same for `seconds` (at most `limit` seconds)."""
+    end = time.monotonic() + limit
+    last = counter()
+    while time.monotonic() < end:
+        await asyncio.sleep(seconds)
+        if counter() == last:
+            return
+        last = counter()
+
+
+MAX_LOGINS = 10
+DRAIN_STALL = 30.0                  # seconds without a new message: the drain is stuck
+
+
+async def drain_with_sm(ctx: Ctx, limit: float, rate=None, rcvbuf=None) -> dict:
+    """`drain_messages` offline messages drained by a XEP-0198 client that answers
+    every <r/> it reads; with `rate`, it reads at most `rate` bytes/s through a socket
+    receive buffer of `rcvbuf` bytes. A stream the server ends is followed by a fresh
+    login, as a phone would (at most MAX_LOGINS logins). Timed from the first initial
+    presence to the last of the messages to arrive; what has not arrived after `limit`
+    seconds, or DRAIN_STALL seconds after the last new one, counts as lost (and
+    `gave_up` says so)."""
+    n = ctx.sizes.drain_messages
+    store_elapsed, _ = await store_offline(ctx, n)
+    arrivals = Arrivals("o", n)
+    logins, ends, gave_up, read = 0, [], False, 0
+    t0 = usage = None
+    deadline = time.monotonic() + limit
+    while not arrivals.complete.is_set() and logins < MAX_LOGINS and not gave_up:
+        async with asyncio.timeout(ctx.target.timeout):
+            conn = await login(ctx.target, *OFFLINE_RECEIVER, resource="drain", sm=True,
+                               rcvbuf=rcvbuf)
+        logins += 1
+        sm = xmpp.StreamManagement(conn, arrivals.stanza)
+        try:
+            conn.throttle(rate)
+            if t0 is None:
+                t0, usage = time.perf_counter(), Usage(ctx.server)
+            conn.write(b"<presence/>")
+            since, progress = time.monotonic(), arrivals.total()
+            while not arrivals.complete.is_set() and not conn.closed and sm.ended is None:
+                if arrivals.total() != progress:
+                    since, progress = time.monotonic(), arrivals.total()
+                if time.monotonic() > min(deadline, since + DRAIN_STALL):
+                    gave_up = True
+                    break
+                await asyncio.sleep(0.05)
+            if arrivals.complete.is_set():
+                # copies that come after the last new message count as duplicates
+                await quiet(arrivals.total, 1.0 if rate is None else 3.0, 15.0)
+            elif not gave_up:
+                ends.append(sm.ended or "connection closed")
+                await asyncio.sleep(0.5)
+        finally:
+            sm.close()
+            read += conn.bytes_read
+    out = {
+        "messages": n,
+        "store_msgs_per_s": round(n / store_elapsed, 1),
+        **arrivals.figures(),
+        "logins": logins,
+        "bytes_read": read,
+        "drain_server_cpu_ms": round(usage.server_seconds() * 1000, 1),
+    }
+    if arrivals.last is not None and not out["lost"]:
+        out["drain_ms"] = round((arrivals.last - t0) * 1000, 1)
+        out["drain_msgs_per_s"] = round(n / (arrivals.last - t0), 1)
+    if gave_up:
+        out["gave_up"] = 1
+    if ends:
+        out["first_stream_end"] = ends[0]
+    return out
+
+
+async def run_sm_drain(ctx: Ctx) -> dict:
+    return await drain_with_sm(ctx, ctx.sizes.scenario_timeout * 0.6)
+
+
+async def run_slow_drain(ctx: Ctx) -> dict:
+    s = ctx.sizes
+    out = await drain_with_sm(ctx, s.slow_timeout * 0.8, rate=s.slow_bytes_per_s,
+                              rcvbuf=s.slow_rcvbuf)
+    out["read_target_per_s"] = s.slow_bytes_per_s
+    return out
+
+
+# ---------------------------------------------------------------- stalled_memory
+
+async def run_stalled_memory(ctx: Ctx) -> dict:
+    """Server RSS with `stall_sessions` idle XEP-0198 sessions, then with one of them
+    no longer reading nor acking while `stall_messages` messages are sent to it."""
+    s = ctx.sizes
+    n, m = s.stall_sessions, s.stall_messages
+    await asyncio.sleep(s.idle_settle)
+    baseline = ctx.server.rss_kib()
+    conns = await open_sessions(ctx, [pool_user(i) for i in range(n)], presence=False,
+                                sm=True, rcvbuf=s.slow_rcvbuf)
+    sms = [xmpp.StreamManagement(c) for c in conns]
+    for c in conns:
+        c.write(b"<presence/>")
+
+    async def processed(sm):
+        async with asyncio.timeout(ctx.target.timeout):
+            await sm.ping(ctx.domain)          # the server has processed the presence
+    await bounded(sms, processed, s.open_concurrency, retries=0)
+    victim, other = conns[0], conns[1]
+    arrivals = Arrivals("s", m)
+    sms[0].on_stanza = arrivals.stanza
+    sender = None
+    try:
+        async with asyncio.timeout(ctx.target.timeout):
+            sender = await login(ctx.target, *pool_user(n), resource="send")
+        # The same traffic to a session that reads first: what routing itself leaves
+        # (buffers, caches, allocator arenas) is in the idle figure, not in the stalled one.
+        warm = {"n": 0}
+        sms[1].on_stanza = lambda st: warm.__setitem__("n", warm["n"] + st.startswith(b"<message"))
+        async with asyncio.timeout(ctx.target.timeout * 2):
+            if await send_messages(ctx, sender, ctx.bare(other.user), m, "w"):
+                raise xmpp.XMPPError("messages to a reading session refused")
+        await wait_until(lambda: warm["n"] >= m, ctx.target.timeout)
+        await asyncio.sleep(s.idle_settle)
+        idle = ctx.server.rss_kib()
+        victim.transport.pause_reading()        # reads nothing, so acks nothing
+        t0 = time.monotonic()
+        async with asyncio.timeout(ctx.target.timeout * 2):
+            refused = await send_messages(ctx, sender, ctx.bare(victim.user), m, "s")
+        send_s = time.monotonic() - t0
+        await asyncio.sleep(s.idle_settle)
+        stalled = ctx.server.rss_kib()
+        out = {
+            "sessions": n,
+            "messages": m,
+            "per_idle_session_kib": round((idle - baseline) / n, 1),
+            "idle_rss_mib": round(idle / 1024, 1),
+            "stalled_above_idle_kib": stalled - idle,
+            "send_ms": round(send_s * 1000, 1),
+            "refused": refused,
+        }
+        # Then it reads again: what reaches it, over this connection.
+        victim.transport.resume_reading()
+        await quiet(arrivals.total, 3.0, 60.0)
+        after = arrivals.figures()
+        out.update({"after_received": after["received"], "after_missing": after["lost"],
+                    "after_duplicated": after["duplicated"]})
+        out["stream_ended"] = int(victim.closed or sms[0].ended is not None)
+        if sms[0].ended:
+            out["stream_end"] = sms[0].ended
+        return out
+    finally:
+        if sender is not None:
+            sender.close()
+        for sm in sms:
+            sm.close()
 
 
 # ---------------------------------------------------------------- roster_login
@@ -855,6 +1079,9 @@ class Scenario:
     pool: object                # (sizes) -> accounts needed from the shared pool
     setup: object = None        # async (ctx, markers) -> None, extra one-off set-up
     description: str = ""
+    runs: int = 3               # runs per server unless --runs says otherwise
+    timeout: object = None      # (sizes) -> seconds a run may take; None: scenario_timeout
+    smacks: bool = False        # the servers load stream management (XEP-0198)
 
 
 SCENARIOS = {
@@ -869,6 +1096,14 @@ SCENARIOS = {
                  "groupchat deliveries/s and latency in one room"),
         Scenario("offline_drain", run_offline_drain, lambda z: 0, setup_offline,
                  "time to deliver a queue of offline messages at login"),
+        Scenario("sm_drain", run_sm_drain, lambda z: 0, setup_offline,
+                 "offline messages drained by a XEP-0198 client that acks", smacks=True),
+        Scenario("slow_drain", run_slow_drain, lambda z: 0, setup_offline,
+                 "offline messages drained by a XEP-0198 client reading 10 KB/s",
+                 runs=1, timeout=lambda z: z.slow_timeout, smacks=True),
+        Scenario("stalled_memory", run_stalled_memory, lambda z: z.stall_sessions + 1, None,
+                 "server RSS for a session that stops reading while messages come",
+                 smacks=True),
         Scenario("roster_login", run_roster_login, lambda z: 0, setup_roster,
                  "login with a large roster of online contacts"),
     ]

@@ -165,8 +165,9 @@ class Server:
     def pid(self):
         return self.proc.pid if self.proc else None
 
-    async def start(self, ready_timeout=30.0, muc=True):
+    async def start(self, ready_timeout=30.0, muc=True, smacks=False):
         self.muc = muc
+        self.smacks = smacks
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cert, key = make_certificate(self.state_dir.parent / "tls", self.domain, self.muc_domain)
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
@@ -288,6 +289,7 @@ class Prosody(Server):
             "DIRECT_TLS_PORT": self.direct_tls_port, "CERT": cert, "KEY": key,
             "CERT_DIR": Path(cert).parent,
             "DOMAIN": self.domain, "MUC_DOMAIN": self.muc_domain,
+            "EXTRA_MODULES": '"smacks";' if self.smacks else "",
         }))
         return path
 
@@ -322,6 +324,7 @@ class Ejabberd(Server):
         path.write_text(fill_template(self.template, {
             "C2S_PORT": self.port, "DIRECT_TLS_PORT": self.direct_tls_port,
             "CERT": cert, "KEY": key, "DOMAIN": self.domain, "MUC_DOMAIN": self.muc_domain,
+            "EXTRA_MODULES": "  mod_stream_mgmt: {}" if self.smacks else "",
         }))
         return path
 
@@ -365,12 +368,13 @@ XMPPD_EXTENSIONS = ["disco", "ping", "presence", "roster", "register", "offline"
 
 
 def xmppd_config(data_dir, port, direct_tls_port, cert, key, domain, muc_domain,
-                 http_port, https_port, muc=True) -> str:
+                 http_port, https_port, muc=True, smacks=False) -> str:
     """The TOML the bench hands to xmppd. Kept in one place: adjust it here when
     xmppd's config settles. Unknown keys stop xmppd at start-up, so only keys that
-    xmppd/config.py knows belong here. MUC is loaded only for the runs that use it,
-    so that the other scenarios do not depend on it."""
-    extensions = XMPPD_EXTENSIONS + (["muc"] if muc else [])
+    xmppd/config.py knows belong here. MUC and stream management (XEP-0198, with the
+    backlog it depends on) are loaded only for the runs that use them, so that the
+    other scenarios do not depend on them."""
+    extensions = XMPPD_EXTENSIONS + (["muc"] if muc else []) + (["smacks"] if smacks else [])
     text = f'''\
 [server]
 data_dir = "{data_dir}"
@@ -402,6 +406,7 @@ registration_throttle_seconds = 0
 
 [extensions.offline]
 max_messages_per_user = 100000
+max_messages_per_sender = 100000
 '''
     if muc:
         # Prosody's MUC here keeps no archive (no mod_muc_mam): neither does xmppd's.
@@ -427,7 +432,7 @@ class Xmppd(Server):
         path = run_dir / "xmppd.toml"
         path.write_text(xmppd_config(self.data_dir, self.port, self.direct_tls_port, cert, key,
                                      self.domain, self.muc_domain, free_port(), free_port(),
-                                     muc=self.muc))
+                                     muc=self.muc, smacks=self.smacks))
         return path
 
     def version(self):

@@ -26,6 +26,7 @@ NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 NS_REGISTER = "jabber:iq:register"
 NS_ROSTER = "jabber:iq:roster"
 NS_PING = "urn:xmpp:ping"
+NS_SM = "urn:xmpp:sm:3"
 
 IP_BIND_ADDRESS_NO_PORT = 24      # linux/in.h: let connect() pick the port per 4-tuple
 
@@ -178,12 +179,19 @@ class Conn(asyncio.Protocol):
         self.close_reason = None
         self.jid = None
         self.user = None
+        self.rate = None                      # bytes/s this client reads at most (`throttle`)
+        self.bytes_read = 0
 
     # asyncio.Protocol
     def connection_made(self, transport):
         self.transport = transport
 
     def data_received(self, data):
+        self.bytes_read += len(data)
+        if self.rate:
+            # a slow reader: take the next bytes only once these have been "read"
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(len(data) / self.rate, self._read_on)
         if self.on_data is not None:
             self.on_data(data)
             return
@@ -245,6 +253,16 @@ class Conn(asyncio.Protocol):
         self.on_data = fn
         if pending:
             fn(pending)
+
+    def _read_on(self):
+        if self.rate and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def throttle(self, bytes_per_s: float | None):
+        """Read at most `bytes_per_s` on average (None: as fast as data comes)."""
+        self.rate = bytes_per_s
+        if not bytes_per_s and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def write(self, data: bytes):
         self.transport.write(data)
@@ -387,12 +405,16 @@ class Target:
         return self.sources[self._rr % len(self.sources)]
 
 
-async def connect(target: Target) -> Conn:
+async def connect(target: Target, rcvbuf: int | None = None) -> Conn:
+    """A connection; `rcvbuf` sets a small socket receive buffer (before connect, so
+    that the TCP window follows it), as on a phone on a slow network."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         src = target.next_source()
         if src:
             try:
@@ -441,9 +463,11 @@ def new_id(prefix="b") -> str:
 
 
 async def login(target: Target, user: str, password: str, *, tls=False, resource="bench",
-                bind=True, presence=False) -> Conn:
-    """Connect, (STARTTLS), SCRAM-SHA-1, bind; return the live connection."""
-    conn = await connect(target)
+                bind=True, presence=False, sm=False, rcvbuf=None) -> Conn:
+    """Connect, (STARTTLS), SCRAM-SHA-1, bind, (XEP-0198 <enable/>); return the live
+    connection. With `sm`, hand it to `StreamManagement` before the server sends
+    anything more (the first stanza after <enabled/> is number 1)."""
+    conn = await connect(target, rcvbuf)
     try:
         features = await open_stream(conn, target.domain)
         if tls:
@@ -473,12 +497,58 @@ async def login(target: Target, user: str, password: str, *, tls=False, resource
             iq_id = new_id("sess")
             conn.write(f"<iq type='set' id='{iq_id}'><session xmlns='{NS_SESSION}'/></iq>".encode())
             await conn.iq_reply(iq_id)
+        if sm:
+            if f"'{NS_SM}'".encode() not in features and f'"{NS_SM}"'.encode() not in features:
+                raise XMPPError("server does not offer stream management (XEP-0198)")
+            conn.write(f"<enable xmlns='{NS_SM}' resume='true'/>".encode())
+            reply = await conn.next()
+            if not reply.startswith(b"<enabled"):
+                raise XMPPError(f"XEP-0198 <enable/> refused: {reply[:300]!r}")
         if presence:
             conn.write(b"<presence/>")
         return conn
     except BaseException:
         conn.abort()
         raise
+
+
+class StreamManagement:
+    """The client side of XEP-0198 after <enabled/>, as a phone does it: count the
+    stanzas received ('h') and answer every <r/> with <a h='..'/> as soon as it is read.
+    Each stanza goes on to `on_stanza`; `ended` says why the stream ended, if it did."""
+
+    def __init__(self, conn: Conn, on_stanza=None):
+        self.conn = conn
+        self.h = 0
+        self.on_stanza = on_stanza
+        self.ended = None
+        self.replies = {}
+        conn.set_stanza_handler(self._element)
+
+    def _element(self, item: bytes):
+        if item.startswith((b"<r ", b"<r/")):
+            self.conn.write(f"<a xmlns='{NS_SM}' h='{self.h}'/>".encode())
+        elif item.startswith((b"<message", b"<presence", b"<iq")):
+            self.h = (self.h + 1) % 2 ** 32
+            if item.startswith(b"<iq") and (f := self.replies.pop(attr(item, "id"), None)):
+                if not f.done():
+                    f.set_result(item)
+            elif self.on_stanza is not None:
+                self.on_stanza(item)
+        elif item.startswith(b"<stream:error") or item == STREAM_END:
+            self.ended = self.ended or item[:300].decode(errors="replace")
+
+    async def ping(self, to: str) -> bytes:
+        iq_id = new_id("ping")
+        f = self.replies[iq_id] = asyncio.get_running_loop().create_future()
+        self.conn.write(f"<iq type='get' id='{iq_id}' to='{to}'><ping xmlns='{NS_PING}'/></iq>".encode())
+        return await f
+
+    def close(self):
+        """Acknowledge everything received, then close the stream."""
+        if not self.conn.closed:
+            self.conn.write(f"<a xmlns='{NS_SM}' h='{self.h}'/>".encode())
+        self.conn.close()
 
 
 async def register(target: Target, user: str, password: str, conn: Conn = None) -> str:
