@@ -406,7 +406,7 @@ registration_throttle_seconds = 0
 
 [extensions.offline]
 max_messages_per_user = 100000
-max_messages_per_sender = 100000
+max_messages_per_stranger = 100000
 '''
     if muc:
         # Prosody's MUC here keeps no archive (no mod_muc_mam): neither does xmppd's.

@@ -5,9 +5,10 @@ What is kept: chat and normal messages with a body, or with a payload that must 
 the user later (receipts, chat markers, OMEMO, invitations), or marked with a XEP-0334
 <store/> hint; never groupchat, headline, error, chat states alone or <no-store/>.
 Messages are stored in the "offline" archive with time-ordered ids, at most
-`max_messages_per_user` per user and `max_messages_per_sender` of them from one sender,
-so that one stranger cannot fill a user's queue (beyond either, the sender gets
-service-unavailable, as XEP-0160 says for a full storage, and the limit is counted). The write is started in order (its id fixes the
+`max_messages_per_user` per user, and `max_messages_per_stranger` of them from one
+sender not in the user's roster, so that a stranger cannot fill the queue for the
+user's friends (beyond either, the sender gets service-unavailable, as XEP-0160 says
+for a full storage, and the limit is counted). The write is started in order (its id fixes the
 message's place in the queue) and commits in the background (xmppd/pending.py): the
 sender's next stanza is routed meanwhile, and the sender's XEP-0198 ack waits for the
 commit (Stanza.writes); a failed write is bounced with internal-server-error. Delivery
@@ -59,11 +60,11 @@ class OfflineMessages(Extension):
     @dataclass(frozen=True)
     class Options:
         max_messages_per_user: int = 10000
-        max_messages_per_sender: int = 1000    # of one user's queue: one stranger cannot fill it
+        max_messages_per_stranger: int = 100   # of one user's queue, from one sender not in its roster
 
         def validate(self, where):
             where.check("max_messages_per_user", self.max_messages_per_user > 0, "must be positive")
-            where.check("max_messages_per_sender", self.max_messages_per_sender > 0, "must be positive")
+            where.check("max_messages_per_stranger", self.max_messages_per_stranger > 0, "must be positive")
 
     def __init__(self, host, options):
         super().__init__(host, options)
@@ -106,8 +107,9 @@ class OfflineMessages(Extension):
             from_sender = self.sender_lengths.setdefault(key, {}).get(sender)
             if from_sender is None:
                 from_sender = (await self.store.query(key, ArchiveQuery(with_=sender, max=0))).count or 0
-            if from_sender >= self.options.max_messages_per_sender:
-                self.limit_reached("max_messages_per_sender")
+            if (from_sender >= self.options.max_messages_per_stranger
+                    and await self.host.storage.rosters.get_item(key, sender) is None):
+                self.limit_reached("max_messages_per_stranger")
                 raise ServiceUnavailable(text="the recipient's offline storage holds too many of your messages")
             # The id fixes the message's place in the queue; the commit runs on while the
             # sender's next stanza is routed, and the sender's ack waits for it.
@@ -139,8 +141,8 @@ class OfflineMessages(Extension):
 
     @hook("message/offline/deliver", priority=-1)
     async def deliver_stored_messages(self, session) -> bool:
-        """Drain the queue to `session` at the pace it takes stanzas (Session.add_source)."""
-        session.add_source(self.name, lambda room: self._drain(session, room))
+        """Drain the queue to `session` at the pace it takes stanzas (Session.drain_now)."""
+        await session.drain_now(self.name, lambda room: self._drain(session, room))
         return True
 
     async def _drain(self, session, room: int) -> bool:

@@ -32,6 +32,12 @@ from xmppd.transport import Transport
 
 log = logging.getLogger(__name__)
 
+# Seconds a connection to the XEP-0368 port has to complete its TLS handshake (a real
+# client needs well under one). The loop does the handshake, so a socket is counted
+# among the unauthenticated ones from its end: this bounds how long one held open
+# without a handshake keeps its file descriptor.
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
 def bundled_extensions() -> list[str]:
     """Every module or package of xmppd.extensions: the default when the config names none."""
     import xmppd.extensions
@@ -56,7 +62,7 @@ class Server:
         self.state = "new"
         self._watchdog: asyncio.Task | None = None
         self.connections: set[C2SConnection] = set()
-        # Connections not authenticated yet (C2SConnection or _Handshake), oldest first:
+        # Connections not authenticated yet, oldest first:
         # per address group and in all.
         self._unauthenticated: dict[str, dict] = {}
         self._all_unauthenticated: dict = {}
@@ -114,11 +120,10 @@ class Server:
         for interface in c2s.interfaces:
             self._listeners.append(await asyncio.start_server(
                 lambda r, w: self._accept(r, w, direct_tls=False), interface, c2s.port, reuse_address=True))
-            if c2s.direct_tls_port:                 # the handshake is in _accept: counted like the rest
-                loop = asyncio.get_running_loop()
-                self._listeners.append(await loop.create_server(
-                    lambda: PausedAtStart(asyncio.StreamReader(), lambda r, w: self._accept(r, w, direct_tls=True)),
-                    interface, c2s.direct_tls_port, reuse_address=True))
+            if c2s.direct_tls_port:                 # XEP-0368: the loop does the handshake
+                self._listeners.append(await asyncio.start_server(
+                    lambda r, w: self._accept(r, w, direct_tls=True), interface, c2s.direct_tls_port,
+                    reuse_address=True, ssl=self.ssl_context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT))
         await self.admin.start()
         for host in list(self.hosts.values()):
             await host.bus.notify("server-started", self)
@@ -161,8 +166,6 @@ class Server:
     async def _accept(self, reader, writer, *, direct_tls: bool) -> None:
         transport = Transport(reader, writer, max_output_buffer=self.config.c2s.max_output_buffer)
         group = self.auth_throttle.group(transport.peer)
-        if direct_tls and not await self._tls_handshake(transport, group):
-            return
         connection = C2SConnection(self, transport, direct_tls=direct_tls)
         self._count_unauthenticated(connection, group)
         self.connections.add(connection)
@@ -177,21 +180,6 @@ class Server:
             session = connection.session
             if session is not None and session.connection is None and not session.closed:
                 self._hibernating[session] = group
-
-    async def _tls_handshake(self, transport: Transport, group: str) -> bool:
-        """XEP-0368 direct TLS: the handshake, with the socket counted as unauthenticated
-        while it lasts (a socket that never starts one holds a file descriptor too)."""
-        handshake = _Handshake(transport)
-        self._count_unauthenticated(handshake, group)
-        try:
-            await transport.start_tls(self.ssl_context, self.config.c2s.unauthenticated_timeout)
-            return not transport.closing
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
-            log.debug("event=tls-handshake-failed peer=%s error=%s", transport.peer, exc)
-            transport.abort()
-            return False
-        finally:
-            self._forget_unauthenticated(handshake, group)
 
     def _count_unauthenticated(self, connection, group: str) -> None:
         self._make_room(group)
@@ -303,27 +291,6 @@ def make_data_dir(path) -> None:
     except FileExistsError:
         if path.stat().st_mode & 0o007:
             log.warning("event=data-dir-not-private path=%s fix='chmod o-rwx %s'", path, path)
-
-
-class PausedAtStart(asyncio.StreamReaderProtocol):
-    """A direct TLS connection reads nothing until the TLS layer takes it over in
-    _accept: a ClientHello read meanwhile by the plain reader (uvloop reads at once)
-    would never reach the handshake, which would then hang."""
-
-    def connection_made(self, transport) -> None:
-        transport.pause_reading()
-        super().connection_made(transport)
-
-
-class _Handshake:
-    """A direct TLS connection before its handshake, as the unauthenticated limits see it."""
-
-    def __init__(self, transport: Transport):
-        self.transport = transport
-        self.peer = transport.peer
-
-    def close(self, condition: str | None = None, text: str | None = None) -> None:
-        self.transport.abort()                 # no stream yet to carry an error
 
 
 def check_extensions(config: Config) -> None:

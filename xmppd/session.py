@@ -176,6 +176,15 @@ class Session:
         self.held_bytes = 0
         return held
 
+    async def drain_now(self, key: str, drain: Source) -> None:
+        """Drain `drain` at once as far as the client has room, when nothing else waits
+        (an offline queue at login: what fits comes before the client's next stanza is
+        answered), and the rest paced by the pump."""
+        if not (self.sources or self.held or self._pump) and (room := self.room()) > 0:
+            if await drain(min(room, SOURCE_BATCH)):
+                return
+        self.add_source(key, drain)
+
     def add_source(self, key: str, drain: Source, *, first: bool = False) -> None:
         """Have the pump drain `drain` once what is held and the earlier sources are out
         (with `first`, before the other sources: it holds older stanzas)."""

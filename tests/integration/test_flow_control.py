@@ -17,7 +17,7 @@ from tests.support.smacks import NS_SM, StanzaStream, attribute, authenticated, 
 CONFIG = """
 [extensions.offline]
 max_messages_per_user = 10000
-max_messages_per_sender = 10000
+max_messages_per_stranger = 10000
 """
 
 
@@ -263,8 +263,13 @@ async def test_a_backlog_is_bounded_and_the_sender_told(make_xmppd):
 
 
 async def test_one_stranger_cannot_fill_an_offline_queue(make_xmppd):
-    server = make_xmppd("[extensions.offline]\nmax_messages_per_sender = 10\n").start()
+    server = make_xmppd("[extensions.offline]\nmax_messages_per_stranger = 10\n").start()
     stranger, friend, bob = create_accounts(server, [unique("stranger"), unique("friend"), unique("away")])
+    owner = RawClient(server.domain)                       # bob has friend in his roster
+    await owner.login(server.port, bob.split("@")[0], "secret", resource="setup")
+    await owner.send(f"<iq type='set' id='add'><query xmlns='jabber:iq:roster'><item jid='{friend}'/></query></iq>")
+    await owner.expect(r"<iq[^>]*id=.add.")
+    await owner.close()
     flooder = await sender_of(server, stranger)
     errors = StanzaStream(flooder)
     await flooder.send("".join(f"<message to='{bob}' type='chat' id='s{n}'><body>s {n}</body></message>"
@@ -272,13 +277,14 @@ async def test_one_stranger_cannot_fill_an_offline_queue(make_xmppd):
     await errors.until(lambda: len(errors.errors) >= 5, timeout=30)
     assert errors.errors == {f"s{n}": "service-unavailable" for n in range(10, 15)}
     friendly = await sender_of(server, friend)
-    await send_all(friendly, bob, 5, "f")                  # stored: the queue is not full for others
-    assert await server.limit_reached("extensions.offline.max_messages_per_sender") == 5
+    await send_all(friendly, bob, 15, "f")                 # a contact may send more than a stranger
+    assert await server.limit_reached("extensions.offline.max_messages_per_stranger") == 5
     phone, _ = await managed_login(server, bob.split("@")[0], "phone", presence=False)
     await phone.send("<presence/>")
     reader = StanzaStream(phone)
-    await reader.until(lambda: len(reader.message_ids) >= 15, timeout=30)
-    assert_all_once(reader.message_ids, "f", 5)
+    await reader.until(lambda: len(reader.message_ids) >= 25, timeout=30)
+    assert_all_once(reader.message_ids, "f", 15)
+    assert_all_once(reader.message_ids, "s", 10)
     await phone.close()
     await flooder.close()
     await friendly.close()

@@ -71,10 +71,17 @@ async def test_two_resources_coming_online_at_once_share_one_delivery(users, con
         a.send_message(mto=bob, mbody=f"m{n}")
     await round_trip(a)
     (one, one_inbox), (two, two_inbox) = await asyncio.gather(connect(bob, "one"), connect(bob, "two"))
-    await asyncio.gather(round_trip(one), round_trip(two))
-    received = [s.findtext("{jabber:client}body") for inbox in (one_inbox, two_inbox)
+
+    def received():
+        return [s.findtext("{jabber:client}body") for inbox in (one_inbox, two_inbox)
                 for s in inbox.received(message(from_=f"{alice}/a"))]
-    assert sorted(received) == sorted(f"m{n}" for n in range(10))          # each exactly once
+
+    async def all_arrived():                   # the queue drains as each resource takes it
+        while len(received()) < 10:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(all_arrived(), 10)
+    await asyncio.gather(round_trip(one), round_trip(two))
+    assert sorted(received()) == sorted(f"m{n}" for n in range(10))        # each exactly once
 
 
 async def test_queue_limit(users, connect):

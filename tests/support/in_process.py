@@ -33,18 +33,9 @@ class Wire:
 
     def __init__(self):
         self.out: list[etree._Element] = []
-        self.arrived = asyncio.Event()
 
     def write(self, data: bytes) -> None:
         self.out.append(etree.fromstring(b"<stream xmlns='jabber:client'>" + data + b"</stream>")[0])
-        self.arrived.set()
-
-    async def until(self, check, timeout: float = 5.0) -> None:
-        """Wait until `check()` holds, testing it at each write."""
-        async with asyncio.timeout(timeout):
-            while not check():
-                self.arrived.clear()
-                await self.arrived.wait()
 
     def close(self, condition=None, text=None) -> None:
         pass

@@ -3,8 +3,8 @@ configuration and XEP-0223 preconditions."""
 import pytest
 from lxml import etree
 
-from xmppd import caps
-from xmppd.extensions.pep import nodes
+from xmppd.caps import verification_string
+from xmppd.extensions.pep import caps, nodes
 from xmppd.protocol.errors import Conflict, NotAcceptable
 
 DISCO = "http://jabber.org/protocol/disco#info"
@@ -34,14 +34,14 @@ COMPLEX = query(
 
 
 def test_verification_strings_of_the_xep_0115_examples():
-    assert caps.verification_string(SIMPLE, "sha-1") == "QgayPKawpkPSDYmwT/WM94uAlu0="
-    assert caps.verification_string(COMPLEX, "sha-1") == "q07IKJEyjvHSyhy//CH0CxmKi8w="
+    assert verification_string(SIMPLE, "sha-1") == "QgayPKawpkPSDYmwT/WM94uAlu0="
+    assert verification_string(COMPLEX, "sha-1") == "q07IKJEyjvHSyhy//CH0CxmKi8w="
 
 
 def test_unknown_hashes_and_duplicates_are_not_verified():
-    assert caps.verification_string(SIMPLE, "md5") is None
+    assert verification_string(SIMPLE, "md5") is None
     doubled = query("<feature var='urn:a'/><feature var='urn:a'/>")
-    assert caps.verification_string(doubled, "sha-1") is None
+    assert verification_string(doubled, "sha-1") is None
 
 
 def test_interests_are_the_notify_features():
