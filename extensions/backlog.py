@@ -45,7 +45,6 @@ from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.mam import STANZA_ID, parse_datetime
 from xmppd.pending import PendingWrites
-from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.errors import BadRequest, ResourceConstraint, ServiceUnavailable, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_DELAY

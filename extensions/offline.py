@@ -36,7 +36,7 @@ from xmppd import hints
 from xmppd.extension import Extension, hook
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
-from xmppd.metrics import LIMIT_REACHED, OFFLINE_DELIVERED, OFFLINE_QUEUE_LENGTH, OFFLINE_STORED
+from xmppd.metrics import OFFLINE_DELIVERED, OFFLINE_QUEUE_LENGTH, OFFLINE_STORED
 from xmppd.pending import PendingWrites
 from xmppd.protocol.errors import InternalServerError, ServiceUnavailable
 from xmppd.protocol.jid import JID

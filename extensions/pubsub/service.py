@@ -26,7 +26,6 @@ from xmppd.extensions.pep.nodes import NS_PUBSUB, pubsub_error
 from xmppd.extensions.presence import HAS_FROM
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
-from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
                                    NotAcceptable, NotAllowed, NotAuthorized, ServiceUnavailable, StanzaError,
                                    UnexpectedRequest)

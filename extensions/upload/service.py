@@ -16,7 +16,6 @@ import time
 
 from xmppd import forms
 from xmppd.extension import Extension, hook, iq_handler
-from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.errors import BadRequest, NotAcceptable, NotAllowed, ResourceConstraint, ServiceUnavailable
 from xmppd.protocol.namespaces import NS_CLIENT
 from xmppd.protocol.stanza import make_element, sub_element

@@ -23,7 +23,6 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-from xmppd.metrics import LIMIT_REACHED
 from xmppd.storage.media import SizeMismatch, is_valid_key
 
 from . import DEFAULT_CONTENT_TYPE, is_valid_filename
