@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 KEY_FILE = "http.key"
 SERVER_NAME = "xmppd"                  # the Server header: no software versions
 READ_SIZE = 64 * 1024
-MAX_UNREAD = 64 * 1024                 # bytes a client may send before aiohttp takes the connection
+MAX_UNREAD = 64 * 1024                 # bytes kept for aiohttp before it takes the connection
 
 
 class BodyTooSlow(Exception):
@@ -199,6 +199,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._handshake: asyncio.Task | None = None
         self._unread = b""
+        self._is_paused = False               # the socket, while _unread is full
 
     # ------------------------------------------------------------- asyncio.Protocol
 
@@ -226,9 +227,13 @@ class Connection(asyncio.Protocol):
             # Before start_tls took the transport over, the ClientHello (uvloop reads
             # whatever connection_made does), which _start_tls hands on; after the
             # handshake and before the hand-over, the request, which _hand_over does.
+            # A client may send a whole request, body and all, right after its TLS
+            # Finished (Go does): past MAX_UNREAD the socket is not read until the
+            # hand-over, which is the server's delay, not the client's fault.
             self._unread += data
-            if len(self._unread) > MAX_UNREAD:
-                self.close()
+            if len(self._unread) > MAX_UNREAD and not self._is_paused:
+                self._is_paused = True
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         return self.handler.eof_received() if self.handler is not None else None
@@ -276,12 +281,15 @@ class Connection(asyncio.Protocol):
             self._hand_over(secure)
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+        underlying, self.transport = self.transport, transport
         self.handler = self.http.new_handler(self, transport)
         self.handler.connection_made(transport)
         if self._unread:
             unread, self._unread = self._unread, b""
             self.handler.data_received(unread)
+        if self._is_paused:                   # aiohttp's own flow control from here on
+            self._is_paused = False
+            underlying.resume_reading()
 
     def _arm(self) -> None:
         if self._timer is not None:

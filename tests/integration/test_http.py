@@ -7,7 +7,9 @@ address of its own and checks that another one is still served).
   503 on plain HTTP, closed before the handshake on HTTPS) while others are served;
 - an upload body that trickles is cut (408) after body_timeout at min_body_rate, and its
   slot is spent cleanly: no file, no record, a new slot works;
-- responses name the server "xmppd", without versions, even to requests aiohttp refuses.
+- responses name the server "xmppd", without versions, even to requests aiohttp refuses;
+- a client that sends its whole request right after its TLS Finished, as Go's does, is
+  answered: the gatekeeper pauses reading until aiohttp takes over, it does not cut.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import pytest
 from tests.support.accounts import create_accounts
 from tests.support.inbox import online
 from tests.support.server import XmppdProcess
-from tests.support.upload import download, http, put, request_slot, upload
+from tests.support.upload import download, http, payload, put, request_slot, upload
 
 TIMEOUT = 10.0
 SERVICE = "upload.localhost"
@@ -223,6 +225,67 @@ async def test_a_slow_upload_above_the_minimum_rate_is_taken(fast):
         status = await asyncio.wait_for(reader.readline(), TIMEOUT)
         writer.close()
         assert status.startswith(b"HTTP/1.1 201"), status
+    finally:
+        await client.logout()
+
+
+async def like_go(address: str, port: int, request: bytes) -> bytes:
+    """`request` over HTTPS the way Go's HTTP client sends a PUT: the TLS Finished and the
+    whole request, head and body, in one write, before reading anything. Returns the
+    response head, or what came before the server closed."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    reader, writer = await open_from(address, port)
+    received = b""
+
+    async def receive() -> bool:
+        try:
+            data = await asyncio.wait_for(reader.read(65536), TIMEOUT)
+        except ConnectionResetError:            # closed while the body was still coming
+            data = b""
+        if data:
+            incoming.write(data)
+        else:
+            incoming.write_eof()
+        return bool(data)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                assert await receive(), "closed during the handshake"
+        tls.write(request)
+        writer.write(outgoing.read())
+        while b"\r\n\r\n" not in received:
+            try:
+                received += tls.read(65536)
+            except ssl.SSLWantReadError:
+                if not await receive():
+                    break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+        return received
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("size", [70_000, 4 * 1024 * 1024], ids=["go-sendxmpp", "4MiB"])
+async def test_a_put_sent_with_the_tls_finished_is_answered(fast, size):
+    """go-sendxmpp's upload: the request reaches the server with the end of the handshake,
+    before aiohttp has the connection. Past 64 KiB it was cut, after the body was stored,
+    so the client saw EOF (and aiohttp's client retried its PUT into a 409). Now reading
+    pauses until the hand-over and resumes after it (4 MiB: most of the body comes after)."""
+    client, slot = await slot_for(fast, size)
+    try:
+        data = payload(size, seed=size)
+        answer = await like_go("127.0.0.16", fast.https_port, put_head(fast, slot, size) + data)
+        assert answer.startswith(b"HTTP/1.1 201 "), answer
+        async with http() as session:
+            assert (await download(session, slot.get_url))[1] == data
     finally:
         await client.logout()
 
