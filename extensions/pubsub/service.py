@@ -166,14 +166,14 @@ class PubSubService(Extension):
         """Store a new node owned by `creator` (the caller holds the node's lock)."""
         names = await self.store.list_nodes(self.service)
         if len(names) >= self.options.max_nodes:
-            self._limit_reached("max_nodes")
+            self.pubsub.limit_reached("max_nodes")
             raise NotAllowed(text=f"the service holds {len(names)} nodes, the most it may hold")
         created = 0
         for name in names:
             config = await self.store.get_node(self.service, name)
             created += config is not None and config.get("creator") == str(creator.bare)
         if created >= self.options.max_nodes_per_user:
-            self._limit_reached("max_nodes_per_user")
+            self.pubsub.limit_reached("max_nodes_per_user")
             raise NotAllowed(text=f"you created {created} nodes, the most an account may create here")
         config = nodes.configure(self._new_config(), options)
         config["creator"] = str(creator.bare)          # counted against max_nodes_per_user
@@ -256,7 +256,7 @@ class PubSubService(Extension):
         if len(payloads) > 1:
             raise pubsub_error(BadRequest, "invalid-payload")
         if payloads and len(to_storage(payloads[0])) > self.options.max_item_bytes:
-            self._limit_reached("max_item_bytes")
+            self.pubsub.limit_reached("max_item_bytes")
             raise pubsub_error(NotAcceptable, "payload-too-big")
         preconditions = None
         form = forms.find(publish_options) if publish_options is not None else None
@@ -506,11 +506,8 @@ class PubSubService(Extension):
 
     def _check_subscribers(self, subscribers: list[str]) -> None:
         if len(subscribers) >= self.options.max_subscribers:
-            self._limit_reached("max_subscribers")
+            self.pubsub.limit_reached("max_subscribers")
             raise NotAllowed(text=f"this node has {len(subscribers)} subscriptions, the most it may have")
-
-    def _limit_reached(self, option: str) -> None:
-        self.limit_reached(option)
 
     # ------------------------------------------------------------- notifications
 

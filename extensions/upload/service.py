@@ -65,7 +65,7 @@ class UploadService(Extension):
         request = iq.element.find(f"{{{NS_UPLOAD}}}request")
         filename, size, content_type = _read_request(request)
         if size > upload.options.max_file_size:
-            self.limit_reached("max_file_size")
+            self.upload.limit_reached("max_file_size")
             too_large = make_element(f"{{{NS_UPLOAD}}}file-too-large")
             sub_element(too_large, f"{{{NS_UPLOAD}}}max-file-size", text=str(upload.options.max_file_size))
             raise NotAcceptable(text=f"File too large. The maximum file size is {upload.options.max_file_size} bytes",
@@ -83,7 +83,7 @@ class UploadService(Extension):
             raise self._try_later("max_open_slots", now + options.slot_lifetime,
                                   f"Too many open upload slots: {counted - files}; use one or let it expire")
         if upload.is_over_quota(used, size):
-            self.limit_reached("quota_per_user")
+            self.upload.limit_reached("quota_per_user")
             raise ResourceConstraint(
                 text=f"Quota reached: {used} of {upload.options.quota_per_user} bytes in use")
         record = Upload(id=secrets.token_urlsafe(24), owner=owner, filename=filename, size=size,
@@ -109,7 +109,7 @@ class UploadService(Extension):
 
     def _try_later(self, limit: str, when: float, text: str) -> ResourceConstraint:
         """XEP-0363 section 5: a temporary refusal, with the time to retry (XEP-0082, UTC)."""
-        self.limit_reached(limit)
+        self.upload.limit_reached(limit)
         retry = make_element(f"{{{NS_UPLOAD}}}retry",
                              {"stamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(when)))})
         return ResourceConstraint(text=text, app_condition=retry)
