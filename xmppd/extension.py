@@ -11,8 +11,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from xmppd.metrics import LIMIT_REACHED
-from xmppd.protocol.errors import StanzaError
+from xmppd.protocol.errors import ServiceUnavailable, StanzaError
+from xmppd.protocol.namespaces import NS_CLIENT
 from xmppd.protocol.stanza import error_reply, reply
+from xmppd.router import answer_iq
 
 if TYPE_CHECKING:
     from xmppd.host import Host
@@ -86,6 +88,24 @@ class Extension:
         key = f"extensions.{self.name}.{option}"
         self.server.metrics.count(LIMIT_REACHED, key, amount=amount)
         return key
+
+
+class ComponentService(Extension):
+    """The extension that is the service of a component domain of its own
+    (upload.<domain>, pubsub.<domain>): an iq to the domain fires its namespaced event,
+    and a message with a body is refused, as one to the server is."""
+
+    @hook("iq/host")
+    async def iq_to_service(self, stanza) -> bool:
+        return await answer_iq(self.host, stanza)
+
+    @hook("message/host", priority=-1)
+    @hook("message/bare", priority=-1)
+    @hook("message/full", priority=-1)
+    async def refuse_message(self, stanza) -> bool:
+        if stanza.type not in ("error", "groupchat", "headline") and stanza.element.find(f"{{{NS_CLIENT}}}body") is not None:
+            raise ServiceUnavailable()
+        return True
 
 
 def register(extension: Extension) -> None:

@@ -19,7 +19,7 @@ import time
 from lxml import etree
 
 from xmppd import forms
-from xmppd.extension import PASS, Extension, hook, iq_handler
+from xmppd.extension import PASS, ComponentService, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
 from xmppd.extensions.pep import nodes
 from xmppd.extensions.pep.nodes import NS_PUBSUB, pubsub_error
@@ -27,12 +27,10 @@ from xmppd.extensions.presence import HAS_FROM
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
-                                   NotAcceptable, NotAllowed, NotAuthorized, ServiceUnavailable, StanzaError,
+                                   NotAcceptable, NotAllowed, NotAuthorized, StanzaError,
                                    UnexpectedRequest)
 from xmppd.protocol.jid import JID, InvalidJID
-from xmppd.protocol.namespaces import NS_CLIENT
 from xmppd.protocol.stanza import MESSAGE, delay_element, from_storage, make_element, sub_element, to_storage
-from xmppd.router import Stanza, answer_iq
 from xmppd.storage.interfaces import PubSubItem
 
 from . import affiliations
@@ -43,7 +41,6 @@ PUBSUB = f"{{{NS_PUBSUB}}}pubsub"
 OWNER = f"{{{NS_PUBSUB_OWNER}}}pubsub"
 ITEM = f"{{{NS_PUBSUB}}}item"
 EVENT = f"{{{NS_PUBSUB_EVENT}}}event"
-BODY = f"{{{NS_CLIENT}}}body"
 
 # The service's defaults where they differ from PEP's (XEP-0060 section 16.4.4).
 DEFAULTS = {"access_model": "open", "max_items": nodes.MAX, "send_last_published_item": "on_sub"}
@@ -58,7 +55,7 @@ FEATURES = [NS_PUBSUB, *(f"{NS_PUBSUB}#{name}" for name in (
     "retrieve-items", "retrieve-subscriptions", "subscribe"))]
 
 
-class PubSubService(Extension):
+class PubSubService(ComponentService):
     features = FEATURES
 
     def __init__(self, host, options):
@@ -72,21 +69,6 @@ class PubSubService(Extension):
     async def start(self) -> None:
         self.store = self.host.storage.pubsub
         self.rosters = self.host.storage.rosters
-
-    # ------------------------------------------------------------- routing
-
-    @hook("iq/host")
-    async def iq_to_service(self, stanza: Stanza) -> bool:
-        return await answer_iq(self.host, stanza)
-
-    @hook("message/host", priority=-1)
-    @hook("message/bare", priority=-1)
-    @hook("message/full", priority=-1)
-    async def refuse_message(self, stanza: Stanza) -> bool:
-        """The service takes no messages: one with a body goes back to its sender."""
-        if stanza.type not in ("error", "groupchat", "headline") and stanza.element.find(BODY) is not None:
-            raise ServiceUnavailable()
-        return True
 
     @iq_handler("set", NS_PUBSUB, "pubsub", to=("host",))
     async def pubsub_set(self, iq):

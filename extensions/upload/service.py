@@ -15,11 +15,9 @@ import secrets
 import time
 
 from xmppd import forms
-from xmppd.extension import Extension, hook, iq_handler
-from xmppd.protocol.errors import BadRequest, NotAcceptable, NotAllowed, ResourceConstraint, ServiceUnavailable
-from xmppd.protocol.namespaces import NS_CLIENT
+from xmppd.extension import ComponentService, iq_handler
+from xmppd.protocol.errors import BadRequest, NotAcceptable, NotAllowed, ResourceConstraint
 from xmppd.protocol.stanza import make_element, sub_element
-from xmppd.router import Stanza, answer_iq
 from xmppd.storage.interfaces import Upload
 
 from . import DEFAULT_CONTENT_TYPE, NS_UPLOAD, is_valid_filename
@@ -32,7 +30,7 @@ _CONTENT_TYPE = re.compile(
     rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"(?:[^\"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*\"))*")
 
 
-class UploadService(Extension):
+class UploadService(ComponentService):
     features = [NS_UPLOAD]
 
     def __init__(self, host, options):
@@ -43,19 +41,6 @@ class UploadService(Extension):
     def disco_forms(self) -> list:
         return [forms.build("result", form_type=NS_UPLOAD, fields=[
             forms.Field("max-file-size", type=None, values=(str(self.upload.options.max_file_size),))])]
-
-    @hook("iq/host")
-    async def iq_to_service(self, stanza: Stanza) -> bool:
-        return await answer_iq(self.host, stanza)
-
-    @hook("message/host", priority=-1)
-    @hook("message/bare", priority=-1)
-    @hook("message/full", priority=-1)
-    async def refuse_message(self, stanza: Stanza) -> bool:
-        """The service takes no messages: one with a body goes back to its sender."""
-        if stanza.type not in ("error", "groupchat", "headline") and stanza.element.find(f"{{{NS_CLIENT}}}body") is not None:
-            raise ServiceUnavailable()
-        return True
 
     @iq_handler("get", NS_UPLOAD, "request", to=("host",))
     async def request_slot(self, iq):
