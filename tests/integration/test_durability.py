@@ -32,7 +32,7 @@ async def test_acked_message_to_offline_user_survives_sigkill(make_xmppd):
 async def test_a_burst_of_acked_messages_survives_sigkill_in_order(make_xmppd):
     """The messages of one burst share commits (the next one is routed while the last
     one commits): the ack still covers only committed ones."""
-    server = make_xmppd().start()
+    server = make_xmppd("[extensions.offline]\nmax_messages_per_stranger = 1000\n").start()
     alice, bob = create_accounts(server, [unique("durable"), unique("durable")])
     sender = RawClient(server.domain)
     await sender.login(server.port, alice.split("@")[0], "secret")

@@ -21,7 +21,7 @@ ACTIONS = st.lists(st.one_of(st.tuples(st.just("send"), st.integers(1, 40)),
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("smacks-fuzz"), "[extensions.smacks]\nwindow = 8\n",
+    process = XmppdProcess(tmp_path_factory.mktemp("smacks-fuzz"), "[extensions.smacks]\nwindow = 8\n[extensions.offline]\nmax_messages_per_stranger = 10000\n",
                            c2s_section="auth_failure_delay = 0").start()
     process.accounts = AccountPool(process)
     yield process
