@@ -13,7 +13,9 @@ stanzas unacknowledged the session has no room (Session.window): nothing more is
 written, what comes meanwhile waits (messages worth keeping in the resource's backlog,
 backlog.py; the rest held in memory, xmppd/session.py), and goes out as acks come back.
 An <r/> unanswered for `ack_timeout` seconds means a half-dead connection: it is
-dropped, and the session hibernates.
+dropped, and the session hibernates; unless what was written before the request is
+still going out, fewer bytes than at the last check (a slow reader that has not read
+the request yet): then it waits another period.
 
 A resumable session whose connection is lost without a stream close hibernates for
 `resume_timeout` seconds (or the shorter 'max' its client asked for): it stays in
@@ -51,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -118,6 +121,7 @@ class ManagedStream:
         self.sent = 0                      # stanzas written since <enable/>, modulo 2^32
         self.requested: int | None = None  # `sent` when the outstanding <r/> went out
         self.ack_timer: asyncio.TimerHandle | None = None
+        self.unsent = math.inf             # bytes the connection had not sent at the last ack timeout
         self.expiry: asyncio.TimerHandle | None = None
 
     @property
@@ -140,14 +144,26 @@ class ManagedStream:
             return
         self.requested = self.sent
         self.session.connection.write(REQUEST)
+        self.unsent = math.inf
+        self.arm_ack_timer()
+
+    def arm_ack_timer(self) -> None:
         if self.extension.options.ack_timeout:
             self.ack_timer = asyncio.get_running_loop().call_later(self.extension.options.ack_timeout, self.ack_missing)
 
     def ack_missing(self) -> None:
+        """No answer to <r/> in time: a half-dead connection is dropped. One that still
+        takes what was written before the request (a slow reader) has not seen it yet:
+        it gets another period, for as long as it makes progress."""
         connection = self.session.connection
-        if connection is not None:
-            self.extension.log.info("event=ack-timeout jid=%s unacked=%d", self.session.jid, len(self.queue))
-            connection.drop()
+        if connection is None:
+            return
+        if 0 < connection.unsent < self.unsent:
+            self.unsent = connection.unsent
+            self.arm_ack_timer()
+            return
+        self.extension.log.info("event=ack-timeout jid=%s unacked=%d", self.session.jid, len(self.queue))
+        connection.drop()
 
     def is_possible(self, h: int) -> bool:
         return (h - self.acked) % SEQUENCE <= len(self.queue)

@@ -255,6 +255,10 @@ class C2SConnection:
     def congested(self) -> bool:
         return self.transport.congested
 
+    @property
+    def unsent(self) -> int:
+        return self.transport.unsent
+
     async def drained(self) -> None:
         await self.transport.drained()
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 class Connection(Protocol):
     peer: str
     congested: bool                      # unsent output over the limit: write nothing more
+    unsent: int                          # bytes written that the peer's network has not taken yet
 
     def write(self, data: bytes) -> None: ...
     def close(self, condition: str | None = None, text: str | None = None) -> None: ...

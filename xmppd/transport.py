@@ -9,9 +9,12 @@ and is `congested`: the session writes nothing more to it until it has `drained`
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import socket
 import ssl
+import struct
+import termios
 
 
 class Transport:
@@ -53,8 +56,21 @@ class Transport:
         self._pending_bytes = 0
 
     @property
+    def unsent(self) -> int:
+        """Bytes written that the peer has not acknowledged yet: ours and, on Linux, the
+        kernel's send queue (TIOCOUTQ), where a slow reader's backlog mostly waits."""
+        queued = 0
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                pass
+        return self._pending_bytes + self.writer.transport.get_write_buffer_size() + queued
+
+    @property
     def congested(self) -> bool:
-        """Whether the output not yet taken by the peer is over `max_output_buffer`."""
+        """Whether the output the kernel has not taken yet is over `max_output_buffer`."""
         return self._pending_bytes + self.writer.transport.get_write_buffer_size() > self.max_output_buffer
 
     async def drained(self) -> None:

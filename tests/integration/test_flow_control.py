@@ -19,6 +19,7 @@ CONFIG = """
 max_messages_per_user = 10000
 max_messages_per_stranger = 10000
 """
+MEMORY_LIMIT = 2 * 1024 ** 3           # address space of a server under a memory attack (~700 MB idle)
 
 
 async def sender_of(server, jid: str) -> RawClient:
@@ -56,7 +57,7 @@ def assert_all_once(ids: list[str], prefix: str, count: int) -> None:
 
 
 async def test_a_slow_reader_gets_every_message_in_order_with_bounded_server_memory(make_xmppd):
-    server = make_xmppd(CONFIG).start()
+    server = make_xmppd(CONFIG, memory_limit=MEMORY_LIMIT).start()
     alice, bob = create_accounts(server, [unique("fast"), unique("slow")])
     phone, _ = await managed_login(server, bob.split("@")[0], "phone")
     reader = StanzaStream(phone, handled=1, chunk=4096, pace=0.002)
@@ -81,6 +82,25 @@ async def test_a_slow_reader_gets_every_message_in_order_with_bounded_server_mem
     assert "ack-queue-full" not in server.log and "event=stalled" not in server.log
     # 5,000 messages of ~150 bytes are ~1 MB of XML: the backlog is in storage, not memory.
     assert peak - before < 48 * 1024, f"server RSS grew by {(peak - before) // 1024} MiB"
+    await phone.close()
+    await sender.close()
+
+
+async def test_a_reader_slower_than_the_ack_timeout_is_not_taken_for_dead(make_xmppd):
+    """The <r/> after a full window of large messages reaches a slow reader long after
+    ack_timeout: as long as the output keeps going out, the connection is not dropped."""
+    server = make_xmppd(CONFIG + "[extensions.smacks]\nack_timeout = 1\n").start()
+    alice, bob = create_accounts(server, [unique("fast"), unique("slow")])
+    phone, _ = await managed_login(server, bob.split("@")[0], "phone")
+    reader = StanzaStream(phone, handled=1, chunk=16384, pace=0.05)     # about 300 KB/s
+    sender = await sender_of(server, alice)
+    count, padding = 400, "x" * 4000                       # 1.6 MB: about 5 s to read
+    await sender.send("".join(f"<message to='{bob}' type='chat' id='p{n}'><body>{padding}</body></message>"
+                              for n in range(count)))
+    await reader.until(lambda: len(reader.message_ids) >= count, timeout=120)
+    await reader.ping("done")
+    assert_all_once(reader.message_ids, "p", count)
+    assert "event=ack-timeout" not in server.log and "event=hibernating" not in server.log
     await phone.close()
     await sender.close()
 
@@ -168,7 +188,7 @@ async def test_sessions_ending_one_after_another_hand_a_message_on_once(make_xmp
     one after the other used to be handed from one to the next, doubling each time
     (2^(N-2) copies). Now each copy goes to offline storage once, and copies of one
     message once in all."""
-    server = make_xmppd(CONFIG).start()
+    server = make_xmppd(CONFIG, memory_limit=MEMORY_LIMIT).start()
     alice, bob = create_accounts(server, [unique("fast"), unique("many")])
     user = bob.split("@")[0]
     resources = [f"r{n}" for n in range(8)]
@@ -200,7 +220,7 @@ async def test_a_client_that_never_reads_holds_bounded_memory_then_is_let_go(mak
     its messages then go to offline storage: all of them with XEP-0198, all but what
     was written before its output backed up without."""
     server = make_xmppd(CONFIG + "[extensions.smacks]\nack_timeout = 3\nresume_timeout = 3\n",
-                        c2s_section="stall_timeout = 10").start()
+                        c2s_section="stall_timeout = 10", memory_limit=MEMORY_LIMIT).start()
     alice, bob = create_accounts(server, [unique("fast"), unique("deaf")])
     user = bob.split("@")[0]
     if managed:
@@ -258,6 +278,7 @@ async def test_a_backlog_is_bounded_and_the_sender_told(make_xmppd):
     # Four went out (the window holds the presence echo too), twenty wait, the rest are refused.
     assert errors.errors == {f"b{n}": "resource-constraint" for n in range(24, 40)}
     assert await server.limit_reached("extensions.backlog.max_messages_per_resource") == 16
+    assert await server.metric('xmppd_sessions_held_back{host="localhost"}') == 1     # the phone
     await phone.close()
     await sender.close()
 

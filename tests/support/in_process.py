@@ -30,6 +30,7 @@ class Wire:
     """A session's connection that keeps what is written to it."""
     peer = "test"
     congested = False                  # takes everything at once
+    unsent = 0
 
     def __init__(self):
         self.out: list[etree._Element] = []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -29,9 +30,10 @@ class XmppdProcess:
     """
 
     def __init__(self, directory: Path, extra_config: str = "", domain: str = "localhost",
-                 server_section: str = "", c2s_section: str = "", port: int = 0):
+                 server_section: str = "", c2s_section: str = "", port: int = 0, memory_limit: int = 0):
         self.directory = Path(directory)
         self.domain = domain
+        self.memory_limit = memory_limit           # bytes of address space (RLIMIT_AS); 0: none
         self._fixed_port = bool(port)
         self.port = port or free_port()
         self.tls_port = free_port()
@@ -110,7 +112,8 @@ class XmppdProcess:
         self.output = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "xmppd.cli", "--config", str(self.config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            preexec_fn=self._limit_memory if self.memory_limit else None)
         ready = threading.Event()
 
         def pump():
@@ -125,6 +128,10 @@ class XmppdProcess:
             self.kill()
             raise RuntimeError(f"xmppd did not start:\n{self.log}")
         return self
+
+    def _limit_memory(self) -> None:
+        """In the child: an attack on memory ends this server, not the machine."""
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, self.memory_limit))
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.process is None or self.process.poll() is not None:
@@ -155,12 +162,16 @@ class XmppdProcess:
 
     async def limit_reached(self, limit: str) -> float:
         """The count of xmppd_limit_reached_total{limit=`limit`} (section.option) in /metrics."""
+        return await self.metric(f'xmppd_limit_reached_total{{limit="{limit}"}}')
+
+    async def metric(self, series: str) -> float:
+        """The value of one series of /metrics, named as it is written there (0 if absent)."""
         import aiohttp
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{self.http_port}/metrics") as response:
                 text = await response.text()
         for line in text.splitlines():
-            if line.startswith(f'xmppd_limit_reached_total{{limit="{limit}"}} '):
+            if line.startswith(f"{series} "):
                 return float(line.split()[-1])
         return 0.0
 

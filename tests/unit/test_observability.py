@@ -67,6 +67,7 @@ def test_redacted_keeps_names_and_attributes_and_drops_every_text():
 class Wire:
     peer = "test"
     congested = False                  # takes everything at once
+    unsent = 0
 
     def __init__(self):
         self.out = []
