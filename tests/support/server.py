@@ -124,7 +124,9 @@ class XmppdProcess:
             ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(timeout) or self.process.poll() is not None:
+        # `ready` is set by the listening line, or by the end of the output of a server
+        # that gave up (which may not have exited yet).
+        if not ready.wait(timeout) or "listening on" not in self.log or self.process.poll() is not None:
             self.kill()
             raise RuntimeError(f"xmppd did not start:\n{self.log}")
         return self
