@@ -125,10 +125,11 @@ class Backlog(Extension):
                 asleep = True
         return asleep
 
-    def keep(self, session: Session, element: etree._Element, when: float) -> str:
-        """Store a message a lost connection left unacknowledged, sent at `when`, in the
-        place it had in the stream (ahead of what came later); its backlog id."""
-        return self._append(session, element, _first_due(element, when), at=True)[0]
+    def keep(self, session: Session, element: etree._Element, when: float):
+        """Start storing a message a lost connection left unacknowledged, sent at `when`,
+        in the place it had in the stream (ahead of what came later); its backlog id
+        and the write."""
+        return self._append(session, element, _first_due(element, when), at=True)
 
     def forget(self, session: Session, ids: list[str]) -> None:
         """The client acknowledged these kept messages after all (<resume h=../>)."""

@@ -187,13 +187,17 @@ class ManagedStream:
         if self.sent != outstanding:
             self.request_ack()
 
-    def keep_in_backlog(self, backlog) -> None:
+    def keep_in_backlog(self, backlog) -> list[asyncio.Task]:
         """Move the messages worth keeping to the backlog (a crash must not lose them);
-        their places in the queue stay, for counting."""
+        their places in the queue stay, for counting. The writes started."""
+        writes = []
         for entry in self.queue:
             element, when, _ = entry
             if element is not None and element.tag == MESSAGE and should_store(element):
-                entry[:] = [None, when, backlog.keep(self.session, element, when)]
+                backlog_id, write = backlog.keep(self.session, element, when)
+                entry[:] = [None, when, backlog_id]
+                writes.append(write)
+        return writes
 
     def resend(self, domain: str) -> None:
         """After <resumed/>: what is in memory goes out again, stamped; what is in the
@@ -309,8 +313,10 @@ class StreamManagement(Extension):
             state.timeout, lambda: self.server.spawn(self._expire(state)))
         self.log.info("event=hibernating jid=%s unacked=%d timeout=%d", session.jid, len(state.queue), state.timeout)
         unacked = [element for element, _, _ in state.queue if element is not None]
-        state.keep_in_backlog(self.host.extensions["backlog"])
+        writes = state.keep_in_backlog(self.host.extensions["backlog"])
         await self.host.bus.notify("smacks-hibernation-start", HibernatedStanzas(session, unacked))
+        await asyncio.gather(*writes, return_exceptions=True)     # failures are the backlog's to log
+        self.log.info("event=unacked-kept jid=%s messages=%d", session.jid, len(writes))
         return True
 
     async def _expire(self, state: ManagedStream) -> None:

@@ -104,3 +104,32 @@ async def test_acked_message_to_a_hibernating_session_survives_sigkill(make_xmpp
         delivered = await inbox.wait(message(body=f"while asleep {n}"))
         assert delivered.get("id") == f"s{n}"
     await receiver.logout()
+
+
+async def test_messages_unacknowledged_when_the_connection_dropped_survive_sigkill(make_xmppd):
+    """Issue 12: what a lost connection left unacknowledged is stored (the resource's
+    backlog) as soon as the session hibernates, not only when it ends: a SIGKILL then
+    loses none of it, and a desktop that was connected all along does not get it twice."""
+    server = make_xmppd().start()
+    alice, bob = create_accounts(server, [unique("durable"), unique("durable")])
+    desktop = RawClient(server.domain)
+    await desktop.login(server.port, alice.split("@")[0], "secret", resource="desktop")
+    await desktop.send("<presence priority='-1'/>")            # takes no messages to the account
+    phone, _ = await managed_login(server, alice.split("@")[0], "phone")
+    sender = RawClient(server.domain)
+    await sender.login(server.port, bob.split("@")[0], "secret")
+    for n in range(3):
+        await send_message(sender, alice, f"in flight {n}", f"f{n}")
+    for n in range(3):
+        await phone.expect(rf"<body>in flight {n}</body>")    # read, never acknowledged
+    drop(phone)
+    await server.wait_for_log(f"event=unacked-kept jid={alice}/phone messages=3")   # committed
+    server.kill()
+    await sender.close()
+    server.start()
+
+    receiver, inbox = await online(server, alice, "tablet", roster=False)
+    for n in range(3):
+        delivered = await inbox.wait(message(body=f"in flight {n}"))
+        assert delivered.get("id") == f"f{n}" and delivered.find("{urn:xmpp:delay}delay") is not None
+    await receiver.logout()
