@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import unique
 from tests.support.accounts import create_accounts
 from tests.support.raw import RawClient
-from tests.support.smacks import NS_SM, StanzaStream, attribute, authenticated, drop, enable, managed_login
+from tests.support.smacks import (NS_SM, StanzaStream, attribute, authenticated, coming_online, drop, enable,
+                                  managed_login)
 
 CONFIG = """
 [extensions.offline]
@@ -111,9 +112,8 @@ async def test_five_thousand_offline_messages_drain_to_a_slow_acker_in_one_login
     sender = await sender_of(server, alice)
     count = 5000
     await send_all(sender, bob, count, "o")
-    phone, _ = await managed_login(server, bob.split("@")[0], "phone", presence=False)
-    await phone.send("<presence/>")
-    reader = StanzaStream(phone, chunk=8192, pace=0.001)
+    reader, _ = await coming_online(server, bob.split("@")[0], "phone", chunk=8192, pace=0.001)
+    phone = reader.client
     await reader.until(lambda: len(reader.message_ids) >= count, timeout=240)
     await reader.ping("done")
     assert_all_once(reader.message_ids, "o", count)
@@ -132,9 +132,8 @@ async def test_sigkill_after_the_last_ack_loses_none_of_500_and_all_are_archived
     await sender.close()
     server.start()
 
-    phone, _ = await managed_login(server, bob.split("@")[0], "phone", presence=False)
-    await phone.send("<presence/>")
-    reader = StanzaStream(phone)
+    reader, _ = await coming_online(server, bob.split("@")[0], "phone")
+    phone = reader.client
     await reader.until(lambda: len(reader.message_ids) >= count, timeout=120)
     await reader.ping("done")
     assert_all_once(reader.message_ids, "k", count)
@@ -158,9 +157,8 @@ async def test_repeated_cuts_during_a_drain_with_resumption_lose_and_repeat_noth
     count = 2000
     await send_all(sender, bob, count, "c")
     user = bob.split("@")[0]
-    phone, sm_id = await managed_login(server, user, "phone", presence=False)
-    await phone.send("<presence/>")
-    reader = StanzaStream(phone, chunk=4096)
+    reader, sm_id = await coming_online(server, user, "phone", chunk=4096)
+    phone = reader.client
     cuts = 0
     while len(reader.message_ids) < count:
         target = min(count, len(reader.message_ids) + 300)
@@ -201,9 +199,8 @@ async def test_sessions_ending_one_after_another_hand_a_message_on_once(make_xmp
         drop(client)
     await server.wait_for_log(f"event=hibernation-expired jid={bob}/", timeout=30, count=len(sessions))
 
-    fresh, _ = await managed_login(server, user, "fresh", presence=False)
-    await fresh.send("<presence/>")
-    reader = StanzaStream(fresh)
+    reader, _ = await coming_online(server, user, "fresh")
+    fresh = reader.client
     await reader.until(lambda: "once" in reader.message_ids, timeout=30)
     await reader.ping("done")
     assert reader.message_ids.count("once") == 1
@@ -250,9 +247,8 @@ async def test_a_client_that_never_reads_holds_bounded_memory_then_is_let_go(mak
     await server.wait_for_log(f"event=session-ended jid={bob}/deaf" if not managed
                               else f"event=hibernation-expired jid={bob}/deaf", timeout=30)
     deaf.writer.transport.abort()
-    again, _ = await managed_login(server, user, "again", presence=False)
-    await again.send("<presence/>")
-    reader = StanzaStream(again)
+    reader, _ = await coming_online(server, user, "again")
+    again = reader.client
     await reader.until(lambda: "d399" in reader.message_ids, timeout=60)
     await reader.ping("done")
     if managed:
@@ -300,9 +296,8 @@ async def test_one_stranger_cannot_fill_an_offline_queue(make_xmppd):
     friendly = await sender_of(server, friend)
     await send_all(friendly, bob, 15, "f")                 # a contact may send more than a stranger
     assert await server.limit_reached("extensions.offline.max_messages_per_stranger") == 5
-    phone, _ = await managed_login(server, bob.split("@")[0], "phone", presence=False)
-    await phone.send("<presence/>")
-    reader = StanzaStream(phone)
+    reader, _ = await coming_online(server, bob.split("@")[0], "phone")
+    phone = reader.client
     await reader.until(lambda: len(reader.message_ids) >= 25, timeout=30)
     assert_all_once(reader.message_ids, "f", 15)
     assert_all_once(reader.message_ids, "s", 10)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tests.conftest import AccountPool
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
-from tests.support.smacks import NS_SM, StanzaStream, authenticated, drop, enable, managed_login
+from tests.support.smacks import NS_SM, StanzaStream, authenticated, coming_online, drop, enable
 
 ACTIONS = st.lists(st.one_of(st.tuples(st.just("send"), st.integers(1, 40)),
                              st.sampled_from([("sync",), ("read",), ("drop",), ("resume",), ("login",)])),
@@ -43,9 +43,7 @@ class Phone:
     async def login(self) -> None:
         if self.reader is not None:
             self._close_epoch()
-        client, self.sm_id = await managed_login(self.server, self.user, "phone", presence=False)
-        await client.send("<presence/>")
-        self.reader = StanzaStream(client, chunk=4096)
+        self.reader, self.sm_id = await coming_online(self.server, self.user, "phone", chunk=4096)
         self.connected = True
 
     async def resume(self) -> None:

@@ -68,6 +68,14 @@ async def managed_login(server, user: str, resource: str, *, max_: int | None = 
     return client, attribute(enabled.group(1), "id")
 
 
+async def coming_online(server, user: str, resource: str, **reader_options) -> tuple["StanzaStream", str]:
+    """A XEP-0198 client that logs in and sends its initial presence: a StanzaStream of
+    what comes (its offline queue first), and its SM-ID."""
+    client, sm_id = await managed_login(server, user, resource, presence=False)
+    await client.send("<presence/>")
+    return StanzaStream(client, **reader_options), sm_id
+
+
 async def ping(client: RawClient, ping_id: str) -> str:
     """Ping the server; return everything received before the answer (a sync point)."""
     await client.send(f"<iq type='get' id='{ping_id}'><ping xmlns='urn:xmpp:ping'/></iq>")
