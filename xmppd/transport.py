@@ -16,6 +16,8 @@ import ssl
 import struct
 import termios
 
+SEND_QUEUE = getattr(termios, "TIOCOUTQ", None)    # the socket's unsent bytes; Linux
+
 
 class Transport:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, max_output_buffer: int):
@@ -61,9 +63,9 @@ class Transport:
         kernel's send queue (TIOCOUTQ), where a slow reader's backlog mostly waits."""
         queued = 0
         sock = self.writer.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and SEND_QUEUE is not None:
             try:
-                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), SEND_QUEUE, b"\0\0\0\0"))[0]
             except OSError:
                 pass
         return self._pending_bytes + self.writer.transport.get_write_buffer_size() + queued
