@@ -134,6 +134,7 @@ class Backlog(Extension):
     def forget(self, session: Session, ids: list[str]) -> None:
         """The client acknowledged these kept messages after all (<resume h=../>)."""
         if ids:
+            self.lengths[str(session.jid)] -= len(ids)
             self.pending.start(str(session.jid), self.store.delete(str(session.jid), ids))
 
     def _append(self, session: Session, element: etree._Element, when: float,
@@ -170,7 +171,9 @@ class Backlog(Extension):
             if page.items:
                 await self.store.delete(owner, [item.id for item in page.items])
                 self.lengths[owner] -= len(page.items)
-        return page.complete and owner not in self.pending.by_owner
+        # Done only when nothing is left, counting what was appended while the query ran
+        # (committed meanwhile, yet not in this page).
+        return self.lengths[owner] <= 0
 
     # ------------------------------------------------------------- handing on
 

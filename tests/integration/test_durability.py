@@ -109,7 +109,8 @@ async def test_acked_message_to_a_hibernating_session_survives_sigkill(make_xmpp
 async def test_messages_unacknowledged_when_the_connection_dropped_survive_sigkill(make_xmppd):
     """Issue 12: what a lost connection left unacknowledged is stored (the resource's
     backlog) as soon as the session hibernates, not only when it ends: a SIGKILL then
-    loses none of it, and a desktop that was connected all along does not get it twice."""
+    loses none of it. (The connected desktop makes it the phone's backlog's, not
+    offline storage's.)"""
     server = make_xmppd().start()
     alice, bob = create_accounts(server, [unique("durable"), unique("durable")])
     desktop = RawClient(server.domain)

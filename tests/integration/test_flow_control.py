@@ -13,7 +13,7 @@ from tests.conftest import unique
 from tests.support.accounts import create_accounts
 from tests.support.raw import RawClient
 from tests.support.smacks import (NS_SM, StanzaStream, attribute, authenticated, coming_online, drop, enable,
-                                  managed_login)
+                                  managed_login, send_message)
 
 CONFIG = """
 [extensions.offline]
@@ -276,6 +276,46 @@ async def test_a_backlog_is_bounded_and_the_sender_told(make_xmppd):
     assert await server.limit_reached("extensions.backlog.max_messages_per_resource") == 16
     assert await server.metric('xmppd_sessions_held_back{host="localhost"}') == 1     # the phone
     await phone.close()
+    await sender.close()
+
+
+async def test_what_a_resumption_acknowledges_leaves_room_in_the_backlog(make_xmppd):
+    """Kept messages that <resume h=../> acknowledges are deleted from the backlog and no
+    longer count against its limit: resumptions do not fill it up."""
+    server = make_xmppd(CONFIG + "[extensions.backlog]\nmax_messages_per_resource = 5\n").start()
+    alice, bob = create_accounts(server, [unique("fast"), unique("phone")])
+    user = bob.split("@")[0]
+    desktop = RawClient(server.domain)                     # connected: the phone's messages go to its backlog
+    await desktop.login(server.port, user, "secret", resource="desktop")
+    await desktop.send("<presence/>")
+    phone, sm_id = await managed_login(server, user, "phone")
+    sender = await sender_of(server, alice)
+    outbox = StanzaStream(sender)
+    reader = StanzaStream(phone, handled=1)
+
+    async def cut_and_resume(cuts: int) -> StanzaStream:
+        drop(reader.client)                                # what it did not ack is kept
+        await server.wait_for_log(f"event=unacked-kept jid={bob}/phone ", count=cuts)
+        client, _ = await authenticated(server, user)
+        await client.send(f"<resume xmlns='{NS_SM}' previd='{sm_id}' h='{reader.handled}'/>")
+        await client.expect(r"<resumed [^>]*/>")               # acknowledges all it had
+        return StanzaStream(client, resumed=reader)
+
+    for round_ in range(3):                                # kept, then acknowledged: more than the limit
+        for n in range(3):
+            await send_message(sender, bob, f"r{round_} {n}", f"r{round_}-{n}")
+        await reader.until(lambda: sum(i.startswith(f"r{round_}-") for i in reader.message_ids) >= 3, timeout=30)
+        reader = await cut_and_resume(round_ + 1)
+    drop(reader.client)                                    # asleep again: what comes waits in the backlog
+    await server.wait_for_log(f"event=unacked-kept jid={bob}/phone ", count=4)
+    await send_message(sender, bob, "after", "after")
+    await outbox.ping("done")
+    assert not outbox.errors, f"refused: {outbox.errors}"
+    client, _ = await authenticated(server, user)
+    await client.send(f"<resume xmlns='{NS_SM}' previd='{sm_id}' h='{reader.handled}'/>")
+    await client.expect(r"<body>after</body>")
+    await client.close()
+    await desktop.close()
     await sender.close()
 
 
