@@ -22,8 +22,9 @@ in memory, then its backlog. A message worth keeping goes to offline storage
 (message/offline/store; bounced to its sender if that is full), never to other sessions
 directly: a message is handed on once, so that resources ending one after the other
 cannot multiply it, and copies of one message (a message to the bare JID reached
-several resources) are handed on once, known by the stanza-id the archive gave them. An iq get/set is answered service-unavailable; anything else is
-dropped. At start, the backlogs a crashed server left go to offline storage the same way.
+several resources) are handed on once, known by the stanza-id the archive gave them.
+An iq get/set is answered service-unavailable; anything else is dropped. At start, the
+backlogs a crashed server left go to offline storage the same way.
 
 Hooks: message/bare and message/full (after blocking, the archive and carbons, before
 the default delivery), session-closed (after CSI and smacks.py).

@@ -8,20 +8,21 @@ Messages are stored in the "offline" archive with time-ordered ids, at most
 `max_messages_per_user` per user, and `max_messages_per_stranger` of them from one
 sender not in the user's roster, so that a stranger cannot fill the queue for the
 user's friends (beyond either, the sender gets service-unavailable, as XEP-0160 says
-for a full storage, and the limit is counted). The write is started in order (its id fixes the
-message's place in the queue) and commits in the background (xmppd/pending.py): the
-sender's next stanza is routed meanwhile, and the sender's XEP-0198 ack waits for the
-commit (Stanza.writes); a failed write is bounced with internal-server-error. Delivery
-is paced by the resource's room (xmppd/session.py: the XEP-0198 window, the output
-buffer): each turn waits for the writes under way, sends the oldest messages that fit
-in order, then deletes exactly the ids sent, under a per-user lock so that two resources
-coming online at once do not both get them; a week of messages drains to a slow phone
-with bounded server memory.
+for a full storage, and the limit is counted). The write is started in order (its id
+fixes the message's place in the queue) and commits in the background
+(xmppd/pending.py): the sender's next stanza is routed meanwhile, and the sender's
+XEP-0198 ack waits for the commit (Stanza.writes); a failed write is bounced with
+internal-server-error. Delivery is paced by the resource's room (xmppd/session.py: the
+XEP-0198 window, the output buffer): each turn waits for the writes under way, sends
+the oldest messages that fit in order, then deletes exactly the ids sent, under a
+per-user lock so that two resources coming online at once do not both get them; a week
+of messages drains to a slow phone with bounded server memory.
 
 Hooks: message/offline/store (the router's default delivery; backlog.py for a user whose
-resources all hibernate, and for what a session that ended hands on), message/offline/deliver (presence.py, on an available presence
-with a non-negative priority; smacks.py after a resumption), user-deleted. A hibernating
-session is never delivered to: what it would not acknowledge stays stored.
+resources all hibernate, and for what a session that ended hands on),
+message/offline/deliver (presence.py, on an available presence with a non-negative
+priority; smacks.py after a resumption), user-deleted. A hibernating session is never
+delivered to: what it would not acknowledge stays stored.
 Fires: message-stored-offline (the Stanza, a notification, once the write is committed:
 XEP-0357 push notifications). Counts the messages stored and delivered, and observes
 the queue's length at each message stored (xmppd/metrics.py).
@@ -114,7 +115,7 @@ class OfflineMessages(Extension):
             # The id fixes the message's place in the queue; the commit runs on while the
             # sender's next stanza is routed, and the sender's ack waits for it.
             write = self.pending.start(key, self.store.append(key, ArchivedStanza(
-                id=time_ordered_id(), when=now, with_=str(stanza.from_.bare), payload=to_storage(element))))
+                id=time_ordered_id(), when=now, with_=sender, payload=to_storage(element))))
             self.queue_lengths[key] = length + 1
             self.sender_lengths[key][sender] = from_sender + 1
             self.server.metrics.observe(OFFLINE_QUEUE_LENGTH, (), length + 1)
