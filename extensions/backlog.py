@@ -72,7 +72,7 @@ class Backlog(Extension):
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.pending = PendingWrites(self.server)
+        self.pending = PendingWrites(self.services.tasks)
         self.lock = KeyedLocks()               # per resource: draining against handing on
         # Backlog lengths, kept here: every backlog is empty at start (handed on) and
         # when its session ends.
@@ -86,7 +86,7 @@ class Backlog(Extension):
                 await self._hand_on_stored(owner)
 
     async def stop(self) -> None:
-        await self.pending.all_settled(self.server.config.server.graceful_shutdown_timeout)
+        await self.pending.all_settled(self.services.config.server.graceful_shutdown_timeout)
 
     # ------------------------------------------------------------- keeping
 

@@ -279,7 +279,7 @@ class Blocking(Extension):
         """The blocking extension of the user host of `jid`, if it is one of ours."""
         if jid.local is None:
             return None
-        host = self.server.hosts.get(jid.domain)
+        host = self.services.directory.host(jid.domain)
         return host.extensions.get(self.name) if host is not None and not host.is_component else None
 
     @hook("user-deleted")

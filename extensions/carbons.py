@@ -149,6 +149,6 @@ class Carbons(Extension):
 
     def _from_muc(self, stanza: Stanza) -> bool:
         """Sent by a room or an occupant of a MUC domain of ours."""
-        host = self.server.hosts.get(stanza.from_.domain)
+        host = self.services.directory.host(stanza.from_.domain)
         return host is not None and host.is_component and any(
             category == "conference" for category, _, _ in host.identities)

@@ -76,8 +76,8 @@ class Disco(Extension):
             raise ItemNotFound()
         query = make_element(f"{{{NS_DISCO_ITEMS}}}query")
         suffix = "." + self.host.domain
-        for domain, host in sorted(self.server.hosts.items()):
-            if host.is_component and domain.endswith(suffix):
+        for domain in sorted(host.domain for host in self.services.directory.hosts() if host.is_component):
+            if domain.endswith(suffix):
                 sub_element(query, f"{{{NS_DISCO_ITEMS}}}item", {"jid": domain})
         return query
 

@@ -165,7 +165,7 @@ class MessageArchive(Extension):
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.pending = PendingWrites(self.server)
+        self.pending = PendingWrites(self.services.tasks)
         self.room = asyncio.Semaphore(options.max_pending_writes)
         self.prefs_cache: collections.OrderedDict[str, Prefs] = collections.OrderedDict()
         self.retention: asyncio.Task | None = None
@@ -178,7 +178,7 @@ class MessageArchive(Extension):
     async def stop(self) -> None:
         if self.retention is not None:
             self.retention.cancel()
-        late = await self.pending.all_settled(self.server.config.server.graceful_shutdown_timeout)
+        late = await self.pending.all_settled(self.services.config.server.graceful_shutdown_timeout)
         if late:
             self.log.error("event=archive-writes-unfinished count=%d", late)
 
@@ -365,7 +365,7 @@ class MessageArchive(Extension):
         every `retention_check_interval` seconds."""
         if self.options.retention_days > 0:
             await self._expire()
-            self.retention = self.server.spawn(self._expire_now_and_then())
+            self.retention = self.services.tasks.spawn(self._expire_now_and_then())
 
     async def _expire_now_and_then(self) -> None:
         while True:

@@ -74,13 +74,13 @@ class OfflineMessages(Extension):
         # stored rows for every new message would make filling a queue quadratic.
         self.queue_lengths: dict[str, int] = {}
         self.sender_lengths: dict[str, dict[str, int]] = {}      # owner -> sender -> messages queued
-        self.pending = PendingWrites(self.server)
+        self.pending = PendingWrites(self.services.tasks)
 
     async def start(self) -> None:
         self.store = self.host.open_archive("offline")
 
     async def stop(self) -> None:
-        late = await self.pending.all_settled(self.server.config.server.graceful_shutdown_timeout)
+        late = await self.pending.all_settled(self.services.config.server.graceful_shutdown_timeout)
         if late:
             self.log.error("event=offline-writes-unfinished count=%d", late)
 
@@ -118,8 +118,8 @@ class OfflineMessages(Extension):
                 id=time_ordered_id(), when=now, with_=sender, payload=to_storage(element))))
             self.queue_lengths[key] = length + 1
             self.sender_lengths[key][sender] = from_sender + 1
-            self.server.metrics.observe(OFFLINE_QUEUE_LENGTH, (), length + 1)
-        stanza.writes.append(self.server.spawn(self._committed(stanza, write)))
+            self.services.metrics.observe(OFFLINE_QUEUE_LENGTH, (), length + 1)
+        stanza.writes.append(self.services.tasks.spawn(self._committed(stanza, write)))
         return True
 
     async def _committed(self, stanza, write) -> None:
@@ -131,9 +131,9 @@ class OfflineMessages(Extension):
         except Exception:
             self.log.exception("event=offline-write-failed owner=%s", owner)
             self._forget_lengths(str(owner))                  # counted again from storage
-            await self.server.router.bounce(stanza, InternalServerError())
+            await self.services.delivery.bounce(stanza, InternalServerError())
             return
-        self.server.metrics.count(OFFLINE_STORED)
+        self.services.metrics.count(OFFLINE_STORED)
         await self.host.bus.notify("message-stored-offline", stanza)
         sessions = [s for s in self.host.available_sessions(owner.local)
                     if s.priority >= 0 and s.connection is not None]     # not a hibernating one
@@ -160,7 +160,7 @@ class OfflineMessages(Extension):
                 if stanza is not None:         # an unreadable one is deleted unsent: it would block the queue
                     session.send(stanza)
             if page.items:
-                self.server.metrics.count(OFFLINE_DELIVERED, amount=len(page.items))
+                self.services.metrics.count(OFFLINE_DELIVERED, amount=len(page.items))
                 await self.store.delete(owner, [item.id for item in page.items])
             self._forget_lengths(owner)
         return page.complete

@@ -181,7 +181,7 @@ class PushNotifications(Extension):
         forwarded = last.find(CARBON_RECEIVED_MESSAGE)
         message = forwarded if forwarded is not None else last
         summary = Summary(self.unread[str(owner)], message.get("from"), message.findtext(BODY))
-        self.server.spawn(self._publish_all(owner, summary))
+        self.services.tasks.spawn(self._publish_all(owner, summary))
 
     # ------------------------------------------------------------- publishing
 

@@ -310,7 +310,7 @@ class StreamManagement(Extension):
             return False
         state.stop()
         state.expiry = asyncio.get_running_loop().call_later(
-            state.timeout, lambda: self.server.spawn(self._expire(state)))
+            state.timeout, lambda: self.services.tasks.spawn(self._expire(state)))
         self.log.info("event=hibernating jid=%s unacked=%d timeout=%d", session.jid, len(state.queue), state.timeout)
         unacked = [element for element, _, _ in state.queue if element is not None]
         writes = state.keep_in_backlog(self.host.extensions["backlog"])

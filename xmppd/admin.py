@@ -10,20 +10,25 @@ import json
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 from xmppd.protocol.jid import JID, InvalidJID
+
+if TYPE_CHECKING:
+    from xmppd.services import Node, Services
 
 log = logging.getLogger(__name__)
 
 
 class AdminSocket:
-    def __init__(self, server):
-        self.server = server
+    def __init__(self, services: "Services", node: "Node"):
+        self.services = services
+        self.node = node
         self.started = time.time()
         self._listener = None
 
     async def start(self) -> None:
-        path = self.server.config.admin_socket
+        path = self.services.config.admin_socket
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             path.unlink()
@@ -36,7 +41,7 @@ class AdminSocket:
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()
-            self.server.config.admin_socket.unlink(missing_ok=True)
+            self.services.config.admin_socket.unlink(missing_ok=True)
 
     async def _serve(self, reader, writer) -> None:
         try:
@@ -52,12 +57,12 @@ class AdminSocket:
             writer.close()
 
     async def execute(self, command: str, request: dict) -> dict:
-        server = self.server
-        sessions = [s for host in server.hosts.values() for resources in host.sessions.values() for s in resources.values()]
+        directory, node = self.services.directory, self.node
+        sessions = [s for host in directory.hosts() for resources in host.sessions.values() for s in resources.values()]
         if command == "status":
             return {"uptime": round(time.time() - self.started, 1), "sessions": len(sessions),
-                    "connections": len(server.connections), "listening": server.listening(),
-                    "hosts": server.user_domains, "counters": server.metrics.totals()}
+                    "connections": len(node.connections), "listening": node.listening(),
+                    "hosts": directory.user_domains, "counters": self.services.metrics.totals()}
         if command == "sessions":
             return {"sessions": sorted(
                 ({"jid": str(s.jid), "peer": s.connection.peer if s.connection else None,

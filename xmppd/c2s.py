@@ -34,8 +34,10 @@ from xmppd.session import Session
 from xmppd.transport import Transport
 
 if TYPE_CHECKING:
+    from xmppd.admission import Admission
     from xmppd.host import Host
-    from xmppd.server import Server
+    from xmppd.services import Services
+    from xmppd.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +53,25 @@ class StreamElement:
 
 
 class C2SConnection:
-    def __init__(self, server: "Server", transport: Transport, *, direct_tls: bool):
-        self.server = server
+    def __init__(self, services: "Services", admission: "Admission", tls: "ServerTls | None",
+                 transport: Transport, *, direct_tls: bool):
+        self.services = services
+        self.admission = admission
+        self.tls = tls
         self.transport = transport
         self.peer = transport.peer
         self.listener = "direct_tls" if direct_tls else "starttls"
-        options = server.config.c2s
+        options = services.config.c2s
         self.stream = XmlStream(max_stanza_bytes=options.max_stanza_bytes)
         self.settings = Settings(
-            domains=frozenset(server.user_domains),
-            tls_available=server.ssl_context is not None,
+            domains=frozenset(services.directory.user_domains),
+            tls_available=tls is not None,
             tls_required=options.require_encryption or not transport.is_loopback,
             extra_features=self._extra_features,
         )
         self.negotiation = C2SNegotiation(self.settings, tls_active=direct_tls)
         if direct_tls:
-            self.settings.channel_binding = server.channel_binding(transport.ssl_object)
+            self.settings.channel_binding = tls.channel_bindings(transport.ssl_object)
         self.session: Session | None = None
         self.host: "Host | None" = None
         self.closed = False
@@ -77,7 +82,7 @@ class C2SConnection:
     async def run(self) -> None:
         # One timer for the whole negotiation, not a timeout per read: logins are a hot path.
         deadline = asyncio.get_running_loop().call_later(
-            self.server.config.c2s.unauthenticated_timeout, self._negotiation_timeout)
+            self.services.config.c2s.unauthenticated_timeout, self._negotiation_timeout)
         try:
             while not self.closed:
                 data = await self.transport.read()
@@ -118,12 +123,12 @@ class C2SConnection:
             element = event.element
             if element.tag in KINDS:
                 session = self.session
-                self.server.metrics.stanza_received(element.tag)
+                self.services.metrics.stanza_received(element.tag)
                 if element.tag == IQ:
                     # An iq's answer tells the client that what it sent before is done
                     # (a ping round trip is the usual barrier): its writes committed.
                     await session.settled()
-                writes = await self.server.router.from_client(session, element)
+                writes = await self.services.delivery.from_client(session, element)
                 # Counted once its processing is over (an offline message committed to
                 # storage): a XEP-0198 ack then covers only stanzas that are safe.
                 session.handled(writes)
@@ -152,21 +157,21 @@ class C2SConnection:
         elif isinstance(action, n.CloseStream):
             self.closed = True
         elif isinstance(action, n.StartTls):
-            await self.transport.start_tls(self.server.ssl_context, self.server.config.c2s.unauthenticated_timeout)
+            await self.transport.start_tls(self.tls.context, self.services.config.c2s.unauthenticated_timeout)
             self.negotiation.tls_started()
-            self.settings.channel_binding = self.server.channel_binding(self.transport.ssl_object)
+            self.settings.channel_binding = self.tls.channel_bindings(self.transport.ssl_object)
             self.stream.reset()
         elif isinstance(action, n.LookupCredentials):
-            if self.server.too_many_sessions(self):
+            if self.admission.too_many_sessions(self):
                 self.close("policy-violation", "too many sessions from your address")
                 return
             jid = f"{action.username}@{self.negotiation.domain}"
-            limit = self.server.auth_throttle.attempt(self.peer, jid)
+            limit = self.admission.throttle.attempt(self.peer, jid)
             if limit is not None:
-                self.server.metrics.count(metrics.LIMIT_REACHED, limit)
+                self.services.metrics.count(metrics.LIMIT_REACHED, limit)
                 follow_ups = self.negotiation.attempt_refused("too many failed logins; try again later")
             else:
-                account = await self.server.storage.accounts.get(jid)
+                account = await self.services.stores.backend.accounts.get(jid)
                 follow_ups = self.negotiation.credentials_found(account.secrets.get(action.hash_name) if account else None)
             for follow_up in follow_ups:
                 await self.perform(follow_up)
@@ -176,14 +181,14 @@ class C2SConnection:
             for follow_up in self.negotiation.password_checked(matches):
                 await self.perform(follow_up)
         elif isinstance(action, n.AuthFailed):
-            self.server.metrics.count(metrics.AUTH_FAILURES, action.mechanism)
+            self.services.metrics.count(metrics.AUTH_FAILURES, action.mechanism)
             log.info("event=auth-failed peer=%s user=%s mechanism=%s condition=%s",
                      self.peer, action.username, action.mechanism, action.condition)
-            await asyncio.sleep(self.server.auth_throttle.failure_delay(self.peer))
+            await asyncio.sleep(self.admission.throttle.failure_delay(self.peer))
         elif isinstance(action, n.Authenticated):
-            self.server.metrics.count(metrics.AUTH_SUCCESSES, action.mechanism)
-            self.server.authenticated(self, action.jid)
-            self.host = self.server.hosts[action.jid.domain]
+            self.services.metrics.count(metrics.AUTH_SUCCESSES, action.mechanism)
+            self.admission.authenticated(self, action.jid)
+            self.host = self.services.directory.host(action.jid.domain)
             self.stream.reset()
         elif isinstance(action, n.BindResource):
             await self._bind(action)
@@ -196,7 +201,7 @@ class C2SConnection:
 
     async def _unauthenticated_iq(self, iq: etree._Element) -> None:
         payload = etree.QName(iq[0])
-        host = self.server.hosts[self.negotiation.domain]
+        host = self.services.directory.host(self.negotiation.domain)
         try:
             handled = await host.bus.fire(f"unauthenticated-iq/{payload.namespace}:{payload.localname}",
                                           StreamElement(self, iq, None))
@@ -243,7 +248,7 @@ class C2SConnection:
         return session
 
     def _extra_features(self, authenticated: bool) -> list[bytes]:
-        host = self.server.hosts.get(self.negotiation.domain)
+        host = self.services.directory.host(self.negotiation.domain)
         return host.stream_features(authenticated) if host is not None else []
 
     # ------------------------------------------------------------- Connection
@@ -269,7 +274,7 @@ class C2SConnection:
         self.closed = True
         if condition is not None:
             if not self.negotiation.header_sent:
-                self.transport.write(stream_header(from_=self.negotiation.domain or self.server.user_domains[0], id="error"))
+                self.transport.write(stream_header(from_=self.negotiation.domain or self.services.directory.user_domains[0], id="error"))
             self.transport.write(stream_error(condition, text))
         self.transport.write(STREAM_CLOSE)
         asyncio.get_running_loop().create_task(self.transport.close())

@@ -63,7 +63,7 @@ class Extension:
 
     def __init__(self, host: "Host", options):
         self.host = host
-        self.server = host.server
+        self.services = host.services
         self.options = options
         self.log = logging.getLogger(f"xmppd.extensions.{self.name}")
         self._hooked: list[tuple[str, object]] = []
@@ -86,7 +86,7 @@ class Extension:
         """Count what `option` of [extensions.<name>] refused (or dropped) in
         xmppd_limit_reached_total; returns the option's key, for the error's <text/>."""
         key = f"extensions.{self.name}.{option}"
-        self.server.metrics.count(LIMIT_REACHED, key, amount=amount)
+        self.services.metrics.count(LIMIT_REACHED, key, amount=amount)
         return key
 
 

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from xmppd.config import Where, build
+from xmppd.config import ConfigError, Where, build
 from xmppd.events import EventBus
 from xmppd.extension import Extension, extension_class, register, unregister
 from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.jid import JID
 
 if TYPE_CHECKING:
-    from xmppd.server import Server
+    from xmppd.services import Services
     from xmppd.session import Session
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,36 @@ log = logging.getLogger(__name__)
 KNOWN_USERS_MAX = 100_000
 
 
+class Hosts:
+    """The directory of served domains (xmppd.services.Directory)."""
+
+    def __init__(self, user_domains: list[str]):
+        self.user_domains = user_domains
+        self.by_domain: dict[str, Host] = {}
+
+    def host(self, domain: str) -> "Host | None":
+        return self.by_domain.get(domain)
+
+    def hosts(self):
+        return iter(list(self.by_domain.values()))
+
+    def add(self, host: "Host") -> "Host":
+        if host.domain in self.by_domain:
+            raise ConfigError(f"{host.services.config.source}: the domain {host.domain} is configured twice")
+        self.by_domain[host.domain] = host
+        return host
+
+    def add_component(self, domain: str, parent: "Host") -> "Host":
+        """A component domain (conference.<domain>, upload.<domain>) routed like a host;
+        `parent` is the user host whose extension made it (its extensions find their
+        shared state there)."""
+        return self.add(Host(parent.services, domain, is_component=True, parent=parent))
+
+
 class Host:
-    def __init__(self, server: "Server", domain: str, *, admins=(), is_component: bool = False,
+    def __init__(self, services: "Services", domain: str, *, admins=(), is_component: bool = False,
                  parent: "Host | None" = None):
-        self.server = server
+        self.services = services
         self.domain = domain
         self.parent = parent                  # for a component: the user host it serves
         self.jid = JID(None, domain)
@@ -56,8 +82,8 @@ class Host:
             await self.load(dependency)
         options = None
         if cls.Options is not None:
-            table = self.server.config.extension_options.get(name, {})
-            options = build(cls.Options, table, Where(self.server.config.source, f"extensions.{name}"))
+            config = self.services.config
+            options = build(cls.Options, config.extension_options.get(name, {}), Where(config.source, f"extensions.{name}"))
         extension = cls(self, options)
         self.extensions[name] = extension
         register(extension)
@@ -90,18 +116,18 @@ class Host:
 
     @property
     def storage(self):
-        return self.server.storage
+        return self.services.stores.backend
 
     @property
     def media(self):
         """The MediaStore of uploaded files (xmppd.storage.interfaces.MediaStore)."""
-        return self.server.media
+        return self.services.stores.media
 
     def open_archive(self, name: str):
-        return self.server.archive_storage.archive(name)
+        return self.services.stores.archive(name)
 
     def open_keyvalue(self, name: str):
-        return self.server.storage.keyvalue(name)
+        return self.services.stores.keyvalue(name)
 
     # ------------------------------------------------------------- sessions
 
@@ -144,10 +170,10 @@ class Host:
         """Why `jid` may not be bound (the error's text, the refusal counted): its account
         has c2s.max_resources_per_account resources already, hibernating XEP-0198 sessions
         included (binding a resource again replaces it). None: it may."""
-        limit = self.server.config.c2s.max_resources_per_account
+        limit = self.services.config.c2s.max_resources_per_account
         if sum(1 for resource in self.sessions.get(jid.local, {}) if resource != jid.resource) < limit:
             return None
-        self.server.metrics.count(LIMIT_REACHED, "c2s.max_resources_per_account")
+        self.services.metrics.count(LIMIT_REACHED, "c2s.max_resources_per_account")
         return f"an account has at most {limit} resources (c2s.max_resources_per_account)"
 
     def new_resource(self) -> str:
@@ -178,7 +204,7 @@ class Host:
 
     async def send(self, element: etree._Element) -> None:
         """Route a stanza originated by the server (pushes, replies, notifications)."""
-        await self.server.router.dispatch(element)
+        await self.services.delivery.dispatch(element)
 
     async def request(self, iq: etree._Element, timeout: float = 30.0) -> etree._Element:
         """Send an iq get/set from the server and wait for its result or error."""

@@ -6,7 +6,7 @@ the XMPP streams; 0 turns either off. Features add their routes while the extens
 load, before the server starts (aiohttp freezes the routes then; a later `add_route`
 raises RuntimeError):
 
-    self.server.http.add_route("GET", "/health", handler)
+    self.services.http.add_route("GET", "/health", handler)
 
 `public_url` is the base of the links the server hands out (upload slots), and
 `signing_key` the secret that signs them: `[http] secret` when set (every node of a
@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, AsyncIterator
 from aiohttp import web
 from yarl import URL
 
-from xmppd.config import ConfigError
+from xmppd.config import Config, ConfigError
 from xmppd.metrics import LIMIT_REACHED
 
 if TYPE_CHECKING:
-    from xmppd.server import Server
+    from xmppd.services import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,10 @@ class BodyTooSlow(Exception):
 
 
 class HttpServer:
-    def __init__(self, server: "Server"):
-        self.config = server.config
-        self.options = server.config.http
-        self.metrics = server.metrics
+    def __init__(self, config: Config, metrics: "Metrics"):
+        self.config = config
+        self.options = config.http
+        self.metrics = metrics
         self.app = web.Application(middlewares=[self._track_request])
         self.app.on_response_prepare.append(_name_server)
         self._runner: web.AppRunner | None = None

@@ -26,7 +26,7 @@ from aiohttp import web
 from xmppd import metrics
 
 if TYPE_CHECKING:
-    from xmppd.server import Server
+    from xmppd.services import Node, Services
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +35,24 @@ PROBE_OWNER = "health-probe@invalid"       # an account that cannot exist (RFC 6
 
 
 class Monitoring:
-    def __init__(self, server: "Server"):
-        self.server = server
-        self.allowed = server.config.http.metrics_networks
-        server.http.add_route("GET", "/metrics", self.serve_metrics)
-        server.http.add_route("GET", "/health", self.serve_health)
-        server.metrics.gauge(metrics.SESSIONS, lambda: self._per_host(lambda session: True))
-        server.metrics.gauge(metrics.SESSIONS_HIBERNATING, lambda: self._per_host(lambda session: session.connection is None))
-        server.metrics.gauge(metrics.SESSIONS_HELD_BACK,
-                             lambda: self._per_host(lambda session: session.connection is not None and session.behind))
-        server.metrics.gauge(metrics.CONNECTIONS_OPEN, self._connections)
+    def __init__(self, services: "Services", node: "Node"):
+        self.services = services
+        self.node = node
+        self.allowed = services.config.http.metrics_networks
+        services.http.add_route("GET", "/metrics", self.serve_metrics)
+        services.http.add_route("GET", "/health", self.serve_health)
+        services.metrics.gauge(metrics.SESSIONS, lambda: self._per_host(lambda session: True))
+        services.metrics.gauge(metrics.SESSIONS_HIBERNATING, lambda: self._per_host(lambda session: session.connection is None))
+        services.metrics.gauge(metrics.SESSIONS_HELD_BACK,
+                               lambda: self._per_host(lambda session: session.connection is not None and session.behind))
+        services.metrics.gauge(metrics.CONNECTIONS_OPEN, self._connections)
 
     # ------------------------------------------------------------- /metrics
 
     async def serve_metrics(self, request: web.Request) -> web.Response:
         if not self.is_allowed(request.remote):
             return web.Response(status=403, text="/metrics is not served to this address ([http] metrics_allow)\n")
-        return web.Response(body=self.server.metrics.render().encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
+        return web.Response(body=self.services.metrics.render().encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
     def is_allowed(self, remote: str | None) -> bool:
         try:
@@ -65,19 +66,19 @@ class Monitoring:
     def _per_host(self, counted) -> dict[tuple[str], int]:
         return {(host.domain,): sum(1 for resources in host.sessions.values() for session in resources.values()
                                     if counted(session))
-                for host in self.server.hosts.values() if not host.is_component}
+                for host in self.services.directory.hosts() if not host.is_component}
 
     def _connections(self) -> dict[tuple[str], int]:
         open_now = collections.Counter({"starttls": 0, "direct_tls": 0})
-        open_now.update(connection.listener for connection in self.server.connections)
+        open_now.update(connection.listener for connection in self.node.connections)
         return {(listener,): count for listener, count in open_now.items()}
 
     # ------------------------------------------------------------- /health
 
     async def serve_health(self, request: web.Request) -> web.Response:
         storage = await self.probe_storage()
-        sessions = sum(len(resources) for host in self.server.hosts.values() for resources in host.sessions.values())
-        status = self.server.state if self.server.state != "serving" else ("ok" if storage == "ok" else "unavailable")
+        sessions = sum(len(resources) for host in self.services.directory.hosts() for resources in host.sessions.values())
+        status = self.node.state if self.node.state != "serving" else ("ok" if storage == "ok" else "unavailable")
         body = {"status": status}
         if self.is_allowed(request.remote):
             body.update(sessions=sessions, storage=storage)
@@ -86,10 +87,8 @@ class Monitoring:
 
     async def probe_storage(self) -> str:
         """"ok" when the stores answer a cheap read in time, else what went wrong."""
-        server = self.server
-        probes = [server.storage.accounts.get(PROBE_OWNER)]
-        if server.archive_storage is not server.storage:
-            probes.append(server.archive_storage.archive("offline").count(PROBE_OWNER))
+        stores = self.services.stores
+        probes = [stores.backend.accounts.get(PROBE_OWNER), stores.archive("offline").count(PROBE_OWNER)]
         try:
             await asyncio.wait_for(asyncio.gather(*probes), HEALTH_TIMEOUT)
         except asyncio.TimeoutError:

@@ -12,17 +12,17 @@ import asyncio
 from typing import TYPE_CHECKING, Coroutine
 
 if TYPE_CHECKING:
-    from xmppd.server import Server
+    from xmppd.services import Tasks
 
 
 class PendingWrites:
-    def __init__(self, server: "Server"):
-        self.server = server
+    def __init__(self, tasks: "Tasks"):
+        self.tasks = tasks
         self.by_owner: dict[str, set[asyncio.Task]] = {}
 
     def start(self, owner: str, write: Coroutine) -> asyncio.Task:
         """Run `write` in the background, counted among `owner`'s writes until it ends."""
-        task = self.server.spawn(write)
+        task = self.tasks.spawn(write)
         self.by_owner.setdefault(owner, set()).add(task)
         task.add_done_callback(lambda done: self._finished(owner, done))
         return task

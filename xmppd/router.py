@@ -24,7 +24,7 @@ from xmppd.protocol.stanza import error_reply, reply
 
 if TYPE_CHECKING:
     from xmppd.host import Host
-    from xmppd.server import Server
+    from xmppd.services import Directory
     from xmppd.session import Session
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,10 @@ def target_of(kind: str, to: JID | None, from_: JID) -> str:
 
 
 class Router:
-    def __init__(self, server: "Server"):
-        self.server = server
+    """The delivery service (xmppd.services.Delivery) of one process."""
+
+    def __init__(self, directory: "Directory"):
+        self.directory = directory
 
     # ------------------------------------------------------------- entry points
 
@@ -120,7 +122,7 @@ class Router:
         await self.route(stanza)
 
     async def route(self, stanza: Stanza) -> None:
-        host = self.server.hosts.get(stanza.to.domain)
+        host = self.directory.host(stanza.to.domain)
         if host is None:
             await self.bounce(stanza, RemoteServerNotFound())
             return
@@ -134,7 +136,7 @@ class Router:
         """Return `stanza` to its sender with `error` (never for an error or a result)."""
         if stanza.type in ("error", "result"):
             return
-        await self._reply_error(stanza.element, self.server.hosts.get(stanza.to.domain) if stanza.to else None, error)
+        await self._reply_error(stanza.element, self.directory.host(stanza.to.domain) if stanza.to else None, error)
 
     async def _reply_error(self, element, host, error: StanzaError) -> None:
         if element.get("type") in ("error", "result"):
@@ -173,7 +175,6 @@ class CoreDelivery:
 
     def __init__(self, host: "Host"):
         self.host = host
-        self.router = host.server.router
         for name, handler in (("message/bare", self.message_to_bare), ("message/full", self.message_to_full),
                               ("presence/bare", self.presence_to_bare), ("presence/full", self.presence_to_full),
                               ("iq/full", self.iq_to_full), ("iq/bare", self.iq_to_account),

@@ -12,22 +12,22 @@ import logging
 import resource
 import ssl
 import time
-import weakref
 
-from xmppd import certs, systemd, tls
+from xmppd import certs, systemd
 from xmppd.admin import AdminSocket
+from xmppd.admission import Admission
 from xmppd.c2s import C2SConnection
 from xmppd.config import Config, ConfigError, Where, build
-from xmppd.host import Host
+from xmppd.host import Host, Hosts
 from xmppd.http import HttpServer
-from xmppd.metrics import CONNECTIONS_ACCEPTED, LIMIT_REACHED, CountedMedia, Metrics, TimedBackend
+from xmppd.metrics import CONNECTIONS_ACCEPTED, CountedMedia, Metrics, TimedBackend
 from xmppd.monitoring import Monitoring
-from xmppd.protocol.negotiation import State
 from xmppd.roster_cache import CachedRosters
 from xmppd.router import CoreDelivery, Router
+from xmppd.services import OpenStores, Services, TaskGroup
 from xmppd.storage import open_backend
 from xmppd.storage.media import open_media
-from xmppd.throttle import AuthThrottle
+from xmppd.tls import ServerTls
 from xmppd.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -45,31 +45,34 @@ def bundled_extensions() -> list[str]:
 
 
 class Server:
+    """The composition root: builds the services once, hands them to the hosts, and runs
+    the listeners. Nothing but the command line holds it."""
+
     def __init__(self, config: Config):
         self.config = config
-        self.user_domains = [h.domain for h in config.hosts]
-        self.hosts: dict[str, Host] = {}
-        self.router = Router(self)
         self.metrics = Metrics()
-        self.auth_throttle = AuthThrottle(config.c2s)
-        self.ssl_context: ssl.SSLContext | None = None
-        self._end_point_hash: bytes | None = None
-        self.storage = None
-        self.archive_storage = None
-        self.media = None                     # MediaStore: file bytes of HTTP uploads
-        self.http = HttpServer(self)
-        self.monitoring = Monitoring(self)
+        self.directory = Hosts([h.domain for h in config.hosts])
+        self.hosts = self.directory.by_domain
+        self.user_domains = self.directory.user_domains
+        self.router = Router(self.directory)
+        self.tasks = TaskGroup()
+        self.admission = Admission(config.c2s, self.metrics)
+        self.tls: ServerTls | None = None
+        self.stores: OpenStores | None = None
+        self.http = HttpServer(config, self.metrics)
         self.state = "new"
         self._watchdog: asyncio.Task | None = None
-        self.connections: set[C2SConnection] = set()
-        # Connections not authenticated yet, oldest first:
-        # per address group and in all.
-        self._unauthenticated: dict[str, dict] = {}
-        self._all_unauthenticated: dict = {}
-        self._hibernating = weakref.WeakKeyDictionary()    # Session -> address group it was left from
         self._listeners: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task] = set()
-        self.admin = AdminSocket(self)
+        self.monitoring: Monitoring | None = None
+        self.admin: AdminSocket | None = None
+
+    @property
+    def storage(self):
+        return self.stores.backend if self.stores else None
+
+    @property
+    def connections(self) -> set[C2SConnection]:
+        return self.admission.connections
 
     # ------------------------------------------------------------- start-up
 
@@ -79,43 +82,35 @@ class Server:
         check_extensions(cfg)
         make_data_dir(cfg.data_dir)
         # The one place storage is measured: every store comes through these proxies.
-        self.storage = TimedBackend(open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default],
-                                                 str(cfg.data_dir)), self.metrics)
-        await self.storage.start()
-        self.storage.rosters = CachedRosters(self.storage.rosters)
+        storage = TimedBackend(open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default],
+                                            str(cfg.data_dir)), self.metrics)
+        await storage.start()
+        storage.rosters = CachedRosters(storage.rosters)
         archive_kind = cfg.storage.archive or cfg.storage.default
-        if archive_kind == cfg.storage.default:
-            self.archive_storage = self.storage
-        else:
-            self.archive_storage = TimedBackend(open_backend(archive_kind, cfg.backend_options[archive_kind],
-                                                             str(cfg.data_dir)), self.metrics)
-            await self.archive_storage.start()
-        self.media = CountedMedia(open_media(cfg.storage.media, cfg.backend_options.get(cfg.storage.media),
-                                             str(cfg.data_dir)), self.metrics)
+        archives = storage
+        if archive_kind != cfg.storage.default:
+            archives = TimedBackend(open_backend(archive_kind, cfg.backend_options[archive_kind],
+                                                 str(cfg.data_dir)), self.metrics)
+            await archives.start()
+        media = CountedMedia(open_media(cfg.storage.media, cfg.backend_options.get(cfg.storage.media),
+                                        str(cfg.data_dir)), self.metrics)
+        self.stores = OpenStores(storage, archives, media)
+        self.services = Services(config=cfg, delivery=self.router, directory=self.directory, tasks=self.tasks,
+                                 metrics=self.metrics, http=self.http, stores=self.stores)
+        self.monitoring = Monitoring(self.services, self)
         names = cfg.server.extensions or bundled_extensions()
         for host_options in cfg.hosts:
-            host = Host(self, host_options.domain, admins=host_options.admins)
-            self.hosts[host.domain] = host
+            host = self.directory.add(Host(self.services, host_options.domain, admins=host_options.admins))
             CoreDelivery(host)
             for name in names:
                 await host.load(name)
-
-    def add_component(self, domain: str, parent: Host | None = None) -> Host:
-        """A component domain (conference.<domain>, upload.<domain>) routed like a host;
-        `parent` is the user host whose extension made it (its extensions find their
-        shared state there)."""
-        if domain in self.hosts:
-            raise ConfigError(f"{self.config.source}: the domain {domain} is configured twice")
-        host = Host(self, domain, is_component=True, parent=parent)
-        self.hosts[domain] = host
-        return host
 
     async def start(self) -> None:
         self.state = "starting"
         await self.open()
         self._raise_open_file_limit()
         self._setup_tls()
-        await self.http.start(self.ssl_context)
+        await self.http.start(self.tls.context)
         c2s = self.config.c2s
         for interface in c2s.interfaces:
             self._listeners.append(await asyncio.start_server(
@@ -123,10 +118,11 @@ class Server:
             if c2s.direct_tls_port:                 # XEP-0368: the loop does the handshake
                 self._listeners.append(await asyncio.start_server(
                     lambda r, w: self._accept(r, w, direct_tls=True), interface, c2s.direct_tls_port,
-                    reuse_address=True, ssl=self.ssl_context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT))
+                    reuse_address=True, ssl=self.tls.context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT))
+        self.admin = AdminSocket(self.services, self)
         await self.admin.start()
-        for host in list(self.hosts.values()):
-            await host.bus.notify("server-started", self)
+        for host in self.directory.hosts():
+            await host.bus.notify("server-started", self.services)
         self.state = "serving"
         systemd.notify(f"READY=1\nSTATUS=serving {', '.join(self.user_domains)}")
         interval = systemd.watchdog_interval()
@@ -154,92 +150,21 @@ class Server:
             certs.make_self_signed(cert, key, self.user_domains)
             log.info("event=certificate-created path=%s", cert)
         try:
-            self.ssl_context = tls.server_context(cert, key, self.config.tls.min_version)
-            self._end_point_hash = tls.end_point_hash(cert)
+            self.tls = ServerTls.load(cert, key, self.config.tls.min_version)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"{self.config.source}: tls.certificate/tls.key: cannot load {cert} / {key}: {exc}") from None
 
-    def channel_binding(self, ssl_object) -> dict[str, bytes]:
-        """Channel-binding data that SCRAM-*-PLUS may use on this TLS connection."""
-        return tls.channel_bindings(ssl_object, self._end_point_hash)
-
     async def _accept(self, reader, writer, *, direct_tls: bool) -> None:
         transport = Transport(reader, writer, max_output_buffer=self.config.c2s.max_output_buffer)
-        group = self.auth_throttle.group(transport.peer)
-        connection = C2SConnection(self, transport, direct_tls=direct_tls)
-        self._count_unauthenticated(connection, group)
-        self.connections.add(connection)
+        connection = C2SConnection(self.services, self.admission, self.tls, transport, direct_tls=direct_tls)
+        self.admission.admit(connection)
         self.metrics.count(CONNECTIONS_ACCEPTED, connection.listener)
         try:
             await connection.run()
         except Exception:
             log.exception("event=connection-crashed peer=%s", transport.peer)
         finally:
-            self.connections.discard(connection)
-            self._forget_unauthenticated(connection, group)
-            session = connection.session
-            if session is not None and session.connection is None and not session.closed:
-                self._hibernating[session] = group
-
-    def _count_unauthenticated(self, connection, group: str) -> None:
-        self._make_room(group)
-        self._unauthenticated.setdefault(group, {})[connection] = None
-        self._all_unauthenticated[connection] = None
-
-    def _make_room(self, group: str) -> None:
-        """Close the oldest unauthenticated connection of the address group, or of all,
-        when a new one would exceed max_unauthenticated_per_ip or max_unauthenticated:
-        idle sockets cannot lock out the logins from an address, or from everywhere."""
-        for pending, option, condition, text in (
-                (self._unauthenticated.get(group, {}), "max_unauthenticated_per_ip",
-                 "policy-violation", "too many unauthenticated connections from your address"),
-                (self._all_unauthenticated, "max_unauthenticated",
-                 "resource-constraint", "too many unauthenticated connections")):
-            while len(pending) >= getattr(self.config.c2s, option):
-                oldest = next(iter(pending))
-                self.metrics.count(LIMIT_REACHED, f"c2s.{option}")
-                self._forget_unauthenticated(oldest, self.auth_throttle.group(oldest.peer))
-                oldest.close(condition, text)
-
-    def _forget_unauthenticated(self, connection, group: str) -> None:
-        pending = self._unauthenticated.get(group)
-        if pending is not None:
-            pending.pop(connection, None)
-            if not pending:
-                del self._unauthenticated[group]
-        self._all_unauthenticated.pop(connection, None)
-
-    def authenticated(self, connection: C2SConnection, jid) -> None:
-        """`connection` logged in as `jid`: its attempt does not count against the login
-        budgets, nor the connection against the unauthenticated ones."""
-        self.auth_throttle.succeeded(connection.peer, str(jid))
-        self._forget_unauthenticated(connection, self.auth_throttle.group(connection.peer))
-
-    def too_many_sessions(self, connection: C2SConnection) -> bool:
-        """Whether max_sessions_per_ip stops `connection` from authenticating: its address
-        group has that many sessions, counting hibernating XEP-0198 sessions and other
-        logins in progress (so that parallel logins cannot slip past the limit)."""
-        limit = self.config.c2s.max_sessions_per_ip
-        if not limit:
-            return False
-        group = self.auth_throttle.group(connection.peer)
-        busy = (State.AWAIT_CREDENTIALS, State.CHECKING_PASSWORD, State.SASL_EXCHANGE)
-        count = sum(1 for other in self.connections
-                    if other is not connection and self.auth_throttle.group(other.peer) == group
-                    and (other.negotiation.authenticated is not None or other.negotiation.state in busy))
-        count += sum(1 for session, left_from in list(self._hibernating.items())
-                     if left_from == group and session.connection is None and not session.closed)
-        if count < limit:
-            return False
-        self.metrics.count(LIMIT_REACHED, "c2s.max_sessions_per_ip")
-        return True
-
-    def spawn(self, coroutine) -> asyncio.Task:
-        """A background task owned by the server, cancelled at shutdown."""
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+            self.admission.release(connection)
 
     # ------------------------------------------------------------- shutdown
 
@@ -254,26 +179,25 @@ class Server:
         self.state = "stopping"
         for listener in self._listeners:
             listener.close()
-        await self.admin.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         for connection in list(self.connections):
             connection.close("system-shutdown")
         deadline = time.monotonic() + self.config.server.graceful_shutdown_timeout
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self.http.stop()              # last: /health answers 503 while clients drain
-        for host in list(self.hosts.values()):
+        for host in self.directory.hosts():
             for session in [s for resources in list(host.sessions.values()) for s in list(resources.values())]:
                 await host.end_session(session)
-        for host in list(self.hosts.values()):
+        for host in self.directory.hosts():
             await host.unload_all()
-        for task in list(self._tasks):
-            task.cancel()
-        if self.media is not None:
-            await self.media.close()
-        if self.archive_storage is not None and self.archive_storage is not self.storage:
-            await self.archive_storage.close()
-        if self.storage is not None:
-            await self.storage.close()
+        self.tasks.cancel_all()
+        if self.stores is not None:
+            await self.stores.media.close()
+            if self.stores.archive_backend is not self.stores.backend:
+                await self.stores.archive_backend.close()
+            await self.stores.backend.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
 

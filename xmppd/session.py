@@ -152,18 +152,18 @@ class Session:
 
     def _put(self, element: etree._Element) -> None:
         self._connection.write(serialize(element))
-        self.host.server.metrics.stanza_sent(element.tag)
+        self.host.services.metrics.stanza_sent(element.tag)
         if self.on_write is not None:
             self.on_write(element)
 
     def _hold(self, element: etree._Element) -> None:
         size = len(serialize(element))
-        options = self.host.server.config.c2s
+        options = self.host.services.config.c2s
         if self.held_bytes + size > options.max_held_bytes:
-            self.host.server.metrics.count(LIMIT_REACHED, "c2s.max_held_bytes")
+            self.host.services.metrics.count(LIMIT_REACHED, "c2s.max_held_bytes")
             log.info("event=held-stanza-dropped jid=%s held=%d", self.jid, len(self.held))
             if element.tag == IQ and element.get("type") in ("get", "set") and element.get("from"):
-                self.host.server.spawn(self.host.send(error_reply(
+                self.host.services.tasks.spawn(self.host.send(error_reply(
                     element, ResourceConstraint(text="the recipient is not taking stanzas"))))
             return
         self.held.append((element, size))
@@ -201,7 +201,7 @@ class Session:
 
     def pump(self) -> None:
         if self._pump is None and self._connection is not None and not self.closed and (self.held or self.sources):
-            self._pump = self.host.server.spawn(self._run_pump())
+            self._pump = self.host.services.tasks.spawn(self._run_pump())
 
     async def _run_pump(self) -> None:
         try:
@@ -226,7 +226,7 @@ class Session:
     async def _wait_for_room(self, connection: Connection) -> bool:
         """Wait until the client takes something; False when the connection is gone."""
         self._room.clear()
-        stall = self.host.server.config.c2s.stall_timeout
+        stall = self.host.services.config.c2s.stall_timeout
         try:
             async with asyncio.timeout(stall or None):
                 if connection.congested:
@@ -234,7 +234,7 @@ class Session:
                 else:
                     await self._room.wait()
         except TimeoutError:
-            self.host.server.metrics.count(LIMIT_REACHED, "c2s.stall_timeout")
+            self.host.services.metrics.count(LIMIT_REACHED, "c2s.stall_timeout")
             log.info("event=stalled jid=%s held=%d", self.jid, len(self.held))
             connection.close("resource-constraint", "the client did not take its stanzas")
             return False

@@ -9,12 +9,28 @@ import ctypes
 import hashlib
 import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate as the listeners use it: the context and what
+    SCRAM-*-PLUS binds to."""
+    context: ssl.SSLContext
+    end_point: bytes
+
+    @classmethod
+    def load(cls, certificate: Path, key: Path, min_version: str) -> "ServerTls":
+        return cls(server_context(certificate, key, min_version), end_point_hash(certificate))
+
+    def channel_bindings(self, ssl_object: ssl.SSLObject | None) -> dict[str, bytes]:
+        return channel_bindings(ssl_object, self.end_point)
 
 
 def server_context(certificate: Path, key: Path, min_version: str) -> ssl.SSLContext:

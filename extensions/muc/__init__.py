@@ -68,7 +68,7 @@ class Muc(Extension):
             where.check("password_failure_window", self.password_failure_window > 0, "must be positive")
 
     async def start(self) -> None:
-        self.component = self.server.add_component(self.options.domain.format(host=self.host.domain), parent=self.host)
+        self.component = self.services.directory.add_component(self.options.domain.format(host=self.host.domain), parent=self.host)
         await self.component.load("disco")
         await self.component.load("ping")
         for part in PARTS:

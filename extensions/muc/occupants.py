@@ -170,7 +170,7 @@ class Occupants(Extension):
         """The password a user gives, unless it gave too many wrong ones lately (issue 20:
         about 3,300 guesses a second were possible): then policy-violation."""
         if self.password_failures.is_throttled(real.bare):
-            self.server.metrics.count(LIMIT_REACHED, "extensions.muc.max_password_failures")
+            self.services.metrics.count(LIMIT_REACHED, "extensions.muc.max_password_failures")
             raise PolicyViolation(type="wait", text="too many wrong room passwords (extensions.muc."
                                                     "max_password_failures): try again later")
         given = x.findtext(f"{{{NS_MUC}}}password") if x is not None else None

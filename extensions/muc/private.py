@@ -76,7 +76,7 @@ class PrivateMessages(Extension):
     async def is_blocked_by(self, target: Occupant, sender: Occupant) -> bool:
         """Whether the target, a user of this server, blocks the sender's real JID (a
         private message, a direct invitation among them, must not carry its words)."""
-        host = self.server.hosts.get(target.jid.domain)
+        host = self.services.directory.host(target.jid.domain)
         blocking = host.extensions.get("blocking") if host is not None and not host.is_component else None
         return blocking is not None and await blocking.is_blocked(target.jid, sender.jid)
 

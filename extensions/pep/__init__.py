@@ -366,7 +366,7 @@ class PersonalEventing(Extension):
                 subscribers.append(str(subscriber))
                 await self.store.set_node(str(owner), node, config)
         if config.get("send_last_published_item") in ("on_sub", "on_sub_and_presence"):
-            self.server.spawn(self._send_last_item(owner, node, config, subscriber))
+            self.services.tasks.spawn(self._send_last_item(owner, node, config, subscriber))
         answer = make_element(PUBSUB)
         sub_element(answer, f"{{{NS_PUBSUB}}}subscription",
                     {"node": node, "jid": str(subscriber), "subscription": "subscribed"})
@@ -562,7 +562,7 @@ class PersonalEventing(Extension):
 
     def _available(self, jid: JID) -> list:
         """The available resources of a local account (none for other domains)."""
-        host = self.server.hosts.get(jid.domain)
+        host = self.services.directory.host(jid.domain)
         if host is None or host.is_component:
             return []
         return host.available_sessions(jid.local)
@@ -587,7 +587,7 @@ class PersonalEventing(Extension):
             jid = JID.parse(subscriber)
             if self._access_error(owner, config, jid, roster.get(str(jid.bare))) is not None:
                 continue                        # XEP-0163 section 8: access lost, so is the subscription
-            if jid.is_bare and self.server.hosts.get(jid.domain) is not None:
+            if jid.is_bare and self.services.directory.host(jid.domain) is not None:
                 for session in self._available(jid):
                     if session.priority >= 0:
                         targets[session.jid] = None
@@ -641,7 +641,7 @@ class PersonalEventing(Extension):
         if stanza.type == "unavailable":
             session.meta.pop(self.name, None)
         elif stanza.type is None:
-            self.server.spawn(self._update_interest(session, caps_of(stanza.element), not session.available,
+            self.services.tasks.spawn(self._update_interest(session, caps_of(stanza.element), not session.available,
                                                     parse_priority(stanza.element)))
         return False
 
@@ -688,7 +688,7 @@ class PersonalEventing(Extension):
         _, roster = await self.rosters.get(str(user))
         owners = [user] + [JID.parse(contact) for contact, item in roster.items() if item.subscription in HAS_TO]
         for owner in owners:
-            if self.server.hosts.get(owner.domain) is None or (owner != user and await self._is_blocked(owner, user)):
+            if self.services.directory.host(owner.domain) is None or (owner != user and await self._is_blocked(owner, user)):
                 continue
             present = sorted(set(await self.store.list_nodes(str(owner))) & wanted)
             item = None

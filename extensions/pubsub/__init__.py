@@ -64,7 +64,7 @@ class PubSub(Extension):
                 where.check(name, getattr(self, name) > 0, "must be positive")
 
     async def start(self) -> None:
-        self.component = self.server.add_component(self.options.domain.format(host=self.host.domain),
+        self.component = self.services.directory.add_component(self.options.domain.format(host=self.host.domain),
                                                    parent=self.host)
         await self.component.load("disco")
         await self.component.load("ping")

@@ -309,7 +309,7 @@ class PubSubService(ComponentService):
                 subscribers.append(str(subscriber))
                 await self.store.set_node(self.service, node, config)
         if config.get("send_last_published_item") in ("on_sub", "on_sub_and_presence"):
-            self.server.spawn(self._send_last_item(node, config, subscriber))
+            self.services.tasks.spawn(self._send_last_item(node, config, subscriber))
         answer = make_element(PUBSUB)
         sub_element(answer, f"{{{NS_PUBSUB}}}subscription",
                     {"node": node, "jid": str(subscriber), "subscription": "subscribed"})

@@ -119,12 +119,12 @@ class HttpUpload(Extension):
 
     async def start(self) -> None:
         from .web import UploadWeb
-        self.component = self.server.add_component(self.options.domain.format(host=self.host.domain),
+        self.component = self.services.directory.add_component(self.options.domain.format(host=self.host.domain),
                                                    parent=self.host)
         await self.component.load("disco")
         await self.component.load("ping")
         await self.component.load("upload.service")
-        UploadWeb(self).add_routes(self.server.http)
+        UploadWeb(self).add_routes(self.services.http)
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -139,12 +139,12 @@ class HttpUpload(Extension):
 
     def get_url(self, upload: Upload) -> str:
         """The link to the file (also the PUT URL when xmppd takes the upload)."""
-        return f"{self.server.http.public_url}{self.path}{upload.id}/{quote(upload.filename, safe='')}"
+        return f"{self.services.http.public_url}{self.path}{upload.id}/{quote(upload.filename, safe='')}"
 
     def token(self, upload: Upload, deadline: int) -> str:
         """The PUT token of `upload`, valid until `deadline` (Unix time)."""
         message = "\0".join((upload.id, upload.owner, str(upload.size), upload.content_type, str(deadline)))
-        mac = hmac.new(self.server.http.signing_key, _TOKEN_CONTEXT + message.encode(), hashlib.sha256).digest()
+        mac = hmac.new(self.services.http.signing_key, _TOKEN_CONTEXT + message.encode(), hashlib.sha256).digest()
         return f"{deadline}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
 
     def new_token(self, upload: Upload) -> str:
@@ -225,7 +225,7 @@ class HttpUpload(Extension):
 
     @hook("server-started")
     async def start_expiry(self, server) -> None:
-        self._sweeper = self.server.spawn(self._sweep_forever())
+        self._sweeper = self.services.tasks.spawn(self._sweep_forever())
 
     @hook("user-deleted")
     async def remove_user_files(self, jid) -> None:

@@ -81,7 +81,7 @@ class UploadWeb:
         if not await store.mark_completed(upload.id):      # a concurrent PUT took the slot
             return Refused(409, "This slot has been used").response()
         try:
-            await media.write(upload.id, self.upload.server.http.body(request), upload.size,
+            await media.write(upload.id, self.upload.services.http.body(request), upload.size,
                               upload.content_type or DEFAULT_CONTENT_TYPE)
         except SizeMismatch:
             await store.remove(upload.id)

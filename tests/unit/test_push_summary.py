@@ -8,7 +8,7 @@ NS_DATA = "jabber:x:data"
 
 
 def fields(options, summary):
-    extension = PushNotifications(types.SimpleNamespace(server=None), options)
+    extension = PushNotifications(types.SimpleNamespace(services=None), options)
     form = extension.summary_form(summary)
     assert form.get("type") == "submit"
     return {field.get("var"): field.findtext(f"{{{NS_DATA}}}value") for field in form}
