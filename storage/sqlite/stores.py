@@ -5,13 +5,9 @@ runs it on the writer thread (in a group-committed transaction) or on a reader t
 """
 from __future__ import annotations
 
-import base64
-import dataclasses
-import functools
 import json
 import math
 import sqlite3
-import typing
 from typing import AsyncIterator
 
 from xmppd.protocol.sasl import ScramCredentials
@@ -26,6 +22,7 @@ from ..interfaces import (
     UnknownArchiveId,
     Upload,
 )
+from ..scram_secrets import decode_secrets, encode_secrets
 from .database import Database
 
 # Rows per chunk when a store yields its owners, and per transaction when a delete may
@@ -93,42 +90,12 @@ def distinct_values(conn: sqlite3.Connection, table: str, column: str) -> list[s
 
 # ---------------------------------------------------------------- accounts
 
-def _encode_secrets(secrets: dict[str, ScramCredentials]) -> str:
-    """JSON {hash name: {field: value}}; bytes fields in base64."""
-    encoded = {}
-    for name, credentials in secrets.items():
-        encoded[name] = {
-            field.name: (base64.b64encode(value).decode("ascii")
-                         if isinstance(value, (bytes, bytearray)) else value)
-            for field in dataclasses.fields(credentials)
-            for value in [getattr(credentials, field.name)]
-        }
-    return _json(encoded)
-
-
-@functools.cache
-def _bytes_fields() -> frozenset[str]:
-    hints = typing.get_type_hints(ScramCredentials)
-    return frozenset(name for name, hint in hints.items() if hint is bytes)
-
-
-def _decode_secrets(text: str) -> dict[str, ScramCredentials]:
-    binary = _bytes_fields()
-    return {
-        name: ScramCredentials(**{
-            key: base64.b64decode(value) if key in binary else value
-            for key, value in fields.items()
-        })
-        for name, fields in json.loads(text).items()
-    }
-
-
 class SqliteAccountStore:
     def __init__(self, db: Database):
         self._db = db
 
     async def create(self, account: Account) -> bool:
-        secrets = _encode_secrets(account.secrets)
+        secrets = encode_secrets(account.secrets)
 
         def insert(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
@@ -145,10 +112,10 @@ class SqliteAccountStore:
         row = await self._db.read(select)
         if row is None:
             return None
-        return Account(jid=jid, secrets=_decode_secrets(row[0]), created=row[1])
+        return Account(jid=jid, secrets=decode_secrets(row[0]), created=row[1])
 
     async def set_secrets(self, jid: str, secrets: dict[str, ScramCredentials]) -> bool:
-        encoded = _encode_secrets(secrets)
+        encoded = encode_secrets(secrets)
 
         def update(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute("UPDATE accounts SET secrets = ? WHERE jid = ?",
