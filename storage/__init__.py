@@ -13,6 +13,12 @@ class StorageUnavailable(RuntimeError):
     (the message says what to do)."""
 
 
+def domain_of(jid: str) -> str:
+    """The domain of a bare JID (the JID itself when it has no local part): what
+    accounts are listed by, and rooms by their service."""
+    return jid.partition("@")[2] or jid
+
+
 def backend_module(kind: str):
     return importlib.import_module(f"{__name__}.{kind}")
 

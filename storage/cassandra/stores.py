@@ -24,7 +24,8 @@ from xmppd.protocol.sasl import ScramCredentials
 
 from ..interfaces import Account, PubSubItem, RosterItem, Upload
 from ..scram_secrets import decode_secrets, encode_secrets
-from .common import SHARDS, bounded_gather, domain_of, merge_sorted, now_micros, shard_of
+from .. import domain_of
+from .common import SHARDS, bounded_gather, merge_sorted, now_micros, shard_of
 
 if TYPE_CHECKING:
     from . import CassandraBackend
