@@ -2,7 +2,7 @@
 
 Every call lets the other tasks run once before it takes effect, as a call to a real
 backend does: code tested on memory meets the interleavings (and the races) it meets on
-SQLite, and a burst of writes does not hold up the event loop.
+SQLite.
 
 What a caller hands over is stored as the other backends store it (secrets and JSON
 documents as text, payloads as bytes), so a caller that changes its objects afterwards
@@ -67,7 +67,7 @@ class MemoryAccountStore:
     async def create(self, account: Account) -> bool:
         if account.jid in self._accounts:
             return False
-        self._accounts[account.jid] = (encode_secrets(account.secrets), account.created)
+        self._accounts[account.jid] = (encode_secrets(account.secrets), float(account.created))
         return True
 
     async def get(self, jid: str) -> Account | None:
