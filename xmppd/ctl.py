@@ -84,6 +84,9 @@ def _password(args) -> str:
 
 async def offline(config, args) -> int:
     from xmppd.server import Server
+    if config.storage.default == "memory":     # what it would do would vanish with it
+        raise ConfigError(f"{args.command}: the memory storage of {config.source} lives in the server "
+                          "process only; make accounts in-band (XEP-0077) or with the XEP-0133 admin commands")
     jid = _account(config, args.jid) if hasattr(args, "jid") else None
     password = _password(args) if args.command in ("adduser", "passwd") else None
     server = Server(config)

@@ -21,11 +21,6 @@ def shard_of(key: str) -> int:
     return zlib.crc32(key.encode("utf-8")) % SHARDS
 
 
-def domain_of(jid: str) -> str:
-    """The domain of a bare JID (the JID itself when it has no local part)."""
-    return jid.partition("@")[2] or jid
-
-
 def now_micros() -> int:
     """A write timestamp as Cassandra uses them (microseconds since the epoch)."""
     return time.time_ns() // 1000

@@ -15,18 +15,17 @@ row later, with a newer timestamp, and Cassandra keeps the newer write.
 """
 from __future__ import annotations
 
-import base64
-import dataclasses
 import json
 import math
-import typing
 import uuid
 from typing import TYPE_CHECKING, AsyncIterator
 
 from xmppd.protocol.sasl import ScramCredentials
 
 from ..interfaces import Account, PubSubItem, RosterItem, Upload
-from .common import SHARDS, bounded_gather, domain_of, merge_sorted, now_micros, shard_of
+from ..scram_secrets import decode_secrets, encode_secrets
+from .. import domain_of
+from .common import SHARDS, bounded_gather, merge_sorted, now_micros, shard_of
 
 if TYPE_CHECKING:
     from . import CassandraBackend
@@ -72,29 +71,11 @@ async def _sharded_listing(cql, select: str, key: tuple) -> AsyncIterator[str]:
 
 # ---------------------------------------------------------------- accounts
 
-def _encode_secrets(secrets: dict[str, ScramCredentials]) -> str:
-    """JSON {hash name: {field: value}} with bytes fields in base64."""
-    return _json({
-        name: {field.name: (base64.b64encode(value).decode("ascii")
-                            if isinstance(value, (bytes, bytearray)) else value)
-               for field in dataclasses.fields(credentials)
-               for value in [getattr(credentials, field.name)]}
-        for name, credentials in secrets.items()})
-
-
-def _decode_secrets(text: str) -> dict[str, ScramCredentials]:
-    binary = {name for name, hint in typing.get_type_hints(ScramCredentials).items()
-              if hint is bytes}
-    return {name: ScramCredentials(**{key: base64.b64decode(value) if key in binary else value
-                                      for key, value in fields.items()})
-            for name, fields in json.loads(text).items()}
-
-
 class CassandraAccountStore(_Store):
     async def create(self, account: Account) -> bool:
         result = await self.cql.execute(
             "INSERT INTO accounts (jid, secrets, created) VALUES (?, ?, ?) IF NOT EXISTS",
-            (account.jid, _encode_secrets(account.secrets), account.created),
+            (account.jid, encode_secrets(account.secrets), account.created),
             idempotent=False)
         if not result.was_applied:
             return False
@@ -109,12 +90,12 @@ class CassandraAccountStore(_Store):
             "SELECT secrets, created FROM accounts WHERE jid = ?", (jid,))).one()
         if row is None:
             return None
-        return Account(jid=jid, secrets=_decode_secrets(row[0]), created=row[1])
+        return Account(jid=jid, secrets=decode_secrets(row[0]), created=row[1])
 
     async def set_secrets(self, jid: str, secrets: dict[str, ScramCredentials]) -> bool:
         result = await self.cql.execute(
             "UPDATE accounts SET secrets = ? WHERE jid = ? IF EXISTS",
-            (_encode_secrets(secrets), jid), idempotent=False)
+            (encode_secrets(secrets), jid), idempotent=False)
         return result.was_applied
 
     async def delete(self, jid: str) -> bool:

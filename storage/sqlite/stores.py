@@ -5,13 +5,9 @@ runs it on the writer thread (in a group-committed transaction) or on a reader t
 """
 from __future__ import annotations
 
-import base64
-import dataclasses
-import functools
 import json
 import math
 import sqlite3
-import typing
 from typing import AsyncIterator
 
 from xmppd.protocol.sasl import ScramCredentials
@@ -26,6 +22,9 @@ from ..interfaces import (
     UnknownArchiveId,
     Upload,
 )
+from .. import domain_of
+from ..archive_ranges import KeyRange, query_ranges
+from ..scram_secrets import decode_secrets, encode_secrets
 from .database import Database
 
 # Rows per chunk when a store yields its owners, and per transaction when a delete may
@@ -33,11 +32,6 @@ from .database import Database
 OWNERS_CHUNK = 500
 DELETE_CHUNK = 5000
 IDS_CHUNK = 500                                # ids per DELETE ... IN (...) statement
-
-
-def _domain(jid: str) -> str:
-    """The domain of a bare JID (the JID itself when it has no local part)."""
-    return jid.partition("@")[2] or jid
 
 
 def _execute(sql: str, params: tuple):
@@ -93,48 +87,18 @@ def distinct_values(conn: sqlite3.Connection, table: str, column: str) -> list[s
 
 # ---------------------------------------------------------------- accounts
 
-def _encode_secrets(secrets: dict[str, ScramCredentials]) -> str:
-    """JSON {hash name: {field: value}}; bytes fields in base64."""
-    encoded = {}
-    for name, credentials in secrets.items():
-        encoded[name] = {
-            field.name: (base64.b64encode(value).decode("ascii")
-                         if isinstance(value, (bytes, bytearray)) else value)
-            for field in dataclasses.fields(credentials)
-            for value in [getattr(credentials, field.name)]
-        }
-    return _json(encoded)
-
-
-@functools.cache
-def _bytes_fields() -> frozenset[str]:
-    hints = typing.get_type_hints(ScramCredentials)
-    return frozenset(name for name, hint in hints.items() if hint is bytes)
-
-
-def _decode_secrets(text: str) -> dict[str, ScramCredentials]:
-    binary = _bytes_fields()
-    return {
-        name: ScramCredentials(**{
-            key: base64.b64decode(value) if key in binary else value
-            for key, value in fields.items()
-        })
-        for name, fields in json.loads(text).items()
-    }
-
-
 class SqliteAccountStore:
     def __init__(self, db: Database):
         self._db = db
 
     async def create(self, account: Account) -> bool:
-        secrets = _encode_secrets(account.secrets)
+        secrets = encode_secrets(account.secrets)
 
         def insert(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO accounts (jid, domain, secrets, created)"
                 " VALUES (?, ?, ?, ?)",
-                (account.jid, _domain(account.jid), secrets, account.created))
+                (account.jid, domain_of(account.jid), secrets, account.created))
             return cursor.rowcount == 1
         return await self._db.write(insert)
 
@@ -145,10 +109,10 @@ class SqliteAccountStore:
         row = await self._db.read(select)
         if row is None:
             return None
-        return Account(jid=jid, secrets=_decode_secrets(row[0]), created=row[1])
+        return Account(jid=jid, secrets=decode_secrets(row[0]), created=row[1])
 
     async def set_secrets(self, jid: str, secrets: dict[str, ScramCredentials]) -> bool:
-        encoded = _encode_secrets(secrets)
+        encoded = encode_secrets(secrets)
 
         def update(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute("UPDATE accounts SET secrets = ? WHERE jid = ?",
@@ -302,27 +266,10 @@ class SqliteArchiveStore:
         return row[0], row[1]
 
     def _query(self, conn: sqlite3.Connection, owner: str, query: ArchiveQuery) -> ArchivePage:
-        # Every bound on the archive order, filter or RSM cursor, is a bound on the key
-        # ("when", id). The tightest lower and upper ones become one range scan of
-        # archive_by_time (or archive_by_with); `count` uses the filter bounds only.
-        #   start <= when     <=>  ("when", id) >= (start, "")
-        #   when <= end       <=>  ("when", id) <  (next float after end, "")
-        lower: list[tuple[tuple[float, str], bool]] = []       # (key, exclusive)
-        upper: list[tuple[float, str]] = []                    # always exclusive
-        if query.start is not None:
-            lower.append(((query.start, ""), False))
-        if query.end is not None:
-            upper.append((math.nextafter(query.end, math.inf), ""))
-        if query.after_id is not None:
-            lower.append((self._position(conn, owner, query.after_id), True))
-        if query.before_id is not None:
-            upper.append(self._position(conn, owner, query.before_id))
-        page_lower, page_upper = list(lower), list(upper)
-        if query.after is not None:
-            page_lower.append((self._position(conn, owner, query.after), True))
+        # The filters and the page are ranges of the key ("when", id): each becomes one
+        # range scan of archive_by_time (or archive_by_with); `count` uses the filters'.
+        filters, page = query_ranges(query, lambda id_: self._position(conn, owner, id_))
         backward = query.before is not None
-        if query.before:                       # an id; "" asks for the last page
-            page_upper.append(self._position(conn, owner, query.before))
 
         where = ["store = ?", "owner = ?"]
         params: list = [self.name, owner]
@@ -336,18 +283,17 @@ class SqliteArchiveStore:
             where.append(f"id IN ({', '.join('?' * len(query.ids))})" if query.ids else "0")
             params.extend(query.ids)
 
-        def bounded(lowers, uppers) -> tuple[str, list]:
+        def bounded(range_: KeyRange) -> tuple[str, list]:
             clauses, values = list(where), list(params)
-            if lowers:
-                key, exclusive = max(lowers)   # at the same key, exclusive is tighter
-                clauses.append(f'("when", id) {">" if exclusive else ">="} (?, ?)')
-                values.extend(key)
-            if uppers:
+            if range_.lower is not None:
+                clauses.append(f'("when", id) {">" if range_.lower_exclusive else ">="} (?, ?)')
+                values.extend(range_.lower)
+            if range_.upper is not None:
                 clauses.append('("when", id) < (?, ?)')
-                values.extend(min(uppers))
+                values.extend(range_.upper)
             return " AND ".join(clauses), values
 
-        page_where, page_params = bounded(page_lower, page_upper)
+        page_where, page_params = bounded(page)
         order = '"when" DESC, id DESC' if backward else '"when", id'
         sql = f"SELECT {_ARCHIVE_COLUMNS} FROM {table} WHERE {page_where} ORDER BY {order}"
         if query.max is not None:
@@ -362,7 +308,7 @@ class SqliteArchiveStore:
 
         count = None
         if query.count:
-            count_where, count_params = bounded(lower, upper)
+            count_where, count_params = bounded(filters)
             count = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {count_where}",
                                  count_params).fetchone()[0]
         return ArchivePage(items=[_archived(row) for row in rows], complete=complete,
@@ -469,7 +415,7 @@ class SqliteRoomStore:
         return json.loads(row[0]) if row else None
 
     async def save(self, room: str, state: dict) -> None:
-        values = (room, _domain(room), _json(state))
+        values = (room, domain_of(room), _json(state))
         await self._db.write(_execute(
             "INSERT OR REPLACE INTO rooms (jid, service, state) VALUES (?, ?, ?)", values))
 

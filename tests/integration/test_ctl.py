@@ -24,7 +24,7 @@ from xmppd.storage import backend_module
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXAMPLE = CONF / "xmppd.toml"
 UNIT = CONF / "xmppd.service"
-BACKENDS = {"sqlite": "sqlite", "cassandra": "cassandra", "filesystem": "media.filesystem", "s3": "media.s3"}
+BACKENDS = {"memory": "memory", "sqlite": "sqlite", "cassandra": "cassandra", "filesystem": "media.filesystem", "s3": "media.s3"}
 
 
 def xmppd(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -126,6 +126,14 @@ async def test_kick_closes_the_stream(server):
     assert "<policy-violation" in await laptop.closed()
     assert jid not in server.ctl("sessions").stdout
     assert server.ctl("kick", jid).stdout.strip() == "no such session"
+
+
+def test_offline_commands_refuse_memory_storage(tmp_path):
+    """An account made by xmppctl in memory storage would be gone when it exits."""
+    memory = XmppdProcess(tmp_path, '[storage]\ndefault = "memory"\n')
+    result = memory.ctl("adduser", "nobody@localhost", "--password", "x", check=False)
+    assert result.returncode == 2 and "lives in the server process only" in result.stderr
+    assert "created" not in result.stdout
 
 
 def test_live_commands_need_a_running_server(tmp_path):

@@ -2,9 +2,14 @@
 
 To add a backend: add its kind to BACKENDS and a branch to make_backend.
 """
+import weakref
+
 import pytest
 
-BACKENDS = ["sqlite", "cassandra"]
+BACKENDS = ["memory", "sqlite", "cassandra"]
+
+# The memory backends by tmp_path while a test holds them: its data lives in the object.
+_memory_backends = weakref.WeakValueDictionary()
 
 
 async def make_backend(kind, tmp_path):
@@ -13,6 +18,12 @@ async def make_backend(kind, tmp_path):
     The same tmp_path must give the same data (the reopen test closes a backend and
     makes it again); a new tmp_path (each test gets one) must give an empty backend.
     """
+    if kind == "memory":
+        from xmppd.storage.memory import Options, open_backend
+        backend = _memory_backends.get(tmp_path)
+        if backend is None:
+            backend = _memory_backends[tmp_path] = open_backend(Options(), str(tmp_path))
+        return backend
     if kind == "sqlite":
         from xmppd.storage.sqlite import Options, open_backend
         return open_backend(Options(), str(tmp_path))

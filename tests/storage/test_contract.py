@@ -854,9 +854,10 @@ async def test_everything_is_still_there_after_close_and_reopen(new_backend):
         await second.close()
 
 
-async def test_the_event_loop_keeps_running_while_writes_are_in_flight(backend):
+async def test_the_event_loop_keeps_running_while_writes_are_in_flight(backend, backend_kind):
     """2,000 concurrent appends: a ticker on the loop keeps ticking, and it ticks before
-    the first append returns (a backend doing its I/O on the loop could not let it)."""
+    the first append returns (a backend doing its I/O on the loop could not let it).
+    The memory backend has no I/O in flight: its appends are done within a few turns."""
     store = backend.archive("archive")
     ticks = 0
     ticks_at_first_done = None
@@ -884,5 +885,6 @@ async def test_the_event_loop_keeps_running_while_writes_are_in_flight(backend):
         ticking.cancel()
     assert all(results)
     assert ticks_at_first_done - ticks_at_start >= 2
-    assert ticks_at_end - ticks_at_start >= 10
+    if backend_kind != "memory":
+        assert ticks_at_end - ticks_at_start >= 10
     assert await store.count(ALICE) == 2000

@@ -16,9 +16,11 @@ from xmppd.session import Session
 
 @contextlib.asynccontextmanager
 async def running_server(data_dir, extensions: list[str]):
-    """A Server for `localhost` with only `extensions`, open (no listeners) until the block ends."""
+    """A Server for `localhost` with only `extensions`, open (no listeners) until the block
+    ends; on memory storage: what these tests hold still is the extension's logic."""
     server = Server(config.parse({"server": {"data_dir": str(data_dir), "extensions": extensions,
-                                             "graceful_shutdown_timeout": 1.0}}, "test"))
+                                             "graceful_shutdown_timeout": 1.0},
+                                  "storage": {"default": "memory"}}, "test"))
     await server.open()
     try:
         yield server

@@ -6,7 +6,7 @@ import pytest
 from xmppd.roster_cache import CachedRosters
 from xmppd.storage import open_backend
 from xmppd.storage.interfaces import RosterItem
-from xmppd.storage.sqlite import Options
+from xmppd.storage.memory import Options
 
 
 class CountingStore:
@@ -35,7 +35,7 @@ class CountingStore:
 
 @pytest.fixture
 async def stores(tmp_path):
-    backend = open_backend("sqlite", Options(), str(tmp_path))
+    backend = open_backend("memory", Options(), str(tmp_path))
     await backend.start()
     counting = CountingStore(backend.rosters)
     yield counting, CachedRosters(counting, size=2)
