@@ -2,7 +2,7 @@
 sleeping phone gets every message worth keeping, in order, with bounded server memory
 (XEP-0198 section 4's unacknowledged stanzas, RFC 6121 8.5.3.2.1, XEP-0160).
 
-A message worth keeping (offline.should_store) for a resource that is `behind`
+A message worth keeping (hints.kept_offline) for a resource that is `behind`
 (xmppd/session.py: its XEP-0198 window is full, its output is congested, or something
 already waits for it) or that hibernates is appended to the "backlog" archive under the
 resource's full JID, stamped with a XEP-0203 delay. The commit runs in the background
@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.extension import Extension, hook
-from xmppd.extensions.offline import DELAYED_SINCE, should_store
+from xmppd.extensions.offline import DELAYED_SINCE
+from xmppd.hints import kept_offline
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.mam import STANZA_ID, parse_datetime
@@ -50,12 +51,11 @@ from xmppd.protocol.errors import BadRequest, ResourceConstraint, ServiceUnavail
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_DELAY
 from xmppd.protocol.stanza import IQ, MESSAGE, delay_element, error_reply, stored_stanza, to_storage
-from xmppd.router import Stanza, bare_message_recipients
+from xmppd.router import RETURNED, Stanza, bare_message_recipients
 from xmppd.session import Session
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
 DELAY = f"{{{NS_DELAY}}}delay"
-RETURNED = "backlog-returned"              # Stanza.meta: handed on by a session that ended
 HANDED_ON_REMEMBERED = 10000               # messages handed on lately, by account and identity
 
 
@@ -101,7 +101,7 @@ class Backlog(Extension):
         else:
             recipients = bare_message_recipients(self.host, stanza.to.local, stanza.type or "normal")
         waiting = [s for s in recipients if s.connection is None or s.behind]
-        if not waiting or not should_store(stanza.element):
+        if not waiting or not kept_offline(stanza.element):
             return False
         if self._all_asleep(stanza.to.local):
             return await self.host.bus.fire("message/offline/store", stanza)
@@ -216,7 +216,7 @@ class Backlog(Extension):
             if element.get("type") in ("get", "set") and element.get("from"):
                 await self.host.send(error_reply(element, ServiceUnavailable()))
             return
-        if element.tag != MESSAGE or not should_store(element):
+        if element.tag != MESSAGE or not kept_offline(element):
             return
         try:
             sender = JID.parse(element.get("from") or self.host.domain)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.extension import REPLIED, Extension, hook, iq_handler
+from xmppd.host import BlockQuery, blocks
 from xmppd.locks import KeyedLocks
 from xmppd.protocol.errors import BadRequest, JidMalformed, NotAcceptable, NotAllowed, ServiceUnavailable
 from xmppd.protocol.jid import JID, InvalidJID
@@ -272,15 +273,11 @@ class Blocking(Extension):
         this server to a JID it blocks (broadcasts and probe answers have no pre- event)."""
         if await self.is_blocked(stanza.to.bare, stanza.from_):
             return True
-        sender = self._local_blocking(stanza.from_)
-        return sender is not None and await sender.is_blocked(stanza.from_.bare, stanza.to)
+        return await blocks(self.services.directory, stanza.from_, stanza.to)
 
-    def _local_blocking(self, jid: JID) -> "Blocking | None":
-        """The blocking extension of the user host of `jid`, if it is one of ours."""
-        if jid.local is None:
-            return None
-        host = self.services.directory.host(jid.domain)
-        return host.extensions.get(self.name) if host is not None and not host.is_component else None
+    @hook("is-blocked")
+    async def answer_is_blocked(self, query: BlockQuery) -> bool:
+        return await self.is_blocked(query.owner, query.contact)
 
     @hook("user-deleted")
     async def delete_blocklist(self, jid: JID) -> None:

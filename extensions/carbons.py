@@ -35,12 +35,11 @@ from lxml import etree
 
 from xmppd import hints
 from xmppd.extension import Extension, hook, iq_handler
+from xmppd.protocol.namespaces import NS_CARBONS, NS_FORWARD
 from xmppd.protocol.stanza import MESSAGE, make_element, sub_element
 from xmppd.router import Stanza, bare_message_recipients
 
-NS_CARBONS = "urn:xmpp:carbons:2"
 NS_CARBONS_RULES = "urn:xmpp:carbons:rules:0"
-NS_FORWARD = "urn:xmpp:forward:0"
 NS_CHAT_STATES = "http://jabber.org/protocol/chatstates"
 PRIVATE = f"{{{NS_CARBONS}}}private"
 MUC_USER = f"{{{hints.NS_MUC_USER}}}x"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.extension import Extension, hook
+from xmppd.hints import BODY, CARBON_SENT, carried_message, namespace_of
 from xmppd.protocol.namespaces import NS_CLIENT
 from xmppd.protocol.stanza import MESSAGE, PRESENCE, make_element
 from xmppd.session import Session
@@ -34,13 +35,8 @@ from xmppd.session import Session
 NS_CSI = "urn:xmpp:csi:0"
 CSI_FEATURE = etree.tostring(make_element(f"{{{NS_CSI}}}csi"))
 NS_CHAT_STATES = "http://jabber.org/protocol/chatstates"
-NS_CARBONS = "urn:xmpp:carbons:2"
-NS_FORWARD = "urn:xmpp:forward:0"
-BODY = f"{{{NS_CLIENT}}}body"
 SUBJECT = f"{{{NS_CLIENT}}}subject"
 THREAD = f"{{{NS_CLIENT}}}thread"
-CARBON_SENT = f"{{{NS_CARBONS}}}sent"
-CARBON_RECEIVED_MESSAGE = f"{{{NS_CARBONS}}}received/{{{NS_FORWARD}}}forwarded/{MESSAGE}"
 MUC_INVITE = "{http://jabber.org/protocol/muc#user}x/{http://jabber.org/protocol/muc#user}invite"
 # A child in one of these makes a message urgent without a body.
 URGENT_NAMESPACES = frozenset((
@@ -55,11 +51,6 @@ URGENT_NAMESPACES = frozenset((
 CHAT_STATE_ONLY_NAMESPACES = frozenset((NS_CHAT_STATES, "urn:xmpp:hints", "urn:xmpp:sid:0"))
 
 
-def namespace_of(element: etree._Element) -> str | None:
-    tag = element.tag
-    return tag[1:tag.index("}")] if isinstance(tag, str) and tag.startswith("{") else None
-
-
 def is_urgent(element: etree._Element) -> bool:
     if element.tag == PRESENCE:
         return False
@@ -69,8 +60,7 @@ def is_urgent(element: etree._Element) -> bool:
         return False
     if element.find(CARBON_SENT) is not None:
         return True                                # the user is busy on another device
-    forwarded = element.find(CARBON_RECEIVED_MESSAGE)
-    message = forwarded if forwarded is not None else element
+    message = carried_message(element)
     if message.find(BODY) is not None or message.find(SUBJECT) is not None or message.find(MUC_INVITE) is not None:
         return True
     return any(namespace_of(child) in URGENT_NAMESPACES for child in message)

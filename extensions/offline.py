@@ -43,15 +43,11 @@ from xmppd.protocol.errors import InternalServerError, ServiceUnavailable
 from xmppd.protocol.jid import JID
 from xmppd.protocol.namespaces import NS_DELAY
 from xmppd.protocol.stanza import delay_element, stored_stanza, to_storage
+from xmppd.session import top_priority
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
 DELAY = f"{{{NS_DELAY}}}delay"
 DELAYED_SINCE = "delayed-since"             # Stanza.meta: Unix time the message was first due
-KEPT_TYPES = frozenset(("normal", "chat"))
-
-
-def should_store(element) -> bool:
-    return (element.get("type") or "normal") in KEPT_TYPES and hints.worth_storing(element, permanently=False)
 
 
 class OfflineMessages(Extension):
@@ -86,7 +82,7 @@ class OfflineMessages(Extension):
 
     @hook("message/offline/store", priority=-1)
     async def store_message(self, stanza) -> bool:
-        if not should_store(stanza.element):
+        if not hints.kept_offline(stanza.element):
             return False
         owner = stanza.to.bare
         now = time.time()
@@ -135,10 +131,10 @@ class OfflineMessages(Extension):
             return
         self.services.metrics.count(OFFLINE_STORED)
         await self.host.bus.notify("message-stored-offline", stanza)
-        sessions = [s for s in self.host.available_sessions(owner.local)
-                    if s.priority >= 0 and s.connection is not None]     # not a hibernating one
+        connected = [s for s in self.host.available_sessions(owner.local) if s.connection is not None]
+        sessions = top_priority(connected)                       # not a hibernating one
         if sessions:
-            await self.deliver_stored_messages(max(sessions, key=lambda s: s.priority))
+            await self.deliver_stored_messages(sessions[0])
 
     @hook("message/offline/deliver", priority=-1)
     async def deliver_stored_messages(self, session) -> bool:

@@ -34,11 +34,11 @@ from lxml import etree
 
 from xmppd import forms
 from xmppd.extension import Extension, hook, iq_handler
-from xmppd.extensions.csi import BODY, CARBON_RECEIVED_MESSAGE, CARBON_SENT, namespace_of
-from xmppd.extensions.backlog import RETURNED
+from xmppd.hints import BODY, CARBON_SENT, carried_message, namespace_of
 from xmppd.protocol.errors import BadRequest, JidMalformed, ResourceConstraint, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_CLIENT
+from xmppd.router import RETURNED
 from xmppd.protocol.stanza import IQ, MESSAGE, from_storage, make_element, sub_element, to_storage
 
 NS_PUSH = "urn:xmpp:push:0"
@@ -63,8 +63,7 @@ def is_notable(element: etree._Element) -> bool:
         return False
     if element.find(CARBON_SENT) is not None or element.find(MAM_RESULT) is not None:
         return False                               # the user's own words, or history asked for
-    forwarded = element.find(CARBON_RECEIVED_MESSAGE)
-    message = forwarded if forwarded is not None else element
+    message = carried_message(element)
     if (message.findtext(BODY) or "").strip():
         return True
     return any(namespace_of(child) in NOTABLE_NAMESPACES for child in message)
@@ -178,8 +177,7 @@ class PushNotifications(Extension):
     def _wake(self, owner: JID, messages: list) -> None:
         self.unread[str(owner)] += len(messages)
         last = messages[-1]
-        forwarded = last.find(CARBON_RECEIVED_MESSAGE)
-        message = forwarded if forwarded is not None else last
+        message = carried_message(last)
         summary = Summary(self.unread[str(owner)], message.get("from"), message.findtext(BODY))
         self.services.tasks.spawn(self._publish_all(owner, summary))
 

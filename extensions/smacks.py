@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.extension import Extension, hook
-from xmppd.extensions.offline import should_store
+from xmppd.hints import kept_offline
 from xmppd.protocol.jid import JID
 from xmppd.protocol.namespaces import NS_DELAY, NS_STANZAS, NS_STREAM_ERRORS
 from xmppd.protocol.stanza import IQ, MESSAGE, STANZA_TAGS, delay_element, make_element, sub_element
@@ -193,7 +193,7 @@ class ManagedStream:
         writes = []
         for entry in self.queue:
             element, when, _ = entry
-            if element is not None and element.tag == MESSAGE and should_store(element):
+            if element is not None and element.tag == MESSAGE and kept_offline(element):
                 backlog_id, write = backlog.keep(self.session, element, when)
                 entry[:] = [None, when, backlog_id]
                 writes.append(write)
@@ -338,7 +338,7 @@ class StreamManagement(Extension):
         if not previd or h is None:
             connection.write(nonza("failed", condition="bad-request"))
             return True
-        account = connection.negotiation.authenticated
+        account = connection.authenticated
         state = self.resumable.get(previd)
         if state is None or state.session.jid.bare != account:
             owner, last_h = self.expired.get(previd, (None, None))
@@ -358,8 +358,7 @@ class StreamManagement(Extension):
             old.detach()
             old.close("conflict", "the session was resumed on another stream")
         state.stop()
-        connection.negotiation.resumed()
-        connection.attach(session)
+        connection.resume(session)
         connection.write(nonza("resumed", {"h": str(state.handled), "previd": previd}))
         self.host.extensions["backlog"].forget(session, state.acknowledge(h))
         state.resend(self.host.domain)

@@ -30,7 +30,7 @@ from xmppd.protocol.sasl import verify_plain_password
 from xmppd.protocol.stanza import IQ, error_reply
 from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, serialize, stream_header
 from xmppd.router import KINDS
-from xmppd.session import Session
+from xmppd.session import Session, StreamConnection
 from xmppd.transport import Transport
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ MAX_UNSETTLED = 256       # stanzas of one client whose commits may be in flight
 @dataclass
 class StreamElement:
     """A non-stanza top-level element, with the connection (and session once bound)."""
-    connection: "C2SConnection"
+    connection: StreamConnection
     element: etree._Element
     session: Session | None
 
@@ -240,6 +240,14 @@ class C2SConnection:
         self.session = session
         session.connection = self
         session.host.add_session(session)
+
+    @property
+    def authenticated(self):
+        return self.negotiation.authenticated
+
+    def resume(self, session: Session) -> None:
+        self.negotiation.resumed()
+        self.attach(session)
 
     def detach(self) -> Session | None:
         """Give the session up to another stream (a XEP-0198 resumption): the end of this

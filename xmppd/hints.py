@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from xmppd.protocol.namespaces import NS_CLIENT
+from xmppd.protocol.namespaces import NS_CARBONS, NS_CLIENT, NS_FORWARD
 
 NS_HINTS = "urn:xmpp:hints"
 NO_COPY = f"{{{NS_HINTS}}}no-copy"
@@ -18,6 +18,9 @@ NO_PERMANENT_STORE = f"{{{NS_HINTS}}}no-permanent-store"
 STORE = f"{{{NS_HINTS}}}store"
 
 BODY = f"{{{NS_CLIENT}}}body"
+CARBON_SENT = f"{{{NS_CARBONS}}}sent"
+CARBON_RECEIVED_MESSAGE = f"{{{NS_CARBONS}}}received/{{{NS_FORWARD}}}forwarded/{{{NS_CLIENT}}}message"
+KEPT_OFFLINE_TYPES = frozenset(("normal", "chat"))
 NS_RECEIPTS = "urn:xmpp:receipts"                    # XEP-0184
 NS_CHAT_MARKERS = "urn:xmpp:chat-markers:0"          # XEP-0333
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
@@ -52,6 +55,18 @@ def carries_conversation(message: etree._Element) -> bool:
     """A body, or a payload from CONVERSATION_NAMESPACES among the message's children."""
     return message.find(BODY) is not None or any(
         namespace_of(child) in CONVERSATION_NAMESPACES for child in message)
+
+
+def carried_message(message: etree._Element) -> etree._Element:
+    """The message a received carbon copy (XEP-0280) carries, else `message` itself."""
+    forwarded = message.find(CARBON_RECEIVED_MESSAGE)
+    return forwarded if forwarded is not None else message
+
+
+def kept_offline(message: etree._Element) -> bool:
+    """A message stored for a user who cannot take it now (offline storage, a
+    resource's backlog): a chat or normal one worth storing (XEP-0160, XEP-0334)."""
+    return (message.get("type") or "normal") in KEPT_OFFLINE_TYPES and worth_storing(message, permanently=False)
 
 
 def worth_storing(message: etree._Element, *, permanently: bool) -> bool:

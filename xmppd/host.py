@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -19,12 +20,29 @@ from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.jid import JID
 
 if TYPE_CHECKING:
-    from xmppd.services import Services
+    from xmppd.services import Directory, Services
     from xmppd.session import Session
 
 log = logging.getLogger(__name__)
 
 KNOWN_USERS_MAX = 100_000
+
+
+@dataclass(frozen=True)
+class BlockQuery:
+    """The `is-blocked` question, fired on the owner's host: does the user `owner`
+    block `contact`? A handler (XEP-0191 blocking, when loaded) returns True if so."""
+    owner: JID
+    contact: JID
+
+
+async def blocks(directory: "Directory", owner: JID, contact: JID) -> bool:
+    """Whether `owner`, a user of one of our user hosts, blocks `contact`; False for a
+    JID of any other domain."""
+    host = directory.host(owner.domain)
+    if host is None or host.is_component or owner.local is None:
+        return False
+    return await host.bus.fire("is-blocked", BlockQuery(owner.bare, contact))
 
 
 class Hosts:

@@ -26,13 +26,13 @@ from lxml import etree
 from xmppd import forms
 from xmppd.protocol.errors import BadRequest, FeatureNotImplemented, ItemNotFound, PolicyViolation
 from xmppd.protocol.jid import JID, InvalidJID
+from xmppd.protocol.namespaces import NS_FORWARD
 from xmppd.protocol.stanza import MESSAGE, delay_element, from_storage, make_element, stored_stanza, sub_element
 from xmppd.storage.interfaces import ArchivedStanza, ArchivePage, ArchiveQuery, ArchiveStore, UnknownArchiveId
 
 NS_MAM = "urn:xmpp:mam:2"
 NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"
 NS_RSM = "http://jabber.org/protocol/rsm"
-NS_FORWARD = "urn:xmpp:forward:0"
 NS_SID = "urn:xmpp:sid:0"                      # XEP-0359: <stanza-id by='archive' id='its id there'/>
 STANZA_ID = f"{{{NS_SID}}}stanza-id"
 

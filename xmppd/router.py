@@ -21,6 +21,7 @@ from xmppd.protocol.errors import (BadRequest, InternalServerError, JidMalformed
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_CLIENT, NS_SESSION
 from xmppd.protocol.stanza import error_reply, reply
+from xmppd.session import top_priority
 
 if TYPE_CHECKING:
     from xmppd.host import Host
@@ -33,6 +34,7 @@ KINDS = {f"{{{NS_CLIENT}}}message": "message", f"{{{NS_CLIENT}}}presence": "pres
 IQ_TYPES = frozenset(("get", "set", "result", "error"))
 PRESENCE_TYPES = frozenset((None, "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe", "error"))
 DEFAULT_PRIORITY = -1
+RETURNED = "returned"     # Stanza.meta: handed on by a session that ended (sent to it once already)
 
 
 class Stanza:
@@ -252,11 +254,9 @@ def bare_message_recipients(host: "Host", local: str, kind: str) -> list["Sessio
     """RFC 6121 8.5.2.1.1: the resources a message of type `kind` to the bare JID goes
     to: the available ones of highest non-negative priority, every such one for a
     headline. Empty when the message must be stored or refused."""
-    sessions = [s for s in host.available_sessions(local) if s.priority >= 0]
-    if sessions and kind != "headline":
-        top = max(s.priority for s in sessions)
-        sessions = [s for s in sessions if s.priority == top]
-    return sessions
+    if kind == "headline":
+        return [s for s in host.available_sessions(local) if s.priority >= 0]
+    return top_priority(host.available_sessions(local))
 
 
 async def answer_iq(host: "Host", stanza: Stanza) -> bool:

@@ -23,7 +23,7 @@ import asyncio
 import collections
 import logging
 import sys
-from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Protocol, Sequence
 
 from lxml import etree
 
@@ -49,6 +49,21 @@ class Connection(Protocol):
     def close(self, condition: str | None = None, text: str | None = None) -> None: ...
     def drop(self) -> None: ...
     async def drained(self) -> None: ...
+
+
+class StreamConnection(Connection, Protocol):
+    """A client stream as its top-level elements' handlers see it (StreamElement in
+    xmppd/c2s.py): what XEP-0198 resumption needs to move a session between streams."""
+
+    @property
+    def authenticated(self) -> JID | None:
+        """The account this stream logged in as (None before SASL succeeded)."""
+
+    def resume(self, session: "Session") -> None:
+        """Continue `session` on this stream, which binds no resource of its own."""
+
+    def detach(self) -> "Session | None":
+        """Give this stream's session up to another stream."""
 
 
 Filter = Callable[[etree._Element], "etree._Element | None"]
@@ -246,3 +261,11 @@ class Session:
         """Close the stream, with a stream error when `condition` is given."""
         if self.connection is not None:
             self.connection.close(condition, text)
+
+
+def top_priority(sessions: Iterable["Session"]) -> list["Session"]:
+    """RFC 6121 8.5.2.1.1: of `sessions`, those of the highest non-negative priority
+    (the resources a message to the bare JID goes to)."""
+    eligible = [session for session in sessions if session.priority >= 0]
+    top = max((session.priority for session in eligible), default=None)
+    return [session for session in eligible if session.priority == top]

@@ -20,6 +20,7 @@ import secrets
 from lxml import etree
 
 from xmppd.extension import Extension, hook
+from xmppd.host import blocks
 from xmppd.protocol.errors import BadRequest, Forbidden, ItemNotFound, NotAcceptable, ServiceUnavailable
 from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import reply, sub_element
@@ -76,9 +77,7 @@ class PrivateMessages(Extension):
     async def is_blocked_by(self, target: Occupant, sender: Occupant) -> bool:
         """Whether the target, a user of this server, blocks the sender's real JID (a
         private message, a direct invitation among them, must not carry its words)."""
-        host = self.services.directory.host(target.jid.domain)
-        blocking = host.extensions.get("blocking") if host is not None and not host.is_component else None
-        return blocking is not None and await blocking.is_blocked(target.jid, sender.jid)
+        return await blocks(self.services.directory, target.jid, sender.jid)
 
     @hook("iq/full")
     async def iq_to_occupant(self, stanza: Stanza) -> bool:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd import forms
+from xmppd.host import BlockQuery
 from xmppd.extension import PASS, Extension, hook, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
 from xmppd.extensions.presence import HAS_FROM, HAS_TO, parse_priority
@@ -597,8 +598,7 @@ class PersonalEventing(Extension):
 
     async def _is_blocked(self, owner: JID, jid: JID) -> bool:
         """XEP-0163 4.3.3: nothing goes to those the owner blocks (XEP-0191, when loaded)."""
-        blocking = self.host.extensions.get("blocking")
-        return blocking is not None and await blocking.is_blocked(owner, jid)
+        return await self.host.bus.fire("is-blocked", BlockQuery(owner, jid))
 
     async def _notify(self, owner: JID, node: str, config: dict, event_child) -> None:
         for to in await self._recipients(owner, node, config):
