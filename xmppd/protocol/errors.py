@@ -9,6 +9,7 @@ for logs only: clients see the condition and the optional ``text``, never
 from __future__ import annotations
 
 import copy
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -282,10 +283,6 @@ _CONDITION_CLASSES: dict[str, type[StanzaError]] = {
 }
 
 
-def _escape_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 class StreamError(Exception):
     """A stream-level error (RFC 6120 §4.9); the stream is closed after sending it.
 
@@ -309,14 +306,8 @@ class StreamError(Exception):
     def to_bytes(self) -> bytes:
         """The ``<stream:error>`` element, as sent inside an open stream."""
         if self.host is not None and self.condition == "see-other-host":
-            condition = '<see-other-host xmlns="%s">%s</see-other-host>' % (
-                NS_STREAM_ERRORS,
-                _escape_text(self.host),
-            )
+            condition = f"<see-other-host xmlns='{NS_STREAM_ERRORS}'>{escape(self.host)}</see-other-host>"
         else:
-            condition = '<%s xmlns="%s"/>' % (self.condition, NS_STREAM_ERRORS)
-        if self.text:
-            text = '<text xmlns="%s">%s</text>' % (NS_STREAM_ERRORS, _escape_text(self.text))
-        else:
-            text = ""
-        return ("<stream:error>%s%s</stream:error>" % (condition, text)).encode("utf-8")
+            condition = f"<{self.condition} xmlns='{NS_STREAM_ERRORS}'/>"
+        text = f"<text xmlns='{NS_STREAM_ERRORS}'>{escape(self.text)}</text>" if self.text else ""
+        return f"<stream:error>{condition}{text}</stream:error>".encode()

@@ -203,10 +203,6 @@ class JID:
         return self.resource is None
 
     @property
-    def is_full(self) -> bool:
-        return self.resource is not None
-
-    @property
     def is_host(self) -> bool:
         return self.local is None and self.resource is None
 

@@ -15,16 +15,16 @@ import binascii
 import enum
 import secrets
 from dataclasses import dataclass, field
+from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from .errors import LocalProtocolError
+from .errors import LocalProtocolError, StreamError
 from .jid import JID, InvalidJID
-from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_STANZAS, NS_TLS
+from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SASL_CB, NS_SESSION, NS_STANZAS, NS_TLS
 from .sasl import PlainMechanism, SaslFailure, ScramCredentials, ScramMechanism, stand_in_credentials
 from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamOpened, stream_header
 
-NS_SASL_CB = "urn:xmpp:sasl-cb:0"                     # XEP-0440
 SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
 MAX_AUTH_ATTEMPTS = 3
 
@@ -109,26 +109,19 @@ class UnauthenticatedIq:
     iq: etree._Element
 
 
-@dataclass(frozen=True)
-class Bound:
-    jid: JID                               # the full JID of the session
-
-
 def _sasl(name: str, text: str | None = None) -> bytes:
     inner = f">{text}</{name}>" if text is not None else "/>"
     return f"<{name} xmlns='{NS_SASL}'{inner}".encode()
 
 
 def _failure(condition: str, text: str | None = None) -> bytes:
-    text = f"<text xml:lang='en'>{_text(text)}</text>" if text else ""
+    text = f"<text xml:lang='en'>{escape(text)}</text>" if text else ""
     return f"<failure xmlns='{NS_SASL}'><{condition}/>{text}</failure>".encode()
 
 
 def stream_error(condition: str, text: str | None = None) -> bytes:
-    body = f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-    if text:
-        body += f"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{text}</text>"
-    return f"<stream:error>{body}</stream:error>".encode()
+    """The <stream:error> to send before closing (RFC 6120 4.9)."""
+    return StreamError(condition, text).to_bytes()
 
 
 @dataclass
@@ -215,16 +208,16 @@ class C2SNegotiation:
     def bound(self, full_jid: JID, iq: etree._Element) -> list:
         self._expect(State.BINDING)
         self.state = State.BOUND
-        result = (f"<iq type='result' id='{_attr(iq.get('id'))}'><bind xmlns='{NS_BIND}'>"
-                  f"<jid>{_text(str(full_jid))}</jid></bind></iq>").encode()
-        return [SendBytes(result), Bound(full_jid)]
+        result = (f"<iq type='result' id={quoteattr(iq.get('id', ''))}><bind xmlns='{NS_BIND}'>"
+                  f"<jid>{escape(str(full_jid))}</jid></bind></iq>").encode()
+        return [SendBytes(result)]
 
     def bind_failed(self, iq: etree._Element, condition: str, error_type: str = "modify",
                     text: str | None = None) -> list:
         self._expect(State.BINDING)
         self.state = State.AWAIT_BIND
-        described = f"<text xmlns='{NS_STANZAS}'>{_text(text)}</text>" if text else ""
-        reply = (f"<iq type='error' id='{_attr(iq.get('id'))}'><error type='{error_type}'>"
+        described = f"<text xmlns='{NS_STANZAS}'>{escape(text)}</text>" if text else ""
+        reply = (f"<iq type='error' id={quoteattr(iq.get('id', ''))}><error type='{error_type}'>"
                  f"<{condition} xmlns='{NS_STANZAS}'/>{described}</error></iq>").encode()
         return [SendBytes(reply)]
 
@@ -331,8 +324,8 @@ class C2SNegotiation:
             try:
                 JID.parse(f"x@{self.domain}/{resource}")
             except InvalidJID:
-                reply = (f"<iq type='error' id='{_attr(element.get('id'))}'><error type='modify'>"
-                         "<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>").encode()
+                reply = (f"<iq type='error' id={quoteattr(element.get('id', ''))}><error type='modify'>"
+                         f"<bad-request xmlns='{NS_STANZAS}'/></error></iq>").encode()
                 return [SendBytes(reply)]
         self.state = State.BINDING
         return [BindResource(self.authenticated, resource or None, element)]
@@ -411,10 +404,3 @@ def _decode(text: str | None) -> bytes:
     except (binascii.Error, ValueError):
         raise SaslFailure("incorrect-encoding") from None
 
-
-def _attr(value: str | None) -> str:
-    return (value or "").replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
-
-
-def _text(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -38,6 +38,7 @@ The module also holds the output side: ``stream_header``, ``STREAM_CLOSE`` and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
@@ -436,15 +437,6 @@ def _is_supported_version(version: str) -> bool:
 # -- output ------------------------------------------------------------------
 
 
-def _quote_attribute(value: str) -> str:
-    return (
-        value.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace('"', "&quot;")
-    )
-
-
 def stream_header(
     *,
     from_: str,
@@ -458,16 +450,16 @@ def stream_header(
     parts = [
         "<?xml version='1.0'?><stream:stream",
         ' xmlns="%s" xmlns:stream="%s"' % (content_namespace, NS_STREAMS),
-        ' from="%s"' % _quote_attribute(from_),
+        " from=" + quoteattr(from_),
     ]
     if id is not None:
-        parts.append(' id="%s"' % _quote_attribute(id))
+        parts.append(" id=" + quoteattr(id))
     if to is not None:
-        parts.append(' to="%s"' % _quote_attribute(to))
+        parts.append(" to=" + quoteattr(to))
     if version is not None:
-        parts.append(' version="%s"' % _quote_attribute(version))
+        parts.append(" version=" + quoteattr(version))
     if lang is not None:
-        parts.append(' xml:lang="%s"' % _quote_attribute(lang))
+        parts.append(" xml:lang=" + quoteattr(lang))
     parts.append(">")
     return "".join(parts).encode("utf-8")
 
