@@ -274,11 +274,28 @@ UnexpectedRequest = _make_condition_class("UnexpectedRequest", "unexpected-reque
 _CONDITION_CLASSES: dict[str, type[StanzaError]] = {
     cls.condition: cls
     for cls in (
-        BadRequest, Conflict, FeatureNotImplemented, Forbidden, Gone, InternalServerError,
-        ItemNotFound, JidMalformed, NotAcceptable, NotAllowed, NotAuthorized, PolicyViolation,
-        RecipientUnavailable, Redirect, RegistrationRequired, RemoteServerNotFound,
-        RemoteServerTimeout, ResourceConstraint, ServiceUnavailable, SubscriptionRequired,
-        UndefinedCondition, UnexpectedRequest,
+        BadRequest,
+        Conflict,
+        FeatureNotImplemented,
+        Forbidden,
+        Gone,
+        InternalServerError,
+        ItemNotFound,
+        JidMalformed,
+        NotAcceptable,
+        NotAllowed,
+        NotAuthorized,
+        PolicyViolation,
+        RecipientUnavailable,
+        Redirect,
+        RegistrationRequired,
+        RemoteServerNotFound,
+        RemoteServerTimeout,
+        ResourceConstraint,
+        ServiceUnavailable,
+        SubscriptionRequired,
+        UndefinedCondition,
+        UnexpectedRequest,
     )
 }
 

@@ -231,11 +231,7 @@ class JID:
             return True
         if not isinstance(other, JID):
             return NotImplemented
-        return (
-            self.domain == other.domain
-            and self.local == other.local
-            and self.resource == other.resource
-        )
+        return self.domain == other.domain and self.local == other.local and self.resource == other.resource
 
     def __ne__(self, other) -> bool:
         result = self.__eq__(other)

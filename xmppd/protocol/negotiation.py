@@ -8,6 +8,7 @@ the caller runs off its event loop; answered with `password_checked`) and `BindR
 (answered with `bound` or `bind_failed`). Everything that changes the state lives in
 this file.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,19 +31,20 @@ MAX_AUTH_ATTEMPTS = 3
 
 
 class State(enum.Enum):
-    AWAIT_STREAM = "await-stream"          # before the (re)opened stream header
-    AWAIT_STARTTLS = "await-starttls"      # features sent, TLS not yet on
-    AWAIT_AUTH = "await-auth"              # features with mechanisms sent
-    SASL_EXCHANGE = "sasl-exchange"        # a mechanism is running
+    AWAIT_STREAM = "await-stream"  # before the (re)opened stream header
+    AWAIT_STARTTLS = "await-starttls"  # features sent, TLS not yet on
+    AWAIT_AUTH = "await-auth"  # features with mechanisms sent
+    SASL_EXCHANGE = "sasl-exchange"  # a mechanism is running
     AWAIT_CREDENTIALS = "await-credentials"
     CHECKING_PASSWORD = "checking-password"  # PLAIN: the caller derives the key
-    AWAIT_BIND = "await-bind"              # authenticated, features with <bind/> sent
-    BINDING = "binding"                    # bind asked of the server, waiting for it
-    BOUND = "bound"                        # handed over to the session
+    AWAIT_BIND = "await-bind"  # authenticated, features with <bind/> sent
+    BINDING = "binding"  # bind asked of the server, waiting for it
+    BOUND = "bound"  # handed over to the session
     CLOSED = "closed"
 
 
 # -------------------------------------------------------------------- actions
+
 
 @dataclass(frozen=True)
 class SendBytes:
@@ -70,6 +72,7 @@ class CheckPassword:
     """Verify a PLAIN password (`sasl.verify_plain_password`, a PBKDF2 derivation), then
     `password_checked()`. For an unknown user `credentials` are a stand-in that costs the
     same work and that no password matches."""
+
     password: str
     credentials: ScramCredentials
     hash_name: str
@@ -78,9 +81,10 @@ class CheckPassword:
 @dataclass(frozen=True)
 class AuthFailed:
     """Tell the transport to slow this address down."""
+
     username: str | None
     condition: str
-    mechanism: str = ""                    # the SASL mechanism tried
+    mechanism: str = ""  # the SASL mechanism tried
 
 
 @dataclass(frozen=True)
@@ -91,14 +95,15 @@ class Authenticated:
 
 @dataclass(frozen=True)
 class BindResource:
-    jid: JID                               # bare JID of the account
-    resource: str | None                   # None: the server picks one
+    jid: JID  # bare JID of the account
+    resource: str | None  # None: the server picks one
     iq: etree._Element
 
 
 @dataclass(frozen=True)
 class UnhandledElement:
     """A top-level element of an authenticated stream that is not ours (XEP-0198 <resume/>...)."""
+
     element: etree._Element
 
 
@@ -106,6 +111,7 @@ class UnhandledElement:
 class UnauthenticatedIq:
     """An iq get/set before authentication (XEP-0077 registration): the caller answers it
     or closes the stream with not-authorized. Offered only once TLS is on (or not required)."""
+
     iq: etree._Element
 
 
@@ -128,8 +134,8 @@ def stream_error(condition: str, text: str | None = None) -> bytes:
 class Settings:
     domains: frozenset[str]
     tls_available: bool
-    tls_required: bool                     # False: plain text allowed (loopback peers only)
-    extra_features: callable = None        # (authenticated: bool) -> list[bytes] from extensions
+    tls_required: bool  # False: plain text allowed (loopback peers only)
+    extra_features: callable = None  # (authenticated: bool) -> list[bytes] from extensions
     channel_binding: dict = field(default_factory=dict)
 
 
@@ -142,7 +148,7 @@ class C2SNegotiation:
         self.authenticated: JID | None = None
         self.header_sent = False
         self._mechanism = None
-        self._mechanism_name = ""               # for the Authenticated/AuthFailed actions
+        self._mechanism_name = ""  # for the Authenticated/AuthFailed actions
         self._pending_username: str | None = None
         self._pending_password: str | None = None
         self._user_known = False
@@ -208,17 +214,22 @@ class C2SNegotiation:
     def bound(self, full_jid: JID, iq: etree._Element) -> list:
         self._expect(State.BINDING)
         self.state = State.BOUND
-        result = (f"<iq type='result' id={quoteattr(iq.get('id', ''))}><bind xmlns='{NS_BIND}'>"
-                  f"<jid>{escape(str(full_jid))}</jid></bind></iq>").encode()
+        result = (
+            f"<iq type='result' id={quoteattr(iq.get('id', ''))}><bind xmlns='{NS_BIND}'>"
+            f"<jid>{escape(str(full_jid))}</jid></bind></iq>"
+        ).encode()
         return [SendBytes(result)]
 
-    def bind_failed(self, iq: etree._Element, condition: str, error_type: str = "modify",
-                    text: str | None = None) -> list:
+    def bind_failed(
+        self, iq: etree._Element, condition: str, error_type: str = "modify", text: str | None = None
+    ) -> list:
         self._expect(State.BINDING)
         self.state = State.AWAIT_BIND
         described = f"<text xmlns='{NS_STANZAS}'>{escape(text)}</text>" if text else ""
-        reply = (f"<iq type='error' id={quoteattr(iq.get('id', ''))}><error type='{error_type}'>"
-                 f"<{condition} xmlns='{NS_STANZAS}'/>{described}</error></iq>").encode()
+        reply = (
+            f"<iq type='error' id={quoteattr(iq.get('id', ''))}><error type='{error_type}'>"
+            f"<{condition} xmlns='{NS_STANZAS}'/>{described}</error></iq>"
+        ).encode()
         return [SendBytes(reply)]
 
     def resumed(self) -> None:
@@ -263,8 +274,12 @@ class C2SNegotiation:
         if element.tag == f"{{{NS_TLS}}}starttls" and not self.tls_active and self.settings.tls_available:
             self.state = State.AWAIT_STARTTLS
             return self._in_await_starttls(element)
-        if element.tag == f"{{{NS_CLIENT}}}iq" and element.get("type") in ("get", "set") \
-                and element.get("id") and len(element) == 1:
+        if (
+            element.tag == f"{{{NS_CLIENT}}}iq"
+            and element.get("type") in ("get", "set")
+            and element.get("id")
+            and len(element) == 1
+        ):
             return [UnauthenticatedIq(element)]
         if element.tag != f"{{{NS_SASL}}}auth":
             return self._error("not-authorized")
@@ -289,8 +304,11 @@ class C2SNegotiation:
             self.state = State.AWAIT_CREDENTIALS
             return [LookupCredentials(username, "sha256")]
         base = name.removesuffix("-PLUS")
-        self._mechanism = ScramMechanism(SCRAM_HASHES[base], plus=name.endswith("-PLUS"),
-                                         channel_binding=self.settings.channel_binding if self.tls_active else {})
+        self._mechanism = ScramMechanism(
+            SCRAM_HASHES[base],
+            plus=name.endswith("-PLUS"),
+            channel_binding=self.settings.channel_binding if self.tls_active else {},
+        )
         try:
             username = self._username(self._mechanism.client_first(initial))
         except SaslFailure as failure:
@@ -313,7 +331,7 @@ class C2SNegotiation:
     def _in_await_bind(self, element) -> list:
         if not element.tag.startswith(f"{{{NS_CLIENT}}}"):
             return [UnhandledElement(element)]
-        if element.tag != f"{{{NS_CLIENT}}}iq":               # RFC 6120 7.1: bind first
+        if element.tag != f"{{{NS_CLIENT}}}iq":  # RFC 6120 7.1: bind first
             return self._error("not-authorized", "bind a resource first")
         bind = element.find(f"{{{NS_BIND}}}bind")
         if element.get("type") != "set" or bind is None:
@@ -324,8 +342,10 @@ class C2SNegotiation:
             try:
                 JID.parse(f"x@{self.domain}/{resource}")
             except InvalidJID:
-                reply = (f"<iq type='error' id={quoteattr(element.get('id', ''))}><error type='modify'>"
-                         f"<bad-request xmlns='{NS_STANZAS}'/></error></iq>").encode()
+                reply = (
+                    f"<iq type='error' id={quoteattr(element.get('id', ''))}><error type='modify'>"
+                    f"<bad-request xmlns='{NS_STANZAS}'/></error></iq>"
+                ).encode()
                 return [SendBytes(reply)]
         self.state = State.BINDING
         return [BindResource(self.authenticated, resource or None, element)]
@@ -338,7 +358,7 @@ class C2SNegotiation:
             names += ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]
         names += ["SCRAM-SHA-256", "SCRAM-SHA-1"]
         if self.tls_active:
-            names.append("PLAIN")           # never offered without TLS
+            names.append("PLAIN")  # never offered without TLS
         return names
 
     def _mechanisms(self) -> str:
@@ -384,7 +404,11 @@ class C2SNegotiation:
     def _error(self, condition: str, text: str | None = None) -> list:
         out = []
         if not self.header_sent:
-            out.append(SendBytes(stream_header(from_=self.domain or sorted(self.settings.domains)[0], id=secrets.token_urlsafe(12))))
+            out.append(
+                SendBytes(
+                    stream_header(from_=self.domain or sorted(self.settings.domains)[0], id=secrets.token_urlsafe(12))
+                )
+            )
             self.header_sent = True
         self.state = State.CLOSED
         out += [SendBytes(stream_error(condition, text) + STREAM_CLOSE), CloseStream()]
@@ -403,4 +427,3 @@ def _decode(text: str | None) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise SaslFailure("incorrect-encoding") from None
-

@@ -24,8 +24,8 @@ import hmac
 import secrets
 import stringprep
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import LocalProtocolError
 from .jid import JID, InvalidJID
@@ -389,7 +389,9 @@ class ScramMechanism:
         if self._gs2_header is None or self._server_first is not None:
             raise LocalProtocolError("server_first called out of order")
         if creds is None:
-            creds = stand_in_credentials(self.username, self.hash_name, self._default_iterations, self._fake_salt_secret)
+            creds = stand_in_credentials(
+                self.username, self.hash_name, self._default_iterations, self._fake_salt_secret
+            )
             self._user_known = False
         else:
             self._user_known = True
@@ -426,7 +428,7 @@ class ScramMechanism:
         creds = self._creds
         auth_message = ",".join((self._client_first_bare, self._server_first, without_proof)).encode("utf-8")
         client_signature = hmac.digest(creds.stored_key, auth_message, self.hash_name)
-        client_key = bytes(a ^ b for a, b in zip(proof, client_signature))
+        client_key = bytes(a ^ b for a, b in zip(proof, client_signature, strict=True))
         computed = hashlib.new(self.hash_name, client_key).digest()
         if not (hmac.compare_digest(computed, creds.stored_key) and self._user_known):
             raise SaslFailure("not-authorized")
