@@ -8,11 +8,14 @@ then tell a client that the data is safe (an SM ack, an iq result).
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from xmppd.protocol.sasl import ScramCredentials
+
+JSONObject = dict[str, Any]  # a JSON-able dict: a room's state, a pubsub node's configuration
 
 # ---------------------------------------------------------------- accounts
 
@@ -154,8 +157,8 @@ class KeyValueStore(Protocol):
 class RoomStore(Protocol):
     """Persistent MUC rooms: configuration, affiliations, subject as a JSON-able dict."""
 
-    async def get(self, room: str) -> dict | None: ...
-    async def save(self, room: str, state: dict) -> None: ...
+    async def get(self, room: str) -> JSONObject | None: ...
+    async def save(self, room: str, state: JSONObject) -> None: ...
     async def delete(self, room: str) -> None: ...
     async def list(self, service: str) -> list[str]:
         """Room bare JIDs of one MUC service domain, sorted."""
@@ -178,10 +181,10 @@ class PubSubItem:
 class PubSubStore(Protocol):
     """Nodes of a pubsub service (for PEP the service is the user's bare JID)."""
 
-    async def get_node(self, service: str, node: str) -> dict | None:
+    async def get_node(self, service: str, node: str) -> JSONObject | None:
         """The node's configuration (a JSON-able dict), or None if no such node."""
 
-    async def set_node(self, service: str, node: str, config: dict) -> None: ...
+    async def set_node(self, service: str, node: str, config: JSONObject) -> None: ...
     async def delete_node(self, service: str, node: str) -> None:
         """Remove the node and all its items."""
 
@@ -230,7 +233,7 @@ class UploadStore(Protocol):
         is an id left out. Asked at every slot request: no per-upload work on the loop."""
 
     async def remove(self, upload_id: str) -> None: ...
-    async def expired(self, now: float) -> list[Upload]: ...
+    async def expired(self, now: float) -> builtins.list[Upload]: ...  # list: the method above
 
 
 class MediaStore(Protocol):

@@ -9,6 +9,7 @@ for logs only: clients see the condition and the optional ``text``, never
 from __future__ import annotations
 
 import copy
+from typing import Any
 from xml.sax.saxutils import escape
 
 from lxml import etree
@@ -112,8 +113,9 @@ STREAM_ERROR_CONDITIONS = frozenset(
 
 _ERROR_TAG = "{%s}error" % NS_CLIENT
 _TEXT_TAG = "{%s}text" % NS_STANZAS
-_CLIENT_NSMAP = {None: NS_CLIENT}
-_STANZAS_NSMAP = {None: NS_STANZAS}
+# lxml-stubs types an nsmap as Mapping[str, str]; lxml takes None for the default namespace.
+_CLIENT_NSMAP: dict[str, str] = {None: NS_CLIENT}  # type: ignore[dict-item]
+_STANZAS_NSMAP: dict[str, str] = {None: NS_STANZAS}  # type: ignore[dict-item]
 
 
 class StanzaError(Exception):
@@ -232,7 +234,7 @@ def _copy(element: etree._Element) -> etree._Element:
 
 
 def _make_condition_class(class_name: str, condition: str) -> type[StanzaError]:
-    def __init__(self, text: str | None = None, type: str | None = None, **kwargs):
+    def __init__(self: StanzaError, text: str | None = None, type: str | None = None, **kwargs: Any) -> None:
         StanzaError.__init__(self, condition, type, text, **kwargs)
 
     __init__.__doc__ = f"Stanza error {condition!r}: ``{class_name}(text=None, type=None, **kw)``."

@@ -15,6 +15,7 @@ import base64
 import binascii
 import enum
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
@@ -24,7 +25,7 @@ from .errors import LocalProtocolError, StreamError
 from .jid import JID, InvalidJID
 from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SASL_CB, NS_SESSION, NS_STANZAS, NS_TLS
 from .sasl import PlainMechanism, SaslFailure, ScramCredentials, ScramMechanism, stand_in_credentials
-from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamOpened, stream_header
+from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamEvent, StreamOpened, stream_header
 
 SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
 MAX_AUTH_ATTEMPTS = 3
@@ -115,6 +116,20 @@ class UnauthenticatedIq:
     iq: etree._Element
 
 
+Action = (
+    SendBytes
+    | StartTls
+    | CloseStream
+    | LookupCredentials
+    | CheckPassword
+    | AuthFailed
+    | Authenticated
+    | BindResource
+    | UnhandledElement
+    | UnauthenticatedIq
+)
+
+
 def _sasl(name: str, text: str | None = None) -> bytes:
     inner = f">{text}</{name}>" if text is not None else "/>"
     return f"<{name} xmlns='{NS_SASL}'{inner}".encode()
@@ -135,19 +150,20 @@ class Settings:
     domains: frozenset[str]
     tls_available: bool
     tls_required: bool  # False: plain text allowed (loopback peers only)
-    extra_features: callable = None  # (authenticated: bool) -> list[bytes] from extensions
-    channel_binding: dict = field(default_factory=dict)
+    # (authenticated) -> the stream features the extensions add
+    extra_features: Callable[[bool], list[bytes]] | None = None
+    channel_binding: dict[str, bytes] = field(default_factory=dict)  # type name -> data
 
 
 class C2SNegotiation:
-    def __init__(self, settings: Settings, *, tls_active: bool = False):
+    def __init__(self, settings: Settings, *, tls_active: bool = False) -> None:
         self.settings = settings
         self.state = State.AWAIT_STREAM
         self.tls_active = tls_active
         self.domain: str | None = None
         self.authenticated: JID | None = None
         self.header_sent = False
-        self._mechanism = None
+        self._mechanism: PlainMechanism | ScramMechanism | None = None
         self._mechanism_name = ""  # for the Authenticated/AuthFailed actions
         self._pending_username: str | None = None
         self._pending_password: str | None = None
@@ -157,7 +173,7 @@ class C2SNegotiation:
 
     # ---------------------------------------------------------------- inputs
 
-    def receive(self, event) -> list:
+    def receive(self, event: StreamEvent) -> list[Action]:
         if self.state in (State.BOUND, State.CLOSED):
             raise LocalProtocolError(f"negotiation is over ({self.state.value})")
         if isinstance(event, StreamErrorDetected):
@@ -186,32 +202,36 @@ class C2SNegotiation:
         self.state = State.AWAIT_STREAM
         self.header_sent = False
 
-    def credentials_found(self, creds: ScramCredentials | None) -> list:
+    def credentials_found(self, creds: ScramCredentials | None) -> list[Action]:
         self._expect(State.AWAIT_CREDENTIALS)
-        mechanism = self._mechanism
+        mechanism, username = self._mechanism, self._pending_username
+        assert mechanism is not None and username is not None  # set on entering AWAIT_CREDENTIALS
         if isinstance(mechanism, PlainMechanism):
             password, self._pending_password = self._pending_password, None
+            assert password is not None  # PLAIN's, kept from its <auth/>
             self._user_known = creds is not None
             self.state = State.CHECKING_PASSWORD
-            return [CheckPassword(password, creds or stand_in_credentials(self._pending_username, "sha256"), "sha256")]
+            return [CheckPassword(password, creds or stand_in_credentials(username, "sha256"), "sha256")]
         self.state = State.SASL_EXCHANGE
         challenge = mechanism.server_first(creds)
         return [SendBytes(_sasl("challenge", base64.b64encode(challenge).decode()))]
 
-    def password_checked(self, matches: bool) -> list:
+    def password_checked(self, matches: bool) -> list[Action]:
         self._expect(State.CHECKING_PASSWORD)
+        username = self._pending_username
+        assert username is not None  # set on entering AWAIT_CREDENTIALS
         if matches and self._user_known:
-            return self._succeed(self._pending_username, None)
+            return self._succeed(username, None)
         return self._sasl_failed("not-authorized")
 
-    def attempt_refused(self, text: str) -> list:
+    def attempt_refused(self, text: str) -> list[Action]:
         """The caller's budget of authentication attempts is used up: the password is not
         checked and the client may try again later (RFC 6120 6.5.12)."""
         self._expect(State.AWAIT_CREDENTIALS)
         self._pending_password = None
         return self._sasl_failed("temporary-auth-failure", text)
 
-    def bound(self, full_jid: JID, iq: etree._Element) -> list:
+    def bound(self, full_jid: JID, iq: etree._Element) -> list[Action]:
         self._expect(State.BINDING)
         self.state = State.BOUND
         result = (
@@ -222,7 +242,7 @@ class C2SNegotiation:
 
     def bind_failed(
         self, iq: etree._Element, condition: str, error_type: str = "modify", text: str | None = None
-    ) -> list:
+    ) -> list[Action]:
         self._expect(State.BINDING)
         self.state = State.AWAIT_BIND
         described = f"<text xmlns='{NS_STANZAS}'>{escape(text)}</text>" if text else ""
@@ -239,15 +259,15 @@ class C2SNegotiation:
 
     # ---------------------------------------------------------------- states
 
-    def _stream_opened(self, attributes: dict) -> list:
+    def _stream_opened(self, attributes: dict[str, str]) -> list[Action]:
         if self.state is not State.AWAIT_STREAM:
             return self._error("policy-violation", "unexpected stream restart")
-        self.domain = attributes.get("to", self.domain)
-        if self.domain not in self.settings.domains:
+        domain = self.domain = attributes.get("to", self.domain)
+        if domain is None or domain not in self.settings.domains:
             return self._error("host-unknown")
         if attributes.get("version") != "1.0":
             return self._error("unsupported-version")
-        out = [SendBytes(self._header())]
+        out: list[Action] = [SendBytes(self._header(domain))]
         if self.authenticated is not None:
             self.state = State.AWAIT_BIND
             features = f"<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>"
@@ -265,12 +285,12 @@ class C2SNegotiation:
         out.append(SendBytes(f"<stream:features>{features}</stream:features>".encode()))
         return out
 
-    def _in_await_starttls(self, element) -> list:
+    def _in_await_starttls(self, element: etree._Element) -> list[Action]:
         if element.tag != f"{{{NS_TLS}}}starttls":
             return self._error("policy-violation", "STARTTLS is required")
         return [SendBytes(f"<proceed xmlns='{NS_TLS}'/>".encode()), StartTls()]
 
-    def _in_await_auth(self, element) -> list:
+    def _in_await_auth(self, element: etree._Element) -> list[Action]:
         if element.tag == f"{{{NS_TLS}}}starttls" and not self.tls_active and self.settings.tls_available:
             self.state = State.AWAIT_STARTTLS
             return self._in_await_starttls(element)
@@ -317,18 +337,20 @@ class C2SNegotiation:
         self.state = State.AWAIT_CREDENTIALS
         return [LookupCredentials(username, SCRAM_HASHES[base])]
 
-    def _in_sasl_exchange(self, element) -> list:
+    def _in_sasl_exchange(self, element: etree._Element) -> list[Action]:
         if element.tag == f"{{{NS_SASL}}}abort":
             return self._sasl_failed("aborted")
         if element.tag != f"{{{NS_SASL}}}response":
             return self._error("not-authorized")
+        mechanism, username = self._mechanism, self._pending_username
+        assert isinstance(mechanism, ScramMechanism) and username is not None  # PLAIN has no exchange
         try:
-            server_final = self._mechanism.client_final(_decode(element.text))
+            server_final = mechanism.client_final(_decode(element.text))
         except SaslFailure as failure:
             return self._sasl_failed(failure.condition)
-        return self._succeed(self._pending_username, server_final)
+        return self._succeed(username, server_final)
 
-    def _in_await_bind(self, element) -> list:
+    def _in_await_bind(self, element: etree._Element) -> list[Action]:
         if not element.tag.startswith(f"{{{NS_CLIENT}}}"):
             return [UnhandledElement(element)]
         if element.tag != f"{{{NS_CLIENT}}}iq":  # RFC 6120 7.1: bind first
@@ -347,13 +369,14 @@ class C2SNegotiation:
                     f"<bad-request xmlns='{NS_STANZAS}'/></error></iq>"
                 ).encode()
                 return [SendBytes(reply)]
+        assert self.authenticated is not None  # AWAIT_BIND comes after SASL only
         self.state = State.BINDING
         return [BindResource(self.authenticated, resource or None, element)]
 
     # ---------------------------------------------------------------- helpers
 
     def mechanism_names(self) -> list[str]:
-        names = []
+        names: list[str] = []
         if self.tls_active and self.settings.channel_binding:
             names += ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]
         names += ["SCRAM-SHA-256", "SCRAM-SHA-1"]
@@ -374,11 +397,14 @@ class C2SNegotiation:
 
     def _username(self, name: str) -> str:
         try:
-            return JID.parse(f"{name}@{self.domain}").local
+            local = JID.parse(f"{name}@{self.domain}").local
         except InvalidJID:
             raise SaslFailure("not-authorized") from None
+        assert local is not None  # JID.parse refuses an empty localpart
+        return local
 
-    def _succeed(self, username: str, server_final: bytes | None) -> list:
+    def _succeed(self, username: str, server_final: bytes | None) -> list[Action]:
+        assert self.domain is not None  # SASL runs on an accepted stream header
         self.authenticated = JID(username, self.domain)
         self._mechanism = None
         text = base64.b64encode(server_final).decode() if server_final else None
@@ -387,22 +413,25 @@ class C2SNegotiation:
         self.header_sent = False
         return [SendBytes(success), Authenticated(self.authenticated, self._mechanism_name)]
 
-    def _sasl_failed(self, condition: str, text: str | None = None) -> list:
+    def _sasl_failed(self, condition: str, text: str | None = None) -> list[Action]:
         self._auth_attempts += 1
         username, self._pending_username, self._mechanism = self._pending_username, None, None
         self.state = State.AWAIT_AUTH
-        out = [AuthFailed(username, condition, self._mechanism_name), SendBytes(_failure(condition, text))]
+        out: list[Action] = [
+            AuthFailed(username, condition, self._mechanism_name),
+            SendBytes(_failure(condition, text)),
+        ]
         if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
             out += self._error("policy-violation", "too many authentication attempts")
         return out
 
-    def _header(self) -> bytes:
+    def _header(self, domain: str) -> bytes:
         self.header_sent = True
         self.stream_id = secrets.token_urlsafe(12)
-        return stream_header(from_=self.domain, id=self.stream_id)
+        return stream_header(from_=domain, id=self.stream_id)
 
-    def _error(self, condition: str, text: str | None = None) -> list:
-        out = []
+    def _error(self, condition: str, text: str | None = None) -> list[Action]:
+        out: list[Action] = []
         if not self.header_sent:
             out.append(
                 SendBytes(

@@ -46,16 +46,17 @@ _STORAGE_PARSER = etree.XMLParser(
 )
 
 # One nsmap per namespace, shared: lxml copies it into the tree anyway.
-_nsmaps: dict[str, dict] = {NS_STREAMS: {"stream": NS_STREAMS}}
+_nsmaps: dict[str, dict[str, str]] = {NS_STREAMS: {"stream": NS_STREAMS}}
 
 
-def _nsmap_for(tag: str) -> dict | None:
+def _nsmap_for(tag: str) -> dict[str, str] | None:
     if tag[:1] != "{":
         return None
     namespace = tag[1 : tag.index("}")]
     nsmap = _nsmaps.get(namespace)
     if nsmap is None:
-        nsmap = _nsmaps[namespace] = {None: namespace}
+        # lxml-stubs types an nsmap as Mapping[str, str]; lxml takes None for the default namespace.
+        nsmap = _nsmaps[namespace] = {None: namespace}  # type: ignore[dict-item]
     return nsmap
 
 
