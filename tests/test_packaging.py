@@ -1,5 +1,5 @@
 """The wheel carries every package and data file under the xmppd namespace, and no bare
-`extensions` or `storage` package (DESIGN.md: Layout)."""
+`extensions` or `storage` package (DESIGN.md: Layout); the editable install is silent."""
 import subprocess
 import sys
 import zipfile
@@ -31,3 +31,12 @@ def test_wheel_holds_every_package_and_data_file(tmp_path):
     missing = source_files() - names
     assert not missing, f"setup.cfg misses these packages or data files: {sorted(missing)}"
     assert not any(name.startswith(("extensions/", "storage/")) for name in names)
+
+
+def test_editable_install_prints_nothing(tmp_path):
+    """`make run` and `make test` install xmppd editable; a newcomer's first screen shows no
+    setuptools warning (with extensions/ and storage/ mapped by package_dir it printed one)."""
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                              "--target", str(tmp_path), "-e", str(ROOT)],
+                             capture_output=True, text=True, check=True, timeout=600)
+    assert install.stdout + install.stderr == ""

@@ -33,9 +33,6 @@ class EventBus:
         if not chain:
             self._handlers.pop(name, None)
 
-    def has_handlers(self, name: str) -> bool:
-        return name in self._handlers
-
     async def fire(self, name: str, event: Any) -> bool:
         """Run the chain until a handler returns a true value; return whether one did."""
         chain = self._handlers.get(name)

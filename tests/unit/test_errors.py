@@ -149,11 +149,11 @@ def test_str_never_crashes_and_stays_terse():
 
 def test_stream_error_bytes():
     assert StreamError("not-well-formed").to_bytes() == (
-        b'<stream:error><not-well-formed xmlns="urn:ietf:params:xml:ns:xmpp-streams"/></stream:error>'
+        b"<stream:error><not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
     )
     assert StreamError("policy-violation", "Stanza > 256 KiB & more").to_bytes() == (
-        b'<stream:error><policy-violation xmlns="urn:ietf:params:xml:ns:xmpp-streams"/>'
-        b'<text xmlns="urn:ietf:params:xml:ns:xmpp-streams">Stanza &gt; 256 KiB &amp; more</text>'
+        b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Stanza &gt; 256 KiB &amp; more</text>"
         b"</stream:error>"
     )
 

@@ -601,8 +601,8 @@ def test_stream_header():
     )
     minimal = stream_header(from_="example.com", id=None)
     assert b" id=" not in minimal and b" to=" not in minimal
-    quoted = stream_header(from_='a"<&>', id="x")
-    assert b'from="a&quot;&lt;&amp;&gt;"' in quoted
+    quoted = stream_header(from_="a\"<&>'", id="x")
+    assert etree.fromstring(quoted + b"</stream:stream>").get("from") == "a\"<&>'"
 
 
 def test_our_header_parses():

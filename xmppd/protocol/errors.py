@@ -9,6 +9,8 @@ for logs only: clients see the condition and the optional ``text``, never
 from __future__ import annotations
 
 import copy
+from typing import Any
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -111,8 +113,9 @@ STREAM_ERROR_CONDITIONS = frozenset(
 
 _ERROR_TAG = "{%s}error" % NS_CLIENT
 _TEXT_TAG = "{%s}text" % NS_STANZAS
-_CLIENT_NSMAP = {None: NS_CLIENT}
-_STANZAS_NSMAP = {None: NS_STANZAS}
+# lxml-stubs types an nsmap as Mapping[str, str]; lxml takes None for the default namespace.
+_CLIENT_NSMAP: dict[str, str] = {None: NS_CLIENT}  # type: ignore[dict-item]
+_STANZAS_NSMAP: dict[str, str] = {None: NS_STANZAS}  # type: ignore[dict-item]
 
 
 class StanzaError(Exception):
@@ -231,7 +234,7 @@ def _copy(element: etree._Element) -> etree._Element:
 
 
 def _make_condition_class(class_name: str, condition: str) -> type[StanzaError]:
-    def __init__(self, text: str | None = None, type: str | None = None, **kwargs):
+    def __init__(self: StanzaError, text: str | None = None, type: str | None = None, **kwargs: Any) -> None:
         StanzaError.__init__(self, condition, type, text, **kwargs)
 
     __init__.__doc__ = f"Stanza error {condition!r}: ``{class_name}(text=None, type=None, **kw)``."
@@ -273,17 +276,30 @@ UnexpectedRequest = _make_condition_class("UnexpectedRequest", "unexpected-reque
 _CONDITION_CLASSES: dict[str, type[StanzaError]] = {
     cls.condition: cls
     for cls in (
-        BadRequest, Conflict, FeatureNotImplemented, Forbidden, Gone, InternalServerError,
-        ItemNotFound, JidMalformed, NotAcceptable, NotAllowed, NotAuthorized, PolicyViolation,
-        RecipientUnavailable, Redirect, RegistrationRequired, RemoteServerNotFound,
-        RemoteServerTimeout, ResourceConstraint, ServiceUnavailable, SubscriptionRequired,
-        UndefinedCondition, UnexpectedRequest,
+        BadRequest,
+        Conflict,
+        FeatureNotImplemented,
+        Forbidden,
+        Gone,
+        InternalServerError,
+        ItemNotFound,
+        JidMalformed,
+        NotAcceptable,
+        NotAllowed,
+        NotAuthorized,
+        PolicyViolation,
+        RecipientUnavailable,
+        Redirect,
+        RegistrationRequired,
+        RemoteServerNotFound,
+        RemoteServerTimeout,
+        ResourceConstraint,
+        ServiceUnavailable,
+        SubscriptionRequired,
+        UndefinedCondition,
+        UnexpectedRequest,
     )
 }
-
-
-def _escape_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class StreamError(Exception):
@@ -309,14 +325,8 @@ class StreamError(Exception):
     def to_bytes(self) -> bytes:
         """The ``<stream:error>`` element, as sent inside an open stream."""
         if self.host is not None and self.condition == "see-other-host":
-            condition = '<see-other-host xmlns="%s">%s</see-other-host>' % (
-                NS_STREAM_ERRORS,
-                _escape_text(self.host),
-            )
+            condition = f"<see-other-host xmlns='{NS_STREAM_ERRORS}'>{escape(self.host)}</see-other-host>"
         else:
-            condition = '<%s xmlns="%s"/>' % (self.condition, NS_STREAM_ERRORS)
-        if self.text:
-            text = '<text xmlns="%s">%s</text>' % (NS_STREAM_ERRORS, _escape_text(self.text))
-        else:
-            text = ""
-        return ("<stream:error>%s%s</stream:error>" % (condition, text)).encode("utf-8")
+            condition = f"<{self.condition} xmlns='{NS_STREAM_ERRORS}'/>"
+        text = f"<text xmlns='{NS_STREAM_ERRORS}'>{escape(self.text)}</text>" if self.text else ""
+        return f"<stream:error>{condition}{text}</stream:error>".encode()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import unicodedata
+from collections.abc import Callable
 
 __all__ = ["InvalidJID", "JID"]
 
@@ -141,8 +142,10 @@ class JID:
     local: str | None
     domain: str
     resource: str | None
+    _hash: int | None  # computed on first use
+    _str: str | None
 
-    def __init__(self, local: str | None, domain: str, resource: str | None = None):
+    def __init__(self, local: str | None, domain: str, resource: str | None = None) -> None:
         # Normalise but do not validate: callers building JIDs from trusted
         # parts (configuration, storage) should not pay for the checks.
         setter = object.__setattr__
@@ -169,19 +172,19 @@ class JID:
         """Parse and validate ``text``; raise ``InvalidJID`` when it is not a JID."""
         return _parse(text)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("JID is immutable")
 
-    def __delattr__(self, name):
+    def __delattr__(self, name: str) -> None:
         raise AttributeError("JID is immutable")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str | None, str, str | None], JID], tuple[str | None, str, str | None]]:
         return (_rebuild, (self.local, self.domain, self.resource))
 
-    def __copy__(self):
+    def __copy__(self) -> JID:
         return self
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: object) -> JID:
         return self
 
     @property
@@ -201,10 +204,6 @@ class JID:
     @property
     def is_bare(self) -> bool:
         return self.resource is None
-
-    @property
-    def is_full(self) -> bool:
-        return self.resource is not None
 
     @property
     def is_host(self) -> bool:
@@ -230,22 +229,12 @@ class JID:
     def __repr__(self) -> str:
         return f"JID({str(self)!r})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         if self is other:
             return True
         if not isinstance(other, JID):
             return NotImplemented
-        return (
-            self.domain == other.domain
-            and self.local == other.local
-            and self.resource == other.resource
-        )
-
-    def __ne__(self, other) -> bool:
-        result = self.__eq__(other)
-        if result is NotImplemented:
-            return result
-        return not result
+        return self.domain == other.domain and self.local == other.local and self.resource == other.resource
 
     def __hash__(self) -> int:
         value = self._hash
@@ -255,7 +244,7 @@ class JID:
         return value
 
 
-def _rebuild(local, domain, resource) -> JID:
+def _rebuild(local: str | None, domain: str, resource: str | None) -> JID:
     return JID._trusted(local, domain, resource)
 
 

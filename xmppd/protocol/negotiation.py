@@ -8,41 +8,44 @@ the caller runs off its event loop; answered with `password_checked`) and `BindR
 (answered with `bound` or `bind_failed`). Everything that changes the state lives in
 this file.
 """
+
 from __future__ import annotations
 
 import base64
 import binascii
 import enum
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from .errors import LocalProtocolError
+from .errors import LocalProtocolError, StreamError
 from .jid import JID, InvalidJID
-from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_STANZAS, NS_TLS
+from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SASL_CB, NS_SESSION, NS_STANZAS, NS_TLS
 from .sasl import PlainMechanism, SaslFailure, ScramCredentials, ScramMechanism, stand_in_credentials
-from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamOpened, stream_header
+from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamEvent, StreamOpened, stream_header
 
-NS_SASL_CB = "urn:xmpp:sasl-cb:0"                     # XEP-0440
 SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
 MAX_AUTH_ATTEMPTS = 3
 
 
 class State(enum.Enum):
-    AWAIT_STREAM = "await-stream"          # before the (re)opened stream header
-    AWAIT_STARTTLS = "await-starttls"      # features sent, TLS not yet on
-    AWAIT_AUTH = "await-auth"              # features with mechanisms sent
-    SASL_EXCHANGE = "sasl-exchange"        # a mechanism is running
+    AWAIT_STREAM = "await-stream"  # before the (re)opened stream header
+    AWAIT_STARTTLS = "await-starttls"  # features sent, TLS not yet on
+    AWAIT_AUTH = "await-auth"  # features with mechanisms sent
+    SASL_EXCHANGE = "sasl-exchange"  # a mechanism is running
     AWAIT_CREDENTIALS = "await-credentials"
     CHECKING_PASSWORD = "checking-password"  # PLAIN: the caller derives the key
-    AWAIT_BIND = "await-bind"              # authenticated, features with <bind/> sent
-    BINDING = "binding"                    # bind asked of the server, waiting for it
-    BOUND = "bound"                        # handed over to the session
+    AWAIT_BIND = "await-bind"  # authenticated, features with <bind/> sent
+    BINDING = "binding"  # bind asked of the server, waiting for it
+    BOUND = "bound"  # handed over to the session
     CLOSED = "closed"
 
 
 # -------------------------------------------------------------------- actions
+
 
 @dataclass(frozen=True)
 class SendBytes:
@@ -70,6 +73,7 @@ class CheckPassword:
     """Verify a PLAIN password (`sasl.verify_plain_password`, a PBKDF2 derivation), then
     `password_checked()`. For an unknown user `credentials` are a stand-in that costs the
     same work and that no password matches."""
+
     password: str
     credentials: ScramCredentials
     hash_name: str
@@ -78,9 +82,10 @@ class CheckPassword:
 @dataclass(frozen=True)
 class AuthFailed:
     """Tell the transport to slow this address down."""
+
     username: str | None
     condition: str
-    mechanism: str = ""                    # the SASL mechanism tried
+    mechanism: str = ""  # the SASL mechanism tried
 
 
 @dataclass(frozen=True)
@@ -91,14 +96,15 @@ class Authenticated:
 
 @dataclass(frozen=True)
 class BindResource:
-    jid: JID                               # bare JID of the account
-    resource: str | None                   # None: the server picks one
+    jid: JID  # bare JID of the account
+    resource: str | None  # None: the server picks one
     iq: etree._Element
 
 
 @dataclass(frozen=True)
 class UnhandledElement:
     """A top-level element of an authenticated stream that is not ours (XEP-0198 <resume/>...)."""
+
     element: etree._Element
 
 
@@ -106,12 +112,22 @@ class UnhandledElement:
 class UnauthenticatedIq:
     """An iq get/set before authentication (XEP-0077 registration): the caller answers it
     or closes the stream with not-authorized. Offered only once TLS is on (or not required)."""
+
     iq: etree._Element
 
 
-@dataclass(frozen=True)
-class Bound:
-    jid: JID                               # the full JID of the session
+Action = (
+    SendBytes
+    | StartTls
+    | CloseStream
+    | LookupCredentials
+    | CheckPassword
+    | AuthFailed
+    | Authenticated
+    | BindResource
+    | UnhandledElement
+    | UnauthenticatedIq
+)
 
 
 def _sasl(name: str, text: str | None = None) -> bytes:
@@ -120,36 +136,35 @@ def _sasl(name: str, text: str | None = None) -> bytes:
 
 
 def _failure(condition: str, text: str | None = None) -> bytes:
-    text = f"<text xml:lang='en'>{_text(text)}</text>" if text else ""
+    text = f"<text xml:lang='en'>{escape(text)}</text>" if text else ""
     return f"<failure xmlns='{NS_SASL}'><{condition}/>{text}</failure>".encode()
 
 
 def stream_error(condition: str, text: str | None = None) -> bytes:
-    body = f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-    if text:
-        body += f"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{text}</text>"
-    return f"<stream:error>{body}</stream:error>".encode()
+    """The <stream:error> to send before closing (RFC 6120 4.9)."""
+    return StreamError(condition, text).to_bytes()
 
 
 @dataclass
 class Settings:
     domains: frozenset[str]
     tls_available: bool
-    tls_required: bool                     # False: plain text allowed (loopback peers only)
-    extra_features: callable = None        # (authenticated: bool) -> list[bytes] from extensions
-    channel_binding: dict = field(default_factory=dict)
+    tls_required: bool  # False: plain text allowed (loopback peers only)
+    # (authenticated) -> the stream features the extensions add
+    extra_features: Callable[[bool], list[bytes]] | None = None
+    channel_binding: dict[str, bytes] = field(default_factory=dict)  # type name -> data
 
 
 class C2SNegotiation:
-    def __init__(self, settings: Settings, *, tls_active: bool = False):
+    def __init__(self, settings: Settings, *, tls_active: bool = False) -> None:
         self.settings = settings
         self.state = State.AWAIT_STREAM
         self.tls_active = tls_active
         self.domain: str | None = None
         self.authenticated: JID | None = None
         self.header_sent = False
-        self._mechanism = None
-        self._mechanism_name = ""               # for the Authenticated/AuthFailed actions
+        self._mechanism: PlainMechanism | ScramMechanism | None = None
+        self._mechanism_name = ""  # for the Authenticated/AuthFailed actions
         self._pending_username: str | None = None
         self._pending_password: str | None = None
         self._user_known = False
@@ -158,7 +173,7 @@ class C2SNegotiation:
 
     # ---------------------------------------------------------------- inputs
 
-    def receive(self, event) -> list:
+    def receive(self, event: StreamEvent) -> list[Action]:
         if self.state in (State.BOUND, State.CLOSED):
             raise LocalProtocolError(f"negotiation is over ({self.state.value})")
         if isinstance(event, StreamErrorDetected):
@@ -187,45 +202,54 @@ class C2SNegotiation:
         self.state = State.AWAIT_STREAM
         self.header_sent = False
 
-    def credentials_found(self, creds: ScramCredentials | None) -> list:
+    def credentials_found(self, creds: ScramCredentials | None) -> list[Action]:
         self._expect(State.AWAIT_CREDENTIALS)
-        mechanism = self._mechanism
+        mechanism, username = self._mechanism, self._pending_username
+        assert mechanism is not None and username is not None  # set on entering AWAIT_CREDENTIALS
         if isinstance(mechanism, PlainMechanism):
             password, self._pending_password = self._pending_password, None
+            assert password is not None  # PLAIN's, kept from its <auth/>
             self._user_known = creds is not None
             self.state = State.CHECKING_PASSWORD
-            return [CheckPassword(password, creds or stand_in_credentials(self._pending_username, "sha256"), "sha256")]
+            return [CheckPassword(password, creds or stand_in_credentials(username, "sha256"), "sha256")]
         self.state = State.SASL_EXCHANGE
         challenge = mechanism.server_first(creds)
         return [SendBytes(_sasl("challenge", base64.b64encode(challenge).decode()))]
 
-    def password_checked(self, matches: bool) -> list:
+    def password_checked(self, matches: bool) -> list[Action]:
         self._expect(State.CHECKING_PASSWORD)
+        username = self._pending_username
+        assert username is not None  # set on entering AWAIT_CREDENTIALS
         if matches and self._user_known:
-            return self._succeed(self._pending_username, None)
+            return self._succeed(username, None)
         return self._sasl_failed("not-authorized")
 
-    def attempt_refused(self, text: str) -> list:
+    def attempt_refused(self, text: str) -> list[Action]:
         """The caller's budget of authentication attempts is used up: the password is not
         checked and the client may try again later (RFC 6120 6.5.12)."""
         self._expect(State.AWAIT_CREDENTIALS)
         self._pending_password = None
         return self._sasl_failed("temporary-auth-failure", text)
 
-    def bound(self, full_jid: JID, iq: etree._Element) -> list:
+    def bound(self, full_jid: JID, iq: etree._Element) -> list[Action]:
         self._expect(State.BINDING)
         self.state = State.BOUND
-        result = (f"<iq type='result' id='{_attr(iq.get('id'))}'><bind xmlns='{NS_BIND}'>"
-                  f"<jid>{_text(str(full_jid))}</jid></bind></iq>").encode()
-        return [SendBytes(result), Bound(full_jid)]
+        result = (
+            f"<iq type='result' id={quoteattr(iq.get('id', ''))}><bind xmlns='{NS_BIND}'>"
+            f"<jid>{escape(str(full_jid))}</jid></bind></iq>"
+        ).encode()
+        return [SendBytes(result)]
 
-    def bind_failed(self, iq: etree._Element, condition: str, error_type: str = "modify",
-                    text: str | None = None) -> list:
+    def bind_failed(
+        self, iq: etree._Element, condition: str, error_type: str = "modify", text: str | None = None
+    ) -> list[Action]:
         self._expect(State.BINDING)
         self.state = State.AWAIT_BIND
-        described = f"<text xmlns='{NS_STANZAS}'>{_text(text)}</text>" if text else ""
-        reply = (f"<iq type='error' id='{_attr(iq.get('id'))}'><error type='{error_type}'>"
-                 f"<{condition} xmlns='{NS_STANZAS}'/>{described}</error></iq>").encode()
+        described = f"<text xmlns='{NS_STANZAS}'>{escape(text)}</text>" if text else ""
+        reply = (
+            f"<iq type='error' id={quoteattr(iq.get('id', ''))}><error type='{error_type}'>"
+            f"<{condition} xmlns='{NS_STANZAS}'/>{described}</error></iq>"
+        ).encode()
         return [SendBytes(reply)]
 
     def resumed(self) -> None:
@@ -235,15 +259,15 @@ class C2SNegotiation:
 
     # ---------------------------------------------------------------- states
 
-    def _stream_opened(self, attributes: dict) -> list:
+    def _stream_opened(self, attributes: dict[str, str]) -> list[Action]:
         if self.state is not State.AWAIT_STREAM:
             return self._error("policy-violation", "unexpected stream restart")
-        self.domain = attributes.get("to", self.domain)
-        if self.domain not in self.settings.domains:
+        domain = self.domain = attributes.get("to", self.domain)
+        if domain is None or domain not in self.settings.domains:
             return self._error("host-unknown")
         if attributes.get("version") != "1.0":
             return self._error("unsupported-version")
-        out = [SendBytes(self._header())]
+        out: list[Action] = [SendBytes(self._header(domain))]
         if self.authenticated is not None:
             self.state = State.AWAIT_BIND
             features = f"<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>"
@@ -261,17 +285,21 @@ class C2SNegotiation:
         out.append(SendBytes(f"<stream:features>{features}</stream:features>".encode()))
         return out
 
-    def _in_await_starttls(self, element) -> list:
+    def _in_await_starttls(self, element: etree._Element) -> list[Action]:
         if element.tag != f"{{{NS_TLS}}}starttls":
             return self._error("policy-violation", "STARTTLS is required")
         return [SendBytes(f"<proceed xmlns='{NS_TLS}'/>".encode()), StartTls()]
 
-    def _in_await_auth(self, element) -> list:
+    def _in_await_auth(self, element: etree._Element) -> list[Action]:
         if element.tag == f"{{{NS_TLS}}}starttls" and not self.tls_active and self.settings.tls_available:
             self.state = State.AWAIT_STARTTLS
             return self._in_await_starttls(element)
-        if element.tag == f"{{{NS_CLIENT}}}iq" and element.get("type") in ("get", "set") \
-                and element.get("id") and len(element) == 1:
+        if (
+            element.tag == f"{{{NS_CLIENT}}}iq"
+            and element.get("type") in ("get", "set")
+            and element.get("id")
+            and len(element) == 1
+        ):
             return [UnauthenticatedIq(element)]
         if element.tag != f"{{{NS_SASL}}}auth":
             return self._error("not-authorized")
@@ -296,8 +324,11 @@ class C2SNegotiation:
             self.state = State.AWAIT_CREDENTIALS
             return [LookupCredentials(username, "sha256")]
         base = name.removesuffix("-PLUS")
-        self._mechanism = ScramMechanism(SCRAM_HASHES[base], plus=name.endswith("-PLUS"),
-                                         channel_binding=self.settings.channel_binding if self.tls_active else {})
+        self._mechanism = ScramMechanism(
+            SCRAM_HASHES[base],
+            plus=name.endswith("-PLUS"),
+            channel_binding=self.settings.channel_binding if self.tls_active else {},
+        )
         try:
             username = self._username(self._mechanism.client_first(initial))
         except SaslFailure as failure:
@@ -306,21 +337,23 @@ class C2SNegotiation:
         self.state = State.AWAIT_CREDENTIALS
         return [LookupCredentials(username, SCRAM_HASHES[base])]
 
-    def _in_sasl_exchange(self, element) -> list:
+    def _in_sasl_exchange(self, element: etree._Element) -> list[Action]:
         if element.tag == f"{{{NS_SASL}}}abort":
             return self._sasl_failed("aborted")
         if element.tag != f"{{{NS_SASL}}}response":
             return self._error("not-authorized")
+        mechanism, username = self._mechanism, self._pending_username
+        assert isinstance(mechanism, ScramMechanism) and username is not None  # PLAIN has no exchange
         try:
-            server_final = self._mechanism.client_final(_decode(element.text))
+            server_final = mechanism.client_final(_decode(element.text))
         except SaslFailure as failure:
             return self._sasl_failed(failure.condition)
-        return self._succeed(self._pending_username, server_final)
+        return self._succeed(username, server_final)
 
-    def _in_await_bind(self, element) -> list:
+    def _in_await_bind(self, element: etree._Element) -> list[Action]:
         if not element.tag.startswith(f"{{{NS_CLIENT}}}"):
             return [UnhandledElement(element)]
-        if element.tag != f"{{{NS_CLIENT}}}iq":               # RFC 6120 7.1: bind first
+        if element.tag != f"{{{NS_CLIENT}}}iq":  # RFC 6120 7.1: bind first
             return self._error("not-authorized", "bind a resource first")
         bind = element.find(f"{{{NS_BIND}}}bind")
         if element.get("type") != "set" or bind is None:
@@ -331,21 +364,24 @@ class C2SNegotiation:
             try:
                 JID.parse(f"x@{self.domain}/{resource}")
             except InvalidJID:
-                reply = (f"<iq type='error' id='{_attr(element.get('id'))}'><error type='modify'>"
-                         "<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>").encode()
+                reply = (
+                    f"<iq type='error' id={quoteattr(element.get('id', ''))}><error type='modify'>"
+                    f"<bad-request xmlns='{NS_STANZAS}'/></error></iq>"
+                ).encode()
                 return [SendBytes(reply)]
+        assert self.authenticated is not None  # AWAIT_BIND comes after SASL only
         self.state = State.BINDING
         return [BindResource(self.authenticated, resource or None, element)]
 
     # ---------------------------------------------------------------- helpers
 
     def mechanism_names(self) -> list[str]:
-        names = []
+        names: list[str] = []
         if self.tls_active and self.settings.channel_binding:
             names += ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]
         names += ["SCRAM-SHA-256", "SCRAM-SHA-1"]
         if self.tls_active:
-            names.append("PLAIN")           # never offered without TLS
+            names.append("PLAIN")  # never offered without TLS
         return names
 
     def _mechanisms(self) -> str:
@@ -361,11 +397,14 @@ class C2SNegotiation:
 
     def _username(self, name: str) -> str:
         try:
-            return JID.parse(f"{name}@{self.domain}").local
+            local = JID.parse(f"{name}@{self.domain}").local
         except InvalidJID:
             raise SaslFailure("not-authorized") from None
+        assert local is not None  # JID.parse refuses an empty localpart
+        return local
 
-    def _succeed(self, username: str, server_final: bytes | None) -> list:
+    def _succeed(self, username: str, server_final: bytes | None) -> list[Action]:
+        assert self.domain is not None  # SASL runs on an accepted stream header
         self.authenticated = JID(username, self.domain)
         self._mechanism = None
         text = base64.b64encode(server_final).decode() if server_final else None
@@ -374,24 +413,31 @@ class C2SNegotiation:
         self.header_sent = False
         return [SendBytes(success), Authenticated(self.authenticated, self._mechanism_name)]
 
-    def _sasl_failed(self, condition: str, text: str | None = None) -> list:
+    def _sasl_failed(self, condition: str, text: str | None = None) -> list[Action]:
         self._auth_attempts += 1
         username, self._pending_username, self._mechanism = self._pending_username, None, None
         self.state = State.AWAIT_AUTH
-        out = [AuthFailed(username, condition, self._mechanism_name), SendBytes(_failure(condition, text))]
+        out: list[Action] = [
+            AuthFailed(username, condition, self._mechanism_name),
+            SendBytes(_failure(condition, text)),
+        ]
         if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
             out += self._error("policy-violation", "too many authentication attempts")
         return out
 
-    def _header(self) -> bytes:
+    def _header(self, domain: str) -> bytes:
         self.header_sent = True
         self.stream_id = secrets.token_urlsafe(12)
-        return stream_header(from_=self.domain, id=self.stream_id)
+        return stream_header(from_=domain, id=self.stream_id)
 
-    def _error(self, condition: str, text: str | None = None) -> list:
-        out = []
+    def _error(self, condition: str, text: str | None = None) -> list[Action]:
+        out: list[Action] = []
         if not self.header_sent:
-            out.append(SendBytes(stream_header(from_=self.domain or sorted(self.settings.domains)[0], id=secrets.token_urlsafe(12))))
+            out.append(
+                SendBytes(
+                    stream_header(from_=self.domain or sorted(self.settings.domains)[0], id=secrets.token_urlsafe(12))
+                )
+            )
             self.header_sent = True
         self.state = State.CLOSED
         out += [SendBytes(stream_error(condition, text) + STREAM_CLOSE), CloseStream()]
@@ -410,11 +456,3 @@ def _decode(text: str | None) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise SaslFailure("incorrect-encoding") from None
-
-
-def _attr(value: str | None) -> str:
-    return (value or "").replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
-
-
-def _text(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -24,8 +24,8 @@ import hmac
 import secrets
 import stringprep
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import LocalProtocolError
 from .jid import JID, InvalidJID
@@ -322,23 +322,24 @@ class ScramMechanism:
         self._default_iterations = default_iterations
         self._fake_salt_secret = fake_salt_secret or _FAKE_SALT_SECRET
         self._digest_size = hashlib.new(hash_name).digest_size
-        # Exchange state.
+        # Exchange state; a message's strings stay empty until the step that receives or
+        # sends it (none of them is empty once set).
         self.username: str | None = None
         self.authzid: str | None = None
         self.channel_binding_type: str | None = None
         self.is_complete = False
-        self._cbind_flag: str | None = None
-        self._gs2_header: str | None = None
-        self._client_first_bare: str | None = None
-        self._client_nonce: str | None = None
-        self._nonce: str | None = None
-        self._server_first: str | None = None
+        self._cbind_flag = ""
+        self._gs2_header = ""
+        self._client_first_bare = ""
+        self._client_nonce = ""
+        self._nonce = ""
+        self._server_first = ""
         self._creds: ScramCredentials | None = None
         self._user_known = False
 
     def client_first(self, data: bytes) -> str:
         """Parse the GS2 header and client-first-message; return the SASLprep'd username."""
-        if self._gs2_header is not None:
+        if self._gs2_header:
             raise LocalProtocolError("client_first called twice")
         message = _decode_message(data)
         parts = message.split(",", 2)
@@ -386,10 +387,11 @@ class ScramMechanism:
 
     def server_first(self, creds: ScramCredentials | None) -> bytes:
         """The server-first-message; ``None`` for an unknown user still gives a plausible one."""
-        if self._gs2_header is None or self._server_first is not None:
+        username = self.username
+        if username is None or self._server_first:
             raise LocalProtocolError("server_first called out of order")
         if creds is None:
-            creds = stand_in_credentials(self.username, self.hash_name, self._default_iterations, self._fake_salt_secret)
+            creds = stand_in_credentials(username, self.hash_name, self._default_iterations, self._fake_salt_secret)
             self._user_known = False
         else:
             self._user_known = True
@@ -403,7 +405,8 @@ class ScramMechanism:
 
     def client_final(self, data: bytes) -> bytes:
         """Verify channel binding, nonce and proof; return the server-final-message ('v=...')."""
-        if self._server_first is None or self.is_complete:
+        creds = self._creds
+        if creds is None or self.is_complete:
             raise LocalProtocolError("client_final called out of order")
         self.is_complete = True  # one attempt per exchange, whatever the outcome
         message = _decode_message(data)
@@ -423,10 +426,9 @@ class ScramMechanism:
         if not hmac.compare_digest(attributes[1][2:].encode("utf-8"), self._nonce.encode("utf-8")):
             raise SaslFailure("not-authorized", "nonce mismatch")
 
-        creds = self._creds
         auth_message = ",".join((self._client_first_bare, self._server_first, without_proof)).encode("utf-8")
         client_signature = hmac.digest(creds.stored_key, auth_message, self.hash_name)
-        client_key = bytes(a ^ b for a, b in zip(proof, client_signature))
+        client_key = bytes(a ^ b for a, b in zip(proof, client_signature, strict=True))
         computed = hashlib.new(self.hash_name, client_key).digest()
         if not (hmac.compare_digest(computed, creds.stored_key) and self._user_known):
             raise SaslFailure("not-authorized")

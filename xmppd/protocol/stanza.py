@@ -41,20 +41,22 @@ STANZA_TAGS = frozenset({MESSAGE, PRESENCE, IQ})
 # either, as in the stream's parser: libxml2 would refuse an xml:id that is not an
 # NCName or is given twice, which the stream lets through (xml:id errors are not
 # fatal, and no parser that Prosody or clients use checks them).
-_STORAGE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
-                                  collect_ids=False)
+_STORAGE_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, collect_ids=False
+)
 
 # One nsmap per namespace, shared: lxml copies it into the tree anyway.
-_nsmaps: dict[str, dict] = {NS_STREAMS: {"stream": NS_STREAMS}}
+_nsmaps: dict[str, dict[str, str]] = {NS_STREAMS: {"stream": NS_STREAMS}}
 
 
-def _nsmap_for(tag: str) -> dict | None:
+def _nsmap_for(tag: str) -> dict[str, str] | None:
     if tag[:1] != "{":
         return None
     namespace = tag[1 : tag.index("}")]
     nsmap = _nsmaps.get(namespace)
     if nsmap is None:
-        nsmap = _nsmaps[namespace] = {None: namespace}
+        # lxml-stubs types an nsmap as Mapping[str, str]; lxml takes None for the default namespace.
+        nsmap = _nsmaps[namespace] = {None: namespace}  # type: ignore[dict-item]
     return nsmap
 
 
@@ -167,7 +169,7 @@ def stored_stanza(data: bytes, log: logging.Logger, **context: object) -> etree.
     try:
         return from_storage(data)
     except etree.XMLSyntaxError as exc:
-        fields = "".join(f" {key}=%s" for key in context)      # one logfmt field each (xmppd.logs)
+        fields = "".join(f" {key}=%s" for key in context)  # one logfmt field each (xmppd.logs)
         log.warning("event=stored-stanza-unreadable" + fields + " error=%s", *context.values(), exc)
         return None
 
@@ -175,6 +177,6 @@ def stored_stanza(data: bytes, log: logging.Logger, **context: object) -> etree.
 def delay_element(from_: str, when: float) -> etree._Element:
     """XEP-0203 ``<delay/>`` for a stanza stored since ``when`` (Unix time) by ``from_``,
     stamped in XEP-0082 UTC with milliseconds."""
-    moment = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(when, datetime.UTC)
     stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     return make_element(f"{{{NS_DELAY}}}delay", {"from": from_, "stamp": stamp})

@@ -37,7 +37,10 @@ The module also holds the output side: ``stream_header``, ``STREAM_CLOSE`` and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
@@ -49,6 +52,7 @@ __all__ = [
     "StanzaReceived",
     "StreamClosed",
     "StreamErrorDetected",
+    "StreamEvent",
     "XmlStream",
     "DEFAULT_MAX_STANZA_BYTES",
     "STREAM_CLOSE",
@@ -108,6 +112,9 @@ class StreamErrorDetected:
     text: str | None = None
 
 
+StreamEvent = StreamOpened | StanzaReceived | StreamClosed | StreamErrorDetected
+
+
 def _new_parser() -> etree.XMLPullParser:
     # resolve_entities="internal" rather than False: no DTD can reach the
     # parser (the byte scanner refuses it first), so there is nothing to
@@ -116,7 +123,7 @@ def _new_parser() -> etree.XMLPullParser:
     # reporting the error, which would leave the stream hanging.
     return etree.XMLPullParser(
         events=("start", "end", "comment", "pi"),
-        resolve_entities="internal",
+        resolve_entities="internal",  # type: ignore[arg-type]  # lxml-stubs: a bool only
         load_dtd=False,
         no_network=True,
         huge_tree=False,
@@ -127,7 +134,7 @@ def _new_parser() -> etree.XMLPullParser:
 
 
 def _classify_syntax_error(exc: etree.XMLSyntaxError) -> str:
-    code = exc.code
+    code = exc.code  # type: ignore[attr-defined]  # lxml-stubs omit it
     if code == etree.ErrorTypes.ERR_RESOURCE_LIMIT:
         return "policy-violation"  # nesting too deep, text node too large
     if code in (etree.ErrorTypes.ERR_INVALID_ENCODING, etree.ErrorTypes.ERR_UNSUPPORTED_ENCODING):
@@ -147,7 +154,7 @@ class XmlStream:
         self.max_stanza_bytes = max_stanza_bytes
         self.content_namespace = content_namespace
         self._content_prefix = "{%s}" % content_namespace
-        self._events: list = []
+        self._events: list[StreamEvent] = []
         self.reset()
 
     # -- public API --------------------------------------------------------
@@ -178,7 +185,7 @@ class XmlStream:
         """The stream was closed by the peer or failed; further data is ignored."""
         return self._state in (_CLOSED, _FAILED)
 
-    def events(self) -> list:
+    def events(self) -> list[StreamEvent]:
         """Return and clear the pending events."""
         events = self._events
         self._events = []
@@ -254,6 +261,7 @@ class XmlStream:
 
     def _feed_piece(self, piece: bytes) -> bool:
         """Feed one piece and turn the parser's events into ours; False once finished."""
+        assert self._parser is not None  # dropped only once the stream is finished
         try:
             self._parser.feed(piece)
         except etree.XMLSyntaxError as exc:
@@ -281,6 +289,7 @@ class XmlStream:
 
     def _namespace_violation(self) -> str | None:
         """What the last feed did against Namespaces in XML, from the parser's log, or None."""
+        assert self._parser is not None
         log = self._parser.feed_error_log
         count = len(log)
         if count == self._log_seen:  # the usual case: nothing logged
@@ -303,7 +312,10 @@ class XmlStream:
     def _process_events(self, piece: bytes) -> bool:
         completed = False  # a stanza ended, or the stream opened, in this piece
         depth = self._depth
-        for action, element in self._parser.read_events():
+        assert self._parser is not None
+        # Only the events asked for in _new_parser come: each carries an element.
+        events = cast(Iterator[tuple[str, etree._Element]], self._parser.read_events())
+        for action, element in events:
             if action == "start":
                 depth += 1
                 if depth == 2:
@@ -322,7 +334,7 @@ class XmlStream:
                     # A copy rather than root.remove(element): lxml would then
                     # rename the inherited default namespace to "ns0".  lxml's
                     # __copy__ is deep, and cheaper than copy.deepcopy().
-                    stanza = element.__copy__()
+                    stanza = element.__copy__()  # type: ignore[attr-defined]  # lxml-stubs omit it
                     stanza.tail = None
                     self._events.append(StanzaReceived(stanza))
                     self._current = None
@@ -436,15 +448,6 @@ def _is_supported_version(version: str) -> bool:
 # -- output ------------------------------------------------------------------
 
 
-def _quote_attribute(value: str) -> str:
-    return (
-        value.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace('"', "&quot;")
-    )
-
-
 def stream_header(
     *,
     from_: str,
@@ -458,16 +461,16 @@ def stream_header(
     parts = [
         "<?xml version='1.0'?><stream:stream",
         ' xmlns="%s" xmlns:stream="%s"' % (content_namespace, NS_STREAMS),
-        ' from="%s"' % _quote_attribute(from_),
+        " from=" + quoteattr(from_),
     ]
     if id is not None:
-        parts.append(' id="%s"' % _quote_attribute(id))
+        parts.append(" id=" + quoteattr(id))
     if to is not None:
-        parts.append(' to="%s"' % _quote_attribute(to))
+        parts.append(" to=" + quoteattr(to))
     if version is not None:
-        parts.append(' version="%s"' % _quote_attribute(version))
+        parts.append(" version=" + quoteattr(version))
     if lang is not None:
-        parts.append(' xml:lang="%s"' % _quote_attribute(lang))
+        parts.append(" xml:lang=" + quoteattr(lang))
     parts.append(">")
     return "".join(parts).encode("utf-8")
 
