@@ -51,8 +51,6 @@ ITEM = f"{{{NS_BLOCKING}}}item"
 BLOCKED_ERROR = f"{{{NS_BLOCKING_ERRORS}}}blocked"
 FIRST = 100                                # before carbons, the archive and delivery
 CACHE_SIZE = 10000                         # users whose block lists stay in memory
-HAS_FROM = ("from", "both")                # the contact receives the user's presence
-HAS_TO = ("to", "both")                    # the user receives the contact's presence
 
 
 def candidates(jid: JID) -> set[str]:
@@ -209,7 +207,7 @@ class Blocking(Extension):
         """Section 3.3: unavailable presence from each available resource to the newly
         blocked contacts that receive the user's presence."""
         async for contact, item, matched in self._contacts_matching(owner, jids):
-            if item.subscription not in HAS_FROM:
+            if not item.has_from:
                 continue
             for session in self.host.available_sessions(owner.local):
                 for jid in matched:
@@ -221,12 +219,12 @@ class Blocking(Extension):
         presence, and a probe of those whose presence the user receives (it was dropped)."""
         async for contact, item, matched in self._contacts_matching(owner, jids):
             for session in self.host.available_sessions(owner.local):
-                if item.subscription in HAS_FROM and session.presence is not None:
+                if item.has_from and session.presence is not None:
                     for jid in matched:
                         presence = copy.deepcopy(session.presence)
                         presence.set("to", _addressee(jid, contact))
                         await self.host.send(presence)
-                if item.subscription in HAS_TO:
+                if item.has_to:
                     await self.host.send(make_element(PRESENCE, {"type": "probe", "from": str(session.jid),
                                                                  "to": contact}))
 

@@ -34,32 +34,19 @@ from xmppd.extension import Extension, hook
 from xmppd.extensions.roster import RosterItemRemoved
 from xmppd.protocol.errors import BadRequest, NotAllowed, ResourceConstraint
 from xmppd.protocol.jid import JID
-from xmppd.protocol.namespaces import NS_CLIENT
-from xmppd.protocol.stanza import PRESENCE, delay_element, make_element, stored_stanza, to_storage
+from xmppd.protocol.stanza import PRESENCE, delay_element, make_element, parse_priority, stored_stanza, to_storage
 from xmppd.storage.interfaces import RosterItem
 
 NS_PRE_APPROVAL = "urn:xmpp:features:pre-approval"
 PRE_APPROVAL_FEATURE = etree.tostring(make_element(f"{{{NS_PRE_APPROVAL}}}sub"))
 
-PRIORITY = f"{{{NS_CLIENT}}}priority"
 SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
 # Subscription states that include "to" (the user receives the contact's presence) or
 # "from" (the contact receives the user's), and what adding or removing one gives.
-HAS_TO = frozenset(("to", "both"))
-HAS_FROM = frozenset(("from", "both"))
 ADD_TO = {"none": "to", "from": "both", "to": "to", "both": "both"}
 ADD_FROM = {"none": "from", "to": "both", "from": "from", "both": "both"}
 REMOVE_TO = {"to": "none", "both": "from", "none": "none", "from": "from"}
 REMOVE_FROM = {"from": "none", "both": "to", "none": "none", "to": "to"}
-
-
-def parse_priority(element: etree._Element) -> int:
-    """RFC 6121 4.7.2.3: an integer from -128 to 127, zero when absent (or unreadable)."""
-    try:
-        value = int(element.findtext(PRIORITY) or "0")
-    except ValueError:
-        return 0
-    return max(-128, min(127, value))
 
 
 class Presence(Extension):
@@ -97,7 +84,7 @@ class Presence(Extension):
             directed.discard(to)
             return
         item = await self.rosters.get_item(str(session.jid.bare), str(to.bare))
-        if item is None or item.subscription not in HAS_FROM:
+        if item is None or not item.has_from:
             directed.add(to)
 
     async def _outbound_subscription(self, stanza) -> None:
@@ -111,7 +98,7 @@ class Presence(Extension):
     async def _send_subscribe(self, owner: JID, contact: JID, element) -> None:
         async with self.roster.lock(str(owner)):
             item = await self._item_or_new(owner, contact)
-            if item.subscription not in HAS_TO and not item.ask:
+            if not item.has_to and not item.ask:
                 await self.roster.save(owner, dataclasses.replace(item, ask=True))
         await self.host.send(element)
 
@@ -124,7 +111,7 @@ class Presence(Extension):
                 await self.roster.save(owner, dataclasses.replace(
                     item, subscription=ADD_FROM[item.subscription], approved=False))
                 await self.pending.delete(str(owner), str(contact))
-            elif item is None or item.subscription not in HAS_FROM:
+            elif item is None or not item.has_from:
                 item = item or await self._item_or_new(owner, contact)
                 if not item.approved:      # RFC 6121 3.4: pre-approval, nothing is routed
                     await self.roster.save(owner, dataclasses.replace(item, approved=True))
@@ -135,7 +122,7 @@ class Presence(Extension):
     async def _send_unsubscribe(self, owner: JID, contact: JID, element) -> None:
         async with self.roster.lock(str(owner)):
             item = await self.rosters.get_item(str(owner), str(contact))
-            if item is not None and (item.ask or item.subscription in HAS_TO):
+            if item is not None and (item.ask or item.has_to):
                 await self.roster.save(owner, dataclasses.replace(
                     item, subscription=REMOVE_TO[item.subscription], ask=False))
         await self.host.send(element)
@@ -145,7 +132,7 @@ class Presence(Extension):
             if await self.pending.get(str(owner), str(contact)) is not None:
                 await self.pending.delete(str(owner), str(contact))      # a request denied
             item = await self.rosters.get_item(str(owner), str(contact))
-            was_subscribed = item is not None and item.subscription in HAS_FROM
+            was_subscribed = item is not None and item.has_from
             if was_subscribed or (item is not None and item.approved):
                 await self.roster.save(owner, dataclasses.replace(
                     item, subscription=REMOVE_FROM[item.subscription], approved=False))
@@ -185,7 +172,7 @@ class Presence(Extension):
         approved = ask_owner = False
         async with self.roster.lock(str(owner)):
             item = await self.rosters.get_item(str(owner), str(user))
-            if item is not None and item.subscription in HAS_FROM:
+            if item is not None and item.has_from:
                 approved = True            # already subscribed: answer again
             elif item is not None and item.approved:
                 await self.roster.save(owner, dataclasses.replace(
@@ -207,7 +194,7 @@ class Presence(Extension):
         """RFC 6121 3.1.6: only an answer to a request of ours changes anything."""
         async with self.roster.lock(str(owner)):
             item = await self.rosters.get_item(str(owner), str(contact))
-            changed = item is not None and item.ask and item.subscription not in HAS_TO
+            changed = item is not None and item.ask and not item.has_to
             if changed:
                 await self.roster.save(owner, dataclasses.replace(
                     item, subscription=ADD_TO[item.subscription], ask=False))
@@ -221,7 +208,7 @@ class Presence(Extension):
             if withdrawn:
                 await self.pending.delete(str(owner), str(user))
             item = await self.rosters.get_item(str(owner), str(user))
-            was_subscribed = item is not None and item.subscription in HAS_FROM
+            was_subscribed = item is not None and item.has_from
             if was_subscribed:
                 await self.roster.save(owner, dataclasses.replace(item, subscription=REMOVE_FROM[item.subscription]))
         if was_subscribed or withdrawn:
@@ -233,7 +220,7 @@ class Presence(Extension):
         """RFC 6121 3.2.3: a request denied or a subscription cancelled; a pre-approval stays."""
         async with self.roster.lock(str(owner)):
             item = await self.rosters.get_item(str(owner), str(contact))
-            changed = item is not None and (item.ask or item.subscription in HAS_TO)
+            changed = item is not None and (item.ask or item.has_to)
             if changed:
                 await self.roster.save(owner, dataclasses.replace(
                     item, subscription=REMOVE_TO[item.subscription], ask=False))
@@ -245,7 +232,7 @@ class Presence(Extension):
         unavailable presence when there is none, and 'unsubscribed' to anyone else."""
         if prober.bare != owner:
             item = await self.rosters.get_item(str(owner), str(prober.bare))
-            if item is None or item.subscription not in HAS_FROM:
+            if item is None or not item.has_from:
                 await self._send_type(owner, prober.bare, "unsubscribed")
                 return
         if self.host.available_sessions(owner.local):
@@ -285,7 +272,7 @@ class Presence(Extension):
             return
         if initial:
             for contact, item in items.items():                          # RFC 6121 4.2.2
-                if item.subscription in HAS_TO:
+                if item.has_to:
                     await self.host.send(make_element(PRESENCE, {"type": "probe", "from": str(session.jid), "to": contact}))
             for other in self.host.available_sessions(owner.local):
                 if other is not session and other.presence is not None:
@@ -321,7 +308,7 @@ class Presence(Extension):
         """To the contacts subscribed to the user, then to the user's available
         resources, the sending one included when `to_self` (RFC 6121 4.2.2)."""
         for contact, item in items.items():
-            if item.subscription in HAS_FROM:
+            if item.has_from:
                 await self.host.send(self._addressed(element, contact))
         for other in self.host.available_sessions(session.jid.local):
             if other is not session:
@@ -375,9 +362,9 @@ class Presence(Extension):
         await self.pending.delete(owner)
 
     async def _cancel(self, owner: JID, contact: JID, item: RosterItem | None, *, requested: bool) -> None:
-        if item is not None and (item.ask or item.subscription in HAS_TO):
+        if item is not None and (item.ask or item.has_to):
             await self._send_type(owner, contact, "unsubscribe")
-        if requested or (item is not None and item.subscription in HAS_FROM):
+        if requested or (item is not None and item.has_from):
             await self._send_type(owner, contact, "unsubscribed")
-        if item is not None and item.subscription in HAS_FROM:
+        if item is not None and item.has_from:
             await self._send_unavailable(owner, contact)

@@ -57,6 +57,16 @@ class RosterItem:
     approved: bool = False  # pre-approved inbound subscription
     groups: tuple[str, ...] = ()
 
+    @property
+    def has_from(self) -> bool:
+        """The contact receives the user's presence (subscription from or both)."""
+        return self.subscription in ("from", "both")
+
+    @property
+    def has_to(self) -> bool:
+        """The user receives the contact's presence (subscription to or both)."""
+        return self.subscription in ("to", "both")
+
 
 class RosterStore(Protocol):
     async def get(self, owner: str) -> tuple[int, dict[str, RosterItem]]:

@@ -42,7 +42,6 @@ from xmppd import forms
 from xmppd.host import BlockQuery
 from xmppd.extension import PASS, Extension, hook, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
-from xmppd.extensions.presence import HAS_FROM, HAS_TO, parse_priority
 from xmppd.extensions.pubsub import affiliations
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
@@ -51,7 +50,7 @@ from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, 
                                    StanzaError, UnexpectedRequest)
 from xmppd.caps import verification_string
 from xmppd.protocol.jid import JID, InvalidJID
-from xmppd.protocol.stanza import IQ, MESSAGE, delay_element, from_storage, make_element, sub_element, to_storage
+from xmppd.protocol.stanza import parse_priority, IQ, MESSAGE, delay_element, from_storage, make_element, sub_element, to_storage
 from xmppd.storage.interfaces import PubSubItem, RosterItem
 
 from . import nodes
@@ -535,7 +534,7 @@ class PersonalEventing(Extension):
         that does not exist (RFC 6121 8.5.1), so that nobody learns which accounts do."""
         if requester.bare != owner:
             item = await self.rosters.get_item(str(owner), str(requester.bare))
-            if item is None or item.subscription not in HAS_FROM:
+            if item is None or not item.has_from:
                 return ServiceUnavailable()
         return ItemNotFound()
 
@@ -548,7 +547,7 @@ class PersonalEventing(Extension):
         if model == "open":
             return None
         if model == "presence":
-            if item is not None and item.subscription in HAS_FROM:
+            if item is not None and item.has_from:
                 return None
             return pubsub_error(NotAuthorized, "presence-subscription-required")
         if model == "roster":
@@ -580,7 +579,7 @@ class PersonalEventing(Extension):
                 targets[session.jid] = None
         _, roster = await self.rosters.get(str(owner))
         for contact, item in roster.items():
-            if item.subscription in HAS_FROM and self._access_error(owner, config, JID.parse(contact), item) is None:
+            if item.has_from and self._access_error(owner, config, JID.parse(contact), item) is None:
                 for session in self._available(JID.parse(contact)):
                     if self._wants(session, node):
                         targets[session.jid] = None
@@ -686,7 +685,7 @@ class PersonalEventing(Extension):
         presence the user receives, as far as their access models allow."""
         user = session.jid.bare
         _, roster = await self.rosters.get(str(user))
-        owners = [user] + [JID.parse(contact) for contact, item in roster.items() if item.subscription in HAS_TO]
+        owners = [user] + [JID.parse(contact) for contact, item in roster.items() if item.has_to]
         for owner in owners:
             if self.services.directory.host(owner.domain) is None or (owner != user and await self._is_blocked(owner, user)):
                 continue
@@ -694,7 +693,7 @@ class PersonalEventing(Extension):
             item = None
             if present and owner != user:
                 item = await self.rosters.get_item(str(owner), str(user))
-                if item is None or item.subscription not in HAS_FROM:
+                if item is None or not item.has_from:
                     continue
             for node in present:
                 config = await self.store.get_node(str(owner), node)

@@ -23,7 +23,6 @@ from xmppd.extension import PASS, ComponentService, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
 from xmppd.extensions.pep import nodes
 from xmppd.extensions.pep.nodes import NS_PUBSUB, pubsub_error
-from xmppd.extensions.presence import HAS_FROM
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
@@ -478,7 +477,7 @@ class PubSubService(ComponentService):
             item = await self.rosters.get_item(owner, str(requester.bare))
             if item is None:
                 continue
-            if model == "presence" and item.subscription in HAS_FROM:
+            if model == "presence" and item.has_from:
                 return None
             if model == "roster" and set(item.groups) & set(config.get("roster_groups_allowed") or ()):
                 return None

@@ -16,8 +16,8 @@ NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 NS_XML = "http://www.w3.org/XML/1998/namespace"
 NS_DELAY = "urn:xmpp:delay"
-NS_FORWARD = "urn:xmpp:forward:0"                  # XEP-0297
-NS_CARBONS = "urn:xmpp:carbons:2"                  # XEP-0280
+NS_FORWARD = "urn:xmpp:forward:0"  # XEP-0297
+NS_CARBONS = "urn:xmpp:carbons:2"  # XEP-0280
 
 # Clark-notation attribute name of xml:lang, used on streams and stanzas.
 XML_LANG = "{%s}lang" % NS_XML

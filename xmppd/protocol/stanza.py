@@ -30,12 +30,14 @@ __all__ = [
     "from_storage",
     "stored_stanza",
     "delay_element",
+    "parse_priority",
 ]
 
 MESSAGE = "{%s}message" % NS_CLIENT
 PRESENCE = "{%s}presence" % NS_CLIENT
 IQ = "{%s}iq" % NS_CLIENT
 STANZA_TAGS = frozenset({MESSAGE, PRESENCE, IQ})
+PRIORITY = "{%s}priority" % NS_CLIENT
 
 # Stored stanzas are our own serialization: no DTD, no entity to resolve. No IDs
 # either, as in the stream's parser: libxml2 would refuse an xml:id that is not an
@@ -180,3 +182,12 @@ def delay_element(from_: str, when: float) -> etree._Element:
     moment = datetime.datetime.fromtimestamp(when, datetime.UTC)
     stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     return make_element(f"{{{NS_DELAY}}}delay", {"from": from_, "stamp": stamp})
+
+
+def parse_priority(presence: etree._Element) -> int:
+    """RFC 6121 4.7.2.3: an integer from -128 to 127, zero when absent (or unreadable)."""
+    try:
+        value = int(presence.findtext(PRIORITY) or "0")
+    except ValueError:
+        return 0
+    return max(-128, min(127, value))
