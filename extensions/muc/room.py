@@ -308,18 +308,14 @@ class Room:
         self.occupants[occupant.nick] = occupant
         occupant.sessions[jid] = presence
         self.sessions[jid] = occupant
-        self.service.joined.setdefault(jid, set()).add(self)
+        self.service.entered(jid, self)
 
     def remove_session(self, occupant: Occupant, jid: JID) -> None:
         occupant.sessions.pop(jid, None)
         self.sessions.pop(jid, None)
         if not occupant.sessions and self.occupants.get(occupant.nick) is occupant:
             del self.occupants[occupant.nick]
-        rooms = self.service.joined.get(jid)
-        if rooms is not None:
-            rooms.discard(self)
-            if not rooms:
-                del self.service.joined[jid]
+        self.service.left(jid, self)
 
     async def remove_occupant(self, occupant: Occupant, *, codes: Iterable[str] = (),
                               actor: str | None = None, reason: str | None = None,

@@ -76,6 +76,17 @@ class MucService(Extension):
             raise ItemNotFound()
         return room
 
+    def entered(self, jid: JID, room: Room) -> None:
+        """The real full JID `jid` is now in `room` (Room.add_session)."""
+        self.joined.setdefault(jid, set()).add(room)
+
+    def left(self, jid: JID, room: Room) -> None:
+        rooms = self.joined.get(jid)
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self.joined[jid]
+
     def may_create(self, jid: JID) -> bool:
         policy = self.options.room_creation
         if policy == "anyone":
