@@ -3,9 +3,10 @@ nats-server with JetStream, on 127.0.0.1.
 
 Both come from Debian's packages (``redis-server``, ``nats-server``), which
 ``make debian-test-packages`` installs. `EngineProcess` starts one in a directory of
-its own on a free port, waits until it answers (Redis: ``PING``; NATS: the ``INFO``
-greeting with JetStream on, then ``PING``), and stops it; it can be killed and started
-again on the same port, as a cluster test of an engine restart needs.
+its own on a free port (Redis with its append-only file, JetStream with its file
+store), waits until it answers (Redis: ``PING``; NATS: the ``INFO`` greeting with
+JetStream on, then ``PING``), and stops it; it can be killed and started again on the
+same port, as a cluster test of an engine restart needs.
 
 ``engine("redis"|"nats", directory)`` is what the session fixtures of tests/conftest.py
 use: it yields the engine's URL (``redis://127.0.0.1:port``, ``nats://127.0.0.1:port``),
@@ -114,8 +115,11 @@ class EngineProcess:
 
     def _command(self, executable: str) -> list[str]:
         if self.kind == "redis":
+            # The append-only file, as a cluster runs it: what Redis acknowledged
+            # survives a SIGKILL of redis-server (written before the reply, fsync each second).
             return [executable, "--bind", LOOPBACK, "--port", str(self.port), "--dir", str(self.directory),
-                    "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+                    "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                    "--protected-mode", "no"]
         config = self.directory / "nats.conf"
         config.write_text(NATS_CONFIG.format(host=LOOPBACK, port=self.port,
                                              store=self.directory / "jetstream"))
