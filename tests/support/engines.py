@@ -83,6 +83,9 @@ class EngineProcess:
         return self.directory / f"{self.kind}.log"
 
     def start(self) -> EngineProcess:
+        """Start the engine and wait until it answers. Call it from a thread that lives as
+        long as the engine should: the engine gets SIGTERM when the thread that started
+        it ends (PR_SET_PDEATHSIG, so that no engine outlives a killed test run)."""
         executable = binary(self.kind)
         self.directory.mkdir(parents=True, exist_ok=True)
         fixed = bool(self.port)
