@@ -15,11 +15,13 @@ LINT_PATHS := xmppd/protocol storage/interfaces.py
 # themselves into ~/.cache/xmppd: tests/support/foreign_clients.py). Needs root; without
 # them those tests are skipped.
 DEBIAN_TEST_PACKAGES := go-sendxmpp profanity tmux
+# The cluster engines the tests and bench/cluster_engine.py start, one server each.
+CLUSTER_ENGINE_PACKAGES := redis-server nats-server
 
 $(BIN)/xmppd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[fast,cassandra,s3,omemo,test]'
+	$(BIN)/pip install -q -e '.[fast,cassandra,s3,cluster,omemo,test]'
 	touch $@
 
 run: $(BIN)/xmppd
@@ -32,6 +34,9 @@ debian-test-packages:
 	@# The Cassandra node of the tests needs Java and Maven (on this machine kind already).
 	@command -v java >/dev/null && command -v mvn >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jre-headless maven >/dev/null; }
+	@# The cluster engines that tests/support/engines.py starts (issue 15).
+	@dpkg -s $(CLUSTER_ENGINE_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(CLUSTER_ENGINE_PACKAGES) >/dev/null; }
 
 lint: $(BIN)/xmppd
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -13,21 +13,24 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import archive, report, scenarios, servers, xmpp
+from . import archive, cluster_engine, report, scenarios, servers, xmpp
 from .report import log
 
 GENERATOR_CPU = 1
 PREPARE_TIMEOUT = 1200.0
 SERVERS = {"xmppd": servers.Xmppd, "prosody": servers.Prosody, "ejabberd": servers.Ejabberd}
+# Scenarios that start no XMPP server, run only when named.
+STANDALONE = {"archive": archive.run, "cluster_engine": cluster_engine.run}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--only", action="append", choices=list(SERVERS),
                    help="run against this server only (repeatable); default: all three")
-    p.add_argument("--scenario", action="append", choices=[*scenarios.SCENARIOS, "archive"],
+    p.add_argument("--scenario", action="append", choices=[*scenarios.SCENARIOS, *STANDALONE],
                    help="run this scenario (repeatable); default: all but 'archive' (the storage "
-                   "backends' archive throughput, SQLite and Cassandra: bench/archive.py)")
+                   "backends' archive throughput, SQLite and Cassandra: bench/archive.py) and "
+                   "'cluster_engine' (Redis and NATS for the cluster: bench/cluster_engine.py)")
     p.add_argument("--runs", type=int, help="runs per scenario and server (default 3, slow_drain 1; quick 1)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
     p.add_argument("--results", help="markdown file for the table (default bench/RESULTS.md; "
@@ -196,9 +199,10 @@ async def amain(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.scenario and "archive" in args.scenario:      # storage backends, no servers
-        status = archive.run(args, "python -m bench " + " ".join(sys.argv[1:]))
-        args.scenario = [name for name in args.scenario if name != "archive"]
+    standalone = [name for name in args.scenario or [] if name in STANDALONE]
+    if standalone:                                       # no XMPP servers
+        status = max(STANDALONE[name](args, "python -m bench " + " ".join(sys.argv[1:])) for name in standalone)
+        args.scenario = [name for name in args.scenario if name not in STANDALONE]
         if not args.scenario:
             return status
     nofile = raise_nofile()

@@ -16,7 +16,8 @@ page, and for the last page of one contact (the "with" filter); 16 queries in fl
 
 Output: one JSON line per backend on stdout, a side-by-side table, and the same table
 appended to bench/RESULTS.md with the date and the machine (replacing the previous
-archive section; `recorded()` lets the server bench keep it when it rewrites the file).
+archive section; `recorded()` lets the server bench keep it, and what follows it, when
+it rewrites the file).
 """
 from __future__ import annotations
 
@@ -232,17 +233,6 @@ def recorded(path: str | os.PathLike) -> str:
     return "" if index < 0 else "\n" + text[index:]
 
 
-def record(path: Path, text: str) -> None:
-    """Put `text` at the end of the results file in place of the previous archive section."""
-    try:
-        old = path.read_text()
-    except OSError:
-        old = ""
-    index = old.find(HEADING)
-    kept = (old if index < 0 else old[:index]).rstrip("\n")
-    path.write_text((kept + "\n\n" if kept else "") + text)
-
-
 async def run_all(messages: int, runs: int, node: tuple[str, int] | None) -> dict:
     results = {}
     scratch = Path(tempfile.mkdtemp(prefix="xmppd-bench-archive-"))
@@ -286,6 +276,6 @@ def run(args, command: str) -> int:
     print(text)
     path = args.results or (None if args.quick else str(Path(__file__).parent / "RESULTS.md"))
     if path:
-        record(Path(path), text)
+        report.record_section(Path(path), HEADING, text)
         log(f"archive figures written to {path}")
     return 0 if all("error" not in figures for figures in results.values()) else 1

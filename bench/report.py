@@ -193,6 +193,23 @@ def results_markdown(summary, servers, versions, runs, quick, command, notes=(),
     return "\n".join(parts)
 
 
+def record_section(path, heading: str, text: str) -> None:
+    """Put `text` in the results file in place of the section under `heading` (up to the
+    next "## " heading), or at its end; the other sections are kept."""
+    try:
+        old = open(path).read()
+    except OSError:
+        old = ""
+    start = old.find(heading)
+    if start < 0:
+        before, after = old.rstrip("\n"), ""
+    else:
+        end = old.find("\n## ", start + len(heading))
+        before, after = old[:start].rstrip("\n"), ("" if end < 0 else old[end:])
+    with open(path, "w") as out:
+        out.write((before + "\n\n" if before else "") + text.rstrip("\n") + "\n" + after)
+
+
 def log(msg: str):
     ts = datetime.datetime.now().strftime("%H:%M:%S")
     print(f"[{ts}] {msg}", file=sys.stderr, flush=True)

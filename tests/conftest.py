@@ -5,6 +5,7 @@ import pytest
 from tests.support.cassandra import cassandra  # noqa: F401  (fixture: one Cassandra node per test run)
 from tests.support.s3 import s3_server  # noqa: F401  (fixture: one MinIO per test run)
 from tests.support.accounts import create_accounts
+from tests.support.engines import engine
 from tests.support.server import XmppdProcess
 
 _users = itertools.count()
@@ -29,6 +30,22 @@ def pytest_runtest_makereport(item, call):
             for index, server in enumerate(getattr(value, "started", [value])):     # make_xmppd's too
                 if isinstance(server, XmppdProcess):
                     report.sections.append((f"xmppd log ({name} {index}, tail)", server.log[-6000:]))
+
+
+@pytest.fixture(scope="session")
+def redis_engine(tmp_path_factory):
+    """URL of the run's redis-server (tests/support/engines.py), or of the one that
+    XMPPD_TEST_REDIS names; one that cannot start fails the test with the reason."""
+    with engine("redis", tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def nats_engine(tmp_path_factory):
+    """URL of the run's nats-server with JetStream (tests/support/engines.py), or of the
+    one that XMPPD_TEST_NATS names; one that cannot start fails the test with the reason."""
+    with engine("nats", tmp_path_factory.mktemp("nats")) as url:
+        yield url
 
 
 @pytest.fixture
