@@ -17,7 +17,7 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
 from lxml import etree
 
@@ -151,7 +151,7 @@ class C2SConnection:
 
     # ------------------------------------------------------------- actions
 
-    async def perform(self, action) -> None:
+    async def perform(self, action: n.Action) -> None:
         if isinstance(action, n.SendBytes):
             self.transport.write(action.data)
         elif isinstance(action, n.CloseStream):
@@ -198,6 +198,8 @@ class C2SConnection:
                 self.close("unsupported-stanza-type")
         elif isinstance(action, n.UnauthenticatedIq):
             await self._unauthenticated_iq(action.iq)
+        else:
+            assert_never(action)
 
     async def _unauthenticated_iq(self, iq: etree._Element) -> None:
         payload = etree.QName(iq[0])
