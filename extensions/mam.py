@@ -18,7 +18,9 @@ carbons, then taken off again (XEP-0313 3.4: not for the contact's eyes). A
 <stanza-id/> that claims to be ours but comes from a client is removed (XEP-0359 5).
 
 Writes never hold up live delivery: the write is started in the background and the
-message goes on at once. It is not fire-and-forget: it is retried, a MAM query or a
+message goes on at once. The copies archived while the event loop runs one turn go to
+storage as one write (ArchiveStore.append_many): under load, many messages share one
+task and one commit. It is not fire-and-forget: it is retried, a MAM query or a
 metadata request of that user waits for the user's pending writes (the archive reads its
 own writes), shutdown waits for them, and once `max_pending_writes` are under way new
 messages wait for room (memory stays bounded; a stalled archive slows delivery rather
@@ -170,6 +172,8 @@ class MessageArchive(Extension):
         self.prefs_cache: collections.OrderedDict[str, Prefs] = collections.OrderedDict()
         self.retention: asyncio.Task | None = None
         self.unchecked: collections.Counter[str] = collections.Counter()   # owner -> items written since checked
+        self._batch: list[tuple[str, ArchivedStanza]] = []       # to write at the loop's next turn
+        self._batch_write: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.store = self.host.open_archive("archive")
@@ -230,26 +234,32 @@ class MessageArchive(Extension):
         is in the archive, even after a crash."""
         item = ArchivedStanza(item_id or time_ordered_id(), mam.archive_time(), str(peer.bare), to_storage(stanza.element))
         await self.room.acquire()              # waits only when max_pending_writes are under way
-        stanza.writes.append(self.pending.start(str(owner), self._write(str(owner), item)))
+        if self._batch_write is None:          # a task starts at the loop's next turn: the batch fills till then
+            self._batch_write = self.services.tasks.spawn(self._write_batch())
+        self._batch.append((str(owner), item))
+        self.pending.add(str(owner), self._batch_write)
+        stanza.writes.append(self._batch_write)
         return item.id
 
-    async def _write(self, owner: str, item: ArchivedStanza) -> None:
+    async def _write_batch(self) -> None:
+        batch, self._batch, self._batch_write = self._batch, [], None
         try:
             for delay in (*RETRY_DELAYS, None):
                 try:
-                    added = await self.store.append(owner, item)        # idempotent: a retry stores it once
+                    added = await self.store.append_many(batch)         # idempotent: a retry stores each once
                     break
                 except Exception:
                     if delay is None:
-                        self.log.exception("event=archive-write-failed owner=%s id=%s", owner, item.id)
+                        self.log.exception("event=archive-write-failed items=%d first=%s", len(batch), batch[0][1].id)
                         return
-                    self.log.warning("event=archive-write-retry owner=%s id=%s in=%s", owner, item.id, delay,
-                                     exc_info=True)
+                    self.log.warning("event=archive-write-retry items=%d in=%s", len(batch), delay, exc_info=True)
                     await asyncio.sleep(delay)
-            if added:
-                await self._keep_quota(owner)
+            for (owner, _), new in zip(batch, added):
+                if new:
+                    await self._keep_quota(owner)
         finally:
-            self.room.release()
+            for _ in batch:
+                self.room.release()
 
     async def _keep_quota(self, owner: str) -> None:
         """Every TRIM_EVERY items written for `owner`, drop its oldest beyond the quota (at

@@ -134,6 +134,10 @@ class ArchiveStore(Protocol):
         """Store one stanza. Idempotent on (owner, item.id): a retried append stores
         nothing new and returns False."""
 
+    async def append_many(self, items: list[tuple[str, ArchivedStanza]]) -> list[bool]:
+        """Store (owner, item) pairs in one write, each as `append` would: whether each
+        was new, in order. Many messages then share one commit."""
+
     async def query(self, owner: str, query: ArchiveQuery) -> ArchivePage: ...
     async def count(self, owner: str) -> int: ...
     async def delete(self, owner: str, ids: list[str] | None = None) -> int:

@@ -23,9 +23,15 @@ class PendingWrites:
     def start(self, owner: str, write: Coroutine) -> asyncio.Task:
         """Run `write` in the background, counted among `owner`'s writes until it ends."""
         task = self.tasks.spawn(write)
-        self.by_owner.setdefault(owner, set()).add(task)
-        task.add_done_callback(lambda done: self._finished(owner, done))
+        self.add(owner, task)
         return task
+
+    def add(self, owner: str, task: asyncio.Task) -> None:
+        """Count `task`, already running, among `owner`'s writes (a write shared by several owners)."""
+        tasks = self.by_owner.setdefault(owner, set())
+        if task not in tasks:
+            tasks.add(task)
+            task.add_done_callback(lambda done: self._finished(owner, done))
 
     def _finished(self, owner: str, task: asyncio.Task) -> None:
         tasks = self.by_owner.get(owner)

@@ -165,6 +165,10 @@ class CassandraArchiveStore:
         finally:
             del self._in_flight[key]
 
+    async def append_many(self, items: list[tuple[str, ArchivedStanza]]) -> list[bool]:
+        # Cassandra has no transaction to share: the appends run side by side.
+        return list(await asyncio.gather(*(self.append(owner, item) for owner, item in items)))
+
     async def _append(self, owner: str, item: ArchivedStanza) -> bool:
         if await self._where(owner, item.id) is not None:
             return False

@@ -169,6 +169,9 @@ class MemoryArchiveStore:
         bisect.insort(self._items.setdefault(owner, []), item, key=_key)
         return True
 
+    async def append_many(self, items: list[tuple[str, ArchivedStanza]]) -> list[bool]:
+        return [await self.append(owner, item) for owner, item in items]
+
     async def query(self, owner: str, query: ArchiveQuery) -> ArchivePage:
         if query.max is not None and query.max < 0:
             raise ValueError("ArchiveQuery.max must not be negative")

@@ -243,13 +243,14 @@ class SqliteArchiveStore:
         self.name = name
 
     async def append(self, owner: str, item: ArchivedStanza) -> bool:
-        values = (self.name, owner, item.id, item.when, item.with_, item.payload)
+        return (await self.append_many([(owner, item)]))[0]
 
-        def insert(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                'INSERT OR IGNORE INTO archive (store, owner, id, "when", with_, payload)'
-                " VALUES (?, ?, ?, ?, ?, ?)", values)
-            return cursor.rowcount == 1
+    async def append_many(self, items: list[tuple[str, ArchivedStanza]]) -> list[bool]:
+        rows = [(self.name, owner, item.id, item.when, item.with_, item.payload) for owner, item in items]
+
+        def insert(conn: sqlite3.Connection) -> list[bool]:
+            return [conn.execute('INSERT OR IGNORE INTO archive (store, owner, id, "when", with_, payload)'
+                                 " VALUES (?, ?, ?, ?, ?, ?)", row).rowcount == 1 for row in rows]
         return await self._db.write(insert)
 
     async def query(self, owner: str, query: ArchiveQuery) -> ArchivePage:

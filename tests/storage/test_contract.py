@@ -216,6 +216,19 @@ async def test_archive_append_is_idempotent(backend):
     assert await backend.archive("offline").append(ALICE, first) is True
 
 
+async def test_archive_append_many_is_one_append_each(backend):
+    """Several owners' items in one write; each reported new once, duplicates (within
+    the batch or stored before) not stored again."""
+    store = backend.archive("archive")
+    assert await store.append(ALICE, stanza(0))
+    added = await store.append_many([(ALICE, stanza(0)), (ALICE, stanza(1)), (BOB, stanza(1)),
+                                     (ALICE, stanza(2)), (ALICE, stanza(1))])
+    assert added == [False, True, True, True, False]
+    assert ids(await store.query(ALICE, ArchiveQuery())) == [0, 1, 2]
+    assert ids(await store.query(BOB, ArchiveQuery())) == [1]
+    assert await store.append_many([]) == []
+
+
 async def test_archive_concurrent_retries_store_once(backend):
     store = backend.archive("archive")
     results = await asyncio.gather(*(store.append(ALICE, stanza(7)) for _ in range(20)))

@@ -60,12 +60,15 @@ class StalledStore:
         self.gate.set()
 
     async def append(self, owner, item):
-        self.attempts += 1
+        return (await self.append_many([(owner, item)]))[0]
+
+    async def append_many(self, items):
+        self.attempts += len(items)                # items tried, however batched
         await self.gate.wait()
         if self.failures:
             self.failures -= 1
             raise OSError("the archive is down")
-        return await self.store.append(owner, item)
+        return await self.store.append_many(items)
 
     def __getattr__(self, name):
         return getattr(self.store, name)
