@@ -68,6 +68,7 @@ UNSTAMP_PRIORITY = 30                      # sent: after the carbons copied the 
 RETRY_DELAYS = (0.1, 0.5, 2.0, 5.0, 10.0)  # seconds between attempts of a failed write
 PREFS_CACHE_SIZE = 10000                   # users whose preferences stay in memory
 SENT_STAMP = "mam.sent-stamp"              # Stanza.meta: the <stanza-id/> to take off a sent message
+ARCHIVABLE = "mam.archivable"              # Stanza.meta: is_archivable, decided once per message
 TRIM_EVERY = 100                           # items written for a user between two checks of its quota
 TRIM_BATCH = 1000                          # the most items dropped at one check
 
@@ -135,7 +136,7 @@ def is_archivable(message: etree._Element) -> bool:
 
 def strip_claimed_ids(message: etree._Element, archive: JID) -> None:
     """XEP-0359 5: a <stanza-id/> by our archive that arrives with a stanza is forged."""
-    for stamp in message.findall(mam.STANZA_ID):
+    for stamp in list(message.iterchildren(mam.STANZA_ID)):
         if stamp.get("by") == str(archive):
             message.remove(stamp)
 
@@ -285,7 +286,11 @@ class MessageArchive(Extension):
 
     @hook("archive-should-store", priority=-1)
     async def should_store(self, question: ArchiveQuestion) -> bool:
-        question.answer = is_archivable(question.stanza.element)
+        stanza = question.stanza
+        archivable = stanza.meta.get(ARCHIVABLE)          # the same for the sender's and the recipient's copy
+        if archivable is None:
+            archivable = stanza.meta[ARCHIVABLE] = is_archivable(stanza.element)
+        question.answer = archivable
         return True
 
     async def _wanted(self, owner: JID, peer: JID) -> bool:

@@ -71,7 +71,12 @@ def kept_offline(message: etree._Element) -> bool:
 
 def worth_storing(message: etree._Element, *, permanently: bool) -> bool:
     """Content worth keeping for later, unless the sender's hints forbid it: <no-store/>
-    forbids any storage, <no-permanent-store/> an archive but not the offline queue."""
-    if has_hint(message, NO_STORE) or (permanently and has_hint(message, NO_PERMANENT_STORE)):
-        return False
-    return has_hint(message, STORE) or carries_conversation(message)
+    forbids any storage, <no-permanent-store/> an archive but not the offline queue.
+    (One pass over the children: it runs for every message, twice when archived.)"""
+    worth = False
+    for child in message:
+        tag = child.tag
+        if tag == NO_STORE or (permanently and tag == NO_PERMANENT_STORE):
+            return False
+        worth = worth or tag == STORE or tag == BODY or namespace_of(child) in CONVERSATION_NAMESPACES
+    return worth
