@@ -11,7 +11,7 @@ A resource that comes online, or whose caps show a new interest, gets the last i
 each node it is interested in. The account's bare JID answers disco#info with the
 pubsub/pep identity and the pubsub features OMEMO clients look for, and disco#items
 with the nodes the requester may see. The owner names the members of a whitelist node
-with <affiliations/> (XEP-0060 8.9, extensions/pubsub/affiliations.py).
+with <affiliations/> (XEP-0060 8.9, xmppd/pubsub/affiliations.py).
 
 Other extensions publish and read through `publish`, `retract`, `items` and `delete`.
 
@@ -42,7 +42,6 @@ from xmppd import forms
 from xmppd.extension import PASS, Extension, hook, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
 from xmppd.extensions.presence import HAS_FROM, HAS_TO, parse_priority
-from xmppd.extensions.pubsub import affiliations
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
@@ -51,14 +50,10 @@ from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, 
 from xmppd.caps import verification_string
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import IQ, MESSAGE, delay_element, from_storage, make_element, sub_element, to_storage
+from xmppd.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, affiliations, nodes, pubsub_error
 from xmppd.storage.interfaces import PubSubItem, RosterItem
 
-from . import nodes
 from .caps import CapsCache, caps_of, features_of, interests
-from .nodes import NS_PUBSUB, pubsub_error
-
-NS_PUBSUB_OWNER = "http://jabber.org/protocol/pubsub#owner"
-NS_PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
 
 PUBSUB = f"{{{NS_PUBSUB}}}pubsub"
 ITEM = f"{{{NS_PUBSUB}}}item"

@@ -21,8 +21,6 @@ from lxml import etree
 from xmppd import forms
 from xmppd.extension import PASS, ComponentService, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
-from xmppd.extensions.pep import nodes
-from xmppd.extensions.pep.nodes import NS_PUBSUB, pubsub_error
 from xmppd.extensions.presence import HAS_FROM
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
@@ -31,12 +29,9 @@ from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, 
                                    UnexpectedRequest)
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import MESSAGE, delay_element, from_storage, make_element, sub_element, to_storage
+from xmppd.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, affiliations, nodes, pubsub_error
+from xmppd.pubsub.affiliations import WHITELISTED, affiliation_of
 from xmppd.storage.interfaces import PubSubItem
-
-from . import affiliations
-from .affiliations import NS_PUBSUB_OWNER, WHITELISTED, affiliation_of
-
-NS_PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
 PUBSUB = f"{{{NS_PUBSUB}}}pubsub"
 OWNER = f"{{{NS_PUBSUB_OWNER}}}pubsub"
 ITEM = f"{{{NS_PUBSUB}}}item"

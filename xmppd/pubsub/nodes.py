@@ -1,5 +1,5 @@
-"""PEP node configuration (XEP-0060 section 16.4.4 pubsub#node_config), the publish
-options of XEP-0223 read as preconditions, and the pubsub-specific error conditions.
+"""Node configuration (XEP-0060 section 16.4.4 pubsub#node_config) of PEP's nodes and the
+pubsub service's, and the publish options of XEP-0223 read as preconditions.
 
 A node's configuration is kept as a JSON-able dict in the PubSubStore: the field names
 without their "pubsub#" prefix, booleans as booleans, `max_items` as a number or "max"
@@ -11,11 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from xmppd import forms
-from xmppd.protocol.errors import BadRequest, Conflict, NotAcceptable, StanzaError
-from xmppd.protocol.stanza import make_element
+from xmppd.protocol.errors import BadRequest, Conflict, NotAcceptable
+from xmppd.pubsub import pubsub_error
 
-NS_PUBSUB = "http://jabber.org/protocol/pubsub"
-NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
 NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
 PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 META_DATA = "http://jabber.org/protocol/pubsub#meta-data"
@@ -45,11 +43,6 @@ BOOLEANS = frozenset(("persist_items", "deliver_notifications", "deliver_payload
                       "notify_delete"))
 CHOICES = {"access_model": ACCESS_MODELS, "send_last_published_item": SEND_LAST,
            "notification_type": NOTIFICATION_TYPES, "publish_model": ("publishers",)}
-
-
-def pubsub_error(error: type[StanzaError], condition: str, text: str | None = None, **attributes) -> StanzaError:
-    """A stanza error with its pubsub#errors condition (XEP-0060 section 7, 6.5.9...)."""
-    return error(text=text, app_condition=make_element(f"{{{NS_PUBSUB_ERRORS}}}{condition}", attributes or None))
 
 
 def new_config(overrides: dict | None = None) -> dict:
