@@ -32,33 +32,27 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
-import secrets
 import time
 from dataclasses import dataclass
 
 from lxml import etree
 
-from xmppd import forms
+from xmppd import forms, pubsub
+from xmppd.caps import verification_string
 from xmppd.extension import PASS, Extension, hook, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
 from xmppd.extensions.presence import HAS_FROM, HAS_TO, parse_priority
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
-                                   NotAcceptable, NotAllowed, NotAuthorized, PolicyViolation, ServiceUnavailable,
-                                   StanzaError, UnexpectedRequest)
-from xmppd.caps import verification_string
-from xmppd.protocol.jid import JID, InvalidJID
-from xmppd.protocol.stanza import IQ, MESSAGE, delay_element, from_storage, make_element, sub_element, to_storage
-from xmppd.pubsub import NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, affiliations, nodes, pubsub_error
+                                   NotAcceptable, NotAllowed, PolicyViolation, ServiceUnavailable, StanzaError)
+from xmppd.protocol.jid import JID
+from xmppd.protocol.stanza import IQ, make_element, sub_element, to_storage
+from xmppd.pubsub import (ITEM, NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, OWNER, PUBSUB, affiliations, nodes,
+                          pubsub_error)
 from xmppd.storage.interfaces import PubSubItem, RosterItem
 
 from .caps import CapsCache, caps_of, features_of, interests
-
-PUBSUB = f"{{{NS_PUBSUB}}}pubsub"
-ITEM = f"{{{NS_PUBSUB}}}item"
-EVENT = f"{{{NS_PUBSUB_EVENT}}}event"
-OWNER = f"{{{NS_PUBSUB_OWNER}}}pubsub"
 
 ACCOUNTS_COUNTED = 1000                # accounts whose stored bytes per node are kept in memory
 
@@ -171,7 +165,7 @@ class PersonalEventing(Extension):
             item = make_element(f"{{{NS_PUBSUB_EVENT}}}item", {"id": item_id})
             if config.get("deliver_payloads", True):
                 item.append(copy.deepcopy(payload))
-            await self._notify(owner, node, config, self._items_event(node, item))
+            await self._notify(owner, node, config, pubsub.items_event(node, item))
         return item_id
 
     async def retract(self, owner: JID, node: str, item_id: str, notify: bool | None = None) -> bool:
@@ -184,7 +178,7 @@ class PersonalEventing(Extension):
         await self.host.bus.notify("pep-item-retracted", ItemRetracted(owner, node, item_id))
         if config.get("notify_retract", True) if notify is None else notify:
             retracted = make_element(f"{{{NS_PUBSUB_EVENT}}}retract", {"id": item_id})
-            await self._notify(owner, node, config, self._items_event(node, retracted))
+            await self._notify(owner, node, config, pubsub.items_event(node, retracted))
         return True
 
     async def items(self, owner: JID, node: str, ids: list[str] | None = None,
@@ -251,35 +245,27 @@ class PersonalEventing(Extension):
 
     @iq_handler("set", NS_PUBSUB, "pubsub", to=("self", "bare"))
     async def pubsub_set(self, iq):
-        actions = [child for child in iq.element[0] if isinstance(child.tag, str)]
-        names = [etree.QName(child).localname for child in actions]
+        actions, names = pubsub.actions(iq)
         if names and names[0] == "publish" and set(names[1:]) <= {"publish-options"} and len(names) <= 2:
             return await self._publish_request(iq, actions[0], actions[1] if len(actions) == 2 else None)
         if names and names[0] == "create" and set(names[1:]) <= {"configure"} and len(names) <= 2:
             return await self._create_request(iq, actions[0], actions[1] if len(actions) == 2 else None)
         if len(names) == 1 and names[0] in ("retract", "subscribe", "unsubscribe"):
             return await getattr(self, f"_{names[0]}_request")(iq, actions[0])
-        raise self._unsupported(names)
+        raise pubsub.unsupported(names)
 
     @iq_handler("get", NS_PUBSUB, "pubsub", to=("self", "bare"))
     async def pubsub_get(self, iq):
-        actions = [child for child in iq.element[0] if isinstance(child.tag, str)]
-        names = [etree.QName(child).localname for child in actions]
+        actions, names = pubsub.actions(iq)
         if names == ["items"]:
             return await self._items_request(iq, actions[0])
         if names == ["subscriptions"]:
             return await self._subscriptions_request(iq, actions[0])
-        raise self._unsupported(names)
-
-    @staticmethod
-    def _unsupported(names: list[str]) -> StanzaError:
-        if len(names) != 1:
-            return BadRequest(text="one pubsub action is expected")
-        return pubsub_error(FeatureNotImplemented, "unsupported", feature=names[0])
+        raise pubsub.unsupported(names)
 
     async def _publish_request(self, iq, publish, publish_options):
         owner = await self._service(iq, owner_only=True)
-        node = self._node_of(publish)
+        node = pubsub.node_of(publish)
         items = publish.findall(ITEM)
         if not items:
             raise pubsub_error(BadRequest, "item-required")
@@ -290,12 +276,7 @@ class PersonalEventing(Extension):
             raise pubsub_error(BadRequest, "payload-required")
         if len(payloads) > 1:
             raise pubsub_error(BadRequest, "invalid-payload")
-        preconditions = None
-        if publish_options is not None:
-            form = forms.find(publish_options)
-            if form is not None:
-                data = forms.parse(form, form_type=nodes.PUBLISH_OPTIONS)
-                preconditions = nodes.read_options(data, self.options.max_items)
+        preconditions = nodes.form_options(publish_options, nodes.PUBLISH_OPTIONS, self.options.max_items)
         item_id = await self.publish(owner, node, payloads[0], items[0].get("id"), preconditions=preconditions,
                                      publisher=iq.from_)
         answer = make_element(PUBSUB)
@@ -307,10 +288,7 @@ class PersonalEventing(Extension):
         node = create.get("node")
         if not node:
             raise pubsub_error(NotAcceptable, "nodeid-required")     # no instant nodes
-        options = {}
-        form = forms.find(configure) if configure is not None else None
-        if form is not None:
-            options = nodes.read_options(forms.parse(form, form_type=nodes.NODE_CONFIG), self.options.max_items)
+        options = nodes.form_options(configure, nodes.NODE_CONFIG, self.options.max_items) or {}
         async with self.lock(str(owner)):
             if await self.store.get_node(str(owner), node) is not None:
                 raise Conflict(text="the node exists")
@@ -320,7 +298,7 @@ class PersonalEventing(Extension):
 
     async def _retract_request(self, iq, retract):
         owner = await self._service(iq, owner_only=True)
-        node = self._node_of(retract)
+        node = pubsub.node_of(retract)
         item = retract.find(ITEM)
         if item is None or not item.get("id"):
             raise pubsub_error(BadRequest, "item-required")
@@ -332,25 +310,18 @@ class PersonalEventing(Extension):
 
     async def _items_request(self, iq, request):
         owner = await self._service(iq)
-        node = self._node_of(request)
+        node = pubsub.node_of(request)
         config = await self._readable_node(owner, node, iq.from_)
-        ids = [item.get("id") for item in request.findall(ITEM) if item.get("id")]
-        limit = request.get("max_items")
-        if limit is not None and (not limit.isdigit() or int(limit) < 1):
-            raise BadRequest(text="max_items must be a positive number")
+        ids, limit = pubsub.items_wanted(request)
         found = []
         if config.get("persist_items", True):
-            found = await self.store.get_items(str(owner), node, ids or None, int(limit) if limit else None)
-        answer = make_element(PUBSUB)
-        items = sub_element(answer, f"{{{NS_PUBSUB}}}items", {"node": node})
-        for stored in reversed(found):                 # oldest first, as published
-            sub_element(items, ITEM, {"id": stored.id}).append(from_storage(stored.payload))
-        return answer
+            found = await self.store.get_items(str(owner), node, ids, limit)
+        return pubsub.items_answer(node, found)
 
     async def _subscribe_request(self, iq, request):
         owner = await self._service(iq)
-        node = self._node_of(request)
-        subscriber = self._subscriber_of(iq, request)
+        node = pubsub.node_of(request)
+        subscriber = pubsub.subscriber_of(iq, request)
         async with self.lock(str(owner)):
             config = await self._readable_node(owner, node, iq.from_)
             subscribers = config.setdefault("subscribers", [])
@@ -362,42 +333,32 @@ class PersonalEventing(Extension):
                 await self.store.set_node(str(owner), node, config)
         if config.get("send_last_published_item") in ("on_sub", "on_sub_and_presence"):
             self.server.spawn(self._send_last_item(owner, node, config, subscriber))
-        answer = make_element(PUBSUB)
-        sub_element(answer, f"{{{NS_PUBSUB}}}subscription",
-                    {"node": node, "jid": str(subscriber), "subscription": "subscribed"})
-        return answer
+        return pubsub.subscribed_answer(node, subscriber)
 
     async def _unsubscribe_request(self, iq, request):
         owner = await self._service(iq)
-        node = self._node_of(request)
-        subscriber = self._subscriber_of(iq, request)
+        node = pubsub.node_of(request)
+        subscriber = pubsub.subscriber_of(iq, request)
         async with self.lock(str(owner)):
             config = await self.store.get_node(str(owner), node)
             if config is None:
                 raise await self._no_such_node(owner, iq.from_)
-            subscribers = config.get("subscribers", [])
-            if str(subscriber) not in subscribers:
-                raise pubsub_error(UnexpectedRequest, "not-subscribed")
-            subscribers.remove(str(subscriber))
+            pubsub.unsubscribe(config, subscriber)
             await self.store.set_node(str(owner), node, config)
         return None
 
     async def _subscriptions_request(self, iq, request):
         owner = await self._service(iq)
         wanted = [request.get("node")] if request.get("node") else await self.store.list_nodes(str(owner))
-        answer = make_element(PUBSUB)
-        listing = sub_element(answer, f"{{{NS_PUBSUB}}}subscriptions", {"node": request.get("node")})
+        configs = []
         for node in wanted:
             config = await self.store.get_node(str(owner), node)
             if config is None:
                 if request.get("node"):
                     raise await self._no_such_node(owner, iq.from_)
                 continue
-            for subscriber in config.get("subscribers", []):
-                if JID.parse(subscriber).bare == iq.from_.bare:
-                    sub_element(listing, f"{{{NS_PUBSUB}}}subscription",
-                                {"node": node, "jid": subscriber, "subscription": "subscribed"})
-        return answer
+            configs.append((node, config))
+        return pubsub.subscriptions_answer(iq.from_, request.get("node"), configs)
 
     # ------------------------------------------------------------- pubsub#owner
 
@@ -407,18 +368,16 @@ class PersonalEventing(Extension):
         action = self._owner_action(iq, ("configure", "default", "affiliations"))
         answer = make_element(OWNER)
         if etree.QName(action).localname == "default":
-            form = forms.build("form", form_type=nodes.NODE_CONFIG,
-                               fields=nodes.config_fields(nodes.new_config(), self.options.max_items))
+            form = nodes.config_form(nodes.new_config(), self.options.max_items)
             sub_element(answer, f"{{{NS_PUBSUB_OWNER}}}default").append(form)
             return answer
-        node = self._node_of(action)
+        node = pubsub.node_of(action)
         config = await self.store.get_node(str(owner), node)
         if config is None:
             raise ItemNotFound()
         if etree.QName(action).localname == "affiliations":
             return affiliations.listing(node, {str(owner): "owner", **config.get("affiliations", {})})
-        form = forms.build("form", form_type=nodes.NODE_CONFIG,
-                           fields=nodes.config_fields(config, self.options.max_items))
+        form = nodes.config_form(config, self.options.max_items)
         sub_element(answer, f"{{{NS_PUBSUB_OWNER}}}configure", {"node": node}).append(form)
         return answer
 
@@ -426,7 +385,7 @@ class PersonalEventing(Extension):
     async def owner_set(self, iq):
         owner = await self._service(iq, owner_only=True)
         action = self._owner_action(iq, ("configure", "delete", "purge", "affiliations"))
-        node = self._node_of(action)
+        node = pubsub.node_of(action)
         name = etree.QName(action).localname
         if name == "delete":
             if not await self.delete(owner, node):
@@ -448,21 +407,16 @@ class PersonalEventing(Extension):
         return actions[0]
 
     async def _configure(self, owner: JID, node: str, configure) -> None:
-        form = forms.find(configure)
-        if form is None:
-            raise BadRequest(text="a data form is expected")
-        if form.get("type") == "cancel":
+        options = nodes.submitted_config(configure, self.options.max_items)
+        if options is None:
             return
-        options = nodes.read_options(forms.parse(form, form_type=nodes.NODE_CONFIG), self.options.max_items)
         async with self.lock(str(owner)):
             config = await self.store.get_node(str(owner), node)
             if config is None:
                 raise ItemNotFound()
             config = nodes.configure(config, options)
             await self.store.set_node(str(owner), node, config)
-            keep = nodes.max_items(config, self.options.max_items) if config.get("persist_items", True) else 0
-            for stale in (await self.store.get_items(str(owner), node))[keep:]:
-                await self.store.retract(str(owner), node, stale.id)
+            await nodes.drop_excess_items(self.store, str(owner), node, config, self.options.max_items)
             await self._recount(owner, node)
 
     async def _set_affiliations(self, owner: JID, node: str, changes: dict[str, str]) -> None:
@@ -496,23 +450,6 @@ class PersonalEventing(Extension):
                 raise ServiceUnavailable()
         return owner
 
-    @staticmethod
-    def _node_of(element) -> str:
-        node = element.get("node")
-        if not node:
-            raise pubsub_error(BadRequest, "nodeid-required")
-        return node
-
-    @staticmethod
-    def _subscriber_of(iq, request) -> JID:
-        try:
-            subscriber = JID.parse(request.get("jid") or "")
-        except InvalidJID:
-            raise pubsub_error(BadRequest, "invalid-jid") from None
-        if subscriber.bare != iq.from_.bare:
-            raise pubsub_error(BadRequest, "invalid-jid")
-        return subscriber
-
     async def _readable_node(self, owner: JID, node: str, requester: JID) -> dict:
         config = await self.store.get_node(str(owner), node)
         if config is None:
@@ -542,16 +479,12 @@ class PersonalEventing(Extension):
         if model == "open":
             return None
         if model == "presence":
-            if item is not None and item.subscription in HAS_FROM:
-                return None
-            return pubsub_error(NotAuthorized, "presence-subscription-required")
-        if model == "roster":
-            if item is not None and set(item.groups) & set(config.get("roster_groups_allowed") or ()):
-                return None
-            return pubsub_error(NotAuthorized, "not-in-roster-group")
-        if affiliations.affiliation_of(config, requester) in affiliations.WHITELISTED:
-            return None
-        return pubsub_error(NotAllowed, "closed-node")
+            admitted = item is not None and item.subscription in HAS_FROM
+        elif model == "roster":
+            admitted = item is not None and pubsub.in_allowed_group(config, item.groups)
+        else:
+            admitted = affiliations.affiliation_of(config, requester) in affiliations.WHITELISTED
+        return None if admitted else pubsub.access_denied(model)
 
     # ------------------------------------------------------------- notifications
 
@@ -600,29 +533,14 @@ class PersonalEventing(Extension):
             await self._send_event(owner, to, config, copy.deepcopy(event_child))
 
     async def _send_event(self, owner: JID, to: JID, config: dict, event_child, when: float | None = None) -> None:
-        message = make_element(MESSAGE, {"from": str(owner), "to": str(to), "id": secrets.token_hex(8),
-                                         "type": config.get("notification_type", "headline")})
-        sub_element(message, EVENT).append(event_child)
-        if when is not None:
-            message.append(delay_element(str(owner), when))
-        await self.host.send(message)
-
-    @staticmethod
-    def _items_event(node: str, child) -> etree._Element:
-        items = make_element(f"{{{NS_PUBSUB_EVENT}}}items", {"node": node})
-        items.append(child)
-        return items
+        await self.host.send(pubsub.event_message(str(owner), to, config, event_child, when))
 
     async def _send_last_item(self, owner: JID, node: str, config: dict, to: JID) -> None:
         if not config.get("deliver_notifications", True) or not config.get("persist_items", True):
             return
         last = await self.store.get_items(str(owner), node, max_items=1)
-        if not last:
-            return
-        item = make_element(f"{{{NS_PUBSUB_EVENT}}}item", {"id": last[0].id})
-        if config.get("deliver_payloads", True):
-            item.append(from_storage(last[0].payload))
-        await self._send_event(owner, to, config, self._items_event(node, item), when=last[0].when)
+        if last:
+            await self._send_event(owner, to, config, pubsub.stored_item_event(node, config, last[0]), when=last[0].when)
 
     # ------------------------------------------------------------- caps and presence
 
@@ -711,12 +629,7 @@ class PersonalEventing(Extension):
         config = await self._visible_node(owner, node, iq.from_)
         if config is None:
             return PASS                         # not a PEP node: another extension's, or none
-        meta = forms.build("result", form_type=nodes.META_DATA, fields=[
-            forms.Field("pubsub#type", None, values=(config.get("type") or "",)),
-            forms.Field("pubsub#title", None, values=(config.get("title") or "",)),
-            forms.Field("pubsub#access_model", None, values=(config.get("access_model", "presence"),)),
-            forms.Field("pubsub#owner", None, values=(str(owner),)),
-        ])
+        meta = nodes.meta_data(config, (str(owner),), "presence")
         return info_element([("pubsub", "leaf", None)], [NS_PUBSUB], [meta], node=node)
 
     @iq_handler("get", NS_DISCO_ITEMS, "query", to=("self", "bare"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lxml import etree
+
 from xmppd import forms
 from xmppd.protocol.errors import BadRequest, Conflict, NotAcceptable
 from xmppd.pubsub import pubsub_error
@@ -149,3 +151,45 @@ def check_preconditions(config: dict, options: dict[str, Any], limit: int) -> No
             matches = wanted is not None and wanted == current
         if not matches:
             raise pubsub_error(Conflict, "precondition-not-met")
+
+
+def config_form(config: dict, limit: int) -> etree._Element:
+    """The configuration form an owner fills in (XEP-0060 sections 8.2 and 8.3)."""
+    return forms.build("form", form_type=NODE_CONFIG, fields=config_fields(config, limit))
+
+
+def form_options(parent: etree._Element | None, form_type: str, limit: int) -> dict[str, Any] | None:
+    """The options of the data form in `parent` (<publish-options/>, or <configure/> beside
+    <create/>), None when there is none."""
+    form = forms.find(parent) if parent is not None else None
+    if form is None:
+        return None
+    return read_options(forms.parse(form, form_type=form_type), limit)
+
+
+def submitted_config(configure: etree._Element, limit: int) -> dict[str, Any] | None:
+    """The options an owner submits to configure a node (section 8.2.4); None when it
+    cancels (section 8.2.5)."""
+    form = forms.find(configure)
+    if form is None:
+        raise BadRequest(text="a data form is expected")
+    if form.get("type") == "cancel":
+        return None
+    return read_options(forms.parse(form, form_type=NODE_CONFIG), limit)
+
+
+async def drop_excess_items(store, service: str, node: str, config: dict, limit: int) -> None:
+    """After a configuration change: retract the oldest items beyond what the node keeps."""
+    keep = max_items(config, limit) if config.get("persist_items", True) else 0
+    for stale in (await store.get_items(service, node))[keep:]:
+        await store.retract(service, node, stale.id)
+
+
+def meta_data(config: dict, owners: tuple[str, ...], default_access: str) -> etree._Element:
+    """The pubsub#meta-data form of a node's disco#info (section 5.4)."""
+    return forms.build("result", form_type=META_DATA, fields=[
+        forms.Field("pubsub#type", None, values=(config.get("type") or "",)),
+        forms.Field("pubsub#title", None, values=(config.get("title") or "",)),
+        forms.Field("pubsub#access_model", None, values=(config.get("access_model", default_access),)),
+        forms.Field("pubsub#owner", None, values=owners),
+    ])
