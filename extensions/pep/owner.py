@@ -82,7 +82,7 @@ class PepOwner(Extension):
                 raise ItemNotFound()
             config = nodes.configure(config, options)
             await self.store.set_node(str(owner), node, config)
-            await nodes.drop_excess_items(self.store, str(owner), node, config, self.options.max_items)
+            await nodes.drop_items(self.store, str(owner), node, nodes.kept_items(config, self.options.max_items))
             await self.service.quotas.recount(owner, node)
 
     async def _set_affiliations(self, owner: JID, node: str, changes: dict[str, str]) -> None:
@@ -99,8 +99,7 @@ class PepOwner(Extension):
             config = await self.store.get_node(str(owner), node)
             if config is None:
                 raise ItemNotFound()
-            for stored in await self.store.get_items(str(owner), node):
-                await self.store.retract(str(owner), node, stored.id)
+            await nodes.drop_items(self.store, str(owner), node)
             await self.service.quotas.recount(owner, node)
         purged = make_element(f"{{{NS_PUBSUB_EVENT}}}purge", {"node": node})
         await self.notifications.notify(owner, node, config, purged)

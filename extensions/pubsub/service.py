@@ -161,7 +161,7 @@ class PubSubService(ComponentService):
         async with self.lock(node):
             config = nodes.configure(await self._owned_node(node, iq.from_), options)
             await self.store.set_node(self.service, node, config)
-            await nodes.drop_excess_items(self.store, self.service, node, config, self.options.max_items)
+            await nodes.drop_items(self.store, self.service, node, nodes.kept_items(config, self.options.max_items))
         return None
 
     async def _owner_delete(self, iq, node: str, delete):
@@ -178,8 +178,7 @@ class PubSubService(ComponentService):
     async def _owner_purge(self, iq, node: str, purge):
         async with self.lock(node):
             config = await self._owned_node(node, iq.from_)
-            for stored in await self.store.get_items(self.service, node):
-                await self.store.retract(self.service, node, stored.id)
+            await nodes.drop_items(self.store, self.service, node)
         if config.get("notify_retract", True):
             await self._notify(node, config, make_element(f"{{{NS_PUBSUB_EVENT}}}purge", {"node": node}))
         return None

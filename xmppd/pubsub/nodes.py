@@ -178,9 +178,14 @@ def submitted_config(configure: etree._Element, limit: int) -> dict[str, Any] | 
     return read_options(forms.parse(form, form_type=NODE_CONFIG), limit)
 
 
-async def drop_excess_items(store, service: str, node: str, config: dict, limit: int) -> None:
-    """After a configuration change: retract the oldest items beyond what the node keeps."""
-    keep = max_items(config, limit) if config.get("persist_items", True) else 0
+def kept_items(config: dict, limit: int) -> int:
+    """How many of its stored items a node keeps: none when it persists none."""
+    return max_items(config, limit) if config.get("persist_items", True) else 0
+
+
+async def drop_items(store, service: str, node: str, keep: int = 0) -> None:
+    """Retract the stored items of a node beyond the newest `keep` (all of them: a purge,
+    section 8.5; beyond `kept_items` after a configuration change, section 8.2)."""
     for stale in (await store.get_items(service, node))[keep:]:
         await store.retract(service, node, stale.id)
 
