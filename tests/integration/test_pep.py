@@ -1,5 +1,7 @@
 """End to end: XEP-0163 PEP over XEP-0060, with XEP-0223 publish options and XEP-0115
 filtered notifications, on a real xmppd."""
+import asyncio
+
 import pytest
 
 from tests.support.inbox import IQ, MESSAGE
@@ -362,3 +364,18 @@ async def test_owner_shrinks_and_purges_a_node(users, online):
     again = await owner.iq("set", alice, publish(node, f"<j xmlns='{node}'>3</j>", "j3"))
     assert again.get("type") == "result"
     assert item_ids(await contact.iq("get", alice, items_request(node))) == ["j3"]
+
+
+async def test_a_deleted_account_takes_its_nodes(server, users, online):
+    """An account removed (XEP-0077 <remove/>) leaves no node behind: made again, it has none."""
+    alice, = users(1)
+    owner = await online(alice)
+    await owner.iq("set", alice, publish(TUNE, tune("old"), "t", access_model="open"))
+    removed = asyncio.ensure_future(owner.client.plugin["xep_0077"].cancel_registration())
+    await asyncio.wait({removed}, timeout=10)           # the stream closes as the answer comes
+    assert removed.done()
+    server.adduser(alice.split("@")[0])
+    again = await online(alice)
+    assert error_of(await again.iq("get", alice, items_request(TUNE))) == ("item-not-found", None)
+    listed = await again.iq("get", alice, f"<query xmlns='{NS_DISCO_ITEMS}'/>")
+    assert listed.get("type") == "result" and listed.find(f".//{{{NS_DISCO_ITEMS}}}item") is None
