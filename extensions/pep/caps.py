@@ -37,7 +37,7 @@ class SessionInterest:
 
 
 def wants(session, node: str) -> bool:
-    """Does this resource want notifications of `node` (and is it one that gets them)?"""
+    """Does this resource want notifications of `node`? (None go to a negative priority.)"""
     interest = session.meta.get(INTEREST)
     return interest is not None and node in interest.nodes and session.priority >= 0
 

@@ -20,9 +20,8 @@ from lxml import etree
 
 from xmppd import pubsub
 from xmppd.extension import Extension, hook
-from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
-from xmppd.protocol.errors import BadRequest, Conflict
+from xmppd.protocol.errors import Conflict
 from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import make_element, to_storage
 from xmppd.pubsub import NS_PUBSUB_EVENT, nodes, pubsub_error
@@ -56,9 +55,7 @@ class PepService(Extension):
         and notify. Returns the item id. Raises the XEP-0060 errors."""
         stored = to_storage(payload)
         self.quotas.check_payload(stored)
-        item_id = item_id or time_ordered_id()
-        if len(item_id) > 1023:
-            raise BadRequest(text="the item id is too long")
+        item_id = pubsub.item_id_of(item_id)
         publisher = publisher or owner
         async with self.lock(str(owner)):
             config = await self.store.get_node(str(owner), node)

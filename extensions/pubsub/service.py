@@ -226,9 +226,7 @@ class PubSubService(ComponentService):
             self.pubsub.limit_reached("max_item_bytes")
             raise pubsub_error(NotAcceptable, "payload-too-big")
         preconditions = nodes.form_options(publish_options, nodes.PUBLISH_OPTIONS, self.options.max_items)
-        item_id = (items[0].get("id") if items else None) or time_ordered_id()
-        if len(item_id) > 1023:
-            raise BadRequest(text="the item id is too long")
+        item_id = pubsub.item_id_of(items[0].get("id") if items else None)
         async with self.lock(node):
             config = await self.store.get_node(self.service, node)
             if config is None:                                     # auto-create (section 7.1.4)

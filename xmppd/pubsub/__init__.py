@@ -15,6 +15,7 @@ import secrets
 
 from lxml import etree
 
+from xmppd.ids import time_ordered_id
 from xmppd.protocol.errors import (BadRequest, FeatureNotImplemented, NotAllowed, NotAuthorized, StanzaError,
                                    UnexpectedRequest)
 from xmppd.protocol.jid import JID, InvalidJID
@@ -30,6 +31,8 @@ PUBSUB = f"{{{NS_PUBSUB}}}pubsub"
 OWNER = f"{{{NS_PUBSUB_OWNER}}}pubsub"
 ITEM = f"{{{NS_PUBSUB}}}item"
 EVENT = f"{{{NS_PUBSUB_EVENT}}}event"
+
+MAX_ITEM_ID = 1023                     # characters of an item id a publisher chooses
 
 
 def pubsub_error(error: type[StanzaError], condition: str, text: str | None = None, **attributes) -> StanzaError:
@@ -82,6 +85,15 @@ def items_wanted(request: etree._Element) -> tuple[list[str] | None, int | None]
     if limit is not None and (not limit.isdigit() or int(limit) < 1):
         raise BadRequest(text="max_items must be a positive number")
     return ids or None, int(limit) if limit else None
+
+
+def item_id_of(given: str | None) -> str:
+    """The id of an item to publish: the publisher's (a bounded one), or a new one when it
+    gives none (section 7.1.1)."""
+    item_id = given or time_ordered_id()
+    if len(item_id) > MAX_ITEM_ID:
+        raise BadRequest(text="the item id is too long")
+    return item_id
 
 
 def unsubscribe(config: dict, subscriber: JID) -> None:
