@@ -18,12 +18,13 @@ of this package on the same host (as muc/ does), finding the others in
     notifications.py  who is notified, and last published items    (XEP-0163 section 4)
     requests.py       publisher and subscriber requests            (XEP-0060 sections 5-7)
     owner.py          pubsub#owner requests                        (XEP-0060 section 8)
-    caps.py           '+notify' interests from caps                (XEP-0115, XEP-0163 4.2)
+    interests.py      '+notify' interests, from caps               (XEP-0115, XEP-0163 4.2)
     discovery.py      disco#info and disco#items of nodes          (XEP-0030, XEP-0163 8.2)
 
-and, beside them, access.py (the access models, XEP-0060 section 4.5), quotas.py (the
-limits of an account), events.py (what it fires for other extensions), and what it
-shares with the pubsub service in xmppd/pubsub/ (node configuration, affiliations).
+and, beside them, modules that are not extensions: access.py (the access models,
+XEP-0060 section 4.5), quotas.py (the limits of an account), caps.py (reading XEP-0115
+caps), events.py (what it fires for other extensions), and what it shares with the
+pubsub service in xmppd/pubsub/ (requests, node configuration, affiliations).
 
 Other extensions publish and read through `publish`, `retract`, `items` and `delete`,
 and hook pep-item-published, pep-item-retracted and pep-node-deleted (events.py).
@@ -39,7 +40,7 @@ from xmppd.protocol.jid import JID
 from xmppd.pubsub import NS_PUBSUB
 from xmppd.storage.interfaces import PubSubItem
 
-PARTS = ("pep.notifications", "pep.service", "pep.requests", "pep.owner", "pep.caps", "pep.discovery")
+PARTS = ("pep.notifications", "pep.service", "pep.requests", "pep.owner", "pep.interests", "pep.discovery")
 
 # XEP-0060 section 10 features of the account's virtual service (XEP-0163 section 8).
 PUBSUB_FEATURES = [f"{NS_PUBSUB}#{name}" for name in (
