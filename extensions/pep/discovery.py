@@ -18,7 +18,7 @@ from .access import access_error
 
 
 class PepDiscovery(Extension):
-    depends = ["pep.service"]
+    depends = ["disco", "pep.service"]
 
     def __init__(self, host, options):
         super().__init__(host, options)

@@ -21,6 +21,9 @@ ACCOUNTS_COUNTED = 1000                # accounts whose stored bytes per node ar
 
 
 class Quotas:
+    """The checks of the limits above, for the pep extension's options; the callers hold
+    the account's lock where a check and the write it guards must not interleave."""
+
     def __init__(self, pep, store):
         self.pep = pep                 # the extension: its options, and where limits are counted
         self.options = pep.options
