@@ -19,7 +19,7 @@ of this package on the same host (as muc/ does), finding the others in
     requests.py       publisher and subscriber requests            (XEP-0060 sections 5-7)
     owner.py          pubsub#owner requests                        (XEP-0060 section 8)
     interests.py      '+notify' interests, from caps               (XEP-0115, XEP-0163 4.2)
-    discovery.py      disco#info and disco#items of nodes          (XEP-0030, XEP-0163 8.2)
+    discovery.py      disco#info and disco#items of nodes          (XEP-0030, XEP-0163 6.2)
 
 and, beside them, modules that are not extensions: access.py (the access models,
 XEP-0060 section 4.5), quotas.py (the limits of an account), caps.py (reading XEP-0115
@@ -42,7 +42,7 @@ from xmppd.storage.interfaces import PubSubItem
 
 PARTS = ("pep.notifications", "pep.service", "pep.requests", "pep.owner", "pep.interests", "pep.discovery")
 
-# XEP-0060 section 10 features of the account's virtual service (XEP-0163 section 8).
+# XEP-0060 section 10 features of the account's virtual service (XEP-0163 section 6.1).
 PUBSUB_FEATURES = [f"{NS_PUBSUB}#{name}" for name in (
     "access-open", "access-presence", "access-roster", "access-whitelist", "auto-create", "auto-subscribe",
     "config-node", "config-node-max", "create-and-configure", "create-nodes", "delete-items", "delete-nodes",
@@ -81,26 +81,20 @@ class PersonalEventing(Extension):
             await self.host.load(part)
         self.service = self.host.extensions["pep.service"]
 
-    # ------------------------------------------------------------- API for other extensions (service.py)
+    # ------------------------------------------------------------- API for other extensions: service.py's
 
     async def publish(self, owner: JID, node: str, payload: etree._Element, item_id: str | None = None, *,
                       preconditions: dict | None = None, defaults: dict | None = None,
                       publisher: JID | None = None) -> str:
-        """Publish `payload` as item `item_id` (a new id when None) of the owner's
-        `node`, creating it with `defaults` and `preconditions` when it does not exist,
-        and notify. Returns the item id. Raises the XEP-0060 errors."""
         return await self.service.publish(owner, node, payload, item_id, preconditions=preconditions,
                                           defaults=defaults, publisher=publisher)
 
     async def retract(self, owner: JID, node: str, item_id: str, notify: bool | None = None) -> bool:
-        """Remove an item; False when there was no such node or item."""
         return await self.service.retract(owner, node, item_id, notify)
 
     async def items(self, owner: JID, node: str, ids: list[str] | None = None,
                     max_items: int | None = None) -> list[PubSubItem]:
-        """Stored items, newest first (empty for an unknown node)."""
         return await self.service.items(owner, node, ids, max_items)
 
     async def delete(self, owner: JID, node: str) -> bool:
-        """Delete a node and its items; False when there was no such node."""
         return await self.service.delete(owner, node)

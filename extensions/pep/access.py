@@ -1,5 +1,5 @@
 """Who may use an account's PEP nodes: the access models of XEP-0060 section 4.5 as
-XEP-0163 applies them (section 4.1 and section 7's default, presence), read against the
+XEP-0163 applies them (section 4, and section 5: presence by default), read against the
 owner's roster: open (anyone), presence (contacts with a presence subscription from or
 both), roster (contacts in one of the node's roster groups) and whitelist (the members
 the owner names, xmppd/pubsub/affiliations.py). The owner may do everything; only the

@@ -1,4 +1,4 @@
-"""Service discovery (XEP-0030) of an account's PEP nodes, as XEP-0163 section 8.2 asks:
+"""Service discovery (XEP-0030) of an account's PEP nodes, as XEP-0163 section 6.2 asks:
 disco#items of the account lists the nodes the requester may read (access.py), disco#items
 of a node its item ids, disco#info of a node its pubsub/leaf identity and its
 pubsub#meta-data form (XEP-0060 section 5.4). The account itself, and a node the
@@ -40,7 +40,7 @@ class PepDiscovery(Extension):
 
     @iq_handler("get", NS_DISCO_ITEMS, "query", to=("self", "bare"))
     async def node_items(self, iq):
-        """XEP-0163 section 8.2: the nodes the requester may see; a node's item ids."""
+        """XEP-0163 section 6.2: the nodes the requester may see; a node's item ids."""
         owner = iq.to.bare
         node = iq.element[0].get("node")
         answer = make_element(f"{{{NS_DISCO_ITEMS}}}query", {"node": node})

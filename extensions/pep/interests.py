@@ -2,7 +2,7 @@
 notifications), from the XEP-0115 caps of its presence (caps.py): learned when a
 resource comes online or its caps change, with a disco#info to the client when the 'ver'
 is not known yet, and kept in its session. A resource that comes online, or whose caps
-show a new interest, is then sent the last items it did not know of (section 4.3.2,
+show a new interest, is then sent the last items it did not know of (section 4.3.3,
 notifications.py).
 
 Hooks: presence/broadcast (the presence of the user's own resources, before presence.py).
@@ -33,7 +33,7 @@ class PepInterests(Extension):
     @hook("presence/broadcast", priority=1)          # before presence.py, which handles it
     async def track_caps(self, stanza) -> bool:
         """A resource's presence: learn its interests, then send it the last items it
-        did not know of (XEP-0163 section 4.3.2)."""
+        did not know of (XEP-0163 section 4.3.3)."""
         session = stanza.origin
         if session is None:
             return False

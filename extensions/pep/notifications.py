@@ -4,14 +4,14 @@ JID, and who receives them.
 A node's notification (published, retracted, purged, deleted) goes to the owner's
 available resources whose caps show interest in the node ('<node>+notify', caps.py), to
 the resources, interested in the same way, of the contacts with a presence subscription
-(from or both) that the access model admits (section 4.3.1), and to explicit subscribers
+(from or both) that the access model admits (section 4.1), and to explicit subscribers
 (XEP-0060 section 6.1: an open node lets anyone subscribe, as OMEMO device lists need),
-while the access model still admits them (section 8). Nothing goes to those the owner
+while the access model still admits them (section 7.1). Nothing goes to those the owner
 blocks (section 4.3.3, XEP-0191 when loaded).
 
 The last published item goes to a new subscriber (XEP-0060 section 6.1.7), and to a
 resource that comes online or whose caps show a new interest, for each node it wants of
-its own account and of the contacts whose presence it receives (section 4.3.2).
+its own account and of the contacts whose presence it receives (sections 4.3.3 and 4.3.4).
 
 Other parts find this one as `host.extensions["pep.notifications"]`.
 """
@@ -55,7 +55,7 @@ class PepNotifications(Extension):
         for subscriber in config.get("subscribers", []):
             jid = JID.parse(subscriber)
             if access_error(owner, config, jid, roster.get(str(jid.bare))) is not None:
-                continue                        # XEP-0163 section 8: access lost, so is the subscription
+                continue                        # XEP-0163 section 7.1: access lost, so is the subscription
             if jid.is_bare and self.server.hosts.get(jid.domain) is not None:
                 for session in self._available(jid):
                     if session.priority >= 0:

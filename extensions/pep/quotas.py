@@ -1,6 +1,6 @@
 """The limits of an account's PEP service (XEP-0163), each with the error XEP-0060 names
 and a count in xmppd_limit_reached_total: bytes of one item's payload (max_item_bytes,
-payload-too-big, section 7.1.3.6), nodes of the account (max_nodes, max-nodes-exceeded),
+payload-too-big), nodes of the account (max_nodes, max-nodes-exceeded),
 explicit subscriptions of a node (max_subscribers) and bytes of all the account's stored
 payloads (max_bytes_per_account, policy-violation). Items per node (max_items) are
 bounded by the node configuration (xmppd/pubsub/nodes.py).

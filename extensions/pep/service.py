@@ -1,6 +1,6 @@
 """XEP-0163 Personal Eventing Protocol: the nodes of each account's service (its bare
 JID), kept in the PubSubStore: publishing (a node created on first publish, XEP-0163
-section 4.1, with XEP-0223 publish options as its configuration and preconditions),
+section 3, with XEP-0223 publish options as its configuration and preconditions),
 retracting, reading and deleting, each under the account's lock, within the account's
 quotas (quotas.py), and notified (notifications.py).
 

@@ -332,7 +332,7 @@ async def test_no_notifications_to_a_contact_the_owner_blocks(users, online):
 
 
 async def test_owner_shrinks_and_purges_a_node(users, online):
-    """XEP-0060 8.2: a smaller max_items drops the oldest items at once; 8.2.5: a cancelled
+    """XEP-0060 8.2: a smaller max_items drops the oldest items at once, a cancelled
     configuration changes nothing; 8.5: a purge removes every item and is notified."""
     alice, bob = users(2)
     node = "urn:example:journal"

@@ -49,7 +49,7 @@ def actions(iq) -> tuple[list[etree._Element], list[str]]:
 
 
 def unsupported(names: list[str]) -> StanzaError:
-    """The error for actions a service does not take (section 7: one action, a known one)."""
+    """The error of a request that is not one action the service takes."""
     if len(names) != 1:
         return BadRequest(text="one pubsub action is expected")
     return pubsub_error(FeatureNotImplemented, "unsupported", feature=names[0])

@@ -168,8 +168,8 @@ def form_options(parent: etree._Element | None, form_type: str, limit: int) -> d
 
 
 def submitted_config(configure: etree._Element, limit: int) -> dict[str, Any] | None:
-    """The options an owner submits to configure a node (section 8.2.4); None when it
-    cancels (section 8.2.5)."""
+    """The options an owner submits to configure a node (XEP-0060 section 8.2); None when
+    it cancels the configuration."""
     form = forms.find(configure)
     if form is None:
         raise BadRequest(text="a data form is expected")
