@@ -20,7 +20,7 @@ import copy
 from lxml import etree
 
 from xmppd.extension import PASS, Extension, hook, iq_handler
-from xmppd.extensions.pep import ItemPublished, ItemRetracted
+from xmppd.extensions.pep.events import ItemPublished, ItemRetracted
 from xmppd.extensions.private import NS_PRIVATE, QUERY
 from xmppd.protocol.errors import BadRequest
 from xmppd.protocol.jid import JID, InvalidJID

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.extension import Extension, hook, iq_handler
-from xmppd.extensions.pep import ItemPublished, NodeDeleted
+from xmppd.extensions.pep.events import ItemPublished, NodeDeleted
 from xmppd.protocol.errors import BadRequest, Forbidden, ItemNotFound, NotAcceptable
 from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import from_storage, make_element, sub_element, to_storage

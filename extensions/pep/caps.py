@@ -4,11 +4,13 @@ client's caps stand for (XEP-0163 section 4.2, filtered notifications).
 A client's presence carries <c node ver hash/>. The features behind a 'ver' are learned
 once, by disco#info to the client (node 'node#ver'), and cached by 'ver' only when the
 reply hashes to it (XEP-0115 section 5.4), so that no client can poison the cache for
-others; an unverifiable reply serves that client's session only.
+others; an unverifiable reply serves that client's session only. What a resource wants
+is kept in its session (a SessionInterest, read by `wants`); interests.py learns it.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from lxml import etree
 
@@ -16,6 +18,20 @@ from xmppd.caps import NS_CAPS, NS_DISCO_INFO
 
 CAPS = f"{{{NS_CAPS}}}c"
 NOTIFY = "+notify"
+INTEREST = "pep"                       # the key of a session's SessionInterest in session.meta
+
+
+@dataclass(frozen=True)
+class SessionInterest:
+    """What a resource's caps told: its 'ver' and the nodes it wants notifications of."""
+    ver: str | None
+    nodes: frozenset[str]
+
+
+def wants(session, node: str) -> bool:
+    """Does this resource want notifications of `node`? (None go to a negative priority.)"""
+    interest = session.meta.get(INTEREST)
+    return interest is not None and node in interest.nodes and session.priority >= 0
 
 
 def caps_of(presence: etree._Element) -> tuple[str, str, str | None] | None:
@@ -53,3 +69,4 @@ class CapsCache:
         self._entries.move_to_end(ver)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+

@@ -5,13 +5,12 @@ This extension, loaded on a user host, holds the options and creates the compone
 service itself is service.py, on the component:
 
     service.py       the service: nodes, items, subscriptions, notifications, owner use cases
-    affiliations.py  the owner's <affiliations/> requests (XEP-0060 8.9), shared with PEP's
-                     whitelist access model
 
 Nodes, items, subscriptions and affiliations live in the PubSubStore (the service is its
-domain); a node's configuration is PEP's (extensions/pep/nodes.py: the pubsub#node_config
-form, publish options as preconditions) with the service's own defaults: open access,
-items kept up to `max_items`, the last item sent on subscription.
+domain); what the service shares with PEP is in xmppd/pubsub/ (the pubsub#node_config
+form, publish options as preconditions, the owner's <affiliations/> requests), with the
+service's own defaults: open access, items kept up to `max_items`, the last item sent on
+subscription.
 
 Decisions:
 

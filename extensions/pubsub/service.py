@@ -18,28 +18,19 @@ import time
 
 from lxml import etree
 
-from xmppd import forms
+from xmppd import forms, pubsub
 from xmppd.extension import PASS, ComponentService, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
-from xmppd.extensions.pep import nodes
-from xmppd.extensions.pep.nodes import NS_PUBSUB, pubsub_error
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
-from xmppd.protocol.errors import (BadRequest, Conflict, FeatureNotImplemented, Forbidden, ItemNotFound,
-                                   NotAcceptable, NotAllowed, NotAuthorized, StanzaError,
-                                   UnexpectedRequest)
-from xmppd.protocol.jid import JID, InvalidJID
-from xmppd.protocol.stanza import MESSAGE, delay_element, from_storage, make_element, sub_element, to_storage
+from xmppd.protocol.errors import (BadRequest, Conflict, Forbidden, ItemNotFound, NotAcceptable, NotAllowed,
+                                   StanzaError)
+from xmppd.protocol.jid import JID
+from xmppd.protocol.stanza import make_element, sub_element, to_storage
+from xmppd.pubsub import (ITEM, NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, OWNER, PUBSUB, affiliations, nodes,
+                          pubsub_error)
+from xmppd.pubsub.affiliations import WHITELISTED, affiliation_of
 from xmppd.storage.interfaces import PubSubItem
-
-from . import affiliations
-from .affiliations import NS_PUBSUB_OWNER, WHITELISTED, affiliation_of
-
-NS_PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event"
-PUBSUB = f"{{{NS_PUBSUB}}}pubsub"
-OWNER = f"{{{NS_PUBSUB_OWNER}}}pubsub"
-ITEM = f"{{{NS_PUBSUB}}}item"
-EVENT = f"{{{NS_PUBSUB_EVENT}}}event"
 
 # The service's defaults where they differ from PEP's (XEP-0060 section 16.4.4).
 DEFAULTS = {"access_model": "open", "max_items": nodes.MAX, "send_last_published_item": "on_sub"}
@@ -71,7 +62,7 @@ class PubSubService(ComponentService):
 
     @iq_handler("set", NS_PUBSUB, "pubsub", to=("host",))
     async def pubsub_set(self, iq):
-        actions, names = _actions(iq)
+        actions, names = pubsub.actions(iq)
         if names and names[0] == "publish" and set(names[1:]) <= {"publish-options"} and len(names) <= 2:
             return await self._publish(iq, actions[0], actions[1] if len(actions) == 2 else None)
         if names and names[0] == "create" and set(names[1:]) <= {"configure"} and len(names) <= 2:
@@ -80,29 +71,29 @@ class PubSubService(ComponentService):
             return await self._subscribe(iq, actions[0])
         if names in (["retract"], ["unsubscribe"]):
             return await getattr(self, f"_{names[0]}")(iq, actions[0])
-        raise _unsupported(names)
+        raise pubsub.unsupported(names)
 
     @iq_handler("get", NS_PUBSUB, "pubsub", to=("host",))
     async def pubsub_get(self, iq):
-        actions, names = _actions(iq)
+        actions, names = pubsub.actions(iq)
         if names == ["items"]:
             return await self._items(iq, actions[0])
         if names == ["subscriptions"]:
             return await self._own_subscriptions(iq, actions[0])
         if names == ["affiliations"]:
             return await self._own_affiliations(iq, actions[0])
-        raise _unsupported(names)
+        raise pubsub.unsupported(names)
 
     @iq_handler("get", NS_PUBSUB_OWNER, "pubsub", to=("host",))
     async def owner_get(self, iq):
-        actions, names = _actions(iq)
+        actions, names = pubsub.actions(iq)
         if names == ["default"]:
             answer = make_element(OWNER)
             sub_element(answer, f"{{{NS_PUBSUB_OWNER}}}default").append(self._form(self._new_config()))
             return answer
         if names not in (["configure"], ["subscriptions"], ["affiliations"]):
-            raise _unsupported(names)
-        node = _node_of(actions[0])
+            raise pubsub.unsupported(names)
+        node = pubsub.node_of(actions[0])
         config = await self._owned_node(node, iq.from_)
         if names == ["affiliations"]:
             return affiliations.listing(node, config.get("affiliations", {}))
@@ -117,10 +108,10 @@ class PubSubService(ComponentService):
 
     @iq_handler("set", NS_PUBSUB_OWNER, "pubsub", to=("host",))
     async def owner_set(self, iq):
-        actions, names = _actions(iq)
+        actions, names = pubsub.actions(iq)
         if names not in (["configure"], ["delete"], ["purge"], ["subscriptions"], ["affiliations"]):
-            raise _unsupported(names)
-        return await getattr(self, f"_owner_{names[0]}")(iq, _node_of(actions[0]), actions[0])
+            raise pubsub.unsupported(names)
+        return await getattr(self, f"_owner_{names[0]}")(iq, pubsub.node_of(actions[0]), actions[0])
 
     # ------------------------------------------------------------- owner use cases
 
@@ -163,18 +154,13 @@ class PubSubService(ComponentService):
         return config
 
     async def _owner_configure(self, iq, node: str, configure):
-        form = forms.find(configure)
-        if form is None:
-            raise BadRequest(text="a data form is expected")
-        if form.get("type") == "cancel":
+        options = nodes.submitted_config(configure, self.options.max_items)
+        if options is None:
             return None
-        options = nodes.read_options(forms.parse(form, form_type=nodes.NODE_CONFIG), self.options.max_items)
         async with self.lock(node):
             config = nodes.configure(await self._owned_node(node, iq.from_), options)
             await self.store.set_node(self.service, node, config)
-            keep = nodes.max_items(config, self.options.max_items) if config.get("persist_items", True) else 0
-            for stale in (await self.store.get_items(self.service, node))[keep:]:
-                await self.store.retract(self.service, node, stale.id)
+            await nodes.drop_items(self.store, self.service, node, nodes.kept_items(config, self.options.max_items))
         return None
 
     async def _owner_delete(self, iq, node: str, delete):
@@ -191,8 +177,7 @@ class PubSubService(ComponentService):
     async def _owner_purge(self, iq, node: str, purge):
         async with self.lock(node):
             config = await self._owned_node(node, iq.from_)
-            for stored in await self.store.get_items(self.service, node):
-                await self.store.retract(self.service, node, stored.id)
+            await nodes.drop_items(self.store, self.service, node)
         if config.get("notify_retract", True):
             await self._notify(node, config, make_element(f"{{{NS_PUBSUB_EVENT}}}purge", {"node": node}))
         return None
@@ -204,7 +189,7 @@ class PubSubService(ComponentService):
         for child in request.iterchildren(f"{{{NS_PUBSUB_OWNER}}}subscription"):
             if child.get("subscription") not in ("subscribed", "none"):
                 raise NotAcceptable(text="the subscription must be subscribed or none")
-            changes.append((_jid(child.get("jid")), child.get("subscription")))
+            changes.append((pubsub.jid_of(child.get("jid")), child.get("subscription")))
         async with self.lock(node):
             config = await self._owned_node(node, iq.from_)
             subscribers = config.setdefault("subscribers", [])
@@ -229,7 +214,7 @@ class PubSubService(ComponentService):
     # ------------------------------------------------------------- publisher use cases
 
     async def _publish(self, iq, publish, publish_options):
-        node = _node_of(publish)
+        node = pubsub.node_of(publish)
         items = publish.findall(ITEM)
         if len(items) > 1:
             raise pubsub_error(BadRequest, "invalid-payload")
@@ -239,14 +224,8 @@ class PubSubService(ComponentService):
         if payloads and len(to_storage(payloads[0])) > self.options.max_item_bytes:
             self.pubsub.limit_reached("max_item_bytes")
             raise pubsub_error(NotAcceptable, "payload-too-big")
-        preconditions = None
-        form = forms.find(publish_options) if publish_options is not None else None
-        if form is not None:
-            preconditions = nodes.read_options(forms.parse(form, form_type=nodes.PUBLISH_OPTIONS),
-                                               self.options.max_items)
-        item_id = (items[0].get("id") if items else None) or time_ordered_id()
-        if len(item_id) > 1023:
-            raise BadRequest(text="the item id is too long")
+        preconditions = nodes.form_options(publish_options, nodes.PUBLISH_OPTIONS, self.options.max_items)
+        item_id = pubsub.item_id_of(items[0].get("id") if items else None)
         async with self.lock(node):
             config = await self.store.get_node(self.service, node)
             if config is None:                                     # auto-create (section 7.1.4)
@@ -265,7 +244,7 @@ class PubSubService(ComponentService):
                                   time.time())
                 await self.store.publish(self.service, node, item, nodes.max_items(config, self.options.max_items))
         if config.get("deliver_notifications", True):
-            event = make_element(f"{{{NS_PUBSUB_EVENT}}}items", {"node": node})
+            event = pubsub.items_event(node)
             if items:
                 item = sub_element(event, f"{{{NS_PUBSUB_EVENT}}}item", {"id": item_id})
                 if payloads and config.get("deliver_payloads", True):
@@ -278,7 +257,7 @@ class PubSubService(ComponentService):
         return answer
 
     async def _retract(self, iq, retract):
-        node = _node_of(retract)
+        node = pubsub.node_of(retract)
         item = retract.find(ITEM)
         if item is None or not item.get("id"):
             raise pubsub_error(BadRequest, "item-required")
@@ -290,16 +269,15 @@ class PubSubService(ComponentService):
                 raise ItemNotFound()
         notify = retract.get("notify")
         if config.get("notify_retract", True) if notify is None else notify in forms.TRUE:
-            event = make_element(f"{{{NS_PUBSUB_EVENT}}}items", {"node": node})
-            sub_element(event, f"{{{NS_PUBSUB_EVENT}}}retract", {"id": item.get("id")})
-            await self._notify(node, config, event)
+            retracted = make_element(f"{{{NS_PUBSUB_EVENT}}}retract", {"id": item.get("id")})
+            await self._notify(node, config, pubsub.items_event(node, retracted))
         return None
 
     # ------------------------------------------------------------- subscriber use cases
 
     async def _subscribe(self, iq, request):
-        node = _node_of(request)
-        subscriber = _subscriber_of(iq, request)
+        node = pubsub.node_of(request)
+        subscriber = pubsub.subscriber_of(iq, request)
         async with self.lock(node):
             config = await self._readable_node(node, iq.from_)
             subscribers = config.setdefault("subscribers", [])
@@ -309,49 +287,26 @@ class PubSubService(ComponentService):
                 await self.store.set_node(self.service, node, config)
         if config.get("send_last_published_item") in ("on_sub", "on_sub_and_presence"):
             self.services.tasks.spawn(self._send_last_item(node, config, subscriber))
-        answer = make_element(PUBSUB)
-        sub_element(answer, f"{{{NS_PUBSUB}}}subscription",
-                    {"node": node, "jid": str(subscriber), "subscription": "subscribed"})
-        return answer
+        return pubsub.subscribed_answer(node, subscriber)
 
     async def _unsubscribe(self, iq, request):
-        node = _node_of(request)
-        subscriber = _subscriber_of(iq, request)
+        node = pubsub.node_of(request)
+        subscriber = pubsub.subscriber_of(iq, request)
         async with self.lock(node):
             config = await self._node(node)
-            subscribers = config.get("subscribers", [])
-            if str(subscriber) not in subscribers:
-                raise pubsub_error(UnexpectedRequest, "not-subscribed")
-            subscribers.remove(str(subscriber))
+            pubsub.unsubscribe(config, subscriber)
             await self.store.set_node(self.service, node, config)
         return None
 
     async def _items(self, iq, request):
-        node = _node_of(request)
+        node = pubsub.node_of(request)
         await self._readable_node(node, iq.from_)
-        ids = [item.get("id") for item in request.findall(ITEM) if item.get("id")]
-        limit = request.get("max_items")
-        if limit is not None and (not limit.isdigit() or int(limit) < 1):
-            raise BadRequest(text="max_items must be a positive number")
-        found = await self.store.get_items(self.service, node, ids or None, int(limit) if limit else None)
-        answer = make_element(PUBSUB)
-        listed = sub_element(answer, f"{{{NS_PUBSUB}}}items", {"node": node})
-        for stored in reversed(found):                     # oldest first, as published
-            item = sub_element(listed, ITEM, {"id": stored.id})
-            if stored.payload:
-                item.append(from_storage(stored.payload))
-        return answer
+        ids, limit = pubsub.items_wanted(request)
+        return pubsub.items_answer(node, await self.store.get_items(self.service, node, ids, limit))
 
     async def _own_subscriptions(self, iq, request):
         """Section 5.6: the requester's subscriptions (on one node, or on all)."""
-        answer = make_element(PUBSUB)
-        listed = sub_element(answer, f"{{{NS_PUBSUB}}}subscriptions", {"node": request.get("node")})
-        for node, config in await self._nodes(request.get("node")):
-            for jid in config.get("subscribers", []):
-                if JID.parse(jid).bare == iq.from_.bare:
-                    sub_element(listed, f"{{{NS_PUBSUB}}}subscription",
-                                {"node": node, "jid": jid, "subscription": "subscribed"})
-        return answer
+        return pubsub.subscriptions_answer(iq.from_, request.get("node"), await self._nodes(request.get("node")))
 
     async def _own_affiliations(self, iq, request):
         """Section 5.7: the requester's affiliations (on one node, or on all)."""
@@ -396,13 +351,9 @@ class PubSubService(ComponentService):
         config = await self.store.get_node(self.service, node) if node else None
         if config is None:
             return PASS                          # the service itself (disco.py), or no such node
-        meta = forms.build("result", form_type=nodes.META_DATA, fields=[
-            forms.Field("pubsub#type", None, values=(config.get("type") or "",)),
-            forms.Field("pubsub#title", None, values=(config.get("title") or "",)),
-            forms.Field("pubsub#access_model", None, values=(config.get("access_model", "open"),)),
-            forms.Field("pubsub#owner", None, values=tuple(
-                jid for jid, affiliation in sorted(config.get("affiliations", {}).items()) if affiliation == "owner")),
-        ])
+        owners = tuple(jid for jid, affiliation in sorted(config.get("affiliations", {}).items())
+                       if affiliation == "owner")
+        meta = nodes.meta_data(config, owners, "open")
         return info_element([("pubsub", "leaf", None)], [NS_PUBSUB], [meta], node=node)
 
     @iq_handler("get", NS_DISCO_ITEMS, "query", to=("host",))
@@ -471,7 +422,7 @@ class PubSubService(ComponentService):
         if model == "open":
             return None
         if model == "whitelist":
-            return pubsub_error(NotAllowed, "closed-node")
+            return pubsub.access_denied(model)
         owners = [jid for jid, value in config.get("affiliations", {}).items() if value == "owner"]
         for owner in owners:
             item = await self.rosters.get_item(owner, str(requester.bare))
@@ -479,11 +430,9 @@ class PubSubService(ComponentService):
                 continue
             if model == "presence" and item.has_from:
                 return None
-            if model == "roster" and set(item.groups) & set(config.get("roster_groups_allowed") or ()):
+            if model == "roster" and pubsub.in_allowed_group(config, item.groups):
                 return None
-        if model == "presence":
-            return pubsub_error(NotAuthorized, "presence-subscription-required")
-        return pubsub_error(NotAuthorized, "not-in-roster-group")
+        return pubsub.access_denied(model)
 
     def _check_subscribers(self, subscribers: list[str]) -> None:
         if len(subscribers) >= self.options.max_subscribers:
@@ -499,24 +448,14 @@ class PubSubService(ComponentService):
                 await self._send_event(jid, config, copy.deepcopy(event_child))
 
     async def _send_event(self, to: JID, config: dict, event_child, when: float | None = None) -> None:
-        message = make_element(MESSAGE, {"from": self.service, "to": str(to), "id": secrets.token_hex(8),
-                                         "type": config.get("notification_type", "headline")})
-        sub_element(message, EVENT).append(event_child)
-        if when is not None:
-            message.append(delay_element(self.service, when))
-        await self.host.send(message)
+        await self.host.send(pubsub.event_message(self.service, to, config, event_child, when))
 
     async def _send_last_item(self, node: str, config: dict, to: JID) -> None:
         if not config.get("deliver_notifications", True):
             return
         last = await self.store.get_items(self.service, node, max_items=1)
-        if not last:
-            return
-        event = make_element(f"{{{NS_PUBSUB_EVENT}}}items", {"node": node})
-        item = sub_element(event, f"{{{NS_PUBSUB_EVENT}}}item", {"id": last[0].id})
-        if last[0].payload and config.get("deliver_payloads", True):
-            item.append(from_storage(last[0].payload))
-        await self._send_event(to, config, event, when=last[0].when)
+        if last:
+            await self._send_event(to, config, pubsub.stored_item_event(node, config, last[0]), when=last[0].when)
 
     # ------------------------------------------------------------- configuration
 
@@ -524,41 +463,7 @@ class PubSubService(ComponentService):
         return nodes.new_config(DEFAULTS)
 
     def _form(self, config: dict) -> etree._Element:
-        return forms.build("form", form_type=nodes.NODE_CONFIG,
-                           fields=nodes.config_fields(config, self.options.max_items))
-
-
-def _actions(iq) -> tuple[list, list[str]]:
-    actions = [child for child in iq.element[0] if isinstance(child.tag, str)]
-    return actions, [etree.QName(child).localname for child in actions]
-
-
-def _unsupported(names: list[str]) -> StanzaError:
-    if len(names) != 1:
-        return BadRequest(text="one pubsub action is expected")
-    return pubsub_error(FeatureNotImplemented, "unsupported", feature=names[0])
-
-
-def _node_of(element) -> str:
-    node = element.get("node")
-    if not node:
-        raise pubsub_error(BadRequest, "nodeid-required")
-    return node
-
-
-def _jid(value: str | None) -> JID:
-    try:
-        return JID.parse(value or "")
-    except InvalidJID:
-        raise pubsub_error(BadRequest, "invalid-jid") from None
-
-
-def _subscriber_of(iq, request) -> JID:
-    """Section 6.1.3.1: one subscribes only oneself (a bare or full JID of one's own)."""
-    subscriber = _jid(request.get("jid"))
-    if subscriber.bare != iq.from_.bare:
-        raise pubsub_error(BadRequest, "invalid-jid")
-    return subscriber
+        return nodes.config_form(config, self.options.max_items)
 
 
 def _check_item(config: dict, items: list, payloads: list) -> None:

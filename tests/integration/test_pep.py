@@ -1,5 +1,7 @@
 """End to end: XEP-0163 PEP over XEP-0060, with XEP-0223 publish options and XEP-0115
 filtered notifications, on a real xmppd."""
+import asyncio
+
 import pytest
 
 from tests.support.inbox import IQ, MESSAGE
@@ -327,3 +329,53 @@ async def test_no_notifications_to_a_contact_the_owner_blocks(users, online):
     await round_trip(contact)
     assert titles(contact.inbox.received(event_from(alice, TUNE))[0]) == ["seen"]
     assert len(contact.inbox.received(event_from(alice, TUNE))) == 1
+
+
+async def test_owner_shrinks_and_purges_a_node(users, online):
+    """XEP-0060 8.2: a smaller max_items drops the oldest items at once, a cancelled
+    configuration changes nothing; 8.5: a purge removes every item and is notified."""
+    alice, bob = users(2)
+    node = "urn:example:journal"
+    owner = await online(alice)
+    contact = await online(bob, interests=[node])
+    await befriend(owner, contact)
+    for n in range(3):
+        await owner.iq("set", alice, publish(node, f"<j xmlns='{node}'>{n}</j>", f"j{n}", max_items="5"))
+        await contact.inbox.wait(event_from(alice, node))
+    assert item_ids(await owner.iq("get", alice, items_request(node))) == ["j0", "j1", "j2"]
+
+    def configure(x: str) -> str:
+        return f"<pubsub xmlns='{NS_OWNER}'><configure node='{node}'>{x}</configure></pubsub>"
+
+    assert (await owner.iq("set", alice, configure(form(NODE_CONFIG, {"pubsub#max_items": "2"})))).get("type") == "result"
+    assert item_ids(await owner.iq("get", alice, items_request(node))) == ["j1", "j2"]
+    cancelled = configure("<x xmlns='jabber:x:data' type='cancel'/>")
+    assert (await owner.iq("set", alice, cancelled)).get("type") == "result"
+    config = await owner.iq("get", alice, configure(""))
+    values = {f.get("var"): f.findtext("{jabber:x:data}value") for f in config.iter("{jabber:x:data}field")}
+    assert values["pubsub#max_items"] == "2"
+
+    purge = f"<pubsub xmlns='{NS_OWNER}'><purge node='{node}'/></pubsub>"
+    assert error_of(await contact.iq("set", alice, purge))[0] == "forbidden"
+    assert (await owner.iq("set", alice, purge)).get("type") == "result"
+    purged = await contact.inbox.wait(event_from(alice, node))
+    assert purged.find(f"{{{NS_EVENT}}}event/{{{NS_EVENT}}}purge") is not None
+    assert item_ids(await contact.iq("get", alice, items_request(node))) == []
+    again = await owner.iq("set", alice, publish(node, f"<j xmlns='{node}'>3</j>", "j3"))
+    assert again.get("type") == "result"
+    assert item_ids(await contact.iq("get", alice, items_request(node))) == ["j3"]
+
+
+async def test_a_deleted_account_takes_its_nodes(server, users, online):
+    """An account removed (XEP-0077 <remove/>) leaves no node behind: made again, it has none."""
+    alice, = users(1)
+    owner = await online(alice)
+    await owner.iq("set", alice, publish(TUNE, tune("old"), "t", access_model="open"))
+    removed = asyncio.ensure_future(owner.client.plugin["xep_0077"].cancel_registration())
+    await asyncio.wait({removed}, timeout=10)           # the stream closes as the answer comes
+    assert removed.done()
+    server.adduser(alice.split("@")[0])
+    again = await online(alice)
+    assert error_of(await again.iq("get", alice, items_request(TUNE))) == ("item-not-found", None)
+    listed = await again.iq("get", alice, f"<query xmlns='{NS_DISCO_ITEMS}'/>")
+    assert listed.get("type") == "result" and listed.find(f".//{{{NS_DISCO_ITEMS}}}item") is None

@@ -4,7 +4,8 @@ import pytest
 from lxml import etree
 
 from xmppd.caps import verification_string
-from xmppd.extensions.pep import caps, nodes
+from xmppd.extensions.pep import caps
+from xmppd.pubsub import NS_PUBSUB_ERRORS, nodes
 from xmppd.protocol.errors import Conflict, NotAcceptable
 
 DISCO = "http://jabber.org/protocol/disco#info"
@@ -69,7 +70,7 @@ def test_options_are_read_and_checked():
             nodes.read_options(bad, limit=50)
     with pytest.raises(NotAcceptable) as refused:
         nodes.read_options({"pubsub#access_model": ["authorize"]}, limit=50)
-    assert refused.value.app_condition.tag == f"{{{nodes.NS_PUBSUB_ERRORS}}}unsupported-access-model"
+    assert refused.value.app_condition.tag == f"{{{NS_PUBSUB_ERRORS}}}unsupported-access-model"
 
 
 def test_preconditions_compare_with_the_node_configuration():
@@ -78,7 +79,7 @@ def test_preconditions_compare_with_the_node_configuration():
     for unmet in ({"access_model": "presence"}, {"max_items": 1}, {"unknown": None}):
         with pytest.raises(Conflict) as refused:
             nodes.check_preconditions(config, unmet, limit=50)
-        assert refused.value.app_condition.tag == f"{{{nodes.NS_PUBSUB_ERRORS}}}precondition-not-met"
+        assert refused.value.app_condition.tag == f"{{{NS_PUBSUB_ERRORS}}}precondition-not-met"
 
 
 def test_max_items_is_bounded_by_the_service():

@@ -1,5 +1,5 @@
-"""PEP node configuration (XEP-0060 section 16.4.4 pubsub#node_config), the publish
-options of XEP-0223 read as preconditions, and the pubsub-specific error conditions.
+"""Node configuration (XEP-0060 section 16.4.4 pubsub#node_config) of PEP's nodes and the
+pubsub service's, and the publish options of XEP-0223 read as preconditions.
 
 A node's configuration is kept as a JSON-able dict in the PubSubStore: the field names
 without their "pubsub#" prefix, booleans as booleans, `max_items` as a number or "max"
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from xmppd import forms
-from xmppd.protocol.errors import BadRequest, Conflict, NotAcceptable, StanzaError
-from xmppd.protocol.stanza import make_element
+from lxml import etree
 
-NS_PUBSUB = "http://jabber.org/protocol/pubsub"
-NS_PUBSUB_ERRORS = "http://jabber.org/protocol/pubsub#errors"
+from xmppd import forms
+from xmppd.protocol.errors import BadRequest, Conflict, NotAcceptable
+from xmppd.pubsub import pubsub_error
+
 NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
 PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 META_DATA = "http://jabber.org/protocol/pubsub#meta-data"
@@ -45,11 +45,6 @@ BOOLEANS = frozenset(("persist_items", "deliver_notifications", "deliver_payload
                       "notify_delete"))
 CHOICES = {"access_model": ACCESS_MODELS, "send_last_published_item": SEND_LAST,
            "notification_type": NOTIFICATION_TYPES, "publish_model": ("publishers",)}
-
-
-def pubsub_error(error: type[StanzaError], condition: str, text: str | None = None, **attributes) -> StanzaError:
-    """A stanza error with its pubsub#errors condition (XEP-0060 section 7, 6.5.9...)."""
-    return error(text=text, app_condition=make_element(f"{{{NS_PUBSUB_ERRORS}}}{condition}", attributes or None))
 
 
 def new_config(overrides: dict | None = None) -> dict:
@@ -156,3 +151,50 @@ def check_preconditions(config: dict, options: dict[str, Any], limit: int) -> No
             matches = wanted is not None and wanted == current
         if not matches:
             raise pubsub_error(Conflict, "precondition-not-met")
+
+
+def config_form(config: dict, limit: int) -> etree._Element:
+    """The configuration form an owner fills in (XEP-0060 sections 8.2 and 8.3)."""
+    return forms.build("form", form_type=NODE_CONFIG, fields=config_fields(config, limit))
+
+
+def form_options(parent: etree._Element | None, form_type: str, limit: int) -> dict[str, Any] | None:
+    """The options of the data form in `parent` (<publish-options/>, or <configure/> beside
+    <create/>), None when there is none."""
+    form = forms.find(parent) if parent is not None else None
+    if form is None:
+        return None
+    return read_options(forms.parse(form, form_type=form_type), limit)
+
+
+def submitted_config(configure: etree._Element, limit: int) -> dict[str, Any] | None:
+    """The options an owner submits to configure a node (XEP-0060 section 8.2); None when
+    it cancels the configuration."""
+    form = forms.find(configure)
+    if form is None:
+        raise BadRequest(text="a data form is expected")
+    if form.get("type") == "cancel":
+        return None
+    return read_options(forms.parse(form, form_type=NODE_CONFIG), limit)
+
+
+def kept_items(config: dict, limit: int) -> int:
+    """How many of its stored items a node keeps: none when it persists none."""
+    return max_items(config, limit) if config.get("persist_items", True) else 0
+
+
+async def drop_items(store, service: str, node: str, keep: int = 0) -> None:
+    """Retract the stored items of a node beyond the newest `keep` (all of them: a purge,
+    section 8.5; beyond `kept_items` after a configuration change, section 8.2)."""
+    for stale in (await store.get_items(service, node))[keep:]:
+        await store.retract(service, node, stale.id)
+
+
+def meta_data(config: dict, owners: tuple[str, ...], default_access: str) -> etree._Element:
+    """The pubsub#meta-data form of a node's disco#info (section 5.4)."""
+    return forms.build("result", form_type=META_DATA, fields=[
+        forms.Field("pubsub#type", None, values=(config.get("type") or "",)),
+        forms.Field("pubsub#title", None, values=(config.get("title") or "",)),
+        forms.Field("pubsub#access_model", None, values=(config.get("access_model", default_access),)),
+        forms.Field("pubsub#owner", None, values=owners),
+    ])

@@ -1,6 +1,6 @@
 """XEP-0060 section 8.9 Manage Affiliations: a node owner's <affiliations/> requests, read
-and answered here for the pubsub service (service.py) and for PEP's whitelist access
-model (extensions/pep). A node keeps its affiliations in its configuration, under
+and answered here for the pubsub service (extensions/pubsub) and for PEP's whitelist
+access model (extensions/pep). A node keeps its affiliations in its configuration, under
 "affiliations": bare JID -> affiliation ("none" is never stored).
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from lxml import etree
 from xmppd.protocol.errors import BadRequest, NotAcceptable
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import make_element, sub_element
+from xmppd.pubsub import NS_PUBSUB_OWNER
 
-NS_PUBSUB_OWNER = "http://jabber.org/protocol/pubsub#owner"
 AFFILIATIONS = ("owner", "publisher", "publish-only", "member", "outcast", "none")
 WHITELISTED = frozenset(("owner", "publisher", "member"))      # section 4.5: the whitelist model
 
