@@ -18,9 +18,8 @@ carbons, then taken off again (XEP-0313 3.4: not for the contact's eyes). A
 <stanza-id/> that claims to be ours but comes from a client is removed (XEP-0359 5).
 
 Writes never hold up live delivery: the write is started in the background and the
-message goes on at once. The copies archived while the event loop runs one turn go to
-storage as one write (ArchiveStore.append_many): under load, many messages share one
-task and one commit. It is not fire-and-forget: it is retried, a MAM query or a
+message goes on at once (xmppd/pending.py's ArchiveWriter: the copies archived while
+the event loop runs one turn share one write and one commit). It is not fire-and-forget: it is retried, a MAM query or a
 metadata request of that user waits for the user's pending writes (the archive reads its
 own writes), shutdown waits for them, and once `max_pending_writes` are under way new
 messages wait for room (memory stays bounded; a stalled archive slows delivery rather
@@ -54,7 +53,7 @@ from lxml import etree
 from xmppd import hints, mam
 from xmppd.extension import Extension, hook, iq_handler
 from xmppd.ids import time_ordered_id
-from xmppd.pending import PendingWrites
+from xmppd.pending import ArchiveWriter
 from xmppd.protocol.errors import BadRequest, Forbidden, JidMalformed, PolicyViolation
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import from_storage, make_element, sub_element, to_storage
@@ -65,7 +64,6 @@ PREFS = f"{{{mam.NS_MAM}}}prefs"
 POLICIES = ("always", "never", "roster")
 ARCHIVE_PRIORITY = 50                      # sent and received: before the carbons (40)
 UNSTAMP_PRIORITY = 30                      # sent: after the carbons copied the stamp
-RETRY_DELAYS = (0.1, 0.5, 2.0, 5.0, 10.0)  # seconds between attempts of a failed write
 PREFS_CACHE_SIZE = 10000                   # users whose preferences stay in memory
 SENT_STAMP = "mam.sent-stamp"              # Stanza.meta: the <stanza-id/> to take off a sent message
 ARCHIVABLE = "mam.archivable"              # Stanza.meta: is_archivable, decided once per message
@@ -168,22 +166,20 @@ class MessageArchive(Extension):
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.pending = PendingWrites(self.services.tasks)
-        self.room = asyncio.Semaphore(options.max_pending_writes)
         self.prefs_cache: collections.OrderedDict[str, Prefs] = collections.OrderedDict()
         self.retention: asyncio.Task | None = None
         self.unchecked: collections.Counter[str] = collections.Counter()   # owner -> items written since checked
-        self._batch: list[tuple[str, ArchivedStanza]] = []       # to write at the loop's next turn
-        self._batch_write: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.store = self.host.open_archive("archive")
+        self.writer = ArchiveWriter(self.store, self.services.tasks, self.log,
+                                    max_pending=self.options.max_pending_writes, on_added=self._keep_quota)
         self.prefs_store = self.host.open_keyvalue("archive-prefs")
 
     async def stop(self) -> None:
         if self.retention is not None:
             self.retention.cancel()
-        late = await self.pending.all_settled(self.services.config.server.graceful_shutdown_timeout)
+        late = await self.writer.all_settled(self.services.config.server.graceful_shutdown_timeout)
         if late:
             self.log.error("event=archive-writes-unfinished count=%d", late)
 
@@ -234,33 +230,8 @@ class MessageArchive(Extension):
         The sender's XEP-0198 ack waits for the commit (Stanza.writes): a message acked
         is in the archive, even after a crash."""
         item = ArchivedStanza(item_id or time_ordered_id(), mam.archive_time(), str(peer.bare), to_storage(stanza.element))
-        await self.room.acquire()              # waits only when max_pending_writes are under way
-        if self._batch_write is None:          # a task starts at the loop's next turn: the batch fills till then
-            self._batch_write = self.services.tasks.spawn(self._write_batch())
-        self._batch.append((str(owner), item))
-        self.pending.add(str(owner), self._batch_write)
-        stanza.writes.append(self._batch_write)
+        stanza.writes.append(await self.writer.append(str(owner), item))
         return item.id
-
-    async def _write_batch(self) -> None:
-        batch, self._batch, self._batch_write = self._batch, [], None
-        try:
-            for delay in (*RETRY_DELAYS, None):
-                try:
-                    added = await self.store.append_many(batch)         # idempotent: a retry stores each once
-                    break
-                except Exception:
-                    if delay is None:
-                        self.log.exception("event=archive-write-failed items=%d first=%s", len(batch), batch[0][1].id)
-                        return
-                    self.log.warning("event=archive-write-retry items=%d in=%s", len(batch), delay, exc_info=True)
-                    await asyncio.sleep(delay)
-            for (owner, _), new in zip(batch, added):
-                if new:
-                    await self._keep_quota(owner)
-        finally:
-            for _ in batch:
-                self.room.release()
 
     async def _keep_quota(self, owner: str) -> None:
         """Every TRIM_EVERY items written for `owner`, drop its oldest beyond the quota (at
@@ -334,7 +305,7 @@ class MessageArchive(Extension):
     @iq_handler("set", mam.NS_MAM, "query", to=("self", "bare"))
     async def query(self, iq):
         owner = self._own_archive(iq)
-        await self.pending.settled(owner)
+        await self.writer.settled(owner)
         exact: list[JID] = []
 
         def by_bare_jid(query: ArchiveQuery) -> ArchiveQuery:
@@ -357,7 +328,7 @@ class MessageArchive(Extension):
     @iq_handler("get", mam.NS_MAM, "metadata", to=("self", "bare"))
     async def metadata(self, iq):
         owner = self._own_archive(iq)
-        await self.pending.settled(owner)
+        await self.writer.settled(owner)
         return await mam.metadata_element(self.store, owner)
 
     @iq_handler("get", mam.NS_MAM, "prefs", to=("self", "bare"))
@@ -399,7 +370,7 @@ class MessageArchive(Extension):
     @hook("user-deleted")
     async def delete_archive(self, jid: JID) -> None:
         owner = str(jid)
-        await self.pending.settled(owner)
+        await self.writer.settled(owner)
         await self.store.delete(owner)
         await self.prefs_store.delete(owner)
         self.prefs_cache.pop(owner, None)

@@ -52,6 +52,7 @@ class Muc(Extension):
         max_history_length: int = 100          # the most an owner may configure
         archive_page_size: int = 50            # MAM results per page when the client asks for none
         max_archive_page_size: int = 250
+        max_pending_archive_writes: int = 10000   # room archive writes under way before messages wait
         max_password_failures: int = 5         # wrong room passwords per user and window (0: no limit)
         password_failure_window: float = 300.0  # seconds
 
@@ -65,6 +66,7 @@ class Muc(Extension):
             where.check("archive_page_size", 0 < self.archive_page_size <= self.max_archive_page_size,
                         "must be positive and at most max_archive_page_size")
             where.check("max_password_failures", self.max_password_failures >= 0, "must not be negative")
+            where.check("max_pending_archive_writes", self.max_pending_archive_writes > 0, "must be positive")
             where.check("password_failure_window", self.password_failure_window > 0, "must be positive")
 
     async def start(self) -> None:

@@ -10,6 +10,10 @@ outcasts read the archive of any room that is not members-only; xmppd does not, 
 hidden and password-protected rooms. Paging with RSM, see xmppd/mam.py; real JIDs come
 back only to those who may see them in the room.
 
+The write runs in the background (xmppd/pending.py's ArchiveWriter: the room's messages of
+one turn of the event loop share one write); the sender's XEP-0198 ack and a query of
+the room's archive wait for it.
+
 Hooks: muc-message (before the history keeps the message), muc-disco-info,
 iq-get/bare and iq-set/bare urn:xmpp:mam:2 query, iq-get/bare urn:xmpp:mam:2 metadata.
 """
@@ -21,6 +25,7 @@ import dataclasses
 from xmppd import hints, mam
 from xmppd.extension import Extension, hook, iq_handler
 from xmppd.ids import time_ordered_id
+from xmppd.pending import ArchiveWriter
 from xmppd.protocol.errors import Forbidden
 from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import sub_element, to_storage
@@ -38,6 +43,13 @@ class RoomArchive(Extension):
         super().__init__(host, options)
         self.service = host.extensions["muc.service"]
         self.store = self.service.archive
+        self.writer = ArchiveWriter(self.store, self.services.tasks, self.log,
+                                    max_pending=self.service.options.max_pending_archive_writes)
+
+    async def stop(self) -> None:
+        late = await self.writer.all_settled(self.services.config.server.graceful_shutdown_timeout)
+        if late:
+            self.log.error("event=room-archive-writes-unfinished count=%d", late)
 
     @hook("muc-message", priority=10)
     async def archive(self, said: Said) -> None:
@@ -48,7 +60,8 @@ class RoomArchive(Extension):
         sub_element(message, STANZA_ID, {"id": item_id, "by": str(room.jid)})
         stored = copy.deepcopy(message)
         sub_element(sub_element(stored, X_MUC_USER), f"{{{NS_MUC_USER}}}item", {"jid": str(said.occupant.jid)})
-        await self.store.append(str(room.jid), ArchivedStanza(item_id, said.when, said.occupant.nick, to_storage(stored)))
+        item = ArchivedStanza(item_id, said.when, said.occupant.nick, to_storage(stored))
+        said.writes.append(await self.writer.append(str(room.jid), item))
 
     @hook("muc-disco-info")
     async def advertise(self, info) -> None:
@@ -85,6 +98,7 @@ class RoomArchive(Extension):
                 message.remove(x)
             return message
 
+        await self.writer.settled(str(room.jid))
         return await mam.answer_query(self.host, stanza, self.store, str(room.jid),
                                       default_max=options.archive_page_size, max_max=options.max_archive_page_size,
                                       adjust=by_nickname, show=None if reveal else hide_real_jid)
@@ -93,4 +107,5 @@ class RoomArchive(Extension):
     async def metadata(self, stanza):
         room = self.service.room_of(stanza)
         self.check_access(room, stanza.from_)
+        await self.writer.settled(str(room.jid))
         return await mam.metadata_element(self.store, str(room.jid))

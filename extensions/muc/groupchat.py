@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lxml import etree
 
@@ -38,6 +38,7 @@ class Said:
     occupant: Occupant
     message: etree._Element                    # as the occupants get it, less 'to'
     when: float
+    writes: list[asyncio.Task] = field(default_factory=list)   # the sender's ack waits for them (Stanza.writes)
 
 
 def stamp(room: Room, occupant: Occupant, message: etree._Element) -> etree._Element:
@@ -79,7 +80,7 @@ class Groupchat(Extension):
                 raise Forbidden(text="you may not change the subject")
             room.subject = Subject(subject.text or "", occupant.nick, time.time())
             await self.service.save(room)
-        await self.say(Said(room, occupant, stamp(room, occupant, message), time.time()))
+        await self.say(Said(room, occupant, stamp(room, occupant, message), time.time(), stanza.writes))
         return True
 
     async def say(self, said: Said) -> None:

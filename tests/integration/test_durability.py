@@ -5,7 +5,7 @@ from tests.conftest import unique
 from tests.support.accounts import create_accounts
 from tests.support.inbox import message, online
 from tests.support.raw import RawClient
-from tests.support.smacks import NS_SM, attribute, drop, enable, managed_login, ping, send_message
+from tests.support.smacks import NS_SM, attribute, coming_online, drop, enable, managed_login, ping, send_message
 
 
 async def test_acked_message_to_offline_user_survives_sigkill(make_xmppd):
@@ -134,3 +134,33 @@ async def test_messages_unacknowledged_when_the_connection_dropped_survive_sigki
         delivered = await inbox.wait(message(body=f"in flight {n}"))
         assert delivered.get("id") == f"f{n}" and delivered.find("{urn:xmpp:delay}delay") is not None
     await receiver.logout()
+
+
+async def test_acked_groupchat_messages_are_in_the_room_archive_after_sigkill(make_xmppd):
+    """A room's archive is written in the background, the fan-out does not wait for it,
+    but the sender's ack does: every groupchat message covered by 'h' is in the room's
+    archive after a SIGKILL right after the ack, once, in order."""
+    server = make_xmppd("[extensions.muc]\ndefault_persistent = true\n").start()
+    speaker, reader_user = create_accounts(server, [unique("speaker"), unique("reader")])
+    room = f"{unique('durable-room')}@conference.{server.domain}"
+    sender, _ = await managed_login(server, speaker.split("@")[0], "phone", presence=False)
+    await sender.send(f"<presence to='{room}/speaker'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    await sender.expect(r"<message[^>]*><subject")                   # entered (created): the subject ends it
+    await sender.send(f"<iq type='set' id='instant' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>"
+                      "<x xmlns='jabber:x:data' type='submit'/></query></iq>")
+    await sender.expect(r"<iq[^>]*id=.instant.[^>]*type=.result.|<iq[^>]*type=.result.[^>]*id=.instant.")
+    burst = 120
+    await sender.send("".join(f"<message to='{room}' type='groupchat' id='g{n}'><body>said {n}</body></message>"
+                              for n in range(burst)) + f"<r xmlns='{NS_SM}'/>")
+    while attribute((await sender.expect(r"<a ([^>]*)/>")).group(1), "h") != str(burst + 2):   # + presence, iq
+        await sender.send(f"<r xmlns='{NS_SM}'/>")
+
+    server.kill()
+    await sender.close()
+    server.start()
+
+    reader, _ = await coming_online(server, reader_user.split("@")[0], "desk")
+    await reader.request(f"<iq type='set' id='history' to='{room}'><query xmlns='urn:xmpp:mam:2' queryid='q'>"
+                         "<set xmlns='http://jabber.org/protocol/rsm'><max>250</max></set></query></iq>", "history")
+    assert reader.archived_ids == [f"g{n}" for n in range(burst)]
+    await reader.client.close()

@@ -33,7 +33,7 @@ def results(session: Session, query_id: str) -> list[str]:
 async def test_a_stalled_archive_delays_neither_delivery_nor_loses_messages(server):
     host = server.hosts["localhost"]
     archive = host.extensions["mam"]
-    archive.store = stalled = StalledStore(archive.store)
+    archive.writer.store = stalled = StalledStore(archive.store)
     alice, bob = online(host, "alice@localhost/a"), online(host, "bob@localhost/b")
 
     await asyncio.wait_for(server.router.from_client(alice, chat("bob@localhost", "one")), 5)
@@ -52,11 +52,11 @@ async def test_a_stalled_archive_delays_neither_delivery_nor_loses_messages(serv
 
 
 async def test_shutdown_waits_for_pending_writes_and_failed_writes_are_retried(server, monkeypatch):
-    monkeypatch.setattr("xmppd.extensions.mam.RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr("xmppd.pending.RETRY_DELAYS", (0.01, 0.01))
     host = server.hosts["localhost"]
     archive = host.extensions["mam"]
     store = archive.store
-    archive.store = stalled = StalledStore(store, failures=2)
+    archive.writer.store = stalled = StalledStore(store, failures=2)
     alice, _ = online(host, "alice@localhost/a"), online(host, "bob@localhost/b")
     await server.router.from_client(alice, chat("bob@localhost", "kept"))
     stopping = asyncio.ensure_future(archive.stop())
