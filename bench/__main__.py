@@ -13,14 +13,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import archive, cluster_engine, report, scenarios, servers, xmpp
+from . import archive, cluster_engine, hot_path, report, scenarios, servers, xmpp
 from .report import log
 
 GENERATOR_CPU = 1
 PREPARE_TIMEOUT = 1200.0
 SERVERS = {"xmppd": servers.Xmppd, "prosody": servers.Prosody, "ejabberd": servers.Ejabberd}
 # Scenarios that start no XMPP server, run only when named.
-STANDALONE = {"archive": archive.run, "cluster_engine": cluster_engine.run}
+STANDALONE = {"archive": archive.run, "cluster_engine": cluster_engine.run, "hot_path": hot_path.run}
 
 
 def parse_args(argv=None):
@@ -30,7 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--scenario", action="append", choices=[*scenarios.SCENARIOS, *STANDALONE],
                    help="run this scenario (repeatable); default: all but 'archive' (the storage "
                    "backends' archive throughput, SQLite and Cassandra: bench/archive.py) and "
-                   "'cluster_engine' (Redis and NATS for the cluster: bench/cluster_engine.py)")
+                   "'cluster_engine' (Redis and NATS for the cluster: bench/cluster_engine.py) and 'hot_path' "
+                   "(CPU per message inside xmppd, archive off and on: bench/hot_path.py)")
     p.add_argument("--runs", type=int, help="runs per scenario and server (default 3, slow_drain 1; quick 1)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
     p.add_argument("--results", help="markdown file for the table (default bench/RESULTS.md; "
