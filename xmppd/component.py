@@ -62,7 +62,6 @@ class ComponentRoute:
             self.host.services.metrics.count(metrics.LIMIT_REACHED, "components.max_output_buffer")
             raise ResourceConstraint(text="the component does not take its stanzas (components.max_output_buffer)")
         connection.transport.write(serialize(stanza.element))
-        self.host.services.metrics.stanza_sent(stanza.element.tag)
         return True
 
 
@@ -194,7 +193,6 @@ class ComponentConnection:
         if from_.domain != self.domain:
             self.close("invalid-from", f"a stanza's 'from' must be of the domain {self.domain}")
             return
-        self.services.metrics.stanza_received(element.tag)
         stanza = Stanza(element, kind, from_, to)
         stanza.target = target_of(kind, to, from_)
         problem = Router.invalid(stanza)

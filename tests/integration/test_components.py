@@ -87,13 +87,16 @@ async def test_wrong_secret_is_not_authorized(server):
     assert "<handshake/>" not in closed
 
 
-async def test_unknown_domain_is_host_unknown(server):
-    raw = RawClient("elsewhere.localhost")
+@pytest.mark.parametrize("namespace,domain,condition", [
+    ("jabber:component:accept", "elsewhere.localhost", "host-unknown"),
+    ("jabber:client", DOMAIN, "invalid-namespace"),           # XEP-0114 section 3
+])
+async def test_stream_header_errors(server, namespace, domain, condition):
+    raw = RawClient(domain)
     await raw.connect(server.component_port)
-    await raw.send("<stream:stream xmlns='jabber:component:accept' "
-                   "xmlns:stream='http://etherx.jabber.org/streams' to='elsewhere.localhost'>")
+    await raw.send(f"<stream:stream xmlns='{namespace}' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>")
     closed = await raw.closed()
-    assert re.search(r"<stream:stream [^>]*>.*" + STREAM_ERROR.format(condition="host-unknown"), closed, re.DOTALL), closed
+    assert re.search(r"<stream:stream [^>]*>" + STREAM_ERROR.format(condition=condition), closed), closed
 
 
 async def test_second_connection_is_a_conflict_and_the_first_keeps_the_domain(server, connect):
