@@ -8,8 +8,8 @@ bounces it with service-unavailable (type wait) while none is connected, as Pros
 mod_component does.
 
 A connection opens a 'jabber:component:accept' stream to the component's domain and
-authenticates with the handshake (xmppd/protocol/component.py). An unknown domain gets
-host-unknown, a wrong secret not-authorized, and a second connection for a connected
+authenticates with the handshake (xmppd/protocol/component.py). A header without 'to'
+gets improper-addressing, an unknown domain host-unknown, a wrong secret not-authorized, and a second connection for a connected
 domain conflict: the first one keeps the domain (Prosody's default, "kick_new").
 Stanzas from a component must carry a 'from' of its domain (invalid-from) and a 'to'
 (improper-addressing, as on a server-to-server stream); they are routed as they are,
@@ -155,6 +155,9 @@ class ComponentConnection:
             self.close()
 
     def _open(self, domain: str | None) -> None:
+        if domain is None:
+            self.close("improper-addressing", "the stream header needs a 'to': the component's domain")
+            return
         if domain not in self.components.routes:
             self.close("host-unknown", "no component of that name is configured")
             return

@@ -90,11 +90,13 @@ async def test_wrong_secret_is_not_authorized(server):
 @pytest.mark.parametrize("namespace,domain,condition", [
     ("jabber:component:accept", "elsewhere.localhost", "host-unknown"),
     ("jabber:client", DOMAIN, "invalid-namespace"),           # XEP-0114 section 3
+    ("jabber:component:accept", None, "improper-addressing"),
 ])
 async def test_stream_header_errors(server, namespace, domain, condition):
     raw = RawClient(domain)
     await raw.connect(server.component_port)
-    await raw.send(f"<stream:stream xmlns='{namespace}' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>")
+    to = f" to='{domain}'" if domain else ""
+    await raw.send(f"<stream:stream xmlns='{namespace}' xmlns:stream='http://etherx.jabber.org/streams'{to}>")
     closed = await raw.closed()
     assert re.search(r"<stream:stream [^>]*>" + STREAM_ERROR.format(condition=condition), closed), closed
 
@@ -122,6 +124,14 @@ async def test_spoofed_from_is_invalid_from(server, connect):
     client.send_message(mto=str(client.boundjid), mbody="sync", mtype="chat")   # everything before it arrived
     await inbox.wait(message(body="sync"))
     assert not inbox.received(message(body="spoof"))
+
+
+async def test_stanza_without_to_is_improper_addressing(server):
+    raw = await raw_component(server)
+    await raw.expect("<handshake/>")
+    await raw.send(f"<message from='bot@{DOMAIN}'><body>to whom?</body></message>")
+    closed = await raw.closed()
+    assert re.search(STREAM_ERROR.format(condition="improper-addressing"), closed), closed
 
 
 async def test_stanza_over_the_size_limit_closes_the_stream(server):
