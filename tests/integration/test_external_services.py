@@ -7,18 +7,23 @@ from __future__ import annotations
 import asyncio
 import calendar
 import time
+import types
 import xml.etree.ElementTree as ET
 
 import pytest
 import slixmpp
 
 from extensions.external_services import turn_credentials
+from tests.conftest import unique
+from tests.support.accounts import create_accounts
+from tests.support.inbox import online
 from tests.support.server import XmppdProcess
 from tests.support.turn import ALLOCATE_ERROR, ALLOCATE_SUCCESS, XOR_RELAYED_ADDRESS, TurnServer, allocate
 
 NS = "urn:xmpp:extdisco:2"
 SECRET = "the-turn-rest-api-shared-secret"
 LIFETIME = 600
+OTHER_HOST = "other.localhost"
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +50,16 @@ def server(tmp_path_factory, turn):
         transport = "udp"
         restricted = true
         name = "Relay"
+
+        [[hosts]]
+        domain = "{OTHER_HOST}"
         """).start()
     yield process
     process.stop()
 
 
-async def ask(client, payload: str, **attributes) -> ET.Element:
-    iq = client.make_iq_get(ito="localhost")
+async def ask(client, payload: str, to: str = "localhost", **attributes) -> ET.Element:
+    iq = client.make_iq_get(ito=to)
     element = ET.SubElement(iq.xml, f"{{{NS}}}{payload}", attributes)
     if payload == "credentials":
         ET.SubElement(element, f"{{{NS}}}service", {"host": "127.0.0.1", "type": "turn"})
@@ -115,3 +123,15 @@ async def test_wrong_or_expired_credentials_get_401(server, turn, connect):
     username, password = turn_credentials(SECRET, str(client.boundjid.bare), int(time.time()) - 1)
     expired = await asyncio.to_thread(allocate, "127.0.0.1", turn.port, username, password)
     assert (expired.type, expired.error_code) == (ALLOCATE_ERROR, 401)
+
+
+async def test_only_users_of_the_host_get_its_services(server):
+    (jid,) = create_accounts(types.SimpleNamespace(config_path=server.config_path, domain=OTHER_HOST), [unique()])
+    client, _ = await online(server, jid)
+    try:
+        assert set(services_of(await ask(client, "services", to=OTHER_HOST))) == {"stun", "turn"}
+        with pytest.raises(slixmpp.exceptions.IqError) as caught:
+            await ask(client, "services")
+        assert caught.value.condition == "forbidden"
+    finally:
+        await client.logout()
