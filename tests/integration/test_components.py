@@ -24,18 +24,22 @@ NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 STREAM_ERROR = r"<stream:error><{condition} xmlns=.urn:ietf:params:xml:ns:xmpp-streams./>"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def with_component(directory) -> XmppdProcess:
     port = free_port()
-    process = XmppdProcess(tmp_path_factory.mktemp("components"), f"""
+    process = XmppdProcess(directory, f"""
         [components]
         port = {port}
         max_stanza_bytes = {MAX_STANZA}
         [components.secrets]
         "{DOMAIN}" = "{SECRET}"
-        """)
+        """, server_section="graceful_shutdown_timeout = 2")
     process.component_port = port
-    process.start()
+    return process.start()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = with_component(tmp_path_factory.mktemp("components"))
     yield process
     process.stop()
 
@@ -160,3 +164,16 @@ async def test_iq_to_a_component_that_is_gone_bounces(server, connect):
         await client.plugin["xep_0030"].get_info(DOMAIN)
     assert caught.value.condition == "service-unavailable"
     assert caught.value.etype == "wait"
+
+
+async def test_shutdown_closes_the_component_stream(tmp_path):
+    process = with_component(tmp_path)
+    try:
+        raw = await raw_component(process)
+        await raw.expect("<handshake/>")
+        stopping = asyncio.get_running_loop().run_in_executor(None, process.stop)
+        closed = await raw.closed()
+        assert re.search(STREAM_ERROR.format(condition="system-shutdown") + ".*</stream:stream>", closed), closed
+        assert await stopping == 0
+    finally:
+        process.stop()
