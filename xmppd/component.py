@@ -74,7 +74,8 @@ class Components:
         self.routes: dict[str, ComponentRoute] = {}
         self.connections: set[ComponentConnection] = set()
         directory = services.directory
-        for domain, secret in self.options.secrets.items():
+        for configured, secret in self.options.secrets.items():
+            domain = JID.parse(configured).domain          # as the router will look it up
             parent = next((host for host in directory.hosts() if not host.is_component
                            and domain.endswith("." + host.domain)), None)
             host = directory.add_component(domain, parent or directory.host(directory.user_domains[0]))
@@ -158,6 +159,10 @@ class ComponentConnection:
         if domain is None:
             self.close("improper-addressing", "the stream header needs a 'to': the component's domain")
             return
+        try:
+            domain = JID.parse(domain).domain
+        except InvalidJID:
+            domain = None
         if domain not in self.components.routes:
             self.close("host-unknown", "no component of that name is configured")
             return
