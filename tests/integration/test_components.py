@@ -138,12 +138,17 @@ async def test_stanza_without_to_is_improper_addressing(server):
     assert re.search(STREAM_ERROR.format(condition="improper-addressing"), closed), closed
 
 
-async def test_stanza_over_the_size_limit_closes_the_stream(server):
+@pytest.mark.parametrize("data,condition", [
+    (f"<message from='bot@{DOMAIN}' to='nobody@localhost'><body>{'x' * MAX_STANZA}</body></message>", "policy-violation"),
+    ("<!-- a comment -->", "restricted-xml"),                                  # RFC 6120 11.1
+    (f"<message from='bot@{DOMAIN}' to='nobody@localhost'><body></message>", "not-well-formed"),
+])
+async def test_bad_input_closes_the_stream_as_on_a_client_stream(server, data, condition):
     raw = await raw_component(server)
     await raw.expect("<handshake/>")
-    await raw.send(f"<message from='bot@{DOMAIN}' to='nobody@localhost'><body>{'x' * MAX_STANZA}</body></message>")
+    await raw.send(data)
     closed = await raw.closed()
-    assert re.search(r"<stream:error><policy-violation ", closed), closed
+    assert re.search(f"<stream:error><{condition} ", closed), closed
 
 
 async def test_disco_items_of_the_host_list_the_component(server, connect):
