@@ -17,6 +17,8 @@ LINT_PATHS := xmppd/protocol storage/interfaces.py
 DEBIAN_TEST_PACKAGES := go-sendxmpp profanity tmux
 # The cluster engines the tests and bench/cluster_engine.py start, one server each.
 CLUSTER_ENGINE_PACKAGES := redis-server nats-server
+# The TURN server that tests/support/turn.py starts (XEP-0215 credentials, issue 18).
+TURN_PACKAGES := coturn
 
 $(BIN)/xmppd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +39,9 @@ debian-test-packages:
 	@# The cluster engines that tests/support/engines.py starts (issue 15).
 	@dpkg -s $(CLUSTER_ENGINE_PACKAGES) >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(CLUSTER_ENGINE_PACKAGES) >/dev/null; }
+	@# coturn for tests/integration/test_external_services.py.
+	@dpkg -s $(TURN_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(TURN_PACKAGES) >/dev/null; }
 
 lint: $(BIN)/xmppd
 	$(BIN)/ruff check $(LINT_PATHS)

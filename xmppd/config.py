@@ -6,6 +6,7 @@ is clamped silently. Sections:
     [server]   ServerOptions        [c2s]  C2SOptions        [tls]  TlsOptions
     [[hosts]]  HostOptions          [storage] StorageOptions (+ [storage.<backend>])
     [http]     HttpOptions          [extensions.<name>] the extension's own Options
+    [components] ComponentsOptions (XEP-0114)
 """
 from __future__ import annotations
 
@@ -139,11 +140,39 @@ class HttpOptions:
 
 
 @dataclass(frozen=True)
+class ComponentsOptions:
+    """XEP-0114 external components (gateways, bots). As Prosody's component_ports, the
+    listener is on loopback at 5347, and it opens only when a component is configured."""
+    interfaces: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 5347                           # 0 disables the listener
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)   # component domain -> shared secret
+    max_stanza_bytes: int = 262144
+    handshake_timeout: float = 30.0            # seconds a connection has to open its stream and authenticate
+    max_output_buffer: int = 4 * 1024 * 1024   # unsent output past which stanzas to the component bounce
+
+    def validate(self, where):
+        from xmppd.protocol.jid import JID, InvalidJID
+        where.check("port", 0 <= self.port < 65536, "must be a port number (0-65535)")
+        where.check("max_stanza_bytes", self.max_stanza_bytes >= 10000, "must be at least 10000")
+        where.check("handshake_timeout", self.handshake_timeout > 0, "must be positive")
+        where.check("max_output_buffer", self.max_output_buffer >= 65536, "must be at least 65536")
+        for domain, secret in self.secrets.items():
+            try:
+                is_domain = JID.parse(domain).is_host
+            except InvalidJID:
+                is_domain = False
+            where.check(f"secrets.{domain!r}", is_domain, "must be a domain name (gateway.example.org)")
+            where.check(f"secrets.{domain!r}", isinstance(secret, str) and len(secret) >= 16,
+                        "must be a string of at least 16 characters")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerOptions = ServerOptions()
     c2s: C2SOptions = C2SOptions()
     tls: TlsOptions = TlsOptions()
     http: HttpOptions = HttpOptions()
+    components: ComponentsOptions = ComponentsOptions()
     hosts: tuple[HostOptions, ...] = (HostOptions(),)
     storage: StorageOptions = StorageOptions()
     backend_options: dict = field(default_factory=dict)     # backend kind -> its Options
@@ -252,7 +281,8 @@ def build(cls, table: dict, where: Where):
 
 
 MEDIA_BACKENDS = ("filesystem", "s3")
-SECTIONS = {"server": ServerOptions, "c2s": C2SOptions, "tls": TlsOptions, "http": HttpOptions}
+SECTIONS = {"server": ServerOptions, "c2s": C2SOptions, "tls": TlsOptions, "http": HttpOptions,
+            "components": ComponentsOptions}
 
 
 def parse(data: dict, source: str) -> Config:

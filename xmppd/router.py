@@ -95,7 +95,7 @@ class Router:
             await self._reply_error(element, session.host, JidMalformed())
             return []
         stanza = Stanza(element, kind, session.jid, to, session)
-        problem = self._invalid(stanza)
+        problem = self.invalid(stanza)
         if problem:
             await self._reply_error(element, session.host, BadRequest(text=problem))
             return []
@@ -159,7 +159,7 @@ class Router:
         return True
 
     @staticmethod
-    def _invalid(stanza: Stanza) -> str | None:
+    def invalid(stanza: Stanza) -> str | None:
         if stanza.kind == "iq":
             if stanza.type not in IQ_TYPES:
                 return "iq type must be get, set, result or error"

@@ -17,6 +17,7 @@ from xmppd import certs, systemd
 from xmppd.admin import AdminSocket
 from xmppd.admission import Admission
 from xmppd.c2s import C2SConnection
+from xmppd.component import Components
 from xmppd.config import Config, ConfigError, Where, build
 from xmppd.host import Host, Hosts
 from xmppd.http import HttpServer
@@ -65,6 +66,7 @@ class Server:
         self._listeners: list[asyncio.AbstractServer] = []
         self.monitoring: Monitoring | None = None
         self.admin: AdminSocket | None = None
+        self.components: Components | None = None
 
     @property
     def storage(self):
@@ -104,6 +106,7 @@ class Server:
             CoreDelivery(host)
             for name in names:
                 await host.load(name)
+        self.components = Components(self.services)          # XEP-0114
 
     async def start(self) -> None:
         self.state = "starting"
@@ -119,6 +122,7 @@ class Server:
                 self._listeners.append(await asyncio.start_server(
                     lambda r, w: self._accept(r, w, direct_tls=True), interface, c2s.direct_tls_port,
                     reuse_address=True, ssl=self.tls.context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT))
+        self._listeners += await self.components.listen()
         self.admin = AdminSocket(self.services, self)
         await self.admin.start()
         for host in self.directory.hosts():
@@ -183,6 +187,8 @@ class Server:
             await self.admin.stop()
         for connection in list(self.connections):
             connection.close("system-shutdown")
+        if self.components is not None:
+            self.components.close()
         deadline = time.monotonic() + self.config.server.graceful_shutdown_timeout
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

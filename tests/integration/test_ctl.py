@@ -165,6 +165,13 @@ def test_check_config_accepts_a_good_file(server):
     ("[extensions.registr]\n", "extensions.registr: options for an extension that is not enabled; did you mean 'register'?"),
     ("[server]\nextensions = ['nosuch']\n", "server.extensions: unknown extension 'nosuch'"),
     ("[storage.sqlite]\nbatch = 1\n", "storage.sqlite.batch: unknown key; did you mean 'batch_max'?"),
+    ("[components.secrets]\n'gw.localhost' = 'short'\n",
+     "components.secrets.'gw.localhost': must be a string of at least 16 characters"),
+    ("[components.secrets]\n'not a domain' = '0123456789abcdef'\n", "components.secrets.'not a domain': must be a domain name"),
+    ("[[extensions.external_services.services]]\ntype = 'turn'\nhost = 'turn.example.org'\nrestricted = true\n",
+     "extensions.external_services.services[0].restricted: needs the shared secret"),
+    ("[[extensions.external_services.services]]\ntype = 'tun'\nhost = 'turn.example.org'\n",
+     "extensions.external_services.services[0].type: must be one of 'stun', 'stuns', 'turn', 'turns'"),
 ])
 def test_check_config_refuses_a_bad_file_naming_the_key(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"

@@ -6,6 +6,7 @@ payload namespaces next to their code.
 
 NS_CLIENT = "jabber:client"
 NS_SERVER = "jabber:server"
+NS_COMPONENT = "jabber:component:accept"  # XEP-0114
 NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
