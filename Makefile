@@ -33,9 +33,9 @@ debian-test-packages:
 	@dpkg -s $(DEBIAN_TEST_PACKAGES) >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEBIAN_TEST_PACKAGES) >/dev/null; } || \
 	  echo "could not install $(DEBIAN_TEST_PACKAGES): their interop tests will be skipped"
-	@# The Cassandra node of the tests needs Java and Maven (on this machine kind already).
-	@command -v java >/dev/null && command -v mvn >/dev/null || \
-	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jre-headless maven >/dev/null; }
+	@# The Cassandra node of the tests needs Java and Maven, the Smack fix of the conformance tests a JDK (javac).
+	@command -v javac >/dev/null && command -v mvn >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jdk-headless maven >/dev/null; }
 	@# The cluster engines that tests/support/engines.py starts (issue 15).
 	@dpkg -s $(CLUSTER_ENGINE_PACKAGES) >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(CLUSTER_ENGINE_PACKAGES) >/dev/null; }
