@@ -17,11 +17,13 @@ LINT_PATHS := xmppd/protocol storage/interfaces.py
 DEBIAN_TEST_PACKAGES := go-sendxmpp profanity tmux
 # The cluster engines the tests and bench/cluster_engine.py start, one server each.
 CLUSTER_ENGINE_PACKAGES := redis-server nats-server
+# The storage backend's server (storage/postgresql/), started by the tests.
+POSTGRESQL_PACKAGES := postgresql
 
 $(BIN)/xmppd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[fast,cassandra,s3,cluster,omemo,test]'
+	$(BIN)/pip install -q -e '.[fast,cassandra,postgresql,s3,cluster,omemo,test]'
 	touch $@
 
 run: $(BIN)/xmppd
@@ -37,6 +39,9 @@ debian-test-packages:
 	@# The cluster engines that tests/support/engines.py starts (issue 15).
 	@dpkg -s $(CLUSTER_ENGINE_PACKAGES) >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(CLUSTER_ENGINE_PACKAGES) >/dev/null; }
+	@# The PostgreSQL server that tests/support/postgresql.py starts (issue 19).
+	@dpkg -s $(POSTGRESQL_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(POSTGRESQL_PACKAGES) >/dev/null; }
 
 lint: $(BIN)/xmppd
 	$(BIN)/ruff check $(LINT_PATHS)
