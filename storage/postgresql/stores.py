@@ -345,6 +345,11 @@ def _pubsub_item(row) -> PubSubItem:
     return PubSubItem(id=row["id"], payload=row["payload"], publisher=row["publisher"], when=row["when"])
 
 
+# Held by a publishing transaction until it commits (any collision of the hash only
+# makes two nodes' publishers wait for each other).
+NODE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))"
+
+
 class PostgresqlPubSubStore:
     def __init__(self, backend):
         self._backend = backend
@@ -373,8 +378,7 @@ class PostgresqlPubSubStore:
         async with _transaction(self._backend.pool) as conn:
             # One publisher of a node at a time, on any node of a cluster: the trim then
             # sees every item published before it and keeps exactly the newest max_items.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))",
-                               service, node)
+            await conn.execute(NODE_LOCK, service, node)
             # A republished id takes a new seq: it is the newest again.
             await conn.execute(
                 'INSERT INTO pubsub_items (service, node, id, payload, publisher, "when")'
