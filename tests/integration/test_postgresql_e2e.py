@@ -1,7 +1,8 @@
 """End to end on PostgreSQL: xmppd processes whose every store is in a database of the
 run's server (tests/support/postgresql.py), whose tables the first xmppd creates at
 start-up. One xmppd: accounts and a roster, an offline message delivered at login, a
-MAM query with paging, each checked against what it committed in the database. Two
+MAM query with paging, each checked against what it committed in the database;
+`xmppctl storage copy` from SQLite into PostgreSQL. Two
 xmppd on one database, as the nodes of a cluster run: an account registered on one
 logs in on the other, and the roster versions both hand out for one roster never
 collide."""
@@ -10,11 +11,14 @@ import asyncio
 import pytest
 
 from tests.conftest import unique
+from tests.integration.test_storage_copy import EXPECTED, counts, populate, read
 from tests.support.inbox import NS_ROSTER, message, roster_push
 from tests.support.messaging import archive, bare, bodies, connect, round_trip, rsm, send, subscribe_both, with_id
 from tests.support.postgresql import new_database, storage_config
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess, can_log_in, free_port
+from xmppd.storage import open_backend
+from xmppd.storage.sqlite import Options as SqliteOptions
 
 NS_DELAY = "urn:xmpp:delay"
 NS_REGISTER = "jabber:iq:register"
@@ -165,6 +169,26 @@ def test_postgresql_unreachable_stops_start_up_naming_it(tmp_path):
     with pytest.raises(RuntimeError):
         process.start()
     assert f"storage: cannot use PostgreSQL at 127.0.0.1 port {port}, database xmppd" in process.log
+
+
+async def test_copy_from_sqlite_into_postgresql_reads_back_equal(postgresql, tmp_path):
+    """The story of test_storage_copy.py, into PostgreSQL: every kind of store."""
+    from xmppd.storage.postgresql import Options
+
+    dsn = await asyncio.to_thread(new_database, "copy")
+    process = XmppdProcess(tmp_path, f'[storage.postgresql]\ndsn = "{dsn}"\n')
+    data = tmp_path / "data"
+    source = open_backend("sqlite", SqliteOptions(), str(data))
+    await source.start()
+    try:
+        await populate(source)
+    finally:
+        await source.close()
+    for _ in range(2):                           # a rerun duplicates nothing
+        copied = process.ctl("storage", "copy", "--from", "sqlite", "--to", "postgresql", check=False)
+        assert copied.returncode == 0, copied.stdout + copied.stderr
+        assert counts(copied.stdout) == {name: (count, count) for name, count in EXPECTED.items()}
+    assert await read("postgresql", Options(dsn=dsn), None) == await read("sqlite", SqliteOptions(), data)
 
 
 # ------------------------------------------------------------------ two xmppd on one database
