@@ -28,6 +28,9 @@ from ..interfaces import (
 from ..scram_secrets import decode_secrets, encode_secrets
 
 DISTINCT_CHUNK = 500                           # values per query when a store lists its owners
+# Rows per statement when a delete may touch a whole archive: a retention run over a big
+# archive is many short statements, none near command_timeout, none holding many locks.
+DELETE_CHUNK = 5000
 
 
 def _affected(status: str) -> int:
@@ -266,17 +269,24 @@ class PostgresqlArchiveStore:
 
     async def delete(self, owner: str, ids: list[str] | None = None) -> int:
         if ids is None:
-            status = await self._backend.pool.execute(
-                "DELETE FROM archive WHERE store = $1 AND owner = $2", self.name, owner)
-        else:
-            status = await self._backend.pool.execute(
-                "DELETE FROM archive WHERE store = $1 AND owner = $2 AND id = ANY($3::text[])",
-                self.name, owner, list(ids))
-        return _affected(status)
+            return await self._delete_chunked("store = $1 AND owner = $2", self.name, owner)
+        return _affected(await self._backend.pool.execute(
+            "DELETE FROM archive WHERE store = $1 AND owner = $2 AND id = ANY($3::text[])",
+            self.name, owner, list(ids)))
 
     async def delete_older_than(self, when: float) -> int:
-        return _affected(await self._backend.pool.execute(
-            'DELETE FROM archive WHERE store = $1 AND "when" < $2', self.name, float(when)))
+        return await self._delete_chunked('store = $1 AND "when" < $2', self.name, float(when))
+
+    async def _delete_chunked(self, where: str, *params) -> int:
+        """Delete DELETE_CHUNK rows per statement until fewer are left."""
+        removed = 0
+        while True:
+            chunk = _affected(await self._backend.pool.execute(
+                f"DELETE FROM archive WHERE ctid = ANY(ARRAY(SELECT ctid FROM archive WHERE {where}"
+                f" LIMIT {DELETE_CHUNK}))", *params))
+            removed += chunk
+            if chunk < DELETE_CHUNK:
+                return removed
 
     def owners(self) -> AsyncIterator[str]:
         return distinct(self._backend.pool, "archive", "owner", store=self.name)

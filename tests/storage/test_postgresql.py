@@ -10,8 +10,8 @@ from tests.storage.test_contract import account
 from tests.support.postgresql import contract_backend, new_database
 from tests.support.server import free_port
 from xmppd.storage import StorageUnavailable
-from xmppd.storage.interfaces import PubSubItem, RosterItem, Upload
-from xmppd.storage.postgresql import Options, open_backend, schema_files
+from xmppd.storage.interfaces import ArchivedStanza, PubSubItem, RosterItem, Upload
+from xmppd.storage.postgresql import Options, open_backend, schema_files, stores
 from xmppd.storage.postgresql.stores import NODE_LOCK
 
 ALICE = "alice@example.org"
@@ -115,3 +115,14 @@ async def test_unreachable_server_is_storage_unavailable_naming_it():
     with pytest.raises(StorageUnavailable, match=f"cannot use PostgreSQL at 127.0.0.1 port {port}, database nowhere"):
         await backend.start()
 
+
+
+async def test_deletes_of_many_rows_go_in_chunks_and_remove_them_all(nodes, monkeypatch):
+    monkeypatch.setattr(stores, "DELETE_CHUNK", 3)
+    archive = nodes[0].archive("archive")
+    for owner in (ALICE, "bob@example.org"):
+        for n in range(10):
+            await archive.append(owner, ArchivedStanza(f"{n:04d}", float(n), "x@example.org", b"<m/>"))
+    assert await archive.delete(ALICE) == 10
+    assert await archive.delete_older_than(7.0) == 7
+    assert await archive.count(ALICE) == 0 and await archive.count("bob@example.org") == 3
