@@ -207,19 +207,17 @@ class PostgresqlArchiveStore:
         return _affected(status) == 1
 
     async def query(self, owner: str, query: ArchiveQuery) -> ArchivePage:
+        # At most two statements, no transaction: the keys of the ids the query names, in
+        # one lookup; then the page and its total in one statement (one snapshot). The
+        # filters and the page are ranges of ("when", id), each one range scan of
+        # archive_by_time (or archive_by_with); the total counts the filters' range.
         if query.max is not None and query.max < 0:
             raise ValueError("ArchiveQuery.max must not be negative")
-        async with _snapshot(self._backend.pool) as conn:
-            return await self._query(conn, owner, query)
-
-    async def _query(self, conn, owner: str, query: ArchiveQuery) -> ArchivePage:
-        # The keys of the ids the query names, in one lookup; then the filters and the
-        # page are ranges of ("when", id), each one range scan (archive_by_time or
-        # archive_by_with), and `count` counts the filters'.
+        pool = self._backend.pool
         named = [id_ for id_ in (query.after_id, query.before_id, query.after, query.before) if id_]
         keys = {}
         if named:
-            rows = await conn.fetch('SELECT id, "when" FROM archive WHERE store = $1 AND owner = $2'
+            rows = await pool.fetch('SELECT id, "when" FROM archive WHERE store = $1 AND owner = $2'
                                     " AND id = ANY($3::text[])", self.name, owner, named)
             keys = {row["id"]: (row["when"], row["id"]) for row in rows}
 
@@ -229,9 +227,9 @@ class PostgresqlArchiveStore:
             return keys[id_]
 
         filters, page = query_ranges(query, position)
+        params = _Params()
 
-        def where(range_: KeyRange) -> tuple[str, _Params]:
-            params = _Params()
+        def where(range_: KeyRange) -> str:
             clauses = [f"store = {params(self.name)}", f"owner = {params(owner)}"]
             if query.with_ is not None:
                 clauses.append(f"with_ = {params(query.with_)}")
@@ -243,24 +241,28 @@ class PostgresqlArchiveStore:
                                f" {params(range_.lower[1])}::text)")
             if range_.upper is not None:
                 clauses.append(f'("when", id) < ({params(range_.upper[0])}::float8, {params(range_.upper[1])}::text)')
-            return " AND ".join(clauses), params
+            return " AND ".join(clauses)
 
         backward = query.before is not None
-        page_where, params = where(page)
-        order = '"when" DESC, id DESC' if backward else '"when", id'
-        sql = f'SELECT id, "when", with_, payload FROM archive WHERE {page_where} ORDER BY {order}'
+
+        def order(table: str = "") -> str:
+            direction = " DESC" if backward else ""
+            return f'{table}"when"{direction}, {table}id{direction}'
+
+        sql = f'SELECT id, "when", with_, payload FROM archive WHERE {where(page)} ORDER BY {order()}'
         if query.max is not None:
             sql += f" LIMIT {params(query.max + 1)}"   # one more tells whether the page is the last
-        rows = await conn.fetch(sql, *params)
+        if query.count:                         # one row with the total even when the page is empty
+            sql = (f"SELECT counted.total, page.* FROM (SELECT count(*) AS total FROM archive"
+                   f" WHERE {where(filters)}) counted LEFT JOIN ({sql}) page ON true"
+                   f" ORDER BY {order('page.')}")
+        rows = await pool.fetch(sql, *params)
+        count = rows[0]["total"] if query.count else None
+        rows = [row for row in rows if row["id"] is not None]
         complete = query.max is None or len(rows) <= query.max
         rows = rows[:query.max] if not complete else rows
         if backward:
             rows.reverse()
-
-        count = None
-        if query.count:
-            count_where, params = where(filters)
-            count = await conn.fetchval(f"SELECT count(*) FROM archive WHERE {count_where}", *params)
         return ArchivePage(items=[_archived(row) for row in rows], complete=complete, count=count)
 
     async def count(self, owner: str) -> int:
