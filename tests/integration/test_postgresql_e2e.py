@@ -1,20 +1,22 @@
 """End to end on PostgreSQL: xmppd processes whose every store is in a database of the
 run's server (tests/support/postgresql.py), whose tables the first xmppd creates at
 start-up. One xmppd: accounts and a roster, an offline message delivered at login, a
-MAM query with paging, each checked against what it committed in the database;
-`xmppctl storage copy` from SQLite into PostgreSQL. Two
+MAM query with paging, each checked against what it committed in the database; a
+restart of PostgreSQL under it; `xmppctl storage copy` from SQLite into PostgreSQL. Two
 xmppd on one database, as the nodes of a cluster run: an account registered on one
 logs in on the other, and the roster versions both hand out for one roster never
 collide."""
 import asyncio
+import json
 
+import aiohttp
 import pytest
 
 from tests.conftest import unique
 from tests.integration.test_storage_copy import EXPECTED, counts, populate, read
 from tests.support.inbox import NS_ROSTER, message, roster_push
 from tests.support.messaging import archive, bare, bodies, connect, round_trip, rsm, send, subscribe_both, with_id
-from tests.support.postgresql import new_database, storage_config
+from tests.support.postgresql import new_database, private_server, storage_config
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess, can_log_in, free_port
 from xmppd.storage import open_backend
@@ -169,6 +171,38 @@ def test_postgresql_unreachable_stops_start_up_naming_it(tmp_path):
     with pytest.raises(RuntimeError):
         process.start()
     assert f"storage: cannot use PostgreSQL at 127.0.0.1 port {port}, database xmppd" in process.log
+
+
+async def health(server) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{server.http_port}/health") as response:
+            return response.status, json.loads(await response.text())
+
+
+@pytest.fixture
+def own_postgresql():
+    """A PostgreSQL server of the test's own, to stop and start again."""
+    with private_server() as database:
+        yield database
+
+
+async def test_xmppd_serves_again_once_a_restarted_postgresql_is_back(own_postgresql, make_xmppd):
+    """A restart of the database (an upgrade, a fail-over) under a running xmppd: /health
+    says so while it is down, and the same xmppd serves again once it is back."""
+    process = make_xmppd(storage_config(own_postgresql.dsn, pool_size=2), server_section=QUICK_STOP).start()
+    jid = process.adduser(unique("restart"))
+    assert await can_log_in(process, jid, "secret")
+
+    own_postgresql.stop()
+    status, body = await health(process)
+    assert status == 503 and body["storage"] in ("unavailable", "timeout"), body
+    own_postgresql.start()
+
+    async def healthy():
+        while (await health(process))[0] != 200:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(healthy(), 20)
+    assert await can_log_in(process, jid, "secret")
 
 
 async def test_copy_from_sqlite_into_postgresql_reads_back_equal(postgresql, tmp_path):

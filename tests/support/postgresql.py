@@ -37,6 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,8 @@ def _fast_stop_with_parent() -> None:
 
 
 class PostgresqlProcess:
-    """One PostgreSQL server in `directory` (made by initdb on the first start)."""
+    """One PostgreSQL server in `directory` (made by initdb on the first start), on a free
+    port of 127.0.0.1 kept across `stop`/`start`: a restarted server has the same DSN."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -122,8 +124,9 @@ class PostgresqlProcess:
                  "--locale=C", "--encoding=UTF8"])
             if initdb.wait(START_TIMEOUT) != 0:
                 raise PostgresqlUnavailable(f"initdb failed:\n{_tail(self.log_path)}")
-        for _ in range(3):                      # a free port may be taken before the server binds it
-            self.port = free_port()
+        fixed = bool(self.port)                 # started before: the same port again
+        for _ in range(1 if fixed else 3):      # a free port may be taken before the server binds it
+            self.port = self.port if fixed else free_port()
             settings = [arg for key, value in SETTINGS.items() for arg in ("-c", f"{key}={value}")]
             self.process = self._run_as_server_user(
                 [binary("postgres"), "-D", str(self.data), "-h", LOOPBACK, "-p", str(self.port), *settings],
@@ -172,6 +175,20 @@ def accepts_login(host: str, port: int, timeout: float = 2.0) -> bool:
         return answered
 
 
+@contextlib.contextmanager
+def private_server() -> Iterator[PostgresqlProcess]:
+    """A started server of its own, in a new directory of the system's temporary one
+    (the server's unprivileged user cannot enter root's pytest directories); stopped and
+    removed after the block."""
+    directory = Path(tempfile.mkdtemp(prefix="xmppd-postgresql-"))
+    server = PostgresqlProcess(directory)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- one server per test run
 
 _lock = threading.Lock()
@@ -189,16 +206,14 @@ def shared_server() -> str:
             if external:
                 _shared = external
             else:
-                directory = Path(tempfile.mkdtemp(prefix="xmppd-postgresql-"))
+                stack = contextlib.ExitStack()
                 try:
-                    server = PostgresqlProcess(directory).start()
+                    _shared = stack.enter_context(private_server()).dsn
                 except Exception as error:  # noqa: BLE001 - report, never skip
-                    shutil.rmtree(directory, ignore_errors=True)
                     _shared = (error if isinstance(error, PostgresqlUnavailable)
                                else PostgresqlUnavailable(f"could not start PostgreSQL: {error!r}"))
                 else:
-                    _shared = server.dsn
-                    atexit.register(lambda: (server.stop(), shutil.rmtree(directory, ignore_errors=True)))
+                    atexit.register(stack.close)
         if isinstance(_shared, PostgresqlUnavailable):
             raise PostgresqlUnavailable(str(_shared))
         return _shared
