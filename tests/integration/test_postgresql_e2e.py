@@ -206,7 +206,8 @@ async def test_xmppd_serves_again_once_a_restarted_postgresql_is_back(own_postgr
 
 
 async def test_copy_from_sqlite_into_postgresql_reads_back_equal(postgresql, tmp_path):
-    """The story of test_storage_copy.py, into PostgreSQL: every kind of store."""
+    """The story of test_storage_copy.py, into PostgreSQL: `storage init` makes the
+    tables, then every kind of store is copied and reads back equal."""
     from xmppd.storage.postgresql import Options
 
     dsn = await asyncio.to_thread(new_database, "copy")
@@ -218,6 +219,8 @@ async def test_copy_from_sqlite_into_postgresql_reads_back_equal(postgresql, tmp
         await populate(source)
     finally:
         await source.close()
+    init = [process.ctl("storage", "init", "--backend", "postgresql").stdout for _ in range(2)]
+    assert init == ["postgresql: schema versions [1] applied\n", "postgresql: schema up to date\n"]
     for _ in range(2):                           # a rerun duplicates nothing
         copied = process.ctl("storage", "copy", "--from", "sqlite", "--to", "postgresql", check=False)
         assert copied.returncode == 0, copied.stdout + copied.stderr
