@@ -19,11 +19,13 @@ DEBIAN_TEST_PACKAGES := go-sendxmpp profanity tmux
 CLUSTER_ENGINE_PACKAGES := redis-server nats-server
 # The TURN server that tests/support/turn.py starts (XEP-0215 credentials, issue 18).
 TURN_PACKAGES := coturn
+# The storage backend's server (storage/postgresql/), started by the tests.
+POSTGRESQL_PACKAGES := postgresql
 
 $(BIN)/xmppd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[fast,cassandra,s3,cluster,omemo,test]'
+	$(BIN)/pip install -q -e '.[fast,cassandra,postgresql,s3,cluster,omemo,test]'
 	touch $@
 
 run: $(BIN)/xmppd
@@ -42,6 +44,9 @@ debian-test-packages:
 	@# coturn for tests/integration/test_external_services.py.
 	@dpkg -s $(TURN_PACKAGES) >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(TURN_PACKAGES) >/dev/null; }
+	@# The PostgreSQL server that tests/support/postgresql.py starts (issue 19).
+	@dpkg -s $(POSTGRESQL_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(POSTGRESQL_PACKAGES) >/dev/null; }
 
 lint: $(BIN)/xmppd
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -1,5 +1,5 @@
-"""Storage: interfaces in `interfaces`, one backend per subpackage (sqlite, cassandra,
-memory).
+"""Storage: interfaces in `interfaces`, one backend per subpackage (sqlite, postgresql,
+cassandra, memory).
 
 A backend subpackage defines a frozen dataclass `Options` (read from the config section
 ``[storage.<kind>]``) and ``open_backend(options, data_dir) -> StorageBackend``.

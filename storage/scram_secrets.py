@@ -6,8 +6,9 @@ fields in standard base64::
 
     {"sha1":{"iterations":4096,"salt":"...","server_key":"...","stored_key":"..."}}
 
-It is what SQLite's and Cassandra's ``accounts.secrets`` columns hold: changing it needs
-a migration of both, so a reader stays able to read every text written before.
+It is what SQLite's, PostgreSQL's and Cassandra's ``accounts.secrets`` columns hold:
+changing it needs a migration of each, so a reader stays able to read every text
+written before.
 """
 from __future__ import annotations
 

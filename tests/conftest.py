@@ -4,6 +4,7 @@ import pytest
 
 from tests.support.cassandra import cassandra  # noqa: F401  (fixture: one Cassandra node per test run)
 from tests.support.s3 import s3_server  # noqa: F401  (fixture: one MinIO per test run)
+from tests.support.postgresql import postgresql  # noqa: F401  (fixture: one PostgreSQL per test run)
 from tests.support.accounts import create_accounts
 from tests.support.engines import engine
 from tests.support.server import XmppdProcess

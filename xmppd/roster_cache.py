@@ -3,7 +3,9 @@
 RFC 6121 presence work reads a roster item for almost every presence (a probe, a
 broadcast, a subscription): a user with 500 online contacts logging in costs 500 reads.
 While the server runs it is the only writer of its rosters, so a write-through cache
-stays exact; a roster read while a write to it is in flight is not kept. (`xmppctl
+stays exact; a roster read while a write to it is in flight is not kept. A store that
+other processes write too (``shared_by_processes``: PostgreSQL shared by several nodes)
+could change behind a copy: nothing is kept in front of it. (`xmppctl
 deluser` on a running server removes a roster behind its back: the server keeps a stale
 copy of that deleted account's roster until it is evicted, which grants nothing.)
 """
@@ -19,7 +21,7 @@ class CachedRosters:
 
     def __init__(self, store: RosterStore, size: int = 5000):
         self._store = store
-        self._size = size
+        self._size = 0 if getattr(store, "shared_by_processes", False) else size
         self._rosters: collections.OrderedDict[str, tuple[int, dict[str, RosterItem]]] = collections.OrderedDict()
         self._reads: dict[str, bool] = {}       # owners being read -> a write overtook the read
 

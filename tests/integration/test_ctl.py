@@ -24,7 +24,7 @@ from xmppd.storage import backend_module
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXAMPLE = CONF / "xmppd.toml"
 UNIT = CONF / "xmppd.service"
-BACKENDS = {"memory": "memory", "sqlite": "sqlite", "cassandra": "cassandra", "filesystem": "media.filesystem", "s3": "media.s3"}
+BACKENDS = {"memory": "memory", "sqlite": "sqlite", "postgresql": "postgresql", "cassandra": "cassandra", "filesystem": "media.filesystem", "s3": "media.s3"}
 
 
 def xmppd(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -172,6 +172,9 @@ def test_check_config_accepts_a_good_file(server):
      "extensions.external_services.services[0].restricted: needs the shared secret"),
     ("[[extensions.external_services.services]]\ntype = 'tun'\nhost = 'turn.example.org'\n",
      "extensions.external_services.services[0].type: must be one of 'stun', 'stuns', 'turn', 'turns'"),
+    ("[storage.postgresql]\npool = 4\n", "storage.postgresql.pool: unknown key; did you mean 'pool_size'?"),
+    ("[storage.postgresql]\ndsn = 'mysql://x@y/z'\n", "storage.postgresql.dsn: must be a postgresql:// URI"),
+    ("[storage.postgresql]\npool_size = 0\n", "storage.postgresql.pool_size: must be at least 1"),
 ])
 def test_check_config_refuses_a_bad_file_naming_the_key(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"

@@ -6,7 +6,7 @@ import weakref
 
 import pytest
 
-BACKENDS = ["memory", "sqlite", "cassandra"]
+BACKENDS = ["memory", "sqlite", "postgresql", "cassandra"]
 
 # The memory backends by tmp_path while a test holds them: its data lives in the object.
 _memory_backends = weakref.WeakValueDictionary()
@@ -27,6 +27,11 @@ async def make_backend(kind, tmp_path):
     if kind == "sqlite":
         from xmppd.storage.sqlite import Options, open_backend
         return open_backend(Options(), str(tmp_path))
+    if kind == "postgresql":
+        # A real server (tests/support/postgresql.py), started once per run; one
+        # database, emptied with TRUNCATE for each new tmp_path.
+        from tests.support.postgresql import contract_backend
+        return await contract_backend(tmp_path)
     if kind == "cassandra":
         # A real node (tests/support/cassandra.py), started once per run; one keyspace,
         # emptied with TRUNCATE for each new tmp_path. A node that cannot start fails
@@ -38,6 +43,8 @@ async def make_backend(kind, tmp_path):
 
 @pytest.fixture(params=BACKENDS)
 def backend_kind(request):
+    if request.param == "postgresql":
+        request.getfixturevalue("postgresql")  # the server starts here, in the main thread
     return request.param
 
 

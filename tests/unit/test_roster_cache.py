@@ -92,3 +92,15 @@ async def test_only_the_last_rosters_are_kept(stores):
     reads = counting.reads
     await cache.get_item("a@x", "z@x")        # evicted: read from the store
     assert counting.reads == reads + 1
+
+
+async def test_a_store_shared_by_processes_is_read_every_time(stores):
+    """Another node writes a shared store (PostgreSQL) behind any copy: none is kept."""
+    counting, _ = stores
+    counting.shared_by_processes = True
+    cache = CachedRosters(counting)
+    await cache.get("a@x")
+    await counting.store.put_item("a@x", RosterItem("b@x"))   # written by "another node"
+    assert "b@x" in (await cache.get("a@x"))[1]
+    assert (await cache.get_item("a@x", "b@x")) == RosterItem("b@x")
+    assert counting.reads == 3
