@@ -140,6 +140,7 @@ class WebSocketTransport:
         self._pending_bytes = 0
         self._loop = asyncio.get_running_loop()
         self.closing = False
+        self._closed: asyncio.Task | None = None
 
     async def read(self) -> bytes:
         """The next message from the peer; b"" once the WebSocket is closing."""
@@ -193,11 +194,15 @@ class WebSocketTransport:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending, then the closing handshake; abort a peer that does not
-        answer it in time."""
-        if self.closing:
-            return
-        self._flush()
-        self.closing = True
+        answer it in time. A second call waits for the first one's end: the request
+        handler must not return before (aiohttp would cut the handshake)."""
+        if self._closed is None:
+            self._flush()
+            self.closing = True
+            self._closed = self._loop.create_task(self._close(timeout))
+        await asyncio.shield(self._closed)
+
+    async def _close(self, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
                 await self.socket.close()

@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 
 import aiohttp
 import pytest
 from lxml import etree
 
-from tests.conftest import AccountPool
+from tests.conftest import AccountPool, unique
+from tests.support.accounts import create_accounts
 from tests.support.inbox import MESSAGE, online
-from tests.support.raw import client_context
+from tests.support.raw import RawClient, client_context
 from tests.support.server import XmppdProcess
 from tests.support.smacks import NS_SM, attribute
 from tests.support.websocket import NS_FRAMING, WebSocketClient, url
@@ -207,11 +209,39 @@ async def test_host_meta_points_at_the_endpoint(server):
 
 
 async def test_connections_counted_under_the_websocket_listener(server):
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{server.http_port}/metrics") as response:
-            text = await response.text()
-    accepted = re.search(r'xmppd_connections_accepted_total\{listener="websocket"\} ([0-9.e+]+)', text)
-    assert accepted and float(accepted.group(1)) >= 1, text
+    before = await server.metric('xmppd_connections_accepted_total{listener="websocket"}')
+    client = await opened(server)
+    await client.close()
+    assert await server.metric('xmppd_connections_accepted_total{listener="websocket"}') == before + 1
+
+
+async def test_a_websocket_client_that_reads_nothing_is_held_back_then_let_go(make_xmppd):
+    """Back-pressure as for TCP: past c2s.max_output_buffer nothing more is written to a
+    client that does not read, what waits is bounded by c2s.max_held_bytes, and the
+    client is closed after c2s.stall_timeout."""
+    server = make_xmppd(c2s_section="stall_timeout = 3").start()
+    sender_jid, deaf_jid = create_accounts(server, [unique("sender"), unique("deaf")])
+    deaf = await WebSocketClient(server.domain).login_to(url(server), deaf_jid.split("@")[0], "secret",
+                                                         resource="deaf")
+    await deaf.send("<presence xmlns='jabber:client'/>")
+    await deaf.expect(r"<presence[^>]*(/>|>.*?</presence>)")
+    deaf.socket.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # From now on nothing calls receive(): aiohttp's queue fills and it stops reading.
+    sender = RawClient(server.domain)
+    await sender.login(server.port, sender_jid.split("@")[0], "secret")
+    await sender.send(f"<enable xmlns='{NS_SM}'/>")
+    await sender.expect(r"<enabled[^>]*/>")
+    padding = "x" * 100_000
+    for n in range(100):                                   # 10 MB the client does not take
+        await sender.send(f"<message to='{deaf_jid}/deaf' type='headline' id='m{n}'><body>{padding}</body></message>")
+    await sender.send(f"<r xmlns='{NS_SM}'/>")
+    while attribute((await sender.expect(r"<a ([^>]*)/>", timeout=60)).group(1), "h") != "100":
+        await sender.send(f"<r xmlns='{NS_SM}'/>")
+    assert await server.limit_reached("c2s.max_held_bytes") > 0
+    await server.wait_for_log("event=stalled", timeout=30)
+    await server.wait_for_log(f"event=session-ended jid={deaf_jid}/deaf", timeout=30)
+    await sender.close()
+    await deaf.session.close()
 
 
 async def test_plain_from_loopback_without_required_encryption_then_the_unauthenticated_timeout(make_xmppd):
