@@ -6,8 +6,9 @@ XEP-0198 session after its WebSocket dropped; bad input gets the stream errors o
 6120 framed as RFC 7395 says (<open/>, the error, <close/>, then the WebSocket closes);
 the handshake is refused for a foreign Origin, without the `xmpp` subprotocol, and over
 plain HTTP unless loopback peers may go without TLS; an unauthenticated WebSocket is
-closed after [c2s] unauthenticated_timeout; host-meta (XML and JSON) points at the
-endpoint, with CORS for any page.
+closed after [c2s] unauthenticated_timeout; one that reads nothing is held back and let
+go as a TCP one is; a binary message closes the WebSocket (1003); a shutdown sends
+system-shutdown; host-meta (XML and JSON) points at the endpoint, with CORS for any page.
 """
 from __future__ import annotations
 
@@ -261,3 +262,20 @@ async def test_plain_from_loopback_without_required_encryption_then_the_unauthen
         assert "<mechanism>SCRAM-SHA-256</mechanism>" in features and "PLAIN" not in features
     conditions = await asyncio.gather(*(stream_error(client) for client in clients))
     assert conditions == ["connection-timeout"] * 3
+
+
+async def test_a_binary_message_closes_the_websocket(server):
+    client = await opened(server)
+    await client.socket.send_bytes(b"<presence xmlns='jabber:client'/>")
+    message = await client.socket.receive()
+    assert message.type is aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.UNSUPPORTED_DATA
+    await client.close()
+
+
+async def test_a_shutdown_tells_websocket_clients(make_xmppd):
+    server = make_xmppd().start()
+    (jid,) = create_accounts(server, [unique("web")])
+    client = await WebSocketClient(server.domain).login_to(url(server), jid.split("@")[0], "secret")
+    stopping = asyncio.create_task(asyncio.to_thread(server.stop))
+    assert await stream_error(client) == "system-shutdown"
+    assert await stopping == 0
