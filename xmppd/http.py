@@ -18,9 +18,10 @@ connection passes `Connection` before aiohttp sees it: refused past
 `max_connections_per_ip` (IPv6: per /64) or `max_connections` (plain HTTP gets a 429 or
 503 first; TLS is closed before any handshake work), and closed when its TLS handshake
 and request head, or the wait for the next request, take longer than `head_timeout`
-(408 when a request had begun). A handler that reads a body uses `body()`, which cuts a
-client sending slower than `min_body_rate` after `body_timeout` seconds (408). Responses
-name the server "xmppd", without versions.
+(408 when a request had begun); a connection upgraded to a WebSocket (xmppd/websocket.py)
+leaves these caps for the c2s admission's. A handler that reads a body uses `body()`,
+which cuts a client sending slower than `min_body_rate` after `body_timeout` seconds
+(408). Responses name the server "xmppd", without versions.
 """
 from __future__ import annotations
 
