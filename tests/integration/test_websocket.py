@@ -159,6 +159,18 @@ async def test_a_bad_open_gets_open_then_the_stream_error(server, first, conditi
     assert client.messages[0].startswith(f'<open xmlns="{NS_FRAMING}" from='), client.messages
 
 
+@pytest.mark.parametrize("binding", ["tls-exporter", "tls-server-end-point"])
+async def test_scram_plus_binds_to_the_https_connection(server, binding):
+    """Over wss:// the -PLUS mechanisms are offered: their channel binding is the TLS of
+    the WebSocket's HTTPS connection, and it checks out."""
+    client = await opened(server)
+    try:
+        assert "<mechanism>SCRAM-SHA-256-PLUS</mechanism>" in client.messages[1]
+        await client.authenticate(server.accounts.local(), "secret", "SCRAM-SHA-256-PLUS", binding)
+    finally:
+        await client.close()
+
+
 async def test_no_starttls_over_websocket_and_plain_offered_over_https(server):
     client = await opened(server)
     try:

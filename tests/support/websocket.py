@@ -94,6 +94,9 @@ class WebSocketClient(RawClient):
         await self.expect(r"</iq>")
         return self
 
+    def ssl_object(self):
+        return self.socket.get_extra_info("ssl_object")
+
     def drop(self) -> None:
         """Lose the connection: no <close/>, no WebSocket closing handshake."""
         self.socket.get_extra_info("socket").shutdown(2)
