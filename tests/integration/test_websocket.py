@@ -6,8 +6,8 @@ XEP-0198 session after its WebSocket dropped; bad input gets the stream errors o
 6120 framed as RFC 7395 says (<open/>, the error, <close/>, then the WebSocket closes);
 the handshake is refused for a foreign Origin, without the `xmpp` subprotocol, and over
 plain HTTP unless loopback peers may go without TLS; an unauthenticated WebSocket is
-closed after [c2s] unauthenticated_timeout; one that reads nothing is held back and let
-go as a TCP one is; a binary message closes the WebSocket (1003); a shutdown sends
+closed after [c2s] unauthenticated_timeout; login throttles and the admission per
+address hold; one that reads nothing is held back and let go as a TCP one is; a binary message closes the WebSocket (1003); a shutdown sends
 system-shutdown; host-meta (XML and JSON) points at the endpoint, with CORS for any page.
 """
 from __future__ import annotations
@@ -291,3 +291,35 @@ async def test_a_shutdown_tells_websocket_clients(make_xmppd):
     stopping = asyncio.create_task(asyncio.to_thread(server.stop))
     assert await stream_error(client) == "system-shutdown"
     assert await stopping == 0
+
+
+async def sasl_outcome(client: WebSocketClient, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> str:
+    """The SASL outcome of one attempt: success, or the <failure/> condition."""
+    try:
+        await client.authenticate(user, password, mechanism)
+    except AssertionError as failure:
+        return re.search(r"<failure [^>]*><([a-z-]+)", str(failure)).group(1)
+    return "success"
+
+
+async def test_login_throttles_and_admission_per_address_hold(make_xmppd):
+    """The TCP rules of xmppd/admission.py and xmppd/throttle.py, over WebSocket: an
+    account's failed logins from one address are budgeted (then temporary-auth-failure,
+    even with the right password), and past max_unauthenticated_per_ip the oldest
+    unauthenticated connection is closed."""
+    server = make_xmppd(c2s_section="auth_failure_delay = 0\nauth_failures_per_account = 2\n"
+                                    "max_unauthenticated_per_ip = 2").start()
+    (jid,) = create_accounts(server, [unique("guessed")])
+    user = jid.split("@")[0]
+    guesser = await opened(server)
+    assert [await sasl_outcome(guesser, user, guess) for guess in ("pencil", "crayon")] == ["not-authorized"] * 2
+    await guesser.close()
+    late = await opened(server)
+    assert await sasl_outcome(late, user, "secret", "PLAIN") == "temporary-auth-failure"
+    await late.close()
+
+    oldest = await opened(server)
+    others = [await opened(server) for _ in range(2)]
+    assert await stream_error(oldest) == "policy-violation"
+    for other in others:
+        await other.close()
