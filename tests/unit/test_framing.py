@@ -1,6 +1,8 @@
 """RFC 7395 framing, sans-IO: WebSocket messages in, the events of XmlStream out; the
 bytes the server writes into a TCP stream out as one message per element."""
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from xmppd.protocol.errors import LocalProtocolError
@@ -117,3 +119,35 @@ def test_frames_of_elements_named_alike():
 def test_frames_refuses_half_an_element():
     with pytest.raises(LocalProtocolError):
         frames(b"<message><body>")
+
+
+# -- properties --------------------------------------------------------------
+
+XML_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff"), max_size=30)
+NAMES = st.sampled_from(["message", "presence", "iq", "body", "x", "message-x"])
+
+
+@st.composite
+def stanzas(draw):
+    """A jabber:client stanza with nested children (some named like their parent, some in
+    other namespaces) and any text in its attribute values and content."""
+    def grow(parent, depth):
+        for _ in range(draw(st.integers(0, 3 if depth < 3 else 0))):
+            namespace = draw(st.sampled_from(["jabber:client", "urn:x", "urn:y"]))
+            child = etree.SubElement(parent, f"{{{namespace}}}{draw(NAMES)}", id=draw(XML_TEXT))
+            child.text = draw(XML_TEXT)
+            grow(child, depth + 1)
+    stanza = etree.Element(f"{{jabber:client}}{draw(st.sampled_from(['message', 'presence', 'iq']))}",
+                           nsmap={None: "jabber:client"}, id=draw(XML_TEXT), to=draw(XML_TEXT))
+    stanza.text = draw(XML_TEXT)
+    grow(stanza, 0)
+    return stanza
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(stanzas(), min_size=1, max_size=4))
+def test_frames_give_back_every_element_whole_and_alone(elements):
+    messages = frames(b"".join(serialize(element) for element in elements))
+    assert len(messages) == len(elements)
+    for message, element in zip(messages, elements):
+        assert etree.tostring(etree.fromstring(message), method="c14n") == etree.tostring(element, method="c14n")
