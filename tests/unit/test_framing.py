@@ -151,3 +151,23 @@ def test_frames_give_back_every_element_whole_and_alone(elements):
     assert len(messages) == len(elements)
     for message, element in zip(messages, elements):
         assert etree.tostring(etree.fromstring(message), method="c14n") == etree.tostring(element, method="c14n")
+
+
+MESSAGE_PARTS = st.sampled_from([
+    OPEN, b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>", b"<message xmlns='jabber:client'>",
+    b"</message>", b"<body>hi</body>", b"<r xmlns='urn:xmpp:sm:3'/>", b"<!--", b"<?pi?>", b"&amp;", b"&foo;",
+    b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>", b"</stream:stream>", b" ", b"\xff"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(MESSAGE_PARTS | st.binary(max_size=20), max_size=5).map(b"".join), max_size=8))
+def test_any_messages_give_stream_events_and_nothing_after_an_error(messages):
+    framing = WebSocketFraming(1000)
+    events = []
+    for message in messages:
+        framing.receive_data(message)
+        events += framing.events()
+    ends = [i for i, event in enumerate(events) if isinstance(event, (StreamErrorDetected, StreamClosed))]
+    assert not ends or ends == [len(events) - 1]
+    assert all(isinstance(event, (StreamOpened, StanzaReceived, StreamClosed, StreamErrorDetected)) for event in events)
+    assert not (events and isinstance(events[0], StanzaReceived))          # <open/> comes first
