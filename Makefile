@@ -12,9 +12,9 @@ CONFIG ?=
 LINT_PATHS := xmppd/protocol storage/interfaces.py
 
 # Clients of the interop tests that come only as Debian packages (the others install
-# themselves into ~/.cache/xmppd: tests/support/foreign_clients.py). Needs root; without
-# them those tests are skipped.
-DEBIAN_TEST_PACKAGES := go-sendxmpp profanity tmux
+# themselves into ~/.cache/xmppd: tests/support/foreign_clients.py), and the browser of
+# the WebSocket browser test. Needs root; without them those tests are skipped.
+DEBIAN_TEST_PACKAGES := go-sendxmpp profanity tmux chromium
 # The cluster engines the tests and bench/cluster_engine.py start, one server each.
 CLUSTER_ENGINE_PACKAGES := redis-server nats-server
 # The TURN server that tests/support/turn.py starts (XEP-0215 credentials, issue 18).

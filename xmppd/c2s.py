@@ -25,13 +25,14 @@ from xmppd import metrics
 from xmppd.logs import redacted
 from xmppd.protocol import negotiation as n
 from xmppd.protocol.errors import InternalServerError, StanzaError
+from xmppd.protocol.framing import WebSocketFraming
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
 from xmppd.protocol.sasl import verify_plain_password
 from xmppd.protocol.stanza import IQ, error_reply
 from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, serialize, stream_header
 from xmppd.router import KINDS
 from xmppd.session import Session, StreamConnection
-from xmppd.transport import Transport
+from xmppd.transport import Transport, WebSocketTransport
 
 if TYPE_CHECKING:
     from xmppd.admission import Admission
@@ -54,18 +55,20 @@ class StreamElement:
 
 class C2SConnection:
     def __init__(self, services: "Services", admission: "Admission", tls: "ServerTls | None",
-                 transport: Transport, *, direct_tls: bool):
+                 transport: Transport | WebSocketTransport, *, direct_tls: bool, websocket: bool = False):
+        """`direct_tls`: the connection is encrypted from its start (XEP-0368, or a
+        WebSocket over HTTPS); `websocket`: RFC 7395, whose TLS is the WebSocket's."""
         self.services = services
         self.admission = admission
         self.tls = tls
         self.transport = transport
         self.peer = transport.peer
-        self.listener = "direct_tls" if direct_tls else "starttls"
+        self.listener = "websocket" if websocket else "direct_tls" if direct_tls else "starttls"
         options = services.config.c2s
-        self.stream = XmlStream(max_stanza_bytes=options.max_stanza_bytes)
+        self.stream: XmlStream | WebSocketFraming = (WebSocketFraming if websocket else XmlStream)(options.max_stanza_bytes)
         self.settings = Settings(
             domains=frozenset(services.directory.user_domains),
-            tls_available=tls is not None,
+            tls_available=tls is not None and not websocket,
             tls_required=options.require_encryption or not transport.is_loopback,
             extra_features=self._extra_features,
         )

@@ -17,6 +17,7 @@ import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,12 +168,29 @@ class ComponentsOptions:
 
 
 @dataclass(frozen=True)
+class WebSocketOptions:
+    path: str = "/xmpp-websocket"              # RFC 7395 endpoint on the [http] server; "" turns it off
+    allowed_origins: tuple[str, ...] = ()      # browser Origins allowed; empty: [http] public_url's only; "*": any
+
+    def validate(self, where):
+        where.check("path", not self.path or (self.path.startswith("/") and len(self.path) > 1),
+                    'must be a path such as "/xmpp-websocket" (or "" to turn WebSocket off)')
+        for index, origin in enumerate(self.allowed_origins):
+            parts = urllib.parse.urlsplit(origin)
+            where.check(f"allowed_origins[{index}]", origin == "*" or (
+                parts.scheme in ("https", "http") and parts.hostname and parts.path in ("", "/")
+                and not parts.query and not parts.fragment),
+                f'{origin!r} is not an origin ("https://chat.example.org") nor "*"')
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerOptions = ServerOptions()
     c2s: C2SOptions = C2SOptions()
     tls: TlsOptions = TlsOptions()
     http: HttpOptions = HttpOptions()
     components: ComponentsOptions = ComponentsOptions()
+    websocket: WebSocketOptions = WebSocketOptions()
     hosts: tuple[HostOptions, ...] = (HostOptions(),)
     storage: StorageOptions = StorageOptions()
     backend_options: dict = field(default_factory=dict)     # backend kind -> its Options
@@ -282,7 +300,7 @@ def build(cls, table: dict, where: Where):
 
 MEDIA_BACKENDS = ("filesystem", "s3")
 SECTIONS = {"server": ServerOptions, "c2s": C2SOptions, "tls": TlsOptions, "http": HttpOptions,
-            "components": ComponentsOptions}
+            "components": ComponentsOptions, "websocket": WebSocketOptions}
 
 
 def parse(data: dict, source: str) -> Config:

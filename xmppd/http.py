@@ -18,9 +18,10 @@ connection passes `Connection` before aiohttp sees it: refused past
 `max_connections_per_ip` (IPv6: per /64) or `max_connections` (plain HTTP gets a 429 or
 503 first; TLS is closed before any handshake work), and closed when its TLS handshake
 and request head, or the wait for the next request, take longer than `head_timeout`
-(408 when a request had begun). A handler that reads a body uses `body()`, which cuts a
-client sending slower than `min_body_rate` after `body_timeout` seconds (408). Responses
-name the server "xmppd", without versions.
+(408 when a request had begun); a connection upgraded to a WebSocket (xmppd/websocket.py)
+leaves these caps for the c2s admission's. A handler that reads a body uses `body()`,
+which cuts a client sending slower than `min_body_rate` after `body_timeout` seconds
+(408). Responses name the server "xmppd", without versions.
 """
 from __future__ import annotations
 
@@ -143,6 +144,10 @@ class HttpServer:
     def forget(self, transport: asyncio.BaseTransport) -> None:
         self._connections.pop(transport, None)
 
+    def connection(self, request: web.Request) -> "Connection | None":
+        """The connection `request` came on (None once it is closed)."""
+        return self._connections.get(request.transport)
+
     @web.middleware
     async def _track_request(self, request: web.Request, handler) -> web.StreamResponse:
         """Tell the connection that a request is being served (no head timeout meanwhile);
@@ -200,6 +205,7 @@ class Connection(asyncio.Protocol):
         self._handshake: asyncio.Task | None = None
         self._unread = b""
         self._is_paused = False               # the socket, while _unread is full
+        self._writable: asyncio.Future | None = None   # while the transport's output is over its high-water mark
 
     # ------------------------------------------------------------- asyncio.Protocol
 
@@ -246,15 +252,21 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
         if self.is_admitted:
             self.http.release(self.address)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)       # drained() then raises
         if self.handler is not None:
             self.http.forget(self.transport)
             self.handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
         if self.handler is not None:
             self.handler.pause_writing()
 
     def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
         if self.handler is not None:
             self.handler.resume_writing()
 
@@ -320,6 +332,21 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    async def drained(self) -> None:
+        """Return once the output is below the transport's low-water mark; raises
+        ConnectionError when the connection is lost meanwhile."""
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+        if self.is_closed:
+            raise ConnectionResetError("connection lost")
+
+    def upgraded(self) -> None:
+        """The connection became a WebSocket (xmppd/websocket.py): from now on the c2s
+        admission counts it, not the HTTP connection caps."""
+        if self.is_admitted:
+            self.is_admitted = False
+            self.http.release(self.address)
 
 
 class _Handler(web.RequestHandler):

@@ -20,6 +20,7 @@ from xmppd.c2s import C2SConnection
 from xmppd.component import Components
 from xmppd.config import Config, ConfigError, Where, build
 from xmppd.host import Host, Hosts
+from xmppd.host_meta import HostMeta
 from xmppd.http import HttpServer
 from xmppd.metrics import CONNECTIONS_ACCEPTED, CountedMedia, Metrics, TimedBackend
 from xmppd.monitoring import Monitoring
@@ -30,6 +31,7 @@ from xmppd.storage import open_backend
 from xmppd.storage.media import open_media
 from xmppd.tls import ServerTls
 from xmppd.transport import Transport
+from xmppd.websocket import WebSocketEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,8 @@ class Server:
         await self.open()
         self._raise_open_file_limit()
         self._setup_tls()
+        WebSocketEndpoint(self.config, self.http, self.serve).add_route()
+        HostMeta(self.config, self.http).add_routes()
         await self.http.start(self.tls.context)
         c2s = self.config.c2s
         for interface in c2s.interfaces:
@@ -160,7 +164,12 @@ class Server:
 
     async def _accept(self, reader, writer, *, direct_tls: bool) -> None:
         transport = Transport(reader, writer, max_output_buffer=self.config.c2s.max_output_buffer)
-        connection = C2SConnection(self.services, self.admission, self.tls, transport, direct_tls=direct_tls)
+        await self.serve(transport, direct_tls=direct_tls)
+
+    async def serve(self, transport, *, direct_tls: bool, websocket: bool = False) -> None:
+        """Run a client connection, TCP or WebSocket (xmppd/websocket.py), to its end."""
+        connection = C2SConnection(self.services, self.admission, self.tls, transport,
+                                   direct_tls=direct_tls, websocket=websocket)
         self.admission.admit(connection)
         self.metrics.count(CONNECTIONS_ACCEPTED, connection.listener)
         try:

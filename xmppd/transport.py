@@ -4,7 +4,8 @@ Writes issued during one turn of the event loop are joined into one socket write
 load a client gets many stanzas per system call. A client whose unsent output is over its
 limit is not read from until the output drains (it cannot add load it does not take),
 and is `congested`: the session writes nothing more to it until it has `drained`
-(xmppd/session.py holds or backlogs what waits).
+(xmppd/session.py holds or backlogs what waits). `Transport` is a TCP connection's;
+`WebSocketTransport` offers the same to a client on the HTTP server (RFC 7395).
 """
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ import socket
 import ssl
 import struct
 import termios
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import WSCloseCode, WSMsgType
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from xmppd.http import Connection as HttpConnection
 
 SEND_QUEUE = getattr(termios, "TIOCOUTQ", None)    # the socket's unsent bytes; Linux
 
@@ -27,7 +37,7 @@ class Transport:
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.peer: str = peer[0]
         self.local_port: int = (writer.get_extra_info("sockname") or ("", 0))[1]
-        self.is_loopback = _is_loopback(self.peer)
+        self.is_loopback = is_loopback_address(self.peer)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._loop = asyncio.get_running_loop()
@@ -61,14 +71,7 @@ class Transport:
     def unsent(self) -> int:
         """Bytes written that the peer has not acknowledged yet: ours and, on Linux, the
         kernel's send queue (TIOCOUTQ), where a slow reader's backlog mostly waits."""
-        queued = 0
-        sock = self.writer.get_extra_info("socket")
-        if sock is not None and SEND_QUEUE is not None:
-            try:
-                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), SEND_QUEUE, b"\0\0\0\0"))[0]
-            except OSError:
-                pass
-        return self._pending_bytes + self.writer.transport.get_write_buffer_size() + queued
+        return self._pending_bytes + self.writer.transport.get_write_buffer_size() + _send_queue(self.writer)
 
     @property
     def congested(self) -> bool:
@@ -116,7 +119,122 @@ class Transport:
             self.writer.transport.abort()
 
 
-def _is_loopback(address: str) -> bool:
+class WebSocketTransport:
+    """What C2SConnection needs of a Transport, over a WebSocket (RFC 6455) that aiohttp
+    accepted on the HTTP server (xmppd/websocket.py): each read is one whole message;
+    each write becomes messages through `encode` (RFC 7395 framing) and goes out as
+    frames written to the connection's transport, joined per turn of the event loop and
+    paced as a TCP client's output is. No STARTTLS: TLS, if any, is the HTTPS connection's."""
+
+    def __init__(self, socket: "web.WebSocketResponse", connection: "HttpConnection", *,
+                 encode: Callable[[bytes], list[bytes]], max_output_buffer: int):
+        self.socket = socket
+        self.connection = connection
+        self.transport = connection.transport
+        self.encode = encode
+        self.max_output_buffer = max_output_buffer
+        peer = self.transport.get_extra_info("peername") or ("?", 0)
+        self.peer: str = peer[0]
+        self.is_loopback = is_loopback_address(self.peer)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._loop = asyncio.get_running_loop()
+        self.closing = False
+        self._closed: asyncio.Task | None = None
+
+    async def read(self) -> bytes:
+        """The next message from the peer; b"" once the WebSocket is closing."""
+        if self.transport.get_write_buffer_size() > self.max_output_buffer:
+            await self.connection.drained()
+        message = await self.socket.receive()
+        if message.type is WSMsgType.TEXT:
+            return message.data if isinstance(message.data, bytes) else message.data.encode()
+        if message.type is WSMsgType.BINARY:
+            await self.socket.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"XMPP takes text messages (RFC 7395)")
+        return b""
+
+    def write(self, data: bytes) -> None:
+        if self.closing or self.socket.closed:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        for message in self.encode(data):
+            frame = _text_frame(message)
+            self._pending.append(frame)
+            self._pending_bytes += len(frame)
+
+    def _flush(self) -> None:
+        # Not past a close frame that aiohttp sent meanwhile (RFC 6455 5.5.1).
+        if self._pending and not self.socket.closed and not self.transport.is_closing():
+            self.transport.write(b"".join(self._pending))
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    @property
+    def unsent(self) -> int:
+        return self._pending_bytes + self.transport.get_write_buffer_size() + _send_queue(self.transport)
+
+    @property
+    def congested(self) -> bool:
+        return self._pending_bytes + self.transport.get_write_buffer_size() > self.max_output_buffer
+
+    async def drained(self) -> None:
+        self._flush()
+        await self.connection.drained()
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return self.transport.get_extra_info("ssl_object")
+
+    def abort(self) -> None:
+        self.closing = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        self.transport.abort()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what is pending, then the closing handshake; abort a peer that does not
+        answer it in time. A second call waits for the first one's end: the request
+        handler must not return before (aiohttp would cut the handshake)."""
+        if self._closed is None:
+            self._flush()
+            self.closing = True
+            self._closed = self._loop.create_task(self._close(timeout))
+        await asyncio.shield(self._closed)
+
+    async def _close(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.socket.close()
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            self.transport.abort()
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented text frame (RFC 6455 5.2): what a server sends."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+def _send_queue(transport: asyncio.BaseTransport | asyncio.StreamWriter) -> int:
+    """The bytes in the socket's kernel send queue (TIOCOUTQ, Linux), where a slow
+    reader's backlog mostly waits; 0 where that cannot be known."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or SEND_QUEUE is None:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), SEND_QUEUE, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+def is_loopback_address(address: str) -> bool:
     try:
         return ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:

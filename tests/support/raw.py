@@ -140,8 +140,11 @@ class RawClient:
         final = f"{without_proof},p={base64.b64encode(proof).decode()}"
         await self.send(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{base64.b64encode(final.encode()).decode()}</response>")
 
+    def ssl_object(self) -> ssl.SSLObject:
+        return self.writer.get_extra_info("ssl_object")
+
     def _binding_data(self, binding: str) -> bytes:
-        ssl_object = self.writer.get_extra_info("ssl_object")
+        ssl_object = self.ssl_object()
         if binding == "tls-server-end-point":
             der = ssl_object.getpeercert(binary_form=True)
             return hashlib.sha256(der).digest()

@@ -9,6 +9,7 @@ NS_SERVER = "jabber:server"
 NS_COMPONENT = "jabber:component:accept"  # XEP-0114
 NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"  # RFC 7395: XMPP over WebSocket
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"

@@ -181,6 +181,11 @@ class XmlStream:
         return self._state == _OPEN
 
     @property
+    def is_between_stanzas(self) -> bool:
+        """No first-level element is in progress: all the data fed so far ended complete ones."""
+        return self._depth <= 1
+
+    @property
     def is_finished(self) -> bool:
         """The stream was closed by the peer or failed; further data is ignored."""
         return self._state in (_CLOSED, _FAILED)
