@@ -139,8 +139,8 @@ async def measure(backend, messages: int, run: int) -> dict:
     figures["last_page_p50_ms"] = statistics.median(latencies)
     random.seed(run)
     _, latencies, _ = await _timed(
-        [(lambda owner=owner, contact=f"contact{random.randrange(CONTACTS)}@bench.example":
-          store.query(owner, ArchiveQuery(with_=contact, before="", max=PAGE))) for owner in owners],
+        [(lambda owner=owner, contact=contact: store.query(owner, ArchiveQuery(with_=contact, before="", max=PAGE)))
+         for owner, contact in [(owner, f"contact{random.randrange(CONTACTS)}@bench.example") for owner in owners]],
         QUERIES_IN_FLIGHT)
     figures["with_filter_page_p50_ms"] = statistics.median(latencies)
     # The second page without its total (Cassandra's archive_query_count = false).

@@ -698,7 +698,7 @@ async def run_offline_drain(ctx: Ctx) -> dict:
             async with asyncio.timeout(ctx.sizes.scenario_timeout / 2):
                 t1 = await done
         except TimeoutError:
-            raise xmpp.XMPPError(f"only {got[0]} of {n} offline messages delivered")
+            raise xmpp.XMPPError(f"only {got[0]} of {n} offline messages delivered") from None
         drain_cpu = drain_usage.server_seconds()
     finally:
         conn.close()
@@ -978,7 +978,7 @@ async def setup_roster(ctx: Ctx, markers: Markers):
         batch = 25
         for i in range(0, len(todo), batch):
             part = todo[i:i + batch]
-            for attempt in range(3):
+            for _ in range(3):
                 for j in part:
                     oconn.write(f"<presence to='{j}' type='subscribe'/>".encode())
                     by_jid[j].write(f"<presence to='{owner_jid}' type='subscribe'/>".encode())
@@ -1054,7 +1054,7 @@ async def run_roster_login(ctx: Ctx) -> dict:
                 except TimeoutError:
                     raise xmpp.XMPPError(
                         f"roster {'received' if roster_at[0] else 'missing'}, "
-                        f"{len(seen)} of {n} presences")
+                        f"{len(seen)} of {n} presences") from None
             finally:
                 conn.close()
             if roster_items[0] != n:

@@ -475,7 +475,7 @@ class CassandraArchiveStore:
                     "DELETE FROM archive_ids WHERE name = ? AND owner = ? AND id = ?",
                     (self.name, owner, item_id)))
                 for item_id, _ in rows])
-            await bounded_gather([(lambda party=party: self._forget_bucket_if_empty(
+            await bounded_gather([(lambda party=party, bucket=bucket: self._forget_bucket_if_empty(
                 owner, party, bucket)) for party in parties | {ALL_PARTIES}])
             removed += len(rows)
         await self._forget_owner_if_empty(owner)

@@ -201,7 +201,7 @@ class Database:
         if not self._threads:
             return
         self._open = False
-        for thread in self._threads[1:]:
+        for _ in self._threads[1:]:
             self._reads.put(_STOP)
         self._writes.put(_STOP)
         threads, self._threads = self._threads, []

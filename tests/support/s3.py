@@ -162,7 +162,7 @@ def minio_process(data_dir: Path) -> Iterator[str]:
     env = dict(os.environ, MINIO_ROOT_USER=ACCESS_KEY, MINIO_ROOT_PASSWORD=SECRET_KEY,
                MINIO_REGION=REGION, MINIO_BROWSER="off", MINIO_UPDATE="off",
                MINIO_CI_CD="1")
-    for attempt in range(3):                    # a free port may be taken before MinIO binds it
+    for _ in range(3):                          # a free port may be taken before MinIO binds it
         port, console_port = free_port(), free_port()
         endpoint = f"http://{LOOPBACK}:{port}"
         log_path = data_dir / f"minio-{port}.log"

@@ -143,7 +143,7 @@ class XmppdProcess:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise RuntimeError(f"xmppd did not stop on SIGTERM:\n{self.log}")
+            raise RuntimeError(f"xmppd did not stop on SIGTERM:\n{self.log}") from None
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, for durability tests."""

@@ -65,7 +65,7 @@ def test_plain_unknown_user_costs_a_derivation_like_a_known_one():
 
 def test_refused_attempt_gets_temporary_auth_failure_and_counts_as_a_retry():
     negotiation = opened()
-    for attempt in range(3):
+    for _ in range(3):
         plain(negotiation, "juliet", "pencil")
         actions = negotiation.attempt_refused("too many failed logins; try again later")
         assert b"<temporary-auth-failure/><text xml:lang='en'>too many failed logins; try again later</text>" in sent(actions)

@@ -98,7 +98,7 @@ def read_options(data: dict[str, list[str]], limit: int) -> dict[str, Any]:
     configuration ignores them, a precondition on them cannot be met); bad values get
     not-acceptable, an unsupported access model its own condition (XEP-0060 8.1.2)."""
     options: dict[str, Any] = {}
-    for var, values in data.items():
+    for var in data:
         if var == forms.FORM_TYPE:
             continue
         key = var.removeprefix("pubsub#")
