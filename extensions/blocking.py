@@ -122,7 +122,7 @@ class Blocking(Extension):
 
     @iq_handler("get", NS_BLOCKING, "blocklist", to=("self",))
     async def get_blocklist(self, iq):
-        iq.origin.meta[self.name] = True   # this resource gets the pushes from now on
+        await iq.origin.share(self.name, True)   # this resource gets the pushes from now on
         element = make_element(f"{{{NS_BLOCKING}}}blocklist")
         for jid in sorted(await self.blocklist(str(iq.from_.bare))):
             sub_element(element, ITEM, {"jid": jid})
@@ -187,7 +187,7 @@ class Blocking(Extension):
         iq.origin.send(reply(iq.element))
         owner = iq.from_.bare
         for session in self.host.sessions_of(owner.local):
-            if session.meta.get(self.name):
+            if session.shared.get(self.name):
                 push = make_element(IQ, {"type": "set", "id": f"block-{secrets.token_hex(6)}",
                                          "from": str(owner), "to": str(session.jid)})
                 push.append(change.to_element())

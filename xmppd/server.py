@@ -65,6 +65,7 @@ class Server:
         self._listeners: list[asyncio.AbstractServer] = []
         self.monitoring: Monitoring | None = None
         self.admin: AdminSocket | None = None
+        self.cluster = None                 # xmppd.cluster.Cluster when [cluster] engine is set
 
     @property
     def storage(self):
@@ -85,7 +86,8 @@ class Server:
         storage = TimedBackend(open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default],
                                             str(cfg.data_dir)), self.metrics)
         await storage.start()
-        storage.rosters = CachedRosters(storage.rosters)
+        if not cfg.cluster.engine:          # exact while this process is the rosters' only writer
+            storage.rosters = CachedRosters(storage.rosters)
         archive_kind = cfg.storage.archive or cfg.storage.default
         archives = storage
         if archive_kind != cfg.storage.default:
@@ -108,6 +110,10 @@ class Server:
     async def start(self) -> None:
         self.state = "starting"
         await self.open()
+        if self.config.cluster.engine:      # not in open(): xmppctl opens the hosts, it is no node
+            from xmppd.cluster import Cluster
+            self.cluster = Cluster(self.services, self.config.cluster)
+            await self.cluster.start()
         self._raise_open_file_limit()
         self._setup_tls()
         await self.http.start(self.tls.context)
@@ -190,6 +196,8 @@ class Server:
         for host in self.directory.hosts():
             for session in [s for resources in list(host.sessions.values()) for s in list(resources.values())]:
                 await host.end_session(session)
+        if self.cluster is not None:
+            await self.cluster.stop()
         for host in self.directory.hosts():
             await host.unload_all()
         self.tasks.cancel_all()

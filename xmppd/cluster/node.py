@@ -1,0 +1,493 @@
+"""This node's part in the cluster, on Redis (the keys and their use: xmppd/cluster/__init__.py)."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from lxml import etree
+
+from xmppd.cluster.remote import RemoteSession, registry_entry
+from xmppd.config import ClusterOptions
+from xmppd.host import LOCAL_ONLY
+from xmppd.protocol.errors import ServiceUnavailable, StanzaError
+from xmppd.protocol.jid import JID, InvalidJID
+from xmppd.protocol.stanza import from_storage, to_storage
+from xmppd.router import CURRENT_WRITES, KINDS, Stanza, deliver_to_account
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+
+    from xmppd.host import Host
+    from xmppd.services import Services
+    from xmppd.session import Session
+
+log = logging.getLogger(__name__)
+
+NODES = "xmppd:nodes"                   # set: the names of the nodes that joined
+CHANNEL = "xmppd:registry"              # pub/sub: each change of a node's sessions
+GROUP = "xmppd"                         # the consumer group of every inbox
+SEQ, EPOCH = "#seq", "#epoch"           # fields of a sessions hash beside the full JIDs
+WRITE_BATCH = 256                       # writes sent to Redis in one MULTI, at most
+READ_BATCH = 256                        # inbox entries read at once, at most
+READ_BLOCK_MS = 1000
+# A dead node's keys go only while it is still dead (one of the same name may be starting).
+FORGET_SCRIPT = """
+if redis.call('exists', KEYS[1]) == 0 then
+  redis.call('del', KEYS[2], KEYS[3])
+  redis.call('srem', KEYS[4], ARGV[1])
+end
+"""
+
+
+def alive_key(node: str) -> str:
+    return f"xmppd:node:{node}"
+
+
+def sessions_key(node: str) -> str:
+    return f"xmppd:sessions:{node}"
+
+
+def inbox_key(node: str) -> str:
+    return f"xmppd:inbox:{node}"
+
+
+@dataclass
+class Peer:
+    """Another node as this one knows it: the incarnation, the last registry change
+    applied, and its sessions by full JID."""
+    epoch: str
+    seq: int = 0
+    sessions: dict[str, RemoteSession] = field(default_factory=dict)
+
+
+@dataclass
+class Forward:
+    """A stanza sent to another node's session, until that node answers "done"."""
+    node: str
+    epoch: str
+    host: "Host"
+    xml: bytes
+    future: asyncio.Future
+
+
+@dataclass
+class Write:
+    """Commands for the writer's next MULTI; `failed` runs if it fails, `done` resolves
+    once it went out either way."""
+    apply: Callable[["Pipeline"], object]
+    failed: Callable[[], None] | None = None
+    done: asyncio.Future | None = None
+
+
+class Cluster:
+    def __init__(self, services: "Services", options: ClusterOptions):
+        self.services = services
+        self.options = options
+        self.name = services.config.node_name
+        self.epoch = ""
+        self.seq = 0                       # of this node's registry changes, in this epoch
+        self.peers: dict[str, Peer] = {}
+        self.forwards: dict[str, Forward] = {}
+        self._ids = itertools.count()
+        self._outbox: asyncio.Queue[Write] = asyncio.Queue()
+        self._applied = asyncio.Event()    # a registry change of another node was applied
+        self._tasks: list[asyncio.Task] = []
+        self._hooked: list[tuple["Host", str, Callable]] = []
+
+    @property
+    def _timeout_ms(self) -> int:
+        return int(self.options.node_timeout * 1000)
+
+    # ------------------------------------------------------------- start, stop
+
+    async def start(self) -> None:
+        from redis.asyncio import Redis
+        self.redis = Redis.from_url(self.options.engine, decode_responses=True)
+        self.reader = Redis.from_url(self.options.engine, decode_responses=True)  # its XREADGROUP blocks
+        self.pubsub = self.redis.pubsub()
+        await self.pubsub.subscribe(CHANNEL)     # first: a change made during the snapshot is not missed
+        await self._join(fresh_inbox=True)
+        await self._load_snapshot()
+        for host in self.services.directory.hosts():
+            if not host.is_component:
+                for name, handler in (("resource-bound", self._publish), ("session-changed", self._publish),
+                                      ("session-closed", self._withdraw)):
+                    host.bus.hook(name, handler)
+                    self._hooked.append((host, name, handler))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(coroutine) for coroutine in
+                       (self._write_loop(), self._listen(), self._read_inbox(), self._heartbeat())]
+        log.info("event=cluster-joined node=%s nodes=%d", self.name, len(self.peers) + 1)
+
+    async def stop(self) -> None:
+        """Leave: what is queued is written, then this node's keys go; the other nodes see
+        it gone at their next check and deliver again what it did not confirm."""
+        for host, name, handler in self._hooked:
+            host.bus.unhook(name, handler)
+        try:
+            await asyncio.wait_for(self._write(Write(lambda pipe: None)), self.options.node_timeout)
+        except (TimeoutError, Exception):
+            log.warning("event=cluster-flush-failed node=%s", self.name)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.redis.delete(alive_key(self.name), sessions_key(self.name), inbox_key(self.name))
+            await self.redis.srem(NODES, self.name)
+        except Exception:
+            log.warning("event=cluster-leave-failed node=%s", self.name)
+        for forward in self.forwards.values():
+            if not forward.future.done():
+                forward.future.set_result(None)
+        await self.pubsub.aclose()
+        await self.reader.aclose()
+        await self.redis.aclose()
+
+    async def _join(self, *, fresh_inbox: bool) -> None:
+        """Register a new incarnation of this node: what an earlier one left goes, and
+        the others drop its sessions when they see the new epoch."""
+        self.epoch, self.seq = secrets.token_hex(8), 0
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(sessions_key(self.name))
+        pipe.hset(sessions_key(self.name), mapping={EPOCH: self.epoch, SEQ: 0})
+        if fresh_inbox:
+            pipe.delete(inbox_key(self.name))
+            pipe.xgroup_create(inbox_key(self.name), GROUP, id="$", mkstream=True)
+        pipe.set(alive_key(self.name), self.epoch, px=self._timeout_ms)
+        pipe.sadd(NODES, self.name)
+        pipe.publish(CHANNEL, json.dumps({"n": self.name, "e": self.epoch, "s": 0}))
+        await pipe.execute()
+
+    # ------------------------------------------------------------- the registry: ours
+
+    async def _publish(self, session: "Session") -> None:
+        self._change(session, registry_entry(session))
+
+    async def _withdraw(self, session: "Session") -> None:
+        self._change(session, None)
+
+    def _change(self, session: "Session", entry: dict | None) -> None:
+        """Write a change of a local session into this node's hash and publish it, in order."""
+        self.seq += 1
+        jid, key = str(session.jid), sessions_key(self.name)
+        value = json.dumps(entry) if entry is not None else None
+        message = json.dumps({"n": self.name, "e": self.epoch, "s": self.seq, "j": jid, "v": value})
+        seq = self.seq
+
+        def apply(pipe):
+            if value is None:
+                pipe.hdel(key, jid)
+                pipe.hset(key, SEQ, seq)
+            else:
+                pipe.hset(key, mapping={jid: value, SEQ: seq})
+            pipe.publish(CHANNEL, message)
+        self._write(Write(apply))
+
+    # ------------------------------------------------------------- the registry: theirs
+
+    async def _load_snapshot(self) -> None:
+        for name in await self.redis.smembers(NODES):
+            if name != self.name:
+                await self._load_node(name)
+
+    async def _load_node(self, name: str) -> None:
+        """Take node `name`'s sessions from its hash (at start, or after a missed change)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.exists(alive_key(name))
+        pipe.hgetall(sessions_key(name))
+        alive, data = await pipe.execute()
+        if not alive or EPOCH not in data:
+            await self._forget(name)
+            return
+        epoch, seq = data.pop(EPOCH), int(data.pop(SEQ, 0))
+        peer = self.peers.get(name)
+        if peer is not None and peer.epoch != epoch:
+            self._drop_peer(name)
+            peer = None
+        if peer is None:
+            peer = self.peers[name] = Peer(epoch)
+        peer.seq = seq
+        for jid in set(peer.sessions) - set(data):
+            self._set_remote(name, peer, jid, None)
+        for jid, value in data.items():
+            self._set_remote(name, peer, jid, value)
+        self._applied.set()
+
+    async def _apply(self, message: dict) -> None:
+        """A change published by another node; one missed (a gap in its sequence) makes
+        this node read that node's hash again."""
+        name, epoch, seq = message["n"], message["e"], message["s"]
+        if name == self.name:
+            return
+        peer = self.peers.get(name)
+        if peer is None or peer.epoch != epoch:
+            if seq == 0:                    # a node (or a new incarnation of one) joined
+                self._drop_peer(name)
+                self.peers[name] = Peer(epoch)
+                self._applied.set()
+            else:
+                await self._load_node(name)
+            return
+        if seq <= peer.seq:                 # already in the snapshot
+            return
+        if seq > peer.seq + 1:
+            await self._load_node(name)
+            return
+        peer.seq = seq
+        self._set_remote(name, peer, message["j"], message["v"])
+        self._applied.set()
+
+    def _set_remote(self, name: str, peer: Peer, jid_text: str, value: str | None) -> None:
+        try:
+            jid = JID.parse(jid_text)
+        except InvalidJID:
+            return
+        host = self.services.directory.host(jid.domain)
+        if host is None:
+            return
+        if value is None:
+            session = peer.sessions.pop(jid_text, None)
+            if session is not None:
+                self._unlist(session)
+            return
+        session = peer.sessions.get(jid_text)
+        if session is None:
+            session = peer.sessions[jid_text] = RemoteSession(self, host, jid, name, peer.epoch)
+            host.remote.setdefault(jid.local, {})[jid.resource] = session
+        session.update(json.loads(value))
+
+    @staticmethod
+    def _unlist(session: RemoteSession) -> None:
+        resources = session.host.remote.get(session.jid.local)
+        if resources and resources.get(session.jid.resource) is session:
+            del resources[session.jid.resource]
+            if not resources:
+                del session.host.remote[session.jid.local]
+
+    def _drop_peer(self, name: str) -> None:
+        """Forget the sessions of node `name`; what was forwarded to it and not confirmed
+        is delivered again by the rules."""
+        peer = self.peers.pop(name, None)
+        if peer is None:
+            return
+        for session in peer.sessions.values():
+            self._unlist(session)
+        failed = [forward_id for forward_id, forward in self.forwards.items()
+                  if forward.node == name and forward.epoch == peer.epoch]
+        if failed:
+            self.services.tasks.spawn(self._forwards_failed(failed))
+        log.info("event=cluster-node-dropped node=%s sessions=%d", name, len(peer.sessions))
+
+    async def _forget(self, name: str) -> None:
+        """A dead node: its sessions leave this node's table, its keys leave Redis."""
+        self._drop_peer(name)
+        await self.redis.eval(FORGET_SCRIPT, 4, alive_key(name), sessions_key(name), inbox_key(name), NODES, name)
+
+    async def _caught_up(self, name: str, epoch: str, seq: int) -> None:
+        """Wait (at most node_timeout) until this node applied node `name`'s registry
+        change `seq`: a stanza it forwarded then meets the state it was routed with
+        (a resource that enabled carbons there before is known here)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.node_timeout
+        while (peer := self.peers.get(name)) is None or peer.epoch != epoch or peer.seq < seq:
+            self._applied.clear()
+            try:
+                await asyncio.wait_for(self._applied.wait(), deadline - loop.time())
+            except TimeoutError:
+                return
+
+    # ------------------------------------------------------------- forwarding
+
+    def forward(self, session: RemoteSession, element: etree._Element) -> None:
+        """Send `element` to `session` on its node; the stanza being routed (if one from a
+        client is) counts as handled only once that node answered."""
+        forward_id = str(next(self._ids))
+        xml = to_storage(element)
+        future = asyncio.get_running_loop().create_future()
+        self.forwards[forward_id] = Forward(session.node, session.epoch, session.host, xml, future)
+        fields = {"t": "fwd", "id": forward_id, "from": self.name, "epoch": self.epoch, "seq": self.seq,
+                  "to": str(session.jid), "xml": xml}
+        self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields),
+                          lambda: self.services.tasks.spawn(self._forwards_failed([forward_id]))))
+        writes = CURRENT_WRITES.get()
+        if writes is not None:
+            writes.append(future)
+
+    def close_remote(self, session: RemoteSession, condition: str | None, text: str | None) -> None:
+        fields = {"t": "close", "to": str(session.jid), "condition": condition or "", "text": text or ""}
+        self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields)))
+
+    async def _forwards_failed(self, forward_ids: list[str]) -> None:
+        """Deliver again, in the order they were sent, forwards that no node will answer."""
+        for forward_id in forward_ids:
+            forward = self.forwards.pop(forward_id, None)
+            if forward is None:
+                continue
+            try:
+                await self.deliver_again(forward.host, from_storage(forward.xml))
+            except Exception:
+                log.exception("event=cluster-deliver-again-failed node=%s", forward.node)
+            finally:
+                if not forward.future.done():
+                    forward.future.set_result(None)
+
+    async def deliver_again(self, host: "Host | None", element: etree._Element) -> None:
+        """A forwarded stanza whose session is gone, or whose node died: delivered by the
+        rules to this node's sessions only (never forwarded twice), with the extensions'
+        hooks not run again (they ran where it was routed): a message goes to another
+        resource or offline storage, an iq get/set is refused, anything else dropped."""
+        kind = KINDS.get(element.tag)
+        try:
+            stanza = Stanza(element, kind, JID.parse(element.get("from")), JID.parse(element.get("to")))
+        except (InvalidJID, TypeError):
+            return
+        error: StanzaError | None = None
+        if host is None:
+            return
+        if kind == "message":
+            token = LOCAL_ONLY.set(True)
+            try:
+                await deliver_to_account(host, stanza)
+                await asyncio.gather(*stanza.writes, return_exceptions=True)
+            except StanzaError as refused:
+                error = refused
+            finally:
+                LOCAL_ONLY.reset(token)
+        elif kind == "iq" and stanza.type in ("get", "set"):
+            error = ServiceUnavailable()
+        if error is not None:
+            await self.services.delivery.bounce(stanza, error)
+
+    # ------------------------------------------------------------- the inbox
+
+    async def _read_inbox(self) -> None:
+        """The one reader of this node's inbox: entries are handled one after the other,
+        in the order the stream has them, so that the stanzas of one sender (one node
+        writes its forwards in order) reach a recipient in order."""
+        key = inbox_key(self.name)
+        while True:
+            try:
+                reply = await self.reader.xreadgroup(GROUP, self.name, {key: ">"}, count=READ_BATCH,
+                                                     block=READ_BLOCK_MS)
+            except Exception:
+                log.exception("event=cluster-inbox-read-failed node=%s", self.name)
+                await asyncio.sleep(self.options.heartbeat)
+                continue
+            for _, entries in reply or ():
+                for _, fields in entries:
+                    try:
+                        await self._handle(fields)
+                    except Exception:
+                        log.exception("event=cluster-inbox-entry-failed node=%s", self.name)
+                ids = [entry_id for entry_id, _ in entries]
+                self._write(Write(lambda pipe, ids=ids: (pipe.xack(key, GROUP, *ids), pipe.xdel(key, *ids))))
+
+    async def _handle(self, fields: dict) -> None:
+        kind = fields.get("t")
+        if kind == "done":
+            forward = self.forwards.pop(fields["id"], None)
+            if forward is not None and not forward.future.done():
+                forward.future.set_result(None)
+        elif kind == "fwd":
+            try:
+                await self._caught_up(fields["from"], fields["epoch"], int(fields["seq"]))
+                await self._deliver(JID.parse(fields["to"]), from_storage(fields["xml"].encode()))
+            finally:
+                origin = fields["from"]
+                answer = {"t": "done", "id": fields["id"]}
+                self._write(Write(lambda pipe: pipe.xadd(inbox_key(origin), answer)))
+        elif kind == "close":
+            session = self._local(JID.parse(fields["to"]))
+            if session is not None:
+                session.close(fields["condition"] or None, fields["text"] or None)
+                await session.host.end_session(session)
+
+    def _local(self, jid: JID) -> "Session | None":
+        host = self.services.directory.host(jid.domain)
+        session = host.sessions.get(jid.local, {}).get(jid.resource) if host is not None else None
+        return session if session is not None and not session.closed else None
+
+    async def _deliver(self, to: JID, element: etree._Element) -> None:
+        session = self._local(to)
+        if session is not None:
+            session.send(element)            # its flow control and XEP-0198 apply here
+        else:
+            await self.deliver_again(self.services.directory.host(to.domain), element)
+
+    # ------------------------------------------------------------- background
+
+    async def _write_loop(self) -> None:
+        """The one writer: registry changes, forwards and answers go to Redis in the order
+        they were made, batched in a MULTI."""
+        while True:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty() and len(batch) < WRITE_BATCH:
+                batch.append(self._outbox.get_nowait())
+            pipe = self.redis.pipeline(transaction=True)
+            for write in batch:
+                write.apply(pipe)
+            try:
+                await pipe.execute()
+            except Exception:
+                log.exception("event=cluster-write-failed node=%s writes=%d", self.name, len(batch))
+                for write in batch:
+                    if write.failed is not None:
+                        write.failed()
+            for write in batch:
+                if not write.done.done():
+                    write.done.set_result(None)
+
+    def _write(self, write: Write) -> asyncio.Future:
+        """Queue `write`; the future resolves once it went out (what `stop` waits for)."""
+        write.done = asyncio.get_running_loop().create_future()
+        self._outbox.put_nowait(write)
+        return write.done
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for message in self.pubsub.listen():
+                    if message["type"] == "message":
+                        await self._apply(json.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event=cluster-registry-lost node=%s", self.name)
+                await asyncio.sleep(self.options.heartbeat)
+                try:
+                    await self.pubsub.subscribe(CHANNEL)
+                    await self._load_snapshot()
+                except Exception:
+                    pass
+
+    async def _heartbeat(self) -> None:
+        """Refresh this node's liveness key; check the others'. A node whose key is gone is
+        dead. This node's own key gone (it stalled past node_timeout, and the others
+        dropped it) makes it join again and publish its sessions anew."""
+        while True:
+            await asyncio.sleep(self.options.heartbeat)
+            try:
+                if not await self.redis.set(alive_key(self.name), self.epoch, px=self._timeout_ms, xx=True):
+                    log.warning("event=cluster-node-expired node=%s", self.name)
+                    await self._join(fresh_inbox=False)
+                    for host in self.services.directory.hosts():
+                        for resources in list(host.sessions.values()):
+                            for session in list(resources.values()):
+                                await self._publish(session)
+                names = sorted((set(self.peers) | set(await self.redis.smembers(NODES))) - {self.name})
+                pipe = self.redis.pipeline(transaction=False)
+                for name in names:
+                    pipe.exists(alive_key(name))
+                for name, alive in zip(names, await pipe.execute()):
+                    if not alive:
+                        await self._forget(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event=cluster-heartbeat-failed node=%s", self.name)
+
