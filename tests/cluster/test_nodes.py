@@ -9,11 +9,13 @@ A node learns the other's sessions asynchronously (Redis pub/sub): a test first 
 until a ping to the other user's full JID is answered (`reachable`), a bounded loop of
 round trips, never a sleep.
 """
+import asyncio
+
 import pytest
 
 from tests.conftest import AccountPool
 from tests.support.cassandra import new_keyspace, xmppd_storage_config
-from tests.support.inbox import presence
+from tests.support.inbox import TIMEOUT, presence
 from tests.support.messaging import bare, carbon, connect, round_trip, send, subscribe_both, with_id
 from tests.support.server import XmppdProcess
 from tests.support.smacks import NS_SM, managed_login, send_message
@@ -159,10 +161,28 @@ async def test_message_to_a_user_moving_between_nodes_arrives_once(nodes, users,
     assert ids_of(b, msg_id) == []
 
 
+async def test_binding_a_resource_bound_on_the_other_node_replaces_it(nodes, users, login):
+    """RFC 6120 7.7.2.2 across nodes: the new session wins, the old stream gets <conflict/>."""
+    alice, bob = users(2)
+    old = await login(nodes[1], alice, "phone")
+    watcher = await login(nodes[0], bob, "watch")
+    b = await login(nodes[1], bob, "desk")
+    await reachable(watcher, old.jid)                     # node 1 knows alice/phone on node 2
+    errors = asyncio.Queue()
+    old.client.add_event_handler("stream_error", errors.put_nowait)
+    new = await login(nodes[0], alice, "phone")
+    error = await asyncio.wait_for(errors.get(), TIMEOUT)
+    assert error["condition"] == "conflict"
+    await reachable(b, new.jid)                           # node 2 routes alice/phone to node 1 now
+    msg_id = send(b, new.jid, body="which one")
+    await new.inbox.wait(with_id(msg_id))
+    assert ids_of(old, msg_id) == []
+
+
 async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_engine, keyspace, tmp_path):
     """alice (node 1, XEP-0198) sends 200 messages to bob on node 3, SIGKILLed midway:
     once node 1 has dropped node 3, bob logs in on node 1 and has every message alice
-    was acked for, none twice in one session."""
+    was acked for, none twice in one session, in the order alice sent them."""
     count = 200
     alice, bob = users(2)
     node3 = XmppdProcess(tmp_path, node_config(redis_engine, keyspace, "node3"), server_section=QUICK_STOP)
@@ -203,6 +223,8 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
     await round_trip(moved)                               # a round trip after the queue
     on_node1 = ids_of(moved, "kill")
     assert len(on_node1) == len(set(on_node1)), "a message arrived twice on node 1"
+    order = [int(msg_id.removeprefix("kill")) for msg_id in on_node1]
+    assert order == sorted(order), "node 1 delivered alice's messages out of order"
     missing = [msg_id for msg_id in acked_ids if msg_id not in on_node3 and msg_id not in on_node1]
     assert not missing
     assert acked == count, f"only {acked} of {count} messages were acked"

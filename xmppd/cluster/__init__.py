@@ -25,7 +25,9 @@ Keys (a node is named by `[cluster] node`; each start of it is a new random epoc
   resource that enabled carbons) is known where the stanza lands.
   A stanza whose session is gone when it arrives, or whose node died before answering,
   is delivered again by the rules among the local sessions only (never forwarded twice):
-  a message to another resource or offline storage, an iq get/set refused.
+  a message to another resource or offline storage, an iq get/set refused. A dead
+  node's sessions stay listed until what was sent to them is delivered again, so that
+  nothing routed later overtakes it.
 
 Order per sender and recipient: a node writes its registry changes, forwards and
 answers through one writer, in the order they were made, so one sender's stanzas to one

@@ -56,20 +56,22 @@ def inbox_key(node: str) -> str:
     return f"xmppd:inbox:{node}"
 
 
-@dataclass
+@dataclass(eq=False)
 class Peer:
     """Another node as this one knows it: the incarnation, the last registry change
-    applied, and its sessions by full JID."""
+    applied, and its sessions by full JID. `dead`: dropped, its sessions still listed
+    until what was sent to them is delivered again."""
+    name: str
     epoch: str
     seq: int = 0
     sessions: dict[str, RemoteSession] = field(default_factory=dict)
+    dead: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Forward:
     """A stanza sent to another node's session, until that node answers "done"."""
-    node: str
-    epoch: str
+    peer: Peer
     host: "Host"
     xml: bytes
     future: asyncio.Future
@@ -93,6 +95,9 @@ class Cluster:
         self.seq = 0                       # of this node's registry changes, in this epoch
         self.peers: dict[str, Peer] = {}
         self.forwards: dict[str, Forward] = {}
+        # What a dead node will not deliver, and then that node (Peer) to unlist, in order.
+        self._again: asyncio.Queue[Forward | Peer] = asyncio.Queue()
+        self._again_forwards = 0            # Forwards in `_again`
         self._ids = itertools.count()
         self._outbox: asyncio.Queue[Write] = asyncio.Queue()
         self._applied = asyncio.Event()    # a registry change of another node was applied
@@ -121,7 +126,8 @@ class Cluster:
                     self._hooked.append((host, name, handler))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(coroutine) for coroutine in
-                       (self._write_loop(), self._listen(), self._read_inbox(), self._heartbeat())]
+                       (self._write_loop(), self._listen(), self._read_inbox(), self._heartbeat(),
+                        self._deliver_again_loop())]
         log.info("event=cluster-joined node=%s nodes=%d", self.name, len(self.peers) + 1)
 
     async def stop(self) -> None:
@@ -141,8 +147,11 @@ class Cluster:
             await self.redis.srem(NODES, self.name)
         except Exception:
             log.warning("event=cluster-leave-failed node=%s", self.name)
-        for forward in self.forwards.values():
-            if not forward.future.done():
+        unanswered = list(self.forwards.values())      # their clients are gone with this node
+        while not self._again.empty():
+            unanswered.append(self._again.get_nowait())
+        for forward in unanswered:
+            if isinstance(forward, Forward) and not forward.future.done():
                 forward.future.set_result(None)
         await self.pubsub.aclose()
         await self.reader.aclose()
@@ -210,7 +219,7 @@ class Cluster:
             self._drop_peer(name)
             peer = None
         if peer is None:
-            peer = self.peers[name] = Peer(epoch)
+            peer = self.peers[name] = Peer(name, epoch)
         peer.seq = seq
         for jid in set(peer.sessions) - set(data):
             self._set_remote(name, peer, jid, None)
@@ -228,7 +237,7 @@ class Cluster:
         if peer is None or peer.epoch != epoch:
             if seq == 0:                    # a node (or a new incarnation of one) joined
                 self._drop_peer(name)
-                self.peers[name] = Peer(epoch)
+                self.peers[name] = Peer(name, epoch)
                 self._applied.set()
             else:
                 await self._load_node(name)
@@ -257,7 +266,7 @@ class Cluster:
             return
         session = peer.sessions.get(jid_text)
         if session is None:
-            session = peer.sessions[jid_text] = RemoteSession(self, host, jid, name, peer.epoch)
+            session = peer.sessions[jid_text] = RemoteSession(self, host, jid, peer)
             host.remote.setdefault(jid.local, {})[jid.resource] = session
         session.update(json.loads(value))
 
@@ -270,18 +279,43 @@ class Cluster:
                 del session.host.remote[session.jid.local]
 
     def _drop_peer(self, name: str) -> None:
-        """Forget the sessions of node `name`; what was forwarded to it and not confirmed
-        is delivered again by the rules."""
+        """Forget node `name`: what was forwarded to it and not confirmed, and what is
+        sent to its sessions until they are unlisted, is delivered again by the rules, in
+        the order it was sent; then its sessions leave the table (nothing routed after
+        that overtakes it)."""
         peer = self.peers.pop(name, None)
         if peer is None:
             return
-        for session in peer.sessions.values():
-            self._unlist(session)
-        failed = [forward_id for forward_id, forward in self.forwards.items()
-                  if forward.node == name and forward.epoch == peer.epoch]
-        if failed:
-            self.services.tasks.spawn(self._forwards_failed(failed))
+        peer.dead = True
+        for forward_id, forward in list(self.forwards.items()):
+            if forward.peer is peer:
+                del self.forwards[forward_id]
+                self._deliver_later(forward)
+        self._again.put_nowait(peer)
         log.info("event=cluster-node-dropped node=%s sessions=%d", name, len(peer.sessions))
+
+    def _deliver_later(self, forward: Forward) -> None:
+        self._again_forwards += 1
+        self._again.put_nowait(forward)
+
+    async def _deliver_again_loop(self) -> None:
+        while True:
+            item = await self._again.get()
+            if isinstance(item, Peer):
+                if self._again_forwards:       # sent to its sessions meanwhile: after those
+                    self._again.put_nowait(item)
+                else:
+                    for session in item.sessions.values():
+                        self._unlist(session)
+                continue
+            self._again_forwards -= 1
+            try:
+                await self.deliver_again(item.host, from_storage(item.xml))
+            except Exception:
+                log.exception("event=cluster-deliver-again-failed node=%s", item.peer.name)
+            finally:
+                if not item.future.done():
+                    item.future.set_result(None)
 
     async def _forget(self, name: str) -> None:
         """A dead node: its sessions leave this node's table, its keys leave Redis."""
@@ -306,35 +340,30 @@ class Cluster:
     def forward(self, session: RemoteSession, element: etree._Element) -> None:
         """Send `element` to `session` on its node; the stanza being routed (if one from a
         client is) counts as handled only once that node answered."""
-        forward_id = str(next(self._ids))
         xml = to_storage(element)
-        future = asyncio.get_running_loop().create_future()
-        self.forwards[forward_id] = Forward(session.node, session.epoch, session.host, xml, future)
-        fields = {"t": "fwd", "id": forward_id, "from": self.name, "epoch": self.epoch, "seq": self.seq,
-                  "to": str(session.jid), "xml": xml}
-        self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields),
-                          lambda: self.services.tasks.spawn(self._forwards_failed([forward_id]))))
+        forward = Forward(session.peer, session.host, xml, asyncio.get_running_loop().create_future())
+        if session.peer.dead:
+            self._deliver_later(forward)
+        else:
+            forward_id = str(next(self._ids))
+            self.forwards[forward_id] = forward
+            fields = {"t": "fwd", "id": forward_id, "from": self.name, "epoch": self.epoch, "seq": self.seq,
+                      "to": str(session.jid), "xml": xml}
+            self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields),
+                              lambda: self._failed(forward_id)))
         writes = CURRENT_WRITES.get()
         if writes is not None:
-            writes.append(future)
+            writes.append(forward.future)
 
     def close_remote(self, session: RemoteSession, condition: str | None, text: str | None) -> None:
         fields = {"t": "close", "to": str(session.jid), "condition": condition or "", "text": text or ""}
         self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields)))
 
-    async def _forwards_failed(self, forward_ids: list[str]) -> None:
-        """Deliver again, in the order they were sent, forwards that no node will answer."""
-        for forward_id in forward_ids:
-            forward = self.forwards.pop(forward_id, None)
-            if forward is None:
-                continue
-            try:
-                await self.deliver_again(forward.host, from_storage(forward.xml))
-            except Exception:
-                log.exception("event=cluster-deliver-again-failed node=%s", forward.node)
-            finally:
-                if not forward.future.done():
-                    forward.future.set_result(None)
+    def _failed(self, forward_id: str) -> None:
+        """A forward that did not reach Redis: delivered again here."""
+        forward = self.forwards.pop(forward_id, None)
+        if forward is not None:
+            self._deliver_later(forward)
 
     async def deliver_again(self, host: "Host | None", element: etree._Element) -> None:
         """A forwarded stanza whose session is gone, or whose node died: delivered by the
@@ -486,6 +515,8 @@ class Cluster:
                 for name, alive in zip(names, await pipe.execute()):
                     if not alive:
                         await self._forget(name)
+                    elif name not in self.peers:      # its first change was missed
+                        await self._load_node(name)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -9,7 +9,7 @@ from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import from_storage, to_storage
 
 if TYPE_CHECKING:
-    from xmppd.cluster.node import Cluster
+    from xmppd.cluster.node import Cluster, Peer
     from xmppd.host import Host
 
 
@@ -24,7 +24,7 @@ ELSEWHERE = ElsewhereConnection()
 
 
 class RemoteSession:
-    """What the registry says of a session on node `node` (its availability, priority,
+    """What the registry says of a session on another node (its availability, priority,
     last presence, interest in roster pushes and `shared` state); `send` forwards to
     that node. Kept in `Host.remote`, so that `Host.sessions_of` and the others find it
     beside the local sessions; never in `Host.sessions`."""
@@ -34,12 +34,11 @@ class RemoteSession:
     behind = False
     connection = ELSEWHERE
 
-    def __init__(self, cluster: "Cluster", host: "Host", jid: JID, node: str, epoch: str):
+    def __init__(self, cluster: "Cluster", host: "Host", jid: JID, peer: "Peer"):
         self.cluster = cluster
         self.host = host
         self.jid = jid
-        self.node = node
-        self.epoch = epoch                      # the incarnation of `node` that bound it
+        self.peer = peer                        # the node (the incarnation of it) that bound it
         self.meta: dict = {}                    # node-local extension state stays on its node
         self.available = False
         self.priority = 0
@@ -49,6 +48,10 @@ class RemoteSession:
 
     def __repr__(self):
         return f"<RemoteSession {self.jid} on {self.node}>"
+
+    @property
+    def node(self) -> str:
+        return self.peer.name
 
     def update(self, entry: dict) -> None:
         self.available = entry["available"]
