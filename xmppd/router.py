@@ -246,16 +246,17 @@ class CoreDelivery:
         return await answer_iq(self.host, stanza)
 
 
-async def deliver_to_account(host: "Host", stanza: Stanza) -> bool:
+async def deliver_to_account(host: "Host", stanza: Stanza, recipients: list["Session"] | None = None) -> bool:
     """RFC 6121 8.5.2.1 (and 8.5.3.2.1 for a full JID whose resource is gone): a message
-    to the account of `stanza.to` is delivered, stored offline or refused."""
+    to the account of `stanza.to` is delivered, stored offline or refused. `recipients`:
+    the resources it goes to, when the caller chose them (the cluster: local ones only)."""
     element = stanza.element
     kind = stanza.type or "normal"
     if kind == "error":
         return True
     if kind == "groupchat":
         raise ServiceUnavailable()
-    sessions = bare_message_recipients(host, stanza.to.local, kind)
+    sessions = bare_message_recipients(host, stanza.to.local, kind) if recipients is None else recipients
     if sessions:
         for session in sessions:
             session.send(element)

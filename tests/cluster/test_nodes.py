@@ -161,6 +161,23 @@ async def test_message_to_a_user_moving_between_nodes_arrives_once(nodes, users,
     assert ids_of(b, msg_id) == []
 
 
+async def test_a_message_for_a_resource_that_just_left_reaches_the_other_node(nodes, users, login):
+    """bob's top resource leaves node 2 as alice's message to bob goes: whether node 1
+    still forwards it there (node 2 then stores it offline and asks node 1 to deliver
+    what is stored) or already knows, bob's resource on node 1 gets it at once."""
+    alice, bob = users(2)
+    a = await login(nodes[0], alice, "phone")
+    top = await login(nodes[1], bob, "top", priority=5)
+    other = await login(nodes[0], bob, "other")
+    await reachable(a, top.jid)
+    closing = top.client.disconnect()                     # the stream closes as the message goes
+    msg_id = send(a, bob, body="to whoever is there")
+    await closing
+    await other.inbox.wait(with_id(msg_id))
+    await round_trip(other)
+    assert ids_of(other, msg_id) == [msg_id]
+
+
 async def test_binding_a_resource_bound_on_the_other_node_replaces_it(nodes, users, login):
     """RFC 6120 7.7.2.2 across nodes: the new session wins, the old stream gets <conflict/>."""
     alice, bob = users(2)

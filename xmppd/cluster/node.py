@@ -17,7 +17,7 @@ from xmppd.host import LOCAL_ONLY
 from xmppd.protocol.errors import ServiceUnavailable, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import from_storage, to_storage
-from xmppd.router import CURRENT_WRITES, KINDS, Stanza, deliver_to_account
+from xmppd.router import CURRENT_WRITES, KINDS, Stanza, bare_message_recipients, deliver_to_account
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
@@ -356,8 +356,14 @@ class Cluster:
             writes.append(forward.future)
 
     def close_remote(self, session: RemoteSession, condition: str | None, text: str | None) -> None:
-        fields = {"t": "close", "to": str(session.jid), "condition": condition or "", "text": text or ""}
-        self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields)))
+        self._command(session, {"t": "close", "to": str(session.jid), "condition": condition or "", "text": text or ""})
+
+    def deliver_offline(self, session: RemoteSession) -> None:
+        self._command(session, {"t": "offline", "to": str(session.jid)})
+
+    def _command(self, session: RemoteSession, fields: dict) -> None:
+        if not session.peer.dead:
+            self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields)))
 
     def _failed(self, forward_id: str) -> None:
         """A forward that did not reach Redis: delivered again here."""
@@ -381,12 +387,14 @@ class Cluster:
         if kind == "message":
             token = LOCAL_ONLY.set(True)
             try:
-                await deliver_to_account(host, stanza)
+                recipients = bare_message_recipients(host, stanza.to.local, stanza.type or "normal")
+            finally:
+                LOCAL_ONLY.reset(token)
+            try:
+                await deliver_to_account(host, stanza, recipients)
                 await asyncio.gather(*stanza.writes, return_exceptions=True)
             except StanzaError as refused:
                 error = refused
-            finally:
-                LOCAL_ONLY.reset(token)
         elif kind == "iq" and stanza.type in ("get", "set"):
             error = ServiceUnavailable()
         if error is not None:
@@ -435,6 +443,10 @@ class Cluster:
             if session is not None:
                 session.close(fields["condition"] or None, fields["text"] or None)
                 await session.host.end_session(session)
+        elif kind == "offline":
+            session = self._local(JID.parse(fields["to"]))
+            if session is not None and session.available:
+                await session.host.bus.fire("message/offline/deliver", session)
 
     def _local(self, jid: JID) -> "Session | None":
         host = self.services.directory.host(jid.domain)
@@ -446,6 +458,7 @@ class Cluster:
         if session is not None:
             session.send(element)            # its flow control and XEP-0198 apply here
         else:
+            log.info("event=cluster-forward-session-gone jid=%s", to)
             await self.deliver_again(self.services.directory.host(to.domain), element)
 
     # ------------------------------------------------------------- background

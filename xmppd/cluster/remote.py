@@ -68,8 +68,9 @@ class RemoteSession:
         self.cluster.close_remote(self, condition, text)
 
     async def drain_now(self, key: str, drain) -> None:
-        """Offline messages are drained by the session's own node (at its next available
-        presence), not from here."""
+        """Stored messages (offline.py's queue, stored while this session was online: a
+        forward that found its session gone) are drained by the session's own node."""
+        self.cluster.deliver_offline(self)
 
 
 def registry_entry(session) -> dict:
