@@ -112,8 +112,9 @@ class Server:
         await self.open()
         if self.config.cluster.engine:      # not in open(): xmppctl opens the hosts, it is no node
             from xmppd.cluster import Cluster
-            self.cluster = Cluster(self.services, self.config.cluster)
-            await self.cluster.start()
+            cluster = Cluster(self.services, self.config.cluster)
+            await cluster.start()
+            self.cluster = cluster
         self._raise_open_file_limit()
         self._setup_tls()
         await self.http.start(self.tls.context)

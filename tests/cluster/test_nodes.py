@@ -17,7 +17,7 @@ from tests.conftest import AccountPool
 from tests.support.cassandra import new_keyspace, xmppd_storage_config
 from tests.support.inbox import TIMEOUT, presence
 from tests.support.messaging import bare, carbon, connect, round_trip, send, subscribe_both, with_id
-from tests.support.server import XmppdProcess
+from tests.support.server import XmppdProcess, free_port
 from tests.support.smacks import NS_SM, managed_login, send_message
 
 pytestmark = pytest.mark.cassandra
@@ -102,6 +102,14 @@ async def reachable(user, jid: str) -> None:
 def ids_of(user, prefix: str) -> list[str]:
     return [s.get("id") for s in user.inbox.stanzas
             if s.tag.endswith("message") and (s.get("id") or "").startswith(prefix) and s.get("type") != "error"]
+
+
+def test_a_node_without_its_engine_does_not_start(keyspace, tmp_path):
+    process = XmppdProcess(tmp_path, node_config(f"redis://127.0.0.1:{free_port()}", keyspace, "lonely"),
+                           server_section=QUICK_STOP)
+    with pytest.raises(RuntimeError, match="did not start"):
+        process.start(timeout=SCHEMA_TIMEOUT)
+    assert "cluster.engine: cannot reach redis://127.0.0.1:" in process.log
 
 
 async def test_chat_presence_probe_and_iq_across_nodes(nodes, users, login):

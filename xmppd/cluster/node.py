@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 from lxml import etree
 
 from xmppd.cluster.remote import RemoteSession, registry_entry
-from xmppd.config import ClusterOptions
+from xmppd.config import ClusterOptions, ConfigError
 from xmppd.host import LOCAL_ONLY
 from xmppd.protocol.errors import ServiceUnavailable, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
@@ -112,10 +112,15 @@ class Cluster:
 
     async def start(self) -> None:
         from redis.asyncio import Redis
+        from redis.exceptions import RedisError
         self.redis = Redis.from_url(self.options.engine, decode_responses=True)
         self.reader = Redis.from_url(self.options.engine, decode_responses=True)  # its XREADGROUP blocks
         self.pubsub = self.redis.pubsub()
-        await self.pubsub.subscribe(CHANNEL)     # first: a change made during the snapshot is not missed
+        try:
+            await self.pubsub.subscribe(CHANNEL)     # first: a change made during the snapshot is not missed
+        except RedisError as exc:
+            raise ConfigError(f"{self.services.config.source}: cluster.engine: cannot reach "
+                              f"{self.options.engine}: {exc}") from None
         await self._join(fresh_inbox=True)
         await self._load_snapshot()
         for host in self.services.directory.hosts():
