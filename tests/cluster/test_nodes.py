@@ -210,15 +210,15 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
     was acked for, none twice in one session, in the order alice sent them."""
     count = 200
     alice, bob = users(2)
+    user_a = await login(nodes[0], alice, "sync")         # bound before node 3 starts
     node3 = XmppdProcess(tmp_path, node_config(redis_engine, keyspace, "node3"), server_section=QUICK_STOP)
     nodes.append(node3)                   # stopped with the others; its log shown on failure
     node3.start(timeout=SCHEMA_TIMEOUT)
     b = await login(node3, bob, "phone")
-    sender, _ = await managed_login(nodes[0], alice.split("@")[0], "phone")
-    sender.jid = f"{alice}/phone"
-    user_a = await login(nodes[0], alice, "sync")         # a plain client to wait until node 1 knows bob
+    await reachable(b, user_a.jid)                        # node 3 read it from node 1's hash at start
     await reachable(user_a, b.jid)
     await user_a.client.logout()
+    sender, _ = await managed_login(nodes[0], alice.split("@")[0], "phone")
 
     async def handled() -> int:
         await sender.send(f"<r xmlns='{NS_SM}'/>")
