@@ -98,6 +98,7 @@ class Cluster:
         # What a dead node will not deliver, and then that node (Peer) to unlist, in order.
         self._again: asyncio.Queue[Forward | Peer] = asyncio.Queue()
         self._again_forwards = 0            # Forwards in `_again`
+        self._dropped: set[str] = set()     # epochs of the nodes dropped: their registries end
         self._ids = itertools.count()
         self._outbox: asyncio.Queue[Write] = asyncio.Queue()
         self._applied = asyncio.Event()    # a registry change of another node was applied
@@ -142,7 +143,7 @@ class Cluster:
             host.bus.unhook(name, handler)
         try:
             await asyncio.wait_for(self._write(Write(lambda pipe: None)), self.options.node_timeout)
-        except (TimeoutError, Exception):
+        except Exception:
             log.warning("event=cluster-flush-failed node=%s", self.name)
         for task in self._tasks:
             task.cancel()
@@ -292,6 +293,7 @@ class Cluster:
         if peer is None:
             return
         peer.dead = True
+        self._dropped.add(peer.epoch)
         for forward_id, forward in list(self.forwards.items()):
             if forward.peer is peer:
                 del self.forwards[forward_id]
@@ -333,7 +335,8 @@ class Cluster:
         (a resource that enabled carbons there before is known here)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.node_timeout
-        while (peer := self.peers.get(name)) is None or peer.epoch != epoch or peer.seq < seq:
+        while epoch not in self._dropped and ((peer := self.peers.get(name)) is None or peer.epoch != epoch
+                                              or peer.seq < seq):
             self._applied.clear()
             try:
                 await asyncio.wait_for(self._applied.wait(), deadline - loop.time())
@@ -505,12 +508,12 @@ class Cluster:
                 raise
             except Exception:
                 log.exception("event=cluster-registry-lost node=%s", self.name)
-                await asyncio.sleep(self.options.heartbeat)
-                try:
-                    await self.pubsub.subscribe(CHANNEL)
-                    await self._load_snapshot()
-                except Exception:
-                    pass
+            await asyncio.sleep(self.options.heartbeat)
+            try:                               # changes made meanwhile are in the hashes
+                await self.pubsub.subscribe(CHANNEL)
+                await self._load_snapshot()
+            except Exception:
+                log.warning("event=cluster-registry-resubscribe-failed node=%s", self.name)
 
     async def _heartbeat(self) -> None:
         """Refresh this node's liveness key; check the others'. A node whose key is gone is
