@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import AccountPool
 from tests.support.cassandra import new_keyspace, xmppd_storage_config
+from tests.support.engines import EngineProcess
 from tests.support.inbox import TIMEOUT, presence
 from tests.support.messaging import bare, carbon, connect, round_trip, send, subscribe_both, with_id
 from tests.support.server import XmppdProcess, free_port
@@ -87,6 +88,31 @@ async def login():
     for user in opened:
         if user.client.is_connected():
             await user.client.logout()
+
+
+@pytest.fixture
+def restartable(keyspace, tmp_path):
+    """Nodes r1 and r2 on a Redis server of their own (`.engine`), which a test may kill
+    and start again on the same port."""
+    started = Nodes()
+    started.engine = EngineProcess("redis", tmp_path / "redis").start()
+    try:
+        for name in ("r1", "r2"):
+            directory = tmp_path / name
+            directory.mkdir()
+            process = XmppdProcess(directory, node_config(started.engine.url, keyspace, name), server_section=QUICK_STOP)
+            started.append(process.start(timeout=SCHEMA_TIMEOUT))
+        yield started
+    finally:
+        for process in started:
+            process.stop()
+        started.engine.stop()
+
+
+async def handled(client) -> int:
+    """The XEP-0198 'h' of a raw client's stream, asked for with <r/>."""
+    await client.send(f"<r xmlns='{NS_SM}'/>")
+    return int((await client.expect(r"<a [^>]*h=[\"'](\d+)[\"']")).group(1))
 
 
 async def reachable(user, jid: str) -> None:
@@ -220,11 +246,7 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
     await user_a.client.logout()
     sender, _ = await managed_login(nodes[0], alice.split("@")[0], "phone")
 
-    async def handled() -> int:
-        await sender.send(f"<r xmlns='{NS_SM}'/>")
-        return int((await sender.expect(r"<a [^>]*h=[\"'](\d+)[\"']")).group(1))
-
-    before = await handled()
+    before = await handled(sender)
     ids = [f"kill{index}" for index in range(count)]
     for index, msg_id in enumerate(ids):
         if index == count // 2:
@@ -234,7 +256,7 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
     await nodes[0].wait_for_log("event=cluster-node-dropped node=node3", timeout=NODE_TIMEOUT * 4)
     acked = 0
     for _ in range(50):                   # 'h' grows as node 1 stores what node 3 never confirmed
-        acked = await handled() - before
+        acked = await handled(sender) - before
         if acked == count:
             break
     assert acked > 0
@@ -253,3 +275,35 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
     missing = [msg_id for msg_id in acked_ids if msg_id not in on_node3 and msg_id not in on_node1]
     assert not missing
     assert acked == count, f"only {acked} of {count} messages were acked"
+
+
+async def test_acked_messages_survive_an_engine_restart(restartable, users, login):
+    """The Redis server SIGKILLed and started again (its append-only file, the same port)
+    while alice (r1, XEP-0198) sends 100 messages to bob on r2: the nodes carry on, every
+    message is acked and reaches bob's session once, in order."""
+    count = 100
+    r1, r2 = restartable
+    alice, bob = users(2)
+    b = await login(r2, bob, "phone")
+    user_a = await login(r1, alice, "sync")
+    await reachable(user_a, b.jid)
+    await user_a.client.logout()
+    sender, _ = await managed_login(r1, alice.split("@")[0], "phone")
+    before = await handled(sender)
+    ids = [f"restart{index}" for index in range(count)]
+    for index, msg_id in enumerate(ids):
+        if index == count // 2:
+            await b.inbox.wait(with_id(ids[count // 4]))
+            restartable.engine.kill()
+            restartable.engine.start()
+        await send_message(sender, bob, f"message {index}", msg_id)
+    acked = 0
+    for _ in range(50):                   # 'h' grows as the nodes write to the engine again
+        acked = await handled(sender) - before
+        if acked == count:
+            break
+    assert acked == count, f"only {acked} of {count} messages were acked"
+    for msg_id in ids[count // 4 + 1:]:                  # the first ones were waited for above
+        await b.inbox.wait(with_id(msg_id))
+    await round_trip(b)
+    assert ids_of(b, "restart") == ids

@@ -32,6 +32,12 @@ Keys (a node is named by `[cluster] node`; each start of it is a new random epoc
 Order per sender and recipient: a node writes its registry changes, forwards and
 answers through one writer, in the order they were made, so one sender's stanzas to one
 node enter its inbox in order, and one reader hands them to the sessions in that order.
+
+While Redis cannot be reached (restarted: it keeps its data in its append-only file),
+the writer sends its batch again every heartbeat and nothing forwarded meanwhile is
+acked; a batch whose reply was lost may be taken twice, so receivers skip a registry
+change by its sequence number and a forward by its id. The readers reconnect, and the
+registry is read again from the hashes.
 """
 from xmppd.cluster.node import Cluster
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from lxml import etree
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
 
 from xmppd.cluster.remote import RemoteSession, registry_entry
 from xmppd.config import ClusterOptions, ConfigError
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ENGINE_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)   # retried, not crashes
+
 NODES = "xmppd:nodes"                   # set: the names of the nodes that joined
 CHANNEL = "xmppd:registry"              # pub/sub: each change of a node's sessions
 GROUP = "xmppd"                         # the consumer group of every inbox
@@ -35,6 +40,7 @@ SEQ, EPOCH = "#seq", "#epoch"           # fields of a sessions hash beside the f
 WRITE_BATCH = 256                       # writes sent to Redis in one MULTI, at most
 READ_BATCH = 256                        # inbox entries read at once, at most
 READ_BLOCK_MS = 1000
+SEEN_FORWARDS = 100_000                 # forward ids remembered against a write sent twice
 # A dead node's keys go only while it is still dead (one of the same name may be starting).
 FORGET_SCRIPT = """
 if redis.call('exists', KEYS[1]) == 0 then
@@ -79,10 +85,8 @@ class Forward:
 
 @dataclass
 class Write:
-    """Commands for the writer's next MULTI; `failed` runs if it fails, `done` resolves
-    once it went out either way."""
+    """Commands for the writer's next MULTI; `done` resolves once Redis took them."""
     apply: Callable[["Pipeline"], object]
-    failed: Callable[[], None] | None = None
     done: asyncio.Future | None = None
 
 
@@ -100,6 +104,7 @@ class Cluster:
         self._again_forwards = 0            # Forwards in `_again`
         self._dropped: set[str] = set()     # epochs of the nodes dropped: their registries end
         self._ids = itertools.count()
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()   # forwards handled
         self._outbox: asyncio.Queue[Write] = asyncio.Queue()
         self._applied = asyncio.Event()    # a registry change of another node was applied
         self._tasks: list[asyncio.Task] = []
@@ -112,14 +117,12 @@ class Cluster:
     # ------------------------------------------------------------- start, stop
 
     async def start(self) -> None:
-        from redis.asyncio import Redis
-        from redis.exceptions import RedisError
         self.redis = Redis.from_url(self.options.engine, decode_responses=True)
         self.reader = Redis.from_url(self.options.engine, decode_responses=True)  # its XREADGROUP blocks
         self.pubsub = self.redis.pubsub()
         try:
             await self.pubsub.subscribe(CHANNEL)     # first: a change made during the snapshot is not missed
-        except RedisError as exc:
+        except redis_errors.RedisError as exc:
             raise ConfigError(f"{self.services.config.source}: cluster.engine: cannot reach "
                               f"{self.options.engine}: {exc}") from None
         await self._join(fresh_inbox=True)
@@ -172,11 +175,18 @@ class Cluster:
         pipe.hset(sessions_key(self.name), mapping={EPOCH: self.epoch, SEQ: 0})
         if fresh_inbox:
             pipe.delete(inbox_key(self.name))
-            pipe.xgroup_create(inbox_key(self.name), GROUP, id="$", mkstream=True)
         pipe.set(alive_key(self.name), self.epoch, px=self._timeout_ms)
         pipe.sadd(NODES, self.name)
         pipe.publish(CHANNEL, json.dumps({"n": self.name, "e": self.epoch, "s": 0}))
         await pipe.execute()
+        await self._ensure_inbox()
+
+    async def _ensure_inbox(self) -> None:
+        try:
+            await self.redis.xgroup_create(inbox_key(self.name), GROUP, id="$", mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     # ------------------------------------------------------------- the registry: ours
 
@@ -357,8 +367,7 @@ class Cluster:
             self.forwards[forward_id] = forward
             fields = {"t": "fwd", "id": forward_id, "from": self.name, "epoch": self.epoch, "seq": self.seq,
                       "to": str(session.jid), "xml": xml}
-            self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields),
-                              lambda: self._failed(forward_id)))
+            self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields)))
         writes = CURRENT_WRITES.get()
         if writes is not None:
             writes.append(forward.future)
@@ -372,12 +381,6 @@ class Cluster:
     def _command(self, session: RemoteSession, fields: dict) -> None:
         if not session.peer.dead:
             self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields)))
-
-    def _failed(self, forward_id: str) -> None:
-        """A forward that did not reach Redis: delivered again here."""
-        forward = self.forwards.pop(forward_id, None)
-        if forward is not None:
-            self._deliver_later(forward)
 
     async def deliver_again(self, host: "Host | None", element: etree._Element) -> None:
         """A forwarded stanza whose session is gone, or whose node died: delivered by the
@@ -419,9 +422,13 @@ class Cluster:
             try:
                 reply = await self.reader.xreadgroup(GROUP, self.name, {key: ">"}, count=READ_BATCH,
                                                      block=READ_BLOCK_MS)
-            except Exception:
-                log.exception("event=cluster-inbox-read-failed node=%s", self.name)
+            except ENGINE_DOWN as exc:
+                log.warning("event=cluster-inbox-read-failed node=%s error=%s", self.name, exc)
                 await asyncio.sleep(self.options.heartbeat)
+                continue
+            except redis_errors.ResponseError as exc:          # NOGROUP: taken for dead, its inbox went
+                log.warning("event=cluster-inbox-read-failed node=%s error=%s", self.name, exc)
+                await self._ensure_inbox()
                 continue
             for _, entries in reply or ():
                 for _, fields in entries:
@@ -440,8 +447,13 @@ class Cluster:
                 forward.future.set_result(None)
         elif kind == "fwd":
             try:
-                await self._caught_up(fields["from"], fields["epoch"], int(fields["seq"]))
-                await self._deliver(JID.parse(fields["to"]), from_storage(fields["xml"].encode()))
+                key = f'{fields["from"]}/{fields["epoch"]}/{fields["id"]}'
+                if key not in self._seen:      # a write retried after a lost reply comes twice
+                    self._seen[key] = None
+                    if len(self._seen) > SEEN_FORWARDS:
+                        self._seen.popitem(last=False)
+                    await self._caught_up(fields["from"], fields["epoch"], int(fields["seq"]))
+                    await self._deliver(JID.parse(fields["to"]), from_storage(fields["xml"].encode()))
             finally:
                 origin = fields["from"]
                 answer = {"t": "done", "id": fields["id"]}
@@ -473,24 +485,30 @@ class Cluster:
 
     async def _write_loop(self) -> None:
         """The one writer: registry changes, forwards and answers go to Redis in the order
-        they were made, batched in a MULTI."""
+        they were made, batched in a MULTI. While Redis cannot be reached, a batch is sent
+        again every heartbeat and what comes after waits (the stanzas forwarded are not
+        acked meanwhile); one whose reply was lost may be taken twice: a registry change
+        comes again with the same sequence number and a forward with the same id, which
+        the receivers skip."""
         while True:
             batch = [await self._outbox.get()]
             while not self._outbox.empty() and len(batch) < WRITE_BATCH:
                 batch.append(self._outbox.get_nowait())
-            pipe = self.redis.pipeline(transaction=True)
-            for write in batch:
-                write.apply(pipe)
-            try:
-                await pipe.execute()
-            except Exception:
-                log.exception("event=cluster-write-failed node=%s writes=%d", self.name, len(batch))
+            while True:
+                pipe = self.redis.pipeline(transaction=True)
                 for write in batch:
-                    if write.failed is not None:
-                        write.failed()
+                    write.apply(pipe)
+                try:
+                    await pipe.execute()
+                except ENGINE_DOWN as exc:
+                    log.warning("event=cluster-write-retried node=%s writes=%d error=%s", self.name, len(batch), exc)
+                    await asyncio.sleep(self.options.heartbeat)
+                    continue
+                except Exception:
+                    log.exception("event=cluster-write-failed node=%s writes=%d", self.name, len(batch))
+                break
             for write in batch:
-                if not write.done.done():
-                    write.done.set_result(None)
+                write.done.set_result(None)
 
     def _write(self, write: Write) -> asyncio.Future:
         """Queue `write`; the future resolves once it went out (what `stop` waits for)."""
@@ -503,17 +521,20 @@ class Cluster:
             try:
                 async for message in self.pubsub.listen():
                     if message["type"] == "message":
-                        await self._apply(json.loads(message["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("event=cluster-registry-lost node=%s", self.name)
+                        try:
+                            await self._apply(json.loads(message["data"]))
+                        except ENGINE_DOWN:
+                            raise
+                        except Exception:
+                            log.exception("event=cluster-registry-change-failed node=%s", self.name)
+            except ENGINE_DOWN as exc:
+                log.warning("event=cluster-registry-lost node=%s error=%s", self.name, exc)
             await asyncio.sleep(self.options.heartbeat)
             try:                               # changes made meanwhile are in the hashes
                 await self.pubsub.subscribe(CHANNEL)
                 await self._load_snapshot()
-            except Exception:
-                log.warning("event=cluster-registry-resubscribe-failed node=%s", self.name)
+            except ENGINE_DOWN as exc:
+                log.warning("event=cluster-registry-resubscribe-failed node=%s error=%s", self.name, exc)
 
     async def _heartbeat(self) -> None:
         """Refresh this node's liveness key; check the others'. A node whose key is gone is
@@ -538,8 +559,8 @@ class Cluster:
                         await self._forget(name)
                     elif name not in self.peers:      # its first change was missed
                         await self._load_node(name)
-            except asyncio.CancelledError:
-                raise
+            except ENGINE_DOWN as exc:
+                log.warning("event=cluster-heartbeat-failed node=%s error=%s", self.name, exc)
             except Exception:
                 log.exception("event=cluster-heartbeat-failed node=%s", self.name)
 
