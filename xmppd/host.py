@@ -40,6 +40,15 @@ class BlockQuery:
     contact: JID
 
 
+@dataclass(frozen=True)
+class UserDataChanged:
+    """`user-data-changed`, notified by an extension (`kind`: its name) once it stored a
+    change of a user's data that it keeps in memory too (a block list); in a cluster,
+    the other nodes hear `user-data-changed-elsewhere` with it and forget their copy."""
+    kind: str
+    owner: str                               # the user's bare JID
+
+
 async def blocks(directory: "Directory", owner: JID, contact: JID) -> bool:
     """Whether `owner`, a user of one of our user hosts, blocks `contact`; False for a
     JID of any other domain."""

@@ -17,7 +17,8 @@ from tests.conftest import AccountPool
 from tests.support.cassandra import new_keyspace, xmppd_storage_config
 from tests.support.engines import EngineProcess
 from tests.support.inbox import TIMEOUT, presence
-from tests.support.messaging import bare, carbon, connect, round_trip, send, subscribe_both, with_id
+from tests.support.messaging import (bare, carbon, connect, error_to, round_trip, send, subscribe_both,
+                                     with_id)
 from tests.support.server import XmppdProcess, free_port
 from tests.support.smacks import NS_SM, managed_login, send_message
 
@@ -210,6 +211,23 @@ async def test_a_message_for_a_resource_that_just_left_reaches_the_other_node(no
     await other.inbox.wait(with_id(msg_id))
     await round_trip(other)
     assert ids_of(other, msg_id) == [msg_id]
+
+
+async def test_a_block_made_on_one_node_holds_on_the_other(nodes, users, login):
+    """XEP-0191 across nodes: node 2 has read alice's (empty) block list; alice blocks bob
+    on node 1, and bob's next message through node 2 is refused, not delivered."""
+    alice, bob = users(2)
+    a = await login(nodes[0], alice, "phone")
+    b = await login(nodes[1], bob, "phone")
+    await reachable(b, a.jid)
+    before = send(b, a.jid, body="before")                # node 2 reads alice's list
+    await a.inbox.wait(with_id(before))
+    result = await a.iq("set", alice, f"<block xmlns='urn:xmpp:blocking'><item jid='{bob}'/></block>")
+    assert result.get("type") == "result"
+    after = send(b, a.jid, body="after")
+    await b.inbox.wait(error_to(after))
+    await round_trip(a)
+    assert ids_of(a, after) == []
 
 
 async def test_binding_a_resource_bound_on_the_other_node_replaces_it(nodes, users, login):

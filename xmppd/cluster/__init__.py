@@ -33,6 +33,10 @@ Order per sender and recipient: a node writes its registry changes, forwards and
 answers through one writer, in the order they were made, so one sender's stanzas to one
 node enter its inbox in order, and one reader hands them to the sessions in that order.
 
+- `xmppd:changed`: pub/sub, user data that nodes keep in memory changed on one of them
+  (`user-data-changed`: a block list, archive preferences); the others hear
+  `user-data-changed-elsewhere` and forget their copy.
+
 While Redis cannot be reached (restarted: it keeps its data in its append-only file),
 the writer sends its batch again every heartbeat and nothing forwarded meanwhile is
 acked; a batch whose reply was lost may be taken twice, so receivers skip a registry

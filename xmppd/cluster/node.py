@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from xmppd.cluster.remote import RemoteSession, registry_entry
 from xmppd.config import ClusterOptions, ConfigError
-from xmppd.host import LOCAL_ONLY
+from xmppd.host import LOCAL_ONLY, UserDataChanged
 from xmppd.protocol.errors import ServiceUnavailable, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import from_storage, to_storage
@@ -35,6 +35,7 @@ ENGINE_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 NODES = "xmppd:nodes"                   # set: the names of the nodes that joined
 CHANNEL = "xmppd:registry"              # pub/sub: each change of a node's sessions
+CHANGED = "xmppd:changed"               # pub/sub: user data changed that nodes keep copies of
 GROUP = "xmppd"                         # the consumer group of every inbox
 SEQ, EPOCH = "#seq", "#epoch"           # fields of a sessions hash beside the full JIDs
 WRITE_BATCH = 256                       # writes sent to Redis in one MULTI, at most
@@ -121,7 +122,7 @@ class Cluster:
         self.reader = Redis.from_url(self.options.engine, decode_responses=True)  # its XREADGROUP blocks
         self.pubsub = self.redis.pubsub()
         try:
-            await self.pubsub.subscribe(CHANNEL)     # first: a change made during the snapshot is not missed
+            await self.pubsub.subscribe(CHANNEL, CHANGED)   # first: a change made during the snapshot is not missed
         except redis_errors.RedisError as exc:
             raise ConfigError(f"{self.services.config.source}: cluster.engine: cannot reach "
                               f"{self.options.engine}: {exc}") from None
@@ -130,7 +131,7 @@ class Cluster:
         for host in self.services.directory.hosts():
             if not host.is_component:
                 for name, handler in (("resource-bound", self._publish), ("session-changed", self._publish),
-                                      ("session-closed", self._withdraw)):
+                                      ("session-closed", self._withdraw), ("user-data-changed", self._changed)):
                     host.bus.hook(name, handler)
                     self._hooked.append((host, name, handler))
         loop = asyncio.get_running_loop()
@@ -212,6 +213,22 @@ class Cluster:
                 pipe.hset(key, mapping={jid: value, SEQ: seq})
             pipe.publish(CHANNEL, message)
         self._write(Write(apply))
+
+    async def _changed(self, change: UserDataChanged) -> None:
+        """Tell the other nodes to forget their copy; the change's answer to the client
+        waits until Redis sent it on."""
+        message = json.dumps({"n": self.name, "k": change.kind, "o": change.owner})
+        await self._write(Write(lambda pipe: pipe.publish(CHANGED, message)))
+
+    async def _heard_changed(self, message: dict) -> None:
+        if message["n"] == self.name:
+            return
+        try:
+            host = self.services.directory.host(JID.parse(message["o"]).domain)
+        except InvalidJID:
+            return
+        if host is not None:
+            await host.bus.notify("user-data-changed-elsewhere", UserDataChanged(message["k"], message["o"]))
 
     # ------------------------------------------------------------- the registry: theirs
 
@@ -522,7 +539,10 @@ class Cluster:
                 async for message in self.pubsub.listen():
                     if message["type"] == "message":
                         try:
-                            await self._apply(json.loads(message["data"]))
+                            if message["channel"] == CHANGED:
+                                await self._heard_changed(json.loads(message["data"]))
+                            else:
+                                await self._apply(json.loads(message["data"]))
                         except ENGINE_DOWN:
                             raise
                         except Exception:
@@ -531,7 +551,7 @@ class Cluster:
                 log.warning("event=cluster-registry-lost node=%s error=%s", self.name, exc)
             await asyncio.sleep(self.options.heartbeat)
             try:                               # changes made meanwhile are in the hashes
-                await self.pubsub.subscribe(CHANNEL)
+                await self.pubsub.subscribe(CHANNEL, CHANGED)
                 await self._load_snapshot()
             except ENGINE_DOWN as exc:
                 log.warning("event=cluster-registry-resubscribe-failed node=%s error=%s", self.name, exc)
