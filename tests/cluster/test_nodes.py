@@ -250,8 +250,9 @@ async def test_binding_a_resource_bound_on_the_other_node_replaces_it(nodes, use
 
 async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_engine, keyspace, tmp_path):
     """alice (node 1, XEP-0198) sends 200 messages to bob on node 3, SIGKILLed midway:
-    once node 1 has dropped node 3, bob logs in on node 1 and has every message alice
-    was acked for, none twice in one session, in the order alice sent them."""
+    alice's other resource gets bob's unavailable presence once node 3 is dropped; bob
+    logs in on node 1 and has every message alice was acked for, none twice in one
+    session, in the order alice sent them."""
     count = 200
     alice, bob = users(2)
     user_a = await login(nodes[0], alice, "sync")         # bound before node 3 starts
@@ -261,7 +262,7 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
     b = await login(node3, bob, "phone")
     await reachable(b, user_a.jid)                        # node 3 read it from node 1's hash at start
     await reachable(user_a, b.jid)
-    await user_a.client.logout()
+    await subscribe_both(user_a, b)
     sender, _ = await managed_login(nodes[0], alice.split("@")[0], "phone")
 
     before = await handled(sender)
@@ -272,6 +273,7 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
             node3.kill()
         await send_message(sender, bob, f"message {index}", msg_id)
     await nodes[0].wait_for_log("event=cluster-node-dropped node=node3", timeout=NODE_TIMEOUT * 4)
+    await user_a.inbox.wait(presence("unavailable", from_=b.jid))
     acked = 0
     for _ in range(50):                   # 'h' grows as node 1 stores what node 3 never confirmed
         acked = await handled(sender) - before

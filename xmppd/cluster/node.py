@@ -19,7 +19,7 @@ from xmppd.config import ClusterOptions, ConfigError
 from xmppd.host import LOCAL_ONLY, UserDataChanged
 from xmppd.protocol.errors import ServiceUnavailable, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
-from xmppd.protocol.stanza import from_storage, to_storage
+from xmppd.protocol.stanza import PRESENCE, from_storage, make_element, to_storage
 from xmppd.router import CURRENT_WRITES, KINDS, Stanza, bare_message_recipients, deliver_to_account
 
 if TYPE_CHECKING:
@@ -42,12 +42,16 @@ WRITE_BATCH = 256                       # writes sent to Redis in one MULTI, at 
 READ_BATCH = 256                        # inbox entries read at once, at most
 READ_BLOCK_MS = 1000
 SEEN_FORWARDS = 100_000                 # forward ids remembered against a write sent twice
-# A dead node's keys go only while it is still dead (one of the same name may be starting).
+# A dead node's keys go only while it is still dead (one of the same name may be starting);
+# the node that removes them gets its sessions (and says they went unavailable).
 FORGET_SCRIPT = """
 if redis.call('exists', KEYS[1]) == 0 then
+  local sessions = redis.call('hgetall', KEYS[2])
   redis.call('del', KEYS[2], KEYS[3])
   redis.call('srem', KEYS[4], ARGV[1])
+  return sessions
 end
+return false
 """
 
 
@@ -192,10 +196,12 @@ class Cluster:
     # ------------------------------------------------------------- the registry: ours
 
     async def _publish(self, session: "Session") -> None:
-        self._change(session, registry_entry(session))
+        if not session.is_remote:              # the unavailable presence of a dead node's session
+            self._change(session, registry_entry(session))
 
     async def _withdraw(self, session: "Session") -> None:
-        self._change(session, None)
+        if not session.is_remote:
+            self._change(session, None)
 
     def _change(self, session: "Session", entry: dict | None) -> None:
         """Write a change of a local session into this node's hash and publish it, in order."""
@@ -352,9 +358,35 @@ class Cluster:
                     item.future.set_result(None)
 
     async def _forget(self, name: str) -> None:
-        """A dead node: its sessions leave this node's table, its keys leave Redis."""
+        """A dead node: its sessions leave this node's table, its keys leave Redis. The
+        one node that removes them sends the unavailable presence its available sessions
+        never sent (RFC 6121 4.5.2), to their contacts and their users' other resources."""
         self._drop_peer(name)
-        await self.redis.eval(FORGET_SCRIPT, 4, alive_key(name), sessions_key(name), inbox_key(name), NODES, name)
+        left = await self.redis.eval(FORGET_SCRIPT, 4, alive_key(name), sessions_key(name), inbox_key(name),
+                                     NODES, name)
+        if left:                               # in the background: the heartbeat goes on
+            self.services.tasks.spawn(self._went_away(dict(zip(left[::2], left[1::2]))))
+
+    async def _went_away(self, sessions: dict[str, str]) -> None:
+        for jid_text, value in sessions.items():
+            try:
+                jid = JID.parse(jid_text)
+            except InvalidJID:
+                continue                       # the #seq and #epoch fields
+            host = self.services.directory.host(jid.domain)
+            entry = json.loads(value)
+            if host is None or not entry["available"]:
+                continue
+            session = RemoteSession(self, host, jid, Peer("", "", dead=True))
+            session.update(entry)
+            session.closed = True              # nothing goes to it any more
+            stanza = Stanza(make_element(PRESENCE, {"type": "unavailable", "from": jid_text}), "presence", jid,
+                            None, origin=session)
+            stanza.target = "broadcast"
+            try:
+                await host.bus.fire("presence/broadcast", stanza)
+            except Exception:
+                log.exception("event=cluster-unavailable-failed jid=%s", jid)
 
     async def _caught_up(self, name: str, epoch: str, seq: int) -> None:
         """Wait (at most node_timeout) until this node applied node `name`'s registry
