@@ -175,6 +175,10 @@ class Host:
             return here
         return {**elsewhere, **here}
 
+    def online_users(self) -> set[str]:
+        """The local parts of the users with a session, on any node."""
+        return set(self.sessions) | set(self.remote)
+
     def sessions_of(self, local: str) -> list["Session"]:
         return list(self._resources(local).values())
 

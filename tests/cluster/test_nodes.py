@@ -14,6 +14,7 @@ import asyncio
 import pytest
 
 from tests.conftest import AccountPool
+from tests.support.accounts import create_accounts
 from tests.support.cassandra import new_keyspace, xmppd_storage_config
 from tests.support.engines import EngineProcess
 from tests.support.inbox import TIMEOUT, presence
@@ -228,6 +229,19 @@ async def test_a_block_made_on_one_node_holds_on_the_other(nodes, users, login):
     await b.inbox.wait(error_to(after))
     await round_trip(a)
     assert ids_of(a, after) == []
+
+
+async def test_an_announcement_reaches_the_users_of_every_node(nodes, users, login):
+    """XEP-0133 announce, sent through node 1, reaches a session on node 2."""
+    from tests.integration.test_adhoc import run
+    (listener,) = users(1)
+    admin = await login(nodes[0], create_accounts(nodes[0], ["admin"])[0], "console")   # the configured admin
+    b = await login(nodes[1], listener, "phone")
+    await reachable(admin, b.jid)
+    _, last = await run(admin.client, nodes[0], "announce", {"announcement": ["Maintenance at noon."]})
+    assert last["command"]["status"] == "completed"
+    headline = await b.inbox.wait(lambda s: s.get("type") == "headline" and s.get("from") == nodes[0].domain)
+    assert headline.findtext("{jabber:client}body") == "Maintenance at noon."
 
 
 async def test_binding_a_resource_bound_on_the_other_node_replaces_it(nodes, users, login):
