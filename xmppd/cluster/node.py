@@ -389,17 +389,19 @@ class Cluster:
                 log.exception("event=cluster-unavailable-failed jid=%s", jid)
 
     async def _caught_up(self, name: str, epoch: str, seq: int) -> None:
-        """Wait (at most node_timeout) until this node applied node `name`'s registry
-        change `seq`: a stanza it forwarded then meets the state it was routed with
-        (a resource that enabled carbons there before is known here)."""
+        """Wait until this node applied node `name`'s registry change `seq`: a stanza it
+        forwarded then meets the state it was routed with (a resource that enabled
+        carbons there before is known here). A change not heard within a heartbeat (the
+        subscription was lost) is read from that node's hash."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.node_timeout
+        deadline = loop.time() + self.options.heartbeat
         while epoch not in self._dropped and ((peer := self.peers.get(name)) is None or peer.epoch != epoch
                                               or peer.seq < seq):
             self._applied.clear()
             try:
                 await asyncio.wait_for(self._applied.wait(), deadline - loop.time())
             except TimeoutError:
+                await self._load_node(name)
                 return
 
     # ------------------------------------------------------------- forwarding
