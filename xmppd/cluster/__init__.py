@@ -6,7 +6,8 @@ whether a recipient is local.
 Keys (a node is named by `[cluster] node`; each start of it is a new random epoch):
 - `xmppd:node:<node>`: liveness, set with a TTL of node_timeout and refreshed every
   heartbeat. Each node checks every node it knows at each heartbeat; one whose key is
-  gone is dead: its sessions leave every node's table and its keys go.
+  gone is dead: its sessions leave every node's table and its keys go, and the node
+  that removed them sends the unavailable presence of its available sessions.
 - `xmppd:sessions:<node>`: a hash of the node's sessions (full JID -> JSON: available,
   priority, last presence, roster interest, `Session.shared`), with its epoch and the
   sequence number of its last change; each change is also published on the channel
