@@ -115,6 +115,8 @@ class Session:
     async def share(self, key: str, value) -> None:
         """Set (None: remove) `shared[key]`, state that extensions on other nodes of a
         cluster read on this session's RemoteSession (carbons enabled...)."""
+        if self.shared.get(key) == value:
+            return
         if value is None:
             self.shared.pop(key, None)
         else:
