@@ -305,18 +305,18 @@ class AdHocCommands(Extension):
         return Completed(notes=(("info", f"The password of {jid} was changed."),))
 
     async def online_users_number(self, session, submitted) -> Completed:
-        return self._result(Field("onlineusersnum", None, "The number of online users", (str(len(self.host.sessions)),)))
+        return self._result(Field("onlineusersnum", None, "The number of online users", (str(len(self.host.online_users())),)))
 
     async def online_users_list(self, submitted) -> Completed:
         limit = forms.single(submitted, "max_items", "none")
-        users = sorted(f"{local}@{self.host.domain}" for local in self.host.sessions)
+        users = sorted(f"{local}@{self.host.domain}" for local in self.host.online_users())
         if limit != "none":
             users = users[:int(limit)]
         return self._result(Field("onlineuserjids", "jid-multi", "The list of all online users", tuple(users)))
 
     async def announce(self, submitted) -> Completed:
         text = forms.text(submitted, "announcement")
-        recipients = [s.jid for resources in list(self.host.sessions.values()) for s in list(resources.values())]
+        recipients = [s.jid for local in self.host.online_users() for s in self.host.sessions_of(local)]
         for jid in recipients:
             message = make_element(f"{{{NS_CLIENT}}}message",
                                    {"from": self.host.domain, "to": str(jid), "type": self.options.announcement_type})

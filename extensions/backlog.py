@@ -119,7 +119,7 @@ class Backlog(Extension):
         """Whether the user has resources that take messages and all of them hibernate
         (stops at the first connected one)."""
         asleep = False
-        for session in self.host.sessions.get(local, {}).values():
+        for session in self.host.sessions_of(local):     # on other nodes too (a cluster)
             if session.available and session.priority >= 0:
                 if session.connection is not None:
                     return False

@@ -22,7 +22,9 @@ as it is ("polite blocking", section 4).
 Hooks: iq-get/iq-set self urn:xmpp:blocking blocklist, block, unblock; pre-message,
 pre-presence, pre-iq to bare, full and host JIDs (outbound, priority 100);
 message/bare|full, presence/bare|full, iq/bare|full (inbound, priority 100: before
-everything else); user-deleted.
+everything else); user-deleted; user-data-changed-elsewhere (a list changed on another
+node of a cluster: the cached copy goes).
+Fires: user-data-changed after a change of a list.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from xmppd.extension import REPLIED, Extension, hook, iq_handler
-from xmppd.host import BlockQuery, blocks
+from xmppd.host import BlockQuery, UserDataChanged, blocks
 from xmppd.locks import KeyedLocks
 from xmppd.protocol.errors import BadRequest, JidMalformed, NotAcceptable, NotAllowed, ServiceUnavailable
 from xmppd.protocol.jid import JID, InvalidJID
@@ -115,6 +117,11 @@ class Blocking(Extension):
             self.cache.move_to_end(owner)
         return jids
 
+    @hook("user-data-changed-elsewhere")
+    async def forget_list(self, change: UserDataChanged) -> None:
+        if change.kind == self.name:
+            self.cache.pop(change.owner, None)
+
     async def is_blocked(self, owner: JID, jid: JID) -> bool:
         """Whether the user `owner` (a bare JID of this host) blocks `jid`."""
         jids = await self.blocklist(str(owner))
@@ -122,7 +129,7 @@ class Blocking(Extension):
 
     @iq_handler("get", NS_BLOCKING, "blocklist", to=("self",))
     async def get_blocklist(self, iq):
-        iq.origin.meta[self.name] = True   # this resource gets the pushes from now on
+        await iq.origin.share(self.name, True)   # this resource gets the pushes from now on
         element = make_element(f"{{{NS_BLOCKING}}}blocklist")
         for jid in sorted(await self.blocklist(str(iq.from_.bare))):
             sub_element(element, ITEM, {"jid": jid})
@@ -145,6 +152,7 @@ class Blocking(Extension):
             for jid in new:
                 await self.store.set(str(owner), jid, str(int(time.time())).encode())     # when
             self.cache[str(owner)] = old | frozenset(new)
+            await self.host.bus.notify("user-data-changed", UserDataChanged(self.name, str(owner)))
             self._answer_and_push(iq, Change("block", tuple(jids)))
         return REPLIED
 
@@ -162,6 +170,7 @@ class Blocking(Extension):
                 gone = sorted(old)
                 await self.store.delete(str(owner))
             self.cache[str(owner)] = old - frozenset(gone)
+            await self.host.bus.notify("user-data-changed", UserDataChanged(self.name, str(owner)))
             self._answer_and_push(iq, Change("unblock", tuple(jids)))
         await self._say_hello(owner, gone)
         return REPLIED
@@ -187,7 +196,7 @@ class Blocking(Extension):
         iq.origin.send(reply(iq.element))
         owner = iq.from_.bare
         for session in self.host.sessions_of(owner.local):
-            if session.meta.get(self.name):
+            if session.shared.get(self.name):
                 push = make_element(IQ, {"type": "set", "id": f"block-{secrets.token_hex(6)}",
                                          "from": str(owner), "to": str(session.jid)})
                 push.append(change.to_element())

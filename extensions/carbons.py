@@ -62,12 +62,12 @@ class Carbons(Extension):
 
     @iq_handler("set", NS_CARBONS, "enable", to=("self",))
     async def enable(self, iq):
-        iq.origin.meta[self.name] = True
+        await iq.origin.share(self.name, True)
         return None
 
     @iq_handler("set", NS_CARBONS, "disable", to=("self",))
     async def disable(self, iq):
-        iq.origin.meta.pop(self.name, None)
+        await iq.origin.share(self.name, None)
         return None
 
     # ------------------------------------------------------------- copies
@@ -104,7 +104,7 @@ class Carbons(Extension):
         return False
 
     def _enabled(self, session) -> bool:
-        return session.meta.get(self.name, False)
+        return session.shared.get(self.name, False)
 
     async def _should_copy(self, stanza: Stanza, *, sent: bool) -> bool:
         question = CopyQuestion(stanza, sent)

@@ -37,8 +37,10 @@ xmppd_limit_reached_total.
 Hooks: pre-message/bare|full (sent: priority 50 archives and stamps, 30 unstamps, around
 the carbons at 40), message/bare|full (received, priority 50: after blocking, before
 carbons and delivery), iq-get/iq-set self urn:xmpp:mam:2 query, prefs, metadata
-(anything to another account's archive is forbidden), server-started, user-deleted.
-Fires: archive-should-store (an ArchiveQuestion: set `answer`, return True to decide).
+(anything to another account's archive is forbidden), server-started, user-deleted,
+user-data-changed-elsewhere (preferences changed on another node of a cluster).
+Fires: archive-should-store (an ArchiveQuestion: set `answer`, return True to decide);
+user-data-changed after a change of preferences.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ from lxml import etree
 
 from xmppd import hints, mam
 from xmppd.extension import Extension, hook, iq_handler
+from xmppd.host import UserDataChanged
 from xmppd.ids import time_ordered_id
 from xmppd.pending import ArchiveWriter
 from xmppd.protocol.errors import BadRequest, Forbidden, JidMalformed, PolicyViolation
@@ -341,7 +344,13 @@ class MessageArchive(Extension):
         prefs = Prefs.from_element(iq.element[0], limit=self.options.max_preference_jids)
         await self.prefs_store.set(owner, "prefs", to_storage(prefs.to_element()))
         self.prefs_cache.pop(owner, None)
+        await self.host.bus.notify("user-data-changed", UserDataChanged(self.name, owner))
         return prefs.to_element()
+
+    @hook("user-data-changed-elsewhere")
+    async def forget_prefs(self, change: UserDataChanged) -> None:
+        if change.kind == self.name:
+            self.prefs_cache.pop(change.owner, None)
 
     # ------------------------------------------------------------- housekeeping
 

@@ -20,7 +20,8 @@ presence/bare|full (inbound subscriptions and probes), presence/broadcast,
 session-closed, roster-item-removed, user-deleted.
 Fires: message/offline/deliver (the Session) when a resource becomes available with a
 non-negative priority, after its presence went out, so that the offline messages come
-to it (extensions/offline.py).
+to it (extensions/offline.py); session-changed (the Session) when its availability,
+priority or presence changed, before that presence is broadcast (the cluster shares it).
 """
 from __future__ import annotations
 
@@ -266,6 +267,7 @@ class Presence(Extension):
         stored = copy.deepcopy(element)     # what probes and new resources get later, with its time
         stored.append(delay_element(self.host.domain, time.time()))
         session.presence = stored
+        await self.host.bus.notify("session-changed", session)
         _, items = await self.rosters.get(str(owner))
         await self._broadcast(session, element, items, to_self=True)
         if session.closed:
@@ -293,6 +295,7 @@ class Presence(Extension):
         if session.available:
             session.available = False
             session.presence = None
+            await self.host.bus.notify("session-changed", session)
             _, items = await self.rosters.get(str(session.jid.bare))
             await self._broadcast(session, element, items, to_self=to_self)
         await self._end_directed(session, element)

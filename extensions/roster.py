@@ -12,7 +12,8 @@ contact and characters of a name or group; a roster lives in the roster cache
 
 Hooks: iq-get and iq-set self|bare/jabber:iq:roster:query, user-deleted.
 Fires: roster-item-removed (RosterItemRemoved, a notification) after a roster set
-with subscription='remove', so that presence.py ends the subscriptions (RFC 6121 2.5.2).
+with subscription='remove', so that presence.py ends the subscriptions (RFC 6121 2.5.2);
+session-changed (the Session) when a resource becomes interested in roster pushes.
 """
 from __future__ import annotations
 
@@ -87,7 +88,9 @@ class Roster(Extension):
         owner = self._own_roster(iq)
         async with self.lock(str(owner)):      # no push between the roster read and its result
             version, items = await self.rosters.get(str(owner))
-            iq.origin.interested = True
+            if not iq.origin.interested:
+                iq.origin.interested = True
+                await self.host.bus.notify("session-changed", iq.origin)
             if iq.element[0].get("ver") == str(version):
                 self._answer(iq)               # XEP-0237: the client's copy is current; pushes follow
                 return REPLIED

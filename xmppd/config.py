@@ -7,6 +7,8 @@ is clamped silently. Sections:
     [[hosts]]  HostOptions          [storage] StorageOptions (+ [storage.<backend>])
     [http]     HttpOptions          [extensions.<name>] the extension's own Options
     [components] ComponentsOptions (XEP-0114)
+    [websocket] WebSocketOptions (RFC 7395)
+    [cluster]  ClusterOptions
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import socket
 import tomllib
 import types
 import typing
@@ -184,6 +187,25 @@ class WebSocketOptions:
 
 
 @dataclass(frozen=True)
+class ClusterOptions:
+    engine: str = ""                           # redis:// URL of the cluster engine; "": a single node
+    node: str = ""                             # this node's name; default <host name>:<c2s port>
+    heartbeat: float = 1.0                     # seconds between liveness refreshes and checks
+    node_timeout: float = 5.0                  # seconds after its last refresh that a silent node is dead
+
+    def validate(self, where):
+        where.check("engine", not self.engine or self.engine.startswith(("redis://", "rediss://", "unix://")),
+                    "must be a redis://, rediss:// or unix:// URL, or \"\" for a single node")
+        where.check("heartbeat", self.heartbeat > 0, "must be positive")
+        where.check("node_timeout", self.node_timeout > 2 * self.heartbeat,
+                    "must be more than twice cluster.heartbeat (a live node refreshes in time)")
+
+
+# Stores kept in one process: several nodes cannot share them.
+PROCESS_LOCAL_BACKENDS = ("sqlite", "memory")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerOptions = ServerOptions()
     c2s: C2SOptions = C2SOptions()
@@ -193,6 +215,7 @@ class Config:
     websocket: WebSocketOptions = WebSocketOptions()
     hosts: tuple[HostOptions, ...] = (HostOptions(),)
     storage: StorageOptions = StorageOptions()
+    cluster: ClusterOptions = ClusterOptions()
     backend_options: dict = field(default_factory=dict)     # backend kind -> its Options
     extension_options: dict = field(default_factory=dict)   # extension name -> its raw table
     source: str = "<defaults>"
@@ -212,6 +235,10 @@ class Config:
     @property
     def private_key(self) -> Path:
         return Path(self.tls.key) if self.tls.key else self.data_dir / f"{self.hosts[0].domain}.key"
+
+    @property
+    def node_name(self) -> str:
+        return self.cluster.node or f"{socket.gethostname()}:{self.c2s.port}"
 
 
 class Where:
@@ -300,7 +327,7 @@ def build(cls, table: dict, where: Where):
 
 MEDIA_BACKENDS = ("filesystem", "s3")
 SECTIONS = {"server": ServerOptions, "c2s": C2SOptions, "tls": TlsOptions, "http": HttpOptions,
-            "components": ComponentsOptions, "websocket": WebSocketOptions}
+            "components": ComponentsOptions, "websocket": WebSocketOptions, "cluster": ClusterOptions}
 
 
 def parse(data: dict, source: str) -> Config:
@@ -326,6 +353,12 @@ def parse(data: dict, source: str) -> Config:
     backend_options = {}
     for kind in {storage.default, storage.archive or storage.default, storage.media} | set(backend_tables):
         backend_options[kind] = _backend_options(kind, backend_tables.get(kind, {}), Where(source, f"storage.{kind}"))
+
+    if sections["cluster"].engine:
+        for key in ("default", "archive"):
+            if getattr(storage, key) in PROCESS_LOCAL_BACKENDS:
+                top.fail(f"storage.{key}", f"{getattr(storage, key)!r} keeps its data in one process; with "
+                         "cluster.engine set every node needs the same storage (cassandra)")
 
     extensions = data.get("extensions", {})
     if not isinstance(extensions, dict) or not all(isinstance(v, dict) for v in extensions.values()):

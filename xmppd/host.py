@@ -6,6 +6,7 @@ they declare, and, for a user host, the sessions of its users.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KNOWN_USERS_MAX = 100_000
+# Set while a stanza is delivered again after a forward to another node failed: the
+# session look-ups see this node's sessions only, so that a stanza is forwarded once.
+LOCAL_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("local_only", default=False)
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,15 @@ class BlockQuery:
     block `contact`? A handler (XEP-0191 blocking, when loaded) returns True if so."""
     owner: JID
     contact: JID
+
+
+@dataclass(frozen=True)
+class UserDataChanged:
+    """`user-data-changed`, notified by an extension (`kind`: its name) once it stored a
+    change of a user's data that it keeps in memory too (a block list); in a cluster,
+    the other nodes hear `user-data-changed-elsewhere` with it and forget their copy."""
+    kind: str
+    owner: str                               # the user's bare JID
 
 
 async def blocks(directory: "Directory", owner: JID, contact: JID) -> bool:
@@ -83,6 +96,7 @@ class Host:
         self.bus = EventBus()
         self.extensions: dict[str, Extension] = {}
         self.sessions: dict[str, dict[str, "Session"]] = {}   # local part -> resource -> session
+        self.remote: dict[str, dict[str, "Session"]] = {}     # the same, on other nodes (xmppd/cluster)
         self._pending_iqs: dict[str, asyncio.Future] = {}
         # Accounts seen to exist: a message to an offline user need not read the account
         # again. Forgotten when this process deletes the account (`xmppctl deluser` on a
@@ -152,14 +166,27 @@ class Host:
     def is_admin(self, jid: JID) -> bool:
         return str(jid.bare) in self.admins
 
+    def _resources(self, local: str) -> dict[str, "Session"]:
+        """The sessions of `local` by resource, on this node and (in a cluster) on the
+        others; a resource bound here wins over an entry another node has not dropped yet."""
+        here = self.sessions.get(local, {})
+        elsewhere = self.remote.get(local)
+        if not elsewhere or LOCAL_ONLY.get():
+            return here
+        return {**elsewhere, **here}
+
+    def online_users(self) -> set[str]:
+        """The local parts of the users with a session, on any node."""
+        return set(self.sessions) | set(self.remote)
+
     def sessions_of(self, local: str) -> list["Session"]:
-        return list(self.sessions.get(local, {}).values())
+        return list(self._resources(local).values())
 
     def available_sessions(self, local: str) -> list["Session"]:
-        return [s for s in self.sessions.get(local, {}).values() if s.available]
+        return [s for s in self._resources(local).values() if s.available]
 
     def session_for(self, jid: JID) -> "Session | None":
-        return self.sessions.get(jid.local, {}).get(jid.resource)
+        return self._resources(jid.local).get(jid.resource)
 
     async def user_exists(self, local: str) -> bool:
         if local in self.sessions or local in self._known_users:
@@ -189,7 +216,7 @@ class Host:
         has c2s.max_resources_per_account resources already, hibernating XEP-0198 sessions
         included (binding a resource again replaces it). None: it may."""
         limit = self.services.config.c2s.max_resources_per_account
-        if sum(1 for resource in self.sessions.get(jid.local, {}) if resource != jid.resource) < limit:
+        if sum(1 for resource in self._resources(jid.local) if resource != jid.resource) < limit:
             return None
         self.services.metrics.count(LIMIT_REACHED, "c2s.max_resources_per_account")
         return f"an account has at most {limit} resources (c2s.max_resources_per_account)"
@@ -207,7 +234,7 @@ class Host:
             await self.end_session(session)
 
     async def end_session(self, session: "Session") -> None:
-        if session.closed:
+        if session.closed or session.is_remote:      # a remote one ends on its node
             return
         session.closed = True
         self.remove_session(session)

@@ -10,6 +10,7 @@ or set that nobody handles gets service-unavailable; an error is never answered.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,10 @@ IQ_TYPES = frozenset(("get", "set", "result", "error"))
 PRESENCE_TYPES = frozenset((None, "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe", "error"))
 DEFAULT_PRIORITY = -1
 RETURNED = "returned"     # Stanza.meta: handed on by a session that ended (sent to it once already)
+# The `writes` of the stanza a client sent that is being routed: a stanza forwarded to
+# another node adds the wait for that node's answer (xmppd/cluster), so that the XEP-0198
+# ack comes after the receiving node delivered, stored or bounced it.
+CURRENT_WRITES: contextvars.ContextVar[list | None] = contextvars.ContextVar("current_writes", default=None)
 
 
 class Stanza:
@@ -95,10 +100,19 @@ class Router:
             await self._reply_error(element, session.host, JidMalformed())
             return []
         stanza = Stanza(element, kind, session.jid, to, session)
+        token = CURRENT_WRITES.set(stanza.writes)
+        try:
+            await self._from_client(session, stanza)
+        finally:
+            CURRENT_WRITES.reset(token)
+        return stanza.writes
+
+    async def _from_client(self, session: "Session", stanza: Stanza) -> None:
+        element, kind, to = stanza.element, stanza.kind, stanza.to
         problem = self.invalid(stanza)
         if problem:
             await self._reply_error(element, session.host, BadRequest(text=problem))
-            return []
+            return
         stanza.target = target_of(kind, to, session.jid)
         if to is None and kind != "presence":
             stanza.to = session.jid.bare          # RFC 6120 10.3: addressed to the sender's account
@@ -106,12 +120,11 @@ class Router:
                 element.set("to", str(stanza.to))
         host = session.host
         if await self._fire(host, f"pre-{kind}/{stanza.target}", stanza):
-            return stanza.writes
+            return
         if stanza.target == "broadcast":
             await self._fire(host, "presence/broadcast", stanza)
-            return stanza.writes
+            return
         await self.route(stanza)
-        return stanza.writes
 
     async def dispatch(self, element: etree._Element) -> None:
         """A stanza originated by the server; its 'from' must be set."""
@@ -187,24 +200,7 @@ class CoreDelivery:
             host.bus.hook(f"iq-set/{target}/{NS_SESSION}:session", self.legacy_session, DEFAULT_PRIORITY)
 
     async def message_to_bare(self, stanza: Stanza) -> bool:
-        host, element = self.host, stanza.element
-        kind = stanza.type or "normal"
-        if kind == "error":
-            return True
-        if kind == "groupchat":
-            raise ServiceUnavailable()
-        sessions = bare_message_recipients(host, stanza.to.local, kind)
-        if sessions:
-            for session in sessions:
-                session.send(element)
-            return True
-        if not await host.user_exists(stanza.to.local):
-            raise ServiceUnavailable()
-        if await host.bus.fire("message/offline/store", stanza):
-            return True
-        if kind != "headline" and element.find(f"{{{NS_CLIENT}}}body") is not None:
-            raise ServiceUnavailable()
-        return True                               # transient payloads are not bounced
+        return await deliver_to_account(self.host, stanza)
 
     async def message_to_full(self, stanza: Stanza) -> bool:
         session = self.host.session_for(stanza.to)
@@ -248,6 +244,30 @@ class CoreDelivery:
 
     async def iq_to_account(self, stanza: Stanza) -> bool:
         return await answer_iq(self.host, stanza)
+
+
+async def deliver_to_account(host: "Host", stanza: Stanza, recipients: list["Session"] | None = None) -> bool:
+    """RFC 6121 8.5.2.1 (and 8.5.3.2.1 for a full JID whose resource is gone): a message
+    to the account of `stanza.to` is delivered, stored offline or refused. `recipients`:
+    the resources it goes to, when the caller chose them (the cluster: local ones only)."""
+    element = stanza.element
+    kind = stanza.type or "normal"
+    if kind == "error":
+        return True
+    if kind == "groupchat":
+        raise ServiceUnavailable()
+    sessions = bare_message_recipients(host, stanza.to.local, kind) if recipients is None else recipients
+    if sessions:
+        for session in sessions:
+            session.send(element)
+        return True
+    if not await host.user_exists(stanza.to.local):
+        raise ServiceUnavailable()
+    if await host.bus.fire("message/offline/store", stanza):
+        return True
+    if kind != "headline" and element.find(f"{{{NS_CLIENT}}}body") is not None:
+        raise ServiceUnavailable()
+    return True                                   # transient payloads are not bounced
 
 
 def bare_message_recipients(host: "Host", local: str, kind: str) -> list["Session"]:

@@ -69,6 +69,7 @@ class Server:
         self.monitoring: Monitoring | None = None
         self.admin: AdminSocket | None = None
         self.components: Components | None = None
+        self.cluster = None                 # xmppd.cluster.Cluster when [cluster] engine is set
 
     @property
     def storage(self):
@@ -89,7 +90,8 @@ class Server:
         storage = TimedBackend(open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default],
                                             str(cfg.data_dir)), self.metrics)
         await storage.start()
-        storage.rosters = CachedRosters(storage.rosters)
+        if not cfg.cluster.engine:          # exact while this process is the rosters' only writer
+            storage.rosters = CachedRosters(storage.rosters)
         archive_kind = cfg.storage.archive or cfg.storage.default
         archives = storage
         if archive_kind != cfg.storage.default:
@@ -113,6 +115,11 @@ class Server:
     async def start(self) -> None:
         self.state = "starting"
         await self.open()
+        if self.config.cluster.engine:      # not in open(): xmppctl opens the hosts, it is no node
+            from xmppd.cluster import Cluster
+            cluster = Cluster(self.services, self.config.cluster)
+            await cluster.start()
+            self.cluster = cluster
         self._raise_open_file_limit()
         self._setup_tls()
         WebSocketEndpoint(self.config, self.http, self.serve).add_route()
@@ -205,6 +212,8 @@ class Server:
         for host in self.directory.hosts():
             for session in [s for resources in list(host.sessions.values()) for s in list(resources.values())]:
                 await host.end_session(session)
+        if self.cluster is not None:
+            await self.cluster.stop()
         for host in self.directory.hosts():
             await host.unload_all()
         self.tasks.cancel_all()

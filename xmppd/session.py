@@ -74,6 +74,8 @@ SOURCE_BATCH = 256                       # stored stanzas a source sends per tur
 
 
 class Session:
+    is_remote = False                        # a RemoteSession (xmppd/cluster) lives on another node
+
     def __init__(self, host: "Host", jid: JID, connection: Connection | None):
         self.host = host
         self.jid = jid
@@ -86,6 +88,7 @@ class Session:
         self.stanzas_handled = 0             # stanzas from the client whose processing is over (XEP-0198 'h')
         self.unsettled: collections.deque[asyncio.Future] = collections.deque()   # read, not yet counted
         self.meta: dict = {}                 # per-extension state, keyed by extension name
+        self.shared: dict = {}               # per-extension state other nodes see too (`share`)
         self.closed = False
         self.window: Callable[[], int] | None = None         # free places in the XEP-0198 window
         self.on_write: Callable[[etree._Element], None] | None = None
@@ -108,6 +111,17 @@ class Session:
         self._room.set()                     # a pump waiting on the old connection ends
         if connection is not None:
             self.pump()
+
+    async def share(self, key: str, value) -> None:
+        """Set (None: remove) `shared[key]`, state that extensions on other nodes of a
+        cluster read on this session's RemoteSession (carbons enabled...)."""
+        if self.shared.get(key) == value:
+            return
+        if value is None:
+            self.shared.pop(key, None)
+        else:
+            self.shared[key] = value
+        await self.host.bus.notify("session-changed", self)
 
     def send(self, element: etree._Element, *, after: Filter | None = None) -> None:
         """Pass `element` through the filters, then write it. With `after`, only the
