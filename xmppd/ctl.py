@@ -13,7 +13,9 @@ from xmppd import accounts, config as config_module
 from xmppd.config import ConfigError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.storage import StorageUnavailable, backend_module, open_backend
+from xmppd.storage.backup import BackupError, ServerStores, backup, restore
 from xmppd.storage.copy import census, copy
+from xmppd.storage.media import open_media
 
 LIVE_COMMANDS = ("status", "sessions", "kick")
 
@@ -42,17 +44,28 @@ def main(argv=None) -> int:
     copy = storage.add_parser("copy", help="copy every store from one backend to another, then compare counts")
     copy.add_argument("--from", dest="source", required=True, help="backend kind, options from [storage.<kind>]")
     copy.add_argument("--to", dest="target", required=True, help="backend kind, options from [storage.<kind>]")
+    commands.add_parser(
+        "backup", help="back up every store and the media files into a new directory, while the server runs "
+        "(all on SQLite: one snapshot; other backends: read row by row, see README)").add_argument("directory")
+    restoring = commands.add_parser("restore", help="restore a backup into the configured storage (server stopped)")
+    restoring.add_argument("directory")
+    restoring.add_argument("--force", action="store_true", help="restore even into storage that holds data")
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config)
         if args.command == "storage":
             return asyncio.run(storage_command(config, args))
+        if args.command in ("backup", "restore"):
+            return asyncio.run(backup_command(config, args))
         if args.command in LIVE_COMMANDS:
             return asyncio.run(live(config, args))
         return asyncio.run(offline(config, args))
     except ConfigError as exc:
         print(f"xmppctl: {exc}", file=sys.stderr)
         return 2
+    except BackupError as exc:
+        print(f"xmppctl: {args.command}: {exc}", file=sys.stderr)
+        return 1
     except StorageUnavailable as exc:
         print(f"xmppctl: storage: {exc}", file=sys.stderr)
         return 1
@@ -204,6 +217,55 @@ async def storage_command(config, args) -> int:
         print(f"xmppctl: the counts differ in {', '.join(differ)}", file=sys.stderr)
         return 1
     return 0
+
+
+async def backup_command(config, args) -> int:
+    """`xmppctl backup|restore DIR`: the stores of [storage] (default and archive) and its media."""
+    if config.storage.default == "memory":
+        raise ConfigError(f"{args.command}: the memory storage of {config.source} lives in the server process only")
+    default_kind = config.storage.default
+    archive_kind = config.storage.archive or default_kind
+    default = _storage_backend(config, default_kind)
+    stores = ServerStores(default, default if archive_kind == default_kind else _storage_backend(config, archive_kind))
+    media = open_media(config.storage.media, config.backend_options.get(config.storage.media), str(config.data_dir))
+    say = lambda step: print(f"{args.command}: {step}", file=sys.stderr)   # noqa: E731
+    try:
+        if args.command == "backup":
+            # All on SQLite: one snapshot of its file, without opening it as a backend.
+            snapshot = default.path if {default_kind, archive_kind} == {"sqlite"} else None
+            if snapshot is None:
+                await stores.start()
+            try:
+                source = {"default": default_kind, "archive": archive_kind, "media": config.storage.media}
+                manifest = await backup(stores, snapshot, media, args.directory,
+                                        [host.domain for host in config.hosts], source, progress=say)
+            finally:
+                if snapshot is None:
+                    await stores.close()
+            _counts_table(("store", "backup"), {name: (count,) for name, count in manifest["counts"].items()})
+            print(f"media files: {manifest['media']['files']} ({manifest['media']['bytes']} bytes)")
+            return 0
+        await stores.start()
+        try:
+            before, after = await restore(stores, media, args.directory, force=args.force, progress=say)
+        finally:
+            await stores.close()
+    finally:
+        await media.close()
+    _counts_table(("store", "backup", "restored"), {name: (before.get(name, 0), after.get(name, 0))
+                                                    for name in before | after})
+    short = [name for name in before if after.get(name, 0) < before[name]]
+    if short:
+        print(f"xmppctl: restore: fewer in the target than in the backup: {', '.join(short)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _counts_table(header: tuple[str, ...], rows: dict[str, tuple[int, ...]]) -> None:
+    width = max(map(len, [header[0], *rows]))
+    print(f"{header[0]:<{width}}" + "".join(f"  {title:>12}" for title in header[1:]))
+    for name, counts in rows.items():
+        print(f"{name:<{width}}" + "".join(f"  {count:>12}" for count in counts))
 
 
 async def live(config, args) -> int:
