@@ -45,10 +45,14 @@ def main(argv=None) -> int:
     copy.add_argument("--from", dest="source", required=True, help="backend kind, options from [storage.<kind>]")
     copy.add_argument("--to", dest="target", required=True, help="backend kind, options from [storage.<kind>]")
     commands.add_parser(
-        "backup", help="back up every store and the media files into a new directory, while the server runs "
-        "(all on SQLite: one snapshot; other backends: read row by row, see README)").add_argument("directory")
-    restoring = commands.add_parser("restore", help="restore a backup into the configured storage (server stopped)")
-    restoring.add_argument("directory")
+        "backup", help="back up every store and the media files into a new directory while the server runs: "
+        "all on SQLite, one snapshot; PostgreSQL and Cassandra are read through the driver, consistent per row, "
+        "not across (a point-in-time Cassandra backup is `nodetool snapshot`; see README, Backups)").add_argument(
+        "directory", help="a new or empty directory")
+    restoring = commands.add_parser("restore", help="restore a backup of any backend into the storage of this "
+                                    "config (server stopped); refuses a target holding data, and a manifest "
+                                    "that is damaged or of an unknown version")
+    restoring.add_argument("directory", help="a directory made by `xmppctl backup`")
     restoring.add_argument("--force", action="store_true", help="restore even into storage that holds data")
     args = parser.parse_args(argv)
     try:

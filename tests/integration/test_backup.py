@@ -16,7 +16,7 @@ import pytest
 from tests.support.accounts import create_accounts
 from tests.support.inbox import message
 from tests.support.messaging import NS_MAM, NS_RSM, bare, connect, round_trip, send, subscribe_both
-from tests.support.muc import create_room, form
+from tests.support.muc import create_room
 from tests.support.pep import item_ids, items_request, publish
 from tests.support.postgresql import new_database, storage_config
 from tests.support.server import XmppdProcess
@@ -43,9 +43,9 @@ async def archive_ids(user, to: str | None = None) -> list[str]:
                                f"<query xmlns='{NS_MAM}' queryid='{query_id}'><set xmlns='{NS_RSM}'>"
                                f"<max>100</max>{after}</set></query>")
         assert answer.get("type") == "result"
-        page = [s.find(f"{{{NS_MAM}}}result").get("id") for s in user.inbox.received(
-            lambda s: s.find(f"{{{NS_MAM}}}result") is not None
-            and s.find(f"{{{NS_MAM}}}result").get("queryid") == query_id)]
+        results = [s.find(f"{{{NS_MAM}}}result") for s in user.inbox.received(
+            lambda s: s.find(f"{{{NS_MAM}}}result") is not None)]
+        page = [result.get("id") for result in results if result.get("queryid") == query_id]
         ids += page
         if answer.find(f"{{{NS_MAM}}}fin").get("complete") == "true" or not page:
             return ids
