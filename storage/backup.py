@@ -117,6 +117,8 @@ async def backup(stores: ServerStores, sqlite_path: str | None, media, directory
     manifest. `sqlite_path`: the server's one SQLite file when every store is in it
     (then snapshotted with the online backup API; `stores` is not read)."""
     domains = list(domains)
+    if sqlite_path is not None and not os.path.isfile(sqlite_path):
+        raise BackupError(f"no SQLite database at {sqlite_path}: nothing to back up")
     if os.path.isdir(directory) and os.listdir(directory):
         raise BackupError(f"{directory} is not empty; a backup goes into a new or empty directory")
     os.makedirs(os.path.join(directory, MEDIA), mode=0o700, exist_ok=True)
