@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 import time
 
-from xmppd import accounts, config as config_module
+from xmppd import accounts, config as config_module, portable
 from xmppd.config import ConfigError
+from xmppd.portable import PortableError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.storage import StorageUnavailable, backend_module, open_backend
 from xmppd.storage.backup import BackupError, ServerStores, backup, restore
@@ -54,11 +56,19 @@ def main(argv=None) -> int:
                                     "that is damaged or of an unknown version")
     restoring.add_argument("directory", help="a directory made by `xmppctl backup`")
     restoring.add_argument("--force", action="store_true", help="restore even into storage that holds data")
+    for name, text in (("export", "write the users' data (accounts with their SCRAM keys, rosters, vCards, "
+                                  "offline messages, private XML, PEP) to a new file"),
+                       ("import", "read users' data from a file into the storage (server stopped); existing "
+                                  "accounts are left alone")):
+        commands.add_parser(name, help=text).add_argument(
+            "--xep0227", metavar="FILE", required=True, help="XEP-0227 (portable import/export) XML")
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config)
         if args.command == "storage":
             return asyncio.run(storage_command(config, args))
+        if args.command in ("export", "import"):
+            return asyncio.run(portable_command(config, args))
         if args.command in ("backup", "restore"):
             return asyncio.run(backup_command(config, args))
         if args.command in LIVE_COMMANDS:
@@ -67,7 +77,7 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"xmppctl: {exc}", file=sys.stderr)
         return 2
-    except BackupError as exc:
+    except (BackupError, PortableError) as exc:
         print(f"xmppctl: {args.command}: {exc}", file=sys.stderr)
         return 1
     except StorageUnavailable as exc:
@@ -229,8 +239,8 @@ async def backup_command(config, args) -> int:
         raise ConfigError(f"{args.command}: the memory storage of {config.source} lives in the server process only")
     default_kind = config.storage.default
     archive_kind = config.storage.archive or default_kind
-    default = _storage_backend(config, default_kind)
-    stores = ServerStores(default, default if archive_kind == default_kind else _storage_backend(config, archive_kind))
+    stores = _server_stores(config)
+    default = stores.default
     media = open_media(config.storage.media, config.backend_options.get(config.storage.media), str(config.data_dir))
     say = lambda step: print(f"{args.command}: {step}", file=sys.stderr)   # noqa: E731
     try:
@@ -263,6 +273,37 @@ async def backup_command(config, args) -> int:
         print(f"xmppctl: restore: fewer in the target than in the backup: {', '.join(short)}", file=sys.stderr)
         return 1
     return 0
+
+
+async def portable_command(config, args) -> int:
+    """`xmppctl export|import --xep0227 FILE`: the users of this config's hosts."""
+    if config.storage.default == "memory":
+        raise ConfigError(f"{args.command}: the memory storage of {config.source} lives in the server process only")
+    stores = _server_stores(config)
+    domains = [host.domain for host in config.hosts]
+    if args.command == "export" and os.path.exists(args.xep0227):
+        raise PortableError(f"{args.xep0227} exists already")
+    await stores.start()
+    try:
+        if args.command == "export":
+            report = await portable.export(stores, domains, args.xep0227)
+        else:
+            report = await portable.import_file(stores, domains, args.xep0227)
+    finally:
+        await stores.close()
+    for warning in report.warnings:
+        print(f"xmppctl: {args.command}: {warning}", file=sys.stderr)
+    _counts_table(("what", "exported" if args.command == "export" else "imported"),
+                  {name: (count,) for name, count in report.counts.items()} or {"accounts": (0,)})
+    return 0
+
+
+def _server_stores(config) -> ServerStores:
+    """The stores of [storage]: archives from its archive backend, the rest from its default."""
+    default_kind = config.storage.default
+    archive_kind = config.storage.archive or default_kind
+    default = _storage_backend(config, default_kind)
+    return ServerStores(default, default if archive_kind == default_kind else _storage_backend(config, archive_kind))
 
 
 def _counts_table(header: tuple[str, ...], rows: dict[str, tuple[int, ...]]) -> None:
