@@ -259,6 +259,7 @@ async def backup_command(config, args) -> int:
             _counts_table(("store", "backup"), {name: (count,) for name, count in manifest["counts"].items()})
             print(f"media files: {manifest['media']['files']} ({manifest['media']['bytes']} bytes)")
             return 0
+        await _refuse_running_server(config, args.command)
         await stores.start()
         try:
             before, after = await restore(stores, media, args.directory, force=args.force, progress=say)
@@ -283,6 +284,8 @@ async def portable_command(config, args) -> int:
     domains = [host.domain for host in config.hosts]
     if args.command == "export" and os.path.exists(args.xep0227):
         raise PortableError(f"{args.xep0227} exists already")
+    if args.command == "import":
+        await _refuse_running_server(config, args.command)
     await stores.start()
     try:
         if args.command == "export":
@@ -296,6 +299,17 @@ async def portable_command(config, args) -> int:
     _counts_table(("what", "exported" if args.command == "export" else "imported"),
                   {name: (count,) for name, count in report.counts.items()} or {"accounts": (0,)})
     return 0
+
+
+async def _refuse_running_server(config, command: str) -> None:
+    """A running server caches rosters and counts queues: data written under it would
+    not be seen, or be overwritten. Its admin socket answering tells that it runs."""
+    try:
+        _, writer = await asyncio.open_unix_connection(str(config.admin_socket))
+    except OSError:
+        return
+    writer.close()
+    raise ConfigError(f"{command}: the server of {config.source} is running ({config.admin_socket}); stop it first")
 
 
 def _server_stores(config) -> ServerStores:

@@ -151,12 +151,16 @@ def test_backup_while_the_server_runs_and_a_client_sends(origin):
     assert (origin["directory"] / "media").stat().st_mode & 0o077 == 0
 
 
-async def test_restore_into_fresh_sqlite(origin, tmp_path):
+async def test_restore_into_fresh_sqlite_and_again_refused_as_not_empty(origin, tmp_path):
     server = restored(origin, tmp_path)
     try:
         await check_everything_is_there(origin, server)
     finally:
         server.stop()
+    refused = server.ctl("restore", str(origin["directory"]), check=False)
+    assert refused.returncode == 1
+    assert "restore: the target storage is not empty (3 accounts" in refused.stderr
+    assert "--force" in refused.stderr and "Traceback" not in refused.stderr
 
 
 async def test_restore_into_postgresql(origin, postgresql, tmp_path):
@@ -167,11 +171,10 @@ async def test_restore_into_postgresql(origin, postgresql, tmp_path):
         server.stop()
 
 
-def test_restore_into_a_non_empty_target_is_refused(origin):
-    refused = origin["server"].ctl("restore", str(origin["directory"]), check=False)
-    assert refused.returncode == 1
-    assert "restore: the target storage is not empty (3 accounts" in refused.stderr
-    assert "--force" in refused.stderr and "Traceback" not in refused.stderr
+def test_restore_under_a_running_server_is_refused(origin):
+    refused = origin["server"].ctl("restore", "--force", str(origin["directory"]), check=False)
+    assert refused.returncode == 2
+    assert "restore: the server of" in refused.stderr and "is running" in refused.stderr
 
 
 @pytest.mark.parametrize("damage, complaint", [

@@ -14,7 +14,7 @@ import pytest
 from lxml import etree
 
 from tests.support.accounts import create_accounts
-from tests.support.inbox import message, online
+from tests.support.inbox import message, online, presence
 from tests.support.messaging import connect, send, subscribe_both
 from tests.support.muc import User
 from tests.support.pep import item_ids, items_request, publish
@@ -22,7 +22,7 @@ from tests.support.server import XmppdProcess
 
 QUICK_STOP = "graceful_shutdown_timeout = 1"
 DOMAIN = "localhost"
-ALICE, BOB, CAROL = (f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol"))
+ALICE, BOB, CAROL, DAVE = (f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol", "dave"))
 NODE = "urn:example:portable:0"
 VCARD = "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN></vCard>"
 PRIVATE = "<prefs xmlns='urn:example:prefs'><colour>blue</colour></prefs>"
@@ -35,9 +35,13 @@ async def login(server, jid: str, resource: str, password: str) -> User:
 
 
 async def fill(server) -> None:
-    create_accounts(server, ["alice", "bob", "carol"])
+    create_accounts(server, ["alice", "bob", "carol", "dave"])
     alice, bob = await connect(server, ALICE, "phone"), await connect(server, BOB, "phone")
     await subscribe_both(alice, bob)
+    dave = await connect(server, DAVE, "phone")
+    await dave.send(f"<presence to='{ALICE}' type='subscribe'/>")          # left unanswered
+    await alice.inbox.wait(presence("subscribe", from_=DAVE))
+    await dave.logout()
     for payload in (VCARD, f"<query xmlns='jabber:iq:private'>{PRIVATE}</query>",
                     publish(NODE, "<entry xmlns='urn:example'>one</entry>", "item-1")):
         answer = await alice.iq("set", ALICE, payload)
@@ -78,7 +82,7 @@ def test_export_is_xep0227_with_scram_secrets_and_no_password(exported):
     root = etree.parse(str(path)).getroot()
     assert root.tag == f"{{{NS_PIE}}}server-data"
     users = {user.get("name"): user for user in root.iter(f"{{{NS_PIE}}}user")}
-    assert set(users) == {"alice", "bob", "carol"} and not any(u.get("password") for u in users.values())
+    assert set(users) == {"alice", "bob", "carol", "dave"} and not any(u.get("password") for u in users.values())
     mechanisms = [s.get("mechanism") for s in users["alice"].iterfind("{urn:xmpp:pie:0#scram}scram-credentials")]
     assert sorted(mechanisms) == ["SCRAM-SHA-1", "SCRAM-SHA-256"]
     assert len(users["carol"].findall(f"{{{NS_PIE}}}offline-messages/{{jabber:client}}message")) == 2
@@ -88,6 +92,7 @@ async def test_round_trip_into_a_fresh_server(exported, tmp_path):
     server, _ = imported(tmp_path, exported[0])
     try:
         alice = await connect(server, ALICE, "laptop")               # the same password, from its SCRAM keys
+        await alice.inbox.wait(presence("subscribe", from_=DAVE))      # the request still waits for her
         roster = await alice.iq("get", ALICE, "<query xmlns='jabber:iq:roster'/>")
         assert [(i.get("jid"), i.get("subscription")) for i in roster.iter("{jabber:iq:roster}item")] == [(BOB, "both")]
         vcard = await alice.iq("get", ALICE, "<vCard xmlns='vcard-temp'/>")
