@@ -240,13 +240,12 @@ async def backup_command(config, args) -> int:
     default_kind = config.storage.default
     archive_kind = config.storage.archive or default_kind
     stores = _server_stores(config)
-    default = stores.default
     media = open_media(config.storage.media, config.backend_options.get(config.storage.media), str(config.data_dir))
     say = lambda step: print(f"{args.command}: {step}", file=sys.stderr)   # noqa: E731
     try:
         if args.command == "backup":
             # All on SQLite: one snapshot of its file, without opening it as a backend.
-            snapshot = default.path if {default_kind, archive_kind} == {"sqlite"} else None
+            snapshot = stores.default.path if {default_kind, archive_kind} == {"sqlite"} else None
             if snapshot is None:
                 await stores.start()
             try:

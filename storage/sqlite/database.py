@@ -122,8 +122,7 @@ def backup_file(path: str, target: str, busy_timeout: float = 5.0) -> None:
     """Copy the database at `path` into the new file `target` (blocking; run it in a
     thread) with SQLite's online backup API, in one step: one read transaction, so a
     consistent snapshot while a server writes, whose writer WAL mode does not block.
-    The copy is one self-contained file (rollback journal, not WAL), readable only by
-    its owner like the original."""
+    The copy is readable only by its owner, like the original."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no SQLite database at {path}")
     source = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
@@ -133,7 +132,6 @@ def backup_file(path: str, target: str, busy_timeout: float = 5.0) -> None:
         copy = sqlite3.connect(target, isolation_level=None)
         try:
             source.backup(copy)                # pages=-1: everything in one step
-            copy.execute("PRAGMA journal_mode = DELETE")
         finally:
             copy.close()
     finally:
