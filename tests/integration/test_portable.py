@@ -6,6 +6,9 @@ log in with their old password. And a file written by hand after the XEP's examp
 (its older namespace, plain passwords) imported the same way.
 """
 import asyncio
+import base64
+import hashlib
+import hmac
 import os
 import stat
 import textwrap
@@ -19,6 +22,7 @@ from tests.support.messaging import connect, send, subscribe_both
 from tests.support.muc import User
 from tests.support.pep import item_ids, items_request, publish
 from tests.support.server import XmppdProcess
+from xmppd.client import Client, LoginFailed
 
 QUICK_STOP = "graceful_shutdown_timeout = 1"
 DOMAIN = "localhost"
@@ -178,6 +182,50 @@ async def test_import_of_a_file_written_after_the_xeps_examples(tmp_path):
         server.stop()
     again = server.ctl("import", "--xep0227", str(path), check=False)       # nothing is overwritten
     assert again.returncode == 0 and "juliet@localhost: the account exists already" in again.stderr
+
+
+def scram_sha1(password: str, salt: bytes, iterations: int) -> dict[str, str]:
+    """RFC 5802's keys, computed here without xmppd's code, as another server would."""
+    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha1").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha1").digest()
+    return {"salt": base64.b64encode(salt).decode(), "stored": base64.b64encode(hashlib.sha1(client_key).digest()).decode(),
+            "server": base64.b64encode(server_key).decode()}
+
+
+async def test_import_of_scram_credentials_written_by_hand(tmp_path):
+    """XEP-0227 1.1: <scram-credentials/> instead of a password; this one has SCRAM-SHA-1
+    keys only (what Prosody exports), so SCRAM-SHA-1 logs in with them."""
+    keys = scram_sha1("iLuvJuLi3T", b"salt of romeo", 4096)
+    path = tmp_path / "scram.xml"
+    path.write_text(textwrap.dedent(f"""\
+        <?xml version='1.0' encoding='UTF-8'?>
+        <server-data xmlns='urn:xmpp:pie:0'>
+          <host jid='localhost'>
+            <user name='romeo'>
+              <scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-1'>
+                <iter-count>4096</iter-count>
+                <salt>{keys["salt"]}</salt>
+                <server-key>{keys["server"]}</server-key>
+                <stored-key>{keys["stored"]}</stored-key>
+              </scram-credentials>
+            </user>
+          </host>
+        </server-data>
+        """))
+    server, _ = imported(tmp_path / "server", path)
+    try:
+        for password, works in (("iLuvJuLi3T", True), ("wrong", False)):
+            client = Client("romeo@localhost/pc", password, verify_tls=False, sasl_mech="SCRAM-SHA-1")
+            try:
+                await client.login("127.0.0.1", server.port)
+                assert works
+                await client.logout()
+            except LoginFailed:
+                client.abort()
+                assert not works
+    finally:
+        server.stop()
 
 
 def test_import_refuses_a_file_that_is_not_xep0227(tmp_path):
