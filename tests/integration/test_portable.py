@@ -189,8 +189,8 @@ def scram_sha1(password: str, salt: bytes, iterations: int) -> dict[str, str]:
     salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", "sha1").digest()
     server_key = hmac.new(salted, b"Server Key", "sha1").digest()
-    return {"salt": base64.b64encode(salt).decode(), "stored": base64.b64encode(hashlib.sha1(client_key).digest()).decode(),
-            "server": base64.b64encode(server_key).decode()}
+    return {"salt": base64.b64encode(salt).decode(), "server": base64.b64encode(server_key).decode(),
+            "stored": base64.b64encode(hashlib.sha1(client_key).digest()).decode()}
 
 
 async def test_import_of_scram_credentials_written_by_hand(tmp_path):

@@ -35,7 +35,8 @@ def server_stores() -> ServerStores:
 async def made(tmp_path):
     stores, media = server_stores(), open_media("filesystem", None, str(tmp_path / "origin"))
     await stores.start()
-    await stores.accounts.create(Account(ALICE, {name: derive_scram_credentials("secret", name) for name in HASHES}, 1.0))
+    secrets = {name: derive_scram_credentials("secret", name) for name in HASHES}
+    await stores.accounts.create(Account(ALICE, secrets, 1.0))
     await stores.default.archive("archive").append(ALICE, message(99))          # stale, not the server's
     for n in range(3):
         await stores.archive("archive").append(ALICE, message(n))
