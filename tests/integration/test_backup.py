@@ -4,7 +4,8 @@ A real xmppd on SQLite gets users, a roster, offline messages, MAM, a room with 
 archive, a PEP item and an upload; it is backed up while a client keeps sending to it;
 the backup is restored into a fresh SQLite data dir and into a PostgreSQL database, an
 xmppd starts on each, and clients find everything there, compared by id (the archive
-restored is a prefix of the running server's: one snapshot, nothing torn). A corrupted
+restored is a prefix of the running server's: one snapshot, nothing torn). The server
+on PostgreSQL is backed up in turn (through the driver) and restored into SQLite. A corrupted
 or unknown-version manifest, a damaged data file and a non-empty target are refused.
 """
 import asyncio
@@ -99,16 +100,16 @@ def origin(tmp_path_factory):
     server.stop()
 
 
-def restored(origin, directory, extra_config: str = "") -> XmppdProcess:
-    """A fresh xmppd restored from the backup and started."""
+def restored(origin, directory, extra_config: str = "", backup=None) -> XmppdProcess:
+    """A fresh xmppd restored from the backup (the origin's, or `backup`) and started."""
     server = XmppdProcess(directory, extra_config, server_section=QUICK_STOP)
-    done = server.ctl("restore", str(origin["directory"]), check=False)
+    done = server.ctl("restore", str(backup or origin["directory"]), check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return server.start()
 
 
-async def check_everything_is_there(origin, server: XmppdProcess) -> None:
-    manifest = json.loads((origin["directory"] / "manifest.json").read_text())
+async def check_everything_is_there(origin, server: XmppdProcess, backup=None) -> None:
+    manifest = json.loads(((backup or origin["directory"]) / "manifest.json").read_text())
     alice = await connect(server, ALICE, "laptop")                  # the restored SCRAM secrets
     roster = await alice.iq("get", ALICE, "<query xmlns='jabber:iq:roster'/>")
     assert {(item.get("jid"), item.get("subscription"))
@@ -163,10 +164,23 @@ async def test_restore_into_fresh_sqlite_and_again_refused_as_not_empty(origin, 
     assert "--force" in refused.stderr and "Traceback" not in refused.stderr
 
 
-async def test_restore_into_postgresql(origin, postgresql, tmp_path):
-    server = restored(origin, tmp_path, storage_config(new_database("restore"), pool_size=4))
+async def test_restore_into_postgresql_and_from_there_into_sqlite(origin, postgresql, tmp_path):
+    (tmp_path / "postgresql").mkdir()
+    server = restored(origin, tmp_path / "postgresql", storage_config(new_database("restore"), pool_size=4))
     try:
+        again = tmp_path / "backup-of-postgresql"         # read through the driver, running; before carol
+        done = await asyncio.to_thread(server.ctl, "backup", str(again), check=False)   # takes her messages
+        assert done.returncode == 0, done.stdout + done.stderr
         await check_everything_is_there(origin, server)
+    finally:
+        server.stop()
+    manifest = json.loads((again / "manifest.json").read_text())
+    assert manifest["source"]["default"] == "postgresql"
+    assert manifest["counts"] == json.loads((origin["directory"] / "manifest.json").read_text())["counts"]
+    (tmp_path / "sqlite").mkdir()
+    server = restored(origin, tmp_path / "sqlite", backup=again)
+    try:
+        await check_everything_is_there(origin, server, again)
     finally:
         server.stop()
 
