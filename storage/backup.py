@@ -199,11 +199,17 @@ def read_manifest(directory: str) -> dict:
 
 
 async def restore(stores: ServerStores, media, directory: str, force: bool = False,
-                  progress: Callable[[str], None] = lambda text: None) -> tuple[dict, dict]:
+                  progress: Callable[[str], None] = lambda text: None,
+                  served: Iterable[str] | None = None) -> tuple[dict, dict]:
     """Restore the backup in `directory` into `stores` and `media` (started);
-    (counts of the backup, counts of the target afterwards)."""
+    (counts of the backup, counts of the target afterwards). `served`: the domains of
+    the target's config, for a warning about the backup's others."""
     manifest = await asyncio.to_thread(read_manifest, directory)
     domains = manifest["domains"]
+    others = sorted(set(domains) - set(served if served is not None else domains))
+    if others:
+        progress(f"warning: the config does not serve {', '.join(others)}; their users are restored "
+                 "but cannot log in until it does")
     present = {name: count for name, count in (await census(stores, domains)).items() if count}
     if present and not force:
         raise BackupError("the target storage is not empty (" + ", ".join(f"{count} {name}" for name, count

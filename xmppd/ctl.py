@@ -261,7 +261,8 @@ async def backup_command(config, args) -> int:
         await _refuse_running_server(config, args.command)
         await stores.start()
         try:
-            before, after = await restore(stores, media, args.directory, force=args.force, progress=say)
+            before, after = await restore(stores, media, args.directory, force=args.force, progress=say,
+                                          served=[host.domain for host in config.hosts])
         finally:
             await stores.close()
     finally:

@@ -53,7 +53,10 @@ async def test_split_backends_back_up_and_restore_archives_where_they_live(made,
     assert made["counts"]["archive archive"] == 3 and made["media"] == {"files": 1, "bytes": len(FILE)}
     target, media = server_stores(), open_media("filesystem", None, str(tmp_path / "target"))
     await target.start()
-    before, after = await restore(target, media, str(tmp_path / "backup"))
+    said = []
+    before, after = await restore(target, media, str(tmp_path / "backup"), progress=said.append,
+                                  served=["example.org"])
+    assert "warning: the config does not serve localhost; their users are restored" in said[0]
     assert before == after == made["counts"]
     assert await target.default.archive_names() == []
     restored = await target.archives.archive("archive").query(ALICE, ArchiveQuery())
