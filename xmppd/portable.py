@@ -52,6 +52,7 @@ OFFLINE = "offline"                  # extensions/offline.py
 VCARDS, VCARD_KEY = "vcard", "vcard-temp"   # extensions/vcard.py
 PRIVATE = "private"                  # extensions/private.py: key = the fragment's {ns}tag
 PENDING = "roster-pending"           # extensions/presence.py: contact -> subscribe stanza
+MAX_INCLUDE_DEPTH = 4                # server-data -> host -> user files, and a little more
 # Enough for any node a file brings; the server applies its own max_items when it serves.
 MAX_ITEMS_LIMIT = 1_000_000
 
@@ -197,25 +198,34 @@ def _export_node_config(owner: etree._Element, name: str, config: dict) -> None:
 
 def read_file(path: str) -> etree._Element:
     """The <server-data/> of `path`, its XIncludes of relative files resolved."""
+    root = _parse_including(path, depth=0)
+    if root.tag not in (f"{{{NS_PIE}}}server-data", f"{{{NS_PIE_OLD}}}server-data"):
+        raise PortableError(f"{path}: the root element is {root.tag}, not XEP-0227's <server-data/>")
+    return root
+
+
+def _parse_including(path: str, depth: int) -> etree._Element:
+    """Parse `path` and put in place of each XInclude the file it names, checked the
+    same way: XML only, no DTD, a relative path below the including file's directory
+    (what XEP-0227 section 5 asks an importer to support, and nothing that reaches out)."""
     try:
         tree = etree.parse(path, _PARSER)
     except (OSError, etree.XMLSyntaxError) as exc:
         raise PortableError(f"{path}: cannot read it as XML ({exc})") from None
     if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
         raise PortableError(f"{path}: a document type declaration is not accepted")
-    for include in tree.getroot().iter(f"{{{NS_XINCLUDE}}}include"):
-        href = include.get("href", "")
-        if include.get("parse") or include.get("xpointer") or href.startswith("/") or ":" in href \
-                or ".." in href.split("/"):
-            raise PortableError(f"{path}: only XIncludes of relative files below its directory are "
-                                f"supported (href={href!r})")
-    try:
-        tree.xinclude()
-    except etree.XIncludeError as exc:
-        raise PortableError(f"{path}: {exc}") from None
     root = tree.getroot()
-    if root.tag not in (f"{{{NS_PIE}}}server-data", f"{{{NS_PIE_OLD}}}server-data"):
-        raise PortableError(f"{path}: the root element is {root.tag}, not XEP-0227's <server-data/>")
+    for include in list(root.iter(f"{{{NS_XINCLUDE}}}include")):
+        href = include.get("href", "")
+        if (include.get("parse") or include.get("xpointer") or not href or href.startswith("/") or ":" in href
+                or ".." in href.split("/") or depth >= MAX_INCLUDE_DEPTH):
+            raise PortableError(f"{path}: only XIncludes of relative files below its directory are "
+                                f"supported, {MAX_INCLUDE_DEPTH} deep at most (href={href!r})")
+        included = _parse_including(os.path.join(os.path.dirname(path), href), depth + 1)
+        included.tail = include.tail
+        if include is root:
+            return included
+        include.getparent().replace(include, included)
     return root
 
 

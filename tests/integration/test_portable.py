@@ -228,6 +228,34 @@ async def test_import_of_scram_credentials_written_by_hand(tmp_path):
         server.stop()
 
 
+async def test_import_follows_xincludes_of_relative_files_only(tmp_path):
+    """XEP-0227 section 5: the main file includes a host file, which includes a user file."""
+    (tmp_path / "localhost").mkdir()
+    (tmp_path / "main.xml").write_text(
+        "<server-data xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude'>"
+        "<xi:include href='localhost.xml'/></server-data>")
+    (tmp_path / "localhost.xml").write_text(
+        "<host xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude' jid='localhost'>"
+        "<xi:include href='localhost/mercutio.xml'/></host>")
+    (tmp_path / "localhost" / "mercutio.xml").write_text(
+        "<user xmlns='urn:xmpp:pie:0' name='mercutio' password='queen-mab'>"
+        "<vCard xmlns='vcard-temp'><FN>Mercutio</FN></vCard></user>")
+    server, _ = imported(tmp_path / "server", tmp_path / "main.xml")
+    try:
+        mercutio = await login(server, "mercutio@localhost", "verona", "queen-mab")
+        vcard = await mercutio.iq("get", "mercutio@localhost", "<vCard xmlns='vcard-temp'/>")
+        assert vcard.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Mercutio"
+        await mercutio.logout()
+    finally:
+        server.stop()
+    # An included file is held to the same rules as the main one.
+    (tmp_path / "localhost" / "mercutio.xml").write_text(
+        "<user xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude' name='mercutio'>"
+        "<xi:include href='../../../etc/hostname' parse='text'/></user>")
+    refused = server.ctl("import", "--xep0227", str(tmp_path / "main.xml"), check=False)
+    assert refused.returncode == 1 and "only XIncludes of relative files below its directory" in refused.stderr
+
+
 def test_import_refuses_a_file_that_is_not_xep0227(tmp_path):
     path = tmp_path / "other.xml"
     path.write_text("<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>")
