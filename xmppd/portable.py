@@ -5,9 +5,10 @@ Per user: the account with its SCRAM secrets (``<scram-credentials/>`` of
 ``urn:xmpp:pie:0#scram``, no password), the roster (``jabber:iq:roster``, with the
 pending inbound requests as ``<presence type='subscribe'/>``), the vCard
 (``vcard-temp``), private XML (``jabber:iq:private``), offline messages (each with its
-XEP-0203 delay: the time it was stored) and PEP (node configurations under
-``pubsub#owner``, items under ``pubsub``). Rooms, the pubsub service, archives and
-uploads are not in XEP-0227; ``xmppctl backup`` carries everything.
+XEP-0203 delay: the time it was stored), the message archive (``urn:xmpp:pie:0#mam``:
+MAM results with their stamps) and PEP (node configurations under ``pubsub#owner``,
+items under ``pubsub``). Rooms, the pubsub service and uploads are not in XEP-0227;
+``xmppctl backup`` carries everything.
 
 Import reads files of the XEP's current namespace and of its older one (whose examples
 carry a ``password`` attribute: then the SCRAM secrets are derived from it), with
@@ -44,11 +45,16 @@ NS_PRIVATE = "jabber:iq:private"
 NS_VCARD = "vcard-temp"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_PUBSUB_OWNER = NS_PUBSUB + "#owner"
+NS_PIE_MAM = "urn:xmpp:pie:0#mam"
+NS_MAM = "urn:xmpp:mam:2"
+NS_FORWARD = "urn:xmpp:forward:0"
 
 # SCRAM mechanism <-> xmppd's hash names (xmppd.accounts.HASHES).
 MECHANISMS = {"sha1": "SCRAM-SHA-1", "sha256": "SCRAM-SHA-256"}
 # Where the extensions keep what XEP-0227 carries (their stores, by name).
 OFFLINE = "offline"                  # extensions/offline.py
+ARCHIVE = "archive"                  # extensions/mam.py: the users' message archives
+PAGE = 500                           # archive items read at once
 VCARDS, VCARD_KEY = "vcard", "vcard-temp"   # extensions/vcard.py
 PRIVATE = "private"                  # extensions/private.py: key = the fragment's {ns}tag
 PENDING = "roster-pending"           # extensions/presence.py: contact -> subscribe stanza
@@ -59,7 +65,7 @@ MAX_ITEMS_LIMIT = 1_000_000
 # The children of <user/> that the import reads (besides <offline-messages/>).
 USER_DATA = frozenset((f"{{{NS_SCRAM}}}scram-credentials", f"{{{NS_ROSTER}}}query", f"{{{NS_CLIENT}}}presence",
                        f"{{{NS_VCARD}}}vCard", f"{{{NS_PRIVATE}}}query", f"{{{NS_PUBSUB_OWNER}}}pubsub",
-                       f"{{{NS_PUBSUB}}}pubsub"))
+                       f"{{{NS_PUBSUB}}}pubsub", f"{{{NS_PIE_MAM}}}archive"))
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_blank_text=True)
 
@@ -160,6 +166,18 @@ async def _export_user(stores, account: Account, report: Report) -> etree._Eleme
                 message.append(delay_element(jid.partition("@")[2], item.when))
             offline.append(message)
         report.add("offline messages", len(queued))
+
+    archived, after = stores.archive(ARCHIVE), None
+    while page := (await archived.query(jid, ArchiveQuery(after=after, max=PAGE, count=False))).items:
+        archive = user.find(f"{{{NS_PIE_MAM}}}archive")
+        if archive is None:
+            archive = _child(user, f"{{{NS_PIE_MAM}}}archive")
+        for item in page:
+            forwarded = _child(_child(archive, f"{{{NS_MAM}}}result", id=item.id), f"{{{NS_FORWARD}}}forwarded")
+            forwarded.append(delay_element(jid.partition("@")[2], item.when))
+            forwarded.append(from_storage(item.payload))
+        report.add("archived messages", len(page))
+        after = page[-1].id
 
     names = await stores.pubsub.list_nodes(jid)
     if names:
@@ -298,6 +316,23 @@ async def _import_user(stores, namespace: str, jid: str, user: etree._Element, r
         await stores.archive(OFFLINE).append(jid, ArchivedStanza(
             time_ordered_id(), min(max(when, 0.0), now), message.get("from", "").split("/")[0], to_storage(message)))
         report.add("offline messages")
+
+    archive = user.find(f"{{{NS_PIE_MAM}}}archive")
+    for result in archive.iterfind(f"{{{NS_MAM}}}result") if archive is not None else ():
+        message = result.find(f"{{{NS_FORWARD}}}forwarded/{{{NS_CLIENT}}}message")
+        stamp = result.find(f"{{{NS_FORWARD}}}forwarded/{{{NS_DELAY}}}delay")
+        try:
+            when = parse_datetime(stamp.get("stamp", "")) if stamp is not None else None
+        except StanzaError:
+            when = None
+        if message is None or when is None or when < 0:
+            report.warnings.append(f"{jid}: an archived message without a message or a usable stamp; skipped")
+            continue
+        sender, recipient = (message.get(name, "").split("/")[0] for name in ("from", "to"))
+        # Ids made here: the archive orders by id, another server's ids need not sort by time.
+        await stores.archive(ARCHIVE).append(jid, ArchivedStanza(
+            time_ordered_id(when), when, sender if recipient == jid else recipient, to_storage(message)))
+        report.add("archived messages")
 
     await _import_pep(stores, jid, user, report)
 

@@ -18,7 +18,7 @@ from lxml import etree
 
 from tests.support.accounts import create_accounts
 from tests.support.inbox import message, online, presence
-from tests.support.messaging import connect, send, subscribe_both
+from tests.support.messaging import NS_MAM, archive, connect, send, subscribe_both
 from tests.support.muc import User
 from tests.support.pep import item_ids, items_request, publish
 from tests.support.server import XmppdProcess
@@ -38,7 +38,8 @@ async def login(server, jid: str, resource: str, password: str) -> User:
     return User(str(client.boundjid), client, inbox)
 
 
-async def fill(server) -> None:
+async def fill(server) -> list[tuple[str, str]]:
+    """Everything the round trip carries; alice's archive as (when, body), oldest first."""
     create_accounts(server, ["alice", "bob", "carol", "dave"])
     alice, bob = await connect(server, ALICE, "phone"), await connect(server, BOB, "phone")
     await subscribe_both(alice, bob)
@@ -52,23 +53,34 @@ async def fill(server) -> None:
         assert answer.get("type") == "result", etree.tostring(answer)
     for n in range(2):
         send(alice, CAROL, body=f"offline {n}")
-    await bob.iq("get", DOMAIN, "<ping xmlns='urn:xmpp:ping'/>")
-    answer = await alice.iq("get", DOMAIN, "<ping xmlns='urn:xmpp:ping'/>")
-    assert answer.get("type") == "result"
+    for n in range(3):
+        send(bob, ALICE, body=f"chat {n}")
+    await alice.inbox.wait(message(body="chat 2"))
+    history = await archived(alice)
+    assert len(history) == 5
     await alice.logout()
     await bob.logout()
+    return history
+
+
+async def archived(user) -> list[tuple[str, str]]:
+    results, fin = await archive(user)
+    assert fin.get("complete") == "true"
+    stamp = f"{{{NS_MAM}}}result/{{urn:xmpp:forward:0}}forwarded/{{urn:xmpp:delay}}delay"
+    return [(result.find(stamp).get("stamp"), message.findtext("{jabber:client}body"))
+            for _, message, result in results]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     origin = XmppdProcess(tmp_path_factory.mktemp("export"), server_section=QUICK_STOP).start()
     try:
-        asyncio.run(fill(origin))
+        history = asyncio.run(fill(origin))
         path = tmp_path_factory.mktemp("file") / "server.xml"
         done = origin.ctl("export", "--xep0227", str(path), check=False)
     finally:
         origin.stop()
-    return path, done
+    return path, done, history
 
 
 def imported(directory, path) -> tuple[XmppdProcess, str]:
@@ -80,7 +92,7 @@ def imported(directory, path) -> tuple[XmppdProcess, str]:
 
 
 def test_export_is_xep0227_with_scram_secrets_and_no_password(exported):
-    path, done = exported
+    path, done, _ = exported
     assert done.returncode == 0, done.stdout + done.stderr
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     root = etree.parse(str(path)).getroot()
@@ -97,6 +109,7 @@ async def test_round_trip_into_a_fresh_server(exported, tmp_path):
     try:
         alice = await connect(server, ALICE, "laptop")               # the same password, from its SCRAM keys
         await alice.inbox.wait(presence("subscribe", from_=DAVE))      # the request still waits for her
+        assert await archived(alice) == exported[2]                     # same messages, same times
         roster = await alice.iq("get", ALICE, "<query xmlns='jabber:iq:roster'/>")
         assert [(i.get("jid"), i.get("subscription")) for i in roster.iter("{jabber:iq:roster}item")] == [(BOB, "both")]
         vcard = await alice.iq("get", ALICE, "<vCard xmlns='vcard-temp'/>")
