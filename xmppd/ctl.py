@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     restoring.add_argument("directory", help="a directory made by `xmppctl backup`")
     restoring.add_argument("--force", action="store_true", help="restore even into storage that holds data")
     for name, text in (("export", "write the users' data (accounts with their SCRAM keys, rosters, vCards, "
-                                  "offline messages, private XML, PEP) to a new file"),
+                                  "offline messages, archives, private XML, PEP) to a new file"),
                        ("import", "read users' data from a file into the storage (server stopped); existing "
                                   "accounts are left alone")):
         commands.add_parser(name, help=text).add_argument(
