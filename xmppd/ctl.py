@@ -6,14 +6,18 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 import time
 
-from xmppd import accounts, config as config_module
+from xmppd import accounts, config as config_module, portable
 from xmppd.config import ConfigError
+from xmppd.portable import PortableError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.storage import StorageUnavailable, backend_module, open_backend
+from xmppd.storage.backup import BackupError, ServerStores, backup, restore
 from xmppd.storage.copy import census, copy
+from xmppd.storage.media import open_media
 
 LIVE_COMMANDS = ("status", "sessions", "kick")
 
@@ -42,17 +46,40 @@ def main(argv=None) -> int:
     copy = storage.add_parser("copy", help="copy every store from one backend to another, then compare counts")
     copy.add_argument("--from", dest="source", required=True, help="backend kind, options from [storage.<kind>]")
     copy.add_argument("--to", dest="target", required=True, help="backend kind, options from [storage.<kind>]")
+    commands.add_parser(
+        "backup", help="back up every store and the media files into a new directory while the server runs: "
+        "all on SQLite, one snapshot; PostgreSQL and Cassandra are read through the driver, consistent per row, "
+        "not across (a point-in-time Cassandra backup is `nodetool snapshot`; see README, Backups)").add_argument(
+        "directory", help="a new or empty directory")
+    restoring = commands.add_parser("restore", help="restore a backup of any backend into the storage of this "
+                                    "config (server stopped); refuses a target holding data, and a manifest "
+                                    "that is damaged or of an unknown version")
+    restoring.add_argument("directory", help="a directory made by `xmppctl backup`")
+    restoring.add_argument("--force", action="store_true", help="restore even into storage that holds data")
+    for name, text in (("export", "write the users' data (accounts with their SCRAM keys, rosters, vCards, "
+                                  "offline messages, archives, private XML, PEP) to a new file"),
+                       ("import", "read users' data from a file into the storage (server stopped); existing "
+                                  "accounts are left alone")):
+        commands.add_parser(name, help=text).add_argument(
+            "--xep0227", metavar="FILE", required=True, help="XEP-0227 (portable import/export) XML")
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config)
         if args.command == "storage":
             return asyncio.run(storage_command(config, args))
+        if args.command in ("export", "import"):
+            return asyncio.run(portable_command(config, args))
+        if args.command in ("backup", "restore"):
+            return asyncio.run(backup_command(config, args))
         if args.command in LIVE_COMMANDS:
             return asyncio.run(live(config, args))
         return asyncio.run(offline(config, args))
     except ConfigError as exc:
         print(f"xmppctl: {exc}", file=sys.stderr)
         return 2
+    except (BackupError, PortableError) as exc:
+        print(f"xmppctl: {args.command}: {exc}", file=sys.stderr)
+        return 1
     except StorageUnavailable as exc:
         print(f"xmppctl: storage: {exc}", file=sys.stderr)
         return 1
@@ -204,6 +231,100 @@ async def storage_command(config, args) -> int:
         print(f"xmppctl: the counts differ in {', '.join(differ)}", file=sys.stderr)
         return 1
     return 0
+
+
+async def backup_command(config, args) -> int:
+    """`xmppctl backup|restore DIR`: the stores of [storage] (default and archive) and its media."""
+    if config.storage.default == "memory":
+        raise ConfigError(f"{args.command}: the memory storage of {config.source} lives in the server process only")
+    default_kind = config.storage.default
+    archive_kind = config.storage.archive or default_kind
+    stores = _server_stores(config)
+    media = open_media(config.storage.media, config.backend_options.get(config.storage.media), str(config.data_dir))
+    say = lambda step: print(f"{args.command}: {step}", file=sys.stderr)   # noqa: E731
+    try:
+        if args.command == "backup":
+            # All on SQLite: one snapshot of its file, without opening it as a backend.
+            snapshot = stores.default.path if {default_kind, archive_kind} == {"sqlite"} else None
+            if snapshot is None:
+                await stores.start()
+            try:
+                source = {"default": default_kind, "archive": archive_kind, "media": config.storage.media}
+                manifest = await backup(stores, snapshot, media, args.directory,
+                                        [host.domain for host in config.hosts], source, progress=say)
+            finally:
+                if snapshot is None:
+                    await stores.close()
+            _counts_table(("store", "backup"), {name: (count,) for name, count in manifest["counts"].items()})
+            print(f"media files: {manifest['media']['files']} ({manifest['media']['bytes']} bytes)")
+            return 0
+        await _refuse_running_server(config, args.command)
+        await stores.start()
+        try:
+            before, after = await restore(stores, media, args.directory, force=args.force, progress=say,
+                                          served=[host.domain for host in config.hosts])
+        finally:
+            await stores.close()
+    finally:
+        await media.close()
+    _counts_table(("store", "backup", "restored"), {name: (before.get(name, 0), after.get(name, 0))
+                                                    for name in before | after})
+    short = [name for name in before if after.get(name, 0) < before[name]]
+    if short:
+        print(f"xmppctl: restore: fewer in the target than in the backup: {', '.join(short)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def portable_command(config, args) -> int:
+    """`xmppctl export|import --xep0227 FILE`: the users of this config's hosts."""
+    if config.storage.default == "memory":
+        raise ConfigError(f"{args.command}: the memory storage of {config.source} lives in the server process only")
+    stores = _server_stores(config)
+    domains = [host.domain for host in config.hosts]
+    if args.command == "export" and os.path.exists(args.xep0227):
+        raise PortableError(f"{args.xep0227} exists already")
+    if args.command == "import":
+        await _refuse_running_server(config, args.command)
+    await stores.start()
+    try:
+        if args.command == "export":
+            report = await portable.export(stores, domains, args.xep0227)
+        else:
+            report = await portable.import_file(stores, domains, args.xep0227)
+    finally:
+        await stores.close()
+    for warning in report.warnings:
+        print(f"xmppctl: {args.command}: {warning}", file=sys.stderr)
+    _counts_table(("what", "exported" if args.command == "export" else "imported"),
+                  {name: (count,) for name, count in report.counts.items()} or {"accounts": (0,)})
+    return 0
+
+
+async def _refuse_running_server(config, command: str) -> None:
+    """A running server caches rosters and counts queues: data written under it would
+    not be seen, or be overwritten. Its admin socket answering tells that it runs."""
+    try:
+        _, writer = await asyncio.open_unix_connection(str(config.admin_socket))
+    except OSError:
+        return
+    writer.close()
+    raise ConfigError(f"{command}: the server of {config.source} is running ({config.admin_socket}); stop it first")
+
+
+def _server_stores(config) -> ServerStores:
+    """The stores of [storage]: archives from its archive backend, the rest from its default."""
+    default_kind = config.storage.default
+    archive_kind = config.storage.archive or default_kind
+    default = _storage_backend(config, default_kind)
+    return ServerStores(default, default if archive_kind == default_kind else _storage_backend(config, archive_kind))
+
+
+def _counts_table(header: tuple[str, ...], rows: dict[str, tuple[int, ...]]) -> None:
+    width = max(map(len, [header[0], *rows]))
+    print(f"{header[0]:<{width}}" + "".join(f"  {title:>12}" for title in header[1:]))
+    for name, counts in rows.items():
+        print(f"{name:<{width}}" + "".join(f"  {count:>12}" for count in counts))
 
 
 async def live(config, args) -> int:

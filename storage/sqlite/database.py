@@ -118,6 +118,26 @@ def _upgrade(conn: sqlite3.Connection, path: str) -> None:
         raise
 
 
+def backup_file(path: str, target: str, busy_timeout: float = 5.0) -> None:
+    """Copy the database at `path` into the new file `target` (blocking; run it in a
+    thread) with SQLite's online backup API, in one step: one read transaction, so a
+    consistent snapshot while a server writes, whose writer WAL mode does not block.
+    The copy is readable only by its owner, like the original."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no SQLite database at {path}")
+    source = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    try:
+        source.execute("PRAGMA query_only = ON")
+        _keep_private(target)
+        copy = sqlite3.connect(target, isolation_level=None)
+        try:
+            source.backup(copy)                # pages=-1: everything in one step
+        finally:
+            copy.close()
+    finally:
+        source.close()
+
+
 Outcome = tuple[asyncio.Future, Any, "BaseException | None"]
 
 

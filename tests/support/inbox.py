@@ -82,10 +82,10 @@ def roster_push(jid, **attributes):
 
 
 async def online(server, jid: str, resource: str | None = None, *, roster: bool = True,
-                 presence_xml: str | None = "<presence/>") -> tuple[Client, Inbox]:
+                 presence_xml: str | None = "<presence/>", password: str = "secret") -> tuple[Client, Inbox]:
     """A logged-in client that (by default) asked for its roster and sent initial presence,
     with subscription requests left to the test."""
-    client = Client(f"{jid}/{resource}" if resource else jid, "secret", verify_tls=False)
+    client = Client(f"{jid}/{resource}" if resource else jid, password, verify_tls=False)
     client.auto_authorize = None
     client.auto_subscribe = False
     inbox = Inbox(client)
