@@ -217,15 +217,20 @@ class Database:
         self._open = True
 
     async def close(self) -> None:
-        """Finish the writes already queued, then stop every thread and close."""
+        """Finish the writes already queued, then stop every thread and close: the readers
+        first, then the writer, which checkpoints the WAL into the database file. The file
+        is then whole on its own, and opening it again without writing leaves it as it is
+        (a backup's checksum holds)."""
         if not self._threads:
             return
         self._open = False
-        for _ in self._threads[1:]:
+        writer, *readers = self._threads
+        self._threads = []
+        for _ in readers:
             self._reads.put(_STOP)
+        await asyncio.to_thread(lambda: [thread.join() for thread in readers])
         self._writes.put(_STOP)
-        threads, self._threads = self._threads, []
-        await asyncio.to_thread(lambda: [thread.join() for thread in threads])
+        await asyncio.to_thread(writer.join)
 
     # ------------------------------------------------------------ submitting work
 
@@ -274,6 +279,7 @@ class Database:
                     stop = True
                 if batch:
                     self._commit_batch(conn, loop, batch)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
 
