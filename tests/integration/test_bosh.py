@@ -1,0 +1,248 @@
+"""XMPP over BOSH (XEP-0124, XEP-0206) and its discovery (XEP-0156), end to end.
+
+A raw BOSH client (aiohttp's, tests/support/bosh.py, written from the XEPs) creates a
+session, logs in with SCRAM, restarts the stream with xmpp:restart, binds, and chats
+with a slixmpp TCP client both ways, a held request answered when a message arrives;
+a repeated rid gets the same answer; a rid past the window and an unknown sid get
+item-not-found; a session without requests for [bosh] inactivity seconds is dropped;
+a terminate body ends the session (its directed presence gets unavailable); bad bodies
+get bad-request; CORS answers pages of allowed origins only; host-meta lists the URL.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from lxml import etree
+
+from tests.conftest import AccountPool, unique
+from tests.support.accounts import create_accounts
+from tests.support.bosh import NS_HTTPBIND, NS_XBOSH, BoshClient, url
+from tests.support.inbox import MESSAGE, PRESENCE, online
+from tests.support.raw import client_context
+from tests.support.server import XmppdProcess
+
+NS_STREAMS = "http://etherx.jabber.org/streams"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = XmppdProcess(tmp_path_factory.mktemp("bosh"), c2s_section="auth_failure_delay = 0").start()
+    process.accounts = AccountPool(process)
+    yield process
+    process.stop()
+
+
+async def logged_in(server, user: str | None = None, resource: str = "web") -> BoshClient:
+    client = BoshClient(server.domain)
+    return await client.login_to(url(server), user or server.accounts.local(), "secret", resource=resource)
+
+
+def condition(answer: etree._Element) -> tuple[str | None, str | None]:
+    return answer.get("type"), answer.get("condition")
+
+
+async def test_session_creation_answer(server):
+    client, other = BoshClient(server.domain), BoshClient(server.domain)
+    try:
+        answer = await client.connect_to(url(server), wait=45, hold=1)
+        assert answer.tag == f"{{{NS_HTTPBIND}}}body"
+        assert len(client.sid) >= 32 and client.sid != (await other.connect_to(url(server))).get("sid")
+        assert (answer.get("wait"), answer.get("hold"), answer.get("requests")) == ("45", "1", "2")
+        assert answer.get("inactivity") and answer.get("polling") and answer.get("maxpause") and answer.get("ver")
+        assert answer.get(f"{{{NS_XBOSH}}}version") == "1.0"
+        features = answer.find(f"{{{NS_STREAMS}}}features")
+        if features is None:                   # XEP-0206: in a later answer, then
+            features = etree.fromstring((await client.expect(r"<stream:features.*?</stream:features>")).group(0))
+        mechanisms = [m.text for m in features.iter(f"{{{NS_SASL}}}mechanism")]
+        assert "SCRAM-SHA-256" in mechanisms and not any(m.endswith("-PLUS") for m in mechanisms)
+        assert b"starttls" not in etree.tostring(features)
+    finally:
+        await client.close()
+        await other.close()
+
+
+async def test_login_with_scram_and_chat_with_a_tcp_client_both_ways(server):
+    web_user, tcp_user = server.accounts.take(2)
+    web = await BoshClient(server.domain).login_to(url(server), web_user.split("@")[0], "secret")
+    tcp, inbox = await online(server, tcp_user)
+    try:
+        assert web.jid == f"{web_user}/web"
+        await web.send(f"<message xmlns='jabber:client' to='{tcp_user}' type='chat' id='b1'><body>from bosh</body></message>")
+        received = await inbox.wait(lambda s: s.tag == MESSAGE and s.get("id") == "b1")
+        assert received.findtext("{jabber:client}body") == "from bosh" and received.get("from") == web.jid
+
+        tcp.send_message(mto=web.jid, mbody="from tcp", mtype="chat")
+        await web.expect(r"<message [^>]*>.*?<body>from tcp</body>.*?</message>")
+        message = next(child for body in web.bodies for child in body if child.tag == MESSAGE)
+        assert message.get("from") == str(tcp.boundjid)
+    finally:
+        tcp.disconnect()
+        await web.close()
+
+
+async def test_a_held_request_is_answered_when_a_message_arrives(server):
+    web_user, tcp_user = server.accounts.take(2)
+    web = await BoshClient(server.domain).login_to(url(server), web_user.split("@")[0], "secret")
+    tcp, _ = await online(server, tcp_user)
+    try:
+        for task in list(web._tasks):          # no poller: one request, held by the server
+            task.cancel()
+        await asyncio.gather(*web._tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        held = loop.create_task(web.request())
+        await asyncio.sleep(0.5)               # it is held (wait is 30 s): nothing to say yet
+        assert not held.done()
+        start = loop.time()
+        tcp.send_message(mto=web.jid, mbody="wake up", mtype="chat")
+        answer = await asyncio.wait_for(held, 10)
+        assert loop.time() - start < 10
+        assert [child.findtext("{jabber:client}body") for child in answer if child.tag == MESSAGE] == ["wake up"]
+    finally:
+        tcp.disconnect()
+        await web.close()
+
+
+async def test_a_repeated_rid_gets_the_same_answer(server):
+    client = BoshClient(server.domain)
+    try:
+        await client.connect_to(url(server))
+        rid = client.rid + 1
+        text = client.body(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGJhZABiYWQ=</auth>", rid)
+        client.rid = rid
+        first = await client.post(text)
+        again = await client.post(text)         # as after a broken connection (section 14.3)
+        assert first[0] == again[0] == 200 and first[1] == again[1]
+        assert b"<failure" in first[1]
+    finally:
+        await client.close()
+
+
+async def test_a_rid_past_the_window_ends_the_session_with_item_not_found(server):
+    client = BoshClient(server.domain)
+    try:
+        await client.connect_to(url(server))
+        status, content, _ = await client.post(client.body(rid=client.rid + 10))
+        assert status == 200 and condition(etree.fromstring(content)) == ("terminate", "item-not-found")
+        status, content, _ = await client.post(client.body(rid=client.rid + 1))     # the session is gone
+        assert condition(etree.fromstring(content)) == ("terminate", "item-not-found")
+    finally:
+        await client.close()
+
+
+async def test_an_unknown_sid_gets_item_not_found(server):
+    client = BoshClient(server.domain)
+    try:
+        await client.connect_to(url(server))
+        client.sid = "no" + client.sid[2:]
+        status, content, _ = await client.post(client.body(rid=client.rid + 1))
+        assert status == 404 and condition(etree.fromstring(content)) == ("terminate", "item-not-found")
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("text", [
+    "<body xmlns='{ns}' rid='{rid}' sid='{sid}'><message xmlns='jabber:client'>",
+    "<body xmlns='{ns}' rid='{rid}' sid='{sid}'>text</body>",
+    "<body xmlns='{ns}' rid='{rid}' sid='{sid}'><!DOCTYPE x></body>",
+])
+async def test_a_bad_body_ends_the_session_with_bad_request(server, text):
+    client = BoshClient(server.domain)
+    try:
+        await client.connect_to(url(server))
+        status, content, _ = await client.post(text.format(ns=NS_HTTPBIND, rid=client.rid + 1, sid=client.sid))
+        assert status == 200 and condition(etree.fromstring(content)) == ("terminate", "bad-request")
+        status, content, _ = await client.post(client.body(rid=client.rid + 1))
+        assert condition(etree.fromstring(content)) == ("terminate", "bad-request")
+    finally:
+        await client.close()
+
+
+async def test_terminate_ends_the_session_and_directed_presence_gets_unavailable(server):
+    web_user, tcp_user = server.accounts.take(2)
+    web = await BoshClient(server.domain).login_to(url(server), web_user.split("@")[0], "secret")
+    tcp, inbox = await online(server, tcp_user)
+    try:
+        await web.send(f"<presence xmlns='jabber:client' to='{tcp.boundjid}'/>")
+        await inbox.wait(lambda s: s.tag == PRESENCE and s.get("from") == web.jid and s.get("type") is None)
+        answer = await web.request(attributes="type='terminate'")
+        assert answer.get("type") == "terminate" and answer.get("condition") is None
+        await inbox.wait(lambda s: s.tag == PRESENCE and s.get("from") == web.jid and s.get("type") == "unavailable")
+        status, content, _ = await web.post(web.body(rid=web.rid + 1))
+        assert status == 404 and condition(etree.fromstring(content)) == ("terminate", "item-not-found")
+    finally:
+        tcp.disconnect()
+        await web.close()
+
+
+async def test_cors_for_allowed_origins_only(server):
+    own = f"https://localhost:{server.https_port}"
+    async with aiohttp.ClientSession() as session:
+        headers = {"Origin": own, "Access-Control-Request-Method": "POST",
+                   "Access-Control-Request-Headers": "content-type"}
+        async with session.options(url(server), headers=headers, ssl=client_context()) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == own
+            assert "POST" in response.headers["Access-Control-Allow-Methods"]
+            assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
+        async with session.options(url(server), headers={**headers, "Origin": "https://elsewhere.example"},
+                                   ssl=client_context()) as response:
+            assert response.status == 403 and "Access-Control-Allow-Origin" not in response.headers
+    client = BoshClient(server.domain)
+    try:
+        client.origin = own
+        await client.connect_to(url(server), origin=own)
+        status, _, headers = await client.post(client.body(rid=client.rid + 1, attributes="type='terminate'"))
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == own
+    finally:
+        await client.close()
+
+
+async def test_plain_http_is_refused_when_encryption_is_required(server):
+    client = BoshClient(server.domain)
+    client.http = aiohttp.ClientSession()
+    client.address = url(server, tls=False)
+    try:
+        status, _, _ = await client.post(client.body(attributes=f"to='{server.domain}' wait='5' hold='1' ver='1.11'"))
+        assert status == 403
+    finally:
+        await client.close()
+
+
+async def test_host_meta_lists_the_bosh_url(server):
+    async with aiohttp.ClientSession() as session:
+        base = f"https://127.0.0.1:{server.https_port}/.well-known"
+        async with session.get(f"{base}/host-meta.json", ssl=client_context()) as response:
+            links = {link["rel"]: link["href"] for link in (await response.json(content_type=None))["links"]}
+        async with session.get(f"{base}/host-meta", ssl=client_context()) as response:
+            xrd = etree.fromstring(await response.read())
+    endpoint = f"https://localhost:{server.https_port}/http-bind"
+    assert links["urn:xmpp:alt-connections:xbosh"] == endpoint
+    ns = "{http://docs.oasis-open.org/ns/xri/xrd-1.0}"
+    assert ("urn:xmpp:alt-connections:xbosh", endpoint) in [(link.get("rel"), link.get("href"))
+                                                           for link in xrd.iter(f"{ns}Link")]
+
+
+async def test_sessions_counted_under_the_bosh_listener(server):
+    before = await server.metric('xmppd_connections_accepted_total{listener="bosh"}')
+    client = BoshClient(server.domain)
+    await client.connect_to(url(server))
+    await client.close()
+    assert await server.metric('xmppd_connections_accepted_total{listener="bosh"}') == before + 1
+
+
+async def test_an_inactive_session_is_dropped(make_xmppd):
+    server = make_xmppd(extra_config="[bosh]\ninactivity = 2\npolling = 1\n").start()
+    (jid,) = create_accounts(server, [unique("idle")])
+    client = await BoshClient(server.domain).login_to(url(server), jid.split("@")[0], "secret", wait=1)
+    try:
+        for task in list(client._tasks):       # the client goes away
+            task.cancel()
+        await server.wait_for_log(f"event=connection-lost jid={jid}/web", timeout=20)
+        assert await server.limit_reached("bosh.inactivity") >= 1
+        status, content, _ = await client.post(client.body(rid=client.rid + 1))
+        assert status == 404 and condition(etree.fromstring(content)) == ("terminate", "item-not-found")
+    finally:
+        await client.close()
