@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,9 @@ LEGACY_STATUS = {"bad-request": 400, "policy-violation": 403, "item-not-found": 
 PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
              "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "7200"}
 _STREAM_ERROR = b"<stream:error"
+# The 'content' types a client may ask its answers to be sent as (XEP-0124 section 7.1):
+# XML or plain text; never HTML, which a browser would run the stanzas of others in.
+_CONTENT = re.compile(r"(text/xml|application/xml|text/plain)(; ?charset=utf-8)?", re.IGNORECASE)
 
 
 def endpoint_url(config: Config, public_url: str) -> str | None:
@@ -198,7 +202,8 @@ class BoshTransport:
         self.wait, self.hold, self.requests = wait, hold, hold + 1
         self.inactivity, self.polling, self.max_pause = options.inactivity, options.polling, options.max_pause
         self.is_legacy = creation.get("ver") is None
-        self.content_type = creation.get("content") or CONTENT_TYPE
+        content = creation.get("content") or ""
+        self.content_type = content if _CONTENT.fullmatch(content) else CONTENT_TYPE
         self.creation_rid = creation.rid
         self.rid = creation.rid - 1                      # the last rid handed on
         self.closing = False
@@ -219,7 +224,8 @@ class BoshTransport:
         self._stream_error: bytes | None = None          # the <stream:error/> written, if any
         self._final: tuple[int, bytes] | None = None     # the answer once the session ended
         self._inactive: asyncio.TimerHandle | None = None
-        self._last_empty_poll = -1e9
+        self._last_empty_poll = -1e9                     # when an empty poll got an empty answer
+        self._empty_poll: int | None = None              # the rid of the last empty poll
 
     # ------------------------------------------------------------- requests
 
@@ -259,11 +265,15 @@ class BoshTransport:
                 self._answer(held, b"" if held == rid else self._take_output())
             self._start_inactivity(int(pause))
             return
-        if self.hold == 0 and not body.payloads and not body.is_restart and not body.is_terminate:
-            if self._loop.time() - self._last_empty_poll < self.polling:
+        if self.hold == 0:                               # section 12: polls no closer than 'polling'
+            if body.payloads or body.is_restart or body.is_terminate:
+                self._last_empty_poll, self._empty_poll = -1e9, None
+            elif self._loop.time() - self._last_empty_poll < self.polling:
                 self.metrics.count(LIMIT_REACHED, "bosh.polling")
                 self.terminate("policy-violation")
                 return
+            else:
+                self._empty_poll = rid
         if body.payloads or body.is_restart or body.is_terminate or rid == self.creation_rid:
             self._bodies.append(body)
             self._readable.set()
@@ -287,8 +297,8 @@ class BoshTransport:
         if rid == self.creation_rid:
             attributes = {**self._creation_attributes(), **(attributes or {})}
         answer = (200, wrap(payloads, attributes))
-        if self.hold == 0 and not payloads:
-            self._last_empty_poll = self._loop.time()
+        if rid == self._empty_poll:
+            self._last_empty_poll = -1e9 if payloads else self._loop.time()
         self._answers[rid] = answer
         while len(self._answers) > self.requests:
             self._answers.popitem(last=False)

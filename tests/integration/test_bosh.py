@@ -11,6 +11,7 @@ get bad-request; CORS answers pages of allowed origins only; host-meta lists the
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 import pytest
@@ -246,3 +247,112 @@ async def test_an_inactive_session_is_dropped(make_xmppd):
         assert status == 404 and condition(etree.fromstring(content)) == ("terminate", "item-not-found")
     finally:
         await client.close()
+
+
+async def terminated(client: BoshClient, timeout: float = 20.0) -> etree._Element:
+    """The terminate answer that ends the session, while the poller runs."""
+    async def wait():
+        while client.terminated is None:
+            client._arrived.clear()
+            await client._arrived.wait()
+        return client.terminated
+    return await asyncio.wait_for(wait(), timeout)
+
+
+async def test_a_body_over_the_stanza_limit_is_a_policy_violation(server):
+    client = BoshClient(server.domain)
+    try:
+        await client.connect_to(url(server))
+        padding = "x" * 300_000
+        status, content, _ = await client.post(client.body(f"<message xmlns='jabber:client'><body>{padding}</body></message>",
+                                                           client.rid + 1))
+        assert status == 200 and condition(etree.fromstring(content)) == ("terminate", "policy-violation")
+    finally:
+        await client.close()
+
+
+async def test_a_pause_answers_the_held_requests_and_a_longer_one_is_refused(server):
+    client = BoshClient(server.domain)
+    try:
+        answer = await client.connect_to(url(server), wait=30)
+        held = asyncio.get_running_loop().create_task(client.request())
+        paused = await asyncio.wait_for(client.request(attributes="pause='20'"), 10)
+        assert len(paused) == 0 and paused.get("type") is None
+        assert (await asyncio.wait_for(held, 10)).get("type") is None
+        too_long = int(answer.get("maxpause")) + 1
+        refused = await client.request(attributes=f"pause='{too_long}'")
+        assert condition(refused) == ("terminate", "policy-violation")
+        assert await server.limit_reached("bosh.max_pause") >= 1
+    finally:
+        await client.close()
+
+
+async def test_polling_too_often_is_a_policy_violation(server):
+    client = BoshClient(server.domain)
+    try:
+        answer = await client.connect_to(url(server), hold=0)
+        assert answer.get("hold") == "0" and int(answer.get("polling")) > 0
+        for _ in range(5):                     # empty polls, back to back
+            answer = await client.request()
+            if answer.get("type") == "terminate":
+                break
+        assert condition(answer) == ("terminate", "policy-violation")
+        assert await server.limit_reached("bosh.polling") >= 1
+    finally:
+        await client.close()
+
+
+async def test_the_unauthenticated_timeout_ends_the_session_with_the_stream_error(make_xmppd):
+    server = make_xmppd(c2s_section="unauthenticated_timeout = 1.0").start()
+    client = BoshClient(server.domain)
+    try:
+        await client.connect_to(url(server))
+        client.start_polling()
+        answer = await terminated(client)
+        assert condition(answer) == ("terminate", "remote-stream-error")
+        assert answer.find("{urn:ietf:params:xml:ns:xmpp-streams}connection-timeout") is not None
+    finally:
+        await client.close()
+
+
+async def test_a_shutdown_tells_bosh_clients(make_xmppd):
+    server = make_xmppd().start()
+    (jid,) = create_accounts(server, [unique("web")])
+    client = await BoshClient(server.domain).login_to(url(server), jid.split("@")[0], "secret")
+    try:
+        stopping = asyncio.create_task(asyncio.to_thread(server.stop))
+        assert condition(await terminated(client)) == ("terminate", "system-shutdown")
+        assert await stopping == 0
+    finally:
+        await client.close()
+
+
+async def test_resumption_after_a_lost_bosh_session(make_xmppd):
+    """XEP-0198 over BOSH: a session dropped for inactivity hibernates, and a new BOSH
+    session resumes it and gets what came meanwhile."""
+    server = make_xmppd(extra_config="[bosh]\ninactivity = 2\npolling = 1\n").start()
+    web_jid, tcp_jid = create_accounts(server, [unique("phone"), unique("friend")])
+    user = web_jid.split("@")[0]
+    web = await BoshClient(server.domain).login_to(url(server), user, "secret", resource="phone")
+    await web.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    sm_id = re.search(r"id=\"([^\"]+)\"", (await web.expect(r"<enabled [^>]*/>")).group(0)).group(1)
+    for task in list(web._tasks):              # the client vanishes
+        task.cancel()
+    await server.wait_for_log(f"event=connection-lost jid={web_jid}/phone", timeout=20)
+    tcp, _ = await online(server, tcp_jid)
+    again = BoshClient(server.domain)
+    try:
+        tcp.send_message(mto=f"{web_jid}/phone", mbody="while you were away", mtype="chat")
+        await again.connect_to(url(server))
+        again.start_polling()
+        await again.expect(r"<stream:features[^>]*>.*?</stream:features>")
+        await again.authenticate(user, "secret", "SCRAM-SHA-256")
+        await again.request(attributes=f"to='{server.domain}' xmpp:restart='true'")
+        await again.expect(r"<stream:features[^>]*>.*?</stream:features>")
+        await again.send(f"<resume xmlns='urn:xmpp:sm:3' previd='{sm_id}' h='0'/>")
+        await again.expect(r"<resumed [^>]*/>")
+        await again.expect(r"<message [^>]*>.*?<body>while you were away</body>")
+    finally:
+        tcp.disconnect()
+        await web.close()
+        await again.close()
