@@ -356,3 +356,34 @@ async def test_resumption_after_a_lost_bosh_session(make_xmppd):
         tcp.disconnect()
         await web.close()
         await again.close()
+
+
+async def test_a_legacy_client_gets_http_error_codes(server):
+    """Without 'ver' in its creation request a client is legacy (XEP-0124 section 19.1):
+    its binding errors come with their HTTP codes."""
+    client = BoshClient(server.domain)
+    try:
+        answer = await client.connect_to(url(server), attributes="")
+        assert answer.get("ver") is None
+        status, content, _ = await client.post(client.body(rid=client.rid + 10))
+        assert status == 404 and condition(etree.fromstring(content)) == ("terminate", "item-not-found")
+    finally:
+        await client.close()
+
+
+async def test_admission_per_address_holds_for_bosh_sessions(make_xmppd):
+    """Past max_unauthenticated_per_ip the oldest unauthenticated session is ended, as a
+    TCP connection would be (xmppd/admission.py)."""
+    server = make_xmppd(c2s_section="max_unauthenticated_per_ip = 2").start()
+    clients = [BoshClient(server.domain) for _ in range(3)]
+    try:
+        for client in clients:
+            await client.connect_to(url(server))
+        clients[0].start_polling()
+        answer = await terminated(clients[0])
+        assert condition(answer) == ("terminate", "remote-stream-error")
+        assert answer.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None
+        assert await server.limit_reached("c2s.max_unauthenticated_per_ip") >= 1
+    finally:
+        for client in clients:
+            await client.close()
