@@ -387,3 +387,14 @@ async def test_admission_per_address_holds_for_bosh_sessions(make_xmppd):
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_an_empty_path_turns_bosh_off(make_xmppd):
+    server = make_xmppd(extra_config="[bosh]\npath = \"\"\n").start()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url(server), data=b"<body/>", ssl=client_context()) as response:
+            assert response.status == 404
+        base = f"https://127.0.0.1:{server.https_port}/.well-known"
+        async with session.get(f"{base}/host-meta.json", ssl=client_context()) as response:
+            rels = [link["rel"] for link in (await response.json(content_type=None))["links"]]
+    assert rels == ["urn:xmpp:alt-connections:websocket"]
