@@ -8,7 +8,8 @@ body), unauthenticated timeout, login throttles, admission per address, back-pre
 and metrics (listener "bosh").
 
 The session, as XEP-0124 has it:
-- created by a body without 'sid', answered with an unguessable sid (192 random bits),
+- created by a body without 'sid' whose 'to' is one of our domains (else host-unknown,
+  or improper-addressing without 'to'), answered with an unguessable sid (192 random bits),
   'wait' and 'hold' as asked up to max_wait and max_hold, requests = hold + 1, polling,
   inactivity, maxpause, and the stream features (XEP-0206);
 - bodies are handed on in rid order: one ahead of its turn waits for the ones before it
@@ -20,8 +21,8 @@ The session, as XEP-0124 has it:
   new one beyond them answers the oldest; a 'pause' (up to max_pause) answers every
   held one and lets the client stay away that long once;
 - with no request held for 'inactivity' seconds the session is dropped silently, as a
-  TCP connection that was lost (XEP-0198 may resume it); a polling session (hold 0)
-  that sends two empty requests closer than 'polling' seconds is ended with
+  TCP connection that was lost (XEP-0198 may resume it); a polling session (hold or
+  wait 0) that sends two empty requests closer than 'polling' seconds is ended with
   policy-violation;
 - a type='terminate' body ends the stream (the user goes offline); a stream error
   ends the session with remote-stream-error and the error's content (system-shutdown
@@ -57,7 +58,6 @@ from yarl import URL
 from xmppd.metrics import LIMIT_REACHED
 from xmppd.protocol.bosh import Body, BoshError, parse_body, wrap
 from xmppd.protocol.framing import CLOSE_MESSAGE, frames
-from xmppd.protocol.namespaces import NS_HTTPBIND
 from xmppd.transport import is_loopback_address
 from xmppd.websocket import _origin
 
@@ -155,6 +155,8 @@ class BoshEndpoint:
         if not is_secure and (self.config.c2s.require_encryption or not is_loopback_address(request.remote or "")):
             return web.Response(status=403, text="encryption is required: use https:// ([c2s] require_encryption)\n",
                                 headers=cors)
+        if not body.get("to"):
+            return self._respond((200, terminal("improper-addressing")), cors)
         if body.get("to") not in self.domains:
             return self._respond((200, terminal("host-unknown")), cors)
         try:
@@ -165,6 +167,8 @@ class BoshEndpoint:
         if wait < 0 or hold < 0:
             status = 400 if body.get("ver") is None else 200
             return self._respond((status, terminal("bad-request")), cors)
+        if wait == 0:                            # section 12: a polling session either way
+            hold = 0
         sid = secrets.token_urlsafe(24)
         session = BoshTransport(self, sid, body, request.remote or "?", is_secure, wait=wait, hold=hold)
         self.sessions[sid] = session
@@ -454,4 +458,4 @@ class BoshTransport:
         log.debug("event=bosh-session-ended sid=%s", self.sid[:6])
 
 
-__all__ = ["BoshEndpoint", "BoshTransport", "NS_HTTPBIND", "endpoint_url"]
+__all__ = ["BoshEndpoint", "BoshTransport", "endpoint_url"]

@@ -398,3 +398,15 @@ async def test_an_empty_path_turns_bosh_off(make_xmppd):
         async with session.get(f"{base}/host-meta.json", ssl=client_context()) as response:
             rels = [link["rel"] for link in (await response.json(content_type=None))["links"]]
     assert rels == ["urn:xmpp:alt-connections:websocket"]
+
+
+@pytest.mark.parametrize("to, expected", [("to='elsewhere.example'", "host-unknown"), ("", "improper-addressing")])
+async def test_a_creation_request_for_no_domain_of_ours_is_refused(server, to, expected):
+    client = BoshClient(server.domain)
+    client.http = aiohttp.ClientSession()
+    client.address = url(server)
+    try:
+        status, content, _ = await client.post(client.body(attributes=f"{to} wait='5' hold='1' ver='1.11'"))
+        assert status == 200 and condition(etree.fromstring(content)) == ("terminate", expected)
+    finally:
+        await client.close()
