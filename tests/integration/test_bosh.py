@@ -410,3 +410,41 @@ async def test_a_creation_request_for_no_domain_of_ours_is_refused(server, to, e
         assert status == 200 and condition(etree.fromstring(content)) == ("terminate", expected)
     finally:
         await client.close()
+
+
+async def test_a_secure_session_takes_no_plain_http_request_and_goes_on(server):
+    """XEP-0124 section 20.1: the plain connection is closed, the session not ended."""
+    client = BoshClient(server.domain)
+    try:
+        await client.connect_to(url(server))
+        plain = client.body(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGJhZABiYWQ=</auth>", client.rid + 1)
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with session.post(url(server, tls=False), data=plain.encode()) as response:
+                    await response.read()
+        answer = await client.request(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGJhZABiYWQ=</auth>")
+        assert answer.get("type") is None
+        await client.expect(r"<failure ")
+    finally:
+        await client.close()
+
+
+async def test_login_throttles_hold_over_bosh(make_xmppd):
+    server = make_xmppd(c2s_section="auth_failure_delay = 0\nauth_failures_per_account = 2").start()
+    (jid,) = create_accounts(server, [unique("guessed")])
+    user = jid.split("@")[0]
+    for guess in ("pencil", "crayon"):
+        client = BoshClient(server.domain)
+        await client.connect_to(url(server))
+        client.start_polling()
+        with pytest.raises(AssertionError, match="not-authorized"):
+            await client.authenticate(user, guess, "SCRAM-SHA-256")
+        await client.close()
+    late = BoshClient(server.domain)
+    try:
+        await late.connect_to(url(server))
+        late.start_polling()
+        with pytest.raises(AssertionError, match="temporary-auth-failure"):
+            await late.authenticate(user, "secret", "PLAIN")
+    finally:
+        await late.close()
