@@ -1,12 +1,17 @@
 """XMPP over BOSH (XEP-0124, XEP-0206) and its discovery (XEP-0156), end to end.
 
 A raw BOSH client (aiohttp's, tests/support/bosh.py, written from the XEPs) creates a
-session, logs in with SCRAM, restarts the stream with xmpp:restart, binds, and chats
-with a slixmpp TCP client both ways, a held request answered when a message arrives;
-a repeated rid gets the same answer; a rid past the window and an unknown sid get
-item-not-found; a session without requests for [bosh] inactivity seconds is dropped;
-a terminate body ends the session (its directed presence gets unavailable); bad bodies
-get bad-request; CORS answers pages of allowed origins only; host-meta lists the URL.
+session (its answer's attributes and features), logs in with SCRAM, restarts the stream
+with xmpp:restart, binds, and chats with a slixmpp TCP client both ways, a held request
+answered when a message arrives; a repeated rid gets the same answer; a rid past the
+window, an unknown sid and a bad body end with their terminal condition (HTTP codes for
+legacy clients); a pause answers held requests, too long a pause and too frequent
+polling are policy-violations; a session without requests for [bosh] inactivity seconds
+is dropped, and XEP-0198 resumes it over a new BOSH session; a terminate body ends the
+session (its directed presence gets unavailable); the TCP rules hold (stanza limit,
+unauthenticated timeout, login throttles, admission per address, system-shutdown, the
+"bosh" listener label); plain HTTP is refused; CORS answers pages of allowed origins
+only; host-meta lists the URL; an empty path turns it off.
 """
 from __future__ import annotations
 
