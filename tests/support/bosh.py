@@ -116,9 +116,12 @@ class BoshClient(RawClient):
         return await asyncio.wait_for(wait(), timeout)
 
     async def login_to(self, address: str, user: str, password: str, *, resource: str = "web",
-                       mechanism: str = "SCRAM-SHA-256", wait: int = 30) -> BoshClient:
+                       mechanism: str = "SCRAM-SHA-256", wait: int = 30, polling: bool = True) -> BoshClient:
+        """Log in and bind. Without `polling` no request is left waiting at the server
+        (each step of the login has an answer to wait for)."""
         await self.connect_to(address, wait=wait)
-        self.start_polling()
+        if polling:
+            self.start_polling()
         await self.expect(r"<stream:features[^>]*>(.*?)</stream:features>")
         await self.authenticate(user, password, mechanism)
         await self.request(attributes=f"to='{self.domain}' xml:lang='en' xmpp:restart='true'")
