@@ -209,6 +209,7 @@ class BoshTransport:
         content = creation.get("content") or ""
         self.content_type = content if _CONTENT.fullmatch(content) else CONTENT_TYPE
         self.creation_rid = creation.rid
+        self.domain = creation.get("to") or ""
         self.rid = creation.rid - 1                      # the last rid handed on
         self.closing = False
         self._loop = asyncio.get_running_loop()
@@ -312,7 +313,7 @@ class BoshTransport:
             self._start_inactivity(self.inactivity)
 
     def _creation_attributes(self) -> dict[str, str]:
-        attributes = {"sid": self.sid, "wait": str(self.wait), "hold": str(self.hold),
+        attributes = {"sid": self.sid, "from": self.domain, "wait": str(self.wait), "hold": str(self.hold),
                       "requests": str(self.requests), "polling": str(self.polling),
                       "inactivity": str(self.inactivity), "maxpause": str(self.max_pause),
                       "xmpp:version": "1.0", "xmpp:restartlogic": "true"}

@@ -57,6 +57,7 @@ async def test_session_creation_answer(server):
         assert answer.tag == f"{{{NS_HTTPBIND}}}body"
         assert len(client.sid) >= 32 and client.sid != (await other.connect_to(url(server))).get("sid")
         assert (answer.get("wait"), answer.get("hold"), answer.get("requests")) == ("45", "1", "2")
+        assert answer.get("from") == server.domain
         assert answer.get("inactivity") and answer.get("polling") and answer.get("maxpause") and answer.get("ver")
         assert answer.get(f"{{{NS_XBOSH}}}version") == "1.0"
         features = answer.find(f"{{{NS_STREAMS}}}features")
