@@ -24,6 +24,7 @@ from lxml import etree
 from xmppd import metrics
 from xmppd.logs import redacted
 from xmppd.protocol import negotiation as n
+from xmppd.protocol.bosh import BoshFraming
 from xmppd.protocol.errors import InternalServerError, StanzaError
 from xmppd.protocol.framing import WebSocketFraming
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
@@ -55,20 +56,23 @@ class StreamElement:
 
 class C2SConnection:
     def __init__(self, services: "Services", admission: "Admission", tls: "ServerTls | None",
-                 transport: Transport | WebSocketTransport, *, direct_tls: bool, websocket: bool = False):
+                 transport: Transport | WebSocketTransport, *, direct_tls: bool, websocket: bool = False,
+                 bosh: bool = False):
         """`direct_tls`: the connection is encrypted from its start (XEP-0368, or a
-        WebSocket over HTTPS); `websocket`: RFC 7395, whose TLS is the WebSocket's."""
+        WebSocket over HTTPS); `websocket`: RFC 7395, whose TLS is the WebSocket's;
+        `bosh`: XEP-0206 (xmppd/bosh.py), whose TLS is the HTTP requests'."""
         self.services = services
         self.admission = admission
         self.tls = tls
         self.transport = transport
         self.peer = transport.peer
-        self.listener = "websocket" if websocket else "direct_tls" if direct_tls else "starttls"
+        self.listener = "bosh" if bosh else "websocket" if websocket else "direct_tls" if direct_tls else "starttls"
         options = services.config.c2s
-        self.stream: XmlStream | WebSocketFraming = (WebSocketFraming if websocket else XmlStream)(options.max_stanza_bytes)
+        self.stream: XmlStream | WebSocketFraming | BoshFraming = (
+            BoshFraming if bosh else WebSocketFraming if websocket else XmlStream)(options.max_stanza_bytes)
         self.settings = Settings(
             domains=frozenset(services.directory.user_domains),
-            tls_available=tls is not None and not websocket,
+            tls_available=tls is not None and not websocket and not bosh,
             tls_required=options.require_encryption or not transport.is_loopback,
             extra_features=self._extra_features,
         )

@@ -7,7 +7,7 @@ is clamped silently. Sections:
     [[hosts]]  HostOptions          [storage] StorageOptions (+ [storage.<backend>])
     [http]     HttpOptions          [extensions.<name>] the extension's own Options
     [components] ComponentsOptions (XEP-0114)
-    [websocket] WebSocketOptions (RFC 7395)
+    [websocket] WebSocketOptions (RFC 7395)    [bosh] BoshOptions (XEP-0124, XEP-0206)
     [cluster]  ClusterOptions
 """
 from __future__ import annotations
@@ -178,12 +178,38 @@ class WebSocketOptions:
     def validate(self, where):
         where.check("path", not self.path or (self.path.startswith("/") and len(self.path) > 1),
                     'must be a path such as "/xmpp-websocket" (or "" to turn WebSocket off)')
-        for index, origin in enumerate(self.allowed_origins):
-            parts = urllib.parse.urlsplit(origin)
-            where.check(f"allowed_origins[{index}]", origin == "*" or (
-                parts.scheme in ("https", "http") and parts.hostname and parts.path in ("", "/")
-                and not parts.query and not parts.fragment),
-                f'{origin!r} is not an origin ("https://chat.example.org") nor "*"')
+        check_origins(self.allowed_origins, where)
+
+
+def check_origins(origins: tuple[str, ...], where) -> None:
+    """`allowed_origins` of the HTTP endpoints browsers use: origins, or "*"."""
+    for index, origin in enumerate(origins):
+        parts = urllib.parse.urlsplit(origin)
+        where.check(f"allowed_origins[{index}]", origin == "*" or (
+            parts.scheme in ("https", "http") and parts.hostname and parts.path in ("", "/")
+            and not parts.query and not parts.fragment),
+            f'{origin!r} is not an origin ("https://chat.example.org") nor "*"')
+
+
+@dataclass(frozen=True)
+class BoshOptions:
+    path: str = "/http-bind"                   # XEP-0124/0206 endpoint on the [http] server; "" turns it off
+    allowed_origins: tuple[str, ...] = ()      # browser Origins allowed; empty: [http] public_url's only; "*": any
+    max_wait: int = 60                         # seconds a request may be held (the client's 'wait' may be less)
+    max_hold: int = 1                          # requests held at once (the client's 'hold' may be less)
+    inactivity: int = 60                       # seconds without a request before the session is dropped
+    polling: int = 5                           # shortest interval between two empty polls
+    max_pause: int = 300                       # longest 'pause' a client may ask for
+
+    def validate(self, where):
+        where.check("path", not self.path or (self.path.startswith("/") and len(self.path) > 1),
+                    'must be a path such as "/http-bind" (or "" to turn BOSH off)')
+        check_origins(self.allowed_origins, where)
+        where.check("max_wait", 1 <= self.max_wait <= 3600, "must be 1 to 3600 seconds")
+        where.check("max_hold", 1 <= self.max_hold <= 8, "must be 1 to 8")
+        where.check("inactivity", 2 <= self.inactivity <= 3600, "must be 2 to 3600 seconds")
+        where.check("polling", 0 <= self.polling <= self.inactivity, "must be 0 to inactivity seconds")
+        where.check("max_pause", self.inactivity <= self.max_pause <= 86400, "must be inactivity to 86400 seconds")
 
 
 @dataclass(frozen=True)
@@ -213,6 +239,7 @@ class Config:
     http: HttpOptions = HttpOptions()
     components: ComponentsOptions = ComponentsOptions()
     websocket: WebSocketOptions = WebSocketOptions()
+    bosh: BoshOptions = BoshOptions()
     hosts: tuple[HostOptions, ...] = (HostOptions(),)
     storage: StorageOptions = StorageOptions()
     cluster: ClusterOptions = ClusterOptions()
@@ -327,7 +354,8 @@ def build(cls, table: dict, where: Where):
 
 MEDIA_BACKENDS = ("filesystem", "s3")
 SECTIONS = {"server": ServerOptions, "c2s": C2SOptions, "tls": TlsOptions, "http": HttpOptions,
-            "components": ComponentsOptions, "websocket": WebSocketOptions, "cluster": ClusterOptions}
+            "components": ComponentsOptions, "websocket": WebSocketOptions, "bosh": BoshOptions,
+            "cluster": ClusterOptions}
 
 
 def parse(data: dict, source: str) -> Config:

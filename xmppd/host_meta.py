@@ -2,7 +2,7 @@
 
 GET /.well-known/host-meta (XRD, RFC 6415) and /.well-known/host-meta.json list the
 endpoints a web client connects to: the RFC 7395 WebSocket (xmppd/websocket.py) at
-[http] public_url, while it is on. (BOSH joins the list once xmppd speaks it.) Any page
+[http] public_url, and the XEP-0206 BOSH one (xmppd/bosh.py), while they are on. Any page
 may read them (Access-Control-Allow-Origin: *): a web client served from elsewhere finds
 its server's endpoint this way.
 """
@@ -14,7 +14,7 @@ from xml.sax.saxutils import quoteattr
 
 from aiohttp import web
 
-from xmppd.websocket import endpoint_url
+from xmppd import bosh, websocket
 
 if TYPE_CHECKING:
     from xmppd.config import Config
@@ -22,14 +22,16 @@ if TYPE_CHECKING:
 
 NS_XRD = "http://docs.oasis-open.org/ns/xri/xrd-1.0"
 REL_WEBSOCKET = "urn:xmpp:alt-connections:websocket"
+REL_BOSH = "urn:xmpp:alt-connections:xbosh"
 CORS = {"Access-Control-Allow-Origin": "*"}
 
 
 class HostMeta:
     def __init__(self, config: Config, http: HttpServer):
         self.http = http
-        url = endpoint_url(config, http.public_url)
-        self.links = [(REL_WEBSOCKET, url)] if url else []
+        urls = [(REL_WEBSOCKET, websocket.endpoint_url(config, http.public_url)),
+                (REL_BOSH, bosh.endpoint_url(config, http.public_url))]
+        self.links = [(rel, url) for rel, url in urls if url]
 
     def add_routes(self) -> None:
         self.http.add_route("GET", "/.well-known/host-meta", self.serve_xrd)

@@ -54,7 +54,7 @@ LIMIT_REACHED = "xmppd_limit_reached_total"
 
 METRICS = {
     CONNECTIONS_ACCEPTED: Metric("counter", ("listener",), "Client connections accepted, by listener: "
-                                 "starttls (the RFC 6120 port), direct_tls (XEP-0368) or websocket (RFC 7395)."),
+                                 "starttls (the RFC 6120 port), direct_tls (XEP-0368), websocket (RFC 7395) or bosh (XEP-0206)."),
     CONNECTIONS_OPEN: Metric("gauge", ("listener",), "Client connections open now, by listener."),
     SESSIONS: Metric("gauge", ("host",), "Bound client resources, hibernating ones included."),
     SESSIONS_HIBERNATING: Metric("gauge", ("host",), "Sessions kept without a connection by XEP-0198 "

@@ -16,6 +16,7 @@ import time
 from xmppd import certs, systemd
 from xmppd.admin import AdminSocket
 from xmppd.admission import Admission
+from xmppd.bosh import BoshEndpoint
 from xmppd.c2s import C2SConnection
 from xmppd.component import Components
 from xmppd.config import Config, ConfigError, Where, build
@@ -123,6 +124,7 @@ class Server:
         self._raise_open_file_limit()
         self._setup_tls()
         WebSocketEndpoint(self.config, self.http, self.serve).add_route()
+        BoshEndpoint(self.config, self.http, self.serve).add_route()
         HostMeta(self.config, self.http).add_routes()
         await self.http.start(self.tls.context)
         c2s = self.config.c2s
@@ -173,10 +175,11 @@ class Server:
         transport = Transport(reader, writer, max_output_buffer=self.config.c2s.max_output_buffer)
         await self.serve(transport, direct_tls=direct_tls)
 
-    async def serve(self, transport, *, direct_tls: bool, websocket: bool = False) -> None:
-        """Run a client connection, TCP or WebSocket (xmppd/websocket.py), to its end."""
+    async def serve(self, transport, *, direct_tls: bool, websocket: bool = False, bosh: bool = False) -> None:
+        """Run a client connection, TCP, WebSocket (xmppd/websocket.py) or BOSH
+        (xmppd/bosh.py), to its end."""
         connection = C2SConnection(self.services, self.admission, self.tls, transport,
-                                   direct_tls=direct_tls, websocket=websocket)
+                                   direct_tls=direct_tls, websocket=websocket, bosh=bosh)
         self.admission.admit(connection)
         self.metrics.count(CONNECTIONS_ACCEPTED, connection.listener)
         try:

@@ -159,6 +159,8 @@ def test_check_config_accepts_a_good_file(server):
     ("[websocket]\npath = 'xmpp'\n", "websocket.path: must be a path such as \"/xmpp-websocket\""),
     ("[websocket]\nallowed_origins = ['https://chat.example.org/app']\n",
      "websocket.allowed_origins[0]: 'https://chat.example.org/app' is not an origin"),
+    ("[bosh]\npath = 'http-bind'\n", "bosh.path: must be a path such as \"/http-bind\""),
+    ("[bosh]\ninactivity = 60\nmax_pause = 30\n", "bosh.max_pause: must be inactivity to 86400 seconds"),
     ("[[hosts]]\ndomain = 'a'\nadmin = ['x@a']\n", "hosts[0].admin: unknown key; did you mean 'admins'?"),
     ("[extensions.register]\nallow_registraton = true\n",
      "extensions.register.allow_registraton: unknown key; did you mean 'allow_registration'?"),

@@ -213,7 +213,8 @@ async def test_host_meta_points_at_the_endpoint(server):
     xml_links = [(link.get("rel"), link.get("href")) for link in xrd.iter(f"{ns}Link")]
     endpoint = f"wss://localhost:{server.https_port}/xmpp-websocket"
     assert xml_links == [(link["rel"], link["href"]) for link in links] == [
-        ("urn:xmpp:alt-connections:websocket", endpoint)]
+        ("urn:xmpp:alt-connections:websocket", endpoint),
+        ("urn:xmpp:alt-connections:xbosh", f"https://localhost:{server.https_port}/http-bind")]
     client = await WebSocketClient(server.domain).connect_to(endpoint.replace("localhost", "127.0.0.1"))
     try:
         await client.open_stream()

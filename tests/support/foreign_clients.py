@@ -14,6 +14,7 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xmppd"
 XMPPJS = Path(__file__).parent / "xmppjs"  # package.json and package-lock.json (pinned), peer.mjs
+STROPHE = Path(__file__).parent / "strophe"  # package.json and package-lock.json (pinned)
 AIOXMPP_REQUIREMENTS = ("aioxmpp==0.13.3", "pytz")  # aioxmpp imports pytz without declaring it
 
 
@@ -34,25 +35,35 @@ def aioxmpp_python() -> Path:
 
 
 def xmppjs_modules() -> Path:
-    """The node_modules of tests/support/xmppjs/package-lock.json (xmpp.js), `npm ci`
-    into the cache on first use and whenever the lock changes. Without Node and npm the
-    tests that need it are skipped."""
+    """The node_modules of tests/support/xmppjs/package-lock.json (xmpp.js)."""
+    return _node_modules(XMPPJS, "xmppjs")
+
+
+def strophe_modules() -> Path:
+    """The node_modules of tests/support/strophe/package-lock.json (Strophe.js, whose
+    browser build the BOSH browser test serves)."""
+    return _node_modules(STROPHE, "strophe")
+
+
+def _node_modules(source: Path, name: str) -> Path:
+    """`npm ci` of `source`'s package-lock.json into the cache on first use and whenever
+    the lock changes. Without Node and npm the tests that need it are skipped."""
     import pytest
 
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
-        pytest.skip("xmpp.js needs Node and npm")
-    prefix = CACHE / "xmppjs"
+        pytest.skip(f"{name} needs Node and npm")
+    prefix = CACHE / name
     marker = prefix / ".installed"
-    lock_text = (XMPPJS / "package-lock.json").read_bytes()
+    lock_text = (source / "package-lock.json").read_bytes()
     wanted = hashlib.sha256(lock_text).hexdigest()
     prefix.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "xmppjs.lock", "w") as lock:
+    with open(CACHE / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.exists() or marker.read_text() != wanted:
             marker.unlink(missing_ok=True)
-            for name in ("package.json", "package-lock.json"):
-                shutil.copyfile(XMPPJS / name, prefix / name)
+            for file in ("package.json", "package-lock.json"):
+                shutil.copyfile(source / file, prefix / file)
             subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
                            cwd=prefix, check=True, timeout=900)
             marker.write_text(wanted)
