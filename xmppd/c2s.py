@@ -33,7 +33,7 @@ from xmppd.protocol.stanza import IQ, error_reply
 from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, serialize, stream_header
 from xmppd.router import KINDS
 from xmppd.session import Session, StreamConnection
-from xmppd.transport import Transport, WebSocketTransport
+from xmppd.transport import Transport, WebSocketTransport, read_stream
 
 if TYPE_CHECKING:
     from xmppd.admission import Admission
@@ -91,15 +91,7 @@ class C2SConnection:
         deadline = asyncio.get_running_loop().call_later(
             self.services.config.c2s.unauthenticated_timeout, self._negotiation_timeout)
         try:
-            while not self.closed:
-                data = await self.transport.read()
-                if not data:
-                    break
-                self.stream.receive_data(data)
-                for event in self.stream.events():
-                    await self.handle(event)
-                    if self.closed:
-                        break
+            await read_stream(self.transport, self.stream, self.handle, lambda: self.closed)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.debug("event=connection-lost peer=%s error=%s", self.peer, exc)
         finally:

@@ -33,7 +33,7 @@ from xmppd.protocol.namespaces import NS_COMPONENT
 from xmppd.protocol.negotiation import stream_error
 from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, serialize, stream_header
 from xmppd.router import KINDS, Router, Stanza, target_of
-from xmppd.transport import Transport
+from xmppd.transport import Transport, read_stream
 
 if TYPE_CHECKING:
     from xmppd.host import Host
@@ -119,15 +119,7 @@ class ComponentConnection:
     async def run(self) -> None:
         deadline = asyncio.get_running_loop().call_later(self.components.options.handshake_timeout, self._handshake_timeout)
         try:
-            while not self.closed:
-                data = await self.transport.read()
-                if not data:
-                    break
-                self.stream.receive_data(data)
-                for event in self.stream.events():
-                    await self.handle(event)
-                    if self.closed:
-                        break
+            await read_stream(self.transport, self.stream, self.handle, lambda: self.closed)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.debug("event=component-connection-lost peer=%s error=%s", self.transport.peer, exc)
         finally:

@@ -16,8 +16,8 @@ import socket
 import ssl
 import struct
 import termios
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType
 
@@ -239,3 +239,18 @@ def is_loopback_address(address: str) -> bool:
         return ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+async def read_stream(transport, stream, handle: Callable[[Any], Awaitable[None]], closed: Callable[[], bool]) -> None:
+    """Feed what the peer sends into the sans-IO `stream` and each event it yields to
+    `handle`, until the peer stops sending or `closed()` (a client's or a component's
+    connection: xmppd/c2s.py, xmppd/component.py)."""
+    while not closed():
+        data = await transport.read()
+        if not data:
+            return
+        stream.receive_data(data)
+        for event in stream.events():
+            await handle(event)
+            if closed():
+                return
