@@ -10,6 +10,9 @@ that are not stanzas (XEP-0198 <r/>, <enable/>, <resume/> ...) fire
 get/set before authentication (XEP-0077) fires `unauthenticated-iq/<namespace>:<element>`
 on the stream's host: a handler writes the reply on the connection (or raises
 StanzaError); an iq nobody handles closes the stream with not-authorized (RFC 6120 4.9.3.12).
+A XEP-0386 Bind 2 request enables what it carries inline by firing
+`bind2-inline/{namespace}name` with a `StreamElement` whose replies go into <bound/>;
+the features advertised for inline use are the elements those events name.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from xmppd.logs import redacted
 from xmppd.protocol import negotiation as n
 from xmppd.protocol.errors import InternalServerError, StanzaError
 from xmppd.protocol.framing import WebSocketFraming
+from xmppd.protocol.jid import InvalidJID
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
 from xmppd.protocol.sasl import verify_plain_password
 from xmppd.protocol.stanza import IQ, error_reply
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_UNSETTLED = 256       # stanzas of one client whose commits may be in flight at once
+INLINE = "bind2-inline/"  # event prefix of the features a Bind 2 request enables (XEP-0386)
+USER_AGENT = "sasl2-user-agent"  # Session.meta: the XEP-0388 <user-agent/> id of its client
 
 
 @dataclass
@@ -51,6 +57,21 @@ class StreamElement:
     connection: StreamConnection
     element: etree._Element
     session: Session | None
+
+
+class InlineAnswers:
+    """Stands for the connection while a Bind 2 request enables features inline: what
+    their handlers write goes into <bound/> (XEP-0386 3.2), in order."""
+
+    def __init__(self, connection: "C2SConnection"):
+        self.connection = connection
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.connection, name)
 
 
 class C2SConnection:
@@ -71,6 +92,7 @@ class C2SConnection:
             tls_available=tls is not None and not websocket,
             tls_required=options.require_encryption or not transport.is_loopback,
             extra_features=self._extra_features,
+            inline_features=self._inline_features,
         )
         self.negotiation = C2SNegotiation(self.settings, tls_active=direct_tls)
         if direct_tls:
@@ -192,9 +214,12 @@ class C2SConnection:
             self.services.metrics.count(metrics.AUTH_SUCCESSES, action.mechanism)
             self.admission.authenticated(self, action.jid)
             self.host = self.services.directory.host(action.jid.domain)
-            self.stream.reset()
+            if action.restart:
+                self.stream.reset()
         elif isinstance(action, n.BindResource):
             await self._bind(action)
+        elif isinstance(action, n.BindInline):
+            await self._bind_inline(action)
         elif isinstance(action, n.UnhandledElement):
             event = StreamElement(self, action.element, None)
             if not await self.host.bus.fire(f"stream-element/{action.element.tag}", event):
@@ -240,6 +265,36 @@ class C2SConnection:
         log.info("event=session-started jid=%s peer=%s listener=%s", full_jid, self.peer, self.listener)
         await host.bus.notify("resource-bound", session)
 
+    async def _bind_inline(self, action: n.BindInline) -> None:
+        """XEP-0386: the resource is the client's tag, if any, then '/' and a unique
+        suffix; the session joins the host once <success/> is out, as after RFC 6120 bind."""
+        host = self.host
+        suffix = host.new_resource()
+        try:
+            full_jid = action.jid.with_resource(f"{action.tag}/{suffix}" if action.tag else suffix)
+        except InvalidJID:                     # a tag no resource can hold is left out
+            full_jid = action.jid.with_resource(suffix)
+        refusal = host.bind_refusal(full_jid)
+        if refusal is not None:
+            self.close("policy-violation", refusal)
+            return
+        if action.user_agent:                  # XEP-0386: an earlier session of the same client ends
+            for old in [s for s in host.sessions_of(action.jid.local) if s.meta.get(USER_AGENT) == action.user_agent]:
+                old.close("conflict", "replaced by a new session of the same client")
+                await host.end_session(old)
+        session = Session(host, full_jid, self)
+        if action.user_agent:
+            session.meta[USER_AGENT] = action.user_agent
+        answers = InlineAnswers(self)
+        for feature in action.request:
+            if isinstance(feature.tag, str) and feature.tag.startswith("{"):
+                await host.bus.fire(f"{INLINE}{feature.tag}", StreamElement(answers, feature, session))
+        for follow_up in self.negotiation.inline_bound(full_jid, b"".join(answers.written)):
+            await self.perform(follow_up)
+        self.attach(session)
+        log.info("event=session-started jid=%s peer=%s listener=%s bind=2", full_jid, self.peer, self.listener)
+        await host.bus.notify("resource-bound", session)
+
     def attach(self, session: Session) -> None:
         """Make `session` this connection's (after bind, or a stream-management resume)."""
         self.session = session
@@ -263,6 +318,12 @@ class C2SConnection:
     def _extra_features(self, authenticated: bool) -> list[bytes]:
         host = self.services.directory.host(self.negotiation.domain)
         return host.stream_features(authenticated) if host is not None else []
+
+    def _inline_features(self) -> list[str]:
+        host = self.services.directory.host(self.negotiation.domain)
+        if host is None:
+            return []
+        return sorted({etree.QName(name.removeprefix(INLINE)).namespace for name in host.bus.hooked(INLINE)})
 
     # ------------------------------------------------------------- Connection
 

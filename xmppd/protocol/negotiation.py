@@ -7,6 +7,12 @@ caller's budget of attempts is used up), `CheckPassword` (PLAIN's key derivation
 the caller runs off its event loop; answered with `password_checked`) and `BindResource`
 (answered with `bound` or `bind_failed`). Everything that changes the state lives in
 this file.
+
+Both SASL profiles run the same mechanisms, credential lookups and failures: RFC 6120's
+(<auth/>, then a stream restart) and XEP-0388's SASL2 (<authenticate/>, no restart, the
+new features right after <success/>). A XEP-0386 Bind 2 request inside <authenticate/>
+is `BindInline` once the mechanism succeeded (answered with `inline_bound`); the
+<success/> then names the full JID and carries <bound/>.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from lxml import etree
 
 from .errors import LocalProtocolError, StreamError
 from .jid import JID, InvalidJID
-from .namespaces import NS_BIND, NS_CLIENT, NS_SASL, NS_SASL_CB, NS_SESSION, NS_STANZAS, NS_TLS
+from .namespaces import NS_BIND, NS_BIND2, NS_CLIENT, NS_SASL, NS_SASL2, NS_SASL_CB, NS_SESSION, NS_STANZAS, NS_TLS
 from .sasl import PlainMechanism, SaslFailure, ScramCredentials, ScramMechanism, stand_in_credentials
 from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamEvent, StreamOpened, stream_header
 
@@ -92,6 +98,7 @@ class AuthFailed:
 class Authenticated:
     jid: JID
     mechanism: str = ""
+    restart: bool = True  # SASL1: the stream restarts; SASL2 goes on without a restart
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,17 @@ class BindResource:
     jid: JID  # bare JID of the account
     resource: str | None  # None: the server picks one
     iq: etree._Element
+
+
+@dataclass(frozen=True)
+class BindInline:
+    """XEP-0386: bind a resource for the SASL2 authentication that just succeeded, enable
+    the features `request` asks for inline, then `inline_bound()`."""
+
+    jid: JID  # bare JID of the account
+    tag: str | None  # the client's <tag/>, to begin the resource with
+    user_agent: str | None  # the <user-agent/> id of XEP-0388: earlier sessions of that client end
+    request: etree._Element  # the <bind xmlns='urn:xmpp:bind:0'/>
 
 
 @dataclass(frozen=True)
@@ -125,19 +143,22 @@ Action = (
     | AuthFailed
     | Authenticated
     | BindResource
+    | BindInline
     | UnhandledElement
     | UnauthenticatedIq
 )
 
 
-def _sasl(name: str, text: str | None = None) -> bytes:
+def _sasl(name: str, text: str | None = None, namespace: str = NS_SASL) -> bytes:
     inner = f">{text}</{name}>" if text is not None else "/>"
-    return f"<{name} xmlns='{NS_SASL}'{inner}".encode()
+    return f"<{name} xmlns='{namespace}'{inner}".encode()
 
 
-def _failure(condition: str, text: str | None = None) -> bytes:
+def _failure(condition: str, text: str | None = None, namespace: str = NS_SASL) -> bytes:
+    """RFC 6120 6.4.5; in SASL2 (XEP-0388 2.6.2) the condition keeps RFC 6120's namespace."""
     text = f"<text xml:lang='en'>{escape(text)}</text>" if text else ""
-    return f"<failure xmlns='{NS_SASL}'><{condition}/>{text}</failure>".encode()
+    condition = f"<{condition}/>" if namespace == NS_SASL else f"<{condition} xmlns='{NS_SASL}'/>"
+    return f"<failure xmlns='{namespace}'>{condition}{text}</failure>".encode()
 
 
 def stream_error(condition: str, text: str | None = None) -> bytes:
@@ -152,6 +173,8 @@ class Settings:
     tls_required: bool  # False: plain text allowed (loopback peers only)
     # (authenticated) -> the stream features the extensions add
     extra_features: Callable[[bool], list[bytes]] | None = None
+    # the namespaces of the features a XEP-0386 bind request may enable inline
+    inline_features: Callable[[], list[str]] | None = None
     channel_binding: dict[str, bytes] = field(default_factory=dict)  # type name -> data
 
 
@@ -169,6 +192,10 @@ class C2SNegotiation:
         self._pending_password: str | None = None
         self._user_known = False
         self._auth_attempts = 0
+        self._namespace = NS_SASL  # of the running SASL profile: NS_SASL2 for <authenticate/>
+        self._bind_request: etree._Element | None = None  # SASL2: a Bind 2 request for after success
+        self._user_agent: str | None = None
+        self._additional_data: bytes | None = None
         self.stream_id = ""
 
     # ---------------------------------------------------------------- inputs
@@ -214,7 +241,7 @@ class C2SNegotiation:
             return [CheckPassword(password, creds or stand_in_credentials(username, "sha256"), "sha256")]
         self.state = State.SASL_EXCHANGE
         challenge = mechanism.server_first(creds)
-        return [SendBytes(_sasl("challenge", base64.b64encode(challenge).decode()))]
+        return [SendBytes(_sasl("challenge", base64.b64encode(challenge).decode(), self._namespace))]
 
     def password_checked(self, matches: bool) -> list[Action]:
         self._expect(State.CHECKING_PASSWORD)
@@ -252,6 +279,15 @@ class C2SNegotiation:
         ).encode()
         return [SendBytes(reply)]
 
+    def inline_bound(self, full_jid: JID, answers: bytes) -> list[Action]:
+        """XEP-0386: the resource is bound and `answers` are what the inline features
+        replied; the <success/> names the full JID, the features follow without a restart."""
+        self._expect(State.BINDING)
+        self.state = State.BOUND
+        bound = f"<bound xmlns='{NS_BIND2}'>".encode() + answers + b"</bound>"
+        features = b"<stream:features>" + b"".join(self._extra_features(True)) + b"</stream:features>"
+        return [SendBytes(self._sasl2_success(full_jid, bound) + features)]
+
     def resumed(self) -> None:
         """XEP-0198: the stream took over an earlier session instead of binding."""
         self._expect(State.AWAIT_BIND)
@@ -270,8 +306,7 @@ class C2SNegotiation:
         out: list[Action] = [SendBytes(self._header(domain))]
         if self.authenticated is not None:
             self.state = State.AWAIT_BIND
-            features = f"<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>"
-            features += "".join(f.decode() for f in self._extra_features(True))
+            features = self._bind_features()
         elif not self.tls_active and self.settings.tls_available and self.settings.tls_required:
             self.state = State.AWAIT_STARTTLS
             features = f"<starttls xmlns='{NS_TLS}'><required/></starttls>"
@@ -301,14 +336,25 @@ class C2SNegotiation:
             and len(element) == 1
         ):
             return [UnauthenticatedIq(element)]
+        if element.tag == f"{{{NS_SASL2}}}authenticate":
+            self._namespace = NS_SASL2
+            self._bind_request = element.find(f"{{{NS_BIND2}}}bind")
+            user_agent = element.find(f"{{{NS_SASL2}}}user-agent")
+            self._user_agent = (user_agent.get("id") or None) if user_agent is not None else None
+            # No <initial-response/> is no initial response; an empty one is an empty string.
+            return self._start(element.get("mechanism", ""), element.findtext(f"{{{NS_SASL2}}}initial-response"))
         if element.tag != f"{{{NS_SASL}}}auth":
             return self._error("not-authorized")
-        name = element.get("mechanism", "")
+        self._namespace = NS_SASL
+        return self._start(element.get("mechanism", ""), element.text)
+
+    def _start(self, name: str, initial_response: str | None) -> list[Action]:
+        """Run mechanism `name` on the client's initial response (base64), in either profile."""
         if name not in self.mechanism_names():
-            return [SendBytes(_failure("invalid-mechanism"))]
+            return [SendBytes(_failure("invalid-mechanism", namespace=self._namespace))]
         self._mechanism_name = name
         try:
-            initial = _decode(element.text)
+            initial = _decode(initial_response)
         except SaslFailure as failure:
             return self._sasl_failed(failure.condition)
         if name == "PLAIN":
@@ -338,9 +384,9 @@ class C2SNegotiation:
         return [LookupCredentials(username, SCRAM_HASHES[base])]
 
     def _in_sasl_exchange(self, element: etree._Element) -> list[Action]:
-        if element.tag == f"{{{NS_SASL}}}abort":
+        if element.tag == f"{{{self._namespace}}}abort":
             return self._sasl_failed("aborted")
-        if element.tag != f"{{{NS_SASL}}}response":
+        if element.tag != f"{{{self._namespace}}}response":
             return self._error("not-authorized")
         mechanism, username = self._mechanism, self._pending_username
         assert isinstance(mechanism, ScramMechanism) and username is not None  # PLAIN has no exchange
@@ -385,8 +431,13 @@ class C2SNegotiation:
         return names
 
     def _mechanisms(self) -> str:
+        """RFC 6120's <mechanisms/>, XEP-0388's <authentication/> with XEP-0386 inline, and
+        the XEP-0440 channel-binding types."""
         items = "".join(f"<mechanism>{name}</mechanism>" for name in self.mechanism_names())
         features = f"<mechanisms xmlns='{NS_SASL}'>{items}</mechanisms>"
+        inline = "".join(f"<feature var={quoteattr(var)}/>" for var in self._inline_features())
+        bind = f"<bind xmlns='{NS_BIND2}'><inline>{inline}</inline></bind>" if inline else f"<bind xmlns='{NS_BIND2}'/>"
+        features += f"<authentication xmlns='{NS_SASL2}'>{items}<inline>{bind}</inline></authentication>"
         if self.tls_active and self.settings.channel_binding:
             types = "".join(f"<channel-binding type='{kind}'/>" for kind in self.settings.channel_binding)
             features += f"<sasl-channel-binding xmlns='{NS_SASL_CB}'>{types}</sasl-channel-binding>"
@@ -394,6 +445,14 @@ class C2SNegotiation:
 
     def _extra_features(self, authenticated: bool) -> list[bytes]:
         return self.settings.extra_features(authenticated) if self.settings.extra_features else []
+
+    def _inline_features(self) -> list[str]:
+        return self.settings.inline_features() if self.settings.inline_features else []
+
+    def _bind_features(self) -> str:
+        """The features of an authenticated stream that has no resource yet."""
+        features = f"<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>"
+        return features + "".join(f.decode() for f in self._extra_features(True))
 
     def _username(self, name: str) -> str:
         try:
@@ -407,11 +466,35 @@ class C2SNegotiation:
         assert self.domain is not None  # SASL runs on an accepted stream header
         self.authenticated = JID(username, self.domain)
         self._mechanism = None
+        if self._namespace == NS_SASL2:
+            return self._sasl2_succeeded(server_final)
         text = base64.b64encode(server_final).decode() if server_final else None
         success = _sasl("success", text)
         self.state = State.AWAIT_STREAM
         self.header_sent = False
         return [SendBytes(success), Authenticated(self.authenticated, self._mechanism_name)]
+
+    def _sasl2_succeeded(self, server_final: bytes | None) -> list[Action]:
+        """XEP-0388 2.6.1: no stream restart. With a Bind 2 request the <success/> waits
+        for the resource; otherwise it names the bare JID, and the features follow."""
+        jid = self.authenticated
+        assert jid is not None  # set by _succeed
+        self._additional_data = server_final
+        authenticated = Authenticated(jid, self._mechanism_name, restart=False)
+        request, self._bind_request = self._bind_request, None
+        if request is not None:
+            self.state = State.BINDING
+            tag = (request.findtext(f"{{{NS_BIND2}}}tag") or "").strip() or None
+            return [authenticated, BindInline(jid, tag, self._user_agent, request)]
+        self.state = State.AWAIT_BIND
+        features = f"<stream:features>{self._bind_features()}</stream:features>".encode()
+        return [authenticated, SendBytes(self._sasl2_success(jid) + features)]
+
+    def _sasl2_success(self, identifier: JID, extensions: bytes = b"") -> bytes:
+        data = self._additional_data
+        additional = f"<additional-data>{base64.b64encode(data).decode()}</additional-data>" if data else ""
+        named = f"<authorization-identifier>{escape(str(identifier))}</authorization-identifier>"
+        return f"<success xmlns='{NS_SASL2}'>{additional}{named}".encode() + extensions + b"</success>"
 
     def _sasl_failed(self, condition: str, text: str | None = None) -> list[Action]:
         self._auth_attempts += 1
@@ -419,7 +502,7 @@ class C2SNegotiation:
         self.state = State.AWAIT_AUTH
         out: list[Action] = [
             AuthFailed(username, condition, self._mechanism_name),
-            SendBytes(_failure(condition, text)),
+            SendBytes(_failure(condition, text, self._namespace)),
         ]
         if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
             out += self._error("policy-violation", "too many authentication attempts")

@@ -1,0 +1,182 @@
+"""SASL2 (XEP-0388) with Bind 2 (XEP-0386) end to end, from a raw client that follows the
+XEPs: SCRAM without a stream restart, a resource from the client's tag, XEP-0198 and
+carbons enabled inline, the same failures and login budgets as RFC 6120 SASL."""
+import base64
+import re
+import uuid
+
+import pytest
+
+from tests.conftest import unique
+from tests.support.inbox import online
+from tests.support.raw import NS_SASL2, RawClient
+from xmppd.client import Client
+
+NS_BIND2 = "urn:xmpp:bind:0"
+NS_SM = "urn:xmpp:sm:3"
+NS_CARBONS = "urn:xmpp:carbons:2"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.support.server import XmppdProcess
+    process = XmppdProcess(tmp_path_factory.mktemp("sasl2"), c2s_section="auth_failure_delay = 0").start()
+    yield process
+    process.stop()
+
+
+def bind2(tag: str | None = None, inline: str = "") -> str:
+    tag = f"<tag>{tag}</tag>" if tag else ""
+    return f"<bind xmlns='{NS_BIND2}'>{tag}{inline}</bind>"
+
+
+def user_agent(agent_id: str) -> str:
+    return f"<user-agent id='{agent_id}'><software>raw</software><device>test</device></user-agent>"
+
+
+async def secured(server, source: str | None = None) -> tuple[RawClient, str]:
+    raw = RawClient(source=source)
+    return raw, await raw.secure(server.port)
+
+
+async def test_features_offer_sasl2_and_bind2_with_its_inline_features(server):
+    raw, features = await secured(server)
+    authentication = re.search(rf"<authentication xmlns=.{NS_SASL2}.>(.*?)</authentication>", features).group(1)
+    mechanisms = re.findall(r"<mechanism>([^<]+)</mechanism>", authentication)
+    assert {"SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"} <= set(mechanisms)
+    inline = re.search(rf"<inline><bind xmlns=.{NS_BIND2}.><inline>(.*?)</inline></bind></inline>", authentication)
+    assert set(re.findall(r"<feature var=.([^'\"]+).\s*/>", inline.group(1))) == {NS_SM, NS_CARBONS}
+    assert "<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>" in features        # XEP-0440
+    await raw.close()
+
+
+async def test_scram_and_bind2_with_inline_sm_and_carbons_then_chat(server):
+    user, friend = unique(), unique()
+    jid, friend_jid = server.adduser(user), server.adduser(friend)
+    raw, _ = await secured(server)
+    outcome = await raw.authenticate2(user, "secret", "SCRAM-SHA-256", user_agent(str(uuid.uuid4())) + bind2(
+        "RawChat", f"<enable xmlns='{NS_SM}' resume='true'/><enable xmlns='{NS_CARBONS}'/>"))
+    assert outcome.group(1) == "success", outcome.group(0)
+    success = outcome.group(2)
+    # The server proved it knows the password: its SCRAM final message is the additional data.
+    data = re.search(r"<additional-data>([^<]+)</additional-data>", success).group(1)
+    assert base64.b64decode(data) == b"v=" + base64.b64encode(raw.server_signature)
+    # The full JID: the tag, '/', a server-generated suffix.
+    full_jid = re.search(r"<authorization-identifier>([^<]+)</authorization-identifier>", success).group(1)
+    assert re.fullmatch(rf"{re.escape(jid)}/RawChat/[^/]+", full_jid), full_jid
+    bound = re.search(rf"<bound xmlns=.{NS_BIND2}.>(.*)</bound>", success).group(1)
+    assert re.search(rf"<enabled xmlns=.{NS_SM}.[^>]*resume=.true.", bound), bound
+    # No stream restart: the features of the bound stream follow at once, without a header.
+    features = await raw.expect(r"<stream:features>(.*?)</stream:features>|<stream:features/>")
+    assert "<stream:stream" not in raw.buffer and "xmpp-bind" not in (features.group(1) or "")
+
+    await raw.send(f"<presence/><message to='{friend_jid}' type='chat' id='m1'><body>hello</body></message>")
+    friend_client, friend_inbox = await online(server, friend_jid, "desk")
+    await raw.send(f"<message to='{friend_jid}' type='chat' id='m2'><body>hello again</body></message>")
+    received = await friend_inbox.wait(lambda s: s.get("id") == "m2")
+    assert received.get("from") == full_jid
+    friend_client.send_raw(f"<message to='{full_jid}' type='chat' id='m3'><body>hi</body></message>")
+    await raw.expect(r"<message [^>]*id=.m3.[^>]*>.*?<body>hi</body>")
+    # Stream management counts from the inline <enable/>: presence and two messages.
+    await raw.send(f"<r xmlns='{NS_SM}'/>")
+    await raw.expect(rf"<a xmlns=.{NS_SM}. h=.3./>")
+    # Carbons were enabled inline: what another resource of the user sends is copied.
+    other, _ = await online(server, jid, "phone")
+    other.send_raw(f"<message to='{friend_jid}' type='chat' id='m4'><body>from my phone</body></message>")
+    await raw.expect(rf"<sent xmlns=.{NS_CARBONS}.>.*?id=.m4.")
+    await other.logout()
+    await friend_client.logout()
+    await raw.close()
+
+
+async def test_sasl2_without_bind2_names_the_bare_jid_and_offers_rfc6120_bind(server):
+    user = unique()
+    jid = server.adduser(user)
+    raw, _ = await secured(server)
+    outcome = await raw.authenticate2(user, "secret", "SCRAM-SHA-1")
+    assert outcome.group(1) == "success"
+    assert f"<authorization-identifier>{jid}</authorization-identifier>" in outcome.group(2)
+    await raw.expect(r"<stream:features>.*?<bind xmlns=.urn:ietf:params:xml:ns:xmpp-bind./>.*?</stream:features>")
+    await raw.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                   "<resource>legacy</resource></bind></iq>")
+    await raw.expect(rf"<jid>{re.escape(jid)}/legacy</jid>")
+    await raw.close()
+
+
+async def test_wrong_password_fails_binds_nothing_and_counts_against_the_login_budget(make_xmppd):
+    server = make_xmppd(c2s_section="auth_failures_per_ip = 2\nauth_failure_delay = 0").start()
+    user = unique()
+    server.adduser(user, "pencil")
+    raw, _ = await secured(server, "127.0.0.21")
+    for _ in range(2):
+        outcome = await raw.authenticate2(user, "crayon", "SCRAM-SHA-256", bind2("Guess"))
+        assert outcome.group(1) == "failure"
+        assert f"<not-authorized xmlns='{NS_SASL}'/>" in outcome.group(2)
+    assert "bound" not in raw.buffer
+    assert await server.metric('xmppd_auth_failures_total{mechanism="SCRAM-SHA-256"}') == 2
+    await raw.close()
+    # The address used up its budget: even the right password is not checked now.
+    raw, _ = await secured(server, "127.0.0.21")
+    initial = base64.b64encode(f"n,,n={user},r=abcdefgh".encode()).decode()
+    await raw.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='SCRAM-SHA-256'>"
+                   f"<initial-response>{initial}</initial-response>{bind2('Guess')}</authenticate>")
+    refused = await raw.expect(rf"<failure xmlns=.{NS_SASL2}.>(.*?)</failure>")
+    assert f"<temporary-auth-failure xmlns='{NS_SASL}'/>" in refused.group(1)
+    assert await server.limit_reached("c2s.auth_failures_per_ip") == 1
+    await raw.close()
+    # From elsewhere the user logs in.
+    raw, _ = await secured(server, "127.0.0.22")
+    assert (await raw.authenticate2(user, "pencil", "SCRAM-SHA-256", bind2("Right"))).group(1) == "success"
+    await raw.close()
+
+
+async def test_bind2_before_authentication_is_refused(server):
+    raw, _ = await secured(server)
+    await raw.send(bind2("Sneaky"))
+    text = await raw.closed()
+    assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in text and "bound" not in text
+
+
+async def test_bind2_after_rfc6120_sasl_is_refused(server):
+    user = unique()
+    server.adduser(user)
+    raw, _ = await secured(server)
+    await raw.authenticate(user, "secret", "SCRAM-SHA-256")
+    await raw.open_stream()
+    await raw.send(bind2("Late"))
+    text = await raw.closed()
+    assert "<stream:error>" in text and "bound" not in text
+
+
+async def test_mechanism_not_offered_gets_invalid_mechanism(server):
+    raw, _ = await secured(server)
+    await raw.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='CRAM-MD5'/>")
+    failure = await raw.expect(rf"<failure xmlns=.{NS_SASL2}.>(.*?)</failure>")
+    assert f"<invalid-mechanism xmlns='{NS_SASL}'/>" in failure.group(1)
+    await raw.close()
+
+
+async def test_a_new_session_of_the_same_client_ends_its_earlier_one(server):
+    """XEP-0386 3.2: the <user-agent/> id identifies the client; each resource is new."""
+    user = unique()
+    jid = server.adduser(user)
+    agent = user_agent(str(uuid.uuid4()))
+    first, _ = await secured(server)
+    assert (await first.authenticate2(user, "secret", extra=agent + bind2("Same"))).group(1) == "success"
+    other, _ = await online(server, jid, "other")            # another client of the user stays
+    second, _ = await secured(server)
+    outcome = await second.authenticate2(user, "secret", extra=agent + bind2("Same"))
+    assert outcome.group(1) == "success"
+    assert "<conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in await first.closed()
+    assert other.is_connected()
+    await other.logout()
+    await second.close()
+
+
+async def test_rfc6120_login_still_works(server):
+    jid = server.adduser(unique())
+    client = Client(jid, "secret", verify_tls=False, sasl_mech="SCRAM-SHA-256")
+    await client.login("127.0.0.1", server.port)
+    assert client.boundjid.bare == jid
+    await client.logout()

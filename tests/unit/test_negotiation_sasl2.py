@@ -1,0 +1,81 @@
+"""Sans-IO: SASL2 (XEP-0388) and Bind 2 (XEP-0386) in the negotiation: the same mechanism
+and credential actions as RFC 6120 SASL, no stream restart, <success/> after the bind."""
+import base64
+
+from lxml import etree
+
+from xmppd.protocol import negotiation as n
+from xmppd.protocol.jid import JID
+from xmppd.protocol.negotiation import C2SNegotiation, Settings, State
+from xmppd.protocol.sasl import derive_scram_credentials, verify_plain_password
+from xmppd.protocol.stream import StanzaReceived, StreamOpened
+
+CREDS = derive_scram_credentials("pencil", "sha256")
+SASL2 = "urn:xmpp:sasl:2"
+
+
+def opened() -> C2SNegotiation:
+    settings = Settings(domains=frozenset({"localhost"}), tls_available=True, tls_required=True,
+                        inline_features=lambda: ["urn:xmpp:sm:3"])
+    negotiation = C2SNegotiation(settings, tls_active=True)
+    negotiation.receive(StreamOpened({"to": "localhost", "version": "1.0"}))
+    return negotiation
+
+
+def authenticate(negotiation, password: str, extra: str = "") -> list:
+    token = base64.b64encode(f"\0juliet\0{password}".encode()).decode()
+    element = etree.fromstring(f"<authenticate xmlns='{SASL2}' mechanism='PLAIN'>"
+                               f"<initial-response>{token}</initial-response>{extra}</authenticate>")
+    assert negotiation.receive(StanzaReceived(element)) == [n.LookupCredentials("juliet", "sha256")]
+    [check] = negotiation.credentials_found(CREDS)
+    return negotiation.password_checked(verify_plain_password(check.password, check.credentials, check.hash_name))
+
+
+def sent(actions) -> bytes:
+    return b"".join(a.data for a in actions if isinstance(a, n.SendBytes))
+
+
+def test_features_offer_sasl2_with_bind2_inline():
+    negotiation = C2SNegotiation(opened().settings, tls_active=True)
+    [_, features] = negotiation.receive(StreamOpened({"to": "localhost", "version": "1.0"}))
+    assert (f"<authentication xmlns='{SASL2}'><mechanism>SCRAM-SHA-256</mechanism>".encode() in features.data
+            and b"<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var=\"urn:xmpp:sm:3\"/></inline></bind>"
+            b"</inline></authentication>" in features.data)
+
+
+def test_success_without_restart_names_the_bare_jid():
+    negotiation = opened()
+    actions = authenticate(negotiation, "pencil")
+    assert n.Authenticated(JID("juliet", "localhost"), "PLAIN", restart=False) in actions
+    assert sent(actions).startswith(
+        f"<success xmlns='{SASL2}'><authorization-identifier>juliet@localhost</authorization-identifier></success>"
+        "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>".encode())
+    assert negotiation.state is State.AWAIT_BIND
+
+
+def test_bind2_waits_for_the_resource_then_succeeds_with_the_full_jid():
+    negotiation = opened()
+    actions = authenticate(negotiation, "pencil", "<user-agent id='u1'/><bind xmlns='urn:xmpp:bind:0'><tag>App</tag></bind>")
+    [bind] = [a for a in actions if isinstance(a, n.BindInline)]
+    assert (bind.tag, bind.user_agent) == ("App", "u1") and sent(actions) == b""
+    out = sent(negotiation.inline_bound(JID("juliet", "localhost", "App/x1"), b"<enabled xmlns='urn:xmpp:sm:3'/>"))
+    assert out == (f"<success xmlns='{SASL2}'><authorization-identifier>juliet@localhost/App/x1"
+                   "</authorization-identifier><bound xmlns='urn:xmpp:bind:0'><enabled xmlns='urn:xmpp:sm:3'/>"
+                   "</bound></success><stream:features></stream:features>").encode()
+    assert negotiation.state is State.BOUND
+
+
+def test_failure_keeps_the_rfc6120_condition_and_binds_nothing():
+    negotiation = opened()
+    actions = authenticate(negotiation, "crayon", "<bind xmlns='urn:xmpp:bind:0'/>")
+    assert sent(actions) == (f"<failure xmlns='{SASL2}'>"
+                             "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>").encode()
+    assert not any(isinstance(a, n.BindInline) for a in actions) and negotiation.state is State.AWAIT_AUTH
+    # An RFC 6120 <auth/> after it is RFC 6120 SASL: a stream restart, no bind.
+    token = base64.b64encode(b"\0juliet\0pencil").decode()
+    negotiation.receive(StanzaReceived(etree.fromstring(
+        f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")))
+    [check] = negotiation.credentials_found(CREDS)
+    actions = negotiation.password_checked(verify_plain_password(check.password, check.credentials, check.hash_name))
+    assert sent(actions) == b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    assert n.Authenticated(JID("juliet", "localhost"), "PLAIN") in actions and negotiation.state is State.AWAIT_STREAM
