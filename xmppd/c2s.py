@@ -12,14 +12,16 @@ on the stream's host: a handler writes the reply on the connection (or raises
 StanzaError); an iq nobody handles closes the stream with not-authorized (RFC 6120 4.9.3.12).
 A XEP-0386 Bind 2 request enables what it carries inline by firing
 `bind2-inline/{namespace}name` with a `StreamElement` whose replies go into <bound/>;
-the features advertised for inline use are the elements those events name.
+the features advertised for inline use are the elements those events name. XEP-0484
+tokens are an extension's: `fast-token-lookup` (a TokenLookup) finds a client's tokens,
+`fast-token-grant` (a TokenGrant) rotates, issues or invalidates them at a SASL2 success.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, assert_never
 
 from lxml import etree
@@ -29,7 +31,7 @@ from xmppd.logs import redacted
 from xmppd.protocol import negotiation as n
 from xmppd.protocol.errors import InternalServerError, StanzaError
 from xmppd.protocol.framing import WebSocketFraming
-from xmppd.protocol.jid import InvalidJID
+from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
 from xmppd.protocol.sasl import verify_plain_password
 from xmppd.protocol.stanza import IQ, error_reply
@@ -57,6 +59,32 @@ class StreamElement:
     connection: StreamConnection
     element: etree._Element
     session: Session | None
+
+
+@dataclass
+class TokenLookup:
+    """XEP-0484: a handler sets `tokens`, the unexpired ones of the account and client
+    issued for `mechanism`, and `expired`, those that were."""
+    jid: JID
+    user_agent: str
+    mechanism: str
+    tokens: list[bytes] = field(default_factory=list)
+    expired: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class TokenGrant:
+    """XEP-0484, at a SASL2 success: `used` (the token an HT mechanism authenticated
+    with, if any) becomes current or, with `invalidate`, ends; a token is issued for
+    `requested` (a mechanism) or when the used one is due for rotation. A handler sets
+    `token` to the <token/> element for <success/>."""
+    jid: JID
+    user_agent: str
+    requested: str | None
+    used: bytes | None
+    mechanism: str
+    invalidate: bool
+    token: bytes = b""
 
 
 class InlineAnswers:
@@ -93,6 +121,7 @@ class C2SConnection:
             tls_required=options.require_encryption or not transport.is_loopback,
             extra_features=self._extra_features,
             inline_features=self._inline_features,
+            fast=self._offers_fast,
         )
         self.negotiation = C2SNegotiation(self.settings, tls_active=direct_tls)
         if direct_tls:
@@ -187,18 +216,19 @@ class C2SConnection:
             self.settings.channel_binding = self.tls.channel_bindings(self.transport.ssl_object)
             self.stream.reset()
         elif isinstance(action, n.LookupCredentials):
-            if self.admission.too_many_sessions(self):
-                self.close("policy-violation", "too many sessions from your address")
-                return
             jid = f"{action.username}@{self.negotiation.domain}"
-            limit = self.admission.throttle.attempt(self.peer, jid)
-            if limit is not None:
-                self.services.metrics.count(metrics.LIMIT_REACHED, limit)
-                follow_ups = self.negotiation.attempt_refused("too many failed logins; try again later")
-            else:
-                account = await self.services.stores.backend.accounts.get(jid)
-                follow_ups = self.negotiation.credentials_found(account.secrets.get(action.hash_name) if account else None)
-            for follow_up in follow_ups:
+            if not await self._may_attempt(jid):
+                return
+            account = await self.services.stores.backend.accounts.get(jid)
+            for follow_up in self.negotiation.credentials_found(account.secrets.get(action.hash_name) if account else None):
+                await self.perform(follow_up)
+        elif isinstance(action, n.LookupToken):
+            jid = JID(action.username, self.negotiation.domain)
+            if not await self._may_attempt(str(jid)):
+                return
+            lookup = TokenLookup(jid, action.user_agent, action.mechanism)
+            await self.services.directory.host(jid.domain).bus.fire("fast-token-lookup", lookup)
+            for follow_up in self.negotiation.tokens_found(lookup.tokens, lookup.expired):
                 await self.perform(follow_up)
         elif isinstance(action, n.CheckPassword):
             # PBKDF2 takes milliseconds: off the event loop.
@@ -218,8 +248,8 @@ class C2SConnection:
                 self.stream.reset()
         elif isinstance(action, n.BindResource):
             await self._bind(action)
-        elif isinstance(action, n.BindInline):
-            await self._bind_inline(action)
+        elif isinstance(action, n.CompleteSasl2):
+            await self._complete_sasl2(action)
         elif isinstance(action, n.UnhandledElement):
             event = StreamElement(self, action.element, None)
             if not await self.host.bus.fire(f"stream-element/{action.element.tag}", event):
@@ -228,6 +258,21 @@ class C2SConnection:
             await self._unauthenticated_iq(action.iq)
         else:
             assert_never(action)
+
+    async def _may_attempt(self, jid: str) -> bool:
+        """Whether this address may try to log in to `jid`: not when it has
+        max_sessions_per_ip sessions (the stream is closed), nor past the login budgets
+        of xmppd/throttle.py (the negotiation refuses the attempt)."""
+        if self.admission.too_many_sessions(self):
+            self.close("policy-violation", "too many sessions from your address")
+            return False
+        limit = self.admission.throttle.attempt(self.peer, jid)
+        if limit is None:
+            return True
+        self.services.metrics.count(metrics.LIMIT_REACHED, limit)
+        for follow_up in self.negotiation.attempt_refused("too many failed logins; try again later"):
+            await self.perform(follow_up)
+        return False
 
     async def _unauthenticated_iq(self, iq: etree._Element) -> None:
         payload = etree.QName(iq[0])
@@ -265,9 +310,40 @@ class C2SConnection:
         log.info("event=session-started jid=%s peer=%s listener=%s", full_jid, self.peer, self.listener)
         await host.bus.notify("resource-bound", session)
 
-    async def _bind_inline(self, action: n.BindInline) -> None:
+    async def _complete_sasl2(self, action: n.CompleteSasl2) -> None:
+        """What <success/> carries: the Bind 2 session, with the answers of the features
+        it enabled inline, and a XEP-0484 token; the session joins the host once
+        <success/> is out, as after RFC 6120 bind."""
+        host = self.host
+        session = None
+        if action.bind is not None:
+            session = await self._open_inline_session(action)
+            if session is None:
+                return
+            answers = InlineAnswers(self)
+            for feature in action.bind:
+                if isinstance(feature.tag, str) and feature.tag.startswith("{"):
+                    await host.bus.fire(f"{INLINE}{feature.tag}", StreamElement(answers, feature, session))
+        token = b""
+        if action.user_agent and (action.token_request or action.token_used):
+            grant = TokenGrant(action.jid, action.user_agent, action.token_request, action.token_used,
+                               action.mechanism, action.invalidate)
+            await host.bus.fire("fast-token-grant", grant)
+            token = grant.token
+        if session is None:
+            follow_ups = self.negotiation.sasl2_completed(action.jid, None, token)
+        else:
+            follow_ups = self.negotiation.sasl2_completed(session.jid, b"".join(answers.written), token)
+        for follow_up in follow_ups:
+            await self.perform(follow_up)
+        if session is not None:
+            self.attach(session)
+            log.info("event=session-started jid=%s peer=%s listener=%s bind=2", session.jid, self.peer, self.listener)
+            await host.bus.notify("resource-bound", session)
+
+    async def _open_inline_session(self, action: n.CompleteSasl2) -> Session | None:
         """XEP-0386: the resource is the client's tag, if any, then '/' and a unique
-        suffix; the session joins the host once <success/> is out, as after RFC 6120 bind."""
+        suffix. None: the account may have no more resources (the stream is closed)."""
         host = self.host
         suffix = host.new_resource()
         try:
@@ -277,7 +353,7 @@ class C2SConnection:
         refusal = host.bind_refusal(full_jid)
         if refusal is not None:
             self.close("policy-violation", refusal)
-            return
+            return None
         if action.user_agent:                  # XEP-0386: an earlier session of the same client ends
             for old in [s for s in host.sessions_of(action.jid.local) if s.meta.get(USER_AGENT) == action.user_agent]:
                 old.close("conflict", "replaced by a new session of the same client")
@@ -285,15 +361,7 @@ class C2SConnection:
         session = Session(host, full_jid, self)
         if action.user_agent:
             session.meta[USER_AGENT] = action.user_agent
-        answers = InlineAnswers(self)
-        for feature in action.request:
-            if isinstance(feature.tag, str) and feature.tag.startswith("{"):
-                await host.bus.fire(f"{INLINE}{feature.tag}", StreamElement(answers, feature, session))
-        for follow_up in self.negotiation.inline_bound(full_jid, b"".join(answers.written)):
-            await self.perform(follow_up)
-        self.attach(session)
-        log.info("event=session-started jid=%s peer=%s listener=%s bind=2", full_jid, self.peer, self.listener)
-        await host.bus.notify("resource-bound", session)
+        return session
 
     def attach(self, session: Session) -> None:
         """Make `session` this connection's (after bind, or a stream-management resume)."""
@@ -318,6 +386,10 @@ class C2SConnection:
     def _extra_features(self, authenticated: bool) -> list[bytes]:
         host = self.services.directory.host(self.negotiation.domain)
         return host.stream_features(authenticated) if host is not None else []
+
+    def _offers_fast(self) -> bool:
+        host = self.services.directory.host(self.negotiation.domain)
+        return host is not None and bool(host.bus.hooked("fast-token-lookup"))
 
     def _inline_features(self) -> list[str]:
         host = self.services.directory.host(self.negotiation.domain)

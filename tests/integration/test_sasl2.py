@@ -1,8 +1,12 @@
-"""SASL2 (XEP-0388) with Bind 2 (XEP-0386) end to end, from a raw client that follows the
-XEPs: SCRAM without a stream restart, a resource from the client's tag, XEP-0198 and
-carbons enabled inline, the same failures and login budgets as RFC 6120 SASL."""
+"""SASL2 (XEP-0388) with Bind 2 (XEP-0386) and FAST (XEP-0484) end to end, from a raw
+client that follows the XEPs: SCRAM without a stream restart, a resource from the
+client's tag, XEP-0198 and carbons enabled inline, the same failures and login budgets
+as RFC 6120 SASL; tokens issued, used, rotated, invalidated and expired."""
+import asyncio
 import base64
+import calendar
 import re
+import time
 import uuid
 
 import pytest
@@ -16,6 +20,7 @@ NS_BIND2 = "urn:xmpp:bind:0"
 NS_SM = "urn:xmpp:sm:3"
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_FAST = "urn:xmpp:fast:0"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +50,11 @@ async def test_features_offer_sasl2_and_bind2_with_its_inline_features(server):
     authentication = re.search(rf"<authentication xmlns=.{NS_SASL2}.>(.*?)</authentication>", features).group(1)
     mechanisms = re.findall(r"<mechanism>([^<]+)</mechanism>", authentication)
     assert {"SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"} <= set(mechanisms)
-    inline = re.search(rf"<inline><bind xmlns=.{NS_BIND2}.><inline>(.*?)</inline></bind></inline>", authentication)
+    inline = re.search(rf"<inline><bind xmlns=.{NS_BIND2}.><inline>(.*?)</inline></bind>(.*)</inline>", authentication)
     assert set(re.findall(r"<feature var=.([^'\"]+).\s*/>", inline.group(1))) == {NS_SM, NS_CARBONS}
+    fast = re.search(rf"<fast xmlns=.{NS_FAST}.>(.*?)</fast>", inline.group(2)).group(1)    # XEP-0484
+    assert re.findall(r"<mechanism>([^<]+)</mechanism>", fast) == [      # TLS 1.3: no tls-unique
+        "HT-SHA-256-EXPR", "HT-SHA-256-ENDP", "HT-SHA-256-NONE"]
     assert "<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>" in features        # XEP-0440
     await raw.close()
 
@@ -180,3 +188,98 @@ async def test_rfc6120_login_still_works(server):
     await client.login("127.0.0.1", server.port)
     assert client.boundjid.bare == jid
     await client.logout()
+
+
+# ------------------------------------------------------------------ XEP-0484 FAST
+
+def fast(extra: str = "") -> str:
+    return f"<fast xmlns='{NS_FAST}'{extra}/>"
+
+
+def request_token(mechanism: str = "HT-SHA-256-NONE") -> str:
+    return f"<request-token xmlns='{NS_FAST}' mechanism='{mechanism}'/>"
+
+
+def token_in(success: str) -> tuple[str, str] | None:
+    """The (token, expiry) of a <token/> in a <success/>."""
+    match = re.search(rf"<token xmlns=.{NS_FAST}.([^>]*)/>", success)
+    if match is None:
+        return None
+    attributes = dict(re.findall(r"(\w+)=['\"]([^'\"]*)['\"]", match.group(1)))
+    return attributes["token"], attributes["expiry"]
+
+
+async def token_login(server, user: str, token: str, agent: str, mechanism: str = "HT-SHA-256-NONE",
+                      extra: str = "") -> tuple[str, str]:
+    """A FAST login on a fresh connection: (success | failure, its content)."""
+    raw, _ = await secured(server)
+    outcome = await raw.authenticate_token(user, token, mechanism, user_agent(agent) + fast() + extra)
+    if outcome.group(1) == "success":
+        data = re.search(r"<additional-data>([^<]+)</additional-data>", outcome.group(2)).group(1)
+        assert base64.b64decode(data) == raw.server_signature          # the server holds the token too
+    await raw.close()
+    return outcome.group(1), outcome.group(2)
+
+
+async def password_login_with_token(server, user: str, agent: str, mechanism: str = "HT-SHA-256-NONE") -> tuple[str, str]:
+    raw, _ = await secured(server)
+    outcome = await raw.authenticate2(user, "secret", extra=user_agent(agent) + request_token(mechanism))
+    assert outcome.group(1) == "success", outcome.group(0)
+    await raw.close()
+    return token_in(outcome.group(2))
+
+
+async def test_a_token_asked_for_logs_in_for_its_client_and_mechanism_only(server):
+    user = unique()
+    jid = server.adduser(user)
+    agent = str(uuid.uuid4())
+    token, expiry = await password_login_with_token(server, user, agent)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", expiry)         # XEP-0082
+    outcome, success = await token_login(server, user, token, agent, extra=bind2("Fast"))
+    assert outcome == "success" and re.search(rf"<authorization-identifier>{re.escape(jid)}/Fast/", success)
+    assert token_in(success) is None                                        # not due for rotation
+    failures = await server.metric('xmppd_auth_failures_total{mechanism="HT-SHA-256-NONE"}')
+    # Another client, another mechanism, another token: refused, and counted as failed logins.
+    assert (await token_login(server, user, token, str(uuid.uuid4())))[0] == "failure"
+    assert (await token_login(server, user, token, agent, "HT-SHA-256-EXPR"))[0] == "failure"
+    outcome, failure = await token_login(server, user, "not" + token, agent)
+    assert outcome == "failure" and f"<not-authorized xmlns='{NS_SASL}'/>" in failure
+    assert await server.metric('xmppd_auth_failures_total{mechanism="HT-SHA-256-NONE"}') == failures + 2
+    # Invalidated by its client, the token logs in no more.
+    raw, _ = await secured(server)
+    outcome = await raw.authenticate_token(user, token, extra=user_agent(agent) + fast(" invalidate='true'"))
+    assert outcome.group(1) == "success" and token_in(outcome.group(2)) is None
+    await raw.close()
+    assert (await token_login(server, user, token, agent))[0] == "failure"
+
+
+async def test_rotated_token_is_refused_once_its_successor_was_used(make_xmppd):
+    server = make_xmppd(extra_config="[extensions.fast]\nrotate_after = 0\n").start()
+    user = unique()
+    server.adduser(user)
+    agent = str(uuid.uuid4())
+    first, _ = await password_login_with_token(server, user, agent)
+    outcome, success = await token_login(server, user, first, agent)
+    assert outcome == "success"
+    second, _ = token_in(success)                                           # rotated at once
+    assert second != first
+    # Until the new token is used, the old one still logs in (the new one may have been lost).
+    outcome, success = await token_login(server, user, first, agent)
+    assert outcome == "success"
+    third, _ = token_in(success)
+    assert (await token_login(server, user, second, agent))[0] == "failure"   # replaced unused
+    assert (await token_login(server, user, third, agent))[0] == "success"
+    assert (await token_login(server, user, first, agent))[0] == "failure"
+
+
+async def test_expired_token_gets_credentials_expired(make_xmppd):
+    server = make_xmppd(extra_config="[extensions.fast]\ntoken_lifetime = 1\nrotate_after = 0\n").start()
+    user = unique()
+    server.adduser(user)
+    agent = str(uuid.uuid4())
+    token, expiry = await password_login_with_token(server, user, agent)
+    # The token's lifetime is over once its expiry (whole seconds) has passed.
+    expires = calendar.timegm(time.strptime(expiry, "%Y-%m-%dT%H:%M:%SZ"))
+    await asyncio.sleep(max(0.0, expires + 1.1 - time.time()))
+    outcome, failure = await token_login(server, user, token, agent)
+    assert outcome == "failure" and f"<credentials-expired xmlns='{NS_SASL}'/>" in failure

@@ -2,7 +2,8 @@
 
 It sends bytes as given and waits for patterns in what the server sends, with timeouts.
 `login()` does STARTTLS, SASL (PLAIN or SCRAM, with channel binding) and bind;
-`authenticate2()` runs SCRAM over SASL2 (XEP-0388), with what else <authenticate/> carries.
+`authenticate2()` runs SCRAM over SASL2 (XEP-0388), with what else <authenticate/> carries,
+`authenticate_token()` a XEP-0484 HT mechanism.
 """
 from __future__ import annotations
 
@@ -124,6 +125,19 @@ class RawClient:
         """SCRAM over SASL2, `extra` added to <authenticate/>; the <success/> or <failure/>
         (group 1: which, group 2: its content)."""
         await self._scram(user, password, mechanism, None, sasl2=extra)
+        return await self.expect(rf"<(success|failure) xmlns=.{NS_SASL2}.>(.*?)</\1>")
+
+    async def authenticate_token(self, user: str, token: str, mechanism: str = "HT-SHA-256-NONE",
+                                 extra: str = "") -> re.Match:
+        """XEP-0484: an HT mechanism over SASL2 with `token` (`extra`: the <fast/>,
+        <user-agent/>... of <authenticate/>); the outcome as authenticate2's."""
+        kind = {"EXPR": "tls-exporter", "ENDP": "tls-server-end-point", "UNIQ": "tls-unique"}.get(mechanism[-4:])
+        cb_data = self._binding_data(kind) if kind else b""
+        proof = hmac.new(token.encode(), b"Initiator" + cb_data, hashlib.sha256).digest()
+        self.server_signature = hmac.new(token.encode(), b"Responder" + cb_data, hashlib.sha256).digest()
+        initial = base64.b64encode(user.encode() + b"\0" + proof).decode()
+        await self.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'>"
+                        f"<initial-response>{initial}</initial-response>{extra}</authenticate>")
         return await self.expect(rf"<(success|failure) xmlns=.{NS_SASL2}.>(.*?)</\1>")
 
     async def _scram(self, user: str, password: str, mechanism: str, binding: str | None,

@@ -1,6 +1,9 @@
-"""Sans-IO: SASL2 (XEP-0388) and Bind 2 (XEP-0386) in the negotiation: the same mechanism
-and credential actions as RFC 6120 SASL, no stream restart, <success/> after the bind."""
+"""Sans-IO: SASL2 (XEP-0388), Bind 2 (XEP-0386) and FAST (XEP-0484) in the negotiation:
+the same mechanism and credential actions as RFC 6120 SASL, no stream restart, <success/>
+once the caller bound the resource and issued the token."""
 import base64
+import hashlib
+import hmac
 
 from lxml import etree
 
@@ -47,7 +50,9 @@ def test_success_without_restart_names_the_bare_jid():
     negotiation = opened()
     actions = authenticate(negotiation, "pencil")
     assert n.Authenticated(JID("juliet", "localhost"), "PLAIN", restart=False) in actions
-    assert sent(actions).startswith(
+    [complete] = [a for a in actions if isinstance(a, n.CompleteSasl2)]
+    assert complete.bind is None and complete.token_request is None
+    assert sent(negotiation.sasl2_completed(complete.jid, None)).startswith(
         f"<success xmlns='{SASL2}'><authorization-identifier>juliet@localhost</authorization-identifier></success>"
         "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>".encode())
     assert negotiation.state is State.AWAIT_BIND
@@ -56,9 +61,9 @@ def test_success_without_restart_names_the_bare_jid():
 def test_bind2_waits_for_the_resource_then_succeeds_with_the_full_jid():
     negotiation = opened()
     actions = authenticate(negotiation, "pencil", "<user-agent id='u1'/><bind xmlns='urn:xmpp:bind:0'><tag>App</tag></bind>")
-    [bind] = [a for a in actions if isinstance(a, n.BindInline)]
+    [bind] = [a for a in actions if isinstance(a, n.CompleteSasl2)]
     assert (bind.tag, bind.user_agent) == ("App", "u1") and sent(actions) == b""
-    out = sent(negotiation.inline_bound(JID("juliet", "localhost", "App/x1"), b"<enabled xmlns='urn:xmpp:sm:3'/>"))
+    out = sent(negotiation.sasl2_completed(JID("juliet", "localhost", "App/x1"), b"<enabled xmlns='urn:xmpp:sm:3'/>"))
     assert out == (f"<success xmlns='{SASL2}'><authorization-identifier>juliet@localhost/App/x1"
                    "</authorization-identifier><bound xmlns='urn:xmpp:bind:0'><enabled xmlns='urn:xmpp:sm:3'/>"
                    "</bound></success><stream:features></stream:features>").encode()
@@ -70,7 +75,7 @@ def test_failure_keeps_the_rfc6120_condition_and_binds_nothing():
     actions = authenticate(negotiation, "crayon", "<bind xmlns='urn:xmpp:bind:0'/>")
     assert sent(actions) == (f"<failure xmlns='{SASL2}'>"
                              "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>").encode()
-    assert not any(isinstance(a, n.BindInline) for a in actions) and negotiation.state is State.AWAIT_AUTH
+    assert not any(isinstance(a, n.CompleteSasl2) for a in actions) and negotiation.state is State.AWAIT_AUTH
     # An RFC 6120 <auth/> after it is RFC 6120 SASL: a stream restart, no bind.
     token = base64.b64encode(b"\0juliet\0pencil").decode()
     negotiation.receive(StanzaReceived(etree.fromstring(
@@ -79,3 +84,53 @@ def test_failure_keeps_the_rfc6120_condition_and_binds_nothing():
     actions = negotiation.password_checked(verify_plain_password(check.password, check.credentials, check.hash_name))
     assert sent(actions) == b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
     assert n.Authenticated(JID("juliet", "localhost"), "PLAIN") in actions and negotiation.state is State.AWAIT_STREAM
+
+
+def fast_negotiation() -> C2SNegotiation:
+    settings = Settings(domains=frozenset({"localhost"}), tls_available=True, tls_required=True,
+                        fast=lambda: True, channel_binding={"tls-exporter": b"exported"})
+    negotiation = C2SNegotiation(settings, tls_active=True)
+    negotiation.receive(StreamOpened({"to": "localhost", "version": "1.0"}))
+    return negotiation
+
+
+def ht_authenticate(negotiation, mechanism: str, token: bytes, cb_data: bytes = b"", extra: str = "") -> list:
+    proof = hmac.new(token, b"Initiator" + cb_data, hashlib.sha256).digest()
+    initial = base64.b64encode(b"juliet\0" + proof).decode()
+    element = etree.fromstring(f"<authenticate xmlns='{SASL2}' mechanism='{mechanism}'>"
+                               f"<initial-response>{initial}</initial-response><user-agent id='u1'/>"
+                               f"<fast xmlns='urn:xmpp:fast:0'/>{extra}</authenticate>")
+    return negotiation.receive(StanzaReceived(element))
+
+
+def test_fast_mechanisms_are_offered_inline_and_bound_to_their_channel():
+    negotiation = fast_negotiation()
+    assert negotiation.fast_mechanism_names() == ["HT-SHA-256-EXPR", "HT-SHA-256-NONE"]
+    assert ht_authenticate(negotiation, "HT-SHA-256-EXPR", b"tok", b"exported") == [
+        n.LookupToken("juliet", "HT-SHA-256-EXPR", "u1")]
+    actions = negotiation.tokens_found([b"other", b"tok"], [])
+    [complete] = [a for a in actions if isinstance(a, n.CompleteSasl2)]
+    assert complete.token_used == b"tok" and complete.mechanism == "HT-SHA-256-EXPR"
+    out = sent(negotiation.sasl2_completed(complete.jid, None))
+    responder = hmac.new(b"tok", b"Responder" + b"exported", hashlib.sha256).digest()
+    assert f"<additional-data>{base64.b64encode(responder).decode()}</additional-data>".encode() in out
+    # The same token without the channel's data proves nothing.
+    negotiation = fast_negotiation()
+    ht_authenticate(negotiation, "HT-SHA-256-EXPR", b"tok")
+    assert b"<not-authorized" in sent(negotiation.tokens_found([b"tok"], []))
+    # An expired token is not trusted any more (XEP-0484 6.2).
+    negotiation = fast_negotiation()
+    ht_authenticate(negotiation, "HT-SHA-256-NONE", b"old")
+    assert b"<credentials-expired" in sent(negotiation.tokens_found([b"new"], [b"old"]))
+
+
+def test_ht_mechanisms_need_fast_and_sasl2():
+    negotiation = fast_negotiation()
+    token = base64.b64encode(b"juliet\0proof").decode()
+    actions = negotiation.receive(StanzaReceived(etree.fromstring(
+        f"<authenticate xmlns='{SASL2}' mechanism='HT-SHA-256-NONE'><initial-response>{token}</initial-response>"
+        "</authenticate>")))
+    assert b"<invalid-mechanism" in sent(actions)
+    actions = negotiation.receive(StanzaReceived(etree.fromstring(
+        f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='HT-SHA-256-NONE'>{token}</auth>")))
+    assert b"<invalid-mechanism/>" in sent(actions)

@@ -16,6 +16,7 @@ NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_SASL_CB = "urn:xmpp:sasl-cb:0"  # XEP-0440: the channel-binding types offered
 NS_SASL2 = "urn:xmpp:sasl:2"  # XEP-0388: Extensible SASL Profile
 NS_BIND2 = "urn:xmpp:bind:0"  # XEP-0386: Bind 2
+NS_FAST = "urn:xmpp:fast:0"  # XEP-0484: Fast Authentication Streamlining Tokens
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 NS_XML = "http://www.w3.org/XML/1998/namespace"

@@ -10,9 +10,11 @@ this file.
 
 Both SASL profiles run the same mechanisms, credential lookups and failures: RFC 6120's
 (<auth/>, then a stream restart) and XEP-0388's SASL2 (<authenticate/>, no restart, the
-new features right after <success/>). A XEP-0386 Bind 2 request inside <authenticate/>
-is `BindInline` once the mechanism succeeded (answered with `inline_bound`); the
-<success/> then names the full JID and carries <bound/>.
+new features right after <success/>). Once a SASL2 mechanism succeeded, `CompleteSasl2`
+asks the caller for what <success/> carries besides (a XEP-0386 Bind 2 request's
+resource and <bound/>, a XEP-0484 token), answered with `sasl2_completed`. XEP-0484's
+HT-* mechanisms authenticate with a token instead of a password: `LookupToken`,
+answered with `tokens_found` (or `attempt_refused`).
 """
 
 from __future__ import annotations
@@ -29,11 +31,36 @@ from lxml import etree
 
 from .errors import LocalProtocolError, StreamError
 from .jid import JID, InvalidJID
-from .namespaces import NS_BIND, NS_BIND2, NS_CLIENT, NS_SASL, NS_SASL2, NS_SASL_CB, NS_SESSION, NS_STANZAS, NS_TLS
-from .sasl import PlainMechanism, SaslFailure, ScramCredentials, ScramMechanism, stand_in_credentials
+from .namespaces import (
+    NS_BIND,
+    NS_BIND2,
+    NS_CLIENT,
+    NS_FAST,
+    NS_SASL,
+    NS_SASL2,
+    NS_SASL_CB,
+    NS_SESSION,
+    NS_STANZAS,
+    NS_TLS,
+)
+from .sasl import (
+    HashedTokenMechanism,
+    PlainMechanism,
+    SaslFailure,
+    ScramCredentials,
+    ScramMechanism,
+    stand_in_credentials,
+)
 from .stream import STREAM_CLOSE, StreamClosed, StreamErrorDetected, StreamEvent, StreamOpened, stream_header
 
 SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
+# XEP-0484 HT mechanisms by the channel-binding type they bind to (None: -NONE)
+HT_MECHANISMS = {
+    "tls-exporter": "HT-SHA-256-EXPR",
+    "tls-server-end-point": "HT-SHA-256-ENDP",
+    "tls-unique": "HT-SHA-256-UNIQ",
+    None: "HT-SHA-256-NONE",
+}
 MAX_AUTH_ATTEMPTS = 3
 
 
@@ -109,14 +136,29 @@ class BindResource:
 
 
 @dataclass(frozen=True)
-class BindInline:
-    """XEP-0386: bind a resource for the SASL2 authentication that just succeeded, enable
-    the features `request` asks for inline, then `inline_bound()`."""
+class LookupToken:
+    """XEP-0484: the unexpired tokens of this account and client issued for `mechanism`,
+    for `tokens_found()`."""
+
+    username: str
+    mechanism: str
+    user_agent: str
+
+
+@dataclass(frozen=True)
+class CompleteSasl2:
+    """A SASL2 mechanism succeeded: before <success/>, bind a resource for a XEP-0386
+    request (enabling what it asks inline) and issue or rotate a XEP-0484 token, then
+    `sasl2_completed()`."""
 
     jid: JID  # bare JID of the account
-    tag: str | None  # the client's <tag/>, to begin the resource with
-    user_agent: str | None  # the <user-agent/> id of XEP-0388: earlier sessions of that client end
-    request: etree._Element  # the <bind xmlns='urn:xmpp:bind:0'/>
+    user_agent: str | None  # the XEP-0388 <user-agent/> id
+    bind: etree._Element | None  # the <bind xmlns='urn:xmpp:bind:0'/>, if any
+    tag: str | None  # its <tag/>, to begin the resource with
+    token_request: str | None  # XEP-0484 <request-token/>: a token for this mechanism
+    token_used: bytes | None = None  # the token an HT mechanism authenticated with
+    mechanism: str = ""
+    invalidate: bool = False  # XEP-0484 <fast invalidate='true'/>: the used token ends
 
 
 @dataclass(frozen=True)
@@ -143,7 +185,8 @@ Action = (
     | AuthFailed
     | Authenticated
     | BindResource
-    | BindInline
+    | LookupToken
+    | CompleteSasl2
     | UnhandledElement
     | UnauthenticatedIq
 )
@@ -175,6 +218,7 @@ class Settings:
     extra_features: Callable[[bool], list[bytes]] | None = None
     # the namespaces of the features a XEP-0386 bind request may enable inline
     inline_features: Callable[[], list[str]] | None = None
+    fast: Callable[[], bool] | None = None  # whether XEP-0484 tokens are offered
     channel_binding: dict[str, bytes] = field(default_factory=dict)  # type name -> data
 
 
@@ -186,7 +230,7 @@ class C2SNegotiation:
         self.domain: str | None = None
         self.authenticated: JID | None = None
         self.header_sent = False
-        self._mechanism: PlainMechanism | ScramMechanism | None = None
+        self._mechanism: PlainMechanism | ScramMechanism | HashedTokenMechanism | None = None
         self._mechanism_name = ""  # for the Authenticated/AuthFailed actions
         self._pending_username: str | None = None
         self._pending_password: str | None = None
@@ -195,6 +239,9 @@ class C2SNegotiation:
         self._namespace = NS_SASL  # of the running SASL profile: NS_SASL2 for <authenticate/>
         self._bind_request: etree._Element | None = None  # SASL2: a Bind 2 request for after success
         self._user_agent: str | None = None
+        self._fast: etree._Element | None = None  # XEP-0484 <fast/> of the <authenticate/>
+        self._token_request: str | None = None
+        self._token_used: bytes | None = None
         self._additional_data: bytes | None = None
         self.stream_id = ""
 
@@ -233,6 +280,7 @@ class C2SNegotiation:
         self._expect(State.AWAIT_CREDENTIALS)
         mechanism, username = self._mechanism, self._pending_username
         assert mechanism is not None and username is not None  # set on entering AWAIT_CREDENTIALS
+        assert not isinstance(mechanism, HashedTokenMechanism)  # its lookup is LookupToken
         if isinstance(mechanism, PlainMechanism):
             password, self._pending_password = self._pending_password, None
             assert password is not None  # PLAIN's, kept from its <auth/>
@@ -242,6 +290,22 @@ class C2SNegotiation:
         self.state = State.SASL_EXCHANGE
         challenge = mechanism.server_first(creds)
         return [SendBytes(_sasl("challenge", base64.b64encode(challenge).decode(), self._namespace))]
+
+    def tokens_found(self, tokens: list[bytes], expired: list[bytes]) -> list[Action]:
+        """XEP-0484: the client's valid tokens for its mechanism (none for an unknown user),
+        and its expired ones: a token no longer trusted gets credentials-expired (section 6.2)."""
+        self._expect(State.AWAIT_CREDENTIALS)
+        mechanism, username = self._mechanism, self._pending_username
+        assert isinstance(mechanism, HashedTokenMechanism) and username is not None
+        try:
+            self._token_used, responder = mechanism.verify(tokens)
+        except SaslFailure as failure:
+            try:
+                mechanism.verify(expired)
+            except SaslFailure:
+                return self._sasl_failed(failure.condition)
+            return self._sasl_failed("credentials-expired")
+        return self._succeed(username, responder)
 
     def password_checked(self, matches: bool) -> list[Action]:
         self._expect(State.CHECKING_PASSWORD)
@@ -279,14 +343,23 @@ class C2SNegotiation:
         ).encode()
         return [SendBytes(reply)]
 
-    def inline_bound(self, full_jid: JID, answers: bytes) -> list[Action]:
-        """XEP-0386: the resource is bound and `answers` are what the inline features
-        replied; the <success/> names the full JID, the features follow without a restart."""
+    def sasl2_completed(self, identifier: JID, bound: bytes | None, extensions: bytes = b"") -> list[Action]:
+        """The <success/> names `identifier`, the full JID when Bind 2 bound one (`bound`:
+        what the inline features answered), and carries `extensions` (a XEP-0484 token);
+        the features of the stream follow it, without a restart (XEP-0388 2.6.1)."""
         self._expect(State.BINDING)
-        self.state = State.BOUND
-        bound = f"<bound xmlns='{NS_BIND2}'>".encode() + answers + b"</bound>"
-        features = b"<stream:features>" + b"".join(self._extra_features(True)) + b"</stream:features>"
-        return [SendBytes(self._sasl2_success(full_jid, bound) + features)]
+        if bound is not None:
+            self.state = State.BOUND
+            extensions = f"<bound xmlns='{NS_BIND2}'>".encode() + bound + b"</bound>" + extensions
+            features = "".join(f.decode() for f in self._extra_features(True))
+        else:
+            self.state = State.AWAIT_BIND
+            features = self._bind_features()
+        data = self._additional_data
+        additional = f"<additional-data>{base64.b64encode(data).decode()}</additional-data>" if data else ""
+        named = f"<authorization-identifier>{escape(str(identifier))}</authorization-identifier>"
+        success = f"<success xmlns='{NS_SASL2}'>{additional}{named}".encode() + extensions + b"</success>"
+        return [SendBytes(success + f"<stream:features>{features}</stream:features>".encode())]
 
     def resumed(self) -> None:
         """XEP-0198: the stream took over an earlier session instead of binding."""
@@ -341,6 +414,11 @@ class C2SNegotiation:
             self._bind_request = element.find(f"{{{NS_BIND2}}}bind")
             user_agent = element.find(f"{{{NS_SASL2}}}user-agent")
             self._user_agent = (user_agent.get("id") or None) if user_agent is not None else None
+            self._fast = element.find(f"{{{NS_FAST}}}fast")
+            request = element.find(f"{{{NS_FAST}}}request-token")
+            wanted = request.get("mechanism") if request is not None else None
+            # XEP-0484: tokens are per client, so only for one that names itself
+            self._token_request = wanted if wanted in self.fast_mechanism_names() and self._user_agent else None
             # No <initial-response/> is no initial response; an empty one is an empty string.
             return self._start(element.get("mechanism", ""), element.findtext(f"{{{NS_SASL2}}}initial-response"))
         if element.tag != f"{{{NS_SASL}}}auth":
@@ -350,6 +428,9 @@ class C2SNegotiation:
 
     def _start(self, name: str, initial_response: str | None) -> list[Action]:
         """Run mechanism `name` on the client's initial response (base64), in either profile."""
+        if self._namespace == NS_SASL2 and self._fast is not None and self._user_agent:
+            if name in self.fast_mechanism_names():
+                return self._start_token(name, initial_response)
         if name not in self.mechanism_names():
             return [SendBytes(_failure("invalid-mechanism", namespace=self._namespace))]
         self._mechanism_name = name
@@ -383,13 +464,27 @@ class C2SNegotiation:
         self.state = State.AWAIT_CREDENTIALS
         return [LookupCredentials(username, SCRAM_HASHES[base])]
 
+    def _start_token(self, name: str, initial_response: str | None) -> list[Action]:
+        """XEP-0484: an HT mechanism, bound to the channel its name says."""
+        assert self._user_agent is not None  # checked by _start
+        self._mechanism_name = name
+        binding_type = next(kind for kind, mechanism in HT_MECHANISMS.items() if mechanism == name)
+        self._mechanism = HashedTokenMechanism(self.settings.channel_binding[binding_type] if binding_type else b"")
+        try:
+            username = self._username(self._mechanism.parse(_decode(initial_response)))
+        except SaslFailure as failure:
+            return self._sasl_failed(failure.condition)
+        self._pending_username = username
+        self.state = State.AWAIT_CREDENTIALS
+        return [LookupToken(username, name, self._user_agent)]
+
     def _in_sasl_exchange(self, element: etree._Element) -> list[Action]:
         if element.tag == f"{{{self._namespace}}}abort":
             return self._sasl_failed("aborted")
         if element.tag != f"{{{self._namespace}}}response":
             return self._error("not-authorized")
         mechanism, username = self._mechanism, self._pending_username
-        assert isinstance(mechanism, ScramMechanism) and username is not None  # PLAIN has no exchange
+        assert isinstance(mechanism, ScramMechanism) and username is not None  # PLAIN and HT have no exchange
         try:
             server_final = mechanism.client_final(_decode(element.text))
         except SaslFailure as failure:
@@ -430,13 +525,26 @@ class C2SNegotiation:
             names.append("PLAIN")  # never offered without TLS
         return names
 
+    def fast_mechanism_names(self) -> list[str]:
+        """XEP-0484 mechanisms: only over TLS (its section 9), those binding to the channel first."""
+        if not (self.tls_active and self.settings.fast and self.settings.fast()):
+            return []
+        return [
+            mechanism
+            for kind, mechanism in HT_MECHANISMS.items()
+            if kind is None or kind in self.settings.channel_binding
+        ]
+
     def _mechanisms(self) -> str:
-        """RFC 6120's <mechanisms/>, XEP-0388's <authentication/> with XEP-0386 inline, and
-        the XEP-0440 channel-binding types."""
+        """RFC 6120's <mechanisms/>, XEP-0388's <authentication/> with XEP-0386 and XEP-0484
+        inline, and the XEP-0440 channel-binding types."""
         items = "".join(f"<mechanism>{name}</mechanism>" for name in self.mechanism_names())
         features = f"<mechanisms xmlns='{NS_SASL}'>{items}</mechanisms>"
         inline = "".join(f"<feature var={quoteattr(var)}/>" for var in self._inline_features())
         bind = f"<bind xmlns='{NS_BIND2}'><inline>{inline}</inline></bind>" if inline else f"<bind xmlns='{NS_BIND2}'/>"
+        fast = "".join(f"<mechanism>{name}</mechanism>" for name in self.fast_mechanism_names())
+        if fast:
+            bind += f"<fast xmlns='{NS_FAST}'>{fast}</fast>"
         features += f"<authentication xmlns='{NS_SASL2}'>{items}<inline>{bind}</inline></authentication>"
         if self.tls_active and self.settings.channel_binding:
             types = "".join(f"<channel-binding type='{kind}'/>" for kind in self.settings.channel_binding)
@@ -475,26 +583,25 @@ class C2SNegotiation:
         return [SendBytes(success), Authenticated(self.authenticated, self._mechanism_name)]
 
     def _sasl2_succeeded(self, server_final: bytes | None) -> list[Action]:
-        """XEP-0388 2.6.1: no stream restart. With a Bind 2 request the <success/> waits
-        for the resource; otherwise it names the bare JID, and the features follow."""
+        """XEP-0388 2.6.1: the <success/> waits for what the caller adds to it."""
         jid = self.authenticated
         assert jid is not None  # set by _succeed
         self._additional_data = server_final
-        authenticated = Authenticated(jid, self._mechanism_name, restart=False)
-        request, self._bind_request = self._bind_request, None
-        if request is not None:
-            self.state = State.BINDING
-            tag = (request.findtext(f"{{{NS_BIND2}}}tag") or "").strip() or None
-            return [authenticated, BindInline(jid, tag, self._user_agent, request)]
-        self.state = State.AWAIT_BIND
-        features = f"<stream:features>{self._bind_features()}</stream:features>".encode()
-        return [authenticated, SendBytes(self._sasl2_success(jid) + features)]
-
-    def _sasl2_success(self, identifier: JID, extensions: bytes = b"") -> bytes:
-        data = self._additional_data
-        additional = f"<additional-data>{base64.b64encode(data).decode()}</additional-data>" if data else ""
-        named = f"<authorization-identifier>{escape(str(identifier))}</authorization-identifier>"
-        return f"<success xmlns='{NS_SASL2}'>{additional}{named}".encode() + extensions + b"</success>"
+        self.state = State.BINDING
+        request = self._bind_request
+        tag = (request.findtext(f"{{{NS_BIND2}}}tag") or "").strip() or None if request is not None else None
+        fast = self._fast
+        complete = CompleteSasl2(
+            jid,
+            self._user_agent,
+            request,
+            tag,
+            self._token_request,
+            self._token_used,
+            self._mechanism_name,
+            fast is not None and self._token_used is not None and fast.get("invalidate") in ("true", "1"),
+        )
+        return [Authenticated(jid, self._mechanism_name, restart=False), complete]
 
     def _sasl_failed(self, condition: str, text: str | None = None) -> list[Action]:
         self._auth_attempts += 1
