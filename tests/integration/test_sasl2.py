@@ -283,3 +283,24 @@ async def test_expired_token_gets_credentials_expired(make_xmppd):
     await asyncio.sleep(max(0.0, expires + 1.1 - time.time()))
     outcome, failure = await token_login(server, user, token, agent)
     assert outcome == "failure" and f"<credentials-expired xmlns='{NS_SASL}'/>" in failure
+
+
+async def test_a_token_bound_to_the_channel_logs_in_over_that_channel(server):
+    user = unique()
+    server.adduser(user)
+    agent = str(uuid.uuid4())
+    token, _ = await password_login_with_token(server, user, agent, "HT-SHA-256-EXPR")
+    assert (await token_login(server, user, token, agent, "HT-SHA-256-EXPR"))[0] == "success"
+    assert (await token_login(server, user, token, agent, "HT-SHA-256-NONE"))[0] == "failure"
+
+
+async def test_clients_with_tokens_per_account_are_bounded(make_xmppd):
+    server = make_xmppd(extra_config="[extensions.fast]\nmax_clients = 1\n").start()
+    user = unique()
+    server.adduser(user)
+    first_agent, second_agent = str(uuid.uuid4()), str(uuid.uuid4())
+    first, _ = await password_login_with_token(server, user, first_agent)
+    second, _ = await password_login_with_token(server, user, second_agent)
+    assert (await token_login(server, user, second, second_agent))[0] == "success"
+    assert (await token_login(server, user, first, first_agent))[0] == "failure"      # its tokens went
+    assert await server.limit_reached("extensions.fast.max_clients") == 1
