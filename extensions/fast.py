@@ -14,6 +14,9 @@ The store keeps no token: a token is the HMAC, under the server's signing key
 ([http] secret, xmppd/http.py), of the account, the client and a random id, and only
 the id is stored: a copy of the store cannot log in.
 
+`xmppctl tokens` lists an account's clients with tokens, `xmppctl revoke-tokens` ends
+them (`clients`, `revoke`).
+
 Hooks: fast-token-lookup (TokenLookup), fast-token-grant (TokenGrant), fired by
 xmppd/c2s.py during a SASL2 login.
 """
@@ -109,6 +112,19 @@ class Fast(Extension):
             else:
                 await self.store.delete(owner, client)
         return True
+
+    async def clients(self, owner: str) -> dict[str, dict]:
+        """The clients of account `owner` that have tokens, and their slots."""
+        return {client: await self._slots(owner, client) for client in await self.store.keys(owner)}
+
+    async def revoke(self, owner: str, client: str | None = None) -> int:
+        """End the tokens of one client of `owner`, or of all; how many clients had some."""
+        async with self.locks(owner):
+            clients = await self.store.keys(owner)
+            revoked = [key for key in clients if client in (None, key)]
+            for key in revoked:
+                await self.store.delete(owner, key)
+        return len(revoked)
 
     async def _make_room(self, owner: str, client: str) -> None:
         """At most max_clients clients of an account keep tokens: the one whose tokens

@@ -304,3 +304,21 @@ async def test_clients_with_tokens_per_account_are_bounded(make_xmppd):
     assert (await token_login(server, user, second, second_agent))[0] == "success"
     assert (await token_login(server, user, first, first_agent))[0] == "failure"      # its tokens went
     assert await server.limit_reached("extensions.fast.max_clients") == 1
+
+
+async def test_xmppctl_lists_and_revokes_a_users_tokens(server):
+    user = unique()
+    jid = server.adduser(user)
+    phone, laptop = str(uuid.uuid4()), str(uuid.uuid4())
+    phone_token, _ = await password_login_with_token(server, user, phone)
+    laptop_token, _ = await password_login_with_token(server, user, laptop, "HT-SHA-256-EXPR")
+    listed = [line.split("\t") for line in server.ctl("tokens", jid).stdout.splitlines()]
+    assert sorted((client, slot, mechanism) for client, slot, mechanism, _, _ in listed) == sorted(
+        [(phone, "new", "HT-SHA-256-NONE"), (laptop, "new", "HT-SHA-256-EXPR")])
+    assert server.ctl("revoke-tokens", jid, phone).returncode == 0
+    assert (await token_login(server, user, phone_token, phone))[0] == "failure"
+    assert (await token_login(server, user, laptop_token, laptop, "HT-SHA-256-EXPR"))[0] == "success"
+    assert server.ctl("revoke-tokens", jid).returncode == 0
+    assert (await token_login(server, user, laptop_token, laptop, "HT-SHA-256-EXPR"))[0] == "failure"
+    assert server.ctl("tokens", jid).stdout == ""
+    assert server.ctl("revoke-tokens", jid, check=False).returncode == 1
