@@ -12,7 +12,9 @@ on the stream's host: a handler writes the reply on the connection (or raises
 StanzaError); an iq nobody handles closes the stream with not-authorized (RFC 6120 4.9.3.12).
 A XEP-0386 Bind 2 request enables what it carries inline by firing
 `bind2-inline/{namespace}name` with a `StreamElement` whose replies go into <bound/>;
-the features advertised for inline use are the elements those events name. XEP-0484
+the features advertised for inline use are the elements those events name; then
+`bind2-bound` (a StreamElement too) lets extensions add what they tell every new session
+(XEP-0313 archive metadata). XEP-0484
 tokens are an extension's: `fast-token-lookup` (a TokenLookup) finds a client's tokens,
 `fast-token-grant` (a TokenGrant) rotates, issues or invalidates them at a SASL2 success.
 """
@@ -324,6 +326,7 @@ class C2SConnection:
             for feature in action.bind:
                 if isinstance(feature.tag, str) and feature.tag.startswith("{"):
                     await host.bus.fire(f"{INLINE}{feature.tag}", StreamElement(answers, feature, session))
+            await host.bus.notify("bind2-bound", StreamElement(answers, action.bind, session))
         token = b""
         if action.user_agent and (action.token_request or action.token_used):
             grant = TokenGrant(action.jid, action.user_agent, action.token_request, action.token_used,

@@ -75,6 +75,7 @@ async def test_scram_and_bind2_with_inline_sm_and_carbons_then_chat(server):
     assert re.fullmatch(rf"{re.escape(jid)}/RawChat/[^/]+", full_jid), full_jid
     bound = re.search(rf"<bound xmlns=.{NS_BIND2}.>(.*)</bound>", success).group(1)
     assert re.search(rf"<enabled xmlns=.{NS_SM}.[^>]*resume=.true.", bound), bound
+    assert re.search(r"<metadata xmlns=.urn:xmpp:mam:2./>", bound), bound          # an empty archive
     # No stream restart: the features of the bound stream follow at once, without a header.
     features = await raw.expect(r"<stream:features>(.*?)</stream:features>|<stream:features/>")
     assert "<stream:stream" not in raw.buffer and "xmpp-bind" not in (features.group(1) or "")
@@ -95,6 +96,12 @@ async def test_scram_and_bind2_with_inline_sm_and_carbons_then_chat(server):
     await raw.expect(rf"<sent xmlns=.{NS_CARBONS}.>.*?id=.m4.")
     await other.logout()
     await friend_client.logout()
+    await raw.close()
+    # The next Bind 2 tells where the archive stands (XEP-0386 3.2, XEP-0313 metadata).
+    raw, _ = await secured(server)
+    outcome = await raw.authenticate2(user, "secret", extra=bind2("RawChat"))
+    assert re.search(r"<metadata xmlns=.urn:xmpp:mam:2.><start id=.[^']+. timestamp=.[^']+./>"
+                     r"<end id=.[^']+. timestamp=.[^']+./></metadata>", outcome.group(2)), outcome.group(2)
     await raw.close()
 
 
