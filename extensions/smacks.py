@@ -43,7 +43,8 @@ sent: an undefined-condition stream error with <handled-count-too-high/>, the
 hibernating session left as it was. <r/> and <a/> without stream management are ignored.
 
 Hooks: stream-element/{urn:xmpp:sm:3}enable|resume|r|a, bind2-inline/{urn:xmpp:sm:3}enable
-(XEP-0386), session-interrupted, session-closed.
+(XEP-0386), sasl2-inline/{urn:xmpp:sm:3}resume (XEP-0388), session-interrupted,
+session-closed.
 Fires: smacks-hibernation-start (HibernatedStanzas: the unacknowledged stanzas when the
 connection went), smacks-hibernation-end (the Session, resumed), both notifications;
 message/offline/deliver after a resumption.
@@ -330,6 +331,7 @@ class StreamManagement(Extension):
     # ------------------------------------------------------------- resumption
 
     @hook(f"stream-element/{{{NS_SM}}}resume")
+    @hook(f"sasl2-inline/{{{NS_SM}}}resume")         # XEP-0388: the answer goes into <success/>
     async def resume(self, event) -> bool:
         connection = event.connection
         if event.session is not None:

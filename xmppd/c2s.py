@@ -14,7 +14,10 @@ A XEP-0386 Bind 2 request enables what it carries inline by firing
 `bind2-inline/{namespace}name` with a `StreamElement` whose replies go into <bound/>;
 the features advertised for inline use are the elements those events name; then
 `bind2-bound` (a StreamElement too) lets extensions add what they tell every new session
-(XEP-0313 archive metadata). XEP-0484
+(XEP-0313 archive metadata). Other requests inside <authenticate/> (XEP-0198 <resume/>)
+fire `sasl2-inline/{namespace}name`, answered inside <success/>; their namespaces'
+stream features are advertised in the SASL2 <inline/>. Until <success/> is out, what a
+session writes to the connection waits. XEP-0484
 tokens are an extension's: `fast-token-lookup` (a TokenLookup) finds a client's tokens,
 `fast-token-grant` (a TokenGrant) rotates, issues or invalidates them at a SASL2 success.
 """
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 
 MAX_UNSETTLED = 256       # stanzas of one client whose commits may be in flight at once
 INLINE = "bind2-inline/"  # event prefix of the features a Bind 2 request enables (XEP-0386)
+SASL2_INLINE = "sasl2-inline/"  # event prefix of the other requests <authenticate/> may carry
 USER_AGENT = "sasl2-user-agent"  # Session.meta: the XEP-0388 <user-agent/> id of its client
 
 
@@ -124,6 +128,7 @@ class C2SConnection:
             extra_features=self._extra_features,
             inline_features=self._inline_features,
             fast=self._offers_fast,
+            sasl2_inline_features=self._sasl2_inline_features,
         )
         self.negotiation = C2SNegotiation(self.settings, tls_active=direct_tls)
         if direct_tls:
@@ -132,6 +137,7 @@ class C2SConnection:
         self.host: "Host | None" = None
         self.closed = False
         self._answer_close = False         # the client closed its stream: close ours after the session ended
+        self._held: list[bytes] | None = None  # written while SASL2 completes: goes out after <success/>
 
     # ------------------------------------------------------------- main loop
 
@@ -313,32 +319,43 @@ class C2SConnection:
         await host.bus.notify("resource-bound", session)
 
     async def _complete_sasl2(self, action: n.CompleteSasl2) -> None:
-        """What <success/> carries: the Bind 2 session, with the answers of the features
-        it enabled inline, and a XEP-0484 token; the session joins the host once
-        <success/> is out, as after RFC 6120 bind."""
+        """What <success/> carries: the answers to inline requests (a XEP-0198 <resume/>
+        that took a session over), else the Bind 2 session with the answers of the
+        features it enabled inline, and a XEP-0484 token. A new session joins the host
+        once <success/> is out, as after RFC 6120 bind."""
         host = self.host
-        session = None
-        if action.bind is not None:
-            session = await self._open_inline_session(action)
-            if session is None:
+        self._held = []
+        try:
+            requests = InlineAnswers(self)
+            for request in action.inline:
+                await host.bus.fire(f"{SASL2_INLINE}{request.tag}", StreamElement(requests, request, None))
+            if self.closed:
                 return
-            answers = InlineAnswers(self)
-            for feature in action.bind:
-                if isinstance(feature.tag, str) and feature.tag.startswith("{"):
-                    await host.bus.fire(f"{INLINE}{feature.tag}", StreamElement(answers, feature, session))
-            await host.bus.notify("bind2-bound", StreamElement(answers, action.bind, session))
-        token = b""
-        if action.user_agent and (action.token_request or action.token_used):
-            grant = TokenGrant(action.jid, action.user_agent, action.token_request, action.token_used,
-                               action.mechanism, action.invalidate)
-            await host.bus.fire("fast-token-grant", grant)
-            token = grant.token
-        if session is None:
-            follow_ups = self.negotiation.sasl2_completed(action.jid, None, token)
-        else:
-            follow_ups = self.negotiation.sasl2_completed(session.jid, b"".join(answers.written), token)
-        for follow_up in follow_ups:
-            await self.perform(follow_up)
+            session, bound = None, None
+            if self.session is None and action.bind is not None:     # XEP-0386: not after a resumption
+                session = await self._open_inline_session(action)
+                if session is None:
+                    return
+                answers = InlineAnswers(self)
+                for feature in action.bind:
+                    if isinstance(feature.tag, str) and feature.tag.startswith("{"):
+                        await host.bus.fire(f"{INLINE}{feature.tag}", StreamElement(answers, feature, session))
+                await host.bus.notify("bind2-bound", StreamElement(answers, action.bind, session))
+                bound = b"".join(answers.written)
+            extensions = b"".join(requests.written)
+            if action.user_agent and (action.token_request or action.token_used):
+                grant = TokenGrant(action.jid, action.user_agent, action.token_request, action.token_used,
+                                   action.mechanism, action.invalidate)
+                await host.bus.fire("fast-token-grant", grant)
+                extensions += grant.token
+            named = session or self.session          # the bound or resumed session, if any
+            identifier = named.jid if named is not None else action.jid
+            for follow_up in self.negotiation.sasl2_completed(identifier, bound, extensions):
+                await self.perform(follow_up)
+        finally:
+            held, self._held = self._held, None
+            for data in held:
+                self.transport.write(data)
         if session is not None:
             self.attach(session)
             log.info("event=session-started jid=%s peer=%s listener=%s bind=2", session.jid, self.peer, self.listener)
@@ -394,6 +411,17 @@ class C2SConnection:
         host = self.services.directory.host(self.negotiation.domain)
         return host is not None and bool(host.bus.hooked("fast-token-lookup"))
 
+    def _sasl2_inline_features(self) -> list[bytes]:
+        """The stream features of the namespaces whose requests <authenticate/> may carry."""
+        host = self.services.directory.host(self.negotiation.domain)
+        if host is None:
+            return []
+        namespaces = {etree.QName(name.removeprefix(SASL2_INLINE)).namespace for name in host.bus.hooked(SASL2_INLINE)}
+        if not namespaces:
+            return []
+        return [feature for feature in host.stream_features(True)
+                if etree.QName(etree.fromstring(feature)).namespace in namespaces]
+
     def _inline_features(self) -> list[str]:
         host = self.services.directory.host(self.negotiation.domain)
         if host is None:
@@ -403,7 +431,10 @@ class C2SConnection:
     # ------------------------------------------------------------- Connection
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self.transport.write(data)
 
     @property
     def congested(self) -> bool:

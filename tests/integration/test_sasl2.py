@@ -329,3 +329,38 @@ async def test_xmppctl_lists_and_revokes_a_users_tokens(server):
     assert (await token_login(server, user, laptop_token, laptop, "HT-SHA-256-EXPR"))[0] == "failure"
     assert server.ctl("tokens", jid).stdout == ""
     assert server.ctl("revoke-tokens", jid, check=False).returncode == 1
+
+
+async def test_resumption_inline_in_authenticate_takes_the_session_over(server):
+    """XEP-0198 <resume/> inside <authenticate/>: <resumed/> in <success/>, no new resource;
+    what the old stream had unacknowledged comes after the features."""
+    user, friend = unique(), unique()
+    server.adduser(user)
+    friend_jid = server.adduser(friend)
+    raw, features = await secured(server)
+    assert re.search(rf"<authentication xmlns=.{NS_SASL2}.>.*<inline>.*<sm xmlns=.{NS_SM}./>.*</inline>", features)
+    outcome = await raw.authenticate2(user, "secret", extra=bind2("Phone", f"<enable xmlns='{NS_SM}' resume='true'/>"))
+    full_jid = re.search(r"<authorization-identifier>([^<]+)<", outcome.group(2)).group(1)
+    previd = re.search(r"<enabled [^>]*id=.([^'\"]+).", outcome.group(2)).group(1)
+    await raw.send("<presence/>")
+    friend_client, _ = await online(server, friend_jid, "desk")
+    friend_client.send_raw(f"<message to='{full_jid}' type='chat' id='lost'><body>are you there?</body></message>")
+    await raw.expect(r"id=.lost.")
+    raw.writer.transport.abort()                                 # the network goes, unacknowledged
+    again, _ = await secured(server)
+    outcome = await again.authenticate2(user, "secret", extra=f"<resume xmlns='{NS_SM}' previd='{previd}' h='0'/>"
+                                        + bind2("Phone"))
+    assert outcome.group(1) == "success"
+    assert f"<authorization-identifier>{full_jid}</authorization-identifier>" in outcome.group(2)
+    assert re.search(rf"<resumed xmlns=.{NS_SM}. h=.1. previd=.{previd}./>", outcome.group(2)), outcome.group(2)
+    assert "<bound" not in outcome.group(2)
+    await again.expect(r"<stream:features>.*?</stream:features>")
+    await again.expect(r"<message [^>]*id=.lost.")                # resent after <success/> and the features
+    # An unknown SM-ID: the <failed/> in <success/>, and Bind 2 binds a new resource.
+    third, _ = await secured(server)
+    outcome = await third.authenticate2(user, "secret", extra=f"<resume xmlns='{NS_SM}' previd='gone' h='0'/>"
+                                        + bind2("Phone"))
+    assert re.search(rf"<failed xmlns=.{NS_SM}.><item-not-found", outcome.group(2)) and "<bound" in outcome.group(2)
+    await friend_client.logout()
+    await again.close()
+    await third.close()

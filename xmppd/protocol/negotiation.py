@@ -159,6 +159,7 @@ class CompleteSasl2:
     token_used: bytes | None = None  # the token an HT mechanism authenticated with
     mechanism: str = ""
     invalidate: bool = False  # XEP-0484 <fast invalidate='true'/>: the used token ends
+    inline: tuple[etree._Element, ...] = ()  # other requests of <authenticate/> (XEP-0198 <resume/>)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,8 @@ class Settings:
     # the namespaces of the features a XEP-0386 bind request may enable inline
     inline_features: Callable[[], list[str]] | None = None
     fast: Callable[[], bool] | None = None  # whether XEP-0484 tokens are offered
+    # the features that <authenticate/> may carry a request of (XEP-0198 <sm/>)
+    sasl2_inline_features: Callable[[], list[bytes]] | None = None
     channel_binding: dict[str, bytes] = field(default_factory=dict)  # type name -> data
 
 
@@ -243,6 +246,8 @@ class C2SNegotiation:
         self._token_request: str | None = None
         self._token_used: bytes | None = None
         self._additional_data: bytes | None = None
+        self._inline: tuple[etree._Element, ...] = ()
+        self._resumed = False  # a XEP-0198 <resume/> inside <authenticate/> took a session over
         self.stream_id = ""
 
     # ---------------------------------------------------------------- inputs
@@ -348,9 +353,10 @@ class C2SNegotiation:
         what the inline features answered), and carries `extensions` (a XEP-0484 token);
         the features of the stream follow it, without a restart (XEP-0388 2.6.1)."""
         self._expect(State.BINDING)
-        if bound is not None:
+        if bound is not None or self._resumed:
             self.state = State.BOUND
-            extensions = f"<bound xmlns='{NS_BIND2}'>".encode() + bound + b"</bound>" + extensions
+            if bound is not None:
+                extensions = f"<bound xmlns='{NS_BIND2}'>".encode() + bound + b"</bound>" + extensions
             features = "".join(f.decode() for f in self._extra_features(True))
         else:
             self.state = State.AWAIT_BIND
@@ -362,7 +368,11 @@ class C2SNegotiation:
         return [SendBytes(success + f"<stream:features>{features}</stream:features>".encode())]
 
     def resumed(self) -> None:
-        """XEP-0198: the stream took over an earlier session instead of binding."""
+        """XEP-0198: the stream took over an earlier session instead of binding (inline
+        in SASL2: before `sasl2_completed`, which then binds nothing)."""
+        if self.state is State.BINDING and self._namespace == NS_SASL2:
+            self._resumed = True
+            return
         self._expect(State.AWAIT_BIND)
         self.state = State.BOUND
 
@@ -415,6 +425,11 @@ class C2SNegotiation:
             user_agent = element.find(f"{{{NS_SASL2}}}user-agent")
             self._user_agent = (user_agent.get("id") or None) if user_agent is not None else None
             self._fast = element.find(f"{{{NS_FAST}}}fast")
+            self._inline = tuple(
+                child
+                for child in element
+                if isinstance(child.tag, str) and etree.QName(child).namespace not in (NS_SASL2, NS_BIND2, NS_FAST)
+            )
             request = element.find(f"{{{NS_FAST}}}request-token")
             wanted = request.get("mechanism") if request is not None else None
             # XEP-0484: tokens are per client, so only for one that names itself
@@ -545,6 +560,8 @@ class C2SNegotiation:
         fast = "".join(f"<mechanism>{name}</mechanism>" for name in self.fast_mechanism_names())
         if fast:
             bind += f"<fast xmlns='{NS_FAST}'>{fast}</fast>"
+        if self.settings.sasl2_inline_features:
+            bind += "".join(f.decode() for f in self.settings.sasl2_inline_features())
         features += f"<authentication xmlns='{NS_SASL2}'>{items}<inline>{bind}</inline></authentication>"
         if self.tls_active and self.settings.channel_binding:
             types = "".join(f"<channel-binding type='{kind}'/>" for kind in self.settings.channel_binding)
@@ -600,6 +617,7 @@ class C2SNegotiation:
             self._token_used,
             self._mechanism_name,
             fast is not None and self._token_used is not None and fast.get("invalidate") in ("true", "1"),
+            self._inline,
         )
         return [Authenticated(jid, self._mechanism_name, restart=False), complete]
 
