@@ -85,6 +85,7 @@ class Fast(Extension):
         now = time.time()
         async with self.locks(owner):
             slots = await self._slots(owner, client)
+            original = dict(slots)
             mechanism = grant.requested
             if grant.used is not None:
                 used = next((name for name, slot in slots.items()
@@ -107,6 +108,8 @@ class Fast(Extension):
                     "expiry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + self.options.token_lifetime)),
                     "token": self.token(owner, client, token_id).decode()}))
                 await self._make_room(owner, client)
+            if slots == original:                  # the current token used again: no write
+                return True
             if any(slots.values()):
                 await self.store.set(owner, client, json.dumps(slots).encode())
             else:
