@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import unique
 from tests.support.inbox import online
 from tests.support.raw import NS_SASL2, RawClient
+from tests.support.smacks import ping
 from xmppd.client import Client
 
 NS_BIND2 = "urn:xmpp:bind:0"
@@ -21,6 +22,7 @@ NS_SM = "urn:xmpp:sm:3"
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_FAST = "urn:xmpp:fast:0"
+NS_CSI = "urn:xmpp:csi:0"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ async def test_features_offer_sasl2_and_bind2_with_its_inline_features(server):
     mechanisms = re.findall(r"<mechanism>([^<]+)</mechanism>", authentication)
     assert {"SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"} <= set(mechanisms)
     inline = re.search(rf"<inline><bind xmlns=.{NS_BIND2}.><inline>(.*?)</inline></bind>(.*)</inline>", authentication)
-    assert set(re.findall(r"<feature var=.([^'\"]+).\s*/>", inline.group(1))) == {NS_SM, NS_CARBONS}
+    assert set(re.findall(r"<feature var=.([^'\"]+).\s*/>", inline.group(1))) == {NS_SM, NS_CARBONS, NS_CSI}
     fast = re.search(rf"<fast xmlns=.{NS_FAST}.>(.*?)</fast>", inline.group(2)).group(1)    # XEP-0484
     assert re.findall(r"<mechanism>([^<]+)</mechanism>", fast) == [      # TLS 1.3: no tls-unique
         "HT-SHA-256-EXPR", "HT-SHA-256-ENDP", "HT-SHA-256-NONE"]
@@ -364,3 +366,29 @@ async def test_resumption_inline_in_authenticate_takes_the_session_over(server):
     await friend_client.logout()
     await again.close()
     await third.close()
+
+
+async def test_a_session_begins_inactive_when_bind2_says_so(server):
+    """XEP-0386 with XEP-0352: what is not urgent waits until the client is active."""
+    user, friend = unique(), unique()
+    server.adduser(user)
+    server.adduser(friend)
+    raw, _ = await secured(server)
+    outcome = await raw.authenticate2(user, "secret", extra=bind2(
+        "Idle", f"<enable xmlns='{NS_SM}'/><inactive xmlns='{NS_CSI}'/>"))
+    full_jid = re.search(r"<authorization-identifier>([^<]+)<", outcome.group(2)).group(1)
+    contact = await RawClient().login(server.port, friend, "secret")
+    await contact.send(f"<presence to='{full_jid}'><status>held</status></presence>")
+    await ping(contact, "routed")
+    assert "held" not in await written_so_far(raw)
+    await raw.send(f"<active xmlns='{NS_CSI}'/>")
+    assert "held" in await written_so_far(raw)
+    await contact.close()
+    await raw.close()
+
+
+async def written_so_far(client: RawClient) -> str:
+    """Everything the server wrote to `client` (with XEP-0198 on) before it answered an <r/>."""
+    await client.send(f"<r xmlns='{NS_SM}'/>")
+    match = await client.expect(r"<a [^>]*/>")
+    return match.string[:match.start()]
