@@ -134,3 +134,28 @@ def test_ht_mechanisms_need_fast_and_sasl2():
     actions = negotiation.receive(StanzaReceived(etree.fromstring(
         f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='HT-SHA-256-NONE'>{token}</auth>")))
     assert b"<invalid-mechanism/>" in sent(actions)
+
+
+def test_abort_during_scram_gets_aborted_in_the_sasl2_namespace():
+    negotiation = opened()
+    initial = base64.b64encode(b"n,,n=juliet,r=abcdefgh").decode()
+    negotiation.receive(StanzaReceived(etree.fromstring(
+        f"<authenticate xmlns='{SASL2}' mechanism='SCRAM-SHA-256'><initial-response>{initial}</initial-response>"
+        "</authenticate>")))
+    assert b"<challenge xmlns='urn:xmpp:sasl:2'>" in sent(negotiation.credentials_found(CREDS))
+    actions = negotiation.receive(StanzaReceived(etree.fromstring(f"<abort xmlns='{SASL2}'/>")))
+    assert sent(actions) == (f"<failure xmlns='{SASL2}'>"
+                             "<aborted xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>").encode()
+    assert negotiation.state is State.AWAIT_AUTH
+
+
+def test_inline_resumption_binds_nothing():
+    negotiation = opened()
+    actions = authenticate(negotiation, "pencil", "<resume xmlns='urn:xmpp:sm:3' previd='x' h='0'/>"
+                                                  "<bind xmlns='urn:xmpp:bind:0'/>")
+    [complete] = [a for a in actions if isinstance(a, n.CompleteSasl2)]
+    assert [child.tag for child in complete.inline] == ["{urn:xmpp:sm:3}resume"]
+    negotiation.resumed()
+    out = sent(negotiation.sasl2_completed(JID("juliet", "localhost", "old"), None, b"<resumed/>"))
+    assert b"juliet@localhost/old</authorization-identifier><resumed/></success>" in out and b"xmpp-bind" not in out
+    assert negotiation.state is State.BOUND
