@@ -93,6 +93,13 @@ class TokenGrant:
     token: bytes = b""
 
 
+def negotiated(answers: list[bytes]) -> frozenset[str]:
+    """The namespaces of the features that inline answers other than <failed/> (XEP-0198)
+    negotiated: their stream features are not offered again."""
+    elements = [etree.fromstring(answer) for answer in answers]
+    return frozenset(etree.QName(e).namespace for e in elements if etree.QName(e).localname != "failed")
+
+
 class InlineAnswers:
     """Stands for the connection while a Bind 2 request enables features inline: what
     their handlers write goes into <bound/> (XEP-0386 3.2), in order."""
@@ -343,6 +350,7 @@ class C2SConnection:
                 await host.bus.notify("bind2-bound", StreamElement(answers, action.bind, session))
                 bound = b"".join(answers.written)
             extensions = b"".join(requests.written)
+            answered = requests.written + (answers.written if session is not None else [])
             if action.user_agent and (action.token_request or action.token_used):
                 grant = TokenGrant(action.jid, action.user_agent, action.token_request, action.token_used,
                                    action.mechanism, action.invalidate)
@@ -350,7 +358,7 @@ class C2SConnection:
                 extensions += grant.token
             named = session or self.session          # the bound or resumed session, if any
             identifier = named.jid if named is not None else action.jid
-            for follow_up in self.negotiation.sasl2_completed(identifier, bound, extensions):
+            for follow_up in self.negotiation.sasl2_completed(identifier, bound, extensions, negotiated(answered)):
                 await self.perform(follow_up)
         finally:
             held, self._held = self._held, None

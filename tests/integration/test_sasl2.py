@@ -81,6 +81,7 @@ async def test_scram_and_bind2_with_inline_sm_and_carbons_then_chat(server):
     # No stream restart: the features of the bound stream follow at once, without a header.
     features = await raw.expect(r"<stream:features>(.*?)</stream:features>|<stream:features/>")
     assert "<stream:stream" not in raw.buffer and "xmpp-bind" not in (features.group(1) or "")
+    assert NS_SM not in (features.group(1) or "")                 # enabled already: not offered again
 
     await raw.send(f"<presence/><message to='{friend_jid}' type='chat' id='m1'><body>hello</body></message>")
     friend_client, friend_inbox = await online(server, friend_jid, "desk")

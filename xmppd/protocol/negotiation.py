@@ -348,16 +348,23 @@ class C2SNegotiation:
         ).encode()
         return [SendBytes(reply)]
 
-    def sasl2_completed(self, identifier: JID, bound: bytes | None, extensions: bytes = b"") -> list[Action]:
+    def sasl2_completed(
+        self, identifier: JID, bound: bytes | None, extensions: bytes = b"", negotiated: frozenset[str] = frozenset()
+    ) -> list[Action]:
         """The <success/> names `identifier`, the full JID when Bind 2 bound one (`bound`:
         what the inline features answered), and carries `extensions` (a XEP-0484 token);
-        the features of the stream follow it, without a restart (XEP-0388 2.6.1)."""
+        the features of the stream follow it, without a restart (XEP-0388 2.6.1), but not
+        those of the `negotiated` namespaces: enabled inline (XEP-0198), they are no more."""
         self._expect(State.BINDING)
         if bound is not None or self._resumed:
             self.state = State.BOUND
             if bound is not None:
                 extensions = f"<bound xmlns='{NS_BIND2}'>".encode() + bound + b"</bound>" + extensions
-            features = "".join(f.decode() for f in self._extra_features(True))
+            features = "".join(
+                f.decode()
+                for f in self._extra_features(True)
+                if etree.QName(etree.fromstring(f)).namespace not in negotiated
+            )
         else:
             self.state = State.AWAIT_BIND
             features = self._bind_features()
