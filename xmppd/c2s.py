@@ -333,7 +333,7 @@ class C2SConnection:
         host = self.host
         self._held = []
         try:
-            requests = InlineAnswers(self)
+            requests, answers = InlineAnswers(self), InlineAnswers(self)
             for request in action.inline:
                 await host.bus.fire(f"{SASL2_INLINE}{request.tag}", StreamElement(requests, request, None))
             if self.closed:
@@ -343,14 +343,13 @@ class C2SConnection:
                 session = await self._open_inline_session(action)
                 if session is None:
                     return
-                answers = InlineAnswers(self)
                 for feature in action.bind:
                     if isinstance(feature.tag, str) and feature.tag.startswith("{"):
                         await host.bus.fire(f"{INLINE}{feature.tag}", StreamElement(answers, feature, session))
                 await host.bus.notify("bind2-bound", StreamElement(answers, action.bind, session))
                 bound = b"".join(answers.written)
             extensions = b"".join(requests.written)
-            answered = requests.written + (answers.written if session is not None else [])
+            answered = requests.written + answers.written
             if action.user_agent and (action.token_request or action.token_used):
                 grant = TokenGrant(action.jid, action.user_agent, action.token_request, action.token_used,
                                    action.mechanism, action.invalidate)
