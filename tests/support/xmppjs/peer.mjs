@@ -78,7 +78,11 @@ function smEnabled() {
 try {
   const online = once(xmpp, "online");
   const enabled = smEnabled();
-  await xmpp.start();
+  // COMPAT: xmpp.js's start() listens for the server's stream header only once its own
+  // header is written; a SASL2 login has no stream restart to emit "open" again, so when
+  // the client is online before start() listens (direct TLS, a fast server), start()
+  // times out although the client is online. "online" (or the 60 s timer) decides.
+  xmpp.start().catch((error) => xmpp.status === "online" || fail(error));
   const jid = (await online).toString();
   // Over SASL2 with Bind 2 (XEP-0386), XEP-0198 was enabled inline, before "online".
   if (!xmpp.streamManagement.enabled) await enabled;
