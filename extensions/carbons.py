@@ -20,7 +20,8 @@ receiving side takes <private/> out of the message it delivers (section 7). A me
 from one resource to another of the same user gets <sent/> copies only (to the resources
 other than both), never a <received/> one as well.
 
-Hooks: iq-set/self urn:xmpp:carbons:2 enable and disable; pre-message/bare|full
+Hooks: iq-set/self urn:xmpp:carbons:2 enable and disable; bind2-inline/{urn:xmpp:carbons:2}enable
+(XEP-0386); pre-message/bare|full
 (sent copies, priority 40, after the archive stamped its XEP-0359 id so that the copy
 carries it: XEP-0313 section 3.4); message/bare|full (received copies, priority 40,
 after blocking and the archive, before delivery).
@@ -64,6 +65,12 @@ class Carbons(Extension):
     async def enable(self, iq):
         await iq.origin.share(self.name, True)
         return None
+
+    @hook(f"bind2-inline/{{{NS_CARBONS}}}enable")
+    async def enable_inline(self, event) -> bool:
+        """XEP-0386: enabled in a Bind 2 request; that cannot fail, so nothing is answered."""
+        await event.session.share(self.name, True)
+        return True
 
     @iq_handler("set", NS_CARBONS, "disable", to=("self",))
     async def disable(self, iq):

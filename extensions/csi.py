@@ -16,7 +16,8 @@ are waiting, when a XEP-0198 resumed stream begins (a stream always begins activ
 XEP-0352 section 3), and when the session ends (into the stream management queue, whose
 unacknowledged messages are kept for the user).
 
-Hooks: stream-element/{urn:xmpp:csi:0}active|inactive, smacks-hibernation-end,
+Hooks: stream-element/{urn:xmpp:csi:0}active|inactive, bind2-inline/{urn:xmpp:csi:0}active|inactive
+(XEP-0386), smacks-hibernation-end,
 session-closed (before smacks.py handles the unacknowledged stanzas).
 """
 from __future__ import annotations
@@ -117,6 +118,7 @@ class ClientStateIndication(Extension):
         return [CSI_FEATURE] if authenticated else []
 
     @hook(f"stream-element/{{{NS_CSI}}}inactive")
+    @hook(f"bind2-inline/{{{NS_CSI}}}inactive")      # XEP-0386: the session begins inactive
     async def inactive(self, event) -> bool:
         session = event.session
         if session is not None and self.name not in session.meta:
@@ -125,6 +127,7 @@ class ClientStateIndication(Extension):
         return True                                # before bind: nothing to hold yet
 
     @hook(f"stream-element/{{{NS_CSI}}}active")
+    @hook(f"bind2-inline/{{{NS_CSI}}}active")
     async def active(self, event) -> bool:
         if event.session is not None:
             self._activate(event.session)

@@ -37,7 +37,8 @@ xmppd_limit_reached_total.
 Hooks: pre-message/bare|full (sent: priority 50 archives and stamps, 30 unstamps, around
 the carbons at 40), message/bare|full (received, priority 50: after blocking, before
 carbons and delivery), iq-get/iq-set self urn:xmpp:mam:2 query, prefs, metadata
-(anything to another account's archive is forbidden), server-started, user-deleted,
+(anything to another account's archive is forbidden), bind2-bound (the archive's
+<metadata/> in a XEP-0386 <bound/>), server-started, user-deleted,
 user-data-changed-elsewhere (preferences changed on another node of a cluster).
 Fires: archive-should-store (an ArchiveQuestion: set `answer`, return True to decide);
 user-data-changed after a change of preferences.
@@ -333,6 +334,13 @@ class MessageArchive(Extension):
         owner = self._own_archive(iq)
         await self.writer.settled(owner)
         return await mam.metadata_element(self.store, owner)
+
+    @hook("bind2-bound")
+    async def bound_metadata(self, event) -> None:
+        """XEP-0386 3.2: the state of the archive at the moment the resource was bound."""
+        owner = str(event.session.jid.bare)
+        await self.writer.settled(owner)
+        event.connection.write(etree.tostring(await mam.metadata_element(self.store, owner)))
 
     @iq_handler("get", mam.NS_MAM, "prefs", to=("self", "bare"))
     async def get_prefs(self, iq):

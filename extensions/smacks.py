@@ -42,7 +42,8 @@ an expired session had reached while the server remembers it; an 'h' beyond the 
 sent: an undefined-condition stream error with <handled-count-too-high/>, the
 hibernating session left as it was. <r/> and <a/> without stream management are ignored.
 
-Hooks: stream-element/{urn:xmpp:sm:3}enable|resume|r|a, session-interrupted,
+Hooks: stream-element/{urn:xmpp:sm:3}enable|resume|r|a, bind2-inline/{urn:xmpp:sm:3}enable
+(XEP-0386), sasl2-inline/{urn:xmpp:sm:3}resume (XEP-0388), session-interrupted,
 session-closed.
 Fires: smacks-hibernation-start (HibernatedStanzas: the unacknowledged stanzas when the
 connection went), smacks-hibernation-end (the Session, resumed), both notifications;
@@ -251,6 +252,7 @@ class StreamManagement(Extension):
     # ------------------------------------------------------------- enable, acks
 
     @hook(f"stream-element/{{{NS_SM}}}enable")
+    @hook(f"bind2-inline/{{{NS_SM}}}enable")          # XEP-0386: the answer goes into <bound/>
     async def enable(self, event) -> bool:
         session = event.session
         if session is None or self.name in session.meta:
@@ -329,6 +331,7 @@ class StreamManagement(Extension):
     # ------------------------------------------------------------- resumption
 
     @hook(f"stream-element/{{{NS_SM}}}resume")
+    @hook(f"sasl2-inline/{{{NS_SM}}}resume")         # XEP-0388: the answer goes into <success/>
     async def resume(self, event) -> bool:
         connection = event.connection
         if event.session is not None:

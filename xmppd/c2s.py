@@ -10,13 +10,23 @@ that are not stanzas (XEP-0198 <r/>, <enable/>, <resume/> ...) fire
 get/set before authentication (XEP-0077) fires `unauthenticated-iq/<namespace>:<element>`
 on the stream's host: a handler writes the reply on the connection (or raises
 StanzaError); an iq nobody handles closes the stream with not-authorized (RFC 6120 4.9.3.12).
+A XEP-0386 Bind 2 request enables what it carries inline by firing
+`bind2-inline/{namespace}name` with a `StreamElement` whose replies go into <bound/>;
+the features advertised for inline use are the elements those events name; then
+`bind2-bound` (a StreamElement too) lets extensions add what they tell every new session
+(XEP-0313 archive metadata). Other requests inside <authenticate/> (XEP-0198 <resume/>)
+fire `sasl2-inline/{namespace}name`, answered inside <success/>; their namespaces'
+stream features are advertised in the SASL2 <inline/>. Until <success/> is out, what a
+session writes to the connection waits. XEP-0484
+tokens are an extension's: `fast-token-lookup` (a TokenLookup) finds a client's tokens,
+`fast-token-grant` (a TokenGrant) rotates, issues or invalidates them at a SASL2 success.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, assert_never
 
 from lxml import etree
@@ -27,6 +37,7 @@ from xmppd.protocol import negotiation as n
 from xmppd.protocol.bosh import BoshFraming
 from xmppd.protocol.errors import InternalServerError, StanzaError
 from xmppd.protocol.framing import WebSocketFraming
+from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
 from xmppd.protocol.sasl import verify_plain_password
 from xmppd.protocol.stanza import IQ, error_reply
@@ -44,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_UNSETTLED = 256       # stanzas of one client whose commits may be in flight at once
+INLINE = "bind2-inline/"  # event prefix of the features a Bind 2 request enables (XEP-0386)
+SASL2_INLINE = "sasl2-inline/"  # event prefix of the other requests <authenticate/> may carry
+USER_AGENT = "sasl2-user-agent"  # Session.meta: the XEP-0388 <user-agent/> id of its client
 
 
 @dataclass
@@ -52,6 +66,54 @@ class StreamElement:
     connection: StreamConnection
     element: etree._Element
     session: Session | None
+
+
+@dataclass
+class TokenLookup:
+    """XEP-0484: a handler sets `tokens`, the unexpired ones of the account and client
+    issued for `mechanism`, and `expired`, those that were."""
+    jid: JID
+    user_agent: str
+    mechanism: str
+    tokens: list[bytes] = field(default_factory=list)
+    expired: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class TokenGrant:
+    """XEP-0484, at a SASL2 success: `used` (the token an HT mechanism authenticated
+    with, if any) becomes current or, with `invalidate`, ends; a token is issued for
+    `requested` (a mechanism) or when the used one is due for rotation. A handler sets
+    `token` to the <token/> element for <success/>."""
+    jid: JID
+    user_agent: str
+    requested: str | None
+    used: bytes | None
+    mechanism: str
+    invalidate: bool
+    token: bytes = b""
+
+
+def negotiated(answers: list[bytes]) -> frozenset[str]:
+    """The namespaces of the features that inline answers other than <failed/> (XEP-0198)
+    negotiated: their stream features are not offered again."""
+    elements = [etree.fromstring(answer) for answer in answers]
+    return frozenset(etree.QName(e).namespace for e in elements if etree.QName(e).localname != "failed")
+
+
+class InlineAnswers:
+    """Stands for the connection while a Bind 2 request enables features inline: what
+    their handlers write goes into <bound/> (XEP-0386 3.2), in order."""
+
+    def __init__(self, connection: "C2SConnection"):
+        self.connection = connection
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.connection, name)
 
 
 class C2SConnection:
@@ -75,6 +137,9 @@ class C2SConnection:
             tls_available=tls is not None and not websocket and not bosh,
             tls_required=options.require_encryption or not transport.is_loopback,
             extra_features=self._extra_features,
+            inline_features=self._inline_features,
+            fast=self._offers_fast,
+            sasl2_inline_features=self._sasl2_inline_features,
         )
         self.negotiation = C2SNegotiation(self.settings, tls_active=direct_tls)
         if direct_tls:
@@ -83,6 +148,7 @@ class C2SConnection:
         self.host: "Host | None" = None
         self.closed = False
         self._answer_close = False         # the client closed its stream: close ours after the session ended
+        self._held: list[bytes] | None = None  # written while SASL2 completes: goes out after <success/>
 
     # ------------------------------------------------------------- main loop
 
@@ -161,18 +227,19 @@ class C2SConnection:
             self.settings.channel_binding = self.tls.channel_bindings(self.transport.ssl_object)
             self.stream.reset()
         elif isinstance(action, n.LookupCredentials):
-            if self.admission.too_many_sessions(self):
-                self.close("policy-violation", "too many sessions from your address")
-                return
             jid = f"{action.username}@{self.negotiation.domain}"
-            limit = self.admission.throttle.attempt(self.peer, jid)
-            if limit is not None:
-                self.services.metrics.count(metrics.LIMIT_REACHED, limit)
-                follow_ups = self.negotiation.attempt_refused("too many failed logins; try again later")
-            else:
-                account = await self.services.stores.backend.accounts.get(jid)
-                follow_ups = self.negotiation.credentials_found(account.secrets.get(action.hash_name) if account else None)
-            for follow_up in follow_ups:
+            if not await self._may_attempt(jid):
+                return
+            account = await self.services.stores.backend.accounts.get(jid)
+            for follow_up in self.negotiation.credentials_found(account.secrets.get(action.hash_name) if account else None):
+                await self.perform(follow_up)
+        elif isinstance(action, n.LookupToken):
+            jid = JID(action.username, self.negotiation.domain)
+            if not await self._may_attempt(str(jid)):
+                return
+            lookup = TokenLookup(jid, action.user_agent, action.mechanism)
+            await self.services.directory.host(jid.domain).bus.fire("fast-token-lookup", lookup)
+            for follow_up in self.negotiation.tokens_found(lookup.tokens, lookup.expired):
                 await self.perform(follow_up)
         elif isinstance(action, n.CheckPassword):
             # PBKDF2 takes milliseconds: off the event loop.
@@ -188,9 +255,12 @@ class C2SConnection:
             self.services.metrics.count(metrics.AUTH_SUCCESSES, action.mechanism)
             self.admission.authenticated(self, action.jid)
             self.host = self.services.directory.host(action.jid.domain)
-            self.stream.reset()
+            if action.restart:
+                self.stream.reset()
         elif isinstance(action, n.BindResource):
             await self._bind(action)
+        elif isinstance(action, n.CompleteSasl2):
+            await self._complete_sasl2(action)
         elif isinstance(action, n.UnhandledElement):
             event = StreamElement(self, action.element, None)
             if not await self.host.bus.fire(f"stream-element/{action.element.tag}", event):
@@ -199,6 +269,21 @@ class C2SConnection:
             await self._unauthenticated_iq(action.iq)
         else:
             assert_never(action)
+
+    async def _may_attempt(self, jid: str) -> bool:
+        """Whether this address may try to log in to `jid`: not when it has
+        max_sessions_per_ip sessions (the stream is closed), nor past the login budgets
+        of xmppd/throttle.py (the negotiation refuses the attempt)."""
+        if self.admission.too_many_sessions(self):
+            self.close("policy-violation", "too many sessions from your address")
+            return False
+        limit = self.admission.throttle.attempt(self.peer, jid)
+        if limit is None:
+            return True
+        self.services.metrics.count(metrics.LIMIT_REACHED, limit)
+        for follow_up in self.negotiation.attempt_refused("too many failed logins; try again later"):
+            await self.perform(follow_up)
+        return False
 
     async def _unauthenticated_iq(self, iq: etree._Element) -> None:
         payload = etree.QName(iq[0])
@@ -236,6 +321,71 @@ class C2SConnection:
         log.info("event=session-started jid=%s peer=%s listener=%s", full_jid, self.peer, self.listener)
         await host.bus.notify("resource-bound", session)
 
+    async def _complete_sasl2(self, action: n.CompleteSasl2) -> None:
+        """What <success/> carries: the answers to inline requests (a XEP-0198 <resume/>
+        that took a session over), else the Bind 2 session with the answers of the
+        features it enabled inline, and a XEP-0484 token. A new session joins the host
+        once <success/> is out, as after RFC 6120 bind."""
+        host = self.host
+        self._held = []
+        try:
+            requests, answers = InlineAnswers(self), InlineAnswers(self)
+            for request in action.inline:
+                await host.bus.fire(f"{SASL2_INLINE}{request.tag}", StreamElement(requests, request, None))
+            if self.closed:
+                return
+            session, bound = None, None
+            if self.session is None and action.bind is not None:     # XEP-0386: not after a resumption
+                session = await self._open_inline_session(action)
+                if session is None:
+                    return
+                for feature in action.bind:
+                    if isinstance(feature.tag, str) and feature.tag.startswith("{"):
+                        await host.bus.fire(f"{INLINE}{feature.tag}", StreamElement(answers, feature, session))
+                await host.bus.notify("bind2-bound", StreamElement(answers, action.bind, session))
+                bound = b"".join(answers.written)
+            extensions = b"".join(requests.written)
+            answered = requests.written + answers.written
+            if action.user_agent and (action.token_request or action.token_used):
+                grant = TokenGrant(action.jid, action.user_agent, action.token_request, action.token_used,
+                                   action.mechanism, action.invalidate)
+                await host.bus.fire("fast-token-grant", grant)
+                extensions += grant.token
+            named = session or self.session          # the bound or resumed session, if any
+            identifier = named.jid if named is not None else action.jid
+            for follow_up in self.negotiation.sasl2_completed(identifier, bound, extensions, negotiated(answered)):
+                await self.perform(follow_up)
+        finally:
+            held, self._held = self._held, None
+            for data in held:
+                self.transport.write(data)
+        if session is not None:
+            self.attach(session)
+            log.info("event=session-started jid=%s peer=%s listener=%s bind=2", session.jid, self.peer, self.listener)
+            await host.bus.notify("resource-bound", session)
+
+    async def _open_inline_session(self, action: n.CompleteSasl2) -> Session | None:
+        """XEP-0386: the resource is the client's tag, if any, then '/' and a unique
+        suffix. None: the account may have no more resources (the stream is closed)."""
+        host = self.host
+        suffix = host.new_resource()
+        try:
+            full_jid = action.jid.with_resource(f"{action.tag}/{suffix}" if action.tag else suffix)
+        except InvalidJID:                     # a tag no resource can hold is left out
+            full_jid = action.jid.with_resource(suffix)
+        refusal = host.bind_refusal(full_jid)
+        if refusal is not None:
+            self.close("policy-violation", refusal)
+            return None
+        if action.user_agent:                  # XEP-0386: an earlier session of the same client ends
+            for old in [s for s in host.sessions_of(action.jid.local) if s.meta.get(USER_AGENT) == action.user_agent]:
+                old.close("conflict", "replaced by a new session of the same client")
+                await host.end_session(old)
+        session = Session(host, full_jid, self)
+        if action.user_agent:
+            session.meta[USER_AGENT] = action.user_agent
+        return session
+
     def attach(self, session: Session) -> None:
         """Make `session` this connection's (after bind, or a stream-management resume)."""
         self.session = session
@@ -260,10 +410,34 @@ class C2SConnection:
         host = self.services.directory.host(self.negotiation.domain)
         return host.stream_features(authenticated) if host is not None else []
 
+    def _offers_fast(self) -> bool:
+        host = self.services.directory.host(self.negotiation.domain)
+        return host is not None and bool(host.bus.hooked("fast-token-lookup"))
+
+    def _sasl2_inline_features(self) -> list[bytes]:
+        """The stream features of the namespaces whose requests <authenticate/> may carry."""
+        host = self.services.directory.host(self.negotiation.domain)
+        if host is None:
+            return []
+        namespaces = {etree.QName(name.removeprefix(SASL2_INLINE)).namespace for name in host.bus.hooked(SASL2_INLINE)}
+        if not namespaces:
+            return []
+        return [feature for feature in host.stream_features(True)
+                if etree.QName(etree.fromstring(feature)).namespace in namespaces]
+
+    def _inline_features(self) -> list[str]:
+        host = self.services.directory.host(self.negotiation.domain)
+        if host is None:
+            return []
+        return sorted({etree.QName(name.removeprefix(INLINE)).namespace for name in host.bus.hooked(INLINE)})
+
     # ------------------------------------------------------------- Connection
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self.transport.write(data)
 
     @property
     def congested(self) -> bool:

@@ -39,6 +39,10 @@ def main(argv=None) -> int:
     commands.add_parser("quota", help="a user's upload usage against the quota").add_argument("jid")
     commands.add_parser("delete-upload", help="delete an uploaded file").add_argument(
         "id", help="the file's id (from `uploads`) or its URL")
+    commands.add_parser("tokens", help="list a user's clients with FAST tokens (XEP-0484)").add_argument("jid")
+    revoke = commands.add_parser("revoke-tokens", help="end a user's FAST tokens, of one client or all")
+    revoke.add_argument("jid")
+    revoke.add_argument("client", nargs="?", help="the client's id (from `tokens`); default: every client")
     storage = commands.add_parser("storage", help="storage schema; copying between backends").add_subparsers(
         dest="storage_command", required=True)
     storage.add_parser("init", help="create or upgrade the schema (Cassandra: keyspace and tables)").add_argument(
@@ -152,6 +156,17 @@ async def offline(config, args) -> int:
             quota = upload.options.quota_per_user
             print(f"{jid}: {used} bytes in {files} files, quota "
                   + (f"{quota} bytes ({100 * used / quota:.1f}% used)" if quota else "none"))
+        elif args.command == "tokens":
+            for client, slots in (await _fast(host).clients(str(jid))).items():
+                for slot, token in slots.items():
+                    if token:
+                        print(f"{client}\t{slot}\t{token['mechanism']}\t{_utc(token['issued'])}\t"
+                              f"{_utc(token['expiry'])}")
+        elif args.command == "revoke-tokens":
+            if not await _fast(host).revoke(str(jid), args.client):
+                print(f"xmppctl: no tokens of {jid}" + (f" for {args.client}" if args.client else ""), file=sys.stderr)
+                return 1
+            print(f"tokens of {jid} revoked" + (f" for {args.client}" if args.client else ""))
         elif args.command == "delete-upload":
             upload_id = args.id.rstrip("/").split("/")[-2] if "/" in args.id else args.id
             item = await server.storage.uploads.get(upload_id)
@@ -171,6 +186,13 @@ def _upload_service(host):
     if "upload" not in host.extensions:
         raise ConfigError(f"the upload extension is not enabled on {host.domain}")
     return host.extensions["upload"]
+
+
+def _fast(host):
+    """The XEP-0484 extension of `host`; a ConfigError when it is not enabled."""
+    if "fast" not in host.extensions:
+        raise ConfigError(f"the fast extension is not enabled on {host.domain}")
+    return host.extensions["fast"]
 
 
 def _utc(when: float) -> str:

@@ -33,6 +33,10 @@ class EventBus:
         if not chain:
             self._handlers.pop(name, None)
 
+    def hooked(self, prefix: str) -> list[str]:
+        """The events starting with `prefix` that have handlers (what the extensions offer)."""
+        return [name for name in self._handlers if name.startswith(prefix)]
+
     async def fire(self, name: str, event: Any) -> bool:
         """Run the chain until a handler returns a true value; return whether one did."""
         chain = self._handlers.get(name)

@@ -1,7 +1,9 @@
 """A raw XMPP client over a socket, for protocol edge cases that client libraries hide.
 
 It sends bytes as given and waits for patterns in what the server sends, with timeouts.
-`login()` does STARTTLS, SASL (PLAIN or SCRAM, with channel binding) and bind.
+`login()` does STARTTLS, SASL (PLAIN or SCRAM, with channel binding) and bind;
+`authenticate2()` runs SCRAM over SASL2 (XEP-0388), with what else <authenticate/> carries,
+`authenticate_token()` a XEP-0484 HT mechanism.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import ssl
 from xmppd import tls as server_tls
 
 TIMEOUT = 10.0
+NS_SASL2 = "urn:xmpp:sasl:2"
 
 
 def client_context(max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
@@ -37,6 +40,7 @@ class RawClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.jid = None
+        self.server_signature = b""        # what the server's last SCRAM final message must prove
 
     async def connect(self, port: int, *, direct_tls: bool = False, context: ssl.SSLContext | None = None):
         self.reader, self.writer = await asyncio.open_connection(
@@ -116,7 +120,29 @@ class RawClient:
         outcome = await self.expect(r"<(success|failure)[^>]*?(?:/>|>(.*?)</\1>)")
         assert outcome.group(1) == "success", f"authentication failed: {outcome.group(0)}"
 
-    async def _scram(self, user: str, password: str, mechanism: str, binding: str | None) -> None:
+    async def authenticate2(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256",
+                            extra: str = "") -> re.Match:
+        """SCRAM over SASL2, `extra` added to <authenticate/>; the <success/> or <failure/>
+        (group 1: which, group 2: its content)."""
+        await self._scram(user, password, mechanism, None, sasl2=extra)
+        return await self.expect(rf"<(success|failure) xmlns=.{NS_SASL2}.>(.*?)</\1>")
+
+    async def authenticate_token(self, user: str, token: str, mechanism: str = "HT-SHA-256-NONE",
+                                 extra: str = "") -> re.Match:
+        """XEP-0484: an HT mechanism over SASL2 with `token` (`extra`: the <fast/>,
+        <user-agent/>... of <authenticate/>); the outcome as authenticate2's."""
+        kind = {"EXPR": "tls-exporter", "ENDP": "tls-server-end-point", "UNIQ": "tls-unique"}.get(mechanism[-4:])
+        cb_data = self._binding_data(kind) if kind else b""
+        proof = hmac.new(token.encode(), b"Initiator" + cb_data, hashlib.sha256).digest()
+        self.server_signature = hmac.new(token.encode(), b"Responder" + cb_data, hashlib.sha256).digest()
+        initial = base64.b64encode(user.encode() + b"\0" + proof).decode()
+        await self.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'>"
+                        f"<initial-response>{initial}</initial-response>{extra}</authenticate>")
+        return await self.expect(rf"<(success|failure) xmlns=.{NS_SASL2}.>(.*?)</\1>")
+
+    async def _scram(self, user: str, password: str, mechanism: str, binding: str | None,
+                     sasl2: str | None = None) -> None:
+        """SASL1's <auth/>, or SASL2's <authenticate/> carrying `sasl2` when it is given."""
         hash_name = "sha256" if "SHA-256" in mechanism else "sha1"
         plus = mechanism.endswith("-PLUS")
         if plus:
@@ -126,8 +152,12 @@ class RawClient:
             cb_data, gs2 = b"", "y,," if binding == "y" else "n,,"
         nonce = secrets.token_urlsafe(18)
         first_bare = f"n={user},r={nonce}"
-        await self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>"
-                        f"{base64.b64encode((gs2 + first_bare).encode()).decode()}</auth>")
+        initial = base64.b64encode((gs2 + first_bare).encode()).decode()
+        if sasl2 is None:
+            await self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{initial}</auth>")
+        else:
+            await self.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'>"
+                            f"<initial-response>{initial}</initial-response>{sasl2}</authenticate>")
         challenge = base64.b64decode((await self.expect(r"<challenge[^>]*>([^<]*)</challenge>")).group(1)).decode()
         fields = dict(part.split("=", 1) for part in challenge.split(","))
         salted = hashlib.pbkdf2_hmac(hash_name, password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
@@ -137,8 +167,11 @@ class RawClient:
         auth_message = f"{first_bare},{challenge},{without_proof}".encode()
         signature = hmac.new(stored_key, auth_message, hash_name).digest()
         proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        server_key = hmac.new(salted, b"Server Key", hash_name).digest()
+        self.server_signature = hmac.new(server_key, auth_message, hash_name).digest()
         final = f"{without_proof},p={base64.b64encode(proof).decode()}"
-        await self.send(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{base64.b64encode(final.encode()).decode()}</response>")
+        namespace = "urn:ietf:params:xml:ns:xmpp-sasl" if sasl2 is None else NS_SASL2
+        await self.send(f"<response xmlns='{namespace}'>{base64.b64encode(final.encode()).decode()}</response>")
 
     def ssl_object(self) -> ssl.SSLObject:
         return self.writer.get_extra_info("ssl_object")

@@ -35,6 +35,7 @@ __all__ = [
     "SaslFailure",
     "ScramMechanism",
     "PlainMechanism",
+    "HashedTokenMechanism",
     "SASL_CONDITIONS",
     "derive_scram_credentials",
     "stand_in_credentials",
@@ -457,6 +458,43 @@ class ScramMechanism:
 
 def _default_nonce() -> str:
     return secrets.token_urlsafe(24)
+
+
+# -- HT (XEP-0484 FAST tokens) ----------------------------------------------------------
+
+
+class HashedTokenMechanism:
+    """HT-SHA-256-* of draft-schmaus-kitten-sasl-ht, the mechanisms of XEP-0484: one
+    message each way. The client proves it holds a token without sending it,
+    HMAC(token, "Initiator" || cb-data); the server answers HMAC(token, "Responder" ||
+    cb-data). `channel_binding` is the cb-data of the mechanism's type (b"" for -NONE)."""
+
+    def __init__(self, channel_binding: bytes) -> None:
+        self.channel_binding = channel_binding
+        self._proof = b""
+
+    def parse(self, message: bytes) -> str:
+        """The authcid of `authcid NUL initiator-hashed-token`."""
+        authcid, separator, proof = message.partition(b"\0")
+        if not separator or not authcid or not proof:
+            raise SaslFailure("malformed-request")
+        self._proof = proof
+        try:
+            return authcid.decode()
+        except UnicodeDecodeError:
+            raise SaslFailure("malformed-request") from None
+
+    def verify(self, tokens: list[bytes]) -> tuple[bytes, bytes]:
+        """The token of `tokens` the client proved to hold, and the server's answer.
+        Every token is compared, in constant time."""
+        matched = None
+        for token in tokens:
+            expected = hmac.new(token, b"Initiator" + self.channel_binding, hashlib.sha256).digest()
+            if hmac.compare_digest(expected, self._proof):
+                matched = token
+        if matched is None:
+            raise SaslFailure("not-authorized")
+        return matched, hmac.new(matched, b"Responder" + self.channel_binding, hashlib.sha256).digest()
 
 
 # -- PLAIN -----------------------------------------------------------------------
