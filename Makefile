@@ -6,10 +6,9 @@ CONFIG ?=
 
 .PHONY: run lint test bench clean debian-test-packages
 
-# What ruff checks and format-checks. Only these are formatted yet; once the whole tree is,
-# this becomes: xmppd extensions storage tests bench. (mypy checks the files that
-# pyproject.toml's [tool.mypy] lists.)
-LINT_PATHS := xmppd/protocol storage/interfaces.py
+# What ruff checks and format-checks: the whole code base. (mypy checks, strictly, the
+# files that pyproject.toml's [tool.mypy] lists.)
+LINT_PATHS := xmppd extensions storage tests bench
 
 # Clients of the interop tests that come only as Debian packages (the others install
 # themselves into ~/.cache/xmppd: tests/support/foreign_clients.py), and the browser of

@@ -25,23 +25,34 @@ STANDALONE = {"archive": archive.run, "cluster_engine": cluster_engine.run, "hot
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--only", action="append", choices=list(SERVERS),
-                   help="run against this server only (repeatable); default: all three")
-    p.add_argument("--scenario", action="append", choices=[*scenarios.SCENARIOS, *STANDALONE],
-                   help="run this scenario (repeatable); default: all but 'archive' (the storage "
-                   "backends' archive throughput, SQLite and Cassandra: bench/archive.py) and "
-                   "'cluster_engine' (Redis and NATS for the cluster: bench/cluster_engine.py) and 'hot_path' "
-                   "(CPU per message inside xmppd, archive off and on: bench/hot_path.py)")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=list(SERVERS),
+        help="run against this server only (repeatable); default: all three",
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=[*scenarios.SCENARIOS, *STANDALONE],
+        help="run this scenario (repeatable); default: all but 'archive' (the storage "
+        "backends' archive throughput, SQLite and Cassandra: bench/archive.py) and "
+        "'cluster_engine' (Redis and NATS for the cluster: bench/cluster_engine.py) and 'hot_path' "
+        "(CPU per message inside xmppd, archive off and on: bench/hot_path.py)",
+    )
     p.add_argument("--runs", type=int, help="runs per scenario and server (default 3, slow_drain 1; quick 1)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
-    p.add_argument("--results", help="markdown file for the table (default bench/RESULTS.md; "
-                   "--quick writes none unless given)")
-    p.add_argument("--state-dir", help="accounts and server data kept between runs "
-                   "(default $XDG_CACHE_HOME/xmppd-bench)")
+    p.add_argument(
+        "--results", help="markdown file for the table (default bench/RESULTS.md; --quick writes none unless given)"
+    )
+    p.add_argument(
+        "--state-dir", help="accounts and server data kept between runs (default $XDG_CACHE_HOME/xmppd-bench)"
+    )
     p.add_argument("--fresh", action="store_true", help="wipe the state dir of the selected servers first")
     p.add_argument("--xmppd", help="xmppd executable (default .venv/bin/xmppd)")
-    p.add_argument("--sources", type=int, default=16,
-                   help="spread client connections over 127.0.0.1..127.0.0.N (default 16)")
+    p.add_argument(
+        "--sources", type=int, default=16, help="spread client connections over 127.0.0.1..127.0.0.N (default 16)"
+    )
     return p.parse_args(argv)
 
 
@@ -73,8 +84,14 @@ def default_state_dir() -> Path:
 
 def make_target(server, sources):
     cache = xmpp.ScramCache(str(server.state_dir / "scram-cache.json"))
-    return xmpp.Target(server.host, server.port, server.domain, server.muc_domain,
-                       sources=[f"127.0.0.{i}" for i in range(1, sources + 1)], cache=cache)
+    return xmpp.Target(
+        server.host,
+        server.port,
+        server.domain,
+        server.muc_domain,
+        sources=[f"127.0.0.{i}" for i in range(1, sources + 1)],
+        cache=cache,
+    )
 
 
 async def prepare(server, selected, sizes, sources) -> str | None:
@@ -96,7 +113,7 @@ async def prepare(server, selected, sizes, sources) -> str | None:
         return None
     except servers.ServerStartError as e:
         return f"server did not start: {e}"
-    except Exception as e:           # reported, the other server carries on
+    except Exception as e:  # reported, the other server carries on
         return f"set-up failed: {e!r}"
     finally:
         if target is not None:
@@ -131,8 +148,11 @@ async def amain(args) -> int:
     selected = [scenarios.SCENARIOS[n] for n in scenarios.SCENARIOS if n in names]
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
 
-    svs = [servers.Xmppd(state_dir, binary=args.xmppd) if name == "xmppd" else cls(state_dir)
-           for name, cls in SERVERS.items() if not args.only or name in args.only]
+    svs = [
+        servers.Xmppd(state_dir, binary=args.xmppd) if name == "xmppd" else cls(state_dir)
+        for name, cls in SERVERS.items()
+        if not args.only or name in args.only
+    ]
     failed = servers.ensure_tools(svs)
     if args.fresh:
         for s in svs:
@@ -174,7 +194,7 @@ async def amain(args) -> int:
     names_run = [s.name for s in svs]
     for s in svs:
         end = s.version()
-        if end != versions[s.name]:                 # the tree moved while we measured
+        if end != versions[s.name]:  # the tree moved while we measured
             versions[s.name] += f" at the start, {end} at the end"
     print()
     print(report.table(summary, names_run))
@@ -185,15 +205,18 @@ async def amain(args) -> int:
     if path:
         notes = []
         if "uncommitted" in versions.get("xmppd", ""):
-            notes.append("xmppd was measured from a working tree with uncommitted changes "
-                         "(a server under development): its figures are a snapshot, not a release's.")
+            notes.append(
+                "xmppd was measured from a working tree with uncommitted changes "
+                "(a server under development): its figures are a snapshot, not a release's."
+            )
         left_out = [report.SERVER_TITLES[n] for n in SERVERS if n not in names_run]
         if left_out:
-            notes.append(f"Not run this time (`--only`): {', '.join(left_out)}; "
-                         "`make bench` runs all three.")
+            notes.append(f"Not run this time (`--only`): {', '.join(left_out)}; `make bench` runs all three.")
         cmd = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make bench"
-        Path(path).write_text(report.results_markdown(
-            summary, names_run, versions, runs_of, args.quick, cmd.strip(), notes, load) + archive.recorded(path))
+        Path(path).write_text(
+            report.results_markdown(summary, names_run, versions, runs_of, args.quick, cmd.strip(), notes, load)
+            + archive.recorded(path)
+        )
         log(f"table written to {path}")
     return 0
 
@@ -201,7 +224,7 @@ async def amain(args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     standalone = [name for name in args.scenario or [] if name in STANDALONE]
-    if standalone:                                       # no XMPP servers
+    if standalone:  # no XMPP servers
         status = max(STANDALONE[name](args, "python -m bench " + " ".join(sys.argv[1:])) for name in standalone)
         args.scenario = [name for name in args.scenario if name not in STANDALONE]
         if not args.scenario:

@@ -42,6 +42,7 @@ this module), talking through one engine started the way the tests start it
 Output: one JSON line per figure set on stdout, tables, and the section ``HEADING`` of
 bench/RESULTS.md (replaced in place; the rest of the file is kept).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,24 +64,39 @@ from .report import log
 HEADING = "## Cluster engine: Redis and NATS, figures (bench/cluster_engine.py)"
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("redis_pubsub", "redis_streams", "nats_core", "nats_jetstream")
-PAYLOAD = 400                                 # bytes, a chat message with a few extensions
-RATE = 1000                                   # messages/s of the fixed-rate phase
-SIZES = {"full": {"rate_seconds": 3.0, "max_count": 60_000, "max_seconds": 2.0, "users": 1000, "kills": 2,
-                  "write_seconds": 3.0},
-         "quick": {"rate_seconds": 1.0, "max_count": 2_000, "max_seconds": 1.0, "users": 100, "kills": 1,
-                   "write_seconds": 2.0}}
-WARM_UP = 200                                 # messages before the measured phases
-WINDOW = 256                                  # unacknowledged messages at the max rate
-ACK_GRACE = 5.0                               # seconds to wait for the last acks
+PAYLOAD = 400  # bytes, a chat message with a few extensions
+RATE = 1000  # messages/s of the fixed-rate phase
+SIZES = {
+    "full": {
+        "rate_seconds": 3.0,
+        "max_count": 60_000,
+        "max_seconds": 2.0,
+        "users": 1000,
+        "kills": 2,
+        "write_seconds": 3.0,
+    },
+    "quick": {
+        "rate_seconds": 1.0,
+        "max_count": 2_000,
+        "max_seconds": 1.0,
+        "users": 100,
+        "kills": 1,
+        "write_seconds": 2.0,
+    },
+}
+WARM_UP = 200  # messages before the measured phases
+WINDOW = 256  # unacknowledged messages at the max rate
+ACK_GRACE = 5.0  # seconds to wait for the last acks
 REGISTRY_IN_FLIGHT = 32
 RESOURCES = 2
-TTL, HEARTBEAT, POLL = 2.0, 0.5, 0.1          # seconds: liveness lifetime, refresh, watch
-DOWN = 0.5                                    # seconds an engine stays dead in (d)
-NODE_TIMEOUT = 60.0                           # seconds for any node process to answer
+TTL, HEARTBEAT, POLL = 2.0, 0.5, 0.1  # seconds: liveness lifetime, refresh, watch
+DOWN = 0.5  # seconds an engine stays dead in (d)
+NODE_TIMEOUT = 60.0  # seconds for any node process to answer
 LOAD: list[float] = []
 
 
 # ---------------------------------------------------------------- helpers of the nodes
+
 
 def emit(value: dict) -> None:
     print(json.dumps(value), flush=True)
@@ -102,16 +118,18 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-_FILLER = (b"<message xmlns='jabber:client' type='chat' id='a1b2c3' from='alice@example.com/phone' "
-           b"to='bob@example.com'><body>A line of chat of a typical length.</body>"
-           b"<active xmlns='http://jabber.org/protocol/chatstates'/>"
-           b"<markable xmlns='urn:xmpp:chat-markers:0'/>" + b"x" * PAYLOAD)
+_FILLER = (
+    b"<message xmlns='jabber:client' type='chat' id='a1b2c3' from='alice@example.com/phone' "
+    b"to='bob@example.com'><body>A line of chat of a typical length.</body>"
+    b"<active xmlns='http://jabber.org/protocol/chatstates'/>"
+    b"<markable xmlns='urn:xmpp:chat-markers:0'/>" + b"x" * PAYLOAD
+)
 
 
 def payload(phase: int, seq: int) -> bytes:
     """`phase seq sent-at-ns` then a stanza, PAYLOAD bytes in all."""
     head = b"%d %010d %020d " % (phase, seq, time.monotonic_ns())
-    return head + _FILLER[:PAYLOAD - len(head)]
+    return head + _FILLER[: PAYLOAD - len(head)]
 
 
 def parse(data: bytes) -> tuple[int, int, int]:
@@ -155,17 +173,20 @@ async def stdin_line() -> str:
 
 async def redis_client(url: str):
     from redis.asyncio import Redis
+
     return Redis.from_url(url, max_connections=64)
 
 
 async def nats_client(url: str):
     import nats
+
     return await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
 
 
 async def key_value(js, bucket: str, **config):
     """The bucket, made by whichever node comes first."""
     from nats.js.errors import BadRequestError
+
     try:
         return await js.create_key_value(bucket=bucket, **config)
     except BadRequestError:
@@ -173,6 +194,7 @@ async def key_value(js, bucket: str, **config):
 
 
 # ---------------------------------------------------------------- (a) delivery: transports
+
 
 class RedisPubSub:
     def __init__(self, url: str, tag: str):
@@ -211,7 +233,7 @@ class RedisPubSub:
 
 class RedisStreams:
     GROUP = "nodes"
-    BLOCK = 200                 # ms a read waits for entries: how long `close` may wait for it
+    BLOCK = 200  # ms a read waits for entries: how long `close` may wait for it
 
     def __init__(self, url: str, tag: str):
         self.url, self.inbox, self.acks = url, f"inbox:{tag}:B", f"acks:{tag}:A"
@@ -227,6 +249,7 @@ class RedisStreams:
                     for entry_id, fields in entries:
                         on_ack(seqs_of(fields[b"s"]))
                         last = entry_id
+
         self.listener = asyncio.create_task(read_acks())
 
     async def send(self, batch: list[tuple[int, bytes]]) -> None:
@@ -241,17 +264,19 @@ class RedisStreams:
 
         async def consume():
             while self.open:
-                for _, entries in await self.redis.xreadgroup(
-                        self.GROUP, "B", {self.inbox: ">"}, count=512, block=self.BLOCK) or []:
+                for _, entries in (
+                    await self.redis.xreadgroup(self.GROUP, "B", {self.inbox: ">"}, count=512, block=self.BLOCK) or []
+                ):
                     seqs = [took(fields[b"p"]) for _, fields in entries]
                     async with self.redis.pipeline(transaction=False) as pipe:
                         pipe.xack(self.inbox, self.GROUP, *[entry_id for entry_id, _ in entries])
                         pipe.xadd(self.acks, {"s": seqs_text(seqs)}, maxlen=100_000, approximate=True)
                         await pipe.execute()
+
         self.listener = asyncio.create_task(consume())
 
     async def close(self, receiver: bool) -> None:
-        self.open = False           # a blocked read does not end on cancel: it ends with its BLOCK
+        self.open = False  # a blocked read does not end on cancel: it ends with its BLOCK
         await self.listener
         if receiver:
             await self.redis.delete(self.inbox, self.acks)
@@ -268,7 +293,7 @@ class NatsCore:
         self.on_ack = on_ack
 
     async def send(self, batch: list[tuple[int, bytes]]) -> None:
-        for seq, data in batch:       # tasks start in order: the requests go out in order
+        for seq, data in batch:  # tasks start in order: the requests go out in order
             task = asyncio.create_task(self._request(seq, data))
             self.requests.add(task)
             task.add_done_callback(self.requests.discard)
@@ -283,6 +308,7 @@ class NatsCore:
         async def handle(msg):
             took(msg.data)
             await msg.respond(b"")
+
         await self.nc.subscribe(self.inbox, cb=handle)
         await self.nc.flush()
 
@@ -301,31 +327,46 @@ class NatsJetStream:
     async def open_sender(self, on_ack) -> None:
         self.nc = await nats_client(self.url)
         self.js = self.nc.jetstream()
+
         async def handle(msg):
             on_ack(seqs_of(msg.data))
+
         await self.nc.subscribe(self.acks, cb=handle)
         await self.nc.flush()
 
     async def send(self, batch: list[tuple[int, bytes]]) -> None:
         for seq, data in batch:
-            self.stored.append(await self.js.publish_async(
-                self.inbox, data, headers={"Nats-Msg-Id": f"A-{self.tag}-{seq}"}))
+            self.stored.append(
+                await self.js.publish_async(self.inbox, data, headers={"Nats-Msg-Id": f"A-{self.tag}-{seq}"})
+            )
 
     async def open_receiver(self, took) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType
+
         self.nc = await nats_client(self.url)
         self.js = self.nc.jetstream()
-        await self.js.add_stream(name=self.stream, subjects=[f"inbox.{self.tag}.*"], storage=StorageType.FILE,
-                                 retention=RetentionPolicy.WORK_QUEUE, max_msgs=1_000_000)
+        await self.js.add_stream(
+            name=self.stream,
+            subjects=[f"inbox.{self.tag}.*"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_msgs=1_000_000,
+        )
         acks = Coalescer(lambda seqs: self.nc.publish(self.acks, seqs_text(seqs)))
 
         async def handle(msg):
             seq = took(msg.data)
             await msg.ack()
             acks.add(seq)
-        await self.js.subscribe(self.inbox, durable="node-B", stream=self.stream, manual_ack=True, cb=handle,
-                                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=4096,
-                                                      ack_wait=30))
+
+        await self.js.subscribe(
+            self.inbox,
+            durable="node-B",
+            stream=self.stream,
+            manual_ack=True,
+            cb=handle,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=4096, ack_wait=30),
+        )
 
     async def close(self, receiver: bool) -> None:
         if receiver:
@@ -337,11 +378,16 @@ class NatsJetStream:
         await self.nc.close()
 
 
-TRANSPORTS = {"redis_pubsub": RedisPubSub, "redis_streams": RedisStreams,
-              "nats_core": NatsCore, "nats_jetstream": NatsJetStream}
+TRANSPORTS = {
+    "redis_pubsub": RedisPubSub,
+    "redis_streams": RedisStreams,
+    "nats_core": NatsCore,
+    "nats_jetstream": NatsJetStream,
+}
 
 
 # ---------------------------------------------------------------- (a) delivery: the two nodes
+
 
 async def role_receiver(spec: dict) -> dict:
     """Node B: take what comes, check order and duplicates; report at end of stdin."""
@@ -364,15 +410,22 @@ async def role_receiver(spec: dict) -> dict:
             counts["out_of_order"] += seq < last
             last = max(last, seq)
         return seq
+
     await transport.open_receiver(took)
     began = cpu_seconds()
     emit({"ready": True})
     await stdin_line()
     cpu = cpu_seconds() - began
     await transport.close(receiver=True)
-    return {**counts, "cpu_s": cpu,
-            **{f"p{phase}_one_way_{name}_ms": ms(percentile(values, fraction))
-               for phase, values in latencies.items() for name, fraction in (("p50", 0.5), ("p99", 0.99))}}
+    return {
+        **counts,
+        "cpu_s": cpu,
+        **{
+            f"p{phase}_one_way_{name}_ms": ms(percentile(values, fraction))
+            for phase, values in latencies.items()
+            for name, fraction in (("p50", 0.5), ("p99", 0.99))
+        },
+    }
 
 
 async def role_sender(spec: dict) -> dict:
@@ -388,6 +441,7 @@ async def role_sender(spec: dict) -> dict:
         last_ack = time.perf_counter()
         latencies.extend(last_ack - sent_at.pop(seq) for seq in seqs if seq in sent_at)
         acked.set()
+
     await transport.open_sender(on_ack)
     cpu = cpu_seconds()
     seq = 0
@@ -427,21 +481,29 @@ async def role_sender(spec: dict) -> dict:
         sending = time.perf_counter() - began
         await drain()
         sent = seq - first
-        return {"sent": sent, "acked": sent - len(sent_at), "lost": len(sent_at),
-                "sent_per_s": round(sent / sending, 1),
-                "acked_per_s": round((sent - len(sent_at)) / max(last_ack - began, 1e-9), 1),
-                "ack_p50_ms": ms(percentile(latencies, 0.5)), "ack_p99_ms": ms(percentile(latencies, 0.99))}
+        return {
+            "sent": sent,
+            "acked": sent - len(sent_at),
+            "lost": len(sent_at),
+            "sent_per_s": round(sent / sending, 1),
+            "acked_per_s": round((sent - len(sent_at)) / max(last_ack - began, 1e-9), 1),
+            "ack_p50_ms": ms(percentile(latencies, 0.5)),
+            "ack_p99_ms": ms(percentile(latencies, 0.99)),
+        }
 
     await phase_run(0, None, WARM_UP, ACK_GRACE)
     sent_at.clear()
-    result = {"p1": await phase_run(1, RATE, int(RATE * spec["rate_seconds"]), spec["rate_seconds"] + 1),
-              "p2": await phase_run(2, None, spec["max_count"], spec["max_seconds"]),
-              "cpu_s": cpu_seconds() - cpu}
+    result = {
+        "p1": await phase_run(1, RATE, int(RATE * spec["rate_seconds"]), spec["rate_seconds"] + 1),
+        "p2": await phase_run(2, None, spec["max_count"], spec["max_seconds"]),
+        "cpu_s": cpu_seconds() - cpu,
+    }
     await transport.close(receiver=False)
     return result
 
 
 # ---------------------------------------------------------------- (b) session registry
+
 
 class RedisRegistry:
     def __init__(self, url: str, tag: str, node: str):
@@ -475,12 +537,13 @@ class NatsRegistry:
 
     async def open(self) -> None:
         from nats.js.api import StorageType
+
         self.nc = await nats_client(self.url)
-        self.kv = await key_value(self.nc.jetstream(), f"sessions_{self.tag}", history=1,
-                                  storage=StorageType.FILE)
+        self.kv = await key_value(self.nc.jetstream(), f"sessions_{self.tag}", history=1, storage=StorageType.FILE)
 
     async def _entry(self, user: str):
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
         try:
             entry = await self.kv.get(user)
         except (KeyNotFoundError, KeyDeletedError):
@@ -490,6 +553,7 @@ class NatsRegistry:
     async def _change(self, user: str, change) -> None:
         """Compare-and-set on the entry's revision; a lost race is read again."""
         from nats.js.errors import KeyWrongLastSequenceError
+
         while True:
             resources, revision = await self._entry(user)
             change(resources)
@@ -523,16 +587,18 @@ async def role_registry(spec: dict) -> dict:
     await registry.open()
     users = [f"{spec['node']}-user{n}" for n in range(spec["users"])]
     pairs = [(user, f"res{r}") for r in range(RESOURCES) for user in users]
-    warm = [f"{spec['node']}-warm{n}" for n in range(REGISTRY_IN_FLIGHT)]     # the client's connections
+    warm = [f"{spec['node']}-warm{n}" for n in range(REGISTRY_IN_FLIGHT)]  # the client's connections
     await asyncio.gather(*(registry.register(user, "res0") for user in warm))
     await asyncio.gather(*(registry.unregister(user, "res0") for user in warm))
     emit({"ready": True})
-    await stdin_line()                   # both nodes start together
+    await stdin_line()  # both nodes start together
     semaphore = asyncio.Semaphore(REGISTRY_IN_FLIGHT)
     result = {}
-    for name, calls in (("register", [lambda u=u, r=r: registry.register(u, r) for u, r in pairs]),
-                        ("lookup", [lambda u=u: registry.lookup(u) for u in users]),
-                        ("unregister", [lambda u=u, r=r: registry.unregister(u, r) for u, r in pairs])):
+    for name, calls in (
+        ("register", [lambda u=u, r=r: registry.register(u, r) for u, r in pairs]),
+        ("lookup", [lambda u=u: registry.lookup(u) for u in users]),
+        ("unregister", [lambda u=u, r=r: registry.unregister(u, r) for u, r in pairs]),
+    ):
         latencies: list[float] = []
 
         async def one(call):
@@ -541,11 +607,15 @@ async def role_registry(spec: dict) -> dict:
                 value = await call()
                 latencies.append(time.perf_counter() - began)
                 return value
+
         began = time.perf_counter()
         values = await asyncio.gather(*(one(call) for call in calls))
         # In units of 10 µs: the result line stays small.
-        result[name] = {"ops": len(calls), "seconds": time.perf_counter() - began,
-                        "latencies": [round(latency * 1e5) for latency in latencies]}
+        result[name] = {
+            "ops": len(calls),
+            "seconds": time.perf_counter() - began,
+            "latencies": [round(latency * 1e5) for latency in latencies],
+        }
         if name == "lookup" and any(len(value) != RESOURCES for value in values):
             raise RuntimeError("a lookup did not find every resource of its user")
     result["cas_retries"] = registry.retries
@@ -554,6 +624,7 @@ async def role_registry(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------- (c) dead node
+
 
 async def role_heartbeat(spec: dict) -> dict:
     """Node B: says it is alive every HEARTBEAT seconds until it is killed."""
@@ -571,9 +642,10 @@ async def role_heartbeat(spec: dict) -> dict:
             await kv.put("B", b"1")
             await nc.publish(f"heartbeat.{tag}.B", b"")
             await nc.flush()
+
     await beat()
     emit({"ready": True})
-    while True:                          # bounded by the SIGKILL, or by the parent's timeout
+    while True:  # bounded by the SIGKILL, or by the parent's timeout
         await asyncio.sleep(HEARTBEAT)
         await beat()
 
@@ -601,16 +673,19 @@ async def role_watcher(spec: dict) -> dict:
                 if message["type"] == "message" and message["data"] == key.encode():
                     seen.setdefault("redis_expired_event", time.monotonic())
                     return
+
         methods = ["redis_exists_poll", "redis_expired_event"]
         watchers = [expired_event()]
     else:
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
         nc = await nats_client(spec["url"])
         kv = await key_value(nc.jetstream(), f"live_{tag}", history=1, ttl=TTL)
         last_beat = [0.0]
 
         async def on_beat(msg):
             last_beat[0] = time.monotonic()
+
         await nc.subscribe(f"heartbeat.{tag}.B", cb=on_beat)
 
         def heard() -> bool:
@@ -627,6 +702,7 @@ async def role_watcher(spec: dict) -> dict:
             while time.monotonic() - last_beat[0] <= TTL:
                 await asyncio.sleep(POLL)
             seen.setdefault("nats_heartbeat_subject", time.monotonic())
+
         methods = ["nats_kv_ttl_poll", "nats_heartbeat_subject"]
         watchers = [heartbeat_silence()]
 
@@ -634,8 +710,9 @@ async def role_watcher(spec: dict) -> dict:
         while await alive():
             await asyncio.sleep(POLL)
         seen.setdefault(methods[0], time.monotonic())
+
     deadline = time.monotonic() + 10
-    while not (await alive() and heard()):   # B's first heartbeat is in before "ready"
+    while not (await alive() and heard()):  # B's first heartbeat is in before "ready"
         if time.monotonic() > deadline:
             raise RuntimeError("node B never seen alive")
         await asyncio.sleep(POLL)
@@ -644,7 +721,9 @@ async def role_watcher(spec: dict) -> dict:
         await asyncio.wait_for(asyncio.gather(poll(), *watchers), TTL * 5)
     return {method: seen.get(method) for method in methods}
 
+
 # ---------------------------------------------------------------- (d) engine restart
+
 
 class RedisWriter:
     def __init__(self, url: str, tag: str):
@@ -654,9 +733,9 @@ class RedisWriter:
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
+
         # No retries of the client's own: the writer retries, and counts what that costs.
-        self.redis = Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=0.5,
-                                    socket_timeout=1)
+        self.redis = Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=0.5, socket_timeout=1)
 
     async def write(self, seqs: range) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -686,17 +765,22 @@ class NatsWriter:
     async def open(self) -> None:
         import nats
         from nats.js.api import StorageType
-        async def expected(error):        # the engine is down on purpose: no tracebacks
+
+        async def expected(error):  # the engine is down on purpose: no tracebacks
             pass
-        self.nc = await nats.connect(self.url, connect_timeout=1, reconnect_time_wait=0.05,
-                                     max_reconnect_attempts=200, error_cb=expected)
+
+        self.nc = await nats.connect(
+            self.url, connect_timeout=1, reconnect_time_wait=0.05, max_reconnect_attempts=200, error_cb=expected
+        )
         self.js = self.nc.jetstream()
         await self.js.add_stream(name=self.stream, subjects=[self.subject], storage=StorageType.FILE)
 
     async def write(self, seqs: range) -> None:
         # The same Nats-Msg-Id on a retry: the engine stores a re-sent message once.
-        stored = [await self.js.publish_async(self.subject, b"%d" % seq, headers={"Nats-Msg-Id": f"{self.tag}-{seq}"})
-                  for seq in seqs]
+        stored = [
+            await self.js.publish_async(self.subject, b"%d" % seq, headers={"Nats-Msg-Id": f"{self.tag}-{seq}"})
+            for seq in seqs
+        ]
         await asyncio.wait_for(asyncio.gather(*stored), 0.5)
 
     async def stored(self) -> list[int]:
@@ -723,7 +807,7 @@ async def role_writer(spec: dict) -> dict:
     while time.monotonic() < deadline:
         try:
             await writer.write(range(seq, seq + 64))
-        except Exception:               # noqa: BLE001 - whatever the client raises while the engine is down
+        except Exception:  # noqa: BLE001 - whatever the client raises while the engine is down
             failures += 1
             failed = True
             await asyncio.sleep(0.02)
@@ -736,17 +820,30 @@ async def role_writer(spec: dict) -> dict:
         acked = seq
     stored = await writer.stored()
     await writer.close()
-    return {"acked": acked, "stored": len(stored), "acked_lost": len(set(range(acked)) - set(stored)),
-            "duplicates": len(stored) - len(set(stored)), "failed_batches": failures, "recovered": recovered}
+    return {
+        "acked": acked,
+        "stored": len(stored),
+        "acked_lost": len(set(range(acked)) - set(stored)),
+        "duplicates": len(stored) - len(set(stored)),
+        "failed_batches": failures,
+        "recovered": recovered,
+    }
 
 
-ROLES = {"receiver": role_receiver, "sender": role_sender, "registry": role_registry,
-         "heartbeat": role_heartbeat, "watcher": role_watcher, "writer": role_writer}
+ROLES = {
+    "receiver": role_receiver,
+    "sender": role_sender,
+    "registry": role_registry,
+    "heartbeat": role_heartbeat,
+    "watcher": role_watcher,
+    "writer": role_writer,
+}
 
 
 def node_main(role: str, spec_json: str) -> None:
     try:
         import uvloop
+
         run = uvloop.run
     except ImportError:
         run = asyncio.run
@@ -754,6 +851,7 @@ def node_main(role: str, spec_json: str) -> None:
 
 
 # ---------------------------------------------------------------- the parent
+
 
 class Node:
     """One node process: JSON lines from its stdout, commands to its stdin."""
@@ -764,8 +862,16 @@ class Node:
     @classmethod
     async def start(cls, role: str, spec: dict) -> Node:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.cluster_engine", role, json.dumps(spec), cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24)
+            sys.executable,
+            "-m",
+            "bench.cluster_engine",
+            role,
+            json.dumps(spec),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 24,
+        )
         return cls(role, process)
 
     async def line(self, timeout: float = NODE_TIMEOUT) -> dict:
@@ -775,8 +881,10 @@ class Node:
         try:
             return json.loads(data)
         except ValueError as error:
-            raise RuntimeError(f"{self.role} node said {len(data)} bytes that are not JSON ({error}): "
-                               f"{data[:100]!r} ... {data[-100:]!r}") from None
+            raise RuntimeError(
+                f"{self.role} node said {len(data)} bytes that are not JSON ({error}): "
+                f"{data[:100]!r} ... {data[-100:]!r}"
+            ) from None
 
     async def ready(self) -> None:
         if not (await self.line()).get("ready"):
@@ -805,6 +913,7 @@ async def nodes():
     async def start(role: str, spec: dict) -> Node:
         started.append(await Node.start(role, spec))
         return started[-1]
+
     try:
         yield start
     finally:
@@ -845,24 +954,38 @@ async def delivery(mode: str, url: str, cpu: EngineCpu, sizes: dict) -> dict:
     figures = {"mode": mode}
     for phase, prefix in (("p1", "rate"), ("p2", "max")):
         part = sent[phase]
-        figures.update({f"{prefix}_sent_per_s": part["sent_per_s"], f"{prefix}_acked_per_s": part["acked_per_s"],
-                        f"{prefix}_ack_p50_ms": part["ack_p50_ms"], f"{prefix}_ack_p99_ms": part["ack_p99_ms"],
-                        f"{prefix}_one_way_p50_ms": took[f"{phase}_one_way_p50_ms"],
-                        f"{prefix}_one_way_p99_ms": took[f"{phase}_one_way_p99_ms"],
-                        f"{prefix}_lost": part["lost"]})
-    figures.update({"duplicates": took["duplicates"], "out_of_order": took["out_of_order"],
-                    "max_messages": sent["p2"]["sent"],
-                    "engine_cpu_us_per_msg": per_message_us(
-                        None if engine_before is None else engine - engine_before, messages + WARM_UP),
-                    "nodes_cpu_us_per_msg": per_message_us(sent["cpu_s"] + took["cpu_s"], messages + WARM_UP)})
+        figures.update(
+            {
+                f"{prefix}_sent_per_s": part["sent_per_s"],
+                f"{prefix}_acked_per_s": part["acked_per_s"],
+                f"{prefix}_ack_p50_ms": part["ack_p50_ms"],
+                f"{prefix}_ack_p99_ms": part["ack_p99_ms"],
+                f"{prefix}_one_way_p50_ms": took[f"{phase}_one_way_p50_ms"],
+                f"{prefix}_one_way_p99_ms": took[f"{phase}_one_way_p99_ms"],
+                f"{prefix}_lost": part["lost"],
+            }
+        )
+    figures.update(
+        {
+            "duplicates": took["duplicates"],
+            "out_of_order": took["out_of_order"],
+            "max_messages": sent["p2"]["sent"],
+            "engine_cpu_us_per_msg": per_message_us(
+                None if engine_before is None else engine - engine_before, messages + WARM_UP
+            ),
+            "nodes_cpu_us_per_msg": per_message_us(sent["cpu_s"] + took["cpu_s"], messages + WARM_UP),
+        }
+    )
     return figures
 
 
 async def registry(engine: str, url: str, sizes: dict) -> dict:
     tag = f"{engine}{os.getpid()}{random.randrange(1 << 30)}"
     async with nodes() as start:
-        members = [await start("registry", {"engine": engine, "url": url, "tag": tag, "node": node,
-                                            "users": sizes["users"]}) for node in ("A", "B")]
+        members = [
+            await start("registry", {"engine": engine, "url": url, "tag": tag, "node": node, "users": sizes["users"]})
+            for node in ("A", "B")
+        ]
         for member in members:
             await member.ready()
         for member in members:
@@ -882,7 +1005,7 @@ async def registry(engine: str, url: str, sizes: dict) -> dict:
 async def liveness(engine: str, url: str, sizes: dict, run: int) -> dict:
     """SIGKILL node B `kills` times; per method, the times until node A saw it gone (ms,
     None for a death it missed)."""
-    chance = random.Random(run)           # the same kill points for both engines
+    chance = random.Random(run)  # the same kill points for both engines
     seen: dict[str, list[float | None]] = {}
     for trial in range(sizes["kills"]):
         spec = {"engine": engine, "url": url, "tag": f"{engine}{os.getpid()}r{run}t{trial}"}
@@ -891,7 +1014,7 @@ async def liveness(engine: str, url: str, sizes: dict, run: int) -> dict:
             await victim.ready()
             watcher = await start("watcher", spec)
             await watcher.ready()
-            await asyncio.sleep(chance.uniform(0.2, 1.2))     # a random point of the heartbeat
+            await asyncio.sleep(chance.uniform(0.2, 1.2))  # a random point of the heartbeat
             killed = time.monotonic()
             victim.process.kill()
             await victim.process.wait()
@@ -912,27 +1035,33 @@ async def restart(kind: str, engine, sizes: dict, run: int) -> dict:
         engine.kill()
         await asyncio.sleep(DOWN)
         starting = time.monotonic()
-        engine.start()                    # in this thread: PR_SET_PDEATHSIG follows the thread that forks
+        engine.start()  # in this thread: PR_SET_PDEATHSIG follows the thread that forks
         started = time.monotonic() - starting
         result = await writer.result()
     recovered = result.pop("recovered")
-    return {"engine": kind, **result, "engine_start_ms": ms(started),
-            "written_again_after_kill_ms": None if recovered is None else ms(recovered - killed)}
+    return {
+        "engine": kind,
+        **result,
+        "engine_start_ms": ms(started),
+        "written_again_after_kill_ms": None if recovered is None else ms(recovered - killed),
+    }
 
 
 def engine_versions() -> dict:
     import subprocess
 
     from tests.support.engines import binary
+
     versions = {}
     for kind in ("redis", "nats"):
         try:
             out = subprocess.run([binary(kind), "--version"], capture_output=True, text=True, timeout=10).stdout
-        except Exception as error:        # noqa: BLE001 - a version is context only
+        except Exception as error:  # noqa: BLE001 - a version is context only
             out = repr(error)
         versions[kind] = out.strip().splitlines()[0] if out.strip() else "?"
     import redis
     from nats.aio.client import __version__ as nats_py
+
     versions["clients"] = f"redis-py {redis.__version__} (hiredis: {redis.utils.HIREDIS_AVAILABLE}), nats-py {nats_py}"
     return versions
 
@@ -954,8 +1083,14 @@ async def run_all(sizes: dict, urls: dict, engines: dict, runs: int) -> dict:
     per_run: dict[str, dict[str, list]] = {"delivery": {}, "registry": {}, "liveness": {}, "restart": {}}
     for run in range(1, runs + 1):
         cpus = {kind: EngineCpu(engines[kind].process.pid if kind in engines else None) for kind in urls}
-        parts = [("delivery", mode, lambda mode=mode: delivery(mode, urls[mode.split("_")[0]],
-                                                               cpus[mode.split("_")[0]], sizes)) for mode in MODES]
+        parts = [
+            (
+                "delivery",
+                mode,
+                lambda mode=mode: delivery(mode, urls[mode.split("_")[0]], cpus[mode.split("_")[0]], sizes),
+            )
+            for mode in MODES
+        ]
         parts += [("registry", kind, lambda kind=kind: registry(kind, urls[kind], sizes)) for kind in urls]
         parts += [("liveness", kind, lambda kind=kind: liveness(kind, urls[kind], sizes, run)) for kind in urls]
         parts += [("restart", kind, lambda kind=kind: restart(kind, engines[kind], sizes, run)) for kind in engines]
@@ -965,18 +1100,23 @@ async def run_all(sizes: dict, urls: dict, engines: dict, runs: int) -> dict:
             began = time.monotonic()
             try:
                 figures = await asyncio.wait_for(measure(), NODE_TIMEOUT * 2)
-            except Exception as error:    # reported; the other parts carry on
+            except Exception as error:  # reported; the other parts carry on
                 figures = {"error": repr(error)[:500]}
             LOAD.append(os.getloadavg()[0])
             if part != "liveness":
                 figures["part_seconds"] = round(time.monotonic() - began, 1)
             per_run[part].setdefault(name, []).append(figures)
-            print(json.dumps({"scenario": "cluster_engine", "part": part, "name": name, "run": run, **figures}),
-                  flush=True)
+            print(
+                json.dumps({"scenario": "cluster_engine", "part": part, "name": name, "run": run, **figures}),
+                flush=True,
+            )
     if "nats" in urls:
         await forget_buckets(urls["nats"])
-    results = {part: {name: report.median_of_runs(values) for name, values in names.items()}
-               for part, names in per_run.items() if part != "liveness"}
+    results = {
+        part: {name: report.median_of_runs(values) for name, values in names.items()}
+        for part, names in per_run.items()
+        if part != "liveness"
+    }
     results["liveness"] = {}
     for name, values in per_run["liveness"].items():
         pooled: dict = {}
@@ -989,14 +1129,19 @@ async def run_all(sizes: dict, urls: dict, engines: dict, runs: int) -> dict:
 
 # ---------------------------------------------------------------- the results
 
+
 def _table(columns: dict, keys: list[str] | None = None) -> str:
     names = list(columns)
-    keys = keys or [key for key in {k: 0 for figures in columns.values() for k in figures}
-                    if key not in ("mode", "engine", "error")]
+    keys = keys or [
+        key for key in {k: 0 for figures in columns.values() for k in figures} if key not in ("mode", "engine", "error")
+    ]
     lines = ["| figure | better | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
     for key in keys:
-        lines.append(f"| {key} | {report.direction(key) or ''} | "
-                     + " | ".join(report.fmt(columns[name].get(key)) for name in names) + " |")
+        lines.append(
+            f"| {key} | {report.direction(key) or ''} | "
+            + " | ".join(report.fmt(columns[name].get(key)) for name in names)
+            + " |"
+        )
     for name in names:
         if "error" in columns[name]:
             lines.append(f"\n{name}: error: {columns[name]['error']}")
@@ -1011,51 +1156,70 @@ def _liveness_table(results: dict) -> str:
         for method, times in pooled.items():
             found = [time_ for time_ in times if time_ is not None]
             if method != "error":
-                lines.append(f"| {engine} | {method} | {len(times)} | {len(times) - len(found)} | "
-                             f"{report.fmt(min(found, default=None))} | "
-                             f"{report.fmt(statistics.median(found) if found else None)} | "
-                             f"{report.fmt(max(found, default=None))} |")
+                lines.append(
+                    f"| {engine} | {method} | {len(times)} | {len(times) - len(found)} | "
+                    f"{report.fmt(min(found, default=None))} | "
+                    f"{report.fmt(statistics.median(found) if found else None)} | "
+                    f"{report.fmt(max(found, default=None))} |"
+                )
     return "\n".join(lines)
 
 
 def section(results: dict, sizes: dict, runs: int, versions: dict, command: str) -> str:
     machine = report.machine()
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    return "\n".join([
-        HEADING, "",
-        f"Run on {now} with `{command}`: two OS processes stand for two xmppd nodes, on one engine "
-        f"each time (bench/cluster_engine.py says what each part does); medians of {runs} run(s), the "
-        "parts of a run one after the other, the kills of (c) pooled over the runs.", "",
-        f"- Machine: {machine['nproc']} CPUs, {machine['cpu']}, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, {machine['loop']} in the nodes",
-        f"- Engines: {versions['redis']} (append-only file, fsync every second); {versions['nats']} "
-        f"(JetStream file store). Clients: {versions['clients']}.",
-        "- Everything on one machine over loopback: the engine and both nodes share the same "
-        f"{machine['nproc']} CPUs (nothing pinned), no network between the nodes; these are the costs "
-        "of the engines and their Python clients, not of a real network.",
-        f"- Load average (1 min) around the parts: min {min(LOAD, default=0):.1f}, max {max(LOAD, default=0):.1f} "
-        f"on {machine['nproc']} CPUs" + (": the machine was busy with other work, the figures are low and noisy."
-                                         if max(LOAD, default=0) > (machine["nproc"] or 1) else "."), "",
-        f"(a) Delivery, 400-byte payloads A to B, acknowledged back to A: `rate_*` at {RATE:,} messages/s "
-        f"for {sizes['rate_seconds']:.0f} s, `max_*` with {WINDOW} unacknowledged at most "
-        f"({sizes['max_count']:,} messages or {sizes['max_seconds']:.0f} s). `*_cpu_us_per_msg`: CPU "
-        "time per acknowledged message of the engine and of both nodes together.", "",
-        _table(results["delivery"]), "",
-        f"(b) Session registry: {RESOURCES} resources per user, two nodes at once, "
-        f"{REGISTRY_IN_FLIGHT} operations in flight each.", "",
-        _table(results["registry"]), "",
-        f"(c) A SIGKILLed node: time from the kill to the other node seeing it gone; liveness "
-        f"refreshed every {HEARTBEAT} s with a {TTL:.0f} s lifetime, watched every {POLL} s; kills at "
-        "random points of the heartbeat, the same for both engines.", "",
-        _liveness_table(results["liveness"]), "",
-        f"(d) The engine SIGKILLed under a stream of acknowledged writes (64 a batch; a failed "
-        f"batch is retried every 20 ms), started again on the same port {DOWN} s later: "
-        "`acked_lost` counts acknowledged writes missing after the restart, `duplicates` writes "
-        "stored twice (a retried batch the engine had partly taken), `engine_start_ms` the time "
-        "from starting the engine to its first answer, `written_again_after_kill_ms` from the "
-        f"SIGKILL to the writer's next acknowledged batch ({DOWN} s of it with no engine at all).", "",
-        _table(results["restart"]) if results["restart"] else "Not run: the engines were not started by this run.",
-        ""])
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            f"Run on {now} with `{command}`: two OS processes stand for two xmppd nodes, on one engine "
+            f"each time (bench/cluster_engine.py says what each part does); medians of {runs} run(s), the "
+            "parts of a run one after the other, the kills of (c) pooled over the runs.",
+            "",
+            f"- Machine: {machine['nproc']} CPUs, {machine['cpu']}, Linux {machine['kernel']}, "
+            f"Python {machine['python']}, {machine['loop']} in the nodes",
+            f"- Engines: {versions['redis']} (append-only file, fsync every second); {versions['nats']} "
+            f"(JetStream file store). Clients: {versions['clients']}.",
+            "- Everything on one machine over loopback: the engine and both nodes share the same "
+            f"{machine['nproc']} CPUs (nothing pinned), no network between the nodes; these are the costs "
+            "of the engines and their Python clients, not of a real network.",
+            f"- Load average (1 min) around the parts: min {min(LOAD, default=0):.1f}, max {max(LOAD, default=0):.1f} "
+            f"on {machine['nproc']} CPUs"
+            + (
+                ": the machine was busy with other work, the figures are low and noisy."
+                if max(LOAD, default=0) > (machine["nproc"] or 1)
+                else "."
+            ),
+            "",
+            f"(a) Delivery, 400-byte payloads A to B, acknowledged back to A: `rate_*` at {RATE:,} messages/s "
+            f"for {sizes['rate_seconds']:.0f} s, `max_*` with {WINDOW} unacknowledged at most "
+            f"({sizes['max_count']:,} messages or {sizes['max_seconds']:.0f} s). `*_cpu_us_per_msg`: CPU "
+            "time per acknowledged message of the engine and of both nodes together.",
+            "",
+            _table(results["delivery"]),
+            "",
+            f"(b) Session registry: {RESOURCES} resources per user, two nodes at once, "
+            f"{REGISTRY_IN_FLIGHT} operations in flight each.",
+            "",
+            _table(results["registry"]),
+            "",
+            f"(c) A SIGKILLed node: time from the kill to the other node seeing it gone; liveness "
+            f"refreshed every {HEARTBEAT} s with a {TTL:.0f} s lifetime, watched every {POLL} s; kills at "
+            "random points of the heartbeat, the same for both engines.",
+            "",
+            _liveness_table(results["liveness"]),
+            "",
+            f"(d) The engine SIGKILLed under a stream of acknowledged writes (64 a batch; a failed "
+            f"batch is retried every 20 ms), started again on the same port {DOWN} s later: "
+            "`acked_lost` counts acknowledged writes missing after the restart, `duplicates` writes "
+            "stored twice (a retried batch the engine had partly taken), `engine_start_ms` the time "
+            "from starting the engine to its first answer, `written_again_after_kill_ms` from the "
+            f"SIGKILL to the writer's next acknowledged batch ({DOWN} s of it with no engine at all).",
+            "",
+            _table(results["restart"]) if results["restart"] else "Not run: the engines were not started by this run.",
+            "",
+        ]
+    )
 
 
 def run(args, command: str) -> int:
@@ -1067,7 +1231,7 @@ def run(args, command: str) -> int:
         urls, started = {}, {}
         try:
             for kind in ("redis", "nats"):
-                if os.environ.get(ENV_EXTERNAL[kind]):      # neither CPU time nor a restart then
+                if os.environ.get(ENV_EXTERNAL[kind]):  # neither CPU time nor a restart then
                     urls[kind] = os.environ[ENV_EXTERNAL[kind]]
                     continue
                 started[kind] = EngineProcess(kind, Path(scratch) / kind).start()

@@ -14,6 +14,7 @@ waits for every write the messages started. For each extension set:
 Each figure is the minimum over the runs (the least disturbed by the rest of the
 machine). Output: a table on stdout, recorded in bench/RESULTS.md under its heading.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,7 +41,7 @@ HEADING = "## Hot path: CPU per message inside xmppd"
 SETS = {
     "no archive": ["presence", "roster"],
     "archive (mam)": ["presence", "roster", "mam"],
-    "make run defaults": [],                 # every bundled extension
+    "make run defaults": [],  # every bundled extension
 }
 MESSAGES = {"full": 5000, "quick": 500}
 IN_FLIGHT = 256
@@ -49,6 +50,7 @@ RUNS = {"full": 5, "quick": 1}
 
 class Wire:
     """A connection that takes everything at once and keeps nothing."""
+
     peer = "bench"
     congested = False
     unsent = 0
@@ -85,6 +87,7 @@ class WriterClock:
                 commit(db, conn, loop, batch)
             finally:
                 clock.seconds += time.thread_time() - started
+
         database.Database._commit_batch = timed
         return self
 
@@ -104,12 +107,15 @@ def time_handlers(host) -> Counter:
                 return await handler(event)
             finally:
                 spent[name] += time.perf_counter() - started
+
         return wrapper
 
     for event, chain in host.bus._handlers.items():
         if event.startswith(("pre-message/", "message/")):
-            chain[:] = [(priority, order, timed(f"{event} {handler.__qualname__}", handler))
-                        for priority, order, handler in chain]
+            chain[:] = [
+                (priority, order, timed(f"{event} {handler.__qualname__}", handler))
+                for priority, order, handler in chain
+            ]
     return spent
 
 
@@ -121,8 +127,9 @@ def chat(to: str, n: int) -> etree._Element:
 
 async def one_run(extensions: list[str], messages: int) -> dict:
     with tempfile.TemporaryDirectory() as data_dir:
-        server = Server(config.parse({"server": {"data_dir": data_dir, "extensions": extensions,
-                                                 "log_level": "warning"}}, "bench"))
+        server = Server(
+            config.parse({"server": {"data_dir": data_dir, "extensions": extensions, "log_level": "warning"}}, "bench")
+        )
         await server.open()
         try:
             host = server.hosts["localhost"]
@@ -145,15 +152,18 @@ async def one_run(extensions: list[str], messages: int) -> dict:
                         pending = []
                 await asyncio.gather(*pending)
 
-            await send(min(300, messages), 0)                 # warm: caches, first batches
+            await send(min(300, messages), 0)  # warm: caches, first batches
             spent = time_handlers(host)
             with WriterClock() as writer:
                 cpu, wall = time.process_time(), time.perf_counter()
                 await send(messages, 10_000_000)
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            return {"cpu_us": 1e6 * cpu / messages, "writer_us": 1e6 * writer.seconds / messages,
-                    "wall_us": 1e6 * wall / messages,
-                    "handlers": {name: 1e6 * seconds / messages for name, seconds in spent.items()}}
+            return {
+                "cpu_us": 1e6 * cpu / messages,
+                "writer_us": 1e6 * writer.seconds / messages,
+                "wall_us": 1e6 * wall / messages,
+                "handlers": {name: 1e6 * seconds / messages for name, seconds in spent.items()},
+            }
         finally:
             await server.stop()
 
@@ -182,9 +192,15 @@ def run(args, command: str) -> int:
 
 
 def table(results: dict, command: str, messages: int, runs: int) -> str:
-    lines = [HEADING, "", f"`{command}`: {messages} messages alice -> bob (bare JID), in-process, SQLite "
-             f"synchronous = full; minimum of {runs} runs; µs per message.", "",
-             "| extensions | CPU (process) | of which SQLite writer | wall |", "|---|---:|---:|---:|"]
+    lines = [
+        HEADING,
+        "",
+        f"`{command}`: {messages} messages alice -> bob (bare JID), in-process, SQLite "
+        f"synchronous = full; minimum of {runs} runs; µs per message.",
+        "",
+        "| extensions | CPU (process) | of which SQLite writer | wall |",
+        "|---|---:|---:|---:|",
+    ]
     for name, best in results.items():
         lines.append(f"| {name} | {best['cpu_us']:.1f} | {best['writer_us']:.1f} | {best['wall_us']:.1f} |")
     for name, best in results.items():

@@ -14,7 +14,7 @@ OTHERS = [name for name in SERVER_TITLES if name != BASE]
 
 def direction(key: str) -> str:
     if key.endswith(("_target_per_s", "_sent_per_s")):
-        return ""                              # what the generator offered: context
+        return ""  # what the generator offered: context
     if key.endswith(("_per_s", "_per_cpu_s")):
         return "higher"
     if key.endswith(("_ms", "_kib", "_mib")):
@@ -62,6 +62,7 @@ def machine() -> dict:
         pass
     try:
         import uvloop
+
         loop = f"uvloop {uvloop.__version__}"
     except ImportError:
         loop = "asyncio"
@@ -92,8 +93,7 @@ SKIP = {"runs", "failed_runs", "last_error", "error"}
 def table(summary: dict, servers: list) -> str:
     """Markdown table: one row per figure, a column per server, then xmppd's ratio to
     each of the others (for figures with a direction)."""
-    head = [SERVER_TITLES[n] for n in SERVER_TITLES] + [
-        f"{SERVER_TITLES[BASE]}/{SERVER_TITLES[n]}" for n in OTHERS]
+    head = [SERVER_TITLES[n] for n in SERVER_TITLES] + [f"{SERVER_TITLES[BASE]}/{SERVER_TITLES[n]}" for n in OTHERS]
     lines = [
         "| scenario | figure | better | " + " | ".join(head) + " |",
         "|---|---|---|" + "---:|" * len(head),
@@ -115,10 +115,8 @@ def table(summary: dict, servers: list) -> str:
             for n in OTHERS:
                 xv = results[BASE].get(k) if k else None
                 ov = results[n].get(k) if k else None
-                cells.append(f"{xv / ov:.2f}" if k and direction(k) and is_number(xv)
-                             and is_number(ov) and ov else "—")
-            lines.append(f"| {scenario} | {k or '—'} | {direction(k) if k else ''} | "
-                         + " | ".join(cells) + " |")
+                cells.append(f"{xv / ov:.2f}" if k and direction(k) and is_number(xv) and is_number(ov) and ov else "—")
+            lines.append(f"| {scenario} | {k or '—'} | {direction(k) if k else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -139,8 +137,7 @@ def errors(summary: dict) -> list:
             else:
                 continue
             seen.setdefault((server, short(msg)), []).append(scenario)
-    return [f"- {SERVER_TITLES.get(server, server)} ({', '.join(scs)}): {msg}"
-            for (server, msg), scs in seen.items()]
+    return [f"- {SERVER_TITLES.get(server, server)} ({', '.join(scs)}): {msg}" for (server, msg), scs in seen.items()]
 
 
 def runs_text(runs: dict) -> str:
@@ -156,8 +153,7 @@ def results_markdown(summary, servers, versions, runs, quick, command, notes=(),
     parts = [
         "# Benchmark results",
         "",
-        f"Run on {now} with `{command}`"
-        + (" (quick sizes: a smoke check, not a measurement)." if quick else "."),
+        f"Run on {now} with `{command}`" + (" (quick sizes: a smoke check, not a measurement)." if quick else "."),
         "",
         f"- Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}",
         f"- Load generator: Python {m['python']}, {m['loop']}, pinned to CPU 1; "
@@ -168,9 +164,15 @@ def results_markdown(summary, servers, versions, runs, quick, command, notes=(),
     if load:
         parts.append(
             f"- Load average (1 min) seen during the run: min {min(load):.1f}, max {max(load):.1f} "
-            f"on {m['nproc']} CPUs" + (" — the machine was shared with other work, so the "
-            "wall-clock figures are low and noisy; the `*_per_cpu_s` figures (work per second "
-            "of server CPU) are the steadier comparison." if max(load) > (m['nproc'] or 1) else "."))
+            f"on {m['nproc']} CPUs"
+            + (
+                " — the machine was shared with other work, so the "
+                "wall-clock figures are low and noisy; the `*_per_cpu_s` figures (work per second "
+                "of server CPU) are the steadier comparison."
+                if max(load) > (m["nproc"] or 1)
+                else "."
+            )
+        )
     parts += [
         "",
         table(summary, servers),

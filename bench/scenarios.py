@@ -51,11 +51,26 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(
-    login_seconds=2.0, login_pool=100, idle_steps=(100, 300, 500), idle_settle=1.0,
-    pairs=20, sat_warmup=0.5, sat_seconds=2.0, rate=500, rate_seconds=2.0,
-    muc_occupants=20, muc_inflight=10, muc_seconds=2.0, offline_messages=500,
-    drain_messages=500, slow_timeout=120.0, stall_sessions=20, stall_messages=500,
-    roster_contacts=50, roster_reps=1, scenario_timeout=120.0,
+    login_seconds=2.0,
+    login_pool=100,
+    idle_steps=(100, 300, 500),
+    idle_settle=1.0,
+    pairs=20,
+    sat_warmup=0.5,
+    sat_seconds=2.0,
+    rate=500,
+    rate_seconds=2.0,
+    muc_occupants=20,
+    muc_inflight=10,
+    muc_seconds=2.0,
+    offline_messages=500,
+    drain_messages=500,
+    slow_timeout=120.0,
+    stall_sessions=20,
+    stall_messages=500,
+    roster_contacts=50,
+    roster_reps=1,
+    scenario_timeout=120.0,
 )
 
 
@@ -74,6 +89,7 @@ class Ctx:
 
 
 # ---------------------------------------------------------------- accounts
+
 
 def account(name: str):
     """(username, password) of a bench account; passwords are long enough for any policy."""
@@ -126,7 +142,7 @@ async def bounded(items, fn, concurrency, retries=2):
                 try:
                     results[i] = await fn(items[i])
                     break
-                except (OSError, xmpp.XMPPError, asyncio.TimeoutError) as e:
+                except (TimeoutError, OSError, xmpp.XMPPError) as e:
                     if attempt == retries:
                         errors.append(e)
                     else:
@@ -190,8 +206,7 @@ async def warm_scram(ctx: Ctx, users):
         ctx.target.cache.save()
 
 
-async def open_sessions(ctx: Ctx, users, presence=True, concurrency=None, resource="bench",
-                        **kw):
+async def open_sessions(ctx: Ctx, users, presence=True, concurrency=None, resource="bench", **kw):
     """Log `users` in (bound, optionally available) and return their connections;
     `kw` goes to `login` (sm=True, rcvbuf=...)."""
     concurrency = concurrency or ctx.sizes.open_concurrency
@@ -200,7 +215,7 @@ async def open_sessions(ctx: Ctx, users, presence=True, concurrency=None, resour
         async with asyncio.timeout(ctx.target.timeout):
             conn = await login(ctx.target, u[0], u[1], resource=resource, presence=presence, **kw)
             if presence:
-                await ping(conn, ctx.domain)      # the server has processed the presence
+                await ping(conn, ctx.domain)  # the server has processed the presence
             return conn
 
     return await bounded(users, one, concurrency, retries=1)
@@ -217,6 +232,7 @@ def discard(_data):
 
 
 # ---------------------------------------------------------------- measuring
+
 
 def percentile(values, p):
     if not values:
@@ -314,6 +330,7 @@ async def watch_progress(counter, seconds, stall=5.0, what="deliveries"):
 
 # ---------------------------------------------------------------- login
 
+
 async def run_login(ctx: Ctx) -> dict:
     s = ctx.sizes
     users = [pool_user(i) for i in range(s.login_pool)]
@@ -331,9 +348,8 @@ async def run_login(ctx: Ctx) -> dict:
                 t0 = time.perf_counter_ns()
                 try:
                     async with asyncio.timeout(ctx.target.timeout):
-                        conn = await login(ctx.target, user, pw, tls=(mode == "tls"),
-                                           resource=f"l{k}")
-                except (OSError, xmpp.XMPPError, asyncio.TimeoutError) as e:
+                        conn = await login(ctx.target, user, pw, tls=(mode == "tls"), resource=f"l{k}")
+                except (TimeoutError, OSError, xmpp.XMPPError) as e:
                     errors += 1
                     first_error = first_error or repr(e)
                     if errors > 100:
@@ -357,12 +373,13 @@ async def run_login(ctx: Ctx) -> dict:
         out[f"{mode}_errors"] = errors
         if first_error:
             out[f"{mode}_first_error"] = first_error[:200]
-        await asyncio.sleep(0.5)                    # let the server finish closing
+        await asyncio.sleep(0.5)  # let the server finish closing
     out["concurrency"] = s.login_concurrency
     return out
 
 
 # ---------------------------------------------------------------- idle_memory
+
 
 async def run_idle_memory(ctx: Ctx) -> dict:
     s = ctx.sizes
@@ -397,7 +414,7 @@ async def run_one_to_one(ctx: Ctx) -> dict:
     prefixes = [f"<message to='{ctx.bare(r.user)}' type='chat'><body>".encode() for r in receivers]
 
     class St:
-        mode = "sat"          # "sat": each delivery sends one more; "fixed": record only
+        mode = "sat"  # "sat": each delivery sends one more; "fixed": record only
         counting = False
         delivered = 0
         lat = []
@@ -419,6 +436,7 @@ async def run_one_to_one(ctx: Ctx) -> dict:
                 st.lat.extend([now - int(b) for b in bodies])
             if st.mode == "sat":
                 sender.write((prefix + str(now).encode() + BODY_END) * n)
+
         return on_data
 
     for c in senders:
@@ -478,8 +496,8 @@ async def run_one_to_one(ctx: Ctx) -> dict:
             out[f"{phase}_lost"] = total - st.delivered
             out.update({f"{phase}_{k}": v for k, v in usage.result().items()})
 
-        await fixed_rate("half", int(out["sat_msgs_per_s"] / 2))   # half the saturation rate
-        await fixed_rate("rate", s.rate)                            # the fixed 1,000 messages/s
+        await fixed_rate("half", int(out["sat_msgs_per_s"] / 2))  # half the saturation rate
+        await fixed_rate("rate", s.rate)  # the fixed 1,000 messages/s
     finally:
         close_all(conns)
     return out
@@ -487,11 +505,11 @@ async def run_one_to_one(ctx: Ctx) -> dict:
 
 # ---------------------------------------------------------------- muc
 
+
 async def muc_join(conn, room: str, nick: str) -> bytes:
     """Join `room` as `nick` without history; returns our own presence from the room."""
     full = f"{room}/{nick}"
-    conn.write(
-        f"<presence to='{full}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>".encode())
+    conn.write(f"<presence to='{full}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>".encode())
     while True:
         s = await conn.next()
         if s.startswith(b"<presence") and attr(s, "from") == full:
@@ -507,7 +525,8 @@ async def muc_create(conn, room: str, nick: str):
         iq_id = xmpp.new_id("cfg")
         conn.write(
             f"<iq type='set' id='{iq_id}' to='{room}'><query xmlns='{NS_MUC_OWNER}'>"
-            "<x xmlns='jabber:x:data' type='submit'/></query></iq>".encode())
+            "<x xmlns='jabber:x:data' type='submit'/></query></iq>".encode()
+        )
         reply = await conn.iq_reply(iq_id)
         if attr(reply, "type") != "result":
             raise xmpp.XMPPError(f"instant room refused: {reply[:300]!r}")
@@ -525,6 +544,7 @@ async def run_muc(ctx: Ctx) -> dict:
         async def join(c):
             async with asyncio.timeout(ctx.target.timeout):
                 await muc_join(c, room, c.user)
+
         await bounded(conns[1:], join, 10, retries=0)
         prefixes = [f"<message to='{room}' type='groupchat'><body>".encode() for _ in conns]
 
@@ -572,11 +592,12 @@ async def run_muc(ctx: Ctx) -> dict:
                             send_one(str(time.perf_counter_ns()).encode())
                     else:
                         pending[key] = c + 1
+
             return on_data
 
         for c in conns:
             c.set_data_handler(handler())
-        await asyncio.sleep(0.5)                    # late presence broadcasts settle
+        await asyncio.sleep(0.5)  # late presence broadcasts settle
         now = str(time.perf_counter_ns()).encode()
         for _ in range(s.muc_inflight):
             send_one(now)
@@ -604,6 +625,7 @@ async def run_muc(ctx: Ctx) -> dict:
 
 
 # ---------------------------------------------------------------- offline_drain
+
 
 async def drain_leftovers(ctx: Ctx):
     """Log the receiver in once so that nothing is queued for it from an earlier run."""
@@ -633,11 +655,17 @@ async def send_messages(ctx: Ctx, sender, to: str, n: int, key: str) -> int:
     for start in range(0, n, batch):
         now = str(time.time_ns()).encode()
         iq_id = xmpp.new_id("ping")
-        sender.write(b"".join(
-            f"<message to='{to}' type='chat' id='{key}{k}'><body>".encode()
-            + now + b":" + str(k).encode() + BODY_END
-            for k in range(start, min(n, start + batch)))
-            + f"<iq type='get' id='{iq_id}' to='{ctx.domain}'><ping xmlns='{xmpp.NS_PING}'/></iq>".encode())
+        sender.write(
+            b"".join(
+                f"<message to='{to}' type='chat' id='{key}{k}'><body>".encode()
+                + now
+                + b":"
+                + str(k).encode()
+                + BODY_END
+                for k in range(start, min(n, start + batch))
+            )
+            + f"<iq type='get' id='{iq_id}' to='{ctx.domain}'><ping xmlns='{xmpp.NS_PING}'/></iq>".encode()
+        )
         while True:
             st = await sender.next()
             if st.startswith(b"<message") and attr(st, "type") == "error":
@@ -660,14 +688,16 @@ async def store_offline(ctx: Ctx, n: int):
             store_usage = Usage(ctx.server)
             refused = await send_messages(ctx, sender, ctx.bare(OFFLINE_RECEIVER[0]), n, "o")
             if refused:
-                raise xmpp.XMPPError(f"{refused} of {n} messages refused while storing them "
-                                     "offline: check the offline queue limits in servers.py")
+                raise xmpp.XMPPError(
+                    f"{refused} of {n} messages refused while storing them "
+                    "offline: check the offline queue limits in servers.py"
+                )
             store_elapsed = time.monotonic() - t0
             store_cpu = store_usage.server_seconds()
     finally:
         if sender is not None:
             sender.close()
-    await asyncio.sleep(1.0)                        # let any write-behind storage commit
+    await asyncio.sleep(1.0)  # let any write-behind storage commit
     return store_elapsed, store_cpu
 
 
@@ -720,6 +750,7 @@ async def setup_offline(ctx: Ctx, markers: Markers):
 
 # ---------------------------------------------------------------- sm_drain, slow_drain
 
+
 class Arrivals:
     """Messages received, counted by id (those starting with `key`): how many arrived,
     how many of them more than once, when the last new one came."""
@@ -747,8 +778,11 @@ class Arrivals:
         return sum(self.seen.values())
 
     def figures(self) -> dict:
-        return {"received": len(self.seen), "lost": self.n - len(self.seen),
-                "duplicated": self.total() - len(self.seen)}
+        return {
+            "received": len(self.seen),
+            "lost": self.n - len(self.seen),
+            "duplicated": self.total() - len(self.seen),
+        }
 
 
 async def quiet(counter, seconds: float, limit: float):
@@ -763,7 +797,7 @@ async def quiet(counter, seconds: float, limit: float):
 
 
 MAX_LOGINS = 10
-DRAIN_STALL = 30.0                  # seconds without a new message: the drain is stuck
+DRAIN_STALL = 30.0  # seconds without a new message: the drain is stuck
 
 
 async def drain_with_sm(ctx: Ctx, limit: float, rate=None, rcvbuf=None) -> dict:
@@ -782,8 +816,7 @@ async def drain_with_sm(ctx: Ctx, limit: float, rate=None, rcvbuf=None) -> dict:
     deadline = time.monotonic() + limit
     while not arrivals.complete.is_set() and logins < MAX_LOGINS and not gave_up:
         async with asyncio.timeout(ctx.target.timeout):
-            conn = await login(ctx.target, *OFFLINE_RECEIVER, resource="drain", sm=True,
-                               rcvbuf=rcvbuf)
+            conn = await login(ctx.target, *OFFLINE_RECEIVER, resource="drain", sm=True, rcvbuf=rcvbuf)
         logins += 1
         sm = xmpp.StreamManagement(conn, arrivals.stanza)
         try:
@@ -832,13 +865,13 @@ async def run_sm_drain(ctx: Ctx) -> dict:
 
 async def run_slow_drain(ctx: Ctx) -> dict:
     s = ctx.sizes
-    out = await drain_with_sm(ctx, s.slow_timeout * 0.8, rate=s.slow_bytes_per_s,
-                              rcvbuf=s.slow_rcvbuf)
+    out = await drain_with_sm(ctx, s.slow_timeout * 0.8, rate=s.slow_bytes_per_s, rcvbuf=s.slow_rcvbuf)
     out["read_target_per_s"] = s.slow_bytes_per_s
     return out
 
 
 # ---------------------------------------------------------------- stalled_memory
+
 
 async def run_stalled_memory(ctx: Ctx) -> dict:
     """Server RSS with `stall_sessions` idle XEP-0198 sessions, then with one of them
@@ -847,15 +880,15 @@ async def run_stalled_memory(ctx: Ctx) -> dict:
     n, m = s.stall_sessions, s.stall_messages
     await asyncio.sleep(s.idle_settle)
     baseline = ctx.server.rss_kib()
-    conns = await open_sessions(ctx, [pool_user(i) for i in range(n)], presence=False,
-                                sm=True, rcvbuf=s.slow_rcvbuf)
+    conns = await open_sessions(ctx, [pool_user(i) for i in range(n)], presence=False, sm=True, rcvbuf=s.slow_rcvbuf)
     sms = [xmpp.StreamManagement(c) for c in conns]
     for c in conns:
         c.write(b"<presence/>")
 
     async def processed(sm):
         async with asyncio.timeout(ctx.target.timeout):
-            await sm.ping(ctx.domain)          # the server has processed the presence
+            await sm.ping(ctx.domain)  # the server has processed the presence
+
     await bounded(sms, processed, s.open_concurrency, retries=0)
     victim, other = conns[0], conns[1]
     arrivals = Arrivals("s", m)
@@ -874,7 +907,7 @@ async def run_stalled_memory(ctx: Ctx) -> dict:
         await wait_until(lambda: warm["n"] >= m, ctx.target.timeout)
         await asyncio.sleep(s.idle_settle)
         idle = ctx.server.rss_kib()
-        victim.transport.pause_reading()        # reads nothing, so acks nothing
+        victim.transport.pause_reading()  # reads nothing, so acks nothing
         t0 = time.monotonic()
         async with asyncio.timeout(ctx.target.timeout * 2):
             refused = await send_messages(ctx, sender, ctx.bare(victim.user), m, "s")
@@ -894,8 +927,13 @@ async def run_stalled_memory(ctx: Ctx) -> dict:
         victim.transport.resume_reading()
         await quiet(arrivals.total, 3.0, 60.0)
         after = arrivals.figures()
-        out.update({"after_received": after["received"], "after_missing": after["lost"],
-                    "after_duplicated": after["duplicated"]})
+        out.update(
+            {
+                "after_received": after["received"],
+                "after_missing": after["lost"],
+                "after_duplicated": after["duplicated"],
+            }
+        )
         out["stream_ended"] = int(victim.closed or sms[0].ended is not None)
         if sms[0].ended:
             out["stream_end"] = sms[0].ended
@@ -909,6 +947,7 @@ async def run_stalled_memory(ctx: Ctx) -> dict:
 
 # ---------------------------------------------------------------- roster_login
 
+
 def count_both(roster: bytes) -> int:
     return roster.count(b"subscription='both'") + roster.count(b'subscription="both"')
 
@@ -919,7 +958,7 @@ def roster_subscriptions(roster: bytes) -> dict:
     i = roster.find(b"<item")
     while i >= 0:
         j = roster.find(b">", i)
-        tag = roster[i:j + 1]
+        tag = roster[i : j + 1]
         jid = attr(tag, "jid")
         if jid:
             out[jid] = attr(tag, "subscription") or "none"
@@ -959,6 +998,7 @@ async def setup_roster(ctx: Ctx, markers: Markers):
                     f = replies.pop(attr(st, "id"), None)
                     if f is not None and not f.done():
                         f.set_result(st)
+
             return on_stanza
 
         replies = {}
@@ -977,7 +1017,7 @@ async def setup_roster(ctx: Ctx, markers: Markers):
         todo = [j for j in by_jid if subs.get(j) != "both"]
         batch = 25
         for i in range(0, len(todo), batch):
-            part = todo[i:i + batch]
+            part = todo[i : i + batch]
             for _ in range(3):
                 for j in part:
                     oconn.write(f"<presence to='{j}' type='subscribe'/>".encode())
@@ -992,8 +1032,9 @@ async def setup_roster(ctx: Ctx, markers: Markers):
                 if not part:
                     break
             if part:
-                raise xmpp.XMPPError(f"roster setup: {len(part)} contacts not 'both', e.g. "
-                                     f"{part[0]}: {subs.get(part[0])}")
+                raise xmpp.XMPPError(
+                    f"roster setup: {len(part)} contacts not 'both', e.g. {part[0]}: {subs.get(part[0])}"
+                )
         subs = await roster()
         have = sum(1 for j in by_jid if subs.get(j) == "both")
         if have < n:
@@ -1010,7 +1051,7 @@ async def run_roster_login(ctx: Ctx) -> dict:
     s = ctx.sizes
     n = s.roster_contacts
     owner, contacts = roster_users(n)
-    prefix = ",".join(sorted({u[:len(f'r{n}c')] for u, _ in contacts}))
+    prefix = ",".join(sorted({u[: len(f"r{n}c")] for u, _ in contacts}))
     cconns = await open_sessions(ctx, contacts)
     for c in cconns:
         c.set_data_handler(discard)
@@ -1045,16 +1086,15 @@ async def run_roster_login(ctx: Ctx) -> dict:
             t_login = time.perf_counter()
             try:
                 conn.set_stanza_handler(on_stanza)
-                conn.write(f"<iq type='get' id='{iq_id}'><query xmlns='{xmpp.NS_ROSTER}'/></iq>"
-                           "<presence/>".encode())
+                conn.write(f"<iq type='get' id='{iq_id}'><query xmlns='{xmpp.NS_ROSTER}'/></iq><presence/>".encode())
                 try:
                     async with asyncio.timeout(ctx.target.timeout):
                         t_end = await done
                     samples["server_cpu_ms"].append(usage.server_seconds() * 1000)
                 except TimeoutError:
                     raise xmpp.XMPPError(
-                        f"roster {'received' if roster_at[0] else 'missing'}, "
-                        f"{len(seen)} of {n} presences") from None
+                        f"roster {'received' if roster_at[0] else 'missing'}, {len(seen)} of {n} presences"
+                    ) from None
             finally:
                 conn.close()
             if roster_items[0] != n:
@@ -1072,39 +1112,75 @@ async def run_roster_login(ctx: Ctx) -> dict:
 
 # ---------------------------------------------------------------- registry
 
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    run: object                 # async (ctx) -> dict
-    pool: object                # (sizes) -> accounts needed from the shared pool
-    setup: object = None        # async (ctx, markers) -> None, extra one-off set-up
+    run: object  # async (ctx) -> dict
+    pool: object  # (sizes) -> accounts needed from the shared pool
+    setup: object = None  # async (ctx, markers) -> None, extra one-off set-up
     description: str = ""
-    runs: int = 3               # runs per server unless --runs says otherwise
-    timeout: object = None      # (sizes) -> seconds a run may take; None: scenario_timeout
-    smacks: bool = False        # the servers load stream management (XEP-0198)
+    runs: int = 3  # runs per server unless --runs says otherwise
+    timeout: object = None  # (sizes) -> seconds a run may take; None: scenario_timeout
+    smacks: bool = False  # the servers load stream management (XEP-0198)
 
 
 SCENARIOS = {
-    s.name: s for s in [
-        Scenario("login", run_login, lambda z: z.login_pool, None,
-                 "SCRAM-SHA-1 logins/s, 50 concurrent, plain and STARTTLS"),
-        Scenario("idle_memory", run_idle_memory, lambda z: max(z.idle_steps), None,
-                 "server RSS per idle authenticated session"),
-        Scenario("one_to_one", run_one_to_one, lambda z: 2 * z.pairs, None,
-                 "chat messages/s at saturation, latency at a fixed rate"),
-        Scenario("muc", run_muc, lambda z: z.muc_occupants, None,
-                 "groupchat deliveries/s and latency in one room"),
-        Scenario("offline_drain", run_offline_drain, lambda z: 0, setup_offline,
-                 "time to deliver a queue of offline messages at login"),
-        Scenario("sm_drain", run_sm_drain, lambda z: 0, setup_offline,
-                 "offline messages drained by a XEP-0198 client that acks", smacks=True),
-        Scenario("slow_drain", run_slow_drain, lambda z: 0, setup_offline,
-                 "offline messages drained by a XEP-0198 client reading 10 KB/s",
-                 runs=1, timeout=lambda z: z.slow_timeout, smacks=True),
-        Scenario("stalled_memory", run_stalled_memory, lambda z: z.stall_sessions + 1, None,
-                 "server RSS for a session that stops reading while messages come",
-                 smacks=True),
-        Scenario("roster_login", run_roster_login, lambda z: 0, setup_roster,
-                 "login with a large roster of online contacts"),
+    s.name: s
+    for s in [
+        Scenario(
+            "login", run_login, lambda z: z.login_pool, None, "SCRAM-SHA-1 logins/s, 50 concurrent, plain and STARTTLS"
+        ),
+        Scenario(
+            "idle_memory",
+            run_idle_memory,
+            lambda z: max(z.idle_steps),
+            None,
+            "server RSS per idle authenticated session",
+        ),
+        Scenario(
+            "one_to_one",
+            run_one_to_one,
+            lambda z: 2 * z.pairs,
+            None,
+            "chat messages/s at saturation, latency at a fixed rate",
+        ),
+        Scenario("muc", run_muc, lambda z: z.muc_occupants, None, "groupchat deliveries/s and latency in one room"),
+        Scenario(
+            "offline_drain",
+            run_offline_drain,
+            lambda z: 0,
+            setup_offline,
+            "time to deliver a queue of offline messages at login",
+        ),
+        Scenario(
+            "sm_drain",
+            run_sm_drain,
+            lambda z: 0,
+            setup_offline,
+            "offline messages drained by a XEP-0198 client that acks",
+            smacks=True,
+        ),
+        Scenario(
+            "slow_drain",
+            run_slow_drain,
+            lambda z: 0,
+            setup_offline,
+            "offline messages drained by a XEP-0198 client reading 10 KB/s",
+            runs=1,
+            timeout=lambda z: z.slow_timeout,
+            smacks=True,
+        ),
+        Scenario(
+            "stalled_memory",
+            run_stalled_memory,
+            lambda z: z.stall_sessions + 1,
+            None,
+            "server RSS for a session that stops reading while messages come",
+            smacks=True,
+        ),
+        Scenario(
+            "roster_login", run_roster_login, lambda z: 0, setup_roster, "login with a large roster of online contacts"
+        ),
     ]
 }

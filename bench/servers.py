@@ -45,10 +45,27 @@ def make_certificate(directory: Path, domain: str, muc_domain: str):
         return cert, key
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={domain}",
-         "-addext", f"subjectAltName=DNS:{domain},DNS:{muc_domain}"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "3650",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            f"/CN={domain}",
+            "-addext",
+            f"subjectAltName=DNS:{domain},DNS:{muc_domain}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     os.chmod(key, 0o640)
     return cert, key
@@ -129,7 +146,7 @@ class Server:
     """One server under test. Subclasses write the config and name the command."""
 
     name = "?"
-    log_files = ()        # logs the server writes into its run dir, besides stdout
+    log_files = ()  # logs the server writes into its run dir, besides stdout
 
     def __init__(self, state_dir: Path, domain="localhost", muc_domain="conference.localhost"):
         self.state_dir = state_dir / self.name
@@ -181,10 +198,16 @@ class Server:
         self.log_path = self.run_dir / "stdout.log"
         log = open(self.log_path, "wb")
         try:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.run_dir,
-                                         env={**os.environ, **self.environment()},
-                                         preexec_fn=_raise_nofile, start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.run_dir,
+                env={**os.environ, **self.environment()},
+                preexec_fn=_raise_nofile,
+                start_new_session=True,
+            )
         except OSError as e:
             raise ServerStartError(f"cannot start {argv[0]}: {e}") from e
         finally:
@@ -201,8 +224,7 @@ class Server:
         last = "no answer"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerStartError(
-                    f"{self.name} exited with code {self.proc.returncode}: {self.log_tail()}")
+                raise ServerStartError(f"{self.name} exited with code {self.proc.returncode}: {self.log_tail()}")
             try:
                 r, w = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 2)
                 try:
@@ -214,7 +236,7 @@ class Server:
                     last = f"answered {data[:200]!r}"
                 finally:
                     w.close()
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 last = repr(e)
             await asyncio.sleep(0.1)
         raise ServerStartError(f"{self.name} not ready after {timeout:.0f}s ({last}): {self.log_tail()}")
@@ -261,8 +283,9 @@ class Server:
 
 def dpkg_version(package: str) -> str:
     try:
-        return subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -284,13 +307,23 @@ class Prosody(Server):
 
     def write_config(self, run_dir, cert, key):
         path = run_dir / "prosody.cfg.lua"
-        path.write_text(fill_template(self.template, {
-            "RUN_DIR": run_dir, "DATA_DIR": self.data_dir, "C2S_PORT": self.port,
-            "DIRECT_TLS_PORT": self.direct_tls_port, "CERT": cert, "KEY": key,
-            "CERT_DIR": Path(cert).parent,
-            "DOMAIN": self.domain, "MUC_DOMAIN": self.muc_domain,
-            "EXTRA_MODULES": '"smacks";' if self.smacks else "",
-        }))
+        path.write_text(
+            fill_template(
+                self.template,
+                {
+                    "RUN_DIR": run_dir,
+                    "DATA_DIR": self.data_dir,
+                    "C2S_PORT": self.port,
+                    "DIRECT_TLS_PORT": self.direct_tls_port,
+                    "CERT": cert,
+                    "KEY": key,
+                    "CERT_DIR": Path(cert).parent,
+                    "DOMAIN": self.domain,
+                    "MUC_DOMAIN": self.muc_domain,
+                    "EXTRA_MODULES": '"smacks";' if self.smacks else "",
+                },
+            )
+        )
         return path
 
     def version(self):
@@ -321,19 +354,49 @@ class Ejabberd(Server):
 
     def write_config(self, run_dir, cert, key):
         path = run_dir / "ejabberd.yml"
-        path.write_text(fill_template(self.template, {
-            "C2S_PORT": self.port, "DIRECT_TLS_PORT": self.direct_tls_port,
-            "CERT": cert, "KEY": key, "DOMAIN": self.domain, "MUC_DOMAIN": self.muc_domain,
-            "EXTRA_MODULES": "  mod_stream_mgmt: {}" if self.smacks else "",
-        }))
+        path.write_text(
+            fill_template(
+                self.template,
+                {
+                    "C2S_PORT": self.port,
+                    "DIRECT_TLS_PORT": self.direct_tls_port,
+                    "CERT": cert,
+                    "KEY": key,
+                    "DOMAIN": self.domain,
+                    "MUC_DOMAIN": self.muc_domain,
+                    "EXTRA_MODULES": "  mod_stream_mgmt: {}" if self.smacks else "",
+                },
+            )
+        )
         return path
 
     def command(self, config_path):
-        return ["erl", "-sname", self.node, "-setcookie", secrets.token_hex(16),
-                "-start_epmd", "false", "-erl_epmd_port", str(free_port()),
-                "-kernel", "inet_dist_use_interface", "{127,0,0,1}",
-                "+S", "1:1", "+SDcpu", "1:1", "+Q", str(SERVER_NOFILE),
-                "-noinput", "-mnesia", "dir", f'"{self.data_dir}"', "-s", "ejabberd"]
+        return [
+            "erl",
+            "-sname",
+            self.node,
+            "-setcookie",
+            secrets.token_hex(16),
+            "-start_epmd",
+            "false",
+            "-erl_epmd_port",
+            str(free_port()),
+            "-kernel",
+            "inet_dist_use_interface",
+            "{127,0,0,1}",
+            "+S",
+            "1:1",
+            "+SDcpu",
+            "1:1",
+            "+Q",
+            str(SERVER_NOFILE),
+            "-noinput",
+            "-mnesia",
+            "dir",
+            f'"{self.data_dir}"',
+            "-s",
+            "ejabberd",
+        ]
 
     def environment(self):
         return {
@@ -367,8 +430,9 @@ class Ejabberd(Server):
 XMPPD_EXTENSIONS = ["disco", "ping", "presence", "roster", "register", "offline"]
 
 
-def xmppd_config(data_dir, port, direct_tls_port, cert, key, domain, muc_domain,
-                 http_port, https_port, muc=True, smacks=False) -> str:
+def xmppd_config(
+    data_dir, port, direct_tls_port, cert, key, domain, muc_domain, http_port, https_port, muc=True, smacks=False
+) -> str:
     """The TOML the bench hands to xmppd. Kept in one place: adjust it here when
     xmppd's config settles. Unknown keys stop xmppd at start-up, so only keys that
     xmppd/config.py knows belong here. MUC and stream management (XEP-0198, with the
@@ -430,19 +494,45 @@ class Xmppd(Server):
 
     def write_config(self, run_dir, cert, key):
         path = run_dir / "xmppd.toml"
-        path.write_text(xmppd_config(self.data_dir, self.port, self.direct_tls_port, cert, key,
-                                     self.domain, self.muc_domain, free_port(), free_port(),
-                                     muc=self.muc, smacks=self.smacks))
+        path.write_text(
+            xmppd_config(
+                self.data_dir,
+                self.port,
+                self.direct_tls_port,
+                cert,
+                key,
+                self.domain,
+                self.muc_domain,
+                free_port(),
+                free_port(),
+                muc=self.muc,
+                smacks=self.smacks,
+            )
+        )
         return path
 
     def version(self):
         try:
-            out = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
+            out = subprocess.run(
+                ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
             dirty = subprocess.run(
-                ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no",
-                 "--", "xmppd", "extensions", "storage"],
-                capture_output=True, text=True, timeout=10).stdout.strip()
+                [
+                    "git",
+                    "-C",
+                    str(REPO_DIR),
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "--",
+                    "xmppd",
+                    "extensions",
+                    "storage",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             if not out:
                 return "xmppd"
             return f"xmppd {out}" + (" with uncommitted changes" if dirty else "")
@@ -455,6 +545,7 @@ def ensure_tools(servers: list) -> dict:
     bench/setup.sh, which also stops system instances the packages started.
 
     Returns {server name: what is missing} for the servers that cannot run."""
+
     def missing(s):
         return s.missing() + [t for t in ("openssl", "taskset") if shutil.which(t) is None]
 
@@ -464,7 +555,5 @@ def ensure_tools(servers: list) -> dict:
     try:
         subprocess.run(["bash", str(script)], check=True, timeout=900)
     except (OSError, subprocess.SubprocessError) as e:
-        return {s.name: f"cannot install {', '.join(missing(s))} with {script}: {e}"
-                for s in servers if missing(s)}
-    return {s.name: f"{', '.join(missing(s))} still missing after bench/setup.sh"
-            for s in servers if missing(s)}
+        return {s.name: f"cannot install {', '.join(missing(s))} with {script}: {e}" for s in servers if missing(s)}
+    return {s.name: f"{', '.join(missing(s))} still missing after bench/setup.sh" for s in servers if missing(s)}

@@ -28,7 +28,7 @@ NS_ROSTER = "jabber:iq:roster"
 NS_PING = "urn:xmpp:ping"
 NS_SM = "urn:xmpp:sm:3"
 
-IP_BIND_ADDRESS_NO_PORT = 24      # linux/in.h: let connect() pick the port per 4-tuple
+IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: let connect() pick the port per 4-tuple
 
 STREAM_END = b"</stream:stream>"
 
@@ -50,8 +50,13 @@ def stream_header(domain: str) -> bytes:
 
 
 def xml_escape(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("'", "&apos;").replace('"', "&quot;"))
+    return (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("'", "&apos;")
+        .replace('"', "&quot;")
+    )
 
 
 _ATTR_CACHE: dict = {}
@@ -70,10 +75,10 @@ def attr(stanza: bytes, name: str) -> str | None:
 def text_of(stanza: bytes) -> bytes:
     """Character data of a leaf element such as <challenge>...</challenge>."""
     start = stanza.find(b">")
-    if start < 0 or stanza[start - 1:start] == b"/":
+    if start < 0 or stanza[start - 1 : start] == b"/":
         return b""
     end = stanza.rfind(b"</")
-    return stanza[start + 1:end].strip()
+    return stanza[start + 1 : end].strip()
 
 
 def inner(stanza: bytes, tag: bytes) -> bytes | None:
@@ -82,10 +87,10 @@ def inner(stanza: bytes, tag: bytes) -> bytes | None:
     if i < 0:
         return None
     j = stanza.find(b">", i)
-    if stanza[j - 1:j] == b"/":
+    if stanza[j - 1 : j] == b"/":
         return b""
     k = stanza.find(b"</" + tag, j)
-    return stanza[j + 1:k] if k >= 0 else None
+    return stanza[j + 1 : k] if k >= 0 else None
 
 
 class Splitter:
@@ -123,24 +128,24 @@ class Splitter:
                 i = lt
                 break
             c = buf[lt + 1]
-            if c == 0x3F or c == 0x21:          # <?xml ...?> or <!...>
+            if c == 0x3F or c == 0x21:  # <?xml ...?> or <!...>
                 i = gt + 1
                 continue
-            if c == 0x2F:                       # end tag
+            if c == 0x2F:  # end tag
                 if depth == 0:
                     out.append(STREAM_END)
                 else:
                     depth -= 1
                     if depth == 0:
-                        out.append(bytes(buf[self.start:gt + 1]))
+                        out.append(bytes(buf[self.start : gt + 1]))
                 i = gt + 1
                 continue
             selfclose = buf[gt - 1] == 0x2F
             if depth == 0:
                 if buf.startswith(b"stream:stream", lt + 1):
-                    out.append(bytes(buf[lt:gt + 1]))
+                    out.append(bytes(buf[lt : gt + 1]))
                 elif selfclose:
-                    out.append(bytes(buf[lt:gt + 1]))
+                    out.append(bytes(buf[lt : gt + 1]))
                 else:
                     self.start = lt
                     depth = 1
@@ -179,7 +184,7 @@ class Conn(asyncio.Protocol):
         self.close_reason = None
         self.jid = None
         self.user = None
-        self.rate = None                      # bytes/s this client reads at most (`throttle`)
+        self.rate = None  # bytes/s this client reads at most (`throttle`)
         self.bytes_read = 0
 
     # asyncio.Protocol
@@ -338,7 +343,8 @@ async def sasl_scram_sha1(conn: Conn, user: str, password: str, cache: ScramCach
     first_bare = f"n={_saslname(user)},r={cnonce}"
     conn.write(
         f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'>".encode()
-        + base64.b64encode(b"n,," + first_bare.encode()) + b"</auth>"
+        + base64.b64encode(b"n,," + first_bare.encode())
+        + b"</auth>"
     )
     s = await conn.next()
     if not s.startswith(b"<challenge"):
@@ -360,7 +366,7 @@ async def sasl_scram_sha1(conn: Conn, user: str, password: str, cache: ScramCach
         + b"</response>"
     )
     s = await conn.next()
-    if s.startswith(b"<challenge"):                  # server-final as a challenge
+    if s.startswith(b"<challenge"):  # server-final as a challenge
         extra = text_of(s)
         conn.write(f"<response xmlns='{NS_SASL}'/>".encode())
         s = await conn.next()
@@ -388,8 +394,9 @@ def client_tls_context() -> ssl.SSLContext:
 class Target:
     """Where to connect and how: the only thing scenarios know about a server."""
 
-    def __init__(self, host, port, domain, muc_domain, sources=("127.0.0.1",), cache=None,
-                 tls_context=None, timeout=60.0):
+    def __init__(
+        self, host, port, domain, muc_domain, sources=("127.0.0.1",), cache=None, tls_context=None, timeout=60.0
+    ):
         self.host = host
         self.port = port
         self.domain = domain
@@ -449,8 +456,7 @@ async def starttls(conn: Conn, target: Target):
     if not s.startswith(b"<proceed"):
         raise XMPPError(f"STARTTLS refused: {s[:200]!r}")
     loop = asyncio.get_running_loop()
-    conn.transport = await loop.start_tls(conn.transport, conn, target.tls_context,
-                                          server_hostname=target.domain)
+    conn.transport = await loop.start_tls(conn.transport, conn, target.tls_context, server_hostname=target.domain)
 
 
 _iq_counter = 0
@@ -462,8 +468,18 @@ def new_id(prefix="b") -> str:
     return f"{prefix}{_iq_counter}"
 
 
-async def login(target: Target, user: str, password: str, *, tls=False, resource="bench",
-                bind=True, presence=False, sm=False, rcvbuf=None) -> Conn:
+async def login(
+    target: Target,
+    user: str,
+    password: str,
+    *,
+    tls=False,
+    resource="bench",
+    bind=True,
+    presence=False,
+    sm=False,
+    rcvbuf=None,
+) -> Conn:
     """Connect, (STARTTLS), SCRAM-SHA-1, bind, (XEP-0198 <enable/>); return the live
     connection. With `sm`, hand it to `StreamManagement` before the server sends
     anything more (the first stanza after <enabled/> is number 1)."""
@@ -493,7 +509,7 @@ async def login(target: Target, user: str, password: str, *, tls=False, resource
         jid = inner(reply, b"jid")
         conn.jid = jid.decode() if jid else f"{user}@{target.domain}/{resource}"
         i = features.find(NS_SESSION.encode())
-        if i >= 0 and b"<optional" not in features[i:i + 200]:
+        if i >= 0 and b"<optional" not in features[i : i + 200]:
             iq_id = new_id("sess")
             conn.write(f"<iq type='set' id='{iq_id}'><session xmlns='{NS_SESSION}'/></iq>".encode())
             await conn.iq_reply(iq_id)
@@ -529,7 +545,7 @@ class StreamManagement:
         if item.startswith((b"<r ", b"<r/")):
             self.conn.write(f"<a xmlns='{NS_SM}' h='{self.h}'/>".encode())
         elif item.startswith((b"<message", b"<presence", b"<iq")):
-            self.h = (self.h + 1) % 2 ** 32
+            self.h = (self.h + 1) % 2**32
             if item.startswith(b"<iq") and (f := self.replies.pop(attr(item, "id"), None)):
                 if not f.done():
                     f.set_result(item)

@@ -15,12 +15,13 @@ Hooks iq set of <command/> to the host, disco#info and disco#items of the comman
 (before disco's own handlers, which refuse nodes), and `session-closed` (its command
 sessions end with it). Fires nothing; deleting accounts fires the core's `user-deleted`.
 """
+
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 from lxml import etree
 
@@ -47,9 +48,11 @@ def command_error(error: StanzaError, condition: str) -> StanzaError:
 
 # ------------------------------------------------------------------ the command model
 
+
 @dataclass(frozen=True)
 class Stage:
     """Show `form` and wait for the requester; `actions` are those allowed next."""
+
     form: etree._Element
     actions: tuple[str, ...] = ("complete",)
     default: str = "complete"
@@ -57,8 +60,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class Completed:
-    payload: tuple[etree._Element, ...] = ()      # e.g. a data form of type result
-    notes: tuple[tuple[str, str], ...] = ()        # (info|warn|error, text)
+    payload: tuple[etree._Element, ...] = ()  # e.g. a data form of type result
+    notes: tuple[tuple[str, str], ...] = ()  # (info|warn|error, text)
 
 
 @dataclass
@@ -68,8 +71,8 @@ class CommandSession:
     requester: JID
     last_active: float
     stage: Stage | None = None
-    previous: list[Stage] = field(default_factory=list)   # for action 'prev'
-    data: dict = field(default_factory=dict)              # what earlier stages gathered
+    previous: list[Stage] = field(default_factory=list)  # for action 'prev'
+    data: dict = field(default_factory=dict)  # what earlier stages gathered
 
 
 Run = Callable[[CommandSession, "dict[str, list[str]] | None"], Awaitable["Stage | Completed"]]
@@ -78,6 +81,7 @@ Run = Callable[[CommandSession, "dict[str, list[str]] | None"], Awaitable["Stage
 @dataclass(frozen=True)
 class Command:
     """`run(session, submitted)` is called with None first, then with each submitted form."""
+
     node: str
     name: str
     run: Run
@@ -90,9 +94,21 @@ ACCOUNT_JID = Field("accountjid", "jid-single", "The Jabber ID for the account",
 ACCOUNT_JIDS = Field("accountjids", "jid-multi", "The Jabber ID(s) to delete", required=True)
 PASSWORD = Field("password", "text-private", "The password for this account", required=True)
 PASSWORD_VERIFY = Field("password-verify", "text-private", "Retype password")
-MAX_ITEMS = Field("max_items", "list-single", "Maximum number of items to show", ("100",),
-                  options=(("25", "25"), ("50", "50"), ("75", "75"), ("100", "100"), ("150", "150"),
-                           ("200", "200"), ("none", "None")))
+MAX_ITEMS = Field(
+    "max_items",
+    "list-single",
+    "Maximum number of items to show",
+    ("100",),
+    options=(
+        ("25", "25"),
+        ("50", "50"),
+        ("75", "75"),
+        ("100", "100"),
+        ("150", "150"),
+        ("200", "200"),
+        ("none", "None"),
+    ),
+)
 ANNOUNCEMENT = Field("announcement", "text-multi", "Announcement", required=True)
 
 
@@ -103,8 +119,8 @@ class AdHocCommands(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        session_timeout: float = 600.0         # seconds a multi-stage command waits for the next stage
-        announcement_type: str = "headline"    # message type of XEP-0133 announcements: headline | normal
+        session_timeout: float = 600.0  # seconds a multi-stage command waits for the next stage
+        announcement_type: str = "headline"  # message type of XEP-0133 announcements: headline | normal
 
         def validate(self, where):
             where.check("session_timeout", self.session_timeout > 0, "must be positive")
@@ -117,20 +133,55 @@ class AdHocCommands(Extension):
 
     async def start(self) -> None:
         for node, name, run in (
-                ("add-user", "Add a User", self.form_command("Adding a User", "Fill out this form to add a user.",
-                                                             [ACCOUNT_JID, PASSWORD, PASSWORD_VERIFY], self.add_user)),
-                ("delete-user", "Delete a User", self.form_command("Deleting a User", "Fill out this form to delete a user.",
-                                                                   [ACCOUNT_JIDS], self.delete_users)),
-                ("change-user-password", "Change User Password", self.form_command(
-                    "Changing a User Password", "Fill out this form to change a user's password.",
-                    [ACCOUNT_JID, PASSWORD], self.change_password)),
-                ("get-online-users-num", "Get Number of Online Users", self.online_users_number),
-                ("get-online-users-list", "Get List of Online Users", self.form_command(
-                    "Requesting List of Online Users", "Fill out this form to request the online users of this service.",
-                    [MAX_ITEMS], self.online_users_list)),
-                ("announce", "Send Announcement to Online Users", self.form_command(
-                    "Making an Announcement", "Fill out this form to make an announcement to all online users of this service.",
-                    [ANNOUNCEMENT], self.announce))):
+            (
+                "add-user",
+                "Add a User",
+                self.form_command(
+                    "Adding a User",
+                    "Fill out this form to add a user.",
+                    [ACCOUNT_JID, PASSWORD, PASSWORD_VERIFY],
+                    self.add_user,
+                ),
+            ),
+            (
+                "delete-user",
+                "Delete a User",
+                self.form_command(
+                    "Deleting a User", "Fill out this form to delete a user.", [ACCOUNT_JIDS], self.delete_users
+                ),
+            ),
+            (
+                "change-user-password",
+                "Change User Password",
+                self.form_command(
+                    "Changing a User Password",
+                    "Fill out this form to change a user's password.",
+                    [ACCOUNT_JID, PASSWORD],
+                    self.change_password,
+                ),
+            ),
+            ("get-online-users-num", "Get Number of Online Users", self.online_users_number),
+            (
+                "get-online-users-list",
+                "Get List of Online Users",
+                self.form_command(
+                    "Requesting List of Online Users",
+                    "Fill out this form to request the online users of this service.",
+                    [MAX_ITEMS],
+                    self.online_users_list,
+                ),
+            ),
+            (
+                "announce",
+                "Send Announcement to Online Users",
+                self.form_command(
+                    "Making an Announcement",
+                    "Fill out this form to make an announcement to all online users of this service.",
+                    [ANNOUNCEMENT],
+                    self.announce,
+                ),
+            ),
+        ):
             self.add(Command(f"{NS_ADMIN}#{node}", name, run, self.host.is_admin))
 
     def add(self, command: Command) -> None:
@@ -148,8 +199,11 @@ class AdHocCommands(Extension):
             return PASS
         query = make_element(f"{{{NS_DISCO_ITEMS}}}query", {"node": NS_COMMANDS})
         for command in self._visible(iq.from_):
-            sub_element(query, f"{{{NS_DISCO_ITEMS}}}item",
-                        {"jid": self.host.domain, "node": command.node, "name": command.name})
+            sub_element(
+                query,
+                f"{{{NS_DISCO_ITEMS}}}item",
+                {"jid": self.host.domain, "node": command.node, "name": command.name},
+            )
         return query
 
     @iq_handler("get", NS_DISCO_INFO, "query", to=("host",))
@@ -214,7 +268,7 @@ class AdHocCommands(Extension):
 
     def _new_session(self, command: Command, requester: JID) -> CommandSession:
         mine = sorted((s for (owner, _), s in self.sessions.items() if owner == requester), key=lambda s: s.last_active)
-        for oldest in mine[:max(0, len(mine) - MAX_SESSIONS_PER_REQUESTER + 1)]:
+        for oldest in mine[: max(0, len(mine) - MAX_SESSIONS_PER_REQUESTER + 1)]:
             del self.sessions[(requester, oldest.id)]
         session = CommandSession(secrets.token_urlsafe(12), command.node, requester, time.monotonic())
         self.sessions[(requester, session.id)] = session
@@ -232,8 +286,10 @@ class AdHocCommands(Extension):
         return session
 
     def _command_element(self, session: CommandSession, status: str, outcome: Completed | None = None):
-        element = make_element(f"{{{NS_COMMANDS}}}command",
-                               {"node": session.node, "sessionid": session.id, "status": status, XML_LANG: "en"})
+        element = make_element(
+            f"{{{NS_COMMANDS}}}command",
+            {"node": session.node, "sessionid": session.id, "status": status, XML_LANG: "en"},
+        )
         if status == "executing":
             stage = session.stage
             actions = sub_element(element, f"{{{NS_COMMANDS}}}actions", {"execute": stage.default})
@@ -257,13 +313,16 @@ class AdHocCommands(Extension):
 
     def form_command(self, title: str, instructions: str, fields: list[Field], complete) -> Run:
         """A command of one form (FORM_TYPE http://jabber.org/protocol/admin), then `complete`."""
+
         async def run(session: CommandSession, submitted):
             if submitted is None:
                 # A fresh element per stage: the reply takes the element it is given.
-                return Stage(forms.build("form", title=title, instructions=instructions,
-                                         form_type=NS_ADMIN, fields=fields))
+                return Stage(
+                    forms.build("form", title=title, instructions=instructions, form_type=NS_ADMIN, fields=fields)
+                )
             forms.check(submitted, fields)
             return await complete(submitted)
+
         return run
 
     def _account(self, value: str, var: str) -> JID:
@@ -305,21 +364,25 @@ class AdHocCommands(Extension):
         return Completed(notes=(("info", f"The password of {jid} was changed."),))
 
     async def online_users_number(self, session, submitted) -> Completed:
-        return self._result(Field("onlineusersnum", None, "The number of online users", (str(len(self.host.online_users())),)))
+        return self._result(
+            Field("onlineusersnum", None, "The number of online users", (str(len(self.host.online_users())),))
+        )
 
     async def online_users_list(self, submitted) -> Completed:
         limit = forms.single(submitted, "max_items", "none")
         users = sorted(f"{local}@{self.host.domain}" for local in self.host.online_users())
         if limit != "none":
-            users = users[:int(limit)]
+            users = users[: int(limit)]
         return self._result(Field("onlineuserjids", "jid-multi", "The list of all online users", tuple(users)))
 
     async def announce(self, submitted) -> Completed:
         text = forms.text(submitted, "announcement")
         recipients = [s.jid for local in self.host.online_users() for s in self.host.sessions_of(local)]
         for jid in recipients:
-            message = make_element(f"{{{NS_CLIENT}}}message",
-                                   {"from": self.host.domain, "to": str(jid), "type": self.options.announcement_type})
+            message = make_element(
+                f"{{{NS_CLIENT}}}message",
+                {"from": self.host.domain, "to": str(jid), "type": self.options.announcement_type},
+            )
             sub_element(message, f"{{{NS_CLIENT}}}body", text=text)
             await self.host.send(message)
         self.log.info("event=announcement-sent sessions=%d", len(recipients))

@@ -31,6 +31,7 @@ the default delivery), session-closed (after CSI and smacks.py).
 Fires: message/offline/store; message-stored-offline for a message kept for a
 hibernating resource (XEP-0357 push), once committed.
 """
+
 from __future__ import annotations
 
 import collections
@@ -56,7 +57,7 @@ from xmppd.session import Session
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
 DELAY = f"{{{NS_DELAY}}}delay"
-HANDED_ON_REMEMBERED = 10000               # messages handed on lately, by account and identity
+HANDED_ON_REMEMBERED = 10000  # messages handed on lately, by account and identity
 
 
 class Backlog(Extension):
@@ -73,7 +74,7 @@ class Backlog(Extension):
     def __init__(self, host, options):
         super().__init__(host, options)
         self.pending = PendingWrites(self.services.tasks)
-        self.lock = KeyedLocks()               # per resource: draining against handing on
+        self.lock = KeyedLocks()  # per resource: draining against handing on
         # Backlog lengths, kept here: every backlog is empty at start (handed on) and
         # when its session ends.
         self.lengths: collections.Counter[str] = collections.Counter()
@@ -96,7 +97,7 @@ class Backlog(Extension):
         if stanza.target == "full":
             session = self.host.session_for(stanza.to)
             if session is None:
-                return False                   # the router treats it as sent to the bare JID
+                return False  # the router treats it as sent to the bare JID
             recipients = [session]
         else:
             recipients = bare_message_recipients(self.host, stanza.to.local, stanza.type or "normal")
@@ -119,7 +120,7 @@ class Backlog(Extension):
         """Whether the user has resources that take messages and all of them hibernate
         (stops at the first connected one)."""
         asleep = False
-        for session in self.host.sessions_of(local):     # on other nodes too (a cluster)
+        for session in self.host.sessions_of(local):  # on other nodes too (a cluster)
             if session.available and session.priority >= 0:
                 if session.connection is not None:
                     return False
@@ -138,16 +139,21 @@ class Backlog(Extension):
             self.lengths[str(session.jid)] -= len(ids)
             self.pending.start(str(session.jid), self.store.delete(str(session.jid), ids))
 
-    def _append(self, session: Session, element: etree._Element, when: float,
-                stanza: Stanza | None = None, *, at: bool = False):
+    def _append(
+        self, session: Session, element: etree._Element, when: float, stanza: Stanza | None = None, *, at: bool = False
+    ):
         """Start storing `element` in the backlog of `session`; its id and the write."""
         owner = str(session.jid)
         stored = element
         if element.find(DELAY) is None:
-            stored = copy.deepcopy(element)                    # the live copy stays unstamped
+            stored = copy.deepcopy(element)  # the live copy stays unstamped
             stored.append(delay_element(self.host.domain, when))
-        item = ArchivedStanza(id=time_ordered_id(when if at else None), when=when,
-                              with_=element.get("from") or self.host.domain, payload=to_storage(stored))
+        item = ArchivedStanza(
+            id=time_ordered_id(when if at else None),
+            when=when,
+            with_=element.get("from") or self.host.domain,
+            payload=to_storage(stored),
+        )
         self.lengths[owner] += 1
         write = self.pending.start(owner, self._write(owner, item, session, stanza))
         session.add_source(self.name, lambda room: self._drain(session, room), first=at)
@@ -207,7 +213,7 @@ class Backlog(Extension):
     async def _return(self, resource: JID, element: etree._Element, when: float) -> None:
         key = (str(resource.bare), _identity(element, str(resource.bare)))
         if key[1] is not None:
-            if key in self.handed_on:              # a copy of the same message, from another resource
+            if key in self.handed_on:  # a copy of the same message, from another resource
                 return
             self.handed_on[key] = None
             while len(self.handed_on) > HANDED_ON_REMEMBERED:
@@ -225,7 +231,7 @@ class Backlog(Extension):
         stanza = Stanza(element, "message", sender, resource.bare)
         stanza.target = "bare"
         stanza.meta[RETURNED] = True
-        stanza.meta[DELAYED_SINCE] = when          # offline.py stamps its delay with it
+        stanza.meta[DELAYED_SINCE] = when  # offline.py stamps its delay with it
         try:
             if not await self.host.bus.fire("message/offline/store", stanza):
                 raise ServiceUnavailable()

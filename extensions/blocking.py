@@ -26,6 +26,7 @@ everything else); user-deleted; user-data-changed-elsewhere (a list changed on a
 node of a cluster: the cached copy goes).
 Fires: user-data-changed after a change of a list.
 """
+
 from __future__ import annotations
 
 import collections
@@ -51,8 +52,8 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 RELAYED = (f"{{{NS_MUC_USER}}}invite", f"{{{NS_MUC_USER}}}decline")
 ITEM = f"{{{NS_BLOCKING}}}item"
 BLOCKED_ERROR = f"{{{NS_BLOCKING_ERRORS}}}blocked"
-FIRST = 100                                # before carbons, the archive and delivery
-CACHE_SIZE = 10000                         # users whose block lists stay in memory
+FIRST = 100  # before carbons, the archive and delivery
+CACHE_SIZE = 10000  # users whose block lists stay in memory
 
 
 def candidates(jid: JID) -> set[str]:
@@ -66,15 +67,15 @@ def candidates(jid: JID) -> set[str]:
 
 
 def blocked_error() -> NotAcceptable:
-    return NotAcceptable(type="cancel", text="you have blocked this contact",
-                         app_condition=make_element(BLOCKED_ERROR))
+    return NotAcceptable(type="cancel", text="you have blocked this contact", app_condition=make_element(BLOCKED_ERROR))
 
 
 @dataclass(frozen=True)
 class Change:
     """A block list change as the iq and its pushes carry it."""
-    verb: str                              # block | unblock
-    jids: tuple[str, ...]                  # empty for "unblock all"
+
+    verb: str  # block | unblock
+    jids: tuple[str, ...]  # empty for "unblock all"
 
     def to_element(self) -> etree._Element:
         element = make_element(f"{{{NS_BLOCKING}}}{self.verb}")
@@ -89,14 +90,14 @@ class Blocking(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        max_items: int = 1000              # JIDs in one user's block list
+        max_items: int = 1000  # JIDs in one user's block list
 
         def validate(self, where):
             where.check("max_items", self.max_items > 0, "must be positive")
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.lock = KeyedLocks()           # per owner: read-modify-write of the list, and its pushes
+        self.lock = KeyedLocks()  # per owner: read-modify-write of the list, and its pushes
         self.cache: collections.OrderedDict[str, frozenset[str]] = collections.OrderedDict()
 
     async def start(self) -> None:
@@ -129,7 +130,7 @@ class Blocking(Extension):
 
     @iq_handler("get", NS_BLOCKING, "blocklist", to=("self",))
     async def get_blocklist(self, iq):
-        await iq.origin.share(self.name, True)   # this resource gets the pushes from now on
+        await iq.origin.share(self.name, True)  # this resource gets the pushes from now on
         element = make_element(f"{{{NS_BLOCKING}}}blocklist")
         for jid in sorted(await self.blocklist(str(iq.from_.bare))):
             sub_element(element, ITEM, {"jid": jid})
@@ -148,9 +149,9 @@ class Blocking(Extension):
             new = [jid for jid in jids if jid not in old]
             if len(old) + len(new) > self.options.max_items:
                 raise NotAllowed(text=f"the block list is full ({self.options.max_items} JIDs)")
-            await self._say_goodbye(owner, new)       # once stored, nothing of the user's reaches them
+            await self._say_goodbye(owner, new)  # once stored, nothing of the user's reaches them
             for jid in new:
-                await self.store.set(str(owner), jid, str(int(time.time())).encode())     # when
+                await self.store.set(str(owner), jid, str(int(time.time())).encode())  # when
             self.cache[str(owner)] = old | frozenset(new)
             await self.host.bus.notify("user-data-changed", UserDataChanged(self.name, str(owner)))
             self._answer_and_push(iq, Change("block", tuple(jids)))
@@ -166,7 +167,7 @@ class Blocking(Extension):
                 gone = [jid for jid in jids if jid in old]
                 for jid in gone:
                     await self.store.delete(str(owner), jid)
-            else:                              # section 3.5: unblock everyone
+            else:  # section 3.5: unblock everyone
                 gone = sorted(old)
                 await self.store.delete(str(owner))
             self.cache[str(owner)] = old - frozenset(gone)
@@ -197,8 +198,10 @@ class Blocking(Extension):
         owner = iq.from_.bare
         for session in self.host.sessions_of(owner.local):
             if session.shared.get(self.name):
-                push = make_element(IQ, {"type": "set", "id": f"block-{secrets.token_hex(6)}",
-                                         "from": str(owner), "to": str(session.jid)})
+                push = make_element(
+                    IQ,
+                    {"type": "set", "id": f"block-{secrets.token_hex(6)}", "from": str(owner), "to": str(session.jid)},
+                )
                 push.append(change.to_element())
                 session.send(push)
 
@@ -220,8 +223,11 @@ class Blocking(Extension):
                 continue
             for session in self.host.available_sessions(owner.local):
                 for jid in matched:
-                    await self.host.send(make_element(PRESENCE, {
-                        "type": "unavailable", "from": str(session.jid), "to": _addressee(jid, contact)}))
+                    await self.host.send(
+                        make_element(
+                            PRESENCE, {"type": "unavailable", "from": str(session.jid), "to": _addressee(jid, contact)}
+                        )
+                    )
 
     async def _say_hello(self, owner: JID, jids: list[str]) -> None:
         """Section 3.4: the current presence to unblocked contacts that receive the user's
@@ -234,8 +240,9 @@ class Blocking(Extension):
                         presence.set("to", _addressee(jid, contact))
                         await self.host.send(presence)
                 if item.has_to:
-                    await self.host.send(make_element(PRESENCE, {"type": "probe", "from": str(session.jid),
-                                                                 "to": contact}))
+                    await self.host.send(
+                        make_element(PRESENCE, {"type": "probe", "from": str(session.jid), "to": contact})
+                    )
 
     # ------------------------------------------------------------- enforcement
 
@@ -252,7 +259,7 @@ class Blocking(Extension):
         """Section 3.3: the user's stanzas to a JID it blocks are not routed."""
         if not await self.is_blocked(stanza.from_.bare, stanza.to):
             return False
-        if stanza.type not in ("error", "result", "unavailable"):      # those are dropped
+        if stanza.type not in ("error", "result", "unavailable"):  # those are dropped
             # Straight back to the client: routed, it would come "from" the blocked JID
             # and be dropped on the way in.
             stanza.origin.send(error_reply(stanza.element, blocked_error()))
@@ -302,7 +309,7 @@ def relayed_authors(stanza: Stanza) -> list[JID]:
             try:
                 authors.append(JID.parse(relayed.get("from") or ""))
             except InvalidJID:
-                pass                           # not a user: nobody to block
+                pass  # not a user: nobody to block
     return authors
 
 

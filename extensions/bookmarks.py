@@ -13,6 +13,7 @@ PEP node exists, it is published again with the whole list.
 Hooks: iq-get and iq-set self|bare jabber:iq:private:query (storage:bookmarks only,
 before private.py), pep-item-published, pep-item-retracted.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,16 +38,25 @@ TRUE = ("1", "true")
 URLS_KEY = "urls"
 
 # XEP-0402 section 3 / XEP-0223: private, every item kept, nothing pushed on presence.
-NODE_DEFAULTS = {"access_model": "whitelist", "persist_items": True, "max_items": "max",
-                 "send_last_published_item": "never"}
+NODE_DEFAULTS = {
+    "access_model": "whitelist",
+    "persist_items": True,
+    "max_items": "max",
+    "send_last_published_item": "never",
+}
 LEGACY_DEFAULTS = {"access_model": "whitelist", "persist_items": True}
 
 
 def legacy_conference(room: str, conference: etree._Element) -> etree._Element:
     """A XEP-0402 <conference/> as a XEP-0048 one."""
-    legacy = make_element(LEGACY_CONFERENCE, {
-        "jid": room, "name": conference.get("name"),
-        "autojoin": "true" if conference.get("autojoin") in TRUE else "false"})
+    legacy = make_element(
+        LEGACY_CONFERENCE,
+        {
+            "jid": room,
+            "name": conference.get("name"),
+            "autojoin": "true" if conference.get("autojoin") in TRUE else "false",
+        },
+    )
     for name in ("nick", "password"):
         text = conference.findtext(f"{{{NS_BOOKMARKS}}}{name}")
         if text is not None:
@@ -62,8 +72,9 @@ def conferences_of(storage: etree._Element) -> dict[str, etree._Element]:
             room = str(JID.parse(legacy.get("jid") or ""))
         except InvalidJID:
             raise BadRequest(text="a bookmark has no valid room JID") from None
-        conference = make_element(CONFERENCE, {
-            "name": legacy.get("name"), "autojoin": "true" if legacy.get("autojoin") in TRUE else "false"})
+        conference = make_element(
+            CONFERENCE, {"name": legacy.get("name"), "autojoin": "true" if legacy.get("autojoin") in TRUE else "false"}
+        )
         for name in ("nick", "password"):
             text = legacy.findtext(f"{{{NS_LEGACY}}}{name}")
             if text is not None:
@@ -74,8 +85,12 @@ def conferences_of(storage: etree._Element) -> dict[str, etree._Element]:
 
 def essence(conference: etree._Element) -> tuple:
     """What XEP-0048 can say about a room: two conferences equal in it are the same bookmark."""
-    return (conference.get("name"), conference.get("autojoin") in TRUE,
-            conference.findtext(f"{{{NS_BOOKMARKS}}}nick"), conference.findtext(f"{{{NS_BOOKMARKS}}}password"))
+    return (
+        conference.get("name"),
+        conference.get("autojoin") in TRUE,
+        conference.findtext(f"{{{NS_BOOKMARKS}}}nick"),
+        conference.findtext(f"{{{NS_BOOKMARKS}}}password"),
+    )
 
 
 class Bookmarks(Extension):
@@ -85,7 +100,7 @@ class Bookmarks(Extension):
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.converting: set[str] = set()     # owners whose bookmarks this module is rewriting
+        self.converting: set[str] = set()  # owners whose bookmarks this module is rewriting
 
     async def start(self) -> None:
         self.pep = self.host.extensions["pep"]
@@ -159,8 +174,9 @@ class Bookmarks(Extension):
             return
         self.converting.add(str(owner))
         try:
-            await self.pep.publish(owner, NS_LEGACY, await self.legacy_storage(owner), "current",
-                                   defaults=LEGACY_DEFAULTS)
+            await self.pep.publish(
+                owner, NS_LEGACY, await self.legacy_storage(owner), "current", defaults=LEGACY_DEFAULTS
+            )
         finally:
             self.converting.discard(str(owner))
 

@@ -27,6 +27,7 @@ carries it: XEP-0313 section 3.4); message/bare|full (received copies, priority 
 after blocking and the archive, before delivery).
 Fires: carbons-should-copy (a CopyQuestion: set `answer`, return True to decide).
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,6 +53,7 @@ COPY_PRIORITY = 40
 class CopyQuestion:
     """Should `stanza` be carbon-copied? `sent`: as a <sent/> copy to the sender's other
     resources, else as a <received/> copy to the recipient's."""
+
     stanza: Stanza
     sent: bool
     answer: bool = False
@@ -83,8 +85,11 @@ class Carbons(Extension):
     @hook("pre-message/full", priority=COPY_PRIORITY)
     async def copy_sent(self, stanza: Stanza) -> bool:
         sender = stanza.origin
-        others = [s for s in self.host.sessions_of(sender.jid.local)
-                  if s is not sender and s.jid != stanza.to and self._enabled(s)]     # the addressee has it
+        others = [
+            s
+            for s in self.host.sessions_of(sender.jid.local)
+            if s is not sender and s.jid != stanza.to and self._enabled(s)
+        ]  # the addressee has it
         if others and await self._should_copy(stanza, sent=True):
             self._send_copies(stanza.element, "sent", sender.jid.bare, others)
         return False
@@ -94,17 +99,17 @@ class Carbons(Extension):
     async def copy_received(self, stanza: Stanza) -> bool:
         if stanza.target == "full":
             addressee = self.host.session_for(stanza.to)
-            if addressee is None:              # the router hands it on as sent to the bare JID
+            if addressee is None:  # the router hands it on as sent to the bare JID
                 return False
             delivered = [addressee]
         else:
             delivered = bare_message_recipients(self.host, stanza.to.local, stanza.type or "normal")
         private = stanza.element.find(PRIVATE)
         if private is not None:
-            stanza.element.remove(private)     # XEP-0280 7: not for the recipient's eyes
+            stanza.element.remove(private)  # XEP-0280 7: not for the recipient's eyes
             return False
         if stanza.from_.bare == stanza.to.bare:
-            return False                       # from another resource: its <sent/> copies went out
+            return False  # from another resource: its <sent/> copies went out
         others = [s for s in self.host.sessions_of(stanza.to.local) if s not in delivered and self._enabled(s)]
         if others and await self._should_copy(stanza, sent=False):
             self._send_copies(stanza.element, "received", stanza.to.bare, others)
@@ -145,16 +150,22 @@ class Carbons(Extension):
             return False
         muc_user = message.find(MUC_USER)
         if muc_user is not None and muc_user.find(INVITE) is not None:
-            return kind == "normal"                    # a mediated invitation
+            return kind == "normal"  # a mediated invitation
         if not sent and (muc_user is not None or self._from_muc(stanza)):
-            return False                               # from a room or an occupant: the room copies it
+            return False  # from a room or an occupant: the room copies it
         if kind == "error":
             return not sent
-        return kind == "chat" or hints.carries_conversation(message) or any(
-            hints.namespace_of(child) == NS_CHAT_STATES for child in message)
+        return (
+            kind == "chat"
+            or hints.carries_conversation(message)
+            or any(hints.namespace_of(child) == NS_CHAT_STATES for child in message)
+        )
 
     def _from_muc(self, stanza: Stanza) -> bool:
         """Sent by a room or an occupant of a MUC domain of ours."""
         host = self.services.directory.host(stanza.from_.domain)
-        return host is not None and host.is_component and any(
-            category == "conference" for category, _, _ in host.identities)
+        return (
+            host is not None
+            and host.is_component
+            and any(category == "conference" for category, _, _ in host.identities)
+        )

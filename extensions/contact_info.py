@@ -7,6 +7,7 @@ support... as a XEP-0128 form in the server's disco#info, from the config:
 
 No form is shown while no address is configured.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -33,12 +34,18 @@ class ContactInfo(Extension):
         def validate(self, where):
             for field in fields(self):
                 for address in getattr(self, field.name):
-                    where.check(field.name, ":" in address and not address.startswith(":"),
-                                f"{address!r} is not a URI (mailto:, xmpp:, https:...)")
+                    where.check(
+                        field.name,
+                        ":" in address and not address.startswith(":"),
+                        f"{address!r} is not a URI (mailto:, xmpp:, https:...)",
+                    )
 
     def disco_forms(self) -> list:
-        addresses = [forms.Field(f"{field.name}-addresses", "list-multi", values=getattr(self.options, field.name))
-                     for field in fields(self.options) if getattr(self.options, field.name)]
+        addresses = [
+            forms.Field(f"{field.name}-addresses", "list-multi", values=getattr(self.options, field.name))
+            for field in fields(self.options)
+            if getattr(self.options, field.name)
+        ]
         if not addresses:
             return []
         return [forms.build("result", form_type=NS_SERVERINFO, fields=addresses)]

@@ -20,6 +20,7 @@ Hooks: stream-element/{urn:xmpp:csi:0}active|inactive, bind2-inline/{urn:xmpp:cs
 (XEP-0386), smacks-hibernation-end,
 session-closed (before smacks.py handles the unacknowledged stanzas).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -40,14 +41,16 @@ SUBJECT = f"{{{NS_CLIENT}}}subject"
 THREAD = f"{{{NS_CLIENT}}}thread"
 MUC_INVITE = "{http://jabber.org/protocol/muc#user}x/{http://jabber.org/protocol/muc#user}invite"
 # A child in one of these makes a message urgent without a body.
-URGENT_NAMESPACES = frozenset((
-    "urn:xmpp:eme:0",                          # XEP-0380 explicit encryption
-    "eu.siacs.conversations.axolotl",          # OMEMO (XEP-0384 0.3)
-    "urn:xmpp:omemo:2",                        # OMEMO (XEP-0384 0.8+)
-    "jabber:x:conference",                     # XEP-0249 direct invitation
-    "urn:xmpp:jingle-message:0",               # XEP-0353 call proposals
-    "urn:xmpp:jingle-message:1",
-))
+URGENT_NAMESPACES = frozenset(
+    (
+        "urn:xmpp:eme:0",  # XEP-0380 explicit encryption
+        "eu.siacs.conversations.axolotl",  # OMEMO (XEP-0384 0.3)
+        "urn:xmpp:omemo:2",  # OMEMO (XEP-0384 0.8+)
+        "jabber:x:conference",  # XEP-0249 direct invitation
+        "urn:xmpp:jingle-message:0",  # XEP-0353 call proposals
+        "urn:xmpp:jingle-message:1",
+    )
+)
 # A message whose children are all in these (or a <thread/>) carries only a chat state.
 CHAT_STATE_ONLY_NAMESPACES = frozenset((NS_CHAT_STATES, "urn:xmpp:hints", "urn:xmpp:sid:0"))
 
@@ -56,11 +59,11 @@ def is_urgent(element: etree._Element) -> bool:
     if element.tag == PRESENCE:
         return False
     if element.tag != MESSAGE:
-        return True                                # iqs (and anything else) never wait
+        return True  # iqs (and anything else) never wait
     if element.get("type") == "headline":
         return False
     if element.find(CARBON_SENT) is not None:
-        return True                                # the user is busy on another device
+        return True  # the user is busy on another device
     message = carried_message(element)
     if message.find(BODY) is not None or message.find(SUBJECT) is not None or message.find(MUC_INVITE) is not None:
         return True
@@ -73,7 +76,8 @@ def replaced_by_newer(element: etree._Element) -> tuple | None:
         return ("presence", element.get("from")) if element.get("type") in (None, "unavailable") else None
     children = [child for child in element if isinstance(child.tag, str)]
     if any(namespace_of(child) == NS_CHAT_STATES for child in children) and all(
-            child.tag == THREAD or namespace_of(child) in CHAT_STATE_ONLY_NAMESPACES for child in children):
+        child.tag == THREAD or namespace_of(child) in CHAT_STATE_ONLY_NAMESPACES for child in children
+    ):
         return ("chat-state", element.get("from"))
     return None
 
@@ -92,7 +96,7 @@ class HeldStanzas:
             self.release()
             return element
         key = replaced_by_newer(element) or next(self.serial)
-        self.held.pop(key, None)                   # the newer one goes to the end
+        self.held.pop(key, None)  # the newer one goes to the end
         self.held[key] = element
         if len(self.held) > self.max_held:
             self.release()
@@ -109,7 +113,7 @@ class ClientStateIndication(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        max_held: int = 256                        # stanzas held for an inactive client before a flush
+        max_held: int = 256  # stanzas held for an inactive client before a flush
 
         def validate(self, where):
             where.check("max_held", self.max_held > 0, "must be positive")
@@ -118,13 +122,13 @@ class ClientStateIndication(Extension):
         return [CSI_FEATURE] if authenticated else []
 
     @hook(f"stream-element/{{{NS_CSI}}}inactive")
-    @hook(f"bind2-inline/{{{NS_CSI}}}inactive")      # XEP-0386: the session begins inactive
+    @hook(f"bind2-inline/{{{NS_CSI}}}inactive")  # XEP-0386: the session begins inactive
     async def inactive(self, event) -> bool:
         session = event.session
         if session is not None and self.name not in session.meta:
             held = session.meta[self.name] = HeldStanzas(session, self.options.max_held)
             session.filters.insert(0, held.hold)
-        return True                                # before bind: nothing to hold yet
+        return True  # before bind: nothing to hold yet
 
     @hook(f"stream-element/{{{NS_CSI}}}active")
     @hook(f"bind2-inline/{{{NS_CSI}}}active")

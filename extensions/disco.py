@@ -10,6 +10,7 @@ loads; disco#info to the node '<CAPS_NODE>#<ver>' answers as disco#info to the h
 
 Hooks: extension-loaded (forgets the caps 'ver').
 """
+
 from xmppd.caps import NS_CAPS, verification_string
 from xmppd.extension import Extension, hook, iq_handler
 from xmppd.protocol.errors import ItemNotFound, ServiceUnavailable
@@ -17,8 +18,8 @@ from xmppd.protocol.stanza import make_element, sub_element
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
-CAPS_NODE = "https://pypi.org/project/xmppd"     # XEP-0115 section 4: a URI naming the software
-CAPS_HASH = "sha-1"                                # what every client verifies (XEP-0115 section 5.4)
+CAPS_NODE = "https://pypi.org/project/xmppd"  # XEP-0115 section 4: a URI naming the software
+CAPS_HASH = "sha-1"  # what every client verifies (XEP-0115 section 5.4)
 
 
 def info_element(identities, features, forms=(), node=None):

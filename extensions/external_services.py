@@ -11,6 +11,7 @@ may ask (forbidden otherwise): the list is what the operator gives its own users
 
 Hooks: iq-get/host/urn:xmpp:extdisco:2:services, iq-get/host/urn:xmpp:extdisco:2:credentials.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,19 +26,20 @@ from xmppd.protocol.errors import BadRequest, Forbidden, ItemNotFound
 from xmppd.protocol.stanza import make_element, sub_element
 
 NS_EXTDISCO = "urn:xmpp:extdisco:2"
-SERVICE_TYPES = ("stun", "stuns", "turn", "turns")     # the XMPP Registrar's, for calls
+SERVICE_TYPES = ("stun", "stuns", "turn", "turns")  # the XMPP Registrar's, for calls
 TRANSPORTS = ("udp", "tcp")
 
 
 @dataclass(frozen=True)
 class Service:
     """One [[extensions.external_services.services]] table."""
+
     type: str = "stun"
-    host: str = ""                 # a domain name or an IP address
-    port: int = 0                  # 0: not given (the type's default port)
+    host: str = ""  # a domain name or an IP address
+    port: int = 0  # 0: not given (the type's default port)
     transport: str = "udp"
-    restricted: bool = False       # needs credentials, made from `secret`
-    name: str = ""                 # a label for people; "": none
+    restricted: bool = False  # needs credentials, made from `secret`
+    name: str = ""  # a label for people; "": none
 
     def validate(self, where):
         where.one_of("type", self.type, SERVICE_TYPES)
@@ -59,22 +61,27 @@ class ExternalServices(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        services: tuple[dict, ...] = ()                      # Service tables
-        secret: str = field(default="", repr=False)          # coturn's static-auth-secret
-        credential_lifetime: float = 86400.0                 # seconds
+        services: tuple[dict, ...] = ()  # Service tables
+        secret: str = field(default="", repr=False)  # coturn's static-auth-secret
+        credential_lifetime: float = 86400.0  # seconds
 
         def validate(self, where):
             for index, table in enumerate(self.services):
                 service = build(Service, table, Where(where.source, where.key(f"services[{index}]")))
-                where.check(f"services[{index}].restricted", not service.restricted or self.secret,
-                            "needs the shared secret (secret) to make credentials")
+                where.check(
+                    f"services[{index}].restricted",
+                    not service.restricted or self.secret,
+                    "needs the shared secret (secret) to make credentials",
+                )
             where.check("secret", not self.secret or len(self.secret) >= 16, "must be at least 16 characters")
             where.check("credential_lifetime", self.credential_lifetime > 0, "must be positive")
 
     async def start(self) -> None:
         where = Where(self.services.config.source, f"extensions.{self.name}")
-        self.external = [build(Service, table, Where(where.source, where.key(f"services[{index}]")))
-                         for index, table in enumerate(self.options.services)]
+        self.external = [
+            build(Service, table, Where(where.source, where.key(f"services[{index}]")))
+            for index, table in enumerate(self.options.services)
+        ]
 
     @iq_handler("get", NS_EXTDISCO, "services", to=("host",))
     async def list_services(self, iq):
@@ -95,8 +102,12 @@ class ExternalServices(Extension):
         port = asked.get("port")
         answer = make_element(f"{{{NS_EXTDISCO}}}credentials")
         for service in self.external:
-            if (service.restricted and service.host == asked.get("host") and service.type == asked.get("type")
-                    and (port is None or port == str(service.port))):
+            if (
+                service.restricted
+                and service.host == asked.get("host")
+                and service.type == asked.get("type")
+                and (port is None or port == str(service.port))
+            ):
                 self._add(answer, service, user)
         if not len(answer):
             raise ItemNotFound(text="no service with credentials has that host and type")
@@ -108,11 +119,16 @@ class ExternalServices(Extension):
         return str(iq.from_.bare)
 
     def _add(self, parent, service: Service, user: str) -> None:
-        attributes = {"type": service.type, "host": service.host, "port": str(service.port) if service.port else None,
-                      "transport": service.transport, "name": service.name or None}
+        attributes = {
+            "type": service.type,
+            "host": service.host,
+            "port": str(service.port) if service.port else None,
+            "transport": service.transport,
+            "name": service.name or None,
+        }
         if service.restricted:
             expires = int(time.time() + self.options.credential_lifetime)
             attributes["username"], attributes["password"] = turn_credentials(self.options.secret, user, expires)
-            attributes["expires"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))     # XEP-0082
+            attributes["expires"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))  # XEP-0082
             attributes["restricted"] = "1"
         sub_element(parent, f"{{{NS_EXTDISCO}}}service", attributes)

@@ -20,6 +20,7 @@ them (`clients`, `revoke`).
 Hooks: fast-token-lookup (TokenLookup), fast-token-grant (TokenGrant), fired by
 xmppd/c2s.py during a SASL2 login.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,26 +44,28 @@ class Fast(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        token_lifetime: int = 21 * 86400   # seconds a token may be used after it was issued
-        rotate_after: int = 86400          # seconds after which a used token is replaced
-        max_clients: int = 32              # clients with tokens per account; past it, the oldest loses them
+        token_lifetime: int = 21 * 86400  # seconds a token may be used after it was issued
+        rotate_after: int = 86400  # seconds after which a used token is replaced
+        max_clients: int = 32  # clients with tokens per account; past it, the oldest loses them
 
         def validate(self, where):
             where.check("token_lifetime", self.token_lifetime > 0, "must be positive")
-            where.check("rotate_after", 0 <= self.rotate_after < self.token_lifetime,
-                        "must be between 0 and token_lifetime")
+            where.check(
+                "rotate_after", 0 <= self.rotate_after < self.token_lifetime, "must be between 0 and token_lifetime"
+            )
             where.check("max_clients", self.max_clients > 0, "must be positive")
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.locks = KeyedLocks()          # per account: read-modify-write of its clients' slots
+        self.locks = KeyedLocks()  # per account: read-modify-write of its clients' slots
 
     async def start(self) -> None:
-        self.store = self.host.open_keyvalue("fast-tokens")    # account -> client -> slots (JSON)
+        self.store = self.host.open_keyvalue("fast-tokens")  # account -> client -> slots (JSON)
 
     def token(self, owner: str, client: str, token_id: str) -> bytes:
-        mac = hmac.new(self.services.http.signing_key,
-                       _TOKEN_CONTEXT + f"{owner}\0{client}\0{token_id}".encode(), hashlib.sha256)
+        mac = hmac.new(
+            self.services.http.signing_key, _TOKEN_CONTEXT + f"{owner}\0{client}\0{token_id}".encode(), hashlib.sha256
+        )
         return mac.hexdigest().encode()
 
     async def _slots(self, owner: str, client: str) -> dict:
@@ -88,9 +91,15 @@ class Fast(Extension):
             original = dict(slots)
             mechanism = grant.requested
             if grant.used is not None:
-                used = next((name for name, slot in slots.items()
-                             if slot and hmac.compare_digest(self.token(owner, client, slot["id"]), grant.used)), None)
-                if used is None:                   # replaced meanwhile by a login in parallel
+                used = next(
+                    (
+                        name
+                        for name, slot in slots.items()
+                        if slot and hmac.compare_digest(self.token(owner, client, slot["id"]), grant.used)
+                    ),
+                    None,
+                )
+                if used is None:  # replaced meanwhile by a login in parallel
                     return True
                 if grant.invalidate:
                     slots[used] = None
@@ -102,13 +111,25 @@ class Fast(Extension):
                         mechanism = grant.mechanism
             if mechanism is not None:
                 token_id = secrets.token_urlsafe(18)
-                slots["new"] = {"id": token_id, "mechanism": mechanism, "issued": now,
-                                "expiry": now + self.options.token_lifetime}
-                grant.token = serialize(make_element(f"{{{NS_FAST}}}token", {
-                    "expiry": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + self.options.token_lifetime)),
-                    "token": self.token(owner, client, token_id).decode()}))
+                slots["new"] = {
+                    "id": token_id,
+                    "mechanism": mechanism,
+                    "issued": now,
+                    "expiry": now + self.options.token_lifetime,
+                }
+                grant.token = serialize(
+                    make_element(
+                        f"{{{NS_FAST}}}token",
+                        {
+                            "expiry": time.strftime(
+                                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + self.options.token_lifetime)
+                            ),
+                            "token": self.token(owner, client, token_id).decode(),
+                        },
+                    )
+                )
                 await self._make_room(owner, client)
-            if slots == original:                  # the current token used again: no write
+            if slots == original:  # the current token used again: no write
                 return True
             if any(slots.values()):
                 await self.store.set(owner, client, json.dumps(slots).encode())
@@ -139,6 +160,6 @@ class Fast(Extension):
         for key in others:
             slots = await self._slots(owner, key)
             issued[key] = max((slot["issued"] for slot in slots.values() if slot), default=0)
-        for key in sorted(issued, key=issued.get)[:len(others) - self.options.max_clients + 1]:
+        for key in sorted(issued, key=issued.get)[: len(others) - self.options.max_clients + 1]:
             self.limit_reached("max_clients")
             await self.store.delete(owner, key)

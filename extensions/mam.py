@@ -43,6 +43,7 @@ user-data-changed-elsewhere (preferences changed on another node of a cluster).
 Fires: archive-should-store (an ArchiveQuestion: set `answer`, return True to decide);
 user-data-changed after a change of preferences.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,18 +67,19 @@ from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
 PREFS = f"{{{mam.NS_MAM}}}prefs"
 POLICIES = ("always", "never", "roster")
-ARCHIVE_PRIORITY = 50                      # sent and received: before the carbons (40)
-UNSTAMP_PRIORITY = 30                      # sent: after the carbons copied the stamp
-PREFS_CACHE_SIZE = 10000                   # users whose preferences stay in memory
-SENT_STAMP = "mam.sent-stamp"              # Stanza.meta: the <stanza-id/> to take off a sent message
-ARCHIVABLE = "mam.archivable"              # Stanza.meta: is_archivable, decided once per message
-TRIM_EVERY = 100                           # items written for a user between two checks of its quota
-TRIM_BATCH = 1000                          # the most items dropped at one check
+ARCHIVE_PRIORITY = 50  # sent and received: before the carbons (40)
+UNSTAMP_PRIORITY = 30  # sent: after the carbons copied the stamp
+PREFS_CACHE_SIZE = 10000  # users whose preferences stay in memory
+SENT_STAMP = "mam.sent-stamp"  # Stanza.meta: the <stanza-id/> to take off a sent message
+ARCHIVABLE = "mam.archivable"  # Stanza.meta: is_archivable, decided once per message
+TRIM_EVERY = 100  # items written for a user between two checks of its quota
+TRIM_BATCH = 1000  # the most items dropped at one check
 
 
 @dataclass
 class ArchiveQuestion:
     """Should `stanza` go into `owner`'s archive? `outgoing`: `owner` sent it."""
+
     owner: JID
     stanza: Stanza
     outgoing: bool
@@ -87,12 +89,13 @@ class ArchiveQuestion:
 @dataclass(frozen=True)
 class Prefs:
     """XEP-0441 preferences: `always` and `never` hold JIDs as strings, bare or full."""
+
     default: str
     always: frozenset[str] = frozenset()
     never: frozenset[str] = frozenset()
 
     @classmethod
-    def from_element(cls, element: etree._Element, *, limit: int | None = None) -> "Prefs":
+    def from_element(cls, element: etree._Element, *, limit: int | None = None) -> Prefs:
         """Read a client's <prefs/> (at most `limit` JIDs a list) or a stored one."""
         default = element.get("default")
         if default not in POLICIES:
@@ -149,21 +152,22 @@ class MessageArchive(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        default_policy: str = "always"         # always | never | roster: for users who set no preferences
-        retention_days: float = 0.0            # delete items older than this; 0 keeps them forever
-        retention_check_interval: float = 3600.0   # seconds between retention runs
-        page_size: int = 50                    # results per page when the client asks for none
-        max_page_size: int = 250               # the most a client may ask for
-        max_preference_jids: int = 1000        # JIDs in each of a user's always and never lists
-        max_pending_writes: int = 10000        # archive writes under way before messages wait for room
-        max_messages_per_user: int = 100_000   # items an archive keeps, the oldest dropped beyond; 0: no limit
+        default_policy: str = "always"  # always | never | roster: for users who set no preferences
+        retention_days: float = 0.0  # delete items older than this; 0 keeps them forever
+        retention_check_interval: float = 3600.0  # seconds between retention runs
+        page_size: int = 50  # results per page when the client asks for none
+        max_page_size: int = 250  # the most a client may ask for
+        max_preference_jids: int = 1000  # JIDs in each of a user's always and never lists
+        max_pending_writes: int = 10000  # archive writes under way before messages wait for room
+        max_messages_per_user: int = 100_000  # items an archive keeps, the oldest dropped beyond; 0: no limit
 
         def validate(self, where):
             where.one_of("default_policy", self.default_policy, POLICIES)
             where.check("retention_days", self.retention_days >= 0, "must not be negative")
             where.check("retention_check_interval", self.retention_check_interval > 0, "must be positive")
-            where.check("page_size", 0 < self.page_size <= self.max_page_size,
-                        "must be positive and at most max_page_size")
+            where.check(
+                "page_size", 0 < self.page_size <= self.max_page_size, "must be positive and at most max_page_size"
+            )
             for key in ("max_preference_jids", "max_pending_writes"):
                 where.check(key, getattr(self, key) > 0, "must be positive")
             where.check("max_messages_per_user", self.max_messages_per_user >= 0, "must not be negative")
@@ -172,12 +176,17 @@ class MessageArchive(Extension):
         super().__init__(host, options)
         self.prefs_cache: collections.OrderedDict[str, Prefs] = collections.OrderedDict()
         self.retention: asyncio.Task | None = None
-        self.unchecked: collections.Counter[str] = collections.Counter()   # owner -> items written since checked
+        self.unchecked: collections.Counter[str] = collections.Counter()  # owner -> items written since checked
 
     async def start(self) -> None:
         self.store = self.host.open_archive("archive")
-        self.writer = ArchiveWriter(self.store, self.services.tasks, self.log,
-                                    max_pending=self.options.max_pending_writes, on_added=self._keep_quota)
+        self.writer = ArchiveWriter(
+            self.store,
+            self.services.tasks,
+            self.log,
+            max_pending=self.options.max_pending_writes,
+            on_added=self._keep_quota,
+        )
         self.prefs_store = self.host.open_keyvalue("archive-prefs")
 
     async def stop(self) -> None:
@@ -194,7 +203,7 @@ class MessageArchive(Extension):
     async def archive_sent(self, stanza: Stanza) -> bool:
         owner = stanza.from_.bare
         strip_claimed_ids(stanza.element, owner)
-        if stanza.to.bare == owner:            # to oneself: archived once, as received
+        if stanza.to.bare == owner:  # to oneself: archived once, as received
             return False
         if await self._belongs(owner, stanza, stanza.to, outgoing=True):
             item_id = await self._start_write(owner, stanza.to, stanza)
@@ -214,10 +223,12 @@ class MessageArchive(Extension):
     @hook("message/full", priority=ARCHIVE_PRIORITY)
     async def archive_received(self, stanza: Stanza) -> bool:
         if stanza.target == "full" and self.host.session_for(stanza.to) is None:
-            return False                       # the router hands it on as sent to the bare JID
+            return False  # the router hands it on as sent to the bare JID
         owner = stanza.to.bare
         strip_claimed_ids(stanza.element, owner)
-        if await self._belongs(owner, stanza, stanza.from_, outgoing=False) and await self.host.user_exists(owner.local):
+        if await self._belongs(owner, stanza, stanza.from_, outgoing=False) and await self.host.user_exists(
+            owner.local
+        ):
             item_id = time_ordered_id()
             sub_element(stanza.element, mam.STANZA_ID, {"by": str(owner), "id": item_id})
             await self._start_write(owner, stanza.from_, stanza, item_id)
@@ -233,7 +244,9 @@ class MessageArchive(Extension):
         """Write the message as it is now to `owner`'s archive in the background; its id.
         The sender's XEP-0198 ack waits for the commit (Stanza.writes): a message acked
         is in the archive, even after a crash."""
-        item = ArchivedStanza(item_id or time_ordered_id(), mam.archive_time(), str(peer.bare), to_storage(stanza.element))
+        item = ArchivedStanza(
+            item_id or time_ordered_id(), mam.archive_time(), str(peer.bare), to_storage(stanza.element)
+        )
         stanza.writes.append(await self.writer.append(str(owner), item))
         return item.id
 
@@ -254,7 +267,7 @@ class MessageArchive(Extension):
             oldest = await self.store.query(owner, ArchiveQuery(max=min(excess, TRIM_BATCH), count=False))
             dropped = await self.store.delete(owner, [item.id for item in oldest.items])
         except Exception:
-            self.log.exception("event=archive-quota-failed owner=%s", owner)      # tried again later
+            self.log.exception("event=archive-quota-failed owner=%s", owner)  # tried again later
             return
         self.log.info("event=archive-quota-reached owner=%s dropped=%d", owner, dropped)
         self.limit_reached("max_messages_per_user", amount=dropped)
@@ -262,7 +275,7 @@ class MessageArchive(Extension):
     @hook("archive-should-store", priority=-1)
     async def should_store(self, question: ArchiveQuestion) -> bool:
         stanza = question.stanza
-        archivable = stanza.meta.get(ARCHIVABLE)          # the same for the sender's and the recipient's copy
+        archivable = stanza.meta.get(ARCHIVABLE)  # the same for the sender's and the recipient's copy
         if archivable is None:
             archivable = stanza.meta[ARCHIVABLE] = is_archivable(stanza.element)
         question.answer = archivable
@@ -326,8 +339,16 @@ class MessageArchive(Extension):
                 return message
             return None
 
-        return await mam.answer_query(self.host, iq, self.store, owner, default_max=self.options.page_size,
-                                      max_max=self.options.max_page_size, adjust=by_bare_jid, show=with_full_jid)
+        return await mam.answer_query(
+            self.host,
+            iq,
+            self.store,
+            owner,
+            default_max=self.options.page_size,
+            max_max=self.options.max_page_size,
+            adjust=by_bare_jid,
+            show=with_full_jid,
+        )
 
     @iq_handler("get", mam.NS_MAM, "metadata", to=("self", "bare"))
     async def metadata(self, iq):

@@ -27,6 +27,7 @@ Fires: message-stored-offline (the Stanza, a notification, once the write is com
 XEP-0357 push notifications). Counts the messages stored and delivered, and observes
 the queue's length at each message stored (xmppd/metrics.py).
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,7 +48,7 @@ from xmppd.session import top_priority
 from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 
 DELAY = f"{{{NS_DELAY}}}delay"
-DELAYED_SINCE = "delayed-since"             # Stanza.meta: Unix time the message was first due
+DELAYED_SINCE = "delayed-since"  # Stanza.meta: Unix time the message was first due
 
 
 class OfflineMessages(Extension):
@@ -57,7 +58,7 @@ class OfflineMessages(Extension):
     @dataclass(frozen=True)
     class Options:
         max_messages_per_user: int = 10000
-        max_messages_per_stranger: int = 100   # of one user's queue, from one sender not in its roster
+        max_messages_per_stranger: int = 100  # of one user's queue, from one sender not in its roster
 
         def validate(self, where):
             where.check("max_messages_per_user", self.max_messages_per_user > 0, "must be positive")
@@ -65,11 +66,11 @@ class OfflineMessages(Extension):
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.lock = KeyedLocks()               # per owner: the queue's count, append and delivery
+        self.lock = KeyedLocks()  # per owner: the queue's count, append and delivery
         # Queue lengths counted once, then kept up to date under the lock: counting the
         # stored rows for every new message would make filling a queue quadratic.
         self.queue_lengths: dict[str, int] = {}
-        self.sender_lengths: dict[str, dict[str, int]] = {}      # owner -> sender -> messages queued
+        self.sender_lengths: dict[str, dict[str, int]] = {}  # owner -> sender -> messages queued
         self.pending = PendingWrites(self.services.tasks)
 
     async def start(self) -> None:
@@ -104,14 +105,20 @@ class OfflineMessages(Extension):
             from_sender = self.sender_lengths.setdefault(key, {}).get(sender)
             if from_sender is None:
                 from_sender = (await self.store.query(key, ArchiveQuery(with_=sender, max=0))).count or 0
-            if (from_sender >= self.options.max_messages_per_stranger
-                    and await self.host.storage.rosters.get_item(key, sender) is None):
+            if (
+                from_sender >= self.options.max_messages_per_stranger
+                and await self.host.storage.rosters.get_item(key, sender) is None
+            ):
                 self.limit_reached("max_messages_per_stranger")
                 raise ServiceUnavailable(text="the recipient's offline storage holds too many of your messages")
             # The id fixes the message's place in the queue; the commit runs on while the
             # sender's next stanza is routed, and the sender's ack waits for it.
-            write = self.pending.start(key, self.store.append(key, ArchivedStanza(
-                id=time_ordered_id(), when=now, with_=sender, payload=to_storage(element))))
+            write = self.pending.start(
+                key,
+                self.store.append(
+                    key, ArchivedStanza(id=time_ordered_id(), when=now, with_=sender, payload=to_storage(element))
+                ),
+            )
             self.queue_lengths[key] = length + 1
             self.sender_lengths[key][sender] = from_sender + 1
             self.services.metrics.observe(OFFLINE_QUEUE_LENGTH, (), length + 1)
@@ -126,13 +133,13 @@ class OfflineMessages(Extension):
             await write
         except Exception:
             self.log.exception("event=offline-write-failed owner=%s", owner)
-            self._forget_lengths(str(owner))                  # counted again from storage
+            self._forget_lengths(str(owner))  # counted again from storage
             await self.services.delivery.bounce(stanza, InternalServerError())
             return
         self.services.metrics.count(OFFLINE_STORED)
         await self.host.bus.notify("message-stored-offline", stanza)
         connected = [s for s in self.host.available_sessions(owner.local) if s.connection is not None]
-        sessions = top_priority(connected)                       # not a hibernating one
+        sessions = top_priority(connected)  # not a hibernating one
         if sessions:
             await self.deliver_stored_messages(sessions[0])
 
@@ -153,7 +160,7 @@ class OfflineMessages(Extension):
                 return True
             for item in page.items:
                 stanza = stored_stanza(item.payload, self.log, owner=owner, id=item.id)
-                if stanza is not None:         # an unreadable one is deleted unsent: it would block the queue
+                if stanza is not None:  # an unreadable one is deleted unsent: it would block the queue
                     session.send(stanza)
             if page.items:
                 self.services.metrics.count(OFFLINE_DELIVERED, amount=len(page.items))

@@ -1,4 +1,5 @@
 """XEP-0199 XMPP Ping: answer pings sent to the server or to one's own account."""
+
 from xmppd.extension import Extension, iq_handler
 
 NS_PING = "urn:xmpp:ping"

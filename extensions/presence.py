@@ -23,6 +23,7 @@ non-negative priority, after its presence went out, so that the offline messages
 to it (extensions/offline.py); session-changed (the Session) when its availability,
 priority or presence changed, before that presence is broadcast (the cluster shares it).
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,7 +57,7 @@ class Presence(Extension):
     async def start(self) -> None:
         self.roster = self.host.extensions["roster"]
         self.rosters = self.host.storage.rosters
-        self.pending = self.host.open_keyvalue("roster-pending")   # owner -> contact -> subscribe stanza
+        self.pending = self.host.open_keyvalue("roster-pending")  # owner -> contact -> subscribe stanza
 
     def stream_features(self, authenticated: bool) -> list[bytes]:
         return [PRE_APPROVAL_FEATURE] if authenticated else []
@@ -73,7 +74,7 @@ class Presence(Extension):
             return True
         if stanza.type in (None, "unavailable"):
             await self._track_directed(stanza)
-        return False                       # directed presence, probes and errors are routed as they are
+        return False  # directed presence, probes and errors are routed as they are
 
     async def _track_directed(self, stanza) -> None:
         """RFC 6121 4.6.2: remember who got directed presence outside the broadcast."""
@@ -92,7 +93,7 @@ class Presence(Extension):
         owner, contact, element = stanza.from_.bare, stanza.to.bare, stanza.element
         if contact == owner:
             raise NotAllowed(text="an account is always subscribed to itself")
-        element.set("from", str(owner))    # RFC 6121 3.1.2, 3.2.2, 3.3.2: the bare JIDs
+        element.set("from", str(owner))  # RFC 6121 3.1.2, 3.2.2, 3.3.2: the bare JIDs
         element.set("to", str(contact))
         await getattr(self, f"_send_{stanza.type}")(owner, contact, element)
 
@@ -109,37 +110,40 @@ class Presence(Extension):
             item = await self.rosters.get_item(str(owner), str(contact))
             if request is not None:
                 item = item or await self._item_or_new(owner, contact)
-                await self.roster.save(owner, dataclasses.replace(
-                    item, subscription=ADD_FROM[item.subscription], approved=False))
+                await self.roster.save(
+                    owner, dataclasses.replace(item, subscription=ADD_FROM[item.subscription], approved=False)
+                )
                 await self.pending.delete(str(owner), str(contact))
             elif item is None or not item.has_from:
                 item = item or await self._item_or_new(owner, contact)
-                if not item.approved:      # RFC 6121 3.4: pre-approval, nothing is routed
+                if not item.approved:  # RFC 6121 3.4: pre-approval, nothing is routed
                     await self.roster.save(owner, dataclasses.replace(item, approved=True))
         if request is not None:
             await self.host.send(element)
-            await self._send_current_presence(owner, contact)      # RFC 6121 3.1.5
+            await self._send_current_presence(owner, contact)  # RFC 6121 3.1.5
 
     async def _send_unsubscribe(self, owner: JID, contact: JID, element) -> None:
         async with self.roster.lock(str(owner)):
             item = await self.rosters.get_item(str(owner), str(contact))
             if item is not None and (item.ask or item.has_to):
-                await self.roster.save(owner, dataclasses.replace(
-                    item, subscription=REMOVE_TO[item.subscription], ask=False))
+                await self.roster.save(
+                    owner, dataclasses.replace(item, subscription=REMOVE_TO[item.subscription], ask=False)
+                )
         await self.host.send(element)
 
     async def _send_unsubscribed(self, owner: JID, contact: JID, element) -> None:
         async with self.roster.lock(str(owner)):
             if await self.pending.get(str(owner), str(contact)) is not None:
-                await self.pending.delete(str(owner), str(contact))      # a request denied
+                await self.pending.delete(str(owner), str(contact))  # a request denied
             item = await self.rosters.get_item(str(owner), str(contact))
             was_subscribed = item is not None and item.has_from
             if was_subscribed or (item is not None and item.approved):
-                await self.roster.save(owner, dataclasses.replace(
-                    item, subscription=REMOVE_FROM[item.subscription], approved=False))
+                await self.roster.save(
+                    owner, dataclasses.replace(item, subscription=REMOVE_FROM[item.subscription], approved=False)
+                )
         await self.host.send(element)
         if was_subscribed:
-            await self._send_unavailable(owner, contact)                 # RFC 6121 3.2.2
+            await self._send_unavailable(owner, contact)  # RFC 6121 3.2.2
 
     async def _item_or_new(self, owner: JID, contact: JID) -> RosterItem:
         """The roster item of `contact`, or a new one if the roster has room."""
@@ -163,21 +167,22 @@ class Presence(Extension):
             stanza.element.set("to", str(stanza.to.bare))
             await getattr(self, f"_received_{stanza.type}")(stanza.to.bare, stanza.from_.bare, stanza.element)
             return True
-        return False                       # presence and errors: the core delivers them
+        return False  # presence and errors: the core delivers them
 
     async def _received_subscribe(self, owner: JID, user: JID, element) -> None:
         """RFC 6121 3.1.3, with `owner` the contact asked for a subscription by `user`."""
         if not await self.host.user_exists(owner.local):
-            await self._send_type(owner, user, "unsubscribed")          # RFC 6121 8.5.1
+            await self._send_type(owner, user, "unsubscribed")  # RFC 6121 8.5.1
             return
         approved = ask_owner = False
         async with self.roster.lock(str(owner)):
             item = await self.rosters.get_item(str(owner), str(user))
             if item is not None and item.has_from:
-                approved = True            # already subscribed: answer again
+                approved = True  # already subscribed: answer again
             elif item is not None and item.approved:
-                await self.roster.save(owner, dataclasses.replace(
-                    item, subscription=ADD_FROM[item.subscription], approved=False))
+                await self.roster.save(
+                    owner, dataclasses.replace(item, subscription=ADD_FROM[item.subscription], approved=False)
+                )
                 approved = True
             elif await self.pending.get(str(owner), str(user)) is None:
                 # One request per contact is kept and shown, against subscription spam.
@@ -197,8 +202,9 @@ class Presence(Extension):
             item = await self.rosters.get_item(str(owner), str(contact))
             changed = item is not None and item.ask and not item.has_to
             if changed:
-                await self.roster.save(owner, dataclasses.replace(
-                    item, subscription=ADD_TO[item.subscription], ask=False))
+                await self.roster.save(
+                    owner, dataclasses.replace(item, subscription=ADD_TO[item.subscription], ask=False)
+                )
         if changed:
             self._deliver(owner, element)
 
@@ -223,8 +229,9 @@ class Presence(Extension):
             item = await self.rosters.get_item(str(owner), str(contact))
             changed = item is not None and (item.ask or item.has_to)
             if changed:
-                await self.roster.save(owner, dataclasses.replace(
-                    item, subscription=REMOVE_TO[item.subscription], ask=False))
+                await self.roster.save(
+                    owner, dataclasses.replace(item, subscription=REMOVE_TO[item.subscription], ask=False)
+                )
         if changed:
             self._deliver(owner, element)
 
@@ -264,7 +271,7 @@ class Presence(Extension):
         initial, was_negative = not session.available, session.priority < 0
         session.available = True
         session.priority = parse_priority(element)
-        stored = copy.deepcopy(element)     # what probes and new resources get later, with its time
+        stored = copy.deepcopy(element)  # what probes and new resources get later, with its time
         stored.append(delay_element(self.host.domain, time.time()))
         session.presence = stored
         await self.host.bus.notify("session-changed", session)
@@ -273,20 +280,22 @@ class Presence(Extension):
         if session.closed:
             return
         if initial:
-            for contact, item in items.items():                          # RFC 6121 4.2.2
+            for contact, item in items.items():  # RFC 6121 4.2.2
                 if item.has_to:
-                    await self.host.send(make_element(PRESENCE, {"type": "probe", "from": str(session.jid), "to": contact}))
+                    await self.host.send(
+                        make_element(PRESENCE, {"type": "probe", "from": str(session.jid), "to": contact})
+                    )
             for other in self.host.available_sessions(owner.local):
                 if other is not session and other.presence is not None:
                     session.send(self._addressed(other.presence, session.jid))
-            for contact in await self.pending.keys(str(owner)):          # RFC 6121 3.1.3
+            for contact in await self.pending.keys(str(owner)):  # RFC 6121 3.1.3
                 data = await self.pending.get(str(owner), contact)
                 if data is None:
                     continue
                 request = stored_stanza(data, self.log, owner=owner, contact=contact)
                 if request is not None:
                     session.send(request)
-                else:                    # it would stand in for the contact's next request
+                else:  # it would stand in for the contact's next request
                     await self.pending.delete(str(owner), contact)
         if session.priority >= 0 and (initial or was_negative) and not session.closed:
             await self.host.bus.fire("message/offline/deliver", session)
@@ -342,7 +351,9 @@ class Presence(Extension):
 
     async def _send_unavailable(self, owner: JID, to: JID) -> None:
         for session in self.host.available_sessions(owner.local):
-            await self.host.send(make_element(PRESENCE, {"type": "unavailable", "from": str(session.jid), "to": str(to)}))
+            await self.host.send(
+                make_element(PRESENCE, {"type": "unavailable", "from": str(session.jid), "to": str(to)})
+            )
 
     # ------------------------------------------------------------- removal
 
@@ -355,7 +366,7 @@ class Presence(Extension):
                 await self.pending.delete(str(event.owner), event.item.jid)
         await self._cancel(event.owner, JID.parse(event.item.jid), event.item, requested=request is not None)
 
-    @hook("user-deleted", priority=1)      # before roster.py deletes the roster
+    @hook("user-deleted", priority=1)  # before roster.py deletes the roster
     async def leave_contacts(self, jid: JID) -> None:
         owner = str(jid)
         _, items = await self.rosters.get(owner)

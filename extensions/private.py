@@ -7,6 +7,7 @@ reuses `check_request`, `load` and `save`.
 
 Hooks: iq-get and iq-set self|bare jabber:iq:private:query, user-deleted.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ class PrivateStorage(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        max_fragment_bytes: int = 128 * 1024   # one stored fragment, serialized
-        max_fragments: int = 100               # fragments per account
+        max_fragment_bytes: int = 128 * 1024  # one stored fragment, serialized
+        max_fragments: int = 100  # fragments per account
 
         def validate(self, where):
             where.check("max_fragment_bytes", self.max_fragment_bytes > 0, "must be positive")

@@ -24,6 +24,7 @@ Hooks: iq-set/self/urn:xmpp:push:0:enable|disable, message-stored-offline (offli
 and backlog.py for a hibernating resource), smacks-hibernation-start (smacks.py),
 resource-bound and smacks-hibernation-end (the unread count starts again), user-deleted.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,8 @@ from xmppd.hints import BODY, CARBON_SENT, carried_message, namespace_of
 from xmppd.protocol.errors import BadRequest, JidMalformed, ResourceConstraint, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_CLIENT
-from xmppd.router import RETURNED
 from xmppd.protocol.stanza import IQ, MESSAGE, from_storage, make_element, sub_element, to_storage
+from xmppd.router import RETURNED
 
 NS_PUSH = "urn:xmpp:push:0"
 NS_PUSH_SUMMARY = "urn:xmpp:push:summary"
@@ -49,12 +50,14 @@ NS_MAM = "urn:xmpp:mam:2"
 ERROR = f"{{{NS_CLIENT}}}error"
 MAM_RESULT = f"{{{NS_MAM}}}result"
 # A child in one of these makes a message without a body worth waking the user for.
-NOTABLE_NAMESPACES = frozenset((
-    "eu.siacs.conversations.axolotl",          # OMEMO (XEP-0384 0.3)
-    "urn:xmpp:omemo:2",                        # OMEMO (XEP-0384 0.8+)
-    "urn:xmpp:jingle-message:0",               # XEP-0353 call proposals
-    "urn:xmpp:jingle-message:1",
-))
+NOTABLE_NAMESPACES = frozenset(
+    (
+        "eu.siacs.conversations.axolotl",  # OMEMO (XEP-0384 0.3)
+        "urn:xmpp:omemo:2",  # OMEMO (XEP-0384 0.8+)
+        "urn:xmpp:jingle-message:0",  # XEP-0353 call proposals
+        "urn:xmpp:jingle-message:1",
+    )
+)
 
 
 def is_notable(element: etree._Element) -> bool:
@@ -62,7 +65,7 @@ def is_notable(element: etree._Element) -> bool:
     if element.tag != MESSAGE or element.get("type") in ("error", "headline"):
         return False
     if element.find(CARBON_SENT) is not None or element.find(MAM_RESULT) is not None:
-        return False                               # the user's own words, or history asked for
+        return False  # the user's own words, or history asked for
     message = carried_message(element)
     if (message.findtext(BODY) or "").strip():
         return True
@@ -70,7 +73,7 @@ def is_notable(element: etree._Element) -> bool:
 
 
 def registration_key(service: str, node: str) -> str:
-    return f"{service} {node}"                     # a JID has no space: the first one splits
+    return f"{service} {node}"  # a JID has no space: the first one splits
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -87,15 +90,15 @@ class Summary:
 
 class PushNotifications(Extension):
     xeps = {357: "0.4.1"}
-    account_features = [NS_PUSH]               # on the account's bare JID (section 5.1), not the server's
+    account_features = [NS_PUSH]  # on the account's bare JID (section 5.1), not the server's
 
     @dataclass(frozen=True)
     class Options:
-        include_count: bool = True                 # message-count in the summary
-        include_sender: bool = False               # last-message-sender (told to the app server!)
-        include_body: bool = False                 # last-message-body (told to the app server!)
-        max_registrations: int = 20                # per user
-        timeout: float = 30.0                      # seconds to wait for an app server's answer
+        include_count: bool = True  # message-count in the summary
+        include_sender: bool = False  # last-message-sender (told to the app server!)
+        include_body: bool = False  # last-message-body (told to the app server!)
+        max_registrations: int = 20  # per user
+        timeout: float = 30.0  # seconds to wait for an app server's answer
 
         def validate(self, where):
             where.check("max_registrations", self.max_registrations > 0, "must be positive")
@@ -160,7 +163,7 @@ class PushNotifications(Extension):
 
     @hook("message-stored-offline")
     async def stored_offline(self, stanza) -> None:
-        if not stanza.meta.get(RETURNED) and is_notable(stanza.element):   # RETURNED: pushed already
+        if not stanza.meta.get(RETURNED) and is_notable(stanza.element):  # RETURNED: pushed already
             self._wake(stanza.to.bare, [stanza.element])
 
     @hook("smacks-hibernation-start")
@@ -184,8 +187,12 @@ class PushNotifications(Extension):
     # ------------------------------------------------------------- publishing
 
     async def _publish_all(self, owner: JID, summary: Summary) -> None:
-        connected = {key for session in self.host.sessions_of(owner.local) if session.connection is not None
-                     for key in session.meta.get(self.name, ())}
+        connected = {
+            key
+            for session in self.host.sessions_of(owner.local)
+            if session.connection is not None
+            for key in session.meta.get(self.name, ())
+        }
         keys = [key for key in await self.store.keys(str(owner)) if key not in connected]
         await asyncio.gather(*(self._publish(owner, key, summary) for key in keys))
 
@@ -193,7 +200,7 @@ class PushNotifications(Extension):
         service, node = split_key(key)
         options = await self.store.get(str(owner), key)
         if options is None:
-            return                                  # disabled meanwhile
+            return  # disabled meanwhile
         iq = make_element(IQ, {"type": "set", "from": str(owner), "to": service})
         pubsub = sub_element(iq, f"{{{NS_PUBSUB}}}pubsub")
         item = sub_element(sub_element(pubsub, f"{{{NS_PUBSUB}}}publish", {"node": node}), f"{{{NS_PUBSUB}}}item")
@@ -202,7 +209,7 @@ class PushNotifications(Extension):
             sub_element(pubsub, f"{{{NS_PUBSUB}}}publish-options").append(from_storage(options))
         try:
             answer = await self.host.request(iq, self.options.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.log.info("event=push-timeout owner=%s service=%s", owner, service)
             return
         if answer.get("type") != "error":
@@ -212,8 +219,13 @@ class PushNotifications(Extension):
         if condition is not None and condition.type == "wait":
             return
         await self.store.delete(str(owner), key)
-        self.log.info("event=push-disabled owner=%s service=%s node=%s error=%s", owner, service, node,
-                      condition.condition if condition else "none")
+        self.log.info(
+            "event=push-disabled owner=%s service=%s node=%s error=%s",
+            owner,
+            service,
+            node,
+            condition.condition if condition else "none",
+        )
 
     def summary_form(self, summary: Summary) -> etree._Element:
         fields = []

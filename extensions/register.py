@@ -13,6 +13,7 @@ Hooks `unauthenticated-iq/jabber:iq:register:query` (fired by the c2s connection
 SASL) and iq get/set of jabber:iq:register to the server or one's own account. Fires
 nothing itself; removing an account fires the core's `user-deleted`.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,15 +21,22 @@ from dataclasses import dataclass
 
 from xmppd import accounts, forms
 from xmppd.extension import REPLIED, Extension, hook, iq_handler
-from xmppd.protocol.errors import (BadRequest, Conflict, NotAcceptable, NotAllowed, RegistrationRequired,
-                                   ServiceUnavailable, UnexpectedRequest)
+from xmppd.protocol.errors import (
+    BadRequest,
+    Conflict,
+    NotAcceptable,
+    NotAllowed,
+    RegistrationRequired,
+    ServiceUnavailable,
+    UnexpectedRequest,
+)
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import make_element, reply, sub_element
 from xmppd.protocol.stream import serialize
 
 NS_REGISTER = "jabber:iq:register"
 NS_REGISTER_FEATURE = "http://jabber.org/features/iq-register"
-MAX_THROTTLED_ADDRESSES = 10000             # bound the memory an address scan can take
+MAX_THROTTLED_ADDRESSES = 10000  # bound the memory an address scan can take
 
 
 class Register(Extension):
@@ -37,19 +45,21 @@ class Register(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        allow_registration: bool = False        # anyone may create an account in-band
-        min_password_length: int = 8            # for registrations and in-band password changes
-        registration_throttle_seconds: float = 60.0   # between two registrations from one address; 0: no limit
-        allow_unregister: bool = True           # a logged-in user may delete the account (<remove/>)
+        allow_registration: bool = False  # anyone may create an account in-band
+        min_password_length: int = 8  # for registrations and in-band password changes
+        registration_throttle_seconds: float = 60.0  # between two registrations from one address; 0: no limit
+        allow_unregister: bool = True  # a logged-in user may delete the account (<remove/>)
         instructions: str = "Choose a username and password for use with this server."
 
         def validate(self, where):
             where.check("min_password_length", self.min_password_length >= 1, "must be at least 1")
-            where.check("registration_throttle_seconds", self.registration_throttle_seconds >= 0, "must not be negative")
+            where.check(
+                "registration_throttle_seconds", self.registration_throttle_seconds >= 0, "must not be negative"
+            )
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.last_registration: dict[str, float] = {}     # peer address -> monotonic time
+        self.last_registration: dict[str, float] = {}  # peer address -> monotonic time
 
     def stream_features(self, authenticated: bool) -> list[bytes]:
         if authenticated or not self.options.allow_registration:
@@ -62,7 +72,7 @@ class Register(Extension):
     async def register_before_login(self, event) -> bool:
         iq = event.element
         if not self.options.allow_registration:
-            raise ServiceUnavailable()      # section 3.1: the host does not support registration
+            raise ServiceUnavailable()  # section 3.1: the host does not support registration
         if iq.get("type") == "get":
             payload = self._registration_form()
         else:
@@ -79,13 +89,22 @@ class Register(Extension):
         sub_element(query, f"{{{NS_REGISTER}}}instructions", text=self.options.instructions)
         sub_element(query, f"{{{NS_REGISTER}}}username")
         sub_element(query, f"{{{NS_REGISTER}}}password")
-        query.append(forms.build("form", title="Account registration", instructions=self.options.instructions,
-                                 form_type=NS_REGISTER, fields=self._form_fields()))
+        query.append(
+            forms.build(
+                "form",
+                title="Account registration",
+                instructions=self.options.instructions,
+                form_type=NS_REGISTER,
+                fields=self._form_fields(),
+            )
+        )
         return query
 
     def _form_fields(self) -> list[forms.Field]:
-        return [forms.Field("username", "text-single", "Username", required=True),
-                forms.Field("password", "text-private", "Password", required=True)]
+        return [
+            forms.Field("username", "text-single", "Username", required=True),
+            forms.Field("password", "text-private", "Password", required=True),
+        ]
 
     async def _create_account(self, query, peer: str) -> None:
         username, password = self._submitted(query)
@@ -138,8 +157,11 @@ class Register(Extension):
     async def registration_info(self, iq):
         """Section 3.1: a registered entity gets <registered/> and what is on file."""
         query = make_element(f"{{{NS_REGISTER}}}query")
-        sub_element(query, f"{{{NS_REGISTER}}}instructions",
-                    text="You are registered. Send a new password to change it, or <remove/> to delete the account.")
+        sub_element(
+            query,
+            f"{{{NS_REGISTER}}}instructions",
+            text="You are registered. Send a new password to change it, or <remove/> to delete the account.",
+        )
         sub_element(query, f"{{{NS_REGISTER}}}registered")
         sub_element(query, f"{{{NS_REGISTER}}}username", text=iq.from_.local)
         sub_element(query, f"{{{NS_REGISTER}}}password")
@@ -155,7 +177,7 @@ class Register(Extension):
             raise BadRequest(text="a password change needs <username/> and <password/>")
         if self._local_part(username) != iq.from_.local:
             raise BadRequest(text="you can change your own password only")
-        if not password:                    # section 3.3: never set an empty password
+        if not password:  # section 3.3: never set an empty password
             raise BadRequest(text="the password must not be empty")
         self._check_password(password)
         if not await accounts.set_password(self.host, iq.from_.local, password):

@@ -15,6 +15,7 @@ Fires: roster-item-removed (RosterItemRemoved, a notification) after a roster se
 with subscription='remove', so that presence.py ends the subscriptions (RFC 6121 2.5.2);
 session-changed (the Session) when a resource becomes interested in roster pushes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,15 +43,22 @@ VERSIONING_FEATURE = etree.tostring(make_element(f"{{{NS_ROSTER_VERSIONING}}}ver
 
 @dataclass(frozen=True)
 class RosterItemRemoved:
-    owner: JID                 # the user's bare JID
-    item: RosterItem           # the item as it was before the removal
+    owner: JID  # the user's bare JID
+    item: RosterItem  # the item as it was before the removal
 
 
 def item_element(item: RosterItem) -> etree._Element:
     """The <item/> of a roster result or push (RFC 6121 2.1.2)."""
-    element = make_element(ITEM, {"jid": item.jid, "name": item.name or None, "subscription": item.subscription,
-                                  "ask": "subscribe" if item.ask else None,
-                                  "approved": "true" if item.approved else None})
+    element = make_element(
+        ITEM,
+        {
+            "jid": item.jid,
+            "name": item.name or None,
+            "subscription": item.subscription,
+            "ask": "subscribe" if item.ask else None,
+            "approved": "true" if item.approved else None,
+        },
+    )
     for group in item.groups:
         sub_element(element, GROUP, text=group)
     return element
@@ -65,9 +73,9 @@ class Roster(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        max_items: int = 1000              # contacts per roster; a set over it gets not-allowed
-        max_text_length: int = 255         # characters of an item name or a group name
-        max_groups_per_item: int = 16      # groups of one contact
+        max_items: int = 1000  # contacts per roster; a set over it gets not-allowed
+        max_text_length: int = 255  # characters of an item name or a group name
+        max_groups_per_item: int = 16  # groups of one contact
 
         def validate(self, where):
             for name in ("max_items", "max_text_length", "max_groups_per_item"):
@@ -75,7 +83,7 @@ class Roster(Extension):
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.lock = KeyedLocks()           # per owner (bare JID string): read-modify-write of a roster
+        self.lock = KeyedLocks()  # per owner (bare JID string): read-modify-write of a roster
         self.rosters = host.storage.rosters
 
     def stream_features(self, authenticated: bool) -> list[bytes]:
@@ -86,13 +94,13 @@ class Roster(Extension):
     @iq_handler("get", NS_ROSTER, "query", to=("self", "bare"))
     async def get_roster(self, iq):
         owner = self._own_roster(iq)
-        async with self.lock(str(owner)):      # no push between the roster read and its result
+        async with self.lock(str(owner)):  # no push between the roster read and its result
             version, items = await self.rosters.get(str(owner))
             if not iq.origin.interested:
                 iq.origin.interested = True
                 await self.host.bus.notify("session-changed", iq.origin)
             if iq.element[0].get("ver") == str(version):
-                self._answer(iq)               # XEP-0237: the client's copy is current; pushes follow
+                self._answer(iq)  # XEP-0237: the client's copy is current; pushes follow
                 return REPLIED
             query = make_element(QUERY, {"ver": str(version)})
             for contact in sorted(items):
@@ -105,7 +113,7 @@ class Roster(Extension):
         owner = self._own_roster(iq)
         element = self._single_item(iq.element[0])
         contact = self._contact(element, owner)
-        if element.get("subscription") == "remove":   # RFC 6121 2.1.2.5: other values are ignored
+        if element.get("subscription") == "remove":  # RFC 6121 2.1.2.5: other values are ignored
             await self._remove(iq, owner, contact)
             return REPLIED
         name, groups = self._name_and_groups(element)
@@ -125,7 +133,7 @@ class Roster(Extension):
         async with self.lock(str(owner)):
             old = await self.rosters.get_item(str(owner), contact)
             if old is None:
-                raise ItemNotFound()       # RFC 6121 2.5.3
+                raise ItemNotFound()  # RFC 6121 2.5.3
             version = await self.rosters.remove_item(str(owner), contact)
             self.push(owner, removed_element(contact), version)
         await self.host.bus.notify("roster-item-removed", RosterItemRemoved(owner, old))
@@ -144,8 +152,9 @@ class Roster(Extension):
         """Refuse a new item when the roster is full."""
         _, items = await self.rosters.get(str(owner))
         if len(items) >= self.options.max_items:
-            raise NotAllowed(text=f"the roster is full: {self.options.max_items} contacts "
-                                  f"({self.limit_reached('max_items')})")
+            raise NotAllowed(
+                text=f"the roster is full: {self.options.max_items} contacts ({self.limit_reached('max_items')})"
+            )
 
     async def save(self, owner: JID, item: RosterItem) -> None:
         """Store `item` and push it; the caller holds `self.lock(str(owner))`."""
@@ -157,8 +166,9 @@ class Roster(Extension):
         for session in self.host.sessions_of(owner.local):
             if not session.interested:
                 continue
-            iq = make_element(IQ, {"type": "set", "id": f"push-{secrets.token_hex(6)}",
-                                   "from": str(owner), "to": str(session.jid)})
+            iq = make_element(
+                IQ, {"type": "set", "id": f"push-{secrets.token_hex(6)}", "from": str(owner), "to": str(session.jid)}
+            )
             sub_element(iq, QUERY, {"ver": str(version)}).append(copy.deepcopy(item))
             session.send(iq)
 
@@ -203,20 +213,24 @@ class Roster(Extension):
         limit = self.options.max_text_length
         name = element.get("name") or None
         if name is not None and len(name) > limit:
-            raise NotAcceptable(text=f"the name is longer than {limit} characters "
-                                     f"({self.limit_reached('max_text_length')})")
+            raise NotAcceptable(
+                text=f"the name is longer than {limit} characters ({self.limit_reached('max_text_length')})"
+            )
         groups: list[str] = []
         for group in element.iterchildren(GROUP):
             text = group.text or ""
             if not text:
                 raise NotAcceptable(text="a group name is empty")
             if len(text) > limit:
-                raise NotAcceptable(text=f"a group name is longer than {limit} characters "
-                                         f"({self.limit_reached('max_text_length')})")
+                raise NotAcceptable(
+                    text=f"a group name is longer than {limit} characters ({self.limit_reached('max_text_length')})"
+                )
             if text in groups:
                 raise BadRequest(text=f"the group {text!r} is given twice")
             groups.append(text)
         if len(groups) > self.options.max_groups_per_item:
-            raise NotAcceptable(text=f"a contact is in at most {self.options.max_groups_per_item} groups "
-                                     f"({self.limit_reached('max_groups_per_item')})")
+            raise NotAcceptable(
+                text=f"a contact is in at most {self.options.max_groups_per_item} groups "
+                f"({self.limit_reached('max_groups_per_item')})"
+            )
         return name, tuple(groups)

@@ -49,6 +49,7 @@ Fires: smacks-hibernation-start (HibernatedStanzas: the unacknowledged stanzas w
 connection went), smacks-hibernation-end (the Session, resumed), both notifications;
 message/offline/deliver after a resumption.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,14 +73,15 @@ from xmppd.session import Session
 NS_SM = "urn:xmpp:sm:3"
 SM_FEATURE = etree.tostring(make_element(f"{{{NS_SM}}}sm"))
 REQUEST = serialize(make_element(f"{{{NS_SM}}}r"))
-SEQUENCE = 2 ** 32                         # 'h' wraps to zero past 2^32 - 1 (section 4)
-REMEMBERED_SESSIONS = 10000                # expired SM-IDs whose 'h' a <failed/> still reports
+SEQUENCE = 2**32  # 'h' wraps to zero past 2^32 - 1 (section 4)
+REMEMBERED_SESSIONS = 10000  # expired SM-IDs whose 'h' a <failed/> still reports
 DELAY = f"{{{NS_DELAY}}}delay"
 
 
 @dataclass(frozen=True)
 class HibernatedStanzas:
     """Stanzas unacknowledged when a session began to hibernate."""
+
     session: Session
     stanzas: list
 
@@ -102,27 +104,29 @@ def parse_h(value: str | None) -> int | None:
 
 def handled_count_too_high(h: int, sent: int) -> bytes:
     """The stream error of XEP-0198 section 4 for an ack of stanzas never sent."""
-    return (f"<stream:error><undefined-condition xmlns='{NS_STREAM_ERRORS}'/>"
-            f"<handled-count-too-high xmlns='{NS_SM}' h='{h}' send-count='{sent}'/></stream:error>").encode()
+    return (
+        f"<stream:error><undefined-condition xmlns='{NS_STREAM_ERRORS}'/>"
+        f"<handled-count-too-high xmlns='{NS_SM}' h='{h}' send-count='{sent}'/></stream:error>"
+    ).encode()
 
 
 class ManagedStream:
     """The stream management state of one session: its window of unacknowledged stanzas."""
 
-    def __init__(self, extension: "StreamManagement", session: Session, sm_id: str | None, timeout: int):
+    def __init__(self, extension: StreamManagement, session: Session, sm_id: str | None, timeout: int):
         self.extension = extension
         self.session = session
-        self.id = sm_id                    # None: not resumable
+        self.id = sm_id  # None: not resumable
         self.timeout = timeout
         self.base = session.stanzas_handled
         # What went out, unacknowledged: [element, the time it went out, None], or
         # [None, time, its backlog id] once backlog.keep has it.
         self.queue: collections.deque[list] = collections.deque()
-        self.acked = 0                     # the client's last 'h'
-        self.sent = 0                      # stanzas written since <enable/>, modulo 2^32
+        self.acked = 0  # the client's last 'h'
+        self.sent = 0  # stanzas written since <enable/>, modulo 2^32
         self.requested: int | None = None  # `sent` when the outstanding <r/> went out
         self.ack_timer: asyncio.TimerHandle | None = None
-        self.unsent = math.inf             # bytes the connection had not sent at the last ack timeout
+        self.unsent = math.inf  # bytes the connection had not sent at the last ack timeout
         self.expiry: asyncio.TimerHandle | None = None
 
     @property
@@ -208,7 +212,7 @@ class ManagedStream:
         connection = self.session.connection
         for element, when, _ in self.queue:
             if element.tag != IQ and element.find(DELAY) is None:
-                element = copy.deepcopy(element)   # the queued copy stays unstamped
+                element = copy.deepcopy(element)  # the queued copy stays unstamped
                 element.append(delay_element(domain, when))
             connection.write(serialize(element))
         self.request_ack()
@@ -232,9 +236,9 @@ class StreamManagement(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        resume_timeout: int = 300          # seconds a lost session waits for <resume/>; 0: no resumption
-        ack_timeout: float = 60.0          # seconds an <r/> may stay unanswered; 0: wait forever
-        window: int = 256                  # unacknowledged stanzas; past them, wait for acks
+        resume_timeout: int = 300  # seconds a lost session waits for <resume/>; 0: no resumption
+        ack_timeout: float = 60.0  # seconds an <r/> may stay unanswered; 0: wait forever
+        window: int = 256  # unacknowledged stanzas; past them, wait for acks
 
         def validate(self, where):
             where.check("resume_timeout", self.resume_timeout >= 0, "must not be negative")
@@ -252,15 +256,15 @@ class StreamManagement(Extension):
     # ------------------------------------------------------------- enable, acks
 
     @hook(f"stream-element/{{{NS_SM}}}enable")
-    @hook(f"bind2-inline/{{{NS_SM}}}enable")          # XEP-0386: the answer goes into <bound/>
+    @hook(f"bind2-inline/{{{NS_SM}}}enable")  # XEP-0386: the answer goes into <bound/>
     async def enable(self, event) -> bool:
         session = event.session
         if session is None or self.name in session.meta:
             event.connection.write(nonza("failed", condition="unexpected-request"))
             return True
-        await session.settled()                # 'h' counts from here: stanzas before it are not in it
+        await session.settled()  # 'h' counts from here: stanzas before it are not in it
         timeout = self.options.resume_timeout
-        asked = parse_h(event.element.get("max"))          # the client's preferred maximum
+        asked = parse_h(event.element.get("max"))  # the client's preferred maximum
         if asked:
             timeout = min(timeout, asked)
         resume = event.element.get("resume") in ("true", "1") and timeout > 0
@@ -279,7 +283,7 @@ class StreamManagement(Extension):
     async def ack_requested(self, event) -> bool:
         state = event.session.meta.get(self.name) if event.session else None
         if state is not None:
-            await event.session.settled()      # an ack for what was read before <r/>, once committed
+            await event.session.settled()  # an ack for what was read before <r/>, once committed
             event.connection.write(nonza("a", {"h": str(state.handled)}))
         return True
 
@@ -312,12 +316,13 @@ class StreamManagement(Extension):
             return False
         state.stop()
         state.expiry = asyncio.get_running_loop().call_later(
-            state.timeout, lambda: self.services.tasks.spawn(self._expire(state)))
+            state.timeout, lambda: self.services.tasks.spawn(self._expire(state))
+        )
         self.log.info("event=hibernating jid=%s unacked=%d timeout=%d", session.jid, len(state.queue), state.timeout)
         unacked = [element for element, _, _ in state.queue if element is not None]
         writes = state.keep_in_backlog(self.host.extensions["backlog"])
         await self.host.bus.notify("smacks-hibernation-start", HibernatedStanzas(session, unacked))
-        await asyncio.gather(*writes, return_exceptions=True)     # failures are the backlog's to log
+        await asyncio.gather(*writes, return_exceptions=True)  # failures are the backlog's to log
         self.log.info("event=unacked-kept jid=%s messages=%d", session.jid, len(writes))
         return True
 
@@ -331,7 +336,7 @@ class StreamManagement(Extension):
     # ------------------------------------------------------------- resumption
 
     @hook(f"stream-element/{{{NS_SM}}}resume")
-    @hook(f"sasl2-inline/{{{NS_SM}}}resume")         # XEP-0388: the answer goes into <success/>
+    @hook(f"sasl2-inline/{{{NS_SM}}}resume")  # XEP-0388: the answer goes into <success/>
     async def resume(self, event) -> bool:
         connection = event.connection
         if event.session is not None:
@@ -352,12 +357,12 @@ class StreamManagement(Extension):
             self._too_high(connection, h, state)
             return True
         session = state.session
-        await session.settled()                # <resumed h=..> counts what the old stream sent
+        await session.settled()  # <resumed h=..> counts what the old stream sent
         if self.resumable.get(previd) is not state:
-            connection.write(nonza("failed", condition="item-not-found"))     # ended meanwhile
+            connection.write(nonza("failed", condition="item-not-found"))  # ended meanwhile
             return True
         old = session.connection
-        if old is not None:                    # a half-dead stream: the new one wins
+        if old is not None:  # a half-dead stream: the new one wins
             old.detach()
             old.close("conflict", "the session was resumed on another stream")
         state.stop()
@@ -367,7 +372,7 @@ class StreamManagement(Extension):
         state.resend(self.host.domain)
         self.log.info("event=resumed jid=%s resent=%d", session.jid, len(state.queue))
         await self.host.bus.notify("smacks-hibernation-end", session)
-        if session.available and session.priority >= 0:        # what was stored meanwhile
+        if session.available and session.priority >= 0:  # what was stored meanwhile
             await self.host.bus.fire("message/offline/deliver", session)
         return True
 

@@ -16,6 +16,7 @@ Hooks: iq-get self|bare vcard-temp:vCard, iq-set self|bare vcard-temp:vCard,
 pep-item-published and pep-node-deleted (the avatar metadata node),
 pre-presence/broadcast|bare|full|host, session-closed, user-deleted.
 """
+
 from __future__ import annotations
 
 import base64
@@ -73,14 +74,14 @@ class VCards(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        max_vcard_bytes: int = 200_000        # a vCard with its photo, serialized
+        max_vcard_bytes: int = 200_000  # a vCard with its photo, serialized
 
         def validate(self, where):
             where.check("max_vcard_bytes", self.max_vcard_bytes > 0, "must be positive")
 
     def __init__(self, host, options):
         super().__init__(host, options)
-        self.hashes: dict[str, str] = {}     # bare JID -> avatar hash ("" none), for users online
+        self.hashes: dict[str, str] = {}  # bare JID -> avatar hash ("" none), for users online
 
     async def start(self) -> None:
         self.store = self.host.open_keyvalue("vcard")
@@ -94,7 +95,7 @@ class VCards(Extension):
         if data is not None:
             return from_storage(data)
         if iq.to.bare == iq.from_.bare:
-            return make_element(VCARD)          # XEP-0054 3.1: an empty vCard for oneself
+            return make_element(VCARD)  # XEP-0054 3.1: an empty vCard for oneself
         raise ItemNotFound()
 
     @iq_handler("set", NS_VCARD, "vCard", to=("self", "bare"))
@@ -118,8 +119,9 @@ class VCards(Extension):
         current = await self.avatar_hash(owner)
         if photo is None:
             if current:
-                await self.pep.publish(owner, NS_AVATAR_METADATA, make_element(f"{{{NS_AVATAR_METADATA}}}metadata"),
-                                       "current")
+                await self.pep.publish(
+                    owner, NS_AVATAR_METADATA, make_element(f"{{{NS_AVATAR_METADATA}}}metadata"), "current"
+                )
             return
         media_type, image = photo
         digest = hashlib.sha1(image).hexdigest()
@@ -204,7 +206,7 @@ class VCards(Extension):
         if update is not None:
             photo = update.find(UPDATE_PHOTO)
             if photo is not None and not (photo.text or "").strip():
-                return False                 # the client says: no avatar, leave it so
+                return False  # the client says: no avatar, leave it so
         digest = await self.avatar_hash(stanza.origin.jid.bare)
         if not digest:
             return False

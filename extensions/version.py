@@ -1,4 +1,5 @@
 """XEP-0092 Software Version: the server's name and version."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 from xmppd.extension import Extension, iq_handler

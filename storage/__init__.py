@@ -4,6 +4,7 @@ cassandra, memory).
 A backend subpackage defines a frozen dataclass `Options` (read from the config section
 ``[storage.<kind>]``) and ``open_backend(options, data_dir) -> StorageBackend``.
 """
+
 import importlib
 
 from .interfaces import StorageBackend

@@ -12,11 +12,12 @@ cursor, is a bound on that key::
 
 The filters make the range that `count` counts; the cursors narrow it to the page's.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from .interfaces import ArchiveQuery
 
@@ -27,6 +28,7 @@ Key = tuple[float, str]
 class KeyRange:
     """Keys k with lower <= k (lower < k when lower_exclusive) and k < upper; a None
     end is unbounded."""
+
     lower: Key | None = None
     lower_exclusive: bool = False
     upper: Key | None = None
@@ -62,6 +64,6 @@ def query_ranges(query: ArchiveQuery, position: Callable[[str], Key]) -> tuple[K
     page = filters
     if query.after is not None:
         page = page.above(position(query.after), exclusive=True)
-    if query.before:                           # an id; "" asks for the last page
+    if query.before:  # an id; "" asks for the last page
         page = page.below(position(query.before))
     return filters, page

@@ -26,6 +26,7 @@ media files into the media store. It refuses a target that holds data unless for
 a manifest it cannot read or of another version, and a data.sqlite whose checksum
 differs from the manifest's.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,7 +38,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from . import StorageBackend
 from .copy import census, copy
-from .sqlite import Options as SqliteOptions, SqliteBackend
+from .sqlite import Options as SqliteOptions
+from .sqlite import SqliteBackend
 from .sqlite.database import backup_file
 
 FORMAT = "xmppd-backup"
@@ -110,9 +112,16 @@ async def _file_chunks(path: str) -> AsyncIterator[bytes]:
 
 # ---------------------------------------------------------------- backup
 
-async def backup(stores: ServerStores, sqlite_path: str | None, media, directory: str,
-                 domains: Iterable[str], source: dict[str, str],
-                 progress: Callable[[str], None] = lambda text: None) -> dict:
+
+async def backup(
+    stores: ServerStores,
+    sqlite_path: str | None,
+    media,
+    directory: str,
+    domains: Iterable[str],
+    source: dict[str, str],
+    progress: Callable[[str], None] = lambda text: None,
+) -> dict:
     """Back up `stores` and `media` into the new or empty `directory`; return the
     manifest. `sqlite_path`: the server's one SQLite file when every store is in it
     (then snapshotted with the online backup API; `stores` is not read)."""
@@ -122,7 +131,7 @@ async def backup(stores: ServerStores, sqlite_path: str | None, media, directory
     if os.path.isdir(directory) and os.listdir(directory):
         raise BackupError(f"{directory} is not empty; a backup goes into a new or empty directory")
     os.makedirs(os.path.join(directory, MEDIA), mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)                 # password keys and messages: the owner's only
+    os.chmod(directory, 0o700)  # password keys and messages: the owner's only
     if sqlite_path is not None:
         await asyncio.to_thread(backup_file, sqlite_path, os.path.join(directory, DATA))
         progress("sqlite snapshot")
@@ -141,11 +150,16 @@ async def backup(stores: ServerStores, sqlite_path: str | None, media, directory
         progress("media")
     finally:
         await container.close()
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "domains": domains, "source": source, "counts": counts,
-                "media": {"files": files, "bytes": size},
-                "sha256": {DATA: await asyncio.to_thread(_sha256, os.path.join(directory, DATA))}}
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "domains": domains,
+        "source": source,
+        "counts": counts,
+        "media": {"files": files, "bytes": size},
+        "sha256": {DATA: await asyncio.to_thread(_sha256, os.path.join(directory, DATA))},
+    }
     temporary = os.path.join(directory, f".{MANIFEST}")
     with open(temporary, "w") as file:
         json.dump(manifest, file, indent=2)
@@ -172,6 +186,7 @@ async def _save_media(media, key: str, path: str, progress) -> int | None:
 
 # ---------------------------------------------------------------- restore
 
+
 def read_manifest(directory: str) -> dict:
     """The manifest of the backup in `directory`, checked against this format and data.sqlite."""
     path = os.path.join(directory, MANIFEST)
@@ -183,24 +198,30 @@ def read_manifest(directory: str) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         raise BackupError(f"{path} is corrupted (not JSON: {exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BackupError(f"{path} is corrupted or not an xmppd backup manifest (no \"format\": \"{FORMAT}\")")
+        raise BackupError(f'{path} is corrupted or not an xmppd backup manifest (no "format": "{FORMAT}")')
     version = manifest.get("version")
     if version != FORMAT_VERSION:
-        raise BackupError(f"{path}: backup format version {version!r} is unknown to this xmppd "
-                          f"(it reads version {FORMAT_VERSION})")
+        raise BackupError(
+            f"{path}: backup format version {version!r} is unknown to this xmppd (it reads version {FORMAT_VERSION})"
+        )
     domains, checksums = manifest.get("domains"), manifest.get("sha256")
     checksum = checksums.get(DATA) if isinstance(checksums, dict) else None
     if not (isinstance(domains, list) and all(isinstance(d, str) for d in domains) and isinstance(checksum, str)):
-        raise BackupError(f"{path} is corrupted (\"domains\" or \"sha256\" missing or malformed)")
+        raise BackupError(f'{path} is corrupted ("domains" or "sha256" missing or malformed)')
     data = os.path.join(directory, DATA)
     if not os.path.isfile(data) or _sha256(data) != checksum:
         raise BackupError(f"{data} is missing or does not match the checksum of the manifest (corrupted)")
     return manifest
 
 
-async def restore(stores: ServerStores, media, directory: str, force: bool = False,
-                  progress: Callable[[str], None] = lambda text: None,
-                  served: Iterable[str] | None = None) -> tuple[dict, dict]:
+async def restore(
+    stores: ServerStores,
+    media,
+    directory: str,
+    force: bool = False,
+    progress: Callable[[str], None] = lambda text: None,
+    served: Iterable[str] | None = None,
+) -> tuple[dict, dict]:
     """Restore the backup in `directory` into `stores` and `media` (started);
     (counts of the backup, counts of the target afterwards). `served`: the domains of
     the target's config, for a warning about the backup's others."""
@@ -208,13 +229,17 @@ async def restore(stores: ServerStores, media, directory: str, force: bool = Fal
     domains = manifest["domains"]
     others = sorted(set(domains) - set(served if served is not None else domains))
     if others:
-        progress(f"warning: the config does not serve {', '.join(others)}; their users are restored "
-                 "but cannot log in until it does")
+        progress(
+            f"warning: the config does not serve {', '.join(others)}; their users are restored "
+            "but cannot log in until it does"
+        )
     present = {name: count for name, count in (await census(stores, domains)).items() if count}
     if present and not force:
-        raise BackupError("the target storage is not empty (" + ", ".join(f"{count} {name}" for name, count
-                                                                           in present.items())
-                          + "); restore into empty storage, or give --force to merge into it")
+        raise BackupError(
+            "the target storage is not empty ("
+            + ", ".join(f"{count} {name}" for name, count in present.items())
+            + "); restore into empty storage, or give --force to merge into it"
+        )
     container = _container(directory)
     await container.start()
     try:

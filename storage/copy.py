@@ -18,6 +18,7 @@ duplicating anything.
 `census` counts what a backend holds, store by store, the same way on both ends, so
 that the caller can compare the source's counts with the target's after the copy.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,9 @@ PAGE = 500
 CONCURRENCY = 32
 
 
-async def _each(items: Iterable[T] | AsyncIterable[T], work: Callable[[T], Awaitable[None]],
-                limit: int = CONCURRENCY) -> None:
+async def _each(
+    items: Iterable[T] | AsyncIterable[T], work: Callable[[T], Awaitable[None]], limit: int = CONCURRENCY
+) -> None:
     """Run `work` on every item with at most `limit` running, reading `items` lazily;
     the first error cancels the rest and is raised."""
     running: set[asyncio.Task] = set()
@@ -71,20 +73,27 @@ async def _accounts(backend: StorageBackend, domains: Iterable[str]) -> list[str
 
 # ---------------------------------------------------------------- copy
 
-async def copy(source: StorageBackend, target: StorageBackend, domains: Iterable[str],
-               progress: Callable[[str], None] = lambda text: None, page: int = PAGE) -> None:
+
+async def copy(
+    source: StorageBackend,
+    target: StorageBackend,
+    domains: Iterable[str],
+    progress: Callable[[str], None] = lambda text: None,
+    page: int = PAGE,
+) -> None:
     """Copy everything of `source` to `target` (both started); accounts, rosters and
     uploads of the users of `domains`."""
     users = await _accounts(source, domains)
 
     async def account(jid: str) -> None:
         stored = await source.accounts.get(jid)
-        if stored is None:                      # deleted meanwhile
+        if stored is None:  # deleted meanwhile
             return
         if not await target.accounts.create(stored):
             existing = await target.accounts.get(jid)
             if existing is not None and existing.secrets != stored.secrets:
                 await target.accounts.set_secrets(jid, stored.secrets)
+
     await _each(users, account)
     progress("accounts")
 
@@ -92,6 +101,7 @@ async def copy(source: StorageBackend, target: StorageBackend, domains: Iterable
         version, items = await source.rosters.get(jid)
         if version or items:
             await target.rosters.replace(jid, version, list(items.values()))
+
     await _each(users, roster)
     progress("rosters")
 
@@ -107,6 +117,7 @@ async def copy(source: StorageBackend, target: StorageBackend, domains: Iterable
                 value = await from_store.get(owner, key)
                 if value is not None:
                     await to_store.set(owner, key, value)
+
         await _each(from_store.owners(), keyvalue)
         progress(f"keyvalue {name}")
 
@@ -115,7 +126,9 @@ async def copy(source: StorageBackend, target: StorageBackend, domains: Iterable
             state = await source.rooms.get(jid)
             if state is not None:
                 await target.rooms.save(jid, state)
+
         await _each(await source.rooms.list(service), room)
+
     await _each(source.rooms.services(), service_rooms, limit=1)
     progress("rooms")
 
@@ -128,7 +141,9 @@ async def copy(source: StorageBackend, target: StorageBackend, domains: Iterable
             # Oldest first, one at a time: publication order is the items' order.
             for item in reversed(await source.pubsub.get_items(service, name)):
                 await target.pubsub.publish(service, name, item, max_items=None)
+
         await _each(await source.pubsub.list_nodes(service), node)
+
     await _each(source.pubsub.services(), pubsub_service, limit=4)
     progress("pubsub")
 
@@ -140,12 +155,12 @@ async def copy(source: StorageBackend, target: StorageBackend, domains: Iterable
             if existing is not None:
                 await target.uploads.remove(upload.id)
             await target.uploads.add(upload)
+
     await _each(users, uploads)
     progress("uploads")
 
 
-async def _copy_archive(source: StorageBackend, target: StorageBackend, name: str,
-                        page: int) -> None:
+async def _copy_archive(source: StorageBackend, target: StorageBackend, name: str, page: int) -> None:
     from_store, to_store = source.archive(name), target.archive(name)
 
     async def owner_archive(owner: str) -> None:
@@ -156,12 +171,14 @@ async def _copy_archive(source: StorageBackend, target: StorageBackend, name: st
             if found.complete or not found.items:
                 return
             after = found.items[-1].id
+
     # A few owners at once, each with its page's appends in flight: many small
     # archives (offline queues) and one huge archive (a busy room) both go fast.
     await _each(from_store.owners(), owner_archive, limit=4)
 
 
 # ---------------------------------------------------------------- census
+
 
 async def census(backend: StorageBackend, domains: Iterable[str]) -> dict[str, int]:
     """How many of each thing `backend` holds, by store name (what the copy compares)."""
@@ -174,14 +191,11 @@ async def census(backend: StorageBackend, domains: Iterable[str]) -> dict[str, i
     counts["roster versions (sum)"] = sum(version for version, _ in rosters)
     for name in await backend.archive_names():
         store = backend.archive(name)
-        counts[f"archive {name}"] = sum([await store.count(owner)
-                                         async for owner in store.owners()])
+        counts[f"archive {name}"] = sum([await store.count(owner) async for owner in store.owners()])
     for name in await backend.keyvalue_names():
         store = backend.keyvalue(name)
-        counts[f"keyvalue {name}"] = sum([len(await store.keys(owner))
-                                          async for owner in store.owners()])
-    counts["rooms"] = sum([len(await backend.rooms.list(service))
-                           async for service in backend.rooms.services()])
+        counts[f"keyvalue {name}"] = sum([len(await store.keys(owner)) async for owner in store.owners()])
+    counts["rooms"] = sum([len(await backend.rooms.list(service)) async for service in backend.rooms.services()])
     nodes = items = 0
     async for service in backend.pubsub.services():
         for node in await backend.pubsub.list_nodes(service):

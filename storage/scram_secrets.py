@@ -10,6 +10,7 @@ It is what SQLite's, PostgreSQL's and Cassandra's ``accounts.secrets`` columns h
 changing it needs a migration of each, so a reader stays able to read every text
 written before.
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,20 +20,30 @@ import typing
 
 from xmppd.protocol.sasl import ScramCredentials
 
-_BYTES_FIELDS = frozenset(name for name, hint in typing.get_type_hints(ScramCredentials).items()
-                          if hint is bytes)
+_BYTES_FIELDS = frozenset(name for name, hint in typing.get_type_hints(ScramCredentials).items() if hint is bytes)
 
 
 def encode_secrets(secrets: dict[str, ScramCredentials]) -> str:
-    return json.dumps({
-        name: {field.name: (base64.b64encode(value).decode("ascii")
-                            if isinstance(value, (bytes, bytearray)) else value)
-               for field in dataclasses.fields(credentials)
-               for value in [getattr(credentials, field.name)]}
-        for name, credentials in secrets.items()}, separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        {
+            name: {
+                field.name: (
+                    base64.b64encode(value).decode("ascii") if isinstance(value, (bytes, bytearray)) else value
+                )
+                for field in dataclasses.fields(credentials)
+                for value in [getattr(credentials, field.name)]
+            }
+            for name, credentials in secrets.items()
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
 
 
 def decode_secrets(text: str) -> dict[str, ScramCredentials]:
-    return {name: ScramCredentials(**{key: base64.b64decode(value) if key in _BYTES_FIELDS else value
-                                      for key, value in fields.items()})
-            for name, fields in json.loads(text).items()}
+    return {
+        name: ScramCredentials(
+            **{key: base64.b64decode(value) if key in _BYTES_FIELDS else value for key, value in fields.items()}
+        )
+        for name, fields in json.loads(text).items()
+    }

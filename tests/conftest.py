@@ -2,17 +2,17 @@ import itertools
 
 import pytest
 
-from tests.support.cassandra import cassandra  # noqa: F401  (fixture: one Cassandra node per test run)
-from tests.support.s3 import s3_server  # noqa: F401  (fixture: one MinIO per test run)
-from tests.support.postgresql import postgresql  # noqa: F401  (fixture: one PostgreSQL per test run)
 from tests.support.accounts import create_accounts
+from tests.support.cassandra import cassandra  # noqa: F401  (fixture: one Cassandra node per test run)
 from tests.support.engines import engine
+from tests.support.postgresql import postgresql  # noqa: F401  (fixture: one PostgreSQL per test run)
+from tests.support.s3 import s3_server  # noqa: F401  (fixture: one MinIO per test run)
 from tests.support.server import XmppdProcess
 
 _users = itertools.count()
 
 
-@pytest.hookimpl(tryfirst=True)        # before xdist reads the marks into the node ids
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
     """For pytest-xdist's --dist loadgroup (make test): the tests of a file stay on one
     worker, so a module's server starts once, and every test that needs the Cassandra
@@ -28,7 +28,7 @@ def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     if report.failed and call.when == "call":
         for name, value in getattr(item, "funcargs", {}).items():
-            for index, server in enumerate(getattr(value, "started", [value])):     # make_xmppd's too
+            for index, server in enumerate(getattr(value, "started", [value])):  # make_xmppd's too
                 if isinstance(server, XmppdProcess):
                     report.sections.append((f"xmppd log ({name} {index}, tail)", server.log[-6000:]))
 
@@ -81,6 +81,7 @@ def unique(prefix="user") -> str:
 
 class AccountPool:
     """Accounts on one server, made a batch at a time and each handed out once."""
+
     BATCH = 20
 
     def __init__(self, server):
@@ -121,6 +122,7 @@ async def connect(server, account_pool):
     (tests.support.inbox.online; a fresh account when jid is None) and its inbox; logged
     out after the test."""
     from tests.support.inbox import online
+
     opened = []
 
     async def connect(jid=None, resource=None, *, on=server, **options):

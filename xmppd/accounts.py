@@ -3,6 +3,7 @@
 Only SCRAM salted keys are stored (SHA-1 and SHA-256), never the password. Deleting an
 account fires `user-deleted` so that every extension removes the data it keeps.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -3,6 +3,7 @@
 A Unix socket readable by the server's own user only; one JSON request per line, one
 JSON answer per line.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class AdminSocket:
-    def __init__(self, services: "Services", node: "Node"):
+    def __init__(self, services: Services, node: Node):
         self.services = services
         self.node = node
         self.started = time.time()
@@ -60,14 +61,29 @@ class AdminSocket:
         directory, node = self.services.directory, self.node
         sessions = [s for host in directory.hosts() for resources in host.sessions.values() for s in resources.values()]
         if command == "status":
-            return {"uptime": round(time.time() - self.started, 1), "sessions": len(sessions),
-                    "connections": len(node.connections), "listening": node.listening(),
-                    "hosts": directory.user_domains, "counters": self.services.metrics.totals()}
+            return {
+                "uptime": round(time.time() - self.started, 1),
+                "sessions": len(sessions),
+                "connections": len(node.connections),
+                "listening": node.listening(),
+                "hosts": directory.user_domains,
+                "counters": self.services.metrics.totals(),
+            }
         if command == "sessions":
-            return {"sessions": sorted(
-                ({"jid": str(s.jid), "peer": s.connection.peer if s.connection else None,
-                  "available": s.available, "priority": s.priority} for s in sessions),
-                key=lambda entry: entry["jid"])}
+            return {
+                "sessions": sorted(
+                    (
+                        {
+                            "jid": str(s.jid),
+                            "peer": s.connection.peer if s.connection else None,
+                            "available": s.available,
+                            "priority": s.priority,
+                        }
+                        for s in sessions
+                    ),
+                    key=lambda entry: entry["jid"],
+                )
+            }
         if command == "kick":
             try:
                 target = JID.parse(request.get("jid", ""))

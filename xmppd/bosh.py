@@ -40,6 +40,7 @@ CORS, as browsers need it: a page of an allowed origin (`allowed_origins`, by de
 on the preflight (OPTIONS: methods GET, POST, OPTIONS; header Content-Type; cached two
 hours); other origins get 403. A request without Origin is no browser's and not checked.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,11 +68,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.11"                    # of XEP-0124
+VERSION = "1.11"  # of XEP-0124
 CONTENT_TYPE = "text/xml; charset=utf-8"
 LEGACY_STATUS = {"bad-request": 400, "policy-violation": 403, "item-not-found": 404}
-PREFLIGHT = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-             "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "7200"}
+PREFLIGHT = {
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type",
+    "Access-Control-Max-Age": "7200",
+}
 _STREAM_ERROR = b"<stream:error"
 # The 'content' types a client may ask its answers to be sent as (XEP-0124 section 7.1):
 # XML or plain text; never HTML, which a browser would run the stanzas of others in.
@@ -99,7 +103,7 @@ class BoshEndpoint:
         self.config = config
         self.options = config.bosh
         self.http = http
-        self.serve = serve                       # Server.serve: admission, metrics, the connection's run
+        self.serve = serve  # Server.serve: admission, metrics, the connection's run
         self.domains = frozenset(host.domain for host in config.hosts)
         origins = self.options.allowed_origins or (http.public_url,)
         self.any_origin = "*" in origins
@@ -117,13 +121,16 @@ class BoshEndpoint:
         cors = {}
         if origin is not None:
             if not self.any_origin and _origin(origin) not in self.origins:
-                return web.Response(status=403, text=f"pages of {origin} may not connect here ([bosh] allowed_origins)\n")
+                return web.Response(
+                    status=403, text=f"pages of {origin} may not connect here ([bosh] allowed_origins)\n"
+                )
             cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
         if request.method == "OPTIONS":
             return web.Response(status=200, headers={**cors, **PREFLIGHT})
         if request.method == "GET":
-            return web.Response(text="this is an XMPP over BOSH endpoint (XEP-0206): POST <body/> wrappers here\n",
-                                headers=cors)
+            return web.Response(
+                text="this is an XMPP over BOSH endpoint (XEP-0206): POST <body/> wrappers here\n", headers=cors
+            )
         if request.transport is None:
             return web.Response(status=400)
         is_secure = request.transport.get_extra_info("ssl_object") is not None
@@ -132,7 +139,7 @@ class BoshEndpoint:
         async for chunk in self.http.body(request):
             data += chunk
             if len(data) > limit:
-                break                            # parse_body refuses it: no need for the rest
+                break  # parse_body refuses it: no need for the rest
         try:
             body = parse_body(bytes(data), limit)
         except BoshError as error:
@@ -147,14 +154,15 @@ class BoshEndpoint:
         if session is None:
             return self._respond((404, terminal("item-not-found")), cors)
         if session.is_secure and not is_secure:
-            request.transport.close()             # section 20.1: the session goes on
+            request.transport.close()  # section 20.1: the session goes on
             return web.Response(status=403)
         return self._respond(await session.receive(body), cors, session)
 
     async def _create(self, request: web.Request, body: Body, is_secure: bool, cors: dict) -> web.Response:
         if not is_secure and (self.config.c2s.require_encryption or not is_loopback_address(request.remote or "")):
-            return web.Response(status=403, text="encryption is required: use https:// ([c2s] require_encryption)\n",
-                                headers=cors)
+            return web.Response(
+                status=403, text="encryption is required: use https:// ([c2s] require_encryption)\n", headers=cors
+            )
         if not body.get("to"):
             return self._respond((200, terminal("improper-addressing")), cors)
         if body.get("to") not in self.domains:
@@ -167,7 +175,7 @@ class BoshEndpoint:
         if wait < 0 or hold < 0:
             status = 400 if body.get("ver") is None else 200
             return self._respond((status, terminal("bad-request")), cors)
-        if wait == 0:                            # section 12: a polling session either way
+        if wait == 0:  # section 12: a polling session either way
             hold = 0
         sid = secrets.token_urlsafe(24)
         session = BoshTransport(self, sid, body, request.remote or "?", is_secure, wait=wait, hold=hold)
@@ -193,8 +201,9 @@ class BoshTransport:
     bodies in rid order (`Body`, not bytes; b"" at the end), `write` takes what the
     connection writes for a TCP stream and answers the held requests with it."""
 
-    def __init__(self, endpoint: BoshEndpoint, sid: str, creation: Body, peer: str, is_secure: bool, *,
-                 wait: int, hold: int):
+    def __init__(
+        self, endpoint: BoshEndpoint, sid: str, creation: Body, peer: str, is_secure: bool, *, wait: int, hold: int
+    ):
         options = endpoint.options
         self.endpoint = endpoint
         self.sid = sid
@@ -210,14 +219,14 @@ class BoshTransport:
         self.content_type = content if _CONTENT.fullmatch(content) else CONTENT_TYPE
         self.creation_rid = creation.rid
         self.domain = creation.get("to") or ""
-        self.rid = creation.rid - 1                      # the last rid handed on
+        self.rid = creation.rid - 1  # the last rid handed on
         self.closing = False
         self._loop = asyncio.get_running_loop()
         self._bodies: collections.deque[Body] = collections.deque()
         self._readable = asyncio.Event()
-        self._early: dict[int, Body] = {}                # ahead of their turn
-        self._waiting: dict[int, asyncio.Future] = {}    # their answers
-        self._held: dict[int, asyncio.Future] = {}       # rid -> its answer, oldest first
+        self._early: dict[int, Body] = {}  # ahead of their turn
+        self._waiting: dict[int, asyncio.Future] = {}  # their answers
+        self._held: dict[int, asyncio.Future] = {}  # rid -> its answer, oldest first
         self._terminate_rid: int | None = None
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._answers: collections.OrderedDict[int, tuple[int, bytes]] = collections.OrderedDict()
@@ -226,18 +235,18 @@ class BoshTransport:
         self._drained = asyncio.Event()
         self._drained.set()
         self._flush_scheduled = False
-        self._stream_error: bytes | None = None          # the <stream:error/> written, if any
-        self._final: tuple[int, bytes] | None = None     # the answer once the session ended
+        self._stream_error: bytes | None = None  # the <stream:error/> written, if any
+        self._final: tuple[int, bytes] | None = None  # the answer once the session ended
         self._inactive: asyncio.TimerHandle | None = None
-        self._last_empty_poll = -1e9                     # when an empty poll got an empty answer
-        self._empty_poll: int | None = None              # the rid of the last empty poll
+        self._last_empty_poll = -1e9  # when an empty poll got an empty answer
+        self._empty_poll: int | None = None  # the rid of the last empty poll
 
     # ------------------------------------------------------------- requests
 
     async def receive(self, body: Body) -> tuple[int, bytes]:
         """The answer to a request of this session: (HTTP status, body)."""
         rid = body.rid
-        if rid in self._answers:                         # section 14.3: the same answer again
+        if rid in self._answers:  # section 14.3: the same answer again
             return self._answers[rid]
         if self._final is not None:
             return self._final
@@ -266,11 +275,11 @@ class BoshTransport:
                 self.metrics.count(LIMIT_REACHED, "bosh.max_pause")
                 self.terminate("policy-violation")
                 return
-            for held in list(self._held):            # section 10: all answered at once, this one empty
+            for held in list(self._held):  # section 10: all answered at once, this one empty
                 self._answer(held, b"" if held == rid else self._take_output())
             self._start_inactivity(int(pause))
             return
-        if self.hold == 0:                               # section 12: polls no closer than 'polling'
+        if self.hold == 0:  # section 12: polls no closer than 'polling'
             if body.payloads or body.is_restart or body.is_terminate:
                 self._last_empty_poll, self._empty_poll = -1e9, None
             elif self._loop.time() - self._last_empty_poll < self.polling:
@@ -283,7 +292,7 @@ class BoshTransport:
             self._bodies.append(body)
             self._readable.set()
         if body.is_terminate:
-            self._terminate_rid = rid                    # answered by close(), once the stream ended
+            self._terminate_rid = rid  # answered by close(), once the stream ended
         else:
             self._timers[rid] = self._loop.call_later(self.wait, self._answer_empty, rid)
         if self.hold and len(self._held) > self.hold:
@@ -313,10 +322,18 @@ class BoshTransport:
             self._start_inactivity(self.inactivity)
 
     def _creation_attributes(self) -> dict[str, str]:
-        attributes = {"sid": self.sid, "from": self.domain, "wait": str(self.wait), "hold": str(self.hold),
-                      "requests": str(self.requests), "polling": str(self.polling),
-                      "inactivity": str(self.inactivity), "maxpause": str(self.max_pause),
-                      "xmpp:version": "1.0", "xmpp:restartlogic": "true"}
+        attributes = {
+            "sid": self.sid,
+            "from": self.domain,
+            "wait": str(self.wait),
+            "hold": str(self.hold),
+            "requests": str(self.requests),
+            "polling": str(self.polling),
+            "inactivity": str(self.inactivity),
+            "maxpause": str(self.max_pause),
+            "xmpp:version": "1.0",
+            "xmpp:restartlogic": "true",
+        }
         if not self.is_legacy:
             attributes["ver"] = VERSION
         return attributes
@@ -340,7 +357,7 @@ class BoshTransport:
         request, held or to come, until the session is forgotten."""
         status = LEGACY_STATUS.get(condition, 200) if self.is_legacy else 200
         self._end(terminal(condition), status)
-        self._start_inactivity(self.inactivity)          # then forgotten
+        self._start_inactivity(self.inactivity)  # then forgotten
         return self._final
 
     def _end(self, content: bytes, status: int = 200) -> None:
@@ -399,7 +416,7 @@ class BoshTransport:
             return
         for message in frames(data):
             if message.startswith(b"<open ") or message == CLOSE_MESSAGE:
-                continue                             # the stream header and end are the binding's
+                continue  # the stream header and end are the binding's
             if message.startswith(_STREAM_ERROR):
                 self._stream_error = message
                 continue
@@ -433,7 +450,7 @@ class BoshTransport:
     def abort(self) -> None:
         if not self.closing:
             self._end(terminal("remote-connection-failed"))
-            self._start_inactivity(self.inactivity)      # then forgotten
+            self._start_inactivity(self.inactivity)  # then forgotten
 
     async def close(self, timeout: float = 5.0) -> None:
         """The stream ended: the held requests get the output and the end, with the
@@ -454,7 +471,7 @@ class BoshTransport:
         self._end(content)
         if held:
             self.endpoint.forget(self)
-        else:                                            # kept for the next request
+        else:  # kept for the next request
             self._start_inactivity(self.inactivity)
         log.debug("event=bosh-session-ended sid=%s", self.sid[:6])
 

@@ -21,6 +21,7 @@ session writes to the connection waits. XEP-0484
 tokens are an extension's: `fast-token-lookup` (a TokenLookup) finds a client's tokens,
 `fast-token-grant` (a TokenGrant) rotates, issues or invalidates them at a SASL2 success.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,7 +42,16 @@ from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.negotiation import C2SNegotiation, Settings, stream_error
 from xmppd.protocol.sasl import verify_plain_password
 from xmppd.protocol.stanza import IQ, error_reply
-from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, serialize, stream_header
+from xmppd.protocol.stream import (
+    STREAM_CLOSE,
+    StanzaReceived,
+    StreamClosed,
+    StreamErrorDetected,
+    StreamOpened,
+    XmlStream,
+    serialize,
+    stream_header,
+)
 from xmppd.router import KINDS
 from xmppd.session import Session, StreamConnection
 from xmppd.transport import Transport, WebSocketTransport, read_stream
@@ -54,7 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_UNSETTLED = 256       # stanzas of one client whose commits may be in flight at once
+MAX_UNSETTLED = 256  # stanzas of one client whose commits may be in flight at once
 INLINE = "bind2-inline/"  # event prefix of the features a Bind 2 request enables (XEP-0386)
 SASL2_INLINE = "sasl2-inline/"  # event prefix of the other requests <authenticate/> may carry
 USER_AGENT = "sasl2-user-agent"  # Session.meta: the XEP-0388 <user-agent/> id of its client
@@ -63,6 +73,7 @@ USER_AGENT = "sasl2-user-agent"  # Session.meta: the XEP-0388 <user-agent/> id o
 @dataclass
 class StreamElement:
     """A non-stanza top-level element, with the connection (and session once bound)."""
+
     connection: StreamConnection
     element: etree._Element
     session: Session | None
@@ -72,6 +83,7 @@ class StreamElement:
 class TokenLookup:
     """XEP-0484: a handler sets `tokens`, the unexpired ones of the account and client
     issued for `mechanism`, and `expired`, those that were."""
+
     jid: JID
     user_agent: str
     mechanism: str
@@ -85,6 +97,7 @@ class TokenGrant:
     with, if any) becomes current or, with `invalidate`, ends; a token is issued for
     `requested` (a mechanism) or when the used one is due for rotation. A handler sets
     `token` to the <token/> element for <success/>."""
+
     jid: JID
     user_agent: str
     requested: str | None
@@ -105,7 +118,7 @@ class InlineAnswers:
     """Stands for the connection while a Bind 2 request enables features inline: what
     their handlers write goes into <bound/> (XEP-0386 3.2), in order."""
 
-    def __init__(self, connection: "C2SConnection"):
+    def __init__(self, connection: C2SConnection):
         self.connection = connection
         self.written: list[bytes] = []
 
@@ -117,9 +130,17 @@ class InlineAnswers:
 
 
 class C2SConnection:
-    def __init__(self, services: "Services", admission: "Admission", tls: "ServerTls | None",
-                 transport: Transport | WebSocketTransport, *, direct_tls: bool, websocket: bool = False,
-                 bosh: bool = False):
+    def __init__(
+        self,
+        services: Services,
+        admission: Admission,
+        tls: ServerTls | None,
+        transport: Transport | WebSocketTransport,
+        *,
+        direct_tls: bool,
+        websocket: bool = False,
+        bosh: bool = False,
+    ):
         """`direct_tls`: the connection is encrypted from its start (XEP-0368, or a
         WebSocket over HTTPS); `websocket`: RFC 7395, whose TLS is the WebSocket's;
         `bosh`: XEP-0206 (xmppd/bosh.py), whose TLS is the HTTP requests'."""
@@ -131,7 +152,8 @@ class C2SConnection:
         self.listener = "bosh" if bosh else "websocket" if websocket else "direct_tls" if direct_tls else "starttls"
         options = services.config.c2s
         self.stream: XmlStream | WebSocketFraming | BoshFraming = (
-            BoshFraming if bosh else WebSocketFraming if websocket else XmlStream)(options.max_stanza_bytes)
+            BoshFraming if bosh else WebSocketFraming if websocket else XmlStream
+        )(options.max_stanza_bytes)
         self.settings = Settings(
             domains=frozenset(services.directory.user_domains),
             tls_available=tls is not None and not websocket and not bosh,
@@ -145,9 +167,9 @@ class C2SConnection:
         if direct_tls:
             self.settings.channel_binding = tls.channel_bindings(transport.ssl_object)
         self.session: Session | None = None
-        self.host: "Host | None" = None
+        self.host: Host | None = None
         self.closed = False
-        self._answer_close = False         # the client closed its stream: close ours after the session ended
+        self._answer_close = False  # the client closed its stream: close ours after the session ended
         self._held: list[bytes] | None = None  # written while SASL2 completes: goes out after <success/>
 
     # ------------------------------------------------------------- main loop
@@ -155,14 +177,15 @@ class C2SConnection:
     async def run(self) -> None:
         # One timer for the whole negotiation, not a timeout per read: logins are a hot path.
         deadline = asyncio.get_running_loop().call_later(
-            self.services.config.c2s.unauthenticated_timeout, self._negotiation_timeout)
+            self.services.config.c2s.unauthenticated_timeout, self._negotiation_timeout
+        )
         try:
             await read_stream(self.transport, self.stream, self.handle, lambda: self.closed)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.debug("event=connection-lost peer=%s error=%s", self.peer, exc)
         finally:
             deadline.cancel()
-            interrupted = not self.closed      # the peer vanished without closing the stream
+            interrupted = not self.closed  # the peer vanished without closing the stream
             self.closed = True
             session = self.session
             if session is not None and not interrupted:
@@ -199,7 +222,9 @@ class C2SConnection:
                 session.handled(writes)
                 if len(session.unsettled) > MAX_UNSETTLED:
                     await session.settled()
-            elif not await self.session.host.bus.fire(f"stream-element/{element.tag}", StreamElement(self, element, self.session)):
+            elif not await self.session.host.bus.fire(
+                f"stream-element/{element.tag}", StreamElement(self, element, self.session)
+            ):
                 self.close("unsupported-stanza-type")
         elif isinstance(event, StreamClosed):
             if self.session is None:
@@ -231,7 +256,9 @@ class C2SConnection:
             if not await self._may_attempt(jid):
                 return
             account = await self.services.stores.backend.accounts.get(jid)
-            for follow_up in self.negotiation.credentials_found(account.secrets.get(action.hash_name) if account else None):
+            for follow_up in self.negotiation.credentials_found(
+                account.secrets.get(action.hash_name) if account else None
+            ):
                 await self.perform(follow_up)
         elif isinstance(action, n.LookupToken):
             jid = JID(action.username, self.negotiation.domain)
@@ -243,13 +270,20 @@ class C2SConnection:
                 await self.perform(follow_up)
         elif isinstance(action, n.CheckPassword):
             # PBKDF2 takes milliseconds: off the event loop.
-            matches = await asyncio.to_thread(verify_plain_password, action.password, action.credentials, action.hash_name)
+            matches = await asyncio.to_thread(
+                verify_plain_password, action.password, action.credentials, action.hash_name
+            )
             for follow_up in self.negotiation.password_checked(matches):
                 await self.perform(follow_up)
         elif isinstance(action, n.AuthFailed):
             self.services.metrics.count(metrics.AUTH_FAILURES, action.mechanism)
-            log.info("event=auth-failed peer=%s user=%s mechanism=%s condition=%s",
-                     self.peer, action.username, action.mechanism, action.condition)
+            log.info(
+                "event=auth-failed peer=%s user=%s mechanism=%s condition=%s",
+                self.peer,
+                action.username,
+                action.mechanism,
+                action.condition,
+            )
             await asyncio.sleep(self.admission.throttle.failure_delay(self.peer))
         elif isinstance(action, n.Authenticated):
             self.services.metrics.count(metrics.AUTH_SUCCESSES, action.mechanism)
@@ -289,8 +323,9 @@ class C2SConnection:
         payload = etree.QName(iq[0])
         host = self.services.directory.host(self.negotiation.domain)
         try:
-            handled = await host.bus.fire(f"unauthenticated-iq/{payload.namespace}:{payload.localname}",
-                                          StreamElement(self, iq, None))
+            handled = await host.bus.fire(
+                f"unauthenticated-iq/{payload.namespace}:{payload.localname}", StreamElement(self, iq, None)
+            )
         except StanzaError as error:
             self.write(serialize(error_reply(iq, error)))
             return
@@ -306,12 +341,12 @@ class C2SConnection:
         resource = action.resource or host.new_resource()
         full_jid = action.jid.with_resource(resource)
         refusal = host.bind_refusal(full_jid)
-        if refusal is not None:                # RFC 6120 7.6.2.1
+        if refusal is not None:  # RFC 6120 7.6.2.1
             for follow_up in self.negotiation.bind_failed(action.iq, "resource-constraint", "wait", refusal):
                 await self.perform(follow_up)
             return
         old = host.session_for(full_jid)
-        if old is not None:                    # RFC 6120 7.7.2.2: the new session wins
+        if old is not None:  # RFC 6120 7.7.2.2: the new session wins
             old.close("conflict", "replaced by a new session")
             await host.end_session(old)
         session = Session(host, full_jid, self)
@@ -335,7 +370,7 @@ class C2SConnection:
             if self.closed:
                 return
             session, bound = None, None
-            if self.session is None and action.bind is not None:     # XEP-0386: not after a resumption
+            if self.session is None and action.bind is not None:  # XEP-0386: not after a resumption
                 session = await self._open_inline_session(action)
                 if session is None:
                     return
@@ -347,11 +382,17 @@ class C2SConnection:
             extensions = b"".join(requests.written)
             answered = requests.written + answers.written
             if action.user_agent and (action.token_request or action.token_used):
-                grant = TokenGrant(action.jid, action.user_agent, action.token_request, action.token_used,
-                                   action.mechanism, action.invalidate)
+                grant = TokenGrant(
+                    action.jid,
+                    action.user_agent,
+                    action.token_request,
+                    action.token_used,
+                    action.mechanism,
+                    action.invalidate,
+                )
                 await host.bus.fire("fast-token-grant", grant)
                 extensions += grant.token
-            named = session or self.session          # the bound or resumed session, if any
+            named = session or self.session  # the bound or resumed session, if any
             identifier = named.jid if named is not None else action.jid
             for follow_up in self.negotiation.sasl2_completed(identifier, bound, extensions, negotiated(answered)):
                 await self.perform(follow_up)
@@ -371,13 +412,13 @@ class C2SConnection:
         suffix = host.new_resource()
         try:
             full_jid = action.jid.with_resource(f"{action.tag}/{suffix}" if action.tag else suffix)
-        except InvalidJID:                     # a tag no resource can hold is left out
+        except InvalidJID:  # a tag no resource can hold is left out
             full_jid = action.jid.with_resource(suffix)
         refusal = host.bind_refusal(full_jid)
         if refusal is not None:
             self.close("policy-violation", refusal)
             return None
-        if action.user_agent:                  # XEP-0386: an earlier session of the same client ends
+        if action.user_agent:  # XEP-0386: an earlier session of the same client ends
             for old in [s for s in host.sessions_of(action.jid.local) if s.meta.get(USER_AGENT) == action.user_agent]:
                 old.close("conflict", "replaced by a new session of the same client")
                 await host.end_session(old)
@@ -422,8 +463,11 @@ class C2SConnection:
         namespaces = {etree.QName(name.removeprefix(SASL2_INLINE)).namespace for name in host.bus.hooked(SASL2_INLINE)}
         if not namespaces:
             return []
-        return [feature for feature in host.stream_features(True)
-                if etree.QName(etree.fromstring(feature)).namespace in namespaces]
+        return [
+            feature
+            for feature in host.stream_features(True)
+            if etree.QName(etree.fromstring(feature)).namespace in namespaces
+        ]
 
     def _inline_features(self) -> list[str]:
         host = self.services.directory.host(self.negotiation.domain)
@@ -457,7 +501,9 @@ class C2SConnection:
         self.closed = True
         if condition is not None:
             if not self.negotiation.header_sent:
-                self.transport.write(stream_header(from_=self.negotiation.domain or self.services.directory.user_domains[0], id="error"))
+                self.transport.write(
+                    stream_header(from_=self.negotiation.domain or self.services.directory.user_domains[0], id="error")
+                )
             self.transport.write(stream_error(condition, text))
         self.transport.write(STREAM_CLOSE)
         asyncio.get_running_loop().create_task(self.transport.close())

@@ -2,6 +2,7 @@
 (section 5.1), which the server computes for its own caps in the stream features and
 checks for the caps its users' clients announce (PEP's filtered notifications).
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,8 +17,13 @@ NS_CAPS = "http://jabber.org/protocol/caps"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 
 # XEP-0115 section 5.4 names hashes as in the IANA registry ("sha-1"); md5 is not trusted.
-HASHES = {"sha-1": hashlib.sha1, "sha-224": hashlib.sha224, "sha-256": hashlib.sha256,
-          "sha-384": hashlib.sha384, "sha-512": hashlib.sha512}
+HASHES = {
+    "sha-1": hashlib.sha1,
+    "sha-224": hashlib.sha224,
+    "sha-256": hashlib.sha256,
+    "sha-384": hashlib.sha384,
+    "sha-512": hashlib.sha512,
+}
 
 
 def verification_string(query: etree._Element, hash_name: str) -> str | None:
@@ -26,8 +32,10 @@ def verification_string(query: etree._Element, hash_name: str) -> str | None:
     algorithm = HASHES.get(hash_name)
     if algorithm is None:
         return None
-    identities = [(i.get("category", ""), i.get("type", ""), i.get(XML_LANG, ""), i.get("name", ""))
-                  for i in query.iterchildren(f"{{{NS_DISCO_INFO}}}identity")]
+    identities = [
+        (i.get("category", ""), i.get("type", ""), i.get(XML_LANG, ""), i.get("name", ""))
+        for i in query.iterchildren(f"{{{NS_DISCO_INFO}}}identity")
+    ]
     features = [f.get("var", "") for f in query.iterchildren(f"{{{NS_DISCO_INFO}}}feature")]
     if len(set(identities)) != len(identities) or len(set(features)) != len(features):
         return None

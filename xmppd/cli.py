@@ -1,4 +1,5 @@
 """`xmppd`: run the server, or check a config file."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,10 +7,11 @@ import asyncio
 import gc
 import logging
 import signal
-from pathlib import Path
 import sys
+from pathlib import Path
 
-from xmppd import config as config_module, logs
+from xmppd import config as config_module
+from xmppd import logs
 from xmppd.config import ConfigError
 from xmppd.storage import StorageUnavailable
 
@@ -25,6 +27,7 @@ def main(argv=None) -> int:
         config = config_module.load(args.config)
         if args.check_config:
             from xmppd.server import check_extensions
+
             check_extensions(config)
             print(f"{config.source}: OK")
             return 0
@@ -34,6 +37,7 @@ def main(argv=None) -> int:
     logs.setup(config.server.log_level, config.server.log_format)
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass
@@ -49,6 +53,7 @@ def main(argv=None) -> int:
 
 async def serve(config, config_path) -> int:
     from xmppd.server import Server
+
     server = Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -62,7 +67,7 @@ async def serve(config, config_path) -> int:
     # What start-up loaded lives as long as the process: out of the collector's sight,
     # a full collection stays short, and so does the delay it adds to a message.
     gc.freeze()
-    beside = Path(sys.argv[0]).with_name("xmppctl")     # the one installed with this xmppd
+    beside = Path(sys.argv[0]).with_name("xmppctl")  # the one installed with this xmppd
     ctl = (str(beside) if beside.exists() else "xmppctl") + (f" --config {config_path}" if config_path else "")
     print(f"xmppd serving {', '.join(server.user_domains)}; listening on {', '.join(server.listening())}", flush=True)
     print(f"data in {config.data_dir}; add a user with: {ctl} adduser user@{server.user_domains[0]}", flush=True)

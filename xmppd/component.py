@@ -15,6 +15,7 @@ Stanzas from a component must carry a 'from' of its domain (invalid-from) and a 
 (improper-addressing, as on a server-to-server stream); they are routed as they are,
 with no pre- events (the component is not a user of ours).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,16 @@ from xmppd.protocol.errors import BadRequest, ResourceConstraint, ServiceUnavail
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_COMPONENT
 from xmppd.protocol.negotiation import stream_error
-from xmppd.protocol.stream import STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened, XmlStream, serialize, stream_header
+from xmppd.protocol.stream import (
+    STREAM_CLOSE,
+    StanzaReceived,
+    StreamClosed,
+    StreamErrorDetected,
+    StreamOpened,
+    XmlStream,
+    serialize,
+    stream_header,
+)
 from xmppd.router import KINDS, Router, Stanza, target_of
 from xmppd.transport import Transport, read_stream
 
@@ -41,7 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROUTED_EVENTS = [f"{kind}/{target}" for kind in ("message", "presence", "iq") for target in ("host", "bare", "full", "self")]
+ROUTED_EVENTS = [
+    f"{kind}/{target}" for kind in ("message", "presence", "iq") for target in ("host", "bare", "full", "self")
+]
 
 
 class ComponentRoute:
@@ -75,9 +87,11 @@ class Components:
         self.connections: set[ComponentConnection] = set()
         directory = services.directory
         for configured, secret in self.options.secrets.items():
-            domain = JID.parse(configured).domain          # as the router will look it up
-            parent = next((host for host in directory.hosts() if not host.is_component
-                           and domain.endswith("." + host.domain)), None)
+            domain = JID.parse(configured).domain  # as the router will look it up
+            parent = next(
+                (host for host in directory.hosts() if not host.is_component and domain.endswith("." + host.domain)),
+                None,
+            )
             host = directory.add_component(domain, parent or directory.host(directory.user_domains[0]))
             self.routes[domain] = ComponentRoute(host, secret)
 
@@ -85,8 +99,10 @@ class Components:
         """The listeners, one per interface; none without a component or with port 0."""
         if not self.routes or not self.options.port:
             return []
-        return [await asyncio.start_server(self._accept, interface, self.options.port, reuse_address=True)
-                for interface in self.options.interfaces]
+        return [
+            await asyncio.start_server(self._accept, interface, self.options.port, reuse_address=True)
+            for interface in self.options.interfaces
+        ]
 
     def close(self) -> None:
         for connection in list(self.connections):
@@ -111,13 +127,15 @@ class ComponentConnection:
         self.transport = transport
         self.stream = XmlStream(components.options.max_stanza_bytes, content_namespace=NS_COMPONENT)
         self.stream_id = secrets.token_hex(16)
-        self.domain: str | None = None           # once the stream header named a configured one
+        self.domain: str | None = None  # once the stream header named a configured one
         self.route: ComponentRoute | None = None  # once authenticated
         self.header_sent = False
         self.closed = False
 
     async def run(self) -> None:
-        deadline = asyncio.get_running_loop().call_later(self.components.options.handshake_timeout, self._handshake_timeout)
+        deadline = asyncio.get_running_loop().call_later(
+            self.components.options.handshake_timeout, self._handshake_timeout
+        )
         try:
             await read_stream(self.transport, self.stream, self.handle, lambda: self.closed)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
@@ -163,7 +181,11 @@ class ComponentConnection:
 
     def _authenticate(self, element: etree._Element) -> None:
         route = self.components.routes[self.domain]
-        if element.tag != HANDSHAKE or len(element) or not is_valid_handshake(element.text or "", self.stream_id, route.secret):
+        if (
+            element.tag != HANDSHAKE
+            or len(element)
+            or not is_valid_handshake(element.text or "", self.stream_id, route.secret)
+        ):
             self.services.metrics.count(metrics.AUTH_FAILURES, "component-handshake")
             log.info("event=component-auth-failed domain=%s peer=%s", self.domain, self.transport.peer)
             self.close("not-authorized")
@@ -203,8 +225,15 @@ class ComponentConnection:
 
     def _send_header(self) -> None:
         """XEP-0114 section 3: from the component's domain, with the id its handshake hashes."""
-        self.transport.write(stream_header(from_=self.domain or self.services.directory.user_domains[0],
-                                           id=self.stream_id, version=None, lang=None, content_namespace=NS_COMPONENT))
+        self.transport.write(
+            stream_header(
+                from_=self.domain or self.services.directory.user_domains[0],
+                id=self.stream_id,
+                version=None,
+                lang=None,
+                content_namespace=NS_COMPONENT,
+            )
+        )
         self.header_sent = True
 
     def close(self, condition: str | None = None, text: str | None = None) -> None:

@@ -10,6 +10,7 @@ is clamped silently. Sections:
     [websocket] WebSocketOptions (RFC 7395)    [bosh] BoshOptions (XEP-0124, XEP-0206)
     [cluster]  ClusterOptions
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,13 +34,13 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ServerOptions:
-    data_dir: str = DEFAULT_DATA_DIR           # SQLite database, uploads, certificates, admin socket
-    log_level: str = "info"                    # debug | info | warning | error
-    log_format: str = "text"                   # text (key=value) | json
-    admin_socket: str = ""                     # default: <data_dir>/admin.sock
-    extensions: tuple[str, ...] = ()           # default: every bundled extension
+    data_dir: str = DEFAULT_DATA_DIR  # SQLite database, uploads, certificates, admin socket
+    log_level: str = "info"  # debug | info | warning | error
+    log_format: str = "text"  # text (key=value) | json
+    admin_socket: str = ""  # default: <data_dir>/admin.sock
+    extensions: tuple[str, ...] = ()  # default: every bundled extension
     graceful_shutdown_timeout: float = 10.0
-    shutdown_delay: float = 0.0                # seconds /health answers 503 before a shutdown closes anything
+    shutdown_delay: float = 0.0  # seconds /health answers 503 before a shutdown closes anything
 
     def validate(self, where):
         where.one_of("log_level", self.log_level, ("debug", "info", "warning", "error"))
@@ -50,23 +51,23 @@ class ServerOptions:
 @dataclass(frozen=True)
 class C2SOptions:
     interfaces: tuple[str, ...] = ("127.0.0.1",)
-    port: int = 5222                           # STARTTLS
-    direct_tls_port: int = 5223                # XEP-0368; 0 disables
-    require_encryption: bool = True            # false allows plain text from loopback peers only
+    port: int = 5222  # STARTTLS
+    direct_tls_port: int = 5223  # XEP-0368; 0 disables
+    require_encryption: bool = True  # false allows plain text from loopback peers only
     max_stanza_bytes: int = 262144
-    unauthenticated_timeout: float = 60.0      # seconds to finish authentication and bind
-    max_unauthenticated_per_ip: int = 100      # when full, the oldest one is closed for a new one
-    max_unauthenticated: int = 2000            # the same, over all addresses
-    max_sessions_per_ip: int = 0               # authenticated (and hibernating) sessions; 0: no limit
-    ipv6_prefix: int = 64                      # an IPv6 address counts as its /ipv6_prefix network
-    auth_failures_per_ip: int = 30             # budgets of failed logins, refilled over auth_failure_window
-    auth_failures_per_account: int = 10        # per account and address
+    unauthenticated_timeout: float = 60.0  # seconds to finish authentication and bind
+    max_unauthenticated_per_ip: int = 100  # when full, the oldest one is closed for a new one
+    max_unauthenticated: int = 2000  # the same, over all addresses
+    max_sessions_per_ip: int = 0  # authenticated (and hibernating) sessions; 0: no limit
+    ipv6_prefix: int = 64  # an IPv6 address counts as its /ipv6_prefix network
+    auth_failures_per_ip: int = 30  # budgets of failed logins, refilled over auth_failure_window
+    auth_failures_per_account: int = 10  # per account and address
     auth_failure_window: float = 600.0
-    max_output_buffer: int = 1024 * 1024       # unsent output past which a client gets nothing more for now
-    max_held_bytes: int = 512 * 1024           # stanzas held in memory for a client with no room
-    stall_timeout: float = 300.0               # seconds a client may take nothing; 0: forever
-    auth_failure_delay: float = 1.0            # grows per recent failure from one address
-    max_resources_per_account: int = 10        # bound resources, hibernating XEP-0198 sessions included
+    max_output_buffer: int = 1024 * 1024  # unsent output past which a client gets nothing more for now
+    max_held_bytes: int = 512 * 1024  # stanzas held in memory for a client with no room
+    stall_timeout: float = 300.0  # seconds a client may take nothing; 0: forever
+    auth_failure_delay: float = 1.0  # grows per recent failure from one address
+    max_resources_per_account: int = 10  # bound resources, hibernating XEP-0198 sessions included
 
     # Keys of earlier versions: naming one stops start-up with what replaces it.
     REPLACED = {"max_connections_per_ip": "max_unauthenticated_per_ip, max_unauthenticated and max_sessions_per_ip"}
@@ -75,7 +76,12 @@ class C2SOptions:
         for key in ("port", "direct_tls_port"):
             where.check(key, 0 <= getattr(self, key) < 65536, "must be a port number (0-65535)")
         where.check("max_stanza_bytes", self.max_stanza_bytes >= 10000, "must be at least 10000")
-        for key in ("max_unauthenticated_per_ip", "max_unauthenticated", "auth_failures_per_ip", "auth_failures_per_account"):
+        for key in (
+            "max_unauthenticated_per_ip",
+            "max_unauthenticated",
+            "auth_failures_per_ip",
+            "auth_failures_per_account",
+        ):
             where.check(key, getattr(self, key) > 0, "must be positive")
         where.check("max_sessions_per_ip", self.max_sessions_per_ip >= 0, "must not be negative (0: no limit)")
         where.check("ipv6_prefix", 1 <= self.ipv6_prefix <= 128, "must be a prefix length (1-128)")
@@ -89,8 +95,8 @@ class C2SOptions:
 
 @dataclass(frozen=True)
 class TlsOptions:
-    certificate: str = ""                      # PEM; default <data_dir>/<first domain>.crt
-    key: str = ""                              # PEM; default <data_dir>/<first domain>.key
+    certificate: str = ""  # PEM; default <data_dir>/<first domain>.crt
+    key: str = ""  # PEM; default <data_dir>/<first domain>.key
     min_version: str = "1.2"
 
     def validate(self, where):
@@ -100,28 +106,28 @@ class TlsOptions:
 @dataclass(frozen=True)
 class HostOptions:
     domain: str = "localhost"
-    admins: tuple[str, ...] = ()               # bare JIDs allowed the XEP-0133 commands
+    admins: tuple[str, ...] = ()  # bare JIDs allowed the XEP-0133 commands
 
 
 @dataclass(frozen=True)
 class StorageOptions:
-    default: str = "sqlite"                    # backend for every store not named below
-    archive: str = ""                          # backend of the message archives (MAM, offline)
-    media: str = "filesystem"                  # filesystem | s3
+    default: str = "sqlite"  # backend for every store not named below
+    archive: str = ""  # backend of the message archives (MAM, offline)
+    media: str = "filesystem"  # filesystem | s3
 
 
 @dataclass(frozen=True)
 class HttpOptions:
     interfaces: tuple[str, ...] = ("127.0.0.1",)
-    port: int = 5280                           # plain HTTP (loopback by default); 0 disables
-    tls_port: int = 5443                       # HTTPS; 0 disables
-    public_url: str = ""                       # default https://<first domain>:<tls_port>
+    port: int = 5280  # plain HTTP (loopback by default); 0 disables
+    tls_port: int = 5443  # HTTPS; 0 disables
+    public_url: str = ""  # default https://<first domain>:<tls_port>
     secret: str = field(default="", repr=False)  # signs upload URLs; default: made once in <data_dir>/http.key
-    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")   # addresses/networks that may read /metrics
-    head_timeout: float = 20.0                 # seconds for the TLS handshake and each request head
-    body_timeout: float = 20.0                 # seconds a request body has, plus 1 per min_body_rate bytes
-    min_body_rate: int = 1024                  # bytes per second
-    max_connections_per_ip: int = 32           # IPv6: per /64
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")  # addresses/networks that may read /metrics
+    head_timeout: float = 20.0  # seconds for the TLS handshake and each request head
+    body_timeout: float = 20.0  # seconds a request body has, plus 1 per min_body_rate bytes
+    min_body_rate: int = 1024  # bytes per second
+    max_connections_per_ip: int = 32  # IPv6: per /64
     max_connections: int = 512
 
     def validate(self, where):
@@ -129,14 +135,17 @@ class HttpOptions:
             where.check(key, 0 <= getattr(self, key) < 65536, "must be a port number (0-65535)")
         for key in ("head_timeout", "body_timeout", "min_body_rate", "max_connections_per_ip", "max_connections"):
             where.check(key, getattr(self, key) > 0, "must be positive")
-        where.check("public_url", not self.public_url or self.public_url.startswith(("https://", "http://")),
-                    "must be an https:// (or http://) URL")
+        where.check(
+            "public_url",
+            not self.public_url or self.public_url.startswith(("https://", "http://")),
+            "must be an https:// (or http://) URL",
+        )
         where.check("secret", not self.secret or len(self.secret) >= 16, "must be at least 16 characters")
         for index, network in enumerate(self.metrics_allow):
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
-                where.fail(f"metrics_allow[{index}]", f"{network!r} is not an IP address or network (\"10.0.0.0/8\")")
+                where.fail(f"metrics_allow[{index}]", f'{network!r} is not an IP address or network ("10.0.0.0/8")')
 
     @property
     def metrics_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -147,15 +156,17 @@ class HttpOptions:
 class ComponentsOptions:
     """XEP-0114 external components (gateways, bots). As Prosody's component_ports, the
     listener is on loopback at 5347, and it opens only when a component is configured."""
+
     interfaces: tuple[str, ...] = ("127.0.0.1",)
-    port: int = 5347                           # 0 disables the listener
-    secrets: dict[str, str] = field(default_factory=dict, repr=False)   # component domain -> shared secret
+    port: int = 5347  # 0 disables the listener
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # component domain -> shared secret
     max_stanza_bytes: int = 262144
-    handshake_timeout: float = 30.0            # seconds a connection has to open its stream and authenticate
-    max_output_buffer: int = 4 * 1024 * 1024   # unsent output past which stanzas to the component bounce
+    handshake_timeout: float = 30.0  # seconds a connection has to open its stream and authenticate
+    max_output_buffer: int = 4 * 1024 * 1024  # unsent output past which stanzas to the component bounce
 
     def validate(self, where):
         from xmppd.protocol.jid import JID, InvalidJID
+
         where.check("port", 0 <= self.port < 65536, "must be a port number (0-65535)")
         where.check("max_stanza_bytes", self.max_stanza_bytes >= 10000, "must be at least 10000")
         where.check("handshake_timeout", self.handshake_timeout > 0, "must be positive")
@@ -166,18 +177,24 @@ class ComponentsOptions:
             except InvalidJID:
                 is_domain = False
             where.check(f"secrets.{domain!r}", is_domain, "must be a domain name (gateway.example.org)")
-            where.check(f"secrets.{domain!r}", isinstance(secret, str) and len(secret) >= 16,
-                        "must be a string of at least 16 characters")
+            where.check(
+                f"secrets.{domain!r}",
+                isinstance(secret, str) and len(secret) >= 16,
+                "must be a string of at least 16 characters",
+            )
 
 
 @dataclass(frozen=True)
 class WebSocketOptions:
-    path: str = "/xmpp-websocket"              # RFC 7395 endpoint on the [http] server; "" turns it off
-    allowed_origins: tuple[str, ...] = ()      # browser Origins allowed; empty: [http] public_url's only; "*": any
+    path: str = "/xmpp-websocket"  # RFC 7395 endpoint on the [http] server; "" turns it off
+    allowed_origins: tuple[str, ...] = ()  # browser Origins allowed; empty: [http] public_url's only; "*": any
 
     def validate(self, where):
-        where.check("path", not self.path or (self.path.startswith("/") and len(self.path) > 1),
-                    'must be a path such as "/xmpp-websocket" (or "" to turn WebSocket off)')
+        where.check(
+            "path",
+            not self.path or (self.path.startswith("/") and len(self.path) > 1),
+            'must be a path such as "/xmpp-websocket" (or "" to turn WebSocket off)',
+        )
         check_origins(self.allowed_origins, where)
 
 
@@ -185,25 +202,36 @@ def check_origins(origins: tuple[str, ...], where) -> None:
     """`allowed_origins` of the HTTP endpoints browsers use: origins, or "*"."""
     for index, origin in enumerate(origins):
         parts = urllib.parse.urlsplit(origin)
-        where.check(f"allowed_origins[{index}]", origin == "*" or (
-            parts.scheme in ("https", "http") and parts.hostname and parts.path in ("", "/")
-            and not parts.query and not parts.fragment),
-            f'{origin!r} is not an origin ("https://chat.example.org") nor "*"')
+        where.check(
+            f"allowed_origins[{index}]",
+            origin == "*"
+            or (
+                parts.scheme in ("https", "http")
+                and parts.hostname
+                and parts.path in ("", "/")
+                and not parts.query
+                and not parts.fragment
+            ),
+            f'{origin!r} is not an origin ("https://chat.example.org") nor "*"',
+        )
 
 
 @dataclass(frozen=True)
 class BoshOptions:
-    path: str = "/http-bind"                   # XEP-0124/0206 endpoint on the [http] server; "" turns it off
-    allowed_origins: tuple[str, ...] = ()      # browser Origins allowed; empty: [http] public_url's only; "*": any
-    max_wait: int = 60                         # seconds a request may be held (the client's 'wait' may be less)
-    max_hold: int = 1                          # requests held at once (the client's 'hold' may be less)
-    inactivity: int = 60                       # seconds without a request before the session is dropped
-    polling: int = 5                           # shortest interval between two empty polls
-    max_pause: int = 300                       # longest 'pause' a client may ask for
+    path: str = "/http-bind"  # XEP-0124/0206 endpoint on the [http] server; "" turns it off
+    allowed_origins: tuple[str, ...] = ()  # browser Origins allowed; empty: [http] public_url's only; "*": any
+    max_wait: int = 60  # seconds a request may be held (the client's 'wait' may be less)
+    max_hold: int = 1  # requests held at once (the client's 'hold' may be less)
+    inactivity: int = 60  # seconds without a request before the session is dropped
+    polling: int = 5  # shortest interval between two empty polls
+    max_pause: int = 300  # longest 'pause' a client may ask for
 
     def validate(self, where):
-        where.check("path", not self.path or (self.path.startswith("/") and len(self.path) > 1),
-                    'must be a path such as "/http-bind" (or "" to turn BOSH off)')
+        where.check(
+            "path",
+            not self.path or (self.path.startswith("/") and len(self.path) > 1),
+            'must be a path such as "/http-bind" (or "" to turn BOSH off)',
+        )
         check_origins(self.allowed_origins, where)
         where.check("max_wait", 1 <= self.max_wait <= 3600, "must be 1 to 3600 seconds")
         where.check("max_hold", 1 <= self.max_hold <= 8, "must be 1 to 8")
@@ -214,17 +242,23 @@ class BoshOptions:
 
 @dataclass(frozen=True)
 class ClusterOptions:
-    engine: str = ""                           # redis:// URL of the cluster engine; "": a single node
-    node: str = ""                             # this node's name; default <host name>:<c2s port>
-    heartbeat: float = 1.0                     # seconds between liveness refreshes and checks
-    node_timeout: float = 5.0                  # seconds after its last refresh that a silent node is dead
+    engine: str = ""  # redis:// URL of the cluster engine; "": a single node
+    node: str = ""  # this node's name; default <host name>:<c2s port>
+    heartbeat: float = 1.0  # seconds between liveness refreshes and checks
+    node_timeout: float = 5.0  # seconds after its last refresh that a silent node is dead
 
     def validate(self, where):
-        where.check("engine", not self.engine or self.engine.startswith(("redis://", "rediss://", "unix://")),
-                    "must be a redis://, rediss:// or unix:// URL, or \"\" for a single node")
+        where.check(
+            "engine",
+            not self.engine or self.engine.startswith(("redis://", "rediss://", "unix://")),
+            'must be a redis://, rediss:// or unix:// URL, or "" for a single node',
+        )
         where.check("heartbeat", self.heartbeat > 0, "must be positive")
-        where.check("node_timeout", self.node_timeout > 2 * self.heartbeat,
-                    "must be more than twice cluster.heartbeat (a live node refreshes in time)")
+        where.check(
+            "node_timeout",
+            self.node_timeout > 2 * self.heartbeat,
+            "must be more than twice cluster.heartbeat (a live node refreshes in time)",
+        )
 
 
 # Stores kept in one process: several nodes cannot share them.
@@ -243,8 +277,8 @@ class Config:
     hosts: tuple[HostOptions, ...] = (HostOptions(),)
     storage: StorageOptions = StorageOptions()
     cluster: ClusterOptions = ClusterOptions()
-    backend_options: dict = field(default_factory=dict)     # backend kind -> its Options
-    extension_options: dict = field(default_factory=dict)   # extension name -> its raw table
+    backend_options: dict = field(default_factory=dict)  # backend kind -> its Options
+    extension_options: dict = field(default_factory=dict)  # extension name -> its raw table
     source: str = "<defaults>"
 
     @property
@@ -287,6 +321,7 @@ class Where:
     def component_domain(self, name, template: str):
         """A component's domain template, where {host} stands for the user host's domain."""
         from xmppd.protocol.jid import JID, InvalidJID
+
         try:
             jid = JID.parse(template.format(host="example.org"))
         except (InvalidJID, KeyError, IndexError, ValueError):
@@ -353,9 +388,16 @@ def build(cls, table: dict, where: Where):
 
 
 MEDIA_BACKENDS = ("filesystem", "s3")
-SECTIONS = {"server": ServerOptions, "c2s": C2SOptions, "tls": TlsOptions, "http": HttpOptions,
-            "components": ComponentsOptions, "websocket": WebSocketOptions, "bosh": BoshOptions,
-            "cluster": ClusterOptions}
+SECTIONS = {
+    "server": ServerOptions,
+    "c2s": C2SOptions,
+    "tls": TlsOptions,
+    "http": HttpOptions,
+    "components": ComponentsOptions,
+    "websocket": WebSocketOptions,
+    "bosh": BoshOptions,
+    "cluster": ClusterOptions,
+}
 
 
 def parse(data: dict, source: str) -> Config:
@@ -385,18 +427,28 @@ def parse(data: dict, source: str) -> Config:
     if sections["cluster"].engine:
         for key in ("default", "archive"):
             if getattr(storage, key) in PROCESS_LOCAL_BACKENDS:
-                top.fail(f"storage.{key}", f"{getattr(storage, key)!r} keeps its data in one process; with "
-                         "cluster.engine set every node needs the same storage (cassandra)")
+                top.fail(
+                    f"storage.{key}",
+                    f"{getattr(storage, key)!r} keeps its data in one process; with "
+                    "cluster.engine set every node needs the same storage (cassandra)",
+                )
 
     extensions = data.get("extensions", {})
     if not isinstance(extensions, dict) or not all(isinstance(v, dict) for v in extensions.values()):
         top.fail("extensions", "must hold one table per extension ([extensions.<name>])")
-    return Config(hosts=hosts, storage=storage, backend_options=backend_options,
-                  extension_options=extensions, source=source, **sections)
+    return Config(
+        hosts=hosts,
+        storage=storage,
+        backend_options=backend_options,
+        extension_options=extensions,
+        source=source,
+        **sections,
+    )
 
 
 def _backend_options(kind: str, table: dict, where: Where):
     from xmppd.storage import backend_module
+
     try:
         module = backend_module(f"media.{kind}" if kind in MEDIA_BACKENDS else kind)
     except ImportError as exc:

@@ -1,5 +1,6 @@
 """`xmppctl`: administration. Account and upload commands work on storage directly (the
 server may run or not); status, sessions and kick talk to the running server's admin socket."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,8 @@ import os
 import sys
 import time
 
-from xmppd import accounts, config as config_module, portable
+from xmppd import accounts, portable
+from xmppd import config as config_module
 from xmppd.config import ConfigError
 from xmppd.portable import PortableError
 from xmppd.protocol.jid import JID, InvalidJID
@@ -38,34 +40,46 @@ def main(argv=None) -> int:
     commands.add_parser("uploads", help="list a user's uploaded files (XEP-0363)").add_argument("jid")
     commands.add_parser("quota", help="a user's upload usage against the quota").add_argument("jid")
     commands.add_parser("delete-upload", help="delete an uploaded file").add_argument(
-        "id", help="the file's id (from `uploads`) or its URL")
+        "id", help="the file's id (from `uploads`) or its URL"
+    )
     commands.add_parser("tokens", help="list a user's clients with FAST tokens (XEP-0484)").add_argument("jid")
     revoke = commands.add_parser("revoke-tokens", help="end a user's FAST tokens, of one client or all")
     revoke.add_argument("jid")
     revoke.add_argument("client", nargs="?", help="the client's id (from `tokens`); default: every client")
     storage = commands.add_parser("storage", help="storage schema; copying between backends").add_subparsers(
-        dest="storage_command", required=True)
+        dest="storage_command", required=True
+    )
     storage.add_parser("init", help="create or upgrade the schema (Cassandra: keyspace and tables)").add_argument(
-        "--backend", help="one backend kind (default: those of [storage])")
+        "--backend", help="one backend kind (default: those of [storage])"
+    )
     copy = storage.add_parser("copy", help="copy every store from one backend to another, then compare counts")
     copy.add_argument("--from", dest="source", required=True, help="backend kind, options from [storage.<kind>]")
     copy.add_argument("--to", dest="target", required=True, help="backend kind, options from [storage.<kind>]")
     commands.add_parser(
-        "backup", help="back up every store and the media files into a new directory while the server runs: "
+        "backup",
+        help="back up every store and the media files into a new directory while the server runs: "
         "all on SQLite, one snapshot; PostgreSQL and Cassandra are read through the driver, consistent per row, "
-        "not across (a point-in-time Cassandra backup is `nodetool snapshot`; see README, Backups)").add_argument(
-        "directory", help="a new or empty directory")
-    restoring = commands.add_parser("restore", help="restore a backup of any backend into the storage of this "
-                                    "config (server stopped); refuses a target holding data, and a manifest "
-                                    "that is damaged or of an unknown version")
+        "not across (a point-in-time Cassandra backup is `nodetool snapshot`; see README, Backups)",
+    ).add_argument("directory", help="a new or empty directory")
+    restoring = commands.add_parser(
+        "restore",
+        help="restore a backup of any backend into the storage of this "
+        "config (server stopped); refuses a target holding data, and a manifest "
+        "that is damaged or of an unknown version",
+    )
     restoring.add_argument("directory", help="a directory made by `xmppctl backup`")
     restoring.add_argument("--force", action="store_true", help="restore even into storage that holds data")
-    for name, text in (("export", "write the users' data (accounts with their SCRAM keys, rosters, vCards, "
-                                  "offline messages, archives, private XML, PEP) to a new file"),
-                       ("import", "read users' data from a file into the storage (server stopped); existing "
-                                  "accounts are left alone")):
+    for name, text in (
+        (
+            "export",
+            "write the users' data (accounts with their SCRAM keys, rosters, vCards, "
+            "offline messages, archives, private XML, PEP) to a new file",
+        ),
+        ("import", "read users' data from a file into the storage (server stopped); existing accounts are left alone"),
+    ):
         commands.add_parser(name, help=text).add_argument(
-            "--xep0227", metavar="FILE", required=True, help="XEP-0227 (portable import/export) XML")
+            "--xep0227", metavar="FILE", required=True, help="XEP-0227 (portable import/export) XML"
+        )
     args = parser.parse_args(argv)
     try:
         config = config_module.load(args.config)
@@ -115,9 +129,12 @@ def _password(args) -> str:
 
 async def offline(config, args) -> int:
     from xmppd.server import Server
-    if config.storage.default == "memory":     # what it would do would vanish with it
-        raise ConfigError(f"{args.command}: the memory storage of {config.source} lives in the server "
-                          "process only; make accounts in-band (XEP-0077) or with the XEP-0133 admin commands")
+
+    if config.storage.default == "memory":  # what it would do would vanish with it
+        raise ConfigError(
+            f"{args.command}: the memory storage of {config.source} lives in the server "
+            "process only; make accounts in-band (XEP-0077) or with the XEP-0133 admin commands"
+        )
     jid = _account(config, args.jid) if hasattr(args, "jid") else None
     password = _password(args) if args.command in ("adduser", "passwd") else None
     server = Server(config)
@@ -148,20 +165,25 @@ async def offline(config, args) -> int:
             now = time.time()
             for item in await server.storage.uploads.list(str(jid)):
                 state = "stored" if item.completed else "open slot" if upload.is_open(item, now) else "unused slot"
-                print(f"{item.id}\t{item.size}\t{state}\t{_utc(item.created)}\t{_utc(item.expires)}\t"
-                      f"{upload.get_url(item)}")
+                print(
+                    f"{item.id}\t{item.size}\t{state}\t{_utc(item.created)}\t{_utc(item.expires)}\t"
+                    f"{upload.get_url(item)}"
+                )
         elif args.command == "quota":
             upload = _upload_service(host)
             used, files = await upload.usage(str(jid))
             quota = upload.options.quota_per_user
-            print(f"{jid}: {used} bytes in {files} files, quota "
-                  + (f"{quota} bytes ({100 * used / quota:.1f}% used)" if quota else "none"))
+            print(
+                f"{jid}: {used} bytes in {files} files, quota "
+                + (f"{quota} bytes ({100 * used / quota:.1f}% used)" if quota else "none")
+            )
         elif args.command == "tokens":
             for client, slots in (await _fast(host).clients(str(jid))).items():
                 for slot, token in slots.items():
                     if token:
-                        print(f"{client}\t{slot}\t{token['mechanism']}\t{_utc(token['issued'])}\t"
-                              f"{_utc(token['expiry'])}")
+                        print(
+                            f"{client}\t{slot}\t{token['mechanism']}\t{_utc(token['issued'])}\t{_utc(token['expiry'])}"
+                        )
         elif args.command == "revoke-tokens":
             if not await _fast(host).revoke(str(jid), args.client):
                 print(f"xmppctl: no tokens of {jid}" + (f" for {args.client}" if args.client else ""), file=sys.stderr)
@@ -208,21 +230,25 @@ def _storage_backend(config, kind: str):
     if not hasattr(module, "open_backend"):
         raise ConfigError(f"unknown storage backend {kind!r} (media stores are not copied)")
     options = config.backend_options.get(kind) or config_module.build(
-        module.Options, {}, config_module.Where(config.source, f"storage.{kind}"))
+        module.Options, {}, config_module.Where(config.source, f"storage.{kind}")
+    )
     return open_backend(kind, options, str(config.data_dir))
 
 
 async def storage_command(config, args) -> int:
     """`xmppctl storage init|copy`: on the backends themselves, never through a server."""
     if args.storage_command == "init":
-        kinds = [args.backend] if args.backend else sorted({config.storage.default,
-                                                            config.storage.archive or config.storage.default})
+        kinds = (
+            [args.backend]
+            if args.backend
+            else sorted({config.storage.default, config.storage.archive or config.storage.default})
+        )
         for kind in kinds:
             backend = _storage_backend(config, kind)
             init_schema = getattr(backend_module(kind), "init_schema", None)
-            if init_schema is not None:            # a shared cluster: schema changes on demand
+            if init_schema is not None:  # a shared cluster: schema changes on demand
                 applied = await init_schema(backend.options)
-            else:                                  # an embedded database upgrades when opened
+            else:  # an embedded database upgrades when opened
                 await backend.start()
                 await backend.close()
                 applied = []
@@ -247,8 +273,10 @@ async def storage_command(config, args) -> int:
     width = max(map(len, names))
     print(f"{'store':<{width}}  {args.source:>12}  {args.target:>12}")
     for name in names:
-        print(f"{name:<{width}}  {before.get(name, 0):>12}  {after.get(name, 0):>12}"
-              + ("  DIFFERS" if name in differ else ""))
+        print(
+            f"{name:<{width}}  {before.get(name, 0):>12}  {after.get(name, 0):>12}"
+            + ("  DIFFERS" if name in differ else "")
+        )
     if differ:
         print(f"xmppctl: the counts differ in {', '.join(differ)}", file=sys.stderr)
         return 1
@@ -263,7 +291,7 @@ async def backup_command(config, args) -> int:
     archive_kind = config.storage.archive or default_kind
     stores = _server_stores(config)
     media = open_media(config.storage.media, config.backend_options.get(config.storage.media), str(config.data_dir))
-    say = lambda step: print(f"{args.command}: {step}", file=sys.stderr)   # noqa: E731
+    say = lambda step: print(f"{args.command}: {step}", file=sys.stderr)  # noqa: E731
     try:
         if args.command == "backup":
             # All on SQLite: one snapshot of its file, without opening it as a backend.
@@ -272,8 +300,15 @@ async def backup_command(config, args) -> int:
                 await stores.start()
             try:
                 source = {"default": default_kind, "archive": archive_kind, "media": config.storage.media}
-                manifest = await backup(stores, snapshot, media, args.directory,
-                                        [host.domain for host in config.hosts], source, progress=say)
+                manifest = await backup(
+                    stores,
+                    snapshot,
+                    media,
+                    args.directory,
+                    [host.domain for host in config.hosts],
+                    source,
+                    progress=say,
+                )
             finally:
                 if snapshot is None:
                     await stores.close()
@@ -283,14 +318,21 @@ async def backup_command(config, args) -> int:
         await _refuse_running_server(config, args.command)
         await stores.start()
         try:
-            before, after = await restore(stores, media, args.directory, force=args.force, progress=say,
-                                          served=[host.domain for host in config.hosts])
+            before, after = await restore(
+                stores,
+                media,
+                args.directory,
+                force=args.force,
+                progress=say,
+                served=[host.domain for host in config.hosts],
+            )
         finally:
             await stores.close()
     finally:
         await media.close()
-    _counts_table(("store", "backup", "restored"), {name: (before.get(name, 0), after.get(name, 0))
-                                                    for name in before | after})
+    _counts_table(
+        ("store", "backup", "restored"), {name: (before.get(name, 0), after.get(name, 0)) for name in before | after}
+    )
     short = [name for name in before if after.get(name, 0) < before[name]]
     if short:
         print(f"xmppctl: restore: fewer in the target than in the backup: {', '.join(short)}", file=sys.stderr)
@@ -318,8 +360,10 @@ async def portable_command(config, args) -> int:
         await stores.close()
     for warning in report.warnings:
         print(f"xmppctl: {args.command}: {warning}", file=sys.stderr)
-    _counts_table(("what", "exported" if args.command == "export" else "imported"),
-                  {name: (count,) for name, count in report.counts.items()} or {"accounts": (0,)})
+    _counts_table(
+        ("what", "exported" if args.command == "export" else "imported"),
+        {name: (count,) for name, count in report.counts.items()} or {"accounts": (0,)},
+    )
     return 0
 
 
@@ -366,7 +410,9 @@ async def live(config, args) -> int:
         return 1
     if args.command == "sessions":
         for entry in answer["sessions"]:
-            print(f"{entry['jid']}\t{entry['peer']}\t{'available' if entry['available'] else 'unavailable'}\t{entry['priority']}")
+            print(
+                f"{entry['jid']}\t{entry['peer']}\t{'available' if entry['available'] else 'unavailable'}\t{entry['priority']}"
+            )
     elif args.command == "kick":
         print("\n".join(answer["kicked"]) or "no such session")
     else:

@@ -5,11 +5,13 @@ stops the chain. Handlers are coroutines. A crash in a handler of a stanza event
 to the caller (the router turns it into internal-server-error); `notify` logs a crash and
 carries on, for past-tense notifications such as `resource-bound`.
 """
+
 from __future__ import annotations
 
 import bisect
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -53,4 +55,6 @@ class EventBus:
             try:
                 await handler(event)
             except Exception:
-                log.exception("event=handler-crashed name=%s handler=%s", name, getattr(handler, "__qualname__", handler))
+                log.exception(
+                    "event=handler-crashed name=%s handler=%s", name, getattr(handler, "__qualname__", handler)
+                )

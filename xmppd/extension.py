@@ -4,6 +4,7 @@ An extension module holds one `Extension` subclass. Its decorated methods are ho
 when it loads on a host and unhooked when it unloads; the core gathers its `features`
 and `identities` for service discovery.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,9 +33,11 @@ IQ_TARGETS = ("host", "self", "bare")
 
 def hook(event: str, priority: float = 0):
     """Hook the decorated coroutine method to `event` on the extension's host."""
+
     def decorate(method):
         method.__dict__.setdefault("_hooks", []).append((event, priority))
         return method
+
     return decorate
 
 
@@ -45,23 +48,25 @@ def iq_handler(type_: str, namespace: str, element: str, to=("host", "self"), pr
     and "bare" (another account's bare JID). The method returns the reply payload
     (None for an empty result) or raises StanzaError.
     """
+
     def decorate(method):
         method.__dict__.setdefault("_iq", []).append((type_, namespace, element, tuple(to), priority))
         return method
+
     return decorate
 
 
 class Extension:
-    name: str = ""                       # set by the loader: the module name
-    xeps: dict[int, str] = {}            # XEP number -> version implemented
-    features: list[str] = []             # disco#info features
-    identities: list[tuple[str, str, str]] = []   # (category, type, name)
-    account_features: list[str] = []     # disco#info features of every account's bare JID
+    name: str = ""  # set by the loader: the module name
+    xeps: dict[int, str] = {}  # XEP number -> version implemented
+    features: list[str] = []  # disco#info features
+    identities: list[tuple[str, str, str]] = []  # (category, type, name)
+    account_features: list[str] = []  # disco#info features of every account's bare JID
     account_identities: list[tuple[str, str, str]] = []
     depends: list[str] = []
-    Options = None                       # frozen dataclass of [extensions.<name>]
+    Options = None  # frozen dataclass of [extensions.<name>]
 
-    def __init__(self, host: "Host", options):
+    def __init__(self, host: Host, options):
         self.host = host
         self.services = host.services
         self.options = options
@@ -103,7 +108,10 @@ class ComponentService(Extension):
     @hook("message/bare", priority=-1)
     @hook("message/full", priority=-1)
     async def refuse_message(self, stanza) -> bool:
-        if stanza.type not in ("error", "groupchat", "headline") and stanza.element.find(f"{{{NS_CLIENT}}}body") is not None:
+        if (
+            stanza.type not in ("error", "groupchat", "headline")
+            and stanza.element.find(f"{{{NS_CLIENT}}}body") is not None
+        ):
             raise ServiceUnavailable()
         return True
 
@@ -146,6 +154,7 @@ def _iq_wrapper(extension: Extension, method):
         if payload is not REPLIED:
             await extension.host.send(reply(stanza.element, payload))
         return True
+
     answer.__qualname__ = method.__qualname__
     return answer
 
@@ -153,9 +162,14 @@ def _iq_wrapper(extension: Extension, method):
 def extension_class(name: str) -> type[Extension]:
     """The Extension subclass of the module xmppd.extensions.<name>."""
     module = importlib.import_module(f"xmppd.extensions.{name}")
-    found = [value for value in vars(module).values()
-             if isinstance(value, type) and issubclass(value, Extension) and value is not Extension
-             and value.__module__ == module.__name__]
+    found = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Extension)
+        and value is not Extension
+        and value.__module__ == module.__name__
+    ]
     if len(found) != 1:
         raise ImportError(f"xmppd.extensions.{name} must define exactly one Extension class")
     cls = found[0]

@@ -5,10 +5,11 @@ commands, MAM, MUC configuration, pubsub). A submission is read into
 ``{var: [values]}``; anything malformed raises BadRequest. FORM_TYPE (XEP-0068) is a
 hidden field like any other: `build(form_type=...)` puts it first, `form_type_of()` reads it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from lxml import etree
 
@@ -19,8 +20,20 @@ from xmppd.protocol.stanza import make_element, sub_element
 NS_DATA = "jabber:x:data"
 FORM_TYPE = "FORM_TYPE"
 FORM_TYPES = frozenset({"form", "submit", "cancel", "result"})
-FIELD_TYPES = frozenset({"boolean", "fixed", "hidden", "jid-multi", "jid-single", "list-multi",
-                         "list-single", "text-multi", "text-private", "text-single"})
+FIELD_TYPES = frozenset(
+    {
+        "boolean",
+        "fixed",
+        "hidden",
+        "jid-multi",
+        "jid-single",
+        "list-multi",
+        "list-single",
+        "text-multi",
+        "text-private",
+        "text-single",
+    }
+)
 MULTI_VALUED = frozenset({"jid-multi", "list-multi", "text-multi"})
 TRUE, FALSE = frozenset({"1", "true"}), frozenset({"0", "false"})
 
@@ -35,6 +48,7 @@ Data = Mapping[str, Sequence[str]]
 class Field:
     """One form field. `options` are values or (value, label) pairs; `type` None leaves
     the attribute out (fields of a result or a submission need none)."""
+
     var: str | None = None
     type: str | None = "text-single"
     label: str | None = None
@@ -65,16 +79,23 @@ def hidden_form_type(namespace: str) -> Field:
     return Field(FORM_TYPE, "hidden", values=(namespace,))
 
 
-def build(type_: str = "form", *, title: str | None = None, instructions: str | None = None,
-          fields: Iterable[Field] = (), form_type: str | None = None,
-          reported: Sequence[Field] = (), items: Iterable[Iterable[Field]] = ()) -> etree._Element:
+def build(
+    type_: str = "form",
+    *,
+    title: str | None = None,
+    instructions: str | None = None,
+    fields: Iterable[Field] = (),
+    form_type: str | None = None,
+    reported: Sequence[Field] = (),
+    items: Iterable[Iterable[Field]] = (),
+) -> etree._Element:
     """An <x xmlns='jabber:x:data'/> element; `reported` and `items` make a table (results)."""
     if type_ not in FORM_TYPES:
         raise ValueError(f"unknown data form type {type_!r}")
     x = make_element(_X, {"type": type_})
     if title is not None:
         sub_element(x, f"{{{NS_DATA}}}title", text=title)
-    for line in (instructions.split("\n") if instructions else ()):
+    for line in instructions.split("\n") if instructions else ():
         sub_element(x, f"{{{NS_DATA}}}instructions", text=line)
     if form_type is not None:
         hidden_form_type(form_type).append_to(x)
@@ -110,7 +131,9 @@ def form_type_of(x: etree._Element) -> str | None:
     return None
 
 
-def parse(x: etree._Element, *, form_type: str | None = None, types: Iterable[str] = ("submit",)) -> dict[str, list[str]]:
+def parse(
+    x: etree._Element, *, form_type: str | None = None, types: Iterable[str] = ("submit",)
+) -> dict[str, list[str]]:
     """A submitted form as {var: [values]} (FORM_TYPE included); BadRequest when it is not
     a form of one of `types`, a field has no var or comes twice, or its FORM_TYPE differs."""
     if not is_form(x):

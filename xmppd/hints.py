@@ -5,6 +5,7 @@ everywhere: another device learns from it what was delivered and read.
 
 Chat states (XEP-0085) and other transient payloads are deliberately not listed.
 """
+
 from __future__ import annotations
 
 from lxml import etree
@@ -21,25 +22,27 @@ BODY = f"{{{NS_CLIENT}}}body"
 CARBON_SENT = f"{{{NS_CARBONS}}}sent"
 CARBON_RECEIVED_MESSAGE = f"{{{NS_CARBONS}}}received/{{{NS_FORWARD}}}forwarded/{{{NS_CLIENT}}}message"
 KEPT_OFFLINE_TYPES = frozenset(("normal", "chat"))
-NS_RECEIPTS = "urn:xmpp:receipts"                    # XEP-0184
-NS_CHAT_MARKERS = "urn:xmpp:chat-markers:0"          # XEP-0333
+NS_RECEIPTS = "urn:xmpp:receipts"  # XEP-0184
+NS_CHAT_MARKERS = "urn:xmpp:chat-markers:0"  # XEP-0333
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 
-CONVERSATION_NAMESPACES = frozenset((
-    NS_RECEIPTS,
-    NS_CHAT_MARKERS,
-    "eu.siacs.conversations.axolotl",                # OMEMO (XEP-0384 0.3)
-    "urn:xmpp:omemo:2",                              # OMEMO (XEP-0384 0.8+)
-    "urn:xmpp:openpgp:0",                            # XEP-0373
-    "jabber:x:encrypted",                            # XEP-0027
-    "jabber:x:conference",                           # XEP-0249 direct invitations
-    NS_MUC_USER,                                     # XEP-0045 mediated invitations
-    "urn:xmpp:message-correct:0",                    # XEP-0308 corrections
-    "urn:xmpp:message-retract:1",                    # XEP-0424 retractions
-    "urn:xmpp:fasten:0",                             # XEP-0422 (retractions before XEP-0424 0.4)
-    "urn:xmpp:reactions:0",                          # XEP-0444
-    "urn:xmpp:jingle-message:0",                     # XEP-0353 calls: the other devices stop ringing
-))
+CONVERSATION_NAMESPACES = frozenset(
+    (
+        NS_RECEIPTS,
+        NS_CHAT_MARKERS,
+        "eu.siacs.conversations.axolotl",  # OMEMO (XEP-0384 0.3)
+        "urn:xmpp:omemo:2",  # OMEMO (XEP-0384 0.8+)
+        "urn:xmpp:openpgp:0",  # XEP-0373
+        "jabber:x:encrypted",  # XEP-0027
+        "jabber:x:conference",  # XEP-0249 direct invitations
+        NS_MUC_USER,  # XEP-0045 mediated invitations
+        "urn:xmpp:message-correct:0",  # XEP-0308 corrections
+        "urn:xmpp:message-retract:1",  # XEP-0424 retractions
+        "urn:xmpp:fasten:0",  # XEP-0422 (retractions before XEP-0424 0.4)
+        "urn:xmpp:reactions:0",  # XEP-0444
+        "urn:xmpp:jingle-message:0",  # XEP-0353 calls: the other devices stop ringing
+    )
+)
 
 
 def has_hint(message: etree._Element, hint: str) -> bool:
@@ -48,13 +51,12 @@ def has_hint(message: etree._Element, hint: str) -> bool:
 
 def namespace_of(element: etree._Element) -> str | None:
     tag = element.tag
-    return tag[1:tag.index("}")] if isinstance(tag, str) and tag[:1] == "{" else None
+    return tag[1 : tag.index("}")] if isinstance(tag, str) and tag[:1] == "{" else None
 
 
 def carries_conversation(message: etree._Element) -> bool:
     """A body, or a payload from CONVERSATION_NAMESPACES among the message's children."""
-    return message.find(BODY) is not None or any(
-        namespace_of(child) in CONVERSATION_NAMESPACES for child in message)
+    return message.find(BODY) is not None or any(namespace_of(child) in CONVERSATION_NAMESPACES for child in message)
 
 
 def carried_message(message: etree._Element) -> etree._Element:

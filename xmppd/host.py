@@ -3,6 +3,7 @@
 It owns an event bus, the extensions loaded on it, the disco features and identities
 they declare, and, for a user host, the sessions of its users.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +37,7 @@ LOCAL_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("local_only", 
 class BlockQuery:
     """The `is-blocked` question, fired on the owner's host: does the user `owner`
     block `contact`? A handler (XEP-0191 blocking, when loaded) returns True if so."""
+
     owner: JID
     contact: JID
 
@@ -45,11 +47,12 @@ class UserDataChanged:
     """`user-data-changed`, notified by an extension (`kind`: its name) once it stored a
     change of a user's data that it keeps in memory too (a block list); in a cluster,
     the other nodes hear `user-data-changed-elsewhere` with it and forget their copy."""
+
     kind: str
-    owner: str                               # the user's bare JID
+    owner: str  # the user's bare JID
 
 
-async def blocks(directory: "Directory", owner: JID, contact: JID) -> bool:
+async def blocks(directory: Directory, owner: JID, contact: JID) -> bool:
     """Whether `owner`, a user of one of our user hosts, blocks `contact`; False for a
     JID of any other domain."""
     host = directory.host(owner.domain)
@@ -65,19 +68,19 @@ class Hosts:
         self.user_domains = user_domains
         self.by_domain: dict[str, Host] = {}
 
-    def host(self, domain: str) -> "Host | None":
+    def host(self, domain: str) -> Host | None:
         return self.by_domain.get(domain)
 
     def hosts(self):
         return iter(list(self.by_domain.values()))
 
-    def add(self, host: "Host") -> "Host":
+    def add(self, host: Host) -> Host:
         if host.domain in self.by_domain:
             raise ConfigError(f"{host.services.config.source}: the domain {host.domain} is configured twice")
         self.by_domain[host.domain] = host
         return host
 
-    def add_component(self, domain: str, parent: "Host") -> "Host":
+    def add_component(self, domain: str, parent: Host) -> Host:
         """A component domain (conference.<domain>, upload.<domain>) routed like a host;
         `parent` is the user host whose extension made it (its extensions find their
         shared state there)."""
@@ -85,18 +88,19 @@ class Hosts:
 
 
 class Host:
-    def __init__(self, services: "Services", domain: str, *, admins=(), is_component: bool = False,
-                 parent: "Host | None" = None):
+    def __init__(
+        self, services: Services, domain: str, *, admins=(), is_component: bool = False, parent: Host | None = None
+    ):
         self.services = services
         self.domain = domain
-        self.parent = parent                  # for a component: the user host it serves
+        self.parent = parent  # for a component: the user host it serves
         self.jid = JID(None, domain)
         self.admins = frozenset(admins)
         self.is_component = is_component
         self.bus = EventBus()
         self.extensions: dict[str, Extension] = {}
-        self.sessions: dict[str, dict[str, "Session"]] = {}   # local part -> resource -> session
-        self.remote: dict[str, dict[str, "Session"]] = {}     # the same, on other nodes (xmppd/cluster)
+        self.sessions: dict[str, dict[str, Session]] = {}  # local part -> resource -> session
+        self.remote: dict[str, dict[str, Session]] = {}  # the same, on other nodes (xmppd/cluster)
         self._pending_iqs: dict[str, asyncio.Future] = {}
         # Accounts seen to exist: a message to an offline user need not read the account
         # again. Forgotten when this process deletes the account (`xmppctl deluser` on a
@@ -115,7 +119,9 @@ class Host:
         options = None
         if cls.Options is not None:
             config = self.services.config
-            options = build(cls.Options, config.extension_options.get(name, {}), Where(config.source, f"extensions.{name}"))
+            options = build(
+                cls.Options, config.extension_options.get(name, {}), Where(config.source, f"extensions.{name}")
+            )
         extension = cls(self, options)
         self.extensions[name] = extension
         register(extension)
@@ -142,7 +148,9 @@ class Host:
 
     def _gather(self, attribute: str) -> list:
         """What the loaded extensions declare, in load order, each once."""
-        return list(dict.fromkeys(item for extension in self.extensions.values() for item in getattr(extension, attribute)))
+        return list(
+            dict.fromkeys(item for extension in self.extensions.values() for item in getattr(extension, attribute))
+        )
 
     # ------------------------------------------------------------- stores
 
@@ -166,7 +174,7 @@ class Host:
     def is_admin(self, jid: JID) -> bool:
         return str(jid.bare) in self.admins
 
-    def _resources(self, local: str) -> dict[str, "Session"]:
+    def _resources(self, local: str) -> dict[str, Session]:
         """The sessions of `local` by resource, on this node and (in a cluster) on the
         others; a resource bound here wins over an entry another node has not dropped yet."""
         here = self.sessions.get(local, {})
@@ -179,13 +187,13 @@ class Host:
         """The local parts of the users with a session, on any node."""
         return set(self.sessions) | set(self.remote)
 
-    def sessions_of(self, local: str) -> list["Session"]:
+    def sessions_of(self, local: str) -> list[Session]:
         return list(self._resources(local).values())
 
-    def available_sessions(self, local: str) -> list["Session"]:
+    def available_sessions(self, local: str) -> list[Session]:
         return [s for s in self._resources(local).values() if s.available]
 
-    def session_for(self, jid: JID) -> "Session | None":
+    def session_for(self, jid: JID) -> Session | None:
         return self._resources(jid.local).get(jid.resource)
 
     async def user_exists(self, local: str) -> bool:
@@ -201,10 +209,10 @@ class Host:
     def forget_user(self, local: str) -> None:
         self._known_users.discard(local)
 
-    def add_session(self, session: "Session") -> None:
+    def add_session(self, session: Session) -> None:
         self.sessions.setdefault(session.jid.local, {})[session.jid.resource] = session
 
-    def remove_session(self, session: "Session") -> None:
+    def remove_session(self, session: Session) -> None:
         resources = self.sessions.get(session.jid.local)
         if resources and resources.get(session.jid.resource) is session:
             del resources[session.jid.resource]
@@ -224,7 +232,7 @@ class Host:
     def new_resource(self) -> str:
         return secrets.token_hex(6)
 
-    async def session_interrupted(self, session: "Session") -> None:
+    async def session_interrupted(self, session: Session) -> None:
         """The connection of `session` is gone: an extension may keep the session
         (XEP-0198 hibernation) by handling `session-interrupted`; otherwise it ends."""
         if session.closed:
@@ -233,8 +241,8 @@ class Host:
         if not await self.bus.fire("session-interrupted", session):
             await self.end_session(session)
 
-    async def end_session(self, session: "Session") -> None:
-        if session.closed or session.is_remote:      # a remote one ends on its node
+    async def end_session(self, session: Session) -> None:
+        if session.closed or session.is_remote:  # a remote one ends on its node
             return
         session.closed = True
         self.remove_session(session)
@@ -242,8 +250,9 @@ class Host:
 
     def stream_features(self, authenticated: bool) -> list[bytes]:
         """Stream features that the loaded extensions offer (XEP-0198 <sm/>, XEP-0352 <csi/>...)."""
-        return [feature for extension in self.extensions.values()
-                for feature in extension.stream_features(authenticated)]
+        return [
+            feature for extension in self.extensions.values() for feature in extension.stream_features(authenticated)
+        ]
 
     # ------------------------------------------------------------- stanzas out
 

@@ -6,6 +6,7 @@ endpoints a web client connects to: the RFC 7395 WebSocket (xmppd/websocket.py) 
 may read them (Access-Control-Allow-Origin: *): a web client served from elsewhere finds
 its server's endpoint this way.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ CORS = {"Access-Control-Allow-Origin": "*"}
 class HostMeta:
     def __init__(self, config: Config, http: HttpServer):
         self.http = http
-        urls = [(REL_WEBSOCKET, websocket.endpoint_url(config, http.public_url)),
-                (REL_BOSH, bosh.endpoint_url(config, http.public_url))]
+        urls = [
+            (REL_WEBSOCKET, websocket.endpoint_url(config, http.public_url)),
+            (REL_BOSH, bosh.endpoint_url(config, http.public_url)),
+        ]
         self.links = [(rel, url) for rel, url in urls if url]
 
     def add_routes(self) -> None:

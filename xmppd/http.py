@@ -23,6 +23,7 @@ leaves these caps for the c2s admission's. A handler that reads a body uses `bod
 which cuts a client sending slower than `min_body_rate` after `body_timeout` seconds
 (408). Responses name the server "xmppd", without versions.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,9 @@ import logging
 import os
 import secrets
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from yarl import URL
@@ -47,9 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY_FILE = "http.key"
-SERVER_NAME = "xmppd"                  # the Server header: no software versions
+SERVER_NAME = "xmppd"  # the Server header: no software versions
 READ_SIZE = 64 * 1024
-MAX_UNREAD = 64 * 1024                 # bytes kept for aiohttp before it takes the connection
+MAX_UNREAD = 64 * 1024  # bytes kept for aiohttp before it takes the connection
 
 
 class BodyTooSlow(Exception):
@@ -57,7 +59,7 @@ class BodyTooSlow(Exception):
 
 
 class HttpServer:
-    def __init__(self, config: Config, metrics: "Metrics"):
+    def __init__(self, config: Config, metrics: Metrics):
         self.config = config
         self.options = config.http
         self.metrics = metrics
@@ -65,9 +67,9 @@ class HttpServer:
         self.app.on_response_prepare.append(_name_server)
         self._runner: web.AppRunner | None = None
         self._signing_key: bytes | None = None
-        self._open = 0                                          # connections admitted
+        self._open = 0  # connections admitted
         self._per_address: collections.Counter = collections.Counter()
-        self._connections: dict[asyncio.BaseTransport, Connection] = {}   # handed to aiohttp
+        self._connections: dict[asyncio.BaseTransport, Connection] = {}  # handed to aiohttp
 
     def add_route(self, method: str, path: str, handler) -> None:
         """Serve `method` requests for `path` (aiohttp syntax: "/files/{name}") with
@@ -94,8 +96,9 @@ class HttpServer:
         return self._signing_key
 
     async def start(self, ssl_context: ssl.SSLContext | None) -> None:
-        self._runner = web.AppRunner(self.app, handle_signals=False,
-                                     shutdown_timeout=self.config.server.graceful_shutdown_timeout)
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, shutdown_timeout=self.config.server.graceful_shutdown_timeout
+        )
         await self._runner.setup()
         for interface in self.options.interfaces:
             if self.options.port:
@@ -113,7 +116,7 @@ class HttpServer:
     def listening(self) -> list[str]:
         if self._runner is None:
             return []
-        return [site.name for site in self._runner.sites]       # http://127.0.0.1:5280, https://...
+        return [site.name for site in self._runner.sites]  # http://127.0.0.1:5280, https://...
 
     # ------------------------------------------------------------- limits
 
@@ -135,7 +138,7 @@ class HttpServer:
         if not self._per_address[address]:
             del self._per_address[address]
 
-    def new_handler(self, connection: "Connection", transport: asyncio.BaseTransport) -> web.RequestHandler:
+    def new_handler(self, connection: Connection, transport: asyncio.BaseTransport) -> web.RequestHandler:
         """aiohttp's protocol for an admitted connection. No access log: a line per
         request (and its URL, which holds a slot id) is more than the logs should carry."""
         self._connections[transport] = connection
@@ -144,7 +147,7 @@ class HttpServer:
     def forget(self, transport: asyncio.BaseTransport) -> None:
         self._connections.pop(transport, None)
 
-    def connection(self, request: web.Request) -> "Connection | None":
+    def connection(self, request: web.Request) -> Connection | None:
         """The connection `request` came on (None once it is closed)."""
         return self._connections.get(request.transport)
 
@@ -153,7 +156,7 @@ class HttpServer:
         """Tell the connection that a request is being served (no head timeout meanwhile);
         answer a body that came too slowly with 408 and close its connection."""
         connection = self._connections.get(request.transport)
-        if connection is None:                  # closed meanwhile
+        if connection is None:  # closed meanwhile
             return await handler(request)
         connection.request_started()
         try:
@@ -180,8 +183,10 @@ class HttpServer:
                     chunk = await request.content.read(READ_SIZE)
             except TimeoutError:
                 self.metrics.count(LIMIT_REACHED, "http.body_timeout")
-                raise BodyTooSlow(f"the body came slower than {self.options.min_body_rate} bytes a second "
-                                  "([http] body_timeout, min_body_rate)") from None
+                raise BodyTooSlow(
+                    f"the body came slower than {self.options.min_body_rate} bytes a second "
+                    "([http] body_timeout, min_body_rate)"
+                ) from None
             if not chunk:
                 return
             received += len(chunk)
@@ -199,13 +204,13 @@ class Connection(asyncio.Protocol):
         self.handler: web.RequestHandler | None = None
         self.address = ""
         self.is_admitted = self.is_closed = False
-        self.requests = 0                     # served on this connection
-        self.has_partial_request = False      # bytes received since the timer was armed
+        self.requests = 0  # served on this connection
+        self.has_partial_request = False  # bytes received since the timer was armed
         self._timer: asyncio.TimerHandle | None = None
         self._handshake: asyncio.Task | None = None
         self._unread = b""
-        self._is_paused = False               # the socket, while _unread is full
-        self._writable: asyncio.Future | None = None   # while the transport's output is over its high-water mark
+        self._is_paused = False  # the socket, while _unread is full
+        self._writable: asyncio.Future | None = None  # while the transport's output is over its high-water mark
 
     # ------------------------------------------------------------- asyncio.Protocol
 
@@ -253,7 +258,7 @@ class Connection(asyncio.Protocol):
         if self.is_admitted:
             self.http.release(self.address)
         if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)       # drained() then raises
+            self._writable.set_result(None)  # drained() then raises
         if self.handler is not None:
             self.http.forget(self.transport)
             self.handler.connection_lost(exc)
@@ -276,10 +281,13 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         if transport.is_closing():
             return
-        handshake = loop.create_task(loop.start_tls(
-            transport, self, self.tls, server_side=True, ssl_handshake_timeout=self.http.options.head_timeout))
+        handshake = loop.create_task(
+            loop.start_tls(
+                transport, self, self.tls, server_side=True, ssl_handshake_timeout=self.http.options.head_timeout
+            )
+        )
         while transport.get_protocol() is self and not handshake.done():
-            await asyncio.sleep(0)              # start_tls puts its TLS protocol on the transport
+            await asyncio.sleep(0)  # start_tls puts its TLS protocol on the transport
         if self._unread and not handshake.done():
             _feed(transport.get_protocol(), self._unread)
         self._unread = b""
@@ -299,7 +307,7 @@ class Connection(asyncio.Protocol):
         if self._unread:
             unread, self._unread = self._unread, b""
             self.handler.data_received(unread)
-        if self._is_paused:                   # aiohttp's own flow control from here on
+        if self._is_paused:  # aiohttp's own flow control from here on
             self._is_paused = False
             underlying.resume_reading()
 
@@ -372,8 +380,12 @@ class _Site(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: Connection(self._http, self._ssl_context), self._host, self._port,
-            reuse_address=True, backlog=self._backlog)
+            lambda: Connection(self._http, self._ssl_context),
+            self._host,
+            self._port,
+            reuse_address=True,
+            backlog=self._backlog,
+        )
 
 
 def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
@@ -398,9 +410,11 @@ async def _name_server(request: web.Request, response: web.StreamResponse) -> No
 def _plain_response(status: int, reason: str) -> bytes:
     """A whole HTTP/1.1 response that closes the connection, for answers given outside aiohttp."""
     body = f"{reason}\n".encode()
-    return (f"HTTP/1.1 {status} {_REASONS[status]}\r\nServer: {SERVER_NAME}\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\nServer: {SERVER_NAME}\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
 
 
 _REASONS = {408: "Request Timeout", 429: "Too Many Requests", 503: "Service Unavailable"}
@@ -434,7 +448,7 @@ def _load_or_create_key(path: Path) -> bytes:
         file.flush()
         os.fsync(file.fileno())
     try:
-        os.link(temporary, path)      # fails if another process made the key meanwhile
+        os.link(temporary, path)  # fails if another process made the key meanwhile
         log.info("event=signing-key-created path=%s", path)
     except FileExistsError:
         pass

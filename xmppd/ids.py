@@ -8,6 +8,7 @@ nodes apart. Their canonical lowercase form sorts as the ids were made.
 The random bits tell ids apart, they guard no secret: they come from a generator seeded
 once from the OS (an OS call per id was a tenth of the cost of archiving a message).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,13 +18,13 @@ import time
 
 _COUNTER_MAX = 0xFFF
 _random = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))   # workers' ids stay apart
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))  # workers' ids stay apart
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
 
 
-_last_at = [0, 0]                          # ms and counter of the last id made with `at`
+_last_at = [0, 0]  # ms and counter of the last id made with `at`
 
 
 def time_ordered_id(at: float | None = None) -> str:
@@ -45,7 +46,7 @@ def time_ordered_id(at: float | None = None) -> str:
             _last_ms, _counter = now, _random.randrange(_COUNTER_MAX // 2)
         elif _counter < _COUNTER_MAX:
             _counter += 1
-        else:                                  # 4096 ids in one millisecond: borrow the next one
+        else:  # 4096 ids in one millisecond: borrow the next one
             _last_ms, _counter = _last_ms + 1, 0
         ms, counter = _last_ms, _counter
     return _uuid7(ms, counter)

@@ -4,6 +4,7 @@ Read-modify-write sequences on one user's data must not interleave across awaits
 locks of different users never block each other. A lock lives only while someone
 holds or waits for it.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -11,6 +11,7 @@ exceptions too). Words of other loggers' messages go to `msg`. Stanzas are logge
 through `redacted()`, which keeps element names and attributes and drops every text: no
 message body, password or key material reaches a log.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,7 @@ from lxml import etree
 _KEY = re.compile(r"[A-Za-z_][\w.-]*")
 _PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[a-zA-Z%]")
 _PLAIN_VALUE = re.compile(r'[^\s"=\\]+')
-REDACTED_LENGTH = 400                      # characters of a redacted stanza kept in a log line
+REDACTED_LENGTH = 400  # characters of a redacted stanza kept in a log line
 
 
 def redacted(element: etree._Element) -> str:
@@ -43,12 +44,12 @@ def fields(record: logging.LogRecord) -> dict[str, str]:
     message = str(record.msg)
     args = record.args if isinstance(record.args, tuple) else None
     if not args:
-        if record.args:                        # a mapping: logging's %(name)s style
+        if record.args:  # a mapping: logging's %(name)s style
             message = record.getMessage()
         return _split(message, ())
     try:
         return _split(message, args)
-    except (TypeError, ValueError):            # arguments that do not fit: the message as logging makes it
+    except (TypeError, ValueError):  # arguments that do not fit: the message as logging makes it
         return {"msg": record.getMessage()}
 
 
@@ -58,7 +59,7 @@ def _split(message: str, args: tuple) -> dict[str, str]:
     position = 0
     for token in message.split(" "):
         wanted = sum(1 for p in _PLACEHOLDER.findall(token) if p != "%%") if args else 0
-        values = args[position:position + wanted]
+        values = args[position : position + wanted]
         if len(values) != wanted:
             raise ValueError("not enough arguments")
         position += wanted

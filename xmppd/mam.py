@@ -12,14 +12,15 @@ id in the RSM set or in the 'before-id', 'after-id' or 'ids' fields that is not 
 archive gets item-not-found (XEP-0313 4.1.5, 4.1.3, 4.3.2). `search_form()` answers the
 iq get that asks for the query form, `metadata_element()` the XEP-0313 metadata request.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lxml import etree
 
@@ -33,7 +34,7 @@ from xmppd.storage.interfaces import ArchivedStanza, ArchivePage, ArchiveQuery, 
 NS_MAM = "urn:xmpp:mam:2"
 NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"
 NS_RSM = "http://jabber.org/protocol/rsm"
-NS_SID = "urn:xmpp:sid:0"                      # XEP-0359: <stanza-id by='archive' id='its id there'/>
+NS_SID = "urn:xmpp:sid:0"  # XEP-0359: <stanza-id by='archive' id='its id there'/>
 STANZA_ID = f"{{{NS_SID}}}stanza-id"
 
 _RSM_SET = f"{{{NS_RSM}}}set"
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MamRequest:
     query: ArchiveQuery
-    query_id: str | None                       # echoed in every <result/>
-    flip: bool = False                         # XEP-0313 <flip-page/>: the page in reverse order
+    query_id: str | None  # echoed in every <result/>
+    flip: bool = False  # XEP-0313 <flip-page/>: the page in reverse order
 
     def ordered(self, items: list[ArchivedStanza]) -> list[ArchivedStanza]:
         return list(reversed(items)) if self.flip else items
@@ -71,10 +72,20 @@ def parse_datetime(value: str, var: str = "timestamp") -> float:
 def search_form() -> etree._Element:
     """The reply payload to <iq type='get'><query xmlns='urn:xmpp:mam:2'/></iq>."""
     query = make_element(f"{{{NS_MAM}}}query")
-    query.append(forms.build("form", form_type=NS_MAM, fields=[
-        forms.Field("with", "jid-single"), forms.Field("start", "text-single"),
-        forms.Field("end", "text-single"), forms.Field("before-id", "text-single"),
-        forms.Field("after-id", "text-single"), forms.Field("ids", "text-multi")]))
+    query.append(
+        forms.build(
+            "form",
+            form_type=NS_MAM,
+            fields=[
+                forms.Field("with", "jid-single"),
+                forms.Field("start", "text-single"),
+                forms.Field("end", "text-single"),
+                forms.Field("before-id", "text-single"),
+                forms.Field("after-id", "text-single"),
+                forms.Field("ids", "text-multi"),
+            ],
+        )
+    )
     return query
 
 
@@ -87,7 +98,7 @@ def parse_request(query: etree._Element, *, default_max: int, max_max: int) -> M
         data = forms.parse(form, form_type=NS_MAM)
         for var in data:
             if var not in ("FORM_TYPE", "with", "start", "end", "before-id", "after-id", "ids"):
-                raise FeatureNotImplemented(text=f"unknown field {var}")      # XEP-0313 4.1.5
+                raise FeatureNotImplemented(text=f"unknown field {var}")  # XEP-0313 4.1.5
         with_ = forms.single(data, "with")
         if with_ is not None:
             try:
@@ -124,12 +135,16 @@ def parse_request(query: etree._Element, *, default_max: int, max_max: int) -> M
             before = before_element.text or ""
         if after is not None and before is not None:
             raise BadRequest(text="RSM <after/> and <before/> together")
-    return MamRequest(ArchiveQuery(**filters, after=after, before=before, max=min(limit, max_max)),
-                      query.get("queryid"), query.find(f"{{{NS_MAM}}}flip-page") is not None)
+    return MamRequest(
+        ArchiveQuery(**filters, after=after, before=before, max=min(limit, max_max)),
+        query.get("queryid"),
+        query.find(f"{{{NS_MAM}}}flip-page") is not None,
+    )
 
 
-def result_message(item: ArchivedStanza, request: MamRequest, *, to: str, from_: str,
-                   stanza: etree._Element | None = None) -> etree._Element:
+def result_message(
+    item: ArchivedStanza, request: MamRequest, *, to: str, from_: str, stanza: etree._Element | None = None
+) -> etree._Element:
     """<message><result queryid id><forwarded><delay/>the stanza</forwarded></result></message>;
     `stanza` replaces the stored one (an archive may show less than it stored)."""
     message = make_element(MESSAGE, {"to": to, "from": from_})
@@ -153,9 +168,17 @@ def fin_element(page: ArchivePage, request: MamRequest) -> etree._Element:
     return fin
 
 
-async def answer_query(host, iq, store: ArchiveStore, owner: str, *, default_max: int, max_max: int,
-                       adjust: Callable[[ArchiveQuery], ArchiveQuery] | None = None,
-                       show: Callable[[etree._Element], etree._Element | None] | None = None) -> etree._Element:
+async def answer_query(
+    host,
+    iq,
+    store: ArchiveStore,
+    owner: str,
+    *,
+    default_max: int,
+    max_max: int,
+    adjust: Callable[[ArchiveQuery], ArchiveQuery] | None = None,
+    show: Callable[[etree._Element], etree._Element | None] | None = None,
+) -> etree._Element:
     """Run the query of `iq` (a router Stanza) on `owner`'s archive: send a result message
     per item to the requester, return the <fin/> for the iq result. `adjust` rewrites the
     filters (a room maps 'with' to a nickname); `show` edits each stanza before it goes
@@ -194,6 +217,9 @@ async def metadata_element(store: ArchiveStore, owner: str) -> etree._Element:
     if first.items:
         last = await store.query(owner, ArchiveQuery(before="", max=1))
         for tag, item in (("start", first.items[0]), ("end", last.items[0])):
-            sub_element(metadata, f"{{{NS_MAM}}}{tag}", {
-                "id": item.id, "timestamp": delay_element(owner, item.when).get("stamp")})   # XEP-0082
+            sub_element(
+                metadata,
+                f"{{{NS_MAM}}}{tag}",
+                {"id": item.id, "timestamp": delay_element(owner, item.when).get("stamp")},
+            )  # XEP-0082
     return metadata

@@ -8,14 +8,15 @@ scrape time. Storage latency is measured by `TimedBackend`, a thin proxy that
 Server.open() puts around the storage backend (no store or extension knows about it);
 `CountedMedia` counts the bytes of HTTP uploads going into and out of the media store.
 """
+
 from __future__ import annotations
 
 import bisect
 import collections
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from xmppd.protocol.namespaces import NS_CLIENT
 from xmppd.storage.interfaces import UnknownArchiveId
@@ -29,10 +30,10 @@ STORAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 @dataclass(frozen=True)
 class Metric:
-    kind: str                                  # counter | gauge | histogram
+    kind: str  # counter | gauge | histogram
     labels: tuple[str, ...]
     help: str
-    buckets: tuple[float, ...] = ()            # histograms: upper bounds, +Inf implied
+    buckets: tuple[float, ...] = ()  # histograms: upper bounds, +Inf implied
 
 
 CONNECTIONS_ACCEPTED = "xmppd_connections_accepted_total"
@@ -53,44 +54,72 @@ UPLOAD_BYTES = "xmppd_upload_bytes_total"
 LIMIT_REACHED = "xmppd_limit_reached_total"
 
 METRICS = {
-    CONNECTIONS_ACCEPTED: Metric("counter", ("listener",), "Client connections accepted, by listener: "
-                                 "starttls (the RFC 6120 port), direct_tls (XEP-0368), websocket (RFC 7395) or bosh (XEP-0206)."),
+    CONNECTIONS_ACCEPTED: Metric(
+        "counter",
+        ("listener",),
+        "Client connections accepted, by listener: "
+        "starttls (the RFC 6120 port), direct_tls (XEP-0368), websocket (RFC 7395) or bosh (XEP-0206).",
+    ),
     CONNECTIONS_OPEN: Metric("gauge", ("listener",), "Client connections open now, by listener."),
     SESSIONS: Metric("gauge", ("host",), "Bound client resources, hibernating ones included."),
-    SESSIONS_HIBERNATING: Metric("gauge", ("host",), "Sessions kept without a connection by XEP-0198 "
-                                 "stream management, waiting to be resumed."),
-    SESSIONS_HELD_BACK: Metric("gauge", ("host",), "Connected sessions that stanzas wait for: their XEP-0198 "
-                               "window is full, their output is over c2s.max_output_buffer, or a backlog drains."),
+    SESSIONS_HIBERNATING: Metric(
+        "gauge", ("host",), "Sessions kept without a connection by XEP-0198 stream management, waiting to be resumed."
+    ),
+    SESSIONS_HELD_BACK: Metric(
+        "gauge",
+        ("host",),
+        "Connected sessions that stanzas wait for: their XEP-0198 "
+        "window is full, their output is over c2s.max_output_buffer, or a backlog drains.",
+    ),
     STANZAS_RECEIVED: Metric("counter", ("kind",), "Stanzas received from bound clients, by kind."),
     STANZAS_SENT: Metric("counter", ("kind",), "Stanzas written to clients, by kind (resends included)."),
     AUTH_SUCCESSES: Metric("counter", ("mechanism",), "Successful SASL authentications, by mechanism."),
     AUTH_FAILURES: Metric("counter", ("mechanism",), "Failed SASL authentications, by mechanism."),
     OFFLINE_STORED: Metric("counter", (), "Messages stored for users with no available resource (XEP-0160)."),
     OFFLINE_DELIVERED: Metric("counter", (), "Stored offline messages delivered to a resource coming online."),
-    OFFLINE_QUEUE_LENGTH: Metric("histogram", (), "Length of the recipient's offline queue once a message "
-                                 "joined it (the limit is offline.max_messages_per_user).", QUEUE_BUCKETS),
-    STORAGE_SECONDS: Metric("histogram", ("store", "operation"), "Duration of storage operations, by store "
-                            "(archive/<name>, keyvalue/<name> for named ones) and operation.", STORAGE_BUCKETS),
+    OFFLINE_QUEUE_LENGTH: Metric(
+        "histogram",
+        (),
+        "Length of the recipient's offline queue once a message "
+        "joined it (the limit is offline.max_messages_per_user).",
+        QUEUE_BUCKETS,
+    ),
+    STORAGE_SECONDS: Metric(
+        "histogram",
+        ("store", "operation"),
+        "Duration of storage operations, by store (archive/<name>, keyvalue/<name> for named ones) and operation.",
+        STORAGE_BUCKETS,
+    ),
     STORAGE_ERRORS: Metric("counter", ("store", "operation"), "Storage operations that raised an error."),
-    UPLOAD_BYTES: Metric("counter", ("direction",), "Bytes of HTTP uploads (XEP-0363) through the media "
-                         "store: in (PUT) and out (GET; not those served by presigned S3 URLs)."),
-    LIMIT_REACHED: Metric("counter", ("limit",), "Requests refused, streams closed or deliveries held back "
-                          "because a configured limit was reached, by limit (its config key, "
-                          "section.option)."),
+    UPLOAD_BYTES: Metric(
+        "counter",
+        ("direction",),
+        "Bytes of HTTP uploads (XEP-0363) through the media "
+        "store: in (PUT) and out (GET; not those served by presigned S3 URLs).",
+    ),
+    LIMIT_REACHED: Metric(
+        "counter",
+        ("limit",),
+        "Requests refused, streams closed or deliveries held back "
+        "because a configured limit was reached, by limit (its config key, "
+        "section.option).",
+    ),
 }
 
 STANZA_KINDS = {f"{{{NS_CLIENT}}}{kind}": kind for kind in ("message", "presence", "iq")}
 _RECEIVED = {tag: (STANZAS_RECEIVED, (kind,)) for tag, kind in STANZA_KINDS.items()}
 _SENT = {tag: (STANZAS_SENT, (kind,)) for tag, kind in STANZA_KINDS.items()}
 
-Gauge = Callable[[], dict[tuple[str, ...], float]]     # label values -> value
+Gauge = Callable[[], dict[tuple[str, ...], float]]  # label values -> value
 
 
 class Metrics:
     def __init__(self):
         # Stanza counters exist from the start, so that a rate over them is defined.
-        self.counters: collections.Counter = collections.Counter({key: 0 for key in (*_RECEIVED.values(), *_SENT.values())})
-        self.histograms: dict[tuple, list] = {}        # key -> [per-bucket counts, sum]
+        self.counters: collections.Counter = collections.Counter(
+            {key: 0 for key in (*_RECEIVED.values(), *_SENT.values())}
+        )
+        self.histograms: dict[tuple, list] = {}  # key -> [per-bucket counts, sum]
         self.gauges: dict[str, Gauge] = {}
 
     # ------------------------------------------------------------- recording
@@ -157,7 +186,7 @@ class Metrics:
 
 
 def observe(series: list, buckets: tuple[float, ...], value: float) -> None:
-    series[0][bisect.bisect_left(buckets, value)] += 1      # the first bucket whose bound is >= value
+    series[0][bisect.bisect_left(buckets, value)] += 1  # the first bucket whose bound is >= value
     series[1] += value
 
 
@@ -197,6 +226,7 @@ def _number(value: float) -> str:
 
 # ----------------------------------------------------------------- storage
 
+
 class TimedStore:
     """A store whose public coroutine methods observe their duration in STORAGE_SECONDS
     (and count their errors); anything else is the store's own attribute."""
@@ -217,7 +247,7 @@ class TimedStore:
             start = clock()
             try:
                 return await attribute(*args, **kwargs)
-            except UnknownArchiveId:           # an answer (item-not-found), not a failure
+            except UnknownArchiveId:  # an answer (item-not-found), not a failure
                 raise
             except Exception:
                 metrics.count(STORAGE_ERRORS, *labels)
@@ -225,7 +255,7 @@ class TimedStore:
             finally:
                 observe(series, buckets, clock() - start)
 
-        self.__dict__[name] = timed            # made once: later lookups do not reach __getattr__
+        self.__dict__[name] = timed  # made once: later lookups do not reach __getattr__
         return timed
 
 
@@ -253,7 +283,7 @@ class TimedBackend:
         return store
 
     def __getattr__(self, name: str):
-        return getattr(self._backend, name)    # start, close, archive_names, backend specifics
+        return getattr(self._backend, name)  # start, close, archive_names, backend specifics
 
 
 class CountedMedia:
@@ -282,4 +312,4 @@ class CountedMedia:
             yield chunk
 
     def __getattr__(self, name: str):
-        return getattr(self._media, name)      # size, delete, close, presigned URLs
+        return getattr(self._media, name)  # size, delete, close, presigned URLs

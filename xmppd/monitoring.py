@@ -12,6 +12,7 @@
 It also registers the gauges computed at each scrape: sessions and hibernating sessions
 per host, open connections per listener.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,21 +31,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEALTH_TIMEOUT = 2.0                       # seconds storage has to answer a health probe
-PROBE_OWNER = "health-probe@invalid"       # an account that cannot exist (RFC 6761 .invalid)
+HEALTH_TIMEOUT = 2.0  # seconds storage has to answer a health probe
+PROBE_OWNER = "health-probe@invalid"  # an account that cannot exist (RFC 6761 .invalid)
 
 
 class Monitoring:
-    def __init__(self, services: "Services", node: "Node"):
+    def __init__(self, services: Services, node: Node):
         self.services = services
         self.node = node
         self.allowed = services.config.http.metrics_networks
         services.http.add_route("GET", "/metrics", self.serve_metrics)
         services.http.add_route("GET", "/health", self.serve_health)
         services.metrics.gauge(metrics.SESSIONS, lambda: self._per_host(lambda session: True))
-        services.metrics.gauge(metrics.SESSIONS_HIBERNATING, lambda: self._per_host(lambda session: session.connection is None))
-        services.metrics.gauge(metrics.SESSIONS_HELD_BACK,
-                               lambda: self._per_host(lambda session: session.connection is not None and session.behind))
+        services.metrics.gauge(
+            metrics.SESSIONS_HIBERNATING, lambda: self._per_host(lambda session: session.connection is None)
+        )
+        services.metrics.gauge(
+            metrics.SESSIONS_HELD_BACK,
+            lambda: self._per_host(lambda session: session.connection is not None and session.behind),
+        )
         services.metrics.gauge(metrics.CONNECTIONS_OPEN, self._connections)
 
     # ------------------------------------------------------------- /metrics
@@ -52,7 +57,9 @@ class Monitoring:
     async def serve_metrics(self, request: web.Request) -> web.Response:
         if not self.is_allowed(request.remote):
             return web.Response(status=403, text="/metrics is not served to this address ([http] metrics_allow)\n")
-        return web.Response(body=self.services.metrics.render().encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
+        return web.Response(
+            body=self.services.metrics.render().encode(), headers={"Content-Type": metrics.CONTENT_TYPE}
+        )
 
     def is_allowed(self, remote: str | None) -> bool:
         try:
@@ -60,13 +67,17 @@ class Monitoring:
         except ValueError:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped      # an IPv4 peer on a dual-stack "::" socket
+            address = address.ipv4_mapped  # an IPv4 peer on a dual-stack "::" socket
         return any(address in network for network in self.allowed)
 
     def _per_host(self, counted) -> dict[tuple[str], int]:
-        return {(host.domain,): sum(1 for resources in host.sessions.values() for session in resources.values()
-                                    if counted(session))
-                for host in self.services.directory.hosts() if not host.is_component}
+        return {
+            (host.domain,): sum(
+                1 for resources in host.sessions.values() for session in resources.values() if counted(session)
+            )
+            for host in self.services.directory.hosts()
+            if not host.is_component
+        }
 
     def _connections(self) -> dict[tuple[str], int]:
         open_now = collections.Counter({"starttls": 0, "direct_tls": 0})
@@ -77,21 +88,27 @@ class Monitoring:
 
     async def serve_health(self, request: web.Request) -> web.Response:
         storage = await self.probe_storage()
-        sessions = sum(len(resources) for host in self.services.directory.hosts() for resources in host.sessions.values())
+        sessions = sum(
+            len(resources) for host in self.services.directory.hosts() for resources in host.sessions.values()
+        )
         status = self.node.state if self.node.state != "serving" else ("ok" if storage == "ok" else "unavailable")
         body = {"status": status}
         if self.is_allowed(request.remote):
             body.update(sessions=sessions, storage=storage)
-        return web.Response(status=200 if status == "ok" else 503, text=json.dumps(body),
-                            content_type="application/json", headers={"Cache-Control": "no-store"})
+        return web.Response(
+            status=200 if status == "ok" else 503,
+            text=json.dumps(body),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def probe_storage(self) -> str:
-        """"ok" when the stores answer a cheap read in time, else what went wrong."""
+        """ "ok" when the stores answer a cheap read in time, else what went wrong."""
         stores = self.services.stores
         probes = [stores.backend.accounts.get(PROBE_OWNER), stores.archive("offline").count(PROBE_OWNER)]
         try:
             await asyncio.wait_for(asyncio.gather(*probes), HEALTH_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return "timeout"
         except Exception as exc:
             log.warning("event=health-probe-failed error=%s", exc)

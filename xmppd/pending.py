@@ -6,11 +6,13 @@ commits. It is not forgotten either: whoever reads the owner's data back (a MAM 
 the delivery of an offline queue) first waits for `settled(owner)`, and shutdown waits
 for every write still under way.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from xmppd.services import Tasks
@@ -20,7 +22,7 @@ RETRY_DELAYS = (0.1, 0.5, 2.0, 5.0, 10.0)  # seconds between attempts of a faile
 
 
 class PendingWrites:
-    def __init__(self, tasks: "Tasks"):
+    def __init__(self, tasks: Tasks):
         self.tasks = tasks
         self.by_owner: dict[str, set[asyncio.Task]] = {}
 
@@ -67,8 +69,15 @@ class ArchiveWriter:
     the owner's archive waits for `settled(owner)`. At most `max_pending` items are under
     way; beyond that `append` waits, so memory stays bounded when storage stalls."""
 
-    def __init__(self, store: "ArchiveStore", tasks: "Tasks", log: logging.Logger, *, max_pending: int,
-                 on_added: Callable[[str], Awaitable[None]] | None = None):
+    def __init__(
+        self,
+        store: ArchiveStore,
+        tasks: Tasks,
+        log: logging.Logger,
+        *,
+        max_pending: int,
+        on_added: Callable[[str], Awaitable[None]] | None = None,
+    ):
         self.store = store
         self.pending = PendingWrites(tasks)
         self._tasks = tasks
@@ -78,9 +87,9 @@ class ArchiveWriter:
         self._batch: list[tuple[str, ArchivedStanza]] = []
         self._write: asyncio.Task | None = None
 
-    async def append(self, owner: str, item: "ArchivedStanza") -> asyncio.Task:
+    async def append(self, owner: str, item: ArchivedStanza) -> asyncio.Task:
         await self._room.acquire()
-        if self._write is None:                # a task starts at the loop's next turn: the batch fills till then
+        if self._write is None:  # a task starts at the loop's next turn: the batch fills till then
             self._write = self._tasks.spawn(self._write_batch())
         self._batch.append((owner, item))
         self.pending.add(owner, self._write)

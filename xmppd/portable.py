@@ -15,6 +15,7 @@ carry a ``password`` attribute: then the SCRAM secrets are derived from it), wit
 XInclude of relative files. An existing account, or a host this server does not serve,
 is left alone and reported, as the XEP asks of data it cannot import.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,7 +38,7 @@ from xmppd.pubsub import nodes
 from xmppd.storage.interfaces import Account, ArchivedStanza, ArchiveQuery, PubSubItem, RosterItem
 
 NS_PIE = "urn:xmpp:pie:0"
-NS_PIE_OLD = "http://www.xmpp.org/extensions/xep-0227.html#ns"     # before version 1.0
+NS_PIE_OLD = "http://www.xmpp.org/extensions/xep-0227.html#ns"  # before version 1.0
 NS_SCRAM = "urn:xmpp:pie:0#scram"
 NS_XINCLUDE = "http://www.w3.org/2001/XInclude"
 NS_ROSTER = "jabber:iq:roster"
@@ -52,20 +53,29 @@ NS_FORWARD = "urn:xmpp:forward:0"
 # SCRAM mechanism <-> xmppd's hash names (xmppd.accounts.HASHES).
 MECHANISMS = {"sha1": "SCRAM-SHA-1", "sha256": "SCRAM-SHA-256"}
 # Where the extensions keep what XEP-0227 carries (their stores, by name).
-OFFLINE = "offline"                  # extensions/offline.py
-ARCHIVE = "archive"                  # extensions/mam.py: the users' message archives
-PAGE = 500                           # archive items read at once
-VCARDS, VCARD_KEY = "vcard", "vcard-temp"   # extensions/vcard.py
-PRIVATE = "private"                  # extensions/private.py: key = the fragment's {ns}tag
-PENDING = "roster-pending"           # extensions/presence.py: contact -> subscribe stanza
-MAX_INCLUDE_DEPTH = 4                # server-data -> host -> user files, and a little more
+OFFLINE = "offline"  # extensions/offline.py
+ARCHIVE = "archive"  # extensions/mam.py: the users' message archives
+PAGE = 500  # archive items read at once
+VCARDS, VCARD_KEY = "vcard", "vcard-temp"  # extensions/vcard.py
+PRIVATE = "private"  # extensions/private.py: key = the fragment's {ns}tag
+PENDING = "roster-pending"  # extensions/presence.py: contact -> subscribe stanza
+MAX_INCLUDE_DEPTH = 4  # server-data -> host -> user files, and a little more
 # Enough for any node a file brings; the server applies its own max_items when it serves.
 MAX_ITEMS_LIMIT = 1_000_000
 
 # The children of <user/> that the import reads (besides <offline-messages/>).
-USER_DATA = frozenset((f"{{{NS_SCRAM}}}scram-credentials", f"{{{NS_ROSTER}}}query", f"{{{NS_CLIENT}}}presence",
-                       f"{{{NS_VCARD}}}vCard", f"{{{NS_PRIVATE}}}query", f"{{{NS_PUBSUB_OWNER}}}pubsub",
-                       f"{{{NS_PUBSUB}}}pubsub", f"{{{NS_PIE_MAM}}}archive"))
+USER_DATA = frozenset(
+    (
+        f"{{{NS_SCRAM}}}scram-credentials",
+        f"{{{NS_ROSTER}}}query",
+        f"{{{NS_CLIENT}}}presence",
+        f"{{{NS_VCARD}}}vCard",
+        f"{{{NS_PRIVATE}}}query",
+        f"{{{NS_PUBSUB_OWNER}}}pubsub",
+        f"{{{NS_PUBSUB}}}pubsub",
+        f"{{{NS_PIE_MAM}}}archive",
+    )
+)
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_blank_text=True)
 
@@ -77,6 +87,7 @@ class PortableError(Exception):
 @dataclass
 class Report:
     """What an import or export did, for the operator."""
+
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -91,13 +102,15 @@ def _b64(data: bytes) -> str:
 def _child(parent: etree._Element, tag: str, text: str | None = None, **attributes: str) -> etree._Element:
     namespace = etree.QName(tag).namespace
     nsmap = None if namespace == etree.QName(parent).namespace else {None: namespace}
-    element = etree.SubElement(parent, tag, {key: value for key, value in attributes.items() if value is not None},
-                               nsmap=nsmap)
+    element = etree.SubElement(
+        parent, tag, {key: value for key, value in attributes.items() if value is not None}, nsmap=nsmap
+    )
     element.text = text
     return element
 
 
 # ---------------------------------------------------------------- export
+
 
 async def export(stores, domains: list[str], path: str) -> Report:
     """Write the users of `domains` to the new file `path` (made readable by its owner only)."""
@@ -110,7 +123,7 @@ async def export(stores, domains: list[str], path: str) -> Report:
             if account is not None:
                 host.append(await _export_user(stores, account, report))
     data = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)   # password keys inside
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # password keys inside
     with os.fdopen(descriptor, "wb") as file:
         file.write(data)
     return report
@@ -131,9 +144,15 @@ async def _export_user(stores, account: Account, report: Report) -> etree._Eleme
     if version or items:
         roster = _child(user, f"{{{NS_ROSTER}}}query", ver=str(version))
         for item in items.values():
-            element = _child(roster, f"{{{NS_ROSTER}}}item", jid=item.jid, name=item.name,
-                             subscription=item.subscription, ask="subscribe" if item.ask else None,
-                             approved="true" if item.approved else None)
+            element = _child(
+                roster,
+                f"{{{NS_ROSTER}}}item",
+                jid=item.jid,
+                name=item.name,
+                subscription=item.subscription,
+                ask="subscribe" if item.ask else None,
+                approved="true" if item.approved else None,
+            )
             for group in item.groups:
                 _child(element, f"{{{NS_ROSTER}}}group", group)
         report.add("roster items", len(items))
@@ -160,7 +179,7 @@ async def _export_user(stores, account: Account, report: Report) -> etree._Eleme
     queued = (await stores.archive(OFFLINE).query(jid, ArchiveQuery())).items
     if queued:
         offline = _child(user, f"{{{NS_PIE}}}offline-messages")
-        for item in queued:                  # oldest first, as the XEP asks
+        for item in queued:  # oldest first, as the XEP asks
             message = from_storage(item.payload)
             if message.find(f"{{{NS_DELAY}}}delay") is None:
                 message.append(delay_element(jid.partition("@")[2], item.when))
@@ -189,7 +208,7 @@ async def _export_user(stores, account: Account, report: Report) -> etree._Eleme
                 continue
             _export_node_config(owner, name, config)
             items_element = _child(published, f"{{{NS_PUBSUB}}}items", node=name)
-            for item in reversed(await stores.pubsub.get_items(jid, name)):     # oldest first
+            for item in reversed(await stores.pubsub.get_items(jid, name)):  # oldest first
                 element = _child(items_element, f"{{{NS_PUBSUB}}}item", id=item.id, publisher=item.publisher)
                 element.append(from_storage(item.payload))
                 report.add("pep items")
@@ -202,8 +221,11 @@ def _export_node_config(owner: etree._Element, name: str, config: dict) -> None:
     for key, value in config.items():
         if key == "subscribers":
             continue
-        values = tuple(value) if isinstance(value, list) else (("1" if value else "0",) if isinstance(value, bool)
-                                                                  else (str(value),))
+        values = (
+            tuple(value)
+            if isinstance(value, list)
+            else (("1" if value else "0",) if isinstance(value, bool) else (str(value),))
+        )
         fields.append(forms.Field(f"pubsub#{key}", None, values=values))
     _child(owner, f"{{{NS_PUBSUB_OWNER}}}configure", node=name).append(forms.build("submit", fields=fields))
     if config.get("subscribers"):
@@ -213,6 +235,7 @@ def _export_node_config(owner: etree._Element, name: str, config: dict) -> None:
 
 
 # ---------------------------------------------------------------- import
+
 
 def read_file(path: str) -> etree._Element:
     """The <server-data/> of `path`, its XIncludes of relative files resolved."""
@@ -235,10 +258,19 @@ def _parse_including(path: str, depth: int) -> etree._Element:
     root = tree.getroot()
     for include in list(root.iter(f"{{{NS_XINCLUDE}}}include")):
         href = include.get("href", "")
-        if (include.get("parse") or include.get("xpointer") or not href or href.startswith("/") or ":" in href
-                or ".." in href.split("/") or depth >= MAX_INCLUDE_DEPTH):
-            raise PortableError(f"{path}: only XIncludes of relative files below its directory are "
-                                f"supported, {MAX_INCLUDE_DEPTH} deep at most (href={href!r})")
+        if (
+            include.get("parse")
+            or include.get("xpointer")
+            or not href
+            or href.startswith("/")
+            or ":" in href
+            or ".." in href.split("/")
+            or depth >= MAX_INCLUDE_DEPTH
+        ):
+            raise PortableError(
+                f"{path}: only XIncludes of relative files below its directory are "
+                f"supported, {MAX_INCLUDE_DEPTH} deep at most (href={href!r})"
+            )
         included = _parse_including(os.path.join(os.path.dirname(path), href), depth + 1)
         included.tail = include.tail
         if include is root:
@@ -247,8 +279,9 @@ def _parse_including(path: str, depth: int) -> etree._Element:
     return root
 
 
-async def import_file(stores, domains: list[str], path: str,
-                      progress: Callable[[str], None] = lambda text: None) -> Report:
+async def import_file(
+    stores, domains: list[str], path: str, progress: Callable[[str], None] = lambda text: None
+) -> Report:
     """Import the users of `path` whose host is one of `domains` into `stores`."""
     root = read_file(path)
     namespace = etree.QName(root).namespace
@@ -262,9 +295,13 @@ async def import_file(stores, domains: list[str], path: str,
             await _import_user(stores, namespace, f"{user.get('name', '')}@{domain}", user, report)
         progress(f"host {domain}")
     known = {f"{{{namespace}}}offline-messages", *USER_DATA}
-    ignored = {child.tag for host in root.iterchildren(f"{{{namespace}}}host")
-               for user in host.iterchildren(f"{{{namespace}}}user") for child in user
-               if isinstance(child.tag, str) and child.tag not in known}
+    ignored = {
+        child.tag
+        for host in root.iterchildren(f"{{{namespace}}}host")
+        for user in host.iterchildren(f"{{{namespace}}}user")
+        for child in user
+        if isinstance(child.tag, str) and child.tag not in known
+    }
     report.warnings += [f"{tag} in <user/> is not imported by xmppd; ignored" for tag in sorted(ignored)]
     return report
 
@@ -281,10 +318,18 @@ async def _import_user(stores, namespace: str, jid: str, user: etree._Element, r
 
     roster = user.find(f"{{{NS_ROSTER}}}query")
     if roster is not None:
-        items = [RosterItem(item.get("jid"), item.get("name"), item.get("subscription", "none"),
-                            ask=item.get("ask") == "subscribe", approved=item.get("approved") in ("true", "1"),
-                            groups=tuple(group.text or "" for group in item.iterfind(f"{{{NS_ROSTER}}}group")))
-                 for item in roster.iterfind(f"{{{NS_ROSTER}}}item") if item.get("jid")]
+        items = [
+            RosterItem(
+                item.get("jid"),
+                item.get("name"),
+                item.get("subscription", "none"),
+                ask=item.get("ask") == "subscribe",
+                approved=item.get("approved") in ("true", "1"),
+                groups=tuple(group.text or "" for group in item.iterfind(f"{{{NS_ROSTER}}}group")),
+            )
+            for item in roster.iterfind(f"{{{NS_ROSTER}}}item")
+            if item.get("jid")
+        ]
         version = roster.get("ver") or roster.get("version") or "0"
         await stores.rosters.replace(jid, int(version) if version.isdigit() else 1, items)
         report.add("roster items", len(items))
@@ -313,8 +358,12 @@ async def _import_user(stores, namespace: str, jid: str, user: etree._Element, r
             when = parse_datetime(stamp.get("stamp", "")) if stamp is not None else now
         except StanzaError:
             when = now
-        await stores.archive(OFFLINE).append(jid, ArchivedStanza(
-            time_ordered_id(), min(max(when, 0.0), now), message.get("from", "").split("/")[0], to_storage(message)))
+        await stores.archive(OFFLINE).append(
+            jid,
+            ArchivedStanza(
+                time_ordered_id(), min(max(when, 0.0), now), message.get("from", "").split("/")[0], to_storage(message)
+            ),
+        )
         report.add("offline messages")
 
     archive = user.find(f"{{{NS_PIE_MAM}}}archive")
@@ -330,8 +379,10 @@ async def _import_user(stores, namespace: str, jid: str, user: etree._Element, r
             continue
         sender, recipient = (message.get(name, "").split("/")[0] for name in ("from", "to"))
         # Ids made here: the archive orders by id, another server's ids need not sort by time.
-        await stores.archive(ARCHIVE).append(jid, ArchivedStanza(
-            time_ordered_id(when), when, sender if recipient == jid else recipient, to_storage(message)))
+        await stores.archive(ARCHIVE).append(
+            jid,
+            ArchivedStanza(time_ordered_id(when), when, sender if recipient == jid else recipient, to_storage(message)),
+        )
         report.add("archived messages")
 
     await _import_pep(stores, jid, user, report)
@@ -348,12 +399,12 @@ def _secrets(user: etree._Element) -> dict[str, ScramCredentials]:
                     salt=base64.b64decode(scram.findtext(f"{{{NS_SCRAM}}}salt") or "", validate=True),
                     iterations=int(scram.findtext(f"{{{NS_SCRAM}}}iter-count") or ""),
                     stored_key=base64.b64decode(scram.findtext(f"{{{NS_SCRAM}}}stored-key") or "", validate=True),
-                    server_key=base64.b64decode(scram.findtext(f"{{{NS_SCRAM}}}server-key") or "", validate=True))
+                    server_key=base64.b64decode(scram.findtext(f"{{{NS_SCRAM}}}server-key") or "", validate=True),
+                )
         except ValueError:
             continue
     if not secrets and user.get("password"):
-        secrets = {name: derive_scram_credentials(user.get("password"), name)
-                   for name in HASHES}
+        secrets = {name: derive_scram_credentials(user.get("password"), name) for name in HASHES}
     return secrets
 
 
@@ -370,11 +421,16 @@ async def _import_pep(stores, jid: str, user: etree._Element, report: Report) ->
         configs[configure.get("node", "")] = nodes.configure(nodes.new_config(), options)
     for subscriptions in owner.iterfind(f"{{{NS_PUBSUB_OWNER}}}subscriptions") if owner is not None else ():
         config = configs.setdefault(subscriptions.get("node", ""), nodes.new_config())
-        config["subscribers"] = [s.get("jid") for s in subscriptions.iterfind(f"{{{NS_PUBSUB_OWNER}}}subscription")
-                                 if s.get("jid") and s.get("subscription", "subscribed") == "subscribed"]
+        config["subscribers"] = [
+            s.get("jid")
+            for s in subscriptions.iterfind(f"{{{NS_PUBSUB_OWNER}}}subscription")
+            if s.get("jid") and s.get("subscription", "subscribed") == "subscribed"
+        ]
     published = user.find(f"{{{NS_PUBSUB}}}pubsub")
-    items = {element.get("node", ""): element for element in (
-        published.iterfind(f"{{{NS_PUBSUB}}}items") if published is not None else ())}
+    items = {
+        element.get("node", ""): element
+        for element in (published.iterfind(f"{{{NS_PUBSUB}}}items") if published is not None else ())
+    }
     for name in dict.fromkeys([*configs, *items]):
         if not name:
             continue
@@ -383,7 +439,15 @@ async def _import_pep(stores, jid: str, user: etree._Element, report: Report) ->
         for number, item in enumerate(items[name].iterfind(f"{{{NS_PUBSUB}}}item") if name in items else ()):
             if len(item) != 1:
                 continue
-            await stores.pubsub.publish(jid, name, PubSubItem(item.get("id") or f"imported-{number}",
-                                                              to_storage(item[0]), item.get("publisher") or jid,
-                                                              time.time()), max_items=None)
+            await stores.pubsub.publish(
+                jid,
+                name,
+                PubSubItem(
+                    item.get("id") or f"imported-{number}",
+                    to_storage(item[0]),
+                    item.get("publisher") or jid,
+                    time.time(),
+                ),
+                max_items=None,
+            )
             report.add("pep items")

@@ -9,6 +9,7 @@ could change behind a copy: nothing is kept in front of it. (`xmppctl
 deluser` on a running server removes a roster behind its back: the server keeps a stale
 copy of that deleted account's roster until it is evicted, which grants nothing.)
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,7 +24,7 @@ class CachedRosters:
         self._store = store
         self._size = 0 if getattr(store, "shared_by_processes", False) else size
         self._rosters: collections.OrderedDict[str, tuple[int, dict[str, RosterItem]]] = collections.OrderedDict()
-        self._reads: dict[str, bool] = {}       # owners being read -> a write overtook the read
+        self._reads: dict[str, bool] = {}  # owners being read -> a write overtook the read
 
     async def get(self, owner: str) -> tuple[int, dict[str, RosterItem]]:
         cached = self._rosters.get(owner)
@@ -32,7 +33,7 @@ class CachedRosters:
             try:
                 cached = await self._store.get(owner)
             finally:
-                overtaken = self._reads.pop(owner, True)   # a second reader of one owner keeps nothing
+                overtaken = self._reads.pop(owner, True)  # a second reader of one owner keeps nothing
             if not overtaken:
                 self._remember(owner, cached)
         else:
@@ -47,7 +48,9 @@ class CachedRosters:
         return await self._store.get_item(owner, contact)
 
     async def put_item(self, owner: str, item: RosterItem) -> int:
-        return await self._write(owner, self._store.put_item(owner, item), lambda items: items.__setitem__(item.jid, item))
+        return await self._write(
+            owner, self._store.put_item(owner, item), lambda items: items.__setitem__(item.jid, item)
+        )
 
     async def remove_item(self, owner: str, contact: str) -> int:
         return await self._write(owner, self._store.remove_item(owner, contact), lambda items: items.pop(contact, None))

@@ -7,6 +7,7 @@ also fire `iq-<type>/<target>/<namespace>:<element>`. The default delivery below
 at priority -1 so that extensions (blocking, carbons, archive) run before it. An iq get
 or set that nobody handles gets service-unavailable; an error is never answered.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,14 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from xmppd.logs import redacted
-from xmppd.protocol.errors import (BadRequest, InternalServerError, JidMalformed, RemoteServerNotFound,
-                                   ServiceUnavailable, StanzaError)
+from xmppd.protocol.errors import (
+    BadRequest,
+    InternalServerError,
+    JidMalformed,
+    RemoteServerNotFound,
+    ServiceUnavailable,
+    StanzaError,
+)
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.namespaces import NS_CLIENT, NS_SESSION
 from xmppd.protocol.stanza import error_reply, reply
@@ -33,9 +40,11 @@ log = logging.getLogger(__name__)
 
 KINDS = {f"{{{NS_CLIENT}}}message": "message", f"{{{NS_CLIENT}}}presence": "presence", f"{{{NS_CLIENT}}}iq": "iq"}
 IQ_TYPES = frozenset(("get", "set", "result", "error"))
-PRESENCE_TYPES = frozenset((None, "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe", "error"))
+PRESENCE_TYPES = frozenset(
+    (None, "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe", "error")
+)
 DEFAULT_PRIORITY = -1
-RETURNED = "returned"     # Stanza.meta: handed on by a session that ended (sent to it once already)
+RETURNED = "returned"  # Stanza.meta: handed on by a session that ended (sent to it once already)
 # The `writes` of the stanza a client sent that is being routed: a stanza forwarded to
 # another node adds the wait for that node's answer (xmppd/cluster), so that the XEP-0198
 # ack comes after the receiving node delivered, stored or bounced it.
@@ -46,6 +55,7 @@ class Stanza:
     """A thin envelope around the lxml element: parsed addresses and internal meta.
     `writes`: storage writes a handler started in the background whose commit the
     sender's XEP-0198 ack must wait for (an offline message)."""
+
     __slots__ = ("element", "kind", "type", "from_", "to", "target", "origin", "meta", "writes")
 
     def __init__(self, element, kind, from_, to, origin=None):
@@ -55,7 +65,7 @@ class Stanza:
         self.from_: JID = from_
         self.to: JID | None = to
         self.target = ""
-        self.origin: "Session | None" = origin
+        self.origin: Session | None = origin
         self.meta: dict = {}
         self.writes: list[asyncio.Task] = []
 
@@ -64,7 +74,7 @@ class Stanza:
         return self.element.get("id")
 
     def __repr__(self):
-        return f"<Stanza {redacted(self.element)}>"      # reprs end up in logs: no text
+        return f"<Stanza {redacted(self.element)}>"  # reprs end up in logs: no text
 
 
 def target_of(kind: str, to: JID | None, from_: JID) -> str:
@@ -80,12 +90,12 @@ def target_of(kind: str, to: JID | None, from_: JID) -> str:
 class Router:
     """The delivery service (xmppd.services.Delivery) of one process."""
 
-    def __init__(self, directory: "Directory"):
+    def __init__(self, directory: Directory):
         self.directory = directory
 
     # ------------------------------------------------------------- entry points
 
-    async def from_client(self, session: "Session", element: etree._Element) -> list[asyncio.Task]:
+    async def from_client(self, session: Session, element: etree._Element) -> list[asyncio.Task]:
         """A stanza read from a bound client: validate, stamp 'from', route. Returns the
         writes still committing that the stanza's XEP-0198 ack must wait for."""
         kind = KINDS.get(element.tag)
@@ -96,7 +106,7 @@ class Router:
         try:
             to = JID.parse(element.get("to")) if element.get("to") is not None else None
         except InvalidJID:
-            element.set("to", session.host.domain)    # the error comes from the server, not a bad JID
+            element.set("to", session.host.domain)  # the error comes from the server, not a bad JID
             await self._reply_error(element, session.host, JidMalformed())
             return []
         stanza = Stanza(element, kind, session.jid, to, session)
@@ -107,7 +117,7 @@ class Router:
             CURRENT_WRITES.reset(token)
         return stanza.writes
 
-    async def _from_client(self, session: "Session", stanza: Stanza) -> None:
+    async def _from_client(self, session: Session, stanza: Stanza) -> None:
         element, kind, to = stanza.element, stanza.kind, stanza.to
         problem = self.invalid(stanza)
         if problem:
@@ -115,8 +125,8 @@ class Router:
             return
         stanza.target = target_of(kind, to, session.jid)
         if to is None and kind != "presence":
-            stanza.to = session.jid.bare          # RFC 6120 10.3: addressed to the sender's account
-            if kind == "iq":                      # so that replies come from the account (RFC 6120 8.1.2.1)
+            stanza.to = session.jid.bare  # RFC 6120 10.3: addressed to the sender's account
+            if kind == "iq":  # so that replies come from the account (RFC 6120 8.1.2.1)
                 element.set("to", str(stanza.to))
         host = session.host
         if await self._fire(host, f"pre-{kind}/{stanza.target}", stanza):
@@ -161,7 +171,7 @@ class Router:
             reply.set("from", host.domain)
         await self.dispatch(reply)
 
-    async def _fire(self, host: "Host", name: str, stanza: Stanza) -> bool:
+    async def _fire(self, host: Host, name: str, stanza: Stanza) -> bool:
         try:
             return await host.bus.fire(name, stanza)
         except StanzaError as error:
@@ -188,15 +198,22 @@ class Router:
 class CoreDelivery:
     """The default delivery rules of RFC 6121 section 8, hooked at priority -1 on user hosts."""
 
-    def __init__(self, host: "Host"):
+    def __init__(self, host: Host):
         self.host = host
-        for name, handler in (("message/bare", self.message_to_bare), ("message/full", self.message_to_full),
-                              ("presence/bare", self.presence_to_bare), ("presence/full", self.presence_to_full),
-                              ("iq/full", self.iq_to_full), ("iq/bare", self.iq_to_account),
-                              ("iq/self", self.iq_to_account), ("iq/host", self.iq_to_account),
-                              ("message/host", self.message_to_host), ("presence/host", self.ignore)):
+        for name, handler in (
+            ("message/bare", self.message_to_bare),
+            ("message/full", self.message_to_full),
+            ("presence/bare", self.presence_to_bare),
+            ("presence/full", self.presence_to_full),
+            ("iq/full", self.iq_to_full),
+            ("iq/bare", self.iq_to_account),
+            ("iq/self", self.iq_to_account),
+            ("iq/host", self.iq_to_account),
+            ("message/host", self.message_to_host),
+            ("presence/host", self.ignore),
+        ):
             host.bus.hook(name, handler, DEFAULT_PRIORITY)
-        for target in ("self", "host"):           # RFC 3921 section 3: a no-op kept for old clients
+        for target in ("self", "host"):  # RFC 3921 section 3: a no-op kept for old clients
             host.bus.hook(f"iq-set/{target}/{NS_SESSION}:session", self.legacy_session, DEFAULT_PRIORITY)
 
     async def message_to_bare(self, stanza: Stanza) -> bool:
@@ -209,11 +226,14 @@ class CoreDelivery:
             return True
         if stanza.type == "groupchat":
             raise ServiceUnavailable()
-        stanza.target = "bare"                    # RFC 6121 8.5.3.2.1: treat as sent to the bare JID
+        stanza.target = "bare"  # RFC 6121 8.5.3.2.1: treat as sent to the bare JID
         return await self.host.bus.fire("message/bare", stanza)
 
     async def message_to_host(self, stanza: Stanza) -> bool:
-        if stanza.type not in ("error", "groupchat", "headline") and stanza.element.find(f"{{{NS_CLIENT}}}body") is not None:
+        if (
+            stanza.type not in ("error", "groupchat", "headline")
+            and stanza.element.find(f"{{{NS_CLIENT}}}body") is not None
+        ):
             raise ServiceUnavailable()
         return True
 
@@ -246,7 +266,7 @@ class CoreDelivery:
         return await answer_iq(self.host, stanza)
 
 
-async def deliver_to_account(host: "Host", stanza: Stanza, recipients: list["Session"] | None = None) -> bool:
+async def deliver_to_account(host: Host, stanza: Stanza, recipients: list[Session] | None = None) -> bool:
     """RFC 6121 8.5.2.1 (and 8.5.3.2.1 for a full JID whose resource is gone): a message
     to the account of `stanza.to` is delivered, stored offline or refused. `recipients`:
     the resources it goes to, when the caller chose them (the cluster: local ones only)."""
@@ -267,10 +287,10 @@ async def deliver_to_account(host: "Host", stanza: Stanza, recipients: list["Ses
         return True
     if kind != "headline" and element.find(f"{{{NS_CLIENT}}}body") is not None:
         raise ServiceUnavailable()
-    return True                                   # transient payloads are not bounced
+    return True  # transient payloads are not bounced
 
 
-def bare_message_recipients(host: "Host", local: str, kind: str) -> list["Session"]:
+def bare_message_recipients(host: Host, local: str, kind: str) -> list[Session]:
     """RFC 6121 8.5.2.1.1: the resources a message of type `kind` to the bare JID goes
     to: the available ones of highest non-negative priority, every such one for a
     headline. Empty when the message must be stored or refused."""
@@ -279,7 +299,7 @@ def bare_message_recipients(host: "Host", local: str, kind: str) -> list["Sessio
     return top_priority(host.available_sessions(local))
 
 
-async def answer_iq(host: "Host", stanza: Stanza) -> bool:
+async def answer_iq(host: Host, stanza: Stanza) -> bool:
     """Fire the namespaced iq event; unhandled gets/sets are refused, results resolve requests."""
     if stanza.type in ("get", "set"):
         payload = stanza.element[0]

@@ -3,12 +3,13 @@
 Its `state` goes "new" -> "starting" -> "serving" -> "stopping" (what /health reports);
 systemd hears READY=1 and STOPPING=1 at those steps (xmppd/systemd.py).
 """
+
 from __future__ import annotations
 
 import asyncio
 import difflib
-import pkgutil
 import logging
+import pkgutil
 import resource
 import ssl
 import time
@@ -42,9 +43,11 @@ log = logging.getLogger(__name__)
 # without a handshake keeps its file descriptor.
 TLS_HANDSHAKE_TIMEOUT = 10.0
 
+
 def bundled_extensions() -> list[str]:
     """Every module or package of xmppd.extensions: the default when the config names none."""
     import xmppd.extensions
+
     return sorted(module.name for module in pkgutil.iter_modules(xmppd.extensions.__path__))
 
 
@@ -70,7 +73,7 @@ class Server:
         self.monitoring: Monitoring | None = None
         self.admin: AdminSocket | None = None
         self.components: Components | None = None
-        self.cluster = None                 # xmppd.cluster.Cluster when [cluster] engine is set
+        self.cluster = None  # xmppd.cluster.Cluster when [cluster] engine is set
 
     @property
     def storage(self):
@@ -88,22 +91,32 @@ class Server:
         check_extensions(cfg)
         make_data_dir(cfg.data_dir)
         # The one place storage is measured: every store comes through these proxies.
-        storage = TimedBackend(open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default],
-                                            str(cfg.data_dir)), self.metrics)
+        storage = TimedBackend(
+            open_backend(cfg.storage.default, cfg.backend_options[cfg.storage.default], str(cfg.data_dir)), self.metrics
+        )
         await storage.start()
-        if not cfg.cluster.engine:          # exact while this process is the rosters' only writer
+        if not cfg.cluster.engine:  # exact while this process is the rosters' only writer
             storage.rosters = CachedRosters(storage.rosters)
         archive_kind = cfg.storage.archive or cfg.storage.default
         archives = storage
         if archive_kind != cfg.storage.default:
-            archives = TimedBackend(open_backend(archive_kind, cfg.backend_options[archive_kind],
-                                                 str(cfg.data_dir)), self.metrics)
+            archives = TimedBackend(
+                open_backend(archive_kind, cfg.backend_options[archive_kind], str(cfg.data_dir)), self.metrics
+            )
             await archives.start()
-        media = CountedMedia(open_media(cfg.storage.media, cfg.backend_options.get(cfg.storage.media),
-                                        str(cfg.data_dir)), self.metrics)
+        media = CountedMedia(
+            open_media(cfg.storage.media, cfg.backend_options.get(cfg.storage.media), str(cfg.data_dir)), self.metrics
+        )
         self.stores = OpenStores(storage, archives, media)
-        self.services = Services(config=cfg, delivery=self.router, directory=self.directory, tasks=self.tasks,
-                                 metrics=self.metrics, http=self.http, stores=self.stores)
+        self.services = Services(
+            config=cfg,
+            delivery=self.router,
+            directory=self.directory,
+            tasks=self.tasks,
+            metrics=self.metrics,
+            http=self.http,
+            stores=self.stores,
+        )
         self.monitoring = Monitoring(self.services, self)
         names = cfg.server.extensions or bundled_extensions()
         for host_options in cfg.hosts:
@@ -111,13 +124,14 @@ class Server:
             CoreDelivery(host)
             for name in names:
                 await host.load(name)
-        self.components = Components(self.services)          # XEP-0114
+        self.components = Components(self.services)  # XEP-0114
 
     async def start(self) -> None:
         self.state = "starting"
         await self.open()
-        if self.config.cluster.engine:      # not in open(): xmppctl opens the hosts, it is no node
+        if self.config.cluster.engine:  # not in open(): xmppctl opens the hosts, it is no node
             from xmppd.cluster import Cluster
+
             cluster = Cluster(self.services, self.config.cluster)
             await cluster.start()
             self.cluster = cluster
@@ -129,12 +143,22 @@ class Server:
         await self.http.start(self.tls.context)
         c2s = self.config.c2s
         for interface in c2s.interfaces:
-            self._listeners.append(await asyncio.start_server(
-                lambda r, w: self._accept(r, w, direct_tls=False), interface, c2s.port, reuse_address=True))
-            if c2s.direct_tls_port:                 # XEP-0368: the loop does the handshake
-                self._listeners.append(await asyncio.start_server(
-                    lambda r, w: self._accept(r, w, direct_tls=True), interface, c2s.direct_tls_port,
-                    reuse_address=True, ssl=self.tls.context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT))
+            self._listeners.append(
+                await asyncio.start_server(
+                    lambda r, w: self._accept(r, w, direct_tls=False), interface, c2s.port, reuse_address=True
+                )
+            )
+            if c2s.direct_tls_port:  # XEP-0368: the loop does the handshake
+                self._listeners.append(
+                    await asyncio.start_server(
+                        lambda r, w: self._accept(r, w, direct_tls=True),
+                        interface,
+                        c2s.direct_tls_port,
+                        reuse_address=True,
+                        ssl=self.tls.context,
+                        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                    )
+                )
         self._listeners += await self.components.listen()
         self.admin = AdminSocket(self.services, self)
         await self.admin.start()
@@ -155,11 +179,15 @@ class Server:
             try:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
                 soft = hard
-            except (ValueError, OSError):       # an unlimited hard limit the kernel caps lower
+            except (ValueError, OSError):  # an unlimited hard limit the kernel caps lower
                 pass
         if soft != resource.RLIM_INFINITY and self.config.c2s.max_unauthenticated > soft // 2:
-            log.warning("event=open-file-limit-low limit=%d c2s.max_unauthenticated=%d: raise the limit "
-                        "(LimitNOFILE) or lower max_unauthenticated", soft, self.config.c2s.max_unauthenticated)
+            log.warning(
+                "event=open-file-limit-low limit=%d c2s.max_unauthenticated=%d: raise the limit "
+                "(LimitNOFILE) or lower max_unauthenticated",
+                soft,
+                self.config.c2s.max_unauthenticated,
+            )
 
     def _setup_tls(self) -> None:
         cert, key = self.config.certificate, self.config.private_key
@@ -169,7 +197,9 @@ class Server:
         try:
             self.tls = ServerTls.load(cert, key, self.config.tls.min_version)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConfigError(f"{self.config.source}: tls.certificate/tls.key: cannot load {cert} / {key}: {exc}") from None
+            raise ConfigError(
+                f"{self.config.source}: tls.certificate/tls.key: cannot load {cert} / {key}: {exc}"
+            ) from None
 
     async def _accept(self, reader, writer, *, direct_tls: bool) -> None:
         transport = Transport(reader, writer, max_output_buffer=self.config.c2s.max_output_buffer)
@@ -178,8 +208,9 @@ class Server:
     async def serve(self, transport, *, direct_tls: bool, websocket: bool = False, bosh: bool = False) -> None:
         """Run a client connection, TCP, WebSocket (xmppd/websocket.py) or BOSH
         (xmppd/bosh.py), to its end."""
-        connection = C2SConnection(self.services, self.admission, self.tls, transport,
-                                   direct_tls=direct_tls, websocket=websocket, bosh=bosh)
+        connection = C2SConnection(
+            self.services, self.admission, self.tls, transport, direct_tls=direct_tls, websocket=websocket, bosh=bosh
+        )
         self.admission.admit(connection)
         self.metrics.count(CONNECTIONS_ACCEPTED, connection.listener)
         try:
@@ -211,7 +242,7 @@ class Server:
         deadline = time.monotonic() + self.config.server.graceful_shutdown_timeout
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        await self.http.stop()              # last: /health answers 503 while clients drain
+        await self.http.stop()  # last: /health answers 503 while clients drain
         for host in self.directory.hosts():
             for session in [s for resources in list(host.sessions.values()) for s in list(resources.values())]:
                 await host.end_session(session)
@@ -229,8 +260,11 @@ class Server:
             self._watchdog.cancel()
 
     def listening(self) -> list[str]:
-        return ([f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for listener in self._listeners for sock in listener.sockets]
-                + self.http.listening())
+        return [
+            f"{sock.getsockname()[0]}:{sock.getsockname()[1]}"
+            for listener in self._listeners
+            for sock in listener.sockets
+        ] + self.http.listening()
 
 
 def make_data_dir(path) -> None:
@@ -248,13 +282,16 @@ def check_extensions(config: Config) -> None:
     """Every enabled extension exists and its [extensions.<name>] table is valid, checked
     before anything starts (and by `xmppd --check-config`)."""
     from xmppd.extension import extension_class
+
     names = config.server.extensions or bundled_extensions()
     enabled = set(names) | set(_all_dependencies(names, config.source))
     unknown = sorted(set(config.extension_options) - enabled)
     if unknown:
         close = difflib.get_close_matches(unknown[0], enabled, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{config.source}: extensions.{unknown[0]}: options for an extension that is not enabled{hint}")
+        raise ConfigError(
+            f"{config.source}: extensions.{unknown[0]}: options for an extension that is not enabled{hint}"
+        )
     for name in sorted(enabled):
         options = extension_class(name).Options
         if options is not None:
@@ -263,6 +300,7 @@ def check_extensions(config: Config) -> None:
 
 def _all_dependencies(names, source: str) -> list[str]:
     from xmppd.extension import extension_class
+
     found = []
     for name in names:
         try:

@@ -6,6 +6,7 @@ metrics, HTTP routes, the stores and the options. Each is a Protocol, so that a 
 can be built and tested with a stand-in, and so that the cluster can put node-to-node
 delivery behind `Delivery` without an extension noticing.
 """
+
 from __future__ import annotations
 
 import asyncio

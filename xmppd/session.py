@@ -17,13 +17,15 @@ sees each stanza written through `on_write`). What comes while there is no room 
 A connection without room for `c2s.stall_timeout` seconds is closed (resource-constraint):
 a client that takes nothing is not kept forever.
 """
+
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
 import sys
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Protocol, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from lxml import etree
 
@@ -42,8 +44,8 @@ log = logging.getLogger(__name__)
 
 class Connection(Protocol):
     peer: str
-    congested: bool                      # unsent output over the limit: write nothing more
-    unsent: int                          # bytes written that the peer's network has not taken yet
+    congested: bool  # unsent output over the limit: write nothing more
+    unsent: int  # bytes written that the peer's network has not taken yet
 
     def write(self, data: bytes) -> None: ...
     def close(self, condition: str | None = None, text: str | None = None) -> None: ...
@@ -59,10 +61,10 @@ class StreamConnection(Connection, Protocol):
     def authenticated(self) -> JID | None:
         """The account this stream logged in as (None before SASL succeeded)."""
 
-    def resume(self, session: "Session") -> None:
+    def resume(self, session: Session) -> None:
         """Continue `session` on this stream, which binds no resource of its own."""
 
-    def detach(self) -> "Session | None":
+    def detach(self) -> Session | None:
         """Give this stream's session up to another stream."""
 
 
@@ -70,27 +72,27 @@ Filter = Callable[[etree._Element], "etree._Element | None"]
 # Sends at most `room` stanzas of what it keeps; True once it has nothing left.
 Source = Callable[[int], Awaitable[bool]]
 UNLIMITED = sys.maxsize
-SOURCE_BATCH = 256                       # stored stanzas a source sends per turn, at most
+SOURCE_BATCH = 256  # stored stanzas a source sends per turn, at most
 
 
 class Session:
-    is_remote = False                        # a RemoteSession (xmppd/cluster) lives on another node
+    is_remote = False  # a RemoteSession (xmppd/cluster) lives on another node
 
-    def __init__(self, host: "Host", jid: JID, connection: Connection | None):
+    def __init__(self, host: Host, jid: JID, connection: Connection | None):
         self.host = host
         self.jid = jid
         self._connection = connection
-        self.available = False               # initial presence sent, not yet unavailable
+        self.available = False  # initial presence sent, not yet unavailable
         self.presence: etree._Element | None = None
         self.priority = 0
-        self.interested = False              # requested the roster: gets roster pushes
+        self.interested = False  # requested the roster: gets roster pushes
         self.filters: list[Filter] = []
-        self.stanzas_handled = 0             # stanzas from the client whose processing is over (XEP-0198 'h')
-        self.unsettled: collections.deque[asyncio.Future] = collections.deque()   # read, not yet counted
-        self.meta: dict = {}                 # per-extension state, keyed by extension name
-        self.shared: dict = {}               # per-extension state other nodes see too (`share`)
+        self.stanzas_handled = 0  # stanzas from the client whose processing is over (XEP-0198 'h')
+        self.unsettled: collections.deque[asyncio.Future] = collections.deque()  # read, not yet counted
+        self.meta: dict = {}  # per-extension state, keyed by extension name
+        self.shared: dict = {}  # per-extension state other nodes see too (`share`)
         self.closed = False
-        self.window: Callable[[], int] | None = None         # free places in the XEP-0198 window
+        self.window: Callable[[], int] | None = None  # free places in the XEP-0198 window
         self.on_write: Callable[[etree._Element], None] | None = None
         self.held: collections.deque[tuple[etree._Element, int]] = collections.deque()
         self.held_bytes = 0
@@ -108,7 +110,7 @@ class Session:
     @connection.setter
     def connection(self, connection: Connection | None) -> None:
         self._connection = connection
-        self._room.set()                     # a pump waiting on the old connection ends
+        self._room.set()  # a pump waiting on the old connection ends
         if connection is not None:
             self.pump()
 
@@ -128,7 +130,7 @@ class Session:
         filters that follow that one: a filter that held a stanza back lets it go on."""
         filters = self.filters
         if after is not None:
-            filters = filters[filters.index(after) + 1:]
+            filters = filters[filters.index(after) + 1 :]
         for apply in filters:
             element = apply(element)
             if element is None:
@@ -143,7 +145,7 @@ class Session:
         if not writes and not self.unsettled:
             self.stanzas_handled += 1
             return
-        settling = asyncio.gather(*writes, return_exceptions=True)   # failures are the writer's to report
+        settling = asyncio.gather(*writes, return_exceptions=True)  # failures are the writer's to report
         self.unsettled.append(settling)
         settling.add_done_callback(self._count_settled)
 
@@ -192,8 +194,9 @@ class Session:
             self.host.services.metrics.count(LIMIT_REACHED, "c2s.max_held_bytes")
             log.info("event=held-stanza-dropped jid=%s held=%d", self.jid, len(self.held))
             if element.tag == IQ and element.get("type") in ("get", "set") and element.get("from"):
-                self.host.services.tasks.spawn(self.host.send(error_reply(
-                    element, ResourceConstraint(text="the recipient is not taking stanzas"))))
+                self.host.services.tasks.spawn(
+                    self.host.send(error_reply(element, ResourceConstraint(text="the recipient is not taking stanzas")))
+                )
             return
         self.held.append((element, size))
         self.held_bytes += size
@@ -277,7 +280,7 @@ class Session:
             self.connection.close(condition, text)
 
 
-def top_priority(sessions: Iterable["Session"]) -> list["Session"]:
+def top_priority(sessions: Iterable[Session]) -> list[Session]:
     """RFC 6121 8.5.2.1.1: of `sessions`, those of the highest non-negative priority
     (the resources a message to the bare JID goes to)."""
     eligible = [session for session in sessions if session.priority >= 0]

@@ -5,6 +5,7 @@ once it serves, STOPPING=1 when a shutdown begins, and with `WatchdogSec=` (whic
 $WATCHDOG_USEC) WATCHDOG=1 every half of that interval while its event loop runs, so
 that a hung server is restarted. Without $NOTIFY_SOCKET nothing is sent.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,13 +20,13 @@ def notify(state: str) -> bool:
     """Send `state` ("READY=1", lines joined by newlines) to the service manager; False
     when there is none to tell, or it could not be told."""
     address = os.environ.get("NOTIFY_SOCKET", "")
-    if address.startswith("@"):                    # Linux abstract socket namespace
+    if address.startswith("@"):  # Linux abstract socket namespace
         address = "\0" + address[1:]
-    elif not address.startswith("/"):              # not set, or a kind we do not speak (vsock)
+    elif not address.startswith("/"):  # not set, or a kind we do not speak (vsock)
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.setblocking(False)                # never stall the event loop on a full queue
+            sock.setblocking(False)  # never stall the event loop on a full queue
             sock.sendto(state.encode(), address)
     except OSError as exc:
         log.warning("event=systemd-notify-failed state=%s error=%s", state.split("\n", 1)[0], exc)

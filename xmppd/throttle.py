@@ -10,16 +10,17 @@ addresses' budgets and never locks the user out of his account from elsewhere.
 
 Sans-IO: the clock is injected, nothing here sleeps.
 """
+
 from __future__ import annotations
 
 import functools
 import ipaddress
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
-MAX_FAILURE_DELAY = 30.0       # seconds; the longest a failure's answer is held back
-MAX_BUCKETS = 100_000          # per kind: bounds the memory an address scan can take
+MAX_FAILURE_DELAY = 30.0  # seconds; the longest a failure's answer is held back
+MAX_BUCKETS = 100_000  # per kind: bounds the memory an address scan can take
 
 
 @functools.lru_cache(maxsize=65536)
@@ -44,7 +45,7 @@ class TokenBuckets:
         self.capacity = capacity
         self.rate = capacity / window if window > 0 else math.inf
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}     # key -> (tokens, as of)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, as of)
 
     def tokens(self, key: str) -> float:
         tokens, since = self._buckets.get(key, (self.capacity, 0.0))
@@ -56,7 +57,7 @@ class TokenBuckets:
 
     def add(self, key: str, amount: float) -> None:
         tokens = min(self.capacity, self.tokens(key) + amount)
-        self._buckets.pop(key, None)           # re-inserted last: the dict is in order of use
+        self._buckets.pop(key, None)  # re-inserted last: the dict is in order of use
         if tokens < self.capacity:
             self._buckets[key] = (tokens, self.clock())
             if len(self._buckets) > MAX_BUCKETS:
@@ -78,8 +79,10 @@ class AuthThrottle:
         """Take one attempt for `account` (a bare JID) from `peer`: None when granted, else
         the config key (section.option) of the budget that is used up."""
         address = self.group(peer)
-        keys = ((self.per_address, address, "c2s.auth_failures_per_ip"),
-                (self.per_account, f"{account} {address}", "c2s.auth_failures_per_account"))
+        keys = (
+            (self.per_address, address, "c2s.auth_failures_per_ip"),
+            (self.per_account, f"{account} {address}", "c2s.auth_failures_per_account"),
+        )
         for buckets, key, limit in keys:
             if buckets.tokens(key) < 1:
                 return limit

@@ -3,6 +3,7 @@
 Channel bindings for SCRAM-*-PLUS: tls-server-end-point (RFC 5929) on every TLS version,
 tls-unique on TLS 1.2 only (RFC 9266 forbids it on 1.3) and tls-exporter (RFC 9266).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -22,11 +23,12 @@ EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 class ServerTls:
     """The server's certificate as the listeners use it: the context and what
     SCRAM-*-PLUS binds to."""
+
     context: ssl.SSLContext
     end_point: bytes
 
     @classmethod
-    def load(cls, certificate: Path, key: Path, min_version: str) -> "ServerTls":
+    def load(cls, certificate: Path, key: Path, min_version: str) -> ServerTls:
         return cls(server_context(certificate, key, min_version), end_point_hash(certificate))
 
     def channel_bindings(self, ssl_object: ssl.SSLObject | None) -> dict[str, bytes]:
@@ -71,10 +73,18 @@ _openssl = None
 if sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 13):
     try:
         import _ssl
+
         _openssl = ctypes.CDLL(_ssl.__file__)
         _openssl.SSL_export_keying_material.argtypes = [
-            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+        ]
         _openssl.SSL_export_keying_material.restype = ctypes.c_int
         _openssl.SSL_get_version.argtypes = [ctypes.c_void_p]
         _openssl.SSL_get_version.restype = ctypes.c_char_p

@@ -7,6 +7,7 @@ and is `congested`: the session writes nothing more to it until it has `drained`
 (xmppd/session.py holds or backlogs what waits). `Transport` is a TCP connection's;
 `WebSocketTransport` offers the same to a client on the HTTP server (RFC 7395).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
     from xmppd.http import Connection as HttpConnection
 
-SEND_QUEUE = getattr(termios, "TIOCOUTQ", None)    # the socket's unsent bytes; Linux
+SEND_QUEUE = getattr(termios, "TIOCOUTQ", None)  # the socket's unsent bytes; Linux
 
 
 class Transport:
@@ -110,12 +111,12 @@ class Transport:
         self._flush()
         self.closing = True
         try:
-            async with asyncio.timeout(timeout):      # a deadline, not a task per wait
+            async with asyncio.timeout(timeout):  # a deadline, not a task per wait
                 await self.writer.drain()
             self.writer.close()
             async with asyncio.timeout(timeout):
                 await self.writer.wait_closed()
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        except (TimeoutError, OSError, ssl.SSLError):
             self.writer.transport.abort()
 
 
@@ -126,8 +127,14 @@ class WebSocketTransport:
     frames written to the connection's transport, joined per turn of the event loop and
     paced as a TCP client's output is. No STARTTLS: TLS, if any, is the HTTPS connection's."""
 
-    def __init__(self, socket: "web.WebSocketResponse", connection: "HttpConnection", *,
-                 encode: Callable[[bytes], list[bytes]], max_output_buffer: int):
+    def __init__(
+        self,
+        socket: web.WebSocketResponse,
+        connection: HttpConnection,
+        *,
+        encode: Callable[[bytes], list[bytes]],
+        max_output_buffer: int,
+    ):
         self.socket = socket
         self.connection = connection
         self.transport = connection.transport
@@ -206,7 +213,7 @@ class WebSocketTransport:
         try:
             async with asyncio.timeout(timeout):
                 await self.socket.close()
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        except (TimeoutError, OSError, ssl.SSLError):
             self.transport.abort()
 
 

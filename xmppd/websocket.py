@@ -18,6 +18,7 @@ Refused before the upgrade, with the reason in the body:
 - 403: plain HTTP, unless the peer is on loopback and [c2s] require_encryption is off,
   as for TCP. There is no STARTTLS: TLS is the WebSocket's (RFC 7395 section 3.9).
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,12 +50,11 @@ def endpoint_url(config: Config, public_url: str) -> str | None:
 
 
 class WebSocketEndpoint:
-    def __init__(self, config: Config, http: HttpServer,
-                 serve: Callable[..., Awaitable[None]]):
+    def __init__(self, config: Config, http: HttpServer, serve: Callable[..., Awaitable[None]]):
         self.config = config
         self.options = config.websocket
         self.http = http
-        self.serve = serve                       # Server.serve: admission, metrics, the connection's run
+        self.serve = serve  # Server.serve: admission, metrics, the connection's run
         origins = self.options.allowed_origins or (http.public_url,)
         self.any_origin = "*" in origins
         self.origins = frozenset(_origin(origin) for origin in origins if origin != "*")
@@ -73,10 +73,15 @@ class WebSocketEndpoint:
         c2s = self.config.c2s
         # Messages past twice the stanza limit are cut here (close code 1009); smaller
         # ones reach the stream, which answers one past the limit with its stream error.
-        socket = web.WebSocketResponse(protocols=(SUBPROTOCOL,), compress=False, autoping=True,
-                                       max_msg_size=2 * c2s.max_stanza_bytes, decode_text=False)
+        socket = web.WebSocketResponse(
+            protocols=(SUBPROTOCOL,),
+            compress=False,
+            autoping=True,
+            max_msg_size=2 * c2s.max_stanza_bytes,
+            decode_text=False,
+        )
         connection = self.http.connection(request)
-        if connection is None:                   # gone meanwhile
+        if connection is None:  # gone meanwhile
             return web.Response(status=400)
         await socket.prepare(request)
         connection.upgraded()
@@ -96,7 +101,8 @@ class WebSocketEndpoint:
         if request.transport is None:
             return 400, "the connection is gone"
         if request.transport.get_extra_info("ssl_object") is None and (
-                self.config.c2s.require_encryption or not is_loopback_address(request.remote or "")):
+            self.config.c2s.require_encryption or not is_loopback_address(request.remote or "")
+        ):
             return 403, "encryption is required: connect with wss:// ([c2s] require_encryption)"
         return None
 

@@ -25,14 +25,26 @@ muc-config-changed, muc-disco-info.
 A user whose session ends leaves its rooms through the unavailable presence its server
 sends to everyone it sent directed presence to (RFC 6121 4.6, extensions/presence.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from xmppd.extension import Extension
 
-PARTS = ("muc.service", "muc.occupants", "muc.groupchat", "muc.private", "muc.history", "muc.archive",
-         "muc.config", "muc.affiliations", "muc.invites", "muc.roominfo", "muc.avatar")
+PARTS = (
+    "muc.service",
+    "muc.occupants",
+    "muc.groupchat",
+    "muc.private",
+    "muc.history",
+    "muc.archive",
+    "muc.config",
+    "muc.affiliations",
+    "muc.invites",
+    "muc.roominfo",
+    "muc.avatar",
+)
 
 
 class Muc(Extension):
@@ -40,20 +52,20 @@ class Muc(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        domain: str = "conference.{host}"      # {host} is the user host's domain
-        name: str = "Chatrooms"                # the service's disco identity name
-        room_creation: str = "local"           # who creates rooms: anyone | local (users of the host) | admins
-        max_rooms: int = 0                     # 0: no limit
-        max_occupants: int = 500               # the most occupants a room may have (0: no limit)
+        domain: str = "conference.{host}"  # {host} is the user host's domain
+        name: str = "Chatrooms"  # the service's disco identity name
+        room_creation: str = "local"  # who creates rooms: anyone | local (users of the host) | admins
+        max_rooms: int = 0  # 0: no limit
+        max_occupants: int = 500  # the most occupants a room may have (0: no limit)
         default_public: bool = True
         default_persistent: bool = False
         default_archiving: bool = True
-        default_history_length: int = 20       # messages sent to a user entering a room
-        max_history_length: int = 100          # the most an owner may configure
-        archive_page_size: int = 50            # MAM results per page when the client asks for none
+        default_history_length: int = 20  # messages sent to a user entering a room
+        max_history_length: int = 100  # the most an owner may configure
+        archive_page_size: int = 50  # MAM results per page when the client asks for none
         max_archive_page_size: int = 250
-        max_pending_archive_writes: int = 10000   # room archive writes under way before messages wait
-        max_password_failures: int = 5         # wrong room passwords per user and window (0: no limit)
+        max_pending_archive_writes: int = 10000  # room archive writes under way before messages wait
+        max_password_failures: int = 5  # wrong room passwords per user and window (0: no limit)
         password_failure_window: float = 300.0  # seconds
 
         def validate(self, where):
@@ -61,16 +73,24 @@ class Muc(Extension):
             where.component_domain("domain", self.domain)
             for key in ("max_rooms", "max_occupants", "default_history_length", "max_history_length"):
                 where.check(key, getattr(self, key) >= 0, "must not be negative")
-            where.check("default_history_length", self.default_history_length <= self.max_history_length,
-                        "must not exceed max_history_length")
-            where.check("archive_page_size", 0 < self.archive_page_size <= self.max_archive_page_size,
-                        "must be positive and at most max_archive_page_size")
+            where.check(
+                "default_history_length",
+                self.default_history_length <= self.max_history_length,
+                "must not exceed max_history_length",
+            )
+            where.check(
+                "archive_page_size",
+                0 < self.archive_page_size <= self.max_archive_page_size,
+                "must be positive and at most max_archive_page_size",
+            )
             where.check("max_password_failures", self.max_password_failures >= 0, "must not be negative")
             where.check("max_pending_archive_writes", self.max_pending_archive_writes > 0, "must be positive")
             where.check("password_failure_window", self.password_failure_window > 0, "must be positive")
 
     async def start(self) -> None:
-        self.component = self.services.directory.add_component(self.options.domain.format(host=self.host.domain), parent=self.host)
+        self.component = self.services.directory.add_component(
+            self.options.domain.format(host=self.host.domain), parent=self.host
+        )
         await self.component.load("disco")
         await self.component.load("ping")
         for part in PARTS:

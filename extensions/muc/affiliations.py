@@ -10,6 +10,7 @@ changes of people who are not in the room. Lists go to those who may read them.
 
 Hooks: iq-get/bare and iq-set/bare muc#admin query.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,18 @@ from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import MESSAGE, make_element, sub_element
 from xmppd.router import Stanza
 
-from .room import (AFFILIATION_LOST, AFFILIATION_RANK, BANNED, KICKED, NS_MUC_ADMIN, NS_MUC_USER, ROLE_RANK,
-                   X_MUC_USER, Occupant, Room)
+from .room import (
+    AFFILIATION_LOST,
+    AFFILIATION_RANK,
+    BANNED,
+    KICKED,
+    NS_MUC_ADMIN,
+    NS_MUC_USER,
+    ROLE_RANK,
+    X_MUC_USER,
+    Occupant,
+    Room,
+)
 
 QUERY = f"{{{NS_MUC_ADMIN}}}query"
 ITEM = f"{{{NS_MUC_ADMIN}}}item"
@@ -39,7 +50,7 @@ class RoleChange:
 
 @dataclass
 class AffiliationChange:
-    jid: JID                                   # bare JID
+    jid: JID  # bare JID
     affiliation: str
     reason: str | None
 
@@ -95,7 +106,9 @@ class Affiliations(Extension):
             if target is None:
                 raise ItemNotFound(text="no occupant has this nickname")
             target_rank = AFFILIATION_RANK[room.affiliation(target.jid)]
-            if (role == "moderator" or target.role == "moderator" and target is not actor_occupant) and actor_rank < ADMIN:
+            if (
+                role == "moderator" or target.role == "moderator" and target is not actor_occupant
+            ) and actor_rank < ADMIN:
                 raise NotAllowed(text="only admins and owners grant or revoke the moderator role")
             if target_rank >= ADMIN and target_rank >= actor_rank and role != "moderator":
                 raise NotAllowed(text="you may not change the role of an admin or owner")
@@ -128,7 +141,7 @@ class Affiliations(Extension):
     async def set_role(self, room: Room, change: RoleChange, actor: str | None) -> None:
         occupant = change.occupant
         if room.occupants.get(occupant.nick) is not occupant:
-            return                             # already gone through an earlier item
+            return  # already gone through an earlier item
         if change.role == "none":
             await room.remove_occupant(occupant, codes=(KICKED,), actor=actor, reason=change.reason)
             await self.service.emptied(room)
@@ -152,10 +165,20 @@ class Affiliations(Extension):
             return
         # XEP-0045 9.3: those who may see real JIDs learn of the change of someone absent.
         message = make_element(MESSAGE, {"from": str(room.jid)})
-        sub_element(sub_element(message, X_MUC_USER), f"{{{NS_MUC_USER}}}item",
-                    {"affiliation": change.affiliation, "jid": str(change.jid)})
-        await room.send_copies(message, [jid for occupant in list(room.occupants.values())
-                                         if room.sees_real_jids(occupant) for jid in occupant.sessions])
+        sub_element(
+            sub_element(message, X_MUC_USER),
+            f"{{{NS_MUC_USER}}}item",
+            {"affiliation": change.affiliation, "jid": str(change.jid)},
+        )
+        await room.send_copies(
+            message,
+            [
+                jid
+                for occupant in list(room.occupants.values())
+                if room.sees_real_jids(occupant)
+                for jid in occupant.sessions
+            ],
+        )
 
     # ------------------------------------------------------------- lists
 
@@ -174,8 +197,9 @@ class Affiliations(Extension):
             if affiliation not in AFFILIATION_RANK or affiliation == "none":
                 raise BadRequest(text=f"no list of affiliation {affiliation!r}")
             # Members of a non-anonymous room see who belongs (OMEMO clients need it).
-            may_read = rank >= ADMIN or (affiliation != "outcast" and rank >= AFFILIATION_RANK["member"]
-                                         and room.is_non_anonymous())
+            may_read = rank >= ADMIN or (
+                affiliation != "outcast" and rank >= AFFILIATION_RANK["member"] and room.is_non_anonymous()
+            )
             if not may_read:
                 raise Forbidden(text="you may not read this list")
             for jid, held in sorted(room.affiliations.items()):
@@ -189,6 +213,14 @@ class Affiliations(Extension):
             raise Forbidden(text="only moderators read the lists of roles")
         for other in room.occupants.values():
             if other.role == role:
-                sub_element(query, ITEM, {"role": role, "nick": other.nick, "jid": str(other.primary),
-                                          "affiliation": room.affiliation(other.jid)})
+                sub_element(
+                    query,
+                    ITEM,
+                    {
+                        "role": role,
+                        "nick": other.nick,
+                        "jid": str(other.primary),
+                        "affiliation": room.affiliation(other.jid),
+                    },
+                )
         return query

@@ -17,6 +17,7 @@ the room's archive wait for it.
 Hooks: muc-message (before the history keeps the message), muc-disco-info,
 iq-get/bare and iq-set/bare urn:xmpp:mam:2 query, iq-get/bare urn:xmpp:mam:2 metadata.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,17 +35,19 @@ from xmppd.storage.interfaces import ArchivedStanza, ArchiveQuery
 from .groupchat import NS_SID, STANZA_ID, Said
 from .room import AFFILIATION_RANK, NS_MUC_USER, X_MUC_USER, Room
 
+
 class RoomArchive(Extension):
     xeps = {313: "1.1.1", 359: "0.7.0"}
-    features = [mam.NS_MAM]                # on the service: clients look there before a room
+    features = [mam.NS_MAM]  # on the service: clients look there before a room
     depends = ["muc.service"]
 
     def __init__(self, host, options):
         super().__init__(host, options)
         self.service = host.extensions["muc.service"]
         self.store = self.service.archive
-        self.writer = ArchiveWriter(self.store, self.services.tasks, self.log,
-                                    max_pending=self.service.options.max_pending_archive_writes)
+        self.writer = ArchiveWriter(
+            self.store, self.services.tasks, self.log, max_pending=self.service.options.max_pending_archive_writes
+        )
 
     async def stop(self) -> None:
         late = await self.writer.all_settled(self.services.config.server.graceful_shutdown_timeout)
@@ -83,15 +86,19 @@ class RoomArchive(Extension):
         room = self.service.room_of(stanza)
         self.check_access(room, stanza.from_)
         options = self.service.options
-        reveal = (room.sees_real_jids(room.occupant_of(stanza.from_))
-                  or AFFILIATION_RANK[room.affiliation(stanza.from_)] >= AFFILIATION_RANK["admin"])
+        reveal = (
+            room.sees_real_jids(room.occupant_of(stanza.from_))
+            or AFFILIATION_RANK[room.affiliation(stanza.from_)] >= AFFILIATION_RANK["admin"]
+        )
 
         def by_nickname(query: ArchiveQuery) -> ArchiveQuery:
             """'with' names an occupant JID; the archive keeps nicknames."""
             if query.with_ is None:
                 return query
             jid = JID.parse(query.with_)
-            return dataclasses.replace(query, with_=jid.resource if jid.bare == room.jid and jid.resource else query.with_)
+            return dataclasses.replace(
+                query, with_=jid.resource if jid.bare == room.jid and jid.resource else query.with_
+            )
 
         def hide_real_jid(message):
             for x in message.findall(X_MUC_USER):
@@ -99,9 +106,16 @@ class RoomArchive(Extension):
             return message
 
         await self.writer.settled(str(room.jid))
-        return await mam.answer_query(self.host, stanza, self.store, str(room.jid),
-                                      default_max=options.archive_page_size, max_max=options.max_archive_page_size,
-                                      adjust=by_nickname, show=None if reveal else hide_real_jid)
+        return await mam.answer_query(
+            self.host,
+            stanza,
+            self.store,
+            str(room.jid),
+            default_max=options.archive_page_size,
+            max_max=options.max_archive_page_size,
+            adjust=by_nickname,
+            show=None if reveal else hide_real_jid,
+        )
 
     @iq_handler("get", mam.NS_MAM, "metadata", to=("bare",))
     async def metadata(self, stanza):

@@ -5,6 +5,7 @@ sent to each occupant on entering and to all on a change, with status 104.
 
 Hooks: iq-get/bare and iq-set/bare vcard-temp vCard, muc-disco-info, muc-occupant-joined.
 """
+
 from __future__ import annotations
 
 import base64
@@ -69,8 +70,11 @@ class RoomAvatar(Extension):
     @staticmethod
     def presence(room: Room):
         presence = make_element(PRESENCE, {"from": str(room.jid)})
-        sub_element(sub_element(presence, f"{{{NS_VCARD_UPDATE}}}x"), f"{{{NS_VCARD_UPDATE}}}photo",
-                    text=avatar_hash(room.avatar))
+        sub_element(
+            sub_element(presence, f"{{{NS_VCARD_UPDATE}}}x"),
+            f"{{{NS_VCARD_UPDATE}}}photo",
+            text=avatar_hash(room.avatar),
+        )
         return presence
 
     @hook("muc-occupant-joined", priority=5)

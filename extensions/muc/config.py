@@ -10,6 +10,7 @@ or change the configuration; others get forbidden, bad values not-acceptable.
 Hooks: iq-get/bare and iq-set/bare muc#owner query.
 Fires: muc-config-changed (a ConfigChange).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +22,21 @@ from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import PRESENCE, make_element, sub_element
 from xmppd.router import Stanza
 
-from .room import (ALLOW_PM, CONFIG_CHANGED, LOGGING_OFF, LOGGING_ON, MEMBERS_ONLY_NOW, NOW_NON_ANONYMOUS,
-                   NOW_SEMI_ANONYMOUS, NS_MUC_OWNER, NS_MUC_USER, SELF, WHOIS, Room, RoomConfig)
+from .room import (
+    ALLOW_PM,
+    CONFIG_CHANGED,
+    LOGGING_OFF,
+    LOGGING_ON,
+    MEMBERS_ONLY_NOW,
+    NOW_NON_ANONYMOUS,
+    NOW_SEMI_ANONYMOUS,
+    NS_MUC_OWNER,
+    NS_MUC_USER,
+    SELF,
+    WHOIS,
+    Room,
+    RoomConfig,
+)
 
 FORM_TYPE = "http://jabber.org/protocol/muc#roomconfig"
 QUERY = f"{{{NS_MUC_OWNER}}}query"
@@ -36,35 +50,72 @@ class ConfigChange:
 
 def config_form(room: Room, max_history: int) -> list[forms.Field]:
     config = room.config
-    flag = lambda value: ("1" if value else "0",)   # noqa: E731
+    flag = lambda value: ("1" if value else "0",)  # noqa: E731
     return [
         forms.Field("muc#roomconfig_roomname", "text-single", "Name", (config.name,)),
         forms.Field("muc#roomconfig_roomdesc", "text-single", "Description", (config.description,)),
         forms.Field("muc#roomconfig_lang", "text-single", "Language of the discussion", (config.language,)),
-        forms.Field("muc#roomconfig_persistentroom", "boolean", "Persistent (kept when empty)", flag(config.persistent)),
+        forms.Field(
+            "muc#roomconfig_persistentroom", "boolean", "Persistent (kept when empty)", flag(config.persistent)
+        ),
         forms.Field("muc#roomconfig_publicroom", "boolean", "Listed in the directory", flag(config.public)),
         forms.Field("muc#roomconfig_membersonly", "boolean", "Only members may enter", flag(config.members_only)),
-        forms.Field("muc#roomconfig_allowinvites", "boolean", "Occupants may invite others (members-only rooms)",
-                    flag(config.allow_invites)),
-        forms.Field("muc#roomconfig_moderatedroom", "boolean", "Only occupants with voice may speak",
-                    flag(config.moderated)),
-        forms.Field("muc#roomconfig_passwordprotectedroom", "boolean", "A password is needed to enter",
-                    flag(config.password)),
-        forms.Field("muc#roomconfig_roomsecret", "text-private", "Password", (config.password,) if config.password else ()),
-        forms.Field("muc#roomconfig_maxusers", "list-single", "Most occupants",
-                    (str(config.max_users) if config.max_users else "none",),
-                    options=tuple(room_sizes(room.service.options.max_occupants, config.max_users))),
-        forms.Field("muc#roomconfig_whois", "list-single", "Who may see the real JIDs of occupants", (config.whois,),
-                    options=(("moderators", "Moderators"), ("anyone", "Anyone (needed for OMEMO)"))),
-        forms.Field("muc#roomconfig_changesubject", "boolean", "Participants may change the subject",
-                    flag(config.change_subject)),
-        forms.Field("muc#roomconfig_allowpm", "list-single", "Who may send private messages", (config.allow_pm,),
-                    options=(("anyone", "Anyone"), ("participants", "Occupants with voice"),
-                             ("moderators", "Moderators"), ("none", "Nobody"))),
-        forms.Field("muc#maxhistoryfetch", "text-single", f"Messages of history sent on entering (0-{max_history})",
-                    (str(config.history_length),)),
-        forms.Field("muc#roomconfig_enablearchiving", "boolean", "Archive the discussion (XEP-0313)",
-                    flag(config.archiving)),
+        forms.Field(
+            "muc#roomconfig_allowinvites",
+            "boolean",
+            "Occupants may invite others (members-only rooms)",
+            flag(config.allow_invites),
+        ),
+        forms.Field(
+            "muc#roomconfig_moderatedroom", "boolean", "Only occupants with voice may speak", flag(config.moderated)
+        ),
+        forms.Field(
+            "muc#roomconfig_passwordprotectedroom", "boolean", "A password is needed to enter", flag(config.password)
+        ),
+        forms.Field(
+            "muc#roomconfig_roomsecret", "text-private", "Password", (config.password,) if config.password else ()
+        ),
+        forms.Field(
+            "muc#roomconfig_maxusers",
+            "list-single",
+            "Most occupants",
+            (str(config.max_users) if config.max_users else "none",),
+            options=tuple(room_sizes(room.service.options.max_occupants, config.max_users)),
+        ),
+        forms.Field(
+            "muc#roomconfig_whois",
+            "list-single",
+            "Who may see the real JIDs of occupants",
+            (config.whois,),
+            options=(("moderators", "Moderators"), ("anyone", "Anyone (needed for OMEMO)")),
+        ),
+        forms.Field(
+            "muc#roomconfig_changesubject",
+            "boolean",
+            "Participants may change the subject",
+            flag(config.change_subject),
+        ),
+        forms.Field(
+            "muc#roomconfig_allowpm",
+            "list-single",
+            "Who may send private messages",
+            (config.allow_pm,),
+            options=(
+                ("anyone", "Anyone"),
+                ("participants", "Occupants with voice"),
+                ("moderators", "Moderators"),
+                ("none", "Nobody"),
+            ),
+        ),
+        forms.Field(
+            "muc#maxhistoryfetch",
+            "text-single",
+            f"Messages of history sent on entering (0-{max_history})",
+            (str(config.history_length),),
+        ),
+        forms.Field(
+            "muc#roomconfig_enablearchiving", "boolean", "Archive the discussion (XEP-0313)", flag(config.archiving)
+        ),
     ]
 
 
@@ -164,8 +215,14 @@ class RoomConfiguration(Extension):
     async def get_form(self, stanza: Stanza):
         room = self.owned_room(stanza)
         query = make_element(QUERY)
-        query.append(forms.build("form", title=f"Configuration of {room.jid}", form_type=FORM_TYPE,
-                                 fields=config_form(room, self.service.options.max_history_length)))
+        query.append(
+            forms.build(
+                "form",
+                title=f"Configuration of {room.jid}",
+                form_type=FORM_TYPE,
+                fields=config_form(room, self.service.options.max_history_length),
+            )
+        )
         return query
 
     @iq_handler("set", NS_MUC_OWNER, "query", to=("bare",))
@@ -174,14 +231,18 @@ class RoomConfiguration(Extension):
         query = stanza.element[0]
         destroy = query.find(f"{{{NS_MUC_OWNER}}}destroy")
         if destroy is not None:
-            await self.destroy(room, destroy.findtext(f"{{{NS_MUC_OWNER}}}reason"), destroy.get("jid"),
-                               destroy.findtext(f"{{{NS_MUC_OWNER}}}password"))
+            await self.destroy(
+                room,
+                destroy.findtext(f"{{{NS_MUC_OWNER}}}reason"),
+                destroy.get("jid"),
+                destroy.findtext(f"{{{NS_MUC_OWNER}}}password"),
+            )
             return None
         x = forms.find(query)
         if x is None:
             raise BadRequest(text="a data form or <destroy/> is expected")
         if x.get("type") == "cancel":
-            if room.locked:                    # XEP-0045 10.1.3: cancelling the creation
+            if room.locked:  # XEP-0045 10.1.3: cancelling the creation
                 await self.destroy(room, None, None, None)
             return None
         data = forms.parse(x, form_type=FORM_TYPE)
@@ -219,8 +280,9 @@ class RoomConfiguration(Extension):
         if password:
             sub_element(destroy, f"{{{NS_MUC_USER}}}password", text=password)
         for occupant in list(room.occupants.values()):
-            hidden, revealed = room.presence_of(occupant, source=make_element(PRESENCE), type_="unavailable",
-                                                affiliation="none", destroy=destroy)
+            hidden, revealed = room.presence_of(
+                occupant, source=make_element(PRESENCE), type_="unavailable", affiliation="none", destroy=destroy
+            )
             own = room.with_codes(revealed, (SELF,))
             sessions = list(occupant.sessions)
             for jid in sessions:

@@ -10,6 +10,7 @@ visitor forbidden; a subject change needs the moderator role or the room's leave
 Hooks: message/bare (groupchat), muc-occupant-joined (sends the subject).
 Fires: muc-message (a Said event, before the fan-out).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,9 +37,9 @@ BODY = "{jabber:client}body"
 class Said:
     room: Room
     occupant: Occupant
-    message: etree._Element                    # as the occupants get it, less 'to'
+    message: etree._Element  # as the occupants get it, less 'to'
     when: float
-    writes: list[asyncio.Task] = field(default_factory=list)   # the sender's ack waits for them (Stanza.writes)
+    writes: list[asyncio.Task] = field(default_factory=list)  # the sender's ack waits for them (Stanza.writes)
 
 
 def stamp(room: Room, occupant: Occupant, message: etree._Element) -> etree._Element:
@@ -105,8 +106,8 @@ class Groupchat(Extension):
         """XEP-0045 7.2.15: the subject, empty when there is none, ends the entering."""
         room, subject = event.room, event.room.subject
         sender = room.occupant_jid(subject.nick) if subject and subject.nick else room.jid
-        message = make_element(MESSAGE, {"from": str(sender), "to": str(event.jid), "type": "groupchat",
-                                         "id": secrets.token_hex(8)})
+        message = make_element(
+            MESSAGE, {"from": str(sender), "to": str(event.jid), "type": "groupchat", "id": secrets.token_hex(8)}
+        )
         sub_element(message, SUBJECT, text=subject.text if subject and subject.text else None)
         await self.host.send(message)
-

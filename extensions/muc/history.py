@@ -8,6 +8,7 @@ archived room is read back from its archive.
 
 Hooks: muc-message, muc-occupant-joined (before the subject is sent), muc-config-changed.
 """
+
 from __future__ import annotations
 
 import collections
@@ -33,9 +34,9 @@ HISTORY = f"{{{NS_MUC}}}history"
 
 @dataclass
 class Remembered:
-    message: etree._Element                    # with its <delay/>, without 'to'
+    message: etree._Element  # with its <delay/>, without 'to'
     when: float
-    size: int                                  # characters of the stanza as sent (for maxchars)
+    size: int  # characters of the stanza as sent (for maxchars)
 
 
 class History(Extension):
@@ -97,7 +98,7 @@ def select(items: list[Remembered], limits: etree._Element | None) -> list[Remem
         try:
             threshold = parse_datetime(since, "since")
         except BadRequest:
-            threshold = None                   # a malformed limit is no limit
+            threshold = None  # a malformed limit is no limit
         if threshold is not None:
             items = [item for item in items if item.when >= threshold]
     seconds = _number(limits.get("seconds"))
@@ -105,7 +106,7 @@ def select(items: list[Remembered], limits: etree._Element | None) -> list[Remem
         items = [item for item in items if item.when >= time.time() - seconds]
     maxstanzas = _number(limits.get("maxstanzas"))
     if maxstanzas is not None:
-        items = items[len(items) - maxstanzas:] if maxstanzas else []
+        items = items[len(items) - maxstanzas :] if maxstanzas else []
     maxchars = _number(limits.get("maxchars"))
     if maxchars is not None:
         kept, total = [], 0

@@ -9,6 +9,7 @@ need nothing from the room.
 
 Hooks: message/bare (non-groupchat with muc#user invite or decline).
 """
+
 from __future__ import annotations
 
 import secrets
@@ -78,8 +79,11 @@ class Invitations(Extension):
                 sub_element(forwarded, REASON, text=reason)
             if room.config.password:
                 sub_element(x, f"{{{NS_MUC_USER}}}password", text=room.config.password)
-            sub_element(message, "{jabber:client}body",
-                        text=f"{inviter.bare} invites you to the room {room.jid}" + (f": {reason}" if reason else ""))
+            sub_element(
+                message,
+                "{jabber:client}body",
+                text=f"{inviter.bare} invites you to the room {room.jid}" + (f": {reason}" if reason else ""),
+            )
             await self.host.send(message)
 
     async def decline(self, room: Room, stanza: Stanza, decline) -> None:

@@ -13,6 +13,7 @@ Hooks: presence/full, presence/bare (before the service's own).
 Fires: muc-occupant-pre-join (vetoable), muc-occupant-joined, muc-occupant-left (with a
 Join or Leave event).
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,22 +24,31 @@ from lxml import etree
 
 from xmppd.extension import Extension, hook
 from xmppd.metrics import LIMIT_REACHED
-from xmppd.protocol.errors import (Conflict, Forbidden, ItemNotFound, JidMalformed, NotAllowed, NotAuthorized,
-                                   PolicyViolation, RegistrationRequired, ResourceConstraint, ServiceUnavailable)
+from xmppd.protocol.errors import (
+    Conflict,
+    Forbidden,
+    ItemNotFound,
+    JidMalformed,
+    NotAllowed,
+    NotAuthorized,
+    PolicyViolation,
+    RegistrationRequired,
+    ResourceConstraint,
+    ServiceUnavailable,
+)
 from xmppd.protocol.jid import JID
 from xmppd.router import Stanza
 
-from .room import (AFFILIATION_RANK, CREATED, LOGGING_ON, NEW_NICK, NON_ANONYMOUS, NS_MUC, SELF, X_MUC,
-                   Occupant, Room)
+from .room import AFFILIATION_RANK, CREATED, LOGGING_ON, NEW_NICK, NON_ANONYMOUS, NS_MUC, SELF, X_MUC, Occupant, Room
 
 
 @dataclass
 class Join:
     room: Room
-    occupant: Occupant | None                  # set once the occupant is in
-    jid: JID                                   # the real full JID entering
+    occupant: Occupant | None  # set once the occupant is in
+    jid: JID  # the real full JID entering
     stanza: Stanza
-    x: etree._Element | None                   # the <x xmlns='http://jabber.org/protocol/muc'/> it sent
+    x: etree._Element | None  # the <x xmlns='http://jabber.org/protocol/muc'/> it sent
     created: bool = False
 
 
@@ -67,14 +77,18 @@ class PasswordFailures:
         now = time.monotonic()
         self._forget_old(now)
         failures = self.failures.get(user)
-        return bool(self.limit) and failures is not None and len(failures) == self.limit \
+        return (
+            bool(self.limit)
+            and failures is not None
+            and len(failures) == self.limit
             and failures[0] > now - self.window
+        )
 
     def add(self, user: JID) -> None:
         if self.limit:
             failures = self.failures.pop(user, None) or collections.deque(maxlen=self.limit)
             failures.append(time.monotonic())
-            self.failures[user] = failures     # the most recent failure goes last
+            self.failures[user] = failures  # the most recent failure goes last
 
 
 class Occupants(Extension):
@@ -83,13 +97,14 @@ class Occupants(Extension):
     def __init__(self, host, options):
         super().__init__(host, options)
         self.service = host.extensions["muc.service"]
-        self.password_failures = PasswordFailures(self.service.options.max_password_failures,
-                                                  self.service.options.password_failure_window)
+        self.password_failures = PasswordFailures(
+            self.service.options.max_password_failures, self.service.options.password_failure_window
+        )
 
     @hook("presence/full")
     async def presence_to_occupant(self, stanza: Stanza) -> bool:
         if stanza.type not in (None, "unavailable", "error"):
-            return True                        # subscriptions and probes mean nothing to a room
+            return True  # subscriptions and probes mean nothing to a room
         room = self.service.room(stanza.to)
         real = stanza.from_
         occupant = room.occupant_of(real) if room is not None else None
@@ -171,11 +186,13 @@ class Occupants(Extension):
         about 3,300 guesses a second were possible): then policy-violation."""
         if self.password_failures.is_throttled(real.bare):
             self.services.metrics.count(LIMIT_REACHED, "extensions.muc.max_password_failures")
-            raise PolicyViolation(type="wait", text="too many wrong room passwords (extensions.muc."
-                                                    "max_password_failures): try again later")
+            raise PolicyViolation(
+                type="wait",
+                text="too many wrong room passwords (extensions.muc.max_password_failures): try again later",
+            )
         given = x.findtext(f"{{{NS_MUC}}}password") if x is not None else None
         if given != room.config.password:
-            if given is not None:              # a guess, not a client that did not know
+            if given is not None:  # a guess, not a client that did not know
                 self.password_failures.add(real.bare)
             raise NotAuthorized(text="a password is needed to enter this room")
 

@@ -12,6 +12,7 @@ from a non-occupant is refused with not-acceptable, a disco query with bad-reque
 
 Hooks: message/full, iq/full.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,7 @@ NS_PING = "urn:xmpp:ping"
 NS_DISCO = ("http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items")
 NS_VCARD = "vcard-temp"
 SELF_PING_OPTIMIZATION = "http://jabber.org/protocol/muc#self-ping-optimization"
-IQ_TIMEOUT = 120.0                             # how long a forwarded iq's reply is awaited
+IQ_TIMEOUT = 120.0  # how long a forwarded iq's reply is awaited
 
 
 class PrivateMessages(Extension):
@@ -63,7 +64,7 @@ class PrivateMessages(Extension):
         if not may_send_private(room, sender):
             raise Forbidden(text="you may not send private messages in this room")
         if await self.is_blocked_by(target, sender):
-            raise ServiceUnavailable()         # XEP-0191 3.3, as from the sender's own JID
+            raise ServiceUnavailable()  # XEP-0191 3.3, as from the sender's own JID
         message = stanza.element
         message.set("from", str(room.occupant_jid(sender.nick)))
         for child in message.findall(OCCUPANT_ID):
@@ -88,14 +89,14 @@ class PrivateMessages(Extension):
         sender = room.occupant_of(stanza.from_)
         if sender is None:
             if etree.QName(stanza.element[0]).namespace in NS_DISCO:
-                raise BadRequest(text="only occupants may query an occupant")     # XEP-0045 6.6
+                raise BadRequest(text="only occupants may query an occupant")  # XEP-0045 6.6
             raise NotAcceptable(text="you are not an occupant of this room")
         target = room.occupants.get(stanza.to.resource)
         if target is None:
             raise ItemNotFound(text="no such occupant")
         payload = stanza.element[0]
         if target is sender and payload.tag == f"{{{NS_PING}}}ping":
-            await self.host.send(reply(stanza.element))      # XEP-0410 self-ping optimisation
+            await self.host.send(reply(stanza.element))  # XEP-0410 self-ping optimisation
             return True
         await self.forward(room, sender, target, stanza)
         return True

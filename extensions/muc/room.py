@@ -5,6 +5,7 @@ Not an extension: the parts of the service (occupants.py, groupchat.py, ...) act
 rooms through this class. Presences and messages that every occupant receives are built
 once; each recipient gets a copy that differs only in its 'to' attribute.
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,8 +15,9 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
@@ -62,6 +64,7 @@ ERROR_KICK = "333"
 @dataclass
 class RoomConfig:
     """The owner-settable configuration (the muc#roomconfig form, see config.py)."""
+
     name: str = ""
     description: str = ""
     language: str = ""
@@ -70,40 +73,41 @@ class RoomConfig:
     members_only: bool = False
     moderated: bool = False
     password: str = ""
-    max_users: int = 0                         # 0: only the service's limit
-    whois: str = "moderators"                  # who sees real JIDs: moderators | anyone
-    change_subject: bool = False               # participants may change the subject
-    allow_pm: str = "anyone"                   # anyone | participants | moderators | none
-    allow_invites: bool = False                # participants may invite to a members-only room
+    max_users: int = 0  # 0: only the service's limit
+    whois: str = "moderators"  # who sees real JIDs: moderators | anyone
+    change_subject: bool = False  # participants may change the subject
+    allow_pm: str = "anyone"  # anyone | participants | moderators | none
+    allow_invites: bool = False  # participants may invite to a members-only room
     history_length: int = 20
     archiving: bool = True
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RoomConfig":
+    def from_dict(cls, data: dict) -> RoomConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
 
-    def copy(self) -> "RoomConfig":
+    def copy(self) -> RoomConfig:
         return RoomConfig(**asdict(self))
 
 
 @dataclass
 class Subject:
     text: str
-    nick: str                                  # '' when the room itself set it
+    nick: str  # '' when the room itself set it
     when: float
 
 
 class Occupant:
     """One nickname in the room: a user, possibly joined from several resources."""
+
     __slots__ = ("nick", "jid", "sessions", "role", "id")
 
     def __init__(self, nick: str, jid: JID, role: str, occupant_id: str):
         self.nick = nick
-        self.jid = jid                         # real bare JID
-        self.sessions: dict[JID, etree._Element] = {}   # real full JID -> its last presence
+        self.jid = jid  # real bare JID
+        self.sessions: dict[JID, etree._Element] = {}  # real full JID -> its last presence
         self.role = role
-        self.id = occupant_id                  # XEP-0421, stable per user and room
+        self.id = occupant_id  # XEP-0421, stable per user and room
 
     @property
     def primary(self) -> JID:
@@ -118,20 +122,30 @@ class Occupant:
 
 
 class Room:
-    def __init__(self, service: "MucService", jid: JID, config: RoomConfig, *, affiliations=None,
-                 subject: Subject | None = None, secret: str | None = None, created: float | None = None,
-                 avatar: bytes | None = None, locked: bool = False):
+    def __init__(
+        self,
+        service: MucService,
+        jid: JID,
+        config: RoomConfig,
+        *,
+        affiliations=None,
+        subject: Subject | None = None,
+        secret: str | None = None,
+        created: float | None = None,
+        avatar: bytes | None = None,
+        locked: bool = False,
+    ):
         self.service = service
         self.jid = jid
         self.config = config
-        self.affiliations: dict[str, str] = dict(affiliations or {})   # bare JID -> owner|admin|member|outcast
+        self.affiliations: dict[str, str] = dict(affiliations or {})  # bare JID -> owner|admin|member|outcast
         self.subject = subject
-        self.secret = secret or secrets.token_urlsafe(24)             # keys the occupant ids
+        self.secret = secret or secrets.token_urlsafe(24)  # keys the occupant ids
         self.created = created or time.time()
-        self.avatar = avatar                   # the room's vCard (vcard-temp), serialized
-        self.locked = locked                   # created, waiting for its owner's configuration
-        self.occupants: dict[str, Occupant] = {}                     # nick -> occupant
-        self.sessions: dict[JID, Occupant] = {}                      # real full JID -> occupant
+        self.avatar = avatar  # the room's vCard (vcard-temp), serialized
+        self.locked = locked  # created, waiting for its owner's configuration
+        self.occupants: dict[str, Occupant] = {}  # nick -> occupant
+        self.sessions: dict[JID, Occupant] = {}  # real full JID -> occupant
         self.history: collections.deque = collections.deque(maxlen=max(config.history_length, 0))
         self.history_loaded = False
         self.destroyed = False
@@ -142,19 +156,29 @@ class Room:
     # ------------------------------------------------------------- persistence
 
     def state(self) -> dict:
-        return {"config": asdict(self.config), "affiliations": self.affiliations,
-                "subject": asdict(self.subject) if self.subject else None, "secret": self.secret,
-                "created": self.created,
-                "avatar": base64.b64encode(self.avatar).decode() if self.avatar else None}
+        return {
+            "config": asdict(self.config),
+            "affiliations": self.affiliations,
+            "subject": asdict(self.subject) if self.subject else None,
+            "secret": self.secret,
+            "created": self.created,
+            "avatar": base64.b64encode(self.avatar).decode() if self.avatar else None,
+        }
 
     @classmethod
-    def from_state(cls, service: "MucService", jid: JID, state: dict) -> "Room":
+    def from_state(cls, service: MucService, jid: JID, state: dict) -> Room:
         subject = state.get("subject")
         avatar = state.get("avatar")
-        return cls(service, jid, RoomConfig.from_dict(state.get("config", {})),
-                   affiliations=state.get("affiliations"), subject=Subject(**subject) if subject else None,
-                   secret=state.get("secret"), created=state.get("created"),
-                   avatar=base64.b64decode(avatar) if avatar else None)
+        return cls(
+            service,
+            jid,
+            RoomConfig.from_dict(state.get("config", {})),
+            affiliations=state.get("affiliations"),
+            subject=Subject(**subject) if subject else None,
+            secret=state.get("secret"),
+            created=state.get("created"),
+            avatar=base64.b64decode(avatar) if avatar else None,
+        )
 
     # ------------------------------------------------------------- who is who
 
@@ -215,10 +239,19 @@ class Room:
 
     # ------------------------------------------------------------- presence
 
-    def presence_of(self, occupant: Occupant, *, source: etree._Element | None = None,
-                    type_: str | None = None, codes: Iterable[str] = (), nick: str | None = None,
-                    actor: str | None = None, reason: str | None = None, affiliation: str | None = None,
-                    destroy: etree._Element | None = None) -> tuple[etree._Element, etree._Element]:
+    def presence_of(
+        self,
+        occupant: Occupant,
+        *,
+        source: etree._Element | None = None,
+        type_: str | None = None,
+        codes: Iterable[str] = (),
+        nick: str | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+        affiliation: str | None = None,
+        destroy: etree._Element | None = None,
+    ) -> tuple[etree._Element, etree._Element]:
         """The occupant's presence as others see it: (without real JID, with real JID).
 
         `source` is the client's presence whose payload travels on (default: the
@@ -256,8 +289,9 @@ class Room:
             sub_element(x, f"{{{NS_MUC_USER}}}status", {"code": code})
         return presence
 
-    async def broadcast_presence(self, occupant: Occupant, *, self_codes: Iterable[str] = (),
-                                 exclude: JID | None = None, **kwargs) -> None:
+    async def broadcast_presence(
+        self, occupant: Occupant, *, self_codes: Iterable[str] = (), exclude: JID | None = None, **kwargs
+    ) -> None:
         """Send the occupant's presence to every occupant; its own sessions get status 110
         (and `self_codes`) on top of the `codes` everybody gets."""
         hidden, revealed = self.presence_of(occupant, **kwargs)
@@ -290,13 +324,13 @@ class Room:
 
     async def broadcast(self, template: etree._Element) -> None:
         """Send a stanza from the room to every occupant session."""
-        await self.send_copies(template, [jid for occupant in list(self.occupants.values())
-                                          for jid in occupant.sessions])
+        await self.send_copies(
+            template, [jid for occupant in list(self.occupants.values()) for jid in occupant.sessions]
+        )
 
     async def broadcast_status(self, codes: Iterable[str]) -> None:
         """A message from the room itself carrying status codes (configuration changes)."""
-        message = make_element(MESSAGE, {"from": str(self.jid), "type": "groupchat",
-                                         "id": secrets.token_hex(8)})
+        message = make_element(MESSAGE, {"from": str(self.jid), "type": "groupchat", "id": secrets.token_hex(8)})
         x = sub_element(message, X_MUC_USER)
         for code in codes:
             sub_element(x, f"{{{NS_MUC_USER}}}status", {"code": code})
@@ -317,13 +351,26 @@ class Room:
             del self.occupants[occupant.nick]
         self.service.left(jid, self)
 
-    async def remove_occupant(self, occupant: Occupant, *, codes: Iterable[str] = (),
-                              actor: str | None = None, reason: str | None = None,
-                              destroy: etree._Element | None = None) -> None:
+    async def remove_occupant(
+        self,
+        occupant: Occupant,
+        *,
+        codes: Iterable[str] = (),
+        actor: str | None = None,
+        reason: str | None = None,
+        destroy: etree._Element | None = None,
+    ) -> None:
         """Take an occupant out (kick, ban, loss of membership, destruction): every
         session of it gets its unavailable presence with 110, the others see it leave."""
-        hidden, revealed = self.presence_of(occupant, source=make_element(PRESENCE), type_="unavailable",
-                                            codes=codes, actor=actor, reason=reason, destroy=destroy)
+        hidden, revealed = self.presence_of(
+            occupant,
+            source=make_element(PRESENCE),
+            type_="unavailable",
+            codes=codes,
+            actor=actor,
+            reason=reason,
+            destroy=destroy,
+        )
         own = self.with_codes(revealed, (SELF,))
         sessions = list(occupant.sessions)
         for jid in sessions:

@@ -7,6 +7,7 @@ to those who may read the discussion (`Room.may_read`).
 Hooks: iq-get/bare disco#info and disco#items. Fires: muc-disco-info (a DiscoInfo
 whose `features` and `fields` the other parts extend).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,13 +36,20 @@ class DiscoInfo:
 
 def room_features(room: Room) -> list[str]:
     config = room.config
-    return [NS_MUC, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_OCCUPANT_ID, NS_STABLE_ID, SELF_PING_OPTIMIZATION,
-            "muc_persistent" if config.persistent else "muc_temporary",
-            "muc_public" if config.public else "muc_hidden",
-            "muc_membersonly" if config.members_only else "muc_open",
-            "muc_moderated" if config.moderated else "muc_unmoderated",
-            "muc_nonanonymous" if config.whois == "anyone" else "muc_semianonymous",
-            "muc_passwordprotected" if config.password else "muc_unsecured"]
+    return [
+        NS_MUC,
+        NS_DISCO_INFO,
+        NS_DISCO_ITEMS,
+        NS_OCCUPANT_ID,
+        NS_STABLE_ID,
+        SELF_PING_OPTIMIZATION,
+        "muc_persistent" if config.persistent else "muc_temporary",
+        "muc_public" if config.public else "muc_hidden",
+        "muc_membersonly" if config.members_only else "muc_open",
+        "muc_moderated" if config.moderated else "muc_unmoderated",
+        "muc_nonanonymous" if config.whois == "anyone" else "muc_semianonymous",
+        "muc_passwordprotected" if config.password else "muc_unsecured",
+    ]
 
 
 class RoomInfo(Extension):
@@ -55,24 +63,29 @@ class RoomInfo(Extension):
     async def info(self, stanza: Stanza):
         room = self.service.room_of(stanza)
         node = stanza.element[0].get("node")
-        if node == RESERVED_NICK_NODE:         # XEP-0045 7.12: no nicknames are reserved here
+        if node == RESERVED_NICK_NODE:  # XEP-0045 7.12: no nicknames are reserved here
             return make_element(f"{{{NS_DISCO_INFO}}}query", {"node": node})
         if node:
             raise ItemNotFound()
         config = room.config
-        info = DiscoInfo(room, room_features(room), [
-            forms.Field("muc#roominfo_description", None, values=(config.description,)),
-            forms.Field("muc#roomconfig_roomname", None, values=(config.name,)),
-            forms.Field("muc#roominfo_occupants", None, values=(str(len(room.occupants)),)),
-            forms.Field("muc#roomconfig_changesubject", None, values=("1" if config.change_subject else "0",)),
-            forms.Field("muc#roomconfig_allowinvites", None, values=("1" if config.allow_invites else "0",)),
-            forms.Field("muc#roomconfig_allowpm", None, values=(config.allow_pm,)),
-            forms.Field("muc#roomconfig_whois", None, values=(config.whois,)),
-            forms.Field("muc#maxhistoryfetch", None, values=(str(config.history_length),)),
-        ])
-        if room.may_read(stanza.from_):      # the subject is part of the discussion
-            info.fields.append(forms.Field("muc#roominfo_subject", None,
-                                           values=(room.subject.text if room.subject else "",)))
+        info = DiscoInfo(
+            room,
+            room_features(room),
+            [
+                forms.Field("muc#roominfo_description", None, values=(config.description,)),
+                forms.Field("muc#roomconfig_roomname", None, values=(config.name,)),
+                forms.Field("muc#roominfo_occupants", None, values=(str(len(room.occupants)),)),
+                forms.Field("muc#roomconfig_changesubject", None, values=("1" if config.change_subject else "0",)),
+                forms.Field("muc#roomconfig_allowinvites", None, values=("1" if config.allow_invites else "0",)),
+                forms.Field("muc#roomconfig_allowpm", None, values=(config.allow_pm,)),
+                forms.Field("muc#roomconfig_whois", None, values=(config.whois,)),
+                forms.Field("muc#maxhistoryfetch", None, values=(str(config.history_length),)),
+            ],
+        )
+        if room.may_read(stanza.from_):  # the subject is part of the discussion
+            info.fields.append(
+                forms.Field("muc#roominfo_subject", None, values=(room.subject.text if room.subject else "",))
+            )
         if config.language:
             info.fields.append(forms.Field("muc#roominfo_lang", None, values=(config.language,)))
         await self.host.bus.notify("muc-disco-info", info)
@@ -86,4 +99,3 @@ class RoomInfo(Extension):
         if stanza.element[0].get("node"):
             raise ItemNotFound()
         return make_element(f"{{{NS_DISCO_ITEMS}}}query")
-

@@ -10,6 +10,7 @@ Hooks: iq/host, iq/bare, message/bare and message/full (last resort), presence/b
 presence/host, message/host, iq-get/host/disco#items.
 Fires: muc-room-created, muc-room-destroyed (notifications, with the Room).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,7 @@ from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import make_element, sub_element
 from xmppd.router import Stanza, answer_iq
 
-from .room import (ERROR_KICK, KICKED, NS_MUC, Room, RoomConfig)
+from .room import ERROR_KICK, KICKED, NS_MUC, Room, RoomConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,17 @@ BODY = "{jabber:client}body"
 
 # Delivery errors that mean an occupant's session is gone (XEP-0045 section 16.6:
 # a ghost is removed); others (a full queue, a refused payload) do not.
-GHOST_CONDITIONS = frozenset(("gone", "item-not-found", "recipient-unavailable", "redirect",
-                              "remote-server-not-found", "remote-server-timeout", "service-unavailable"))
+GHOST_CONDITIONS = frozenset(
+    (
+        "gone",
+        "item-not-found",
+        "recipient-unavailable",
+        "redirect",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "service-unavailable",
+    )
+)
 
 
 @dataclass
@@ -51,7 +61,7 @@ class MucService(Extension):
         self.options = host.parent.extensions["muc"].options
         self.identities = [("conference", "text", self.options.name)]
         self.rooms: dict[JID, Room] = {}
-        self.joined: dict[JID, set[Room]] = {}          # real full JID -> rooms it is in
+        self.joined: dict[JID, set[Room]] = {}  # real full JID -> rooms it is in
         self.store = host.storage.rooms
         self.archive = host.open_archive("muc")
 
@@ -97,9 +107,13 @@ class MucService(Extension):
 
     def new_config(self) -> RoomConfig:
         options = self.options
-        return RoomConfig(public=options.default_public, persistent=options.default_persistent,
-                          history_length=options.default_history_length, archiving=options.default_archiving,
-                          max_users=options.max_occupants)
+        return RoomConfig(
+            public=options.default_public,
+            persistent=options.default_persistent,
+            history_length=options.default_history_length,
+            archiving=options.default_archiving,
+            max_users=options.max_occupants,
+        )
 
     async def create_room(self, jid: JID, creator: JID, *, locked: bool) -> Room:
         room = Room(self, jid, self.new_config(), locked=locked)
@@ -146,8 +160,7 @@ class MucService(Extension):
         error = stanza.element.find("{jabber:client}error")
         if error is None:
             return False
-        return any(etree.QName(child).localname in GHOST_CONDITIONS for child in error
-                   if isinstance(child.tag, str))
+        return any(etree.QName(child).localname in GHOST_CONDITIONS for child in error if isinstance(child.tag, str))
 
     # ------------------------------------------------------------- routing
 

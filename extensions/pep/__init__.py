@@ -29,6 +29,7 @@ pubsub service in xmppd/pubsub/ (requests, node configuration, affiliations).
 Other extensions publish and read through `publish`, `retract`, `items` and `delete`,
 and hook pep-item-published, pep-item-retracted and pep-node-deleted (events.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,12 +44,39 @@ from xmppd.storage.interfaces import PubSubItem
 PARTS = ("pep.notifications", "pep.service", "pep.requests", "pep.owner", "pep.interests", "pep.discovery")
 
 # XEP-0060 section 10 features of the account's virtual service (XEP-0163 section 6.1).
-PUBSUB_FEATURES = [f"{NS_PUBSUB}#{name}" for name in (
-    "access-open", "access-presence", "access-roster", "access-whitelist", "auto-create", "auto-subscribe",
-    "config-node", "config-node-max", "create-and-configure", "create-nodes", "delete-items", "delete-nodes",
-    "filtered-notifications", "item-ids", "last-published", "meta-data", "modify-affiliations", "persistent-items",
-    "presence-notifications", "presence-subscribe", "publish", "publish-options", "purge-nodes",
-    "retract-items", "retrieve-default", "retrieve-items", "retrieve-subscriptions", "subscribe")]
+PUBSUB_FEATURES = [
+    f"{NS_PUBSUB}#{name}"
+    for name in (
+        "access-open",
+        "access-presence",
+        "access-roster",
+        "access-whitelist",
+        "auto-create",
+        "auto-subscribe",
+        "config-node",
+        "config-node-max",
+        "create-and-configure",
+        "create-nodes",
+        "delete-items",
+        "delete-nodes",
+        "filtered-notifications",
+        "item-ids",
+        "last-published",
+        "meta-data",
+        "modify-affiliations",
+        "persistent-items",
+        "presence-notifications",
+        "presence-subscribe",
+        "publish",
+        "publish-options",
+        "purge-nodes",
+        "retract-items",
+        "retrieve-default",
+        "retrieve-items",
+        "retrieve-subscriptions",
+        "subscribe",
+    )
+]
 
 
 class PersonalEventing(Extension):
@@ -61,39 +89,55 @@ class PersonalEventing(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        max_items: int = 256               # what "max" means, and the most a node keeps
-        max_item_bytes: int = 250_000      # serialized payload of one item (payload-too-big beyond)
-        max_nodes: int = 250               # nodes per account
-        max_bytes_per_account: int = 16 * 1024 * 1024   # stored payloads of all the account's nodes
-        max_subscribers: int = 1000        # explicit subscriptions per node
-        caps_cache_size: int = 1000        # verified XEP-0115 'ver' strings kept
-        caps_timeout: float = 20.0         # seconds a client has to answer disco#info about its caps
+        max_items: int = 256  # what "max" means, and the most a node keeps
+        max_item_bytes: int = 250_000  # serialized payload of one item (payload-too-big beyond)
+        max_nodes: int = 250  # nodes per account
+        max_bytes_per_account: int = 16 * 1024 * 1024  # stored payloads of all the account's nodes
+        max_subscribers: int = 1000  # explicit subscriptions per node
+        caps_cache_size: int = 1000  # verified XEP-0115 'ver' strings kept
+        caps_timeout: float = 20.0  # seconds a client has to answer disco#info about its caps
 
         def validate(self, where):
-            for name in ("max_items", "max_item_bytes", "max_nodes", "max_bytes_per_account", "max_subscribers",
-                         "caps_cache_size"):
+            for name in (
+                "max_items",
+                "max_item_bytes",
+                "max_nodes",
+                "max_bytes_per_account",
+                "max_subscribers",
+                "caps_cache_size",
+            ):
                 where.check(name, getattr(self, name) > 0, "must be positive")
             where.check("caps_timeout", self.caps_timeout > 0, "must be positive")
 
     async def start(self) -> None:
-        self.store = self.host.storage.pubsub          # the nodes, for those who read them directly
+        self.store = self.host.storage.pubsub  # the nodes, for those who read them directly
         for part in PARTS:
             await self.host.load(part)
         self.service = self.host.extensions["pep.service"]
 
     # ------------------------------------------------------------- API for other extensions: service.py's
 
-    async def publish(self, owner: JID, node: str, payload: etree._Element, item_id: str | None = None, *,
-                      preconditions: dict | None = None, defaults: dict | None = None,
-                      publisher: JID | None = None) -> str:
-        return await self.service.publish(owner, node, payload, item_id, preconditions=preconditions,
-                                          defaults=defaults, publisher=publisher)
+    async def publish(
+        self,
+        owner: JID,
+        node: str,
+        payload: etree._Element,
+        item_id: str | None = None,
+        *,
+        preconditions: dict | None = None,
+        defaults: dict | None = None,
+        publisher: JID | None = None,
+    ) -> str:
+        return await self.service.publish(
+            owner, node, payload, item_id, preconditions=preconditions, defaults=defaults, publisher=publisher
+        )
 
     async def retract(self, owner: JID, node: str, item_id: str, notify: bool | None = None) -> bool:
         return await self.service.retract(owner, node, item_id, notify)
 
-    async def items(self, owner: JID, node: str, ids: list[str] | None = None,
-                    max_items: int | None = None) -> list[PubSubItem]:
+    async def items(
+        self, owner: JID, node: str, ids: list[str] | None = None, max_items: int | None = None
+    ) -> list[PubSubItem]:
         return await self.service.items(owner, node, ids, max_items)
 
     async def delete(self, owner: JID, node: str) -> bool:

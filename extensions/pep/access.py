@@ -9,6 +9,7 @@ Only the account and the contacts it shares presence with learn that it exists: 
 anyone else a node that does not exist is answered as a non-existent account is
 (service-unavailable, RFC 6121 8.5.1), as disco.py does for the account itself.
 """
+
 from __future__ import annotations
 
 from xmppd import pubsub

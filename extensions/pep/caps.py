@@ -7,6 +7,7 @@ reply hashes to it (XEP-0115 section 5.4), so that no client can poison the cach
 others; an unverifiable reply serves that client's session only. What a resource wants
 is kept in its session (a SessionInterest, read by `wants`); interests.py learns it.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -18,12 +19,13 @@ from xmppd.caps import NS_CAPS, NS_DISCO_INFO
 
 CAPS = f"{{{NS_CAPS}}}c"
 NOTIFY = "+notify"
-INTEREST = "pep"                       # the key of a session's SessionInterest in session.meta
+INTEREST = "pep"  # the key of a session's SessionInterest in session.meta
 
 
 @dataclass(frozen=True)
 class SessionInterest:
     """What a resource's caps told: its 'ver' and the nodes it wants notifications of."""
+
     ver: str | None
     nodes: frozenset[str]
 
@@ -48,7 +50,7 @@ def features_of(query: etree._Element) -> frozenset[str]:
 
 def interests(features: frozenset[str]) -> frozenset[str]:
     """The nodes a client wants notifications of: its features ending in '+notify'."""
-    return frozenset(f[:-len(NOTIFY)] for f in features if f.endswith(NOTIFY))
+    return frozenset(f[: -len(NOTIFY)] for f in features if f.endswith(NOTIFY))
 
 
 class CapsCache:
@@ -69,4 +71,3 @@ class CapsCache:
         self._entries.move_to_end(ver)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
-

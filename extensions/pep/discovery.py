@@ -7,6 +7,7 @@ the account, or as for an account that does not exist).
 
 Hooks: iq-get self|bare disco#info and disco#items with a node (before disco.py).
 """
+
 from __future__ import annotations
 
 from xmppd.extension import PASS, Extension, iq_handler
@@ -30,11 +31,11 @@ class PepDiscovery(Extension):
     async def node_info(self, iq):
         node = iq.element[0].get("node")
         if not node:
-            return PASS                         # the account itself: disco.py answers
+            return PASS  # the account itself: disco.py answers
         owner = iq.to.bare
         config = await self.access.visible_node(owner, node, iq.from_)
         if config is None:
-            return PASS                         # not a PEP node: another extension's, or none
+            return PASS  # not a PEP node: another extension's, or none
         meta = nodes.meta_data(config, (str(owner),), "presence")
         return info_element([("pubsub", "leaf", None)], [NS_PUBSUB], [meta], node=node)
 
@@ -58,5 +59,5 @@ class PepDiscovery(Extension):
             if config is not None and access_error(owner, config, iq.from_, item) is None:
                 sub_element(answer, f"{{{NS_DISCO_ITEMS}}}item", {"jid": str(owner), "node": name})
         if not len(answer):
-            return PASS                         # disco.py: an empty list, or the answer of no account
+            return PASS  # disco.py: an empty list, or the answer of no account
         return answer

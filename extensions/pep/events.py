@@ -4,6 +4,7 @@ pep-item-retracted (ItemRetracted) and pep-node-deleted (NodeDeleted). vcard.py 
 the vCard avatar in step with XEP-0084 nodes, bookmarks.py the private XML copy of the
 XEP-0402 bookmarks.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,11 +16,11 @@ from xmppd.protocol.jid import JID
 
 @dataclass(frozen=True)
 class ItemPublished:
-    owner: JID                     # the service: the account's bare JID
+    owner: JID  # the service: the account's bare JID
     node: str
     item_id: str
-    payload: etree._Element        # the item's payload (do not change it)
-    publisher: JID                 # who published it (the owner's resource, or the owner for the server)
+    payload: etree._Element  # the item's payload (do not change it)
+    publisher: JID  # who published it (the owner's resource, or the owner for the server)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,8 @@ notifications.py).
 
 Hooks: presence/broadcast (the presence of the user's own resources, before presence.py).
 """
-from __future__ import annotations
 
-import asyncio
+from __future__ import annotations
 
 from xmppd.caps import NS_DISCO_INFO, verification_string
 from xmppd.extension import Extension, hook
@@ -26,10 +25,10 @@ class PepInterests(Extension):
         super().__init__(host, options)
         self.options = host.extensions["pep"].options
         self.notifications = host.extensions["pep.notifications"]
-        self.lock = KeyedLocks()           # per full JID: caps updates in presence order
+        self.lock = KeyedLocks()  # per full JID: caps updates in presence order
         self.cache = CapsCache(self.options.caps_cache_size)
 
-    @hook("presence/broadcast", priority=1)          # before presence.py, which handles it
+    @hook("presence/broadcast", priority=1)  # before presence.py, which handles it
     async def track_caps(self, stanza) -> bool:
         """A resource's presence: learn its interests, then send it the last items it
         did not know of (XEP-0163 section 4.3.3)."""
@@ -39,8 +38,11 @@ class PepInterests(Extension):
         if stanza.type == "unavailable":
             session.meta.pop(INTEREST, None)
         elif stanza.type is None:
-            self.services.tasks.spawn(self._update_interest(session, caps_of(stanza.element), not session.available,
-                                                    parse_priority(stanza.element)))
+            self.services.tasks.spawn(
+                self._update_interest(
+                    session, caps_of(stanza.element), not session.available, parse_priority(stanza.element)
+                )
+            )
         return False
 
     async def _update_interest(self, session, caps, initial: bool, priority: int) -> None:
@@ -69,7 +71,7 @@ class PepInterests(Extension):
         sub_element(iq, f"{{{NS_DISCO_INFO}}}query", {"node": f"{node}#{ver}"})
         try:
             result = await self.host.request(iq, timeout=self.options.caps_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return frozenset()
         query = result.find(f"{{{NS_DISCO_INFO}}}query")
         if result.get("type") != "result" or query is None:

@@ -15,6 +15,7 @@ its own account and of the contacts whose presence it receives (sections 4.3.3 a
 
 Other parts find this one as `host.extensions["pep.notifications"]`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,7 +56,7 @@ class PepNotifications(Extension):
         for subscriber in config.get("subscribers", []):
             jid = JID.parse(subscriber)
             if access_error(owner, config, jid, roster.get(str(jid.bare))) is not None:
-                continue                        # XEP-0163 section 7.1: access lost, so is the subscription
+                continue  # XEP-0163 section 7.1: access lost, so is the subscription
             if jid.is_bare and self.services.directory.host(jid.domain) is not None:
                 for session in self._available(jid):
                     if session.priority >= 0:
@@ -89,7 +90,9 @@ class PepNotifications(Extension):
         _, roster = await self.rosters.get(str(user))
         owners = [user] + [JID.parse(contact) for contact, item in roster.items() if item.has_to]
         for owner in owners:
-            if self.services.directory.host(owner.domain) is None or (owner != user and await self._is_blocked(owner, user)):
+            if self.services.directory.host(owner.domain) is None or (
+                owner != user and await self._is_blocked(owner, user)
+            ):
                 continue
             present = sorted(set(await self.store.list_nodes(str(owner))) & wanted)
             item = None
@@ -99,8 +102,11 @@ class PepNotifications(Extension):
                     continue
             for node in present:
                 config = await self.store.get_node(str(owner), node)
-                if (config is None or config.get("send_last_published_item") != "on_sub_and_presence"
-                        or access_error(owner, config, session.jid, item) is not None):
+                if (
+                    config is None
+                    or config.get("send_last_published_item") != "on_sub_and_presence"
+                    or access_error(owner, config, session.jid, item) is not None
+                ):
                     continue
                 if session.closed:
                     return

@@ -6,6 +6,7 @@ node (section 8.4), purging its items (section 8.5), and the members of a whitel
 
 Hooks: iq-get and iq-set self|bare pubsub#owner.
 """
+
 from __future__ import annotations
 
 from xmppd import pubsub

@@ -6,6 +6,7 @@ subscriptions (section 5.6). Only the owner publishes, creates and retracts.
 
 Hooks: iq-set and iq-get self|bare pubsub.
 """
+
 from __future__ import annotations
 
 from xmppd import forms, pubsub
@@ -62,8 +63,9 @@ class PepRequests(Extension):
         if len(payloads) > 1:
             raise pubsub_error(BadRequest, "invalid-payload")
         preconditions = nodes.form_options(publish_options, nodes.PUBLISH_OPTIONS, self.options.max_items)
-        item_id = await self.service.publish(owner, node, payloads[0], items[0].get("id"),
-                                             preconditions=preconditions, publisher=iq.from_)
+        item_id = await self.service.publish(
+            owner, node, payloads[0], items[0].get("id"), preconditions=preconditions, publisher=iq.from_
+        )
         answer = make_element(PUBSUB)
         sub_element(sub_element(answer, f"{{{NS_PUBSUB}}}publish", {"node": node}), ITEM, {"id": item_id})
         return answer
@@ -72,7 +74,7 @@ class PepRequests(Extension):
         owner = await self.access.account_of(iq, owner_only=True)
         node = create.get("node")
         if not node:
-            raise pubsub_error(NotAcceptable, "nodeid-required")     # no instant nodes
+            raise pubsub_error(NotAcceptable, "nodeid-required")  # no instant nodes
         options = nodes.form_options(configure, nodes.NODE_CONFIG, self.options.max_items) or {}
         async with self.service.lock(str(owner)):
             if await self.store.get_node(str(owner), node) is not None:
@@ -88,8 +90,9 @@ class PepRequests(Extension):
         if item is None or not item.get("id"):
             raise pubsub_error(BadRequest, "item-required")
         notify = retract.get("notify")
-        if not await self.service.retract(owner, node, item.get("id"),
-                                          None if notify is None else notify in forms.TRUE):
+        if not await self.service.retract(
+            owner, node, item.get("id"), None if notify is None else notify in forms.TRUE
+        ):
             raise ItemNotFound()
         return None
 

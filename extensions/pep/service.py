@@ -11,6 +11,7 @@ this one as `host.extensions["pep.service"]`.
 Hooks: user-deleted. Fires: pep-item-published, pep-item-retracted, pep-node-deleted
 (events.py).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,16 +41,24 @@ class PepService(Extension):
         self.pep = host.extensions["pep"]
         self.options = self.pep.options
         self.notifications = host.extensions["pep.notifications"]
-        self.lock = KeyedLocks()           # per account: read-modify-write of its nodes
+        self.lock = KeyedLocks()  # per account: read-modify-write of its nodes
 
     async def start(self) -> None:
         self.store = self.host.storage.pubsub
         self.quotas = Quotas(self.pep, self.store)
         self.access = NodeAccess(self.host)
 
-    async def publish(self, owner: JID, node: str, payload: etree._Element, item_id: str | None = None, *,
-                      preconditions: dict | None = None, defaults: dict | None = None,
-                      publisher: JID | None = None) -> str:
+    async def publish(
+        self,
+        owner: JID,
+        node: str,
+        payload: etree._Element,
+        item_id: str | None = None,
+        *,
+        preconditions: dict | None = None,
+        defaults: dict | None = None,
+        publisher: JID | None = None,
+    ) -> str:
         """Publish `payload` as item `item_id` (a new id when None) of the owner's
         `node`, creating it with `defaults` and `preconditions` when it does not exist,
         and notify. Returns the item id. Raises the XEP-0060 errors."""
@@ -68,8 +77,9 @@ class PepService(Extension):
                 keep = nodes.max_items(config, self.options.max_items)
                 counted = await self.quotas.counted(owner)
                 node_bytes = await self.quotas.bytes_after_publish(counted, owner, node, item_id, len(stored), keep)
-                await self.store.publish(str(owner), node, PubSubItem(item_id, stored, str(publisher), time.time()),
-                                         keep)
+                await self.store.publish(
+                    str(owner), node, PubSubItem(item_id, stored, str(publisher), time.time()), keep
+                )
                 counted[node] = node_bytes
         await self.host.bus.notify("pep-item-published", ItemPublished(owner, node, item_id, payload, publisher))
         if config.get("deliver_notifications", True):
@@ -92,8 +102,9 @@ class PepService(Extension):
             await self.notifications.notify(owner, node, config, pubsub.items_event(node, retracted))
         return True
 
-    async def items(self, owner: JID, node: str, ids: list[str] | None = None,
-                    max_items: int | None = None) -> list[PubSubItem]:
+    async def items(
+        self, owner: JID, node: str, ids: list[str] | None = None, max_items: int | None = None
+    ) -> list[PubSubItem]:
         """Stored items, newest first (empty for an unknown node)."""
         return await self.store.get_items(str(owner), node, ids, max_items)
 
@@ -117,7 +128,7 @@ class PepService(Extension):
         """Store a new node configured with `options` (as `config`); the caller holds the
         account's lock and knows that the node does not exist."""
         if any(value is None for value in options.values()):
-            raise pubsub_error(Conflict, "precondition-not-met")      # an option we do not know
+            raise pubsub_error(Conflict, "precondition-not-met")  # an option we do not know
         await self.quotas.check_nodes(owner)
         await self.store.set_node(str(owner), node, config)
 

@@ -32,6 +32,7 @@ Decisions:
 
 Hooks: user-deleted.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,14 +48,14 @@ class PubSub(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        domain: str = "pubsub.{host}"          # {host} is the user host's domain
-        name: str = "Publish-Subscribe"        # the service's disco identity name
-        node_creation: str = "local"           # who creates nodes: anyone | local | admins
-        max_nodes: int = 10_000                # nodes on the service
-        max_nodes_per_user: int = 100          # nodes one account creates
-        max_items: int = 256                   # what "max" means, and the most a node keeps
-        max_item_bytes: int = 250_000          # serialized payload of one item (payload-too-big beyond)
-        max_subscribers: int = 1000            # subscriptions of one node
+        domain: str = "pubsub.{host}"  # {host} is the user host's domain
+        name: str = "Publish-Subscribe"  # the service's disco identity name
+        node_creation: str = "local"  # who creates nodes: anyone | local | admins
+        max_nodes: int = 10_000  # nodes on the service
+        max_nodes_per_user: int = 100  # nodes one account creates
+        max_items: int = 256  # what "max" means, and the most a node keeps
+        max_item_bytes: int = 250_000  # serialized payload of one item (payload-too-big beyond)
+        max_subscribers: int = 1000  # subscriptions of one node
 
         def validate(self, where):
             where.component_domain("domain", self.domain)
@@ -63,8 +64,9 @@ class PubSub(Extension):
                 where.check(name, getattr(self, name) > 0, "must be positive")
 
     async def start(self) -> None:
-        self.component = self.services.directory.add_component(self.options.domain.format(host=self.host.domain),
-                                                   parent=self.host)
+        self.component = self.services.directory.add_component(
+            self.options.domain.format(host=self.host.domain), parent=self.host
+        )
         await self.component.load("disco")
         await self.component.load("ping")
         await self.component.load("pubsub.service")

@@ -10,6 +10,7 @@ published and retracted items, purges and deletions to the subscribers.
 Hooks: iq/host (routes iqs to the iq-<type>/host/... events), message/host|bare|full
 (refused), iq-get|set/host pubsub and pubsub#owner, disco#info and disco#items with a node.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,12 +24,20 @@ from xmppd.extension import PASS, ComponentService, iq_handler
 from xmppd.extensions.disco import NS_DISCO_INFO, NS_DISCO_ITEMS, info_element
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
-from xmppd.protocol.errors import (BadRequest, Conflict, Forbidden, ItemNotFound, NotAcceptable, NotAllowed,
-                                   StanzaError)
+from xmppd.protocol.errors import BadRequest, Conflict, Forbidden, ItemNotFound, NotAcceptable, NotAllowed, StanzaError
 from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import make_element, sub_element, to_storage
-from xmppd.pubsub import (ITEM, NS_PUBSUB, NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, OWNER, PUBSUB, affiliations, nodes,
-                          pubsub_error)
+from xmppd.pubsub import (
+    ITEM,
+    NS_PUBSUB,
+    NS_PUBSUB_EVENT,
+    NS_PUBSUB_OWNER,
+    OWNER,
+    PUBSUB,
+    affiliations,
+    nodes,
+    pubsub_error,
+)
 from xmppd.pubsub.affiliations import WHITELISTED, affiliation_of
 from xmppd.storage.interfaces import PubSubItem
 
@@ -37,12 +46,40 @@ DEFAULTS = {"access_model": "open", "max_items": nodes.MAX, "send_last_published
 PUBLISHERS = frozenset(("owner", "publisher", "publish-only"))
 
 # XEP-0060 section 10 features.
-FEATURES = [NS_PUBSUB, *(f"{NS_PUBSUB}#{name}" for name in (
-    "access-open", "access-presence", "access-roster", "access-whitelist", "auto-create", "config-node",
-    "config-node-max", "create-and-configure", "create-nodes", "delete-items", "delete-nodes", "instant-nodes",
-    "item-ids", "manage-subscriptions", "meta-data", "modify-affiliations", "persistent-items", "publish",
-    "publish-options", "purge-nodes", "retract-items", "retrieve-affiliations", "retrieve-default",
-    "retrieve-items", "retrieve-subscriptions", "subscribe"))]
+FEATURES = [
+    NS_PUBSUB,
+    *(
+        f"{NS_PUBSUB}#{name}"
+        for name in (
+            "access-open",
+            "access-presence",
+            "access-roster",
+            "access-whitelist",
+            "auto-create",
+            "config-node",
+            "config-node-max",
+            "create-and-configure",
+            "create-nodes",
+            "delete-items",
+            "delete-nodes",
+            "instant-nodes",
+            "item-ids",
+            "manage-subscriptions",
+            "meta-data",
+            "modify-affiliations",
+            "persistent-items",
+            "publish",
+            "publish-options",
+            "purge-nodes",
+            "retract-items",
+            "retrieve-affiliations",
+            "retrieve-default",
+            "retrieve-items",
+            "retrieve-subscriptions",
+            "subscribe",
+        )
+    ),
+]
 
 
 class PubSubService(ComponentService):
@@ -54,7 +91,7 @@ class PubSubService(ComponentService):
         self.options = self.pubsub.options
         self.identities = [("pubsub", "service", self.options.name)]
         self.service = host.domain
-        self.lock = KeyedLocks()               # per node: read-modify-write of its configuration
+        self.lock = KeyedLocks()  # per node: read-modify-write of its configuration
 
     async def start(self) -> None:
         self.store = self.host.storage.pubsub
@@ -118,7 +155,7 @@ class PubSubService(ComponentService):
     async def _create(self, iq, create, configure):
         if not self._may_create(iq.from_):
             raise Forbidden(text="you may not create nodes on this service")
-        node = create.get("node") or f"{time_ordered_id()}-{secrets.token_hex(4)}"   # an instant node
+        node = create.get("node") or f"{time_ordered_id()}-{secrets.token_hex(4)}"  # an instant node
         options = {}
         form = forms.find(configure) if configure is not None else None
         if form is not None and form.get("type") != "cancel":
@@ -148,7 +185,7 @@ class PubSubService(ComponentService):
             self.pubsub.limit_reached("max_nodes_per_user")
             raise NotAllowed(text=f"you created {created} nodes, the most an account may create here")
         config = nodes.configure(self._new_config(), options)
-        config["creator"] = str(creator.bare)          # counted against max_nodes_per_user
+        config["creator"] = str(creator.bare)  # counted against max_nodes_per_user
         config["affiliations"] = {str(creator.bare): "owner"}
         await self.store.set_node(self.service, node, config)
         return config
@@ -228,7 +265,7 @@ class PubSubService(ComponentService):
         item_id = pubsub.item_id_of(items[0].get("id") if items else None)
         async with self.lock(node):
             config = await self.store.get_node(self.service, node)
-            if config is None:                                     # auto-create (section 7.1.4)
+            if config is None:  # auto-create (section 7.1.4)
                 if not self._may_create(iq.from_):
                     raise ItemNotFound()
                 if any(value is None for value in (preconditions or {}).values()):
@@ -240,8 +277,9 @@ class PubSubService(ComponentService):
                 raise Forbidden(text="only the node's publishers and owners publish")
             _check_item(config, items, payloads)
             if items and config.get("persist_items", True):
-                item = PubSubItem(item_id, to_storage(payloads[0]) if payloads else b"", str(iq.from_.bare),
-                                  time.time())
+                item = PubSubItem(
+                    item_id, to_storage(payloads[0]) if payloads else b"", str(iq.from_.bare), time.time()
+                )
                 await self.store.publish(self.service, node, item, nodes.max_items(config, self.options.max_items))
         if config.get("deliver_notifications", True):
             event = pubsub.items_event(node)
@@ -350,9 +388,10 @@ class PubSubService(ComponentService):
         node = iq.element[0].get("node")
         config = await self.store.get_node(self.service, node) if node else None
         if config is None:
-            return PASS                          # the service itself (disco.py), or no such node
-        owners = tuple(jid for jid, affiliation in sorted(config.get("affiliations", {}).items())
-                       if affiliation == "owner")
+            return PASS  # the service itself (disco.py), or no such node
+        owners = tuple(
+            jid for jid, affiliation in sorted(config.get("affiliations", {}).items()) if affiliation == "owner"
+        )
         meta = nodes.meta_data(config, owners, "open")
         return info_element([("pubsub", "leaf", None)], [NS_PUBSUB], [meta], node=node)
 
@@ -367,8 +406,11 @@ class PubSubService(ComponentService):
                 sub_element(answer, f"{{{NS_DISCO_ITEMS}}}item", {"jid": self.service, "name": stored.id})
             return answer
         for name, config in await self._nodes(None):
-            sub_element(answer, f"{{{NS_DISCO_ITEMS}}}item",
-                        {"jid": self.service, "node": name, "name": config.get("title") or None})
+            sub_element(
+                answer,
+                f"{{{NS_DISCO_ITEMS}}}item",
+                {"jid": self.service, "node": name, "name": config.get("title") or None},
+            )
         return answer
 
     # ------------------------------------------------------------- access
@@ -444,7 +486,7 @@ class PubSubService(ComponentService):
     async def _notify(self, node: str, config: dict, event_child) -> None:
         for subscriber in config.get("subscribers", []):
             jid = JID.parse(subscriber)
-            if await self._access_error(config, jid) is None:      # access lost, so is the subscription
+            if await self._access_error(config, jid) is None:  # access lost, so is the subscription
                 await self._send_event(jid, config, copy.deepcopy(event_child))
 
     async def _send_event(self, to: JID, config: dict, event_child, when: float | None = None) -> None:

@@ -47,6 +47,7 @@ Decisions:
 
 Hooks: server-started (starts the expiry task), user-deleted (removes the user's files).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -80,8 +81,7 @@ def is_valid_filename(name: str) -> bool:
     """A file name is one path segment: 1-255 characters, no separator, control or
     bidirectional formatting character, not "." or "..". A bad one is refused, never
     rewritten: XEP-0363 asks to keep the name intact, and the client learns why."""
-    return (0 < len(name) <= MAX_FILENAME_LENGTH and name not in (".", "..")
-            and not _NOT_IN_FILENAME.search(name))
+    return 0 < len(name) <= MAX_FILENAME_LENGTH and name not in (".", "..") and not _NOT_IN_FILENAME.search(name)
 
 
 class HttpUpload(Extension):
@@ -90,16 +90,16 @@ class HttpUpload(Extension):
 
     @dataclass(frozen=True)
     class Options:
-        domain: str = "upload.{host}"          # {host} is the user host's domain
-        name: str = "HTTP File Upload"         # the service's disco identity name
-        max_file_size: int = 100 * MiB         # bytes; advertised in disco and enforced
-        quota_per_user: int = 1024 * MiB       # bytes of files and open slots; 0: no quota
-        file_lifetime: float = 30 * 86400.0    # seconds a file is kept
-        slot_lifetime: float = 60.0            # seconds a PUT URL stays valid
-        sweep_interval: float = 3600.0         # seconds between two removals of expired files
-        max_open_slots: int = 10               # slots per account handed out and not used yet
-        max_slot_requests: int = 100           # slots handed out per account per slot_request_window
-        slot_request_window: float = 3600.0    # seconds
+        domain: str = "upload.{host}"  # {host} is the user host's domain
+        name: str = "HTTP File Upload"  # the service's disco identity name
+        max_file_size: int = 100 * MiB  # bytes; advertised in disco and enforced
+        quota_per_user: int = 1024 * MiB  # bytes of files and open slots; 0: no quota
+        file_lifetime: float = 30 * 86400.0  # seconds a file is kept
+        slot_lifetime: float = 60.0  # seconds a PUT URL stays valid
+        sweep_interval: float = 3600.0  # seconds between two removals of expired files
+        max_open_slots: int = 10  # slots per account handed out and not used yet
+        max_slot_requests: int = 100  # slots handed out per account per slot_request_window
+        slot_request_window: float = 3600.0  # seconds
 
         def validate(self, where):
             where.component_domain("domain", self.domain)
@@ -113,14 +113,16 @@ class HttpUpload(Extension):
         super().__init__(host, options)
         self.store = host.storage.uploads
         self.media = host.media
-        self.path = f"/upload/{host.domain}/"       # of this host's files on the HTTP server
+        self.path = f"/upload/{host.domain}/"  # of this host's files on the HTTP server
         self._sweeper: asyncio.Task | None = None
-        self._granted: dict[str, collections.deque] = {}      # owner -> times of its latest slots
+        self._granted: dict[str, collections.deque] = {}  # owner -> times of its latest slots
 
     async def start(self) -> None:
         from .web import UploadWeb
-        self.component = self.services.directory.add_component(self.options.domain.format(host=self.host.domain),
-                                                   parent=self.host)
+
+        self.component = self.services.directory.add_component(
+            self.options.domain.format(host=self.host.domain), parent=self.host
+        )
         await self.component.load("disco")
         await self.component.load("ping")
         await self.component.load("upload.service")
@@ -163,8 +165,9 @@ class HttpUpload(Extension):
 
     # ------------------------------------------------------------- quota
 
-    async def usage(self, owner: str, now: float | None = None, *, with_open_slots: bool = True,
-                    exclude: str = "") -> tuple[int, int]:
+    async def usage(
+        self, owner: str, now: float | None = None, *, with_open_slots: bool = True, exclude: str = ""
+    ) -> tuple[int, int]:
         """(bytes, files) that count against the quota of `owner` (a bare JID): stored
         files and, with `with_open_slots`, slots that may still be used (`is_open`)."""
         now = time.time() if now is None else now

@@ -13,6 +13,7 @@ with their slot's content type, ``nosniff`` and a Content-Security-Policy that l
 nothing run, so a file cannot act as a page of this origin. Any origin may fetch and
 upload (CORS): a token, not a cookie, is what grants an upload.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
     from . import HttpUpload
 
-REDIRECT_LIFETIME = 300                # seconds a presigned GET URL we redirect to is valid
+REDIRECT_LIFETIME = 300  # seconds a presigned GET URL we redirect to is valid
 INLINE_TYPES = ("image/", "audio/", "video/")
 CORS = {"Access-Control-Allow-Origin": "*"}
 SAFE = {
@@ -55,19 +56,17 @@ class Refused(Exception):
         self.status, self.reason, self.headers = status, reason, headers or {}
 
     def response(self) -> web.Response:
-        return web.Response(status=self.status, text=self.reason + "\n",
-                            headers={**CORS, **SAFE, **self.headers})
+        return web.Response(status=self.status, text=self.reason + "\n", headers={**CORS, **SAFE, **self.headers})
 
 
 class UploadWeb:
-    def __init__(self, upload: "HttpUpload"):
+    def __init__(self, upload: HttpUpload):
         self.upload = upload
         self.log = upload.log
 
     def add_routes(self, http) -> None:
         pattern = self.upload.path + "{tail:.*}"
-        for method, handler in (("PUT", self.put), ("GET", self.get), ("HEAD", self.get),
-                                ("OPTIONS", self.preflight)):
+        for method, handler in (("PUT", self.put), ("GET", self.get), ("HEAD", self.get), ("OPTIONS", self.preflight)):
             http.add_route(method, pattern, handler)
 
     # ------------------------------------------------------------- PUT
@@ -78,11 +77,15 @@ class UploadWeb:
         except Refused as refused:
             return refused.response()
         store, media = self.upload.store, self.upload.media
-        if not await store.mark_completed(upload.id):      # a concurrent PUT took the slot
+        if not await store.mark_completed(upload.id):  # a concurrent PUT took the slot
             return Refused(409, "This slot has been used").response()
         try:
-            await media.write(upload.id, self.upload.services.http.body(request), upload.size,
-                              upload.content_type or DEFAULT_CONTENT_TYPE)
+            await media.write(
+                upload.id,
+                self.upload.services.http.body(request),
+                upload.size,
+                upload.content_type or DEFAULT_CONTENT_TYPE,
+            )
         except SizeMismatch:
             await store.remove(upload.id)
             return Refused(400, "The body does not have the slot's size").response()
@@ -94,7 +97,7 @@ class UploadWeb:
         self.log.info("event=upload-stored owner=%s size=%d", upload.owner, upload.size)
         return web.Response(status=201, headers=CORS)
 
-    async def _check_put(self, request: web.Request) -> "Upload":
+    async def _check_put(self, request: web.Request) -> Upload:
         upload_id, filename = _parse_path(request.raw_path, self.upload.path)
         token = _bearer(request.headers.get("Authorization", ""))
         upload = await self.upload.store.get(upload_id)
@@ -113,7 +116,8 @@ class UploadWeb:
             self.upload.limit_reached("max_file_size")
             raise Refused(413, "The file is larger than this server takes")
         if upload.content_type and _media_type(request.headers.get("Content-Type", "")) != _media_type(
-                upload.content_type):
+            upload.content_type
+        ):
             raise Refused(415, f"Content-Type must be the slot's, {upload.content_type}")
         used, _ = await self.upload.usage(upload.owner, now, with_open_slots=False, exclude=upload.id)
         if self.upload.is_over_quota(used, upload.size):
@@ -132,19 +136,25 @@ class UploadWeb:
         except Refused as refused:
             return refused.response()
 
-    async def _find_file(self, request: web.Request) -> "Upload":
+    async def _find_file(self, request: web.Request) -> Upload:
         upload_id, filename = _parse_path(request.raw_path, self.upload.path)
         upload = await self.upload.store.get(upload_id)
-        if (upload is None or not self.upload.owns(upload) or upload.filename != filename
-                or not upload.completed or upload.expires < time.time()):
+        if (
+            upload is None
+            or not self.upload.owns(upload)
+            or upload.filename != filename
+            or not upload.completed
+            or upload.expires < time.time()
+        ):
             raise Refused(404, "No such file")
         return upload
 
-    def _headers(self, upload: "Upload") -> dict[str, str]:
+    def _headers(self, upload: Upload) -> dict[str, str]:
         content_type = upload.content_type or DEFAULT_CONTENT_TYPE
         disposition = "inline" if content_type.lower().startswith(INLINE_TYPES) else "attachment"
         return {
-            **CORS, **SAFE,
+            **CORS,
+            **SAFE,
             "Access-Control-Expose-Headers": "Content-Range, Accept-Ranges, Content-Disposition",
             "Content-Type": content_type,
             "Content-Disposition": _disposition(disposition, upload.filename),
@@ -152,7 +162,7 @@ class UploadWeb:
             "ETag": f'"{upload.id}"',
         }
 
-    async def _stream(self, request: web.Request, upload: "Upload") -> web.StreamResponse:
+    async def _stream(self, request: web.Request, upload: Upload) -> web.StreamResponse:
         headers = self._headers(upload)
         size = upload.size
         start, end = 0, size - 1
@@ -168,7 +178,7 @@ class UploadWeb:
         response.content_length = end - start + 1
         media = self.upload.media
         if request.method == "HEAD":
-            if await media.size(upload.id) is None:        # the PUT is still going on
+            if await media.size(upload.id) is None:  # the PUT is still going on
                 raise Refused(404, "No such file")
             await response.prepare(request)
             return response
@@ -187,7 +197,7 @@ class UploadWeb:
         await response.write_eof()
         return response
 
-    async def _from_store(self, request: web.Request, upload: "Upload") -> web.StreamResponse:
+    async def _from_store(self, request: web.Request, upload: Upload) -> web.StreamResponse:
         """Presigned S3: a redirect to a fresh signed URL (HEAD is answered here, since a
         URL signed for GET does not take a HEAD)."""
         media = self.upload.media
@@ -200,8 +210,9 @@ class UploadWeb:
             response.content_length = size
             await response.prepare(request)
             return response
-        url = await media.presigned_get_url(upload.id, REDIRECT_LIFETIME,
-                                            content_disposition=headers["Content-Disposition"])
+        url = await media.presigned_get_url(
+            upload.id, REDIRECT_LIFETIME, content_disposition=headers["Content-Disposition"]
+        )
         return web.Response(status=302, headers={**CORS, "Location": url, "Cache-Control": "no-store"})
 
     # ------------------------------------------------------------- CORS
@@ -213,7 +224,7 @@ class UploadWeb:
 def _parse_path(raw_path: str, prefix: str) -> tuple[str, str]:
     """(id, file name) of a raw request target under `prefix`; 400 for any other shape."""
     path = raw_path.partition("?")[0]
-    segments = path[len(prefix):].split("/") if path.startswith(prefix) else []
+    segments = path[len(prefix) :].split("/") if path.startswith(prefix) else []
     if len(segments) != 2 or not is_valid_key(segments[0]):
         raise Refused(400, "Not an upload URL")
     try:
@@ -250,7 +261,7 @@ def _range(request: web.Request, etag: str, size: int):
     first, dash, last = spec.strip().partition("-")
     if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
         return None
-    if first == "":                                    # the last N bytes
+    if first == "":  # the last N bytes
         if last == "":
             return None
         if int(last) == 0 or size == 0:

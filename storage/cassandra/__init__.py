@@ -11,15 +11,16 @@ an offset; statements are prepared once and run with ``execute_async``, whose re
 is handed to the asyncio loop thread-safely, so no call blocks the event loop;
 lightweight transactions only where two writers must not both win.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from .. import StorageUnavailable
 from .archive import CassandraArchiveStore
 from .cql import CqlSession, consistency_level, serial_consistency_for
-from .. import StorageUnavailable
 from .migrations import (
     applied_versions,
     apply_schema,
@@ -37,8 +38,7 @@ from .stores import (
     distinct_keys,
 )
 
-__all__ = ["Options", "CassandraBackend", "BackendNotStarted", "open_backend", "init_schema",
-           "schema_files"]
+__all__ = ["Options", "CassandraBackend", "BackendNotStarted", "open_backend", "init_schema", "schema_files"]
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,16 @@ class Options:
     # CQL replication map of the keyspace, used when xmppd creates it. A production
     # cluster: {"class": "NetworkTopologyStrategy", "dc1": 3}.
     replication: dict = field(default_factory=_simple_strategy)
-    consistency: str = "LOCAL_QUORUM"          # reads and writes; LWTs use (LOCAL_)SERIAL
-    local_dc: str | None = None                # None: the data center of the first contact
-    create_schema: bool = True                 # create/upgrade the keyspace at start
+    consistency: str = "LOCAL_QUORUM"  # reads and writes; LWTs use (LOCAL_)SERIAL
+    local_dc: str | None = None  # None: the data center of the first contact
+    create_schema: bool = True  # create/upgrade the keyspace at start
     username: str | None = None
     password: str | None = None
-    archive_bucket_seconds: int = 86400        # width of an archive partition (time bucket)
-    archive_ttl: dict = field(default_factory=dict)   # {archive name: retention seconds}
-    archive_query_count: bool = True           # count matching items for every MAM query
-    protocol_version: int = 5                  # native protocol: 5 for Cassandra 4+, 4 for 3.x
-    request_timeout: float = 10.0              # seconds per request
+    archive_bucket_seconds: int = 86400  # width of an archive partition (time bucket)
+    archive_ttl: dict = field(default_factory=dict)  # {archive name: retention seconds}
+    archive_query_count: bool = True  # count matching items for every MAM query
+    protocol_version: int = 5  # native protocol: 5 for Cassandra 4+, 4 for 3.x
+    request_timeout: float = 10.0  # seconds per request
     connect_timeout: float = 10.0
 
     def problems(self) -> list[tuple[str, str]]:
@@ -83,16 +83,14 @@ class Options:
         if not 0 < self.port < 65536:
             found.append(("port", "must be a port number (1-65535)"))
         if "class" not in self.replication:
-            found.append(("replication", "needs a 'class' (SimpleStrategy or "
-                                         "NetworkTopologyStrategy)"))
+            found.append(("replication", "needs a 'class' (SimpleStrategy or NetworkTopologyStrategy)"))
         if self.archive_bucket_seconds <= 0:
             found.append(("archive_bucket_seconds", "must be positive"))
         for name, seconds in self.archive_ttl.items():
             if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
                 found.append((f"archive_ttl.{name}", "must be a positive number of seconds"))
         if (self.username is None) != (self.password is None):
-            found.append(("password" if self.password is None else "username",
-                          "username and password go together"))
+            found.append(("password" if self.password is None else "username", "username and password go together"))
         if self.request_timeout <= 0 or self.connect_timeout <= 0:
             found.append(("request_timeout", "timeouts must be positive"))
         return found
@@ -118,7 +116,7 @@ class CassandraBackend:
 
     def __init__(self, options: Options, data_dir: str | None = None):
         self.options = options
-        self.data_dir = data_dir                # unused: the data lives in the cluster
+        self.data_dir = data_dir  # unused: the data lives in the cluster
         self.cluster = None
         self._cql: CqlSession | None = None
         self.accounts = CassandraAccountStore(self)
@@ -166,8 +164,7 @@ class CassandraBackend:
             if self.options.create_schema:
                 applied = await apply_schema(cql)
                 if applied:
-                    log.info("Cassandra keyspace %s: applied schema versions %s",
-                             self.options.keyspace, applied)
+                    log.info("Cassandra keyspace %s: applied schema versions %s", self.options.keyspace, applied)
         except BaseException:
             await asyncio.to_thread(self.cluster.shutdown)
             self.cluster = None
@@ -184,15 +181,17 @@ async def check_schema(cql: CqlSession, keyspace: str) -> None:
     """Raise StorageUnavailable unless every schema version is applied in `keyspace`
     (for nodes started with create_schema = false; no keyspace selected yet)."""
     done: set[int] = set()
-    if await cql.rows("SELECT table_name FROM system_schema.tables"
-                      " WHERE keyspace_name = ? AND table_name = 'schema_version'", (keyspace,)):
+    if await cql.rows(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'schema_version'",
+        (keyspace,),
+    ):
         done = await applied_versions(cql, keyspace)
-    missing = [schema_file.version for schema_file in schema_files()
-               if schema_file.version not in done]
+    missing = [schema_file.version for schema_file in schema_files() if schema_file.version not in done]
     if missing:
         raise StorageUnavailable(
             f"the Cassandra keyspace {keyspace} lacks schema versions {missing}: run "
-            "`xmppctl storage init`, or set create_schema = true in [storage.cassandra]")
+            "`xmppctl storage init`, or set create_schema = true in [storage.cassandra]"
+        )
 
 
 async def connect(options: Options):
@@ -208,27 +207,31 @@ async def connect(options: Options):
         consistency_level=consistency,
         serial_consistency_level=serial_consistency_for(consistency),
         request_timeout=options.request_timeout,
-        row_factory=tuple_factory)
+        row_factory=tuple_factory,
+    )
     auth = None
     if options.username is not None:
         auth = PlainTextAuthProvider(username=options.username, password=options.password)
     cluster = Cluster(
-        contact_points=list(options.contact_points), port=options.port,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile}, auth_provider=auth,
-        protocol_version=options.protocol_version, connect_timeout=options.connect_timeout,
-        control_connection_timeout=options.connect_timeout)
+        contact_points=list(options.contact_points),
+        port=options.port,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        auth_provider=auth,
+        protocol_version=options.protocol_version,
+        connect_timeout=options.connect_timeout,
+        control_connection_timeout=options.connect_timeout,
+    )
     try:
         session = await asyncio.to_thread(cluster.connect)
     except NoHostAvailable as error:
         await asyncio.to_thread(cluster.shutdown)
         raise StorageUnavailable(
-            f"cannot reach Cassandra at {', '.join(options.contact_points)} port "
-            f"{options.port}: {error}") from None
+            f"cannot reach Cassandra at {', '.join(options.contact_points)} port {options.port}: {error}"
+        ) from None
     except BaseException:
         await asyncio.to_thread(cluster.shutdown)
         raise
-    return cluster, CqlSession(session, timeout=options.request_timeout,
-                               consistency=options.consistency)
+    return cluster, CqlSession(session, timeout=options.request_timeout, consistency=options.consistency)
 
 
 async def init_schema(options: Options) -> list[int]:

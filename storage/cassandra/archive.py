@@ -38,13 +38,15 @@ before the cut-off (from the bucket index), deletes whole buckets with one parti
 tombstone and the boundary bucket with one range tombstone, and removes the ids rows
 of what it deleted (which it must read to count them).
 """
+
 from __future__ import annotations
 
 import asyncio
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING
 
 from ..interfaces import ArchivedStanza, ArchivePage, ArchiveQuery, UnknownArchiveId
 from .common import SHARDS, bounded_gather, merge_sorted, now_micros, shard_of
@@ -61,9 +63,10 @@ MAX_TTL = 630_720_000
 @dataclass(frozen=True)
 class _Bound:
     """One end of a range in archive order: ``(at) >= (x)``, ``(at, id) > (x, i)``..."""
+
     at: float
-    id: str | None                 # None: a bound on `at` alone (start/end, inclusive)
-    key: tuple                     # total order of bounds, to pick the tighter one
+    id: str | None  # None: a bound on `at` alone (start/end, inclusive)
+    key: tuple  # total order of bounds, to pick the tighter one
     clause: str
 
     @property
@@ -110,6 +113,7 @@ def _within(at: float, item_id: str, lower: _Bound | None, upper: _Bound | None)
 @dataclass(frozen=True)
 class _Where:
     """Where an item is: what archive_ids holds."""
+
     id: str
     bucket: int
     at: float
@@ -119,7 +123,7 @@ class _Where:
 class CassandraArchiveStore:
     capabilities = frozenset({"total", "ids", "full_id_range"})
 
-    def __init__(self, backend: "CassandraBackend", name: str):
+    def __init__(self, backend: CassandraBackend, name: str):
         self._backend = backend
         self.name = name
         options = backend.options
@@ -144,10 +148,10 @@ class CassandraArchiveStore:
                 await asyncio.shield(running)
             except asyncio.CancelledError:
                 if not running.cancelled():
-                    raise                      # we were cancelled, not the other append
+                    raise  # we were cancelled, not the other append
                 continue
             except Exception:
-                continue                       # the other append failed: try ourselves
+                continue  # the other append failed: try ourselves
             return False
         done = self._in_flight[key] = asyncio.get_running_loop().create_future()
         try:
@@ -155,7 +159,7 @@ class CassandraArchiveStore:
         except BaseException as error:
             if isinstance(error, Exception):
                 done.set_exception(error)
-                done.exception()               # retrieved: waiters retry on their own
+                done.exception()  # retrieved: waiters retry on their own
             else:
                 done.cancel()
             raise
@@ -174,8 +178,7 @@ class CassandraArchiveStore:
             return False
         bucket = self.bucket_of(item.when)
         item_ttl, index_ttl = self._ttls(item.when, bucket)
-        index = "INSERT INTO archive_buckets (name, owner, with_jid, bucket) VALUES (?, ?, ?, ?)" \
-                " USING TTL ?"
+        index = "INSERT INTO archive_buckets (name, owner, with_jid, bucket) VALUES (?, ?, ?, ?) USING TTL ?"
         bucket_rows = [(index, (self.name, owner, ALL_PARTIES, bucket, index_ttl))]
         if item.with_ != ALL_PARTIES:
             bucket_rows.append((index, (self.name, owner, item.with_, bucket, index_ttl)))
@@ -185,21 +188,23 @@ class CassandraArchiveStore:
             self.cql.execute(
                 "INSERT INTO archive_items (name, owner, bucket, at, id, with_jid, payload)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?",
-                (self.name, owner, bucket, item.when, item.id, item.with_,
-                 bytes(item.payload), item_ttl)),
+                (self.name, owner, bucket, item.when, item.id, item.with_, bytes(item.payload), item_ttl),
+            ),
             self.cql.execute(
                 "INSERT INTO archive_items_by_with (name, owner, with_jid, bucket, at, id,"
                 " payload) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?",
-                (self.name, owner, item.with_, bucket, item.when, item.id,
-                 bytes(item.payload), item_ttl)),
-            self.cql.batch(bucket_rows),        # one partition: one mutation
+                (self.name, owner, item.with_, bucket, item.when, item.id, bytes(item.payload), item_ttl),
+            ),
+            self.cql.batch(bucket_rows),  # one partition: one mutation
             self.cql.execute(
                 "INSERT INTO archive_owners (name, shard, owner) VALUES (?, ?, ?) USING TTL ?",
-                (self.name, shard_of(owner), owner, self._owner_ttl())))
+                (self.name, shard_of(owner), owner, self._owner_ttl()),
+            ),
+        )
         await self.cql.execute(
-            "INSERT INTO archive_ids (name, owner, id, bucket, at, with_jid)"
-            " VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
-            (self.name, owner, item.id, bucket, item.when, item.with_, item_ttl))
+            "INSERT INTO archive_ids (name, owner, id, bucket, at, with_jid) VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
+            (self.name, owner, item.id, bucket, item.when, item.with_, item_ttl),
+        )
         return True
 
     def _ttls(self, when: float, bucket: int) -> tuple[int, int]:
@@ -220,9 +225,12 @@ class CassandraArchiveStore:
     # ------------------------------------------------------------ lookups
 
     async def _where(self, owner: str, item_id: str) -> _Where | None:
-        row = (await self.cql.execute(
-            "SELECT bucket, at, with_jid FROM archive_ids WHERE name = ? AND owner = ? AND id = ?",
-            (self.name, owner, item_id))).one()
+        row = (
+            await self.cql.execute(
+                "SELECT bucket, at, with_jid FROM archive_ids WHERE name = ? AND owner = ? AND id = ?",
+                (self.name, owner, item_id),
+            )
+        ).one()
         return _Where(item_id, row[0], row[1], row[2]) if row else None
 
     async def _position(self, owner: str, item_id: str | None) -> _Where | None:
@@ -233,8 +241,9 @@ class CassandraArchiveStore:
             raise UnknownArchiveId(item_id)
         return where
 
-    async def _buckets(self, owner: str, party: str, low: int | None, high: int | None,
-                       backward: bool = False) -> AsyncIterator[int]:
+    async def _buckets(
+        self, owner: str, party: str, low: int | None, high: int | None, backward: bool = False
+    ) -> AsyncIterator[int]:
         cql = "SELECT bucket FROM archive_buckets WHERE name = ? AND owner = ? AND with_jid = ?"
         params: list = [self.name, owner, party]
         if low is not None:
@@ -254,20 +263,26 @@ class CassandraArchiveStore:
         if query.max is not None and query.max < 0:
             raise ValueError("ArchiveQuery.max must not be negative")
         after_id, before_id, after, before = await asyncio.gather(
-            self._position(owner, query.after_id), self._position(owner, query.before_id),
-            self._position(owner, query.after), self._position(owner, query.before or None))
+            self._position(owner, query.after_id),
+            self._position(owner, query.before_id),
+            self._position(owner, query.after),
+            self._position(owner, query.before or None),
+        )
         # The filters (what `count` counts) and the page range inside them.
-        lower = _lower(_start(query.start) if query.start is not None else None,
-                       _after(after_id.at, after_id.id) if after_id else None)
-        upper = _upper(_end(query.end) if query.end is not None else None,
-                       _before(before_id.at, before_id.id) if before_id else None)
+        lower = _lower(
+            _start(query.start) if query.start is not None else None,
+            _after(after_id.at, after_id.id) if after_id else None,
+        )
+        upper = _upper(
+            _end(query.end) if query.end is not None else None,
+            _before(before_id.at, before_id.id) if before_id else None,
+        )
         page_lower = _lower(lower, _after(after.at, after.id) if after else None)
         page_upper = _upper(upper, _before(before.at, before.id) if before else None)
         backward = query.before is not None
 
         if query.ids is not None:
-            return await self._query_ids(owner, query, lower, upper, page_lower, page_upper,
-                                         backward)
+            return await self._query_ids(owner, query, lower, upper, page_lower, page_upper, backward)
 
         limit = None if query.max is None else query.max + 1
         if _is_empty_range(page_lower, page_upper):
@@ -275,11 +290,11 @@ class CassandraArchiveStore:
         else:
             rows = await self._read(owner, query.with_, page_lower, page_upper, backward, limit)
         complete = limit is None or len(rows) < limit
-        rows = rows[:query.max] if query.max is not None else rows
+        rows = rows[: query.max] if query.max is not None else rows
         if backward:
             rows.reverse()
         if complete and query.after is None and not query.before:
-            count = len(rows)                   # the page is the whole result
+            count = len(rows)  # the page is the whole result
         elif not (self.count_in_queries and query.count):
             count = None
         elif _is_empty_range(lower, upper):
@@ -288,9 +303,15 @@ class CassandraArchiveStore:
             count = await self._count(owner, query.with_, lower, upper)
         return ArchivePage(items=rows, complete=complete, count=count)
 
-    async def _read(self, owner: str, with_: str | None, lower: _Bound | None,
-                    upper: _Bound | None, backward: bool, limit: int | None
-                    ) -> list[ArchivedStanza]:
+    async def _read(
+        self,
+        owner: str,
+        with_: str | None,
+        lower: _Bound | None,
+        upper: _Bound | None,
+        backward: bool,
+        limit: int | None,
+    ) -> list[ArchivedStanza]:
         """Items in the range, in paging order, at most `limit`."""
         items: list[ArchivedStanza] = []
         if limit == 0:
@@ -305,16 +326,24 @@ class CassandraArchiveStore:
                 break
         return items
 
-    async def _slice(self, owner: str, with_: str | None, bucket: int, lower: _Bound | None,
-                     upper: _Bound | None, backward: bool, limit: int | None
-                     ) -> list[ArchivedStanza]:
+    async def _slice(
+        self,
+        owner: str,
+        with_: str | None,
+        bucket: int,
+        lower: _Bound | None,
+        upper: _Bound | None,
+        backward: bool,
+        limit: int | None,
+    ) -> list[ArchivedStanza]:
         if with_ is None:
-            cql = ("SELECT id, at, with_jid, payload FROM archive_items"
-                   " WHERE name = ? AND owner = ? AND bucket = ?")
+            cql = "SELECT id, at, with_jid, payload FROM archive_items WHERE name = ? AND owner = ? AND bucket = ?"
             params: list = [self.name, owner, bucket]
         else:
-            cql = ("SELECT id, at, payload FROM archive_items_by_with"
-                   " WHERE name = ? AND owner = ? AND with_jid = ? AND bucket = ?")
+            cql = (
+                "SELECT id, at, payload FROM archive_items_by_with"
+                " WHERE name = ? AND owner = ? AND with_jid = ? AND bucket = ?"
+            )
             params = [self.name, owner, with_, bucket]
         for bound in (lower, upper):
             if bound is not None:
@@ -329,24 +358,24 @@ class CassandraArchiveStore:
         else:
             rows = await self.cql.rows(cql, params)
         if with_ is None:
-            return [ArchivedStanza(id=row[0], when=row[1], with_=row[2], payload=bytes(row[3]))
-                    for row in rows]
-        return [ArchivedStanza(id=row[0], when=row[1], with_=with_, payload=bytes(row[2]))
-                for row in rows]
+            return [ArchivedStanza(id=row[0], when=row[1], with_=row[2], payload=bytes(row[3])) for row in rows]
+        return [ArchivedStanza(id=row[0], when=row[1], with_=with_, payload=bytes(row[2])) for row in rows]
 
-    async def _count(self, owner: str, with_: str | None, lower: _Bound | None = None,
-                     upper: _Bound | None = None) -> int:
+    async def _count(
+        self, owner: str, with_: str | None, lower: _Bound | None = None, upper: _Bound | None = None
+    ) -> int:
         party = ALL_PARTIES if with_ is None else with_
         low = self.bucket_of(lower.at) if lower else None
         high = self.bucket_of(upper.at) if upper else None
         buckets = [bucket async for bucket in self._buckets(owner, party, low, high)]
         if with_ is None:
-            cql = ("SELECT COUNT(*) FROM archive_items"
-                   " WHERE name = ? AND owner = ? AND bucket = ?")
+            cql = "SELECT COUNT(*) FROM archive_items WHERE name = ? AND owner = ? AND bucket = ?"
             key: tuple = (self.name, owner)
         else:
-            cql = ("SELECT COUNT(*) FROM archive_items_by_with"
-                   " WHERE name = ? AND owner = ? AND with_jid = ? AND bucket = ?")
+            cql = (
+                "SELECT COUNT(*) FROM archive_items_by_with"
+                " WHERE name = ? AND owner = ? AND with_jid = ? AND bucket = ?"
+            )
             key = (self.name, owner, with_)
         extra: tuple = ()
         for bound in (lower, upper):
@@ -356,40 +385,45 @@ class CassandraArchiveStore:
 
         async def count(bucket: int) -> int:
             return (await self.cql.execute(cql, (*key, bucket, *extra))).one()[0]
+
         return sum(await bounded_gather([(lambda b=bucket: count(b)) for bucket in buckets]))
 
-    async def _query_ids(self, owner: str, query: ArchiveQuery, lower, upper, page_lower,
-                         page_upper, backward: bool) -> ArchivePage:
+    async def _query_ids(
+        self, owner: str, query: ArchiveQuery, lower, upper, page_lower, page_upper, backward: bool
+    ) -> ArchivePage:
         """The ids filter: look every id up, filter and page the (bounded) list here."""
-        found = await asyncio.gather(*(self._where(owner, item_id)
-                                       for item_id in dict.fromkeys(query.ids)))
+        found = await asyncio.gather(*(self._where(owner, item_id) for item_id in dict.fromkeys(query.ids)))
         selected = sorted(
-            (where for where in found
-             if where is not None
-             and (query.with_ is None or where.with_ == query.with_)
-             and _within(where.at, where.id, lower, upper)),
-            key=lambda where: (where.at, where.id))
+            (
+                where
+                for where in found
+                if where is not None
+                and (query.with_ is None or where.with_ == query.with_)
+                and _within(where.at, where.id, lower, upper)
+            ),
+            key=lambda where: (where.at, where.id),
+        )
         count = len(selected)
-        in_page = [where for where in selected
-                   if _within(where.at, where.id, page_lower, page_upper)]
+        in_page = [where for where in selected if _within(where.at, where.id, page_lower, page_upper)]
         limit = len(in_page) if query.max is None else query.max
         complete = len(in_page) <= limit
         if backward:
-            in_page = in_page[max(0, len(in_page) - limit):] if limit else []
+            in_page = in_page[max(0, len(in_page) - limit) :] if limit else []
         else:
             in_page = in_page[:limit]
         items = await asyncio.gather(*(self._fetch(owner, where) for where in in_page))
-        return ArchivePage(items=[item for item in items if item is not None],
-                           complete=complete, count=count)
+        return ArchivePage(items=[item for item in items if item is not None], complete=complete, count=count)
 
     async def _fetch(self, owner: str, where: _Where) -> ArchivedStanza | None:
-        row = (await self.cql.execute(
-            "SELECT payload FROM archive_items WHERE name = ? AND owner = ? AND bucket = ?"
-            " AND at = ? AND id = ?", (self.name, owner, where.bucket, where.at, where.id))).one()
+        row = (
+            await self.cql.execute(
+                "SELECT payload FROM archive_items WHERE name = ? AND owner = ? AND bucket = ? AND at = ? AND id = ?",
+                (self.name, owner, where.bucket, where.at, where.id),
+            )
+        ).one()
         if row is None:
             return None
-        return ArchivedStanza(id=where.id, when=where.at, with_=where.with_,
-                              payload=bytes(row[0]))
+        return ArchivedStanza(id=where.id, when=where.at, with_=where.with_, payload=bytes(row[0]))
 
     async def count(self, owner: str) -> int:
         return await self._count(owner, None)
@@ -399,13 +433,14 @@ class CassandraArchiveStore:
     async def delete(self, owner: str, ids: list[str] | None = None) -> int:
         if ids is None:
             return await self._delete_before(owner, None)
-        found = [where for where in await asyncio.gather(
-            *(self._where(owner, item_id) for item_id in dict.fromkeys(ids)))
-            if where is not None]
+        found = [
+            where
+            for where in await asyncio.gather(*(self._where(owner, item_id) for item_id in dict.fromkeys(ids)))
+            if where is not None
+        ]
         if not found:
             return 0
-        await bounded_gather([(lambda where=where: self._delete_item(owner, where))
-                              for where in found])
+        await bounded_gather([(lambda where=where: self._delete_item(owner, where)) for where in found])
         # The bucket index rows stay, even if a bucket is now empty: an emptied bucket
         # costs a query one empty slice, while dropping its row could race with an
         # append into the same bucket. Whole-archive deletes and retention sweeps
@@ -415,15 +450,18 @@ class CassandraArchiveStore:
     async def _delete_item(self, owner: str, where: _Where) -> None:
         await self.cql.gather(
             self.cql.execute(
-                "DELETE FROM archive_items WHERE name = ? AND owner = ? AND bucket = ?"
-                " AND at = ? AND id = ?", (self.name, owner, where.bucket, where.at, where.id)),
+                "DELETE FROM archive_items WHERE name = ? AND owner = ? AND bucket = ? AND at = ? AND id = ?",
+                (self.name, owner, where.bucket, where.at, where.id),
+            ),
             self.cql.execute(
                 "DELETE FROM archive_items_by_with WHERE name = ? AND owner = ? AND with_jid = ?"
                 " AND bucket = ? AND at = ? AND id = ?",
-                (self.name, owner, where.with_, where.bucket, where.at, where.id)))
+                (self.name, owner, where.with_, where.bucket, where.at, where.id),
+            ),
+        )
         await self.cql.execute(
-            "DELETE FROM archive_ids WHERE name = ? AND owner = ? AND id = ?",
-            (self.name, owner, where.id))
+            "DELETE FROM archive_ids WHERE name = ? AND owner = ? AND id = ?", (self.name, owner, where.id)
+        )
 
     async def delete_older_than(self, when: float) -> int:
         removed = 0
@@ -440,8 +478,7 @@ class CassandraArchiveStore:
         removed = 0
         for bucket in buckets:
             whole = when is None or bucket + self.bucket_seconds <= when
-            cql = ("SELECT id, with_jid FROM archive_items"
-                   " WHERE name = ? AND owner = ? AND bucket = ?")
+            cql = "SELECT id, with_jid FROM archive_items WHERE name = ? AND owner = ? AND bucket = ?"
             params: tuple = (self.name, owner, bucket)
             if not whole:
                 cql += " AND at < ?"
@@ -454,29 +491,51 @@ class CassandraArchiveStore:
             parties = {party for _, party in rows}
             if whole:
                 await self.cql.gather(
-                    self.cql.execute("DELETE FROM archive_items WHERE name = ? AND owner = ?"
-                                     " AND bucket = ?", (self.name, owner, bucket)),
-                    *(self.cql.execute(
-                        "DELETE FROM archive_items_by_with WHERE name = ? AND owner = ?"
-                        " AND with_jid = ? AND bucket = ?", (self.name, owner, party, bucket))
-                      for party in parties))
+                    self.cql.execute(
+                        "DELETE FROM archive_items WHERE name = ? AND owner = ? AND bucket = ?",
+                        (self.name, owner, bucket),
+                    ),
+                    *(
+                        self.cql.execute(
+                            "DELETE FROM archive_items_by_with WHERE name = ? AND owner = ?"
+                            " AND with_jid = ? AND bucket = ?",
+                            (self.name, owner, party, bucket),
+                        )
+                        for party in parties
+                    ),
+                )
             else:
                 await self.cql.gather(
-                    self.cql.execute("DELETE FROM archive_items WHERE name = ? AND owner = ?"
-                                     " AND bucket = ? AND at < ?",
-                                     (self.name, owner, bucket, when)),
-                    *(self.cql.execute(
-                        "DELETE FROM archive_items_by_with WHERE name = ? AND owner = ?"
-                        " AND with_jid = ? AND bucket = ? AND at < ?",
-                        (self.name, owner, party, bucket, when))
-                      for party in parties))
-            await bounded_gather([
-                (lambda item_id=item_id: self.cql.execute(
-                    "DELETE FROM archive_ids WHERE name = ? AND owner = ? AND id = ?",
-                    (self.name, owner, item_id)))
-                for item_id, _ in rows])
-            await bounded_gather([(lambda party=party, bucket=bucket: self._forget_bucket_if_empty(
-                owner, party, bucket)) for party in parties | {ALL_PARTIES}])
+                    self.cql.execute(
+                        "DELETE FROM archive_items WHERE name = ? AND owner = ? AND bucket = ? AND at < ?",
+                        (self.name, owner, bucket, when),
+                    ),
+                    *(
+                        self.cql.execute(
+                            "DELETE FROM archive_items_by_with WHERE name = ? AND owner = ?"
+                            " AND with_jid = ? AND bucket = ? AND at < ?",
+                            (self.name, owner, party, bucket, when),
+                        )
+                        for party in parties
+                    ),
+                )
+            await bounded_gather(
+                [
+                    (
+                        lambda item_id=item_id: self.cql.execute(
+                            "DELETE FROM archive_ids WHERE name = ? AND owner = ? AND id = ?",
+                            (self.name, owner, item_id),
+                        )
+                    )
+                    for item_id, _ in rows
+                ]
+            )
+            await bounded_gather(
+                [
+                    (lambda party=party, bucket=bucket: self._forget_bucket_if_empty(owner, party, bucket))
+                    for party in parties | {ALL_PARTIES}
+                ]
+            )
             removed += len(rows)
         await self._forget_owner_if_empty(owner)
         return removed
@@ -486,36 +545,43 @@ class CassandraArchiveStore:
         the time of the check: an append after it writes a newer index row)."""
         checked_at = now_micros()
         if party == ALL_PARTIES:
-            cql = ("SELECT id FROM archive_items WHERE name = ? AND owner = ? AND bucket = ?"
-                   " LIMIT 1")
+            cql = "SELECT id FROM archive_items WHERE name = ? AND owner = ? AND bucket = ? LIMIT 1"
             params: tuple = (self.name, owner, bucket)
         else:
-            cql = ("SELECT id FROM archive_items_by_with WHERE name = ? AND owner = ?"
-                   " AND with_jid = ? AND bucket = ? LIMIT 1")
+            cql = (
+                "SELECT id FROM archive_items_by_with WHERE name = ? AND owner = ?"
+                " AND with_jid = ? AND bucket = ? LIMIT 1"
+            )
             params = (self.name, owner, party, bucket)
         if (await self.cql.execute(cql, params)).one() is not None:
             return
         await self.cql.execute(
             "DELETE FROM archive_buckets USING TIMESTAMP ? WHERE name = ? AND owner = ?"
-            " AND with_jid = ? AND bucket = ?", (checked_at, self.name, owner, party, bucket))
+            " AND with_jid = ? AND bucket = ?",
+            (checked_at, self.name, owner, party, bucket),
+        )
 
     async def _forget_owner_if_empty(self, owner: str) -> None:
         checked_at = now_micros()
-        if (await self.cql.execute(
-                "SELECT bucket FROM archive_buckets WHERE name = ? AND owner = ? LIMIT 1",
-                (self.name, owner))).one() is not None:
+        if (
+            await self.cql.execute(
+                "SELECT bucket FROM archive_buckets WHERE name = ? AND owner = ? LIMIT 1", (self.name, owner)
+            )
+        ).one() is not None:
             return
         await self.cql.execute(
-            "DELETE FROM archive_owners USING TIMESTAMP ? WHERE name = ? AND shard = ?"
-            " AND owner = ?", (checked_at, self.name, shard_of(owner), owner))
+            "DELETE FROM archive_owners USING TIMESTAMP ? WHERE name = ? AND shard = ? AND owner = ?",
+            (checked_at, self.name, shard_of(owner), owner),
+        )
 
     # ------------------------------------------------------------ owners
 
     async def owners(self) -> AsyncIterator[str]:
         async def shard(number: int) -> AsyncIterator[str]:
             async for (owner,) in self.cql.iterate(
-                    "SELECT owner FROM archive_owners WHERE name = ? AND shard = ?",
-                    (self.name, number)):
+                "SELECT owner FROM archive_owners WHERE name = ? AND shard = ?", (self.name, number)
+            ):
                 yield owner
+
         async for owner in merge_sorted([shard(number) for number in range(SHARDS)]):
             yield owner

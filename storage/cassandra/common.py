@@ -1,10 +1,12 @@
 """Small helpers shared by the Cassandra stores."""
+
 from __future__ import annotations
 
 import asyncio
 import time
 import zlib
-from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TypeVar
 
 # Listings across many owners are spread over this many partitions (see 001_initial.cql).
 # Part of the data layout: changing it needs a migration of the *_owners/by_* tables.
@@ -26,8 +28,7 @@ def now_micros() -> int:
     return time.time_ns() // 1000
 
 
-async def bounded_gather(calls: Iterable[Callable[[], Awaitable[T]]],
-                         limit: int = FAN_OUT) -> list[T]:
+async def bounded_gather(calls: Iterable[Callable[[], Awaitable[T]]], limit: int = FAN_OUT) -> list[T]:
     """Run the calls with at most `limit` in flight; results in order. Every call has
     finished (or was never started) when the first error is raised."""
     calls = list(calls)
@@ -38,8 +39,7 @@ async def bounded_gather(calls: Iterable[Callable[[], Awaitable[T]]],
         async with semaphore:
             results[index] = await call()
 
-    outcomes = await asyncio.gather(*(run(i, call) for i, call in enumerate(calls)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(*(run(i, call) for i, call in enumerate(calls)), return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome

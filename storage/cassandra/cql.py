@@ -7,10 +7,12 @@ completes the ``ResponseFuture`` and hands the result over to our loop with
 ``loop.call_soon_threadsafe``. Only what blocks by nature (connecting, preparing a
 statement, which the driver offers only synchronously) runs in a worker thread.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from cassandra import ConsistencyLevel
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, SimpleStatement
@@ -56,8 +58,7 @@ class CqlSession:
             return prepared
         pending = self._preparing.get(cql)
         if pending is None:
-            pending = self._preparing[cql] = asyncio.ensure_future(
-                self._prepare_once(cql, idempotent))
+            pending = self._preparing[cql] = asyncio.ensure_future(self._prepare_once(cql, idempotent))
         return await asyncio.shield(pending)
 
     async def _prepare_once(self, cql: str, idempotent: bool) -> PreparedStatement:
@@ -69,9 +70,15 @@ class CqlSession:
         finally:
             del self._preparing[cql]
 
-    async def execute(self, cql: str | Any, params: Sequence = (), *,
-                      idempotent: bool = True, fetch_size: int | None = None,
-                      paging_state: bytes | None = None):
+    async def execute(
+        self,
+        cql: str | Any,
+        params: Sequence = (),
+        *,
+        idempotent: bool = True,
+        fetch_size: int | None = None,
+        paging_state: bytes | None = None,
+    ):
         """Run one statement; returns the driver's ResultSet of the first page only.
 
         Read ``.current_rows`` (never iterate the ResultSet itself: fetching the next
@@ -88,12 +95,10 @@ class CqlSession:
 
     async def execute_ddl(self, cql: str):
         """A schema statement (not preparable); the driver waits for schema agreement."""
-        statement = SimpleStatement(cql, consistency_level=self.consistency,
-                                    keyspace=self.keyspace)
+        statement = SimpleStatement(cql, consistency_level=self.consistency, keyspace=self.keyspace)
         return await self._run(statement, None, timeout=max(self.timeout, 60.0))
 
-    async def batch(self, statements: list[tuple[str, Sequence]], *, logged: bool = False,
-                    idempotent: bool = True):
+    async def batch(self, statements: list[tuple[str, Sequence]], *, logged: bool = False, idempotent: bool = True):
         """A batch. Unlogged batches are for one partition only (atomic and isolated
         there); a logged batch guarantees all-or-nothing across partitions."""
         batch = BatchStatement(batch_type=BatchType.LOGGED if logged else BatchType.UNLOGGED)
@@ -102,18 +107,15 @@ class CqlSession:
         batch.is_idempotent = idempotent
         return await self._run(batch, None)
 
-    async def rows(self, cql: str, params: Sequence = (), *,
-                   page_size: int = PAGE_SIZE) -> list[tuple]:
+    async def rows(self, cql: str, params: Sequence = (), *, page_size: int = PAGE_SIZE) -> list[tuple]:
         """Every row of a read, fetched page by page."""
         return [row async for row in self.iterate(cql, params, page_size=page_size)]
 
-    async def iterate(self, cql: str, params: Sequence = (), *,
-                      page_size: int = PAGE_SIZE) -> AsyncIterator[tuple]:
+    async def iterate(self, cql: str, params: Sequence = (), *, page_size: int = PAGE_SIZE) -> AsyncIterator[tuple]:
         """The rows of a read, fetched page by page as the caller consumes them."""
         paging_state = None
         while True:
-            result = await self.execute(cql, params, fetch_size=page_size,
-                                        paging_state=paging_state)
+            result = await self.execute(cql, params, fetch_size=page_size, paging_state=paging_state)
             for row in result.current_rows:
                 yield row
             paging_state = result.paging_state
@@ -133,8 +135,8 @@ class CqlSession:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         response = self.session.execute_async(
-            statement, timeout=self.timeout if timeout is None else timeout,
-            paging_state=paging_state)
+            statement, timeout=self.timeout if timeout is None else timeout, paging_state=paging_state
+        )
 
         def succeeded(_rows):
             # Called on the driver's thread once the final result is set:
@@ -161,8 +163,9 @@ def consistency_level(name: str) -> int:
     try:
         return ConsistencyLevel.name_to_value[name.upper()]
     except KeyError:
-        raise ValueError(f"unknown Cassandra consistency level {name!r}; one of "
-                         f"{', '.join(sorted(ConsistencyLevel.name_to_value))}") from None
+        raise ValueError(
+            f"unknown Cassandra consistency level {name!r}; one of {', '.join(sorted(ConsistencyLevel.name_to_value))}"
+        ) from None
 
 
 def serial_consistency_for(consistency: int) -> int:

@@ -10,6 +10,7 @@ Schema changes in Cassandra should come from one client at a time: when several
 xmppd nodes share a cluster, run ``xmppctl storage init`` (which calls `init_schema`)
 once and start the nodes with ``create_schema = false``.
 """
+
 from __future__ import annotations
 
 import re
@@ -49,8 +50,7 @@ def schema_files() -> list[SchemaFile]:
     for entry in resources.files(__package__).joinpath("schema").iterdir():
         match = _FILE_NAME.match(entry.name)
         if match:
-            files.append(SchemaFile(int(match.group(1)), entry.name,
-                                    entry.read_text(encoding="utf-8")))
+            files.append(SchemaFile(int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
     files.sort(key=lambda schema_file: schema_file.version)
     versions = [schema_file.version for schema_file in files]
     if len(set(versions)) != len(versions):
@@ -87,8 +87,10 @@ def split_statements(text: str) -> list[str]:
 
 def check_keyspace_name(keyspace: str) -> str:
     if not _IDENTIFIER.match(keyspace):
-        raise ValueError(f"invalid Cassandra keyspace name {keyspace!r}: letters, digits "
-                         "and underscores, starting with a letter, at most 48")
+        raise ValueError(
+            f"invalid Cassandra keyspace name {keyspace!r}: letters, digits "
+            "and underscores, starting with a letter, at most 48"
+        )
     return keyspace
 
 
@@ -106,12 +108,12 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-async def create_keyspace(cql: CqlSession, keyspace: str, replication: dict,
-                          durable_writes: bool = True) -> None:
+async def create_keyspace(cql: CqlSession, keyspace: str, replication: dict, durable_writes: bool = True) -> None:
     await cql.execute_ddl(
         f"CREATE KEYSPACE IF NOT EXISTS {check_keyspace_name(keyspace)}"
         f" WITH replication = {replication_literal(replication)}"
-        f" AND durable_writes = {'true' if durable_writes else 'false'}")
+        f" AND durable_writes = {'true' if durable_writes else 'false'}"
+    )
 
 
 async def applied_versions(cql: CqlSession, keyspace: str | None = None) -> set[int]:
@@ -133,9 +135,8 @@ async def apply_schema(cql: CqlSession) -> list[int]:
         for statement in schema_file.statements():
             await cql.execute_ddl(statement)
         await cql.execute(
-            "INSERT INTO schema_version (component, version, name, applied)"
-            " VALUES (?, ?, ?, ?)",
-            (COMPONENT, schema_file.version, schema_file.name, int(time.time() * 1000)))
+            "INSERT INTO schema_version (component, version, name, applied) VALUES (?, ?, ?, ?)",
+            (COMPONENT, schema_file.version, schema_file.name, int(time.time() * 1000)),
+        )
         applied.append(schema_file.version)
     return applied
-

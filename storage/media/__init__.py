@@ -31,6 +31,7 @@ which the tests in ``tests/storage/test_media.py`` check on each of them:
   the store (only S3 with ``presigned = true`` can, see `storage.media.s3`).
 - ``close()`` releases connections; the store is not used after it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -39,8 +40,16 @@ import re
 from ..interfaces import MediaStore
 
 __all__ = [
-    "KINDS", "MAX_KEY_LENGTH", "InvalidKey", "MediaStore", "SizeMismatch",
-    "check_key", "check_range", "is_valid_key", "media_module", "open_media",
+    "KINDS",
+    "MAX_KEY_LENGTH",
+    "InvalidKey",
+    "MediaStore",
+    "SizeMismatch",
+    "check_key",
+    "check_range",
+    "is_valid_key",
+    "media_module",
+    "open_media",
 ]
 
 KINDS = ("filesystem", "s3")
@@ -64,8 +73,7 @@ class SizeMismatch(ValueError):
 def is_valid_key(key: object) -> bool:
     """True if `key` may name a media file: ``id`` or ``id.suffix``, both made of
     ``[A-Za-z0-9_-]``, at most `MAX_KEY_LENGTH` characters."""
-    return (isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH
-            and _KEY.fullmatch(key) is not None)
+    return isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and _KEY.fullmatch(key) is not None
 
 
 def check_key(key: object) -> str:

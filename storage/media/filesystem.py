@@ -12,6 +12,7 @@ uploads (often end-to-end encrypted, but not always) are for the users who hold 
 URL, not for the other accounts of the machine. A directory that exists already keeps
 its mode (an admin's choice), with a warning when any user of the machine may enter it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,8 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from . import SizeMismatch, check_key, check_range
 
@@ -39,6 +40,7 @@ class Options:
     path: directory of the files; relative paths are taken from the data directory.
         None: ``<data_dir>/uploads``.
     """
+
     path: str | None = None
 
     def __post_init__(self):
@@ -46,7 +48,7 @@ class Options:
             raise ValueError("path: must be a non-empty string")
 
 
-def open_media(options: Options, data_dir: str) -> "FilesystemMediaStore":
+def open_media(options: Options, data_dir: str) -> FilesystemMediaStore:
     root = os.path.join(data_dir, options.path or "uploads")
     return FilesystemMediaStore(root)
 
@@ -61,8 +63,7 @@ class FilesystemMediaStore:
 
     # ------------------------------------------------------------ MediaStore
 
-    async def write(self, key: str, chunks: AsyncIterator[bytes], size: int,
-                    content_type: str) -> None:
+    async def write(self, key: str, chunks: AsyncIterator[bytes], size: int, content_type: str) -> None:
         check_key(key)
         if size < 0:
             raise ValueError(f"negative size: {size}")
@@ -131,8 +132,7 @@ class FilesystemMediaStore:
 
     @staticmethod
     async def _run(func, *args):
-        return await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(func, *args))
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(func, *args))
 
     def _prepare(self) -> None:
         """Create the directories and sweep old partial files (once per store)."""
@@ -140,11 +140,10 @@ class FilesystemMediaStore:
             return
         for directory in (self.root, self._partial):
             try:
-                os.makedirs(directory, 0o700)          # the mode is the last directory's
+                os.makedirs(directory, 0o700)  # the mode is the last directory's
             except FileExistsError:
                 if os.stat(directory).st_mode & 0o007:
-                    log.warning("event=media-directory-not-private path=%s fix='chmod o-rwx %s'",
-                                directory, directory)
+                    log.warning("event=media-directory-not-private path=%s fix='chmod o-rwx %s'", directory, directory)
         cutoff = time.time() - STALE_PARTIAL_SECONDS
         with os.scandir(self._partial) as entries:
             for entry in entries:

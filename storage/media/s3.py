@@ -10,21 +10,22 @@ With ``presigned = true`` the upload service hands clients URLs signed here
 and the object store. The signed PUT pins Content-Length and Content-Type: the store
 refuses a body of any other size or type.
 """
+
 from __future__ import annotations
 
 import asyncio
 import functools
 import io
 import re
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from . import SizeMismatch, check_key, check_range
 
-PART_SIZE = 8 * 1024 * 1024        # S3 wants >= 5 MiB for every part but the last
+PART_SIZE = 8 * 1024 * 1024  # S3 wants >= 5 MiB for every part but the last
 READ_CHUNK_SIZE = 256 * 1024
-PART_READ_SIZE = 256 * 1024        # the most a part hands out per read() (see _PartReader)
+PART_READ_SIZE = 256 * 1024  # the most a part hands out per read() (see _PartReader)
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600  # SigV4's limit
 _MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 _KEY_PREFIX = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)*")
@@ -45,6 +46,7 @@ class Options:
     key_prefix: prepended to every object name, e.g. "xmppd/uploads/"; empty or
         "/"-separated segments ending with "/".
     """
+
     bucket: str
     endpoint_url: str | None = None
     region: str = "us-east-1"
@@ -69,12 +71,13 @@ class Options:
 @dataclass(frozen=True)
 class PresignedRequest:
     """A request a client may make once, until `expires` seconds after signing."""
+
     method: str
     url: str
-    headers: dict[str, str]            # to send exactly as given, or the store refuses
+    headers: dict[str, str]  # to send exactly as given, or the store refuses
 
 
-def open_media(options: Options, data_dir: str) -> "S3MediaStore":
+def open_media(options: Options, data_dir: str) -> S3MediaStore:
     return S3MediaStore(options)
 
 
@@ -91,8 +94,7 @@ class S3MediaStore:
 
     # ------------------------------------------------------------ MediaStore
 
-    async def write(self, key: str, chunks: AsyncIterator[bytes], size: int,
-                    content_type: str) -> None:
+    async def write(self, key: str, chunks: AsyncIterator[bytes], size: int, content_type: str) -> None:
         name = self._name(key)
         if size < 0:
             raise ValueError(f"negative size: {size}")
@@ -104,11 +106,11 @@ class S3MediaStore:
                     raise SizeMismatch(f"more than the announced {size} bytes for {key!r}")
             if part.length != size:
                 raise SizeMismatch(f"{part.length} bytes instead of {size} for {key!r}")
-            await client.put_object(Bucket=self.options.bucket, Key=name, Body=part.reader(),
-                                    ContentLength=size, ContentType=content_type)
+            await client.put_object(
+                Bucket=self.options.bucket, Key=name, Body=part.reader(), ContentLength=size, ContentType=content_type
+            )
             return
-        upload = await client.create_multipart_upload(
-            Bucket=self.options.bucket, Key=name, ContentType=content_type)
+        upload = await client.create_multipart_upload(Bucket=self.options.bucket, Key=name, ContentType=content_type)
         upload_id = upload["UploadId"]
         try:
             parts = []
@@ -118,8 +120,13 @@ class S3MediaStore:
             async def send(part: _PartBuffer) -> None:
                 number = len(parts) + 1
                 reply = await client.upload_part(
-                    Bucket=self.options.bucket, Key=name, UploadId=upload_id,
-                    PartNumber=number, Body=part.reader(), ContentLength=part.length)
+                    Bucket=self.options.bucket,
+                    Key=name,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=part.reader(),
+                    ContentLength=part.length,
+                )
                 parts.append({"PartNumber": number, "ETag": reply["ETag"]})
 
             async for chunk in chunks:
@@ -127,7 +134,7 @@ class S3MediaStore:
                 if received > size:
                     raise SizeMismatch(f"more than the announced {size} bytes for {key!r}")
                 rest = part.add(chunk)
-                while rest is not None:         # the part is full: send it, start the next
+                while rest is not None:  # the part is full: send it, start the next
                     await send(part)
                     part.clear()
                     rest = part.add(rest)
@@ -136,8 +143,8 @@ class S3MediaStore:
             if part.length:
                 await send(part)
             await client.complete_multipart_upload(
-                Bucket=self.options.bucket, Key=name, UploadId=upload_id,
-                MultipartUpload={"Parts": parts})
+                Bucket=self.options.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
         except BaseException:
             await asyncio.shield(self._abort(client, name, upload_id))
             raise
@@ -155,7 +162,7 @@ class S3MediaStore:
             code = _error_code(error)
             if code in _MISSING_CODES:
                 raise FileNotFoundError(f"no media {key!r}") from None
-            if code == "InvalidRange":      # the range starts at or past the end
+            if code == "InvalidRange":  # the range starts at or past the end
                 return
             raise
         body = reply["Body"]
@@ -189,8 +196,7 @@ class S3MediaStore:
 
     # ------------------------------------------------------------ presigned URLs
 
-    async def presigned_put_url(self, key: str, size: int, content_type: str,
-                                expires: int = 300) -> PresignedRequest:
+    async def presigned_put_url(self, key: str, size: int, content_type: str, expires: int = 300) -> PresignedRequest:
         """A PUT of exactly `size` bytes of `content_type` to `key`, valid `expires` s."""
         name = self._name(key)
         if size < 0:
@@ -202,14 +208,13 @@ class S3MediaStore:
         # signed headers (X-Amz-SignedHeaders) and the store checks them.
         url = await client.generate_presigned_url(
             "put_object",
-            Params={"Bucket": self.options.bucket, "Key": name,
-                    "ContentLength": size, "ContentType": content_type},
-            ExpiresIn=_check_expires(expires), HttpMethod="PUT")
-        return PresignedRequest("PUT", url, {"Content-Length": str(size),
-                                             "Content-Type": content_type})
+            Params={"Bucket": self.options.bucket, "Key": name, "ContentLength": size, "ContentType": content_type},
+            ExpiresIn=_check_expires(expires),
+            HttpMethod="PUT",
+        )
+        return PresignedRequest("PUT", url, {"Content-Length": str(size), "Content-Type": content_type})
 
-    async def presigned_get_url(self, key: str, expires: int = 3600, *,
-                                content_disposition: str | None = None) -> str:
+    async def presigned_get_url(self, key: str, expires: int = 3600, *, content_disposition: str | None = None) -> str:
         """A GET of `key` valid for `expires` seconds; the store answers it with the
         given Content-Disposition when there is one."""
         name = self._name(key)
@@ -218,7 +223,8 @@ class S3MediaStore:
         if content_disposition is not None:
             params["ResponseContentDisposition"] = content_disposition
         return await client.generate_presigned_url(
-            "get_object", Params=params, ExpiresIn=_check_expires(expires), HttpMethod="GET")
+            "get_object", Params=params, ExpiresIn=_check_expires(expires), HttpMethod="GET"
+        )
 
     # ------------------------------------------------------------ internals
 
@@ -245,17 +251,22 @@ class S3MediaStore:
                     retries={"max_attempts": 3, "mode": "standard"},
                 )
                 stack = AsyncExitStack()
-                self._client = await stack.enter_async_context(_session().create_client(
-                    "s3", region_name=options.region, endpoint_url=options.endpoint_url,
-                    aws_access_key_id=options.access_key,
-                    aws_secret_access_key=options.secret_key, config=config))
+                self._client = await stack.enter_async_context(
+                    _session().create_client(
+                        "s3",
+                        region_name=options.region,
+                        endpoint_url=options.endpoint_url,
+                        aws_access_key_id=options.access_key,
+                        aws_secret_access_key=options.secret_key,
+                        config=config,
+                    )
+                )
                 self._exit_stack = stack
         return self._client
 
     async def _abort(self, client, name: str, upload_id: str) -> None:
         try:
-            await client.abort_multipart_upload(
-                Bucket=self.options.bucket, Key=name, UploadId=upload_id)
+            await client.abort_multipart_upload(Bucket=self.options.bucket, Key=name, UploadId=upload_id)
         except Exception:
             # The upload stays invisible; a bucket lifecycle rule removes leftover parts.
             pass
@@ -267,6 +278,7 @@ def _session():
     every new client would otherwise load again (a fifth of a second of CPU). A session
     is bound to no event loop; the clients it makes are."""
     from aiobotocore.session import get_session
+
     return get_session()
 
 
@@ -293,18 +305,18 @@ class _PartBuffer:
         space = len(self._buffer) - self.length
         data = memoryview(chunk)
         if len(data) <= space:
-            self._view[self.length:self.length + len(data)] = data
+            self._view[self.length : self.length + len(data)] = data
             self.length += len(data)
             return None
-        self._view[self.length:] = data[:space]
+        self._view[self.length :] = data[:space]
         self.length += space
         return data[space:]
 
     def clear(self) -> None:
         self.length = 0
 
-    def reader(self) -> "_PartReader":
-        return _PartReader(self._view[:self.length])
+    def reader(self) -> _PartReader:
+        return _PartReader(self._view[: self.length])
 
 
 class _PartReader(io.RawIOBase):
@@ -335,13 +347,13 @@ class _PartReader(io.RawIOBase):
             size = remaining
         else:
             size = min(size, remaining, PART_READ_SIZE)
-        data = self._view[self._position:self._position + size].tobytes()
+        data = self._view[self._position : self._position + size].tobytes()
         self._position += size
         return data
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:

@@ -5,6 +5,7 @@ For tests of logic rather than storage, and for throw-away servers (Prosody's
 lives as long as the backend object: `close()` and `start()` keep it. The stores are in
 stores.py, plain dicts and lists with the semantics of the contract suite.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

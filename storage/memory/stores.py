@@ -8,6 +8,7 @@ What a caller hands over is stored as the other backends store it (secrets and J
 documents as text, payloads as bytes), so a caller that changes its objects afterwards
 changes nothing stored, and what comes back is what SQLite would give back.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ import functools
 import inspect
 import json
 import math
-from typing import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from xmppd.protocol.sasl import ScramCredentials
 
@@ -38,11 +39,13 @@ from ..scram_secrets import decode_secrets, encode_secrets
 
 def _suspending(cls):
     """The store class `cls` with a turn of the event loop before each coroutine method."""
+
     def suspending(method):
         @functools.wraps(method)
         async def call(*args, **kwargs):
             await asyncio.sleep(0)
             return await method(*args, **kwargs)
+
         return call
 
     for name, method in list(vars(cls).items()):
@@ -59,10 +62,11 @@ async def _each(values: Iterable[str]) -> AsyncIterator[str]:
 
 # ---------------------------------------------------------------- accounts
 
+
 @_suspending
 class MemoryAccountStore:
     def __init__(self) -> None:
-        self._accounts: dict[str, tuple[str, float]] = {}     # jid -> (secrets, created)
+        self._accounts: dict[str, tuple[str, float]] = {}  # jid -> (secrets, created)
 
     async def create(self, account: Account) -> bool:
         if account.jid in self._accounts:
@@ -91,6 +95,7 @@ class MemoryAccountStore:
 
 # ---------------------------------------------------------------- rosters
 
+
 @_suspending
 class MemoryRosterStore:
     def __init__(self) -> None:
@@ -110,7 +115,7 @@ class MemoryRosterStore:
 
     async def remove_item(self, owner: str, contact: str) -> int:
         if self._items.get(owner, {}).pop(contact, None) is None:
-            return self._versions.get(owner, 0)              # nothing changed: same version
+            return self._versions.get(owner, 0)  # nothing changed: same version
         return self._bump(owner)
 
     async def delete(self, owner: str) -> None:
@@ -131,6 +136,7 @@ def _frozen(item: RosterItem) -> RosterItem:
 
 
 # ---------------------------------------------------------------- archives
+
 
 def _key(item: ArchivedStanza) -> tuple[float, str]:
     return item.when, item.id
@@ -186,14 +192,13 @@ class MemoryArchiveStore:
         wanted = None if query.ids is None else set(query.ids)
 
         def matches(item: ArchivedStanza) -> bool:
-            return ((query.with_ is None or item.with_ == query.with_)
-                    and (wanted is None or item.id in wanted))
+            return (query.with_ is None or item.with_ == query.with_) and (wanted is None or item.id in wanted)
 
         selected = [item for item in _within(items, page) if matches(item)]
         limit = len(selected) if query.max is None else query.max
         complete = len(selected) <= limit
-        if query.before is not None:           # the last `limit` items before the cursor
-            selected = selected[max(0, len(selected) - limit):] if limit else []
+        if query.before is not None:  # the last `limit` items before the cursor
+            selected = selected[max(0, len(selected) - limit) :] if limit else []
         else:
             selected = selected[:limit]
         count = None
@@ -209,12 +214,13 @@ class MemoryArchiveStore:
             removed = len(self._items.pop(owner, []))
             self._by_id.pop(owner, None)
             return removed
-        return self._remove(owner, {item_id for item_id in ids
-                                    if item_id in self._by_id.get(owner, {})})
+        return self._remove(owner, {item_id for item_id in ids if item_id in self._by_id.get(owner, {})})
 
     async def delete_older_than(self, when: float) -> int:
-        return sum(self._remove(owner, {item.id for item in items if item.when < when})
-                   for owner, items in list(self._items.items()))
+        return sum(
+            self._remove(owner, {item.id for item in items if item.when < when})
+            for owner, items in list(self._items.items())
+        )
 
     def _remove(self, owner: str, ids: set[str]) -> int:
         if not ids:
@@ -233,6 +239,7 @@ class MemoryArchiveStore:
 
 
 # ---------------------------------------------------------------- key-value
+
 
 @_suspending
 class MemoryKeyValueStore:
@@ -264,10 +271,11 @@ class MemoryKeyValueStore:
 
 # ---------------------------------------------------------------- rooms
 
+
 @_suspending
 class MemoryRoomStore:
     def __init__(self) -> None:
-        self._rooms: dict[str, str] = {}                   # room -> its state in JSON
+        self._rooms: dict[str, str] = {}  # room -> its state in JSON
 
     async def get(self, room: str) -> dict | None:
         state = self._rooms.get(room)
@@ -288,10 +296,11 @@ class MemoryRoomStore:
 
 # ---------------------------------------------------------------- pubsub
 
+
 @_suspending
 class MemoryPubSubStore:
     def __init__(self) -> None:
-        self._nodes: dict[tuple[str, str], str] = {}        # (service, node) -> config in JSON
+        self._nodes: dict[tuple[str, str], str] = {}  # (service, node) -> config in JSON
         # (service, node) -> items by id, oldest first (a dict keeps insertion order)
         self._items: dict[tuple[str, str], dict[str, PubSubItem]] = {}
 
@@ -309,19 +318,19 @@ class MemoryPubSubStore:
     async def list_nodes(self, service: str) -> list[str]:
         return sorted(node for owner, node in self._nodes if owner == service)
 
-    async def publish(self, service: str, node: str, item: PubSubItem,
-                      max_items: int | None) -> None:
+    async def publish(self, service: str, node: str, item: PubSubItem, max_items: int | None) -> None:
         items = self._items.setdefault((service, node), {})
-        items.pop(item.id, None)                           # a republished item is the newest
+        items.pop(item.id, None)  # a republished item is the newest
         items[item.id] = dataclasses.replace(item, payload=bytes(item.payload))
         if max_items is not None:
-            for old in list(items)[:max(0, len(items) - max_items)]:
+            for old in list(items)[: max(0, len(items) - max_items)]:
                 del items[old]
             if not items:
                 del self._items[service, node]
 
-    async def get_items(self, service: str, node: str, ids: list[str] | None = None,
-                        max_items: int | None = None) -> list[PubSubItem]:
+    async def get_items(
+        self, service: str, node: str, ids: list[str] | None = None, max_items: int | None = None
+    ) -> list[PubSubItem]:
         newest_first = reversed(self._items.get((service, node), {}).values())
         found = [item for item in newest_first if ids is None or item.id in ids]
         return found if max_items is None else found[:max_items]
@@ -339,6 +348,7 @@ class MemoryPubSubStore:
 
 
 # ---------------------------------------------------------------- uploads
+
 
 @_suspending
 class MemoryUploadStore:
@@ -359,15 +369,23 @@ class MemoryUploadStore:
         return True
 
     async def list(self, owner: str) -> list[Upload]:
-        return sorted((upload for upload in self._uploads.values() if upload.owner == owner),
-                      key=lambda upload: (upload.created, upload.id))
+        return sorted(
+            (upload for upload in self._uploads.values() if upload.owner == owner),
+            key=lambda upload: (upload.created, upload.id),
+        )
 
-    async def usage(self, owner: str, now: float, open_since: float | None = None,
-                    exclude: str = "") -> tuple[int, int]:
+    async def usage(
+        self, owner: str, now: float, open_since: float | None = None, exclude: str = ""
+    ) -> tuple[int, int]:
         since = math.inf if open_since is None else open_since
-        counted = [upload.size for upload in self._uploads.values()
-                   if upload.owner == owner and upload.expires >= now and upload.id != exclude
-                   and (upload.completed or upload.created >= since)]
+        counted = [
+            upload.size
+            for upload in self._uploads.values()
+            if upload.owner == owner
+            and upload.expires >= now
+            and upload.id != exclude
+            and (upload.completed or upload.created >= since)
+        ]
         return sum(counted), len(counted)
 
     async def remove(self, upload_id: str) -> None:
@@ -375,5 +393,7 @@ class MemoryUploadStore:
 
     async def expired(self, now: float) -> list[Upload]:
         """Uploads whose expiry time has passed (expires < now), soonest first."""
-        return sorted((upload for upload in self._uploads.values() if upload.expires < now),
-                      key=lambda upload: (upload.expires, upload.id))
+        return sorted(
+            (upload for upload in self._uploads.values() if upload.expires < now),
+            key=lambda upload: (upload.expires, upload.id),
+        )

@@ -11,6 +11,7 @@ returns; counters (roster versions, the order of pubsub items) are moved in SQL 
 the row's lock, so two nodes never hand out the same value; "create if absent" and
 "complete once" are single conditional statements, so of two racing nodes one wins.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,7 @@ from .stores import (
     distinct,
 )
 
-__all__ = ["Options", "PostgresqlBackend", "BackendNotStarted", "open_backend", "init_schema",
-           "schema_files"]
+__all__ = ["Options", "PostgresqlBackend", "BackendNotStarted", "open_backend", "init_schema", "schema_files"]
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ class Options:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     database: str | None = None
-    pool_size: int = 10                        # connections of one xmppd process, at most
-    connect_timeout: float = 10.0              # seconds
-    command_timeout: float = 30.0              # seconds one statement may take
+    pool_size: int = 10  # connections of one xmppd process, at most
+    connect_timeout: float = 10.0  # seconds
+    command_timeout: float = 30.0  # seconds one statement may take
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, message) for every bad value; empty when the options are usable."""
@@ -149,7 +149,7 @@ class PostgresqlBackend:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), self.options.command_timeout)
-            except TimeoutError:       # asyncpg terminated the pool
+            except TimeoutError:  # asyncpg terminated the pool
                 log.warning("event=storage-close-timeout backend=postgresql")
 
 
@@ -159,10 +159,17 @@ async def connect(options: Options):
 
     try:
         return await asyncpg.create_pool(
-            options.dsn or None, host=options.host, port=options.port, user=options.user,
-            password=options.password, database=options.database, min_size=1,
-            max_size=options.pool_size, timeout=options.connect_timeout,
-            command_timeout=options.command_timeout)
+            options.dsn or None,
+            host=options.host,
+            port=options.port,
+            user=options.user,
+            password=options.password,
+            database=options.database,
+            min_size=1,
+            max_size=options.pool_size,
+            timeout=options.connect_timeout,
+            command_timeout=options.command_timeout,
+        )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         raise StorageUnavailable(f"cannot use PostgreSQL at {options.target()}: {error}") from None
 

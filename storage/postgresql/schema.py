@@ -5,6 +5,7 @@ start together on one database apply each file once (the others wait for the loc
 then find nothing left to do), and a file that fails leaves the database as it was
 (PostgreSQL's DDL is transactional).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,7 @@ from .. import StorageUnavailable
 log = logging.getLogger(__name__)
 
 _FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
-SCHEMA_LOCK = 0x786D7070D                      # the advisory lock key of schema changes ("xmppd")
+SCHEMA_LOCK = 0x786D7070D  # the advisory lock key of schema changes ("xmppd")
 
 SCHEMA_TABLE = """
 CREATE TABLE IF NOT EXISTS xmppd_schema (
@@ -51,7 +52,8 @@ async def upgrade(conn) -> list[int]:
         if done and max(done) > len(files):
             raise StorageUnavailable(
                 f"the PostgreSQL database has schema version {max(done)}, newer than this xmppd"
-                f" knows ({len(files)}); refusing to use it with an older version")
+                f" knows ({len(files)}); refusing to use it with an older version"
+            )
         for version, name, sql in files:
             if version in done:
                 continue

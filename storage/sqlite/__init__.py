@@ -5,6 +5,7 @@ storage/interfaces.py lives in the same file; named archives and key-value store
 one table each, keyed by their name. The engine (threads, group commit, durability,
 schema versions) is in database.py, the stores in stores.py, the schema in 001_*.sql.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,10 +29,10 @@ __all__ = ["Options", "SqliteBackend", "DatabaseClosed", "open_backend"]
 
 @dataclass(frozen=True)
 class Options:
-    path: str = "xmppd.sqlite"                 # relative to the data directory unless absolute
-    busy_timeout: float = 5.0                  # seconds to wait for a lock held by another process
-    batch_max: int = 256                       # most writes committed in one transaction
-    synchronous: str = "full"                  # full: survives a power loss; normal: a process crash
+    path: str = "xmppd.sqlite"  # relative to the data directory unless absolute
+    busy_timeout: float = 5.0  # seconds to wait for a lock held by another process
+    batch_max: int = 256  # most writes committed in one transaction
+    synchronous: str = "full"  # full: survives a power loss; normal: a process crash
 
     def validate(self, where):
         where.one_of("synchronous", self.synchronous, ("full", "normal"))
@@ -42,9 +43,10 @@ class SqliteBackend:
 
     def __init__(self, options: Options, data_dir: str):
         self.options = options
-        self.path = os.path.join(data_dir, options.path)   # an absolute path wins
-        self.db = Database(self.path, busy_timeout=options.busy_timeout,
-                           batch_max=options.batch_max, synchronous=options.synchronous)
+        self.path = os.path.join(data_dir, options.path)  # an absolute path wins
+        self.db = Database(
+            self.path, busy_timeout=options.busy_timeout, batch_max=options.batch_max, synchronous=options.synchronous
+        )
         self.accounts = SqliteAccountStore(self.db)
         self.rosters = SqliteRosterStore(self.db)
         self.rooms = SqliteRoomStore(self.db)

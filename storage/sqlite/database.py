@@ -22,6 +22,7 @@ survives a power loss. Group commit is what makes that affordable: one fsync per
 not per write; a single client writing one message after another still waits for an
 fsync each, which the `synchronous = "normal"` option trades for crash-only durability.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,13 +33,14 @@ import queue
 import re
 import sqlite3
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-READERS = 2                                    # reader threads, each with its own connection
+READERS = 2  # reader threads, each with its own connection
 _SCHEMA_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _STOP = object()
 
@@ -69,8 +71,7 @@ def _statements(sql: str) -> list[str]:
         if sqlite3.complete_statement(buffer):
             statements.append(buffer.strip())
             buffer = ""
-    rest = [line for line in buffer.splitlines() if line.strip()
-            and not line.strip().startswith("--")]
+    rest = [line for line in buffer.splitlines() if line.strip() and not line.strip().startswith("--")]
     if rest:
         raise RuntimeError(f"unterminated SQL statement at the end of a schema file: {rest}")
     return statements
@@ -104,7 +105,8 @@ def _upgrade(conn: sqlite3.Connection, path: str) -> None:
         if current > latest:
             raise RuntimeError(
                 f"{path}: schema version {current} is newer than this xmppd knows"
-                f" ({latest}); refusing to open it with an older version")
+                f" ({latest}); refusing to open it with an older version"
+            )
         for version, name, sql in files:
             if version <= current:
                 continue
@@ -131,7 +133,7 @@ def backup_file(path: str, target: str, busy_timeout: float = 5.0) -> None:
         _keep_private(target)
         copy = sqlite3.connect(target, isolation_level=None)
         try:
-            source.backup(copy)                # pages=-1: everything in one step
+            source.backup(copy)  # pages=-1: everything in one step
         finally:
             copy.close()
     finally:
@@ -143,7 +145,7 @@ Outcome = tuple[asyncio.Future, Any, "BaseException | None"]
 
 def _resolve(outcomes: list[Outcome]) -> None:
     for future, result, error in outcomes:
-        if future.done():                      # the caller was cancelled; the write stands
+        if future.done():  # the caller was cancelled; the write stands
             continue
         if error is not None:
             future.set_exception(error)
@@ -155,20 +157,27 @@ def _notify_all(loop: asyncio.AbstractEventLoop, outcomes: list[Outcome]) -> Non
     """Hand outcomes to the event loop: one wake-up for a whole batch."""
     try:
         loop.call_soon_threadsafe(_resolve, outcomes)
-    except RuntimeError:                       # the loop was closed under us
+    except RuntimeError:  # the loop was closed under us
         pass
 
 
-def _notify(loop: asyncio.AbstractEventLoop, future: asyncio.Future,
-            result: Any = None, error: BaseException | None = None) -> None:
+def _notify(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future, result: Any = None, error: BaseException | None = None
+) -> None:
     _notify_all(loop, [(future, result, error)])
 
 
 class Database:
     """One SQLite file: the writer thread, the reader threads, their queues."""
 
-    def __init__(self, path: str, busy_timeout: float = 5.0, batch_max: int = 256,
-                 readers: int = READERS, synchronous: str = "full"):
+    def __init__(
+        self,
+        path: str,
+        busy_timeout: float = 5.0,
+        batch_max: int = 256,
+        readers: int = READERS,
+        synchronous: str = "full",
+    ):
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
         self.path = path
@@ -176,8 +185,8 @@ class Database:
         self.batch_max = batch_max
         self.synchronous = {"full": "FULL", "normal": "NORMAL"}[synchronous]
         self.readers = readers
-        self.transactions = 0                  # write transactions committed
-        self.writes = 0                        # write operations committed
+        self.transactions = 0  # write transactions committed
+        self.writes = 0  # write operations committed
         self._writes: queue.SimpleQueue = queue.SimpleQueue()
         self._reads: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -187,8 +196,7 @@ class Database:
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                               check_same_thread=True)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         return conn
 
@@ -198,16 +206,20 @@ class Database:
         loop = asyncio.get_running_loop()
         try:
             ready = loop.create_future()
-            writer = threading.Thread(target=self._run_writer, args=(loop, ready),
-                                      name=f"sqlite-writer:{self.path}", daemon=True)
+            writer = threading.Thread(
+                target=self._run_writer, args=(loop, ready), name=f"sqlite-writer:{self.path}", daemon=True
+            )
             writer.start()
             self._threads.append(writer)
-            await ready                        # schema applied, or its error raised here
+            await ready  # schema applied, or its error raised here
             for number in range(self.readers):
                 started = loop.create_future()
-                reader = threading.Thread(target=self._run_reader, args=(loop, started),
-                                          name=f"sqlite-reader-{number}:{self.path}",
-                                          daemon=True)
+                reader = threading.Thread(
+                    target=self._run_reader,
+                    args=(loop, started),
+                    name=f"sqlite-reader-{number}:{self.path}",
+                    daemon=True,
+                )
                 reader.start()
                 self._threads.append(reader)
                 await started
@@ -259,7 +271,7 @@ class Database:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise RuntimeError(f"{self.path}: cannot switch to WAL mode (got {mode})")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")   # see the module docstring
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # see the module docstring
             _upgrade(conn, self.path)
         except BaseException as error:
             _notify(loop, ready, error=error)
@@ -274,7 +286,7 @@ class Database:
                         batch.append(self._writes.get_nowait())
                     except queue.Empty:
                         break
-                if batch[-1] is _STOP:         # nothing is queued after _STOP
+                if batch[-1] is _STOP:  # nothing is queued after _STOP
                     batch.pop()
                     stop = True
                 if batch:
@@ -283,8 +295,7 @@ class Database:
         finally:
             conn.close()
 
-    def _commit_batch(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
-                      batch: list) -> None:
+    def _commit_batch(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, batch: list) -> None:
         outcomes: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")

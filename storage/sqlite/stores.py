@@ -3,15 +3,18 @@
 Each method builds a small function of a connection and hands it to the Database, which
 runs it on the writer thread (in a group-committed transaction) or on a reader thread.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import sqlite3
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from xmppd.protocol.sasl import ScramCredentials
 
+from .. import domain_of
+from ..archive_ranges import KeyRange, query_ranges
 from ..interfaces import (
     Account,
     ArchivedStanza,
@@ -22,8 +25,6 @@ from ..interfaces import (
     UnknownArchiveId,
     Upload,
 )
-from .. import domain_of
-from ..archive_ranges import KeyRange, query_ranges
 from ..scram_secrets import decode_secrets, encode_secrets
 from .database import Database
 
@@ -31,13 +32,15 @@ from .database import Database
 # touch a whole archive: other writers get their turn between chunks.
 OWNERS_CHUNK = 500
 DELETE_CHUNK = 5000
-IDS_CHUNK = 500                                # ids per DELETE ... IN (...) statement
+IDS_CHUNK = 500  # ids per DELETE ... IN (...) statement
 
 
 def _execute(sql: str, params: tuple):
     """A write of one statement whose result nobody needs."""
+
     def execute(conn: sqlite3.Connection) -> None:
         conn.execute(sql, params)
+
     return execute
 
 
@@ -51,11 +54,13 @@ async def _owners(db: Database, table: str, store: str) -> AsyncIterator[str]:
     Each owner is one index seek past the previous one (a skip scan), so an owner with
     a million rows costs no more than one with a single row.
     """
+
     def select(conn: sqlite3.Connection, after: str) -> list[str]:
         owners: list[str] = []
         while len(owners) < OWNERS_CHUNK:
-            row = conn.execute(f"SELECT owner FROM {table} WHERE store = ? AND owner > ?"
-                               " ORDER BY owner LIMIT 1", (store, after)).fetchone()
+            row = conn.execute(
+                f"SELECT owner FROM {table} WHERE store = ? AND owner > ? ORDER BY owner LIMIT 1", (store, after)
+            ).fetchone()
             if row is None:
                 break
             after = row[0]
@@ -77,15 +82,17 @@ def distinct_values(conn: sqlite3.Connection, table: str, column: str) -> list[s
     value (a skip scan), however many rows share it."""
     values: list[str] = []
     while True:
-        row = conn.execute(f"SELECT {column} FROM {table} WHERE {column} > ?"
-                           f" ORDER BY {column} LIMIT 1", (values[-1] if values else "",)
-                           ).fetchone()
+        row = conn.execute(
+            f"SELECT {column} FROM {table} WHERE {column} > ? ORDER BY {column} LIMIT 1",
+            (values[-1] if values else "",),
+        ).fetchone()
         if row is None:
             return values
         values.append(row[0])
 
 
 # ---------------------------------------------------------------- accounts
+
 
 class SqliteAccountStore:
     def __init__(self, db: Database):
@@ -96,16 +103,17 @@ class SqliteAccountStore:
 
         def insert(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO accounts (jid, domain, secrets, created)"
-                " VALUES (?, ?, ?, ?)",
-                (account.jid, domain_of(account.jid), secrets, account.created))
+                "INSERT OR IGNORE INTO accounts (jid, domain, secrets, created) VALUES (?, ?, ?, ?)",
+                (account.jid, domain_of(account.jid), secrets, account.created),
+            )
             return cursor.rowcount == 1
+
         return await self._db.write(insert)
 
     async def get(self, jid: str) -> Account | None:
         def select(conn: sqlite3.Connection):
-            return conn.execute("SELECT secrets, created FROM accounts WHERE jid = ?",
-                                (jid,)).fetchone()
+            return conn.execute("SELECT secrets, created FROM accounts WHERE jid = ?", (jid,)).fetchone()
+
         row = await self._db.read(select)
         if row is None:
             return None
@@ -115,36 +123,39 @@ class SqliteAccountStore:
         encoded = encode_secrets(secrets)
 
         def update(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute("UPDATE accounts SET secrets = ? WHERE jid = ?",
-                                  (encoded, jid))
+            cursor = conn.execute("UPDATE accounts SET secrets = ? WHERE jid = ?", (encoded, jid))
             return cursor.rowcount == 1
+
         return await self._db.write(update)
 
     async def delete(self, jid: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
             return conn.execute("DELETE FROM accounts WHERE jid = ?", (jid,)).rowcount == 1
+
         return await self._db.write(delete)
 
     async def list(self, domain: str) -> list[str]:
         def select(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute("SELECT jid FROM accounts WHERE domain = ? ORDER BY jid",
-                                (domain,))
+            rows = conn.execute("SELECT jid FROM accounts WHERE domain = ? ORDER BY jid", (domain,))
             return [jid for (jid,) in rows]
+
         return await self._db.read(select)
 
 
 # ---------------------------------------------------------------- rosters
 
+
 def _bump_roster_version(conn: sqlite3.Connection, owner: str) -> int:
     conn.execute(
         "INSERT INTO roster_versions (owner, version) VALUES (?, 1)"
-        " ON CONFLICT (owner) DO UPDATE SET version = version + 1", (owner,))
+        " ON CONFLICT (owner) DO UPDATE SET version = version + 1",
+        (owner,),
+    )
     return _roster_version(conn, owner)
 
 
 def _roster_version(conn: sqlite3.Connection, owner: str) -> int:
-    row = conn.execute("SELECT version FROM roster_versions WHERE owner = ?",
-                       (owner,)).fetchone()
+    row = conn.execute("SELECT version FROM roster_versions WHERE owner = ?", (owner,)).fetchone()
     return row[0] if row else 0
 
 
@@ -153,9 +164,15 @@ _ROSTER_COLUMNS = "contact, name, subscription, ask, pending_in, approved, group
 
 def _roster_item(row) -> RosterItem:
     contact, name, subscription, ask, pending_in, approved, groups = row
-    return RosterItem(jid=contact, name=name, subscription=subscription, ask=bool(ask),
-                      pending_in=bool(pending_in), approved=bool(approved),
-                      groups=tuple(json.loads(groups)))
+    return RosterItem(
+        jid=contact,
+        name=name,
+        subscription=subscription,
+        ask=bool(ask),
+        pending_in=bool(pending_in),
+        approved=bool(approved),
+        groups=tuple(json.loads(groups)),
+    )
 
 
 class SqliteRosterStore:
@@ -166,9 +183,10 @@ class SqliteRosterStore:
         def select(conn: sqlite3.Connection):
             version = _roster_version(conn, owner)
             rows = conn.execute(
-                f"SELECT {_ROSTER_COLUMNS} FROM roster_items WHERE owner = ?"
-                " ORDER BY contact", (owner,)).fetchall()
+                f"SELECT {_ROSTER_COLUMNS} FROM roster_items WHERE owner = ? ORDER BY contact", (owner,)
+            ).fetchall()
             return version, rows
+
         version, rows = await self._db.read(select)
         items = {}
         for row in rows:
@@ -179,48 +197,71 @@ class SqliteRosterStore:
     async def get_item(self, owner: str, contact: str) -> RosterItem | None:
         def select(conn: sqlite3.Connection):
             return conn.execute(
-                f"SELECT {_ROSTER_COLUMNS} FROM roster_items WHERE owner = ? AND contact = ?",
-                (owner, contact)).fetchone()
+                f"SELECT {_ROSTER_COLUMNS} FROM roster_items WHERE owner = ? AND contact = ?", (owner, contact)
+            ).fetchone()
+
         row = await self._db.read(select)
         return _roster_item(row) if row else None
 
     async def put_item(self, owner: str, item: RosterItem) -> int:
-        values = (owner, item.jid, item.name, item.subscription, int(item.ask),
-                  int(item.pending_in), int(item.approved), _json(list(item.groups)))
+        values = (
+            owner,
+            item.jid,
+            item.name,
+            item.subscription,
+            int(item.ask),
+            int(item.pending_in),
+            int(item.approved),
+            _json(list(item.groups)),
+        )
 
         def upsert(conn: sqlite3.Connection) -> int:
             conn.execute(
-                f"INSERT OR REPLACE INTO roster_items (owner, {_ROSTER_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+                f"INSERT OR REPLACE INTO roster_items (owner, {_ROSTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
             return _bump_roster_version(conn, owner)
+
         return await self._db.write(upsert)
 
     async def remove_item(self, owner: str, contact: str) -> int:
         def delete(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute("DELETE FROM roster_items WHERE owner = ? AND contact = ?",
-                                  (owner, contact))
-            if cursor.rowcount == 0:           # nothing changed: same version
+            cursor = conn.execute("DELETE FROM roster_items WHERE owner = ? AND contact = ?", (owner, contact))
+            if cursor.rowcount == 0:  # nothing changed: same version
                 return _roster_version(conn, owner)
             return _bump_roster_version(conn, owner)
+
         return await self._db.write(delete)
 
     async def delete(self, owner: str) -> None:
         def delete(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM roster_items WHERE owner = ?", (owner,))
             conn.execute("DELETE FROM roster_versions WHERE owner = ?", (owner,))
+
         await self._db.write(delete)
 
     async def replace(self, owner: str, version: int, items: list[RosterItem]) -> None:
-        rows = [(owner, item.jid, item.name, item.subscription, int(item.ask),
-                 int(item.pending_in), int(item.approved), _json(list(item.groups)))
-                for item in items]
+        rows = [
+            (
+                owner,
+                item.jid,
+                item.name,
+                item.subscription,
+                int(item.ask),
+                int(item.pending_in),
+                int(item.approved),
+                _json(list(item.groups)),
+            )
+            for item in items
+        ]
 
         def replace(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM roster_items WHERE owner = ?", (owner,))
-            conn.executemany(f"INSERT INTO roster_items (owner, {_ROSTER_COLUMNS})"
-                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            conn.execute("INSERT OR REPLACE INTO roster_versions (owner, version) VALUES (?, ?)",
-                         (owner, version))
+            conn.executemany(
+                f"INSERT INTO roster_items (owner, {_ROSTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            conn.execute("INSERT OR REPLACE INTO roster_versions (owner, version) VALUES (?, ?)", (owner, version))
+
         await self._db.write(replace)
 
 
@@ -249,8 +290,16 @@ class SqliteArchiveStore:
         rows = [(self.name, owner, item.id, item.when, item.with_, item.payload) for owner, item in items]
 
         def insert(conn: sqlite3.Connection) -> list[bool]:
-            return [conn.execute('INSERT OR IGNORE INTO archive (store, owner, id, "when", with_, payload)'
-                                 " VALUES (?, ?, ?, ?, ?, ?)", row).rowcount == 1 for row in rows]
+            return [
+                conn.execute(
+                    'INSERT OR IGNORE INTO archive (store, owner, id, "when", with_, payload)'
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    row,
+                ).rowcount
+                == 1
+                for row in rows
+            ]
+
         return await self._db.write(insert)
 
     async def query(self, owner: str, query: ArchiveQuery) -> ArchivePage:
@@ -260,8 +309,8 @@ class SqliteArchiveStore:
 
     def _position(self, conn: sqlite3.Connection, owner: str, id_: str) -> tuple[float, str]:
         row = conn.execute(
-            'SELECT "when", id FROM archive WHERE store = ? AND owner = ? AND id = ?',
-            (self.name, owner, id_)).fetchone()
+            'SELECT "when", id FROM archive WHERE store = ? AND owner = ? AND id = ?', (self.name, owner, id_)
+        ).fetchone()
         if row is None:
             raise UnknownArchiveId(id_)
         return row[0], row[1]
@@ -303,28 +352,27 @@ class SqliteArchiveStore:
         rows = conn.execute(sql, page_params).fetchall()
         complete = query.max is None or len(rows) <= query.max
         if not complete:
-            rows = rows[:query.max]
+            rows = rows[: query.max]
         if backward:
             rows.reverse()
 
         count = None
         if query.count:
             count_where, count_params = bounded(filters)
-            count = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {count_where}",
-                                 count_params).fetchone()[0]
-        return ArchivePage(items=[_archived(row) for row in rows], complete=complete,
-                           count=count)
+            count = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {count_where}", count_params).fetchone()[0]
+        return ArchivePage(items=[_archived(row) for row in rows], complete=complete, count=count)
 
     async def count(self, owner: str) -> int:
         def select(conn: sqlite3.Connection) -> int:
-            return conn.execute("SELECT COUNT(*) FROM archive WHERE store = ? AND owner = ?",
-                                (self.name, owner)).fetchone()[0]
+            return conn.execute(
+                "SELECT COUNT(*) FROM archive WHERE store = ? AND owner = ?", (self.name, owner)
+            ).fetchone()[0]
+
         return await self._db.read(select)
 
     async def delete(self, owner: str, ids: list[str] | None = None) -> int:
         if ids is None:
-            return await self._delete_chunked(
-                "store = ? AND owner = ?", (self.name, owner))
+            return await self._delete_chunked("store = ? AND owner = ?", (self.name, owner))
         ids = list(ids)
         if not ids:
             return 0
@@ -332,12 +380,13 @@ class SqliteArchiveStore:
         def delete(conn: sqlite3.Connection) -> int:
             removed = 0
             for start in range(0, len(ids), IDS_CHUNK):
-                chunk = ids[start:start + IDS_CHUNK]
+                chunk = ids[start : start + IDS_CHUNK]
                 removed += conn.execute(
-                    f"DELETE FROM archive WHERE store = ? AND owner = ?"
-                    f" AND id IN ({', '.join('?' * len(chunk))})",
-                    (self.name, owner, *chunk)).rowcount
+                    f"DELETE FROM archive WHERE store = ? AND owner = ? AND id IN ({', '.join('?' * len(chunk))})",
+                    (self.name, owner, *chunk),
+                ).rowcount
             return removed
+
         return await self._db.write(delete)
 
     async def delete_older_than(self, when: float) -> int:
@@ -346,11 +395,13 @@ class SqliteArchiveStore:
     async def _delete_chunked(self, where: str, params: tuple) -> int:
         """Delete in transactions of DELETE_CHUNK rows so that a retention run over a big
         archive does not hold up the other writers."""
+
         def delete(conn: sqlite3.Connection) -> int:
             return conn.execute(
-                f"DELETE FROM archive WHERE rowid IN"
-                f" (SELECT rowid FROM archive WHERE {where} LIMIT {DELETE_CHUNK})",
-                params).rowcount
+                f"DELETE FROM archive WHERE rowid IN (SELECT rowid FROM archive WHERE {where} LIMIT {DELETE_CHUNK})",
+                params,
+            ).rowcount
+
         removed = 0
         while True:
             chunk = await self._db.write(delete)
@@ -364,6 +415,7 @@ class SqliteArchiveStore:
 
 # ---------------------------------------------------------------- key-value
 
+
 class SqliteKeyValueStore:
     def __init__(self, db: Database, name: str):
         self._db = db
@@ -372,16 +424,17 @@ class SqliteKeyValueStore:
     async def get(self, owner: str, key: str) -> bytes | None:
         def select(conn: sqlite3.Connection):
             return conn.execute(
-                "SELECT value FROM keyvalue WHERE store = ? AND owner = ? AND key = ?",
-                (self.name, owner, key)).fetchone()
+                "SELECT value FROM keyvalue WHERE store = ? AND owner = ? AND key = ?", (self.name, owner, key)
+            ).fetchone()
+
         row = await self._db.read(select)
         return bytes(row[0]) if row else None
 
     async def set(self, owner: str, key: str, value: bytes) -> None:
         values = (self.name, owner, key, bytes(value))
-        await self._db.write(_execute(
-            "INSERT OR REPLACE INTO keyvalue (store, owner, key, value) VALUES (?, ?, ?, ?)",
-            values))
+        await self._db.write(
+            _execute("INSERT OR REPLACE INTO keyvalue (store, owner, key, value) VALUES (?, ?, ?, ?)", values)
+        )
 
     async def delete(self, owner: str, key: str | None = None) -> None:
         if key is None:
@@ -394,9 +447,10 @@ class SqliteKeyValueStore:
     async def keys(self, owner: str) -> list[str]:
         def select(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute(
-                "SELECT key FROM keyvalue WHERE store = ? AND owner = ? ORDER BY key",
-                (self.name, owner))
+                "SELECT key FROM keyvalue WHERE store = ? AND owner = ? ORDER BY key", (self.name, owner)
+            )
             return [key for (key,) in rows]
+
         return await self._db.read(select)
 
     def owners(self) -> AsyncIterator[str]:
@@ -405,6 +459,7 @@ class SqliteKeyValueStore:
 
 # ---------------------------------------------------------------- rooms
 
+
 class SqliteRoomStore:
     def __init__(self, db: Database):
         self._db = db
@@ -412,22 +467,22 @@ class SqliteRoomStore:
     async def get(self, room: str) -> dict | None:
         def select(conn: sqlite3.Connection):
             return conn.execute("SELECT state FROM rooms WHERE jid = ?", (room,)).fetchone()
+
         row = await self._db.read(select)
         return json.loads(row[0]) if row else None
 
     async def save(self, room: str, state: dict) -> None:
         values = (room, domain_of(room), _json(state))
-        await self._db.write(_execute(
-            "INSERT OR REPLACE INTO rooms (jid, service, state) VALUES (?, ?, ?)", values))
+        await self._db.write(_execute("INSERT OR REPLACE INTO rooms (jid, service, state) VALUES (?, ?, ?)", values))
 
     async def delete(self, room: str) -> None:
         await self._db.write(_execute("DELETE FROM rooms WHERE jid = ?", (room,)))
 
     async def list(self, service: str) -> list[str]:
         def select(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute("SELECT jid FROM rooms WHERE service = ? ORDER BY jid",
-                                (service,))
+            rows = conn.execute("SELECT jid FROM rooms WHERE service = ? ORDER BY jid", (service,))
             return [jid for (jid,) in rows]
+
         return await self._db.read(select)
 
     async def services(self) -> AsyncIterator[str]:
@@ -436,6 +491,7 @@ class SqliteRoomStore:
 
 
 # ---------------------------------------------------------------- pubsub
+
 
 def _pubsub_item(row) -> PubSubItem:
     return PubSubItem(id=row[0], payload=bytes(row[1]), publisher=row[2], when=row[3])
@@ -448,34 +504,33 @@ class SqlitePubSubStore:
     async def get_node(self, service: str, node: str) -> dict | None:
         def select(conn: sqlite3.Connection):
             return conn.execute(
-                "SELECT config FROM pubsub_nodes WHERE service = ? AND node = ?",
-                (service, node)).fetchone()
+                "SELECT config FROM pubsub_nodes WHERE service = ? AND node = ?", (service, node)
+            ).fetchone()
+
         row = await self._db.read(select)
         return json.loads(row[0]) if row else None
 
     async def set_node(self, service: str, node: str, config: dict) -> None:
         values = (service, node, _json(config))
-        await self._db.write(_execute(
-            "INSERT OR REPLACE INTO pubsub_nodes (service, node, config) VALUES (?, ?, ?)",
-            values))
+        await self._db.write(
+            _execute("INSERT OR REPLACE INTO pubsub_nodes (service, node, config) VALUES (?, ?, ?)", values)
+        )
 
     async def delete_node(self, service: str, node: str) -> None:
         def delete(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM pubsub_items WHERE service = ? AND node = ?",
-                         (service, node))
-            conn.execute("DELETE FROM pubsub_nodes WHERE service = ? AND node = ?",
-                         (service, node))
+            conn.execute("DELETE FROM pubsub_items WHERE service = ? AND node = ?", (service, node))
+            conn.execute("DELETE FROM pubsub_nodes WHERE service = ? AND node = ?", (service, node))
+
         await self._db.write(delete)
 
     async def list_nodes(self, service: str) -> list[str]:
         def select(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute(
-                "SELECT node FROM pubsub_nodes WHERE service = ? ORDER BY node", (service,))
+            rows = conn.execute("SELECT node FROM pubsub_nodes WHERE service = ? ORDER BY node", (service,))
             return [node for (node,) in rows]
+
         return await self._db.read(select)
 
-    async def publish(self, service: str, node: str, item: PubSubItem,
-                      max_items: int | None) -> None:
+    async def publish(self, service: str, node: str, item: PubSubItem, max_items: int | None) -> None:
         values = (service, node, item.id, item.payload, item.publisher, item.when)
 
         def publish(conn: sqlite3.Connection) -> None:
@@ -483,19 +538,23 @@ class SqlitePubSubStore:
             conn.execute(
                 "INSERT OR REPLACE INTO pubsub_items"
                 ' (service, node, id, payload, publisher, "when")'
-                " VALUES (?, ?, ?, ?, ?, ?)", values)
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            )
             if max_items is not None:
                 conn.execute(
                     "DELETE FROM pubsub_items WHERE service = ? AND node = ? AND seq <="
                     " (SELECT seq FROM pubsub_items WHERE service = ? AND node = ?"
                     "  ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                    (service, node, service, node, max_items))
+                    (service, node, service, node, max_items),
+                )
+
         await self._db.write(publish)
 
-    async def get_items(self, service: str, node: str, ids: list[str] | None = None,
-                        max_items: int | None = None) -> list[PubSubItem]:
-        sql = ('SELECT id, payload, publisher, "when" FROM pubsub_items'
-               " WHERE service = ? AND node = ?")
+    async def get_items(
+        self, service: str, node: str, ids: list[str] | None = None, max_items: int | None = None
+    ) -> list[PubSubItem]:
+        sql = 'SELECT id, payload, publisher, "when" FROM pubsub_items WHERE service = ? AND node = ?'
         params: list = [service, node]
         if ids is not None:
             sql += f" AND id IN ({', '.join('?' * len(ids))})" if ids else " AND 0"
@@ -507,20 +566,25 @@ class SqlitePubSubStore:
 
         def select(conn: sqlite3.Connection):
             return conn.execute(sql, params).fetchall()
+
         return [_pubsub_item(row) for row in await self._db.read(select)]
 
     async def retract(self, service: str, node: str, item_id: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
-                "DELETE FROM pubsub_items WHERE service = ? AND node = ? AND id = ?",
-                (service, node, item_id)).rowcount == 1
+            return (
+                conn.execute(
+                    "DELETE FROM pubsub_items WHERE service = ? AND node = ? AND id = ?", (service, node, item_id)
+                ).rowcount
+                == 1
+            )
+
         return await self._db.write(delete)
 
     async def services(self) -> AsyncIterator[str]:
         def select(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute("SELECT service FROM pubsub_nodes"
-                                " UNION SELECT service FROM pubsub_items ORDER BY 1")
+            rows = conn.execute("SELECT service FROM pubsub_nodes UNION SELECT service FROM pubsub_items ORDER BY 1")
             return [service for (service,) in rows]
+
         for service in await self._db.read(select):
             yield service
 
@@ -531,9 +595,16 @@ _UPLOAD_COLUMNS = "id, owner, filename, size, content_type, created, expires, co
 
 
 def _upload(row) -> Upload:
-    return Upload(id=row[0], owner=row[1], filename=row[2], size=row[3],
-                  content_type=row[4], created=row[5], expires=row[6],
-                  completed=bool(row[7]))
+    return Upload(
+        id=row[0],
+        owner=row[1],
+        filename=row[2],
+        size=row[3],
+        content_type=row[4],
+        created=row[5],
+        expires=row[6],
+        completed=bool(row[7]),
+    )
 
 
 class SqliteUploadStore:
@@ -541,40 +612,54 @@ class SqliteUploadStore:
         self._db = db
 
     async def add(self, upload: Upload) -> None:
-        values = (upload.id, upload.owner, upload.filename, upload.size,
-                  upload.content_type, upload.created, upload.expires, int(upload.completed))
-        await self._db.write(_execute(
-            f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            values))
+        values = (
+            upload.id,
+            upload.owner,
+            upload.filename,
+            upload.size,
+            upload.content_type,
+            upload.created,
+            upload.expires,
+            int(upload.completed),
+        )
+        await self._db.write(
+            _execute(f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+        )
 
     async def get(self, upload_id: str) -> Upload | None:
         def select(conn: sqlite3.Connection):
-            return conn.execute(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?",
-                                (upload_id,)).fetchone()
+            return conn.execute(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+
         row = await self._db.read(select)
         return _upload(row) if row else None
 
     async def mark_completed(self, upload_id: str) -> bool:
         def update(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
-                "UPDATE uploads SET completed = 1 WHERE id = ? AND completed = 0",
-                (upload_id,)).rowcount == 1
+            return (
+                conn.execute("UPDATE uploads SET completed = 1 WHERE id = ? AND completed = 0", (upload_id,)).rowcount
+                == 1
+            )
+
         return await self._db.write(update)
 
     async def list(self, owner: str) -> list[Upload]:
         def select(conn: sqlite3.Connection):
             return conn.execute(
-                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE owner = ? ORDER BY created, id",
-                (owner,)).fetchall()
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE owner = ? ORDER BY created, id", (owner,)
+            ).fetchall()
+
         return [_upload(row) for row in await self._db.read(select)]
 
-    async def usage(self, owner: str, now: float, open_since: float | None = None,
-                    exclude: str = "") -> tuple[int, int]:
+    async def usage(
+        self, owner: str, now: float, open_since: float | None = None, exclude: str = ""
+    ) -> tuple[int, int]:
         def select(conn: sqlite3.Connection):
             return conn.execute(
                 "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM uploads WHERE owner = ? AND expires >= ?"
                 " AND id != ? AND (completed = 1 OR created >= ?)",
-                (owner, now, exclude, math.inf if open_since is None else open_since)).fetchone()
+                (owner, now, exclude, math.inf if open_since is None else open_since),
+            ).fetchone()
+
         used, count = await self._db.read(select)
         return used, count
 
@@ -583,8 +668,10 @@ class SqliteUploadStore:
 
     async def expired(self, now: float) -> list[Upload]:
         """Uploads whose expiry time has passed (expires < now), soonest first."""
+
         def select(conn: sqlite3.Connection):
             return conn.execute(
-                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE expires < ? ORDER BY expires, id",
-                (now,)).fetchall()
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE expires < ? ORDER BY expires, id", (now,)
+            ).fetchall()
+
         return [_upload(row) for row in await self._db.read(select)]

@@ -2,12 +2,13 @@
 the cluster keeps in them: a key that lives as long as its TTL, as a node's liveness
 key and its users' session entries will. Each test writes a key with a short TTL,
 reads it back, and polls (bounded) until the engine has dropped it."""
+
 import asyncio
 import time
 import uuid
 
-TTL = 0.5                   # seconds
-DEADLINE = 10.0             # seconds for an expired key to be gone
+TTL = 0.5  # seconds
+DEADLINE = 10.0  # seconds for an expired key to be gone
 
 
 async def poll_until_gone(read) -> float:
@@ -30,7 +31,7 @@ async def test_redis_key_expires_after_its_ttl(redis_engine):
         assert await client.get(key) == b"alive"
         assert 0 < await client.pttl(key) <= TTL * 1000
         await poll_until_gone(lambda: client.get(key))
-        assert time.monotonic() - written >= TTL * 0.9      # not dropped early either
+        assert time.monotonic() - written >= TTL * 0.9  # not dropped early either
     finally:
         await client.aclose()
 
@@ -50,6 +51,7 @@ async def test_nats_key_value_entry_expires_after_the_bucket_ttl(nats_engine):
                 return (await kv.get("node1")).value
             except KeyNotFoundError:
                 return None
+
         written = time.monotonic()
         await kv.put("node1", b"alive")
         assert await read() == b"alive"

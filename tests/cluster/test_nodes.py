@@ -9,6 +9,7 @@ A node learns the other's sessions asynchronously (Redis pub/sub): a test first 
 until a ping to the other user's full JID is answered (`reachable`), a bounded loop of
 round trips, never a sleep.
 """
+
 import asyncio
 
 import pytest
@@ -18,8 +19,7 @@ from tests.support.accounts import create_accounts
 from tests.support.cassandra import new_keyspace, xmppd_storage_config
 from tests.support.engines import EngineProcess
 from tests.support.inbox import TIMEOUT, presence
-from tests.support.messaging import (bare, carbon, connect, error_to, round_trip, send, subscribe_both,
-                                     with_id)
+from tests.support.messaging import bare, carbon, connect, error_to, round_trip, send, subscribe_both, with_id
 from tests.support.server import XmppdProcess, free_port
 from tests.support.smacks import NS_SM, managed_login, send_message
 
@@ -34,12 +34,14 @@ NS_PING = "urn:xmpp:ping"
 
 class Nodes(list):
     @property
-    def started(self):                    # tests/conftest.py shows their logs when a test fails
+    def started(self):  # tests/conftest.py shows their logs when a test fails
         return self
 
 
 def node_config(redis_url: str, keyspace: str, name: str) -> str:
-    return xmppd_storage_config(keyspace) + f"""
+    return (
+        xmppd_storage_config(keyspace)
+        + f"""
 [cluster]
 engine = "{redis_url}"
 node = "{name}"
@@ -49,6 +51,7 @@ node_timeout = {NODE_TIMEOUT}
 [extensions.offline]
 max_messages_per_stranger = 1000
 """
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +63,10 @@ def keyspace(cassandra):
 def nodes(redis_engine, keyspace, tmp_path_factory):
     started = Nodes()
     try:
-        for name in ("node1", "node2"):         # the first creates the keyspace's tables
-            process = XmppdProcess(tmp_path_factory.mktemp(name), node_config(redis_engine, keyspace, name),
-                                   server_section=QUICK_STOP)
+        for name in ("node1", "node2"):  # the first creates the keyspace's tables
+            process = XmppdProcess(
+                tmp_path_factory.mktemp(name), node_config(redis_engine, keyspace, name), server_section=QUICK_STOP
+            )
             started.append(process.start(timeout=SCHEMA_TIMEOUT))
         yield started
     finally:
@@ -72,7 +76,7 @@ def nodes(redis_engine, keyspace, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def account_pool(nodes):
-    return AccountPool(nodes[0])               # the accounts are in the storage every node shares
+    return AccountPool(nodes[0])  # the accounts are in the storage every node shares
 
 
 @pytest.fixture
@@ -102,7 +106,9 @@ def restartable(keyspace, tmp_path):
         for name in ("r1", "r2"):
             directory = tmp_path / name
             directory.mkdir()
-            process = XmppdProcess(directory, node_config(started.engine.url, keyspace, name), server_section=QUICK_STOP)
+            process = XmppdProcess(
+                directory, node_config(started.engine.url, keyspace, name), server_section=QUICK_STOP
+            )
             started.append(process.start(timeout=SCHEMA_TIMEOUT))
         yield started
     finally:
@@ -128,13 +134,17 @@ async def reachable(user, jid: str) -> None:
 
 
 def ids_of(user, prefix: str) -> list[str]:
-    return [s.get("id") for s in user.inbox.stanzas
-            if s.tag.endswith("message") and (s.get("id") or "").startswith(prefix) and s.get("type") != "error"]
+    return [
+        s.get("id")
+        for s in user.inbox.stanzas
+        if s.tag.endswith("message") and (s.get("id") or "").startswith(prefix) and s.get("type") != "error"
+    ]
 
 
 def test_a_node_without_its_engine_does_not_start(keyspace, tmp_path):
-    process = XmppdProcess(tmp_path, node_config(f"redis://127.0.0.1:{free_port()}", keyspace, "lonely"),
-                           server_section=QUICK_STOP)
+    process = XmppdProcess(
+        tmp_path, node_config(f"redis://127.0.0.1:{free_port()}", keyspace, "lonely"), server_section=QUICK_STOP
+    )
     with pytest.raises(RuntimeError, match="did not start"):
         process.start(timeout=SCHEMA_TIMEOUT)
     assert "cluster.engine: cannot reach redis://127.0.0.1:" in process.log
@@ -144,9 +154,9 @@ async def test_chat_presence_probe_and_iq_across_nodes(nodes, users, login):
     alice, bob = users(2)
     a = await login(nodes[0], alice, "phone")
     b = await login(nodes[1], bob, "laptop")
-    await reachable(a, b.jid)                  # an iq to a full JID on the other node, answered back
+    await reachable(a, b.jid)  # an iq to a full JID on the other node, answered back
     await reachable(b, a.jid)
-    await subscribe_both(a, b)                 # presence both ways after the subscription
+    await subscribe_both(a, b)  # presence both ways after the subscription
 
     for sender, receiver, to in ((a, b, b.jid), (b, a, a.jid), (a, b, bare(b.jid)), (b, a, bare(a.jid))):
         msg_id = send(sender, to, body=f"to {to}")
@@ -160,7 +170,10 @@ async def test_chat_presence_probe_and_iq_across_nodes(nodes, users, login):
     await b.inbox.wait(presence(None, from_=tablet.jid))
     # An iq to a resource that is on no node is refused.
     answer = await b.iq("get", f"{alice}/nowhere", f"<ping xmlns='{NS_PING}'/>")
-    assert answer.get("type") == "error" and answer.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}service-unavailable") is not None
+    assert (
+        answer.get("type") == "error"
+        and answer.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}service-unavailable") is not None
+    )
 
 
 async def test_carbons_reach_a_resource_on_the_other_node(nodes, users, login):
@@ -175,10 +188,10 @@ async def test_carbons_reach_a_resource_on_the_other_node(nodes, users, login):
     for sender, receiver in ((a1, a2), (a2, a1)):
         await receiver.inbox.wait(with_id(send(sender, receiver.jid, body="sync")))
 
-    received = send(b, a1.jid, body="to one")             # routed on node 1, copied to node 2
+    received = send(b, a1.jid, body="to one")  # routed on node 1, copied to node 2
     await a1.inbox.wait(with_id(received))
     await a2.inbox.wait(carbon("received", received))
-    sent = send(a2, b.jid, body="from two")               # routed on node 2, copied to node 1
+    sent = send(a2, b.jid, body="from two")  # routed on node 2, copied to node 1
     await b.inbox.wait(with_id(sent))
     await a1.inbox.wait(carbon("sent", sent))
 
@@ -189,10 +202,10 @@ async def test_message_to_a_user_moving_between_nodes_arrives_once(nodes, users,
     b = await login(nodes[1], bob, "phone")
     await reachable(a, b.jid)
     await b.client.logout()
-    msg_id = send(a, bob, body="where are you")           # node 1 may not have seen bob go yet
+    msg_id = send(a, bob, body="where are you")  # node 1 may not have seen bob go yet
     moved = await login(nodes[0], bob, "phone")
     await moved.inbox.wait(with_id(msg_id))
-    await round_trip(moved)                               # nothing more comes
+    await round_trip(moved)  # nothing more comes
     assert ids_of(moved, msg_id) == [msg_id]
     assert ids_of(b, msg_id) == []
 
@@ -206,7 +219,7 @@ async def test_a_message_for_a_resource_that_just_left_reaches_the_other_node(no
     top = await login(nodes[1], bob, "top", priority=5)
     other = await login(nodes[0], bob, "other")
     await reachable(a, top.jid)
-    closing = top.client.disconnect()                     # the stream closes as the message goes
+    closing = top.client.disconnect()  # the stream closes as the message goes
     msg_id = send(a, bob, body="to whoever is there")
     await closing
     await other.inbox.wait(with_id(msg_id))
@@ -221,7 +234,7 @@ async def test_a_block_made_on_one_node_holds_on_the_other(nodes, users, login):
     a = await login(nodes[0], alice, "phone")
     b = await login(nodes[1], bob, "phone")
     await reachable(b, a.jid)
-    before = send(b, a.jid, body="before")                # node 2 reads alice's list
+    before = send(b, a.jid, body="before")  # node 2 reads alice's list
     await a.inbox.wait(with_id(before))
     result = await a.iq("set", alice, f"<block xmlns='urn:xmpp:blocking'><item jid='{bob}'/></block>")
     assert result.get("type") == "result"
@@ -234,8 +247,9 @@ async def test_a_block_made_on_one_node_holds_on_the_other(nodes, users, login):
 async def test_an_announcement_reaches_the_users_of_every_node(nodes, users, login):
     """XEP-0133 announce, sent through node 1, reaches a session on node 2."""
     from tests.integration.test_adhoc import run
+
     (listener,) = users(1)
-    admin = await login(nodes[0], create_accounts(nodes[0], ["admin"])[0], "console")   # the configured admin
+    admin = await login(nodes[0], create_accounts(nodes[0], ["admin"])[0], "console")  # the configured admin
     b = await login(nodes[1], listener, "phone")
     await reachable(admin, b.jid)
     _, last = await run(admin.client, nodes[0], "announce", {"announcement": ["Maintenance at noon."]})
@@ -250,13 +264,13 @@ async def test_binding_a_resource_bound_on_the_other_node_replaces_it(nodes, use
     old = await login(nodes[1], alice, "phone")
     watcher = await login(nodes[0], bob, "watch")
     b = await login(nodes[1], bob, "desk")
-    await reachable(watcher, old.jid)                     # node 1 knows alice/phone on node 2
+    await reachable(watcher, old.jid)  # node 1 knows alice/phone on node 2
     errors = asyncio.Queue()
     old.client.add_event_handler("stream_error", errors.put_nowait)
     new = await login(nodes[0], alice, "phone")
     error = await asyncio.wait_for(errors.get(), TIMEOUT)
     assert error["condition"] == "conflict"
-    await reachable(b, new.jid)                           # node 2 routes alice/phone to node 1 now
+    await reachable(b, new.jid)  # node 2 routes alice/phone to node 1 now
     msg_id = send(b, new.jid, body="which one")
     await new.inbox.wait(with_id(msg_id))
     assert ids_of(old, msg_id) == []
@@ -269,12 +283,12 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
     session, in the order alice sent them."""
     count = 200
     alice, bob = users(2)
-    user_a = await login(nodes[0], alice, "sync")         # bound before node 3 starts
+    user_a = await login(nodes[0], alice, "sync")  # bound before node 3 starts
     node3 = XmppdProcess(tmp_path, node_config(redis_engine, keyspace, "node3"), server_section=QUICK_STOP)
-    nodes.append(node3)                   # stopped with the others; its log shown on failure
+    nodes.append(node3)  # stopped with the others; its log shown on failure
     node3.start(timeout=SCHEMA_TIMEOUT)
     b = await login(node3, bob, "phone")
-    await reachable(b, user_a.jid)                        # node 3 read it from node 1's hash at start
+    await reachable(b, user_a.jid)  # node 3 read it from node 1's hash at start
     await reachable(user_a, b.jid)
     await subscribe_both(user_a, b)
     sender, _ = await managed_login(nodes[0], alice.split("@")[0], "phone")
@@ -283,13 +297,13 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
     ids = [f"kill{index}" for index in range(count)]
     for index, msg_id in enumerate(ids):
         if index == count // 2:
-            await b.inbox.wait(with_id(ids[count // 4]))     # node 3 is delivering: kill it midway
+            await b.inbox.wait(with_id(ids[count // 4]))  # node 3 is delivering: kill it midway
             node3.kill()
         await send_message(sender, bob, f"message {index}", msg_id)
     await nodes[0].wait_for_log("event=cluster-node-dropped node=node3", timeout=NODE_TIMEOUT * 4)
     await user_a.inbox.wait(presence("unavailable", from_=b.jid))
     acked = 0
-    for _ in range(50):                   # 'h' grows as node 1 stores what node 3 never confirmed
+    for _ in range(50):  # 'h' grows as node 1 stores what node 3 never confirmed
         acked = await handled(sender) - before
         if acked == count:
             break
@@ -301,7 +315,7 @@ async def test_acked_messages_survive_a_killed_node(nodes, users, login, redis_e
     for msg_id in acked_ids:
         if msg_id not in on_node3:
             await moved.inbox.wait(with_id(msg_id))
-    await round_trip(moved)                               # a round trip after the queue
+    await round_trip(moved)  # a round trip after the queue
     on_node1 = ids_of(moved, "kill")
     assert len(on_node1) == len(set(on_node1)), "a message arrived twice on node 1"
     order = [int(msg_id.removeprefix("kill")) for msg_id in on_node1]
@@ -332,12 +346,12 @@ async def test_acked_messages_survive_an_engine_restart(restartable, users, logi
             restartable.engine.start()
         await send_message(sender, bob, f"message {index}", msg_id)
     acked = 0
-    for _ in range(50):                   # 'h' grows as the nodes write to the engine again
+    for _ in range(50):  # 'h' grows as the nodes write to the engine again
         acked = await handled(sender) - before
         if acked == count:
             break
     assert acked == count, f"only {acked} of {count} messages were acked"
-    for msg_id in ids[count // 4 + 1:]:                  # the first ones were waited for above
+    for msg_id in ids[count // 4 + 1 :]:  # the first ones were waited for above
         await b.inbox.wait(with_id(msg_id))
     await round_trip(b)
     assert ids_of(b, "restart") == ids

@@ -1,6 +1,7 @@
 """XEP-0050 Ad-Hoc Commands and the XEP-0133 admin commands end to end: an admin (the
 test server names admin@localhost) drives them with slixmpp; protocol errors with a raw
 client."""
+
 import asyncio
 
 import pytest
@@ -16,16 +17,26 @@ NS_COMMANDS = "http://jabber.org/protocol/commands"
 NS_ADMIN = "http://jabber.org/protocol/admin"
 NS_DATA = "jabber:x:data"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-ADMIN_COMMANDS = {f"{NS_ADMIN}#{name}" for name in (
-    "add-user", "delete-user", "change-user-password", "get-online-users-num", "get-online-users-list", "announce")}
+ADMIN_COMMANDS = {
+    f"{NS_ADMIN}#{name}"
+    for name in (
+        "add-user",
+        "delete-user",
+        "change-user-password",
+        "get-online-users-num",
+        "get-online-users-list",
+        "announce",
+    )
+}
 MULTI = {"accountjids": "jid-multi", "announcement": "text-multi"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # Its tests check that logins fail, all from 127.0.0.1.
-    process = XmppdProcess(tmp_path_factory.mktemp("adhoc"),
-                           c2s_section="auth_failure_delay = 0\nauth_failures_per_ip = 1000").start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("adhoc"), c2s_section="auth_failure_delay = 0\nauth_failures_per_ip = 1000"
+    ).start()
     process.adduser("admin", "admin password")
     yield process
     process.stop()
@@ -57,8 +68,9 @@ async def run(client: Client, server, name: str, values: dict | None = None):
     form.add_field(var="FORM_TYPE", ftype="hidden", value=NS_ADMIN)
     for var, value in values.items():
         form.add_field(var=var, ftype=MULTI.get(var), value=value)
-    last = await adhoc.send_command(server.domain, node, action="complete", payload=form,
-                                    sessionid=first["command"]["sessionid"])
+    last = await adhoc.send_command(
+        server.domain, node, action="complete", payload=form, sessionid=first["command"]["sessionid"]
+    )
     return first, last
 
 
@@ -73,6 +85,7 @@ def form_fields(reply) -> dict:
 
 
 # ------------------------------------------------------------------ discovery
+
 
 async def test_commands_advertised_and_listed_for_admins_only(server, admin):
     info = await admin.plugin["xep_0030"].get_info(jid=server.domain)
@@ -97,10 +110,15 @@ async def test_commands_advertised_and_listed_for_admins_only(server, admin):
 
 # ------------------------------------------------------------------ XEP-0133
 
+
 async def test_admin_adds_a_user_who_then_logs_in(server, admin):
     user = unique("added")
-    first, last = await run(admin, server, "add-user", {
-        "accountjid": f"{user}@{server.domain}", "password": "fresh password", "password-verify": "fresh password"})
+    first, last = await run(
+        admin,
+        server,
+        "add-user",
+        {"accountjid": f"{user}@{server.domain}", "password": "fresh password", "password-verify": "fresh password"},
+    )
     assert first["command"]["status"] == "executing"
     fields = form_fields(first)
     assert fields["FORM_TYPE"]["type"] == "hidden"
@@ -113,18 +131,23 @@ async def test_admin_adds_a_user_who_then_logs_in(server, admin):
     assert await can_log_in(server, user, "fresh password")
 
 
-@pytest.mark.parametrize("values,condition,specific", [
-    ({"accountjid": "{existing}", "password": "x1", "password-verify": "x1"}, "conflict", None),
-    ({"accountjid": "{new}", "password": "one", "password-verify": "two"}, "bad-request", "bad-payload"),
-    ({"accountjid": "{new}"}, "bad-request", "bad-payload"),
-    ({"accountjid": "someone@elsewhere.example", "password": "x1"}, "bad-request", "bad-payload"),
-    ({"accountjid": "{new}/resource", "password": "x1"}, "bad-request", "bad-payload"),
-])
+@pytest.mark.parametrize(
+    "values,condition,specific",
+    [
+        ({"accountjid": "{existing}", "password": "x1", "password-verify": "x1"}, "conflict", None),
+        ({"accountjid": "{new}", "password": "one", "password-verify": "two"}, "bad-request", "bad-payload"),
+        ({"accountjid": "{new}"}, "bad-request", "bad-payload"),
+        ({"accountjid": "someone@elsewhere.example", "password": "x1"}, "bad-request", "bad-payload"),
+        ({"accountjid": "{new}/resource", "password": "x1"}, "bad-request", "bad-payload"),
+    ],
+)
 async def test_add_user_refusals(server, admin, values, condition, specific):
     existing, new = unique("exists"), unique("new")
     await account(admin, server, existing, "pencil12")
-    values = {var: value.format(existing=f"{existing}@{server.domain}", new=f"{new}@{server.domain}")
-              for var, value in values.items()}
+    values = {
+        var: value.format(existing=f"{existing}@{server.domain}", new=f"{new}@{server.domain}")
+        for var, value in values.items()
+    }
     with pytest.raises(slixmpp.exceptions.IqError) as refused:
         await run(admin, server, "add-user", values)
     assert refused.value.condition == condition
@@ -153,8 +176,12 @@ async def test_admin_deletes_users_and_their_sessions_end(server, admin):
     victim = await online(server, first_user)
     gone = asyncio.get_running_loop().create_future()
     victim.add_event_handler("disconnected", lambda _: gone.done() or gone.set_result(True))
-    _, last = await run(admin, server, "delete-user", {
-        "accountjids": [f"{first_user}@{server.domain}", f"{second_user}@{server.domain}"]})
+    _, last = await run(
+        admin,
+        server,
+        "delete-user",
+        {"accountjids": [f"{first_user}@{server.domain}", f"{second_user}@{server.domain}"]},
+    )
     assert last["command"]["status"] == "completed"
     await asyncio.wait_for(gone, 10)
     assert not await can_log_in(server, first_user, "pencil12")
@@ -165,8 +192,12 @@ async def test_delete_unknown_user_is_item_not_found_and_deletes_nothing(server,
     kept = unique("kept")
     await account(admin, server, kept, "pencil12")
     with pytest.raises(slixmpp.exceptions.IqError) as refused:
-        await run(admin, server, "delete-user", {
-            "accountjids": [f"{kept}@{server.domain}", f"{unique('ghost')}@{server.domain}"]})
+        await run(
+            admin,
+            server,
+            "delete-user",
+            {"accountjids": [f"{kept}@{server.domain}", f"{unique('ghost')}@{server.domain}"]},
+        )
     assert refused.value.condition == "item-not-found"
     assert await can_log_in(server, kept, "pencil12")
 
@@ -174,14 +205,19 @@ async def test_delete_unknown_user_is_item_not_found_and_deletes_nothing(server,
 async def test_admin_changes_a_password(server, admin):
     user = unique("forgetful")
     await account(admin, server, user, "old password")
-    _, last = await run(admin, server, "change-user-password",
-                        {"accountjid": f"{user}@{server.domain}", "password": "new password"})
+    _, last = await run(
+        admin, server, "change-user-password", {"accountjid": f"{user}@{server.domain}", "password": "new password"}
+    )
     assert last["command"]["status"] == "completed"
     assert await can_log_in(server, user, "new password")
     assert not await can_log_in(server, user, "old password")
     with pytest.raises(slixmpp.exceptions.IqError) as refused:
-        await run(admin, server, "change-user-password",
-                  {"accountjid": f"{unique('ghost')}@{server.domain}", "password": "whatever"})
+        await run(
+            admin,
+            server,
+            "change-user-password",
+            {"accountjid": f"{unique('ghost')}@{server.domain}", "password": "whatever"},
+        )
     assert refused.value.condition == "item-not-found"
 
 
@@ -191,7 +227,7 @@ async def test_online_users(server, admin):
     for user in users:
         await account(admin, server, user, "pencil12")
         clients.append(await online(server, user))
-    clients.append(await online(server, users[0]))              # a second resource: still one user
+    clients.append(await online(server, users[0]))  # a second resource: still one user
     _, listed = await run(admin, server, "get-online-users-list", {"max_items": "none"})
     assert listed["command"]["status"] == "completed"
     jids = form_fields(listed)["onlineuserjids"]["value"]
@@ -226,9 +262,12 @@ async def test_announce_reaches_every_online_session(server, admin):
 
 # ------------------------------------------------------------------ XEP-0050 protocol
 
+
 async def command(client: RawClient, iq_id: str, attributes: str, payload: str = "") -> etree._Element:
-    await client.send(f"<iq type='set' id='{iq_id}' to='localhost'><command xmlns='{NS_COMMANDS}' {attributes}>"
-                      f"{payload}</command></iq>")
+    await client.send(
+        f"<iq type='set' id='{iq_id}' to='localhost'><command xmlns='{NS_COMMANDS}' {attributes}>"
+        f"{payload}</command></iq>"
+    )
     match = await client.expect(rf"<iq\b[^>]*\bid=['\"]{iq_id}['\"][^>]*?(?:/>|>.*?</iq>)")
     return etree.fromstring(match.group(0))
 
@@ -256,27 +295,39 @@ async def test_session_protocol(server, raw_admin):
     assert actions.find(f"{{{NS_COMMANDS}}}next") is None
     assert reply.find(f"{{{NS_DATA}}}x").get("type") == "form"
 
-    assert conditions(await command(raw_admin, "2", f"{node} sessionid='{session}' action='next'")) \
-        == {"bad-request", "bad-action"}
-    assert conditions(await command(raw_admin, "3", f"{node} sessionid='{session}' action='jump'")) \
-        == {"bad-request", "malformed-action"}
-    assert conditions(await command(raw_admin, "4", f"{node} sessionid='not-a-session'")) \
-        == {"bad-request", "bad-sessionid"}
+    assert conditions(await command(raw_admin, "2", f"{node} sessionid='{session}' action='next'")) == {
+        "bad-request",
+        "bad-action",
+    }
+    assert conditions(await command(raw_admin, "3", f"{node} sessionid='{session}' action='jump'")) == {
+        "bad-request",
+        "malformed-action",
+    }
+    assert conditions(await command(raw_admin, "4", f"{node} sessionid='not-a-session'")) == {
+        "bad-request",
+        "bad-sessionid",
+    }
     other_node = f"node='{NS_ADMIN}#add-user' sessionid='{session}'"
     assert conditions(await command(raw_admin, "5", other_node)) == {"bad-request", "bad-sessionid"}
 
-    canceled = (await command(raw_admin, "6", f"{node} sessionid='{session}' action='cancel'")).find(f"{{{NS_COMMANDS}}}command")
+    canceled = (await command(raw_admin, "6", f"{node} sessionid='{session}' action='cancel'")).find(
+        f"{{{NS_COMMANDS}}}command"
+    )
     assert canceled.get("status") == "canceled" and canceled.get("sessionid") == session
-    assert conditions(await command(raw_admin, "7", f"{node} sessionid='{session}' action='complete'")) \
-        == {"bad-request", "bad-sessionid"}
+    assert conditions(await command(raw_admin, "7", f"{node} sessionid='{session}' action='complete'")) == {
+        "bad-request",
+        "bad-sessionid",
+    }
 
 
 async def test_missing_required_field_is_bad_payload(server, raw_admin):
     node = f"node='{NS_ADMIN}#change-user-password'"
     session = (await command(raw_admin, "1", node)).find(f"{{{NS_COMMANDS}}}command").get("sessionid")
     empty = f"<x xmlns='{NS_DATA}' type='submit'><field var='accountjid'><value>admin@localhost</value></field></x>"
-    assert conditions(await command(raw_admin, "2", f"{node} sessionid='{session}' action='complete'", empty)) \
-        == {"bad-request", "bad-payload"}
+    assert conditions(await command(raw_admin, "2", f"{node} sessionid='{session}' action='complete'", empty)) == {
+        "bad-request",
+        "bad-payload",
+    }
     assert await can_log_in(server, "admin", "admin password")
 
 
@@ -288,6 +339,8 @@ async def test_sessions_belong_to_their_requester(server, raw_admin):
     node = f"node='{NS_ADMIN}#announce'"
     session = (await command(raw_admin, "1", node)).find(f"{{{NS_COMMANDS}}}command").get("sessionid")
     other = await RawClient().login(server.port, "admin", "admin password", resource=unique("other"))
-    assert conditions(await command(other, "2", f"{node} sessionid='{session}' action='cancel'")) \
-        == {"bad-request", "bad-sessionid"}
+    assert conditions(await command(other, "2", f"{node} sessionid='{session}' action='cancel'")) == {
+        "bad-request",
+        "bad-sessionid",
+    }
     await other.close()

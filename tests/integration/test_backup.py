@@ -8,6 +8,7 @@ restored is a prefix of the running server's: one snapshot, nothing torn). The s
 on PostgreSQL is backed up in turn (through the driver) and restored into SQLite. A corrupted
 or unknown-version manifest, a damaged data file and a non-empty target are refused.
 """
+
 import asyncio
 import json
 import shutil
@@ -27,10 +28,10 @@ QUICK_STOP = "graceful_shutdown_timeout = 1"
 DOMAIN = "localhost"
 ALICE, BOB, CAROL = (f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol"))
 NODE = "urn:example:backup:0"
-BEFORE = 10                          # chat messages archived before the backup
-OFFLINE = 3                          # messages waiting for carol
-SAID = 4                             # groupchat messages in the room's archive
-DURING = 300                         # at most this many messages sent while the backup runs
+BEFORE = 10  # chat messages archived before the backup
+OFFLINE = 3  # messages waiting for carol
+SAID = 4  # groupchat messages in the room's archive
+DURING = 300  # at most this many messages sent while the backup runs
 FILE = payload(64 * KiB, seed=19)
 _queries = iter(range(10**6))
 
@@ -40,12 +41,16 @@ async def archive_ids(user, to: str | None = None) -> list[str]:
     ids, after = [], ""
     while True:
         query_id = f"b{next(_queries)}"
-        answer = await user.iq("set", to or bare(user.jid),
-                               f"<query xmlns='{NS_MAM}' queryid='{query_id}'><set xmlns='{NS_RSM}'>"
-                               f"<max>100</max>{after}</set></query>")
+        answer = await user.iq(
+            "set",
+            to or bare(user.jid),
+            f"<query xmlns='{NS_MAM}' queryid='{query_id}'><set xmlns='{NS_RSM}'><max>100</max>{after}</set></query>",
+        )
         assert answer.get("type") == "result"
-        results = [s.find(f"{{{NS_MAM}}}result") for s in user.inbox.received(
-            lambda s: s.find(f"{{{NS_MAM}}}result") is not None)]
+        results = [
+            s.find(f"{{{NS_MAM}}}result")
+            for s in user.inbox.received(lambda s: s.find(f"{{{NS_MAM}}}result") is not None)
+        ]
         page = [result.get("id") for result in results if result.get("queryid") == query_id]
         ids += page
         if answer.find(f"{{{NS_MAM}}}fin").get("complete") == "true" or not page:
@@ -86,15 +91,22 @@ def origin(tmp_path_factory):
                 if done.is_set():
                     return
                 sent.append(send(bob, ALICE, body=f"during {n}"))
-                await round_trip(bob)            # paced by the server, not by a clock
+                await round_trip(bob)  # paced by the server, not by a clock
+
         sender = asyncio.create_task(keep_sending())
         state["backup"] = await asyncio.to_thread(server.ctl, "backup", str(directory), check=False)
         done.set()
         await sender
-        state.update(sent=sent, room=room, url=slot.get_url, after=await archive_ids(alice),
-                     room_ids=await archive_ids(alice, room))
+        state.update(
+            sent=sent,
+            room=room,
+            url=slot.get_url,
+            after=await archive_ids(alice),
+            room_ids=await archive_ids(alice, room),
+        )
         await alice.logout()
         await bob.logout()
+
     asyncio.run(scenario())
     yield state
     server.stop()
@@ -110,15 +122,16 @@ def restored(origin, directory, extra_config: str = "", backup=None) -> XmppdPro
 
 async def check_everything_is_there(origin, server: XmppdProcess, backup=None) -> None:
     manifest = json.loads(((backup or origin["directory"]) / "manifest.json").read_text())
-    alice = await connect(server, ALICE, "laptop")                  # the restored SCRAM secrets
+    alice = await connect(server, ALICE, "laptop")  # the restored SCRAM secrets
     roster = await alice.iq("get", ALICE, "<query xmlns='jabber:iq:roster'/>")
-    assert {(item.get("jid"), item.get("subscription"))
-            for item in roster.iter("{jabber:iq:roster}item")} == {(BOB, "both")}
+    assert {(item.get("jid"), item.get("subscription")) for item in roster.iter("{jabber:iq:roster}item")} == {
+        (BOB, "both")
+    }
     ids = await archive_ids(alice)
     # Everything archived before the backup; then a prefix of what the server went on
     # archiving: a snapshot of one moment, no message missing in the middle.
-    assert ids[:len(origin["before"])] == origin["before"]
-    assert ids == origin["after"][:len(ids)]
+    assert ids[: len(origin["before"])] == origin["before"]
+    assert ids == origin["after"][: len(ids)]
     assert await archive_ids(alice, origin["room"]) == origin["room_ids"] and len(origin["room_ids"]) == SAID
     items = await alice.iq("get", ALICE, items_request(NODE))
     assert item_ids(items) == ["item-1"]
@@ -168,8 +181,8 @@ async def test_restore_into_postgresql_and_from_there_into_sqlite(origin, postgr
     (tmp_path / "postgresql").mkdir()
     server = restored(origin, tmp_path / "postgresql", storage_config(new_database("restore"), pool_size=4))
     try:
-        again = tmp_path / "backup-of-postgresql"         # read through the driver, running; before carol
-        done = await asyncio.to_thread(server.ctl, "backup", str(again), check=False)   # takes her messages
+        again = tmp_path / "backup-of-postgresql"  # read through the driver, running; before carol
+        done = await asyncio.to_thread(server.ctl, "backup", str(again), check=False)  # takes her messages
         assert done.returncode == 0, done.stdout + done.stderr
         await check_everything_is_there(origin, server)
     finally:
@@ -191,14 +204,20 @@ def test_restore_under_a_running_server_is_refused(origin):
     assert "restore: the server of" in refused.stderr and "is running" in refused.stderr
 
 
-@pytest.mark.parametrize("damage, complaint", [
-    (lambda d: (d / "manifest.json").write_text('{"format": "xmppd-backup", "vers'), "manifest.json is corrupted"),
-    (lambda d: (d / "manifest.json").write_text(
-        (d / "manifest.json").read_text().replace('"version": 1', '"version": 2')),
-     "backup format version 2 is unknown to this xmppd (it reads version 1)"),
-    (lambda d: (d / "manifest.json").unlink(), "not an xmppd backup, or an unfinished one"),
-    (lambda d: (d / "data.sqlite").open("r+b").write(b"garbage!"), "does not match the checksum of the manifest"),
-])
+@pytest.mark.parametrize(
+    "damage, complaint",
+    [
+        (lambda d: (d / "manifest.json").write_text('{"format": "xmppd-backup", "vers'), "manifest.json is corrupted"),
+        (
+            lambda d: (d / "manifest.json").write_text(
+                (d / "manifest.json").read_text().replace('"version": 1', '"version": 2')
+            ),
+            "backup format version 2 is unknown to this xmppd (it reads version 1)",
+        ),
+        (lambda d: (d / "manifest.json").unlink(), "not an xmppd backup, or an unfinished one"),
+        (lambda d: (d / "data.sqlite").open("r+b").write(b"garbage!"), "does not match the checksum of the manifest"),
+    ],
+)
 def test_a_damaged_backup_is_refused(origin, tmp_path, damage, complaint):
     copy = tmp_path / "backup"
     shutil.copytree(origin["directory"], copy)
@@ -207,4 +226,4 @@ def test_a_damaged_backup_is_refused(origin, tmp_path, damage, complaint):
     refused = target.ctl("restore", str(copy), check=False)
     assert refused.returncode == 1 and complaint in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
-    assert target.ctl("users").stdout == ""                       # nothing was written
+    assert target.ctl("users").stdout == ""  # nothing was written

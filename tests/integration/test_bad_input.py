@@ -1,5 +1,6 @@
 """Bad input over raw sockets: each gets the RFC 6120 stream error, the server stays up
 and another logged-in session carries on."""
+
 import asyncio
 import resource
 import subprocess
@@ -12,14 +13,18 @@ from tests.support.accounts import create_accounts
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 
-HEADER = ("<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
-          "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+HEADER = (
+    "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
+    "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("bad"), c2s_section="\n".join((
-        "max_stanza_bytes = 20000", "unauthenticated_timeout = 2"))).start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("bad"),
+        c2s_section="\n".join(("max_stanza_bytes = 20000", "unauthenticated_timeout = 2")),
+    ).start()
     yield process
     process.stop()
 
@@ -54,12 +59,15 @@ async def stream_error_for(server, payload: str, *, authenticated: bool = False)
     return await raw.closed()
 
 
-@pytest.mark.parametrize("payload,condition", [
-    ("<message><body>x</bod></message>", "not-well-formed"),
-    ("<a:message xmlns:b='urn:x'/>", "not-well-formed"),
-    ("<!-- a comment -->", "restricted-xml"),
-    ("<?pi something?>", "restricted-xml"),
-])
+@pytest.mark.parametrize(
+    "payload,condition",
+    [
+        ("<message><body>x</bod></message>", "not-well-formed"),
+        ("<a:message xmlns:b='urn:x'/>", "not-well-formed"),
+        ("<!-- a comment -->", "restricted-xml"),
+        ("<?pi something?>", "restricted-xml"),
+    ],
+)
 @pytest.mark.parametrize("authenticated", [False, True])
 async def test_bad_xml_gets_stream_error(server, bystander, payload, condition, authenticated):
     text = await stream_error_for(server, payload, authenticated=authenticated)
@@ -68,15 +76,18 @@ async def test_bad_xml_gets_stream_error(server, bystander, payload, condition, 
     await assert_still_served(bystander, server)
 
 
-@pytest.mark.parametrize("prolog", [
-    "<!DOCTYPE stream [<!ENTITY a 'aaaaaaaaaa'>]>",
-    "<!DOCTYPE stream [<!ENTITY a 'x'><!ENTITY b '&a;&a;&a;&a;&a;&a;&a;&a;'><!ENTITY c '&b;&b;&b;&b;&b;&b;&b;&b;'>]>",
-    "<!DOCTYPE stream SYSTEM 'file:///etc/passwd'>",
-])
+@pytest.mark.parametrize(
+    "prolog",
+    [
+        "<!DOCTYPE stream [<!ENTITY a 'aaaaaaaaaa'>]>",
+        "<!DOCTYPE stream [<!ENTITY a 'x'><!ENTITY b '&a;&a;&a;&a;&a;&a;&a;&a;'><!ENTITY c '&b;&b;&b;&b;&b;&b;&b;&b;'>]>",
+        "<!DOCTYPE stream SYSTEM 'file:///etc/passwd'>",
+    ],
+)
 async def test_dtd_and_entities_refused_before_the_stream(server, bystander, prolog):
     raw = RawClient()
     await raw.connect(server.port)
-    await raw.send("<?xml version='1.0'?>" + prolog + HEADER[len("<?xml version='1.0'?>"):])
+    await raw.send("<?xml version='1.0'?>" + prolog + HEADER[len("<?xml version='1.0'?>") :])
     text = await raw.closed()
     assert "<restricted-xml xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in text
     assert "root:" not in text and "aaaaaaaaaa" not in text
@@ -120,8 +131,10 @@ async def test_silent_connection_is_closed_after_the_timeout(server, bystander):
 async def test_bad_stream_namespace(server, bystander):
     raw = RawClient()
     await raw.connect(server.port)
-    await raw.send("<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
-                   "xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>")
+    await raw.send(
+        "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
+        "xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>"
+    )
     assert "<invalid-namespace xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in await raw.closed()
     await assert_still_served(bystander, server)
 
@@ -160,12 +173,13 @@ async def test_from_is_stamped_by_the_server(server):
     await b.send("<presence/>")
     await a.send(f"<message to='{receiver}@localhost/b' from='admin@localhost' type='chat'><body>hi</body></message>")
     message = (await b.expect(r"<message[^>]*>.*?</message>")).group(0)
-    assert f"from=\"{sender}@localhost/a\"" in message or f"from='{sender}@localhost/a'" in message
+    assert f'from="{sender}@localhost/a"' in message or f"from='{sender}@localhost/a'" in message
     await a.close()
     await b.close()
 
 
 # ------------------------------------------------------------------ connections per address
+
 
 async def open_idle(server, source: str, count: int) -> list[RawClient]:
     """`count` connections from `source` that never authenticate, a few at a time
@@ -175,6 +189,7 @@ async def open_idle(server, source: str, count: int) -> list[RawClient]:
     async def one():
         async with gate:
             return await RawClient(source=source).connect(server.port)
+
     return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 120)
 
 
@@ -207,7 +222,7 @@ async def test_idle_unauthenticated_sockets_do_not_lock_logins_out(make_xmppd):
     """Issue 13 item 4: 200 idle sockets from one address locked every login from it out.
     Now the oldest unauthenticated connection of the address makes room for a new one."""
     raise_open_file_limit(4096)
-    server = make_xmppd().start()                          # the default limits
+    server = make_xmppd().start()  # the default limits
     user = unique()
     server.adduser(user, "pencil")
     idle = await open_idle(server, "127.0.0.3", 1000)
@@ -216,8 +231,11 @@ async def test_idle_unauthenticated_sockets_do_not_lock_logins_out(make_xmppd):
     # The oldest idle ones (1000 - max_unauthenticated_per_ip, one more for the login from
     # 127.0.0.3) were closed with a stream error.
     texts = await closed_by_the_server(idle, 901)
-    assert all("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in text
-               and "too many unauthenticated connections from your address" in text for text in texts)
+    assert all(
+        "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in text
+        and "too many unauthenticated connections from your address" in text
+        for text in texts
+    )
     assert await server.limit_reached("c2s.max_unauthenticated_per_ip") >= 900
     for raw in (same_address, elsewhere):
         await raw.send("<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
@@ -231,6 +249,7 @@ async def test_sockets_idle_before_the_direct_tls_handshake_are_closed_and_lock_
     TLS_HANDSHAKE_TIMEOUT seconds, and meanwhile takes nobody's place: a login from the
     same address goes through."""
     from xmppd.server import TLS_HANDSHAKE_TIMEOUT
+
     server = make_xmppd(c2s_section="max_unauthenticated_per_ip = 20").start()
     user = unique()
     server.adduser(user, "pencil")
@@ -259,13 +278,15 @@ async def test_300_authenticated_sessions_from_one_address(make_xmppd):
     """Issue 13 item 4: the 101st device behind one NAT address was refused."""
     raise_open_file_limit(4096)
     server = make_xmppd().start()
-    users = create_accounts(server, [unique() for _ in range(30)], "pencil")    # ten devices each
+    users = create_accounts(server, [unique() for _ in range(30)], "pencil")  # ten devices each
     gate = asyncio.Semaphore(20)
 
     async def login(n):
         async with gate:
             return await RawClient(source="127.0.0.7").login(
-                server.port, users[n % 30].split("@")[0], "pencil", resource=f"device{n}")
+                server.port, users[n % 30].split("@")[0], "pencil", resource=f"device{n}"
+            )
+
     sessions = await asyncio.wait_for(asyncio.gather(*(login(n) for n in range(300))), 180)
     assert len({raw.jid for raw in sessions}) == 300
     await assert_still_served(sessions[0], server)
@@ -281,7 +302,7 @@ async def test_configured_session_cap_counts_hibernating_sessions(make_xmppd):
     dropped = await RawClient(source="127.0.0.8").login(server.port, user, "pencil", resource="dropped")
     await dropped.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
     await dropped.expect(r"<enabled[^>]*resume=.true.")
-    dropped.writer.transport.abort()                     # gone without a stream close
+    dropped.writer.transport.abort()  # gone without a stream close
     await server.wait_for_log(f"event=hibernating jid={dropped.jid}")
     refused = RawClient(source="127.0.0.8")
     await refused.secure(server.port)
@@ -298,28 +319,35 @@ async def test_configured_session_cap_counts_hibernating_sessions(make_xmppd):
 def test_the_removed_connection_cap_names_its_replacements(tmp_path):
     path = tmp_path / "old.toml"
     path.write_text("[c2s]\nmax_connections_per_ip = 100\n")
-    result = subprocess.run([sys.executable, "-m", "xmppd.cli", "--config", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "xmppd.cli", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
-    assert ("c2s.max_connections_per_ip: no longer exists; use max_unauthenticated_per_ip, "
-            "max_unauthenticated and max_sessions_per_ip instead") in result.stderr
+    assert (
+        "c2s.max_connections_per_ip: no longer exists; use max_unauthenticated_per_ip, "
+        "max_unauthenticated and max_sessions_per_ip instead"
+    ) in result.stderr
 
 
-@pytest.mark.parametrize("toml,expected", [
-    ("[c2s]\nprot = 5222\n", "c2s.prot: unknown key; did you mean 'port'?"),
-    ("[c2s]\nport = 'x'\n", "c2s.port: must be int"),
-    ("[c2s]\nport = 70000\n", "c2s.port: must be a port number"),
-    ("[serverr]\n", "serverr: unknown section; did you mean 'server'?"),
-    ("[storage]\ndefault = 'nosuch'\n", "storage.nosuch: unknown storage backend"),
-    ("[[hosts]]\ndomain = 'a'\n[[hosts]]\ndomain = 'a'\n", "hosts: a domain appears twice"),
-    ("[c2s\n", "not valid TOML"),
-    ("[extensions.muc]\ndomain = 'not a domain'\n", "extensions.muc.domain: must be a domain name"),
-    ("[extensions.upload]\ndomain = 'upload.{nope}'\n", "extensions.upload.domain: must be a domain name"),
-])
+@pytest.mark.parametrize(
+    "toml,expected",
+    [
+        ("[c2s]\nprot = 5222\n", "c2s.prot: unknown key; did you mean 'port'?"),
+        ("[c2s]\nport = 'x'\n", "c2s.port: must be int"),
+        ("[c2s]\nport = 70000\n", "c2s.port: must be a port number"),
+        ("[serverr]\n", "serverr: unknown section; did you mean 'server'?"),
+        ("[storage]\ndefault = 'nosuch'\n", "storage.nosuch: unknown storage backend"),
+        ("[[hosts]]\ndomain = 'a'\n[[hosts]]\ndomain = 'a'\n", "hosts: a domain appears twice"),
+        ("[c2s\n", "not valid TOML"),
+        ("[extensions.muc]\ndomain = 'not a domain'\n", "extensions.muc.domain: must be a domain name"),
+        ("[extensions.upload]\ndomain = 'upload.{nope}'\n", "extensions.upload.domain: must be a domain name"),
+    ],
+)
 def test_bad_config_stops_start_up_naming_the_key(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"
     path.write_text(toml)
-    result = subprocess.run([sys.executable, "-m", "xmppd.cli", "--config", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "xmppd.cli", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert str(path) in result.stderr and expected in result.stderr

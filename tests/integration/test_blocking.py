@@ -1,11 +1,22 @@
 """End to end: XEP-0191 blocking: the list and its pushes, and blocked contacts kept out
 both ways (messages, iqs, presence), on a real xmppd."""
+
 import pytest
 from lxml import etree
 
 from tests.support.inbox import IQ, PRESENCE, presence
-from tests.support.messaging import (BODY, archive, bare, bodies, connect, error_to, round_trip,
-                                     send, subscribe_both, with_id)
+from tests.support.messaging import (
+    BODY,
+    archive,
+    bare,
+    bodies,
+    connect,
+    error_to,
+    round_trip,
+    send,
+    subscribe_both,
+    with_id,
+)
 from tests.support.muc import error_of, new_account
 from tests.support.server import XmppdProcess
 from xmppd.client import DEFAULT_PLUGINS, Client
@@ -17,8 +28,11 @@ MAX_ITEMS = 5
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("blocking"), f"[extensions.blocking]\nmax_items = {MAX_ITEMS}\n",
-                           server_section="graceful_shutdown_timeout = 1").start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("blocking"),
+        f"[extensions.blocking]\nmax_items = {MAX_ITEMS}\n",
+        server_section="graceful_shutdown_timeout = 1",
+    ).start()
     yield process
     process.stop()
 
@@ -42,23 +56,31 @@ async def blocklist(user) -> list[str]:
 
 def push(verb: str, *jids):
     """A predicate: a block list push of `verb` with exactly these items."""
+
     def match(stanza):
         element = stanza.find(f"{{{NS_BLOCKING}}}{verb}")
-        return (stanza.tag == IQ and stanza.get("type") == "set" and element is not None
-                and [item.get("jid") for item in element] == list(jids))
+        return (
+            stanza.tag == IQ
+            and stanza.get("type") == "set"
+            and element is not None
+            and [item.get("jid") for item in element] == list(jids)
+        )
+
     return match
 
 
 def blocked_error(stanza) -> bool:
-    return (error_of(stanza) == ("cancel", "not-acceptable")
-            and stanza.find(f"{{jabber:client}}error/{{{NS_BLOCKING_ERRORS}}}blocked") is not None)
+    return (
+        error_of(stanza) == ("cancel", "not-acceptable")
+        and stanza.find(f"{{jabber:client}}error/{{{NS_BLOCKING_ERRORS}}}blocked") is not None
+    )
 
 
 async def test_block_list_pushes_and_persistence(server):
     alice, bob, carol = [await new_account(server) for _ in range(3)]
     a1 = await connect(server, alice, "a1")
     a2 = await connect(server, alice, "a2")
-    quiet = await connect(server, alice, "quiet")          # never asks for the list: no pushes
+    quiet = await connect(server, alice, "quiet")  # never asks for the list: no pushes
     assert await blocklist(a1) == [] and await blocklist(a2) == []
 
     assert (await block(a1, bob, carol)).get("type") == "result"
@@ -68,11 +90,11 @@ async def test_block_list_pushes_and_persistence(server):
     assert (await unblock(a2, carol)).get("type") == "result"
     for user in (a1, a2):
         await user.inbox.wait(push("unblock", carol))
-    assert (await unblock(a1, "nobody@localhost")).get("type") == "result"   # not listed: nothing to do
+    assert (await unblock(a1, "nobody@localhost")).get("type") == "result"  # not listed: nothing to do
 
-    a3 = await connect(server, alice, "a3")                  # a new session finds the list stored
+    a3 = await connect(server, alice, "a3")  # a new session finds the list stored
     assert await blocklist(a3) == [bob]
-    assert (await unblock(a3)).get("type") == "result"       # unblock all
+    assert (await unblock(a3)).get("type") == "result"  # unblock all
     for user in (a1, a2, a3):
         await user.inbox.wait(push("unblock"))
     assert await blocklist(a1) == []
@@ -99,30 +121,43 @@ async def test_blocked_contact_is_kept_out_both_ways(server):
     msg = send(a, bob, body="go away")
     assert blocked_error(await a.inbox.wait(error_to(msg)))
     assert blocked_error(await a.iq("get", b.jid, "<ping xmlns='urn:xmpp:ping'/>"))
-    assert blocked_error(await a.inbox.wait(error_to(
-        send(a, f"{bob}/b", body="to his resource"))))
+    assert blocked_error(await a.inbox.wait(error_to(send(a, f"{bob}/b", body="to his resource"))))
 
     # Presence is not exchanged: broadcasts either way, probes unanswered.
     await a.send("<presence><show>away</show></presence>")
     await b.send("<presence><show>dnd</show></presence>")
-    b2 = await connect(server, bob, "b2")                    # its initial presence probes alice
+    b2 = await connect(server, bob, "b2")  # its initial presence probes alice
     await round_trip(a)
     await round_trip(b)
     await round_trip(b2)
-    assert not a.inbox.received(lambda s: s.tag == PRESENCE and bare(s.get("from", "")) == bob
-                                and s.get("type") is None and s.findtext("{jabber:client}show") == "dnd")
+    assert not a.inbox.received(
+        lambda s: (
+            s.tag == PRESENCE
+            and bare(s.get("from", "")) == bob
+            and s.get("type") is None
+            and s.findtext("{jabber:client}show") == "dnd"
+        )
+    )
     for user in (b, b2):
-        assert not user.inbox.received(lambda s: s.tag == PRESENCE and bare(s.get("from", "")) == alice
-                                       and s.get("type") != "unavailable" and s.findtext("{jabber:client}show") == "away")
+        assert not user.inbox.received(
+            lambda s: (
+                s.tag == PRESENCE
+                and bare(s.get("from", "")) == alice
+                and s.get("type") != "unavailable"
+                and s.findtext("{jabber:client}show") == "away"
+            )
+        )
     assert not a.inbox.received(lambda s: s.findtext(BODY) == "let me in")
     assert "let me in" not in bodies((await archive(a))[0])
 
     # Unblocking: presence both ways again (hers sent, his probed), messages flow.
     await unblock(a, bob)
-    await b.inbox.wait(lambda s: s.tag == PRESENCE and s.get("from") == a.jid
-                       and s.findtext("{jabber:client}show") == "away")
-    await a.inbox.wait(lambda s: s.tag == PRESENCE and s.get("from") == b.jid
-                       and s.findtext("{jabber:client}show") == "dnd")
+    await b.inbox.wait(
+        lambda s: s.tag == PRESENCE and s.get("from") == a.jid and s.findtext("{jabber:client}show") == "away"
+    )
+    await a.inbox.wait(
+        lambda s: s.tag == PRESENCE and s.get("from") == b.jid and s.findtext("{jabber:client}show") == "dnd"
+    )
     msg = send(b, alice, body="friends again")
     await a.inbox.wait(with_id(msg))
     for user in (a, b, b2):
@@ -136,7 +171,7 @@ async def test_blocking_in_both_directions(server):
     await block(b, alice)
     assert blocked_error(await a.inbox.wait(error_to(send(a, bob, body="x"))))
     assert blocked_error(await b.inbox.wait(error_to(send(b, alice, body="y"))))
-    await unblock(a, bob)                      # bob still blocks alice: she reaches nobody
+    await unblock(a, bob)  # bob still blocks alice: she reaches nobody
     assert error_of(await a.inbox.wait(error_to(send(a, bob, body="z")))) == ("cancel", "service-unavailable")
     await unblock(b, alice)
     msg = send(a, bob, body="hello again")
@@ -150,7 +185,7 @@ async def test_domain_and_full_jid_entries(server):
     a = await connect(server, alice, "a")
     b_work, b_home = await connect(server, bob, "work"), await connect(server, bob, "home")
     await block(a, f"{bob}/work", "conference.localhost")
-    assert blocked_error(await a.inbox.wait(error_to(send(a, "room@conference.localhost", body="hi"))))   # a subdomain
+    assert blocked_error(await a.inbox.wait(error_to(send(a, "room@conference.localhost", body="hi"))))  # a subdomain
     blocked = send(b_work, a.jid, body="from work")
     assert error_of(await b_work.inbox.wait(error_to(blocked))) == ("cancel", "service-unavailable")
     allowed = send(b_home, a.jid, body="from home")
@@ -159,20 +194,25 @@ async def test_domain_and_full_jid_entries(server):
         await user.logout()
 
 
-@pytest.mark.parametrize("payload,expected", [
-    (f"<block xmlns='{NS_BLOCKING}'/>", ("modify", "bad-request")),                      # section 3.3
-    (f"<block xmlns='{NS_BLOCKING}'><item/></block>", ("modify", "bad-request")),
-    (f"<block xmlns='{NS_BLOCKING}'><item jid='@@'/></block>", ("modify", "jid-malformed")),
-    (f"<block xmlns='{NS_BLOCKING}'><item jid='localhost'/></block>", ("modify", "not-acceptable")),
-    (f"<block xmlns='{NS_BLOCKING}'>" + items(f"u{n}@example.org" for n in range(MAX_ITEMS + 1)) + "</block>",
-     ("cancel", "not-allowed")),
-])
+@pytest.mark.parametrize(
+    "payload,expected",
+    [
+        (f"<block xmlns='{NS_BLOCKING}'/>", ("modify", "bad-request")),  # section 3.3
+        (f"<block xmlns='{NS_BLOCKING}'><item/></block>", ("modify", "bad-request")),
+        (f"<block xmlns='{NS_BLOCKING}'><item jid='@@'/></block>", ("modify", "jid-malformed")),
+        (f"<block xmlns='{NS_BLOCKING}'><item jid='localhost'/></block>", ("modify", "not-acceptable")),
+        (
+            f"<block xmlns='{NS_BLOCKING}'>" + items(f"u{n}@example.org" for n in range(MAX_ITEMS + 1)) + "</block>",
+            ("cancel", "not-allowed"),
+        ),
+    ],
+)
 async def test_bad_requests(server, payload, expected):
     alice = await new_account(server)
     a = await connect(server, alice, "a")
     assert (await block(a, "kept@example.org")).get("type") == "result"
     assert error_of(await a.iq("set", alice, payload)) == expected
-    assert await blocklist(a) == ["kept@example.org"]        # nothing lost
+    assert await blocklist(a) == ["kept@example.org"]  # nothing lost
     assert error_of(await block(a, alice)) == ("modify", "not-acceptable")
     await a.logout()
 

@@ -13,6 +13,7 @@ unauthenticated timeout, login throttles, admission per address, system-shutdown
 "bosh" listener label); plain HTTP is refused; CORS answers pages of allowed origins
 only; host-meta lists the URL; an empty path turns it off.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,7 +62,7 @@ async def test_session_creation_answer(server):
         assert answer.get("inactivity") and answer.get("polling") and answer.get("maxpause") and answer.get("ver")
         assert answer.get(f"{{{NS_XBOSH}}}version") == "1.0"
         features = answer.find(f"{{{NS_STREAMS}}}features")
-        if features is None:                   # XEP-0206: in a later answer, then
+        if features is None:  # XEP-0206: in a later answer, then
             features = etree.fromstring((await client.expect(r"<stream:features.*?</stream:features>")).group(0))
         mechanisms = [m.text for m in features.iter(f"{{{NS_SASL}}}mechanism")]
         assert "SCRAM-SHA-256" in mechanisms and not any(m.endswith("-PLUS") for m in mechanisms)
@@ -77,7 +78,9 @@ async def test_login_with_scram_and_chat_with_a_tcp_client_both_ways(server):
     tcp, inbox = await online(server, tcp_user)
     try:
         assert web.jid == f"{web_user}/web"
-        await web.send(f"<message xmlns='jabber:client' to='{tcp_user}' type='chat' id='b1'><body>from bosh</body></message>")
+        await web.send(
+            f"<message xmlns='jabber:client' to='{tcp_user}' type='chat' id='b1'><body>from bosh</body></message>"
+        )
         received = await inbox.wait(lambda s: s.tag == MESSAGE and s.get("id") == "b1")
         assert received.findtext("{jabber:client}body") == "from bosh" and received.get("from") == web.jid
 
@@ -114,7 +117,7 @@ async def test_a_repeated_rid_gets_the_same_answer(server):
         text = client.body(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGJhZABiYWQ=</auth>", rid)
         client.rid = rid
         first = await client.post(text)
-        again = await client.post(text)         # as after a broken connection (section 14.3)
+        again = await client.post(text)  # as after a broken connection (section 14.3)
         assert first[0] == again[0] == 200 and first[1] == again[1]
         assert b"<failure" in first[1]
     finally:
@@ -127,7 +130,7 @@ async def test_a_rid_past_the_window_ends_the_session_with_item_not_found(server
         await client.connect_to(url(server))
         status, content, _ = await client.post(client.body(rid=client.rid + 10))
         assert status == 200 and condition(etree.fromstring(content)) == ("terminate", "item-not-found")
-        status, content, _ = await client.post(client.body(rid=client.rid + 1))     # the session is gone
+        status, content, _ = await client.post(client.body(rid=client.rid + 1))  # the session is gone
         assert condition(etree.fromstring(content)) == ("terminate", "item-not-found")
     finally:
         await client.close()
@@ -144,11 +147,14 @@ async def test_an_unknown_sid_gets_item_not_found(server):
         await client.close()
 
 
-@pytest.mark.parametrize("text", [
-    "<body xmlns='{ns}' rid='{rid}' sid='{sid}'><message xmlns='jabber:client'>",
-    "<body xmlns='{ns}' rid='{rid}' sid='{sid}'>text</body>",
-    "<body xmlns='{ns}' rid='{rid}' sid='{sid}'><!DOCTYPE x></body>",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<body xmlns='{ns}' rid='{rid}' sid='{sid}'><message xmlns='jabber:client'>",
+        "<body xmlns='{ns}' rid='{rid}' sid='{sid}'>text</body>",
+        "<body xmlns='{ns}' rid='{rid}' sid='{sid}'><!DOCTYPE x></body>",
+    ],
+)
 async def test_a_bad_body_ends_the_session_with_bad_request(server, text):
     client = BoshClient(server.domain)
     try:
@@ -181,15 +187,19 @@ async def test_terminate_ends_the_session_and_directed_presence_gets_unavailable
 async def test_cors_for_allowed_origins_only(server):
     own = f"https://localhost:{server.https_port}"
     async with aiohttp.ClientSession() as session:
-        headers = {"Origin": own, "Access-Control-Request-Method": "POST",
-                   "Access-Control-Request-Headers": "content-type"}
+        headers = {
+            "Origin": own,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        }
         async with session.options(url(server), headers=headers, ssl=client_context()) as response:
             assert response.status == 200
             assert response.headers["Access-Control-Allow-Origin"] == own
             assert "POST" in response.headers["Access-Control-Allow-Methods"]
             assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
-        async with session.options(url(server), headers={**headers, "Origin": "https://elsewhere.example"},
-                                   ssl=client_context()) as response:
+        async with session.options(
+            url(server), headers={**headers, "Origin": "https://elsewhere.example"}, ssl=client_context()
+        ) as response:
             assert response.status == 403 and "Access-Control-Allow-Origin" not in response.headers
     client = BoshClient(server.domain)
     try:
@@ -222,8 +232,9 @@ async def test_host_meta_lists_the_bosh_url(server):
     endpoint = f"https://localhost:{server.https_port}/http-bind"
     assert links["urn:xmpp:alt-connections:xbosh"] == endpoint
     ns = "{http://docs.oasis-open.org/ns/xri/xrd-1.0}"
-    assert ("urn:xmpp:alt-connections:xbosh", endpoint) in [(link.get("rel"), link.get("href"))
-                                                           for link in xrd.iter(f"{ns}Link")]
+    assert ("urn:xmpp:alt-connections:xbosh", endpoint) in [
+        (link.get("rel"), link.get("href")) for link in xrd.iter(f"{ns}Link")
+    ]
 
 
 async def test_sessions_counted_under_the_bosh_listener(server):
@@ -250,11 +261,13 @@ async def test_an_inactive_session_is_dropped(make_xmppd):
 
 async def terminated(client: BoshClient, timeout: float = 20.0) -> etree._Element:
     """The terminate answer that ends the session, while the poller runs."""
+
     async def wait():
         while client.terminated is None:
             client._arrived.clear()
             await client._arrived.wait()
         return client.terminated
+
     return await asyncio.wait_for(wait(), timeout)
 
 
@@ -263,8 +276,9 @@ async def test_a_body_over_the_stanza_limit_is_a_policy_violation(server):
     try:
         await client.connect_to(url(server))
         padding = "x" * 300_000
-        status, content, _ = await client.post(client.body(f"<message xmlns='jabber:client'><body>{padding}</body></message>",
-                                                           client.rid + 1))
+        status, content, _ = await client.post(
+            client.body(f"<message xmlns='jabber:client'><body>{padding}</body></message>", client.rid + 1)
+        )
         assert status == 200 and condition(etree.fromstring(content)) == ("terminate", "policy-violation")
     finally:
         await client.close()
@@ -291,7 +305,7 @@ async def test_polling_too_often_is_a_policy_violation(server):
     try:
         answer = await client.connect_to(url(server), hold=0)
         assert answer.get("hold") == "0" and int(answer.get("polling")) > 0
-        for _ in range(5):                     # empty polls, back to back
+        for _ in range(5):  # empty polls, back to back
             answer = await client.request()
             if answer.get("type") == "terminate":
                 break
@@ -389,7 +403,7 @@ async def test_admission_per_address_holds_for_bosh_sessions(make_xmppd):
 
 
 async def test_an_empty_path_turns_bosh_off(make_xmppd):
-    server = make_xmppd(extra_config="[bosh]\npath = \"\"\n").start()
+    server = make_xmppd(extra_config='[bosh]\npath = ""\n').start()
     async with aiohttp.ClientSession() as session:
         async with session.post(url(server), data=b"<body/>", ssl=client_context()) as response:
             assert response.status == 404

@@ -4,6 +4,7 @@ tests/support/strophe) connecting over BOSH (XEP-0206) with the browser's own HT
 requests: the CORS preflight and answers of [bosh] allowed_origins, SCRAM, restart,
 bind, long polling. The page chats with a slixmpp TCP client both ways and reports, by
 POSTs to the test, what happened. No driver: the page reports by itself."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ from tests.support.foreign_clients import strophe_modules
 from tests.support.inbox import MESSAGE, online
 from tests.support.server import XmppdProcess, free_port
 
-TIMEOUT = 60.0                        # a cold Chromium on a loaded machine
+TIMEOUT = 60.0  # a cold Chromium on a loaded machine
 
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>xmppd BOSH</title><script src="/strophe.js"></script></head>
@@ -60,10 +61,13 @@ def page_port():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, page_port):
-    process = XmppdProcess(tmp_path_factory.mktemp("bosh-browser"), extra_config=f"""
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("bosh-browser"),
+        extra_config=f"""
         [bosh]
         allowed_origins = ["http://127.0.0.1:{page_port}"]
-        """).start()
+        """,
+    ).start()
     yield process
     process.stop()
 
@@ -98,9 +102,17 @@ async def test_strophe_in_a_browser_chats_with_a_tcp_client_both_ways(chromium, 
     await web.TCPSite(runner, "127.0.0.1", page_port).start()
     tcp, inbox = await online(server, tcp_jid)
     browser = await asyncio.create_subprocess_exec(
-        chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--ignore-certificate-errors", f"--user-data-dir={tmp_path / 'profile'}", f"http://127.0.0.1:{page_port}/",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        chromium,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--ignore-certificate-errors",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"http://127.0.0.1:{page_port}/",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         online_event = await next_event("online")
         web_full = online_event["jid"]

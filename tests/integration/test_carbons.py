@@ -1,10 +1,23 @@
 """End to end: XEP-0280 message carbons, with <private/> and the XEP-0334 <no-copy/> hint."""
+
 import asyncio
 
 import pytest
 
-from tests.support.messaging import (BODY, NS_CARBONS, NS_HINTS, carbon, carbons_of, connect, error_to,
-                                     forwarded, round_trip, send, stanza_id, with_id)
+from tests.support.messaging import (
+    BODY,
+    NS_CARBONS,
+    NS_HINTS,
+    carbon,
+    carbons_of,
+    connect,
+    error_to,
+    forwarded,
+    round_trip,
+    send,
+    stanza_id,
+    with_id,
+)
 from tests.support.muc import codes, create_room, new_account, new_user
 from tests.support.server import XmppdProcess
 from xmppd.client import DEFAULT_PLUGINS, Client
@@ -83,7 +96,7 @@ async def test_private_and_no_copy_messages_are_not_copied(server):
     b2 = await connect(server, bob, "b2", carbons=True)
     private = send(a1, bob, f"<private xmlns='{NS_CARBONS}'/>", body="just for b1")
     delivered = await b1.inbox.wait(with_id(private))
-    assert delivered.find(f"{{{NS_CARBONS}}}private") is None     # XEP-0280 7: removed on delivery
+    assert delivered.find(f"{{{NS_CARBONS}}}private") is None  # XEP-0280 7: removed on delivery
     no_copy = send(a1, bob, f"<no-copy xmlns='{NS_HINTS}'/>", body="no copies")
     await b1.inbox.wait(with_id(no_copy))
     copied = send(a1, bob, body="copied")
@@ -108,17 +121,20 @@ async def test_a_message_to_another_own_resource_is_copied_once(server):
 
 
 # XEP-0280 section 6.1, the rules that 'urn:xmpp:carbons:rules:0' stands for.
-@pytest.mark.parametrize("type_,payload,copied", [
-    ("chat", f"<active xmlns='{NS_CHATSTATES}'/>", True),                 # XEP-0280 9.2: on purpose
-    ("normal", "<body>a note</body>", True),
-    ("normal", f"<composing xmlns='{NS_CHATSTATES}'/>", True),            # XEP-0085 payload
-    ("normal", "<received xmlns='urn:xmpp:receipts' id='r1'/>", True),    # XEP-0184 payload
-    ("normal", "<displayed xmlns='urn:xmpp:chat-markers:0' id='r1'/>", True),
-    ("normal", "<x xmlns='jabber:x:conference' jid='room@conference.localhost'/>", True),   # XEP-0249
-    ("normal", "<subject>no body</subject>", False),
-    ("headline", "<body>news</body>", False),
-    ("chat", f"<x xmlns='{NS_MUC_USER}'/>", True),                        # an outgoing MUC private message
-])
+@pytest.mark.parametrize(
+    "type_,payload,copied",
+    [
+        ("chat", f"<active xmlns='{NS_CHATSTATES}'/>", True),  # XEP-0280 9.2: on purpose
+        ("normal", "<body>a note</body>", True),
+        ("normal", f"<composing xmlns='{NS_CHATSTATES}'/>", True),  # XEP-0085 payload
+        ("normal", "<received xmlns='urn:xmpp:receipts' id='r1'/>", True),  # XEP-0184 payload
+        ("normal", "<displayed xmlns='urn:xmpp:chat-markers:0' id='r1'/>", True),
+        ("normal", "<x xmlns='jabber:x:conference' jid='room@conference.localhost'/>", True),  # XEP-0249
+        ("normal", "<subject>no body</subject>", False),
+        ("headline", "<body>news</body>", False),
+        ("chat", f"<x xmlns='{NS_MUC_USER}'/>", True),  # an outgoing MUC private message
+    ],
+)
 async def test_which_messages_are_copied(server, type_, payload, copied):
     alice, bob = await new_account(server), await new_account(server)
     a1 = await connect(server, alice, "a1")
@@ -139,7 +155,7 @@ async def test_offline_message_is_copied_to_a_negative_priority_resource(server)
     msg = send(a, bob, body="while you were out")
     assert forwarded(await lurker.inbox.wait(carbon("received", msg))).findtext(BODY) == "while you were out"
     await round_trip(a)
-    assert not a.inbox.received(error_to(msg))                            # stored offline, not refused
+    assert not a.inbox.received(error_to(msg))  # stored offline, not refused
     back = await connect(server, bob, "back")
     assert (await back.inbox.wait(with_id(msg))).findtext(BODY) == "while you were out"
     for user in (a, lurker, back):
@@ -169,7 +185,9 @@ async def test_a_mediated_invitation_from_a_room_is_copied(server):
     main = await connect(server, alice, "main", priority=5)
     other = await connect(server, alice, "other", priority=1, carbons=True)
     send(owner, room, f"<x xmlns='{NS_MUC_USER}'><invite to='{alice}'/></x>", type_="normal")
-    invitation = await main.inbox.wait(lambda s: s.get("from") == room and s.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite") is not None)
+    invitation = await main.inbox.wait(
+        lambda s: s.get("from") == room and s.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite") is not None
+    )
     copy = await other.inbox.wait(carbon("received", invitation.get("id")))
     assert forwarded(copy).find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite") is not None
     for user in (owner, main, other):

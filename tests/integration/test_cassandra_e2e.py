@@ -3,6 +3,7 @@
 start-up: login, roster subscriptions, offline messages, the users' archive and a
 room's archive with paging, and a persistent room across a restart. What the server
 says is checked, and so is what it left in Cassandra."""
+
 import asyncio
 
 import pytest
@@ -24,8 +25,9 @@ SCHEMA_TIMEOUT = 120.0
 @pytest.fixture(scope="module")
 def server(cassandra, tmp_path_factory):
     keyspace = new_keyspace("e2e")
-    process = XmppdProcess(tmp_path_factory.mktemp("cassandra-e2e"), xmppd_storage_config(keyspace),
-                           server_section=QUICK_STOP)
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("cassandra-e2e"), xmppd_storage_config(keyspace), server_section=QUICK_STOP
+    )
     process.keyspace = keyspace
     # The first start creates the keyspace and its tables: seconds of schema changes.
     yield process.start(timeout=SCHEMA_TIMEOUT)
@@ -85,9 +87,11 @@ async def test_cassandra_offline_messages_are_delivered_in_order(users, login, s
     b = await login(bob)
     received = [await b.inbox.wait(message(from_=a.jid, body=body)) for body in said]
     assert all(m.find(f"{{{NS_DELAY}}}delay") is not None for m in received)
-    async def emptied():                        # the delivered messages are deleted after they went out
+
+    async def emptied():  # the delivered messages are deleted after they went out
         while await stored.archive("offline").count(bob):
             await asyncio.sleep(0.05)
+
     await asyncio.wait_for(emptied(), 10)
 
 

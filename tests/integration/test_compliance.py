@@ -2,6 +2,7 @@
 the XEPs' own tests: the server's XEP-0115 caps in the stream features (section 6.3),
 whose 'ver' is the hash of its disco#info; the XEP-0280 'urn:xmpp:carbons:rules:0'
 feature; XEP-0157 contact addresses in the server's disco#info."""
+
 import re
 
 import pytest
@@ -15,11 +16,14 @@ CAPS = re.compile(r"<c xmlns=['\"]http://jabber.org/protocol/caps['\"]([^>]*)/>"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("compliance"), extra_config="""
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("compliance"),
+        extra_config="""
         [extensions.contact_info]
         abuse = ["mailto:abuse@localhost", "xmpp:abuse@localhost"]
         admin = ["xmpp:admin@localhost"]
-        """).start()
+        """,
+    ).start()
     yield process
     process.stop()
 
@@ -59,7 +63,7 @@ async def test_stream_features_carry_the_servers_caps_hashed_from_its_disco_info
     caps = before
     assert caps["hash"] == "sha-1" and caps["node"] and caps["ver"]
 
-    jid, = users(1)
+    (jid,) = users(1)
     client = Client(jid, "secret", verify_tls=False)
     await client.login("127.0.0.1", server.port)
     try:
@@ -80,7 +84,7 @@ async def test_stream_features_carry_the_servers_caps_hashed_from_its_disco_info
 
 
 async def test_contact_addresses_and_carbons_rules_in_the_servers_disco(server, users):
-    jid, = users(1)
+    (jid,) = users(1)
     client = Client(jid, "secret", verify_tls=False)
     await client.login("127.0.0.1", server.port)
     try:
@@ -97,11 +101,15 @@ async def test_contact_addresses_and_carbons_rules_in_the_servers_disco(server, 
 async def test_the_example_configs_contact_addresses_reach_the_servers_disco(tmp_path):
     """conf/xmppd.toml as deployed, with its [extensions.contact_info] block switched on
     the way its comment shows."""
+
     def with_contacts(text: str) -> str:
         block = "#[extensions.contact_info]\n#abuse = []\n#admin = []\n"
         assert block in text
-        return text.replace(block, "[extensions.contact_info]\nabuse = [\"mailto:abuse@example.org\"]\n"
-                                   "admin = [\"xmpp:admin@example.org\"]\n")
+        return text.replace(
+            block,
+            '[extensions.contact_info]\nabuse = ["mailto:abuse@example.org"]\nadmin = ["xmpp:admin@example.org"]\n',
+        )
+
     process = XmppdProcess(tmp_path).use_example_config(with_contacts)
     process.start()
     try:

@@ -3,6 +3,7 @@ bot gets its domain's messages and answers them; raw component streams check the
 handshake (wrong secret, unknown domain, a second connection), the 'from' check and the
 stanza size limit; the domain is in the host's disco#items; and while the component is
 gone an iq to it bounces."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,13 +27,17 @@ STREAM_ERROR = r"<stream:error><{condition} xmlns=.urn:ietf:params:xml:ns:xmpp-s
 
 def with_component(directory) -> XmppdProcess:
     port = free_port()
-    process = XmppdProcess(directory, f"""
+    process = XmppdProcess(
+        directory,
+        f"""
         [components]
         port = {port}
         max_stanza_bytes = {MAX_STANZA}
         [components.secrets]
         "{DOMAIN}" = "{SECRET}"
-        """, server_section="graceful_shutdown_timeout = 2")
+        """,
+        server_section="graceful_shutdown_timeout = 2",
+    )
     process.component_port = port
     return process.start()
 
@@ -62,8 +67,9 @@ async def raw_component(server, domain: str = DOMAIN, secret: str = SECRET) -> R
     """A component stream for `domain` that sent its handshake for `secret`."""
     raw = RawClient(domain)
     await raw.connect(server.component_port)
-    await raw.send(f"<stream:stream xmlns='jabber:component:accept' "
-                   f"xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>")
+    await raw.send(
+        f"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+    )
     header = (await raw.expect(r"<stream:stream [^>]*>")).group(0)
     assert "jabber:component:accept" in header
     stream_id = re.search(r"""\bid=['"]([^'"]+)""", header).group(1)
@@ -91,11 +97,14 @@ async def test_wrong_secret_is_not_authorized(server):
     assert "<handshake/>" not in closed
 
 
-@pytest.mark.parametrize("namespace,domain,condition", [
-    ("jabber:component:accept", "elsewhere.localhost", "host-unknown"),
-    ("jabber:client", DOMAIN, "invalid-namespace"),           # XEP-0114 section 3
-    ("jabber:component:accept", None, "improper-addressing"),
-])
+@pytest.mark.parametrize(
+    "namespace,domain,condition",
+    [
+        ("jabber:component:accept", "elsewhere.localhost", "host-unknown"),
+        ("jabber:client", DOMAIN, "invalid-namespace"),  # XEP-0114 section 3
+        ("jabber:component:accept", None, "improper-addressing"),
+    ],
+)
 async def test_stream_header_errors(server, namespace, domain, condition):
     raw = RawClient(domain)
     await raw.connect(server.component_port)
@@ -125,7 +134,7 @@ async def test_spoofed_from_is_invalid_from(server, connect):
     await raw.send(f"<message from='admin@localhost' to='{client.boundjid}' type='chat'><body>spoof</body></message>")
     closed = await raw.closed()
     assert re.search(STREAM_ERROR.format(condition="invalid-from"), closed), closed
-    client.send_message(mto=str(client.boundjid), mbody="sync", mtype="chat")   # everything before it arrived
+    client.send_message(mto=str(client.boundjid), mbody="sync", mtype="chat")  # everything before it arrived
     await inbox.wait(message(body="sync"))
     assert not inbox.received(message(body="spoof"))
 
@@ -138,11 +147,17 @@ async def test_stanza_without_to_is_improper_addressing(server):
     assert re.search(STREAM_ERROR.format(condition="improper-addressing"), closed), closed
 
 
-@pytest.mark.parametrize("data,condition", [
-    (f"<message from='bot@{DOMAIN}' to='nobody@localhost'><body>{'x' * MAX_STANZA}</body></message>", "policy-violation"),
-    ("<!-- a comment -->", "restricted-xml"),                                  # RFC 6120 11.1
-    (f"<message from='bot@{DOMAIN}' to='nobody@localhost'><body></message>", "not-well-formed"),
-])
+@pytest.mark.parametrize(
+    "data,condition",
+    [
+        (
+            f"<message from='bot@{DOMAIN}' to='nobody@localhost'><body>{'x' * MAX_STANZA}</body></message>",
+            "policy-violation",
+        ),
+        ("<!-- a comment -->", "restricted-xml"),  # RFC 6120 11.1
+        (f"<message from='bot@{DOMAIN}' to='nobody@localhost'><body></message>", "not-well-formed"),
+    ],
+)
 async def test_bad_input_closes_the_stream_as_on_a_client_stream(server, data, condition):
     raw = await raw_component(server)
     await raw.expect("<handshake/>")

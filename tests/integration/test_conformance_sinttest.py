@@ -42,6 +42,7 @@ the collector of an immediate re-join). A test that fails is run again on its ow
 most twice (with Smack's stanza trace, kept in the test's directory with xmppd's log),
 and counts as passed if it passes then; one that fails three times fails the test.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -120,11 +121,11 @@ CONFORMANCE_SET = (
     "ReadOnlyDeviceIntegrationTest",
     "SessionRenegotiationIntegrationTest",
 )
-MINIMUM_TESTS = 97          # the set held 99 tests with sinttest 4.5.0-beta5
+MINIMUM_TESTS = 97  # the set held 99 tests with sinttest 4.5.0-beta5
 EXPECTED_IMPOSSIBLE = {"MultiUserChatOccupantIntegrationTest.mucJoinRoomWithPublicLoggingTest"}
 
 
-RETRIES = 2                 # runs again of the tests that failed, each alone
+RETRIES = 2  # runs again of the tests that failed, each alone
 
 
 def still_failing(run, retries) -> set[str]:
@@ -169,7 +170,8 @@ def test_sinttest_conformance_set_passes(sinttest_runs):
         f"failed: {sorted(failed)}; impossible: {sorted(impossible)}\n{run.report()}\n"
         + "\n".join(retry.report() for retry in retries)
         + f"\n--- tail of sinttest's output ---\n{run.output[-4000:]}"
-        f"\n--- tail of xmppd's log ---\n{server.log[-6000:]}")
+        f"\n--- tail of xmppd's log ---\n{server.log[-6000:]}"
+    )
     assert len(run.by_status(PASSED)) + len(run.by_status(FAILED)) >= MINIMUM_TESTS, run.report()
     classes = {name.split(".", 1)[0] for name in CONFORMANCE_SET}
     ran = {name.split(".", 1)[0] for name in run.tests}

@@ -7,6 +7,7 @@ have been routed to the inactive client's session), then the inactive client ask
 XEP-0198 ack: the <a/> is written past the CSI filter, so anything not held would have
 been written before it.
 """
+
 import re
 
 import pytest
@@ -21,8 +22,9 @@ NS_CSI = "urn:xmpp:csi:0"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("csi"), "[extensions.csi]\nmax_held = 5\n",
-                           c2s_section="auth_failure_delay = 0").start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("csi"), "[extensions.csi]\nmax_held = 5\n", c2s_section="auth_failure_delay = 0"
+    ).start()
     process.accounts = AccountPool(process)
     yield process
     process.stop()
@@ -46,7 +48,7 @@ async def written_so_far(client: RawClient) -> str:
     """Everything the server wrote to `client` before it answered an <r/>."""
     await client.send(f"<r xmlns='{NS_SM}'/>")
     match = await client.expect(r"<a [^>]*/>")
-    return match.string[:match.start()]
+    return match.string[: match.start()]
 
 
 def presence(to, status):
@@ -72,8 +74,8 @@ async def test_presence_and_chat_states_held_until_a_message_flushes_them(server
 
     await send_message(contact, to, "wake up")
     flushed = await inactive.expect(r"<body>wake up</body>")
-    before = flushed.string[:flushed.end()]
-    assert "first status" not in before                        # replaced by the newer presence
+    before = flushed.string[: flushed.end()]
+    assert "first status" not in before  # replaced by the newer presence
     assert before.index("newest status") < before.index("composing") < before.index("wake up")
     await inactive.close()
     await contact.close()
@@ -86,7 +88,7 @@ async def test_active_flushes_what_was_held(server):
     assert "chatstates" not in await written_so_far(inactive)
     await inactive.send(f"<active xmlns='{NS_CSI}'/>")
     flushed = await written_so_far(inactive)
-    assert "paused" in flushed and "composing" not in flushed   # the newest chat state only
+    assert "paused" in flushed and "composing" not in flushed  # the newest chat state only
     # Active again: nothing is held any more.
     await contact.send(presence(to, "live"))
     await ping(contact, "routed-again")
@@ -99,7 +101,7 @@ async def test_iq_is_urgent(server):
     inactive, contact, to = await pair(server)
     await contact.send(presence(to, "before the ping"))
     await ping(contact, "routed")
-    before = await ping(inactive, "mine")                  # the pong is urgent: the presence comes first
+    before = await ping(inactive, "mine")  # the pong is urgent: the presence comes first
     assert "before the ping" in before
     await inactive.close()
     await contact.close()
@@ -107,8 +109,10 @@ async def test_iq_is_urgent(server):
 
 async def test_too_many_held_stanzas_are_flushed(server):
     inactive, contact, to = await pair(server)
-    for index in range(6):                                 # max_held = 5, and none replaces another
-        await contact.send(f"<message to='{to}' type='headline'><subject-less xmlns='urn:example'>{index}</subject-less></message>")
+    for index in range(6):  # max_held = 5, and none replaces another
+        await contact.send(
+            f"<message to='{to}' type='headline'><subject-less xmlns='urn:example'>{index}</subject-less></message>"
+        )
     await ping(contact, "routed")
     flushed = await written_so_far(inactive)
     assert all(f">{index}<" in flushed for index in range(6))

@@ -1,6 +1,7 @@
 """The command line: xmppctl's account commands (offline, on storage) and live commands
 (through the running server's admin socket), `xmppd --check-config`, and the example
 configuration and systemd unit in conf/."""
+
 import dataclasses
 import json
 import re
@@ -24,15 +25,24 @@ from xmppd.storage import backend_module
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXAMPLE = CONF / "xmppd.toml"
 UNIT = CONF / "xmppd.service"
-BACKENDS = {"memory": "memory", "sqlite": "sqlite", "postgresql": "postgresql", "cassandra": "cassandra", "filesystem": "media.filesystem", "s3": "media.s3"}
+BACKENDS = {
+    "memory": "memory",
+    "sqlite": "sqlite",
+    "postgresql": "postgresql",
+    "cassandra": "cassandra",
+    "filesystem": "media.filesystem",
+    "s3": "media.s3",
+}
 
 
 def xmppd(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xmppd.cli", *args], capture_output=True, text=True,
-                          timeout=60, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "xmppd.cli", *args], capture_output=True, text=True, timeout=60, **kwargs
+    )
 
 
 # ------------------------------------------------------------------ xmppctl, offline
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -65,15 +75,18 @@ async def test_adduser_passwd_deluser_users(server):
     assert not await can_log_in(server, jid, "second")
 
 
-@pytest.mark.parametrize("args,code,message", [
-    (("adduser", "early@localhost", "--password", "x"), 1, "early@localhost exists already"),
-    (("passwd", "ghost@localhost", "--password", "x"), 1, "no account ghost@localhost"),
-    (("deluser", "ghost@localhost"), 1, "no account ghost@localhost"),
-    (("adduser", "someone@elsewhere.example", "--password", "x"), 2, "elsewhere.example is not a host"),
-    (("adduser", "someone@localhost/resource", "--password", "x"), 2, "not an account's bare JID"),
-    (("adduser", "a@b@localhost", "--password", "x"), 2, "is not a valid JID"),
-    (("adduser", "empty@localhost", "--password", ""), 2, "the password must not be empty"),
-])
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (("adduser", "early@localhost", "--password", "x"), 1, "early@localhost exists already"),
+        (("passwd", "ghost@localhost", "--password", "x"), 1, "no account ghost@localhost"),
+        (("deluser", "ghost@localhost"), 1, "no account ghost@localhost"),
+        (("adduser", "someone@elsewhere.example", "--password", "x"), 2, "elsewhere.example is not a host"),
+        (("adduser", "someone@localhost/resource", "--password", "x"), 2, "not an account's bare JID"),
+        (("adduser", "a@b@localhost", "--password", "x"), 2, "is not a valid JID"),
+        (("adduser", "empty@localhost", "--password", ""), 2, "the password must not be empty"),
+    ],
+)
 def test_account_command_errors(server, args, code, message):
     result = server.ctl(*args, check=False)
     assert result.returncode == code
@@ -86,8 +99,14 @@ def test_adduser_prompts_for_the_password_twice(server, tmp_path):
     jid = f"{unique('prompted')}@localhost"
 
     def adduser(answers: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "xmppd.ctl", "--config", str(server.config_path), "adduser", jid],
-                              input=answers, capture_output=True, text=True, timeout=60, start_new_session=True)
+        return subprocess.run(
+            [sys.executable, "-m", "xmppd.ctl", "--config", str(server.config_path), "adduser", jid],
+            input=answers,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            start_new_session=True,
+        )
 
     differing = adduser("one password\nanother\n")
     assert differing.returncode == 2 and "the passwords differ" in differing.stderr
@@ -101,6 +120,7 @@ def test_adduser_prompts_for_the_password_twice(server, tmp_path):
 
 
 # ------------------------------------------------------------------ xmppctl, live
+
 
 async def test_status_and_sessions(server):
     jid = server.adduser(unique("live"), "pencil12")
@@ -122,7 +142,7 @@ async def test_kick_closes_the_stream(server):
     assert server.ctl("kick", f"{jid}/phone").stdout.split() == [f"{jid}/phone"]
     assert "<policy-violation" in await phone.closed()
     assert f"{jid}/laptop" in server.ctl("sessions").stdout
-    assert server.ctl("kick", jid).stdout.split() == [f"{jid}/laptop"]      # a bare JID: every session
+    assert server.ctl("kick", jid).stdout.split() == [f"{jid}/laptop"]  # a bare JID: every session
     assert "<policy-violation" in await laptop.closed()
     assert jid not in server.ctl("sessions").stdout
     assert server.ctl("kick", jid).stdout.strip() == "no such session"
@@ -144,43 +164,69 @@ def test_live_commands_need_a_running_server(tmp_path):
 
 # ------------------------------------------------------------------ xmppd --check-config
 
+
 def test_check_config_accepts_a_good_file(server):
     result = xmppd("--check-config", "--config", str(server.config_path))
     assert result.returncode == 0 and result.stdout.strip() == f"{server.config_path}: OK"
 
 
-@pytest.mark.parametrize("toml,expected", [
-    ("[server]\ndata_dri = '/tmp/x'\n", "server.data_dri: unknown key; did you mean 'data_dir'?"),
-    ("[c2s]\nmax_stanza_byte = 100000\n", "c2s.max_stanza_byte: unknown key; did you mean 'max_stanza_bytes'?"),
-    ("[c2s]\nrequire_encryption = 'yes'\n", "c2s.require_encryption: must be bool, not str"),
-    ("[c2s]\ninterfaces = '0.0.0.0'\n", "c2s.interfaces: must be an array, not str"),
-    ("[server]\nlog_level = 'loud'\n", "server.log_level: must be one of 'debug', 'info', 'warning', 'error'"),
-    ("[c2s]\nmax_stanza_bytes = 10\n", "c2s.max_stanza_bytes: must be at least 10000"),
-    ("[websocket]\npath = 'xmpp'\n", "websocket.path: must be a path such as \"/xmpp-websocket\""),
-    ("[websocket]\nallowed_origins = ['https://chat.example.org/app']\n",
-     "websocket.allowed_origins[0]: 'https://chat.example.org/app' is not an origin"),
-    ("[bosh]\npath = 'http-bind'\n", "bosh.path: must be a path such as \"/http-bind\""),
-    ("[bosh]\ninactivity = 60\nmax_pause = 30\n", "bosh.max_pause: must be inactivity to 86400 seconds"),
-    ("[[hosts]]\ndomain = 'a'\nadmin = ['x@a']\n", "hosts[0].admin: unknown key; did you mean 'admins'?"),
-    ("[extensions.register]\nallow_registraton = true\n",
-     "extensions.register.allow_registraton: unknown key; did you mean 'allow_registration'?"),
-    ("[extensions.register]\nmin_password_length = 'eight'\n", "extensions.register.min_password_length: must be int"),
-    ("[extensions.register]\nmin_password_length = 0\n", "extensions.register.min_password_length: must be at least 1"),
-    ("[extensions.adhoc]\nannouncement_type = 'shout'\n", "extensions.adhoc.announcement_type: must be one of"),
-    ("[extensions.registr]\n", "extensions.registr: options for an extension that is not enabled; did you mean 'register'?"),
-    ("[server]\nextensions = ['nosuch']\n", "server.extensions: unknown extension 'nosuch'"),
-    ("[storage.sqlite]\nbatch = 1\n", "storage.sqlite.batch: unknown key; did you mean 'batch_max'?"),
-    ("[components.secrets]\n'gw.localhost' = 'short'\n",
-     "components.secrets.'gw.localhost': must be a string of at least 16 characters"),
-    ("[components.secrets]\n'not a domain' = '0123456789abcdef'\n", "components.secrets.'not a domain': must be a domain name"),
-    ("[[extensions.external_services.services]]\ntype = 'turn'\nhost = 'turn.example.org'\nrestricted = true\n",
-     "extensions.external_services.services[0].restricted: needs the shared secret"),
-    ("[[extensions.external_services.services]]\ntype = 'tun'\nhost = 'turn.example.org'\n",
-     "extensions.external_services.services[0].type: must be one of 'stun', 'stuns', 'turn', 'turns'"),
-    ("[storage.postgresql]\npool = 4\n", "storage.postgresql.pool: unknown key; did you mean 'pool_size'?"),
-    ("[storage.postgresql]\ndsn = 'mysql://x@y/z'\n", "storage.postgresql.dsn: must be a postgresql:// URI"),
-    ("[storage.postgresql]\npool_size = 0\n", "storage.postgresql.pool_size: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "toml,expected",
+    [
+        ("[server]\ndata_dri = '/tmp/x'\n", "server.data_dri: unknown key; did you mean 'data_dir'?"),
+        ("[c2s]\nmax_stanza_byte = 100000\n", "c2s.max_stanza_byte: unknown key; did you mean 'max_stanza_bytes'?"),
+        ("[c2s]\nrequire_encryption = 'yes'\n", "c2s.require_encryption: must be bool, not str"),
+        ("[c2s]\ninterfaces = '0.0.0.0'\n", "c2s.interfaces: must be an array, not str"),
+        ("[server]\nlog_level = 'loud'\n", "server.log_level: must be one of 'debug', 'info', 'warning', 'error'"),
+        ("[c2s]\nmax_stanza_bytes = 10\n", "c2s.max_stanza_bytes: must be at least 10000"),
+        ("[websocket]\npath = 'xmpp'\n", 'websocket.path: must be a path such as "/xmpp-websocket"'),
+        (
+            "[websocket]\nallowed_origins = ['https://chat.example.org/app']\n",
+            "websocket.allowed_origins[0]: 'https://chat.example.org/app' is not an origin",
+        ),
+        ("[bosh]\npath = 'http-bind'\n", 'bosh.path: must be a path such as "/http-bind"'),
+        ("[bosh]\ninactivity = 60\nmax_pause = 30\n", "bosh.max_pause: must be inactivity to 86400 seconds"),
+        ("[[hosts]]\ndomain = 'a'\nadmin = ['x@a']\n", "hosts[0].admin: unknown key; did you mean 'admins'?"),
+        (
+            "[extensions.register]\nallow_registraton = true\n",
+            "extensions.register.allow_registraton: unknown key; did you mean 'allow_registration'?",
+        ),
+        (
+            "[extensions.register]\nmin_password_length = 'eight'\n",
+            "extensions.register.min_password_length: must be int",
+        ),
+        (
+            "[extensions.register]\nmin_password_length = 0\n",
+            "extensions.register.min_password_length: must be at least 1",
+        ),
+        ("[extensions.adhoc]\nannouncement_type = 'shout'\n", "extensions.adhoc.announcement_type: must be one of"),
+        (
+            "[extensions.registr]\n",
+            "extensions.registr: options for an extension that is not enabled; did you mean 'register'?",
+        ),
+        ("[server]\nextensions = ['nosuch']\n", "server.extensions: unknown extension 'nosuch'"),
+        ("[storage.sqlite]\nbatch = 1\n", "storage.sqlite.batch: unknown key; did you mean 'batch_max'?"),
+        (
+            "[components.secrets]\n'gw.localhost' = 'short'\n",
+            "components.secrets.'gw.localhost': must be a string of at least 16 characters",
+        ),
+        (
+            "[components.secrets]\n'not a domain' = '0123456789abcdef'\n",
+            "components.secrets.'not a domain': must be a domain name",
+        ),
+        (
+            "[[extensions.external_services.services]]\ntype = 'turn'\nhost = 'turn.example.org'\nrestricted = true\n",
+            "extensions.external_services.services[0].restricted: needs the shared secret",
+        ),
+        (
+            "[[extensions.external_services.services]]\ntype = 'tun'\nhost = 'turn.example.org'\n",
+            "extensions.external_services.services[0].type: must be one of 'stun', 'stuns', 'turn', 'turns'",
+        ),
+        ("[storage.postgresql]\npool = 4\n", "storage.postgresql.pool: unknown key; did you mean 'pool_size'?"),
+        ("[storage.postgresql]\ndsn = 'mysql://x@y/z'\n", "storage.postgresql.dsn: must be a postgresql:// URI"),
+        ("[storage.postgresql]\npool_size = 0\n", "storage.postgresql.pool_size: must be at least 1"),
+    ],
+)
 def test_check_config_refuses_a_bad_file_naming_the_key(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"
     path.write_text(toml)
@@ -190,6 +236,7 @@ def test_check_config_refuses_a_bad_file_naming_the_key(tmp_path, toml, expected
 
 
 # ------------------------------------------------------------------ conf/xmppd.toml
+
 
 def uncommented(text: str) -> str:
     """The example with every option shown at its default switched on: the convention
@@ -213,7 +260,7 @@ def option_classes() -> dict[str, type]:
 def table(data: dict, path: str) -> dict | None:
     for part in path.split("."):
         data = data.get(part) if isinstance(data, dict) else None
-        if isinstance(data, list):                    # [[hosts]]
+        if isinstance(data, list):  # [[hosts]]
             data = data[0]
     return data
 
@@ -246,9 +293,12 @@ def test_example_shows_the_real_defaults():
     full = tomllib.loads(uncommented(EXAMPLE.read_text()))
     wrong = []
     for path, cls in option_classes().items():
-        names = {f.name for f in dataclasses.fields(cls)}      # (not the sub-tables of [storage])
-        shown = {key: value for key, value in (table(full, path) or {}).items()
-                 if key in names and key not in (table(active, path) or {})}
+        names = {f.name for f in dataclasses.fields(cls)}  # (not the sub-tables of [storage])
+        shown = {
+            key: value
+            for key, value in (table(full, path) or {}).items()
+            if key in names and key not in (table(active, path) or {})
+        }
         built = build(cls, shown, Where(str(EXAMPLE), path))
         for f in dataclasses.fields(cls):
             if f.name not in shown or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
@@ -274,6 +324,7 @@ async def test_example_config_starts(tmp_path):
 
 # ------------------------------------------------------------------ conf/xmppd.service
 
+
 def test_systemd_unit_verifies(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -295,9 +346,15 @@ def test_systemd_unit_is_hardened():
             settings.setdefault(key, []).append(value)
     assert settings["User"] == ["xmppd"]
     assert settings["ExecStart"][0].endswith("xmppd --config /etc/xmppd/xmppd.toml")
-    for key, value in (("ProtectSystem", "strict"), ("ProtectHome", "true"), ("PrivateTmp", "true"),
-                       ("NoNewPrivileges", "true"), ("Restart", "on-failure"), ("ReadWritePaths", "/var/lib/xmppd"),
-                       ("CapabilityBoundingSet", "")):
+    for key, value in (
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "true"),
+        ("PrivateTmp", "true"),
+        ("NoNewPrivileges", "true"),
+        ("Restart", "on-failure"),
+        ("ReadWritePaths", "/var/lib/xmppd"),
+        ("CapabilityBoundingSet", ""),
+    ):
         assert settings[key] == [value], key
     assert "AmbientCapabilities" not in settings
     assert int(settings["LimitNOFILE"][0]) >= 65536

@@ -1,5 +1,6 @@
 """XEP-0030: every bundled extension's features are advertised, on the host, its
 components (disco#items) or the account's bare JID; software version and entity time."""
+
 import datetime
 import re
 from xml.etree import ElementTree as ET
@@ -57,5 +58,10 @@ async def test_software_version_and_time(client):
     tzo = answer.xml.find("{urn:xmpp:time}time/{urn:xmpp:time}tzo").text
     # XEP-0202 / XEP-0082: UTC with a Z, offset as +hh:mm
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", utc)
-    assert abs(datetime.datetime.fromisoformat(utc.replace("Z", "+00:00")) - datetime.datetime.now(datetime.timezone.utc)).total_seconds() < 60
+    assert (
+        abs(
+            datetime.datetime.fromisoformat(utc.replace("Z", "+00:00")) - datetime.datetime.now(datetime.UTC)
+        ).total_seconds()
+        < 60
+    )
     assert re.fullmatch(r"[+-]\d\d:\d\d", tzo)

@@ -2,6 +2,7 @@
 with the TURN REST API shared secret; a client asks xmppd for its services (or for
 credentials of one), and a TURN Allocate with what it got succeeds, while a wrong or an
 expired credential gets 401."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +36,9 @@ def turn(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, turn):
-    process = XmppdProcess(tmp_path_factory.mktemp("extdisco"), f"""
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("extdisco"),
+        f"""
         [extensions.external_services]
         secret = "{SECRET}"
         credential_lifetime = {LIFETIME}
@@ -53,7 +56,8 @@ def server(tmp_path_factory, turn):
 
         [[hosts]]
         domain = "{OTHER_HOST}"
-        """).start()
+        """,
+    ).start()
     yield process
     process.stop()
 
@@ -81,7 +85,9 @@ async def test_turn_credentials_from_the_services_list_allocate_a_relay(server, 
     assert user == str(client.boundjid.bare)
     assert abs(int(expiry) - (time.time() + LIFETIME)) < 60
     assert calendar.timegm(time.strptime(relay.get("expires"), "%Y-%m-%dT%H:%M:%SZ")) == int(expiry)
-    response = await asyncio.to_thread(allocate, "127.0.0.1", int(relay.get("port")), relay.get("username"), relay.get("password"))
+    response = await asyncio.to_thread(
+        allocate, "127.0.0.1", int(relay.get("port")), relay.get("username"), relay.get("password")
+    )
     assert response.type == ALLOCATE_SUCCESS and response.integrity_ok
     assert XOR_RELAYED_ADDRESS in response.attributes
 
@@ -90,7 +96,9 @@ async def test_credentials_request_for_one_service(server, turn, connect):
     client, _ = await connect()
     answer = await ask(client, "credentials")
     (service,) = answer.findall(f"{{{NS}}}service")
-    response = await asyncio.to_thread(allocate, "127.0.0.1", turn.port, service.get("username"), service.get("password"))
+    response = await asyncio.to_thread(
+        allocate, "127.0.0.1", turn.port, service.get("username"), service.get("password")
+    )
     assert response.type == ALLOCATE_SUCCESS
 
 
@@ -100,11 +108,14 @@ async def test_services_of_one_type(server, connect):
     assert answer.get("type") == "stun" and set(services_of(answer)) == {"stun"}
 
 
-@pytest.mark.parametrize("service,condition", [
-    ({"type": "turn"}, "bad-request"),                                  # no host (section 3.3: MUST)
-    ({"host": "turn.elsewhere.example", "type": "turn"}, "item-not-found"),
-    ({"host": "127.0.0.1", "type": "stun"}, "item-not-found"),           # needs no credentials
-])
+@pytest.mark.parametrize(
+    "service,condition",
+    [
+        ({"type": "turn"}, "bad-request"),  # no host (section 3.3: MUST)
+        ({"host": "turn.elsewhere.example", "type": "turn"}, "item-not-found"),
+        ({"host": "127.0.0.1", "type": "stun"}, "item-not-found"),  # needs no credentials
+    ],
+)
 async def test_credentials_for_no_such_service_are_refused(server, connect, service, condition):
     client, _ = await connect()
     iq = client.make_iq_get(ito="localhost")
@@ -117,7 +128,9 @@ async def test_credentials_for_no_such_service_are_refused(server, connect, serv
 async def test_wrong_or_expired_credentials_get_401(server, turn, connect):
     client, _ = await connect()
     relay = services_of(await ask(client, "services"))["turn"]
-    wrong = await asyncio.to_thread(allocate, "127.0.0.1", turn.port, relay.get("username"), relay.get("password")[::-1])
+    wrong = await asyncio.to_thread(
+        allocate, "127.0.0.1", turn.port, relay.get("username"), relay.get("password")[::-1]
+    )
     assert (wrong.type, wrong.error_code) == (ALLOCATE_ERROR, 401)
     # What xmppd handed out LIFETIME seconds ago, now past its expiry.
     username, password = turn_credentials(SECRET, str(client.boundjid.bare), int(time.time()) - 1)

@@ -4,6 +4,7 @@ database (password keys, archives) and its -wal and -shm files 0600; uploaded fi
 in 0700 directories; the self-signed certificate's key 0600. A database left readable
 by an earlier version is made private at the next start; a data directory that others
 may enter, made by someone else, is kept as it is, with a warning."""
+
 import os
 import stat
 from contextlib import contextmanager
@@ -31,9 +32,9 @@ def mode(path) -> int:
 async def test_data_database_uploads_and_keys_are_private(make_xmppd):
     server = make_xmppd()
     data = server.directory / "data"
-    with umask(0):                             # the worst an inherited umask can be
+    with umask(0):  # the worst an inherited umask can be
         server.start()
-    alice, = create_accounts(server, ["modes"])
+    (alice,) = create_accounts(server, ["modes"])
     client, _ = await online(server, alice)
     async with http() as session:
         await upload(client, UPLOAD, session, payload(1000))
@@ -43,11 +44,20 @@ async def test_data_database_uploads_and_keys_are_private(make_xmppd):
     stored = [entry for entry in uploads.iterdir() if not entry.name.startswith(".")]
     assert len(stored) == 1
     modes = {path.name: mode(path) for path in (data, uploads, uploads / ".partial")}
-    modes |= {path.name: mode(path) for path in (data / "xmppd.sqlite", data / "xmppd.sqlite-wal",
-                                                 data / "xmppd.sqlite-shm", stored[0], data / "localhost.key")}
+    modes |= {
+        path.name: mode(path)
+        for path in (
+            data / "xmppd.sqlite",
+            data / "xmppd.sqlite-wal",
+            data / "xmppd.sqlite-shm",
+            stored[0],
+            data / "localhost.key",
+        )
+    }
     assert modes == {name: 0o700 for name in ("data", "uploads", ".partial")} | {
-        name: 0o600 for name in ("xmppd.sqlite", "xmppd.sqlite-wal", "xmppd.sqlite-shm", stored[0].name,
-                                 "localhost.key")}
+        name: 0o600
+        for name in ("xmppd.sqlite", "xmppd.sqlite-wal", "xmppd.sqlite-shm", stored[0].name, "localhost.key")
+    }
 
 
 async def test_a_readable_database_is_made_private_and_an_open_data_dir_is_reported(make_xmppd):
@@ -59,5 +69,5 @@ async def test_a_readable_database_is_made_private_and_an_open_data_dir_is_repor
     os.chmod(data / "xmppd.sqlite", 0o644)
     server.start()
     assert mode(data / "xmppd.sqlite") == 0o600
-    assert mode(data) == 0o755                 # not ours to change
+    assert mode(data) == 0o755  # not ours to change
     await server.wait_for_log(f"event=data-dir-not-private path={data}")

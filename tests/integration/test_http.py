@@ -11,6 +11,7 @@ address of its own and checks that another one is still served).
 - a client that sends its whole request right after its TLS Finished, as Go's does, is
   answered: the gatekeeper pauses reading until aiohttp takes over, it does not cut.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,9 @@ def start(directory, http_options: str) -> XmppdProcess:
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory):
     """Short head and body timeouts; caps out of the way."""
-    process = start(tmp_path_factory.mktemp("http-fast"), "head_timeout = 1.0\nbody_timeout = 1.0\n"
-                                                          "min_body_rate = 1000")
+    process = start(
+        tmp_path_factory.mktemp("http-fast"), "head_timeout = 1.0\nbody_timeout = 1.0\nmin_body_rate = 1000"
+    )
     yield process
     process.stop()
 
@@ -47,8 +49,9 @@ def fast(tmp_path_factory):
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory):
     """Small connection caps; timeouts out of the way."""
-    process = start(tmp_path_factory.mktemp("http-capped"), "head_timeout = 60.0\n"
-                                                            "max_connections_per_ip = 5\nmax_connections = 8")
+    process = start(
+        tmp_path_factory.mktemp("http-capped"), "head_timeout = 60.0\nmax_connections_per_ip = 5\nmax_connections = 8"
+    )
     yield process
     process.stop()
 
@@ -58,9 +61,12 @@ async def open_from(address: str, port: int, tls: bool = False):
     if tls:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    return await asyncio.wait_for(asyncio.open_connection(
-        "127.0.0.1", port, local_addr=(address, 0), ssl=context, server_hostname="localhost" if tls else None),
-        TIMEOUT)
+    return await asyncio.wait_for(
+        asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(address, 0), ssl=context, server_hostname="localhost" if tls else None
+        ),
+        TIMEOUT,
+    )
 
 
 async def until_closed(reader: asyncio.StreamReader, timeout: float = TIMEOUT) -> bytes:
@@ -71,6 +77,7 @@ async def until_closed(reader: asyncio.StreamReader, timeout: float = TIMEOUT) -
     async def drain():
         while chunk := await reader.read(65536):
             received.append(chunk)
+
     try:
         await asyncio.wait_for(drain(), timeout)
     except ConnectionResetError:
@@ -88,7 +95,7 @@ async def hold(address: str, port: int):
         if head.startswith(b"HTTP/1.1 200"):
             await asyncio.wait_for(reader.readuntil(b"}"), TIMEOUT)
             return reader, writer
-        writer.close()                  # a connection of an earlier request not yet seen gone
+        writer.close()  # a connection of an earlier request not yet seen gone
         assert time.monotonic() < deadline, head
         await asyncio.sleep(0.1)
 
@@ -117,7 +124,6 @@ async def served(address: str, port: int, tls: bool = False, timeout: float = TI
     return False
 
 
-
 def close_all(connections) -> None:
     for _, writer in connections:
         writer.close()
@@ -125,11 +131,12 @@ def close_all(connections) -> None:
 
 # ------------------------------------------------------------------ head timeout
 
+
 async def test_half_sent_requests_are_closed_after_the_head_timeout(fast):
     before = await fast.limit_reached("http.head_timeout")
     connections = [await open_from("127.0.0.11", fast.http_port) for _ in range(20)]
     for _, writer in connections:
-        writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")     # never finished
+        writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")  # never finished
     started = time.monotonic()
     answers = await asyncio.gather(*(until_closed(reader) for reader, _ in connections))
     elapsed = time.monotonic() - started
@@ -144,7 +151,7 @@ async def test_silent_connections_and_half_done_tls_handshakes_are_closed(fast):
     plain = [await open_from("127.0.0.12", fast.http_port) for _ in range(5)]
     # TCP to the HTTPS port, then a ClientHello that never comes.
     tls = [await open_from("127.0.0.12", fast.https_port) for _ in range(5)]
-    tls[0][1].write(b"\x16\x03\x01\x00")                                    # a TLS record begun
+    tls[0][1].write(b"\x16\x03\x01\x00")  # a TLS record begun
     await asyncio.gather(*(until_closed(reader) for reader, _ in plain + tls))
     close_all(plain + tls)
     assert await served("127.0.0.12", fast.https_port, tls=True)
@@ -165,6 +172,7 @@ async def test_keep_alive_connections_serve_several_requests(fast):
 
 # ------------------------------------------------------------------ body rate
 
+
 async def slot_for(server, size: int):
     jid = create_accounts(server, [f"uploader{time.monotonic_ns()}"])[0]
     client, _ = await online(server, jid)
@@ -173,8 +181,10 @@ async def slot_for(server, size: int):
 
 def put_head(server, slot, size: int) -> bytes:
     path = slot.put_url.split(f":{server.https_port}", 1)[1]
-    return (f"PUT {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {slot.headers['Authorization']}\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n").encode()
+    return (
+        f"PUT {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {slot.headers['Authorization']}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
 
 
 async def test_a_trickling_upload_is_cut_and_its_slot_spent(fast):
@@ -192,6 +202,7 @@ async def test_a_trickling_upload_is_cut_and_its_slot_spent(fast):
             for _ in range(100):
                 writer.write(b"x")
                 await asyncio.sleep(0.2)
+
         trickling = asyncio.ensure_future(trickle())
         started = time.monotonic()
         answer = await until_closed(reader, timeout=15.0)
@@ -204,8 +215,8 @@ async def test_a_trickling_upload_is_cut_and_its_slot_spent(fast):
         assert await fast.limit_reached("http.body_timeout") - before == 1
 
         async with http() as session:
-            assert (await put(session, slot, b"y" * 100)).status == 404          # the slot is gone
-            assert (await download(session, slot.get_url))[0].status == 404     # and nothing stored
+            assert (await put(session, slot, b"y" * 100)).status == 404  # the slot is gone
+            assert (await download(session, slot.get_url))[0].status == 404  # and nothing stored
             second = await upload(client, SERVICE, session, b"z" * 100, "slow.bin")
             assert (await download(session, second.get_url))[1] == b"z" * 100
     finally:
@@ -243,13 +254,14 @@ async def like_go(address: str, port: int, request: bytes) -> bytes:
     async def receive() -> bool:
         try:
             data = await asyncio.wait_for(reader.read(65536), TIMEOUT)
-        except ConnectionResetError:            # closed while the body was still coming
+        except ConnectionResetError:  # closed while the body was still coming
             data = b""
         if data:
             incoming.write(data)
         else:
             incoming.write_eof()
         return bool(data)
+
     try:
         while True:
             try:
@@ -292,9 +304,10 @@ async def test_a_put_sent_with_the_tls_finished_is_answered(fast, size):
 
 # ------------------------------------------------------------------ connection caps
 
+
 async def test_connections_past_the_per_address_cap_are_refused(capped):
     before = await capped.limit_reached("http.max_connections_per_ip")
-    held = [await open_from("127.0.0.21", capped.https_port) for _ in range(2)]     # counted before TLS
+    held = [await open_from("127.0.0.21", capped.https_port) for _ in range(2)]  # counted before TLS
     held += [await hold("127.0.0.21", capped.http_port) for _ in range(3)]
     try:
         answer = await get_health("127.0.0.21", capped.http_port)
@@ -307,7 +320,7 @@ async def test_connections_past_the_per_address_cap_are_refused(capped):
     finally:
         close_all(held)
     assert await capped.limit_reached("http.max_connections_per_ip") - before == 2
-    assert await served("127.0.0.21", capped.http_port)            # the count went down again
+    assert await served("127.0.0.21", capped.http_port)  # the count went down again
 
 
 async def test_connections_past_the_total_cap_are_refused(capped):
@@ -325,12 +338,17 @@ async def test_connections_past_the_total_cap_are_refused(capped):
 
 # ------------------------------------------------------------------ Server header
 
-@pytest.mark.parametrize("request_bytes", [
-    b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    b"GET /no/such/page HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    b"GET /health HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n",        # aiohttp's own 400
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",                   # TLS on the plain port
-], ids=["health", "not-found", "bad-header", "not-http"])
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"GET /no/such/page HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n",  # aiohttp's own 400
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS on the plain port
+    ],
+    ids=["health", "not-found", "bad-header", "not-http"],
+)
 async def test_the_server_header_names_no_versions(fast, request_bytes):
     reader, writer = await open_from("127.0.0.41", fast.http_port)
     writer.write(request_bytes)

@@ -1,8 +1,8 @@
 """Interop: aioxmpp (a client library xmppd was not written against) logs in over
 STARTTLS with SCRAM and chats with the bundled slixmpp client."""
+
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,8 +30,15 @@ async def test_aioxmpp_chats_with_slixmpp(xmppd, aioxmpp):
     client.send_presence()
 
     peer = await asyncio.create_subprocess_exec(
-        str(aioxmpp), str(PEER_SCRIPT), foreign_jid, "pencil-1", str(xmppd.port), native_jid,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        str(aioxmpp),
+        str(PEER_SCRIPT),
+        foreign_jid,
+        "pencil-1",
+        str(xmppd.port),
+        native_jid,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
     async def next_event():
         line = await asyncio.wait_for(peer.stdout.readline(), 60)

@@ -2,6 +2,7 @@
 not written against) sends a message over STARTTLS or direct TLS to a slixmpp client and
 to a MUC room, uploads a file through XEP-0363 and sends its URL, and fails cleanly on a
 wrong password."""
+
 import asyncio
 import os
 
@@ -29,8 +30,16 @@ def server(tmp_path_factory):
 async def run(command, *args, text="", env=None):
     """go-sendxmpp with the message on its standard input: (exit code, output)."""
     process = await asyncio.create_subprocess_exec(
-        command, "--no-tls-verify", "--timeout", "20", *args, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        command,
+        "--no-tls-verify",
+        "--timeout",
+        "20",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     output, _ = await asyncio.wait_for(process.communicate(text.encode()), 60)
     return process.returncode, output.decode()
 
@@ -46,8 +55,18 @@ async def test_go_sendxmpp_sends_a_chat_message(server, sendxmpp, direct_tls):
     try:
         port = server.tls_port if direct_tls else server.port
         tls = ["--tls"] if direct_tls else []
-        code, output = await run(sendxmpp, "-u", sender, "-p", "secret", "-j", f"127.0.0.1:{port}", *tls,
-                                 recipient, text=f"hello from go-sendxmpp {direct_tls}")
+        code, output = await run(
+            sendxmpp,
+            "-u",
+            sender,
+            "-p",
+            "secret",
+            "-j",
+            f"127.0.0.1:{port}",
+            *tls,
+            recipient,
+            text=f"hello from go-sendxmpp {direct_tls}",
+        )
         assert code == 0, output
         message = await inbox.wait(lambda s: s.tag == MESSAGE and body_of(s) is not None)
         assert body_of(message).strip() == f"hello from go-sendxmpp {direct_tls}"
@@ -62,11 +81,29 @@ async def test_go_sendxmpp_sends_to_a_room(server, sendxmpp):
     try:
         room = await create_room(owner)
         sender = await new_account(server)
-        code, output = await run(sendxmpp, "-u", sender, "-p", "secret", "-j", f"127.0.0.1:{server.port}",
-                                 "--chatroom", "--alias", "gobot", room, text="hello room")
+        code, output = await run(
+            sendxmpp,
+            "-u",
+            sender,
+            "-p",
+            "secret",
+            "-j",
+            f"127.0.0.1:{server.port}",
+            "--chatroom",
+            "--alias",
+            "gobot",
+            room,
+            text="hello room",
+        )
         assert code == 0, output
-        message = await owner.inbox.wait(lambda s: s.tag == MESSAGE and s.get("type") == "groupchat"
-                                         and body_of(s) is not None and s.get("from") == f"{room}/gobot")
+        message = await owner.inbox.wait(
+            lambda s: (
+                s.tag == MESSAGE
+                and s.get("type") == "groupchat"
+                and body_of(s) is not None
+                and s.get("from") == f"{room}/gobot"
+            )
+        )
         assert body_of(message).strip() == "hello room"
     finally:
         await owner.logout()
@@ -80,8 +117,19 @@ async def test_go_sendxmpp_uploads_a_file(server, sendxmpp, tmp_path):
     try:
         # --no-tls-verify is for the XMPP stream only: its HTTP client trusts what Go's does.
         env = dict(os.environ, SSL_CERT_FILE=str(server.directory / "data" / f"{server.domain}.crt"))
-        code, output = await run(sendxmpp, "-u", sender, "-p", "secret", "-j", f"127.0.0.1:{server.port}",
-                                 "--http-upload", str(tmp_path / "report.bin"), recipient, env=env)
+        code, output = await run(
+            sendxmpp,
+            "-u",
+            sender,
+            "-p",
+            "secret",
+            "-j",
+            f"127.0.0.1:{server.port}",
+            "--http-upload",
+            str(tmp_path / "report.bin"),
+            recipient,
+            env=env,
+        )
         assert code == 0 and not output, output
         message = await inbox.wait(lambda s: s.tag == MESSAGE and body_of(s) is not None)
         url = body_of(message)
@@ -95,7 +143,8 @@ async def test_go_sendxmpp_uploads_a_file(server, sendxmpp, tmp_path):
 
 async def test_go_sendxmpp_wrong_password_fails(server, sendxmpp):
     sender, recipient = await new_account(server), await new_account(server)
-    code, output = await run(sendxmpp, "-u", sender, "-p", "wrong", "-j", f"127.0.0.1:{server.port}",
-                             recipient, text="never sent")
+    code, output = await run(
+        sendxmpp, "-u", sender, "-p", "wrong", "-j", f"127.0.0.1:{server.port}", recipient, text="never sent"
+    )
     assert code != 0
     assert "not-authorized" in output, output

@@ -1,6 +1,7 @@
 """Interop: Profanity (a terminal client on libstrophe that xmppd was not written against),
 driven under tmux as a person would: it logs in over STARTTLS, sends a chat message to a
 slixmpp client and shows the reply on its screen."""
+
 import asyncio
 import os
 import time
@@ -21,13 +22,24 @@ class Terminal:
         self.socket = str(directory / "tmux.sock")
         home = directory / "home"
         home.mkdir()
-        self.env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),
-                        XDG_DATA_HOME=str(home / "data"), TERM="xterm-256color")
+        self.env = dict(
+            os.environ,
+            HOME=str(home),
+            XDG_CONFIG_HOME=str(home / "config"),
+            XDG_DATA_HOME=str(home / "data"),
+            TERM="xterm-256color",
+        )
 
     async def tmux(self, *args):
         process = await asyncio.create_subprocess_exec(
-            self.tmux_command, "-S", self.socket, *args, env=self.env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            self.tmux_command,
+            "-S",
+            self.socket,
+            *args,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         output, _ = await process.communicate()
         return process.returncode, output.decode()
 

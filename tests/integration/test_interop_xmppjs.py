@@ -2,6 +2,7 @@
 logs in over STARTTLS or direct TLS with SCRAM-SHA-1, chats with the bundled slixmpp
 client, has its stanzas acked through XEP-0198 and resumes its stream after its TCP
 connection is cut, getting the message sent to it meanwhile."""
+
 import asyncio
 import json
 import os
@@ -39,11 +40,18 @@ class Peer:
 
 
 async def start_peer(modules, service, username, password, peer_jid):
-    env = dict(os.environ, XMPPJS_MODULES=str(modules), NODE_TLS_REJECT_UNAUTHORIZED="0",
-               NODE_NO_WARNINGS="1")
+    env = dict(os.environ, XMPPJS_MODULES=str(modules), NODE_TLS_REJECT_UNAUTHORIZED="0", NODE_NO_WARNINGS="1")
     process = await asyncio.create_subprocess_exec(
-        "node", str(XMPPJS / "peer.mjs"), service, username, password, peer_jid, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "node",
+        str(XMPPJS / "peer.mjs"),
+        service,
+        username,
+        password,
+        peer_jid,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     return Peer(process)
 
 
@@ -72,7 +80,11 @@ async def test_xmppjs_chats_acks_and_resumes(server, xmppjs, scheme):
 
         client.send_message(mto=online["jid"], mbody="hello from slixmpp", mtype="chat")
         received = await peer.next_event()
-        assert received == {"event": "received", "body": "hello from slixmpp", "from": native_jid + "/" + client.boundjid.resource}
+        assert received == {
+            "event": "received",
+            "body": "hello from slixmpp",
+            "from": native_jid + "/" + client.boundjid.resource,
+        }
 
         assert await peer.next_event() == {"event": "cut"}
         client.send_message(mto=online["jid"], mbody="while you were away", mtype="chat")

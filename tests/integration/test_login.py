@@ -1,4 +1,5 @@
 """RFC 6120 log-in end to end: every SASL mechanism, wrong passwords, binding, TLS."""
+
 import asyncio
 import base64
 import collections
@@ -17,6 +18,7 @@ MECHANISMS = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from tests.support.server import XmppdProcess
+
     # Every test connects from 127.0.0.1: no slow-down of the failures.
     process = XmppdProcess(tmp_path_factory.mktemp("login"), c2s_section="auth_failure_delay = 0").start()
     yield process
@@ -44,12 +46,15 @@ async def test_slixmpp_plus_mechanisms_with_tls_unique(server, mechanism):
     await client.logout()
 
 
-@pytest.mark.parametrize("mechanism,binding,tls_max", [
-    ("SCRAM-SHA-256-PLUS", "tls-exporter", None),
-    ("SCRAM-SHA-1-PLUS", "tls-exporter", None),
-    ("SCRAM-SHA-256-PLUS", "tls-server-end-point", None),
-    ("SCRAM-SHA-256-PLUS", "tls-server-end-point", ssl.TLSVersion.TLSv1_2),
-])
+@pytest.mark.parametrize(
+    "mechanism,binding,tls_max",
+    [
+        ("SCRAM-SHA-256-PLUS", "tls-exporter", None),
+        ("SCRAM-SHA-1-PLUS", "tls-exporter", None),
+        ("SCRAM-SHA-256-PLUS", "tls-server-end-point", None),
+        ("SCRAM-SHA-256-PLUS", "tls-server-end-point", ssl.TLSVersion.TLSv1_2),
+    ],
+)
 async def test_plus_mechanisms_with_each_channel_binding(server, mechanism, binding, tls_max):
     user = unique()
     server.adduser(user, "pencil")
@@ -119,7 +124,7 @@ async def test_slixmpp_wrong_password_fails(server):
 
 
 async def test_repeated_failures_are_slowed_down(make_xmppd):
-    server = make_xmppd(c2s_section="auth_failure_delay = 0.5").start()   # a fresh count of failures
+    server = make_xmppd(c2s_section="auth_failure_delay = 0.5").start()  # a fresh count of failures
     user = unique()
     server.adduser(user, "pencil")
     raw = RawClient()
@@ -205,8 +210,10 @@ async def test_whitespace_keepalive_and_ping(server):
 async def test_unknown_host_gets_host_unknown(server):
     raw = RawClient(domain="elsewhere.example")
     await raw.connect(server.port)
-    await raw.send("<?xml version='1.0'?><stream:stream to='elsewhere.example' version='1.0' "
-                   "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+    await raw.send(
+        "<?xml version='1.0'?><stream:stream to='elsewhere.example' version='1.0' "
+        "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+    )
     assert "<host-unknown" in await raw.closed()
 
 
@@ -242,12 +249,14 @@ async def outcome_of_login(server, source: str, user: str, password: str) -> str
 async def test_guesses_over_pipelined_and_parallel_connections_are_held_to_the_address_budget(make_xmppd):
     """Issue 20 item 8: only the answer to a failure was delayed, so a client that did not
     wait for it (pipelined <auth/>s, parallel connections) had its every guess checked."""
-    server = make_xmppd(c2s_section="auth_failures_per_ip = 5\nauth_failures_per_account = 100\n"
-                                    "auth_failure_delay = 0").start()
+    server = make_xmppd(
+        c2s_section="auth_failures_per_ip = 5\nauth_failures_per_account = 100\nauth_failure_delay = 0"
+    ).start()
     user = unique()
     server.adduser(user, "pencil")
-    rounds = await asyncio.wait_for(asyncio.gather(
-        *(pipelined_guesses(server, "127.0.0.5", user) for _ in range(8))), 60)
+    rounds = await asyncio.wait_for(
+        asyncio.gather(*(pipelined_guesses(server, "127.0.0.5", user) for _ in range(8))), 60
+    )
     outcomes = collections.Counter(outcome for outcomes in rounds for outcome in outcomes)
     assert outcomes == {"not-authorized": 5, "temporary-auth-failure": 19}
     assert await server.limit_reached("c2s.auth_failures_per_ip") == 19
@@ -258,8 +267,9 @@ async def test_guesses_over_pipelined_and_parallel_connections_are_held_to_the_a
 
 
 async def test_guesses_at_one_account_are_held_to_its_budget_from_that_address_only(make_xmppd):
-    server = make_xmppd(c2s_section="auth_failures_per_ip = 100\nauth_failures_per_account = 3\n"
-                                    "auth_failure_delay = 0").start()
+    server = make_xmppd(
+        c2s_section="auth_failures_per_ip = 100\nauth_failures_per_account = 3\nauth_failure_delay = 0"
+    ).start()
     user, other = unique(), unique()
     server.adduser(user, "pencil")
     server.adduser(other, "pencil")

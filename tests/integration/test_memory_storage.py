@@ -1,6 +1,7 @@
 """End to end on the memory storage backend (``[storage] default = "memory"``): users
 register in-band, log in, subscribe to each other, leave offline messages and read the
 archive, on a server that writes no database; and nothing is left after a restart."""
+
 import asyncio
 
 import pytest
@@ -12,7 +13,7 @@ from tests.support.server import XmppdProcess, can_log_in
 from xmppd.client import Client
 
 NS_DELAY = "urn:xmpp:delay"
-PASSWORD = "secret"                            # what tests.support.inbox.online logs in with
+PASSWORD = "secret"  # what tests.support.inbox.online logs in with
 
 MEMORY_CONFIG = f"""
 [storage]
@@ -27,8 +28,9 @@ min_password_length = {len(PASSWORD)}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("memory"), MEMORY_CONFIG,
-                           server_section="graceful_shutdown_timeout = 1").start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("memory"), MEMORY_CONFIG, server_section="graceful_shutdown_timeout = 1"
+    ).start()
     yield process
     process.stop()
 
@@ -88,7 +90,7 @@ async def test_memory_offline_message_is_delivered_at_login_and_archived(server,
     b = await login(bob)
     for body in said:
         got = await b.inbox.wait(message(from_=a.jid, body=body))
-        assert got.find(f"{{{NS_DELAY}}}delay") is not None              # it waited offline
+        assert got.find(f"{{{NS_DELAY}}}delay") is not None  # it waited offline
     assert [s.findtext("{jabber:client}body") for s in b.inbox.received(message(from_=a.jid))] == said
 
     # MAM: both archives hold the messages, in order, with the other party.
@@ -100,7 +102,7 @@ async def test_memory_offline_message_is_delivered_at_login_and_archived(server,
     await a.inbox.wait(with_id(reply))
     results, _ = await archive(a)
     assert bodies(results) == said + ["back now"]
-    assert not [name for name in files_in(server) if "sqlite" in name]   # no database was written
+    assert not [name for name in files_in(server) if "sqlite" in name]  # no database was written
 
 
 async def test_memory_roster_subscription_and_version(server, login):
@@ -112,7 +114,7 @@ async def test_memory_roster_subscription_and_version(server, login):
     assert items == {bob: "both"}
     version = result.find(f"{{{NS_ROSTER}}}query").get("ver")
     again = await a.iq("get", bare(a.jid), f"<query xmlns='{NS_ROSTER}' ver='{version}'/>")
-    assert again.get("type") == "result" and len(again) == 0              # XEP-0237: nothing new
+    assert again.get("type") == "result" and len(again) == 0  # XEP-0237: nothing new
 
 
 async def test_memory_keeps_nothing_across_a_restart(server):

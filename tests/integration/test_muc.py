@@ -1,5 +1,6 @@
 """XEP-0045 Multi-User Chat end to end: creating and configuring rooms, entering with
 history, fan-out, private messages, nicknames, invitations, self-ping, disco, avatars."""
+
 import asyncio
 import base64
 import hashlib
@@ -10,8 +11,23 @@ import pytest
 from lxml import etree
 
 from tests.support.inbox import MESSAGE, PRESENCE, Inbox, message
-from tests.support.muc import (NS_ADMIN, NS_MUC, NS_OWNER, NS_STANZAS, NS_USER, SERVICE, User, codes, create_room,
-                               error_of, from_, item, new_account, new_room, new_user)
+from tests.support.muc import (
+    NS_ADMIN,
+    NS_MUC,
+    NS_OWNER,
+    NS_STANZAS,
+    NS_USER,
+    SERVICE,
+    User,
+    codes,
+    create_room,
+    error_of,
+    from_,
+    item,
+    new_account,
+    new_room,
+    new_user,
+)
 from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 from xmppd.client import Client
@@ -38,11 +54,13 @@ def features(info: etree._Element) -> set[str]:
 
 
 def form_values(info: etree._Element) -> dict[str, str]:
-    return {field.get("var"): field.findtext(f"{{{NS_DATA}}}value")
-            for field in info.iterfind(f".//{{{NS_DATA}}}field")}
+    return {
+        field.get("var"): field.findtext(f"{{{NS_DATA}}}value") for field in info.iterfind(f".//{{{NS_DATA}}}field")
+    }
 
 
 # ------------------------------------------------------------------ creation
+
 
 async def test_create_reserved_room_is_locked_until_configured(server):
     owner, other = await new_user(server), await new_user(server)
@@ -62,24 +80,52 @@ async def test_create_reserved_room_is_locked_until_configured(server):
     form = await owner.iq("get", room, f"<query xmlns='{NS_OWNER}'/>")
     fields = form_values(form)
     assert fields["FORM_TYPE"] == "http://jabber.org/protocol/muc#roomconfig"
-    for var in ("muc#roomconfig_roomname", "muc#roomconfig_roomdesc", "muc#roomconfig_persistentroom",
-                "muc#roomconfig_publicroom", "muc#roomconfig_membersonly", "muc#roomconfig_moderatedroom",
-                "muc#roomconfig_passwordprotectedroom", "muc#roomconfig_roomsecret", "muc#roomconfig_maxusers",
-                "muc#roomconfig_whois", "muc#roomconfig_changesubject", "muc#roomconfig_allowpm",
-                "muc#maxhistoryfetch", "muc#roomconfig_enablearchiving"):
+    for var in (
+        "muc#roomconfig_roomname",
+        "muc#roomconfig_roomdesc",
+        "muc#roomconfig_persistentroom",
+        "muc#roomconfig_publicroom",
+        "muc#roomconfig_membersonly",
+        "muc#roomconfig_moderatedroom",
+        "muc#roomconfig_passwordprotectedroom",
+        "muc#roomconfig_roomsecret",
+        "muc#roomconfig_maxusers",
+        "muc#roomconfig_whois",
+        "muc#roomconfig_changesubject",
+        "muc#roomconfig_allowpm",
+        "muc#maxhistoryfetch",
+        "muc#roomconfig_enablearchiving",
+    ):
         assert var in fields, var
-    done = await owner.configure(room, **{"muc#roomconfig_roomname": "Witches", "muc#roomconfig_roomdesc": "A cave",
-                                          "muc#roomconfig_whois": "anyone", "muc#roomconfig_persistentroom": "1"})
+    done = await owner.configure(
+        room,
+        **{
+            "muc#roomconfig_roomname": "Witches",
+            "muc#roomconfig_roomdesc": "A cave",
+            "muc#roomconfig_whois": "anyone",
+            "muc#roomconfig_persistentroom": "1",
+        },
+    )
     assert done.get("type") == "result"
 
     entered = await other.join(room, "other")
-    assert "100" in codes(entered)            # non-anonymous now
+    assert "100" in codes(entered)  # non-anonymous now
     info = await other.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>")
     identity = info.find(f"{{{NS_DISCO_INFO}}}query/{{{NS_DISCO_INFO}}}identity")
     assert (identity.get("category"), identity.get("type"), identity.get("name")) == ("conference", "text", "Witches")
-    assert {"http://jabber.org/protocol/muc", "muc_nonanonymous", "muc_persistent", "muc_public", "muc_open",
-            "muc_unsecured", "muc_unmoderated", "urn:xmpp:mam:2", "urn:xmpp:occupant-id:0",
-            "http://jabber.org/protocol/muc#self-ping-optimization", "vcard-temp"} <= features(info)
+    assert {
+        "http://jabber.org/protocol/muc",
+        "muc_nonanonymous",
+        "muc_persistent",
+        "muc_public",
+        "muc_open",
+        "muc_unsecured",
+        "muc_unmoderated",
+        "urn:xmpp:mam:2",
+        "urn:xmpp:occupant-id:0",
+        "http://jabber.org/protocol/muc#self-ping-optimization",
+        "vcard-temp",
+    } <= features(info)
     values = form_values(info)
     assert values["FORM_TYPE"] == "http://jabber.org/protocol/muc#roominfo"
     assert values["muc#roominfo_occupants"] == "2" and values["muc#roominfo_description"] == "A cave"
@@ -89,7 +135,7 @@ async def test_create_reserved_room_is_locked_until_configured(server):
 
 async def test_instant_room_and_cancelled_creation(server):
     owner, other = await new_user(server), await new_user(server)
-    room = await create_room(owner)           # empty submission: instant room
+    room = await create_room(owner)  # empty submission: instant room
     await other.join(room, "other")
 
     cancelled = new_room()
@@ -118,7 +164,7 @@ async def test_service_disco_and_hidden_rooms(server):
 
 
 async def test_room_creation_can_be_restricted(tmp_path):
-    server = XmppdProcess(tmp_path, "[extensions.muc]\nroom_creation = \"admins\"\n", server_section=QUICK_STOP).start()
+    server = XmppdProcess(tmp_path, '[extensions.muc]\nroom_creation = "admins"\n', server_section=QUICK_STOP).start()
     try:
         user = await new_user(server)
         refused = await user.join(new_room(), "me", expect_error=True)
@@ -136,6 +182,7 @@ async def test_room_creation_can_be_restricted(tmp_path):
 
 # ------------------------------------------------------------------ entering and talking
 
+
 async def test_presences_on_entering_and_fan_out(server):
     owner = await new_user(server)
     room = await create_room(owner, whois="moderators")
@@ -143,7 +190,7 @@ async def test_presences_on_entering_and_fan_out(server):
     for index, user in enumerate(users[1:], 1):
         entered = await user.join(room, f"user{index}")
         assert "100" not in codes(entered) and "170" in codes(entered)
-        assert item(entered).get("jid") == user.jid             # one's own real JID
+        assert item(entered).get("jid") == user.jid  # one's own real JID
         await user.subject(room)
         # Everyone already in the room was presented to the newcomer, before its self-presence.
         for other_index in range(index):
@@ -162,7 +209,9 @@ async def test_presences_on_entering_and_fan_out(server):
     assert stanza_id is not None and stanza_id.get("by") == room
     occupant_id = sent.find(OCCUPANT_ID).get("id")
     for user in users:
-        got = sent if user is users[2] else await user.inbox.wait(lambda s: s.tag == MESSAGE and s.get("id") == "fanout1")
+        got = (
+            sent if user is users[2] else await user.inbox.wait(lambda s: s.tag == MESSAGE and s.get("id") == "fanout1")
+        )
         assert got.get("from") == f"{room}/user2" and got.get("type") == "groupchat"
         assert got.get("to") == user.jid
         assert got.find(STANZA_ID).get("id") == stanza_id.get("id")
@@ -171,7 +220,8 @@ async def test_presences_on_entering_and_fan_out(server):
     # A forged occupant id or stanza id from the client is replaced by the room's own.
     users[1].client.send_raw(
         f"<message type='groupchat' id='forged' to='{room}'><body>x</body>"
-        f"<occupant-id xmlns='urn:xmpp:occupant-id:0' id='fake'/><stanza-id xmlns='urn:xmpp:sid:0' id='fake' by='{room}'/></message>")
+        f"<occupant-id xmlns='urn:xmpp:occupant-id:0' id='fake'/><stanza-id xmlns='urn:xmpp:sid:0' id='fake' by='{room}'/></message>"
+    )
     got = await users[0].inbox.wait(lambda s: s.get("id") == "forged")
     assert [o.get("id") for o in got.iter(OCCUPANT_ID)] != ["fake"] and len(got.findall(OCCUPANT_ID)) == 1
     assert [s.get("id") for s in got.iter(STANZA_ID)] != ["fake"] and len(got.findall(STANZA_ID)) == 1
@@ -200,7 +250,7 @@ async def test_history_on_entering(server):
         await user.logout()
         return bodies
 
-    assert await history_of("") == [f"line {n}" for n in range(2, 7)]            # the room keeps 5
+    assert await history_of("") == [f"line {n}" for n in range(2, 7)]  # the room keeps 5
     assert await history_of("<history maxstanzas='2'/>") == ["line 5", "line 6"]
     assert await history_of("<history maxstanzas='0'/>") == []
     assert await history_of("<history maxchars='0'/>") == []
@@ -233,19 +283,25 @@ async def test_subject(server):
 async def test_subject_in_disco_only_for_those_who_may_read_the_room(server):
     """Issue 20 item 4: disco#info showed the subject of members-only and hidden rooms."""
     owner, stranger = await new_user(server), await new_user(server)
-    rooms = {"public": await create_room(owner), "hidden": await create_room(owner, publicroom="0"),
-             "members": await create_room(owner, membersonly="1"),
-             "password": await create_room(owner, passwordprotectedroom="1", roomsecret="pw")}
+    rooms = {
+        "public": await create_room(owner),
+        "hidden": await create_room(owner, publicroom="0"),
+        "members": await create_room(owner, membersonly="1"),
+        "password": await create_room(owner, passwordprotectedroom="1", roomsecret="pw"),
+    }
     for name, room in rooms.items():
-        owner.client.send_raw(f"<message type='groupchat' to='{room}' id='subj-{name}'>"
-                              f"<subject>plans of {name}</subject></message>")
+        owner.client.send_raw(
+            f"<message type='groupchat' to='{room}' id='subj-{name}'><subject>plans of {name}</subject></message>"
+        )
         await owner.inbox.wait(lambda s: s.get("id") == f"subj-{name}")
     for name, room in rooms.items():
         seen = form_values(await stranger.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>"))
         assert seen.get("muc#roominfo_subject") == ("plans of public" if name == "public" else None), name
         assert seen["muc#roominfo_occupants"] == "1"
-        assert form_values(await owner.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>"))[
-            "muc#roominfo_subject"] == f"plans of {name}"
+        assert (
+            form_values(await owner.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>"))["muc#roominfo_subject"]
+            == f"plans of {name}"
+        )
     await stranger.join(rooms["password"], "stranger", password="pw")
     seen = form_values(await stranger.iq("get", rooms["password"], f"<query xmlns='{NS_DISCO_INFO}'/>"))
     assert seen["muc#roominfo_subject"] == "plans of password"
@@ -283,7 +339,7 @@ async def test_nickname_conflict_and_change(server):
     await user.join(room, "witch")
     refused = await rival.join(room, "witch", expect_error=True)
     assert error_of(refused) == ("cancel", "conflict")
-    assert refused.find(f"{{{NS_MUC}}}x") is not None                 # the request comes back with the error
+    assert refused.find(f"{{{NS_MUC}}}x") is not None  # the request comes back with the error
     # A second resource of the same user shares the nickname.
     same = Client(user.jid.split("/")[0] + "/laptop", "secret", verify_tls=False)
     same_inbox = Inbox(same)
@@ -292,7 +348,7 @@ async def test_nickname_conflict_and_change(server):
     await User(str(same.boundjid), same, same_inbox).join(room, "witch")
 
     await rival.join(room, "rival")
-    rival.client.send_raw(f"<presence to='{room}/witch'/>")          # nickname change to a taken one
+    rival.client.send_raw(f"<presence to='{room}/witch'/>")  # nickname change to a taken one
     refused = await rival.inbox.wait(from_(f"{room}/witch", type_="error"))
     assert error_of(refused) == ("cancel", "conflict")
 
@@ -317,17 +373,23 @@ async def test_nickname_changes_reach_every_occupant_in_order(server):
     names = [[f"c{who}n{number}" for number in range(11)] for who in range(2)]
     for changer, nicks in zip(changers, names):
         await changer.join(room, nicks[0])
-    for step in range(1, 11):                  # pipelined: nobody waits for an answer
+    for step in range(1, 11):  # pipelined: nobody waits for an answer
         for changer, nicks in zip(changers, names):
             changer.client.send_raw(f"<presence to='{room}/{nicks[step]}'/>")
     for user in [owner, *changers]:
         for who, nicks in enumerate(names):
             await user.inbox.wait(from_(f"{room}/{nicks[-1]}", type_=None))
-            seen = user.inbox.received(lambda s: s.tag == PRESENCE and s.get("from", "").startswith(f"{room}/")
-                                       and s.get("from").split("/", 1)[1] in nicks)
+            seen = user.inbox.received(
+                lambda s: (
+                    s.tag == PRESENCE
+                    and s.get("from", "").startswith(f"{room}/")
+                    and s.get("from").split("/", 1)[1] in nicks
+                )
+            )
             steps = [(s.get("from").split("/", 1)[1], s.get("type")) for s in seen]
-            expected = [(nicks[0], None)] + [pair for old, new in zip(nicks, nicks[1:])
-                                             for pair in ((old, "unavailable"), (new, None))]
+            expected = [(nicks[0], None)] + [
+                pair for old, new in zip(nicks, nicks[1:]) for pair in ((old, "unavailable"), (new, None))
+            ]
             assert steps == expected, (user.jid, who, steps)
             for old, new in zip(seen[1::2], seen[2::2]):
                 assert "303" in codes(old) and item(old).get("nick") == new.get("from").split("/", 1)[1]
@@ -366,11 +428,13 @@ async def test_room_password_guessing_is_throttled(server):
     owner, guesser, friend = await new_user(server), await new_user(server), await new_user(server)
     room = await create_room(owner, passwordprotectedroom="1", roomsecret="s3cret")
     attempts = 20
-    for number in range(attempts):          # a burst: all sent before any answer is read
-        guesser.client.send_raw(f"<presence to='{room}/guess{number}'><x xmlns='{NS_MUC}'>"
-                                f"<password>wrong{number}</password></x></presence>")
-    answers = [error_of(await guesser.inbox.wait(from_(f"{room}/guess{number}", type_="error")))
-               for number in range(attempts)]
+    for number in range(attempts):  # a burst: all sent before any answer is read
+        guesser.client.send_raw(
+            f"<presence to='{room}/guess{number}'><x xmlns='{NS_MUC}'><password>wrong{number}</password></x></presence>"
+        )
+    answers = [
+        error_of(await guesser.inbox.wait(from_(f"{room}/guess{number}", type_="error"))) for number in range(attempts)
+    ]
     assert answers.count(("auth", "not-authorized")) == 5
     assert answers.count(("wait", "policy-violation")) == attempts - 5
     # The right password does not get the guesser in while it is throttled...
@@ -397,18 +461,21 @@ async def test_occupant_presence_to_the_bare_room(server):
         await raw.send(f"<presence to='{room}/raw'><x xmlns='{NS_MUC}'/></presence>")
         await raw.expect(rf"<presence[^>]*from=.{room}/raw.[^>]*>.*?code=.110.")
         await raw.send(f"<presence to='{room}'><show>away</show></presence>")
-        await owner.inbox.wait(lambda s: from_(f"{room}/raw", type_=None)(s)
-                               and s.findtext("{jabber:client}show") == "away")
+        await owner.inbox.wait(
+            lambda s: from_(f"{room}/raw", type_=None)(s) and s.findtext("{jabber:client}show") == "away"
+        )
         await raw.send(f"<presence type='unavailable' to='{room}'><status>bye</status></presence>")
         left = await raw.expect(rf"<presence(?=[^>]*type=.unavailable.)[^>]*from=.{room}/raw.[^>]*>(.*?)</presence>")
-        assert "code=\"110\"" in left.group(1).replace("'", '"')
+        assert 'code="110"' in left.group(1).replace("'", '"')
         gone = await owner.inbox.wait(from_(f"{room}/raw", type_="unavailable"))
         assert gone.findtext("{jabber:client}status") == "bye" and item(gone).get("role") == "none"
 
         # No longer an occupant: unavailable presence is dropped without an answer,
         # available presence with no nickname gets jid-malformed (XEP-0045 7.2.1).
-        await raw.send(f"<presence type='unavailable' to='{room}'/><iq type='get' id='after' to='localhost'>"
-                       "<ping xmlns='urn:xmpp:ping'/></iq>")
+        await raw.send(
+            f"<presence type='unavailable' to='{room}'/><iq type='get' id='after' to='localhost'>"
+            "<ping xmlns='urn:xmpp:ping'/></iq>"
+        )
         before_ping = await raw.expect(r"(.*?)<iq[^>]*id=.after.")
         assert "<presence" not in before_ping.group(1), before_ping.group(1)
         await raw.send(f"<presence to='{room}'/>")
@@ -420,12 +487,15 @@ async def test_occupant_presence_to_the_bare_room(server):
 
 # ------------------------------------------------------------------ invitations
 
+
 async def test_mediated_invitation_and_decline(server):
     owner, guest = await new_user(server), await new_user(server)
     room = await create_room(owner, membersonly="1", roomsecret="pw", passwordprotectedroom="1")
     guest_bare = guest.jid.split("/")[0]
-    owner.client.send_raw(f"<message to='{room}' id='inv1'><x xmlns='{NS_USER}'><invite to='{guest_bare}'>"
-                          f"<reason>Join us</reason></invite></x></message>")
+    owner.client.send_raw(
+        f"<message to='{room}' id='inv1'><x xmlns='{NS_USER}'><invite to='{guest_bare}'>"
+        f"<reason>Join us</reason></invite></x></message>"
+    )
     invitation = await guest.inbox.wait(lambda s: s.tag == MESSAGE and s.get("from") == room)
     invite = invitation.find(f"{{{NS_USER}}}x/{{{NS_USER}}}invite")
     assert invite.get("from") == owner.jid and invite.findtext(f"{{{NS_USER}}}reason") == "Join us"
@@ -435,13 +505,19 @@ async def test_mediated_invitation_and_decline(server):
     assert item(entered).get("affiliation") == "member"
 
     other = await new_user(server)
-    guest.client.send_raw(f"<message to='{room}'><x xmlns='{NS_USER}'><invite to='{other.jid.split('/')[0]}'/></x></message>")
+    guest.client.send_raw(
+        f"<message to='{room}'><x xmlns='{NS_USER}'><invite to='{other.jid.split('/')[0]}'/></x></message>"
+    )
     refused = await guest.inbox.wait(lambda s: s.tag == MESSAGE and s.get("type") == "error")
-    assert error_of(refused) == ("auth", "forbidden")                  # members may not invite here
+    assert error_of(refused) == ("auth", "forbidden")  # members may not invite here
 
-    other.client.send_raw(f"<message to='{room}'><x xmlns='{NS_USER}'><decline to='{owner.jid.split('/')[0]}'>"
-                          f"<reason>Busy</reason></decline></x></message>")
-    declined = await owner.inbox.wait(lambda s: s.tag == MESSAGE and s.find(f"{{{NS_USER}}}x/{{{NS_USER}}}decline") is not None)
+    other.client.send_raw(
+        f"<message to='{room}'><x xmlns='{NS_USER}'><decline to='{owner.jid.split('/')[0]}'>"
+        f"<reason>Busy</reason></decline></x></message>"
+    )
+    declined = await owner.inbox.wait(
+        lambda s: s.tag == MESSAGE and s.find(f"{{{NS_USER}}}x/{{{NS_USER}}}decline") is not None
+    )
     decline = declined.find(f"{{{NS_USER}}}x/{{{NS_USER}}}decline")
     assert declined.get("from") == room and decline.get("from") == other.jid.split("/")[0]
     assert decline.findtext(f"{{{NS_USER}}}reason") == "Busy"
@@ -459,12 +535,18 @@ async def test_invitations_from_a_blocked_user_do_not_reach_the_blocker(server):
     blocked = await owner.iq("set", owner_bare, f"<block xmlns='urn:xmpp:blocking'><item jid='{pest_bare}'/></block>")
     assert blocked.get("type") == "result"
 
-    pest.client.send_raw(f"<message to='{room}' id='m1'><x xmlns='{NS_USER}'><invite to='{owner_bare}'>"
-                         f"<reason>mediated insult</reason></invite></x></message>")
-    pest.client.send_raw(f"<message to='{owner_bare}' id='d1'><x xmlns='jabber:x:conference' jid='{room}' "
-                         f"reason='direct insult'/></message>")
-    pest.client.send_raw(f"<message to='{room}/owner' type='chat' id='p1'><body>private insult</body>"
-                         f"<x xmlns='jabber:x:conference' jid='{room}' reason='direct insult via the room'/></message>")
+    pest.client.send_raw(
+        f"<message to='{room}' id='m1'><x xmlns='{NS_USER}'><invite to='{owner_bare}'>"
+        f"<reason>mediated insult</reason></invite></x></message>"
+    )
+    pest.client.send_raw(
+        f"<message to='{owner_bare}' id='d1'><x xmlns='jabber:x:conference' jid='{room}' "
+        f"reason='direct insult'/></message>"
+    )
+    pest.client.send_raw(
+        f"<message to='{room}/owner' type='chat' id='p1'><body>private insult</body>"
+        f"<x xmlns='jabber:x:conference' jid='{room}' reason='direct insult via the room'/></message>"
+    )
     # The pest's stanzas are handled in order: once its next groupchat message is
     # reflected, both invitations have been routed.
     pest.client.send_raw(f"<message type='groupchat' to='{room}' id='after'><body>after</body></message>")
@@ -476,13 +558,22 @@ async def test_invitations_from_a_blocked_user_do_not_reach_the_blocker(server):
 
     # The same invitations from someone not blocked arrive, and a decline from the pest
     # to the owner (relayed by the room) does not.
-    friend.client.send_raw(f"<message to='{room}'><x xmlns='{NS_USER}'><invite to='{owner_bare}'>"
-                           f"<reason>mediated welcome</reason></invite></x></message>")
-    invitation = await owner.inbox.wait(lambda s: s.get("from") == room and s.find(f"{{{NS_USER}}}x") is not None
-                                        and "welcome" in etree.tostring(s, encoding=str))
+    friend.client.send_raw(
+        f"<message to='{room}'><x xmlns='{NS_USER}'><invite to='{owner_bare}'>"
+        f"<reason>mediated welcome</reason></invite></x></message>"
+    )
+    invitation = await owner.inbox.wait(
+        lambda s: (
+            s.get("from") == room
+            and s.find(f"{{{NS_USER}}}x") is not None
+            and "welcome" in etree.tostring(s, encoding=str)
+        )
+    )
     assert invitation.find(f"{{{NS_USER}}}x/{{{NS_USER}}}invite").get("from") == friend.jid
-    pest.client.send_raw(f"<message to='{room}'><x xmlns='{NS_USER}'><decline to='{owner_bare}'>"
-                         f"<reason>declined insult</reason></decline></x></message>")
+    pest.client.send_raw(
+        f"<message to='{room}'><x xmlns='{NS_USER}'><decline to='{owner_bare}'>"
+        f"<reason>declined insult</reason></decline></x></message>"
+    )
     pest.client.send_raw(f"<message type='groupchat' to='{room}' id='after2'><body>after</body></message>")
     await owner.inbox.wait(lambda s: s.get("id") == "after2")
     assert not owner.inbox.received(lambda s: "insult" in etree.tostring(s, encoding=str))
@@ -502,6 +593,7 @@ async def test_direct_invitation(server):
 
 
 # ------------------------------------------------------------------ self-ping, iqs, avatars
+
 
 async def test_self_ping(server):
     owner, user = await new_user(server), await new_user(server)
@@ -524,8 +616,10 @@ async def test_disco_of_an_occupant_by_a_non_occupant_is_a_bad_request(server):
     """XEP-0045 6.6: a non-occupant's disco request to room@service/nick gets bad-request."""
     owner, outsider = await new_user(server), await new_user(server)
     room = await create_room(owner)
-    for query in ("<query xmlns='http://jabber.org/protocol/disco#info'/>",
-                  "<query xmlns='http://jabber.org/protocol/disco#items'/>"):
+    for query in (
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+    ):
         assert error_of(await outsider.iq("get", f"{room}/owner", query)) == ("modify", "bad-request")
 
 
@@ -541,7 +635,9 @@ async def test_room_avatar(server):
     digest = hashlib.sha1(b"\x89PNG fake image").hexdigest()
     update = await user.inbox.wait(lambda s: s.tag == PRESENCE and s.get("from") == room)
     assert update.findtext("{vcard-temp:x:update}x/{vcard-temp:x:update}photo") == digest
-    assert (await user.inbox.wait(lambda s: s.tag == MESSAGE and s.get("from") == room and "104" in codes(s))) is not None
+    assert (
+        await user.inbox.wait(lambda s: s.tag == MESSAGE and s.get("from") == room and "104" in codes(s))
+    ) is not None
     got = await user.iq("get", room, "<vCard xmlns='vcard-temp'/>")
     assert got.findtext("{vcard-temp}vCard/{vcard-temp}PHOTO/{vcard-temp}BINVAL") == photo
     info = await user.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>")
@@ -564,7 +660,9 @@ async def test_admin_lists(server):
     owner, member = await new_user(server), await new_user(server)
     room = await create_room(owner, whois="anyone")
     member_bare = member.jid.split("/")[0]
-    result = await owner.iq("set", room, f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{member_bare}'/></query>")
+    result = await owner.iq(
+        "set", room, f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{member_bare}'/></query>"
+    )
     assert result.get("type") == "result"
     await member.join(room, "member")
     # A member of a non-anonymous room reads who belongs (OMEMO clients do).

@@ -1,11 +1,11 @@
 """XEP-0045 roles and affiliations end to end (kick, ban, voice, members, owners,
 destruction), and bad input: each refusal carries the error the XEP names, the room is
 unchanged and the other occupants see nothing of it."""
+
 import pytest
 
 from tests.support.inbox import MESSAGE, PRESENCE
-from tests.support.muc import (NS_ADMIN, NS_OWNER, NS_USER, User, codes, create_room, error_of, from_, item,
-                               new_user)
+from tests.support.muc import NS_ADMIN, NS_OWNER, NS_USER, User, codes, create_room, error_of, from_, item, new_user
 from tests.support.server import XmppdProcess
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
@@ -38,11 +38,15 @@ async def nothing_leaked(room: str, speaker: User, watchers: list[User], nick: s
 
 async def occupant_count(user: User, room: str) -> str:
     info = await user.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>")
-    return next(f.findtext("{jabber:x:data}value") for f in info.iter("{jabber:x:data}field")
-                if f.get("var") == "muc#roominfo_occupants")
+    return next(
+        f.findtext("{jabber:x:data}value")
+        for f in info.iter("{jabber:x:data}field")
+        if f.get("var") == "muc#roominfo_occupants"
+    )
 
 
 # ------------------------------------------------------------------ kick and ban
+
 
 async def test_kick_seen_by_everyone(server):
     owner, victim, witness = await new_user(server), await new_user(server), await new_user(server)
@@ -97,11 +101,23 @@ async def test_privileges_of_kick_and_ban(server):
     # A participant kicks nobody; an admin kicks no owner; an admin names no owner.
     assert error_of(await admin(plain, room, "<item nick='member' role='none'/>")) == ("auth", "forbidden")
     assert error_of(await admin(moderator, room, "<item nick='boss' role='none'/>")) == ("cancel", "not-allowed")
-    assert error_of(await admin(moderator, room, f"<item jid='{bare(plain)}' affiliation='owner'/>")) == ("auth", "forbidden")
-    assert error_of(await admin(moderator, room, f"<item jid='{bare(owner)}' affiliation='outcast'/>")) == ("cancel", "not-allowed")
-    assert error_of(await admin(plain, room, f"<item jid='{bare(member)}' affiliation='member'/>")) == ("auth", "forbidden")
+    assert error_of(await admin(moderator, room, f"<item jid='{bare(plain)}' affiliation='owner'/>")) == (
+        "auth",
+        "forbidden",
+    )
+    assert error_of(await admin(moderator, room, f"<item jid='{bare(owner)}' affiliation='outcast'/>")) == (
+        "cancel",
+        "not-allowed",
+    )
+    assert error_of(await admin(plain, room, f"<item jid='{bare(member)}' affiliation='member'/>")) == (
+        "auth",
+        "forbidden",
+    )
     # The last owner cannot step down.
-    assert error_of(await admin(owner, room, f"<item jid='{bare(owner)}' affiliation='member'/>")) == ("cancel", "conflict")
+    assert error_of(await admin(owner, room, f"<item jid='{bare(owner)}' affiliation='member'/>")) == (
+        "cancel",
+        "conflict",
+    )
     # Nothing of it changed anything: everybody is still there with the same affiliation.
     assert await occupant_count(owner, room) == "4"
     assert not plain.inbox.received(lambda s: s.tag == PRESENCE and s.get("type") == "unavailable")
@@ -156,7 +172,7 @@ async def test_room_becoming_members_only_removes_non_members(server):
     await owner.configure(room, **{"muc#roomconfig_membersonly": "1", "muc#roomconfig_whois": "anyone"})
     assert "322" in codes(await guest.inbox.wait(from_(f"{room}/guest", type_="unavailable")))
     notice = await owner.inbox.wait(lambda s: s.tag == MESSAGE and s.get("from") == room and "104" in codes(s))
-    assert "172" in codes(notice)              # now non-anonymous
+    assert "172" in codes(notice)  # now non-anonymous
 
 
 async def test_destroy_with_alternate_venue(server):
@@ -165,8 +181,10 @@ async def test_destroy_with_alternate_venue(server):
     await user.join(room, "user")
     refused = await user.iq("set", room, f"<query xmlns='{NS_OWNER}'><destroy/></query>")
     assert error_of(refused) == ("auth", "forbidden")
-    destroy = (f"<query xmlns='{NS_OWNER}'><destroy jid='elsewhere@conference.localhost'>"
-               "<reason>Moving</reason></destroy></query>")
+    destroy = (
+        f"<query xmlns='{NS_OWNER}'><destroy jid='elsewhere@conference.localhost'>"
+        "<reason>Moving</reason></destroy></query>"
+    )
     assert (await owner.iq("set", room, destroy)).get("type") == "result"
     gone = await user.inbox.wait(from_(f"{room}/user", type_="unavailable"))
     assert item(gone).get("affiliation") == "none" and item(gone).get("role") == "none"
@@ -177,6 +195,7 @@ async def test_destroy_with_alternate_venue(server):
 
 
 # ------------------------------------------------------------------ bad input
+
 
 async def test_members_only_room_refuses_non_members(server):
     owner, witness, stranger = await new_user(server), await new_user(server), await new_user(server)
@@ -211,7 +230,7 @@ async def test_nickname_in_use_changes_nothing(server):
     assert error_of(refused) == ("cancel", "conflict")
     sync = await owner.say(room, "sync")
     await holder.inbox.wait(lambda s: s.get("id") == sync.get("id"))
-    assert len(owner.inbox.received(from_(f"{room}/name"))) == 1       # the holder's own entry only
+    assert len(owner.inbox.received(from_(f"{room}/name"))) == 1  # the holder's own entry only
     assert await occupant_count(owner, room) == "2"
     assert not rival.inbox.received(lambda s: s.get("id") == sync.get("id"))
 
@@ -247,8 +266,9 @@ async def test_message_from_non_occupant(server):
     # Nor is it archived.
     archive = await owner.iq("set", room, "<query xmlns='urn:xmpp:mam:2'/>")
     assert archive.get("type") == "result"
-    assert not owner.inbox.received(lambda s: s.find(".//{jabber:client}body") is not None
-                                    and s.findtext(".//{jabber:client}body") == "let me in")
+    assert not owner.inbox.received(
+        lambda s: s.find(".//{jabber:client}body") is not None and s.findtext(".//{jabber:client}body") == "let me in"
+    )
 
 
 async def test_unknown_room(server):

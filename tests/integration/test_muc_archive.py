@@ -1,8 +1,21 @@
 """The room archive (XEP-0313 on the room JID, RSM paging) and rooms surviving a restart."""
+
 import pytest
 
 from tests.support.inbox import MESSAGE, online
-from tests.support.muc import NS_ADMIN, NS_MAM, NS_RSM, SERVICE, User, codes, create_room, error_of, form, item, new_user
+from tests.support.muc import (
+    NS_ADMIN,
+    NS_MAM,
+    NS_RSM,
+    SERVICE,
+    User,
+    codes,
+    create_room,
+    error_of,
+    form,
+    item,
+    new_user,
+)
 from tests.support.server import XmppdProcess
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
@@ -21,13 +34,18 @@ def server(tmp_path_factory):
 async def query(user, room, query_id, rsm="", fields=None):
     """Run a MAM query; (bodies of the results in order, their ids, the <fin/>)."""
     payload = form(NS_MAM, fields) if fields else ""
-    result = await user.iq("set", room, f"<query xmlns='{NS_MAM}' queryid='{query_id}'>{payload}"
-                                         f"<set xmlns='{NS_RSM}'>{rsm}</set></query>")
+    result = await user.iq(
+        "set", room, f"<query xmlns='{NS_MAM}' queryid='{query_id}'>{payload}<set xmlns='{NS_RSM}'>{rsm}</set></query>"
+    )
     if result.get("type") == "error":
         return result
-    results = user.inbox.received(lambda s: s.tag == MESSAGE
-                                  and s.find(f"{{{NS_MAM}}}result") is not None
-                                  and s.find(f"{{{NS_MAM}}}result").get("queryid") == query_id)
+    results = user.inbox.received(
+        lambda s: (
+            s.tag == MESSAGE
+            and s.find(f"{{{NS_MAM}}}result") is not None
+            and s.find(f"{{{NS_MAM}}}result").get("queryid") == query_id
+        )
+    )
     forwarded = [r.find(f"{{{NS_MAM}}}result/{{{NS_FORWARD}}}forwarded/{{jabber:client}}message") for r in results]
     for r in results:
         assert r.get("from") == room
@@ -103,12 +121,17 @@ async def test_archive_of_a_password_or_hidden_room_is_for_those_inside(server):
     locked = await create_room(owner, passwordprotectedroom="1", roomsecret="pw")
     await owner.say(locked, "behind the password")
     assert error_of(await query(stranger, locked, "p1")) == ("auth", "forbidden")
-    assert error_of(await stranger.join(locked, "stranger", password="guess", expect_error=True)) == \
-        ("auth", "not-authorized")
+    assert error_of(await stranger.join(locked, "stranger", password="guess", expect_error=True)) == (
+        "auth",
+        "not-authorized",
+    )
     assert error_of(await query(stranger, locked, "p2")) == ("auth", "forbidden")
     # A member still needs the password to enter, so it reads no more than a stranger.
-    await owner.iq("set", locked, f"<query xmlns='{NS_ADMIN}'><item affiliation='member' "
-                                  f"jid='{member.jid.split('/')[0]}'/></query>")
+    await owner.iq(
+        "set",
+        locked,
+        f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{member.jid.split('/')[0]}'/></query>",
+    )
     assert error_of(await query(member, locked, "p3")) == ("auth", "forbidden")
     await stranger.join(locked, "stranger", password="pw")
     bodies, _, _, _ = await query(stranger, locked, "p4")
@@ -119,8 +142,11 @@ async def test_archive_of_a_password_or_hidden_room_is_for_those_inside(server):
     hidden = await create_room(owner, publicroom="0")
     await owner.say(hidden, "unlisted")
     assert error_of(await query(stranger, hidden, "h1")) == ("auth", "forbidden")
-    await owner.iq("set", hidden, f"<query xmlns='{NS_ADMIN}'><item affiliation='member' "
-                                  f"jid='{member.jid.split('/')[0]}'/></query>")
+    await owner.iq(
+        "set",
+        hidden,
+        f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{member.jid.split('/')[0]}'/></query>",
+    )
     assert (await query(member, hidden, "h2"))[0] == ["unlisted"]
     # A public room open to all is readable from outside, as in Prosody and ejabberd.
     public = await create_room(owner)
@@ -144,9 +170,12 @@ async def test_persistent_rooms_survive_a_restart(tmp_path):
     try:
         owner, member = await new_user(server), await new_user(server)
         owner_bare, member_bare = owner.jid.split("/")[0], member.jid.split("/")[0]
-        room = await create_room(owner, persistentroom="1", membersonly="1", roomname="Keep", whois="anyone",
-                                 **{"muc#maxhistoryfetch": "2"})
-        await owner.iq("set", room, f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{member_bare}'/></query>")
+        room = await create_room(
+            owner, persistentroom="1", membersonly="1", roomname="Keep", whois="anyone", **{"muc#maxhistoryfetch": "2"}
+        )
+        await owner.iq(
+            "set", room, f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{member_bare}'/></query>"
+        )
         owner.client.send_raw(f"<message type='groupchat' to='{room}' id='subj'><subject>Kept</subject></message>")
         await owner.inbox.wait(lambda s: s.get("id") == "subj")
         for number in range(3):
@@ -157,20 +186,28 @@ async def test_persistent_rooms_survive_a_restart(tmp_path):
         server.stop()
         server.start()
 
-        owner, member, stranger = (await again(server, owner_bare), await again(server, member_bare),
-                                   await new_user(server))
+        owner, member, stranger = (
+            await again(server, owner_bare),
+            await again(server, member_bare),
+            await new_user(server),
+        )
         entered = await member.join(room, "member")
         assert item(entered).get("affiliation") == "member" and "100" in codes(entered)
         subject = await member.subject(room)
         assert subject.findtext("{jabber:client}subject") == "Kept"
-        history = [s.findtext(BODY) for s in member.inbox.received(
-            lambda s: s.tag == MESSAGE and s.findtext(BODY) and s.find("{urn:xmpp:delay}delay") is not None)]
+        history = [
+            s.findtext(BODY)
+            for s in member.inbox.received(
+                lambda s: s.tag == MESSAGE and s.findtext(BODY) and s.find("{urn:xmpp:delay}delay") is not None
+            )
+        ]
         assert history == ["before restart 1", "before restart 2"]
         assert item(await owner.join(room, "owner")).get("affiliation") == "owner"
         info = await member.iq("get", room, f"<query xmlns='{NS_DISCO_INFO}'/>")
         assert info.find(f"{{{NS_DISCO_INFO}}}query/{{{NS_DISCO_INFO}}}identity").get("name") == "Keep"
         assert {"muc_persistent", "muc_membersonly", "muc_nonanonymous"} <= {
-            f.get("var") for f in info.iter(f"{{{NS_DISCO_INFO}}}feature")}
+            f.get("var") for f in info.iter(f"{{{NS_DISCO_INFO}}}feature")
+        }
         # The archive is still there; non-members are still refused; the temporary room is gone.
         bodies, _, _, _ = await query(member, room, "r1")
         assert bodies == [f"before restart {n}" for n in range(3)]

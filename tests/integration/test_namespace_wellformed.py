@@ -3,6 +3,7 @@ with an unbound prefix) gets its sender the not-well-formed stream error (RFC 61
 and never reaches a recipient, online, offline or in a room, whose strict client would drop
 the connection on it; and one stored by an older version does not break its owner's login,
 offline delivery or MAM queries."""
+
 import sqlite3
 import time
 
@@ -32,7 +33,7 @@ async def refused(server, local: str, stanza: str, *, before: str = "") -> None:
     raw = await RawClient().login(server.port, local, "secret")
     if before:
         await raw.send(before)
-        await raw.expect(r"<subject")                # entered the room
+        await raw.expect(r"<subject")  # entered the room
     await raw.send(stanza)
     text = await raw.closed()
     assert NOT_WELL_FORMED in text and text.rstrip().endswith("</stream:stream>"), text
@@ -40,8 +41,10 @@ async def refused(server, local: str, stanza: str, *, before: str = "") -> None:
 
 async def send_good(server, local: str, to: str) -> None:
     raw = await RawClient().login(server.port, local, "secret")
-    await raw.send(f"<message to='{to}' type='chat' id='good'><body>good</body></message>"
-                   "<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    await raw.send(
+        f"<message to='{to}' type='chat' id='good'><body>good</body></message>"
+        "<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+    )
     await raw.expect(r"<iq(?=[^>]*id=.sync.)[^>]*>")
     await raw.close()
 
@@ -77,7 +80,7 @@ async def test_to_a_room(server, account_pool):
     await refused(server, attacker, bad_message(room, "groupchat"), before=join)
     await owner.say(room, "good")
     unharmed(owner.client, owner.inbox)
-    later = await new_user(server)                   # and the history is harmless too
+    later = await new_user(server)  # and the history is harmless too
     await later.join(room, "later")
     await later.subject(room)
     assert later.inbox.received(message(body="good"))
@@ -93,8 +96,10 @@ def database(server) -> sqlite3.Connection:
 def archive_corrupt(server, store: str, owner: str, when: float, payload: bytes) -> None:
     """Straight into the SQLite store, as an older version stored such stanzas."""
     with database(server) as conn:
-        conn.execute('INSERT INTO archive (store, owner, id, "when", with_, payload) VALUES (?, ?, ?, ?, ?, ?)',
-                     (store, owner, "corrupt", when, "someone", payload))
+        conn.execute(
+            'INSERT INTO archive (store, owner, id, "when", with_, payload) VALUES (?, ?, ?, ?, ?, ?)',
+            (store, owner, "corrupt", when, "someone", payload),
+        )
 
 
 CORRUPT = b"<message xmlns='jabber:client' to='%s' id='evil' foo:bar='x'><body>evil</body></message>"
@@ -105,27 +110,31 @@ async def test_a_corrupt_stored_stanza_does_not_break_its_owner(server, account_
     sender = f"{alice}@{server.domain}"
     for store in ("offline", "archive"):
         archive_corrupt(server, store, bob, time.time() - 60, CORRUPT % bob.encode())
-    with database(server) as conn:                   # a subscription request waiting for bob
-        conn.execute("INSERT INTO keyvalue (store, owner, key, value) VALUES (?, ?, ?, ?)",
-                     ("roster-pending", bob, sender, b"<presence xmlns='jabber:client' type='subscribe' a:b='1'/>"))
+    with database(server) as conn:  # a subscription request waiting for bob
+        conn.execute(
+            "INSERT INTO keyvalue (store, owner, key, value) VALUES (?, ?, ?, ?)",
+            ("roster-pending", bob, sender, b"<presence xmlns='jabber:client' type='subscribe' a:b='1'/>"),
+        )
     await send_good(server, alice, bob)
 
-    client, inbox = await connect(bob)               # login, initial presence, offline delivery
+    client, inbox = await connect(bob)  # login, initial presence, offline delivery
     await inbox.wait(message(body="good"))
     client.send_raw(f"<iq type='set' id='mam'><query xmlns='{NS_MAM}' queryid='q'/></iq>")
     result = await inbox.wait(lambda s: s.tag == IQ and s.get("id") == "mam")
     assert result.get("type") == "result"
     archived = inbox.received(lambda s: s.tag == MESSAGE and s.find(f"{{{NS_MAM}}}result") is not None)
-    assert [s.findtext(f".//{{jabber:client}}body") for s in archived] == ["good"]
+    assert [s.findtext(".//{jabber:client}body") for s in archived] == ["good"]
     assert not inbox.received(presence("subscribe"))
     unharmed(client, inbox)
     for where in (f"owner={bob} id=corrupt", f"archive={bob} id=corrupt", f"owner={bob} contact={sender}"):
         await server.wait_for_log(f"event=stored-stanza-unreadable {where} error=")
-    with database(server) as conn:                   # deleted: they no longer block the queue
-        assert conn.execute("SELECT count(*) FROM archive WHERE store = 'offline' AND owner = ?",
-                            (bob,)).fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM keyvalue WHERE store = 'roster-pending' AND owner = ?",
-                            (bob,)).fetchone() == (0,)
+    with database(server) as conn:  # deleted: they no longer block the queue
+        assert conn.execute(
+            "SELECT count(*) FROM archive WHERE store = 'offline' AND owner = ?", (bob,)
+        ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM keyvalue WHERE store = 'roster-pending' AND owner = ?", (bob,)
+        ).fetchone() == (0,)
 
 
 async def test_a_corrupt_stored_room_message_does_not_break_history_or_archive(tmp_path):
@@ -135,9 +144,14 @@ async def test_a_corrupt_stored_room_message_does_not_break_history_or_archive(t
         owner = await new_user(server)
         room = await create_room(owner, persistentroom="1")
         await owner.say(room, "good")
-        archive_corrupt(server, "muc", room, time.time() + 1,
-                        b"<message xmlns='jabber:client' type='groupchat' from='%s/owner' foo:bar='x'>"
-                        b"<body>evil</body></message>" % room.encode())
+        archive_corrupt(
+            server,
+            "muc",
+            room,
+            time.time() + 1,
+            b"<message xmlns='jabber:client' type='groupchat' from='%s/owner' foo:bar='x'>"
+            b"<body>evil</body></message>" % room.encode(),
+        )
         await owner.logout()
         server.stop()
         server.start()

@@ -4,6 +4,7 @@ authentications, messages, offline storage and uploads, and is refused to peers 
 [http] metrics_allow; /health answers 200 while serving and 503 from the first moment of
 a shutdown; systemd hears READY=1, WATCHDOG=1 and STOPPING=1 on $NOTIFY_SOCKET; JSON
 logs are one object per line and never hold a message body or a password."""
+
 from __future__ import annotations
 
 import asyncio
@@ -52,7 +53,7 @@ async def get(port: int, path: str) -> tuple[int, dict, str]:
 
 # ------------------------------------------------------------------ the text format
 
-SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)')
+SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)")
 LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*(,|$)')
 
 
@@ -82,7 +83,9 @@ def parse_exposition(text: str) -> dict[tuple, float]:
         while label_text and position < len(label_text):
             label = LABEL.match(label_text, position)
             assert label, f"bad labels in {line!r}"
-            labels.append((label.group(1), label.group(2).replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")))
+            labels.append(
+                (label.group(1), label.group(2).replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\"))
+            )
             position = label.end()
         family = name
         if name not in types:
@@ -132,9 +135,11 @@ def delta(before, after, name: str, **labels) -> float:
 
 # ------------------------------------------------------------------ /metrics
 
+
 async def raw_login(server, jid: str, mechanism: str = "PLAIN", resource: str = "raw") -> RawClient:
-    return await RawClient(server.domain).login(server.port, local(jid), "secret", resource=resource,
-                                                mechanism=mechanism)
+    return await RawClient(server.domain).login(
+        server.port, local(jid), "secret", resource=resource, mechanism=mechanism
+    )
 
 
 async def test_logins_failed_auth_and_stanzas_move_the_counters(server):
@@ -166,7 +171,7 @@ async def test_logins_failed_auth_and_stanzas_move_the_counters(server):
     assert delta(before, during, "xmppd_sessions", host=server.domain) == 2
     assert value(during, "xmppd_sessions_hibernating", host=server.domain) == 0
     assert delta(before, during, "xmppd_stanzas_received_total", kind="message") == 3
-    assert delta(before, during, "xmppd_stanzas_received_total", kind="iq") == 1     # bind is not a stanza of a session
+    assert delta(before, during, "xmppd_stanzas_received_total", kind="iq") == 1  # bind is not a stanza of a session
     assert delta(before, during, "xmppd_stanzas_received_total", kind="presence") == 0
     assert delta(before, during, "xmppd_stanzas_sent_total", kind="message") == 3
     assert delta(before, during, "xmppd_stanzas_sent_total", kind="iq") == 1
@@ -184,11 +189,13 @@ async def test_offline_messages_stored_and_delivered(server):
     for n in range(2):
         await sender.send(f"<message to='{recipient_jid}' type='chat' id='o{n}'><body>later {n}</body></message>")
     await sender.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
-    await sender.expect(r"id=.sync.")          # the messages before it are stored by now
+    await sender.expect(r"id=.sync.")  # the messages before it are stored by now
     stored = await scrape(server)
     assert delta(before, stored, "xmppd_offline_messages_stored_total") == 2
     assert delta(before, stored, "xmppd_offline_messages_delivered_total") == 0
-    assert delta(before, stored, "xmppd_storage_operation_seconds_count", store="archive/offline", operation="append") == 2
+    assert (
+        delta(before, stored, "xmppd_storage_operation_seconds_count", store="archive/offline", operation="append") == 2
+    )
     # The recipient's queue held 1, then 2 messages.
     assert delta(before, stored, "xmppd_offline_queue_length_count") == 2
     assert delta(before, stored, "xmppd_offline_queue_length_sum") == 3
@@ -198,16 +205,24 @@ async def test_offline_messages_stored_and_delivered(server):
     recipient = await raw_login(server, recipient_jid)
     await recipient.send("<presence/>")
     await recipient.expect("<body>later 1</body>")
-    delivered = await scrape(server)                # counted as they are sent
+    delivered = await scrape(server)  # counted as they are sent
     assert delta(stored, delivered, "xmppd_offline_messages_delivered_total") == 2
 
-    async def deleted():                            # then deleted, in the background
-        while not delta(stored, now := await scrape(server), "xmppd_storage_operation_seconds_count",
-                        store="archive/offline", operation="delete"):
+    async def deleted():  # then deleted, in the background
+        while not delta(
+            stored,
+            now := await scrape(server),
+            "xmppd_storage_operation_seconds_count",
+            store="archive/offline",
+            operation="delete",
+        ):
             await asyncio.sleep(0.05)
         return now
+
     after = await asyncio.wait_for(deleted(), 10)
-    assert delta(stored, after, "xmppd_storage_operation_seconds_count", store="archive/offline", operation="delete") == 1
+    assert (
+        delta(stored, after, "xmppd_storage_operation_seconds_count", store="archive/offline", operation="delete") == 1
+    )
     await sender.close()
     await recipient.close()
 
@@ -234,6 +249,7 @@ async def test_upload_bytes_in_and_out(server):
 
 async def test_every_declared_metric_is_exposed_with_help_and_type(server):
     from xmppd.metrics import METRICS
+
     status, _, text = await get(server.http_port, "/metrics")
     assert status == 200
     for name, metric in METRICS.items():
@@ -242,6 +258,7 @@ async def test_every_declared_metric_is_exposed_with_help_and_type(server):
 
 
 # ------------------------------------------------------------------ /health
+
 
 async def test_health_while_serving(server):
     """From an address in metrics_allow (loopback by default): the details too."""
@@ -255,34 +272,43 @@ async def test_health_while_serving(server):
 
 # ------------------------------------------------------------------ access to /metrics
 
+
 async def test_metrics_refused_outside_the_allow_list(make_xmppd):
-    process = make_xmppd()                     # its config has an [http] table: the option goes there
-    process.config_path.write_text(process.config_path.read_text().replace(
-        "[http]\n", '[http]\nmetrics_allow = ["192.0.2.0/24", "2001:db8::/32"]\n'))
+    process = make_xmppd()  # its config has an [http] table: the option goes there
+    process.config_path.write_text(
+        process.config_path.read_text().replace(
+            "[http]\n", '[http]\nmetrics_allow = ["192.0.2.0/24", "2001:db8::/32"]\n'
+        )
+    )
     process.start()
     status, _, text = await get(process.http_port, "/metrics")
     assert status == 403 and "metrics_allow" in text
     status, _, text = await get(process.http_port, "/health")
-    assert status == 200                       # load balancers may ask from anywhere
-    assert json.loads(text) == {"status": "ok"}     # but only metrics_allow learns the load
+    assert status == 200  # load balancers may ask from anywhere
+    assert json.loads(text) == {"status": "ok"}  # but only metrics_allow learns the load
 
 
 def test_a_bad_metrics_allow_entry_stops_start_up(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('[http]\nmetrics_allow = ["127.0.0.1", "localhost"]\n')
-    result = subprocess.run([sys.executable, "-m", "xmppd.cli", "--check-config", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "xmppd.cli", "--check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "http.metrics_allow[1]" in result.stderr and str(config) in result.stderr
 
 
 # ------------------------------------------------------------------ shutdown, systemd
 
+
 class NotifySocket:
     """A fake systemd notify socket: an AF_UNIX datagram socket the server sends to."""
 
     def __init__(self):
-        self.directory = tempfile.TemporaryDirectory(prefix="sd", dir="/tmp")     # sun_path is short
+        self.directory = tempfile.TemporaryDirectory(prefix="sd", dir="/tmp")  # sun_path is short
         self.path = str(Path(self.directory.name) / "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
@@ -299,6 +325,7 @@ class NotifySocket:
                 self.received.append(message)
                 if wanted in message.split("\n"):
                     return message
+
         return await asyncio.wait_for(receive(), timeout)
 
     def close(self):
@@ -309,7 +336,7 @@ class NotifySocket:
 async def test_systemd_notify_and_health_during_graceful_shutdown(make_xmppd, monkeypatch):
     notify = NotifySocket()
     monkeypatch.setenv("NOTIFY_SOCKET", notify.path)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")          # a WATCHDOG=1 every 0.1 s
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a WATCHDOG=1 every 0.1 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     process = make_xmppd(server_section="shutdown_delay = 3.0")
     try:
@@ -321,7 +348,7 @@ async def test_systemd_notify_and_health_during_graceful_shutdown(make_xmppd, mo
         status, _, _ = await get(process.http_port, "/health")
         assert status == 200
 
-        process.process.send_signal(15)                      # SIGTERM: a graceful shutdown begins
+        process.process.send_signal(15)  # SIGTERM: a graceful shutdown begins
         await notify.wait_for("STOPPING=1")
         status, _, text = await get(process.http_port, "/health")
         assert status == 503 and json.loads(text)["status"] == "stopping"
@@ -343,11 +370,15 @@ WRONG_PASSWORD = "Velvet-Cactus-3370"
 
 
 async def test_json_logs_hold_no_bodies_and_no_passwords(make_xmppd):
-    process = make_xmppd("""
+    process = make_xmppd(
+        """
         [extensions.register]
         allow_registration = true
         registration_throttle_seconds = 0.0
-        """, server_section='log_format = "json"', c2s_section=FAST_AUTH_FAILURES)
+        """,
+        server_section='log_format = "json"',
+        c2s_section=FAST_AUTH_FAILURES,
+    )
     process.config_path.write_text(process.config_path.read_text().replace('log_level = "info"', 'log_level = "debug"'))
     process.start()
     (friend_jid,) = create_accounts(process, ["friend"], password=PASSWORD)
@@ -356,22 +387,27 @@ async def test_json_logs_hold_no_bodies_and_no_passwords(make_xmppd):
     # In-band registration (XEP-0077) with the password in the clear inside the stream.
     newcomer = RawClient(process.domain)
     await newcomer.secure(process.port)
-    await newcomer.send(f"<iq type='set' id='reg'><query xmlns='{NS_REGISTER}'><username>newcomer</username>"
-                        f"<password>{PASSWORD}</password></query></iq>")
+    await newcomer.send(
+        f"<iq type='set' id='reg'><query xmlns='{NS_REGISTER}'><username>newcomer</username>"
+        f"<password>{PASSWORD}</password></query></iq>"
+    )
     await newcomer.expect(r"<iq[^>]*type=.result.")
     await newcomer.close()
 
     # Logins with the password (PLAIN and SCRAM), a failed one, a password change.
     user = await RawClient(process.domain).login(process.port, "newcomer", PASSWORD, resource="a")
-    friend = await RawClient(process.domain).login(process.port, "friend", PASSWORD, mechanism="SCRAM-SHA-1",
-                                                   resource="b")
+    friend = await RawClient(process.domain).login(
+        process.port, "friend", PASSWORD, mechanism="SCRAM-SHA-1", resource="b"
+    )
     intruder = RawClient(process.domain)
     await intruder.secure(process.port)
     with pytest.raises(AssertionError):
         await intruder.authenticate("friend", WRONG_PASSWORD, "PLAIN")
     await intruder.close()
-    await user.send(f"<iq type='set' id='pw'><query xmlns='{NS_REGISTER}'><username>newcomer</username>"
-                    f"<password>{NEW_PASSWORD}</password></query></iq>")
+    await user.send(
+        f"<iq type='set' id='pw'><query xmlns='{NS_REGISTER}'><username>newcomer</username>"
+        f"<password>{NEW_PASSWORD}</password></query></iq>"
+    )
     await user.expect(r"id=.pw.")
 
     # The body: delivered live, stored offline, bounced from a user that does not exist.
@@ -385,13 +421,17 @@ async def test_json_logs_hold_no_bodies_and_no_passwords(make_xmppd):
     assert process.stop() == 0
 
     secrets = [BODY, PASSWORD, NEW_PASSWORD, WRONG_PASSWORD]
-    secrets += [base64.b64encode(f"\0friend\0{WRONG_PASSWORD}".encode()).decode(),
-                base64.b64encode(f"\0newcomer\0{PASSWORD}".encode()).decode()]
-    lines = [line for line in process.output if not line.startswith(("xmppd serving ", "data in "))]  # the banner, on stdout
+    secrets += [
+        base64.b64encode(f"\0friend\0{WRONG_PASSWORD}".encode()).decode(),
+        base64.b64encode(f"\0newcomer\0{PASSWORD}".encode()).decode(),
+    ]
+    lines = [
+        line for line in process.output if not line.startswith(("xmppd serving ", "data in "))
+    ]  # the banner, on stdout
     assert len(lines) > 5, process.log
     events = []
     for line in lines:
-        entry = json.loads(line)                 # one JSON object per line, tracebacks included
+        entry = json.loads(line)  # one JSON object per line, tracebacks included
         assert {"time", "level", "logger"} <= set(entry), line
         events.append(entry.get("event"))
     for secret in secrets:

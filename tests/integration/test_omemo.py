@@ -2,6 +2,7 @@
 and bundles over PEP and carries the encrypted messages untouched. Two instances of the
 bundled client (slixmpp-omemo, both OMEMO versions), the example echo bot, and a legacy
 OMEMO client on python-axolotl (libsignal's line, as in Conversations) in both directions."""
+
 import asyncio
 import json
 import os
@@ -80,7 +81,10 @@ async def test_device_lists_and_bundles_are_served_to_a_non_contact(users, omemo
     a = await omemo_client(alice)
     b = await omemo_client(bob)
     device = await device_id(b)
-    for node, list_tag in ((f"{LEGACY}.devicelist", f"{{{LEGACY}}}device"), (f"{OMEMO2}:devices", f"{{{OMEMO2}}}device")):
+    for node, list_tag in (
+        (f"{LEGACY}.devicelist", f"{{{LEGACY}}}device"),
+        (f"{OMEMO2}:devices", f"{{{OMEMO2}}}device"),
+    ):
         items = await pubsub_get(a, bob, node)
         assert [int(d.get("id")) for d in items[0].iter(list_tag)] == [device], node
     legacy_bundle = await pubsub_get(a, bob, f"{LEGACY}.bundles:{device}")
@@ -107,8 +111,8 @@ async def test_an_encrypted_message_waits_offline_untouched(users, omemo_client)
     sent = []
     a.add_filter("out", lambda stanza: sent.append(ET.tostring(stanza.xml)) or stanza)
     await a.send_encrypted(bob, "while you were away")
-    await a.plugin["xep_0199"].send_ping(a.boundjid.domain, timeout=10)   # stored before bob comes back
-    b = await omemo_client(bob)                                           # same key file: same device
+    await a.plugin["xep_0199"].send_ping(a.boundjid.domain, timeout=10)  # stored before bob comes back
+    b = await omemo_client(bob)  # same key file: same device
     message, sender = await next_message(b)
     assert message["body"] == "while you were away" and sender.bare_jid == alice
     raw = await b.inbox.wait(lambda s: s.tag == MESSAGE and s.find(f"{{{LEGACY}}}encrypted") is not None)
@@ -120,13 +124,29 @@ async def test_an_encrypted_message_waits_offline_untouched(users, omemo_client)
 async def test_echo_bot_answers_encrypted(server, users, omemo_client, tmp_path):
     alice, bot = users(2)
     process = subprocess.Popen(
-        [sys.executable, "-m", "xmppd.client.echo", "--jid", bot, "--host", "127.0.0.1", "--port", str(server.port),
-         "--no-verify-tls", "--keys", str(tmp_path / "bot.json")],
-        env={**os.environ, "XMPPD_BOT_PASSWORD": "secret"}, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "xmppd.client.echo",
+            "--jid",
+            bot,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(server.port),
+            "--no-verify-tls",
+            "--keys",
+            str(tmp_path / "bot.json"),
+        ],
+        env={**os.environ, "XMPPD_BOT_PASSWORD": "secret"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         output = []
-        for line in process.stdout:                  # the bot says when its keys are published
+        for line in process.stdout:  # the bot says when its keys are published
             output.append(line)
             if "online" in line:
                 break
@@ -151,9 +171,17 @@ class AxolotlPeer:
     @classmethod
     async def start(cls, server, jid):
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.support.axolotl_peer", jid, "secret", str(server.port),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
-            env={**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"})
+            sys.executable,
+            "-m",
+            "tests.support.axolotl_peer",
+            jid,
+            "secret",
+            str(server.port),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"},
+        )
         peer = cls(process)
         online = await peer.event()
         assert online["event"] == "online", online
@@ -176,7 +204,7 @@ class AxolotlPeer:
         self.process.stdin.close()
         try:
             await asyncio.wait_for(self.process.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.process.kill()
 
 

@@ -5,6 +5,7 @@ messages, PEP) exported, imported into a fresh server, and found there by client
 log in with their old password. And a file written by hand after the XEP's examples
 (its older namespace, plain passwords) imported the same way.
 """
+
 import asyncio
 import base64
 import hashlib
@@ -44,11 +45,14 @@ async def fill(server) -> list[tuple[str, str]]:
     alice, bob = await connect(server, ALICE, "phone"), await connect(server, BOB, "phone")
     await subscribe_both(alice, bob)
     dave = await connect(server, DAVE, "phone")
-    await dave.send(f"<presence to='{ALICE}' type='subscribe'/>")          # left unanswered
+    await dave.send(f"<presence to='{ALICE}' type='subscribe'/>")  # left unanswered
     await alice.inbox.wait(presence("subscribe", from_=DAVE))
     await dave.logout()
-    for payload in (VCARD, f"<query xmlns='jabber:iq:private'>{PRIVATE}</query>",
-                    publish(NODE, "<entry xmlns='urn:example'>one</entry>", "item-1")):
+    for payload in (
+        VCARD,
+        f"<query xmlns='jabber:iq:private'>{PRIVATE}</query>",
+        publish(NODE, "<entry xmlns='urn:example'>one</entry>", "item-1"),
+    ):
         answer = await alice.iq("set", ALICE, payload)
         assert answer.get("type") == "result", etree.tostring(answer)
     for n in range(2):
@@ -67,8 +71,9 @@ async def archived(user) -> list[tuple[str, str]]:
     results, fin = await archive(user)
     assert fin.get("complete") == "true"
     stamp = f"{{{NS_MAM}}}result/{{urn:xmpp:forward:0}}forwarded/{{urn:xmpp:delay}}delay"
-    return [(result.find(stamp).get("stamp"), message.findtext("{jabber:client}body"))
-            for _, message, result in results]
+    return [
+        (result.find(stamp).get("stamp"), message.findtext("{jabber:client}body")) for _, message, result in results
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +112,16 @@ def test_export_is_xep0227_with_scram_secrets_and_no_password(exported):
 async def test_round_trip_into_a_fresh_server(exported, tmp_path):
     server, _ = imported(tmp_path, exported[0])
     try:
-        alice = await connect(server, ALICE, "laptop")               # the same password, from its SCRAM keys
-        await alice.inbox.wait(presence("subscribe", from_=DAVE))      # the request still waits for her
-        assert await archived(alice) == exported[2]                     # same messages, same times
+        alice = await connect(server, ALICE, "laptop")  # the same password, from its SCRAM keys
+        await alice.inbox.wait(presence("subscribe", from_=DAVE))  # the request still waits for her
+        assert await archived(alice) == exported[2]  # same messages, same times
         roster = await alice.iq("get", ALICE, "<query xmlns='jabber:iq:roster'/>")
         assert [(i.get("jid"), i.get("subscription")) for i in roster.iter("{jabber:iq:roster}item")] == [(BOB, "both")]
         vcard = await alice.iq("get", ALICE, "<vCard xmlns='vcard-temp'/>")
         assert vcard.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Alice Liddell"
-        private = await alice.iq("get", ALICE, "<query xmlns='jabber:iq:private'><prefs xmlns='urn:example:prefs'/>"
-                                               "</query>")
+        private = await alice.iq(
+            "get", ALICE, "<query xmlns='jabber:iq:private'><prefs xmlns='urn:example:prefs'/></query>"
+        )
         assert private.findtext("{jabber:iq:private}query/{urn:example:prefs}prefs/{urn:example:prefs}colour") == "blue"
         assert item_ids(await alice.iq("get", ALICE, items_request(NODE))) == ["item-1"]
         carol = await connect(server, CAROL, "phone")
@@ -179,21 +185,26 @@ async def test_import_of_a_file_written_after_the_xeps_examples(tmp_path):
         juliet = await login(server, "juliet@localhost", "balcony", "s3crEt")
         roster = await juliet.iq("get", "juliet@localhost", "<query xmlns='jabber:iq:roster'/>")
         item = roster.find("{jabber:iq:roster}query/{jabber:iq:roster}item")
-        assert (item.get("jid"), item.get("name"), item.get("subscription"), item.findtext("{jabber:iq:roster}group")) \
-            == ("romeo@montague.net", "Romeo", "both", "Friends")
+        assert (
+            item.get("jid"),
+            item.get("name"),
+            item.get("subscription"),
+            item.findtext("{jabber:iq:roster}group"),
+        ) == ("romeo@montague.net", "Romeo", "both", "Friends")
         vcard = await juliet.iq("get", "juliet@localhost", "<vCard xmlns='vcard-temp'/>")
         assert vcard.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Juliet Capulet"
         kept = await juliet.inbox.wait(message(body="Neither, fair saint, if either thee dislike."))
         assert kept.find("{urn:xmpp:delay}delay").get("stamp") == "1469-07-21T00:32:29Z"
         hamlet = await login(server, "hamlet@localhost", "castle", "2b0Rnot2B")
-        private = await hamlet.iq("get", "hamlet@localhost",
-                                  "<query xmlns='jabber:iq:private'><exodus xmlns='exodus:prefs'/></query>")
+        private = await hamlet.iq(
+            "get", "hamlet@localhost", "<query xmlns='jabber:iq:private'><exodus xmlns='exodus:prefs'/></query>"
+        )
         assert private.findtext("{jabber:iq:private}query/{exodus:prefs}exodus/{exodus:prefs}defaultnick") == "Hamlet"
         await juliet.logout()
         await hamlet.logout()
     finally:
         server.stop()
-    again = server.ctl("import", "--xep0227", str(path), check=False)       # nothing is overwritten
+    again = server.ctl("import", "--xep0227", str(path), check=False)  # nothing is overwritten
     assert again.returncode == 0 and "juliet@localhost: the account exists already" in again.stderr
 
 
@@ -202,8 +213,11 @@ def scram_sha1(password: str, salt: bytes, iterations: int) -> dict[str, str]:
     salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", "sha1").digest()
     server_key = hmac.new(salted, b"Server Key", "sha1").digest()
-    return {"salt": base64.b64encode(salt).decode(), "server": base64.b64encode(server_key).decode(),
-            "stored": base64.b64encode(hashlib.sha1(client_key).digest()).decode()}
+    return {
+        "salt": base64.b64encode(salt).decode(),
+        "server": base64.b64encode(server_key).decode(),
+        "stored": base64.b64encode(hashlib.sha1(client_key).digest()).decode(),
+    }
 
 
 async def test_import_of_scram_credentials_written_by_hand(tmp_path):
@@ -211,7 +225,8 @@ async def test_import_of_scram_credentials_written_by_hand(tmp_path):
     keys only (what Prosody exports), so SCRAM-SHA-1 logs in with them."""
     keys = scram_sha1("iLuvJuLi3T", b"salt of romeo", 4096)
     path = tmp_path / "scram.xml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         <?xml version='1.0' encoding='UTF-8'?>
         <server-data xmlns='urn:xmpp:pie:0'>
           <host jid='localhost'>
@@ -225,7 +240,8 @@ async def test_import_of_scram_credentials_written_by_hand(tmp_path):
             </user>
           </host>
         </server-data>
-        """))
+        """)
+    )
     server, _ = imported(tmp_path / "server", path)
     try:
         for password, works in (("iLuvJuLi3T", True), ("wrong", False)):
@@ -246,13 +262,16 @@ async def test_import_follows_xincludes_of_relative_files_only(tmp_path):
     (tmp_path / "localhost").mkdir()
     (tmp_path / "main.xml").write_text(
         "<server-data xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude'>"
-        "<xi:include href='localhost.xml'/></server-data>")
+        "<xi:include href='localhost.xml'/></server-data>"
+    )
     (tmp_path / "localhost.xml").write_text(
         "<host xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude' jid='localhost'>"
-        "<xi:include href='localhost/mercutio.xml'/></host>")
+        "<xi:include href='localhost/mercutio.xml'/></host>"
+    )
     (tmp_path / "localhost" / "mercutio.xml").write_text(
         "<user xmlns='urn:xmpp:pie:0' name='mercutio' password='queen-mab'>"
-        "<vCard xmlns='vcard-temp'><FN>Mercutio</FN></vCard></user>")
+        "<vCard xmlns='vcard-temp'><FN>Mercutio</FN></vCard></user>"
+    )
     server, _ = imported(tmp_path / "server", tmp_path / "main.xml")
     try:
         mercutio = await login(server, "mercutio@localhost", "verona", "queen-mab")
@@ -264,7 +283,8 @@ async def test_import_follows_xincludes_of_relative_files_only(tmp_path):
     # An included file is held to the same rules as the main one.
     (tmp_path / "localhost" / "mercutio.xml").write_text(
         "<user xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude' name='mercutio'>"
-        "<xi:include href='../../../etc/hostname' parse='text'/></user>")
+        "<xi:include href='../../../etc/hostname' parse='text'/></user>"
+    )
     refused = server.ctl("import", "--xep0227", str(tmp_path / "main.xml"), check=False)
     assert refused.returncode == 1 and "only XIncludes of relative files below its directory" in refused.stderr
 

@@ -6,6 +6,7 @@ restart of PostgreSQL under it; `xmppctl storage copy` from SQLite into PostgreS
 xmppd on one database, as the nodes of a cluster run: an account registered on one
 logs in on the other, and the roster versions both hand out for one roster never
 collide."""
+
 import asyncio
 import json
 
@@ -39,8 +40,9 @@ def database(postgresql):
 
 
 def node(database, directory) -> XmppdProcess:
-    return XmppdProcess(directory, storage_config(database, pool_size=4) + REGISTRATION,
-                        server_section=QUICK_STOP).start()
+    return XmppdProcess(
+        directory, storage_config(database, pool_size=4) + REGISTRATION, server_section=QUICK_STOP
+    ).start()
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +93,10 @@ async def register(server, user: str, password: str) -> str:
     client = RawClient(server.domain)
     await client.secure(server.port)
     try:
-        await client.send(f"<iq type='set' id='reg'><query xmlns='{NS_REGISTER}'><username>{user}</username>"
-                          f"<password>{password}</password></query></iq>")
+        await client.send(
+            f"<iq type='set' id='reg'><query xmlns='{NS_REGISTER}'><username>{user}</username>"
+            f"<password>{password}</password></query></iq>"
+        )
         return (await client.expect(r"<iq\b[^>]*\bid=['\"]reg['\"][^>]*\btype=['\"](\w+)['\"]")).group(1)
     finally:
         await client.close()
@@ -112,9 +116,10 @@ async def roster_version(user, ver: str | None = None):
 
 # ------------------------------------------------------------------ one xmppd
 
+
 async def test_postgresql_login_and_roster_subscription(users, login, stored):
     alice, bob = users(2)
-    assert (await stored.accounts.get(alice)).secrets        # made by the test's xmppctl code
+    assert (await stored.accounts.get(alice)).secrets  # made by the test's xmppctl code
     a, b = await login(alice), await login(bob)
     await subscribe_both(a, b)
     for user, contact in ((a, bob), (b, alice)):
@@ -138,9 +143,10 @@ async def test_postgresql_offline_messages_are_delivered_at_login(users, login, 
     received = [await b.inbox.wait(message(from_=a.jid, body=body)) for body in said]
     assert all(m.find(f"{{{NS_DELAY}}}delay") is not None for m in received)
 
-    async def emptied():                        # the delivered messages are deleted after they went out
+    async def emptied():  # the delivered messages are deleted after they went out
         while await stored.archive("offline").count(bob):
             await asyncio.sleep(0.05)
+
     await asyncio.wait_for(emptied(), 10)
 
 
@@ -165,9 +171,8 @@ async def test_postgresql_archive_query_with_paging(users, login, stored):
 
 
 def test_postgresql_unreachable_stops_start_up_naming_it(tmp_path):
-    port = free_port()                          # nothing listens there
-    process = XmppdProcess(tmp_path, storage_config(f"postgresql://xmppd@127.0.0.1:{port}/xmppd",
-                                                    connect_timeout=2.0))
+    port = free_port()  # nothing listens there
+    process = XmppdProcess(tmp_path, storage_config(f"postgresql://xmppd@127.0.0.1:{port}/xmppd", connect_timeout=2.0))
     with pytest.raises(RuntimeError):
         process.start()
     assert f"storage: cannot use PostgreSQL at 127.0.0.1 port {port}, database xmppd" in process.log
@@ -201,6 +206,7 @@ async def test_xmppd_serves_again_once_a_restarted_postgresql_is_back(own_postgr
     async def healthy():
         while (await health(process))[0] != 200:
             await asyncio.sleep(0.05)
+
     await asyncio.wait_for(healthy(), 20)
     assert await can_log_in(process, jid, "secret")
 
@@ -221,7 +227,7 @@ async def test_copy_from_sqlite_into_postgresql_reads_back_equal(postgresql, tmp
         await source.close()
     init = [process.ctl("storage", "init", "--backend", "postgresql").stdout for _ in range(2)]
     assert init == ["postgresql: schema versions [1] applied\n", "postgresql: schema up to date\n"]
-    for _ in range(2):                           # a rerun duplicates nothing
+    for _ in range(2):  # a rerun duplicates nothing
         copied = process.ctl("storage", "copy", "--from", "sqlite", "--to", "postgresql", check=False)
         assert copied.returncode == 0, copied.stdout + copied.stderr
         assert counts(copied.stdout) == {name: (count, count) for name, count in EXPECTED.items()}
@@ -230,12 +236,13 @@ async def test_copy_from_sqlite_into_postgresql_reads_back_equal(postgresql, tmp
 
 # ------------------------------------------------------------------ two xmppd on one database
 
+
 async def test_an_account_registered_on_one_node_logs_in_on_the_other(server, other):
     user = unique("shared")
     assert await register(server, user, "pass on a") == "result"
     assert await can_log_in(other, user, "pass on a")
     assert not await can_log_in(other, user, "another pass")
-    assert await register(other, user, "pass on b") == "error"     # one account table: a conflict
+    assert await register(other, user, "pass on b") == "error"  # one account table: a conflict
     assert await can_log_in(server, user, "pass on a")
 
 
@@ -243,7 +250,7 @@ async def test_two_nodes_never_hand_out_one_roster_version_twice(server, other, 
     """One user on both nodes adds contacts on both at once: every version is new (no node
     counts on its own), and each node then serves the whole roster at the last version
     (no node answers from a copy the other made stale)."""
-    alice, = users(1)
+    (alice,) = users(1)
     on_a, on_b = await login(alice, "a"), await login(alice, "b", on=other)
     contacts = {node: [f"{node}{n}@elsewhere.example" for n in range(10)] for node in ("a", "b")}
 

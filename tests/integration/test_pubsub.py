@@ -2,6 +2,7 @@
 slixmpp client's xep_0060 plugin (raw stanzas where the plugin hides an error): node
 creation, items, subscriptions and notifications, the owner use cases, access models,
 who may create nodes, and the limits."""
+
 import asyncio
 
 import pytest
@@ -24,13 +25,16 @@ TIMEOUT = 10
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("pubsub"), extra_config=f"""
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("pubsub"),
+        extra_config=f"""
         [extensions.pubsub]
         max_nodes_per_user = {MAX_NODES}
         max_items = {MAX_ITEMS}
         max_item_bytes = {MAX_ITEM_BYTES}
         max_subscribers = {MAX_SUBSCRIBERS}
-        """).start()
+        """,
+    ).start()
     yield process
     process.stop()
 
@@ -50,8 +54,12 @@ async def online(server):
         await client.login("127.0.0.1", on.port)
         opened.append(client)
         available = asyncio.get_running_loop().create_future()
-        client.add_event_handler("presence_available", lambda presence: presence["from"] == client.boundjid
-                                 and not available.done() and available.set_result(None))
+        client.add_event_handler(
+            "presence_available",
+            lambda presence: (
+                presence["from"] == client.boundjid and not available.done() and available.set_result(None)
+            ),
+        )
         client.send_presence()
         await asyncio.wait_for(available, TIMEOUT)
         return client
@@ -91,14 +99,20 @@ _nodes = iter(range(10**6))
 
 
 async def test_the_service_is_discovered_on_the_server(online, users):
-    alice, = users(1)
+    (alice,) = users(1)
     client = await online(alice)
     disco = client.plugin["xep_0030"]
     assert SERVICE in {item[0] for item in (await disco.get_items("localhost"))["disco_items"]["items"]}
     info = (await disco.get_info(SERVICE))["disco_info"]
     assert ("pubsub", "service") in {identity[:2] for identity in info["identities"]}
-    assert {NS_PUBSUB, f"{NS_PUBSUB}#create-nodes", f"{NS_PUBSUB}#access-whitelist", f"{NS_PUBSUB}#instant-nodes",
-            f"{NS_PUBSUB}#modify-affiliations", f"{NS_PUBSUB}#manage-subscriptions"} <= set(info["features"])
+    assert {
+        NS_PUBSUB,
+        f"{NS_PUBSUB}#create-nodes",
+        f"{NS_PUBSUB}#access-whitelist",
+        f"{NS_PUBSUB}#instant-nodes",
+        f"{NS_PUBSUB}#modify-affiliations",
+        f"{NS_PUBSUB}#manage-subscriptions",
+    } <= set(info["features"])
 
 
 async def test_publish_subscribe_retract_purge_delete(online, users):
@@ -117,7 +131,7 @@ async def test_publish_subscribe_retract_purge_delete(online, users):
     item = published["pubsub_event"]["items"]["item"]
     assert item["id"] == "one" and item["payload"].find(f"{{{NS_TUNE}}}title").text == "first"
 
-    items = await subscriber.plugin["xep_0060"].get_items(SERVICE, node)           # persistent
+    items = await subscriber.plugin["xep_0060"].get_items(SERVICE, node)  # persistent
     assert [i["id"] for i in items["pubsub"]["items"]] == ["one"]
     await pubsub.retract(SERVICE, node, "one", notify=True)
     assert (await event(subscriber, "retract"))["pubsub_event"]["items"]["retract"]["id"] == "one"
@@ -130,8 +144,10 @@ async def test_publish_subscribe_retract_purge_delete(online, users):
     assert len((await subscriber.plugin["xep_0060"].get_items(SERVICE, node))["pubsub"]["items"]) == 0
 
     await subscriber.plugin["xep_0060"].unsubscribe(SERVICE, node)
-    assert await refused(subscriber.plugin["xep_0060"].unsubscribe(SERVICE, node)) == \
-        ("unexpected-request", "not-subscribed")
+    assert await refused(subscriber.plugin["xep_0060"].unsubscribe(SERVICE, node)) == (
+        "unexpected-request",
+        "not-subscribed",
+    )
     await subscriber.plugin["xep_0060"].subscribe(SERVICE, node)
     await pubsub.delete_node(SERVICE, node)
     assert (await event(subscriber, "delete"))["pubsub_event"]["delete"]["node"] == node
@@ -158,7 +174,7 @@ async def test_the_last_item_comes_on_subscription_and_items_survive_a_restart(m
 
 
 async def test_instant_nodes_and_the_default_configuration(online, users):
-    alice, = users(1)
+    (alice,) = users(1)
     client = await online(alice)
     pubsub = client.plugin["xep_0060"]
     answer = await pubsub.create_node(SERVICE, None)
@@ -182,14 +198,17 @@ async def test_owner_configures_and_manages_affiliations_and_subscriptions(onlin
     form.field["pubsub#max_items"]["value"] = "2"
     await pubsub.set_node_config(SERVICE, node, form)
     assert (await pubsub.get_node_config(SERVICE, node))["pubsub_owner"]["configure"]["form"]["values"][
-        "pubsub#access_model"] == "whitelist"
+        "pubsub#access_model"
+    ] == "whitelist"
 
     # Whitelist: only affiliated entities subscribe and retrieve (XEP-0060 4.5).
     assert await refused(member.plugin["xep_0060"].subscribe(SERVICE, node)) == ("not-allowed", "closed-node")
     assert await refused(member.plugin["xep_0060"].get_items(SERVICE, node)) == ("not-allowed", "closed-node")
     await pubsub.modify_affiliations(SERVICE, node, [(bob, "member"), (carol, "outcast")])
-    listed = {a["jid"]: a["affiliation"] for a in
-              (await pubsub.get_node_affiliations(SERVICE, node))["pubsub_owner"]["affiliations"]}
+    listed = {
+        a["jid"]: a["affiliation"]
+        for a in (await pubsub.get_node_affiliations(SERVICE, node))["pubsub_owner"]["affiliations"]
+    }
     assert listed == {alice: "owner", bob: "member", carol: "outcast"}
     await member.plugin["xep_0060"].subscribe(SERVICE, node)
     assert (await refused(other.plugin["xep_0060"].get_items(SERVICE, node)))[0] == "forbidden"
@@ -202,7 +221,7 @@ async def test_owner_configures_and_manages_affiliations_and_subscriptions(onlin
         await member.plugin["xep_0060"].publish(SERVICE, node, id=f"i{number}", payload=tune(str(number)))
         await event(member, "publish")
     items = await pubsub.get_items(SERVICE, node)
-    assert [i["id"] for i in items["pubsub"]["items"]] == ["i1", "i2"]                 # max_items = 2
+    assert [i["id"] for i in items["pubsub"]["items"]] == ["i1", "i2"]  # max_items = 2
 
     # Subscriptions managed by the owner (XEP-0060 8.8).
     subscriptions = (await pubsub.get_node_subscriptions(SERVICE, node))["pubsub_owner"]["subscriptions"]
@@ -217,7 +236,7 @@ async def test_owner_configures_and_manages_affiliations_and_subscriptions(onlin
 
 async def test_publish_errors_follow_the_node_type(online, users):
     """XEP-0060 7.1.3.6: item-required, payload-required, item-forbidden."""
-    alice, = users(1)
+    (alice,) = users(1)
     client = await online(alice)
     pubsub = client.plugin["xep_0060"]
     persistent, transient = node_name(), node_name("transient")
@@ -230,8 +249,10 @@ async def test_publish_errors_follow_the_node_type(online, users):
     form.field["pubsub#deliver_payloads"]["value"] = False
     await pubsub.create_node(SERVICE, transient, config=form)
     await pubsub.publish(SERVICE, transient)
-    assert await refused(pubsub.publish(SERVICE, transient, id="x", payload=tune("x"))) == \
-        ("bad-request", "item-forbidden")
+    assert await refused(pubsub.publish(SERVICE, transient, id="x", payload=tune("x"))) == (
+        "bad-request",
+        "item-forbidden",
+    )
 
 
 async def test_node_creation_is_for_local_users_by_default_and_configurable(make_xmppd):
@@ -245,11 +266,11 @@ async def test_node_creation_is_for_local_users_by_default_and_configurable(make
     try:
         assert (await refused(client.plugin["xep_0060"].create_node(SERVICE, "mine")))[0] == "forbidden"
         # Publishing to a missing node is no way around it (auto-create is for creators only).
-        assert (await refused(client.plugin["xep_0060"].publish(SERVICE, "mine", payload=tune("x"))))[0] == \
-            "item-not-found"
+        assert (await refused(client.plugin["xep_0060"].publish(SERVICE, "mine", payload=tune("x"))))[
+            0
+        ] == "item-not-found"
     finally:
         await client.logout()
-
 
 
 async def test_limits_refuse_with_the_xep_errors_and_are_counted(server, online, users):
@@ -315,9 +336,9 @@ async def test_a_deleted_account_takes_its_nodes_subscriptions_and_affiliations(
     await staying.plugin["xep_0060"].create_node(SERVICE, other)
     await staying.plugin["xep_0060"].modify_affiliations(SERVICE, other, [(alice, "publisher")])
     await leaving.plugin["xep_0060"].subscribe(SERVICE, other)
-    removed = asyncio.ensure_future(leaving.plugin["xep_0077"].cancel_registration())   # XEP-0077 <remove/>
+    removed = asyncio.ensure_future(leaving.plugin["xep_0077"].cancel_registration())  # XEP-0077 <remove/>
     assert (await event(staying, "delete"))["pubsub_event"]["delete"]["node"] == own
-    await asyncio.wait({removed}, timeout=TIMEOUT)          # the stream closes as the answer comes
+    await asyncio.wait({removed}, timeout=TIMEOUT)  # the stream closes as the answer comes
     pubsub = staying.plugin["xep_0060"]
     listed = (await pubsub.get_node_affiliations(SERVICE, other))["pubsub_owner"]["affiliations"]
     assert {str(a["jid"]) for a in listed} == {bob}
@@ -326,6 +347,7 @@ async def test_a_deleted_account_takes_its_nodes_subscriptions_and_affiliations(
 
 
 # ------------------------------------------------------------------ PEP: the whitelist access model
+
 
 async def test_pep_whitelist_admits_only_the_members_the_owner_names(online, users):
     """XEP-0060 4.5 and 8.9 on a PEP node (what XEP-0373 secret key backups use)."""
@@ -341,15 +363,18 @@ async def test_pep_whitelist_admits_only_the_members_the_owner_names(online, use
     assert await refused(member.plugin["xep_0060"].get_items(alice, node)) == ("not-allowed", "closed-node")
 
     await pubsub.modify_affiliations(alice, node, [(bob, "member")])
-    listed = {a["jid"]: a["affiliation"] for a in
-              (await pubsub.get_node_affiliations(alice, node))["pubsub_owner"]["affiliations"]}
+    listed = {
+        a["jid"]: a["affiliation"]
+        for a in (await pubsub.get_node_affiliations(alice, node))["pubsub_owner"]["affiliations"]
+    }
     assert listed == {alice: "owner", bob: "member"}
     items = await member.plugin["xep_0060"].get_items(alice, node)
     assert [i["id"] for i in items["pubsub"]["items"]] == ["current"]
 
     assert (await refused(pubsub.modify_affiliations(alice, node, [(bob, "publisher")])))[0] == "not-acceptable"
-    assert (await refused(member.plugin["xep_0060"].modify_affiliations(alice, node, [(bob, "none")])))[0] == \
-        "forbidden"
+    assert (await refused(member.plugin["xep_0060"].modify_affiliations(alice, node, [(bob, "none")])))[
+        0
+    ] == "forbidden"
     await pubsub.modify_affiliations(alice, node, [(bob, "none")])
     assert await refused(member.plugin["xep_0060"].get_items(alice, node)) == ("not-allowed", "closed-node")
 
@@ -358,7 +383,7 @@ async def test_the_server_domain_lists_peps_pubsub_features_for_smack(online, us
     """Smack looks on the server's domain, not on the account: OmemoManager.
     serverSupportsOmemo for pubsub, OpenPgpManager.serverSupportsSecretKeyBackups for
     access-whitelist."""
-    alice, = users(1)
+    (alice,) = users(1)
     client = await online(alice)
     info = (await client.plugin["xep_0030"].get_info("localhost"))["disco_info"]
     assert {NS_PUBSUB, f"{NS_PUBSUB}#access-whitelist"} <= set(info["features"])

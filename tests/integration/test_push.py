@@ -1,6 +1,7 @@
 """XEP-0357 Push Notifications end to end: a second account plays the app server (any
 XMPP entity can), and gets the notifications for a user who is offline or whose session
 hibernates; enable/disable and their errors; an app server's error disables it."""
+
 import re
 
 import pytest
@@ -25,9 +26,11 @@ FAILING_NODE = "refused"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("push"),
-                           "[extensions.push]\ninclude_sender = true\ninclude_body = true\n",
-                           c2s_section="auth_failure_delay = 0").start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("push"),
+        "[extensions.push]\ninclude_sender = true\ninclude_body = true\n",
+        c2s_section="auth_failure_delay = 0",
+    ).start()
     process.accounts = AccountPool(process)
     yield process
     process.stop()
@@ -41,12 +44,16 @@ class AppServer:
         self.client = Client(f"{user}@{server.domain}/push", "secret", verify_tls=False)
         self.jid = f"{user}@{server.domain}/push"
         self.inbox = Inbox(self.client)
-        self.client.register_handler(Callback("push publish", MatchXPath(f"{{jabber:client}}iq/{{{NS_PUBSUB}}}pubsub"), self._answer))
+        self.client.register_handler(
+            Callback("push publish", MatchXPath(f"{{jabber:client}}iq/{{{NS_PUBSUB}}}pubsub"), self._answer)
+        )
 
     def _answer(self, iq):
         if iq.xml.find(PUBLISH).get("node") == FAILING_NODE:
-            self.client.send_raw(f"<iq type='error' id='{iq['id']}' to='{iq['from']}'><error type='cancel'>"
-                                 "<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")
+            self.client.send_raw(
+                f"<iq type='error' id='{iq['id']}' to='{iq['from']}'><error type='cancel'>"
+                "<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+            )
         else:
             iq.reply(clear=True).send()
 
@@ -81,9 +88,11 @@ async def iq(client: RawClient, iq_id: str, payload: str) -> str:
 def enable(service, node, secret=None):
     form = ""
     if secret is not None:
-        form = (f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE'>"
-                f"<value>http://jabber.org/protocol/pubsub#publish-options</value></field>"
-                f"<field var='secret'><value>{secret}</value></field></x>")
+        form = (
+            f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE'>"
+            f"<value>http://jabber.org/protocol/pubsub#publish-options</value></field>"
+            f"<field var='secret'><value>{secret}</value></field></x>"
+        )
     return f"<enable xmlns='{NS_PUSH}' jid='{service}' node='{node}'>{form}</enable>"
 
 
@@ -92,7 +101,7 @@ async def user_with_push(server, app, nodes, resource="phone"):
     client = RawClient(server.domain)
     await client.login(server.port, user, "secret", resource=resource)
     for index, node in enumerate(nodes):
-        assert "type=\"result\"" in await iq(client, f"e{index}", enable(app.jid, node, secret=f"secret-{node}"))
+        assert 'type="result"' in await iq(client, f"e{index}", enable(app.jid, node, secret=f"secret-{node}"))
     return user, client
 
 
@@ -107,7 +116,7 @@ async def test_push_advertised_on_the_account(server):
     await client.login(server.port, server.accounts.local(), "secret")
     await client.send("<iq type='get' id='d'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
     answer = await client.expect(r"<iq[^>]*id=\"d\".*?</iq>")
-    assert f"var=\"{NS_PUSH}\"" in answer.group(0)
+    assert f'var="{NS_PUSH}"' in answer.group(0)
     await client.close()
 
 
@@ -118,7 +127,7 @@ async def test_offline_message_is_pushed_to_the_app_server(server, app):
     bob = await sender(server)
     await send_message(bob, f"{user}@{server.domain}", "are you there?")
     summary, publish = await app.push("n1")
-    assert publish.get("from") == f"{user}@{server.domain}"      # the user's bare JID publishes
+    assert publish.get("from") == f"{user}@{server.domain}"  # the user's bare JID publishes
     assert summary["FORM_TYPE"] == "urn:xmpp:push:summary"
     assert summary["message-count"] == "1"
     assert summary["last-message-sender"].startswith(f"{bob.jid.split('/')[0]}/")
@@ -136,7 +145,7 @@ async def test_message_for_a_hibernating_session_is_pushed(server, app):
     user, client = await user_with_push(server, app, ["hib"])
     await client.close()
     phone, sm_id = await managed_login(server, user, "phone")
-    await iq(phone, "again", enable(app.jid, "hib"))            # re-enabled on the SM session
+    await iq(phone, "again", enable(app.jid, "hib"))  # re-enabled on the SM session
     drop(phone)
     bob = await sender(server)
     await send_message(bob, f"{user}@{server.domain}", "wake up")
@@ -153,7 +162,7 @@ async def test_message_for_a_hibernating_session_is_pushed(server, app):
 
 async def test_disable_one_node_keeps_the_others(server, app):
     user, client = await user_with_push(server, app, ["keep", "drop"])
-    assert "type=\"result\"" in await iq(client, "d", f"<disable xmlns='{NS_PUSH}' jid='{app.jid}' node='drop'/>")
+    assert 'type="result"' in await iq(client, "d", f"<disable xmlns='{NS_PUSH}' jid='{app.jid}' node='drop'/>")
     await client.send("</stream:stream>")
     bob = await sender(server)
     await send_message(bob, f"{user}@{server.domain}", "one")
@@ -165,7 +174,7 @@ async def test_disable_one_node_keeps_the_others(server, app):
 async def test_disable_without_node_removes_every_node_of_the_service(server, app):
     user, client = await user_with_push(server, app, ["a", "b"])
     await iq(client, "d", f"<disable xmlns='{NS_PUSH}' jid='{app.jid}'/>")
-    other = AppServer(server, server.accounts.local())            # the sync point: still enabled
+    other = AppServer(server, server.accounts.local())  # the sync point: still enabled
     await other.client.login("127.0.0.1", server.port)
     await iq(client, "e", enable(other.jid, "c"))
     await client.send("</stream:stream>")
@@ -192,22 +201,29 @@ async def test_an_error_from_the_app_server_disables_the_registration(server, ap
     await bob.close()
 
 
-
-@pytest.mark.parametrize("payload,condition", [
-    (f"<enable xmlns='{NS_PUSH}' jid='push.example'/>", "bad-request"),                # no node
-    (f"<enable xmlns='{NS_PUSH}' node='n'/>", "bad-request"),                          # no jid
-    (f"<enable xmlns='{NS_PUSH}' jid='a@@b' node='n'/>", "jid-malformed"),
-    (f"<enable xmlns='{NS_PUSH}' jid='push.example' node='n'><x xmlns='{NS_DATA}' type='submit'>"
-     "<field var='FORM_TYPE'><value>urn:example:other</value></field></x></enable>", "bad-request"),
-    (f"<enable xmlns='{NS_PUSH}' jid='push.example' node='n'><x xmlns='{NS_DATA}' type='form'>"
-     "<field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field></x></enable>",
-     "bad-request"),
-    (f"<disable xmlns='{NS_PUSH}' node='n'/>", "bad-request"),
-])
+@pytest.mark.parametrize(
+    "payload,condition",
+    [
+        (f"<enable xmlns='{NS_PUSH}' jid='push.example'/>", "bad-request"),  # no node
+        (f"<enable xmlns='{NS_PUSH}' node='n'/>", "bad-request"),  # no jid
+        (f"<enable xmlns='{NS_PUSH}' jid='a@@b' node='n'/>", "jid-malformed"),
+        (
+            f"<enable xmlns='{NS_PUSH}' jid='push.example' node='n'><x xmlns='{NS_DATA}' type='submit'>"
+            "<field var='FORM_TYPE'><value>urn:example:other</value></field></x></enable>",
+            "bad-request",
+        ),
+        (
+            f"<enable xmlns='{NS_PUSH}' jid='push.example' node='n'><x xmlns='{NS_DATA}' type='form'>"
+            "<field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field></x></enable>",
+            "bad-request",
+        ),
+        (f"<disable xmlns='{NS_PUSH}' node='n'/>", "bad-request"),
+    ],
+)
 async def test_bad_requests_get_the_error_and_lose_nothing(server, app, payload, condition):
     user, client = await user_with_push(server, app, ["stays"])
     answer = await iq(client, "bad", payload)
-    assert "type=\"error\"" in answer and condition in answer
+    assert 'type="error"' in answer and condition in answer
     await client.send("</stream:stream>")
     bob = await sender(server)
     await send_message(bob, f"{user}@{server.domain}", "still pushed")

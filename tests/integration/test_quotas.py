@@ -3,10 +3,17 @@ Each test first grows the store as an attacker would, up to the configured limit
 here, so each test stays short), then shows the next request refused with the error its
 XEP or RFC names and a <text/> naming the limit, and the refusal counted in
 xmppd_limit_reached_total."""
+
 import pytest
+
 from tests.support.messaging import archive, bodies, connect, rsm, send, with_id
-from tests.support.pep import NS_STANZAS, error_of, items_request, publish
-from tests.support.pep import online  # noqa: F401  (fixture)
+from tests.support.pep import (
+    NS_STANZAS,
+    error_of,
+    items_request,
+    online,  # noqa: F401  (fixture)
+    publish,
+)
 from tests.support.server import XmppdProcess
 from tests.support.smacks import authenticated, bind, drop, managed_login
 
@@ -22,8 +29,10 @@ MAX_RESOURCES = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("quotas"), c2s_section=f"max_resources_per_account = {MAX_RESOURCES}",
-                           extra_config=f"""
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("quotas"),
+        c2s_section=f"max_resources_per_account = {MAX_RESOURCES}",
+        extra_config=f"""
         [extensions.pep]
         max_nodes = {PEP_MAX_NODES}
         max_item_bytes = {PEP_MAX_ITEM_BYTES}
@@ -36,7 +45,8 @@ def server(tmp_path_factory):
 
         [extensions.mam]
         max_messages_per_user = {MAM_MAX}
-        """).start()
+        """,
+    ).start()
     yield process
     process.stop()
 
@@ -53,8 +63,9 @@ def blob(node: str, size: int) -> str:
 
 # ------------------------------------------------------------------ PEP
 
+
 async def test_pep_nodes_per_account_are_bounded(server, users, online):
-    alice, = users(1)
+    (alice,) = users(1)
     owner = await online(alice)
     before = await server.limit_reached("extensions.pep.max_nodes")
     for n in range(PEP_MAX_NODES):
@@ -72,7 +83,7 @@ async def test_pep_nodes_per_account_are_bounded(server, users, online):
 
 
 async def test_pep_payload_size_is_bounded(server, users, online):
-    alice, = users(1)
+    (alice,) = users(1)
     owner = await online(alice)
     node = "urn:example:big"
     before = await server.limit_reached("extensions.pep.max_item_bytes")
@@ -86,7 +97,7 @@ async def test_pep_payload_size_is_bounded(server, users, online):
 async def test_pep_bytes_per_account_are_bounded(server, users, online):
     """Items of the largest size, kept by max_items = max, fill the account's quota;
     replacing an item or retracting one frees what it held."""
-    alice, = users(1)
+    (alice,) = users(1)
     owner = await online(alice)
     node, size = "urn:example:fill", 1000
     before = await server.limit_reached("extensions.pep.max_bytes_per_account")
@@ -98,26 +109,37 @@ async def test_pep_bytes_per_account_are_bounded(server, users, online):
     assert "extensions.pep.max_bytes_per_account" in text_of(refused)
     assert await server.limit_reached("extensions.pep.max_bytes_per_account") == before + 1
     # The same id replaces its item: no more bytes than before.
-    assert (await owner.iq("set", alice, publish(node, blob(node, size), "i0", max_items="max"))).get("type") == "result"
-    retract = f"<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='{node}'><item id='i1'/></retract></pubsub>"
+    assert (await owner.iq("set", alice, publish(node, blob(node, size), "i0", max_items="max"))).get(
+        "type"
+    ) == "result"
+    retract = (
+        f"<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='{node}'><item id='i1'/></retract></pubsub>"
+    )
     assert (await owner.iq("set", alice, retract)).get("type") == "result"
     other = await owner.iq("set", alice, publish("urn:example:other", blob("urn:example:other", size)))
     assert other.get("type") == "result"
-    assert len((await owner.iq("get", alice, items_request(node))).findall(".//{http://jabber.org/protocol/pubsub}item")) == 4
+    assert (
+        len((await owner.iq("get", alice, items_request(node))).findall(".//{http://jabber.org/protocol/pubsub}item"))
+        == 4
+    )
 
 
 # ------------------------------------------------------------------ roster
 
+
 def roster_set(contact: str, name: str = "", groups=()) -> str:
     named = f" name='{name}'" if name else ""
-    return (f"<query xmlns='jabber:iq:roster'><item jid='{contact}'{named}>"
-            + "".join(f"<group>{group}</group>" for group in groups) + "</item></query>")
+    return (
+        f"<query xmlns='jabber:iq:roster'><item jid='{contact}'{named}>"
+        + "".join(f"<group>{group}</group>" for group in groups)
+        + "</item></query>"
+    )
 
 
 async def test_roster_items_groups_and_names_are_bounded(server, users, online):
     """RFC 6121 2.3.3: a name or group over the size limit is not acceptable, and so are
     too many groups; a contact beyond the roster's size is not allowed."""
-    alice, = users(1)
+    (alice,) = users(1)
     owner = await online(alice)
     keys = [f"extensions.roster.{option}" for option in ("max_groups_per_item", "max_text_length", "max_items")]
     before = {key: await server.limit_reached(key) for key in keys}
@@ -146,6 +168,7 @@ async def test_roster_items_groups_and_names_are_bounded(server, users, online):
 
 # ------------------------------------------------------------------ archive
 
+
 async def test_an_archive_keeps_its_newest_messages_up_to_its_quota(server, users):
     """Anyone who may message a user grows the user's archive: it keeps the newest
     max_messages_per_user (checked every 100 written), every message still delivered."""
@@ -162,7 +185,7 @@ async def test_an_archive_keeps_its_newest_messages_up_to_its_quota(server, user
     for user in (sender, receiver):
         results, fin = await archive(user, rsm="<max>5</max>")
         assert rsm(fin, "count") == str(MAM_MAX)
-        assert bodies(results) == [f"m{n}" for n in range(sent - MAM_MAX, sent - MAM_MAX + 5)]   # the oldest went
+        assert bodies(results) == [f"m{n}" for n in range(sent - MAM_MAX, sent - MAM_MAX + 5)]  # the oldest went
     assert await server.limit_reached("extensions.mam.max_messages_per_user") == before + 2 * (sent - MAM_MAX)
     await sender.client.logout()
     await receiver.client.logout()
@@ -170,10 +193,11 @@ async def test_an_archive_keeps_its_newest_messages_up_to_its_quota(server, user
 
 # ------------------------------------------------------------------ resources
 
+
 async def test_resources_per_account_are_bounded_hibernating_ones_included(server, users):
     """RFC 6120 7.6.2.1: a bind beyond the account's resources gets resource-constraint.
     A session dropped without a stream close and kept for XEP-0198 resumption counts."""
-    alice, = users(1)
+    (alice,) = users(1)
     user = alice.split("@")[0]
     before = await server.limit_reached("c2s.max_resources_per_account")
     hibernating, _ = await managed_login(server, user, "r0")
@@ -182,8 +206,10 @@ async def test_resources_per_account_are_bounded_hibernating_ones_included(serve
     clients = [(await managed_login(server, user, f"r{n}"))[0] for n in range(1, MAX_RESOURCES)]
 
     extra, _ = await authenticated(server, user)
-    await extra.send("<iq type='set' id='one-more'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                     "<resource>r-extra</resource></bind></iq>")
+    await extra.send(
+        "<iq type='set' id='one-more'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+        "<resource>r-extra</resource></bind></iq>"
+    )
     refused = await extra.expect(r"<iq[^>]*id=.one-more.[^>]*>(.*?)</iq>")
     assert "type='error'" in refused.group(0) or 'type="error"' in refused.group(0)
     assert "<resource-constraint" in refused.group(1) and "c2s.max_resources_per_account" in refused.group(1)

@@ -1,11 +1,21 @@
 """End to end: delivery receipts (XEP-0184) and chat markers (XEP-0333) go where messages
 go: delivered, carbon-copied to the other devices, archived on both sides and stored
 offline, so that every device of a user learns what was delivered and read."""
+
 import pytest
 
 from tests.support.inbox import Inbox
-from tests.support.messaging import (NS_MARKERS, NS_RECEIPTS, archive, carbon, connect, forwarded,
-                                     round_trip, send, stanza_id)
+from tests.support.messaging import (
+    NS_MARKERS,
+    NS_RECEIPTS,
+    archive,
+    carbon,
+    connect,
+    forwarded,
+    round_trip,
+    send,
+    stanza_id,
+)
 from tests.support.muc import User, new_account
 from tests.support.server import XmppdProcess
 from xmppd.client import DEFAULT_PLUGINS, Client
@@ -21,8 +31,9 @@ def server(tmp_path_factory):
 
 
 def receipt(of: str):
-    return lambda s: s.find(f"{{{NS_RECEIPTS}}}received") is not None and \
-        s.find(f"{{{NS_RECEIPTS}}}received").get("id") == of
+    return lambda s: (
+        s.find(f"{{{NS_RECEIPTS}}}received") is not None and s.find(f"{{{NS_RECEIPTS}}}received").get("id") == of
+    )
 
 
 def marker(of: str, name: str = "displayed"):
@@ -35,8 +46,9 @@ def copy_of(direction: str, predicate):
 
 async def slixmpp_user(server, jid: str, resource: str, priority: int) -> User:
     """A slixmpp client that answers receipt requests by itself and sends markers."""
-    client = Client(f"{jid}/{resource}", "secret", verify_tls=False,
-                    plugins=DEFAULT_PLUGINS + ("xep_0184", "xep_0280", "xep_0333"))
+    client = Client(
+        f"{jid}/{resource}", "secret", verify_tls=False, plugins=DEFAULT_PLUGINS + ("xep_0184", "xep_0280", "xep_0333")
+    )
     inbox = Inbox(client)
     await client.login("127.0.0.1", server.port)
     client.send_presence(ppriority=priority)
@@ -70,8 +82,18 @@ async def test_receipts_and_markers_are_copied_and_archived_like_messages(server
     # Both archives hold the message, the receipt and the marker, in that order.
     for owner in (a1, b2):
         results, _ = await archive(owner)
-        kinds = [("message" if m.get("id") == msg else
-                  "receipt" if receipt(msg)(m) else "marker" if marker(msg)(m) else "other") for _, m, _ in results]
+        kinds = [
+            (
+                "message"
+                if m.get("id") == msg
+                else "receipt"
+                if receipt(msg)(m)
+                else "marker"
+                if marker(msg)(m)
+                else "other"
+            )
+            for _, m, _ in results
+        ]
         assert kinds == ["message", "receipt", "marker"], owner.jid
     for user in (a1, a2, b1, b2):
         await user.logout()

@@ -1,5 +1,6 @@
 """XEP-0077 In-Band Registration end to end: registration before login (open, closed and
 throttled servers), password change and account removal after login."""
+
 import asyncio
 
 import pytest
@@ -19,15 +20,19 @@ FEATURE = "<register xmlns='http://jabber.org/features/iq-register'/>"
 
 def server_with(tmp_path_factory, name, options):
     directory = tmp_path_factory.mktemp(name)
-    return XmppdProcess(directory, f"[extensions.register]\n{options}\n",
-                        # Its tests check that logins fail, all from 127.0.0.1.
-                        c2s_section="auth_failure_delay = 0\nauth_failures_per_ip = 1000").start()
+    return XmppdProcess(
+        directory,
+        f"[extensions.register]\n{options}\n",
+        # Its tests check that logins fail, all from 127.0.0.1.
+        c2s_section="auth_failure_delay = 0\nauth_failures_per_ip = 1000",
+    ).start()
 
 
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory):
-    server = server_with(tmp_path_factory, "register-open",
-                         "allow_registration = true\nregistration_throttle_seconds = 0")
+    server = server_with(
+        tmp_path_factory, "register-open", "allow_registration = true\nregistration_throttle_seconds = 0"
+    )
     yield server
     server.stop()
 
@@ -41,13 +46,15 @@ def closed_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def throttled_server(tmp_path_factory):
-    server = server_with(tmp_path_factory, "register-throttled",
-                         "allow_registration = true\nregistration_throttle_seconds = 3600")
+    server = server_with(
+        tmp_path_factory, "register-throttled", "allow_registration = true\nregistration_throttle_seconds = 3600"
+    )
     yield server
     server.stop()
 
 
 # ------------------------------------------------------------------ raw helpers
+
 
 async def unauthenticated(server, source: str = "127.0.0.1") -> tuple[RawClient, str]:
     """A raw client past STARTTLS, not logged in; returns it and the features offered."""
@@ -99,6 +106,7 @@ async def account(server, user: str, password: str) -> str:
 
 
 # ------------------------------------------------------------------ open registration
+
 
 async def test_feature_offered_after_tls_only(open_server):
     client = RawClient(open_server.domain)
@@ -153,10 +161,12 @@ async def test_registration_form_has_fields_and_data_form(open_server):
 async def test_register_with_data_form(open_server):
     user = unique("form")
     client, _ = await unauthenticated(open_server)
-    submitted = (f"<query xmlns='{NS_REGISTER}'><x xmlns='{NS_DATA}' type='submit'>"
-                 f"<field var='FORM_TYPE'><value>{NS_REGISTER}</value></field>"
-                 f"<field var='username'><value>{user}</value></field>"
-                 "<field var='password'><value>by the form</value></field></x></query>")
+    submitted = (
+        f"<query xmlns='{NS_REGISTER}'><x xmlns='{NS_DATA}' type='submit'>"
+        f"<field var='FORM_TYPE'><value>{NS_REGISTER}</value></field>"
+        f"<field var='username'><value>{user}</value></field>"
+        "<field var='password'><value>by the form</value></field></x></query>"
+    )
     answer = await request(client, "reg", submitted)
     assert answer.get("type") == "result", etree.tostring(answer)
     # XEP-0077 3.1.1: the same stream goes on to authenticate with the new account.
@@ -167,15 +177,23 @@ async def test_register_with_data_form(open_server):
 async def test_existing_username_is_a_conflict_and_keeps_the_password(open_server):
     user = unique("taken")
     await account(open_server, user, "first password")
-    answer = await register(open_server, user.upper(), "second password")   # nodeprep: the same account
+    answer = await register(open_server, user.upper(), "second password")  # nodeprep: the same account
     assert answer.get("type") == "error" and condition(answer) == "conflict"
     assert await can_log_in(open_server, user, "first password")
 
 
-@pytest.mark.parametrize("username,password", [
-    (None, "a good password"), ("", "a good password"), ("{user}", None), ("{user}", ""),
-    ("{user}", "short"), ("bad@name", "a good password"), ("bad/name", "a good password"),
-])
+@pytest.mark.parametrize(
+    "username,password",
+    [
+        (None, "a good password"),
+        ("", "a good password"),
+        ("{user}", None),
+        ("{user}", ""),
+        ("{user}", "short"),
+        ("bad@name", "a good password"),
+        ("bad/name", "a good password"),
+    ],
+)
 async def test_incomplete_or_unacceptable_registration(open_server, username, password):
     user = unique("bad")
     answer = await register(open_server, username and username.format(user=user), password)
@@ -199,6 +217,7 @@ async def test_other_iq_before_login_closes_the_stream(open_server):
 
 # ------------------------------------------------------------------ logged in
 
+
 async def test_registered_user_gets_registered_element(open_server):
     user = unique("info")
     await account(open_server, user, "pencil12")
@@ -207,7 +226,7 @@ async def test_registered_user_gets_registered_element(open_server):
     query = answer.find(f"{{{NS_REGISTER}}}query")
     assert query.find(f"{{{NS_REGISTER}}}registered") is not None
     assert query.findtext(f"{{{NS_REGISTER}}}username") == user
-    assert not query.findtext(f"{{{NS_REGISTER}}}password")       # never given out
+    assert not query.findtext(f"{{{NS_REGISTER}}}password")  # never given out
     await client.close()
 
 
@@ -222,12 +241,15 @@ async def test_password_change_then_login_with_the_new_one(open_server):
     assert not await can_log_in(open_server, user, "old password")
 
 
-@pytest.mark.parametrize("payload,expected", [
-    (legacy("someone-else", "a good password"), "bad-request"),
-    (legacy(None, "a good password"), "bad-request"),
-    (legacy("{user}", ""), "bad-request"),
-    (legacy("{user}", "short"), "not-acceptable"),
-])
+@pytest.mark.parametrize(
+    "payload,expected",
+    [
+        (legacy("someone-else", "a good password"), "bad-request"),
+        (legacy(None, "a good password"), "bad-request"),
+        (legacy("{user}", ""), "bad-request"),
+        (legacy("{user}", "short"), "not-acceptable"),
+    ],
+)
 async def test_bad_password_change_keeps_the_password(open_server, payload, expected):
     user = unique("keep")
     await account(open_server, user, "pencil12")
@@ -272,11 +294,14 @@ async def test_advertised_in_disco(open_server):
 
 # ------------------------------------------------------------------ closed registration
 
+
 async def test_closed_server_offers_no_registration(closed_server):
     client, features = await unauthenticated(closed_server)
     assert "iq-register" not in features
-    for iq_id, type_, payload in (("get", "get", f"<query xmlns='{NS_REGISTER}'/>"),
-                                  ("set", "set", legacy(unique("nope"), "a good password"))):
+    for iq_id, type_, payload in (
+        ("get", "get", f"<query xmlns='{NS_REGISTER}'/>"),
+        ("set", "set", legacy(unique("nope"), "a good password")),
+    ):
         answer = await request(client, iq_id, payload, type_=type_)
         assert condition(answer) == "service-unavailable"
     await client.close()
@@ -312,6 +337,7 @@ async def test_unregister_not_allowed_when_switched_off(closed_server):
 
 
 # ------------------------------------------------------------------ throttling
+
 
 async def test_registrations_are_throttled_per_address(throttled_server):
     first, second, elsewhere = unique("t"), unique("t"), unique("t")

@@ -1,5 +1,6 @@
 """End to end: RFC 6121 rosters (with XEP-0237 versioning), subscriptions, presence
 broadcast, probes, directed presence and one-to-one chat, on a real xmppd."""
+
 import itertools
 import xml.etree.ElementTree as ET
 
@@ -17,7 +18,9 @@ _markers = itertools.count()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("roster"), extra_config=f"[extensions.roster]\nmax_items = {MAX_ITEMS}\n").start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("roster"), extra_config=f"[extensions.roster]\nmax_items = {MAX_ITEMS}\n"
+    ).start()
     yield process
     process.stop()
 
@@ -70,7 +73,9 @@ def available_presence_from(bare: str):
 async def subscribe_both(a_client, a_inbox, a, b_client, b_inbox, b):
     """The full RFC 6121 3.1 dance, both ways, ending in 'both' on each side."""
     for (asker, asker_inbox, asker_jid), (asked, asked_inbox, asked_jid) in (
-            ((a_client, a_inbox, a), (b_client, b_inbox, b)), ((b_client, b_inbox, b), (a_client, a_inbox, a))):
+        ((a_client, a_inbox, a), (b_client, b_inbox, b)),
+        ((b_client, b_inbox, b), (a_client, a_inbox, a)),
+    ):
         asker.send_raw(f"<presence to='{asked_jid}' type='subscribe'/>")
         await asked_inbox.wait(presence("subscribe", from_=asker_jid))
         asked.send_raw(f"<presence to='{asker_jid}' type='subscribed'/>")
@@ -86,7 +91,7 @@ async def test_roster_set_get_remove_pushes_to_interested_resources(users, conne
     alice, bob = users(2)
     one, one_inbox = await connect(alice, "one")
     two, two_inbox = await connect(alice, "two")
-    three, three_inbox = await connect(alice, "three", roster=False)       # never asked: not interested
+    three, three_inbox = await connect(alice, "three", roster=False)  # never asked: not interested
 
     result = await roster_set(one, f"<item jid='{bob}' name='Bob'><group>Friends</group><group>Work</group></item>")
     for inbox in (one_inbox, two_inbox):
@@ -125,7 +130,7 @@ async def test_roster_versioning(users, connect):
     version = push.find(f"{{{NS_ROSTER}}}query").get("ver")
     assert version != initial_version
 
-    assert len(await roster_get(first, ver=version)) == 0          # XEP-0237: current, an empty result
+    assert len(await roster_get(first, ver=version)) == 0  # XEP-0237: current, an empty result
     stale = await roster_get(first, ver=initial_version)
     assert stale.find(f"{{{NS_ROSTER}}}query").get("ver") == version and bob in items_of(stale)
     await first.logout()
@@ -138,20 +143,23 @@ async def test_roster_versioning(users, connect):
     assert push.find(f"{{{NS_ROSTER}}}query").get("ver") not in (version, initial_version)
 
 
-@pytest.mark.parametrize("item, condition", [
-    ("<item jid='{bob}'/><item jid='{carol}'/>", "bad-request"),                       # RFC 6121 2.3.3
-    ("<item jid='{bob}'><group>A</group><group>A</group></item>", "bad-request"),
-    ("<item jid='{bob}'><group></group></item>", "not-acceptable"),
-    ("<item jid='{bob}' name='{long}'/>", "not-acceptable"),
-    ("<item jid='{alice}'/>", "not-allowed"),
-    ("<item jid='{carol}' subscription='remove'/>", "item-not-found"),                 # RFC 6121 2.5.3
-    ("<item jid='{bob}/phone'/>", "bad-request"),
-    ("<item jid='a@b@c'/>", "jid-malformed"),
-    ("<item name='no jid'/>", "bad-request"),
-    ("<other xmlns='urn:example'/>", "bad-request"),
-])
+@pytest.mark.parametrize(
+    "item, condition",
+    [
+        ("<item jid='{bob}'/><item jid='{carol}'/>", "bad-request"),  # RFC 6121 2.3.3
+        ("<item jid='{bob}'><group>A</group><group>A</group></item>", "bad-request"),
+        ("<item jid='{bob}'><group></group></item>", "not-acceptable"),
+        ("<item jid='{bob}' name='{long}'/>", "not-acceptable"),
+        ("<item jid='{alice}'/>", "not-allowed"),
+        ("<item jid='{carol}' subscription='remove'/>", "item-not-found"),  # RFC 6121 2.5.3
+        ("<item jid='{bob}/phone'/>", "bad-request"),
+        ("<item jid='a@b@c'/>", "jid-malformed"),
+        ("<item name='no jid'/>", "bad-request"),
+        ("<other xmlns='urn:example'/>", "bad-request"),
+    ],
+)
 async def test_bad_roster_sets_get_the_rfc_errors(users, connect, server, item, condition):
-    alice, = users(1)
+    (alice,) = users(1)
     bob, carol = f"bob@{server.domain}", f"carol@{server.domain}"
     client, _ = await connect(alice, presence_xml=None)
     assert await roster_error(client, item.format(alice=alice, bob=bob, carol=carol, long="x" * 2000)) == condition
@@ -172,7 +180,7 @@ async def test_nobody_else_reads_or_changes_a_roster(users, connect):
 
 
 async def test_roster_size_limit(users, connect, server):
-    owner, = users(1)
+    (owner,) = users(1)
     contacts = [f"contact{n}@{server.domain}" for n in range(MAX_ITEMS + 1)]
     client, inbox = await connect(owner)
     for contact in contacts[:MAX_ITEMS]:
@@ -194,8 +202,10 @@ async def test_subscription_dance_to_both(users, connect):
     a, a_inbox = await connect(alice, "desk")
     b, b_inbox = await connect(bob, "phone")
 
-    a.send_raw(f"<presence to='{bob}/phone' type='subscribe' id='s1'><status>It is Alice</status>"
-               f"<nick xmlns='http://jabber.org/protocol/nick'>Ally</nick></presence>")
+    a.send_raw(
+        f"<presence to='{bob}/phone' type='subscribe' id='s1'><status>It is Alice</status>"
+        f"<nick xmlns='http://jabber.org/protocol/nick'>Ally</nick></presence>"
+    )
     await a_inbox.wait(roster_push(bob, subscription="none", ask="subscribe"))
     request = await b_inbox.wait(presence("subscribe"))
     # RFC 6121 3.1.2: stamped with the bare JIDs; the extended content travels along.
@@ -207,7 +217,7 @@ async def test_subscription_dance_to_both(users, connect):
     await b_inbox.wait(roster_push(alice, subscription="from", ask=None))
     await a_inbox.wait(roster_push(bob, subscription="to", ask=None))
     assert (await a_inbox.wait(presence("subscribed"))).get("from") == bob
-    await a_inbox.wait(presence(None, from_=f"{bob}/phone"))           # RFC 6121 3.1.5
+    await a_inbox.wait(presence(None, from_=f"{bob}/phone"))  # RFC 6121 3.1.5
 
     b.send_raw(f"<presence to='{alice}' type='subscribe'/>")
     await b_inbox.wait(roster_push(alice, subscription="from", ask="subscribe"))
@@ -236,7 +246,7 @@ async def test_subscription_request_waits_for_the_contact(users, connect):
     a.send_raw(f"<presence to='{bob}' type='subscribe'><status>Again</status></presence>")
     await a_inbox.wait(roster_push(bob, ask="subscribe"))
 
-    for resource in ("first", "second"):         # delivered at each login until answered
+    for resource in ("first", "second"):  # delivered at each login until answered
         b, b_inbox = await connect(bob, resource)
         request = await b_inbox.wait(presence("subscribe", from_=alice))
         assert request.findtext("{jabber:client}status") == "Remember me?"
@@ -296,7 +306,7 @@ async def test_pre_approval(users, connect):
     alice, bob = users(2)
     a, a_inbox = await connect(alice)
     b, b_inbox = await connect(bob)
-    a.send_raw(f"<presence to='{bob}' type='subscribed'/>")          # RFC 6121 3.4: nothing routed
+    a.send_raw(f"<presence to='{bob}' type='subscribed'/>")  # RFC 6121 3.4: nothing routed
     await a_inbox.wait(roster_push(bob, subscription="none", approved="true"))
     await synchronise(a, b_inbox, bob)
     assert not b_inbox.received(presence("subscribed"))
@@ -313,7 +323,7 @@ async def test_removing_a_contact_ends_both_subscriptions(users, connect):
     a, a_inbox = await connect(alice, "a")
     b, b_inbox = await connect(bob, "b")
     await subscribe_both(a, a_inbox, alice, b, b_inbox, bob)
-    await roster_set(a, f"<item jid='{bob}' subscription='remove'/>")   # RFC 6121 2.5.2
+    await roster_set(a, f"<item jid='{bob}' subscription='remove'/>")  # RFC 6121 2.5.2
     await a_inbox.wait(roster_push(bob, subscription="remove"))
     await b_inbox.wait(presence("unsubscribe", from_=alice))
     await b_inbox.wait(presence("unsubscribed", from_=alice))
@@ -332,16 +342,17 @@ async def test_a_removal_is_answered_after_the_subscriptions_ended(users, connec
     await subscribe_both(a, a_inbox, alice, b, b_inbox, bob)
     await a_inbox.wait(available_presence_from(bob))
     await roster_set(a, f"<item jid='{bob}' subscription='remove'/>")
-    assert a_inbox.received(lambda s: s.tag == PRESENCE and s.get("type") == "unavailable"
-                            and s.get("from") == f"{bob}/b")
+    assert a_inbox.received(
+        lambda s: s.tag == PRESENCE and s.get("type") == "unavailable" and s.get("from") == f"{bob}/b"
+    )
 
 
 async def test_subscription_to_an_unknown_user_is_refused(users, connect, server):
-    alice, = users(1)
+    (alice,) = users(1)
     a, a_inbox = await connect(alice)
     ghost = f"nobody-here@{server.domain}"
     a.send_raw(f"<presence to='{ghost}' type='subscribe'/>")
-    await a_inbox.wait(presence("unsubscribed", from_=ghost))          # RFC 6121 8.5.1
+    await a_inbox.wait(presence("unsubscribed", from_=ghost))  # RFC 6121 8.5.1
     await a_inbox.wait(roster_push(ghost, subscription="none", ask=None))
 
 
@@ -360,7 +371,9 @@ async def test_presence_broadcast_to_contacts_and_own_resources(users, connect):
     d.send_raw(f"<presence to='{alice}' type='subscribed'/>")
     await a1_inbox.wait(roster_push(dave, subscription="to"))
 
-    a2, a2_inbox = await connect(alice, "two", presence_xml="<presence><show>dnd</show><priority>5</priority></presence>")
+    a2, a2_inbox = await connect(
+        alice, "two", presence_xml="<presence><show>dnd</show><priority>5</priority></presence>"
+    )
     update = await b_inbox.wait(presence(None, from_=f"{alice}/two"))
     assert update.findtext("{jabber:client}show") == "dnd"
     await a1_inbox.wait(presence(None, from_=f"{alice}/two"))
@@ -373,7 +386,9 @@ async def test_presence_broadcast_to_contacts_and_own_resources(users, connect):
     a2.send_raw("<presence><show>away</show></presence>")
     update = await b_inbox.wait(presence(None, from_=f"{alice}/two"))
     assert update.findtext("{jabber:client}show") == "away"
-    await a1_inbox.wait(lambda s: presence(None, from_=f"{alice}/two")(s) and s.findtext("{jabber:client}show") == "away")
+    await a1_inbox.wait(
+        lambda s: presence(None, from_=f"{alice}/two")(s) and s.findtext("{jabber:client}show") == "away"
+    )
 
     await synchronise(a2, d_inbox, f"{dave}/d")
     assert not d_inbox.received(available_presence_from(alice))
@@ -390,7 +405,7 @@ async def test_unavailable_on_logout_and_on_a_dropped_connection(users, connect)
 
     b, b_inbox = await connect(bob, "dropped")
     await a_inbox.wait(presence(None, from_=f"{bob}/dropped"))
-    b.transport.abort()                                               # no </stream>, no unavailable
+    b.transport.abort()  # no </stream>, no unavailable
     await a_inbox.wait(presence("unavailable", from_=f"{bob}/dropped"))
 
 
@@ -455,7 +470,7 @@ async def test_a_closed_stream_is_answered_once_the_session_has_ended(users, con
         await raw.send("</stream:stream>")
         await raw.expect("</stream:stream>")
         a.send_raw(f"<presence to='{bob}' type='probe'/>")
-        await a_inbox.wait(presence("unavailable", from_=bob))      # RFC 6121 4.3.2
+        await a_inbox.wait(presence("unavailable", from_=bob))  # RFC 6121 4.3.2
     finally:
         await raw.close()
 
@@ -467,13 +482,14 @@ async def test_probes(users, connect):
     await subscribe_both(a, a_inbox, alice, b, b_inbox, bob)
 
     a.send_raw(f"<presence to='{bob}' type='probe'/>")
-    answer = await a_inbox.wait(lambda s: presence(None, from_=f"{bob}/b", to=f"{alice}/a")(s)
-                                and s.findtext("{jabber:client}show") == "xa")
-    assert answer.find(f"{{{NS_DELAY}}}delay") is not None          # the presence is from earlier
+    answer = await a_inbox.wait(
+        lambda s: presence(None, from_=f"{bob}/b", to=f"{alice}/a")(s) and s.findtext("{jabber:client}show") == "xa"
+    )
+    assert answer.find(f"{{{NS_DELAY}}}delay") is not None  # the presence is from earlier
 
     await b.logout()
     a.send_raw(f"<presence to='{bob}' type='probe'/>")
-    await a_inbox.wait(presence("unavailable", from_=bob))          # RFC 6121 4.3.2: nobody available
+    await a_inbox.wait(presence("unavailable", from_=bob))  # RFC 6121 4.3.2: nobody available
 
     # Someone not subscribed learns nothing.
     e, e_inbox = await connect(eve, "e")
@@ -518,7 +534,7 @@ async def test_one_to_one_chat_both_ways(users, connect):
 
 
 async def test_message_to_an_unknown_user_is_bounced(users, connect, server):
-    alice, = users(1)
+    (alice,) = users(1)
     a, a_inbox = await connect(alice)
     a.send_raw(f"<message to='nobody-here@{server.domain}' id='m1' type='chat'><body>hello?</body></message>")
     error = await a_inbox.wait(lambda s: s.tag == MESSAGE and s.get("type") == "error")

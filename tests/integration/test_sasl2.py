@@ -2,6 +2,7 @@
 client that follows the XEPs: SCRAM without a stream restart, a resource from the
 client's tag, XEP-0198 and carbons enabled inline, the same failures and login budgets
 as RFC 6120 SASL; tokens issued, used, rotated, invalidated and expired."""
+
 import asyncio
 import base64
 import calendar
@@ -28,6 +29,7 @@ NS_CSI = "urn:xmpp:csi:0"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from tests.support.server import XmppdProcess
+
     process = XmppdProcess(tmp_path_factory.mktemp("sasl2"), c2s_section="auth_failure_delay = 0").start()
     yield process
     process.stop()
@@ -54,10 +56,13 @@ async def test_features_offer_sasl2_and_bind2_with_its_inline_features(server):
     assert {"SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"} <= set(mechanisms)
     inline = re.search(rf"<inline><bind xmlns=.{NS_BIND2}.><inline>(.*?)</inline></bind>(.*)</inline>", authentication)
     assert set(re.findall(r"<feature var=.([^'\"]+).\s*/>", inline.group(1))) == {NS_SM, NS_CARBONS, NS_CSI}
-    fast = re.search(rf"<fast xmlns=.{NS_FAST}.>(.*?)</fast>", inline.group(2)).group(1)    # XEP-0484
-    assert re.findall(r"<mechanism>([^<]+)</mechanism>", fast) == [      # TLS 1.3: no tls-unique
-        "HT-SHA-256-EXPR", "HT-SHA-256-ENDP", "HT-SHA-256-NONE"]
-    assert "<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>" in features        # XEP-0440
+    fast = re.search(rf"<fast xmlns=.{NS_FAST}.>(.*?)</fast>", inline.group(2)).group(1)  # XEP-0484
+    assert re.findall(r"<mechanism>([^<]+)</mechanism>", fast) == [  # TLS 1.3: no tls-unique
+        "HT-SHA-256-EXPR",
+        "HT-SHA-256-ENDP",
+        "HT-SHA-256-NONE",
+    ]
+    assert "<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>" in features  # XEP-0440
     await raw.close()
 
 
@@ -65,8 +70,13 @@ async def test_scram_and_bind2_with_inline_sm_and_carbons_then_chat(server):
     user, friend = unique(), unique()
     jid, friend_jid = server.adduser(user), server.adduser(friend)
     raw, _ = await secured(server)
-    outcome = await raw.authenticate2(user, "secret", "SCRAM-SHA-256", user_agent(str(uuid.uuid4())) + bind2(
-        "RawChat", f"<enable xmlns='{NS_SM}' resume='true'/><enable xmlns='{NS_CARBONS}'/>"))
+    outcome = await raw.authenticate2(
+        user,
+        "secret",
+        "SCRAM-SHA-256",
+        user_agent(str(uuid.uuid4()))
+        + bind2("RawChat", f"<enable xmlns='{NS_SM}' resume='true'/><enable xmlns='{NS_CARBONS}'/>"),
+    )
     assert outcome.group(1) == "success", outcome.group(0)
     success = outcome.group(2)
     # The server proved it knows the password: its SCRAM final message is the additional data.
@@ -77,11 +87,11 @@ async def test_scram_and_bind2_with_inline_sm_and_carbons_then_chat(server):
     assert re.fullmatch(rf"{re.escape(jid)}/RawChat/[^/]+", full_jid), full_jid
     bound = re.search(rf"<bound xmlns=.{NS_BIND2}.>(.*)</bound>", success).group(1)
     assert re.search(rf"<enabled xmlns=.{NS_SM}.[^>]*resume=.true.", bound), bound
-    assert re.search(r"<metadata xmlns=.urn:xmpp:mam:2./>", bound), bound          # an empty archive
+    assert re.search(r"<metadata xmlns=.urn:xmpp:mam:2./>", bound), bound  # an empty archive
     # No stream restart: the features of the bound stream follow at once, without a header.
     features = await raw.expect(r"<stream:features>(.*?)</stream:features>|<stream:features/>")
     assert "<stream:stream" not in raw.buffer and "xmpp-bind" not in (features.group(1) or "")
-    assert NS_SM not in (features.group(1) or "")                 # enabled already: not offered again
+    assert NS_SM not in (features.group(1) or "")  # enabled already: not offered again
 
     await raw.send(f"<presence/><message to='{friend_jid}' type='chat' id='m1'><body>hello</body></message>")
     friend_client, friend_inbox = await online(server, friend_jid, "desk")
@@ -103,8 +113,11 @@ async def test_scram_and_bind2_with_inline_sm_and_carbons_then_chat(server):
     # The next Bind 2 tells where the archive stands (XEP-0386 3.2, XEP-0313 metadata).
     raw, _ = await secured(server)
     outcome = await raw.authenticate2(user, "secret", extra=bind2("RawChat"))
-    assert re.search(r"<metadata xmlns=.urn:xmpp:mam:2.><start id=.[^']+. timestamp=.[^']+./>"
-                     r"<end id=.[^']+. timestamp=.[^']+./></metadata>", outcome.group(2)), outcome.group(2)
+    assert re.search(
+        r"<metadata xmlns=.urn:xmpp:mam:2.><start id=.[^']+. timestamp=.[^']+./>"
+        r"<end id=.[^']+. timestamp=.[^']+./></metadata>",
+        outcome.group(2),
+    ), outcome.group(2)
     await raw.close()
 
 
@@ -116,8 +129,9 @@ async def test_sasl2_without_bind2_names_the_bare_jid_and_offers_rfc6120_bind(se
     assert outcome.group(1) == "success"
     assert f"<authorization-identifier>{jid}</authorization-identifier>" in outcome.group(2)
     await raw.expect(r"<stream:features>.*?<bind xmlns=.urn:ietf:params:xml:ns:xmpp-bind./>.*?</stream:features>")
-    await raw.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                   "<resource>legacy</resource></bind></iq>")
+    await raw.send(
+        "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>legacy</resource></bind></iq>"
+    )
     await raw.expect(rf"<jid>{re.escape(jid)}/legacy</jid>")
     await raw.close()
 
@@ -137,8 +151,10 @@ async def test_wrong_password_fails_binds_nothing_and_counts_against_the_login_b
     # The address used up its budget: even the right password is not checked now.
     raw, _ = await secured(server, "127.0.0.21")
     initial = base64.b64encode(f"n,,n={user},r=abcdefgh".encode()).decode()
-    await raw.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='SCRAM-SHA-256'>"
-                   f"<initial-response>{initial}</initial-response>{bind2('Guess')}</authenticate>")
+    await raw.send(
+        f"<authenticate xmlns='{NS_SASL2}' mechanism='SCRAM-SHA-256'>"
+        f"<initial-response>{initial}</initial-response>{bind2('Guess')}</authenticate>"
+    )
     refused = await raw.expect(rf"<failure xmlns=.{NS_SASL2}.>(.*?)</failure>")
     assert f"<temporary-auth-failure xmlns='{NS_SASL}'/>" in refused.group(1)
     assert await server.limit_reached("c2s.auth_failures_per_ip") == 1
@@ -182,7 +198,7 @@ async def test_a_new_session_of_the_same_client_ends_its_earlier_one(server):
     agent = user_agent(str(uuid.uuid4()))
     first, _ = await secured(server)
     assert (await first.authenticate2(user, "secret", extra=agent + bind2("Same"))).group(1) == "success"
-    other, _ = await online(server, jid, "other")            # another client of the user stays
+    other, _ = await online(server, jid, "other")  # another client of the user stays
     second, _ = await secured(server)
     outcome = await second.authenticate2(user, "secret", extra=agent + bind2("Same"))
     assert outcome.group(1) == "success"
@@ -202,6 +218,7 @@ async def test_rfc6120_login_still_works(server):
 
 # ------------------------------------------------------------------ XEP-0484 FAST
 
+
 def fast(extra: str = "") -> str:
     return f"<fast xmlns='{NS_FAST}'{extra}/>"
 
@@ -219,19 +236,22 @@ def token_in(success: str) -> tuple[str, str] | None:
     return attributes["token"], attributes["expiry"]
 
 
-async def token_login(server, user: str, token: str, agent: str, mechanism: str = "HT-SHA-256-NONE",
-                      extra: str = "") -> tuple[str, str]:
+async def token_login(
+    server, user: str, token: str, agent: str, mechanism: str = "HT-SHA-256-NONE", extra: str = ""
+) -> tuple[str, str]:
     """A FAST login on a fresh connection: (success | failure, its content)."""
     raw, _ = await secured(server)
     outcome = await raw.authenticate_token(user, token, mechanism, user_agent(agent) + fast() + extra)
     if outcome.group(1) == "success":
         data = re.search(r"<additional-data>([^<]+)</additional-data>", outcome.group(2)).group(1)
-        assert base64.b64decode(data) == raw.server_signature          # the server holds the token too
+        assert base64.b64decode(data) == raw.server_signature  # the server holds the token too
     await raw.close()
     return outcome.group(1), outcome.group(2)
 
 
-async def password_login_with_token(server, user: str, agent: str, mechanism: str = "HT-SHA-256-NONE") -> tuple[str, str]:
+async def password_login_with_token(
+    server, user: str, agent: str, mechanism: str = "HT-SHA-256-NONE"
+) -> tuple[str, str]:
     raw, _ = await secured(server)
     outcome = await raw.authenticate2(user, "secret", extra=user_agent(agent) + request_token(mechanism))
     assert outcome.group(1) == "success", outcome.group(0)
@@ -244,10 +264,10 @@ async def test_a_token_asked_for_logs_in_for_its_client_and_mechanism_only(serve
     jid = server.adduser(user)
     agent = str(uuid.uuid4())
     token, expiry = await password_login_with_token(server, user, agent)
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", expiry)         # XEP-0082
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", expiry)  # XEP-0082
     outcome, success = await token_login(server, user, token, agent, extra=bind2("Fast"))
     assert outcome == "success" and re.search(rf"<authorization-identifier>{re.escape(jid)}/Fast/", success)
-    assert token_in(success) is None                                        # not due for rotation
+    assert token_in(success) is None  # not due for rotation
     failures = await server.metric('xmppd_auth_failures_total{mechanism="HT-SHA-256-NONE"}')
     # Another client, another mechanism, another token: refused, and counted as failed logins.
     assert (await token_login(server, user, token, str(uuid.uuid4())))[0] == "failure"
@@ -271,13 +291,13 @@ async def test_rotated_token_is_refused_once_its_successor_was_used(make_xmppd):
     first, _ = await password_login_with_token(server, user, agent)
     outcome, success = await token_login(server, user, first, agent)
     assert outcome == "success"
-    second, _ = token_in(success)                                           # rotated at once
+    second, _ = token_in(success)  # rotated at once
     assert second != first
     # Until the new token is used, the old one still logs in (the new one may have been lost).
     outcome, success = await token_login(server, user, first, agent)
     assert outcome == "success"
     third, _ = token_in(success)
-    assert (await token_login(server, user, second, agent))[0] == "failure"   # replaced unused
+    assert (await token_login(server, user, second, agent))[0] == "failure"  # replaced unused
     assert (await token_login(server, user, third, agent))[0] == "success"
     assert (await token_login(server, user, first, agent))[0] == "failure"
 
@@ -312,7 +332,7 @@ async def test_clients_with_tokens_per_account_are_bounded(make_xmppd):
     first, _ = await password_login_with_token(server, user, first_agent)
     second, _ = await password_login_with_token(server, user, second_agent)
     assert (await token_login(server, user, second, second_agent))[0] == "success"
-    assert (await token_login(server, user, first, first_agent))[0] == "failure"      # its tokens went
+    assert (await token_login(server, user, first, first_agent))[0] == "failure"  # its tokens went
     assert await server.limit_reached("extensions.fast.max_clients") == 1
 
 
@@ -324,7 +344,8 @@ async def test_xmppctl_lists_and_revokes_a_users_tokens(server):
     laptop_token, _ = await password_login_with_token(server, user, laptop, "HT-SHA-256-EXPR")
     listed = [line.split("\t") for line in server.ctl("tokens", jid).stdout.splitlines()]
     assert sorted((client, slot, mechanism) for client, slot, mechanism, _, _ in listed) == sorted(
-        [(phone, "new", "HT-SHA-256-NONE"), (laptop, "new", "HT-SHA-256-EXPR")])
+        [(phone, "new", "HT-SHA-256-NONE"), (laptop, "new", "HT-SHA-256-EXPR")]
+    )
     assert server.ctl("revoke-tokens", jid, phone).returncode == 0
     assert (await token_login(server, user, phone_token, phone))[0] == "failure"
     assert (await token_login(server, user, laptop_token, laptop, "HT-SHA-256-EXPR"))[0] == "success"
@@ -349,20 +370,22 @@ async def test_resumption_inline_in_authenticate_takes_the_session_over(server):
     friend_client, _ = await online(server, friend_jid, "desk")
     friend_client.send_raw(f"<message to='{full_jid}' type='chat' id='lost'><body>are you there?</body></message>")
     await raw.expect(r"id=.lost.")
-    raw.writer.transport.abort()                                 # the network goes, unacknowledged
+    raw.writer.transport.abort()  # the network goes, unacknowledged
     again, _ = await secured(server)
-    outcome = await again.authenticate2(user, "secret", extra=f"<resume xmlns='{NS_SM}' previd='{previd}' h='0'/>"
-                                        + bind2("Phone"))
+    outcome = await again.authenticate2(
+        user, "secret", extra=f"<resume xmlns='{NS_SM}' previd='{previd}' h='0'/>" + bind2("Phone")
+    )
     assert outcome.group(1) == "success"
     assert f"<authorization-identifier>{full_jid}</authorization-identifier>" in outcome.group(2)
     assert re.search(rf"<resumed xmlns=.{NS_SM}. h=.1. previd=.{previd}./>", outcome.group(2)), outcome.group(2)
     assert "<bound" not in outcome.group(2)
     await again.expect(r"<stream:features>.*?</stream:features>")
-    await again.expect(r"<message [^>]*id=.lost.")                # resent after <success/> and the features
+    await again.expect(r"<message [^>]*id=.lost.")  # resent after <success/> and the features
     # An unknown SM-ID: the <failed/> in <success/>, and Bind 2 binds a new resource.
     third, _ = await secured(server)
-    outcome = await third.authenticate2(user, "secret", extra=f"<resume xmlns='{NS_SM}' previd='gone' h='0'/>"
-                                        + bind2("Phone"))
+    outcome = await third.authenticate2(
+        user, "secret", extra=f"<resume xmlns='{NS_SM}' previd='gone' h='0'/>" + bind2("Phone")
+    )
     assert re.search(rf"<failed xmlns=.{NS_SM}.><item-not-found", outcome.group(2)) and "<bound" in outcome.group(2)
     await friend_client.logout()
     await again.close()
@@ -375,8 +398,9 @@ async def test_a_session_begins_inactive_when_bind2_says_so(server):
     server.adduser(user)
     server.adduser(friend)
     raw, _ = await secured(server)
-    outcome = await raw.authenticate2(user, "secret", extra=bind2(
-        "Idle", f"<enable xmlns='{NS_SM}'/><inactive xmlns='{NS_CSI}'/>"))
+    outcome = await raw.authenticate2(
+        user, "secret", extra=bind2("Idle", f"<enable xmlns='{NS_SM}'/><inactive xmlns='{NS_CSI}'/>")
+    )
     full_jid = re.search(r"<authorization-identifier>([^<]+)<", outcome.group(2)).group(1)
     contact = await RawClient().login(server.port, friend, "secret")
     await contact.send(f"<presence to='{full_jid}'><status>held</status></presence>")
@@ -392,4 +416,4 @@ async def written_so_far(client: RawClient) -> str:
     """Everything the server wrote to `client` (with XEP-0198 on) before it answered an <r/>."""
     await client.send(f"<r xmlns='{NS_SM}'/>")
     match = await client.expect(r"<a [^>]*/>")
-    return match.string[:match.start()]
+    return match.string[: match.start()]

@@ -1,5 +1,6 @@
 """Graceful shutdown (RFC 6120 4.4, 4.9.3.20): on SIGTERM every client stream gets
 <system-shutdown/> and is closed, and the server exits cleanly."""
+
 import asyncio
 
 from tests.conftest import unique

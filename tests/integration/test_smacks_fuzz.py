@@ -3,6 +3,7 @@ hypothesis-driven client against a real xmppd, with a small window so that pacin
 backlogs and offline storage all take part. Invariant: every message arrives, and a
 message arrives again only if the client never acknowledged it (a fresh login after a
 cut may repeat what was unacknowledged; a resumption repeats nothing)."""
+
 import asyncio
 
 import pytest
@@ -14,15 +15,23 @@ from tests.support.raw import RawClient
 from tests.support.server import XmppdProcess
 from tests.support.smacks import NS_SM, StanzaStream, authenticated, coming_online, drop, enable
 
-ACTIONS = st.lists(st.one_of(st.tuples(st.just("send"), st.integers(1, 40)),
-                             st.sampled_from([("sync",), ("read",), ("drop",), ("resume",), ("login",)])),
-                   min_size=1, max_size=16)
+ACTIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.integers(1, 40)),
+        st.sampled_from([("sync",), ("read",), ("drop",), ("resume",), ("login",)]),
+    ),
+    min_size=1,
+    max_size=16,
+)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("smacks-fuzz"), "[extensions.smacks]\nwindow = 8\n[extensions.offline]\nmax_messages_per_stranger = 10000\n",
-                           c2s_section="auth_failure_delay = 0").start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("smacks-fuzz"),
+        "[extensions.smacks]\nwindow = 8\n[extensions.offline]\nmax_messages_per_stranger = 10000\n",
+        c2s_section="auth_failure_delay = 0",
+    ).start()
     process.accounts = AccountPool(process)
     yield process
     process.stop()
@@ -80,11 +89,12 @@ async def scenario(server, actions) -> None:
         if name == "send":
             ids = [f"m{len(sent) + n}" for n in range(action[1])]
             sent += ids
-            await sender.send("".join(f"<message to='{bob}' type='chat' id='{i}'><body>{i}</body></message>"
-                                      for i in ids))
+            await sender.send(
+                "".join(f"<message to='{bob}' type='chat' id='{i}'><body>{i}</body></message>" for i in ids)
+            )
         elif name == "sync" and phone.connected:
             await phone.reader.ping(f"sync{len(sent)}", timeout=30)
-        elif name == "read" and phone.connected:          # whatever came, if anything did
+        elif name == "read" and phone.connected:  # whatever came, if anything did
             try:
                 await asyncio.wait_for(phone.reader.read(), 0.2)
             except TimeoutError:
@@ -107,7 +117,7 @@ async def scenario(server, actions) -> None:
     history = phone.finish()
 
     assert set(sent) <= {message_id for message_id, _ in history}, "a message was lost"
-    known = set()                                      # acknowledged, surely: never again
+    known = set()  # acknowledged, surely: never again
     for message_id, acknowledged in history:
         assert message_id not in known, f"{message_id} came again after the server knew the client had it"
         if acknowledged:

@@ -6,6 +6,7 @@ xmppd set to create_schema = false refuses until `xmppctl storage init` made it;
 counts printed match, everything reads back equal through the interfaces, a rerun adds
 nothing, xmppd then runs on the copy, and the copy back to SQLite gives the same data.
 """
+
 import asyncio
 import subprocess
 import sys
@@ -30,18 +31,33 @@ ALICE, BOB, CAROL = (f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol"))
 ROOM = f"lounge@conference.{DOMAIN}"
 T0 = 1_700_000_000.0
 DAY = 86400.0
-ARCHIVED = 1234                     # over two pages of the copy, over several days
+ARCHIVED = 1234  # over two pages of the copy, over several days
 EXPECTED = {
-    "accounts": 3, "rosters": 2, "roster items": 3, "roster versions (sum)": 8,
-    "archive archive": ARCHIVED + 2, "archive muc": 12, "archive offline": 3, "archive x-custom": 1,
-    "keyvalue bookmarks": 1, "keyvalue private": 2, "keyvalue vcard": 2,
-    "rooms": 3, "pubsub nodes": 3, "pubsub items": 5, "uploads": 2,
+    "accounts": 3,
+    "rosters": 2,
+    "roster items": 3,
+    "roster versions (sum)": 8,
+    "archive archive": ARCHIVED + 2,
+    "archive muc": 12,
+    "archive offline": 3,
+    "archive x-custom": 1,
+    "keyvalue bookmarks": 1,
+    "keyvalue private": 2,
+    "keyvalue vcard": 2,
+    "rooms": 3,
+    "pubsub nodes": 3,
+    "pubsub items": 5,
+    "uploads": 2,
 }
 
 
 def message(n: int, with_: str) -> ArchivedStanza:
-    return ArchivedStanza(id=f"{n:08d}", when=T0 + n * 600.5, with_=with_,
-                          payload=f"<message xmlns='jabber:client' type='chat'><body>b{n} ✓</body></message>".encode())
+    return ArchivedStanza(
+        id=f"{n:08d}",
+        when=T0 + n * 600.5,
+        with_=with_,
+        payload=f"<message xmlns='jabber:client' type='chat'><body>b{n} ✓</body></message>".encode(),
+    )
 
 
 async def populate(backend) -> None:
@@ -54,8 +70,11 @@ async def populate(backend) -> None:
         await backend.rosters.put_item(ALICE, item)
     await backend.rosters.put_item(ALICE, RosterItem(BOB, "Bob", "both", groups=("Friends", "Ünï")))
     await backend.rosters.remove_item(ALICE, "gone@example.net")
-    for item in (RosterItem(ALICE, subscription="both"), RosterItem(ALICE, subscription="both", approved=True),
-                 RosterItem(ALICE, subscription="both", pending_in=True, approved=True)):
+    for item in (
+        RosterItem(ALICE, subscription="both"),
+        RosterItem(ALICE, subscription="both", approved=True),
+        RosterItem(ALICE, subscription="both", pending_in=True, approved=True),
+    ):
         await backend.rosters.put_item(BOB, item)
 
     archived = backend.archive("archive")
@@ -74,19 +93,22 @@ async def populate(backend) -> None:
     await backend.keyvalue("private").set(ALICE, "{x}z", b"<z xmlns='x'/>")
     await backend.keyvalue("bookmarks").set(BOB, "list", b"[]")
 
-    await backend.rooms.save(ROOM, {"config": {"persistent": True, "name": "Lounge ☕"},
-                                    "affiliations": {ALICE: "owner"}})
+    await backend.rooms.save(
+        ROOM, {"config": {"persistent": True, "name": "Lounge ☕"}, "affiliations": {ALICE: "owner"}}
+    )
     await backend.rooms.save(f"attic@conference.{DOMAIN}", {"config": {"persistent": True}})
     await backend.rooms.save("elsewhere@muc.example.net", {"config": {}})
 
     for node, count in (("urn:xmpp:avatar:data", 1), ("urn:xmpp:bookmarks:1", 3)):
         await backend.pubsub.set_node(ALICE, node, {"max_items": 10, "access_model": "presence"})
         for n in range(count):
-            await backend.pubsub.publish(ALICE, node, PubSubItem(f"item{n}", f"<x n='{n}'/>".encode(), ALICE,
-                                                                 T0 + n), max_items=None)
+            await backend.pubsub.publish(
+                ALICE, node, PubSubItem(f"item{n}", f"<x n='{n}'/>".encode(), ALICE, T0 + n), max_items=None
+            )
     # Republished: now the newest; the copy must keep that order.
-    await backend.pubsub.publish(ALICE, "urn:xmpp:bookmarks:1", PubSubItem("item0", b"<x n='again'/>", ALICE, T0 + 9),
-                                 max_items=None)
+    await backend.pubsub.publish(
+        ALICE, "urn:xmpp:bookmarks:1", PubSubItem("item0", b"<x n='again'/>", ALICE, T0 + 9), max_items=None
+    )
     await backend.pubsub.set_node(f"pubsub.{DOMAIN}", "news", {"title": "News"})
     await backend.pubsub.publish(f"pubsub.{DOMAIN}", "news", PubSubItem("n1", b"<entry/>", BOB, T0), max_items=None)
 
@@ -99,23 +121,32 @@ async def populate(backend) -> None:
 async def snapshot(backend) -> dict:
     """Everything the backend holds, read through the interfaces, for comparing."""
     users = await backend.accounts.list(DOMAIN)
-    data = {"accounts": {jid: await backend.accounts.get(jid) for jid in users},
-            "rosters": {jid: await backend.rosters.get(jid) for jid in users},
-            "uploads": {jid: await backend.uploads.list(jid) for jid in users}}
+    data = {
+        "accounts": {jid: await backend.accounts.get(jid) for jid in users},
+        "rosters": {jid: await backend.rosters.get(jid) for jid in users},
+        "uploads": {jid: await backend.uploads.list(jid) for jid in users},
+    }
     for name in await backend.archive_names():
         store = backend.archive(name)
-        data[f"archive {name}"] = {owner: (await store.query(owner, ArchiveQuery())).items
-                                   async for owner in store.owners()}
+        data[f"archive {name}"] = {
+            owner: (await store.query(owner, ArchiveQuery())).items async for owner in store.owners()
+        }
     for name in await backend.keyvalue_names():
         store = backend.keyvalue(name)
-        data[f"keyvalue {name}"] = {owner: {key: await store.get(owner, key) for key in await store.keys(owner)}
-                                    async for owner in store.owners()}
-    data["rooms"] = {room: await backend.rooms.get(room)
-                     async for service in backend.rooms.services() for room in await backend.rooms.list(service)}
-    data["pubsub"] = {(service, node): (await backend.pubsub.get_node(service, node),
-                                        await backend.pubsub.get_items(service, node))
-                      async for service in backend.pubsub.services()
-                      for node in await backend.pubsub.list_nodes(service)}
+        data[f"keyvalue {name}"] = {
+            owner: {key: await store.get(owner, key) for key in await store.keys(owner)}
+            async for owner in store.owners()
+        }
+    data["rooms"] = {
+        room: await backend.rooms.get(room)
+        async for service in backend.rooms.services()
+        for room in await backend.rooms.list(service)
+    }
+    data["pubsub"] = {
+        (service, node): (await backend.pubsub.get_node(service, node), await backend.pubsub.get_items(service, node))
+        async for service in backend.pubsub.services()
+        for node in await backend.pubsub.list_nodes(service)
+    }
     return data
 
 
@@ -152,8 +183,11 @@ def migration(cassandra, tmp_path_factory):
         (directory / name / "data").mkdir(parents=True)
     # The config of the copy names both backends: SQLite the default, Cassandra a section.
     on_sqlite = XmppdProcess(directory / "sqlite", section)
-    on_cassandra = XmppdProcess(directory / "cassandra", '[storage]\ndefault = "cassandra"\n' + section,
-                                server_section="graceful_shutdown_timeout = 1")
+    on_cassandra = XmppdProcess(
+        directory / "cassandra",
+        '[storage]\ndefault = "cassandra"\n' + section,
+        server_section="graceful_shutdown_timeout = 1",
+    )
 
     async def fill():
         backend = open_backend("sqlite", SqliteOptions(), str(directory / "sqlite" / "data"))
@@ -162,14 +196,26 @@ def migration(cassandra, tmp_path_factory):
             await populate(backend)
         finally:
             await backend.close()
+
     asyncio.run(fill())
 
-    refused = subprocess.run([sys.executable, "-m", "xmppd.cli", "--config", str(on_cassandra.config_path)],
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "xmppd.cli", "--config", str(on_cassandra.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     init = [on_sqlite.ctl("storage", "init", "--backend", "cassandra").stdout for _ in range(2)]
     copied = on_sqlite.ctl("storage", "copy", "--from", "sqlite", "--to", "cassandra", check=False)
-    return dict(on_sqlite=on_sqlite, on_cassandra=on_cassandra, keyspace=keyspace, section=section,
-                refused=refused, init=init, copied=copied)
+    return dict(
+        on_sqlite=on_sqlite,
+        on_cassandra=on_cassandra,
+        keyspace=keyspace,
+        section=section,
+        refused=refused,
+        init=init,
+        copied=copied,
+    )
 
 
 def test_cassandra_keyspace_is_made_by_storage_init_when_the_server_may_not(migration):
@@ -198,7 +244,7 @@ async def test_copy_to_cassandra_again_duplicates_nothing(migration):
 async def test_xmppd_runs_on_the_cassandra_copy(migration):
     server = migration["on_cassandra"].start()
     try:
-        alice = await connect(server, ALICE, "phone")          # the copied SCRAM secrets
+        alice = await connect(server, ALICE, "phone")  # the copied SCRAM secrets
         roster = await alice.iq("get", ALICE, "<query xmlns='jabber:iq:roster'/>")
         items = {item.get("jid"): item.get("subscription") for item in roster.iter("{jabber:iq:roster}item")}
         assert items == {BOB: "both", CAROL: "none"}
@@ -232,7 +278,8 @@ async def test_cassandra_copy_exits_non_zero_when_counts_differ(migration):
     table = counts(copied.stdout)
     assert table["archive offline"] == (3, 4)
     assert [line for line in copied.stdout.splitlines() if line.endswith("DIFFERS")] == [
-        line for line in copied.stdout.splitlines() if line.startswith("archive offline")]
+        line for line in copied.stdout.splitlines() if line.startswith("archive offline")
+    ]
     assert "the counts differ in archive offline" in copied.stderr
 
 

@@ -1,6 +1,7 @@
 """End to end: XEP-0363 HTTP File Upload on a real xmppd with the filesystem media store:
 slots, PUT and GET over HTTPS, the checks on both, quota, expiry, xmppctl, and a link
 sent in a message. The same round trip on S3 is in test_upload_s3.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,12 +20,23 @@ from tests.support.accounts import create_accounts
 from tests.support.inbox import message, online
 from tests.support.server import XmppdProcess
 from tests.support.upload import (
-    KiB, MiB, NS_STANZAS, NS_UPLOAD, SlotRefused, download, http, memory_kib, payload, put, request_slot,
-    reset_peak_memory, upload,
+    NS_STANZAS,
+    NS_UPLOAD,
+    KiB,
+    MiB,
+    SlotRefused,
+    download,
+    http,
+    memory_kib,
+    payload,
+    put,
+    request_slot,
+    reset_peak_memory,
+    upload,
 )
 
 SERVICE = "upload.localhost"
-MAX = 21 * MiB                        # advertised and enforced
+MAX = 21 * MiB  # advertised and enforced
 QUOTA = 50 * MiB
 OTHER_HOST = "elsewhere.test"
 CONFIG = f"""
@@ -73,6 +85,7 @@ async def raw_http(port: int, request: str) -> int:
 
 # ------------------------------------------------------------------ discovery
 
+
 async def test_service_is_advertised_with_its_limit(user):
     disco = user.plugin["xep_0030"]
     items = {item[0] for item in (await disco.get_items("localhost"))["disco_items"]["items"]}
@@ -81,14 +94,17 @@ async def test_service_is_advertised_with_its_limit(user):
     assert ("store", "file", None, "HTTP File Upload") in set(info["disco_info"]["identities"])
     assert NS_UPLOAD in info["disco_info"]["features"]
     form = info.xml.find("{http://jabber.org/protocol/disco#info}query/{jabber:x:data}x")
-    values = {field.get("var"): [v.text for v in field.findall("{jabber:x:data}value")]
-              for field in form.findall("{jabber:x:data}field")}
+    values = {
+        field.get("var"): [v.text for v in field.findall("{jabber:x:data}value")]
+        for field in form.findall("{jabber:x:data}field")
+    }
     assert form.get("type") == "result"
     assert values["FORM_TYPE"] == [NS_UPLOAD]
     assert values["max-file-size"] == [str(MAX)]
 
 
 # ------------------------------------------------------------------ round trips
+
 
 @pytest.mark.parametrize("size", [1, 100 * KiB, 20 * MiB], ids=["1B", "100KiB", "20MiB"])
 async def test_round_trip_is_byte_identical(server, user, session, size):
@@ -97,7 +113,7 @@ async def test_round_trip_is_byte_identical(server, user, session, size):
     before = memory_kib(pid)["VmRSS"]
     reset_peak_memory(pid)
     slot = await request_slot(user, SERVICE, "holiday photo.jpg", size, "image/jpeg")
-    assert set(slot.headers) == {"Authorization"}           # XEP-0363: no other header is allowed
+    assert set(slot.headers) == {"Authorization"}  # XEP-0363: no other header is allowed
     assert slot.put_url == slot.get_url and slot.get_url.startswith(f"https://localhost:{server.https_port}/")
     assert upload_path(slot.get_url).endswith("/holiday%20photo.jpg")
     response = await put(session, slot, data, "image/jpeg")
@@ -134,7 +150,7 @@ async def test_head_and_range_requests(user, session):
         ("bytes=900-", 206, data[900:], "bytes 900-999/1000"),
         ("bytes=-10", 206, data[-10:], "bytes 990-999/1000"),
         ("bytes=990-5000", 206, data[990:], "bytes 990-999/1000"),
-        ("bytes=0-0,5-9", 200, data, None),             # several ranges: the whole file
+        ("bytes=0-0,5-9", 200, data, None),  # several ranges: the whole file
         ("lines=1-2", 200, data, None),
     ]:
         response, body = await download(session, slot.get_url, Range=header)
@@ -149,9 +165,14 @@ async def test_head_and_range_requests(user, session):
 
 async def test_cors_preflight_lets_web_clients_upload(user, session):
     slot = await request_slot(user, SERVICE, "a.txt", 3, "text/plain")
-    async with session.options(slot.put_url, headers={
-            "Origin": "https://webchat.example", "Access-Control-Request-Method": "PUT",
-            "Access-Control-Request-Headers": "authorization,content-type"}) as response:
+    async with session.options(
+        slot.put_url,
+        headers={
+            "Origin": "https://webchat.example",
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    ) as response:
         assert response.status in (200, 204)
         assert response.headers["Access-Control-Allow-Origin"] == "*"
         assert "PUT" in response.headers["Access-Control-Allow-Methods"]
@@ -185,6 +206,7 @@ async def test_link_in_a_message_reaches_the_contact(connect, session):
 
 # ------------------------------------------------------------------ slot requests refused
 
+
 async def test_the_advertised_size_is_the_limit(server, user):
     """Issue 13: disco's max-file-size is what is enforced, to the byte (XEP-0363 section 5)."""
     before = await server.limit_reached("extensions.upload.max_file_size")
@@ -203,32 +225,35 @@ async def test_quota_counts_files_and_open_slots(user, session):
     with pytest.raises(SlotRefused) as refused:
         await request_slot(user, SERVICE, "one-too-many.bin", 5 * MiB + 1)
     assert (refused.value.condition, refused.value.type) == ("resource-constraint", "wait")
-    await request_slot(user, SERVICE, "just-fits.bin", 5 * MiB)        # 50 MiB exactly
+    await request_slot(user, SERVICE, "just-fits.bin", 5 * MiB)  # 50 MiB exactly
 
 
-@pytest.mark.parametrize("attributes", [
-    {"size": "10"},                                            # no file name
-    {"filename": "a.txt"},                                     # no size
-    {"filename": "a.txt", "size": "-1"},
-    {"filename": "a.txt", "size": "ten"},
-    {"filename": "a.txt", "size": "1e3"},
-    {"filename": "../../etc/passwd", "size": "10"},
-    {"filename": "dir/a.txt", "size": "10"},
-    {"filename": "a\\b.txt", "size": "10"},
-    {"filename": "..", "size": "10"},
-    {"filename": "x" * 256, "size": "10"},
-    {"filename": "invoice\u202efdp.exe", "size": "10"},              # right-to-left override
-    {"filename": "a\u2067b.txt", "size": "10"},                       # right-to-left isolate
-    {"filename": "a\u200fb.txt", "size": "10"},                       # right-to-left mark
-    {"filename": "a\x85b.txt", "size": "10"},                         # C1 control (NEL)
-    {"filename": "a\u2028b.txt", "size": "10"},                       # line separator
-    {"filename": "a.txt", "size": "10", "content-type": "text/plain\r\nX-Evil: 1"},
-    {"filename": "a.txt", "size": "10", "content-type": "not a type"},
-], ids=lambda a: ",".join(f"{k}={v[:12]!r}" for k, v in a.items()))
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"size": "10"},  # no file name
+        {"filename": "a.txt"},  # no size
+        {"filename": "a.txt", "size": "-1"},
+        {"filename": "a.txt", "size": "ten"},
+        {"filename": "a.txt", "size": "1e3"},
+        {"filename": "../../etc/passwd", "size": "10"},
+        {"filename": "dir/a.txt", "size": "10"},
+        {"filename": "a\\b.txt", "size": "10"},
+        {"filename": "..", "size": "10"},
+        {"filename": "x" * 256, "size": "10"},
+        {"filename": "invoice\u202efdp.exe", "size": "10"},  # right-to-left override
+        {"filename": "a\u2067b.txt", "size": "10"},  # right-to-left isolate
+        {"filename": "a\u200fb.txt", "size": "10"},  # right-to-left mark
+        {"filename": "a\x85b.txt", "size": "10"},  # C1 control (NEL)
+        {"filename": "a\u2028b.txt", "size": "10"},  # line separator
+        {"filename": "a.txt", "size": "10", "content-type": "text/plain\r\nX-Evil: 1"},
+        {"filename": "a.txt", "size": "10", "content-type": "not a type"},
+    ],
+    ids=lambda a: ",".join(f"{k}={v[:12]!r}" for k, v in a.items()),
+)
 async def test_malformed_slot_requests_are_bad_requests(user, attributes):
     with pytest.raises(SlotRefused) as refused:
-        await request_slot(user, SERVICE, attributes.pop("filename", None), attributes.pop("size", None),
-                           **attributes)
+        await request_slot(user, SERVICE, attributes.pop("filename", None), attributes.pop("size", None), **attributes)
     assert refused.value.condition == "bad-request"
 
 
@@ -249,25 +274,28 @@ async def test_users_of_other_hosts_may_not_upload(server):
         with pytest.raises(SlotRefused) as refused:
             await request_slot(client, SERVICE, "a.txt", 10)
         assert (refused.value.condition, refused.value.type) == ("not-allowed", "cancel")
-        await request_slot(client, f"upload.{OTHER_HOST}", "a.txt", 10)      # its own service
+        await request_slot(client, f"upload.{OTHER_HOST}", "a.txt", 10)  # its own service
     finally:
         await client.logout()
 
 
 # ------------------------------------------------------------------ slots per account
 
+
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
     """3 open slots and 5 slots an hour per account."""
-    process = XmppdProcess(tmp_path_factory.mktemp("upload-limited"), """
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("upload-limited"),
+        """
         [extensions.upload]
         max_open_slots = 3
         max_slot_requests = 5
         slot_request_window = 3600.0
-        """).start()
+        """,
+    ).start()
     yield process
     process.stop()
-
 
 
 def retry_stamp(refused: SlotRefused) -> float:
@@ -290,9 +318,9 @@ async def test_open_slots_per_account_are_bounded(limited, session):
             await request_slot(client, SERVICE, "one-more.bin", 0)
         assert (refused.value.condition, refused.value.type) == ("resource-constraint", "wait")
         assert "open upload slots" in refused.value.find(f"{{{NS_STANZAS}}}text").text
-        assert asked < retry_stamp(refused.value) <= asked + 61          # when they have expired
+        assert asked < retry_stamp(refused.value) <= asked + 61  # when they have expired
         assert await limited.limit_reached("extensions.upload.max_open_slots") - before == 1
-        assert (await put(session, slots[0], b"")).status == 201          # one used: room for one more
+        assert (await put(session, slots[0], b"")).status == 201  # one used: room for one more
         await request_slot(client, SERVICE, "one-more.bin", 0)
     finally:
         await client.logout()
@@ -324,26 +352,29 @@ async def test_slot_requests_per_account_are_bounded(limited, session):
 
 # ------------------------------------------------------------------ PUT refused
 
+
 async def test_put_checks_token_size_type_and_single_use(user, connect, session):
     data = payload(100, seed=1)
     slot = await request_slot(user, SERVICE, "photo.jpg", 100, "image/jpeg")
     token = slot.headers["Authorization"]
     no_token = type(slot)(slot.put_url, {}, slot.get_url)
-    forged = type(slot)(slot.put_url, {"Authorization": token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")},
-                        slot.get_url)
-    later = type(slot)(slot.put_url, {"Authorization": f"Bearer {int(time.time()) + 3600}.{token.split('.', 1)[1]}"},
-                       slot.get_url)
+    forged = type(slot)(
+        slot.put_url, {"Authorization": token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")}, slot.get_url
+    )
+    later = type(slot)(
+        slot.put_url, {"Authorization": f"Bearer {int(time.time()) + 3600}.{token.split('.', 1)[1]}"}, slot.get_url
+    )
     assert (await put(session, no_token, data, "image/jpeg")).status == 401
     assert (await put(session, forged, data, "image/jpeg")).status == 403
-    assert (await put(session, later, data, "image/jpeg")).status == 403         # a deadline of one's own
-    assert (await put(session, slot, data[:99], "image/jpeg")).status == 400      # not the slot's size
+    assert (await put(session, later, data, "image/jpeg")).status == 403  # a deadline of one's own
+    assert (await put(session, slot, data[:99], "image/jpeg")).status == 400  # not the slot's size
     assert (await put(session, slot, data + b"!", "image/jpeg")).status == 400
     assert (await put(session, slot, data, "text/html")).status == 415
     response, _ = await download(session, slot.get_url)
-    assert response.status == 404                                                # nothing stored yet
+    assert response.status == 404  # nothing stored yet
 
     assert (await put(session, slot, data, "image/jpeg")).status == 201
-    assert (await put(session, slot, payload(100, seed=2), "image/jpeg")).status == 409   # used once
+    assert (await put(session, slot, payload(100, seed=2), "image/jpeg")).status == 409  # used once
     response, body = await download(session, slot.get_url)
     assert body == data
 
@@ -367,44 +398,66 @@ async def test_put_without_content_length_is_refused(user, session):
         assert response.status == 411
 
 
-@pytest.mark.parametrize("target", [
-    "/upload/localhost/../../../etc/passwd",
-    "/upload/localhost/{id}/..%2F..%2F..%2Fetc%2Fpasswd",
-    "/upload/localhost/{id}%2F..%2Fother/photo.jpg",
-    "/upload/localhost/{id}/photo.jpg/..",
-    "/upload/localhost/{id}/%2E%2E",
-    "/upload/localhost/{id}/a%5Cb",
-    "/upload/localhost/..%2F{id}/photo.jpg",
-    "/upload/localhost/{id}/%ff%fe",
-    "/upload/localhost/{id}",
-    "/upload/localhost/{id}/photo%E2%80%AEgpj.exe",
-], ids=["dots", "encoded-slashes", "slash-in-id", "trailing-dots", "encoded-dots", "backslash", "id-dots",
-        "not-utf8", "no-name", "bidi-override"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/upload/localhost/../../../etc/passwd",
+        "/upload/localhost/{id}/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/upload/localhost/{id}%2F..%2Fother/photo.jpg",
+        "/upload/localhost/{id}/photo.jpg/..",
+        "/upload/localhost/{id}/%2E%2E",
+        "/upload/localhost/{id}/a%5Cb",
+        "/upload/localhost/..%2F{id}/photo.jpg",
+        "/upload/localhost/{id}/%ff%fe",
+        "/upload/localhost/{id}",
+        "/upload/localhost/{id}/photo%E2%80%AEgpj.exe",
+    ],
+    ids=[
+        "dots",
+        "encoded-slashes",
+        "slash-in-id",
+        "trailing-dots",
+        "encoded-dots",
+        "backslash",
+        "id-dots",
+        "not-utf8",
+        "no-name",
+        "bidi-override",
+    ],
+)
 async def test_paths_that_are_no_upload_url_are_bad_requests(server, user, target):
     slot = await request_slot(user, SERVICE, "photo.jpg", 4, "image/jpeg")
     upload_id = upload_path(slot.put_url).split("/")[3]
     target = target.format(id=upload_id)
-    for method, extra in (("GET", ""), ("PUT", f"Authorization: {slot.headers['Authorization']}\r\n"
-                                               "Content-Type: image/jpeg\r\nContent-Length: 4\r\n")):
-        status = await raw_http(server.http_port, f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n{extra}"
-                                                  "Connection: close\r\n\r\n" + ("abcd" if method == "PUT" else ""))
+    for method, extra in (
+        ("GET", ""),
+        ("PUT", f"Authorization: {slot.headers['Authorization']}\r\nContent-Type: image/jpeg\r\nContent-Length: 4\r\n"),
+    ):
+        status = await raw_http(
+            server.http_port,
+            f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n{extra}"
+            "Connection: close\r\n\r\n" + ("abcd" if method == "PUT" else ""),
+        )
         assert status == 400, (method, target)
 
 
 # ------------------------------------------------------------------ GET refused
+
 
 async def test_get_of_a_missing_file_is_404(user, session, server):
     data = b"here"
     slot = await upload(user, SERVICE, session, data, "here.txt", "text/plain")
     base = f"https://localhost:{server.https_port}/upload/localhost"
     upload_id = upload_path(slot.get_url).split("/")[3]
-    for url in (f"{base}/{'A' * 32}/here.txt",                      # no such id
-                f"{base}/{upload_id}/other-name.txt",               # not its name
-                f"https://localhost:{server.https_port}/upload/{OTHER_HOST}/{upload_id}/here.txt"):  # not its host
+    for url in (
+        f"{base}/{'A' * 32}/here.txt",  # no such id
+        f"{base}/{upload_id}/other-name.txt",  # not its name
+        f"https://localhost:{server.https_port}/upload/{OTHER_HOST}/{upload_id}/here.txt",
+    ):  # not its host
         response, _ = await download(session, url)
         assert response.status == 404, url
     slot = await request_slot(user, SERVICE, "later.txt", 4, "text/plain")
-    response, _ = await download(session, slot.get_url)         # a slot not used yet
+    response, _ = await download(session, slot.get_url)  # a slot not used yet
     assert response.status == 404
 
 
@@ -417,12 +470,14 @@ async def test_other_methods_are_not_allowed(user, session):
 
 # ------------------------------------------------------------------ secret
 
+
 def test_signing_key_is_private_to_the_server(server):
     mode = os.stat(server.directory / "data" / "http.key").st_mode
     assert stat.S_IMODE(mode) == 0o600
 
 
 # ------------------------------------------------------------------ xmppctl
+
 
 async def test_xmppctl_lists_shows_quota_and_deletes(server, user, session):
     jid = str(user.boundjid.bare)
@@ -438,7 +493,7 @@ async def test_xmppctl_lists_shows_quota_and_deletes(server, user, session):
     assert server.ctl("delete-upload", upload_id).stdout.startswith(f"deleted {upload_id}")
     assert (await download(session, deleted))[0].status == 404
     kept = next(url for url in (first.get_url, second.get_url) if url != deleted)
-    assert server.ctl("delete-upload", kept).returncode == 0               # by its URL
+    assert server.ctl("delete-upload", kept).returncode == 0  # by its URL
     assert server.ctl("uploads", jid).stdout == ""
     missing = server.ctl("delete-upload", upload_id, check=False)
     assert missing.returncode == 1 and "no upload" in missing.stderr
@@ -446,15 +501,19 @@ async def test_xmppctl_lists_shows_quota_and_deletes(server, user, session):
 
 # ------------------------------------------------------------------ expiry, restarts
 
+
 @pytest.fixture(scope="module")
 def short_lived(tmp_path_factory):
     """Files kept 3 s, tokens valid 1 s, expired files looked for 5 times a second."""
-    process = XmppdProcess(tmp_path_factory.mktemp("upload-expiry"), """
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("upload-expiry"),
+        """
         [extensions.upload]
         file_lifetime = 3.0
         slot_lifetime = 1.0
         sweep_interval = 0.2
-        """).start()
+        """,
+    ).start()
     yield process
     process.stop()
 
@@ -484,6 +543,7 @@ async def test_files_expire_and_are_removed(short_lived, session):
 
         async def gone():
             return (await download(session, slot.get_url))[0].status == 404
+
         await until(gone)
         await until(lambda: not (files / upload_id).exists())
         await until(lambda: short_lived.ctl("uploads", jid).stdout == "")
@@ -497,7 +557,7 @@ async def test_expired_token_is_refused(short_lived, session):
     try:
         slot = await request_slot(client, SERVICE, "late.txt", 4, "text/plain")
         deadline = int(slot.headers["Authorization"].split()[1].split(".")[0])
-        await asyncio.sleep(max(0.0, deadline - time.time()) + 0.2)      # the token's time passes
+        await asyncio.sleep(max(0.0, deadline - time.time()) + 0.2)  # the token's time passes
         assert (await put(session, slot, b"late", "text/plain")).status == 403
         # Its slot no longer counts against the quota either.
         assert short_lived.ctl("quota", jid).stdout.startswith(f"{jid}: 0 bytes in 0 files")
@@ -505,8 +565,9 @@ async def test_expired_token_is_refused(short_lived, session):
         await client.logout()
 
 
-@pytest.mark.parametrize("lowered, status", [("quota_per_user = 800", 507), ("max_file_size = 299", 413)],
-                         ids=["quota", "max-file-size"])
+@pytest.mark.parametrize(
+    "lowered, status", [("quota_per_user = 800", 507), ("max_file_size = 299", 413)], ids=["quota", "max-file-size"]
+)
 async def test_limit_lowered_after_the_slot_is_checked_at_put(tmp_path, session, lowered, status):
     """A slot given under a larger quota or size limit: the PUT is refused, with 507 or
     413 (and the token survives the restart, the signing key being kept in the data dir)."""
@@ -521,8 +582,11 @@ async def test_limit_lowered_after_the_slot_is_checked_at_put(tmp_path, session,
         first.stop()
     second = XmppdProcess(tmp_path, f"[extensions.upload]\n{lowered}\nslot_lifetime = 120.0\n").start()
     try:
-        moved = type(slot)(slot.put_url.replace(f":{first.https_port}/", f":{second.https_port}/"),
-                           slot.headers, slot.get_url.replace(f":{first.https_port}/", f":{second.https_port}/"))
+        moved = type(slot)(
+            slot.put_url.replace(f":{first.https_port}/", f":{second.https_port}/"),
+            slot.headers,
+            slot.get_url.replace(f":{first.https_port}/", f":{second.https_port}/"),
+        )
         # Not 403: the token held, the limit did not.
         assert (await put(session, moved, payload(300))).status == status
         assert (await download(session, moved.get_url))[0].status == 404
@@ -538,4 +602,3 @@ async def test_deleting_an_account_deletes_its_files(server, session):
     server.ctl("deluser", jid)
     assert (await download(session, slot.get_url))[0].status == 404
     assert server.ctl("uploads", jid).stdout == ""
-

@@ -1,6 +1,7 @@
 """End to end: XEP-0363 uploads stored in a real S3-compatible server (MinIO, started by
 tests/support/s3.py), with the bytes relayed through xmppd and with presigned URLs that
 send clients straight to the store. Select with `-k s3`."""
+
 from __future__ import annotations
 
 import secrets
@@ -59,8 +60,9 @@ def deployment(request, tmp_path_factory):
     s3_server = request.getfixturevalue("s3_server")
     prefix = f"upload-{request.param}-{secrets.token_hex(4)}/"
     presigned = request.param == "presigned"
-    process = XmppdProcess(tmp_path_factory.mktemp(f"upload-s3-{request.param}"),
-                           s3_config(s3_server, prefix, presigned)).start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp(f"upload-s3-{request.param}"), s3_config(s3_server, prefix, presigned)
+    ).start()
     yield Deployment(process, prefix, presigned)
     process.stop()
 
@@ -85,7 +87,7 @@ async def test_s3_round_trip_is_byte_identical(s3_server, deployment, user, sess
     slot = await request_slot(user, SERVICE, "clip.mp4", size, "video/mp4")
     presigned = deployment.presigned
     if presigned:
-        assert slot.put_url.startswith(s3_server.endpoint_url)       # straight to the store
+        assert slot.put_url.startswith(s3_server.endpoint_url)  # straight to the store
         assert slot.headers == {}
     else:
         assert slot.put_url == slot.get_url and set(slot.headers) == {"Authorization"}

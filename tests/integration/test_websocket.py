@@ -10,6 +10,7 @@ closed after [c2s] unauthenticated_timeout; login throttles and the admission pe
 address hold; one that reads nothing is held back and let go as a TCP one is; a binary message closes the WebSocket (1003); a shutdown sends
 system-shutdown; host-meta (XML and JSON) points at the endpoint, with CORS for any page.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,10 @@ MAX_STANZA_BYTES = 10000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = XmppdProcess(tmp_path_factory.mktemp("websocket"),
-                           c2s_section=f"auth_failure_delay = 0\nmax_stanza_bytes = {MAX_STANZA_BYTES}").start()
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("websocket"),
+        c2s_section=f"auth_failure_delay = 0\nmax_stanza_bytes = {MAX_STANZA_BYTES}",
+    ).start()
     process.accounts = AccountPool(process)
     yield process
     process.stop()
@@ -77,7 +80,9 @@ async def test_login_with_scram_and_chat_with_a_tcp_client_both_ways(server):
     try:
         assert web.jid == f"{web_user}/web"
         await web.send("<presence xmlns='jabber:client'/>")
-        await web.send(f"<message xmlns='jabber:client' to='{tcp_user}' type='chat' id='w1'><body>from the web</body></message>")
+        await web.send(
+            f"<message xmlns='jabber:client' to='{tcp_user}' type='chat' id='w1'><body>from the web</body></message>"
+        )
         received = await inbox.wait(lambda s: s.tag == MESSAGE and s.get("id") == "w1")
         assert received.findtext("{jabber:client}body") == "from the web"
         assert received.get("from") == web.jid
@@ -104,7 +109,7 @@ async def test_resumption_across_a_dropped_websocket(server):
     await web.send(f"<enable xmlns='{NS_SM}' resume='true'/>")
     sm_id = attribute((await web.expect(r"<enabled ([^>]*)/>")).group(1), "id")
     await web.send("<presence xmlns='jabber:client'/>")
-    await web.expect(r"<presence[^>]*(/>|>.*?</presence>)")          # h = 1: the echo
+    await web.expect(r"<presence[^>]*(/>|>.*?</presence>)")  # h = 1: the echo
     web.drop()
     await server.wait_for_log(f"event=connection-lost jid={web_user}/phone")
     tcp, _ = await online(server, tcp_user)
@@ -145,13 +150,19 @@ async def test_a_stanza_over_the_size_limit_is_a_policy_violation(server):
     assert await stream_error(client) == "policy-violation"
 
 
-@pytest.mark.parametrize("first, condition", [
-    (f"<open xmlns='{NS_FRAMING}' to='elsewhere.example' version='1.0'/>", "host-unknown"),
-    (f"<open xmlns='{NS_FRAMING}' to='localhost' version='2.0'/>", "unsupported-version"),
-    ("<open xmlns='jabber:client' to='localhost' version='1.0'/>", "invalid-namespace"),
-    ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' "
-     "version='1.0'>", "bad-format"),
-])
+@pytest.mark.parametrize(
+    "first, condition",
+    [
+        (f"<open xmlns='{NS_FRAMING}' to='elsewhere.example' version='1.0'/>", "host-unknown"),
+        (f"<open xmlns='{NS_FRAMING}' to='localhost' version='2.0'/>", "unsupported-version"),
+        ("<open xmlns='jabber:client' to='localhost' version='1.0'/>", "invalid-namespace"),
+        (
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' "
+            "version='1.0'>",
+            "bad-format",
+        ),
+    ],
+)
 async def test_a_bad_open_gets_open_then_the_stream_error(server, first, condition):
     client = await WebSocketClient(server.domain).connect_to(url(server))
     await client.send(first)
@@ -181,14 +192,16 @@ async def test_no_starttls_over_websocket_and_plain_offered_over_https(server):
 
 
 async def test_handshake_refusals(server):
-    own = f"https://localhost:{server.https_port}"          # the origin of [http] public_url
+    own = f"https://localhost:{server.https_port}"  # the origin of [http] public_url
     for origin in (None, own):
         client = await WebSocketClient(server.domain).connect_to(url(server), origin=origin)
         await client.open_stream()
         await client.close()
-    refusals = [({"origin": "https://elsewhere.example"}, url(server), 403),
-                ({"protocols": ("chat",)}, url(server), 400),
-                ({}, url(server, tls=False), 403)]         # plain HTTP, encryption required
+    refusals = [
+        ({"origin": "https://elsewhere.example"}, url(server), 403),
+        ({"protocols": ("chat",)}, url(server), 400),
+        ({}, url(server, tls=False), 403),
+    ]  # plain HTTP, encryption required
     for options, address, status in refusals:
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await WebSocketClient(server.domain).connect_to(address, **options)
@@ -212,9 +225,14 @@ async def test_host_meta_points_at_the_endpoint(server):
     assert xrd.tag == f"{ns}XRD"
     xml_links = [(link.get("rel"), link.get("href")) for link in xrd.iter(f"{ns}Link")]
     endpoint = f"wss://localhost:{server.https_port}/xmpp-websocket"
-    assert xml_links == [(link["rel"], link["href"]) for link in links] == [
-        ("urn:xmpp:alt-connections:websocket", endpoint),
-        ("urn:xmpp:alt-connections:xbosh", f"https://localhost:{server.https_port}/http-bind")]
+    assert (
+        xml_links
+        == [(link["rel"], link["href"]) for link in links]
+        == [
+            ("urn:xmpp:alt-connections:websocket", endpoint),
+            ("urn:xmpp:alt-connections:xbosh", f"https://localhost:{server.https_port}/http-bind"),
+        ]
+    )
     client = await WebSocketClient(server.domain).connect_to(endpoint.replace("localhost", "127.0.0.1"))
     try:
         await client.open_stream()
@@ -235,8 +253,7 @@ async def test_a_websocket_client_that_reads_nothing_is_held_back_then_let_go(ma
     client is closed after c2s.stall_timeout."""
     server = make_xmppd(c2s_section="stall_timeout = 3").start()
     sender_jid, deaf_jid = create_accounts(server, [unique("sender"), unique("deaf")])
-    deaf = await WebSocketClient(server.domain).login_to(url(server), deaf_jid.split("@")[0], "secret",
-                                                         resource="deaf")
+    deaf = await WebSocketClient(server.domain).login_to(url(server), deaf_jid.split("@")[0], "secret", resource="deaf")
     await deaf.send("<presence xmlns='jabber:client'/>")
     await deaf.expect(r"<presence[^>]*(/>|>.*?</presence>)")
     deaf.socket.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -246,7 +263,7 @@ async def test_a_websocket_client_that_reads_nothing_is_held_back_then_let_go(ma
     await sender.send(f"<enable xmlns='{NS_SM}'/>")
     await sender.expect(r"<enabled[^>]*/>")
     padding = "x" * 100_000
-    for n in range(100):                                   # 10 MB the client does not take
+    for n in range(100):  # 10 MB the client does not take
         await sender.send(f"<message to='{deaf_jid}/deaf' type='headline' id='m{n}'><body>{padding}</body></message>")
     await sender.send(f"<r xmlns='{NS_SM}'/>")
     while attribute((await sender.expect(r"<a ([^>]*)/>", timeout=60)).group(1), "h") != "100":
@@ -263,8 +280,9 @@ async def test_plain_from_loopback_without_required_encryption_then_the_unauthen
     without STARTTLS), and are offered no PLAIN; a WebSocket that does not log in is
     closed with connection-timeout; WebSockets past [http] max_connections_per_ip are
     served, as they count as client connections once upgraded."""
-    server = make_xmppd(c2s_section="require_encryption = false\nunauthenticated_timeout = 1.0",
-                        extra_config="").start()
+    server = make_xmppd(
+        c2s_section="require_encryption = false\nunauthenticated_timeout = 1.0", extra_config=""
+    ).start()
     text = server.config_path.read_text().replace("[http]\n", "[http]\nmax_connections_per_ip = 2\n")
     server.stop()
     server.config_path.write_text(text)
@@ -308,8 +326,9 @@ async def test_login_throttles_and_admission_per_address_hold(make_xmppd):
     account's failed logins from one address are budgeted (then temporary-auth-failure,
     even with the right password), and past max_unauthenticated_per_ip the oldest
     unauthenticated connection is closed."""
-    server = make_xmppd(c2s_section="auth_failure_delay = 0\nauth_failures_per_account = 2\n"
-                                    "max_unauthenticated_per_ip = 2").start()
+    server = make_xmppd(
+        c2s_section="auth_failure_delay = 0\nauth_failures_per_account = 2\nmax_unauthenticated_per_ip = 2"
+    ).start()
     (jid,) = create_accounts(server, [unique("guessed")])
     user = jid.split("@")[0]
     guesser = await opened(server)

@@ -5,6 +5,7 @@ sends <open/> (RFC 7395) and reports back, by a POST to the test, what it got: t
 subprotocol, the <open/> and the stream features. The same page served from an origin
 that [websocket] allowed_origins does not list is refused by the handshake (403), which
 the browser sees as a failed WebSocket. No driver: the page reports by itself."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ from aiohttp import web
 from tests.support.server import XmppdProcess, free_port
 from tests.support.websocket import NS_FRAMING
 
-TIMEOUT = 60.0                        # a cold Chromium on a loaded machine
+TIMEOUT = 60.0  # a cold Chromium on a loaded machine
 
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>xmppd WebSocket</title></head><body><script>
@@ -68,10 +69,13 @@ def page_port():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, page_port):
-    process = XmppdProcess(tmp_path_factory.mktemp("websocket-browser"), extra_config=f"""
+    process = XmppdProcess(
+        tmp_path_factory.mktemp("websocket-browser"),
+        extra_config=f"""
         [websocket]
         allowed_origins = ["http://127.0.0.1:{page_port}"]
-        """).start()
+        """,
+    ).start()
     yield process
     process.stop()
 
@@ -97,9 +101,17 @@ async def visit(chromium, server, page_port, host: str, profile) -> dict:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", page_port).start()
     browser = await asyncio.create_subprocess_exec(
-        chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--ignore-certificate-errors", f"--user-data-dir={profile}", f"http://{host}:{page_port}/",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        chromium,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--ignore-certificate-errors",
+        f"--user-data-dir={profile}",
+        f"http://{host}:{page_port}/",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         return await asyncio.wait_for(reported, TIMEOUT)
     finally:

@@ -2,6 +2,7 @@
 
 To add a backend: add its kind to BACKENDS and a branch to make_backend.
 """
+
 import weakref
 
 import pytest
@@ -20,23 +21,27 @@ async def make_backend(kind, tmp_path):
     """
     if kind == "memory":
         from xmppd.storage.memory import Options, open_backend
+
         backend = _memory_backends.get(tmp_path)
         if backend is None:
             backend = _memory_backends[tmp_path] = open_backend(Options(), str(tmp_path))
         return backend
     if kind == "sqlite":
         from xmppd.storage.sqlite import Options, open_backend
+
         return open_backend(Options(), str(tmp_path))
     if kind == "postgresql":
         # A real server (tests/support/postgresql.py), started once per run; one
         # database, emptied with TRUNCATE for each new tmp_path.
         from tests.support.postgresql import contract_backend
+
         return await contract_backend(tmp_path)
     if kind == "cassandra":
         # A real node (tests/support/cassandra.py), started once per run; one keyspace,
         # emptied with TRUNCATE for each new tmp_path. A node that cannot start fails
         # the test with the reason.
         from tests.support.cassandra import contract_backend
+
         return await contract_backend(tmp_path)
     raise ValueError(f"unknown storage backend {kind!r}")
 

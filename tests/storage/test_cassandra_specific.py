@@ -3,6 +3,7 @@
 Runs on the real node of tests/support/cassandra.py (in the keyspace the contract
 suite uses, emptied for each test); a node that cannot start fails these tests.
 """
+
 import asyncio
 import re
 import time
@@ -45,17 +46,25 @@ async def make(tmp_path):
 
 
 def stanza(i: int, when: float | None = None, with_: str | None = None) -> ArchivedStanza:
-    return ArchivedStanza(id=f"m{i:05d}", when=T0 + i if when is None else when,
-                          with_=with_ or f"peer{i % 3}@example.org",
-                          payload=f"<message><body>{i}</body></message>".encode())
+    return ArchivedStanza(
+        id=f"m{i:05d}",
+        when=T0 + i if when is None else when,
+        with_=with_ or f"peer{i % 3}@example.org",
+        payload=f"<message><body>{i}</body></message>".encode(),
+    )
 
 
 def account(jid: str, seed: int = 1) -> Account:
     from xmppd.protocol.sasl import ScramCredentials
 
-    secrets = {"sha256": ScramCredentials(salt=bytes([seed]) * 16, iterations=4096 + seed,
-                                          stored_key=bytes([seed, 1]) * 16,
-                                          server_key=bytes([seed, 2]) * 16)}
+    secrets = {
+        "sha256": ScramCredentials(
+            salt=bytes([seed]) * 16,
+            iterations=4096 + seed,
+            stored_key=bytes([seed, 1]) * 16,
+            server_key=bytes([seed, 2]) * 16,
+        )
+    }
     return Account(jid=jid, secrets=secrets, created=T0)
 
 
@@ -69,8 +78,9 @@ async def scalar(backend, cql: str, params=()):
 
 # ---------------------------------------------------------------- idempotent appends
 
+
 async def test_cassandra_retried_append_does_not_duplicate(make):
-    first, other_process = await make(), await make()     # two clusters, two sessions
+    first, other_process = await make(), await make()  # two clusters, two sessions
     item = stanza(1)
     assert await first.archive("archive").append(ALICE, item) is True
     assert await first.archive("archive").append(ALICE, item) is False
@@ -83,13 +93,19 @@ async def test_cassandra_retried_append_does_not_duplicate(make):
 
     # A retry after the first attempt died before its last write (the id row): the
     # data rows have deterministic keys, so writing them again overwrites, never adds.
-    await first.cql.execute("DELETE FROM archive_ids WHERE name = ? AND owner = ? AND id = ?",
-                            ("archive", ALICE, item.id))
+    await first.cql.execute(
+        "DELETE FROM archive_ids WHERE name = ? AND owner = ? AND id = ?", ("archive", ALICE, item.id)
+    )
     assert await other_process.archive("archive").append(ALICE, item) is True
     assert await scalar(first, rows, key) == 1
-    assert await scalar(first, "SELECT COUNT(*) FROM archive_items_by_with WHERE name = ?"
-                        " AND owner = ? AND with_jid = ? AND bucket = ?",
-                        ("archive", ALICE, item.with_, bucket)) == 1
+    assert (
+        await scalar(
+            first,
+            "SELECT COUNT(*) FROM archive_items_by_with WHERE name = ? AND owner = ? AND with_jid = ? AND bucket = ?",
+            ("archive", ALICE, item.with_, bucket),
+        )
+        == 1
+    )
     assert (await first.archive("archive").query(ALICE, ArchiveQuery())).items == [item]
 
 
@@ -97,8 +113,9 @@ async def test_cassandra_concurrent_account_creation_has_one_winner(make):
     """Accounts are created with a lightweight transaction: two nodes racing for one
     JID cannot both succeed."""
     first, second = await make(), await make()
-    results = await asyncio.gather(*(backend.accounts.create(account(ALICE, seed=n))
-                                     for n in range(6) for backend in (first, second)))
+    results = await asyncio.gather(
+        *(backend.accounts.create(account(ALICE, seed=n)) for n in range(6) for backend in (first, second))
+    )
     assert sorted(results) == [False] * 11 + [True]
 
 
@@ -107,9 +124,12 @@ async def test_cassandra_concurrent_roster_changes_get_distinct_versions(make):
     each get their own version, none is lost."""
     first, second = await make(), await make()
     contacts = [f"c{n}@example.net" for n in range(8)]
-    versions = await asyncio.gather(*(
-        (first if n % 2 else second).rosters.put_item(ALICE, RosterItem(jid=contact))
-        for n, contact in enumerate(contacts)))
+    versions = await asyncio.gather(
+        *(
+            (first if n % 2 else second).rosters.put_item(ALICE, RosterItem(jid=contact))
+            for n, contact in enumerate(contacts)
+        )
+    )
     assert sorted(versions) == list(range(1, 9))
     version, items = await first.rosters.get(ALICE)
     assert version == 8 and sorted(items) == sorted(contacts)
@@ -117,9 +137,10 @@ async def test_cassandra_concurrent_roster_changes_get_distinct_versions(make):
 
 # ---------------------------------------------------------------- schema
 
+
 async def test_cassandra_schema_applied_twice_is_a_noop(make):
     from xmppd.storage.cassandra import init_schema
-    from xmppd.storage.cassandra.migrations import apply_schema, applied_versions, schema_files
+    from xmppd.storage.cassandra.migrations import applied_versions, apply_schema, schema_files
 
     backend = await make()
     cql = backend.cql
@@ -127,22 +148,22 @@ async def test_cassandra_schema_applied_twice_is_a_noop(make):
     assert shipped and await applied_versions(cql) == shipped
 
     async def tables():
-        return sorted(await cql.rows(
-            "SELECT table_name, id FROM system_schema.tables WHERE keyspace_name = ?",
-            (backend.options.keyspace,)))
+        return sorted(
+            await cql.rows(
+                "SELECT table_name, id FROM system_schema.tables WHERE keyspace_name = ?", (backend.options.keyspace,)
+            )
+        )
 
     before = await tables()
-    recorded = await cql.rows("SELECT version, applied FROM schema_version WHERE component = ?",
-                              ("xmppd",))
+    recorded = await cql.rows("SELECT version, applied FROM schema_version WHERE component = ?", ("xmppd",))
     assert await apply_schema(cql) == []
-    assert await init_schema(backend.options) == []          # what `xmppctl storage init` calls
+    assert await init_schema(backend.options) == []  # what `xmppctl storage init` calls
     # Every statement is IF NOT EXISTS: running a whole file again changes nothing either.
     for schema_file in schema_files():
         for statement in schema_file.statements():
             await cql.execute_ddl(statement)
-    assert await tables() == before                           # same tables, same table ids
-    assert await cql.rows("SELECT version, applied FROM schema_version WHERE component = ?",
-                          ("xmppd",)) == recorded
+    assert await tables() == before  # same tables, same table ids
+    assert await cql.rows("SELECT version, applied FROM schema_version WHERE component = ?", ("xmppd",)) == recorded
 
 
 def test_cassandra_schema_files_are_numbered_and_split():
@@ -152,15 +173,13 @@ def test_cassandra_schema_files_are_numbered_and_split():
     assert [schema_file.version for schema_file in files] == list(range(1, len(files) + 1))
     for schema_file in files:
         for statement in schema_file.statements():
-            assert statement.upper().startswith(("CREATE TABLE IF NOT EXISTS",
-                                                 "CREATE TYPE IF NOT EXISTS")), statement
+            assert statement.upper().startswith(("CREATE TABLE IF NOT EXISTS", "CREATE TYPE IF NOT EXISTS")), statement
     assert split_statements("a 'x;--y'; -- c; d\nb;") == ["a 'x;--y'", "b"]
 
 
 # ---------------------------------------------------------------- queries
 
-FORBIDDEN = re.compile(r"allow\s+filtering|create\s+(custom\s+)?index|materialized\s+view",
-                       re.IGNORECASE)
+FORBIDDEN = re.compile(r"allow\s+filtering|create\s+(custom\s+)?index|materialized\s+view", re.IGNORECASE)
 
 
 def test_cassandra_source_has_no_allow_filtering():
@@ -171,7 +190,7 @@ def test_cassandra_source_has_no_allow_filtering():
     assert len(sources) >= 5
     for source in sources:
         text = source.read_text()
-        if source.suffix == ".cql":                 # the statements, not the comments
+        if source.suffix == ".cql":  # the statements, not the comments
             text = "\n".join(split_statements(text))
         match = FORBIDDEN.search(text)
         assert match is None, f"{source}: {match.group()}"
@@ -187,6 +206,7 @@ async def test_cassandra_statements_name_their_partition(make, monkeypatch):
     async def recording_prepare(cql, **kwargs):
         seen.add(cql)
         return await prepare(cql, **kwargs)
+
     monkeypatch.setattr(backend.cql, "prepare", recording_prepare)
 
     await backend.accounts.create(account(ALICE))
@@ -199,10 +219,13 @@ async def test_cassandra_statements_name_their_partition(make, monkeypatch):
     await backend.rosters.delete(ALICE)
     store = backend.archive("archive")
     await asyncio.gather(*(store.append(ALICE, stanza(i)) for i in range(12)))
-    for query in [ArchiveQuery(max=3), ArchiveQuery(before="", max=3),
-                  ArchiveQuery(with_="peer1@example.org", start=T0 + 2, end=T0 + 9, max=2),
-                  ArchiveQuery(after_id="m00001", before_id="m00009", after="m00003"),
-                  ArchiveQuery(ids=("m00002", "m00005"), before="m00005")]:
+    for query in [
+        ArchiveQuery(max=3),
+        ArchiveQuery(before="", max=3),
+        ArchiveQuery(with_="peer1@example.org", start=T0 + 2, end=T0 + 9, max=2),
+        ArchiveQuery(after_id="m00001", before_id="m00009", after="m00003"),
+        ArchiveQuery(ids=("m00002", "m00005"), before="m00005"),
+    ]:
         await store.query(ALICE, query)
     await store.delete(ALICE, ["m00001"])
     await store.delete_older_than(T0 + 3)
@@ -246,11 +269,10 @@ async def test_cassandra_large_archive_pages_across_buckets(make, monkeypatch):
     # Every 7 s, and an hour's gap after every 100 items: buckets hold 8 or 9 items.
     items = [stanza(i, when=T0 + 7 * i + 3600 * (i // 100)) for i in range(600)]
     for start in range(0, len(items), 200):
-        assert all(await asyncio.gather(*(store.append(ALICE, item)
-                                          for item in items[start:start + 200])))
+        assert all(await asyncio.gather(*(store.append(ALICE, item) for item in items[start : start + 200])))
     buckets = await backend.cql.rows(
-        "SELECT bucket FROM archive_buckets WHERE name = ? AND owner = ? AND with_jid = ?",
-        ("archive", ALICE, ""))
+        "SELECT bucket FROM archive_buckets WHERE name = ? AND owner = ? AND with_jid = ?", ("archive", ALICE, "")
+    )
     assert len(buckets) == len({store.bucket_of(item.when) for item in items}) > 60
     assert await store.count(ALICE) == 600
 
@@ -279,8 +301,7 @@ async def test_cassandra_large_archive_pages_across_buckets(make, monkeypatch):
     party = [item for item in items if item.with_ == "peer1@example.org"]
     seen, after = [], None
     while True:
-        page = await store.query(ALICE, ArchiveQuery(with_="peer1@example.org", after=after,
-                                                     max=13))
+        page = await store.query(ALICE, ArchiveQuery(with_="peer1@example.org", after=after, max=13))
         assert page.count == len(party)
         seen += page.items
         if page.complete:
@@ -290,8 +311,7 @@ async def test_cassandra_large_archive_pages_across_buckets(make, monkeypatch):
     start, end = items[95].when, items[104].when + 1
     page = await store.query(ALICE, ArchiveQuery(start=start, end=end))
     assert numbers(page) == list(range(95, 105)) and page.count == 10
-    page = await store.query(ALICE, ArchiveQuery(after_id="m00150", before_id="m00420",
-                                                 before="", max=20))
+    page = await store.query(ALICE, ArchiveQuery(after_id="m00150", before_id="m00420", before="", max=20))
     assert numbers(page) == list(range(400, 420)) and page.count == 269
 
     # A small page reads one or two bucket slices, not the archive.
@@ -302,6 +322,7 @@ async def test_cassandra_large_archive_pages_across_buckets(make, monkeypatch):
         if isinstance(cql, str) and cql.startswith("SELECT id, at, with_jid, payload"):
             slices.append(cql)
         return await execute(cql, *args, **kwargs)
+
     monkeypatch.setattr(backend.cql, "execute", counting)
     page = await store.query(ALICE, ArchiveQuery(after="m00300", max=5))
     assert numbers(page) == list(range(301, 306))
@@ -314,16 +335,17 @@ async def test_cassandra_large_archive_pages_across_buckets(make, monkeypatch):
     remaining = await store.query(ALICE, ArchiveQuery())
     assert remaining.items == items[251:] and remaining.count == 349
     left = await backend.cql.rows(
-        "SELECT bucket FROM archive_buckets WHERE name = ? AND owner = ? AND with_jid = ?",
-        ("archive", ALICE, ""))
+        "SELECT bucket FROM archive_buckets WHERE name = ? AND owner = ? AND with_jid = ?", ("archive", ALICE, "")
+    )
     assert min(bucket for (bucket,) in left) == store.bucket_of(cut)
 
     assert await store.delete(ALICE) == 349
     assert await store.count(ALICE) == 0
     assert [owner async for owner in store.owners()] == []
-    assert await backend.cql.rows(
-        "SELECT bucket FROM archive_buckets WHERE name = ? AND owner = ?",
-        ("archive", ALICE)) == []
+    assert (
+        await backend.cql.rows("SELECT bucket FROM archive_buckets WHERE name = ? AND owner = ?", ("archive", ALICE))
+        == []
+    )
 
 
 async def test_cassandra_retention_by_ttl(make):
@@ -331,18 +353,21 @@ async def test_cassandra_retention_by_ttl(make):
     backend = await make(archive_ttl={"offline": 3600})
     store = backend.archive("offline")
     now = time.time()
-    old = stanza(1, when=now - 3600 + 2)             # two seconds left to live
+    old = stanza(1, when=now - 3600 + 2)  # two seconds left to live
     fresh = stanza(2, when=now)
     assert await store.append(ALICE, old) and await store.append(ALICE, fresh)
     assert await backend.archive("archive").append(ALICE, fresh)
 
     async def ttl(name, item):
-        return await scalar(backend, "SELECT TTL(payload) FROM archive_items WHERE name = ?"
-                            " AND owner = ? AND bucket = ? AND at = ? AND id = ?",
-                            (name, ALICE, store.bucket_of(item.when), item.when, item.id))
+        return await scalar(
+            backend,
+            "SELECT TTL(payload) FROM archive_items WHERE name = ? AND owner = ? AND bucket = ? AND at = ? AND id = ?",
+            (name, ALICE, store.bucket_of(item.when), item.when, item.id),
+        )
+
     assert 0 < await ttl("offline", old) <= 2
     assert 3590 < await ttl("offline", fresh) <= 3600
-    assert await ttl("archive", fresh) is None       # no retention configured there
+    assert await ttl("archive", fresh) is None  # no retention configured there
 
     deadline = time.monotonic() + 20
     while (await store.query(ALICE, ArchiveQuery())).items != [fresh]:
@@ -352,6 +377,7 @@ async def test_cassandra_retention_by_ttl(make):
 
 
 # ---------------------------------------------------------------- the bridge and the node
+
 
 def test_cassandra_backend_runs_on_uvloop(tmp_path):
     uvloop = pytest.importorskip("uvloop")
@@ -391,18 +417,31 @@ def test_cassandra_options_are_checked():
     with pytest.raises(ValueError, match="archive_ttl.offline"):
         open_backend(Options(archive_ttl={"offline": -1}))
     assert Options().problems() == []
-    assert replication_literal({"class": "NetworkTopologyStrategy", "dc1": 3}) == \
-        "{'class': 'NetworkTopologyStrategy', 'dc1': '3'}"
+    assert (
+        replication_literal({"class": "NetworkTopologyStrategy", "dc1": 3})
+        == "{'class': 'NetworkTopologyStrategy', 'dc1': '3'}"
+    )
 
 
 def test_cassandra_options_from_the_config_file(tmp_path):
     """[storage.cassandra] is read strictly, like every other section."""
     from xmppd.config import ConfigError, parse
 
-    config = parse({"storage": {"default": "sqlite", "archive": "cassandra", "cassandra": {
-        "contact_points": ["10.0.0.1", "10.0.0.2"], "keyspace": "chat",
-        "replication": {"class": "NetworkTopologyStrategy", "dc1": 3},
-        "archive_ttl": {"offline": 2592000}}}}, "xmppd.toml")
+    config = parse(
+        {
+            "storage": {
+                "default": "sqlite",
+                "archive": "cassandra",
+                "cassandra": {
+                    "contact_points": ["10.0.0.1", "10.0.0.2"],
+                    "keyspace": "chat",
+                    "replication": {"class": "NetworkTopologyStrategy", "dc1": 3},
+                    "archive_ttl": {"offline": 2592000},
+                },
+            }
+        },
+        "xmppd.toml",
+    )
     options = config.backend_options["cassandra"]
     assert options.contact_points == ("10.0.0.1", "10.0.0.2") and options.keyspace == "chat"
     with pytest.raises(ConfigError, match="storage.cassandra.consistency"):

@@ -4,6 +4,7 @@ The archive tests also check random queries against a small reference model of
 XEP-0313 filters with XEP-0059 paging (`expected_page`), so a backend's edge cases
 (empty pages, max=0, cursors outside the filter) agree with the model's.
 """
+
 import asyncio
 import random
 
@@ -31,8 +32,10 @@ def test_kind_is_a_storage_backend(backend):
 
 # ---------------------------------------------------------------- accounts
 
+
 def credentials(seed: int):
     from xmppd.protocol.sasl import ScramCredentials
+
     return ScramCredentials(**credential_fields(ScramCredentials, seed))
 
 
@@ -40,6 +43,7 @@ def credential_fields(cls, seed: int) -> dict:
     """Values for every field of ScramCredentials, derived from seed."""
     import dataclasses
     import typing
+
     values = {}
     for name, hint in typing.get_type_hints(cls).items():
         if name.startswith("_"):
@@ -50,13 +54,11 @@ def credential_fields(cls, seed: int) -> dict:
             values[name] = 4096 + seed
         elif hint is str:
             values[name] = f"{name}-{seed}"
-    return {field.name: values[field.name] for field in dataclasses.fields(cls)
-            if field.name in values}
+    return {field.name: values[field.name] for field in dataclasses.fields(cls) if field.name in values}
 
 
 def account(jid: str, seed: int = 1, created: float = 1_700_000_000.5) -> Account:
-    return Account(jid=jid, secrets={"sha1": credentials(seed), "sha256": credentials(seed + 1)},
-                   created=created)
+    return Account(jid=jid, secrets={"sha1": credentials(seed), "sha256": credentials(seed + 1)}, created=created)
 
 
 async def test_account_create_get(backend):
@@ -99,6 +101,7 @@ async def test_account_list_by_domain_sorted(backend):
 
 
 # ---------------------------------------------------------------- rosters
+
 
 async def test_roster_empty(backend):
     assert await backend.rosters.get(ALICE) == (0, {})
@@ -150,10 +153,10 @@ async def test_roster_replace_sets_items_and_version(backend):
     await backend.rosters.put_item(ALICE, bob)
     await backend.rosters.replace(ALICE, 42, [bob, carol])
     assert await backend.rosters.get(ALICE) == (42, {BOB: bob, carol.jid: carol})
-    await backend.rosters.replace(ALICE, 42, [bob, carol])          # a rerun: the same
+    await backend.rosters.replace(ALICE, 42, [bob, carol])  # a rerun: the same
     assert await backend.rosters.get(ALICE) == (42, {BOB: bob, carol.jid: carol})
     assert await backend.rosters.put_item(ALICE, RosterItem(jid="dave@x.org")) == 43
-    await backend.rosters.replace(BOB, 7, [RosterItem(jid=ALICE)])   # a new roster
+    await backend.rosters.replace(BOB, 7, [RosterItem(jid=ALICE)])  # a new roster
     assert await backend.rosters.get(BOB) == (7, {ALICE: RosterItem(jid=ALICE)})
     assert await backend.rosters.remove_item(BOB, ALICE) == 8
     await backend.rosters.replace(BOB, 0, [])
@@ -169,9 +172,11 @@ N = 50
 def stanza(i: int, with_: str | None = None) -> ArchivedStanza:
     """Item i: ids and times increase with i; with_ alternates a, b (even i: a)."""
     return ArchivedStanza(
-        id=f"id{i:04d}", when=T0 + i,
+        id=f"id{i:04d}",
+        when=T0 + i,
         with_=with_ or ("a@example.org" if i % 2 == 0 else "b@example.org"),
-        payload=f"<message id='m{i}'><body>héllo {i}</body></message>".encode())
+        payload=f"<message id='m{i}'><body>héllo {i}</body></message>".encode(),
+    )
 
 
 def ids(page) -> list[int]:
@@ -206,8 +211,7 @@ async def test_archive_append_is_idempotent(backend):
     store = backend.archive("archive")
     first = stanza(1)
     assert await store.append(ALICE, first) is True
-    retry = ArchivedStanza(id=first.id, when=first.when + 5, with_="x@example.org",
-                           payload=b"<message/>")
+    retry = ArchivedStanza(id=first.id, when=first.when + 5, with_="x@example.org", payload=b"<message/>")
     assert await store.append(ALICE, retry) is False
     assert (await store.query(ALICE, ArchiveQuery())).items == [first]
     assert await store.count(ALICE) == 1
@@ -221,8 +225,9 @@ async def test_archive_append_many_is_one_append_each(backend):
     the batch or stored before) not stored again."""
     store = backend.archive("archive")
     assert await store.append(ALICE, stanza(0))
-    added = await store.append_many([(ALICE, stanza(0)), (ALICE, stanza(1)), (BOB, stanza(1)),
-                                     (ALICE, stanza(2)), (ALICE, stanza(1))])
+    added = await store.append_many(
+        [(ALICE, stanza(0)), (ALICE, stanza(1)), (BOB, stanza(1)), (ALICE, stanza(2)), (ALICE, stanza(1))]
+    )
     assert added == [False, True, True, True, False]
     assert ids(await store.query(ALICE, ArchiveQuery())) == [0, 1, 2]
     assert ids(await store.query(BOB, ArchiveQuery())) == [1]
@@ -395,8 +400,7 @@ async def test_archive_filter_after_id_before_id_exclusive(backend):
     assert ids(page) == list(range(11, 20)) and page.count == 9
     assert ids(await store.query(ALICE, ArchiveQuery(after_id="id0047"))) == [48, 49]
     assert ids(await store.query(ALICE, ArchiveQuery(before_id="id0002"))) == [0, 1]
-    assert ids(await store.query(ALICE, ArchiveQuery(after_id="id0005",
-                                                      before_id="id0006"))) == []
+    assert ids(await store.query(ALICE, ArchiveQuery(after_id="id0005", before_id="id0006"))) == []
 
 
 async def test_archive_filter_ids(backend):
@@ -404,7 +408,7 @@ async def test_archive_filter_ids(backend):
     await fill(store)
     query = ArchiveQuery(ids=("id0030", "id0005", "unknown", "id0017"))
     page = await store.query(ALICE, query)
-    assert ids(page) == [5, 17, 30]            # archive order, not request order
+    assert ids(page) == [5, 17, 30]  # archive order, not request order
     assert page.count == 3 and page.complete is True
     assert (await store.query(ALICE, ArchiveQuery(ids=()))).items == []
     page = await store.query(ALICE, ArchiveQuery(ids=("id0030", "id0005", "id0017"), max=2))
@@ -433,13 +437,17 @@ async def test_archive_unknown_ids_raise(backend):
     await fill(store, n=5)
     await backend.archive("offline").append(ALICE, stanza(99))
     await store.append(BOB, stanza(98))
-    for unknown in ["nope", "id0099", "id0098"]:       # absent, other archive, other owner
-        for query in [ArchiveQuery(after=unknown), ArchiveQuery(before=unknown),
-                      ArchiveQuery(after_id=unknown), ArchiveQuery(before_id=unknown),
-                      ArchiveQuery(after=unknown, max=0)]:
+    for unknown in ["nope", "id0099", "id0098"]:  # absent, other archive, other owner
+        for query in [
+            ArchiveQuery(after=unknown),
+            ArchiveQuery(before=unknown),
+            ArchiveQuery(after_id=unknown),
+            ArchiveQuery(before_id=unknown),
+            ArchiveQuery(after=unknown, max=0),
+        ]:
             with pytest.raises(UnknownArchiveId):
                 await store.query(ALICE, query)
-    with pytest.raises(LookupError):                   # UnknownArchiveId is a LookupError
+    with pytest.raises(LookupError):  # UnknownArchiveId is a LookupError
         await store.query(BOB, ArchiveQuery(after="id0001"))
 
 
@@ -482,7 +490,7 @@ async def test_archive_delete_older_than(backend):
     await fill(store, n=10)
     await fill(store, owner=BOB, n=10)
     await fill(backend.archive("muc"), owner=ROOM, n=10)
-    assert await store.delete_older_than(T0 + 4) == 8          # 0..3 of both owners
+    assert await store.delete_older_than(T0 + 4) == 8  # 0..3 of both owners
     assert ids(await store.query(ALICE, ArchiveQuery())) == list(range(4, 10))
     assert ids(await store.query(BOB, ArchiveQuery())) == list(range(4, 10))
     assert await backend.archive("muc").count(ROOM) == 10
@@ -510,12 +518,14 @@ def expected_page(items, query):
             raise UnknownArchiveId(ref)
 
     def matches(index, item):
-        return ((query.with_ is None or item.with_ == query.with_)
-                and (query.start is None or item.when >= query.start)
-                and (query.end is None or item.when <= query.end)
-                and (query.after_id is None or index > position[query.after_id])
-                and (query.before_id is None or index < position[query.before_id])
-                and (query.ids is None or item.id in query.ids))
+        return (
+            (query.with_ is None or item.with_ == query.with_)
+            and (query.start is None or item.when >= query.start)
+            and (query.end is None or item.when <= query.end)
+            and (query.after_id is None or index > position[query.after_id])
+            and (query.before_id is None or index < position[query.before_id])
+            and (query.ids is None or item.id in query.ids)
+        )
 
     selected = [index for index, item in enumerate(items) if matches(index, item)]
     count = len(selected)
@@ -526,7 +536,7 @@ def expected_page(items, query):
     limit = len(selected) if query.max is None else query.max
     complete = len(selected) <= limit
     if query.before is not None:
-        page = selected[max(0, len(selected) - limit):] if limit else []
+        page = selected[max(0, len(selected) - limit) :] if limit else []
     else:
         page = selected[:limit]
     return [int(items[index].id[2:]) for index in page], complete, count
@@ -592,6 +602,7 @@ async def test_archive_names(backend):
 
 # ---------------------------------------------------------------- key-value
 
+
 async def test_keyvalue_get_set_overwrite(backend):
     store = backend.keyvalue("private")
     assert await store.get(ALICE, "storage:bookmarks") is None
@@ -652,10 +663,14 @@ async def test_keyvalue_names(backend):
 
 # ---------------------------------------------------------------- rooms
 
+
 async def test_rooms(backend):
-    state = {"config": {"persistent": True, "name": "Lounge ☕", "max_users": 50},
-             "affiliations": {ALICE: "owner", BOB: "member"}, "subject": None,
-             "bans": []}
+    state = {
+        "config": {"persistent": True, "name": "Lounge ☕", "max_users": 50},
+        "affiliations": {ALICE: "owner", BOB: "member"},
+        "subject": None,
+        "bans": [],
+    }
     assert await backend.rooms.get(ROOM) is None
     await backend.rooms.save(ROOM, state)
     assert await backend.rooms.get(ROOM) == state
@@ -667,11 +682,13 @@ async def test_rooms(backend):
 
 
 async def test_rooms_list_by_service_sorted(backend):
-    for room in ["zoo@conference.example.org", ROOM, "attic@conference.example.org",
-                 "other@muc.example.net"]:
+    for room in ["zoo@conference.example.org", ROOM, "attic@conference.example.org", "other@muc.example.net"]:
         await backend.rooms.save(room, {})
     assert await backend.rooms.list("conference.example.org") == [
-        "attic@conference.example.org", ROOM, "zoo@conference.example.org"]
+        "attic@conference.example.org",
+        ROOM,
+        "zoo@conference.example.org",
+    ]
     assert await backend.rooms.list("muc.example.net") == ["other@muc.example.net"]
     assert await backend.rooms.list("example.org") == []
 
@@ -680,17 +697,16 @@ async def test_rooms_services(backend):
     assert [service async for service in backend.rooms.services()] == []
     for room in ["zoo@conference.example.org", ROOM, "other@muc.example.net"]:
         await backend.rooms.save(room, {})
-    assert [service async for service in backend.rooms.services()] == [
-        "conference.example.org", "muc.example.net"]
+    assert [service async for service in backend.rooms.services()] == ["conference.example.org", "muc.example.net"]
     await backend.rooms.delete("other@muc.example.net")
     assert [service async for service in backend.rooms.services()] == ["conference.example.org"]
 
 
 # ---------------------------------------------------------------- pubsub
 
+
 def pubsub_item(item_id: str, n: int = 0) -> PubSubItem:
-    return PubSubItem(id=item_id, payload=f"<entry xmlns='urn:x'>{n}</entry>".encode(),
-                      publisher=ALICE, when=T0 + n)
+    return PubSubItem(id=item_id, payload=f"<entry xmlns='urn:x'>{n}</entry>".encode(), publisher=ALICE, when=T0 + n)
 
 
 NODE = "urn:xmpp:avatar:metadata"
@@ -701,12 +717,10 @@ async def test_pubsub_nodes(backend):
     await backend.pubsub.set_node(ALICE, NODE, {"max_items": 1, "access_model": "presence"})
     await backend.pubsub.set_node(ALICE, "eu.siacs.conversations.axolotl.devicelist", {})
     await backend.pubsub.set_node(BOB, NODE, {})
-    assert await backend.pubsub.get_node(ALICE, NODE) == {"max_items": 1,
-                                                          "access_model": "presence"}
+    assert await backend.pubsub.get_node(ALICE, NODE) == {"max_items": 1, "access_model": "presence"}
     await backend.pubsub.set_node(ALICE, NODE, {"access_model": "open"})
     assert await backend.pubsub.get_node(ALICE, NODE) == {"access_model": "open"}
-    assert await backend.pubsub.list_nodes(ALICE) == [
-        "eu.siacs.conversations.axolotl.devicelist", NODE]
+    assert await backend.pubsub.list_nodes(ALICE) == ["eu.siacs.conversations.axolotl.devicelist", NODE]
     assert sorted([service async for service in backend.pubsub.services()]) == [ALICE, BOB]
 
 
@@ -714,14 +728,12 @@ async def test_pubsub_items_newest_first_and_trimmed(backend):
     await backend.pubsub.set_node(ALICE, NODE, {})
     for n in range(5):
         await backend.pubsub.publish(ALICE, NODE, pubsub_item(f"i{n}", n), max_items=None)
-    assert [item.id for item in await backend.pubsub.get_items(ALICE, NODE)] == [
-        "i4", "i3", "i2", "i1", "i0"]
+    assert [item.id for item in await backend.pubsub.get_items(ALICE, NODE)] == ["i4", "i3", "i2", "i1", "i0"]
     await backend.pubsub.publish(ALICE, NODE, pubsub_item("i5", 5), max_items=3)
     items = await backend.pubsub.get_items(ALICE, NODE)
     assert [item.id for item in items] == ["i5", "i4", "i3"]
     assert items[0] == pubsub_item("i5", 5)
-    assert [item.id for item in await backend.pubsub.get_items(ALICE, NODE, max_items=2)] == [
-        "i5", "i4"]
+    assert [item.id for item in await backend.pubsub.get_items(ALICE, NODE, max_items=2)] == ["i5", "i4"]
     await backend.pubsub.publish(ALICE, NODE, pubsub_item("i6", 6), max_items=1)
     assert await backend.pubsub.get_items(ALICE, NODE) == [pubsub_item("i6", 6)]
 
@@ -732,10 +744,12 @@ async def test_pubsub_publish_replaces_by_id(backend):
         await backend.pubsub.publish(ALICE, NODE, pubsub_item(f"i{n}", n), max_items=3)
     await backend.pubsub.publish(ALICE, NODE, pubsub_item("i0", 10), max_items=3)
     items = await backend.pubsub.get_items(ALICE, NODE)
-    assert [item.id for item in items] == ["i0", "i2", "i1"]      # republished is newest
+    assert [item.id for item in items] == ["i0", "i2", "i1"]  # republished is newest
     assert items[0] == pubsub_item("i0", 10)
     assert await backend.pubsub.get_items(ALICE, NODE, ids=["i1", "i0", "zz"]) == [
-        pubsub_item("i0", 10), pubsub_item("i1", 1)]
+        pubsub_item("i0", 10),
+        pubsub_item("i1", 1),
+    ]
     assert await backend.pubsub.get_items(ALICE, NODE, ids=[]) == []
 
 
@@ -769,10 +783,17 @@ async def test_pubsub_services_are_isolated(backend):
 
 # ---------------------------------------------------------------- uploads
 
-def upload(upload_id: str, owner: str = ALICE, created: float = T0,
-           expires: float = T0 + 3600) -> Upload:
-    return Upload(id=upload_id, owner=owner, filename="photo ✓.jpg", size=123_456,
-                  content_type="image/jpeg", created=created, expires=expires)
+
+def upload(upload_id: str, owner: str = ALICE, created: float = T0, expires: float = T0 + 3600) -> Upload:
+    return Upload(
+        id=upload_id,
+        owner=owner,
+        filename="photo ✓.jpg",
+        size=123_456,
+        content_type="image/jpeg",
+        created=created,
+        expires=expires,
+    )
 
 
 async def test_upload_add_get_remove(backend):
@@ -794,8 +815,7 @@ async def test_upload_mark_completed_only_once(backend):
 
 async def test_upload_mark_completed_races_have_one_winner(backend):
     await backend.uploads.add(upload("slot1"))
-    results = await asyncio.gather(*(backend.uploads.mark_completed("slot1")
-                                     for _ in range(10)))
+    results = await asyncio.gather(*(backend.uploads.mark_completed("slot1") for _ in range(10)))
     assert sorted(results) == [False] * 9 + [True]
 
 
@@ -803,7 +823,7 @@ async def test_upload_usage_counts_files_and_open_slots(backend):
     await backend.uploads.add(upload("stored", created=T0, expires=T0 + 100))
     await backend.uploads.mark_completed("stored")
     await backend.uploads.add(upload("open", created=T0 + 50, expires=T0 + 100))
-    await backend.uploads.add(upload("stale", created=T0 + 10, expires=T0 + 100))      # never used
+    await backend.uploads.add(upload("stale", created=T0 + 10, expires=T0 + 100))  # never used
     await backend.uploads.add(upload("gone", created=T0, expires=T0 + 20))
     await backend.uploads.mark_completed("gone")
     await backend.uploads.add(upload("bobs", owner=BOB, created=T0 + 50, expires=T0 + 100))
@@ -812,7 +832,7 @@ async def test_upload_usage_counts_files_and_open_slots(backend):
     assert await backend.uploads.usage(ALICE, T0 + 60) == (size, 1)
     assert await backend.uploads.usage(ALICE, T0 + 60, open_since=T0 + 40) == (2 * size, 2)
     assert await backend.uploads.usage(ALICE, T0 + 60, open_since=T0 + 40, exclude="open") == (size, 1)
-    assert await backend.uploads.usage(ALICE, T0 + 10) == (2 * size, 2)                 # "gone" not yet
+    assert await backend.uploads.usage(ALICE, T0 + 10) == (2 * size, 2)  # "gone" not yet
     assert await backend.uploads.usage("nobody@example.org", T0) == (0, 0)
 
 
@@ -831,6 +851,7 @@ async def test_upload_list_and_expired(backend):
 
 
 # ---------------------------------------------------------------- the backend as a whole
+
 
 async def test_everything_is_still_there_after_close_and_reopen(new_backend):
     first = await new_backend()
@@ -851,8 +872,7 @@ async def test_everything_is_still_there_after_close_and_reopen(new_backend):
     await second.start()
     try:
         assert await second.accounts.get(ALICE) == account(ALICE)
-        assert await second.rosters.get(ALICE) == (1, {BOB: RosterItem(jid=BOB,
-                                                                        subscription="both")})
+        assert await second.rosters.get(ALICE) == (1, {BOB: RosterItem(jid=BOB, subscription="both")})
         assert (await second.archive("archive").query(ALICE, ArchiveQuery())).items == items
         assert (await second.archive("offline").query(BOB, ArchiveQuery())).items == [stanza(1)]
         assert await second.keyvalue("private").get(ALICE, "k") == b"v"

@@ -4,6 +4,7 @@ fixture of tests/conftest.py; tests with "s3" in their id).
 
 The contract itself is written down in storage/media/__init__.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,16 +16,20 @@ import pytest
 
 from tests.support.s3 import S3Server, setup_timeout
 from xmppd.storage.media import (
-    InvalidKey, SizeMismatch, is_valid_key, media_module, open_media,
+    InvalidKey,
+    SizeMismatch,
+    filesystem,
+    is_valid_key,
+    media_module,
+    open_media,
 )
-from xmppd.storage.media import filesystem
 
 # The first S3 test may have to build MinIO before it can start it.
 pytestmark = pytest.mark.timeout(setup_timeout())
 
 KiB = 1024
 MiB = 1024 * KiB
-CHUNK = 64 * KiB + 7          # odd on purpose: chunks straddle the S3 part boundaries
+CHUNK = 64 * KiB + 7  # odd on purpose: chunks straddle the S3 part boundaries
 
 BACKENDS = [
     pytest.param("filesystem", id="filesystem"),
@@ -32,9 +37,35 @@ BACKENDS = [
 ]
 
 INVALID_KEYS = [
-    "", ".", "..", "../etc/passwd", "..%2fetc", "a/b", "/abs", "a\\b", "a\x00b", "a%2Fb",
-    "a%2fb", "%2e%2e", "a%5Cb", ".hidden", "a.b.c", "a..b", "a.", " a", "a b", "a\n",
-    "a\t", "caf\u00e9", "\u0661\u0662", "x" * 201, "a:b", "a?b", "a#b", "a*", "~a",
+    "",
+    ".",
+    "..",
+    "../etc/passwd",
+    "..%2fetc",
+    "a/b",
+    "/abs",
+    "a\\b",
+    "a\x00b",
+    "a%2Fb",
+    "a%2fb",
+    "%2e%2e",
+    "a%5Cb",
+    ".hidden",
+    "a.b.c",
+    "a..b",
+    "a.",
+    " a",
+    "a b",
+    "a\n",
+    "a\t",
+    "caf\u00e9",
+    "\u0661\u0662",
+    "x" * 201,
+    "a:b",
+    "a?b",
+    "a#b",
+    "a*",
+    "~a",
 ]
 VALID_KEYS = ["a", "Z9", "abc-DEF_123", "abc.jpg", "q1w2e3.tar-gz", "x" * 200, "-", "_._"]
 
@@ -45,7 +76,7 @@ def payload(size: int, seed: int = 0) -> bytes:
 
 async def chunked(data: bytes, chunk: int = CHUNK):
     for start in range(0, len(data), chunk):
-        yield data[start:start + chunk]
+        yield data[start : start + chunk]
 
 
 async def read_all(media, key: str, start: int = 0, end: int | None = None) -> bytes:
@@ -53,6 +84,7 @@ async def read_all(media, key: str, start: int = 0, end: int | None = None) -> b
 
 
 # ---------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(params=BACKENDS)
 def media_options(request, tmp_path):
@@ -67,10 +99,15 @@ def media_options(request, tmp_path):
 
 def _s3_options(server: S3Server, **overrides):
     from xmppd.storage.media.s3 import Options
-    settings = dict(bucket=server.bucket, endpoint_url=server.endpoint_url,
-                    region=server.region, access_key=server.access_key,
-                    secret_key=server.secret_key,
-                    key_prefix=f"test-{secrets.token_hex(4)}/")   # tests share the bucket
+
+    settings = dict(
+        bucket=server.bucket,
+        endpoint_url=server.endpoint_url,
+        region=server.region,
+        access_key=server.access_key,
+        secret_key=server.secret_key,
+        key_prefix=f"test-{secrets.token_hex(4)}/",
+    )  # tests share the bucket
     settings.update(overrides)
     return Options(**settings)
 
@@ -93,6 +130,7 @@ async def s3_media(s3_server, tmp_path):
 
 # ---------------------------------------------------------------- round trips
 
+
 @pytest.mark.parametrize("size", [1, 100 * KiB, 20 * MiB], ids=["1B", "100KiB", "20MiB"])
 async def test_round_trip_is_byte_identical(media, size):
     data = payload(size, seed=size)
@@ -110,6 +148,7 @@ async def test_empty_file(media):
 
 async def test_file_of_exactly_one_part_and_one_byte_more(media):
     from xmppd.storage.media.s3 import PART_SIZE
+
     for size in (PART_SIZE, PART_SIZE + 1):
         data = payload(size, seed=size)
         await media.write("edge", chunked(data, 1 * MiB), size, "application/octet-stream")
@@ -133,8 +172,8 @@ async def test_keys_are_distinct_files(media):
 
 async def test_writing_20_mib_holds_far_less_than_20_mib(media):
     size = 20 * MiB
-    data = payload(size, seed=7)               # allocated before tracing starts
-    assert await media.size("big") is None     # and the client (S3's models) loaded
+    data = payload(size, seed=7)  # allocated before tracing starts
+    assert await media.size("big") is None  # and the client (S3's models) loaded
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
@@ -149,23 +188,31 @@ async def test_writing_20_mib_holds_far_less_than_20_mib(media):
 
 # ---------------------------------------------------------------- ranges
 
-RANGE_SIZE = 600 * KiB                         # more than one read chunk of either backend
+RANGE_SIZE = 600 * KiB  # more than one read chunk of either backend
 
 
-@pytest.mark.parametrize("start, end", [
-    (0, 0), (0, None), (10, 19), (0, RANGE_SIZE - 1), (RANGE_SIZE - 1, None),
-    (RANGE_SIZE - 1, RANGE_SIZE - 1), (1000, 1000 + 300 * KiB), (300 * KiB, None),
-    (5, RANGE_SIZE + 100),                     # end past the end: clamped
-])
+@pytest.mark.parametrize(
+    "start, end",
+    [
+        (0, 0),
+        (0, None),
+        (10, 19),
+        (0, RANGE_SIZE - 1),
+        (RANGE_SIZE - 1, None),
+        (RANGE_SIZE - 1, RANGE_SIZE - 1),
+        (1000, 1000 + 300 * KiB),
+        (300 * KiB, None),
+        (5, RANGE_SIZE + 100),  # end past the end: clamped
+    ],
+)
 async def test_read_range(media, start, end):
     data = payload(RANGE_SIZE, seed=3)
     await media.write("ranged", chunked(data), RANGE_SIZE, "application/octet-stream")
-    expected = data[start:] if end is None else data[start:end + 1]
+    expected = data[start:] if end is None else data[start : end + 1]
     assert await read_all(media, "ranged", start, end) == expected
 
 
-@pytest.mark.parametrize("start, end", [(RANGE_SIZE, None), (RANGE_SIZE, RANGE_SIZE + 5),
-                                        (RANGE_SIZE + 10, None)])
+@pytest.mark.parametrize("start, end", [(RANGE_SIZE, None), (RANGE_SIZE, RANGE_SIZE + 5), (RANGE_SIZE + 10, None)])
 async def test_range_past_the_end_is_empty(media, start, end):
     await media.write("ranged", chunked(payload(RANGE_SIZE)), RANGE_SIZE, "text/plain")
     assert await read_all(media, "ranged", start, end) == b""
@@ -179,6 +226,7 @@ async def test_impossible_range_is_refused(media, start, end):
 
 
 # ---------------------------------------------------------------- missing keys, delete
+
 
 async def test_size_of_missing_key_is_none(media):
     assert await media.size("missing") is None
@@ -206,9 +254,12 @@ async def test_delete_of_missing_key_is_not_an_error(media):
 
 # ---------------------------------------------------------------- bad writes
 
-@pytest.mark.parametrize("announced, given", [(10, 9), (10, 11), (0, 1),
-                                              (9 * MiB, 9 * MiB - 1), (9 * MiB, 9 * MiB + 1)],
-                         ids=["short", "long", "empty-long", "multipart-short", "multipart-long"])
+
+@pytest.mark.parametrize(
+    "announced, given",
+    [(10, 9), (10, 11), (0, 1), (9 * MiB, 9 * MiB - 1), (9 * MiB, 9 * MiB + 1)],
+    ids=["short", "long", "empty-long", "multipart-short", "multipart-long"],
+)
 async def test_wrong_size_stores_nothing(media, announced, given):
     with pytest.raises(SizeMismatch):
         await media.write("wrong", chunked(payload(given), 1 * MiB), announced, "text/plain")
@@ -228,6 +279,7 @@ async def test_failed_write_keeps_the_old_file(media):
 
 
 # ---------------------------------------------------------------- keys
+
 
 @pytest.mark.parametrize("key", VALID_KEYS)
 def test_valid_keys(key):
@@ -252,6 +304,7 @@ async def test_invalid_keys_are_rejected_by_every_method(media):
 
 
 # ---------------------------------------------------------------- filesystem specifics
+
 
 async def test_filesystem_default_directory_is_uploads_in_data_dir(tmp_path):
     store = open_media("filesystem", None, str(tmp_path))
@@ -284,9 +337,11 @@ async def test_filesystem_has_no_presigned_urls(tmp_path):
 
 # ---------------------------------------------------------------- S3 specifics
 
+
 @pytest.mark.s3
 async def test_s3_presigned_put_then_presigned_get(s3_media):
     import aiohttp
+
     size = 100 * KiB
     data = payload(size, seed=11)
     assert s3_media.has_presigned_urls
@@ -308,9 +363,9 @@ async def test_s3_presigned_put_then_presigned_get(s3_media):
 @pytest.mark.s3
 async def test_s3_presigned_get_with_content_disposition(s3_media):
     import aiohttp
+
     await s3_media.write("named", chunked(b"hello"), 5, "text/plain")
-    url = await s3_media.presigned_get_url("named", 60,
-                                           content_disposition='attachment; filename="a.txt"')
+    url = await s3_media.presigned_get_url("named", 60, content_disposition='attachment; filename="a.txt"')
     async with aiohttp.ClientSession() as http:
         async with http.get(url) as reply:
             assert reply.status == 200
@@ -319,16 +374,21 @@ async def test_s3_presigned_get_with_content_disposition(s3_media):
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("body_size, content_type", [
-    (1001, "image/jpeg"),            # longer than signed
-    (999, "image/jpeg"),             # shorter than signed
-    (1000, "text/html"),             # another type than signed
-], ids=["longer", "shorter", "other-type"])
+@pytest.mark.parametrize(
+    "body_size, content_type",
+    [
+        (1001, "image/jpeg"),  # longer than signed
+        (999, "image/jpeg"),  # shorter than signed
+        (1000, "text/html"),  # another type than signed
+    ],
+    ids=["longer", "shorter", "other-type"],
+)
 async def test_s3_presigned_put_refuses_other_length_or_type(s3_media, body_size, content_type):
     import aiohttp
+
     put = await s3_media.presigned_put_url("pinned", 1000, "image/jpeg", expires=120)
     headers = dict(put.headers, **{"Content-Type": content_type})
-    del headers["Content-Length"]    # aiohttp sets the true length of the body
+    del headers["Content-Length"]  # aiohttp sets the true length of the body
     async with aiohttp.ClientSession() as http:
         async with http.put(put.url, data=payload(body_size), headers=headers) as reply:
             assert reply.status == 403, await reply.text()
@@ -350,13 +410,14 @@ async def test_s3_presigned_urls_validate_their_arguments(s3_media):
 @pytest.mark.s3
 async def test_s3_failed_multipart_upload_is_aborted(s3_server, s3_media):
     with pytest.raises(SizeMismatch):
-        await s3_media.write("aborted", chunked(payload(9 * MiB), 1 * MiB), 10 * MiB,
-                             "application/octet-stream")
+        await s3_media.write("aborted", chunked(payload(9 * MiB), 1 * MiB), 10 * MiB, "application/octet-stream")
     from tests.support.s3 import _client
+
     client = _client(s3_server)
     try:
-        uploads = client.list_multipart_uploads(
-            Bucket=s3_server.bucket, Prefix=s3_media.options.key_prefix).get("Uploads", [])
+        uploads = client.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=s3_media.options.key_prefix).get(
+            "Uploads", []
+        )
     finally:
         client.close()
     assert uploads == []
@@ -365,11 +426,14 @@ async def test_s3_failed_multipart_upload_is_aborted(s3_server, s3_media):
 def test_s3_options_are_validated():
     Options = media_module("s3").Options
     Options(bucket="media")
-    for bad in [dict(bucket="A_B"), dict(bucket="ok-bucket", endpoint_url="ftp://x"),
-                dict(bucket="ok-bucket", access_key="k"),
-                dict(bucket="ok-bucket", secret_key="s"),
-                dict(bucket="ok-bucket", key_prefix="no-slash"),
-                dict(bucket="ok-bucket", key_prefix="../")]:
+    for bad in [
+        dict(bucket="A_B"),
+        dict(bucket="ok-bucket", endpoint_url="ftp://x"),
+        dict(bucket="ok-bucket", access_key="k"),
+        dict(bucket="ok-bucket", secret_key="s"),
+        dict(bucket="ok-bucket", key_prefix="no-slash"),
+        dict(bucket="ok-bucket", key_prefix="../"),
+    ]:
         with pytest.raises(ValueError):
             Options(**bad)
     assert "secret" not in repr(Options(bucket="media", access_key="k", secret_key="secret"))
@@ -379,4 +443,4 @@ def test_unknown_media_kind_or_missing_options():
     with pytest.raises(ValueError):
         open_media("tape", None, "/tmp")
     with pytest.raises(ValueError):
-        open_media("s3", None, "/tmp")             # a bucket is required
+        open_media("s3", None, "/tmp")  # a bucket is required

@@ -1,6 +1,7 @@
 """What only the PostgreSQL backend promises beyond the contract suite: several
 processes on one database. Each backend object here has its own pool of connections,
 as each xmppd node has: their writes race in the database, not in one event loop."""
+
 import asyncio
 
 import asyncpg
@@ -16,7 +17,7 @@ from xmppd.storage.postgresql.stores import NODE_LOCK
 
 ALICE = "alice@example.org"
 NODES = 2
-WRITES = 20                                    # per node
+WRITES = 20  # per node
 
 
 @pytest.fixture
@@ -57,8 +58,9 @@ async def test_a_database_of_a_newer_xmppd_is_refused(nodes, tmp_path):
 
 async def test_roster_versions_of_writers_on_two_nodes_never_collide(nodes):
     async def write(node: int) -> list[int]:
-        return [await nodes[node].rosters.put_item(ALICE, RosterItem(f"c{node}-{n}@example.net"))
-                for n in range(WRITES)]
+        return [
+            await nodes[node].rosters.put_item(ALICE, RosterItem(f"c{node}-{n}@example.net")) for n in range(WRITES)
+        ]
 
     versions = await asyncio.gather(*(write(node) for node in range(NODES)))
     assert sorted(sum(versions, [])) == list(range(1, NODES * WRITES + 1))
@@ -68,8 +70,9 @@ async def test_roster_versions_of_writers_on_two_nodes_never_collide(nodes):
 
 
 async def test_one_account_registered_on_two_nodes_at_once_has_one_winner(nodes):
-    results = await asyncio.gather(*(backend.accounts.create(account(ALICE, seed=node))
-                                     for node, backend in enumerate(nodes)))
+    results = await asyncio.gather(
+        *(backend.accounts.create(account(ALICE, seed=node)) for node, backend in enumerate(nodes))
+    )
     assert sorted(results) == [False, True]
     winner = results.index(True)
     assert await nodes[1 - winner].accounts.get(ALICE) == account(ALICE, seed=winner)
@@ -93,15 +96,22 @@ async def test_a_publisher_waits_for_one_on_another_node_and_keeps_max_items(nod
         transaction = other.transaction()
         await transaction.start()
         await other.execute(NODE_LOCK, ALICE, pubsub_node)
-        await other.execute('INSERT INTO pubsub_items (service, node, id, payload, publisher, "when")'
-                            " VALUES ($1, $2, 'theirs', '', $1, 10)", ALICE, pubsub_node)
-        publishing = asyncio.ensure_future(nodes[0].pubsub.publish(
-            ALICE, pubsub_node, PubSubItem("mine", b"<data/>", ALICE, 11.0), maximum))
+        await other.execute(
+            'INSERT INTO pubsub_items (service, node, id, payload, publisher, "when")'
+            " VALUES ($1, $2, 'theirs', '', $1, 10)",
+            ALICE,
+            pubsub_node,
+        )
+        publishing = asyncio.ensure_future(
+            nodes[0].pubsub.publish(ALICE, pubsub_node, PubSubItem("mine", b"<data/>", ALICE, 11.0), maximum)
+        )
 
         async def waiting_or_done():
             while not publishing.done() and not await other.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ):
                 await asyncio.sleep(0.01)
+
         await asyncio.wait_for(waiting_or_done(), 10)
         await transaction.commit()
     await publishing
@@ -114,7 +124,6 @@ async def test_unreachable_server_is_storage_unavailable_naming_it():
     backend = open_backend(Options(host="127.0.0.1", port=port, database="nowhere", connect_timeout=2.0))
     with pytest.raises(StorageUnavailable, match=f"cannot use PostgreSQL at 127.0.0.1 port {port}, database nowhere"):
         await backend.start()
-
 
 
 async def test_deletes_of_many_rows_go_in_chunks_and_remove_them_all(nodes, monkeypatch):

@@ -1,5 +1,6 @@
 """What only the SQLite backend promises: group commit, reads beside a busy writer,
 durability across a SIGKILL, schema versions, paths, and index-only query plans."""
+
 import asyncio
 import contextlib
 import os
@@ -19,9 +20,12 @@ T0 = 1_700_000_000.0
 
 
 def stanza(i: int) -> ArchivedStanza:
-    return ArchivedStanza(id=f"id{i:06d}", when=T0 + i,
-                          with_="a@example.org" if i % 2 == 0 else "b@example.org",
-                          payload=b"<message><body>%d</body></message>" % i)
+    return ArchivedStanza(
+        id=f"id{i:06d}",
+        when=T0 + i,
+        with_="a@example.org" if i % 2 == 0 else "b@example.org",
+        payload=b"<message><body>%d</body></message>" % i,
+    )
 
 
 @pytest.fixture
@@ -57,7 +61,7 @@ async def test_writes_wait_off_the_loop_and_commit_in_groups(sqlite_backend):
     transactions, writes = sqlite_backend.transactions, sqlite_backend.writes
     with write_locked(sqlite_backend.path):
         tasks = [asyncio.create_task(store.append(ALICE, stanza(i))) for i in range(1, 2001)]
-        await spin()                           # the loop runs while 2,000 appends wait
+        await spin()  # the loop runs while 2,000 appends wait
         assert not any(task.done() for task in tasks)
         # Reads have their own connection: they go on while the writer waits.
         assert await store.count(ALICE) == 1
@@ -93,8 +97,9 @@ async def test_batch_max_bounds_a_transaction(tmp_path):
 
 async def test_a_failing_write_does_not_undo_the_others_in_its_batch(sqlite_backend):
     store = sqlite_backend.archive("archive")
-    upload = Upload(id="slot", owner=ALICE, filename="a.txt", size=1, content_type="text/plain",
-                    created=T0, expires=T0 + 1)
+    upload = Upload(
+        id="slot", owner=ALICE, filename="a.txt", size=1, content_type="text/plain", created=T0, expires=T0 + 1
+    )
     await sqlite_backend.uploads.add(upload)
     transactions = sqlite_backend.transactions
     with write_locked(sqlite_backend.path):
@@ -130,6 +135,7 @@ async def test_synchronous_option_sets_the_writer_pragma(tmp_path, synchronous, 
 
 def test_synchronous_option_is_checked(tmp_path):
     from xmppd import config
+
     path = tmp_path / "bad.toml"
     path.write_text("[storage.sqlite]\nsynchronous = 'sometimes'\n")
     with pytest.raises(config.ConfigError, match="storage.sqlite.synchronous: must be one of"):
@@ -146,8 +152,7 @@ async def test_a_newer_schema_is_refused(tmp_path):
     again = open_backend(Options(), str(tmp_path))
     with pytest.raises(RuntimeError, match="newer"):
         await again.start()
-    assert not [thread for thread in threading.enumerate()
-                if thread.name.endswith(backend.path)]
+    assert not [thread for thread in threading.enumerate() if thread.name.endswith(backend.path)]
     with pytest.raises(DatabaseClosed):
         await again.accounts.get(ALICE)
 
@@ -155,9 +160,9 @@ async def test_a_newer_schema_is_refused(tmp_path):
 def with_schema(monkeypatch, sql: str):
     """Pretend this xmppd ships a 002 schema file with `sql` in it."""
     from xmppd.storage.sqlite import database
+
     shipped = database.schema_files()
-    monkeypatch.setattr(database, "schema_files",
-                        lambda: shipped + [(2, "002_test.sql", sql)])
+    monkeypatch.setattr(database, "schema_files", lambda: shipped + [(2, "002_test.sql", sql)])
 
 
 UPGRADE = """
@@ -205,8 +210,7 @@ async def test_a_failing_upgrade_changes_nothing(tmp_path, monkeypatch):
     conn = sqlite3.connect(backend.path)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'"
-                            ).fetchall() == []
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall() == []
     finally:
         conn.close()
 
@@ -245,7 +249,7 @@ async def test_close_commits_the_writes_already_queued(tmp_path):
     await backend.start()
     store = backend.archive("archive")
     tasks = [asyncio.create_task(store.append(ALICE, stanza(i))) for i in range(100)]
-    await asyncio.sleep(0)                     # every append is queued
+    await asyncio.sleep(0)  # every append is queued
     await backend.close()
     assert all(await asyncio.gather(*tasks))
     again = open_backend(Options(), str(tmp_path))
@@ -292,8 +296,7 @@ asyncio.run(main())
 
 
 def test_an_acked_append_survives_sigkill(tmp_path):
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         acked = -1
         while acked < 200:
@@ -359,9 +362,11 @@ async def test_archive_queries_are_index_searches(sqlite_backend, query):
         store._query(recording, ALICE, query)
         for sql, params in recording.statements:
             plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
-            assert plan and all(step.startswith(("SEARCH", "USE TEMP B-TREE FOR ORDER BY"))
-                                for step in plan), (sql, plan)
-            if "INDEXED BY" not in sql:        # a few ids may be sorted; a range never
+            assert plan and all(step.startswith(("SEARCH", "USE TEMP B-TREE FOR ORDER BY")) for step in plan), (
+                sql,
+                plan,
+            )
+            if "INDEXED BY" not in sql:  # a few ids may be sorted; a range never
                 assert not any("TEMP B-TREE" in step for step in plan), (sql, plan)
     finally:
         conn.close()

@@ -3,6 +3,7 @@
 `xmppctl adduser` (tested in test_ctl.py) costs a process start per account; this does
 the same work for many accounts at once, on the (running or stopped) server's storage.
 """
+
 from __future__ import annotations
 
 import asyncio

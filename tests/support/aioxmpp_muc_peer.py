@@ -8,6 +8,7 @@ Logs in over STARTTLS, enters ROOM as NICK with aioxmpp's MUCClient and prints
 Room.leave() (unavailable presence to the bare room JID), prints {"event": "left"} once
 it completed, and logs out. Every line printed is one JSON object.
 """
+
 import asyncio
 import json
 import sys

@@ -7,6 +7,7 @@ sends initial presence, prints {"event": "online", "jid": ...}, sends one chat m
 PEER_JID, waits for one chat message from PEER_JID and prints it, and logs out. Every
 line printed is one JSON object.
 """
+
 import asyncio
 import json
 import sys

@@ -18,6 +18,7 @@ Legacy OMEMO: the body is encrypted with AES-128-GCM (a 16-byte key, a 12-byte I
 key and the 16-byte tag are encrypted together for each device with its Signal session;
 the payload is the ciphertext without the tag.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -85,43 +86,64 @@ class LegacyOmemoPeer:
         return answer
 
     async def publish(self, node: str, item_id: str, payload: str) -> None:
-        options = ("<publish-options><x xmlns='jabber:x:data' type='submit'>"
-                   "<field var='FORM_TYPE' type='hidden'><value>"
-                   "http://jabber.org/protocol/pubsub#publish-options</value></field>"
-                   "<field var='pubsub#access_model'><value>open</value></field></x></publish-options>")
-        await self.iq("set", None, f"<pubsub xmlns='{NS_PUBSUB}'><publish node='{node}'>"
-                                   f"<item id='{item_id}'>{payload}</item></publish>{options}</pubsub>")
+        options = (
+            "<publish-options><x xmlns='jabber:x:data' type='submit'>"
+            "<field var='FORM_TYPE' type='hidden'><value>"
+            "http://jabber.org/protocol/pubsub#publish-options</value></field>"
+            "<field var='pubsub#access_model'><value>open</value></field></x></publish-options>"
+        )
+        await self.iq(
+            "set",
+            None,
+            f"<pubsub xmlns='{NS_PUBSUB}'><publish node='{node}'>"
+            f"<item id='{item_id}'>{payload}</item></publish>{options}</pubsub>",
+        )
 
     async def announce(self) -> None:
         identity = self.store.getIdentityKeyPair()
         signed = self.signed_pre_key
-        pre_keys = "".join(f"<preKeyPublic preKeyId='{r.getId()}'>{b64(r.getKeyPair().getPublicKey().serialize())}"
-                           "</preKeyPublic>" for r in self.pre_keys)
-        bundle = (f"<bundle xmlns='{NS}'>"
-                  f"<signedPreKeyPublic signedPreKeyId='{signed.getId()}'>"
-                  f"{b64(signed.getKeyPair().getPublicKey().serialize())}</signedPreKeyPublic>"
-                  f"<signedPreKeySignature>{b64(signed.getSignature())}</signedPreKeySignature>"
-                  f"<identityKey>{b64(identity.getPublicKey().serialize())}</identityKey>"
-                  f"<prekeys>{pre_keys}</prekeys></bundle>")
+        pre_keys = "".join(
+            f"<preKeyPublic preKeyId='{r.getId()}'>{b64(r.getKeyPair().getPublicKey().serialize())}</preKeyPublic>"
+            for r in self.pre_keys
+        )
+        bundle = (
+            f"<bundle xmlns='{NS}'>"
+            f"<signedPreKeyPublic signedPreKeyId='{signed.getId()}'>"
+            f"{b64(signed.getKeyPair().getPublicKey().serialize())}</signedPreKeyPublic>"
+            f"<signedPreKeySignature>{b64(signed.getSignature())}</signedPreKeySignature>"
+            f"<identityKey>{b64(identity.getPublicKey().serialize())}</identityKey>"
+            f"<prekeys>{pre_keys}</prekeys></bundle>"
+        )
         await self.publish(f"{BUNDLE_NODE}{self.device_id}", "current", bundle)
         await self.publish(DEVICE_LIST_NODE, "current", f"<list xmlns='{NS}'><device id='{self.device_id}'/></list>")
 
     async def devices_of(self, jid: str) -> list[int]:
-        answer = await self.iq("get", jid, f"<pubsub xmlns='{NS_PUBSUB}'><items node='{DEVICE_LIST_NODE}' max_items='1'/></pubsub>")
+        answer = await self.iq(
+            "get", jid, f"<pubsub xmlns='{NS_PUBSUB}'><items node='{DEVICE_LIST_NODE}' max_items='1'/></pubsub>"
+        )
         return [int(device.get("id")) for device in answer.iter(f"{{{NS}}}device")]
 
     async def start_session(self, jid: str, device: int) -> None:
-        answer = await self.iq("get", jid, f"<pubsub xmlns='{NS_PUBSUB}'><items node='{BUNDLE_NODE}{device}' max_items='1'/></pubsub>")
+        answer = await self.iq(
+            "get", jid, f"<pubsub xmlns='{NS_PUBSUB}'><items node='{BUNDLE_NODE}{device}' max_items='1'/></pubsub>"
+        )
         bundle = answer.find(f".//{{{NS}}}bundle")
-        decode = lambda text: base64.b64decode(text)                               # noqa: E731
+        decode = lambda text: base64.b64decode(text)  # noqa: E731
         signed = bundle.find(f"{{{NS}}}signedPreKeyPublic")
         pre_key = secrets.choice(bundle.findall(f"{{{NS}}}prekeys/{{{NS}}}preKeyPublic"))
         builder = SessionBuilder(self.store, self.store, self.store, self.store, jid, device)
-        builder.processPreKeyBundle(PreKeyBundle(
-            0, device, int(pre_key.get("preKeyId")), Curve.decodePoint(decode(pre_key.text), 0),
-            int(signed.get("signedPreKeyId")), Curve.decodePoint(decode(signed.text), 0),
-            decode(bundle.findtext(f"{{{NS}}}signedPreKeySignature")),
-            IdentityKey(decode(bundle.findtext(f"{{{NS}}}identityKey")), 0)))
+        builder.processPreKeyBundle(
+            PreKeyBundle(
+                0,
+                device,
+                int(pre_key.get("preKeyId")),
+                Curve.decodePoint(decode(pre_key.text), 0),
+                int(signed.get("signedPreKeyId")),
+                Curve.decodePoint(decode(signed.text), 0),
+                decode(bundle.findtext(f"{{{NS}}}signedPreKeySignature")),
+                IdentityKey(decode(bundle.findtext(f"{{{NS}}}identityKey")), 0),
+            )
+        )
 
     async def send(self, jid: str, body: str) -> None:
         key, iv = os.urandom(16), os.urandom(12)
@@ -139,7 +161,8 @@ class LegacyOmemoPeer:
             f"<encrypted xmlns='{NS}'><header sid='{self.device_id}'>{''.join(keys)}<iv>{b64(iv)}</iv></header>"
             f"<payload>{b64(ciphertext)}</payload></encrypted>"
             "<store xmlns='urn:xmpp:hints'/><encryption xmlns='urn:xmpp:eme:0' namespace='eu.siacs.conversations.axolotl'/>"
-            "</message>")
+            "</message>"
+        )
         emit(event="sent")
 
     def receive(self, message: etree._Element) -> None:
@@ -150,13 +173,17 @@ class LegacyOmemoPeer:
         data = base64.b64decode(key.text)
         cipher = SessionCipher(self.store, self.store, self.store, self.store, sender, device)
         prekey = key.get("prekey") in ("true", "1")
-        material = bytes(cipher.decryptPkmsg(PreKeyWhisperMessage(serialized=data)) if prekey
-                         else cipher.decryptMsg(WhisperMessage(serialized=data)))
+        material = bytes(
+            cipher.decryptPkmsg(PreKeyWhisperMessage(serialized=data))
+            if prekey
+            else cipher.decryptMsg(WhisperMessage(serialized=data))
+        )
         if encrypted.find(f"{{{NS}}}payload") is None:
-            return                          # a key transport message (heartbeat): the session moved on
+            return  # a key transport message (heartbeat): the session moved on
         payload = base64.b64decode(encrypted.findtext(f"{{{NS}}}payload"))
-        body = AESGCM(material[:16]).decrypt(base64.b64decode(header.findtext(f"{{{NS}}}iv")),
-                                             payload + material[16:], None)
+        body = AESGCM(material[:16]).decrypt(
+            base64.b64decode(header.findtext(f"{{{NS}}}iv")), payload + material[16:], None
+        )
         emit(event="received", body=body.decode("utf-8"), prekey=prekey, **{"from": message.get("from")})
 
 
@@ -171,11 +198,12 @@ async def main(jid: str, password: str, port: str) -> None:
 
     async def receive_messages():
         while True:
-            message = await inbox.wait(lambda s: s.tag == MESSAGE and s.find(f"{{{NS}}}encrypted") is not None,
-                                       timeout=3600)
+            message = await inbox.wait(
+                lambda s: s.tag == MESSAGE and s.find(f"{{{NS}}}encrypted") is not None, timeout=3600
+            )
             try:
                 peer.receive(message)
-            except Exception as error:          # reported, so that the test sees why
+            except Exception as error:  # reported, so that the test sees why
                 emit(event="error", error=repr(error))
 
     receiving = asyncio.create_task(receive_messages())

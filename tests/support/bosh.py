@@ -8,6 +8,7 @@ sends a body and returns its answer; `post` sends any text, for edge cases. `bod
 keeps every answer, parsed. A poller (`start_polling`) keeps one request waiting at the
 server, as a long-polling client does.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,11 +35,11 @@ class BoshClient(RawClient):
         self.http: aiohttp.ClientSession | None = None
         self.address = ""
         self.sid: str | None = None
-        self.rid = random.randint(2**40, 2**48)     # the last rid sent
+        self.rid = random.randint(2**40, 2**48)  # the last rid sent
         self.origin: str | None = None
-        self.bodies: list[etree._Element] = []      # the answers, in rid order
+        self.bodies: list[etree._Element] = []  # the answers, in rid order
         self._answers: dict[int, etree._Element] = {}
-        self._read = self.rid                       # the last rid whose answer was read
+        self._read = self.rid  # the last rid whose answer was read
         self._arrived = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.terminated: etree._Element | None = None
@@ -47,22 +48,31 @@ class BoshClient(RawClient):
         headers = {"Content-Type": "text/xml; charset=utf-8"}
         if self.origin:
             headers["Origin"] = self.origin
-        async with self.http.post(self.address, data=text.encode(), headers=headers, ssl=client_context(),
-                                  timeout=aiohttp.ClientTimeout(total=TIMEOUT * 10)) as response:
+        async with self.http.post(
+            self.address,
+            data=text.encode(),
+            headers=headers,
+            ssl=client_context(),
+            timeout=aiohttp.ClientTimeout(total=TIMEOUT * 10),
+        ) as response:
             return response.status, await response.read(), dict(response.headers)
 
     def body(self, payload: str = "", rid: int | None = None, attributes: str = "") -> str:
         sid = f" sid='{self.sid}'" if self.sid else ""
-        return (f"<body xmlns='{NS_HTTPBIND}' xmlns:xmpp='{NS_XBOSH}' rid='{rid or self.rid}'{sid} {attributes}>"
-                f"{payload}</body>")
+        return (
+            f"<body xmlns='{NS_HTTPBIND}' xmlns:xmpp='{NS_XBOSH}' rid='{rid or self.rid}'{sid} {attributes}>"
+            f"{payload}</body>"
+        )
 
-    async def connect_to(self, address: str, *, wait: int = 30, hold: int = 1, origin: str | None = None,
-                         attributes: str = "ver='1.11'") -> etree._Element:
+    async def connect_to(
+        self, address: str, *, wait: int = 30, hold: int = 1, origin: str | None = None, attributes: str = "ver='1.11'"
+    ) -> etree._Element:
         """Create the session; return the creation answer (with the features, if in it)."""
         self.http = aiohttp.ClientSession()
         self.address, self.origin = address, origin
-        answer = await self.request(attributes=f"to='{self.domain}' xml:lang='en' wait='{wait}' hold='{hold}' "
-                                               f"xmpp:version='1.0' {attributes}")
+        answer = await self.request(
+            attributes=f"to='{self.domain}' xml:lang='en' wait='{wait}' hold='{hold}' xmpp:version='1.0' {attributes}"
+        )
         self.sid = answer.get("sid")
         return answer
 
@@ -86,16 +96,16 @@ class BoshClient(RawClient):
         return answer
 
     async def send(self, data: str | bytes) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self.request(data.decode() if isinstance(data, bytes) else data))
+        task = asyncio.get_running_loop().create_task(self.request(data.decode() if isinstance(data, bytes) else data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await asyncio.sleep(0)                      # its rid goes out before the next one
+        await asyncio.sleep(0)  # its rid goes out before the next one
 
     def start_polling(self) -> None:
         async def poll():
             while self.terminated is None:
                 await self.request()
+
         task = asyncio.get_running_loop().create_task(poll())
         self._tasks.add(task)
 
@@ -106,7 +116,7 @@ class BoshClient(RawClient):
             while True:
                 match = regex.search(self.buffer)
                 if match:
-                    self.buffer = self.buffer[match.end():]
+                    self.buffer = self.buffer[match.end() :]
                     return match
                 if self.terminated is not None:
                     raise ConnectionError(f"terminated while waiting for {pattern!r}; got {self.buffer!r}")
@@ -115,8 +125,17 @@ class BoshClient(RawClient):
 
         return await asyncio.wait_for(wait(), timeout)
 
-    async def login_to(self, address: str, user: str, password: str, *, resource: str = "web",
-                       mechanism: str = "SCRAM-SHA-256", wait: int = 30, polling: bool = True) -> BoshClient:
+    async def login_to(
+        self,
+        address: str,
+        user: str,
+        password: str,
+        *,
+        resource: str = "web",
+        mechanism: str = "SCRAM-SHA-256",
+        wait: int = 30,
+        polling: bool = True,
+    ) -> BoshClient:
         """Log in and bind. Without `polling` no request is left waiting at the server
         (each step of the login has an answer to wait for)."""
         await self.connect_to(address, wait=wait)
@@ -126,8 +145,10 @@ class BoshClient(RawClient):
         await self.authenticate(user, password, mechanism)
         await self.request(attributes=f"to='{self.domain}' xml:lang='en' xmpp:restart='true'")
         await self.expect(r"<stream:features[^>]*>.*?urn:ietf:params:xml:ns:xmpp-bind.*?</stream:features>")
-        await self.send(f"<iq xmlns='jabber:client' type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                        f"<resource>{resource}</resource></bind></iq>")
+        await self.send(
+            f"<iq xmlns='jabber:client' type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            f"<resource>{resource}</resource></bind></iq>"
+        )
         self.jid = (await self.expect(r"<jid>([^<]+)</jid>")).group(1)
         await self.expect(r"</iq>")
         return self

@@ -30,6 +30,7 @@ concurrent run on a shared external cluster its own).
 ``python -m tests.support.cassandra`` starts a node, prints how long resolving and
 starting took, and stops it; ``... serve`` keeps it running for XMPPD_TEST_CASSANDRA.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,9 +45,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -121,17 +122,20 @@ last_timings: Timings | None = None
 
 # ---------------------------------------------------------------- resolving the release
 
+
 def resolve_cassandra(version: str = CASSANDRA_VERSION) -> tuple[Path, bool]:
     """The directory of Cassandra's jars, resolving it with Maven if not cached;
     returns ``(lib_dir, from_cache)`` (tests/support/maven.py)."""
     try:
-        return resolve_jars(POM, cache_root() / f"cassandra-{version}",
-                            f"cassandra-all-{version}.jar", {"cassandra.version": version})
+        return resolve_jars(
+            POM, cache_root() / f"cassandra-{version}", f"cassandra-all-{version}.jar", {"cassandra.version": version}
+        )
     except MavenUnavailable as error:
         raise CassandraUnavailable(str(error)) from None
 
 
 # ---------------------------------------------------------------- configuration
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -160,11 +164,11 @@ storage_port: {storage_port}
 start_native_transport: true
 native_transport_port: {native_port}
 data_file_directories:
-  - {root / 'data'}
-commitlog_directory: {root / 'commitlog'}
-saved_caches_directory: {root / 'saved_caches'}
-hints_directory: {root / 'hints'}
-cdc_raw_directory: {root / 'cdc_raw'}
+  - {root / "data"}
+commitlog_directory: {root / "commitlog"}
+saved_caches_directory: {root / "saved_caches"}
+hints_directory: {root / "hints"}
+cdc_raw_directory: {root / "cdc_raw"}
 commitlog_sync: periodic
 commitlog_sync_period: 10000ms
 commitlog_segment_size: 8MiB
@@ -198,7 +202,7 @@ request_timeout: 20000ms
     (root / "logback.xml").write_text(f"""\
 <configuration scan="false">
   <appender name="FILE" class="ch.qos.logback.core.FileAppender">
-    <file>{root / 'logs' / 'system.log'}</file>
+    <file>{root / "logs" / "system.log"}</file>
     <encoder><pattern>%-5level [%thread] %date{{ISO8601}} %logger{{0}}: %msg%n</pattern></encoder>
   </appender>
   <root level="INFO"><appender-ref ref="FILE"/></root>
@@ -211,9 +215,15 @@ def java_command(lib: Path, root: Path, config: Path, tuning: tuple[str, ...] = 
     java = shutil.which("java")
     if java is None:
         raise CassandraUnavailable("java is not installed: cannot start Cassandra")
-    command = [java, *HEAP, "-Xss512k", *tuning,
-               "-Djdk.attach.allowAttachSelf=true", "-Djava.net.preferIPv4Stack=true",
-               "-Dio.netty.tryReflectionSetAccessible=true"]
+    command = [
+        java,
+        *HEAP,
+        "-Xss512k",
+        *tuning,
+        "-Djdk.attach.allowAttachSelf=true",
+        "-Djava.net.preferIPv4Stack=true",
+        "-Dio.netty.tryReflectionSetAccessible=true",
+    ]
     command += os.environ.get("XMPPD_CASSANDRA_JVM_OPTS", "").split()
     for flag, targets in _JAVA17_MODULE_ACCESS.items():
         for target in targets:
@@ -231,13 +241,15 @@ def java_command(lib: Path, root: Path, config: Path, tuning: tuple[str, ...] = 
         "-Dcassandra.initial_token=0",
         "-Dcassandra.superuser_setup_delay_ms=0",
         "-Dcassandra.skip_schema_check=true",
-        "-cp", f"{lib}/*",
+        "-cp",
+        f"{lib}/*",
         "org.apache.cassandra.service.CassandraDaemon",
     ]
     return command
 
 
 # ---------------------------------------------------------------- running a node
+
 
 def _external() -> tuple[str, int] | None:
     value = os.environ.get(ENV_EXTERNAL, "").strip()
@@ -249,15 +261,16 @@ def _external() -> tuple[str, int] | None:
     return host, int(port)
 
 
-def wait_for_cql(host: str, port: int, deadline: float, process: subprocess.Popen | None = None,
-                 root: Path | None = None) -> None:
+def wait_for_cql(
+    host: str, port: int, deadline: float, process: subprocess.Popen | None = None, root: Path | None = None
+) -> None:
     """Block until ``SELECT release_version FROM system.local`` answers."""
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise CassandraUnavailable(
-                f"Cassandra exited with status {process.returncode} during start-up"
-                + _log_tail(root))
+                f"Cassandra exited with status {process.returncode} during start-up" + _log_tail(root)
+            )
         try:
             with socket.create_connection((host, port), timeout=1):
                 pass
@@ -271,15 +284,15 @@ def wait_for_cql(host: str, port: int, deadline: float, process: subprocess.Pope
         except Exception as error:  # the port opens a moment before CQL is usable
             last_error = error
             time.sleep(0.5)
-    raise CassandraUnavailable(f"Cassandra at {host}:{port} did not answer CQL in time "
-                               f"(last error: {last_error!r})" + _log_tail(root))
+    raise CassandraUnavailable(
+        f"Cassandra at {host}:{port} did not answer CQL in time (last error: {last_error!r})" + _log_tail(root)
+    )
 
 
 def _query_release_version(host: str, port: int) -> str:
     from cassandra.cluster import Cluster
 
-    cluster = Cluster([host], port=port, connect_timeout=5, control_connection_timeout=5,
-                      protocol_version=5)
+    cluster = Cluster([host], port=port, connect_timeout=5, control_connection_timeout=5, protocol_version=5)
     try:
         session = cluster.connect()
         return session.execute("SELECT release_version FROM system.local").one()[0]
@@ -338,9 +351,13 @@ def _start_node(lib: Path, tuning: tuple[str, ...] = JVM_TUNING) -> _Node:
         config = write_config(root, native_port, storage_port)
         with open(root / "logs" / "console.log", "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-c", _GUARD, *java_command(lib, root, config, tuning)], cwd=root,
-                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [sys.executable, "-c", _GUARD, *java_command(lib, root, config, tuning)],
+                cwd=root,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         node = _Node(process, root, native_port)
         try:
             wait_for_cql(LOOPBACK, native_port, time.monotonic() + START_TIMEOUT, process, root)
@@ -364,8 +381,7 @@ def _discard(node: _Node) -> None:
 
 
 @contextlib.contextmanager
-def cassandra_node(version: str = CASSANDRA_VERSION,
-                   tuning: tuple[str, ...] = JVM_TUNING) -> Iterator[tuple[str, int]]:
+def cassandra_node(version: str = CASSANDRA_VERSION, tuning: tuple[str, ...] = JVM_TUNING) -> Iterator[tuple[str, int]]:
     """Start one real Cassandra node for the duration of the block; yield (host, port)."""
     global last_timings
     external = _external()
@@ -398,7 +414,7 @@ def _stop(process: subprocess.Popen, grace: float) -> None:
     try:
         process.wait(30)
     except subprocess.TimeoutExpired:
-        process.kill()          # the guard itself hangs: the JVM goes with our stdin pipe
+        process.kill()  # the guard itself hangs: the JVM goes with our stdin pipe
         process.wait()
 
 
@@ -444,7 +460,7 @@ def stop_shared_node() -> None:
 
 # ---------------------------------------------------------------- backends for the tests
 
-_admin = None                       # (cluster, CqlSession) shared by the whole run
+_admin = None  # (cluster, CqlSession) shared by the whole run
 _emptied_for: set[str] = set()
 
 
@@ -497,18 +513,22 @@ async def admin_session(options):
 async def empty_keyspace(options) -> list[str]:
     """TRUNCATE the tables of the test keyspace that hold any row; returns their names."""
     cql = await admin_session(options)
-    tables = [name for (name,) in await cql.rows(
-        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
-        (options.keyspace,)) if name != "schema_version"]
+    tables = [
+        name
+        for (name,) in await cql.rows(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?", (options.keyspace,)
+        )
+        if name != "schema_version"
+    ]
     # A one-row probe per table is a few milliseconds; a TRUNCATE is ~0.1 s (it flushes).
-    probes = await asyncio.gather(*(cql.execute(f"SELECT * FROM {table} LIMIT 1")
-                                    for table in tables))
+    probes = await asyncio.gather(*(cql.execute(f"SELECT * FROM {table} LIMIT 1") for table in tables))
     dirty = [table for table, probe in zip(tables, probes) if probe.current_rows]
     await asyncio.gather(*(cql.execute_ddl(f"TRUNCATE {table}") for table in dirty))
     return dirty
 
 
 # ---------------------------------------------------------------- xmppd on the node
+
 
 @pytest.fixture(scope="session")
 def cassandra() -> tuple[str, int]:
@@ -529,8 +549,7 @@ def cassandra_section(keyspace: str, **options) -> str:
     """The TOML section [storage.cassandra] for the run's node and `keyspace`."""
     host, port = shared_node()
     extra = "".join(f"{key} = {_toml(value)}\n" for key, value in options.items())
-    return (f'[storage.cassandra]\ncontact_points = ["{host}"]\nport = {port}\n'
-            f'keyspace = "{keyspace}"\n{extra}')
+    return f'[storage.cassandra]\ncontact_points = ["{host}"]\nport = {port}\nkeyspace = "{keyspace}"\n{extra}'
 
 
 def xmppd_storage_config(keyspace: str, **options) -> str:
@@ -560,8 +579,7 @@ def main(argv: list[str]) -> None:
     with ``serve``, keep it running until interrupted (for XMPPD_TEST_CASSANDRA)."""
     began = time.monotonic()
     with cassandra_node() as (host, port):
-        print(f"Cassandra {_query_release_version(host, port)} at {host}:{port}; "
-              f"{last_timings}", flush=True)
+        print(f"Cassandra {_query_release_version(host, port)} at {host}:{port}; {last_timings}", flush=True)
         if argv[1:2] == ["serve"]:
             print(f"export {ENV_EXTERNAL}={host}:{port}", flush=True)
             stopped = threading.Event()

@@ -16,6 +16,7 @@ reason: the tests that need it fail with it, they are not skipped.
 
 Knob: ``XMPPD_ENGINE_START_TIMEOUT`` (seconds, default 20).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tests.support.s3 import _die_with_parent, _stop, _tail
 from tests.support.server import free_port
@@ -57,8 +58,10 @@ def binary(kind: str) -> str:
     name = PACKAGES[kind]
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
     if found is None:
-        raise EngineUnavailable(f"no {name} (Debian package {name}: `make debian-test-packages` "
-                                f"installs it), and {ENV_EXTERNAL[kind]} is not set")
+        raise EngineUnavailable(
+            f"no {name} (Debian package {name}: `make debian-test-packages` "
+            f"installs it), and {ENV_EXTERNAL[kind]} is not set"
+        )
     return found
 
 
@@ -89,19 +92,26 @@ class EngineProcess:
         executable = binary(self.kind)
         self.directory.mkdir(parents=True, exist_ok=True)
         fixed = bool(self.port)
-        for _ in range(1 if fixed else 3):      # a free port may be taken before the engine binds it
+        for _ in range(1 if fixed else 3):  # a free port may be taken before the engine binds it
             self.port = self.port if fixed else free_port()
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
-                    self._command(executable), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+                    self._command(executable),
+                    cwd=self.directory,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
             if self._wait_until_answering():
                 return self
             running = self.process.poll() is None
             self.stop()
             if running:
-                raise EngineUnavailable(f"{PACKAGES[self.kind]} did not answer within "
-                                        f"{START_TIMEOUT:.0f} s:\n{_tail(self.log_path)}")
+                raise EngineUnavailable(
+                    f"{PACKAGES[self.kind]} did not answer within {START_TIMEOUT:.0f} s:\n{_tail(self.log_path)}"
+                )
         raise EngineUnavailable(f"{PACKAGES[self.kind]} exited at start-up:\n{_tail(self.log_path)}")
 
     def stop(self) -> None:
@@ -120,12 +130,25 @@ class EngineProcess:
         if self.kind == "redis":
             # The append-only file, as a cluster runs it: what Redis acknowledged
             # survives a SIGKILL of redis-server (written before the reply, fsync each second).
-            return [executable, "--bind", LOOPBACK, "--port", str(self.port), "--dir", str(self.directory),
-                    "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-                    "--protected-mode", "no"]
+            return [
+                executable,
+                "--bind",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--protected-mode",
+                "no",
+            ]
         config = self.directory / "nats.conf"
-        config.write_text(NATS_CONFIG.format(host=LOOPBACK, port=self.port,
-                                             store=self.directory / "jetstream"))
+        config.write_text(NATS_CONFIG.format(host=LOOPBACK, port=self.port, store=self.directory / "jetstream"))
         return [executable, "--config", str(config)]
 
     def _wait_until_answering(self) -> bool:
@@ -147,7 +170,7 @@ def answers(kind: str, host: str, port: int, timeout: float = 2.0) -> bool:
         reader = sock.makefile("rb")
         if kind == "redis":
             sock.sendall(b"PING\r\n")
-            return reader.readline().startswith(b"+PONG")   # not -LOADING
+            return reader.readline().startswith(b"+PONG")  # not -LOADING
         greeting = reader.readline()
         if not greeting.startswith(b"INFO ") or not json.loads(greeting[5:]).get("jetstream"):
             return False

@@ -2,13 +2,14 @@
 place of its own under ~/.cache/xmppd (aioxmpp 0.13 pins lxml 4, which the server's venv
 must not get; xmpp.js is a Node package). A file lock lets parallel test processes share
 one install, and a marker records what was installed."""
+
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
-import subprocess
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def _node_modules(source: Path, name: str) -> Path:
             marker.unlink(missing_ok=True)
             for file in ("package.json", "package-lock.json"):
                 shutil.copyfile(source / file, prefix / file)
-            subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                           cwd=prefix, check=True, timeout=900)
+            subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=prefix, check=True, timeout=900
+            )
             marker.write_text(wanted)
     return prefix / "node_modules"
 

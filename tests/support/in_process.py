@@ -1,5 +1,6 @@
 """An xmppd Server run inside the test's event loop, with sessions on fake wires: for
 tests that must hold a store still (StalledStore) to see what waits for a write."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,9 +19,15 @@ from xmppd.session import Session
 async def running_server(data_dir, extensions: list[str]):
     """A Server for `localhost` with only `extensions`, open (no listeners) until the block
     ends; on memory storage: what these tests hold still is the extension's logic."""
-    server = Server(config.parse({"server": {"data_dir": str(data_dir), "extensions": extensions,
-                                             "graceful_shutdown_timeout": 1.0},
-                                  "storage": {"default": "memory"}}, "test"))
+    server = Server(
+        config.parse(
+            {
+                "server": {"data_dir": str(data_dir), "extensions": extensions, "graceful_shutdown_timeout": 1.0},
+                "storage": {"default": "memory"},
+            },
+            "test",
+        )
+    )
     await server.open()
     try:
         yield server
@@ -30,8 +37,9 @@ async def running_server(data_dir, extensions: list[str]):
 
 class Wire:
     """A session's connection that keeps what is written to it."""
+
     peer = "test"
-    congested = False                  # takes everything at once
+    congested = False  # takes everything at once
     unsent = 0
 
     def __init__(self):
@@ -63,7 +71,7 @@ class StalledStore:
         return (await self.append_many([(owner, item)]))[0]
 
     async def append_many(self, items):
-        self.attempts += len(items)                # items tried, however batched
+        self.attempts += len(items)  # items tried, however batched
         await self.gate.wait()
         if self.failures:
             self.failures -= 1

@@ -5,6 +5,7 @@ see it, as an lxml element. `await inbox.wait(predicate)` returns the first reco
 stanza that matches and was not returned before; `inbox.received(predicate)` lists
 what matched so far (for "nothing leaked" checks after a synchronising stanza).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,44 +46,68 @@ class Inbox:
                         return stanza
                 self._arrived.clear()
                 await self._arrived.wait()
+
         try:
             return await asyncio.wait_for(scan(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"nothing matched within {timeout}s; received:\n"
-                                 + "\n".join(etree.tostring(s).decode() for s in self.stanzas)) from None
+        except TimeoutError:
+            raise AssertionError(
+                f"nothing matched within {timeout}s; received:\n"
+                + "\n".join(etree.tostring(s).decode() for s in self.stanzas)
+            ) from None
 
 
 def presence(type_=None, from_=None, to=None):
     """A predicate: a presence of `type_` (None: available), from and to as given."""
+
     def match(stanza):
-        return (stanza.tag == PRESENCE and stanza.get("type") == type_
-                and (from_ is None or stanza.get("from") == str(from_))
-                and (to is None or stanza.get("to") == str(to)))
+        return (
+            stanza.tag == PRESENCE
+            and stanza.get("type") == type_
+            and (from_ is None or stanza.get("from") == str(from_))
+            and (to is None or stanza.get("to") == str(to))
+        )
+
     return match
 
 
 def message(from_=None, body=None):
     def match(stanza):
-        return (stanza.tag == MESSAGE and stanza.get("type") != "error"
-                and (from_ is None or stanza.get("from") == str(from_))
-                and (body is None or stanza.findtext(f"{{{NS_CLIENT}}}body") == body))
+        return (
+            stanza.tag == MESSAGE
+            and stanza.get("type") != "error"
+            and (from_ is None or stanza.get("from") == str(from_))
+            and (body is None or stanza.findtext(f"{{{NS_CLIENT}}}body") == body)
+        )
+
     return match
 
 
 def roster_push(jid, **attributes):
     """A predicate: a roster push of the item `jid` whose attributes include `attributes`
     (value None: the attribute is absent)."""
+
     def match(stanza):
         if stanza.tag != IQ or stanza.get("type") != "set":
             return False
         item = stanza.find(ROSTER_ITEM)
-        return (item is not None and item.get("jid") == str(jid)
-                and all(item.get(name) == value for name, value in attributes.items()))
+        return (
+            item is not None
+            and item.get("jid") == str(jid)
+            and all(item.get(name) == value for name, value in attributes.items())
+        )
+
     return match
 
 
-async def online(server, jid: str, resource: str | None = None, *, roster: bool = True,
-                 presence_xml: str | None = "<presence/>", password: str = "secret") -> tuple[Client, Inbox]:
+async def online(
+    server,
+    jid: str,
+    resource: str | None = None,
+    *,
+    roster: bool = True,
+    presence_xml: str | None = "<presence/>",
+    password: str = "secret",
+) -> tuple[Client, Inbox]:
     """A logged-in client that (by default) asked for its roster and sent initial presence,
     with subscription requests left to the test."""
     client = Client(f"{jid}/{resource}" if resource else jid, password, verify_tls=False)
@@ -94,6 +119,7 @@ async def online(server, jid: str, resource: str | None = None, *, roster: bool 
         await client.get_roster()
     if presence_xml is not None:
         client.send_raw(presence_xml)
-        await inbox.wait(lambda s: s.tag == PRESENCE and s.get("from") == str(client.boundjid)
-                         and s.get("type") is None)
+        await inbox.wait(
+            lambda s: s.tag == PRESENCE and s.get("from") == str(client.boundjid) and s.get("type") is None
+        )
     return client, inbox

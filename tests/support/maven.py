@@ -5,6 +5,7 @@ from Maven Central into a cache outside the repository.
 that only declares dependencies, into ``home/lib`` under ``$XDG_CACHE_HOME/xmppd``
 (``~/.cache`` by default). Later runs find ``marker`` there and never start Maven.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -26,8 +27,7 @@ def cache_root() -> Path:
     return Path(base) / "xmppd"
 
 
-def resolve_jars(pom: Path, home: Path, marker: str,
-                 properties: dict[str, str] | None = None) -> tuple[Path, bool]:
+def resolve_jars(pom: Path, home: Path, marker: str, properties: dict[str, str] | None = None) -> tuple[Path, bool]:
     """The directory of the runtime jars of `pom`, resolving them if `marker` is missing.
 
     Returns ``(lib_dir, from_cache)``. A lock file serializes concurrent test runs; the
@@ -47,18 +47,21 @@ def resolve_jars(pom: Path, home: Path, marker: str,
             raise MavenUnavailable(f"Maven (mvn) is not installed: cannot resolve {marker}")
         scratch = Path(tempfile.mkdtemp(prefix="lib.", dir=home))
         command = [
-            mvn, "-q", "-B", "-f", str(pom),
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
             *(f"-D{key}={value}" for key, value in (properties or {}).items()),
-            "dependency:copy-dependencies", f"-DoutputDirectory={scratch}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={scratch}",
             "-DincludeScope=runtime",
         ]
         try:
-            done = subprocess.run(command, cwd=home, capture_output=True, text=True,
-                                  timeout=RESOLVE_TIMEOUT)
+            done = subprocess.run(command, cwd=home, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT)
         except subprocess.TimeoutExpired:
             shutil.rmtree(scratch, ignore_errors=True)
-            raise MavenUnavailable(f"Maven did not resolve {marker} "
-                                   f"within {RESOLVE_TIMEOUT:.0f}s") from None
+            raise MavenUnavailable(f"Maven did not resolve {marker} within {RESOLVE_TIMEOUT:.0f}s") from None
         if done.returncode != 0:
             shutil.rmtree(scratch, ignore_errors=True)
             output = (done.stdout + done.stderr).strip()[-3000:]

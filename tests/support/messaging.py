@@ -1,5 +1,6 @@
 """Helpers for the one-to-one messaging tests (carbons, archive, receipts and markers,
 blocking): users with several resources, carbon copies, archive queries."""
+
 from __future__ import annotations
 
 import itertools
@@ -26,8 +27,9 @@ _ids = itertools.count()
 
 async def connect(server, jid: str, resource: str, *, priority: int = 0, carbons: bool = False) -> User:
     """A logged-in resource with initial presence of `priority`, carbons enabled if asked."""
-    client, inbox = await online(server, jid, resource, roster=True,
-                                 presence_xml=f"<presence><priority>{priority}</priority></presence>")
+    client, inbox = await online(
+        server, jid, resource, roster=True, presence_xml=f"<presence><priority>{priority}</priority></presence>"
+    )
     user = User(str(client.boundjid), client, inbox)
     if carbons:
         result = await user.iq("set", bare(user.jid), f"<enable xmlns='{NS_CARBONS}'/>")
@@ -39,8 +41,9 @@ def bare(jid: str) -> str:
     return jid.split("/")[0]
 
 
-def send(user: User, to: str, payload: str = "", *, body: str | None = None, type_: str = "chat",
-         msg_id: str | None = None) -> str:
+def send(
+    user: User, to: str, payload: str = "", *, body: str | None = None, type_: str = "chat", msg_id: str | None = None
+) -> str:
     """Send a message; its id."""
     msg_id = msg_id or f"msg{next(_ids)}"
     inner = (f"<body>{body}</body>" if body is not None else "") + payload
@@ -59,11 +62,13 @@ def error_to(msg_id: str):
 
 def carbon(direction: str, msg_id: str | None = None):
     """A predicate: a <sent/> or <received/> carbon copy (of the message `msg_id`)."""
+
     def match(stanza):
         if stanza.tag != MESSAGE:
             return False
         inner = stanza.find(f"{{{NS_CARBONS}}}{direction}/{FORWARDED_MESSAGE}")
         return inner is not None and (msg_id is None or inner.get("id") == msg_id)
+
     return match
 
 
@@ -93,20 +98,28 @@ async def round_trip(user: User) -> None:
     assert result.get("type") == "result"
 
 
-async def archive(user: User, fields: dict | None = None, rsm: str = "", *, flip: bool = False,
-                  to: str | None = None):
+async def archive(user: User, fields: dict | None = None, rsm: str = "", *, flip: bool = False, to: str | None = None):
     """A MAM query of `user`'s own archive (or of `to`): (results, <fin/>), or the error
     iq. Results are (archive id, forwarded message, result message) in arrival order."""
     query_id = f"q{next(_ids)}"
     payload = form(NS_MAM, fields) if fields is not None else ""
     payload += f"<set xmlns='{NS_RSM}'>{rsm}</set>" if rsm else ""
     payload += "<flip-page/>" if flip else ""
-    answer = await user.iq("set", to or bare(user.jid), f"<query xmlns='{NS_MAM}' queryid='{query_id}'>{payload}</query>")
+    answer = await user.iq(
+        "set", to or bare(user.jid), f"<query xmlns='{NS_MAM}' queryid='{query_id}'>{payload}</query>"
+    )
     if answer.get("type") == "error":
         return answer
-    results = [(s.find(f"{{{NS_MAM}}}result").get("id"), forwarded(s), s) for s in user.inbox.received(
-        lambda s: s.tag == MESSAGE and s.find(f"{{{NS_MAM}}}result") is not None
-        and s.find(f"{{{NS_MAM}}}result").get("queryid") == query_id)]
+    results = [
+        (s.find(f"{{{NS_MAM}}}result").get("id"), forwarded(s), s)
+        for s in user.inbox.received(
+            lambda s: (
+                s.tag == MESSAGE
+                and s.find(f"{{{NS_MAM}}}result") is not None
+                and s.find(f"{{{NS_MAM}}}result").get("queryid") == query_id
+            )
+        )
+    ]
     return results, answer.find(f"{{{NS_MAM}}}fin")
 
 

@@ -1,5 +1,6 @@
 """Helpers for the MUC end-to-end tests: a user with a client and an inbox, entering
 rooms, configuring them and reading the XEP-0045 parts of what comes back."""
+
 from __future__ import annotations
 
 import itertools
@@ -28,7 +29,7 @@ _ids = itertools.count()
 
 @dataclass
 class User:
-    jid: str                                   # full JID
+    jid: str  # full JID
     client: Client
     inbox: Inbox
 
@@ -39,30 +40,45 @@ class User:
         """Send an iq and return its result or error."""
         iq_id = f"iq{next(_ids)}"
         self.client.send_raw(f"<iq type='{type_}' id='{iq_id}' to='{to}'>{payload}</iq>")
-        return await self.inbox.wait(lambda s: s.tag == IQ and s.get("id") == iq_id
-                                     and s.get("type") in ("result", "error"))
+        return await self.inbox.wait(
+            lambda s: s.tag == IQ and s.get("id") == iq_id and s.get("type") in ("result", "error")
+        )
 
-    async def join(self, room: str, nick: str, *, password: str | None = None, history: str = "",
-                   expect_error: bool = False) -> etree._Element:
+    async def join(
+        self, room: str, nick: str, *, password: str | None = None, history: str = "", expect_error: bool = False
+    ) -> etree._Element:
         """Enter `room` as `nick`; the self-presence (status 110), or the error presence."""
         inner = (f"<password>{password}</password>" if password is not None else "") + history
         self.client.send_raw(f"<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'>{inner}</x></presence>")
         occupant = f"{room}/{nick}"
         if expect_error:
-            return await self.inbox.wait(lambda s: s.tag == PRESENCE and s.get("type") == "error"
-                                         and s.get("from") == occupant)
-        return await self.inbox.wait(lambda s: s.tag == PRESENCE and s.get("from") == occupant
-                                     and s.get("type") != "error" and "110" in codes(s))
+            return await self.inbox.wait(
+                lambda s: s.tag == PRESENCE and s.get("type") == "error" and s.get("from") == occupant
+            )
+        return await self.inbox.wait(
+            lambda s: s.tag == PRESENCE and s.get("from") == occupant and s.get("type") != "error" and "110" in codes(s)
+        )
 
     async def subject(self, room: str) -> etree._Element:
         """The subject message that ends entering a room."""
-        return await self.inbox.wait(lambda s: s.tag == MESSAGE and s.get("from", "").split("/")[0] == room
-                                     and s.find("{jabber:client}subject") is not None)
+        return await self.inbox.wait(
+            lambda s: (
+                s.tag == MESSAGE
+                and s.get("from", "").split("/")[0] == room
+                and s.find("{jabber:client}subject") is not None
+            )
+        )
 
     async def leave(self, room: str, nick: str) -> None:
         self.client.send_raw(f"<presence type='unavailable' to='{room}/{nick}'/>")
-        await self.inbox.wait(lambda s: s.tag == PRESENCE and s.get("type") == "unavailable"
-                              and s.get("from") == f"{room}/{nick}" and "110" in codes(s))
+        await self.inbox.wait(
+            lambda s: (
+                s.tag == PRESENCE
+                and s.get("type") == "unavailable"
+                and s.get("from") == f"{room}/{nick}"
+                and "110" in codes(s)
+            )
+        )
 
     async def say(self, room: str, body: str, msg_id: str | None = None) -> etree._Element:
         """Send a groupchat message and return its reflection."""
@@ -105,8 +121,9 @@ async def create_room(owner: User, nick: str = "owner", **fields: str) -> str:
     room = new_room()
     await owner.join(room, nick)
     await owner.subject(room)
-    result = await owner.configure(room, **{f"muc#roomconfig_{k}" if not k.startswith("muc#") else k: v
-                                            for k, v in fields.items()})
+    result = await owner.configure(
+        room, **{f"muc#roomconfig_{k}" if not k.startswith("muc#") else k: v for k, v in fields.items()}
+    )
     assert result.get("type") == "result", etree.tostring(result)
     return room
 
@@ -131,8 +148,11 @@ def error_of(stanza: etree._Element) -> tuple[str, str]:
     """(type, condition) of an error stanza."""
     error = stanza.find("{jabber:client}error")
     assert error is not None, etree.tostring(stanza)
-    condition = next(etree.QName(child).localname for child in error if etree.QName(child).namespace == NS_STANZAS
-                     and etree.QName(child).localname != "text")
+    condition = next(
+        etree.QName(child).localname
+        for child in error
+        if etree.QName(child).namespace == NS_STANZAS and etree.QName(child).localname != "text"
+    )
     return error.get("type"), condition
 
 

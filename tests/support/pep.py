@@ -1,5 +1,6 @@
 """Helpers for the PEP, OMEMO and profile end-to-end tests: users online with their
 '+notify' interests in their caps, contacts, pubsub requests and their errors."""
+
 from __future__ import annotations
 
 import itertools
@@ -68,11 +69,16 @@ async def befriend(a: User, b: User) -> None:
 
 
 def form(form_type: str, fields: dict[str, str | list[str]]) -> str:
-    rows = "".join(f"<field var={quoteattr(var)}>"
-                   + "".join(f"<value>{value}</value>" for value in (values if isinstance(values, list) else [values]))
-                   + "</field>" for var, values in fields.items())
-    return (f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
-            f"<value>{form_type}</value></field>{rows}</x>")
+    rows = "".join(
+        f"<field var={quoteattr(var)}>"
+        + "".join(f"<value>{value}</value>" for value in (values if isinstance(values, list) else [values]))
+        + "</field>"
+        for var, values in fields.items()
+    )
+    return (
+        f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+        f"<value>{form_type}</value></field>{rows}</x>"
+    )
 
 
 def publish(node: str, payload: str, item_id: str | None = None, **options) -> str:
@@ -98,17 +104,28 @@ def error_of(answer: etree._Element) -> tuple[str | None, str | None]:
     """(stanza error condition, pubsub#errors condition) of an error reply."""
     assert answer.get("type") == "error", etree.tostring(answer)
     error = answer.find("{jabber:client}error")
-    condition = next((etree.QName(c).localname for c in error if etree.QName(c).namespace == NS_STANZAS
-                      and etree.QName(c).localname != "text"), None)
+    condition = next(
+        (
+            etree.QName(c).localname
+            for c in error
+            if etree.QName(c).namespace == NS_STANZAS and etree.QName(c).localname != "text"
+        ),
+        None,
+    )
     specific = next((etree.QName(c).localname for c in error if etree.QName(c).namespace == NS_ERRORS), None)
     return condition, specific
 
 
 def event_from(owner: str, node: str):
     """A predicate: a pubsub event notification about `node` from the service `owner`."""
+
     def match(stanza):
-        return (stanza.tag == MESSAGE and stanza.get("from") == owner
-                and stanza.find(f"{{{NS_EVENT}}}event/*[@node={quoteattr(node)}]") is not None)
+        return (
+            stanza.tag == MESSAGE
+            and stanza.get("from") == owner
+            and stanza.find(f"{{{NS_EVENT}}}event/*[@node={quoteattr(node)}]") is not None
+        )
+
     return match
 
 

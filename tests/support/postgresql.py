@@ -19,6 +19,7 @@ not skipped.
 the xmppd that starts on it); `contract_backend(tmp_path)` is what
 tests/storage/conftest.py calls: one database per run, emptied for each new tmp_path.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,14 @@ SUPERUSER = "postgres"
 ENV_EXTERNAL = "XMPPD_TEST_POSTGRESQL"
 START_TIMEOUT = float(os.environ.get("XMPPD_POSTGRESQL_START_TIMEOUT", "30"))
 # A throw-away server on a shared machine: nothing fsynced, small buffers.
-SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-            "shared_buffers": "32MB", "max_connections": "200", "unix_socket_directories": ""}
+SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "shared_buffers": "32MB",
+    "max_connections": "200",
+    "unix_socket_directories": "",
+}
 
 
 class PostgresqlUnavailable(RuntimeError):
@@ -65,8 +72,9 @@ def binary(name: str) -> str:
         return found[-1]
     if shutil.which(name):
         return shutil.which(name)
-    raise PostgresqlUnavailable(f"no {name} (Debian package postgresql: `make debian-test-packages` "
-                                f"installs it), and {ENV_EXTERNAL} is not set")
+    raise PostgresqlUnavailable(
+        f"no {name} (Debian package postgresql: `make debian-test-packages` installs it), and {ENV_EXTERNAL} is not set"
+    )
 
 
 def _server_user() -> str | None:
@@ -109,9 +117,17 @@ class PostgresqlProcess:
 
     def _run_as_server_user(self, command: list[str], **kwargs) -> subprocess.Popen:
         with open(self.log_path, "ab") as log:
-            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    user=self.user, group=self.user and pwd.getpwnam(self.user).pw_gid,
-                                    extra_groups=[] if self.user else None, start_new_session=True, **kwargs)
+            return subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                user=self.user,
+                group=self.user and pwd.getpwnam(self.user).pw_gid,
+                extra_groups=[] if self.user else None,
+                start_new_session=True,
+                **kwargs,
+            )
 
     def start(self) -> PostgresqlProcess:
         """initdb if needed, start the server, wait until it accepts a login."""
@@ -120,24 +136,36 @@ class PostgresqlProcess:
             shutil.chown(self.directory, self.user)
         if not self.data.exists():
             initdb = self._run_as_server_user(
-                [binary("initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "--no-sync",
-                 "--locale=C", "--encoding=UTF8"])
+                [
+                    binary("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "--no-sync",
+                    "--locale=C",
+                    "--encoding=UTF8",
+                ]
+            )
             if initdb.wait(START_TIMEOUT) != 0:
                 raise PostgresqlUnavailable(f"initdb failed:\n{_tail(self.log_path)}")
-        fixed = bool(self.port)                 # started before: the same port again
-        for _ in range(1 if fixed else 3):      # a free port may be taken before the server binds it
+        fixed = bool(self.port)  # started before: the same port again
+        for _ in range(1 if fixed else 3):  # a free port may be taken before the server binds it
             self.port = self.port if fixed else free_port()
             settings = [arg for key, value in SETTINGS.items() for arg in ("-c", f"{key}={value}")]
             self.process = self._run_as_server_user(
                 [binary("postgres"), "-D", str(self.data), "-h", LOOPBACK, "-p", str(self.port), *settings],
-                preexec_fn=_fast_stop_with_parent)
+                preexec_fn=_fast_stop_with_parent,
+            )
             if self._wait_until_answering():
                 return self
             running = self.process.poll() is None
             self.stop()
             if running:
-                raise PostgresqlUnavailable(f"PostgreSQL did not answer within {START_TIMEOUT:.0f} s:\n"
-                                            f"{_tail(self.log_path)}")
+                raise PostgresqlUnavailable(
+                    f"PostgreSQL did not answer within {START_TIMEOUT:.0f} s:\n{_tail(self.log_path)}"
+                )
         raise PostgresqlUnavailable(f"PostgreSQL exited at start-up:\n{_tail(self.log_path)}")
 
     def stop(self) -> None:
@@ -167,11 +195,11 @@ def accepts_login(host: str, port: int, timeout: float = 2.0) -> bool:
     """One probe: does the server answer a startup message with an authentication
     request ("R"), rather than an error ("E": still starting up)?"""
     parameters = f"user\0{SUPERUSER}\0database\0postgres\0\0".encode()
-    startup = struct.pack("!ii", 8 + len(parameters), 196608) + parameters    # protocol 3.0
+    startup = struct.pack("!ii", 8 + len(parameters), 196608) + parameters  # protocol 3.0
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(startup)
         answered = sock.recv(1) == b"R"
-        sock.sendall(b"X\0\0\0\4")             # Terminate
+        sock.sendall(b"X\0\0\0\4")  # Terminate
         return answered
 
 
@@ -210,8 +238,11 @@ def shared_server() -> str:
                 try:
                     _shared = stack.enter_context(private_server()).dsn
                 except Exception as error:  # noqa: BLE001 - report, never skip
-                    _shared = (error if isinstance(error, PostgresqlUnavailable)
-                               else PostgresqlUnavailable(f"could not start PostgreSQL: {error!r}"))
+                    _shared = (
+                        error
+                        if isinstance(error, PostgresqlUnavailable)
+                        else PostgresqlUnavailable(f"could not start PostgreSQL: {error!r}")
+                    )
                 else:
                     atexit.register(stack.close)
         if isinstance(_shared, PostgresqlUnavailable):
@@ -232,7 +263,7 @@ _databases = itertools.count(1)
 def with_database(dsn: str, database: str) -> str:
     """`dsn` with its database replaced."""
     base, _, _ = dsn.partition("?")
-    return base.rpartition("/")[0] + f"/{database}" + (dsn[len(base):] if "?" in dsn else "")
+    return base.rpartition("/")[0] + f"/{database}" + (dsn[len(base) :] if "?" in dsn else "")
 
 
 def new_database(label: str) -> str:
@@ -240,8 +271,12 @@ def new_database(label: str) -> str:
     admin = shared_server()
     name = f"xmppd_test_{label}_{os.getpid()}_{next(_databases)}"
     psql = shutil.which("psql") or binary("psql")
-    result = subprocess.run([psql, admin, "-v", "ON_ERROR_STOP=1", "-q", "-c", f'CREATE DATABASE "{name}"'],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [psql, admin, "-v", "ON_ERROR_STOP=1", "-q", "-c", f'CREATE DATABASE "{name}"'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if result.returncode != 0:
         raise PostgresqlUnavailable(f"cannot create database {name}: {result.stderr}")
     return with_database(admin, name)
@@ -275,9 +310,13 @@ async def contract_backend(tmp_path):
     if str(tmp_path) not in _emptied_for:
         conn = await asyncpg.connect(_contract_dsn)
         try:
-            tables = [name for (name,) in await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-                " AND tablename <> 'xmppd_schema'")]
+            tables = [
+                name
+                for (name,) in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                    " AND tablename <> 'xmppd_schema'"
+                )
+            ]
             await conn.execute(f"TRUNCATE {', '.join(tables)}")
         finally:
             await conn.close()

@@ -5,6 +5,7 @@ It sends bytes as given and waits for patterns in what the server sends, with ti
 `authenticate2()` runs SCRAM over SASL2 (XEP-0388), with what else <authenticate/> carries,
 `authenticate_token()` a XEP-0484 HT mechanism.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,13 +41,16 @@ class RawClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.jid = None
-        self.server_signature = b""        # what the server's last SCRAM final message must prove
+        self.server_signature = b""  # what the server's last SCRAM final message must prove
 
     async def connect(self, port: int, *, direct_tls: bool = False, context: ssl.SSLContext | None = None):
         self.reader, self.writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=(context or client_context()) if direct_tls else None,
+            "127.0.0.1",
+            port,
+            ssl=(context or client_context()) if direct_tls else None,
             server_hostname=self.domain if direct_tls else None,
-            local_addr=(self.source, 0) if self.source else None)
+            local_addr=(self.source, 0) if self.source else None,
+        )
         return self
 
     async def send(self, data: str | bytes) -> None:
@@ -61,7 +65,7 @@ class RawClient:
             while True:
                 match = regex.search(self.buffer)
                 if match:
-                    self.buffer = self.buffer[match.end():]
+                    self.buffer = self.buffer[match.end() :]
                     return match
                 data = await self.reader.read(65536)
                 if not data:
@@ -72,15 +76,19 @@ class RawClient:
 
     async def closed(self, timeout: float = TIMEOUT) -> str:
         """Wait for the server to close the connection; return everything it sent meanwhile."""
+
         async def drain():
             while data := await self.reader.read(65536):
                 self.buffer += data.decode("utf-8", "replace")
             return self.buffer
+
         return await asyncio.wait_for(drain(), timeout)
 
     async def open_stream(self) -> re.Match:
-        await self.send(f"<?xml version='1.0'?><stream:stream to='{self.domain}' version='1.0' "
-                        "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+        await self.send(
+            f"<?xml version='1.0'?><stream:stream to='{self.domain}' version='1.0' "
+            "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+        )
         return await self.expect(r"<stream:features>(.*?)</stream:features>")
 
     async def starttls(self, context: ssl.SSLContext | None = None) -> re.Match:
@@ -95,22 +103,33 @@ class RawClient:
         await self.open_stream()
         return (await self.starttls(context)).group(1)
 
-    async def login(self, port: int, user: str, password: str, *, resource: str = "raw",
-                    mechanism: str = "PLAIN", direct_tls: bool = False) -> "RawClient":
+    async def login(
+        self,
+        port: int,
+        user: str,
+        password: str,
+        *,
+        resource: str = "raw",
+        mechanism: str = "PLAIN",
+        direct_tls: bool = False,
+    ) -> RawClient:
         await self.connect(port, direct_tls=direct_tls)
         features = await self.open_stream()
         if not direct_tls and "starttls" in features.group(1):
             await self.starttls()
         await self.authenticate(user, password, mechanism)
         await self.open_stream()
-        await self.send(f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                        f"<resource>{resource}</resource></bind></iq>")
+        await self.send(
+            f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            f"<resource>{resource}</resource></bind></iq>"
+        )
         self.jid = (await self.expect(r"<jid>([^<]+)</jid>")).group(1)
         await self.expect(r"</iq>")
         return self
 
-    async def authenticate(self, user: str, password: str, mechanism: str = "PLAIN",
-                           binding: str | None = None) -> None:
+    async def authenticate(
+        self, user: str, password: str, mechanism: str = "PLAIN", binding: str | None = None
+    ) -> None:
         """SASL; raises AssertionError on <failure/>."""
         if mechanism == "PLAIN":
             token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
@@ -120,15 +139,17 @@ class RawClient:
         outcome = await self.expect(r"<(success|failure)[^>]*?(?:/>|>(.*?)</\1>)")
         assert outcome.group(1) == "success", f"authentication failed: {outcome.group(0)}"
 
-    async def authenticate2(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256",
-                            extra: str = "") -> re.Match:
+    async def authenticate2(
+        self, user: str, password: str, mechanism: str = "SCRAM-SHA-256", extra: str = ""
+    ) -> re.Match:
         """SCRAM over SASL2, `extra` added to <authenticate/>; the <success/> or <failure/>
         (group 1: which, group 2: its content)."""
         await self._scram(user, password, mechanism, None, sasl2=extra)
         return await self.expect(rf"<(success|failure) xmlns=.{NS_SASL2}.>(.*?)</\1>")
 
-    async def authenticate_token(self, user: str, token: str, mechanism: str = "HT-SHA-256-NONE",
-                                 extra: str = "") -> re.Match:
+    async def authenticate_token(
+        self, user: str, token: str, mechanism: str = "HT-SHA-256-NONE", extra: str = ""
+    ) -> re.Match:
         """XEP-0484: an HT mechanism over SASL2 with `token` (`extra`: the <fast/>,
         <user-agent/>... of <authenticate/>); the outcome as authenticate2's."""
         kind = {"EXPR": "tls-exporter", "ENDP": "tls-server-end-point", "UNIQ": "tls-unique"}.get(mechanism[-4:])
@@ -136,12 +157,15 @@ class RawClient:
         proof = hmac.new(token.encode(), b"Initiator" + cb_data, hashlib.sha256).digest()
         self.server_signature = hmac.new(token.encode(), b"Responder" + cb_data, hashlib.sha256).digest()
         initial = base64.b64encode(user.encode() + b"\0" + proof).decode()
-        await self.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'>"
-                        f"<initial-response>{initial}</initial-response>{extra}</authenticate>")
+        await self.send(
+            f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'>"
+            f"<initial-response>{initial}</initial-response>{extra}</authenticate>"
+        )
         return await self.expect(rf"<(success|failure) xmlns=.{NS_SASL2}.>(.*?)</\1>")
 
-    async def _scram(self, user: str, password: str, mechanism: str, binding: str | None,
-                     sasl2: str | None = None) -> None:
+    async def _scram(
+        self, user: str, password: str, mechanism: str, binding: str | None, sasl2: str | None = None
+    ) -> None:
         """SASL1's <auth/>, or SASL2's <authenticate/> carrying `sasl2` when it is given."""
         hash_name = "sha256" if "SHA-256" in mechanism else "sha1"
         plus = mechanism.endswith("-PLUS")
@@ -156,8 +180,10 @@ class RawClient:
         if sasl2 is None:
             await self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{initial}</auth>")
         else:
-            await self.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'>"
-                            f"<initial-response>{initial}</initial-response>{sasl2}</authenticate>")
+            await self.send(
+                f"<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'>"
+                f"<initial-response>{initial}</initial-response>{sasl2}</authenticate>"
+            )
         challenge = base64.b64decode((await self.expect(r"<challenge[^>]*>([^<]*)</challenge>")).group(1)).decode()
         fields = dict(part.split("=", 1) for part in challenge.split(","))
         salted = hashlib.pbkdf2_hmac(hash_name, password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
@@ -192,5 +218,5 @@ class RawClient:
             self.writer.close()
             try:
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
-            except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            except (TimeoutError, OSError, ssl.SSLError):
                 pass

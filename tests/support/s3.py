@@ -21,6 +21,7 @@ says so and the S3 tests are skipped; a build or a start that fails is an error.
 Knobs: ``XMPPD_MINIO_START_TIMEOUT`` (seconds, default 60), ``XMPPD_MINIO_KEEP``
 (keep the temporary directory and MinIO's log for a post-mortem).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,9 +37,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -47,7 +48,7 @@ import pytest
 MINIO_MODULE = "github.com/minio/minio"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 ACCESS_KEY = "xmppd-test"
-SECRET_KEY = "xmppd-test-secret"       # MinIO wants >= 8 characters
+SECRET_KEY = "xmppd-test-secret"  # MinIO wants >= 8 characters
 REGION = "us-east-1"
 BUCKET = "xmppd-test"
 LOOPBACK = "127.0.0.1"
@@ -71,6 +72,7 @@ class S3Server:
 
 
 # ---------------------------------------------------------------- install
+
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -102,7 +104,7 @@ def ensure_minio() -> Path:
         raise S3Unavailable("no Go toolchain (`go`) to build MinIO, and XMPPD_TEST_S3 is not set")
     binary.parent.mkdir(parents=True, exist_ok=True)
     with open(cache_dir() / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)        # another test process may be building it
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be building it
         if os.access(binary, os.X_OK):
             return binary
         _build(go, binary)
@@ -119,16 +121,21 @@ def _build(go: str, binary: Path) -> None:
     try:
         with open(log_path, "wb") as log:
             try:
-                subprocess.run(command, env=env, cwd=staging, stdout=log,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               timeout=BUILD_TIMEOUT, check=True)
+                subprocess.run(
+                    command,
+                    env=env,
+                    cwd=staging,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    timeout=BUILD_TIMEOUT,
+                    check=True,
+                )
             except subprocess.TimeoutExpired:
-                raise RuntimeError(f"building MinIO took over {BUILD_TIMEOUT:.0f} s:\n"
-                                   + _tail(log_path)) from None
+                raise RuntimeError(f"building MinIO took over {BUILD_TIMEOUT:.0f} s:\n" + _tail(log_path)) from None
             except subprocess.CalledProcessError as error:
-                raise RuntimeError(f"building MinIO failed ({error.returncode}):\n"
-                                   + _tail(log_path)) from None
-        os.replace(staging / "minio", binary)   # atomic: a binary in place is complete
+                raise RuntimeError(f"building MinIO failed ({error.returncode}):\n" + _tail(log_path)) from None
+        os.replace(staging / "minio", binary)  # atomic: a binary in place is complete
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _notice(f"built MinIO in {time.monotonic() - started:.0f} s: {binary}")
@@ -149,6 +156,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 # ---------------------------------------------------------------- run
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
@@ -159,26 +167,44 @@ def free_port() -> int:
 def minio_process(data_dir: Path) -> Iterator[str]:
     """Run MinIO on `data_dir` until the block ends; yields its endpoint URL."""
     binary = ensure_minio()
-    env = dict(os.environ, MINIO_ROOT_USER=ACCESS_KEY, MINIO_ROOT_PASSWORD=SECRET_KEY,
-               MINIO_REGION=REGION, MINIO_BROWSER="off", MINIO_UPDATE="off",
-               MINIO_CI_CD="1")
-    for _ in range(3):                          # a free port may be taken before MinIO binds it
+    env = dict(
+        os.environ,
+        MINIO_ROOT_USER=ACCESS_KEY,
+        MINIO_ROOT_PASSWORD=SECRET_KEY,
+        MINIO_REGION=REGION,
+        MINIO_BROWSER="off",
+        MINIO_UPDATE="off",
+        MINIO_CI_CD="1",
+    )
+    for _ in range(3):  # a free port may be taken before MinIO binds it
         port, console_port = free_port(), free_port()
         endpoint = f"http://{LOOPBACK}:{port}"
         log_path = data_dir / f"minio-{port}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [str(binary), "server", "--quiet", "--address", f"{LOOPBACK}:{port}",
-                 "--console-address", f"{LOOPBACK}:{console_port}", str(data_dir / "data")],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                [
+                    str(binary),
+                    "server",
+                    "--quiet",
+                    "--address",
+                    f"{LOOPBACK}:{port}",
+                    "--console-address",
+                    f"{LOOPBACK}:{console_port}",
+                    str(data_dir / "data"),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         try:
             if _wait_until_live(process, endpoint):
                 yield endpoint
                 return
             if process.poll() is None:
-                raise RuntimeError(f"MinIO did not answer within {START_TIMEOUT:.0f} s:\n"
-                                    + _tail(log_path))
+                raise RuntimeError(f"MinIO did not answer within {START_TIMEOUT:.0f} s:\n" + _tail(log_path))
         finally:
             _stop(process)
     raise RuntimeError("MinIO exited at start-up three times:\n" + _tail(log_path))
@@ -188,10 +214,11 @@ def _die_with_parent() -> None:
     """In the child: have Linux stop MinIO if the test process dies without cleaning up."""
     try:
         import ctypes
+
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
-        pass                                     # not Linux: the fixture's teardown still runs
+        pass  # not Linux: the fixture's teardown still runs
 
 
 def _wait_until_live(process: subprocess.Popen, endpoint: str) -> bool:
@@ -223,14 +250,19 @@ def _stop(process: subprocess.Popen) -> None:
 
 # ---------------------------------------------------------------- buckets
 
+
 def _client(server: S3Server):
     import botocore.session
     from botocore.config import Config
 
     return botocore.session.get_session().create_client(
-        "s3", region_name=server.region, endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+        "s3",
+        region_name=server.region,
+        endpoint_url=server.endpoint_url,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
 
 
 def create_bucket(server: S3Server) -> None:
@@ -255,14 +287,14 @@ def remove_bucket(server: S3Server) -> None:
                 client.delete_object(Bucket=server.bucket, Key=item["Key"])
         for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=server.bucket):
             for upload in page.get("Uploads", []):
-                client.abort_multipart_upload(Bucket=server.bucket, Key=upload["Key"],
-                                              UploadId=upload["UploadId"])
+                client.abort_multipart_upload(Bucket=server.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
         client.delete_bucket(Bucket=server.bucket)
     finally:
         client.close()
 
 
 # ---------------------------------------------------------------- entry points
+
 
 @contextlib.contextmanager
 def s3_server_running() -> Iterator[S3Server]:
@@ -274,7 +306,8 @@ def s3_server_running() -> Iterator[S3Server]:
             region=os.environ.get("XMPPD_TEST_S3_REGION", REGION),
             access_key=os.environ.get("XMPPD_TEST_S3_KEY", ""),
             secret_key=os.environ.get("XMPPD_TEST_S3_SECRET", ""),
-            bucket=f"xmppd-test-{secrets.token_hex(6)}")
+            bucket=f"xmppd-test-{secrets.token_hex(6)}",
+        )
         if not server.access_key or not server.secret_key:
             raise RuntimeError("XMPPD_TEST_S3 needs XMPPD_TEST_S3_KEY and XMPPD_TEST_S3_SECRET")
         create_bucket(server)

@@ -1,4 +1,5 @@
 """A real xmppd process for end-to-end tests: free ports, a temporary data dir."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,20 +30,29 @@ class XmppdProcess:
     `server_section` is not given: a knob for running a subset while debugging.
     """
 
-    def __init__(self, directory: Path, extra_config: str = "", domain: str = "localhost",
-                 server_section: str = "", c2s_section: str = "", port: int = 0, memory_limit: int = 0):
+    def __init__(
+        self,
+        directory: Path,
+        extra_config: str = "",
+        domain: str = "localhost",
+        server_section: str = "",
+        c2s_section: str = "",
+        port: int = 0,
+        memory_limit: int = 0,
+    ):
         self.directory = Path(directory)
         self.domain = domain
-        self.memory_limit = memory_limit           # bytes of address space (RLIMIT_AS); 0: none
+        self.memory_limit = memory_limit  # bytes of address space (RLIMIT_AS); 0: none
         self._fixed_port = bool(port)
         self.port = port or free_port()
         self.tls_port = free_port()
         self.http_port = free_port()
         self.https_port = free_port()
         self.config_path = self.directory / "xmppd.toml"
-        self.config_path.write_text(textwrap.dedent(f"""\
+        self.config_path.write_text(
+            textwrap.dedent(f"""\
             [server]
-            data_dir = "{self.directory / 'data'}"
+            data_dir = "{self.directory / "data"}"
             log_level = "info"
             {server_section or os.environ.get("XMPPD_TEST_SERVER_SECTION", "")}
 
@@ -58,16 +68,19 @@ class XmppdProcess:
             [[hosts]]
             domain = "{domain}"
             admins = ["admin@{domain}"]
-            """) + textwrap.dedent(extra_config))
+            """)
+            + textwrap.dedent(extra_config)
+        )
         self.process: subprocess.Popen | None = None
         self.output: list[str] = []
 
-    def use_example_config(self, edit=lambda text: text) -> "XmppdProcess":
+    def use_example_config(self, edit=lambda text: text) -> XmppdProcess:
         """Run with conf/xmppd.toml as deployed (domain example.org), changed by `edit`,
         but with this process's data dir and free loopback ports."""
         example = Path(__file__).resolve().parents[2] / "conf" / "xmppd.toml"
-        text = edit(example.read_text()).replace('data_dir = "/var/lib/xmppd"',
-                                                 f'data_dir = "{self.directory / "data"}"')
+        text = edit(example.read_text()).replace(
+            'data_dir = "/var/lib/xmppd"', f'data_dir = "{self.directory / "data"}"'
+        )
         text = text.replace('interfaces = ["0.0.0.0", "::"]', 'interfaces = ["127.0.0.1"]')
         text = text.replace("#port = 5222", f"port = {self.port}")
         text = text.replace("#direct_tls_port = 5223", f"direct_tls_port = {self.tls_port}")
@@ -83,12 +96,14 @@ class XmppdProcess:
 
     async def wait_for_log(self, text: str, timeout: float = 10.0, count: int = 1) -> None:
         """Return once `text` is in the log (`count` times): a server-side event a test waits for."""
+
         async def scan():
             while self.log.count(text) < count:
                 await asyncio.sleep(0.05)
+
         await asyncio.wait_for(scan(), timeout)
 
-    def start(self, timeout: float = START_TIMEOUT) -> "XmppdProcess":
+    def start(self, timeout: float = START_TIMEOUT) -> XmppdProcess:
         """Start and wait until it listens. A port picked by `free_port` can be taken by
         another test process before xmppd binds it: then the free ports are picked again."""
         for _ in range(3):
@@ -108,12 +123,16 @@ class XmppdProcess:
             setattr(self, name, new)
         self.config_path.write_text(text)
 
-    def _start(self, timeout: float) -> "XmppdProcess":
+    def _start(self, timeout: float) -> XmppdProcess:
         self.output = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "xmppd.cli", "--config", str(self.config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            preexec_fn=self._limit_memory if self.memory_limit else None)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            preexec_fn=self._limit_memory if self.memory_limit else None,
+        )
         ready = threading.Event()
 
         def pump():
@@ -152,14 +171,20 @@ class XmppdProcess:
             self.process.wait()
 
     def ctl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "xmppd.ctl", "--config", str(self.config_path), *args],
-                                capture_output=True, text=True, input=input, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "xmppd.ctl", "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=60,
+        )
         if check and result.returncode != 0:
             raise RuntimeError(f"xmppctl {' '.join(args)} failed: {result.stdout}{result.stderr}")
         return result
 
     def adduser(self, local: str, password: str = "secret") -> str:
         from tests.support.accounts import create_accounts
+
         return create_accounts(self, [local], password)[0]
 
     async def limit_reached(self, limit: str) -> float:
@@ -169,6 +194,7 @@ class XmppdProcess:
     async def metric(self, series: str) -> float:
         """The value of one series of /metrics, named as it is written there (0 if absent)."""
         import aiohttp
+
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{self.http_port}/metrics") as response:
                 text = await response.text()
@@ -181,6 +207,7 @@ class XmppdProcess:
 async def can_log_in(server: XmppdProcess, account: str, password: str) -> bool:
     """Whether `account` (a bare JID, or a user name on `server`'s domain) logs in."""
     from xmppd.client import Client, LoginFailed
+
     jid = account if "@" in account else f"{account}@{server.domain}"
     client = Client(jid, password, verify_tls=False)
     try:

@@ -33,6 +33,7 @@ Interop Testing project) run against a real xmppd.
 classes) and prints the results per class (``XMPPD_SINTTEST_OMEMO=1``: with OMEMO;
 ``XMPPD_SINTTEST_STOCK=1``: with Smack as released, without the fix).
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,8 @@ from tests.support.server import XmppdProcess
 SMACK_VERSION = os.environ.get("XMPPD_SINTTEST_VERSION", "4.5.0-beta5")
 POM = Path(__file__).with_name("sinttest") / "pom.xml"
 MAIN = "org.igniterealtime.smack.inttest.SmackIntegrationTestFramework"
-OMEMO_MAIN = Path(__file__).with_name("sinttest") / "OmemoSignalSinttest.java"     # run as source
-XMPP_PORT = 5222                # fixed in sinttest: its configuration has no port
+OMEMO_MAIN = Path(__file__).with_name("sinttest") / "OmemoSignalSinttest.java"  # run as source
+XMPP_PORT = 5222  # fixed in sinttest: its configuration has no port
 ADMIN = ("admin", "sinttest-admin")
 # xmppd speaks XMPP over TCP only: the WebSocket connection types of the suite's
 # low-level tests abort the whole run (a dead end in Smack's connection state graph).
@@ -66,24 +67,28 @@ PASSED, FAILED, IMPOSSIBLE = "passed", "failed", "impossible"
 # One line per log record: "LEVEL: message" (continuation lines follow for
 # multi-line messages and stack traces, and are ignored).
 _LOG_FORMAT = "%4$s: %5$s%6$s%n"
-_RESULT = re.compile(r"^(?:INFO|SEVERE): (?P<test>\w+\.\w+) \((?P<conn>[^)]*)\) "
-                     r"(?:(?P<ok>\u2714)$|failed: (?P<why>.*)$)")
-_IMPOSSIBLE = re.compile(r"^INFO: Could not run (?P<what>\S+)(?: \((?P<conn>[^)]*)\))? "
-                         r"because: (?P<why>.*)$")
+_RESULT = re.compile(
+    r"^(?:INFO|SEVERE): (?P<test>\w+\.\w+) \((?P<conn>[^)]*)\) "
+    r"(?:(?P<ok>\u2714)$|failed: (?P<why>.*)$)"
+)
+_IMPOSSIBLE = re.compile(
+    r"^INFO: Could not run (?P<what>\S+)(?: \((?P<conn>[^)]*)\))? "
+    r"because: (?P<why>.*)$"
+)
 _SUMMARY = re.compile(r"finished: (\d+)/(\d+) \[(\d+) failed\]")
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str                 # passed | failed | impossible
+    status: str  # passed | failed | impossible
     reason: str = ""
 
 
 @dataclass
 class SinttestRun:
-    tests: dict[str, Outcome] = field(default_factory=dict)      # "Class.method" (+ " [conn]")
+    tests: dict[str, Outcome] = field(default_factory=dict)  # "Class.method" (+ " [conn]")
     impossible_classes: dict[str, str] = field(default_factory=dict)  # fully qualified name
-    summary: tuple[int, int, int] | None = None                  # passed, available, failed
+    summary: tuple[int, int, int] | None = None  # passed, available, failed
     returncode: int = 0
     seconds: float = 0.0
     output: str = ""
@@ -92,8 +97,7 @@ class SinttestRun:
         return {name: o for name, o in self.tests.items() if o.status == status}
 
     def of_class(self, simple_name: str) -> dict[str, Outcome]:
-        return {name: o for name, o in self.tests.items()
-                if name.split(".", 1)[0] == simple_name}
+        return {name: o for name, o in self.tests.items() if name.split(".", 1)[0] == simple_name}
 
     def counts(self) -> Counter:
         return Counter(outcome.status for outcome in self.tests.values())
@@ -105,9 +109,11 @@ class SinttestRun:
         for name, why in sorted(self.impossible_classes.items()):
             lines.append(f"{'impossible':10} {name} (class)  {why[:200]}")
         counts = self.counts()
-        lines.append(f"sinttest: {counts[PASSED]} passed, {counts[FAILED]} failed, "
-                     f"{counts[IMPOSSIBLE]} impossible, {len(self.impossible_classes)} "
-                     f"classes impossible; {self.seconds:.0f}s")
+        lines.append(
+            f"sinttest: {counts[PASSED]} passed, {counts[FAILED]} failed, "
+            f"{counts[IMPOSSIBLE]} impossible, {len(self.impossible_classes)} "
+            f"classes impossible; {self.seconds:.0f}s"
+        )
         return "\n".join(lines)
 
 
@@ -125,8 +131,7 @@ def parse(output: str) -> SinttestRun:
             if match["conn"] is None and "." in match["what"] and match["what"][0].islower():
                 run.impossible_classes[match["what"]] = match["why"]
             else:
-                run.tests[_name(match["what"], match["conn"] or "Normal")] = \
-                    Outcome(IMPOSSIBLE, match["why"])
+                run.tests[_name(match["what"], match["conn"] or "Normal")] = Outcome(IMPOSSIBLE, match["why"])
         elif match := _SUMMARY.search(line):
             run.summary = tuple(int(group) for group in match.groups())
     return run
@@ -140,11 +145,16 @@ def _name(test: str, connection: str) -> str:
 
 def resolve_sinttest(version: str = SMACK_VERSION, *, omemo: bool = False) -> Path:
     if omemo:
-        lib, _ = resolve_jars(POM, cache_root() / f"sinttest-omemo-{version}",
-                              f"smack-omemo-signal-{version}.jar", {"smack.version": version, "omemo": "true"})
+        lib, _ = resolve_jars(
+            POM,
+            cache_root() / f"sinttest-omemo-{version}",
+            f"smack-omemo-signal-{version}.jar",
+            {"smack.version": version, "omemo": "true"},
+        )
         return lib
-    lib, _ = resolve_jars(POM, cache_root() / f"sinttest-{version}",
-                          f"smack-integration-test-{version}.jar", {"smack.version": version})
+    lib, _ = resolve_jars(
+        POM, cache_root() / f"sinttest-{version}", f"smack-integration-test-{version}.jar", {"smack.version": version}
+    )
     return lib
 
 
@@ -154,23 +164,26 @@ def resolve_sinttest(version: str = SMACK_VERSION, *, omemo: bool = False) -> Pa
 FIXED_VERSION = "4.5.0-beta5"
 MUC_SOURCE = "org/jivesoftware/smackx/muc/MultiUserChat.java"
 _MUC_FIX = (
-    ("switch (presence.getType()) {",
-     "boolean wakeJoin = false;\ntry {\nswitch (presence.getType()) {"),
-    ("processedReflectedSelfPresence = true;\n"
-     "                        synchronized (this) {\n"
-     "                            notify();\n"
-     "                        }",
-     "wakeJoin = true;"),
-    ("listener.processPresence(presence);\n                }",
-     "listener.processPresence(presence);\n                }\n"
-     "} finally {\n"
-     "    if (wakeJoin) {\n"
-     "        processedReflectedSelfPresence = true;\n"
-     "        synchronized (this) {\n"
-     "            notify();\n"
-     "        }\n"
-     "    }\n"
-     "}"),
+    ("switch (presence.getType()) {", "boolean wakeJoin = false;\ntry {\nswitch (presence.getType()) {"),
+    (
+        "processedReflectedSelfPresence = true;\n"
+        "                        synchronized (this) {\n"
+        "                            notify();\n"
+        "                        }",
+        "wakeJoin = true;",
+    ),
+    (
+        "listener.processPresence(presence);\n                }",
+        "listener.processPresence(presence);\n                }\n"
+        "} finally {\n"
+        "    if (wakeJoin) {\n"
+        "        processedReflectedSelfPresence = true;\n"
+        "        synchronized (this) {\n"
+        "            notify();\n"
+        "        }\n"
+        "    }\n"
+        "}",
+    ),
 )
 
 
@@ -182,14 +195,19 @@ def muc_fix(lib: Path, version: str = SMACK_VERSION) -> Path:
     if (classes / MUC_SOURCE.replace(".java", ".class")).is_file():
         return classes
     if version != FIXED_VERSION:
-        raise RuntimeError(f"the MultiUserChat fix is written for Smack {FIXED_VERSION}, not {version}: check "
-                           "whether this Smack still wakes join() before its listeners (XMPPD_SINTTEST_STOCK=1)")
+        raise RuntimeError(
+            f"the MultiUserChat fix is written for Smack {FIXED_VERSION}, not {version}: check "
+            "whether this Smack still wakes join() before its listeners (XMPPD_SINTTEST_STOCK=1)"
+        )
     javac = shutil.which("javac")
     if javac is None:
         raise RuntimeError("javac (a JDK) is needed to build Smack's MultiUserChat fix")
-    sources, _ = resolve_jars(POM, home / "sources", f"smack-extensions-{version}-sources.jar",
-                              {"smack.version": version, "classifier": "sources",
-                               "includeArtifactIds": "smack-extensions"})
+    sources, _ = resolve_jars(
+        POM,
+        home / "sources",
+        f"smack-extensions-{version}-sources.jar",
+        {"smack.version": version, "classifier": "sources", "includeArtifactIds": "smack-extensions"},
+    )
     with zipfile.ZipFile(sources / f"smack-extensions-{version}-sources.jar") as jar:
         source = jar.read(MUC_SOURCE).decode()
     for stock, fixed in _MUC_FIX:
@@ -198,14 +216,27 @@ def muc_fix(lib: Path, version: str = SMACK_VERSION) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix="muc-fix.", dir=home))
     (scratch / "src").mkdir()
     (scratch / "src" / "MultiUserChat.java").write_text(source)
-    done = subprocess.run([javac, "-nowarn", "-encoding", "UTF-8", "-cp", f"{lib}/*", "-d",
-                           str(scratch / "classes"), str(scratch / "src" / "MultiUserChat.java")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            javac,
+            "-nowarn",
+            "-encoding",
+            "UTF-8",
+            "-cp",
+            f"{lib}/*",
+            "-d",
+            str(scratch / "classes"),
+            str(scratch / "src" / "MultiUserChat.java"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0:
         shutil.rmtree(scratch, ignore_errors=True)
         raise RuntimeError(f"javac could not build the MultiUserChat fix:\n{done.stderr[-3000:]}")
     try:
-        (scratch / "classes").rename(classes)       # another run may have built it meanwhile
+        (scratch / "classes").rename(classes)  # another run may have built it meanwhile
     except OSError:
         pass
     shutil.rmtree(scratch, ignore_errors=True)
@@ -230,16 +261,26 @@ def sinttest_server(directory: Path, extra_config: str = "") -> tuple[XmppdProce
     """An unstarted xmppd on port 5222 of a loopback address of its own, and that address."""
     address = free_loopback_address()
     server = XmppdProcess(
-        directory, extra_config=extra_config, port=XMPP_PORT,
-        c2s_section=f'interfaces = ["{address}"]\nrequire_encryption = false\n'
-                    'auth_failure_delay = 0.0')
+        directory,
+        extra_config=extra_config,
+        port=XMPP_PORT,
+        c2s_section=f'interfaces = ["{address}"]\nrequire_encryption = false\nauth_failure_delay = 0.0',
+    )
     return server, address
 
 
-def run_sinttest(server: XmppdProcess, address: str, *, enabled: tuple[str, ...] = (),
-                 disabled: tuple[str, ...] = (), reply_timeout_ms: int = 5000,
-                 timeout: float = 1800.0, debug: bool = False, omemo: bool = False,
-                 stock: bool = False) -> SinttestRun:
+def run_sinttest(
+    server: XmppdProcess,
+    address: str,
+    *,
+    enabled: tuple[str, ...] = (),
+    disabled: tuple[str, ...] = (),
+    reply_timeout_ms: int = 5000,
+    timeout: float = 1800.0,
+    debug: bool = False,
+    omemo: bool = False,
+    stock: bool = False,
+) -> SinttestRun:
     """Run the suite (the `enabled` test classes or Class.method names only, if given)
     against a started `server`; creates the host admin the suite makes accounts with.
     `omemo`: with Smack's OMEMO service registered (for the OMEMO classes). `stock`:
@@ -249,11 +290,14 @@ def run_sinttest(server: XmppdProcess, address: str, *, enabled: tuple[str, ...]
     try:
         server.adduser(*ADMIN)
     except ValueError:
-        pass                    # made by an earlier run on this server
+        pass  # made by an earlier run on this server
     properties = {
-        "service": server.domain, "host": address, "securityMode": "disabled",
+        "service": server.domain,
+        "host": address,
+        "securityMode": "disabled",
         "accountRegistration": "serviceAdministration",
-        "adminAccountUsername": ADMIN[0], "adminAccountPassword": ADMIN[1],
+        "adminAccountUsername": ADMIN[0],
+        "adminAccountPassword": ADMIN[1],
         "replyTimeout": str(reply_timeout_ms),
         "disabledConnections": ",".join(NO_WEBSOCKET),
     }
@@ -263,19 +307,30 @@ def run_sinttest(server: XmppdProcess, address: str, *, enabled: tuple[str, ...]
         properties["disabledTests"] = ",".join(disabled)
     if debug:
         properties["debugger"] = "console"
-    command = ["java", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-               f"-Djava.util.logging.SimpleFormatter.format={_LOG_FORMAT}",
-               *(f"-Dsinttest.{key}={value}" for key, value in properties.items()),
-               "-cp", classpath, str(OMEMO_MAIN) if omemo else MAIN]
+    command = [
+        "java",
+        "-Xmx512m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        f"-Djava.util.logging.SimpleFormatter.format={_LOG_FORMAT}",
+        *(f"-Dsinttest.{key}={value}" for key, value in properties.items()),
+        "-cp",
+        classpath,
+        str(OMEMO_MAIN) if omemo else MAIN,
+    ]
     began = time.monotonic()
     try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        done = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as expired:
-        output = expired.output if isinstance(expired.output, str) else \
-            (expired.output or b"").decode(errors="replace")
-        raise RuntimeError(f"sinttest did not finish within {timeout:.0f}s:\n"
-                           f"{output[-5000:]}") from None
+        output = expired.output if isinstance(expired.output, str) else (expired.output or b"").decode(errors="replace")
+        raise RuntimeError(f"sinttest did not finish within {timeout:.0f}s:\n{output[-5000:]}") from None
     run = parse(done.stdout)
     run.returncode = done.returncode
     run.seconds = time.monotonic() - began
@@ -288,11 +343,15 @@ def main(argv: list[str]) -> None:
         server, address = sinttest_server(Path(directory))
         server.start()
         try:
-            run = run_sinttest(server, address, enabled=enabled,
-                               reply_timeout_ms=int(os.environ.get("XMPPD_SINTTEST_TIMEOUT_MS", "5000")),
-                               debug=bool(os.environ.get("XMPPD_SINTTEST_DEBUG")),
-                               omemo=bool(os.environ.get("XMPPD_SINTTEST_OMEMO")),
-                               stock=bool(os.environ.get("XMPPD_SINTTEST_STOCK")))
+            run = run_sinttest(
+                server,
+                address,
+                enabled=enabled,
+                reply_timeout_ms=int(os.environ.get("XMPPD_SINTTEST_TIMEOUT_MS", "5000")),
+                debug=bool(os.environ.get("XMPPD_SINTTEST_DEBUG")),
+                omemo=bool(os.environ.get("XMPPD_SINTTEST_OMEMO")),
+                stock=bool(os.environ.get("XMPPD_SINTTEST_STOCK")),
+            )
         finally:
             server.stop()
             log = os.environ.get("XMPPD_SINTTEST_LOG")

@@ -3,6 +3,7 @@
 A raw socket gives the control these tests need: when to ack, how many stanzas the
 client admits to have handled, and an abrupt TCP drop (`drop`) with no stream close.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,10 @@ async def authenticated(server, user: str, password: str = "secret") -> tuple[Ra
 
 
 async def bind(client: RawClient, resource: str) -> str:
-    await client.send(f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                      f"<resource>{resource}</resource></bind></iq>")
+    await client.send(
+        f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+        f"<resource>{resource}</resource></bind></iq>"
+    )
     client.jid = (await client.expect(r"<jid>([^<]+)</jid>")).group(1)
     await client.expect(r"</iq>")
     return client.jid
@@ -54,8 +57,9 @@ def attribute(attributes: str, name: str) -> str | None:
     return match.group(1) if match else None
 
 
-async def managed_login(server, user: str, resource: str, *, max_: int | None = None,
-                        presence: bool = True) -> tuple[RawClient, str]:
+async def managed_login(
+    server, user: str, resource: str, *, max_: int | None = None, presence: bool = True
+) -> tuple[RawClient, str]:
     """Logged in, bound, stream management enabled with resumption, and (with
     `presence`) available: the presence echo is the one stanza handled so far.
     Returns the client and its SM-ID."""
@@ -68,7 +72,7 @@ async def managed_login(server, user: str, resource: str, *, max_: int | None = 
     return client, attribute(enabled.group(1), "id")
 
 
-async def coming_online(server, user: str, resource: str, **reader_options) -> tuple["StanzaStream", str]:
+async def coming_online(server, user: str, resource: str, **reader_options) -> tuple[StanzaStream, str]:
     """A XEP-0198 client that logs in and sends its initial presence: a StanzaStream of
     what comes (its offline queue first), and its SM-ID."""
     client, sm_id = await managed_login(server, user, resource, presence=False)
@@ -80,7 +84,7 @@ async def ping(client: RawClient, ping_id: str) -> str:
     """Ping the server; return everything received before the answer (a sync point)."""
     await client.send(f"<iq type='get' id='{ping_id}'><ping xmlns='urn:xmpp:ping'/></iq>")
     match = await client.expect(rf"""<iq[^>]*\bid=["']{ping_id}["'][^>]*(/>|>.*?</iq>)""")
-    return match.string[:match.start()]
+    return match.string[: match.start()]
 
 
 def drop(client: RawClient) -> None:
@@ -99,20 +103,27 @@ class StanzaStream:
     messages kept in order. `pace` makes it a slow reader: at most `chunk` bytes per
     `pace` seconds, with a small socket receive buffer (the server's output backs up)."""
 
-    def __init__(self, client: RawClient, handled: int = 0, *, chunk: int = 65536, pace: float = 0.0,
-                 resumed: "StanzaStream | None" = None):
+    def __init__(
+        self,
+        client: RawClient,
+        handled: int = 0,
+        *,
+        chunk: int = 65536,
+        pace: float = 0.0,
+        resumed: StanzaStream | None = None,
+    ):
         """With `resumed`, the stream this one resumes: its counts and what it saw go on."""
         self.client = client
         self.handled = resumed.handled if resumed else handled
         self.chunk = chunk
         self.pace = pace
         self.message_ids: list[str] = resumed.message_ids if resumed else []
-        self.arrivals: list[tuple[str, int]] = resumed.arrivals if resumed else []   # (message id, its 'h')
-        self.iqs: dict[str, etree._Element] = {}         # the iqs received, by id
-        self.archived_ids: list[str] = []                  # of the messages in XEP-0313 results
-        self.errors: dict[str, str] = {}                   # message id -> the error's condition
-        self.acked = self.handled                          # the last 'h' sent to the server
-        self.confirmed = self.handled                      # the last 'h' it surely had (a round trip after it)
+        self.arrivals: list[tuple[str, int]] = resumed.arrivals if resumed else []  # (message id, its 'h')
+        self.iqs: dict[str, etree._Element] = {}  # the iqs received, by id
+        self.archived_ids: list[str] = []  # of the messages in XEP-0313 results
+        self.errors: dict[str, str] = {}  # message id -> the error's condition
+        self.acked = self.handled  # the last 'h' sent to the server
+        self.confirmed = self.handled  # the last 'h' it surely had (a round trip after it)
         self.parser = etree.XMLPullParser(events=("start", "end"), resolve_entities=False)
         self.parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
         self.depth = 0
@@ -133,7 +144,7 @@ class StanzaStream:
             return False
         self._take(data)
         if self.pace:
-            await asyncio.sleep(self.pace)         # the reading speed, not a synchronisation
+            await asyncio.sleep(self.pace)  # the reading speed, not a synchronisation
         return True
 
     async def ping(self, ping_id: str, timeout: float = 30) -> None:
@@ -179,7 +190,7 @@ class StanzaStream:
                 elif element.tag == IQ:
                     self.iqs[element.get("id")] = element
             elif element.tag == f"{{{NS_SM}}}r":
-                answers.append(f"<a xmlns='{NS_SM}' h='{self.handled % 2 ** 32}'/>")
+                answers.append(f"<a xmlns='{NS_SM}' h='{self.handled % 2**32}'/>")
                 self.acked = self.handled
             element.getparent().remove(element)
         if answers:

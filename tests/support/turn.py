@@ -9,6 +9,7 @@ request the way a client does: unauthenticated first, then again with the realm 
 nonce of the 401 and the long-term credential's MESSAGE-INTEGRITY; it returns the final
 response's class (success or the error code).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,7 @@ ALLOCATE_REQUEST, ALLOCATE_SUCCESS, ALLOCATE_ERROR = 0x0003, 0x0103, 0x0113
 USERNAME, MESSAGE_INTEGRITY, ERROR_CODE, REALM, NONCE = 0x0006, 0x0008, 0x0009, 0x0014, 0x0015
 REQUESTED_TRANSPORT, XOR_RELAYED_ADDRESS = 0x0019, 0x0016
 UDP = 17
-TIMEOUT = 2.0            # seconds one request waits for its response (UDP: then sent again)
+TIMEOUT = 2.0  # seconds one request waits for its response (UDP: then sent again)
 ATTEMPTS = 5
 START_TIMEOUT = 10.0
 
@@ -39,7 +40,7 @@ START_TIMEOUT = 10.0
 class Response:
     type: int
     attributes: dict[int, bytes] = field(default_factory=dict)
-    integrity_ok: bool = False           # its MESSAGE-INTEGRITY matches the key it was checked with
+    integrity_ok: bool = False  # its MESSAGE-INTEGRITY matches the key it was checked with
 
     @property
     def error_code(self) -> int | None:
@@ -68,18 +69,28 @@ def decode(data: bytes, key: bytes | None = None) -> tuple[bytes, Response]:
     response = Response(kind)
     offset = 20
     while offset < 20 + length:
-        attribute, size = struct.unpack("!HH", data[offset:offset + 4])
-        value = data[offset + 4:offset + 4 + size]
+        attribute, size = struct.unpack("!HH", data[offset : offset + 4])
+        value = data[offset + 4 : offset + 4 + size]
         if attribute == MESSAGE_INTEGRITY and key is not None:
             header = struct.pack("!HHI", kind, offset - 20 + 24, MAGIC_COOKIE) + data[8:20]
-            response.integrity_ok = hmac.compare_digest(value, hmac.new(key, header + data[20:offset], hashlib.sha1).digest())
+            response.integrity_ok = hmac.compare_digest(
+                value, hmac.new(key, header + data[20:offset], hashlib.sha1).digest()
+            )
         response.attributes.setdefault(attribute, value)
         offset += 4 + size + (-size % 4)
     return data[8:20], response
 
 
-def request(sock: socket.socket, address: tuple[str, int], kind: int, attributes: list[tuple[int, bytes]],
-            key: bytes | None = None, *, attempts: int = ATTEMPTS, timeout: float = TIMEOUT) -> Response:
+def request(
+    sock: socket.socket,
+    address: tuple[str, int],
+    kind: int,
+    attributes: list[tuple[int, bytes]],
+    key: bytes | None = None,
+    *,
+    attempts: int = ATTEMPTS,
+    timeout: float = TIMEOUT,
+) -> Response:
     """One transaction over UDP, sent again on silence (RFC 5389 7.2.1), bounded in attempts.
     A TURN server keeps its nonce per client address: one socket serves an allocation."""
     transaction = os.urandom(12)
@@ -92,7 +103,7 @@ def request(sock: socket.socket, address: tuple[str, int], kind: int, attributes
                 received, response = decode(sock.recv(2048), key)
                 if received == transaction:
                     return response
-        except socket.timeout:
+        except TimeoutError:
             continue
     raise TimeoutError(f"no STUN response from {address} after {attempts} attempts")
 
@@ -115,8 +126,13 @@ def allocate(host: str, port: int, username: str, password: str) -> Response:
         assert challenge.error_code == 401, f"expected a 401 challenge, got {challenge}"
         realm, nonce = challenge.attributes[REALM], challenge.attributes[NONCE]
         key = long_term_key(username, realm.decode(), password)
-        return request(sock, (host, port), ALLOCATE_REQUEST,
-                       transport + [(USERNAME, username.encode()), (REALM, realm), (NONCE, nonce)], key)
+        return request(
+            sock,
+            (host, port),
+            ALLOCATE_REQUEST,
+            transport + [(USERNAME, username.encode()), (REALM, realm), (NONCE, nonce)],
+            key,
+        )
 
 
 class TurnServer:
@@ -130,13 +146,39 @@ class TurnServer:
         relay = free_port()
         self.log_path = directory / "turnserver.log"
         self.process = subprocess.Popen(
-            [binary, "-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1",
-             "--listening-port", str(self.port), "--min-port", str(relay), "--max-port", str(relay + 10),
-             "--use-auth-secret", "--static-auth-secret", secret, "--realm", realm,
-             "--no-tls", "--no-dtls", "--no-cli", "--no-tcp-relay",
-             "--userdb", str(directory / "turndb"), "--pidfile", str(directory / "turnserver.pid"),
-             "--log-file", str(self.log_path), "--simple-log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [
+                binary,
+                "-n",
+                "--listening-ip",
+                "127.0.0.1",
+                "--relay-ip",
+                "127.0.0.1",
+                "--listening-port",
+                str(self.port),
+                "--min-port",
+                str(relay),
+                "--max-port",
+                str(relay + 10),
+                "--use-auth-secret",
+                "--static-auth-secret",
+                secret,
+                "--realm",
+                realm,
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--no-tcp-relay",
+                "--userdb",
+                str(directory / "turndb"),
+                "--pidfile",
+                str(directory / "turnserver.pid"),
+                "--log-file",
+                str(self.log_path),
+                "--simple-log",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -150,7 +192,10 @@ class TurnServer:
                 raise RuntimeError(f"turnserver exited:\n{self.log}")
             try:
                 with udp_socket() as sock:
-                    if request(sock, ("127.0.0.1", self.port), BINDING_REQUEST, [], attempts=1, timeout=0.2).type == BINDING_SUCCESS:
+                    if (
+                        request(sock, ("127.0.0.1", self.port), BINDING_REQUEST, [], attempts=1, timeout=0.2).type
+                        == BINDING_SUCCESS
+                    ):
                         return
             except TimeoutError:
                 pass

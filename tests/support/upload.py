@@ -1,5 +1,6 @@
 """XEP-0363 from the client's side, for the upload tests: slot requests as raw iqs (so
 that bad ones can be sent too), PUT and GET with aiohttp, and the server's memory."""
+
 from __future__ import annotations
 
 import random
@@ -18,7 +19,7 @@ MiB = 1024 * KiB
 @dataclass
 class Slot:
     put_url: str
-    headers: dict[str, str]            # the <header/> elements
+    headers: dict[str, str]  # the <header/> elements
     get_url: str
 
 
@@ -27,21 +28,29 @@ class SlotRefused(Exception):
         self.iq = iq.xml
         error = self.iq.find("{jabber:client}error")
         self.type = error.get("type")
-        self.condition = next(child.tag.split("}")[1] for child in error if child.tag.startswith(f"{{{NS_STANZAS}}}")
-                              and not child.tag.endswith("}text"))
+        self.condition = next(
+            child.tag.split("}")[1]
+            for child in error
+            if child.tag.startswith(f"{{{NS_STANZAS}}}") and not child.tag.endswith("}text")
+        )
         super().__init__(f"{self.condition} ({self.type})")
 
     def find(self, path: str):
         return self.iq.find(f"{{jabber:client}}error/{path}")
 
 
-async def request_slot(client, service: str, filename: str | None, size, content_type: str | None = None,
-                       **extra: str) -> Slot:
+async def request_slot(
+    client, service: str, filename: str | None, size, content_type: str | None = None, **extra: str
+) -> Slot:
     """A slot from `service`; SlotRefused with the error when there is none. None leaves
     an attribute out."""
     iq = client.make_iq_get(ito=service)
-    attributes = {"filename": filename, "size": None if size is None else str(size),
-                  "content-type": content_type, **extra}
+    attributes = {
+        "filename": filename,
+        "size": None if size is None else str(size),
+        "content-type": content_type,
+        **extra,
+    }
     iq.xml.append(ET.Element(f"{{{NS_UPLOAD}}}request", {k: v for k, v in attributes.items() if v is not None}))
     try:
         answer = await iq.send(timeout=10)
@@ -63,8 +72,9 @@ def http() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False), auto_decompress=False)
 
 
-async def put(session, slot: Slot, data: bytes, content_type: str | None = "application/octet-stream",
-              **headers: str) -> aiohttp.ClientResponse:
+async def put(
+    session, slot: Slot, data: bytes, content_type: str | None = "application/octet-stream", **headers: str
+) -> aiohttp.ClientResponse:
     """PUT as a client does: Content-Length, Content-Type and the slot's headers."""
     sent = {"Content-Length": str(len(data)), **slot.headers, **headers}
     if content_type is not None:
@@ -74,8 +84,14 @@ async def put(session, slot: Slot, data: bytes, content_type: str | None = "appl
         return response
 
 
-async def upload(client, service: str, session, data: bytes, filename: str = "file.bin",
-                 content_type: str = "application/octet-stream") -> Slot:
+async def upload(
+    client,
+    service: str,
+    session,
+    data: bytes,
+    filename: str = "file.bin",
+    content_type: str = "application/octet-stream",
+) -> Slot:
     slot = await request_slot(client, service, filename, len(data), content_type)
     response = await put(session, slot, data, content_type)
     assert response.status in (200, 201), (response.status, await response.text())

@@ -5,6 +5,7 @@ stream: `send` sends one message, `expect` matches what the messages received so
 (joined), so RawClient's SASL (PLAIN, SCRAM) runs unchanged. `messages` keeps every
 message received, to check the framing itself.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,15 +30,21 @@ class WebSocketClient(RawClient):
         self.socket: aiohttp.ClientWebSocketResponse | None = None
         self.messages: list[str] = []
 
-    async def connect_to(self, address: str, *, origin: str | None = None,
-                         protocols: tuple[str, ...] = ("xmpp",)) -> WebSocketClient:
+    async def connect_to(
+        self, address: str, *, origin: str | None = None, protocols: tuple[str, ...] = ("xmpp",)
+    ) -> WebSocketClient:
         """Open the WebSocket; raises aiohttp.WSServerHandshakeError when refused."""
         self.session = aiohttp.ClientSession()
         headers = {"Origin": origin} if origin else {}
         try:
             self.socket = await self.session.ws_connect(
-                address, protocols=protocols, headers=headers, ssl=client_context(),
-                timeout=aiohttp.ClientWSTimeout(ws_close=TIMEOUT), autoping=True)
+                address,
+                protocols=protocols,
+                headers=headers,
+                ssl=client_context(),
+                timeout=aiohttp.ClientWSTimeout(ws_close=TIMEOUT),
+                autoping=True,
+            )
         except BaseException:
             await self.session.close()
             raise
@@ -61,7 +68,7 @@ class WebSocketClient(RawClient):
             while True:
                 match = regex.search(self.buffer)
                 if match:
-                    self.buffer = self.buffer[match.end():]
+                    self.buffer = self.buffer[match.end() :]
                     return match
                 await self._receive()
 
@@ -69,12 +76,14 @@ class WebSocketClient(RawClient):
 
     async def closed(self, timeout: float = TIMEOUT) -> str:
         """Wait until the server closes the WebSocket; return what it sent meanwhile."""
+
         async def drain():
             while True:
                 try:
                     await self._receive()
                 except ConnectionError:
                     return self.buffer
+
         return await asyncio.wait_for(drain(), timeout)
 
     async def open_stream(self) -> re.Match:
@@ -82,14 +91,24 @@ class WebSocketClient(RawClient):
         await self.expect(r"<open [^>]*/>")
         return await self.expect(r"<stream:features[^>]*>(.*?)</stream:features>")
 
-    async def login_to(self, address: str, user: str, password: str, *, resource: str = "web",
-                       mechanism: str = "SCRAM-SHA-256", origin: str | None = None) -> WebSocketClient:
+    async def login_to(
+        self,
+        address: str,
+        user: str,
+        password: str,
+        *,
+        resource: str = "web",
+        mechanism: str = "SCRAM-SHA-256",
+        origin: str | None = None,
+    ) -> WebSocketClient:
         await self.connect_to(address, origin=origin)
         await self.open_stream()
         await self.authenticate(user, password, mechanism)
         await self.open_stream()
-        await self.send(f"<iq type='set' id='bind' xmlns='jabber:client'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                        f"<resource>{resource}</resource></bind></iq>")
+        await self.send(
+            f"<iq type='set' id='bind' xmlns='jabber:client'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            f"<resource>{resource}</resource></bind></iq>"
+        )
         self.jid = (await self.expect(r"<jid>([^<]+)</jid>")).group(1)
         await self.expect(r"</iq>")
         return self

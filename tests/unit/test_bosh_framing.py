@@ -1,5 +1,6 @@
 """XEP-0124/0206 bodies, sans-IO: request bodies parsed (bad ones refused with their
 binding condition), turned into the events of XmlStream, and answers wrapped."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,8 +11,10 @@ from xmppd.protocol.stream import StanzaReceived, StreamClosed, StreamErrorDetec
 
 NS = "http://jabber.org/protocol/httpbind"
 XBOSH = "urn:xmpp:xbosh"
-CREATE = (f"<body xmlns='{NS}' xmlns:xmpp='{XBOSH}' rid='100' to='localhost' xml:lang='en' wait='60' hold='1' "
-          "xmpp:version='1.0'/>").encode()
+CREATE = (
+    f"<body xmlns='{NS}' xmlns:xmpp='{XBOSH}' rid='100' to='localhost' xml:lang='en' wait='60' hold='1' "
+    "xmpp:version='1.0'/>"
+).encode()
 
 
 def body(payload: str = "", attributes: str = "", rid: int = 101) -> bytes:
@@ -29,7 +32,9 @@ def test_creation_restart_payloads_and_terminate_become_the_events_of_a_stream()
     framing.receive_data(parse_body(body(attributes="xmpp:restart='true'", rid=102)))
     # The restart keeps the creation request's header (clients send no xmpp:version again).
     assert framing.events() == [StreamOpened({"to": "localhost", "lang": "en", "version": "1.0"})]
-    framing.receive_data(parse_body(body("<presence xmlns='jabber:client' type='unavailable'/>", "type='terminate'", 103)))
+    framing.receive_data(
+        parse_body(body("<presence xmlns='jabber:client' type='unavailable'/>", "type='terminate'", 103))
+    )
     presence, closed = framing.events()
     assert etree.tostring(presence.element) == b'<presence xmlns="jabber:client" type="unavailable"/>'
     assert closed == StreamClosed()
@@ -58,23 +63,26 @@ def test_payloads_do_not_carry_the_declarations_of_the_body():
     assert etree.tostring(message) == b'<message xmlns="jabber:client" to="a@localhost"/>'
 
 
-@pytest.mark.parametrize("data, condition", [
-    (b"<body xmlns='urn:other' rid='1'/>", "bad-request"),
-    (f"<body xmlns='{NS}'/>".encode(), "bad-request"),                        # no rid
-    (f"<body xmlns='{NS}' rid='0'/>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='{MAX_RID + 1}'/>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='-3'/>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='1'>text</body>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='1'><a xmlns='x'/>text</body>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='1'/><body xmlns='{NS}' rid='2'/>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='1'><message>".encode(), "bad-request"),
-    (f"<!DOCTYPE body><body xmlns='{NS}' rid='1'/>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='1'><!-- c --></body>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='1'><?pi x?></body>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='1'><a xmlns='x'>&ent;</a></body>".encode(), "bad-request"),
-    (f"<body xmlns='{NS}' rid='1'><a xmlns='x'>{'y' * 20000}</a></body>".encode(), "policy-violation"),
-    (b"", "bad-request"),
-])
+@pytest.mark.parametrize(
+    "data, condition",
+    [
+        (b"<body xmlns='urn:other' rid='1'/>", "bad-request"),
+        (f"<body xmlns='{NS}'/>".encode(), "bad-request"),  # no rid
+        (f"<body xmlns='{NS}' rid='0'/>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='{MAX_RID + 1}'/>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='-3'/>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='1'>text</body>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='1'><a xmlns='x'/>text</body>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='1'/><body xmlns='{NS}' rid='2'/>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='1'><message>".encode(), "bad-request"),
+        (f"<!DOCTYPE body><body xmlns='{NS}' rid='1'/>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='1'><!-- c --></body>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='1'><?pi x?></body>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='1'><a xmlns='x'>&ent;</a></body>".encode(), "bad-request"),
+        (f"<body xmlns='{NS}' rid='1'><a xmlns='x'>{'y' * 20000}</a></body>".encode(), "policy-violation"),
+        (b"", "bad-request"),
+    ],
+)
 def test_bad_bodies_are_refused_with_their_condition(data, condition):
     with pytest.raises(BoshError) as refused:
         parse_body(data, max_bytes=10000)
@@ -93,8 +101,12 @@ def test_an_xml_declaration_is_allowed():
 
 def test_wrap():
     assert etree.fromstring(wrap()).tag == f"{{{NS}}}body"
-    answer = etree.fromstring(wrap(b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'/>",
-                                   {"sid": "abc", "xmpp:version": "1.0", "type": "terminate"}))
+    answer = etree.fromstring(
+        wrap(
+            b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'/>",
+            {"sid": "abc", "xmpp:version": "1.0", "type": "terminate"},
+        )
+    )
     assert answer.get("sid") == "abc" and answer.get(f"{{{XBOSH}}}version") == "1.0"
     assert answer[0].tag == "{http://etherx.jabber.org/streams}features"
 

@@ -1,6 +1,7 @@
 """The BOSH session of xmppd/bosh.py without HTTP: bodies given to `receive` in any
 order reach the connection in rid order, answers go out in rid order, repeated rids get
 their answer again, and the window, hold and inactivity rules hold."""
+
 import asyncio
 from types import SimpleNamespace
 
@@ -54,11 +55,11 @@ async def test_bodies_are_handed_on_in_rid_order():
     transport = await started()
     second = asyncio.create_task(transport.receive(body(102, "<iq xmlns='jabber:client' id='b' type='get'/>")))
     await asyncio.sleep(0)
-    assert not transport._bodies                          # 102 waits for 101
+    assert not transport._bodies  # 102 waits for 101
     first = asyncio.create_task(transport.receive(body(101, "<iq xmlns='jabber:client' id='a' type='get'/>")))
     await asyncio.sleep(0)
     assert [(await transport.read()).payloads[0].get("id") for _ in range(2)] == ["a", "b"]
-    assert (await asyncio.wait_for(first, 1))[0] == 200     # answered when 102 came (hold 1)
+    assert (await asyncio.wait_for(first, 1))[0] == 200  # answered when 102 came (hold 1)
     assert not second.done()
     transport.write(b"<iq xmlns='jabber:client' id='b' type='result'/>")
     assert payloads(await asyncio.wait_for(second, 1)) == ["iq"]
@@ -72,9 +73,9 @@ async def test_a_repeated_rid_gets_its_answer_and_one_past_the_window_ends_the_s
     answer = await asyncio.wait_for(held, 1)
     assert payloads(answer) == ["message"]
     assert await transport.receive(body(101)) == answer
-    status, content = await transport.receive(body(104))    # window: 102 and 103
+    status, content = await transport.receive(body(104))  # window: 102 and 103
     assert status == 200 and etree.fromstring(content).get("condition") == "item-not-found"
-    assert await transport.read() == b""                     # the connection ends
+    assert await transport.read() == b""  # the connection ends
 
 
 async def test_an_old_rid_no_longer_kept_is_item_not_found():
@@ -84,13 +85,13 @@ async def test_an_old_rid_no_longer_kept_is_item_not_found():
         await asyncio.sleep(0)
         transport.write(b"<message xmlns='jabber:client'/>")
         await asyncio.wait_for(task, 1)
-    status, content = await transport.receive(body(101))     # only 'requests' answers are kept
+    status, content = await transport.receive(body(101))  # only 'requests' answers are kept
     assert etree.fromstring(content).get("condition") == "item-not-found"
 
 
 async def test_a_session_without_requests_is_dropped_after_inactivity():
     transport = await started(inactivity=2)
-    transport.inactivity = 0.05                              # below what the config allows
+    transport.inactivity = 0.05  # below what the config allows
     transport._start_inactivity(transport.inactivity)
     assert await asyncio.wait_for(transport.read(), 1) == b""
     assert transport.endpoint.forgotten == [transport]
@@ -110,12 +111,21 @@ async def test_output_past_the_buffer_congests_until_a_request_takes_it():
     assert not transport.congested
 
 
-@pytest.mark.parametrize("stream_error, condition", [
-    (b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'>"
-     b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>", "remote-stream-error"),
-    (b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'>"
-     b"<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>", "system-shutdown"),
-])
+@pytest.mark.parametrize(
+    "stream_error, condition",
+    [
+        (
+            b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'>"
+            b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+            "remote-stream-error",
+        ),
+        (
+            b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'>"
+            b"<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+            "system-shutdown",
+        ),
+    ],
+)
 async def test_a_stream_error_ends_the_session_with_its_condition(stream_error, condition):
     transport = await started()
     held = asyncio.create_task(transport.receive(body(101)))

@@ -1,4 +1,5 @@
 """XEP-0004 data forms: building, reading submissions, validating them."""
+
 import pytest
 from lxml import etree
 
@@ -14,10 +15,17 @@ def submission(fields: str, type_: str = "submit") -> etree._Element:
 
 
 def test_build_puts_form_type_first_and_writes_every_part():
-    x = forms.build("form", title="Adding a User", instructions="line one\nline two", form_type="urn:test",
-                    fields=[Field("accountjid", "jid-single", "The JID", required=True),
-                            Field("max", "list-single", "Most", ("25",), options=("25", ("none", "None"))),
-                            Field("note", "fixed", values=("read me",), desc="why")])
+    x = forms.build(
+        "form",
+        title="Adding a User",
+        instructions="line one\nline two",
+        form_type="urn:test",
+        fields=[
+            Field("accountjid", "jid-single", "The JID", required=True),
+            Field("max", "list-single", "Most", ("25",), options=("25", ("none", "None"))),
+            Field("note", "fixed", values=("read me",), desc="why"),
+        ],
+    )
     assert x.tag == f"{{{NS}}}x" and x.get("type") == "form"
     assert x.findtext(f"{{{NS}}}title") == "Adding a User"
     assert [i.text for i in x.findall(f"{{{NS}}}instructions")] == ["line one", "line two"]
@@ -32,49 +40,76 @@ def test_build_puts_form_type_first_and_writes_every_part():
 
 
 def test_build_a_table():
-    x = forms.build("result", reported=[Field("jid", None, "JID")],
-                    items=[[Field("jid", None, values=("a@b",))], [Field("jid", None, values=("c@d",))]])
+    x = forms.build(
+        "result",
+        reported=[Field("jid", None, "JID")],
+        items=[[Field("jid", None, values=("a@b",))], [Field("jid", None, values=("c@d",))]],
+    )
     assert x.find(f"{{{NS}}}reported/{{{NS}}}field").get("var") == "jid"
     assert [i.findtext(f"{{{NS}}}field/{{{NS}}}value") for i in x.findall(f"{{{NS}}}item")] == ["a@b", "c@d"]
 
 
 def test_parse_reads_every_value():
-    data = forms.parse(submission(f"<field var='FORM_TYPE'><value>urn:test</value></field>"
-                                  "<field var='lines'><value>one</value><value/><value>three</value></field>"
-                                  "<field var='empty'/>"), form_type="urn:test")
+    data = forms.parse(
+        submission(
+            "<field var='FORM_TYPE'><value>urn:test</value></field>"
+            "<field var='lines'><value>one</value><value/><value>three</value></field>"
+            "<field var='empty'/>"
+        ),
+        form_type="urn:test",
+    )
     assert data == {"FORM_TYPE": ["urn:test"], "lines": ["one", "", "three"], "empty": []}
     assert forms.text(data, "lines") == "one\n\nthree"
 
 
-@pytest.mark.parametrize("xml,kwargs", [
-    ("<x xmlns='jabber:x:data' type='form'/>", {}),                               # not a submission
-    ("<x xmlns='urn:other' type='submit'/>", {}),                                 # not a data form
-    (f"<x xmlns='{NS}' type='submit'><field><value>1</value></field></x>", {}),   # no var
-    (f"<x xmlns='{NS}' type='submit'><field var='a'/><field var='a'/></x>", {}),  # twice
-    (f"<x xmlns='{NS}' type='submit'><field var='FORM_TYPE'><value>urn:x</value></field></x>",
-     {"form_type": "urn:test"}),
-])
+@pytest.mark.parametrize(
+    "xml,kwargs",
+    [
+        ("<x xmlns='jabber:x:data' type='form'/>", {}),  # not a submission
+        ("<x xmlns='urn:other' type='submit'/>", {}),  # not a data form
+        (f"<x xmlns='{NS}' type='submit'><field><value>1</value></field></x>", {}),  # no var
+        (f"<x xmlns='{NS}' type='submit'><field var='a'/><field var='a'/></x>", {}),  # twice
+        (
+            f"<x xmlns='{NS}' type='submit'><field var='FORM_TYPE'><value>urn:x</value></field></x>",
+            {"form_type": "urn:test"},
+        ),
+    ],
+)
 def test_parse_refuses_malformed_submissions(xml, kwargs):
     with pytest.raises(BadRequest):
         forms.parse(etree.fromstring(xml), **kwargs)
 
 
 def test_find_by_form_type():
-    parent = etree.fromstring(f"<command xmlns='urn:c'><x xmlns='{NS}' type='submit'/>"
-                              f"<x xmlns='{NS}' type='submit'><field var='FORM_TYPE'><value>urn:b</value></field></x></command>")
+    parent = etree.fromstring(
+        f"<command xmlns='urn:c'><x xmlns='{NS}' type='submit'/>"
+        f"<x xmlns='{NS}' type='submit'><field var='FORM_TYPE'><value>urn:b</value></field></x></command>"
+    )
     assert forms.find(parent) is parent[0]
     assert forms.find(parent, "urn:b") is parent[1]
     assert forms.find(parent, "urn:c") is None
 
 
-OFFERED = [Field("jid", "jid-single", required=True), Field("flag", "boolean"),
-           Field("size", "list-single", options=("1", "2")), Field("jids", "jid-multi")]
+OFFERED = [
+    Field("jid", "jid-single", required=True),
+    Field("flag", "boolean"),
+    Field("size", "list-single", options=("1", "2")),
+    Field("jids", "jid-multi"),
+]
 
 
-@pytest.mark.parametrize("data", [
-    {}, {"jid": [" "]}, {"jid": ["not a jid@"]}, {"jid": ["a@b", "c@d"]}, {"jid": ["a@b"], "flag": ["yes"]},
-    {"jid": ["a@b"], "size": ["3"]}, {"jid": ["a@b"], "jids": ["x@y", "@bad"]},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"jid": [" "]},
+        {"jid": ["not a jid@"]},
+        {"jid": ["a@b", "c@d"]},
+        {"jid": ["a@b"], "flag": ["yes"]},
+        {"jid": ["a@b"], "size": ["3"]},
+        {"jid": ["a@b"], "jids": ["x@y", "@bad"]},
+    ],
+)
 def test_check_refuses_what_the_form_does_not_allow(data):
     with pytest.raises(BadRequest):
         forms.check(data, OFFERED)

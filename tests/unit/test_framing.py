@@ -1,5 +1,6 @@
 """RFC 7395 framing, sans-IO: WebSocket messages in, the events of XmlStream out; the
 bytes the server writes into a TCP stream out as one message per element."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -8,8 +9,15 @@ from lxml import etree
 from xmppd.protocol.errors import LocalProtocolError
 from xmppd.protocol.framing import CLOSE_MESSAGE, WebSocketFraming, frames
 from xmppd.protocol.negotiation import stream_error
-from xmppd.protocol.stream import (STREAM_CLOSE, StanzaReceived, StreamClosed, StreamErrorDetected, StreamOpened,
-                                   serialize, stream_header)
+from xmppd.protocol.stream import (
+    STREAM_CLOSE,
+    StanzaReceived,
+    StreamClosed,
+    StreamErrorDetected,
+    StreamOpened,
+    serialize,
+    stream_header,
+)
 
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 OPEN = f"<open xmlns='{NS_FRAMING}' to='localhost' version='1.0' xml:lang='en'/>".encode()
@@ -41,18 +49,21 @@ def test_whitespace_only_message_is_ignored():
     assert framing.events() == []
 
 
-@pytest.mark.parametrize("message", [
-    b"<a xmlns='urn:x'/><b xmlns='urn:x'/>",                 # two elements
-    b"<message xmlns='jabber:client'>",                       # half an element
-    b"<a xmlns='urn:x'/><b xmlns='urn:x'>",                   # one and a half
-    b"<a xmlns='urn:x'/>text",                                # character data after it
-    b"text",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"<a xmlns='urn:x'/><b xmlns='urn:x'/>",  # two elements
+        b"<message xmlns='jabber:client'>",  # half an element
+        b"<a xmlns='urn:x'/><b xmlns='urn:x'>",  # one and a half
+        b"<a xmlns='urn:x'/>text",  # character data after it
+        b"text",
+    ],
+)
 def test_a_message_that_is_not_one_whole_element_is_not_well_formed(message):
     framing = opened()
     framing.receive_data(message)
     assert framing.events() == [StreamErrorDetected("not-well-formed", ONE_ELEMENT)]
-    framing.receive_data(b"<a xmlns='urn:x'/>")                 # nothing after the error
+    framing.receive_data(b"<a xmlns='urn:x'/>")  # nothing after the error
     assert framing.events() == []
 
 
@@ -71,8 +82,9 @@ def test_the_stream_limits_and_rules_hold():
 def test_the_stream_must_begin_with_open():
     framing = WebSocketFraming()
     framing.receive_data(b"<message xmlns='jabber:client'/>")
-    assert framing.events() == [StreamErrorDetected(
-        "invalid-namespace", f"the stream must begin with <open/> of {NS_FRAMING}")]
+    assert framing.events() == [
+        StreamErrorDetected("invalid-namespace", f"the stream must begin with <open/> of {NS_FRAMING}")
+    ]
 
 
 def test_reset_awaits_a_new_open():
@@ -87,12 +99,18 @@ def test_reset_awaits_a_new_open():
 
 
 def test_frames_are_whole_elements_with_their_namespaces():
-    stanza = etree.fromstring("<message xmlns='jabber:client' to='a@b' id='x&gt;y xmlns=z'><body>a&gt;b</body>"
-                              "<x xmlns='urn:y'/></message>")
-    data = (stream_header(from_="localhost", id="abc")
-            + b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:features>"
-            + serialize(stanza) + b"<iq type='result' id='bind'/>" + b"<r xmlns='urn:xmpp:sm:3'/>"
-            + stream_error("host-unknown") + STREAM_CLOSE)
+    stanza = etree.fromstring(
+        "<message xmlns='jabber:client' to='a@b' id='x&gt;y xmlns=z'><body>a&gt;b</body><x xmlns='urn:y'/></message>"
+    )
+    data = (
+        stream_header(from_="localhost", id="abc")
+        + b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:features>"
+        + serialize(stanza)
+        + b"<iq type='result' id='bind'/>"
+        + b"<r xmlns='urn:xmpp:sm:3'/>"
+        + stream_error("host-unknown")
+        + STREAM_CLOSE
+    )
     messages = frames(data)
     assert messages == [
         f'<open xmlns="{NS_FRAMING}" from="localhost" id="abc" version="1.0" xml:lang="en"/>'.encode(),
@@ -105,14 +123,16 @@ def test_frames_are_whole_elements_with_their_namespaces():
         b"<host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
         CLOSE_MESSAGE,
     ]
-    for message in messages:              # each one parses alone, in the namespaces it had
+    for message in messages:  # each one parses alone, in the namespaces it had
         etree.fromstring(message)
     assert etree.fromstring(messages[2]).tag == "{jabber:client}message"
 
 
 def test_frames_of_elements_named_alike():
     assert frames(b"<message><message/></message><message/>") == [
-        b'<message xmlns="jabber:client"><message/></message>', b'<message xmlns="jabber:client"/>']
+        b'<message xmlns="jabber:client"><message/></message>',
+        b'<message xmlns="jabber:client"/>',
+    ]
     assert frames(b"<a xmlns='urn:x'/><a xmlns='urn:x'/>") == [b"<a xmlns='urn:x'/>", b"<a xmlns='urn:x'/>"]
 
 
@@ -131,14 +151,20 @@ NAMES = st.sampled_from(["message", "presence", "iq", "body", "x", "message-x"])
 def stanzas(draw):
     """A jabber:client stanza with nested children (some named like their parent, some in
     other namespaces) and any text in its attribute values and content."""
+
     def grow(parent, depth):
         for _ in range(draw(st.integers(0, 3 if depth < 3 else 0))):
             namespace = draw(st.sampled_from(["jabber:client", "urn:x", "urn:y"]))
             child = etree.SubElement(parent, f"{{{namespace}}}{draw(NAMES)}", id=draw(XML_TEXT))
             child.text = draw(XML_TEXT)
             grow(child, depth + 1)
-    stanza = etree.Element(f"{{jabber:client}}{draw(st.sampled_from(['message', 'presence', 'iq']))}",
-                           nsmap={None: "jabber:client"}, id=draw(XML_TEXT), to=draw(XML_TEXT))
+
+    stanza = etree.Element(
+        f"{{jabber:client}}{draw(st.sampled_from(['message', 'presence', 'iq']))}",
+        nsmap={None: "jabber:client"},
+        id=draw(XML_TEXT),
+        to=draw(XML_TEXT),
+    )
     stanza.text = draw(XML_TEXT)
     grow(stanza, 0)
     return stanza
@@ -153,10 +179,24 @@ def test_frames_give_back_every_element_whole_and_alone(elements):
         assert etree.tostring(etree.fromstring(message), method="c14n") == etree.tostring(element, method="c14n")
 
 
-MESSAGE_PARTS = st.sampled_from([
-    OPEN, b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>", b"<message xmlns='jabber:client'>",
-    b"</message>", b"<body>hi</body>", b"<r xmlns='urn:xmpp:sm:3'/>", b"<!--", b"<?pi?>", b"&amp;", b"&foo;",
-    b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>", b"</stream:stream>", b" ", b"\xff"])
+MESSAGE_PARTS = st.sampled_from(
+    [
+        OPEN,
+        b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+        b"<message xmlns='jabber:client'>",
+        b"</message>",
+        b"<body>hi</body>",
+        b"<r xmlns='urn:xmpp:sm:3'/>",
+        b"<!--",
+        b"<?pi?>",
+        b"&amp;",
+        b"&foo;",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+        b"</stream:stream>",
+        b" ",
+        b"\xff",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -170,4 +210,4 @@ def test_any_messages_give_stream_events_and_nothing_after_an_error(messages):
     ends = [i for i, event in enumerate(events) if isinstance(event, (StreamErrorDetected, StreamClosed))]
     assert not ends or ends == [len(events) - 1]
     assert all(isinstance(event, (StreamOpened, StanzaReceived, StreamClosed, StreamErrorDetected)) for event in events)
-    assert not (events and isinstance(events[0], StanzaReceived))          # <open/> comes first
+    assert not (events and isinstance(events[0], StanzaReceived))  # <open/> comes first

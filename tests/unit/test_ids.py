@@ -6,7 +6,7 @@ from xmppd.ids import time_ordered_id
 
 
 def test_ids_are_uuid7_and_grow():
-    made = [time_ordered_id() for _ in range(20000)]      # several per millisecond
+    made = [time_ordered_id() for _ in range(20000)]  # several per millisecond
     assert made == sorted(made) and len(set(made)) == len(made)
     assert {uuid.UUID(i).version for i in made} == {7}
 

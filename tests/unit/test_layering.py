@@ -7,6 +7,7 @@
 - an extension imports another extension only if it declares it in `depends`;
 - storage imports no extension.
 """
+
 from __future__ import annotations
 
 import ast
@@ -75,7 +76,9 @@ def violations() -> list[str]:
             if path.startswith("xmppd/protocol/"):
                 if imported.startswith("xmppd") and not imported.startswith("xmppd.protocol"):
                     found.append(f"{path}: the sans-IO protocol layer imports {imported}")
-            elif path not in COMPOSITION_ROOT and (imported.startswith("xmppd.extensions") or imported == "xmppd.server"):
+            elif path not in COMPOSITION_ROOT and (
+                imported.startswith("xmppd.extensions") or imported == "xmppd.server"
+            ):
                 found.append(f"{path}: the core imports {imported}")
     by_extension: dict[str, list[tuple[str, str]]] = {}
     for path, module in modules("extensions"):
@@ -102,13 +105,20 @@ def test_the_layers_hold():
     assert violations() == []
 
 
-@pytest.mark.parametrize("folder, source, expected", [
-    ("xmppd/protocol/stanza.py", "from xmppd.session import Session\n", "the sans-IO protocol layer imports"),
-    ("xmppd/router.py", "from xmppd.extensions.offline import DELAYED_SINCE\n", "the core imports"),
-    ("xmppd/session.py", "if TYPE_CHECKING:\n    from xmppd.server import Server\n", "the core imports xmppd.server"),
-    ("extensions/csi.py", "from xmppd.extensions.mam import MamExtension\n", "without declaring it in depends"),
-    ("storage/copy.py", "from xmppd.extensions.offline import DELAYED_SINCE\n", "storage imports"),
-])
+@pytest.mark.parametrize(
+    "folder, source, expected",
+    [
+        ("xmppd/protocol/stanza.py", "from xmppd.session import Session\n", "the sans-IO protocol layer imports"),
+        ("xmppd/router.py", "from xmppd.extensions.offline import DELAYED_SINCE\n", "the core imports"),
+        (
+            "xmppd/session.py",
+            "if TYPE_CHECKING:\n    from xmppd.server import Server\n",
+            "the core imports xmppd.server",
+        ),
+        ("extensions/csi.py", "from xmppd.extensions.mam import MamExtension\n", "without declaring it in depends"),
+        ("storage/copy.py", "from xmppd.extensions.offline import DELAYED_SINCE\n", "storage imports"),
+    ],
+)
 def test_a_broken_layer_is_named(monkeypatch, folder, source, expected):
     """Each rule fails when its layer is crossed (an import added to a real module)."""
     original = Path.read_text

@@ -1,4 +1,5 @@
 """xmppd/mam.py: reading XEP-0313 queries (form and RSM) and writing results."""
+
 import pytest
 from lxml import etree
 
@@ -16,33 +17,47 @@ def query(inner: str = "", attrs: str = "") -> etree._Element:
 
 
 def form(fields: str) -> str:
-    return (f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field>"
-            f"{fields}</x>")
+    return (
+        f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field>"
+        f"{fields}</x>"
+    )
 
 
 def test_filters_and_paging():
-    request = parse_request(query(
-        form("<field var='with'><value>Juliet@Capulet.lit</value></field>"
-             "<field var='start'><value>2010-06-07T00:00:00Z</value></field>"
-             "<field var='after-id'><value>a1</value></field>"
-             "<field var='ids'><value>x</value><value>y</value></field>")
-        + f"<set xmlns='{RSM}'><max>500</max><before/></set>", "queryid='q'"), default_max=50, max_max=100)
+    request = parse_request(
+        query(
+            form(
+                "<field var='with'><value>Juliet@Capulet.lit</value></field>"
+                "<field var='start'><value>2010-06-07T00:00:00Z</value></field>"
+                "<field var='after-id'><value>a1</value></field>"
+                "<field var='ids'><value>x</value><value>y</value></field>"
+            )
+            + f"<set xmlns='{RSM}'><max>500</max><before/></set>",
+            "queryid='q'",
+        ),
+        default_max=50,
+        max_max=100,
+    )
     assert request.query_id == "q"
-    assert request.query == ArchiveQuery(with_="juliet@capulet.lit", start=1275868800.0, after_id="a1",
-                                         ids=("x", "y"), before="", max=100)
+    assert request.query == ArchiveQuery(
+        with_="juliet@capulet.lit", start=1275868800.0, after_id="a1", ids=("x", "y"), before="", max=100
+    )
     assert parse_request(query(), default_max=50, max_max=100).query == ArchiveQuery(max=50)
 
 
-@pytest.mark.parametrize("inner,error", [
-    (form("<field var='start'><value>yesterday</value></field>"), BadRequest),
-    (form("<field var='colour'><value>red</value></field>"), FeatureNotImplemented),     # XEP-0313 4.1.5
-    (form("<field var='with'><value>@@</value></field>"), BadRequest),
-    (f"<set xmlns='{RSM}'><max>ten</max></set>", BadRequest),
-    (f"<set xmlns='{RSM}'><max>-1</max></set>", BadRequest),
-    (f"<set xmlns='{RSM}'><after>a</after><before>b</before></set>", BadRequest),
-    (f"<set xmlns='{RSM}'><index>3</index></set>", FeatureNotImplemented),
-    (form("<field var='ids'>" + "<value>i</value>" * 101 + "</field>"), PolicyViolation),
-])
+@pytest.mark.parametrize(
+    "inner,error",
+    [
+        (form("<field var='start'><value>yesterday</value></field>"), BadRequest),
+        (form("<field var='colour'><value>red</value></field>"), FeatureNotImplemented),  # XEP-0313 4.1.5
+        (form("<field var='with'><value>@@</value></field>"), BadRequest),
+        (f"<set xmlns='{RSM}'><max>ten</max></set>", BadRequest),
+        (f"<set xmlns='{RSM}'><max>-1</max></set>", BadRequest),
+        (f"<set xmlns='{RSM}'><after>a</after><before>b</before></set>", BadRequest),
+        (f"<set xmlns='{RSM}'><index>3</index></set>", FeatureNotImplemented),
+        (form("<field var='ids'>" + "<value>i</value>" * 101 + "</field>"), PolicyViolation),
+    ],
+)
 def test_bad_queries(inner, error):
     with pytest.raises(error):
         parse_request(query(inner), default_max=50, max_max=100)

@@ -1,14 +1,15 @@
 """The archive's writes (extensions/mam.py) on an in-process server whose archive store is
 stalled on purpose: live delivery goes on, a query of the archive waits for the pending
 writes and then finds them, shutdown waits for them, a failed write is retried."""
+
 import asyncio
 
 import pytest
 from lxml import etree
 
+from tests.support.in_process import StalledStore, chat, online, running_server
 from xmppd.protocol.stanza import IQ, make_element, sub_element
 from xmppd.session import Session
-from tests.support.in_process import StalledStore, chat, online, running_server
 
 NS_MAM = "urn:xmpp:mam:2"
 
@@ -26,8 +27,11 @@ def mam_query(query_id: str) -> etree._Element:
 
 
 def results(session: Session, query_id: str) -> list[str]:
-    return [m.findtext(".//{jabber:client}body") for m in session.connection.out
-            if m.find(f"{{{NS_MAM}}}result") is not None and m.find(f"{{{NS_MAM}}}result").get("queryid") == query_id]
+    return [
+        m.findtext(".//{jabber:client}body")
+        for m in session.connection.out
+        if m.find(f"{{{NS_MAM}}}result") is not None and m.find(f"{{{NS_MAM}}}result").get("queryid") == query_id
+    ]
 
 
 async def test_a_stalled_archive_delays_neither_delivery_nor_loses_messages(server):
@@ -41,11 +45,11 @@ async def test_a_stalled_archive_delays_neither_delivery_nor_loses_messages(serv
     delivered = [m for m in bob.connection.out if m.get("type") == "chat"]
     assert [m.findtext("{jabber:client}body") for m in delivered] == ["one", "two"]
     assert delivered[0].find("{urn:xmpp:sid:0}stanza-id").get("by") == "bob@localhost"
-    assert stalled.attempts == 4                        # sent and received copies, all waiting
+    assert stalled.attempts == 4  # sent and received copies, all waiting
 
     query = asyncio.ensure_future(server.router.from_client(bob, mam_query("q1")))
     await asyncio.sleep(0.05)
-    assert not query.done()                             # reads its own writes: waits for them
+    assert not query.done()  # reads its own writes: waits for them
     stalled.release()
     await asyncio.wait_for(query, 5)
     assert results(bob, "q1") == ["one", "two"]

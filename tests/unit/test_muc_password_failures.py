@@ -1,5 +1,6 @@
 """The room password throttle of extensions/muc/occupants.py, on a fake clock: the
 window slides, refusals do not extend it, and users seen long ago are forgotten."""
+
 import pytest
 
 from xmppd.extensions.muc import occupants
@@ -23,9 +24,9 @@ def test_limit_within_the_window_then_free_again(clock):
         failures.add(ALICE)
         clock[0] += 10
     assert failures.is_throttled(ALICE) and not failures.is_throttled(BOB)
-    clock[0] = 1000.0 + 60.0                  # the first failure leaves the window
+    clock[0] = 1000.0 + 60.0  # the first failure leaves the window
     assert not failures.is_throttled(ALICE)
-    failures.add(ALICE)                       # one more wrong one: three within 60 s again
+    failures.add(ALICE)  # one more wrong one: three within 60 s again
     assert failures.is_throttled(ALICE)
 
 
@@ -34,7 +35,7 @@ def test_users_seen_long_ago_are_forgotten(clock):
     failures.add(ALICE)
     clock[0] += 30
     failures.add(BOB)
-    clock[0] += 31                            # ALICE's last failure is out of the window
+    clock[0] += 31  # ALICE's last failure is out of the window
     failures.is_throttled(BOB)
     assert list(failures.failures) == [BOB]
 

@@ -1,6 +1,7 @@
 """Sans-IO: SASL in the negotiation. PLAIN's key derivation is an action the caller runs
 off its event loop, the same work for unknown users (no timing oracle), and an attempt the
 caller's budget refuses gets <temporary-auth-failure/> without a password check."""
+
 import base64
 
 from lxml import etree
@@ -68,7 +69,9 @@ def test_refused_attempt_gets_temporary_auth_failure_and_counts_as_a_retry():
     for _ in range(3):
         plain(negotiation, "juliet", "pencil")
         actions = negotiation.attempt_refused("too many failed logins; try again later")
-        assert b"<temporary-auth-failure/><text xml:lang='en'>too many failed logins; try again later</text>" in sent(actions)
+        assert b"<temporary-auth-failure/><text xml:lang='en'>too many failed logins; try again later</text>" in sent(
+            actions
+        )
         assert isinstance(actions[0], n.AuthFailed) and actions[0].condition == "temporary-auth-failure"
     # RFC 6120 6.4.5: after the retries the stream is closed with policy-violation.
     assert b"<policy-violation" in sent(actions) and isinstance(actions[-1], n.CloseStream)

@@ -1,5 +1,6 @@
 """Sans-IO: what the negotiation writes stays well-formed XML whatever text or iq id goes
 into it (a stream error's text, a bind reply's id and text are escaped)."""
+
 import base64
 
 from lxml import etree

@@ -1,5 +1,6 @@
 """Sans-IO: iqs before authentication (XEP-0077) are handed to the caller only once TLS
 is on or not required; anything else before SASL still closes the stream."""
+
 from lxml import etree
 
 from xmppd.protocol import negotiation as n
@@ -42,9 +43,11 @@ def test_iq_before_required_starttls_closes_the_stream():
 
 
 def test_message_or_malformed_iq_before_auth_is_not_authorized():
-    for xml in ("<message xmlns='jabber:client' to='x@localhost'><body>hi</body></message>",
-                "<iq xmlns='jabber:client' type='result' id='r1'/>",
-                "<iq xmlns='jabber:client' type='get'><query xmlns='jabber:iq:register'/></iq>"):
+    for xml in (
+        "<message xmlns='jabber:client' to='x@localhost'><body>hi</body></message>",
+        "<iq xmlns='jabber:client' type='result' id='r1'/>",
+        "<iq xmlns='jabber:client' type='get'><query xmlns='jabber:iq:register'/></iq>",
+    ):
         negotiation = opened(tls_required=False)
         actions = receive(negotiation, xml)
         assert isinstance(actions[-1], n.CloseStream), xml

@@ -2,6 +2,7 @@
 stanzas redacted), the metrics registry and its exposition, the storage and media
 proxies, /health's answers when storage stalls or fails or the server stops, the
 /metrics allow list, and sd_notify."""
+
 import asyncio
 import json
 import logging
@@ -12,7 +13,6 @@ from unittest import mock
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from lxml import etree
 
 from xmppd import config, logs, metrics, monitoring, systemd
 from xmppd.metrics import CountedMedia, Metrics, TimedStore
@@ -31,6 +31,7 @@ def record(message, *args, exc_info=None) -> logging.LogRecord:
 
 # ------------------------------------------------------------------ logs
 
+
 def test_values_with_spaces_quotes_and_newlines_stay_one_field_of_one_line():
     entry = record("event=connection-lost peer=%s error=%s count=%d", "::1", 'reset "by"\npeer', 3)
     line = logs.KeyValueFormatter().format(entry)
@@ -41,9 +42,15 @@ def test_values_with_spaces_quotes_and_newlines_stay_one_field_of_one_line():
 
 
 def test_other_loggers_messages_go_to_msg_and_tracebacks_stay_on_the_line():
-    assert logs.fields(record("Task was destroyed but it is pending!")) == {"msg": "Task was destroyed but it is pending!"}
+    assert logs.fields(record("Task was destroyed but it is pending!")) == {
+        "msg": "Task was destroyed but it is pending!"
+    }
     assert logs.fields(record("%s: applying %s", "/x", "001.sql")) == {"msg": "/x: applying 001.sql"}
-    assert logs.fields(record("event=x pct=100%%", )) == {"event": "x", "pct": "100%%"}   # no args: not %-formatted
+    assert logs.fields(
+        record(
+            "event=x pct=100%%",
+        )
+    ) == {"event": "x", "pct": "100%%"}  # no args: not %-formatted
     assert logs.fields(record("event=x pct=%d%%", 5)) == {"event": "x", "pct": "5%"}
     try:
         raise ValueError("boom")
@@ -61,12 +68,12 @@ def test_redacted_keeps_names_and_attributes_and_drops_every_text():
     text = logs.redacted(message)
     assert SECRET_BODY not in text and "key material" not in text
     assert "<body/>" in text and 'to="bob@localhost"' in text and 'n="1"' in text
-    assert message.findtext("{jabber:client}body") == SECRET_BODY        # the stanza itself is untouched
+    assert message.findtext("{jabber:client}body") == SECRET_BODY  # the stanza itself is untouched
 
 
 class Wire:
     peer = "test"
-    congested = False                  # takes everything at once
+    congested = False  # takes everything at once
     unsent = 0
 
     def __init__(self):
@@ -102,6 +109,7 @@ async def test_a_crashed_stanza_handler_logs_the_stanza_without_its_body(server,
         if stanza.type != "error":
             raise RuntimeError("a bug")
         return False
+
     host.bus.hook("message/full", crash, 100)
     message = make_element(MESSAGE, {"to": "bob@localhost/b", "type": "chat", "id": "c1"})
     sub_element(message, "{jabber:client}body", text=SECRET_BODY)
@@ -111,24 +119,25 @@ async def test_a_crashed_stanza_handler_logs_the_stanza_without_its_body(server,
     assert crashed
     line = logs.KeyValueFormatter().format(crashed[0])
     assert SECRET_BODY not in line and "<body/>" in line and "RuntimeError: a bug" in line
-    assert b"internal-server-error" in b"".join(alice.connection.out)             # bounced to its sender
-    assert server.metrics.counters[(metrics.STANZAS_SENT, ("message",))] == 1     # the error reply
+    assert b"internal-server-error" in b"".join(alice.connection.out)  # bounced to its sender
+    assert server.metrics.counters[(metrics.STANZAS_SENT, ("message",))] == 1  # the error reply
 
 
 # ------------------------------------------------------------------ metrics
+
 
 def test_exposition_escapes_labels_and_fills_histogram_buckets():
     registry = Metrics()
     registry.count(metrics.AUTH_FAILURES, 'odd"mech\\\n')
     registry.count(metrics.UPLOAD_BYTES, "in", amount=1500)
-    for seconds in (0.0005, 0.0007, 20.0):                 # on a bound, between two, past the last
+    for seconds in (0.0005, 0.0007, 20.0):  # on a bound, between two, past the last
         registry.observe(metrics.STORAGE_SECONDS, ("accounts", "get"), seconds)
     registry.gauge(metrics.SESSIONS, lambda: {("localhost",): 4})
     text = registry.render()
     assert 'xmppd_auth_failures_total{mechanism="odd\\"mech\\\\\\n"} 1\n' in text
     assert 'xmppd_upload_bytes_total{direction="in"} 1500\n' in text
     assert 'xmppd_sessions{host="localhost"} 4\n' in text
-    assert 'xmppd_offline_messages_stored_total 0\n' in text               # unlabelled counters start at 0
+    assert "xmppd_offline_messages_stored_total 0\n" in text  # unlabelled counters start at 0
     prefix = 'xmppd_storage_operation_seconds_bucket{store="accounts",operation="get",le='
     assert f'{prefix}"0.0005"}} 1\n' in text and f'{prefix}"0.001"}} 2\n' in text
     assert f'{prefix}"10"}} 2\n' in text and f'{prefix}"+Inf"}} 3\n' in text
@@ -162,7 +171,7 @@ async def test_timed_store_times_calls_counts_errors_and_passes_the_rest():
         await store.fail()
     with pytest.raises(UnknownArchiveId):
         await store.missing()
-    assert [owner async for owner in store.owners()] == ["a", "b"]     # an async generator, untouched
+    assert [owner async for owner in store.owners()] == ["a", "b"]  # an async generator, untouched
     assert store.items == ["a", "b"]
     assert registry.histograms[(metrics.STORAGE_SECONDS, ("archive/test", "get"))][0][-1] == 0
     assert sum(registry.histograms[(metrics.STORAGE_SECONDS, ("archive/test", "get"))][0]) == 2
@@ -180,9 +189,9 @@ class Media:
 
     async def read(self, key, start=0, end=None):
         try:
-            data = self.files[key][start:None if end is None else end + 1]
+            data = self.files[key][start : None if end is None else end + 1]
             for offset in range(0, len(data), 10):
-                yield data[offset:offset + 10]
+                yield data[offset : offset + 10]
         finally:
             self.closed += 1
 
@@ -194,26 +203,38 @@ async def test_counted_media_counts_bytes_in_and_out_and_closes_the_stores_reade
     async def chunks():
         yield b"x" * 25
         yield b"y" * 15
+
     await media.write("f", chunks(), 40, "application/octet-stream")
     async with aclosing(media.read("f", 0, 29)) as reader:
-        first = await anext(reader)                          # a client that goes away early
+        first = await anext(reader)  # a client that goes away early
     assert first == b"x" * 10 and backend.closed == 1
     assert [chunk async for chunk in media.read("f")] != []
     assert registry.counters[(metrics.UPLOAD_BYTES, ("in",))] == 40
     assert registry.counters[(metrics.UPLOAD_BYTES, ("out",))] == 10 + 40
-    assert media.files is backend.files                     # anything else is the store's
+    assert media.files is backend.files  # anything else is the store's
 
 
-@pytest.mark.parametrize("peer,allowed", [
-    ("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True), ("10.1.2.3", True),
-    ("10.2.0.1", False), ("192.0.2.1", False), ("fe80::1%eth0", False), (None, False), ("", False),
-])
+@pytest.mark.parametrize(
+    "peer,allowed",
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("10.2.0.1", False),
+        ("192.0.2.1", False),
+        ("fe80::1%eth0", False),
+        (None, False),
+        ("", False),
+    ],
+)
 def test_metrics_allow_list(server, peer, allowed):
     server.monitoring.allowed = config.HttpOptions(metrics_allow=("127.0.0.1", "::1", "10.1.0.0/16")).metrics_networks
     assert server.monitoring.is_allowed(peer) is allowed
 
 
 # ------------------------------------------------------------------ /health
+
 
 class StalledAccounts:
     def __init__(self, error=None):
@@ -255,6 +276,7 @@ async def test_health_details_only_for_metrics_allow(server):
 
 # ------------------------------------------------------------------ systemd
 
+
 def test_notify_sends_datagrams_to_a_path_or_an_abstract_socket(monkeypatch, tmp_path):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert systemd.notify("READY=1") is False
@@ -265,15 +287,23 @@ def test_notify_sends_datagrams_to_a_path_or_an_abstract_socket(monkeypatch, tmp
         assert systemd.notify("READY=1\nSTATUS=serving")
         assert receiver.recv(100) == b"READY=1\nSTATUS=serving"
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
-    assert systemd.notify("STOPPING=1") is False                # logged, not raised
+    assert systemd.notify("STOPPING=1") is False  # logged, not raised
 
 
-@pytest.mark.parametrize("usec,pid,interval", [
-    ("30000000", None, 15.0), ("30000000", "self", 15.0), ("30000000", "1", None),
-    ("0", None, None), ("soon", None, None), (None, None, None),
-])
+@pytest.mark.parametrize(
+    "usec,pid,interval",
+    [
+        ("30000000", None, 15.0),
+        ("30000000", "self", 15.0),
+        ("30000000", "1", None),
+        ("0", None, None),
+        ("soon", None, None),
+        (None, None, None),
+    ],
+)
 def test_watchdog_interval(monkeypatch, usec, pid, interval):
     import os
+
     for name, value in (("WATCHDOG_USEC", usec), ("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)):
         if value is None:
             monkeypatch.delenv(name, raising=False)

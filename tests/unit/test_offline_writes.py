@@ -2,12 +2,13 @@
 in-process server whose offline store is stalled on purpose, the sender's next stanza is
 routed meanwhile, yet its XEP-0198 count (Session.handled) waits for the commit, in
 order; delivery of the queue waits for it too; a failed write is bounced to the sender."""
+
 import asyncio
 
 import pytest
 
-from xmppd.accounts import create_user
 from tests.support.in_process import StalledStore, chat, online, running_server
+from xmppd.accounts import create_user
 
 
 @pytest.fixture
@@ -32,10 +33,10 @@ async def test_the_next_stanza_goes_on_while_the_offline_write_commits(server):
     alice.handled(writes)
     live = await asyncio.wait_for(server.router.from_client(alice, chat("carol@localhost", "live")), 5)
     alice.handled(live)
-    assert bodies(carol) == ["live"]                 # routed while the first one's commit waits
+    assert bodies(carol) == ["live"]  # routed while the first one's commit waits
     assert len(writes) == 1 and not live
     await asyncio.sleep(0.05)
-    assert alice.stanzas_handled == 0                # nothing counted before the commit, not even "live"
+    assert alice.stanzas_handled == 0  # nothing counted before the commit, not even "live"
 
     stalled.release()
     await asyncio.wait_for(alice.settled(), 5)
@@ -69,7 +70,7 @@ async def test_a_failed_offline_write_is_bounced_to_the_sender(server):
     stalled.release()
     alice = online(host, "alice@localhost/a")
     alice.handled(await server.router.from_client(alice, chat("bob@localhost", "lost?")))
-    await asyncio.wait_for(alice.settled(), 5)      # the bounce comes before the count
+    await asyncio.wait_for(alice.settled(), 5)  # the bounce comes before the count
     errors = [m for m in alice.connection.out if m.get("type") == "error"]
     assert errors[0].get("id") == "lost?"
     assert errors[0].find(".//{urn:ietf:params:xml:ns:xmpp-stanzas}internal-server-error") is not None

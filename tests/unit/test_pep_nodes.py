@@ -1,12 +1,13 @@
 """PEP building blocks without a server: XEP-0115 verification strings, node
 configuration and XEP-0223 preconditions."""
+
 import pytest
 from lxml import etree
 
 from xmppd.caps import verification_string
 from xmppd.extensions.pep import caps
-from xmppd.pubsub import NS_PUBSUB_ERRORS, nodes
 from xmppd.protocol.errors import Conflict, NotAcceptable
+from xmppd.pubsub import NS_PUBSUB_ERRORS, nodes
 
 DISCO = "http://jabber.org/protocol/disco#info"
 
@@ -15,11 +16,13 @@ def query(xml: str):
     return etree.fromstring(f"<query xmlns='{DISCO}'>{xml}</query>")
 
 
-SIMPLE = query("<identity category='client' name='Exodus 0.9.1' type='pc'/>"
-               "<feature var='http://jabber.org/protocol/caps'/>"
-               "<feature var='http://jabber.org/protocol/disco#info'/>"
-               "<feature var='http://jabber.org/protocol/disco#items'/>"
-               "<feature var='http://jabber.org/protocol/muc'/>")
+SIMPLE = query(
+    "<identity category='client' name='Exodus 0.9.1' type='pc'/>"
+    "<feature var='http://jabber.org/protocol/caps'/>"
+    "<feature var='http://jabber.org/protocol/disco#info'/>"
+    "<feature var='http://jabber.org/protocol/disco#items'/>"
+    "<feature var='http://jabber.org/protocol/muc'/>"
+)
 
 COMPLEX = query(
     "<identity xml:lang='en' category='client' name='Psi 0.11' type='pc'/>"
@@ -31,7 +34,8 @@ COMPLEX = query(
     "<field var='ip_version'><value>ipv4</value><value>ipv6</value></field>"
     "<field var='os'><value>Mac</value></field><field var='os_version'><value>10.5.1</value></field>"
     "<field var='software'><value>Psi</value></field><field var='software_version'><value>0.11</value></field>"
-    "</x>")
+    "</x>"
+)
 
 
 def test_verification_strings_of_the_xep_0115_examples():
@@ -60,12 +64,23 @@ def test_cache_drops_the_least_recently_used():
 
 
 def test_options_are_read_and_checked():
-    options = nodes.read_options({"FORM_TYPE": [nodes.PUBLISH_OPTIONS], "pubsub#access_model": ["open"],
-                                  "pubsub#persist_items": ["1"], "pubsub#max_items": ["max"],
-                                  "pubsub#unknown": ["x"]}, limit=50)
+    options = nodes.read_options(
+        {
+            "FORM_TYPE": [nodes.PUBLISH_OPTIONS],
+            "pubsub#access_model": ["open"],
+            "pubsub#persist_items": ["1"],
+            "pubsub#max_items": ["max"],
+            "pubsub#unknown": ["x"],
+        },
+        limit=50,
+    )
     assert options == {"access_model": "open", "persist_items": True, "max_items": "max", "unknown": None}
-    for bad in ({"pubsub#max_items": ["0"]}, {"pubsub#max_items": ["51"]}, {"pubsub#persist_items": ["maybe"]},
-                {"pubsub#send_last_published_item": ["sometimes"]}):
+    for bad in (
+        {"pubsub#max_items": ["0"]},
+        {"pubsub#max_items": ["51"]},
+        {"pubsub#persist_items": ["maybe"]},
+        {"pubsub#send_last_published_item": ["sometimes"]},
+    ):
         with pytest.raises(NotAcceptable):
             nodes.read_options(bad, limit=50)
     with pytest.raises(NotAcceptable) as refused:

@@ -70,11 +70,44 @@ def check_event_sequence(events: list) -> None:
 # -- (a) arbitrary bytes never crash the stream ------------------------------------------
 
 XML_FRAGMENTS = [
-    b"<message>", b"</message>", b"<message/>", b"<iq type='get' id='1'>", b"</iq>", b"<body>", b"</body>",
-    b"<![CDATA[", b"]]>", b"<!--", b"-->", b"<?pi ?>", b"<!DOCTYPE x>", b"<!ENTITY a 'b'>", b"&amp;", b"&lol;",
-    b"&#0;", b"&#x10FFFF;", b"<x:y>", b"xmlns='urn:x'", b"xmlns:x='urn:y'", b" ", b"\n", b"'", b'"', b"<", b">",
-    b"/", b"=", b"\xc3", b"\xa9", b"\xf0\x9f\x98", b"\x80", b"\x00", b"</stream:stream>", b"<stream:stream>",
-    b"<presence xmlns='jabber:server'/>", b"a" * 50,
+    b"<message>",
+    b"</message>",
+    b"<message/>",
+    b"<iq type='get' id='1'>",
+    b"</iq>",
+    b"<body>",
+    b"</body>",
+    b"<![CDATA[",
+    b"]]>",
+    b"<!--",
+    b"-->",
+    b"<?pi ?>",
+    b"<!DOCTYPE x>",
+    b"<!ENTITY a 'b'>",
+    b"&amp;",
+    b"&lol;",
+    b"&#0;",
+    b"&#x10FFFF;",
+    b"<x:y>",
+    b"xmlns='urn:x'",
+    b"xmlns:x='urn:y'",
+    b" ",
+    b"\n",
+    b"'",
+    b'"',
+    b"<",
+    b">",
+    b"/",
+    b"=",
+    b"\xc3",
+    b"\xa9",
+    b"\xf0\x9f\x98",
+    b"\x80",
+    b"\x00",
+    b"</stream:stream>",
+    b"<stream:stream>",
+    b"<presence xmlns='jabber:server'/>",
+    b"a" * 50,
 ]
 
 fuzz_bytes = st.one_of(
@@ -266,9 +299,9 @@ namespace_names = st.sampled_from(
 )
 local_names = st.sampled_from(["a", "b", "z", "id", "to", "lang"] * 8 + ["xmlns", "a:b", ""])
 # Dictionaries: a raw name given twice is plain XML's business (test_not_well_formed).
-declarations = st.dictionaries(
-    st.one_of(prefixes, prefixes, prefixes, st.none()), namespace_names, max_size=2
-).map(lambda d: list(d.items()))
+declarations = st.dictionaries(st.one_of(prefixes, prefixes, prefixes, st.none()), namespace_names, max_size=2).map(
+    lambda d: list(d.items())
+)
 raw_attributes = st.dictionaries(
     st.tuples(st.none() | prefixes, local_names), st.sampled_from(["1", "x &amp; y", "&lt;"]), max_size=3
 ).map(lambda d: [key + (value,) for key, value in d.items()])
@@ -293,7 +326,9 @@ raw_stanzas = raw_element(
     st.lists(raw_children, max_size=2),
     st.builds(  # a and b bound, sometimes to one namespace, c to jabber:client; maybe more
         lambda a, b, more: [("a", a), ("b", b), ("c", NS_CLIENT)] + [d for d in more if d[0] not in ("a", "b", "c")],
-        st.sampled_from(["urn:a", "urn:b"]), st.sampled_from(["urn:a", "urn:b"]), declarations,
+        st.sampled_from(["urn:a", "urn:b"]),
+        st.sampled_from(["urn:a", "urn:b"]),
+        declarations,
     ),
 )
 

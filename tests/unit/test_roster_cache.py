@@ -1,4 +1,5 @@
 """The roster cache answers like the store under it, through writes and concurrent reads."""
+
 import asyncio
 
 import pytest
@@ -90,7 +91,7 @@ async def test_only_the_last_rosters_are_kept(stores):
     for owner in ("a@x", "b@x", "c@x"):
         await cache.get(owner)
     reads = counting.reads
-    await cache.get_item("a@x", "z@x")        # evicted: read from the store
+    await cache.get_item("a@x", "z@x")  # evicted: read from the store
     assert counting.reads == reads + 1
 
 
@@ -100,7 +101,7 @@ async def test_a_store_shared_by_processes_is_read_every_time(stores):
     counting.shared_by_processes = True
     cache = CachedRosters(counting)
     await cache.get("a@x")
-    await counting.store.put_item("a@x", RosterItem("b@x"))   # written by "another node"
+    await counting.store.put_item("a@x", RosterItem("b@x"))  # written by "another node"
     assert "b@x" in (await cache.get("a@x"))[1]
     assert (await cache.get_item("a@x", "b@x")) == RosterItem("b@x")
     assert counting.reads == 3

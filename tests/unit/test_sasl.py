@@ -42,8 +42,7 @@ def test_scram_sha256_rfc7677_vector():
         b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
     )
     final = mechanism.client_final(
-        b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
-        b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
     )
     assert final == b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 
@@ -83,7 +82,9 @@ class ScramClient:
         return (without_proof + ",p=" + base64.b64encode(proof).decode()).encode()
 
 
-CREDS = {name: derive_scram_credentials("s3cret \u00e9", name, b"0123456789abcdef", 4096) for name in ("sha1", "sha256")}
+CREDS = {
+    name: derive_scram_credentials("s3cret \u00e9", name, b"0123456789abcdef", 4096) for name in ("sha1", "sha256")
+}
 BINDINGS = {"tls-exporter": b"\x01" * 32, "tls-server-end-point": b"\x02" * 32}
 
 
@@ -236,9 +237,7 @@ def test_unknown_user_gets_a_plausible_challenge_and_fails():
     mechanism.client_first(client.first())
     server_first = mechanism.server_first(None)
     salt, iterations = salt_and_iterations(server_first)
-    real_salt, real_iterations = salt_and_iterations(
-        _challenge("juliet", CREDS["sha256"])
-    )
+    real_salt, real_iterations = salt_and_iterations(_challenge("juliet", CREDS["sha256"]))
     assert len(salt) == len(real_salt) and iterations == real_iterations
     with pytest.raises(SaslFailure) as info:
         mechanism.client_final(client.final(server_first))

@@ -1,14 +1,15 @@
 """storage/scram_secrets.py: the one encoding of SCRAM secrets that every backend stores."""
+
 import pytest
 
 from xmppd.protocol.sasl import ScramCredentials, derive_scram_credentials
 from xmppd.storage.scram_secrets import decode_secrets, encode_secrets
 
 SECRETS = {
-    "sha1": ScramCredentials(salt=b"\x00\x01salt", iterations=4096, stored_key=b"\xffstored",
-                             server_key=b"server\x10"),
-    "sha256": ScramCredentials(salt=b"pepper", iterations=10000, stored_key=bytes(range(32)),
-                               server_key=bytes(range(32, 64))),
+    "sha1": ScramCredentials(salt=b"\x00\x01salt", iterations=4096, stored_key=b"\xffstored", server_key=b"server\x10"),
+    "sha256": ScramCredentials(
+        salt=b"pepper", iterations=10000, stored_key=bytes(range(32)), server_key=bytes(range(32, 64))
+    ),
 }
 
 # SECRETS as the SQLite and the Cassandra backends wrote them before the encoding was
@@ -17,7 +18,8 @@ WRITTEN_BEFORE = (
     '{"sha1":{"iterations":4096,"salt":"AAFzYWx0","server_key":"c2VydmVyEA==",'
     '"stored_key":"/3N0b3JlZA=="},"sha256":{"iterations":10000,"salt":"cGVwcGVy",'
     '"server_key":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",'
-    '"stored_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}}')
+    '"stored_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}}'
+)
 
 
 def test_secrets_written_before_are_read():

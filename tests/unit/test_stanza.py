@@ -128,12 +128,15 @@ def test_never_answer_an_error():
         reply(error)
 
 
-@pytest.mark.parametrize("data", [
-    b"<message xmlns='jabber:client' foo:bar='x'/>",                                   # stored before issue 20
-    b"<message xmlns='jabber:client' xmlns:a='urn:x' xmlns:b='urn:x' a:z='1' b:z='2'/>",
-    b"<message xmlns='jabber:client'><body>cut",
-    b"",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<message xmlns='jabber:client' foo:bar='x'/>",  # stored before issue 20
+        b"<message xmlns='jabber:client' xmlns:a='urn:x' xmlns:b='urn:x' a:z='1' b:z='2'/>",
+        b"<message xmlns='jabber:client'><body>cut",
+        b"",
+    ],
+)
 def test_stored_stanza_that_does_not_parse_is_none_and_logged(data, caplog):
     log = logging.getLogger("test")
     with caplog.at_level(logging.WARNING, "test"):
@@ -141,8 +144,13 @@ def test_stored_stanza_that_does_not_parse_is_none_and_logged(data, caplog):
     assert "event=stored-stanza-unreadable owner=a@b id=17 error=" in caplog.text
 
 
-@pytest.mark.parametrize("data", [b"<message xmlns='jabber:client' xml:id='1'/>",
-                                  b"<message xmlns='jabber:client' xml:id='a'><x xml:id='a'/></message>"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<message xmlns='jabber:client' xml:id='1'/>",
+        b"<message xmlns='jabber:client' xml:id='a'><x xml:id='a'/></message>",
+    ],
+)
 def test_stored_stanza_with_an_xml_id_error_is_read(data):
     """The stream lets xml:id errors through (they are not fatal); storage must read them back."""
     assert stored_stanza(data, logging.getLogger("test")) is not None

@@ -106,8 +106,7 @@ def test_attributes_only_known_keys():
     stream = XmlStream()
     events = feed(
         stream,
-        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x'"
-        b" other='y'>",
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' other='y'>",
     )
     assert events == [StreamOpened({"to": "x"})]
     assert stream.attributes == {"to": "x"}
@@ -278,15 +277,19 @@ def test_not_well_formed_header():
         (b"<message><body foo:bar='x'>hi</body></message>", "unbound namespace prefix"),
         (b"<message><x:y/></message>", "unbound namespace prefix"),
         (b"<message xmlns:p='urn:p'><x xmlns:p=''><p:y/></x></message>", "empty or reserved namespace declaration"),
-        (b"<message xmlns:a='urn:x' xmlns:b='urn:x' a:z='1' b:z='2'/>",
-         "one attribute given twice through two prefixes"),
+        (
+            b"<message xmlns:a='urn:x' xmlns:b='urn:x' a:z='1' b:z='2'/>",
+            "one attribute given twice through two prefixes",
+        ),
         (b"<message xmlns:p=''/>", "empty or reserved namespace declaration"),
         (b"<message xmlns:xml='urn:x'/>", "empty or reserved namespace declaration"),
         (b"<message xmlns:x='http://www.w3.org/XML/1998/namespace'/>", "empty or reserved namespace declaration"),
         (b"<message xmlns:xmlns='urn:x'/>", "empty or reserved namespace declaration"),
         (b"<message xmlns:x='http://www.w3.org/2000/xmlns/'/>", "empty or reserved namespace declaration"),
-        (b"<message><x xmlns='http://www.w3.org/XML/1998/namespace'/></message>",
-         "empty or reserved namespace declaration"),
+        (
+            b"<message><x xmlns='http://www.w3.org/XML/1998/namespace'/></message>",
+            "empty or reserved namespace declaration",
+        ),
         (b"<message a:b:c='1'/>", "malformed qualified name"),
         (b"<message :a='1'/>", "malformed qualified name"),
         (b"<message><a:/></message>", "malformed qualified name"),
@@ -429,7 +432,9 @@ def test_unsupported_version(version):
 def test_missing_version_is_left_to_negotiation():
     header = HEADER.replace(b" version='1.0' id", b" id")
     stream = XmlStream()
-    assert feed(stream, header) == [StreamOpened({"to": "example.com", "from": "juliet@example.com", "id": "abc", "lang": "en"})]
+    assert feed(stream, header) == [
+        StreamOpened({"to": "example.com", "from": "juliet@example.com", "id": "abc", "lang": "en"})
+    ]
     # A newer minor version is fine (RFC 6120 §4.7.5).
     assert error_of(HEADER.replace(b"version='1.0' id", b"version='1.1' id")) is None
 

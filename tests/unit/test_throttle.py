@@ -1,4 +1,5 @@
 """Sans-IO: the login attempt budgets of xmppd/throttle.py, on a fake clock."""
+
 import dataclasses
 
 import pytest
@@ -28,12 +29,15 @@ def granted(throttle, peer, account=ALICE, attempts=100) -> int:
     return sum(throttle.attempt(peer, account) is None for _ in range(attempts))
 
 
-@pytest.mark.parametrize("peer,group", [
-    ("192.0.2.7", "192.0.2.7"),
-    ("::ffff:192.0.2.7", "192.0.2.7"),                    # IPv4 on a dual-stack socket
-    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
-    ("fe80::1%eth0", "fe80::/64"),
-])
+@pytest.mark.parametrize(
+    "peer,group",
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # IPv4 on a dual-stack socket
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+    ],
+)
 def test_address_groups(peer, group):
     assert address_group(peer, 64) == group
 
@@ -42,7 +46,7 @@ def test_address_budget_refuses_before_the_password_is_checked():
     limits, _ = throttle(auth_failures_per_account=100)
     assert granted(limits, "192.0.2.7", attempts=20) == 5
     assert limits.attempt("192.0.2.7", "bob@localhost") == "c2s.auth_failures_per_ip"
-    assert limits.attempt("192.0.2.8", ALICE) is None       # another address has its own
+    assert limits.attempt("192.0.2.8", ALICE) is None  # another address has its own
 
 
 def test_ipv6_addresses_of_one_64_share_a_budget():
@@ -61,17 +65,17 @@ def test_account_budget_is_per_address():
     limits, _ = throttle()
     assert granted(limits, "192.0.2.7") == 3
     assert limits.attempt("192.0.2.7", ALICE) == "c2s.auth_failures_per_account"
-    assert limits.attempt("192.0.2.7", "bob@localhost") is None   # other accounts from there
-    assert limits.attempt("198.51.100.1", ALICE) is None           # the user, from elsewhere
+    assert limits.attempt("192.0.2.7", "bob@localhost") is None  # other accounts from there
+    assert limits.attempt("198.51.100.1", ALICE) is None  # the user, from elsewhere
 
 
 def test_budget_refills_over_the_window():
     limits, clock = throttle(auth_failures_per_account=100)
     assert granted(limits, "192.0.2.7") == 5
-    clock.now += 20                      # 5 per 100 s: one attempt back
+    clock.now += 20  # 5 per 100 s: one attempt back
     assert granted(limits, "192.0.2.7") == 1
     clock.now += 1000
-    assert granted(limits, "192.0.2.7") == 5    # never more than the full budget
+    assert granted(limits, "192.0.2.7") == 5  # never more than the full budget
 
 
 def test_success_gives_the_attempt_back():

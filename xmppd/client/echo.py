@@ -7,6 +7,7 @@ when the message was encrypted, in plain text otherwise.
 The password may also come from the XMPPD_BOT_PASSWORD environment variable. The keys
 file holds the bot's OMEMO identity: keep it, or contacts see a new device each start.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,11 @@ class EchoBot(Client):
         await self.get_roster()
 
     def _plain_message(self, message) -> None:
-        if message["type"] in ("chat", "normal") and message["body"] and not self.plugin["xep_0384"].is_encrypted(message):
+        if (
+            message["type"] in ("chat", "normal")
+            and message["body"]
+            and not self.plugin["xep_0384"].is_encrypted(message)
+        ):
             message.reply(message["body"]).send()
 
     async def _encrypted_message(self, event) -> None:
@@ -47,8 +52,9 @@ class EchoBot(Client):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="xmppd-echo-bot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jid", required=True, help="the bot's account")
-    parser.add_argument("--password", default=os.environ.get("XMPPD_BOT_PASSWORD"),
-                        help="its password (default: $XMPPD_BOT_PASSWORD)")
+    parser.add_argument(
+        "--password", default=os.environ.get("XMPPD_BOT_PASSWORD"), help="its password (default: $XMPPD_BOT_PASSWORD)"
+    )
     parser.add_argument("--host", help="server address (default: from the JID's domain)")
     parser.add_argument("--port", type=int, help="server port (default: 5222, or 5223 with --direct-tls)")
     parser.add_argument("--direct-tls", action="store_true", help="TLS from the first byte (XEP-0368)")
@@ -58,8 +64,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.password:
         parser.error("a password is needed: --password or XMPPD_BOT_PASSWORD")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     return asyncio.run(_run(args))
 
 

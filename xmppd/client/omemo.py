@@ -8,18 +8,18 @@ new devices are trusted blindly until verified (BTBV), as bots usually want.
 `OmemoPlugin` is registered in slixmpp's plugin registry as "xep_0384"; `Client.enable_omemo`
 (xmppd/client/__init__.py) loads it.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import os
 from pathlib import Path
-from typing import FrozenSet, Optional
 
 from omemo.storage import Just, Maybe, Nothing, Storage
 from omemo.types import DeviceInformation, JSONType
 from slixmpp.plugins.base import register_plugin
-from slixmpp_omemo import TrustLevel, XEP_0384
+from slixmpp_omemo import XEP_0384, TrustLevel
 
 
 class JsonFileStorage(Storage):
@@ -81,8 +81,9 @@ class OmemoPlugin(XEP_0384):
     def _btbv_enabled(self) -> bool:
         return True
 
-    async def _prompt_manual_trust(self, manually_trusted: FrozenSet[DeviceInformation],
-                                   identifier: Optional[str]) -> None:
+    async def _prompt_manual_trust(
+        self, manually_trusted: frozenset[DeviceInformation], identifier: str | None
+    ) -> None:
         """A bot has nobody to ask: devices of contacts that were verified before and
         show new keys stay undecided, so nothing is encrypted for them."""
         session_manager = await self.get_session_manager()

@@ -44,6 +44,7 @@ acked; a batch whose reply was lost may be taken twice, so receivers skip a regi
 change by its sequence number and a forward by its id. The readers reconnect, and the
 registry is read again from the hashes.
 """
+
 from xmppd.cluster.node import Cluster
 
 __all__ = ["Cluster"]

@@ -1,4 +1,5 @@
 """This node's part in the cluster, on Redis (the keys and their use: xmppd/cluster/__init__.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +8,9 @@ import itertools
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from lxml import etree
 from redis import exceptions as redis_errors
@@ -31,17 +33,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENGINE_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)   # retried, not crashes
+ENGINE_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)  # retried, not crashes
 
-NODES = "xmppd:nodes"                   # set: the names of the nodes that joined
-CHANNEL = "xmppd:registry"              # pub/sub: each change of a node's sessions
-CHANGED = "xmppd:changed"               # pub/sub: user data changed that nodes keep copies of
-GROUP = "xmppd"                         # the consumer group of every inbox
-SEQ, EPOCH = "#seq", "#epoch"           # fields of a sessions hash beside the full JIDs
-WRITE_BATCH = 256                       # writes sent to Redis in one MULTI, at most
-READ_BATCH = 256                        # inbox entries read at once, at most
+NODES = "xmppd:nodes"  # set: the names of the nodes that joined
+CHANNEL = "xmppd:registry"  # pub/sub: each change of a node's sessions
+CHANGED = "xmppd:changed"  # pub/sub: user data changed that nodes keep copies of
+GROUP = "xmppd"  # the consumer group of every inbox
+SEQ, EPOCH = "#seq", "#epoch"  # fields of a sessions hash beside the full JIDs
+WRITE_BATCH = 256  # writes sent to Redis in one MULTI, at most
+READ_BATCH = 256  # inbox entries read at once, at most
 READ_BLOCK_MS = 1000
-SEEN_FORWARDS = 100_000                 # forward ids remembered against a write sent twice
+SEEN_FORWARDS = 100_000  # forward ids remembered against a write sent twice
 # A dead node's keys go only while it is still dead (one of the same name may be starting);
 # the node that removes them gets its sessions (and says they went unavailable).
 FORGET_SCRIPT = """
@@ -72,6 +74,7 @@ class Peer:
     """Another node as this one knows it: the incarnation, the last registry change
     applied, and its sessions by full JID. `dead`: dropped, its sessions still listed
     until what was sent to them is delivered again."""
+
     name: str
     epoch: str
     seq: int = 0
@@ -82,8 +85,9 @@ class Peer:
 @dataclass(eq=False)
 class Forward:
     """A stanza sent to another node's session, until that node answers "done"."""
+
     peer: Peer
-    host: "Host"
+    host: Host
     xml: bytes
     future: asyncio.Future
 
@@ -91,29 +95,30 @@ class Forward:
 @dataclass
 class Write:
     """Commands for the writer's next MULTI; `done` resolves once Redis took them."""
-    apply: Callable[["Pipeline"], object]
+
+    apply: Callable[[Pipeline], object]
     done: asyncio.Future | None = None
 
 
 class Cluster:
-    def __init__(self, services: "Services", options: ClusterOptions):
+    def __init__(self, services: Services, options: ClusterOptions):
         self.services = services
         self.options = options
         self.name = services.config.node_name
         self.epoch = ""
-        self.seq = 0                       # of this node's registry changes, in this epoch
+        self.seq = 0  # of this node's registry changes, in this epoch
         self.peers: dict[str, Peer] = {}
         self.forwards: dict[str, Forward] = {}
         # What a dead node will not deliver, and then that node (Peer) to unlist, in order.
         self._again: asyncio.Queue[Forward | Peer] = asyncio.Queue()
-        self._again_forwards = 0            # Forwards in `_again`
-        self._dropped: set[str] = set()     # epochs of the nodes dropped: their registries end
+        self._again_forwards = 0  # Forwards in `_again`
+        self._dropped: set[str] = set()  # epochs of the nodes dropped: their registries end
         self._ids = itertools.count()
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()   # forwards handled
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()  # forwards handled
         self._outbox: asyncio.Queue[Write] = asyncio.Queue()
-        self._applied = asyncio.Event()    # a registry change of another node was applied
+        self._applied = asyncio.Event()  # a registry change of another node was applied
         self._tasks: list[asyncio.Task] = []
-        self._hooked: list[tuple["Host", str, Callable]] = []
+        self._hooked: list[tuple[Host, str, Callable]] = []
 
     @property
     def _timeout_ms(self) -> int:
@@ -126,22 +131,34 @@ class Cluster:
         self.reader = Redis.from_url(self.options.engine, decode_responses=True)  # its XREADGROUP blocks
         self.pubsub = self.redis.pubsub()
         try:
-            await self.pubsub.subscribe(CHANNEL, CHANGED)   # first: a change made during the snapshot is not missed
+            await self.pubsub.subscribe(CHANNEL, CHANGED)  # first: a change made during the snapshot is not missed
         except redis_errors.RedisError as exc:
-            raise ConfigError(f"{self.services.config.source}: cluster.engine: cannot reach "
-                              f"{self.options.engine}: {exc}") from None
+            raise ConfigError(
+                f"{self.services.config.source}: cluster.engine: cannot reach {self.options.engine}: {exc}"
+            ) from None
         await self._join(fresh_inbox=True)
         await self._load_snapshot()
         for host in self.services.directory.hosts():
             if not host.is_component:
-                for name, handler in (("resource-bound", self._publish), ("session-changed", self._publish),
-                                      ("session-closed", self._withdraw), ("user-data-changed", self._changed)):
+                for name, handler in (
+                    ("resource-bound", self._publish),
+                    ("session-changed", self._publish),
+                    ("session-closed", self._withdraw),
+                    ("user-data-changed", self._changed),
+                ):
                     host.bus.hook(name, handler)
                     self._hooked.append((host, name, handler))
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(coroutine) for coroutine in
-                       (self._write_loop(), self._listen(), self._read_inbox(), self._heartbeat(),
-                        self._deliver_again_loop())]
+        self._tasks = [
+            loop.create_task(coroutine)
+            for coroutine in (
+                self._write_loop(),
+                self._listen(),
+                self._read_inbox(),
+                self._heartbeat(),
+                self._deliver_again_loop(),
+            )
+        ]
         log.info("event=cluster-joined node=%s nodes=%d", self.name, len(self.peers) + 1)
 
     async def stop(self) -> None:
@@ -161,7 +178,7 @@ class Cluster:
             await self.redis.srem(NODES, self.name)
         except Exception:
             log.warning("event=cluster-leave-failed node=%s", self.name)
-        unanswered = list(self.forwards.values())      # their clients are gone with this node
+        unanswered = list(self.forwards.values())  # their clients are gone with this node
         while not self._again.empty():
             unanswered.append(self._again.get_nowait())
         for forward in unanswered:
@@ -195,15 +212,15 @@ class Cluster:
 
     # ------------------------------------------------------------- the registry: ours
 
-    async def _publish(self, session: "Session") -> None:
-        if not session.is_remote:              # the unavailable presence of a dead node's session
+    async def _publish(self, session: Session) -> None:
+        if not session.is_remote:  # the unavailable presence of a dead node's session
             self._change(session, registry_entry(session))
 
-    async def _withdraw(self, session: "Session") -> None:
+    async def _withdraw(self, session: Session) -> None:
         if not session.is_remote:
             self._change(session, None)
 
-    def _change(self, session: "Session", entry: dict | None) -> None:
+    def _change(self, session: Session, entry: dict | None) -> None:
         """Write a change of a local session into this node's hash and publish it, in order."""
         self.seq += 1
         jid, key = str(session.jid), sessions_key(self.name)
@@ -218,6 +235,7 @@ class Cluster:
             else:
                 pipe.hset(key, mapping={jid: value, SEQ: seq})
             pipe.publish(CHANNEL, message)
+
         self._write(Write(apply))
 
     async def _changed(self, change: UserDataChanged) -> None:
@@ -274,14 +292,14 @@ class Cluster:
             return
         peer = self.peers.get(name)
         if peer is None or peer.epoch != epoch:
-            if seq == 0:                    # a node (or a new incarnation of one) joined
+            if seq == 0:  # a node (or a new incarnation of one) joined
                 self._drop_peer(name)
                 self.peers[name] = Peer(name, epoch)
                 self._applied.set()
             else:
                 await self._load_node(name)
             return
-        if seq <= peer.seq:                 # already in the snapshot
+        if seq <= peer.seq:  # already in the snapshot
             return
         if seq > peer.seq + 1:
             await self._load_node(name)
@@ -342,7 +360,7 @@ class Cluster:
         while True:
             item = await self._again.get()
             if isinstance(item, Peer):
-                if self._again_forwards:       # sent to its sessions meanwhile: after those
+                if self._again_forwards:  # sent to its sessions meanwhile: after those
                     self._again.put_nowait(item)
                 else:
                     for session in item.sessions.values():
@@ -362,9 +380,10 @@ class Cluster:
         one node that removes them sends the unavailable presence its available sessions
         never sent (RFC 6121 4.5.2), to their contacts and their users' other resources."""
         self._drop_peer(name)
-        left = await self.redis.eval(FORGET_SCRIPT, 4, alive_key(name), sessions_key(name), inbox_key(name),
-                                     NODES, name)
-        if left:                               # in the background: the heartbeat goes on
+        left = await self.redis.eval(
+            FORGET_SCRIPT, 4, alive_key(name), sessions_key(name), inbox_key(name), NODES, name
+        )
+        if left:  # in the background: the heartbeat goes on
             self.services.tasks.spawn(self._went_away(dict(zip(left[::2], left[1::2]))))
 
     async def _went_away(self, sessions: dict[str, str]) -> None:
@@ -372,16 +391,17 @@ class Cluster:
             try:
                 jid = JID.parse(jid_text)
             except InvalidJID:
-                continue                       # the #seq and #epoch fields
+                continue  # the #seq and #epoch fields
             host = self.services.directory.host(jid.domain)
             entry = json.loads(value)
             if host is None or not entry["available"]:
                 continue
             session = RemoteSession(self, host, jid, Peer("", "", dead=True))
             session.update(entry)
-            session.closed = True              # nothing goes to it any more
-            stanza = Stanza(make_element(PRESENCE, {"type": "unavailable", "from": jid_text}), "presence", jid,
-                            None, origin=session)
+            session.closed = True  # nothing goes to it any more
+            stanza = Stanza(
+                make_element(PRESENCE, {"type": "unavailable", "from": jid_text}), "presence", jid, None, origin=session
+            )
             stanza.target = "broadcast"
             try:
                 await host.bus.fire("presence/broadcast", stanza)
@@ -395,8 +415,9 @@ class Cluster:
         subscription was lost) is read from that node's hash."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.heartbeat
-        while epoch not in self._dropped and ((peer := self.peers.get(name)) is None or peer.epoch != epoch
-                                              or peer.seq < seq):
+        while epoch not in self._dropped and (
+            (peer := self.peers.get(name)) is None or peer.epoch != epoch or peer.seq < seq
+        ):
             self._applied.clear()
             try:
                 await asyncio.wait_for(self._applied.wait(), deadline - loop.time())
@@ -416,8 +437,15 @@ class Cluster:
         else:
             forward_id = str(next(self._ids))
             self.forwards[forward_id] = forward
-            fields = {"t": "fwd", "id": forward_id, "from": self.name, "epoch": self.epoch, "seq": self.seq,
-                      "to": str(session.jid), "xml": xml}
+            fields = {
+                "t": "fwd",
+                "id": forward_id,
+                "from": self.name,
+                "epoch": self.epoch,
+                "seq": self.seq,
+                "to": str(session.jid),
+                "xml": xml,
+            }
             self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields)))
         writes = CURRENT_WRITES.get()
         if writes is not None:
@@ -433,7 +461,7 @@ class Cluster:
         if not session.peer.dead:
             self._write(Write(lambda pipe: pipe.xadd(inbox_key(session.node), fields)))
 
-    async def deliver_again(self, host: "Host | None", element: etree._Element) -> None:
+    async def deliver_again(self, host: Host | None, element: etree._Element) -> None:
         """A forwarded stanza whose session is gone, or whose node died: delivered by the
         rules to this node's sessions only (never forwarded twice), with the extensions'
         hooks not run again (they ran where it was routed): a message goes to another
@@ -471,13 +499,14 @@ class Cluster:
         key = inbox_key(self.name)
         while True:
             try:
-                reply = await self.reader.xreadgroup(GROUP, self.name, {key: ">"}, count=READ_BATCH,
-                                                     block=READ_BLOCK_MS)
+                reply = await self.reader.xreadgroup(
+                    GROUP, self.name, {key: ">"}, count=READ_BATCH, block=READ_BLOCK_MS
+                )
             except ENGINE_DOWN as exc:
                 log.warning("event=cluster-inbox-read-failed node=%s error=%s", self.name, exc)
                 await asyncio.sleep(self.options.heartbeat)
                 continue
-            except redis_errors.ResponseError as exc:          # NOGROUP: taken for dead, its inbox went
+            except redis_errors.ResponseError as exc:  # NOGROUP: taken for dead, its inbox went
                 log.warning("event=cluster-inbox-read-failed node=%s error=%s", self.name, exc)
                 await self._ensure_inbox()
                 continue
@@ -498,8 +527,8 @@ class Cluster:
                 forward.future.set_result(None)
         elif kind == "fwd":
             try:
-                key = f'{fields["from"]}/{fields["epoch"]}/{fields["id"]}'
-                if key not in self._seen:      # a write retried after a lost reply comes twice
+                key = f"{fields['from']}/{fields['epoch']}/{fields['id']}"
+                if key not in self._seen:  # a write retried after a lost reply comes twice
                     self._seen[key] = None
                     if len(self._seen) > SEEN_FORWARDS:
                         self._seen.popitem(last=False)
@@ -519,7 +548,7 @@ class Cluster:
             if session is not None and session.available:
                 await session.host.bus.fire("message/offline/deliver", session)
 
-    def _local(self, jid: JID) -> "Session | None":
+    def _local(self, jid: JID) -> Session | None:
         host = self.services.directory.host(jid.domain)
         session = host.sessions.get(jid.local, {}).get(jid.resource) if host is not None else None
         return session if session is not None and not session.closed else None
@@ -527,7 +556,7 @@ class Cluster:
     async def _deliver(self, to: JID, element: etree._Element) -> None:
         session = self._local(to)
         if session is not None:
-            session.send(element)            # its flow control and XEP-0198 apply here
+            session.send(element)  # its flow control and XEP-0198 apply here
         else:
             log.info("event=cluster-forward-session-gone jid=%s", to)
             await self.deliver_again(self.services.directory.host(to.domain), element)
@@ -584,7 +613,7 @@ class Cluster:
             except ENGINE_DOWN as exc:
                 log.warning("event=cluster-registry-lost node=%s error=%s", self.name, exc)
             await asyncio.sleep(self.options.heartbeat)
-            try:                               # changes made meanwhile are in the hashes
+            try:  # changes made meanwhile are in the hashes
                 await self.pubsub.subscribe(CHANNEL, CHANGED)
                 await self._load_snapshot()
             except ENGINE_DOWN as exc:
@@ -611,10 +640,9 @@ class Cluster:
                 for name, alive in zip(names, await pipe.execute()):
                     if not alive:
                         await self._forget(name)
-                    elif name not in self.peers:      # its first change was missed
+                    elif name not in self.peers:  # its first change was missed
                         await self._load_node(name)
             except ENGINE_DOWN as exc:
                 log.warning("event=cluster-heartbeat-failed node=%s error=%s", self.name, exc)
             except Exception:
                 log.exception("event=cluster-heartbeat-failed node=%s", self.name)
-

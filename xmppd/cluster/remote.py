@@ -1,4 +1,5 @@
 """A session bound on another node, as this node's routing and extensions see it."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ class ElsewhereConnection:
     """The `connection` of a RemoteSession: connected, on its own node. Whether it is
     congested or hibernates is that node's business (it applies its flow control when
     the stanza arrives)."""
+
     congested = False
 
 
@@ -34,12 +36,12 @@ class RemoteSession:
     behind = False
     connection = ELSEWHERE
 
-    def __init__(self, cluster: "Cluster", host: "Host", jid: JID, peer: "Peer"):
+    def __init__(self, cluster: Cluster, host: Host, jid: JID, peer: Peer):
         self.cluster = cluster
         self.host = host
         self.jid = jid
-        self.peer = peer                        # the node (the incarnation of it) that bound it
-        self.meta: dict = {}                    # node-local extension state stays on its node
+        self.peer = peer  # the node (the incarnation of it) that bound it
+        self.meta: dict = {}  # node-local extension state stays on its node
         self.available = False
         self.priority = 0
         self.presence: etree._Element | None = None
@@ -75,6 +77,10 @@ class RemoteSession:
 
 def registry_entry(session) -> dict:
     """What other nodes keep of a local session (RemoteSession.update reads it)."""
-    return {"available": session.available, "priority": session.priority,
-            "presence": to_storage(session.presence).decode() if session.presence is not None else None,
-            "interested": session.interested, "shared": session.shared}
+    return {
+        "available": session.available,
+        "priority": session.priority,
+        "presence": to_storage(session.presence).decode() if session.presence is not None else None,
+        "interested": session.interested,
+        "shared": session.shared,
+    }

@@ -9,6 +9,7 @@ the same is here:
     nodes.py         node configuration (section 16.4.4), XEP-0223 publish options
     affiliations.py  the owner's <affiliations/> requests (section 8.9)
 """
+
 from __future__ import annotations
 
 import secrets
@@ -16,8 +17,14 @@ import secrets
 from lxml import etree
 
 from xmppd.ids import time_ordered_id
-from xmppd.protocol.errors import (BadRequest, FeatureNotImplemented, NotAllowed, NotAuthorized, StanzaError,
-                                   UnexpectedRequest)
+from xmppd.protocol.errors import (
+    BadRequest,
+    FeatureNotImplemented,
+    NotAllowed,
+    NotAuthorized,
+    StanzaError,
+    UnexpectedRequest,
+)
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import MESSAGE, delay_element, from_storage, make_element, sub_element
 from xmppd.storage.interfaces import PubSubItem
@@ -32,7 +39,7 @@ OWNER = f"{{{NS_PUBSUB_OWNER}}}pubsub"
 ITEM = f"{{{NS_PUBSUB}}}item"
 EVENT = f"{{{NS_PUBSUB_EVENT}}}event"
 
-MAX_ITEM_ID = 1023                     # characters of an item id a publisher chooses
+MAX_ITEM_ID = 1023  # characters of an item id a publisher chooses
 
 
 def pubsub_error(error: type[StanzaError], condition: str, text: str | None = None, **attributes) -> StanzaError:
@@ -41,6 +48,7 @@ def pubsub_error(error: type[StanzaError], condition: str, text: str | None = No
 
 
 # ------------------------------------------------------------- requests
+
 
 def actions(iq) -> tuple[list[etree._Element], list[str]]:
     """The actions of a <pubsub/> request (its child elements) and their local names."""
@@ -121,6 +129,7 @@ def in_allowed_group(config: dict, groups) -> bool:
 
 # ------------------------------------------------------------- answers
 
+
 def items_answer(node: str, found: list[PubSubItem]) -> etree._Element:
     """<pubsub><items/></pubsub> with stored items (newest first), oldest first as published."""
     answer = make_element(PUBSUB)
@@ -140,27 +149,33 @@ def subscriptions_answer(requester: JID, node: str | None, configs: list[tuple[s
     for name, config in configs:
         for jid in config.get("subscribers", []):
             if JID.parse(jid).bare == requester.bare:
-                sub_element(listed, f"{{{NS_PUBSUB}}}subscription",
-                            {"node": name, "jid": jid, "subscription": "subscribed"})
+                sub_element(
+                    listed, f"{{{NS_PUBSUB}}}subscription", {"node": name, "jid": jid, "subscription": "subscribed"}
+                )
     return answer
 
 
 def subscribed_answer(node: str, subscriber: JID) -> etree._Element:
     """Section 6.1.2: the subscription one just made."""
     answer = make_element(PUBSUB)
-    sub_element(answer, f"{{{NS_PUBSUB}}}subscription",
-                {"node": node, "jid": str(subscriber), "subscription": "subscribed"})
+    sub_element(
+        answer, f"{{{NS_PUBSUB}}}subscription", {"node": node, "jid": str(subscriber), "subscription": "subscribed"}
+    )
     return answer
 
 
 # ------------------------------------------------------------- event notifications
 
-def event_message(from_: str, to: JID, config: dict, event_child: etree._Element,
-                  when: float | None = None) -> etree._Element:
+
+def event_message(
+    from_: str, to: JID, config: dict, event_child: etree._Element, when: float | None = None
+) -> etree._Element:
     """The notification message of section 7.1.2 (delayed when `when` is given: a last
     published item, section 6.1.7)."""
-    message = make_element(MESSAGE, {"from": from_, "to": str(to), "id": secrets.token_hex(8),
-                                     "type": config.get("notification_type", "headline")})
+    message = make_element(
+        MESSAGE,
+        {"from": from_, "to": str(to), "id": secrets.token_hex(8), "type": config.get("notification_type", "headline")},
+    )
     sub_element(message, EVENT).append(event_child)
     if when is not None:
         message.append(delay_element(from_, when))

@@ -3,6 +3,7 @@ and answered here for the pubsub service (extensions/pubsub) and for PEP's white
 access model (extensions/pep). A node keeps its affiliations in its configuration, under
 "affiliations": bare JID -> affiliation ("none" is never stored).
 """
+
 from __future__ import annotations
 
 from lxml import etree
@@ -13,7 +14,7 @@ from xmppd.protocol.stanza import make_element, sub_element
 from xmppd.pubsub import NS_PUBSUB_OWNER
 
 AFFILIATIONS = ("owner", "publisher", "publish-only", "member", "outcast", "none")
-WHITELISTED = frozenset(("owner", "publisher", "member"))      # section 4.5: the whitelist model
+WHITELISTED = frozenset(("owner", "publisher", "member"))  # section 4.5: the whitelist model
 
 
 def affiliation_of(config: dict, jid: JID) -> str:

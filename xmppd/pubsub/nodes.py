@@ -6,6 +6,7 @@ without their "pubsub#" prefix, booleans as booleans, `max_items` as a number or
 (the service's own limit), and, beside the configuration proper, `subscribers`: the
 JIDs with an explicit subscription (XEP-0060 section 6.1).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,10 +42,13 @@ DEFAULTS: dict[str, Any] = {
     "title": "",
     "type": "",
 }
-BOOLEANS = frozenset(("persist_items", "deliver_notifications", "deliver_payloads", "notify_retract",
-                      "notify_delete"))
-CHOICES = {"access_model": ACCESS_MODELS, "send_last_published_item": SEND_LAST,
-           "notification_type": NOTIFICATION_TYPES, "publish_model": ("publishers",)}
+BOOLEANS = frozenset(("persist_items", "deliver_notifications", "deliver_payloads", "notify_retract", "notify_delete"))
+CHOICES = {
+    "access_model": ACCESS_MODELS,
+    "send_last_published_item": SEND_LAST,
+    "notification_type": NOTIFICATION_TYPES,
+    "publish_model": ("publishers",),
+}
 
 
 def new_config(overrides: dict | None = None) -> dict:
@@ -62,33 +66,62 @@ def max_items(config: dict, limit: int) -> int:
 
 def config_fields(config: dict, limit: int) -> list[forms.Field]:
     """The configuration form, filled with the node's values (XEP-0060 section 8.2)."""
-    flag = lambda key: ("1" if config.get(key, DEFAULTS[key]) else "0",)   # noqa: E731
-    value = lambda key: (str(config.get(key, DEFAULTS[key])),)              # noqa: E731
+    flag = lambda key: ("1" if config.get(key, DEFAULTS[key]) else "0",)  # noqa: E731
+    value = lambda key: (str(config.get(key, DEFAULTS[key])),)  # noqa: E731
     return [
         forms.Field("pubsub#title", "text-single", "A friendly name for the node", value("title")),
-        forms.Field("pubsub#type", "text-single", "The type of node data, usually its payload namespace",
-                    value("type")),
-        forms.Field("pubsub#access_model", "list-single", "Who may subscribe and retrieve items",
-                    value("access_model"), options=ACCESS_MODELS),
-        forms.Field("pubsub#roster_groups_allowed", "list-multi", "Roster groups allowed to subscribe",
-                    tuple(config.get("roster_groups_allowed", ()))),
+        forms.Field(
+            "pubsub#type", "text-single", "The type of node data, usually its payload namespace", value("type")
+        ),
+        forms.Field(
+            "pubsub#access_model",
+            "list-single",
+            "Who may subscribe and retrieve items",
+            value("access_model"),
+            options=ACCESS_MODELS,
+        ),
+        forms.Field(
+            "pubsub#roster_groups_allowed",
+            "list-multi",
+            "Roster groups allowed to subscribe",
+            tuple(config.get("roster_groups_allowed", ())),
+        ),
         forms.Field("pubsub#persist_items", "boolean", "Persist items to storage", flag("persist_items")),
-        forms.Field("pubsub#max_items", "text-single", f"Max number of items to persist (at most {limit}, or max)",
-                    value("max_items")),
-        forms.Field("pubsub#publish_model", "list-single", "Who may publish", value("publish_model"),
-                    options=("publishers",)),
-        forms.Field("pubsub#send_last_published_item", "list-single", "When to send the last published item",
-                    value("send_last_published_item"), options=SEND_LAST),
-        forms.Field("pubsub#deliver_notifications", "boolean", "Deliver event notifications",
-                    flag("deliver_notifications")),
-        forms.Field("pubsub#deliver_payloads", "boolean", "Deliver payloads with event notifications",
-                    flag("deliver_payloads")),
-        forms.Field("pubsub#notify_retract", "boolean", "Notify subscribers when items are removed",
-                    flag("notify_retract")),
-        forms.Field("pubsub#notify_delete", "boolean", "Notify subscribers when the node is deleted",
-                    flag("notify_delete")),
-        forms.Field("pubsub#notification_type", "list-single", "Message type of notifications",
-                    value("notification_type"), options=NOTIFICATION_TYPES),
+        forms.Field(
+            "pubsub#max_items",
+            "text-single",
+            f"Max number of items to persist (at most {limit}, or max)",
+            value("max_items"),
+        ),
+        forms.Field(
+            "pubsub#publish_model", "list-single", "Who may publish", value("publish_model"), options=("publishers",)
+        ),
+        forms.Field(
+            "pubsub#send_last_published_item",
+            "list-single",
+            "When to send the last published item",
+            value("send_last_published_item"),
+            options=SEND_LAST,
+        ),
+        forms.Field(
+            "pubsub#deliver_notifications", "boolean", "Deliver event notifications", flag("deliver_notifications")
+        ),
+        forms.Field(
+            "pubsub#deliver_payloads", "boolean", "Deliver payloads with event notifications", flag("deliver_payloads")
+        ),
+        forms.Field(
+            "pubsub#notify_retract", "boolean", "Notify subscribers when items are removed", flag("notify_retract")
+        ),
+        forms.Field(
+            "pubsub#notify_delete", "boolean", "Notify subscribers when the node is deleted", flag("notify_delete")
+        ),
+        forms.Field(
+            "pubsub#notification_type",
+            "list-single",
+            "Message type of notifications",
+            value("notification_type"),
+            options=NOTIFICATION_TYPES,
+        ),
     ]
 
 
@@ -122,8 +155,9 @@ def _value(key: str, data, var: str, limit: int):
         if value == MAX:
             return MAX
         if not value.isdigit() or not 0 < int(value) <= limit:
-            raise NotAcceptable(text=f"pubsub#max_items must be a number from 1 to {limit} "
-                                     "(extensions.pep.max_items), or max")
+            raise NotAcceptable(
+                text=f"pubsub#max_items must be a number from 1 to {limit} (extensions.pep.max_items), or max"
+            )
         return int(value)
     if key == "access_model" and value not in ACCESS_MODELS:
         raise pubsub_error(NotAcceptable, "unsupported-access-model")
@@ -192,9 +226,13 @@ async def drop_items(store, service: str, node: str, keep: int = 0) -> None:
 
 def meta_data(config: dict, owners: tuple[str, ...], default_access: str) -> etree._Element:
     """The pubsub#meta-data form of a node's disco#info (section 5.4)."""
-    return forms.build("result", form_type=META_DATA, fields=[
-        forms.Field("pubsub#type", None, values=(config.get("type") or "",)),
-        forms.Field("pubsub#title", None, values=(config.get("title") or "",)),
-        forms.Field("pubsub#access_model", None, values=(config.get("access_model", default_access),)),
-        forms.Field("pubsub#owner", None, values=owners),
-    ])
+    return forms.build(
+        "result",
+        form_type=META_DATA,
+        fields=[
+            forms.Field("pubsub#type", None, values=(config.get("type") or "",)),
+            forms.Field("pubsub#title", None, values=(config.get("title") or "",)),
+            forms.Field("pubsub#access_model", None, values=(config.get("access_model", default_access),)),
+            forms.Field("pubsub#owner", None, values=owners),
+        ],
+    )
