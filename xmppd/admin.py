@@ -59,11 +59,15 @@ class AdminSocket:
 
     async def execute(self, command: str, request: dict) -> dict:
         directory, node = self.services.directory, self.node
-        sessions = [s for host in directory.hosts() for resources in host.sessions.values() for s in resources.values()]
+        # In a cluster, the sessions of every node (Host.sessions_of includes the others').
+        sessions = [s for host in directory.hosts() for local in host.online_users() for s in host.sessions_of(local)]
+        here = self.services.config.node_name
         if command == "status":
             return {
                 "uptime": round(time.time() - self.started, 1),
+                "node": here,
                 "sessions": len(sessions),
+                "sessions_here": sum(1 for s in sessions if not s.is_remote),
                 "connections": len(node.connections),
                 "listening": node.listening(),
                 "hosts": directory.user_domains,
@@ -75,9 +79,10 @@ class AdminSocket:
                     (
                         {
                             "jid": str(s.jid),
-                            "peer": s.connection.peer if s.connection else None,
+                            "peer": getattr(s.connection, "peer", None),  # a remote session's is its node's
                             "available": s.available,
                             "priority": s.priority,
+                            "node": s.node if s.is_remote else here,
                         }
                         for s in sessions
                     ),
@@ -90,7 +95,7 @@ class AdminSocket:
             except InvalidJID:
                 return {"error": "not a valid JID"}
             kicked = [s for s in sessions if s.jid == target or (target.is_bare and s.jid.bare == target)]
-            for session in kicked:
+            for session in kicked:  # one on another node is closed by that node
                 session.close("policy-violation", "disconnected by an administrator")
                 await session.host.end_session(session)
             return {"kicked": [str(s.jid) for s in kicked]}

@@ -34,9 +34,11 @@ def main(argv=None) -> int:
         sub.add_argument("--password", "-p", help="prompted when omitted")
     commands.add_parser("deluser", help="delete an account and its data").add_argument("jid")
     commands.add_parser("users", help="list accounts").add_argument("domain", nargs="?")
-    commands.add_parser("status", help="state of the running server")
-    commands.add_parser("sessions", help="sessions of the running server")
-    commands.add_parser("kick", help="disconnect a user (bare JID) or one session (full JID)").add_argument("jid")
+    commands.add_parser("status", help="state of the running server (in a cluster: sessions of every node)")
+    commands.add_parser("sessions", help="sessions of the running server, of every node in a cluster")
+    commands.add_parser(
+        "kick", help="disconnect a user (bare JID) or one session (full JID), on whichever node it is"
+    ).add_argument("jid")
     commands.add_parser("uploads", help="list a user's uploaded files (XEP-0363)").add_argument("jid")
     commands.add_parser("quota", help="a user's upload usage against the quota").add_argument("jid")
     commands.add_parser("delete-upload", help="delete an uploaded file").add_argument(
@@ -411,7 +413,8 @@ async def live(config, args) -> int:
     if args.command == "sessions":
         for entry in answer["sessions"]:
             print(
-                f"{entry['jid']}\t{entry['peer']}\t{'available' if entry['available'] else 'unavailable'}\t{entry['priority']}"
+                f"{entry['jid']}\t{entry['peer']}\t{'available' if entry['available'] else 'unavailable'}"
+                f"\t{entry['priority']}\t{entry['node']}"
             )
     elif args.command == "kick":
         print("\n".join(answer["kicked"]) or "no such session")

@@ -11,6 +11,7 @@ round trips, never a sleep.
 """
 
 import asyncio
+import json
 
 import pytest
 
@@ -355,3 +356,22 @@ async def test_acked_messages_survive_an_engine_restart(restartable, users, logi
         await b.inbox.wait(with_id(msg_id))
     await round_trip(b)
     assert ids_of(b, "restart") == ids
+
+
+async def test_xmppctl_sessions_and_kick_cover_every_node(nodes, users, login):
+    """`xmppctl sessions` on one node lists the sessions of the other with that node's
+    name; `kick` given there closes the session on the node that holds it."""
+    alice, bob = users(2)
+    watcher = await login(nodes[0], alice, "watch")
+    far = await login(nodes[1], bob, "far")
+    await reachable(watcher, far.jid)  # node 1 knows bob/far on node 2
+    lines = [line.split("\t") for line in nodes[0].ctl("sessions").stdout.splitlines()]
+    assert [line[4] for line in lines if line[0] == far.jid] == ["node2"]
+    assert [line[4] for line in lines if line[0] == watcher.jid] == ["node1"]
+    status = json.loads(nodes[0].ctl("status").stdout)
+    assert status["node"] == "node1" and status["sessions"] > status["sessions_here"]
+    errors = asyncio.Queue()
+    far.client.add_event_handler("stream_error", errors.put_nowait)
+    assert nodes[0].ctl("kick", far.jid).stdout.split() == [far.jid]
+    error = await asyncio.wait_for(errors.get(), TIMEOUT)
+    assert error["condition"] == "policy-violation"
