@@ -44,6 +44,7 @@ from lxml import etree
 from xmppd.extension import Extension, hook
 from xmppd.extensions.offline import DELAYED_SINCE
 from xmppd.hints import kept_offline
+from xmppd.host import ForwardArrived
 from xmppd.ids import time_ordered_id
 from xmppd.locks import KeyedLocks
 from xmppd.mam import STANZA_ID, parse_datetime
@@ -114,6 +115,22 @@ class Backlog(Extension):
                 stanza.writes.append(self._append(session, stanza.element, time.time(), stanza)[1])
             else:
                 session.send(stanza.element)
+        return True
+
+    @hook("forward-arrived")
+    async def keep_forwarded(self, arrived: ForwardArrived) -> bool:
+        """A message routed on another node of a cluster for a session here that is behind
+        waits in its backlog, as one routed here does; stored before that node is told
+        the message arrived (its sender's ack waits for that)."""
+        session, element = arrived.session, arrived.element
+        if element.tag != MESSAGE or not session.behind or not kept_offline(element):
+            return False
+        if self.lengths[str(session.jid)] >= self.options.max_messages_per_resource:
+            self.limit_reached("max_messages_per_resource")
+            error = ResourceConstraint(text="too many messages wait for the recipient")
+            await self.host.send(error_reply(element, error))
+            return True
+        await self._append(session, element, time.time())[1]
         return True
 
     def _all_asleep(self, local: str) -> bool:

@@ -43,6 +43,17 @@ class BlockQuery:
 
 
 @dataclass(frozen=True)
+class ForwardArrived:
+    """`forward-arrived`, fired on the host of a session of this node that a stanza routed
+    on another node of a cluster is for: a handler that takes it over (backlog.py keeps a
+    message for a session that is behind) returns True once it is stored; otherwise it
+    goes to the session's `send`."""
+
+    session: Session
+    element: etree._Element
+
+
+@dataclass(frozen=True)
 class UserDataChanged:
     """`user-data-changed`, notified by an extension (`kind`: its name) once it stored a
     change of a user's data that it keeps in memory too (a block list); in a cluster,

@@ -22,7 +22,7 @@ from tests.support.engines import EngineProcess
 from tests.support.inbox import TIMEOUT, presence
 from tests.support.messaging import bare, carbon, connect, error_to, round_trip, send, subscribe_both, with_id
 from tests.support.server import XmppdProcess, free_port
-from tests.support.smacks import NS_SM, managed_login, send_message
+from tests.support.smacks import NS_SM, coming_online, managed_login, send_message
 
 pytestmark = pytest.mark.cassandra
 
@@ -375,3 +375,33 @@ async def test_xmppctl_sessions_and_kick_cover_every_node(nodes, users, login):
     assert nodes[0].ctl("kick", far.jid).stdout.split() == [far.jid]
     error = await asyncio.wait_for(errors.get(), TIMEOUT)
     assert error["condition"] == "policy-violation"
+
+
+async def test_a_slow_reader_on_the_other_node_gets_every_acked_message(nodes, users):
+    """Messages routed on node 1 for a session on node 2 that reads slowly wait in that
+    session's durable backlog on node 2 (in memory they would be dropped past
+    c2s.max_held_bytes): bob gets all 600 large messages alice was acked for, once, in order."""
+    count, padding = 600, "y" * 3000  # 1.8 MB, beyond the output buffer and max_held_bytes
+    alice, bob = users(2)
+    reader, _ = await coming_online(nodes[1], bob.split("@")[0], "slow", chunk=8192, pace=0.01)
+    for _ in range(REACHABLE_TRIES):  # node 1 lists bob/slow: it routes to node 2
+        if f"{bob}/slow\t" in nodes[0].ctl("sessions").stdout:
+            break
+    else:
+        raise AssertionError("node 1 never learnt of bob's session on node 2")
+    sender, _ = await managed_login(nodes[0], alice.split("@")[0], "fast")
+    await sender.send(
+        "".join(f"<message to='{bob}' type='chat' id='s{n}'><body>{padding}</body></message>" for n in range(count))
+    )
+    for _ in range(REACHABLE_TRIES):  # every message acked (after the initial presence)
+        if await handled(sender) >= count + 1:
+            break
+    else:
+        raise AssertionError("alice's messages were never all acked")
+    await reader.until(lambda: len([i for i in reader.message_ids if i.startswith("s")]) >= count, timeout=120)
+    await reader.ping("done")
+    mine = [i for i in reader.message_ids if i.startswith("s")]
+    assert mine == [f"s{n}" for n in range(count)]
+    assert "event=held-stanza-dropped" not in nodes[1].log
+    await reader.client.close()
+    await sender.close()

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from xmppd.cluster.remote import RemoteSession, registry_entry
 from xmppd.config import ClusterOptions, ConfigError
-from xmppd.host import LOCAL_ONLY, UserDataChanged
+from xmppd.host import LOCAL_ONLY, ForwardArrived, UserDataChanged
 from xmppd.protocol.errors import ServiceUnavailable, StanzaError
 from xmppd.protocol.jid import JID, InvalidJID
 from xmppd.protocol.stanza import PRESENCE, from_storage, make_element, to_storage
@@ -556,7 +556,8 @@ class Cluster:
     async def _deliver(self, to: JID, element: etree._Element) -> None:
         session = self._local(to)
         if session is not None:
-            session.send(element)  # its flow control and XEP-0198 apply here
+            if not await session.host.bus.fire("forward-arrived", ForwardArrived(session, element)):
+                session.send(element)  # its flow control and XEP-0198 apply here
         else:
             log.info("event=cluster-forward-session-gone jid=%s", to)
             await self.deliver_again(self.services.directory.host(to.domain), element)
