@@ -10,24 +10,16 @@ Hooks: iq-get and iq-set self|bare pubsub#owner.
 from __future__ import annotations
 
 from xmppd import pubsub
-from xmppd.extension import Extension, iq_handler
+from xmppd.extension import iq_handler
 from xmppd.protocol.errors import BadRequest, ItemNotFound
 from xmppd.protocol.jid import JID
 from xmppd.protocol.stanza import make_element, sub_element
 from xmppd.pubsub import NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, OWNER, affiliations, nodes
 
+from .part import PepPart
 
-class PepOwner(Extension):
-    depends = ["pep.service"]
 
-    def __init__(self, host, options):
-        super().__init__(host, options)
-        self.service = host.extensions["pep.service"]
-        self.notifications = host.extensions["pep.notifications"]
-        self.options = self.service.options
-        self.store = self.service.store
-        self.access = self.service.access
-
+class PepOwner(PepPart):
     @iq_handler("get", NS_PUBSUB_OWNER, "pubsub", to=("self", "bare"))
     async def owner_get(self, iq):
         owner = await self.access.account_of(iq, owner_only=True)

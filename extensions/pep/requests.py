@@ -10,23 +10,15 @@ Hooks: iq-set and iq-get self|bare pubsub.
 from __future__ import annotations
 
 from xmppd import forms, pubsub
-from xmppd.extension import Extension, iq_handler
+from xmppd.extension import iq_handler
 from xmppd.protocol.errors import BadRequest, Conflict, ItemNotFound, NotAcceptable
 from xmppd.protocol.stanza import make_element, sub_element
 from xmppd.pubsub import ITEM, NS_PUBSUB, PUBSUB, nodes, pubsub_error
 
+from .part import PepPart
 
-class PepRequests(Extension):
-    depends = ["pep.service"]
 
-    def __init__(self, host, options):
-        super().__init__(host, options)
-        self.service = host.extensions["pep.service"]
-        self.notifications = host.extensions["pep.notifications"]
-        self.options = self.service.options
-        self.store = self.service.store
-        self.access = self.service.access
-
+class PepRequests(PepPart):
     @iq_handler("set", NS_PUBSUB, "pubsub", to=("self", "bare"))
     async def pubsub_set(self, iq):
         actions, names = pubsub.actions(iq)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from xmppd.protocol.sasl import ScramCredentials
 
-from .. import domain_of
+from .. import UPLOAD_COLUMNS, domain_of, upload_of
 from ..interfaces import Account, PubSubItem, RosterItem, Upload
 from ..scram_secrets import decode_secrets, encode_secrets
 from .common import SHARDS, bounded_gather, merge_sorted, now_micros, shard_of
@@ -545,22 +545,8 @@ class CassandraPubSubStore(_Store):
 
 # ---------------------------------------------------------------- uploads
 
-_UPLOAD_COLUMNS = "id, owner, filename, size, content_type, created, expires, completed"
 # The days of upload_expiry_days all live in one partition: a few hundred rows at most.
 _EXPIRY_SHARD = 0
-
-
-def _upload(row) -> Upload:
-    return Upload(
-        id=row[0],
-        owner=row[1],
-        filename=row[2],
-        size=row[3],
-        content_type=row[4],
-        created=row[5],
-        expires=row[6],
-        completed=bool(row[7]),
-    )
 
 
 def _day(when: float) -> int:
@@ -571,7 +557,7 @@ class CassandraUploadStore(_Store):
     async def add(self, upload: Upload) -> None:
         day = _day(upload.expires)
         await self.cql.execute(
-            f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 upload.id,
                 upload.owner,
@@ -595,8 +581,8 @@ class CassandraUploadStore(_Store):
         )
 
     async def get(self, upload_id: str) -> Upload | None:
-        row = (await self.cql.execute(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))).one()
-        return _upload(row) if row else None
+        row = (await self.cql.execute(f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))).one()
+        return upload_of(row) if row else None
 
     async def mark_completed(self, upload_id: str) -> bool:
         result = await self.cql.execute(

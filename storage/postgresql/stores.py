@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from xmppd.protocol.sasl import ScramCredentials
 
-from .. import domain_of
+from .. import UPLOAD_COLUMNS, domain_of, upload_of
 from ..archive_ranges import KeyRange, query_ranges
 from ..interfaces import (
     Account,
@@ -525,12 +525,6 @@ class PostgresqlPubSubStore:
 
 # ---------------------------------------------------------------- uploads
 
-_UPLOAD_COLUMNS = "id, owner, filename, size, content_type, created, expires, completed"
-
-
-def _upload(row) -> Upload:
-    return Upload(**dict(row))
-
 
 class PostgresqlUploadStore:
     def __init__(self, backend):
@@ -538,7 +532,7 @@ class PostgresqlUploadStore:
 
     async def add(self, upload: Upload) -> None:
         await self._backend.pool.execute(
-            f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             upload.id,
             upload.owner,
             upload.filename,
@@ -550,8 +544,8 @@ class PostgresqlUploadStore:
         )
 
     async def get(self, upload_id: str) -> Upload | None:
-        row = await self._backend.pool.fetchrow(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = $1", upload_id)
-        return _upload(row) if row else None
+        row = await self._backend.pool.fetchrow(f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = $1", upload_id)
+        return upload_of(row) if row else None
 
     async def mark_completed(self, upload_id: str) -> bool:
         return (
@@ -565,9 +559,9 @@ class PostgresqlUploadStore:
 
     async def list(self, owner: str) -> list[Upload]:
         rows = await self._backend.pool.fetch(
-            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE owner = $1 ORDER BY created, id", owner
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE owner = $1 ORDER BY created, id", owner
         )
-        return [_upload(row) for row in rows]
+        return [upload_of(row) for row in rows]
 
     async def usage(
         self, owner: str, now: float, open_since: float | None = None, exclude: str = ""
@@ -588,6 +582,6 @@ class PostgresqlUploadStore:
     async def expired(self, now: float) -> list[Upload]:
         """Uploads whose expiry time has passed (expires < now), soonest first."""
         rows = await self._backend.pool.fetch(
-            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE expires < $1 ORDER BY expires, id", float(now)
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE expires < $1 ORDER BY expires, id", float(now)
         )
-        return [_upload(row) for row in rows]
+        return [upload_of(row) for row in rows]

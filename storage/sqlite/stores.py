@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from xmppd.protocol.sasl import ScramCredentials
 
-from .. import domain_of
+from .. import UPLOAD_COLUMNS, domain_of, upload_of
 from ..archive_ranges import KeyRange, query_ranges
 from ..interfaces import (
     Account,
@@ -591,21 +591,6 @@ class SqlitePubSubStore:
 
 # ---------------------------------------------------------------- uploads
 
-_UPLOAD_COLUMNS = "id, owner, filename, size, content_type, created, expires, completed"
-
-
-def _upload(row) -> Upload:
-    return Upload(
-        id=row[0],
-        owner=row[1],
-        filename=row[2],
-        size=row[3],
-        content_type=row[4],
-        created=row[5],
-        expires=row[6],
-        completed=bool(row[7]),
-    )
-
 
 class SqliteUploadStore:
     def __init__(self, db: Database):
@@ -623,15 +608,15 @@ class SqliteUploadStore:
             int(upload.completed),
         )
         await self._db.write(
-            _execute(f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+            _execute(f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
         )
 
     async def get(self, upload_id: str) -> Upload | None:
         def select(conn: sqlite3.Connection):
-            return conn.execute(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+            return conn.execute(f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?", (upload_id,)).fetchone()
 
         row = await self._db.read(select)
-        return _upload(row) if row else None
+        return upload_of(row) if row else None
 
     async def mark_completed(self, upload_id: str) -> bool:
         def update(conn: sqlite3.Connection) -> bool:
@@ -645,10 +630,10 @@ class SqliteUploadStore:
     async def list(self, owner: str) -> list[Upload]:
         def select(conn: sqlite3.Connection):
             return conn.execute(
-                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE owner = ? ORDER BY created, id", (owner,)
+                f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE owner = ? ORDER BY created, id", (owner,)
             ).fetchall()
 
-        return [_upload(row) for row in await self._db.read(select)]
+        return [upload_of(row) for row in await self._db.read(select)]
 
     async def usage(
         self, owner: str, now: float, open_since: float | None = None, exclude: str = ""
@@ -671,7 +656,7 @@ class SqliteUploadStore:
 
         def select(conn: sqlite3.Connection):
             return conn.execute(
-                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE expires < ? ORDER BY expires, id", (now,)
+                f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE expires < ? ORDER BY expires, id", (now,)
             ).fetchall()
 
-        return [_upload(row) for row in await self._db.read(select)]
+        return [upload_of(row) for row in await self._db.read(select)]
